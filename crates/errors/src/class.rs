@@ -1,0 +1,370 @@
+//! The shared classification of failures, and how each class is handled.
+
+use std::{fmt, str::FromStr, time::Duration};
+
+use serde::{Deserialize, Serialize};
+
+use crate::sanitize::sanitize;
+
+/// What kind of failure a model call (or anything on the request path) ran into.
+///
+/// Every layer speaks this vocabulary: the fallback crate decides cooldowns
+/// from it, the monitor counts by it, the metrics crate labels by it and the
+/// gateway maps it back to an HTTP status. The handling of each class is fixed
+/// by [`ErrorClass::retry_same_model`], [`ErrorClass::fallback`] and
+/// [`ErrorClass::cooldown`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ErrorClass {
+    /// The call did not answer in time (HTTP 408 or 504, or a client-side timeout).
+    Timeout,
+    /// The provider asked us to slow down (HTTP 429), maybe with a retry-after.
+    RateLimited,
+    /// The account's quota or credit at the provider is used up.
+    QuotaExhausted,
+    /// The provider failed or is overloaded (HTTP 5xx, Anthropic's 529).
+    ServerError,
+    /// The connection could not be made or was reset.
+    Connection,
+    /// The request itself is invalid; another attempt would fail the same way.
+    BadRequest,
+    /// The credentials were refused or lack permission (HTTP 401, 403).
+    Authentication,
+    /// The model or endpoint does not exist at the provider (HTTP 404).
+    NotFound,
+    /// The prompt plus the requested output do not fit the model's context window.
+    ContextWindowExceeded,
+    /// The provider refused the content.
+    ContentPolicy,
+    /// The caller gave up (client disconnected, request cancelled, HTTP 499).
+    Cancelled,
+    /// A modelfleet budget refused the spend.
+    BudgetExceeded,
+    /// A bug or an unexpected state inside modelfleet.
+    Internal,
+}
+
+/// Whether, and how long, a class should take a model out of rotation.
+///
+/// The hint is what the class implies; the fallback crate turns it into a
+/// concrete duration from its configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CooldownHint {
+    /// The failure says nothing about the model's health.
+    None,
+    /// A short pause: the provider's retry-after when given, else a short default.
+    Short,
+    /// A pause that grows while the same failure repeats.
+    Escalating,
+    /// A long pause: the failure will not heal by itself soon (bad key, no quota).
+    Long,
+}
+
+impl ErrorClass {
+    /// Every class, in declaration order (for tables, metrics labels and tests).
+    pub const ALL: [ErrorClass; 13] = [
+        ErrorClass::Timeout,
+        ErrorClass::RateLimited,
+        ErrorClass::QuotaExhausted,
+        ErrorClass::ServerError,
+        ErrorClass::Connection,
+        ErrorClass::BadRequest,
+        ErrorClass::Authentication,
+        ErrorClass::NotFound,
+        ErrorClass::ContextWindowExceeded,
+        ErrorClass::ContentPolicy,
+        ErrorClass::Cancelled,
+        ErrorClass::BudgetExceeded,
+        ErrorClass::Internal,
+    ];
+
+    /// The stable snake-case name, used as metrics label and in JSON.
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ErrorClass::Timeout => "timeout",
+            ErrorClass::RateLimited => "rate_limited",
+            ErrorClass::QuotaExhausted => "quota_exhausted",
+            ErrorClass::ServerError => "server_error",
+            ErrorClass::Connection => "connection",
+            ErrorClass::BadRequest => "bad_request",
+            ErrorClass::Authentication => "authentication",
+            ErrorClass::NotFound => "not_found",
+            ErrorClass::ContextWindowExceeded => "context_window_exceeded",
+            ErrorClass::ContentPolicy => "content_policy",
+            ErrorClass::Cancelled => "cancelled",
+            ErrorClass::BudgetExceeded => "budget_exceeded",
+            ErrorClass::Internal => "internal",
+        }
+    }
+
+    /// Is another attempt on the *same* model worth making?
+    ///
+    /// True only for transient failures: timeouts, rate limits, server errors
+    /// and connection failures.
+    #[must_use]
+    pub const fn retry_same_model(self) -> bool {
+        matches!(self, ErrorClass::Timeout | ErrorClass::RateLimited | ErrorClass::ServerError | ErrorClass::Connection)
+    }
+
+    /// May another model take the request after this failure?
+    ///
+    /// False when the request itself is at fault (bad request), when the
+    /// caller is gone (cancelled) and for internal errors. A context-window
+    /// failure falls back, but only to a larger window (the fallback crate's rule).
+    #[must_use]
+    pub const fn fallback(self) -> bool {
+        !matches!(self, ErrorClass::BadRequest | ErrorClass::Cancelled | ErrorClass::Internal)
+    }
+
+    /// Should the model that failed be put in cooldown, and how?
+    #[must_use]
+    pub const fn cooldown(self) -> CooldownHint {
+        match self {
+            ErrorClass::RateLimited => CooldownHint::Short,
+            ErrorClass::ServerError | ErrorClass::Connection => CooldownHint::Escalating,
+            ErrorClass::QuotaExhausted | ErrorClass::Authentication | ErrorClass::NotFound => CooldownHint::Long,
+            ErrorClass::Timeout
+            | ErrorClass::BadRequest
+            | ErrorClass::ContextWindowExceeded
+            | ErrorClass::ContentPolicy
+            | ErrorClass::Cancelled
+            | ErrorClass::BudgetExceeded
+            | ErrorClass::Internal => CooldownHint::None,
+        }
+    }
+
+    /// The class an HTTP status code implies on its own, without a body.
+    ///
+    /// A status that is not an error (1xx to 3xx) is [`ErrorClass::Internal`]:
+    /// the caller should not have classified it.
+    #[must_use]
+    pub const fn from_status(status: u16) -> ErrorClass {
+        match status {
+            408 | 504 => ErrorClass::Timeout,
+            429 => ErrorClass::RateLimited,
+            401 | 403 => ErrorClass::Authentication,
+            404 => ErrorClass::NotFound,
+            499 => ErrorClass::Cancelled,
+            402 => ErrorClass::QuotaExhausted,
+            400..=499 => ErrorClass::BadRequest,
+            500..=599 => ErrorClass::ServerError,
+            _ => ErrorClass::Internal,
+        }
+    }
+}
+
+impl fmt::Display for ErrorClass {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A bare class is an error in its own right (for callers with nothing more to say).
+impl std::error::Error for ErrorClass {}
+
+/// The name given to [`ErrorClass::from_str`] is not a class.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown error class {given:?}; expected one of: {}", ErrorClass::ALL.map(ErrorClass::as_str).join(", "))]
+pub struct UnknownClass {
+    given: String,
+}
+
+impl FromStr for ErrorClass {
+    type Err = UnknownClass;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        ErrorClass::ALL
+            .into_iter()
+            .find(|class| class.as_str() == s)
+            .ok_or_else(|| UnknownClass { given: s.to_owned() })
+    }
+}
+
+/// Anything that can say which [`ErrorClass`] it belongs to.
+///
+/// The retry helper and the fallback executor take any error implementing
+/// this, so callers keep their own error types.
+pub trait Classify {
+    /// The class of this failure.
+    fn class(&self) -> ErrorClass;
+
+    /// How long the provider asked us to wait before trying again, if it said.
+    fn retry_after(&self) -> Option<Duration> {
+        None
+    }
+}
+
+impl Classify for ErrorClass {
+    fn class(&self) -> ErrorClass {
+        *self
+    }
+}
+
+/// A classified failure with the facts that came with it.
+///
+/// Its message has always been through [`sanitize`]: it is safe to log, to
+/// return to a client and to store.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Failure {
+    class: ErrorClass,
+    status: Option<u16>,
+    retry_after: Option<Duration>,
+    message: String,
+}
+
+impl Failure {
+    /// A failure of `class` with `message` (sanitized here).
+    #[must_use]
+    pub fn new(class: ErrorClass, message: &str) -> Failure {
+        Failure { class, status: None, retry_after: None, message: sanitize(message).into_owned() }
+    }
+
+    /// The same failure, noting the HTTP status it came with.
+    #[must_use]
+    pub fn with_status(mut self, status: u16) -> Failure {
+        self.status = Some(status);
+        self
+    }
+
+    /// The same failure, noting how long the provider asked us to wait.
+    #[must_use]
+    pub fn with_retry_after(mut self, retry_after: Duration) -> Failure {
+        self.retry_after = Some(retry_after);
+        self
+    }
+
+    /// The HTTP status, when the failure came from an HTTP response.
+    #[must_use]
+    pub fn status(&self) -> Option<u16> {
+        self.status
+    }
+
+    /// The sanitized message.
+    #[must_use]
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+impl Classify for Failure {
+    fn class(&self) -> ErrorClass {
+        self.class
+    }
+
+    fn retry_after(&self) -> Option<Duration> {
+        self.retry_after
+    }
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.class)?;
+        if let Some(status) = self.status {
+            write!(f, " (HTTP {status})")?;
+        }
+        if !self.message.is_empty() {
+            write!(f, ": {}", self.message)?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Failure {}
+
+/// Classifies an HTTP error response from an OpenAI-compatible provider.
+///
+/// `body` is the response body as received: an OpenAI (or Anthropic) error
+/// object `{"error": {"message", "type", "code"}}` refines the class the
+/// status implies (a 400 whose code is `context_length_exceeded` is a
+/// context-window failure; a 429 of type `insufficient_quota` is an exhausted
+/// quota, not a rate limit). A body that is not JSON is kept as the message.
+/// `retry_after` is the raw `Retry-After` header, if any (see [`parse_retry_after`]).
+#[must_use]
+pub fn classify_response(status: u16, body: &str, retry_after: Option<&str>) -> Failure {
+    let parsed = parse_error_body(body);
+    let (message, class) = match &parsed {
+        Some(err) => (err.message.as_str(), refine(ErrorClass::from_status(status), err)),
+        None => (body.trim(), ErrorClass::from_status(status)),
+    };
+    let mut failure = Failure::new(class, message).with_status(status);
+    if let Some(delay) = retry_after.and_then(parse_retry_after) {
+        failure = failure.with_retry_after(delay);
+    }
+    failure
+}
+
+/// Parses a `Retry-After` (or `retry-after-ms`-style) value given in seconds,
+/// whole or fractional. HTTP dates are not accepted (they need a clock);
+/// they give `None`, as does anything negative, non-finite or unparsable.
+#[must_use]
+pub fn parse_retry_after(value: &str) -> Option<Duration> {
+    let seconds: f64 = value.trim().parse().ok()?;
+    if !seconds.is_finite() || seconds < 0.0 {
+        return None;
+    }
+    Duration::try_from_secs_f64(seconds).ok()
+}
+
+struct ErrorBody {
+    message: String,
+    kind: String,
+    code: String,
+}
+
+fn parse_error_body(body: &str) -> Option<ErrorBody> {
+    let value: serde_json::Value = serde_json::from_str(body).ok()?;
+    let error = value.get("error")?;
+    let text = |key: &str| match error.get(key) {
+        Some(serde_json::Value::String(s)) => s.clone(),
+        Some(serde_json::Value::Number(n)) => n.to_string(),
+        _ => String::new(),
+    };
+    // Some providers send `{"error": "plain message"}`.
+    if let serde_json::Value::String(message) = error {
+        return Some(ErrorBody { message: message.clone(), kind: String::new(), code: String::new() });
+    }
+    Some(ErrorBody { message: text("message"), kind: text("type"), code: text("code") })
+}
+
+fn refine(by_status: ErrorClass, body: &ErrorBody) -> ErrorClass {
+    let is = |needle: &str| body.code == needle || body.kind == needle;
+    if is("context_length_exceeded") || mentions_context_window(&body.message) {
+        return ErrorClass::ContextWindowExceeded;
+    }
+    if is("insufficient_quota") || is("billing_hard_limit_reached") {
+        return ErrorClass::QuotaExhausted;
+    }
+    if is("rate_limit_exceeded") || is("rate_limit_error") {
+        return ErrorClass::RateLimited;
+    }
+    if is("invalid_api_key") || is("authentication_error") || is("permission_error") {
+        return ErrorClass::Authentication;
+    }
+    if is("model_not_found") || is("not_found_error") {
+        return ErrorClass::NotFound;
+    }
+    if is("content_policy_violation") || is("content_filter") {
+        return ErrorClass::ContentPolicy;
+    }
+    if is("overloaded_error") || is("server_error") || is("api_error") {
+        return ErrorClass::ServerError;
+    }
+    if is("timeout") || is("request_timeout") {
+        return ErrorClass::Timeout;
+    }
+    by_status
+}
+
+fn mentions_context_window(message: &str) -> bool {
+    let lower = message.to_ascii_lowercase();
+    lower.contains("maximum context length")
+        || lower.contains("context window")
+        || lower.contains("context_length_exceeded")
+        || lower.contains("prompt is too long")
+}
+
+#[cfg(test)]
+mod tests;

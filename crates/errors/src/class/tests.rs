@@ -1,0 +1,143 @@
+//! Table-driven tests of the classification.
+
+use std::time::Duration;
+
+use super::*;
+
+#[track_caller]
+fn check(status: u16, body: &str, expect: ErrorClass) {
+    let failure = classify_response(status, body, None);
+    assert_eq!(failure.class(), expect, "status {status}, body {body}");
+    assert_eq!(failure.status(), Some(status));
+}
+
+#[test]
+fn status_codes_alone() {
+    let table = [
+        (400, ErrorClass::BadRequest),
+        (401, ErrorClass::Authentication),
+        (402, ErrorClass::QuotaExhausted),
+        (403, ErrorClass::Authentication),
+        (404, ErrorClass::NotFound),
+        (408, ErrorClass::Timeout),
+        (409, ErrorClass::BadRequest),
+        (422, ErrorClass::BadRequest),
+        (429, ErrorClass::RateLimited),
+        (499, ErrorClass::Cancelled),
+        (500, ErrorClass::ServerError),
+        (502, ErrorClass::ServerError),
+        (503, ErrorClass::ServerError),
+        (504, ErrorClass::Timeout),
+        (529, ErrorClass::ServerError),
+        (200, ErrorClass::Internal),
+        (302, ErrorClass::Internal),
+    ];
+    for (status, expect) in table {
+        assert_eq!(ErrorClass::from_status(status), expect, "status {status}");
+        check(status, "not json at all", expect);
+    }
+}
+
+#[test]
+fn openai_bodies_refine_the_status() {
+    let body = |kind: &str, code: &str, message: &str| {
+        format!(r#"{{"error": {{"message": "{message}", "type": "{kind}", "code": "{code}", "param": null}}}}"#)
+    };
+    let table = [
+        (400, body("invalid_request_error", "context_length_exceeded", "too long"), ErrorClass::ContextWindowExceeded),
+        (
+            400,
+            body("invalid_request_error", "", "This model's maximum context length is 8192 tokens"),
+            ErrorClass::ContextWindowExceeded,
+        ),
+        (400, body("invalid_request_error", "", "temperature must be <= 2"), ErrorClass::BadRequest),
+        (429, body("insufficient_quota", "insufficient_quota", "You exceeded your current quota"), ErrorClass::QuotaExhausted),
+        (429, body("requests", "rate_limit_exceeded", "Rate limit reached"), ErrorClass::RateLimited),
+        (401, body("invalid_request_error", "invalid_api_key", "Incorrect API key provided"), ErrorClass::Authentication),
+        (404, body("invalid_request_error", "model_not_found", "The model does not exist"), ErrorClass::NotFound),
+        (400, body("invalid_request_error", "content_policy_violation", "rejected"), ErrorClass::ContentPolicy),
+        (500, body("server_error", "", "The server had an error"), ErrorClass::ServerError),
+        // Anthropic's shape: the error object sits under "error" too.
+        (529, r#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#.to_owned(), ErrorClass::ServerError),
+        (400, r#"{"type":"error","error":{"type":"invalid_request_error","message":"prompt is too long: 210000 tokens"}}"#.to_owned(), ErrorClass::ContextWindowExceeded),
+        // A bare string error and a numeric code.
+        (503, r#"{"error": "upstream overloaded"}"#.to_owned(), ErrorClass::ServerError),
+        (400, r#"{"error": {"message": "bad", "code": 1234}}"#.to_owned(), ErrorClass::BadRequest),
+        // JSON without an error object falls back to the status.
+        (429, r#"{"detail": "slow down"}"#.to_owned(), ErrorClass::RateLimited),
+    ];
+    for (status, body, expect) in table {
+        check(status, &body, expect);
+    }
+}
+
+#[test]
+fn message_is_kept_and_sanitized() {
+    let body = r#"{"error": {"message": "Incorrect API key provided: sk-abcdefghijklmnopqrstuvwxyz0123", "type": "invalid_request_error", "code": "invalid_api_key"}}"#;
+    let failure = classify_response(401, body, None);
+    assert!(failure.message().starts_with("Incorrect API key provided: "), "{failure}");
+    assert!(!failure.message().contains("sk-abc"), "{failure}");
+    assert!(!failure.to_string().contains("sk-abc"));
+
+    let failure = classify_response(502, "  Bad Gateway from /srv/app/upstream.py  ", None);
+    assert_eq!(failure.to_string(), "server_error (HTTP 502): Bad Gateway from [PATH]");
+}
+
+#[test]
+fn retry_after_header() {
+    let failure = classify_response(429, "{}", Some("2"));
+    assert_eq!(failure.retry_after(), Some(Duration::from_secs(2)));
+    let table = [
+        ("0", Some(Duration::ZERO)),
+        ("1.5", Some(Duration::from_millis(1500))),
+        (" 30 ", Some(Duration::from_secs(30))),
+        ("-1", None),
+        ("NaN", None),
+        ("inf", None),
+        ("Wed, 21 Oct 2015 07:28:00 GMT", None),
+        ("", None),
+        ("1e30", None),
+    ];
+    for (raw, expect) in table {
+        assert_eq!(parse_retry_after(raw), expect, "{raw:?}");
+    }
+}
+
+#[test]
+fn handling_table() {
+    use CooldownHint::{Escalating, Long, None as NoCooldown, Short};
+    // class, retry same model, fall back, cooldown
+    let table = [
+        (ErrorClass::Timeout, true, true, NoCooldown),
+        (ErrorClass::RateLimited, true, true, Short),
+        (ErrorClass::QuotaExhausted, false, true, Long),
+        (ErrorClass::ServerError, true, true, Escalating),
+        (ErrorClass::Connection, true, true, Escalating),
+        (ErrorClass::BadRequest, false, false, NoCooldown),
+        (ErrorClass::Authentication, false, true, Long),
+        (ErrorClass::NotFound, false, true, Long),
+        (ErrorClass::ContextWindowExceeded, false, true, NoCooldown),
+        (ErrorClass::ContentPolicy, false, true, NoCooldown),
+        (ErrorClass::Cancelled, false, false, NoCooldown),
+        (ErrorClass::BudgetExceeded, false, true, NoCooldown),
+        (ErrorClass::Internal, false, false, NoCooldown),
+    ];
+    assert_eq!(table.len(), ErrorClass::ALL.len(), "every class is in the table");
+    for (class, retry, fallback, cooldown) in table {
+        assert_eq!(class.retry_same_model(), retry, "{class} retry");
+        assert_eq!(class.fallback(), fallback, "{class} fallback");
+        assert_eq!(class.cooldown(), cooldown, "{class} cooldown");
+    }
+}
+
+#[test]
+fn names_round_trip() {
+    for class in ErrorClass::ALL {
+        assert_eq!(class.as_str().parse::<ErrorClass>(), Ok(class));
+        let json = serde_json::to_string(&class).unwrap();
+        assert_eq!(json, format!("\"{}\"", class.as_str()));
+    }
+    let err = "nope".parse::<ErrorClass>().unwrap_err();
+    assert!(err.to_string().contains("unknown error class \"nope\""), "{err}");
+    assert!(err.to_string().contains("rate_limited"), "{err}");
+}
