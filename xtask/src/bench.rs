@@ -1,0 +1,207 @@
+//! `cargo xtask bench`: run the criterion benches and report against targets.
+
+use std::{fmt::Write as _, fs, path::Path, time::SystemTime};
+
+use anyhow::{Context, bail};
+use serde::Serialize;
+
+use crate::{cargo, root};
+
+/// One speed goal: a criterion benchmark id (`group/function`) and the
+/// median it must not exceed.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Goal {
+    /// The criterion id, `group/function`.
+    pub(crate) name: &'static str,
+    /// The median, in nanoseconds, that counts as fast enough.
+    pub(crate) target_ns: f64,
+    /// Where the target comes from (the figure to beat).
+    pub(crate) why: &'static str,
+}
+
+/// What "fast" means, in one place. Every benchmark the report covers is here;
+/// the tidy tests check that each name is defined by a bench under `benches/`.
+pub(crate) const TARGETS: &[Goal] = &[
+    Goal {
+        name: "service_registry/lookup_by_type",
+        target_ns: 20.0,
+        why: "issue 2; seed 004 did 5.7 M lookups/s (175 ns)",
+    },
+    Goal {
+        name: "service_registry/lookup_by_name",
+        target_ns: 40.0,
+        why: "ours: a name lookup hashes a string, allow twice the by-type target",
+    },
+    Goal {
+        name: "service_registry/start_1000_noop",
+        target_ns: 5_000_000.0,
+        why: "issue 2: resolve and start 1,000 no-op services <= 5 ms",
+    },
+    Goal {
+        name: "errors/sanitize_clean",
+        target_ns: 1_000.0,
+        why: "ours: a 120-byte message with nothing to remove, on every logged error",
+    },
+    Goal {
+        name: "errors/sanitize_secrets",
+        target_ns: 5_000.0,
+        why: "ours: a 200-byte message with a key, a bearer token and a path",
+    },
+    Goal {
+        name: "errors/classify_openai_body",
+        target_ns: 2_000.0,
+        why: "ours: classify a 429 with an OpenAI error body, once per failed call",
+    },
+];
+
+#[derive(Serialize)]
+struct Report {
+    benchmarks: Vec<Entry>,
+}
+
+#[derive(Serialize)]
+struct Entry {
+    name: &'static str,
+    median_ns: f64,
+    target_ns: f64,
+    ratio: f64,
+    met: bool,
+    why: &'static str,
+}
+
+pub(crate) fn run(quick: bool) -> anyhow::Result<()> {
+    let started = SystemTime::now();
+    let mut command = cargo();
+    command.args(["bench", "--package", "modelfleet-benches", "--benches", "--locked", "--"]);
+    if quick {
+        command.args(["--warm-up-time", "0.5", "--measurement-time", "1", "--sample-size", "10"]);
+    }
+    let status = command.status().context("could not run cargo bench")?;
+    if !status.success() {
+        bail!("cargo bench failed ({status})");
+    }
+
+    let criterion = root().join("target").join("criterion");
+    let mut benchmarks = Vec::new();
+    let mut missing = Vec::new();
+    for target in TARGETS {
+        match read_median(&criterion, target.name, started)? {
+            Some(median_ns) => {
+                let ratio = median_ns / target.target_ns;
+                benchmarks.push(Entry {
+                    name: target.name,
+                    median_ns,
+                    target_ns: target.target_ns,
+                    ratio,
+                    met: ratio <= 1.0,
+                    why: target.why,
+                });
+            }
+            None => missing.push(target.name),
+        }
+    }
+    let report = Report { benchmarks };
+    let out = root().join("target");
+    fs::write(out.join("bench-report.json"), serde_json::to_string_pretty(&report)? + "\n")
+        .context("writing target/bench-report.json")?;
+    let markdown = markdown(&report, quick);
+    fs::write(out.join("bench-report.md"), &markdown).context("writing target/bench-report.md")?;
+    println!("\n{markdown}");
+    println!("wrote target/bench-report.json and target/bench-report.md");
+    if !missing.is_empty() {
+        bail!("no fresh criterion result for {missing:?}: is the bench still there, under that name?");
+    }
+    Ok(())
+}
+
+/// The median of `name` from criterion's `estimates.json`, if written since `since`.
+fn read_median(criterion: &Path, name: &str, since: SystemTime) -> anyhow::Result<Option<f64>> {
+    let path = criterion.join(name).join("new").join("estimates.json");
+    let Ok(meta) = fs::metadata(&path) else { return Ok(None) };
+    if meta.modified().is_ok_and(|m| m < since) {
+        return Ok(None);
+    }
+    let text = fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let value: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    let median = value
+        .pointer("/median/point_estimate")
+        .and_then(serde_json::Value::as_f64)
+        .with_context(|| format!("{} has no median.point_estimate", path.display()))?;
+    Ok(Some(median))
+}
+
+fn markdown(report: &Report, quick: bool) -> String {
+    let mut out = String::from("# Benchmark report\n\n");
+    if quick {
+        out.push_str("Quick run (short measurement): a smoke check, not a measurement to quote.\n\n");
+    }
+    out.push_str("| benchmark | median | target | ratio | met |\n|---|---:|---:|---:|:---:|\n");
+    for b in &report.benchmarks {
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {:.3} | {} |",
+            b.name,
+            human(b.median_ns),
+            human(b.target_ns),
+            b.ratio,
+            if b.met { "yes" } else { "**no**" }
+        );
+    }
+    out
+}
+
+/// Nanoseconds in the largest unit that keeps the number at or above 1.
+fn human(ns: f64) -> String {
+    if ns >= 1e9 {
+        format!("{:.2} s", ns / 1e9)
+    } else if ns >= 1e6 {
+        format!("{:.2} ms", ns / 1e6)
+    } else if ns >= 1e3 {
+        format!("{:.2} µs", ns / 1e3)
+    } else {
+        format!("{ns:.1} ns")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn human_units() {
+        assert_eq!(human(12.34), "12.3 ns");
+        assert_eq!(human(1_500.0), "1.50 µs");
+        assert_eq!(human(5_000_000.0), "5.00 ms");
+        assert_eq!(human(2e9), "2.00 s");
+    }
+
+    #[test]
+    fn report_json_has_the_agreed_shape() {
+        let report = Report {
+            benchmarks: vec![Entry { name: "g/f", median_ns: 10.0, target_ns: 20.0, ratio: 0.5, met: true, why: "x" }],
+        };
+        let value = serde_json::to_value(&report).unwrap();
+        assert_eq!(value["benchmarks"][0]["name"], "g/f");
+        assert_eq!(value["benchmarks"][0]["median_ns"], 10.0);
+        assert_eq!(value["benchmarks"][0]["target_ns"], 20.0);
+        let md = markdown(&report, false);
+        assert!(md.contains("| g/f | 10.0 ns | 20.0 ns | 0.500 | yes |"), "{md}");
+    }
+
+    #[test]
+    fn stale_or_absent_results_are_not_read() {
+        let dir = std::env::temp_dir().join(format!("xtask-bench-{}", std::process::id()));
+        let bench = dir.join("g").join("f").join("new");
+        fs::create_dir_all(&bench).unwrap();
+        fs::write(bench.join("estimates.json"), r#"{"median": {"point_estimate": 42.5}}"#).unwrap();
+        let long_ago = SystemTime::UNIX_EPOCH;
+        assert_eq!(read_median(&dir, "g/f", long_ago).unwrap(), Some(42.5));
+        let future = SystemTime::now() + std::time::Duration::from_hours(1);
+        assert_eq!(read_median(&dir, "g/f", future).unwrap(), None, "older than the run: stale");
+        assert_eq!(read_median(&dir, "g/absent", long_ago).unwrap(), None);
+        fs::write(bench.join("estimates.json"), "{}").unwrap();
+        assert!(read_median(&dir, "g/f", long_ago).is_err());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,71 @@
+//! `cargo xtask ci`: every check, in order, stopping at the first red one.
+
+use std::{
+    process::{Command, Stdio},
+    time::Instant,
+};
+
+use anyhow::{Context, bail};
+
+use crate::cargo;
+
+struct Step {
+    name: &'static str,
+    command: Command,
+}
+
+fn step(name: &'static str, args: &[&str]) -> Step {
+    let mut command = cargo();
+    command.args(args);
+    Step { name, command }
+}
+
+/// Whether `cargo <sub> --version` runs (the subcommand is installed).
+fn has_subcommand(sub: &str) -> bool {
+    cargo().args([sub, "--version"]).stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
+}
+
+pub(crate) fn run() -> anyhow::Result<()> {
+    let mut steps = vec![
+        step("fmt", &["fmt", "--all", "--check"]),
+        step("clippy", &["clippy", "--workspace", "--all-targets", "--locked", "--", "-D", "warnings"]),
+    ];
+    if has_subcommand("nextest") {
+        let profile = if std::env::var_os("CI").is_some() { "ci" } else { "default" };
+        steps.push(step(
+            "tests (nextest)",
+            &["nextest", "run", "--workspace", "--exclude", "xtask", "--locked", "--profile", profile],
+        ));
+    } else {
+        println!("note: cargo-nextest is not installed; running the tests with `cargo test`");
+        steps.push(step("tests (cargo test)", &["test", "--workspace", "--exclude", "xtask", "--locked"]));
+    }
+    steps.push(step("doctests", &["test", "--workspace", "--doc", "--locked"]));
+    let mut docs = step("docs", &["doc", "--workspace", "--no-deps", "--locked"]);
+    docs.command.env("RUSTDOCFLAGS", "-D warnings");
+    steps.push(docs);
+    steps.push(step("tidy", &["test", "--package", "xtask", "--locked"]));
+    let deny = has_subcommand("deny");
+    if deny {
+        steps.push(step("cargo-deny", &["deny", "--offline", "check", "bans", "licenses", "sources"]));
+    }
+
+    let total = Instant::now();
+    for Step { name, mut command } in steps {
+        println!("==> {name}");
+        let started = Instant::now();
+        let status = command.status().with_context(|| format!("could not run step {name}"))?;
+        let took = started.elapsed().as_secs_f64();
+        if !status.success() {
+            bail!("step `{name}` failed after {took:.1}s ({status}); its output is above");
+        }
+        println!("<== {name}: ok in {took:.1}s");
+    }
+    if !deny {
+        println!(
+            "==> cargo-deny: SKIPPED, cargo-deny is not installed (`cargo install --locked cargo-deny`; .ci/run does this)"
+        );
+    }
+    println!("ci: all green in {:.1}s", total.elapsed().as_secs_f64());
+    Ok(())
+}

@@ -1,0 +1,65 @@
+//! The project's own commands, run as `cargo xtask <command>`.
+//!
+//! - `ci`: the one check of the whole workspace (fmt, clippy, tests, doctests,
+//!   docs, tidy, cargo-deny); the first red step stops the run.
+//! - `bench [--quick]`: runs the criterion benches and writes
+//!   `target/bench-report.json` and `target/bench-report.md` against the
+//!   targets in [`bench::TARGETS`].
+//!
+//! The tidy checks live in `tidy.rs` as ordinary tests, run by `ci`.
+
+mod bench;
+mod ci;
+#[cfg(test)]
+mod tidy;
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, ExitCode},
+};
+
+const USAGE: &str = "\
+usage: cargo xtask <command>
+
+commands:
+  ci              fmt, clippy -D warnings, tests + doctests, docs -D warnings,
+                  tidy checks, cargo-deny (when installed); stops at the first red step
+  bench [--quick] run the criterion benches, write target/bench-report.{json,md}
+  help            this text";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let result = match args.as_slice() {
+        ["ci"] => ci::run(),
+        ["bench"] => bench::run(false),
+        ["bench", "--quick"] => bench::run(true),
+        [] | ["help" | "--help" | "-h"] => {
+            println!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        _ => {
+            eprintln!("unknown arguments {args:?}\n\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("xtask: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The workspace root (xtask lives one level below it).
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+}
+
+/// `cargo`, as the running cargo names itself (so rustup's toolchain is kept).
+fn cargo() -> Command {
+    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cmd.current_dir(root());
+    cmd
+}
