@@ -1,6 +1,6 @@
 //! The shared classification of failures, and how each class is handled.
 
-use std::{fmt, str::FromStr, time::Duration};
+use std::{borrow::Cow, fmt, str::FromStr, time::Duration};
 
 use serde::{Deserialize, Serialize};
 
@@ -286,7 +286,7 @@ impl std::error::Error for Failure {}
 pub fn classify_response(status: u16, body: &str, retry_after: Option<&str>) -> Failure {
     let parsed = parse_error_body(body);
     let (message, class) = match &parsed {
-        Some(err) => (err.message.as_str(), refine(ErrorClass::from_status(status), err)),
+        Some(err) => (err.message.as_ref(), refine(ErrorClass::from_status(status), err)),
         None => (body.trim(), ErrorClass::from_status(status)),
     };
     let mut failure = Failure::new(class, message).with_status(status);
@@ -308,28 +308,63 @@ pub fn parse_retry_after(value: &str) -> Option<Duration> {
     Duration::try_from_secs_f64(seconds).ok()
 }
 
-struct ErrorBody {
-    message: String,
-    kind: String,
-    code: String,
+struct ErrorBody<'a> {
+    message: Cow<'a, str>,
+    kind: Cow<'a, str>,
+    code: Cow<'a, str>,
 }
 
-fn parse_error_body(body: &str) -> Option<ErrorBody> {
-    let value: serde_json::Value = serde_json::from_str(body).ok()?;
-    let error = value.get("error")?;
-    let text = |key: &str| match error.get(key) {
-        Some(serde_json::Value::String(s)) => s.clone(),
-        Some(serde_json::Value::Number(n)) => n.to_string(),
-        _ => String::new(),
-    };
-    // Some providers send `{"error": "plain message"}`.
-    if let serde_json::Value::String(message) = error {
-        return Some(ErrorBody { message: message.clone(), kind: String::new(), code: String::new() });
+/// `{"error": {"message": …, "type": …, "code": …}}`, borrowed where the
+/// JSON has no escapes (this runs once per failed call).
+#[derive(Deserialize)]
+struct Envelope<'a> {
+    #[serde(borrow)]
+    error: ErrorObject<'a>,
+}
+
+#[derive(Deserialize)]
+struct ErrorObject<'a> {
+    #[serde(borrow, default)]
+    message: Option<Cow<'a, str>>,
+    #[serde(borrow, default, rename = "type")]
+    kind: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    code: Option<Code<'a>>,
+}
+
+/// OpenAI sends string codes; some compatible servers send numbers.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Code<'a> {
+    Text(#[serde(borrow)] Cow<'a, str>),
+    Number(serde_json::Number),
+}
+
+/// Some providers send `{"error": "plain message"}`.
+#[derive(Deserialize)]
+struct TextEnvelope<'a> {
+    #[serde(borrow)]
+    error: Cow<'a, str>,
+}
+
+fn parse_error_body(body: &str) -> Option<ErrorBody<'_>> {
+    if let Ok(Envelope { error }) = serde_json::from_str::<Envelope<'_>>(body) {
+        let code = match error.code {
+            Some(Code::Text(text)) => text,
+            Some(Code::Number(n)) => Cow::Owned(n.to_string()),
+            None => Cow::Borrowed(""),
+        };
+        return Some(ErrorBody {
+            message: error.message.unwrap_or_default(),
+            kind: error.kind.unwrap_or_default(),
+            code,
+        });
     }
-    Some(ErrorBody { message: text("message"), kind: text("type"), code: text("code") })
+    let TextEnvelope { error } = serde_json::from_str(body).ok()?;
+    Some(ErrorBody { message: error, kind: Cow::Borrowed(""), code: Cow::Borrowed("") })
 }
 
-fn refine(by_status: ErrorClass, body: &ErrorBody) -> ErrorClass {
+fn refine(by_status: ErrorClass, body: &ErrorBody<'_>) -> ErrorClass {
     let is = |needle: &str| body.code == needle || body.kind == needle;
     if is("context_length_exceeded") || mentions_context_window(&body.message) {
         return ErrorClass::ContextWindowExceeded;
@@ -359,11 +394,10 @@ fn refine(by_status: ErrorClass, body: &ErrorBody) -> ErrorClass {
 }
 
 fn mentions_context_window(message: &str) -> bool {
-    let lower = message.to_ascii_lowercase();
-    lower.contains("maximum context length")
-        || lower.contains("context window")
-        || lower.contains("context_length_exceeded")
-        || lower.contains("prompt is too long")
+    const HINTS: [&str; 4] =
+        ["maximum context length", "context window", "context_length_exceeded", "prompt is too long"];
+    let bytes = message.as_bytes();
+    HINTS.iter().any(|hint| bytes.windows(hint.len()).any(|window| window.eq_ignore_ascii_case(hint.as_bytes())))
 }
 
 #[cfg(test)]

@@ -19,12 +19,7 @@ struct Rule {
 // idempotent. Order matters: a whole `Authorization:` header goes before the
 // bearer token inside it, secrets before paths (a token may contain `/`).
 static RULES: LazyLock<Vec<Rule>> = LazyLock::new(|| {
-    let rule = |pattern: &str, replacement: &'static str| Rule {
-        // The patterns are constants checked by the tests; a typo is a bug
-        // caught on the first test run, never user input.
-        pattern: Regex::new(pattern).unwrap_or_else(|err| panic!("invalid sanitizer pattern {pattern}: {err}")),
-        replacement,
-    };
+    let rule = |pattern: &str, replacement: &'static str| Rule { pattern: compile(pattern), replacement };
     vec![
         // `Authorization: Bearer abc`, `authorization=Basic xyz`, `"Authorization": "…"`.
         rule(r#"(?i)(authorization"?\s*[:=]\s*"?)(?:(?:bearer|basic|token)\s+)?[^\s",;]+"#, "${1}[REDACTED]"),
@@ -44,6 +39,12 @@ static RULES: LazyLock<Vec<Rule>> = LazyLock::new(|| {
         rule(r#"(^|[\s"'(=\[,;<>])~?/[A-Za-z0-9._\-~+@%][^\s"'<>()\[\]?]*"#, "${1}[PATH]"),
     ]
 });
+
+/// The patterns are constants checked by the tests; a typo is a bug caught on
+/// the first test run, never something user input can cause.
+fn compile(pattern: &str) -> Regex {
+    Regex::new(pattern).unwrap_or_else(|err| panic!("invalid sanitizer pattern {pattern}: {err}"))
+}
 
 /// Returns `message` without API keys, bearer tokens, `Authorization`
 /// headers, secret query values (`api_key=`, `token=`, …) and absolute file
@@ -65,6 +66,25 @@ static RULES: LazyLock<Vec<Rule>> = LazyLock::new(|| {
 /// ```
 #[must_use]
 pub fn sanitize(message: &str) -> Cow<'_, str> {
+    if !may_need_sanitizing(message) {
+        return Cow::Borrowed(message);
+    }
+    apply_rules(message)
+}
+
+/// False only when no rule can match: every rule needs one of `/ \ : =`, the
+/// text `sk-`, or the word `bearer`. A byte scan, far cheaper than the regexes.
+fn may_need_sanitizing(message: &str) -> bool {
+    let bytes = message.as_bytes();
+    bytes.iter().enumerate().any(|(i, b)| match b {
+        b'/' | b'\\' | b':' | b'=' => true,
+        b's' => bytes[i..].starts_with(b"sk-"),
+        b'b' | b'B' => bytes.get(i..i + 6).is_some_and(|w| w.eq_ignore_ascii_case(b"bearer")),
+        _ => false,
+    })
+}
+
+fn apply_rules(message: &str) -> Cow<'_, str> {
     let mut out = Cow::Borrowed(message);
     for rule in RULES.iter() {
         if let Cow::Owned(replaced) = rule.pattern.replace_all(&out, rule.replacement) {
@@ -165,6 +185,19 @@ mod tests {
         fn paths_never_survive(before in "[ -~]{0,30}", p in path(), after in "[ -~]{0,30}") {
             let out = sanitize(&format!("{before} {p} {after}")).into_owned();
             prop_assert!(!out.contains(&p), "{} leaked in {}", p, out);
+        }
+
+        #[test]
+        fn the_byte_scan_never_skips_a_message_a_rule_would_change(
+            before in "[ -~]{0,30}", s in secret(), p in path(), pick in 0..4u8, after in "[ -~]{0,30}"
+        ) {
+            let input = match pick {
+                0 => format!("{before}{after}"),
+                1 => format!("{before} {s} {after}"),
+                2 => format!("{before} {p} {after}"),
+                _ => format!("{before}{s}{p}{after}"),
+            };
+            prop_assert_eq!(sanitize(&input), apply_rules(&input));
         }
 
         #[test]

@@ -84,6 +84,16 @@ fn message_is_kept_and_sanitized() {
 }
 
 #[test]
+fn escaped_json_strings_are_decoded() {
+    let body = r#"{"error": {"message": "quota \"gpt-4o\" reached\nretry later", "type": "insufficient_quota"}}"#;
+    let failure = classify_response(429, body, None);
+    assert_eq!(failure.class(), ErrorClass::QuotaExhausted);
+    assert_eq!(failure.message(), "quota \"gpt-4o\" reached\nretry later");
+    let failure = classify_response(400, r#"{"error": {"message": "Maximum Context Length is 4096"}}"#, None);
+    assert_eq!(failure.class(), ErrorClass::ContextWindowExceeded, "the hint is matched ignoring case");
+}
+
+#[test]
 fn retry_after_header() {
     let failure = classify_response(429, "{}", Some("2"));
     assert_eq!(failure.retry_after(), Some(Duration::from_secs(2)));
