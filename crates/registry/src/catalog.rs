@@ -132,7 +132,7 @@ impl ModelUpdate {
         set(&mut spec.status, status);
         set(&mut spec.enabled, enabled);
         set(&mut spec.priority, priority);
-        set(&mut spec.pricing, pricing);
+        set(&mut spec.pricing, pricing.map(Some));
         set(&mut spec.categories, categories);
         set(&mut spec.capabilities, capabilities);
         set(&mut spec.quality, quality.map(Some));

@@ -23,9 +23,10 @@
 //!
 //! let catalog = Catalog::from_models(default_catalog()?)?;
 //! let haiku = catalog.get("claude-3-haiku").ok_or("missing")?;
-//! assert_eq!(haiku.pricing.input_per_mtok, "0.25".parse::<Money>()?);
+//! let price = haiku.price().ok_or("unknown price")?;
+//! assert_eq!(price.input_per_mtok, "0.25".parse::<Money>()?);
 //! // 10,000 prompt tokens and 500 completion tokens:
-//! assert_eq!(haiku.pricing.cost(10_000, 0, 500).to_string(), "0.003125");
+//! assert_eq!(price.cost(10_000, 0, 500).to_string(), "0.003125");
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 

@@ -269,9 +269,9 @@ pub struct ModelSpec {
     /// Preference among equals, 0 to 100; higher is preferred.
     #[serde(default)]
     pub priority: u8,
-    /// Prices per million tokens.
-    #[serde(default)]
-    pub pricing: Pricing,
+    /// Prices per million tokens; `None` is unknown (see [`ModelSpec::price`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pricing: Option<Pricing>,
     /// Tokens of prompt plus output it accepts.
     #[serde(default)]
     pub context_window: Option<u32>,
@@ -335,7 +335,7 @@ impl ModelSpec {
             size: SizeClass::Medium,
             enabled: true,
             priority: 0,
-            pricing: Pricing::FREE,
+            pricing: None,
             context_window: None,
             max_output_tokens: None,
             capabilities: Capabilities::default(),
@@ -357,6 +357,17 @@ impl ModelSpec {
     #[must_use]
     pub fn upstream_name(&self) -> &str {
         if self.upstream.is_empty() { &self.id } else { &self.upstream }
+    }
+
+    /// What it costs: its pricing when known; a local model without one is
+    /// free (it has no per-token price); `None` when unknown.
+    #[must_use]
+    pub fn price(&self) -> Option<Pricing> {
+        match self.pricing {
+            Some(pricing) => Some(pricing),
+            None if self.local => Some(Pricing::FREE),
+            None => None,
+        }
     }
 
     /// Whether it handles `language` (primary or supported, ignoring case).
@@ -387,10 +398,11 @@ impl ModelSpec {
         if self.provider.trim().is_empty() {
             bad("provider", "must not be empty".into());
         }
+        let pricing = self.pricing.unwrap_or(Pricing::FREE);
         for (field, price) in [
-            ("pricing.input_per_mtok", Some(self.pricing.input_per_mtok)),
-            ("pricing.output_per_mtok", Some(self.pricing.output_per_mtok)),
-            ("pricing.cached_input_per_mtok", self.pricing.cached_input_per_mtok),
+            ("pricing.input_per_mtok", Some(pricing.input_per_mtok)),
+            ("pricing.output_per_mtok", Some(pricing.output_per_mtok)),
+            ("pricing.cached_input_per_mtok", pricing.cached_input_per_mtok),
         ] {
             if price.is_some_and(|p| p < Money::ZERO) {
                 bad(field, "must not be negative".into());

@@ -36,11 +36,12 @@ fn default_catalog_holds_the_seed_models_with_their_prices() {
     for (id, provider, input, output, window, local) in table {
         let model = catalog.get(id).unwrap_or_else(|| panic!("{id} missing"));
         assert_eq!(model.provider, provider, "{id}");
-        assert_eq!(model.pricing.input_per_mtok.to_string(), input, "{id}");
-        assert_eq!(model.pricing.output_per_mtok.to_string(), output, "{id}");
+        let price = model.price().unwrap_or_else(|| panic!("{id} has no known price"));
+        assert_eq!(price.input_per_mtok.to_string(), input, "{id}");
+        assert_eq!(price.output_per_mtok.to_string(), output, "{id}");
         assert_eq!(model.context_window, window, "{id}");
         assert_eq!(model.local, local, "{id}");
-        assert_eq!(model.pricing.is_free(), local, "{id}: local models are free");
+        assert_eq!(price.is_free(), local, "{id}: local models are free");
         if local {
             assert!(model.memory_mb.is_some(), "{id}: local models state their memory");
         }
@@ -53,7 +54,7 @@ fn every_problem_is_named_by_field() {
     bad.quality = Some(1.5);
     bad.context_window = Some(100);
     bad.max_output_tokens = Some(200);
-    bad.pricing.input_per_mtok = Money::from_nanos(-1);
+    bad.pricing = Some(Pricing { input_per_mtok: Money::from_nanos(-1), ..Pricing::FREE });
     bad.sampling.temperature = Some(f64::NAN);
     bad.priority = 101;
     let fields: Vec<&str> = bad.problems().iter().map(|p| p.field).collect();
@@ -208,6 +209,14 @@ fn catalog_files_report_line_and_unknown_fields() {
 }
 
 #[test]
+fn unknown_prices_stay_unknown_except_for_local_models() {
+    let mut cloud = ModelSpec::new("cloud", "openai");
+    assert_eq!(cloud.price(), None, "a cloud model with no pricing is not free");
+    cloud.local = true;
+    assert_eq!(cloud.price(), Some(Pricing::FREE));
+}
+
+#[test]
 fn pricing_cost_prices_cached_tokens_apart() {
     let pricing = Pricing {
         input_per_mtok: "2.50".parse().unwrap(),
@@ -237,7 +246,7 @@ fn arb_spec() -> impl Strategy<Value = ModelSpec> {
             spec.context_window = window;
             spec.quality = quality;
             spec.priority = priority;
-            spec.pricing.input_per_mtok = Money::from_nanos(price);
+            spec.pricing = (price > 0).then(|| Pricing { input_per_mtok: Money::from_nanos(price), ..Pricing::FREE });
             spec.local = local;
             spec.categories = categories;
             spec
