@@ -6,6 +6,10 @@
 //! table in `xtask/src/bench.rs`; CI compiles them (clippy `--all-targets`)
 //! but never runs them.
 
+use std::collections::HashMap;
+
+use modelfleet_registry::{Capabilities, Category, ModelSpec, Money, Pricing};
+use modelfleet_selector::Signals;
 use modelfleet_service_registry::{BoxError, BoxFuture, Service};
 
 /// A service that does nothing, with a name and dependencies.
@@ -52,4 +56,66 @@ pub fn layered(n: usize) -> Vec<Noop> {
             Noop::new(format!("svc{i:04}"), deps)
         })
         .collect()
+}
+
+/// `n` varied models (prices, windows, qualities, languages, local or not),
+/// deterministic for a given `n`.
+#[must_use]
+pub fn models(n: usize) -> Vec<ModelSpec> {
+    let mut rng = fastrand_like(n as u64);
+    (0..n)
+        .map(|i| {
+            let mut m = ModelSpec::new(format!("model-{i:05}"), ["openai", "anthropic", "mistral", "ollama"][i % 4]);
+            m.local = i % 4 == 3;
+            m.categories = vec![Category::General, Category::ALL[i % Category::ALL.len()]];
+            m.context_window = Some([4_096, 32_000, 128_000, 200_000][(rng() % 4) as usize]);
+            m.max_output_tokens = Some(4_096);
+            m.quality = Some((rng() % 100) as f64 / 100.0);
+            m.typical_latency_ms = Some(200 + (rng() % 3_000) as u32);
+            m.priority = (rng() % 100) as u8;
+            m.primary_language = Some("en".into());
+            m.languages = vec!["en".into(), "fr".into(), "de".into()];
+            m.capabilities = Capabilities { streaming: true, tools: i % 2 == 0, json_mode: true, vision: i % 3 == 0 };
+            m.memory_mb = m.local.then_some(4_096);
+            if !m.local {
+                let cents = i64::try_from(rng() % 1_500).unwrap_or(0);
+                m.pricing = Some(Pricing {
+                    input_per_mtok: Money::from_nanos(cents * 10_000_000),
+                    output_per_mtok: Money::from_nanos(cents * 40_000_000),
+                    cached_input_per_mtok: None,
+                });
+            }
+            m
+        })
+        .collect()
+}
+
+/// Live signals for every model of `models`, as the monitor would give them.
+#[must_use]
+pub fn signals(models: &[ModelSpec]) -> HashMap<String, Signals> {
+    models
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let signals = Signals {
+                samples: 100 + i as u64,
+                success_rate: 0.9 + (i % 10) as f64 / 100.0,
+                latency_ms: Some(300.0 + (i % 50) as f64 * 20.0),
+                in_flight: u32::try_from(i % 7).unwrap_or(0),
+            };
+            (m.id.clone(), signals)
+        })
+        .collect()
+}
+
+/// A tiny deterministic generator (`SplitMix64`) so fixtures need no RNG crate.
+fn fastrand_like(seed: u64) -> impl FnMut() -> u64 {
+    let mut state = seed;
+    move || {
+        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
 }

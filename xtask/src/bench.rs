@@ -52,6 +52,9 @@ pub(crate) const TARGETS: &[Goal] = &[
         target_ns: 2_000.0,
         why: "ours: classify a 429 with an OpenAI error body, once per failed call",
     },
+    Goal { name: "selector/select_best_of_10", target_ns: 1_000.0, why: "issue 3; seed 000 selected in 1.65 ms" },
+    Goal { name: "selector/rank_1000", target_ns: 150_000.0, why: "issue 3: rank 1,000 models <= 150 us" },
+    Goal { name: "selector/rank_10000", target_ns: 2_000_000.0, why: "issue 3: rank 10,000 models <= 2 ms" },
 ];
 
 #[derive(Serialize)]

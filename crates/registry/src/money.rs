@@ -67,6 +67,14 @@ impl Money {
     /// three decimals of a dollar, which covers every published price we know).
     #[must_use]
     pub fn per_million(self, tokens: u64) -> Money {
+        // Fast path in 64 bits (i128 division is a slow library call); the
+        // product fits for any realistic price and token count.
+        if let Ok(tokens) = i64::try_from(tokens)
+            && let Some(femto) = self.0.checked_mul(tokens)
+        {
+            let (q, r) = (femto / 1_000_000, femto % 1_000_000);
+            return Money(if r.abs() >= 500_000 { q + femto.signum() } else { q });
+        }
         let femto = i128::from(self.0) * i128::from(tokens);
         let (q, r) = (femto / 1_000_000, femto % 1_000_000);
         let rounded = if r.abs() >= 500_000 { q + femto.signum() } else { q };
@@ -256,6 +264,7 @@ mod tests {
         let odd = Money::from_nanos(37_500_000); // $0.0375 per Mtok
         assert_eq!(odd.per_million(1), Money::from_nanos(38), "37.5 rounds half away from zero");
         assert_eq!(Money::from_nanos(i64::MAX).per_million(u64::MAX), Money::from_nanos(i64::MAX), "saturates");
+        assert_eq!(Money::from_nanos(-250).per_million(2_000), Money::from_nanos(-1), "-0.5 rounds away from zero");
     }
 
     #[test]
@@ -280,6 +289,15 @@ mod tests {
         fn display_parse_round_trip(nanos in any::<i64>()) {
             let money = Money::from_nanos(nanos);
             prop_assert_eq!(money.to_string().parse::<Money>(), Ok(money));
+        }
+
+        #[test]
+        fn the_fast_path_agrees_with_wide_arithmetic(nanos in any::<i64>(), tokens in any::<u64>()) {
+            let wide = i128::from(nanos) * i128::from(tokens);
+            let (q, r) = (wide / 1_000_000, wide % 1_000_000);
+            let rounded = if r.abs() >= 500_000 { q + wide.signum() } else { q };
+            let expect = i64::try_from(rounded).unwrap_or(if rounded < 0 { i64::MIN } else { i64::MAX });
+            prop_assert_eq!(Money::from_nanos(nanos).per_million(tokens).nanos(), expect);
         }
 
         #[test]

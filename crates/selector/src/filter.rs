@@ -1,0 +1,283 @@
+//! Hard constraints: which models may serve a request, and why not.
+
+use std::{fmt, ops::ControlFlow};
+
+use modelfleet_registry::{Capability, Category, ModelSpec, ModelStatus, Money};
+use serde::Serialize;
+
+use crate::{Locality, Requirements, Signals};
+
+/// Why a model cannot serve a request. Each names the constraint and, where
+/// it helps, what was needed and what the model has.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "constraint", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Rejection {
+    /// Switched off.
+    Disabled,
+    /// Its status does not serve traffic.
+    Status {
+        /// The status.
+        status: ModelStatus,
+    },
+    /// Another model with the same id came earlier in the input.
+    DuplicateId,
+    /// Neither the category nor `general`, or no categories known.
+    Category {
+        /// The category asked for.
+        wanted: Category,
+    },
+    /// It does not speak the language (or no language is known).
+    Language {
+        /// The language asked for.
+        wanted: String,
+    },
+    /// Its context window is unknown.
+    ContextUnknown {
+        /// Prompt plus output, in tokens.
+        needed: u64,
+    },
+    /// Its context window is too small.
+    ContextTooSmall {
+        /// Prompt plus output, in tokens.
+        needed: u64,
+        /// Its window.
+        window: u32,
+    },
+    /// Its output limit is unknown or below what the request allows.
+    OutputTooLong {
+        /// The output tokens asked for.
+        needed: u32,
+        /// Its limit, when known.
+        limit: Option<u32>,
+    },
+    /// It lacks a capability.
+    Capability {
+        /// The capability missing.
+        missing: Capability,
+    },
+    /// Its price is unknown.
+    PriceUnknown,
+    /// The estimated cost is above the limit.
+    TooExpensive {
+        /// The estimate for this request.
+        estimate: Money,
+        /// The limit.
+        max: Money,
+    },
+    /// Its quality is unknown.
+    QualityUnknown,
+    /// Its quality is below the minimum.
+    QualityTooLow {
+        /// Its quality.
+        quality: f64,
+        /// The minimum.
+        min: f64,
+    },
+    /// Its latency is unknown (not measured, no typical value).
+    LatencyUnknown,
+    /// Its latency is above the maximum.
+    TooSlow {
+        /// Its latency in ms (live when measured).
+        latency_ms: f64,
+        /// The maximum.
+        max_ms: u32,
+    },
+    /// Its provider is not among those allowed.
+    ProviderNotAllowed {
+        /// Its provider.
+        provider: String,
+    },
+    /// Its provider is excluded.
+    ProviderExcluded {
+        /// Its provider.
+        provider: String,
+    },
+    /// A cloud model where only local ones may serve.
+    NotLocal,
+    /// A local model where only cloud ones may serve.
+    NotCloud,
+    /// A local model whose memory need is unknown.
+    MemoryUnknown,
+    /// A local model that needs more memory than is free.
+    NotEnoughMemory {
+        /// What it needs, MiB.
+        needed_mb: u64,
+        /// What is free, MiB.
+        available_mb: u64,
+    },
+}
+
+impl Rejection {
+    /// The constraint's short name (`context_window`, `language`, …), for
+    /// counting rejections by constraint.
+    #[must_use]
+    pub fn constraint(&self) -> &'static str {
+        match self {
+            Rejection::Disabled | Rejection::Status { .. } => "status",
+            Rejection::DuplicateId => "duplicate_id",
+            Rejection::Category { .. } => "category",
+            Rejection::Language { .. } => "language",
+            Rejection::ContextUnknown { .. } | Rejection::ContextTooSmall { .. } => "context_window",
+            Rejection::OutputTooLong { .. } => "max_output_tokens",
+            Rejection::Capability { .. } => "capabilities",
+            Rejection::PriceUnknown | Rejection::TooExpensive { .. } => "max_cost",
+            Rejection::QualityUnknown | Rejection::QualityTooLow { .. } => "min_quality",
+            Rejection::LatencyUnknown | Rejection::TooSlow { .. } => "max_latency_ms",
+            Rejection::ProviderNotAllowed { .. } | Rejection::ProviderExcluded { .. } => "providers",
+            Rejection::NotLocal | Rejection::NotCloud => "locality",
+            Rejection::MemoryUnknown | Rejection::NotEnoughMemory { .. } => "available_memory_mb",
+        }
+    }
+}
+
+impl fmt::Display for Rejection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Rejection::Disabled => write!(f, "disabled"),
+            Rejection::Status { status } => write!(f, "status is {}", status.as_str()),
+            Rejection::DuplicateId => write!(f, "duplicate id (an earlier model has it)"),
+            Rejection::Category { wanted } => write!(f, "not a {wanted} or general model"),
+            Rejection::Language { wanted } => write!(f, "does not speak {wanted:?}"),
+            Rejection::ContextUnknown { needed } => {
+                write!(f, "context window unknown ({needed} tokens needed)")
+            }
+            Rejection::ContextTooSmall { needed, window } => {
+                write!(f, "context window {window} < {needed} tokens needed")
+            }
+            Rejection::OutputTooLong { needed, limit: Some(limit) } => {
+                write!(f, "output limit {limit} < {needed} tokens asked")
+            }
+            Rejection::OutputTooLong { needed, limit: None } => {
+                write!(f, "output limit unknown ({needed} tokens asked)")
+            }
+            Rejection::Capability { missing } => write!(f, "no {missing} support"),
+            Rejection::PriceUnknown => write!(f, "price unknown"),
+            Rejection::TooExpensive { estimate, max } => write!(f, "estimated cost ${estimate} > max ${max}"),
+            Rejection::QualityUnknown => write!(f, "quality unknown"),
+            Rejection::QualityTooLow { quality, min } => write!(f, "quality {quality} < min {min}"),
+            Rejection::LatencyUnknown => write!(f, "latency unknown"),
+            Rejection::TooSlow { latency_ms, max_ms } => write!(f, "latency {latency_ms:.0} ms > max {max_ms} ms"),
+            Rejection::ProviderNotAllowed { provider } => write!(f, "provider {provider:?} not allowed"),
+            Rejection::ProviderExcluded { provider } => write!(f, "provider {provider:?} excluded"),
+            Rejection::NotLocal => write!(f, "not local"),
+            Rejection::NotCloud => write!(f, "not a cloud model"),
+            Rejection::MemoryUnknown => write!(f, "memory need unknown"),
+            Rejection::NotEnoughMemory { needed_mb, available_mb } => {
+                write!(f, "needs {needed_mb} MiB, {available_mb} MiB free")
+            }
+        }
+    }
+}
+
+/// The latency to judge a model by: live when measured, else typical.
+pub(crate) fn latency_ms(model: &ModelSpec, live: &Signals) -> Option<f64> {
+    match live.latency_ms {
+        Some(ms) if live.samples > 0 && ms.is_finite() && ms >= 0.0 => Some(ms),
+        _ => model.typical_latency_ms.map(f64::from),
+    }
+}
+
+/// The estimated cost of the request on `model`, when its price is known.
+pub(crate) fn estimate(model: &ModelSpec, req: &Requirements) -> Option<Money> {
+    model.price().map(|p| p.cost(u64::from(req.prompt_tokens), 0, u64::from(req.max_output_tokens)))
+}
+
+/// Checks every constraint of `req` against `model`, reporting each failure
+/// to `on_reject`, which decides whether to go on (`Continue`) or stop.
+/// Returns whether the model passed every constraint checked.
+pub(crate) fn check(
+    model: &ModelSpec,
+    req: &Requirements,
+    live: &Signals,
+    mut on_reject: impl FnMut(Rejection) -> ControlFlow<()>,
+) -> bool {
+    let mut ok = true;
+    let mut reject = |rejection: Rejection| {
+        ok = false;
+        on_reject(rejection)
+    };
+    // `?` on ControlFlow stops at the first Break.
+    let mut run = || -> ControlFlow<()> {
+        if !model.enabled {
+            reject(Rejection::Disabled)?;
+        }
+        if !model.status.is_servable() {
+            reject(Rejection::Status { status: model.status })?;
+        }
+        if !req.providers.is_empty() && !req.providers.contains(&model.provider) {
+            reject(Rejection::ProviderNotAllowed { provider: model.provider.clone() })?;
+        }
+        if req.exclude_providers.contains(&model.provider) {
+            reject(Rejection::ProviderExcluded { provider: model.provider.clone() })?;
+        }
+        match req.locality {
+            Locality::LocalOnly if !model.local => reject(Rejection::NotLocal)?,
+            Locality::CloudOnly if model.local => reject(Rejection::NotCloud)?,
+            _ => {}
+        }
+        if let Some(wanted) = req.category
+            && !model.categories.iter().any(|c| *c == wanted || *c == Category::General)
+        {
+            reject(Rejection::Category { wanted })?;
+        }
+        if let Some(wanted) = &req.language
+            && !model.speaks(wanted)
+        {
+            reject(Rejection::Language { wanted: wanted.clone() })?;
+        }
+        let needed = req.min_context();
+        if needed > 0 {
+            match model.context_window {
+                None => reject(Rejection::ContextUnknown { needed })?,
+                Some(window) if u64::from(window) < needed => reject(Rejection::ContextTooSmall { needed, window })?,
+                Some(_) => {}
+            }
+        }
+        if req.max_output_tokens > 0 && model.max_output_tokens.is_none_or(|limit| limit < req.max_output_tokens) {
+            reject(Rejection::OutputTooLong { needed: req.max_output_tokens, limit: model.max_output_tokens })?;
+        }
+        for &capability in &req.capabilities {
+            if !model.capabilities.has(capability) {
+                reject(Rejection::Capability { missing: capability })?;
+            }
+        }
+        if let Some(max) = req.max_cost {
+            match estimate(model, req) {
+                None => reject(Rejection::PriceUnknown)?,
+                Some(estimate) if estimate > max => reject(Rejection::TooExpensive { estimate, max })?,
+                Some(_) => {}
+            }
+        }
+        if let Some(min) = req.min_quality {
+            match model.quality {
+                None => reject(Rejection::QualityUnknown)?,
+                Some(quality) if quality < min => reject(Rejection::QualityTooLow { quality, min })?,
+                Some(_) => {}
+            }
+        }
+        if let Some(max_ms) = req.max_latency_ms {
+            match latency_ms(model, live) {
+                None => reject(Rejection::LatencyUnknown)?,
+                Some(latency_ms) if latency_ms > f64::from(max_ms) => {
+                    reject(Rejection::TooSlow { latency_ms, max_ms })?;
+                }
+                Some(_) => {}
+            }
+        }
+        if model.local
+            && let Some(available_mb) = req.available_memory_mb
+        {
+            match model.memory_mb {
+                None => reject(Rejection::MemoryUnknown)?,
+                Some(needed_mb) if needed_mb > available_mb => {
+                    reject(Rejection::NotEnoughMemory { needed_mb, available_mb })?;
+                }
+                Some(_) => {}
+            }
+        }
+        ControlFlow::Continue(())
+    };
+    let _ = run();
+    ok
+}

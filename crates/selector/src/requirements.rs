@@ -1,0 +1,68 @@
+//! What a request asks of a model.
+
+use modelfleet_registry::{Capability, Category, Money};
+use serde::{Deserialize, Serialize};
+
+/// Where a model must run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Locality {
+    /// Local or cloud.
+    #[default]
+    Any,
+    /// Only models on this machine.
+    LocalOnly,
+    /// Only models behind a provider's API.
+    CloudOnly,
+}
+
+/// What a request needs from a model. Every field is optional; the default
+/// asks for nothing and every servable model is eligible.
+///
+/// A constraint on a property a model does not know (no context window, no
+/// quality, no price…) rejects that model: unknown never passes.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Requirements {
+    /// The kind of work. Models of that category score highest; `general`
+    /// models may take it, scoring lower; others are rejected.
+    pub category: Option<Category>,
+    /// The language of the request (ISO 639-1, e.g. `en`); the model must speak it.
+    pub language: Option<String>,
+    /// Tokens in the prompt (for the context check and the cost estimate).
+    pub prompt_tokens: u32,
+    /// Tokens the answer may take; the context window must hold prompt plus
+    /// this, and the model's output limit must allow it.
+    pub max_output_tokens: u32,
+    /// Capabilities the model must have.
+    pub capabilities: Vec<Capability>,
+    /// The most this request may cost, estimated from `prompt_tokens` and
+    /// `max_output_tokens` at the model's prices.
+    pub max_cost: Option<Money>,
+    /// The lowest acceptable quality, 0 to 1.
+    pub min_quality: Option<f64>,
+    /// The highest acceptable latency in milliseconds (live when measured,
+    /// else the model's typical latency).
+    pub max_latency_ms: Option<u32>,
+    /// When not empty, only these providers.
+    pub providers: Vec<String>,
+    /// Never these providers.
+    pub exclude_providers: Vec<String>,
+    /// Local only, cloud only, or either.
+    pub locality: Locality,
+    /// Rank free models above every paid one.
+    pub prefer_free: bool,
+    /// Rank local models above every cloud one.
+    pub prefer_local: bool,
+    /// Memory free for a local model, in MiB, as the caller measured it; a
+    /// local model needing more (or not saying) is rejected. `None`: no check.
+    pub available_memory_mb: Option<u64>,
+}
+
+impl Requirements {
+    /// The context window a model needs: prompt plus output.
+    #[must_use]
+    pub fn min_context(&self) -> u64 {
+        u64::from(self.prompt_tokens) + u64::from(self.max_output_tokens)
+    }
+}

@@ -1,0 +1,50 @@
+//! Live signals: how a model is doing right now, from whoever measures it.
+
+use std::{collections::HashMap, hash::BuildHasher};
+
+use serde::{Deserialize, Serialize};
+
+/// What is known of a model's recent behaviour.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+pub struct Signals {
+    /// Requests observed (0: nothing known, the other fields are ignored).
+    pub samples: u64,
+    /// Share of them that succeeded, 0 to 1.
+    pub success_rate: f64,
+    /// Their average (or EWMA) latency in milliseconds, when measured.
+    pub latency_ms: Option<f64>,
+    /// Requests running on the model now.
+    pub in_flight: u32,
+}
+
+/// A source of [`Signals`] per model id.
+///
+/// The selector defines this trait and never depends on who implements it:
+/// the monitor does (through an adapter in the facade), tests use a map or a
+/// closure, and [`NoSignals`] knows nothing.
+pub trait LiveSignals {
+    /// The signals of model `id` (the default when nothing is known).
+    fn signals(&self, id: &str) -> Signals;
+}
+
+/// No live data: every model is judged on its catalog entry alone.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoSignals;
+
+impl LiveSignals for NoSignals {
+    fn signals(&self, _: &str) -> Signals {
+        Signals::default()
+    }
+}
+
+impl<S: BuildHasher> LiveSignals for HashMap<String, Signals, S> {
+    fn signals(&self, id: &str) -> Signals {
+        self.get(id).copied().unwrap_or_default()
+    }
+}
+
+impl<F: Fn(&str) -> Signals> LiveSignals for F {
+    fn signals(&self, id: &str) -> Signals {
+        self(id)
+    }
+}
