@@ -152,10 +152,11 @@ impl Pricing {
     #[must_use]
     pub fn cost(&self, input: u64, cached: u64, output: u64) -> Money {
         let cached = cached.min(input);
-        let cached_price = self.cached_input_per_mtok.unwrap_or(self.input_per_mtok);
-        self.input_per_mtok.per_million(input - cached)
-            + cached_price.per_million(cached)
-            + self.output_per_mtok.per_million(output)
+        // Zero terms are skipped: each costs a division on the selector's hot path.
+        let term = |price: Money, tokens: u64| if tokens == 0 { Money::ZERO } else { price.per_million(tokens) };
+        term(self.input_per_mtok, input - cached)
+            + term(self.cached_input_per_mtok.unwrap_or(self.input_per_mtok), cached)
+            + term(self.output_per_mtok, output)
     }
 }
 

@@ -57,7 +57,7 @@ mod signals;
 
 pub use crate::{
     filter::Rejection,
-    rank::{Explanation, Ranked, Rejected, SelectorConfig, Strategy, explain, rank, select},
+    rank::{Explanation, Ranked, Rejected, SelectorConfig, Strategy, explain, rank, select, select_where},
     requirements::{Locality, Requirements},
     score::{Breakdown, Weights},
     signals::{LiveSignals, NoSignals, Signals},

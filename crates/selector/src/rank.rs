@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     Breakdown, Error, LiveSignals, Rejection, Requirements, Weights,
     filter::{check, estimate, latency_ms},
-    score::{Known, score},
+    score::{Known, score, sized},
 };
 
 /// How eligible models are ordered. Whatever the strategy, a model matching
@@ -21,7 +21,8 @@ pub enum Strategy {
     /// By weighted score, highest first.
     #[default]
     WeightedScore,
-    /// By estimated cost, lowest first (unknown price last), then score.
+    /// By estimated cost, lowest first (unknown price last), then score. A
+    /// request without token counts is priced as 1,000 prompt and 500 output tokens.
     Cheapest,
     /// By latency, lowest first (unknown last), then score.
     Fastest,
@@ -132,7 +133,15 @@ fn evaluate<'a>(
     let Known { estimate: estimated_cost, latency_ms: latency } = known;
     let key = match config.strategy {
         Strategy::WeightedScore => breakdown.total,
-        Strategy::Cheapest => estimated_cost.map_or(f64::NEG_INFINITY, |c| -(c.nanos() as f64)),
+        Strategy::Cheapest => {
+            // Unrounded femto-dollars for the request (or the reference one
+            // when it gives no sizes), so tiny price differences still order.
+            let (prompt, output) = sized(req);
+            model.price().map_or(f64::NEG_INFINITY, |p| {
+                -(p.input_per_mtok.nanos() as f64 * f64::from(prompt)
+                    + p.output_per_mtok.nanos() as f64 * f64::from(output))
+            })
+        }
         Strategy::Fastest => latency.map_or(f64::NEG_INFINITY, |ms| -ms),
         Strategy::HighestQuality => model.quality.unwrap_or(f64::NEG_INFINITY),
         Strategy::PriorityOrder => f64::from(model.priority),
@@ -265,11 +274,24 @@ pub fn select<'a, M: Borrow<ModelSpec>>(
     signals: &impl LiveSignals,
     config: &SelectorConfig,
 ) -> Result<Ranked<'a>, Error> {
+    select_where(models, req, signals, config, |_| true)
+}
+
+/// [`select`] among the models for which `keep` holds (checked first, before
+/// any signal lookup or scoring): the head of [`rank`] over those models.
+/// The fallback crate uses it to skip the failed model and models in cooldown.
+pub fn select_where<'a, M: Borrow<ModelSpec>>(
+    models: &'a [M],
+    req: &Requirements,
+    signals: &impl LiveSignals,
+    config: &SelectorConfig,
+    mut keep: impl FnMut(&ModelSpec) -> bool,
+) -> Result<Ranked<'a>, Error> {
     let mut rng = rng_for(config);
     let mut seen = Seen::for_input(models);
     let mut best: Option<Ranked<'a>> = None;
     for model in models.iter().map(Borrow::borrow) {
-        if !seen.first(&model.id) {
+        if !seen.first(&model.id) || !keep(model) {
             continue;
         }
         if let Some(candidate) = evaluate(model, req, signals, config, &mut rng)

@@ -95,6 +95,15 @@ pub struct Breakdown {
 const REFERENCE_PROMPT: u32 = 1_000;
 const REFERENCE_OUTPUT: u32 = 500;
 
+/// The request's token counts, or the reference request's when it gives none.
+pub(crate) fn sized(req: &Requirements) -> (u32, u32) {
+    if req.prompt_tokens == 0 && req.max_output_tokens == 0 {
+        (REFERENCE_PROMPT, REFERENCE_OUTPUT)
+    } else {
+        (req.prompt_tokens, req.max_output_tokens)
+    }
+}
+
 /// Clamps a component into 0..=1; anything not finite counts 0.
 fn unit(x: f64) -> f64 {
     if x.is_finite() { x.clamp(0.0, 1.0) } else { 0.0 }
@@ -128,20 +137,21 @@ pub(crate) fn score(
         Some(_) => 0.8,
     };
     let estimate = if req.prompt_tokens == 0 && req.max_output_tokens == 0 {
-        model.price().map(|p| p.cost(u64::from(REFERENCE_PROMPT), 0, u64::from(REFERENCE_OUTPUT)))
+        let (prompt, output) = sized(req);
+        model.price().map(|p| p.cost(u64::from(prompt), 0, u64::from(output)))
     } else {
         known.estimate
     };
-    let cost = estimate.map_or(0.0, |c| unit(1.0 / (1.0 + c.as_dollars_f64() / 0.001)));
+    let cost = estimate.map_or(0.0, |c| unit(1.0 / (1.0 + c.as_dollars_f64() * 1_000.0)));
     let latency = known.latency_ms;
-    let speed = latency.map_or(0.25, |ms| unit(1.0 / (1.0 + ms / 1000.0)));
+    let speed = latency.map_or(0.25, |ms| unit(1.0 / (1.0 + ms * 0.001)));
     let queued = latency.unwrap_or(1000.0) * f64::from(live.in_flight);
-    let load = unit(1.0 / (1.0 + queued / 1000.0));
+    let load = unit(1.0 / (1.0 + queued * 0.001));
     let category = match req.category {
         Some(wanted) if model.categories.contains(&wanted) && wanted != Category::General => 1.0,
         _ => 0.5,
     };
-    let priority = unit(f64::from(model.priority) / 100.0);
+    let priority = unit(f64::from(model.priority) * 0.01);
     let total = quality * weights.quality
         + reliability * weights.reliability
         + language * weights.language

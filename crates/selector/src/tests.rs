@@ -152,7 +152,7 @@ fn strategies_order_as_named() {
         let config = SelectorConfig { strategy, ..SelectorConfig::default() };
         rank(&models, &req, &NoSignals, &config)[0].model.id.clone()
     };
-    assert_eq!(head(Strategy::Cheapest), "cheap");
+    assert_eq!(head(Strategy::Cheapest), "cheap", "priced on the reference request when none is sized");
     assert_eq!(head(Strategy::Fastest), "fast");
     assert_eq!(head(Strategy::HighestQuality), "smart");
     assert_eq!(head(Strategy::PriorityOrder), "favourite");
