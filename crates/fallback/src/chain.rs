@@ -75,11 +75,7 @@ pub fn chain<'a, M: Borrow<ModelSpec>, S: LiveSignals>(
 ) -> Vec<&'a ModelSpec> {
     let config = input.strategy.selector_config(input.weights);
     let ranked = rank(models, input.requirements, input.signals, &config);
-    let usable = |m: &ModelSpec| {
-        m.id != failed.model.id
-            && tracker.availability(&m.id, input.now).is_available()
-            && (failed.class != ErrorClass::ContextWindowExceeded || larger_window(m, failed.model))
-    };
+    let usable = |m: &ModelSpec| may_take_over(m, failed, tracker, input.now);
     match input.explicit {
         Some(order) => order
             .iter()
@@ -102,17 +98,21 @@ pub fn next_fallback<'a, M: Borrow<ModelSpec>, S: LiveSignals>(
         return chain(models, failed, input, tracker).into_iter().next();
     }
     let config = input.strategy.selector_config(input.weights);
-    let keep = |m: &ModelSpec| {
-        m.id != failed.model.id
-            && (failed.class != ErrorClass::ContextWindowExceeded || larger_window(m, failed.model))
-            && tracker.availability(&m.id, input.now).is_available()
-    };
+    let keep = |m: &ModelSpec| may_take_over(m, failed, tracker, input.now);
     modelfleet_selector::select_where(models, input.requirements, input.signals, &config, keep).ok().map(|r| r.model)
+}
+
+/// Whether `m` may take the request over after `failed` at `now`: another
+/// model, available, and after a context-window failure one with a larger window.
+fn may_take_over(m: &ModelSpec, failed: Failed<'_>, tracker: &Tracker, now: Duration) -> bool {
+    m.id != failed.model.id
+        && (failed.class != ErrorClass::ContextWindowExceeded || larger_window(m, failed.model))
+        && tracker.availability(&m.id, now).is_available()
 }
 
 /// Whether `candidate`'s known window is larger than `failed`'s (an unknown
 /// window is never larger; any known one beats an unknown failed one).
-fn larger_window(candidate: &ModelSpec, failed: &ModelSpec) -> bool {
+pub(crate) fn larger_window(candidate: &ModelSpec, failed: &ModelSpec) -> bool {
     match (candidate.context_window, failed.context_window) {
         (Some(c), Some(f)) => c > f,
         (Some(_), None) => true,

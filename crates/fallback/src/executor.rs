@@ -7,7 +7,7 @@ use modelfleet_registry::ModelSpec;
 use modelfleet_selector::{LiveSignals, Requirements, Weights};
 use serde::Serialize;
 
-use crate::{Availability, FallbackStrategy, Tracker};
+use crate::{Availability, FallbackStrategy, Tracker, chain::larger_window};
 
 /// The executor's settings.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -307,14 +307,8 @@ impl<'a> Walk<'a> {
         rng: &mut fastrand::Rng,
     ) {
         if class == ErrorClass::ContextWindowExceeded {
-            let failed_window = model.context_window;
-            let larger = |m: &ModelSpec| match (m.context_window, failed_window) {
-                (Some(c), Some(f)) => c > f,
-                (Some(_), None) => true,
-                (None, _) => false,
-            };
-            self.queue.retain(|m| larger(m));
-            self.waiting.retain(|(m, _)| larger(m));
+            self.queue.retain(|m| larger_window(m, model));
+            self.waiting.retain(|(m, _)| larger_window(m, model));
         }
         if !class.retry_same_model() {
             return;
