@@ -57,6 +57,13 @@ pub(crate) const TARGETS: &[Goal] = &[
     Goal { name: "selector/rank_10000", target_ns: 2_000_000.0, why: "issue 3: rank 10,000 models <= 2 ms" },
     Goal { name: "fallback/next_fallback_of_10", target_ns: 1_000.0, why: "issue 3; seed 000 took 505 us" },
     Goal { name: "fallback/record_failure", target_ns: 250.0, why: "issue 3; seed 000 took 389 us" },
+    Goal { name: "monitor/record", target_ns: 200.0, why: "issue 4; seed 000 took 168 us" },
+    Goal {
+        name: "monitor/record_two_threads",
+        target_ns: 250.0,
+        why: "issue 4: >= 4 M records/s from two threads = <= 250 ns of wall time per record",
+    },
+    Goal { name: "monitor/model_stats", target_ns: 20_000.0, why: "issue 4; seed 000 took 320 us" },
 ];
 
 #[derive(Serialize)]

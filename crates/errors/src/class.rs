@@ -80,6 +80,26 @@ impl ErrorClass {
         ErrorClass::Internal,
     ];
 
+    /// The class's position in [`ErrorClass::ALL`], for per-class counter arrays.
+    #[must_use]
+    pub const fn index(self) -> usize {
+        match self {
+            ErrorClass::Timeout => 0,
+            ErrorClass::RateLimited => 1,
+            ErrorClass::QuotaExhausted => 2,
+            ErrorClass::ServerError => 3,
+            ErrorClass::Connection => 4,
+            ErrorClass::BadRequest => 5,
+            ErrorClass::Authentication => 6,
+            ErrorClass::NotFound => 7,
+            ErrorClass::ContextWindowExceeded => 8,
+            ErrorClass::ContentPolicy => 9,
+            ErrorClass::Cancelled => 10,
+            ErrorClass::BudgetExceeded => 11,
+            ErrorClass::Internal => 12,
+        }
+    }
+
     /// The stable snake-case name, used as metrics label and in JSON.
     #[must_use]
     pub const fn as_str(self) -> &'static str {

@@ -4,12 +4,13 @@ use std::{
     collections::{BTreeMap, HashMap},
     fmt,
     sync::{Arc, Mutex, PoisonError},
-    time::{SystemTime, UNIX_EPOCH},
 };
 
 use arc_swap::ArcSwap;
 
-use crate::{Capabilities, Category, Error, ModelSpec, ModelStatus, Pricing, Sampling, spec::FieldError};
+use crate::{
+    Capabilities, Category, Clock, Error, ModelSpec, ModelStatus, Pricing, Sampling, SystemClock, spec::FieldError,
+};
 
 /// An immutable view of the catalog at one version.
 ///
@@ -150,7 +151,6 @@ fn set<T>(field: &mut T, value: Option<T>) {
 }
 
 type Subscriber = Box<dyn Fn(&Change) + Send + Sync>;
-type Clock = Box<dyn Fn() -> u64 + Send + Sync>;
 
 /// The model catalog: many readers, rare writers.
 ///
@@ -178,7 +178,7 @@ pub struct Catalog {
     // Serializes writers; readers never take it.
     write: Mutex<()>,
     subscribers: Mutex<Vec<Subscriber>>,
-    clock: Clock,
+    clock: Box<dyn Clock>,
 }
 
 impl fmt::Debug for Catalog {
@@ -193,20 +193,16 @@ impl Default for Catalog {
     }
 }
 
-fn system_now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
 impl Catalog {
     /// An empty catalog on the system clock.
     #[must_use]
     pub fn new() -> Catalog {
-        Catalog::with_clock(system_now_ms)
+        Catalog::with_clock(SystemClock)
     }
 
     /// An empty catalog whose timestamps come from `clock` (Unix milliseconds).
     #[must_use]
-    pub fn with_clock(clock: impl Fn() -> u64 + Send + Sync + 'static) -> Catalog {
+    pub fn with_clock(clock: impl Clock + 'static) -> Catalog {
         Catalog {
             current: ArcSwap::from_pointee(Snapshot::default()),
             write: Mutex::new(()),
@@ -333,7 +329,7 @@ impl Catalog {
         let _writer = self.write.lock().unwrap_or_else(PoisonError::into_inner);
         let current = self.current.load_full();
         let mut models = current.models.clone();
-        let kind = change(&mut models, (self.clock)())?;
+        let kind = change(&mut models, self.clock.now_ms())?;
         let version = current.version + 1;
         self.current.store(Arc::new(Snapshot::new(version, models)));
         let event = Change { version, kind };

@@ -9,6 +9,8 @@
 //! - [`Catalog`]: concurrent CRUD. Readers take a [`Snapshot`] without a lock
 //!   and keep a consistent version; writers validate (every problem named by
 //!   field), refuse duplicate ids, bump the version and notify subscribers.
+//! - [`Clock`]: injected wall-clock time (Unix ms) shared by every crate that
+//!   needs the date; [`ManualClock`] for tests.
 //! - [`default_catalog`]: seed 001's five models plus current ones, kept as
 //!   TOML data (`catalog/default.toml`) compiled into the crate.
 //!
@@ -31,6 +33,7 @@
 //! ```
 
 mod catalog;
+mod clock;
 mod money;
 mod spec;
 
@@ -38,6 +41,7 @@ use serde::Deserialize;
 
 pub use crate::{
     catalog::{Catalog, Change, ChangeKind, ModelUpdate, Snapshot},
+    clock::{Clock, ManualClock, SystemClock},
     money::{Money, ParseMoneyError},
     spec::{Capabilities, Capability, Category, FieldError, ModelSpec, ModelStatus, Pricing, Sampling, SizeClass},
 };

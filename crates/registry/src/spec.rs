@@ -81,6 +81,12 @@ impl Category {
         Category::Specialized,
     ];
 
+    /// The category's position in [`Category::ALL`], for per-category arrays.
+    #[must_use]
+    pub const fn index(self) -> usize {
+        self as usize
+    }
+
     /// The snake-case name.
     #[must_use]
     pub const fn as_str(self) -> &'static str {

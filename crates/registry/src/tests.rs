@@ -266,3 +266,10 @@ proptest! {
         prop_assert_eq!(stored.as_deref(), Some(&spec));
     }
 }
+
+#[test]
+fn category_indexes_follow_all() {
+    for (i, category) in Category::ALL.into_iter().enumerate() {
+        assert_eq!(category.index(), i, "{category}");
+    }
+}

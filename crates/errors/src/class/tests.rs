@@ -142,7 +142,8 @@ fn handling_table() {
 
 #[test]
 fn names_round_trip() {
-    for class in ErrorClass::ALL {
+    for (i, class) in ErrorClass::ALL.into_iter().enumerate() {
+        assert_eq!(class.index(), i, "{class}");
         assert_eq!(class.as_str().parse::<ErrorClass>(), Ok(class));
         let json = serde_json::to_string(&class).unwrap();
         assert_eq!(json, format!("\"{}\"", class.as_str()));

@@ -1,0 +1,263 @@
+//! The monitor: record outcomes, read statistics, feed the selector.
+
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, atomic::Ordering},
+};
+
+use dashmap::DashMap;
+use modelfleet_errors::ErrorClass;
+use modelfleet_registry::{Category, Clock, SystemClock};
+use modelfleet_selector::{LiveSignals, Signals};
+use rustc_hash::FxBuildHasher;
+
+use crate::{
+    Latency, ModelStats, Outcome, ProviderStats, RecentEvent, Totals, Window, WindowStats,
+    cell::{Cell, Counts, latency_histogram},
+};
+
+/// The id under which models beyond [`MonitorConfig::max_models`] are counted.
+pub const OVERFLOW_MODEL: &str = "_other";
+
+/// The monitor's limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MonitorConfig {
+    /// Recent events kept per model (0 keeps none).
+    pub recent_events: usize,
+    /// Distinct models tracked; outcomes of further models are counted under
+    /// [`OVERFLOW_MODEL`], so memory stays bounded whatever ids callers send.
+    pub max_models: usize,
+}
+
+impl Default for MonitorConfig {
+    /// 100 recent events per model, 1,024 models.
+    fn default() -> Self {
+        MonitorConfig { recent_events: 100, max_models: 1_024 }
+    }
+}
+
+/// Per-model request statistics in bounded memory (about 64 KiB per model:
+/// two all-time histograms and four window rings), shared by all threads.
+///
+/// Recording takes the model's own lock only; reading live signals takes no
+/// lock at all.
+///
+/// ```
+/// use std::time::Duration;
+/// use modelfleet_errors::ErrorClass;
+/// use modelfleet_monitor::{Monitor, MonitorConfig, Outcome};
+/// use modelfleet_registry::ManualClock;
+///
+/// let monitor = Monitor::with_clock(MonitorConfig::default(), ManualClock::new(1_700_000_000_000));
+/// for ms in [120, 80, 100] {
+///     monitor.record(&Outcome::success("gpt-4o", "openai", Duration::from_millis(ms)));
+/// }
+/// monitor.record(&Outcome::success("gpt-4o", "openai", Duration::from_millis(900)).failed(ErrorClass::Timeout));
+/// let stats = monitor.model_stats("gpt-4o");
+/// assert_eq!((stats.totals.requests, stats.totals.failures), (4, 1));
+/// assert!((stats.latency.p50_ms - 100.0).abs() < 1.0);
+/// assert_eq!(monitor.model_stats("never-seen").totals.requests, 0);
+/// ```
+pub struct Monitor {
+    config: MonitorConfig,
+    clock: Arc<dyn Clock>,
+    models: DashMap<String, Cell, FxBuildHasher>,
+}
+
+impl std::fmt::Debug for Monitor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Monitor")
+            .field("config", &self.config)
+            .field("models", &self.models.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A call in flight: counted in the model's live signals until dropped.
+#[derive(Debug)]
+#[must_use = "the call counts as in flight only while this guard lives"]
+pub struct InFlight<'a> {
+    monitor: &'a Monitor,
+    model: String,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if let Some(cell) = self.monitor.models.get(&self.model) {
+            let _ = cell.in_flight.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+        }
+    }
+}
+
+impl Monitor {
+    /// A monitor on the system clock.
+    #[must_use]
+    pub fn new(config: MonitorConfig) -> Monitor {
+        Monitor::with_clock(config, SystemClock)
+    }
+
+    /// A monitor whose timestamps and windows follow `clock`.
+    #[must_use]
+    pub fn with_clock(config: MonitorConfig, clock: impl Clock + 'static) -> Monitor {
+        Monitor { config, clock: Arc::new(clock), models: DashMap::with_hasher(FxBuildHasher) }
+    }
+
+    /// The limits.
+    #[must_use]
+    pub fn config(&self) -> MonitorConfig {
+        self.config
+    }
+
+    /// Now, on the monitor's clock (Unix ms).
+    #[must_use]
+    pub fn now_ms(&self) -> u64 {
+        self.clock.now_ms()
+    }
+
+    /// The id an outcome of `model` is counted under (itself, or the overflow id).
+    fn slot<'m>(&self, model: &'m str, provider: &str) -> &'m str {
+        if self.models.contains_key(model) {
+            return model;
+        }
+        if self.models.len() >= self.config.max_models {
+            self.models.entry(OVERFLOW_MODEL.to_owned()).or_insert_with(|| Cell::new("", self.config.recent_events));
+            return OVERFLOW_MODEL;
+        }
+        self.models.entry(model.to_owned()).or_insert_with(|| Cell::new(provider, self.config.recent_events));
+        model
+    }
+
+    /// Records one outcome, timestamped by the monitor's clock.
+    pub fn record(&self, outcome: &Outcome<'_>) {
+        let now = self.clock.now_ms();
+        if let Some(cell) = self.models.get(outcome.model) {
+            cell.record(outcome, now, self.config.recent_events);
+            return;
+        }
+        let id = self.slot(outcome.model, outcome.provider);
+        if let Some(cell) = self.models.get(id) {
+            cell.record(outcome, now, self.config.recent_events);
+        }
+    }
+
+    /// Marks a call to `model` as started; it counts as in flight (a live
+    /// signal the selector uses) until the guard drops.
+    pub fn begin(&self, model: &str, provider: &str) -> InFlight<'_> {
+        let id = self.slot(model, provider);
+        if let Some(cell) = self.models.get(id) {
+            cell.in_flight.fetch_add(1, Ordering::Relaxed);
+        }
+        InFlight { monitor: self, model: id.to_owned() }
+    }
+
+    /// The ids of every model with data, sorted.
+    #[must_use]
+    pub fn models(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self.models.iter().map(|e| e.key().clone()).collect();
+        ids.sort();
+        ids
+    }
+
+    /// Everything known of `model` (empty statistics when unknown).
+    #[must_use]
+    pub fn model_stats(&self, model: &str) -> ModelStats {
+        let Some(cell) = self.models.get(model) else {
+            return ModelStats { model: model.to_owned(), ..ModelStats::default() };
+        };
+        let in_flight = cell.in_flight.load(Ordering::Relaxed);
+        let inner = cell.lock();
+        let count = |counts: &[u64], names: &mut dyn Iterator<Item = usize>| -> Vec<(usize, u64)> {
+            names.filter(|&i| counts[i] > 0).map(|i| (i, counts[i])).collect()
+        };
+        let errors = count(&inner.errors, &mut (0..ErrorClass::ALL.len()))
+            .into_iter()
+            .map(|(i, n)| (ErrorClass::ALL[i], n))
+            .collect();
+        let kinds = count(&inner.by_kind, &mut (0..Category::ALL.len()))
+            .into_iter()
+            .map(|(i, n)| (Category::ALL[i], n))
+            .collect();
+        ModelStats {
+            model: model.to_owned(),
+            provider: inner.provider.clone(),
+            totals: Totals::from(&inner.counts),
+            latency: Latency::from_histogram(&inner.latency_us, 0.001),
+            time_to_first_token: Latency::from_histogram(&inner.ttft_us, 0.001),
+            errors,
+            kinds,
+            avg_quality: (inner.quality_count > 0).then(|| inner.quality_sum / inner.quality_count as f64),
+            first_used_ms: inner.first_ms,
+            last_used_ms: inner.last_ms,
+            in_flight,
+        }
+    }
+
+    /// `model`'s statistics over `window`, ending now.
+    #[must_use]
+    pub fn window_stats(&self, model: &str, window: Window) -> WindowStats {
+        let Some(cell) = self.models.get(model) else {
+            return WindowStats { window: window.as_str(), ..WindowStats::default() };
+        };
+        let (counts, hist) = cell.window(window, self.clock.now_ms());
+        WindowStats {
+            window: window.as_str(),
+            totals: Totals::from(&counts),
+            latency: Latency::from_histogram(&hist, 1.0),
+        }
+    }
+
+    /// The most recent outcomes of `model`, oldest first (at most
+    /// [`MonitorConfig::recent_events`]).
+    #[must_use]
+    pub fn recent(&self, model: &str) -> Vec<RecentEvent> {
+        self.models.get(model).map(|cell| cell.lock().recent.iter().copied().collect()).unwrap_or_default()
+    }
+
+    /// Every provider's totals over its models, sorted by provider.
+    #[must_use]
+    pub fn provider_stats(&self) -> Vec<ProviderStats> {
+        let mut by: BTreeMap<String, (Vec<String>, Counts, hdrhistogram::Histogram<u64>)> = BTreeMap::new();
+        for entry in &self.models {
+            let inner = entry.value().lock();
+            let slot = by
+                .entry(inner.provider.clone())
+                .or_insert_with(|| (Vec::new(), Counts::default(), latency_histogram()));
+            slot.0.push(entry.key().clone());
+            slot.1.merge(&inner.counts);
+            let _ = slot.2.add(&inner.latency_us);
+        }
+        by.into_iter()
+            .map(|(provider, (mut models, counts, hist))| {
+                models.sort();
+                ProviderStats {
+                    provider,
+                    models,
+                    totals: Totals::from(&counts),
+                    latency: Latency::from_histogram(&hist, 0.001),
+                }
+            })
+            .collect()
+    }
+
+    /// Forgets everything (tests, or an operator's reset).
+    pub fn clear(&self) {
+        self.models.clear();
+    }
+}
+
+/// The monitor feeds the selector directly: success rate and latency are
+/// time-decayed averages (a 5 s time constant), so a model that starts
+/// failing or slowing down loses traffic within seconds; reading them takes
+/// no lock.
+impl LiveSignals for Monitor {
+    fn signals(&self, id: &str) -> Signals {
+        let Some(cell) = self.models.get(id) else { return Signals::default() };
+        let samples = cell.samples.load(Ordering::Relaxed);
+        Signals {
+            samples,
+            success_rate: f64::from_bits(cell.ewma_success.load(Ordering::Relaxed)),
+            latency_ms: (samples > 0).then(|| f64::from_bits(cell.ewma_latency_ms.load(Ordering::Relaxed))),
+            in_flight: cell.in_flight.load(Ordering::Relaxed),
+        }
+    }
+}

@@ -1,0 +1,343 @@
+//! Reports: ranking by performance, recommendations with reasons, an
+//! overview per provider and category, and health.
+
+use std::{collections::BTreeMap, fmt};
+
+use modelfleet_registry::{Category, Money};
+use serde::Serialize;
+
+use crate::{ModelStats, Monitor, Window};
+
+/// Thresholds of the reports.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ReportConfig {
+    /// Requests a model needs before it is judged.
+    pub min_requests: u64,
+    /// A success rate under this is worth a recommendation.
+    pub low_success_rate: f64,
+    /// A p95 above this many times the peers' median p95 is worth one.
+    pub slow_factor: f64,
+    /// Over the last minute, a success rate under this is "down"...
+    pub down_success_rate: f64,
+    /// ...and under this (or over 15 minutes, under `degraded_success_rate`) "degraded".
+    pub degraded_success_rate: f64,
+    /// Requests a window needs before health judges it.
+    pub health_min_requests: u64,
+}
+
+impl Default for ReportConfig {
+    /// Judged after 20 requests; low success under 90%; slow at 2× the peers'
+    /// p95; down under 50% over the last minute, degraded under 90% (1 min)
+    /// or 95% (15 min), with at least 5 requests in the window.
+    fn default() -> Self {
+        ReportConfig {
+            min_requests: 20,
+            low_success_rate: 0.9,
+            slow_factor: 2.0,
+            down_success_rate: 0.5,
+            degraded_success_rate: 0.95,
+            health_min_requests: 5,
+        }
+    }
+}
+
+/// A model's place in the performance ranking.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Ranked {
+    /// The model.
+    pub model: String,
+    /// 0 to 1: 60% success rate, 25% speed (`1 / (1 + p95 / 1 s)`), 15% rated
+    /// quality (0.5 when unrated).
+    pub score: f64,
+    /// Its statistics.
+    pub stats: ModelStats,
+}
+
+/// A model's health.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Health {
+    /// Working (or no recent data to say otherwise).
+    Healthy,
+    /// Failing more than it should.
+    Degraded,
+    /// Failing most calls.
+    Down,
+}
+
+impl fmt::Display for Health {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Health::Healthy => "healthy",
+            Health::Degraded => "degraded",
+            Health::Down => "down",
+        })
+    }
+}
+
+/// What a recommendation is about.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "reason", rename_all = "snake_case")]
+pub enum Finding {
+    /// Too many failures.
+    LowSuccessRate {
+        /// Its success rate.
+        success_rate: f64,
+        /// The threshold.
+        threshold: f64,
+    },
+    /// Much slower than its peers.
+    Slow {
+        /// Its p95.
+        p95_ms: f64,
+        /// The median p95 of the other judged models.
+        peers_p95_ms: f64,
+    },
+}
+
+/// A recommendation with its reason and, when there is one, a better model.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Recommendation {
+    /// The model concerned.
+    pub model: String,
+    /// Why.
+    pub finding: Finding,
+    /// A better-performing model that serves the same kinds of request.
+    pub alternative: Option<String>,
+    /// The whole of it in one sentence.
+    pub message: String,
+}
+
+/// One provider's line in the [`Overview`].
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ProviderSummary {
+    /// The provider.
+    pub provider: String,
+    /// Its models with traffic.
+    pub models: usize,
+    /// Requests.
+    pub requests: u64,
+    /// Success rate.
+    pub success_rate: f64,
+    /// Cost.
+    pub cost: Money,
+    /// The provider's health.
+    pub health: Health,
+}
+
+/// One category's line in the [`Overview`].
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CategorySummary {
+    /// The category.
+    pub category: Category,
+    /// Requests of that kind.
+    pub requests: u64,
+    /// The best-ranked models that served it (up to 3).
+    pub top: Vec<String>,
+}
+
+/// The whole system at a glance.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Overview {
+    /// Requests over every model.
+    pub requests: u64,
+    /// Their success rate.
+    pub success_rate: f64,
+    /// Their cost.
+    pub cost: Money,
+    /// Per provider.
+    pub providers: Vec<ProviderSummary>,
+    /// Per category.
+    pub categories: Vec<CategorySummary>,
+}
+
+/// Health of every model and provider.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HealthReport {
+    /// The worst of all.
+    pub overall: Health,
+    /// Per model, sorted by id.
+    pub models: BTreeMap<String, Health>,
+    /// Per provider.
+    pub providers: BTreeMap<String, Health>,
+}
+
+fn performance(stats: &ModelStats) -> f64 {
+    let speed = 1.0 / (1.0 + stats.latency.p95_ms / 1_000.0);
+    let score = 0.6 * stats.totals.success_rate + 0.25 * speed + 0.15 * stats.avg_quality.unwrap_or(0.5);
+    if score.is_finite() { score.clamp(0.0, 1.0) } else { 0.0 }
+}
+
+impl Monitor {
+    /// Every model with traffic, best performance first (ties by id).
+    #[must_use]
+    pub fn ranking(&self) -> Vec<Ranked> {
+        let mut ranked: Vec<Ranked> = self
+            .models()
+            .into_iter()
+            .map(|model| {
+                let stats = self.model_stats(&model);
+                Ranked { score: performance(&stats), model, stats }
+            })
+            .filter(|r| r.stats.totals.requests > 0)
+            .collect();
+        ranked.sort_by(|a, b| b.score.total_cmp(&a.score).then_with(|| a.model.cmp(&b.model)));
+        ranked
+    }
+
+    /// What deserves attention: models failing too often or much slower than
+    /// their peers, each with the best-ranked model serving the same kinds.
+    #[must_use]
+    pub fn recommendations(&self, config: &ReportConfig) -> Vec<Recommendation> {
+        let ranked = self.ranking();
+        let judged: Vec<&Ranked> = ranked.iter().filter(|r| r.stats.totals.requests >= config.min_requests).collect();
+        let alternative = |me: &Ranked| {
+            judged
+                .iter()
+                .filter(|o| o.model != me.model && o.score > me.score)
+                .find(|o| me.stats.kinds.keys().any(|k| o.stats.kinds.contains_key(k)))
+                .map(|o| o.model.clone())
+        };
+        let mut out = Vec::new();
+        for me in &judged {
+            let rate = me.stats.totals.success_rate;
+            if rate < config.low_success_rate {
+                let alt = alternative(me);
+                let message = format!(
+                    "{}: success rate {:.1}% is under {:.0}% over {} requests{}",
+                    me.model,
+                    rate * 100.0,
+                    config.low_success_rate * 100.0,
+                    me.stats.totals.requests,
+                    alt.as_ref().map_or_else(String::new, |a| format!("; consider {a}")),
+                );
+                out.push(Recommendation {
+                    model: me.model.clone(),
+                    finding: Finding::LowSuccessRate { success_rate: rate, threshold: config.low_success_rate },
+                    alternative: alt,
+                    message,
+                });
+            }
+            let mut peers: Vec<f64> =
+                judged.iter().filter(|o| o.model != me.model).map(|o| o.stats.latency.p95_ms).collect();
+            if peers.len() >= 2 {
+                peers.sort_by(f64::total_cmp);
+                let median = peers[peers.len() / 2];
+                let p95 = me.stats.latency.p95_ms;
+                if median > 0.0 && p95 > config.slow_factor * median {
+                    let alt = alternative(me);
+                    let message = format!(
+                        "{}: p95 latency {:.0} ms is {:.1}x its peers' median {:.0} ms{}",
+                        me.model,
+                        p95,
+                        p95 / median,
+                        median,
+                        alt.as_ref().map_or_else(String::new, |a| format!("; consider {a}")),
+                    );
+                    out.push(Recommendation {
+                        model: me.model.clone(),
+                        finding: Finding::Slow { p95_ms: p95, peers_p95_ms: median },
+                        alternative: alt,
+                        message,
+                    });
+                }
+            }
+        }
+        out
+    }
+
+    /// `model`'s health: down when its last minute is mostly failures or its
+    /// last five calls all failed; degraded when it fails more than it should
+    /// over the last minute or 15 minutes; else healthy.
+    #[must_use]
+    pub fn model_health(&self, model: &str, config: &ReportConfig) -> Health {
+        let minute = self.window_stats(model, Window::Minute).totals;
+        let quarter = self.window_stats(model, Window::Quarter).totals;
+        let recent = self.recent(model);
+        let last_five_failed = recent.len() >= 5 && recent.iter().rev().take(5).all(|e| e.error.is_some());
+        let judged = |t: &crate::Totals| t.requests >= config.health_min_requests;
+        if last_five_failed || (judged(&minute) && minute.success_rate < config.down_success_rate) {
+            Health::Down
+        } else if (judged(&minute) && minute.success_rate < config.low_success_rate)
+            || (judged(&quarter) && quarter.success_rate < config.degraded_success_rate)
+        {
+            Health::Degraded
+        } else {
+            Health::Healthy
+        }
+    }
+
+    /// The health of every model and provider: a provider is down when all
+    /// its models are, degraded when any of them is degraded or down.
+    #[must_use]
+    pub fn health(&self, config: &ReportConfig) -> HealthReport {
+        let mut models = BTreeMap::new();
+        let mut by_provider: BTreeMap<String, Vec<Health>> = BTreeMap::new();
+        for stats in self.provider_stats() {
+            for model in &stats.models {
+                let health = self.model_health(model, config);
+                models.insert(model.clone(), health);
+                by_provider.entry(stats.provider.clone()).or_default().push(health);
+            }
+        }
+        let providers: BTreeMap<String, Health> = by_provider
+            .into_iter()
+            .map(|(provider, healths)| {
+                let health = if healths.iter().all(|h| *h == Health::Down) {
+                    Health::Down
+                } else if healths.iter().any(|h| *h != Health::Healthy) {
+                    Health::Degraded
+                } else {
+                    Health::Healthy
+                };
+                (provider, health)
+            })
+            .collect();
+        let overall = providers.values().copied().max().unwrap_or(Health::Healthy);
+        HealthReport { overall, models, providers }
+    }
+
+    /// Totals, per provider and per category with its top performers.
+    #[must_use]
+    pub fn overview(&self, config: &ReportConfig) -> Overview {
+        let ranked = self.ranking();
+        let health = self.health(config);
+        let providers: Vec<ProviderSummary> = self
+            .provider_stats()
+            .into_iter()
+            .map(|p| ProviderSummary {
+                health: health.providers.get(&p.provider).copied().unwrap_or(Health::Healthy),
+                provider: p.provider,
+                models: p.models.len(),
+                requests: p.totals.requests,
+                success_rate: p.totals.success_rate,
+                cost: p.totals.cost,
+            })
+            .collect();
+        let categories = Category::ALL
+            .iter()
+            .filter_map(|&category| {
+                let requests: u64 = ranked.iter().filter_map(|r| r.stats.kinds.get(&category)).sum();
+                (requests > 0).then(|| CategorySummary {
+                    category,
+                    requests,
+                    top: ranked
+                        .iter()
+                        .filter(|r| r.stats.kinds.contains_key(&category))
+                        .take(3)
+                        .map(|r| r.model.clone())
+                        .collect(),
+                })
+            })
+            .collect();
+        let requests: u64 = providers.iter().map(|p| p.requests).sum();
+        let successes: f64 = providers.iter().map(|p| p.success_rate * p.requests as f64).sum();
+        Overview {
+            requests,
+            success_rate: if requests == 0 { 0.0 } else { successes / requests as f64 },
+            cost: providers.iter().map(|p| p.cost).sum(),
+            providers,
+            categories,
+        }
+    }
+}
