@@ -64,6 +64,11 @@ pub(crate) const TARGETS: &[Goal] = &[
         why: "issue 4: >= 4 M records/s from two threads = <= 250 ns of wall time per record",
     },
     Goal { name: "monitor/model_stats", target_ns: 20_000.0, why: "issue 4; seed 000 took 320 us" },
+    Goal {
+        name: "budget/reserve_reconcile",
+        target_ns: 300.0,
+        why: "issue 4: reserve then reconcile, 4 budgets (global, provider, model, key)",
+    },
 ];
 
 #[derive(Serialize)]
