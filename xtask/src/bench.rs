@@ -64,6 +64,12 @@ pub(crate) const TARGETS: &[Goal] = &[
         why: "issue 4: >= 4 M records/s from two threads = <= 250 ns of wall time per record",
     },
     Goal { name: "monitor/model_stats", target_ns: 20_000.0, why: "issue 4; seed 000 took 320 us" },
+    Goal { name: "metrics/record_latency", target_ns: 100.0, why: "issue 4: record one latency <= 100 ns" },
+    Goal {
+        name: "metrics/prometheus_100_models",
+        target_ns: 2_000_000.0,
+        why: "issue 4: render Prometheus text for 100 models with every family <= 2 ms",
+    },
     Goal {
         name: "budget/reserve_reconcile",
         target_ns: 300.0,
