@@ -400,6 +400,16 @@ impl Budgets {
         self.shared.ledger.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// The ledger, locked, with every budget's period brought up to now; and now.
+    fn current(&self) -> (MutexGuard<'_, Ledger>, u64) {
+        let now = self.shared.clock.now_ms();
+        let mut ledger = self.lock();
+        for state in &mut ledger.budgets {
+            roll(state, now, self.shared.offset, self.shared.config.period_history);
+        }
+        (ledger, now)
+    }
+
     /// Adds a budget; one per scope and period.
     pub fn add(&self, spec: BudgetSpec) -> Result<(), Error> {
         if spec.limit < Money::ZERO {
@@ -435,12 +445,9 @@ impl Budgets {
     /// the first hard budget it would take past its limit.
     pub fn reserve(&self, charge: &Charge<'_>, estimate: Money) -> Result<Reservation, Exceeded> {
         let estimate = estimate.max(Money::ZERO);
-        let now = self.shared.clock.now_ms();
         {
-            let mut ledger = self.lock();
-            let (config, offset) = (self.shared.config, self.shared.offset);
-            for state in ledger.budgets.iter_mut().filter(|b| b.spec.scope.covers(charge)) {
-                roll(state, now, offset, config.period_history);
+            let (mut ledger, _) = self.current();
+            for state in ledger.budgets.iter().filter(|b| b.spec.scope.covers(charge)) {
                 let held = state.spent.saturating_add(state.reserved).saturating_add(estimate);
                 if state.spec.enforcement == Enforcement::Hard && held > state.spec.limit {
                     return Err(Exceeded {
@@ -476,12 +483,11 @@ impl Budgets {
     }
 
     fn settle(&self, target: Target<'_>, provider: &str, model: &str, held: Money, actual: Money) {
-        let now = self.shared.clock.now_ms();
         let actual = actual.max(Money::ZERO);
         let mut fired = Vec::new();
         {
-            let mut ledger = self.lock();
-            let (config, offset) = (self.shared.config, self.shared.offset);
+            let (mut ledger, now) = self.current();
+            let alert_history = self.shared.config.alert_history;
             for (i, state) in ledger.budgets.iter_mut().enumerate() {
                 let applies = match &target {
                     Target::Held(indices) => u32::try_from(i).is_ok_and(|i| indices.contains(&i)),
@@ -490,7 +496,6 @@ impl Budgets {
                 if !applies {
                     continue;
                 }
-                roll(state, now, offset, config.period_history);
                 state.reserved = state.reserved.saturating_sub(held).max(Money::ZERO);
                 if actual.is_zero() {
                     continue;
@@ -514,7 +519,7 @@ impl Budgets {
                 }
             }
             for alert in &fired {
-                if ledger.alerts.len() >= config.alert_history {
+                if ledger.alerts.len() >= alert_history {
                     ledger.alerts.pop_front();
                 }
                 ledger.alerts.push_back(alert.clone());
@@ -551,33 +556,19 @@ impl Budgets {
     /// Every budget's status now.
     #[must_use]
     pub fn statuses(&self) -> Vec<Status> {
-        let now = self.shared.clock.now_ms();
-        let mut ledger = self.lock();
-        let (config, offset) = (self.shared.config, self.shared.offset);
-        ledger
-            .budgets
-            .iter_mut()
-            .map(|state| {
-                roll(state, now, offset, config.period_history);
-                status(state, now)
-            })
-            .collect()
+        let (ledger, now) = self.current();
+        ledger.budgets.iter().map(|state| status(state, now)).collect()
     }
 
     /// The finished periods of the budget for `scope`, oldest first.
     #[must_use]
     pub fn history(&self, scope: &Scope) -> Vec<PeriodRecord> {
-        let now = self.shared.clock.now_ms();
-        let mut ledger = self.lock();
-        let (config, offset) = (self.shared.config, self.shared.offset);
+        let (ledger, _) = self.current();
         ledger
             .budgets
-            .iter_mut()
+            .iter()
             .find(|b| b.spec.scope == *scope)
-            .map(|state| {
-                roll(state, now, offset, config.period_history);
-                state.history.iter().cloned().collect()
-            })
+            .map(|s| s.history.iter().cloned().collect())
             .unwrap_or_default()
     }
 
