@@ -3,7 +3,7 @@
 use std::{hint::black_box, time::Duration};
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use modelfleet_benches::{models, signals};
+use modelfleet_benches::{models, monitor_signals};
 use modelfleet_errors::ErrorClass;
 use modelfleet_fallback::{ChainInput, Failed, FallbackStrategy, Tracker, TrackerConfig, next_fallback};
 use modelfleet_selector::{Requirements, Weights};
@@ -11,7 +11,7 @@ use modelfleet_selector::{Requirements, Weights};
 fn benches(c: &mut Criterion) {
     let mut group = c.benchmark_group("fallback");
     let ten = models(10);
-    let live = signals(&ten);
+    let live = monitor_signals(&ten);
     let tracker = Tracker::new(TrackerConfig::default());
     // Two models already cooling down, as after a bad minute.
     tracker.record_failure(&ten[3].id, ErrorClass::RateLimited, None, Duration::from_secs(1));

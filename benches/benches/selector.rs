@@ -3,7 +3,7 @@
 use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use modelfleet_benches::{models, signals};
+use modelfleet_benches::{models, monitor_signals, signals};
 use modelfleet_registry::Category;
 use modelfleet_selector::{Requirements, SelectorConfig, rank, select};
 

@@ -6,8 +6,10 @@
 //! table in `xtask/src/bench.rs`; CI compiles them (clippy `--all-targets`)
 //! but never runs them.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, time::Duration};
 
+use modelfleet_errors::ErrorClass;
+use modelfleet_monitor::{Monitor, MonitorConfig, Outcome};
 use modelfleet_registry::{Capabilities, Category, ModelSpec, Money, Pricing};
 use modelfleet_selector::Signals;
 use modelfleet_service_registry::{BoxError, BoxFuture, Service};
@@ -90,7 +92,22 @@ pub fn models(n: usize) -> Vec<ModelSpec> {
         .collect()
 }
 
-/// Live signals for every model of `models`, as the monitor would give them.
+/// Live signals for every model of `models` from the production source: a
+/// monitor that has recorded traffic for each (some failures, some load).
+#[must_use]
+pub fn monitor_signals(models: &[ModelSpec]) -> Monitor {
+    let monitor = Monitor::new(MonitorConfig { max_models: models.len() + 1, ..MonitorConfig::default() });
+    for (i, m) in models.iter().enumerate() {
+        for n in 0..20u64 {
+            let outcome = Outcome::success(&m.id, &m.provider, Duration::from_millis(300 + (i as u64 % 50) * 20 + n));
+            monitor.record(&if (n + i as u64) % 10 == 0 { outcome.failed(ErrorClass::ServerError) } else { outcome });
+        }
+    }
+    monitor
+}
+
+/// Live signals for every model of `models` in a plain `HashMap`, the
+/// simplest source a user might plug in.
 #[must_use]
 pub fn signals(models: &[ModelSpec]) -> HashMap<String, Signals> {
     models
