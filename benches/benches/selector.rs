@@ -22,19 +22,25 @@ fn benches(c: &mut Criterion) {
     let config = SelectorConfig::default();
     let req = requirements();
 
+    // Live signals come from the monitor, as in production; the `_hashmap`
+    // variant uses a plain std HashMap, the simplest source a user might write.
     let ten = models(10);
-    let ten_signals = signals(&ten);
+    let ten_signals = monitor_signals(&ten);
     group.bench_function("select_best_of_10", |b| {
         b.iter(|| select(black_box(&ten), black_box(&req), &ten_signals, &config).map(|r| r.score.total));
     });
+    let ten_map = signals(&ten);
+    group.bench_function("select_best_of_10_hashmap", |b| {
+        b.iter(|| select(black_box(&ten), black_box(&req), &ten_map, &config).map(|r| r.score.total));
+    });
 
     let thousand = models(1_000);
-    let thousand_signals = signals(&thousand);
+    let thousand_signals = monitor_signals(&thousand);
     group
         .bench_function("rank_1000", |b| b.iter(|| rank(black_box(&thousand), &req, &thousand_signals, &config).len()));
 
     let big = models(10_000);
-    let big_signals = signals(&big);
+    let big_signals = monitor_signals(&big);
     group.bench_function("rank_10000", |b| b.iter(|| rank(black_box(&big), &req, &big_signals, &config).len()));
     group.finish();
 }

@@ -100,7 +100,11 @@ pub fn monitor_signals(models: &[ModelSpec]) -> Monitor {
     for (i, m) in models.iter().enumerate() {
         for n in 0..20u64 {
             let outcome = Outcome::success(&m.id, &m.provider, Duration::from_millis(300 + (i as u64 % 50) * 20 + n));
-            monitor.record(&if (n + i as u64) % 10 == 0 { outcome.failed(ErrorClass::ServerError) } else { outcome });
+            monitor.record(&if (n + i as u64).is_multiple_of(10) {
+                outcome.failed(ErrorClass::ServerError)
+            } else {
+                outcome
+            });
         }
     }
     monitor

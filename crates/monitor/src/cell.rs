@@ -200,9 +200,12 @@ pub(crate) struct Inner {
 }
 
 /// One model's statistics, behind its own lock, plus lock-free live signals.
+///
+/// The statistics are boxed so a cell (a map entry) stays a few cache lines:
+/// the selector reads only the atomics, for every model, on every request.
 #[derive(Debug)]
 pub(crate) struct Cell {
-    pub(crate) inner: Mutex<Inner>,
+    pub(crate) inner: Mutex<Box<Inner>>,
     pub(crate) in_flight: AtomicU32,
     pub(crate) samples: AtomicU64,
     /// f64 bits: time-decayed success share.
@@ -235,7 +238,7 @@ impl Cell {
             ewma_at_ms: 0,
         };
         Cell {
-            inner: Mutex::new(inner),
+            inner: Mutex::new(Box::new(inner)),
             in_flight: AtomicU32::new(0),
             samples: AtomicU64::new(0),
             ewma_success: AtomicU64::new(1.0f64.to_bits()),
@@ -243,7 +246,7 @@ impl Cell {
         }
     }
 
-    pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+    pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, Box<Inner>> {
         // Plain counters: consistent after any panic mid-update.
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
