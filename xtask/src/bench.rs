@@ -71,6 +71,13 @@ pub(crate) const TARGETS: &[Goal] = &[
         why: "issue 4: render Prometheus text for 100 models with every family <= 2 ms",
     },
     Goal {
+        name: "store/perf_row_batched",
+        target_ns: 10_000.0,
+        why: "issue 5: >= 100,000 performance-log rows/s through the batched writer into a WAL file",
+    },
+    Goal { name: "store/open_new_database", target_ns: 30_000_000.0, why: "issue 5: open and migrate a new database <= 30 ms" },
+    Goal { name: "store/cache_hit", target_ns: 20_000.0, why: "issue 5: a response-cache hit <= 20 us" },
+    Goal {
         name: "budget/reserve_reconcile",
         target_ns: 300.0,
         why: "issue 4: reserve then reconcile, 4 budgets (global, provider, model, key)",

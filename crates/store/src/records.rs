@@ -1,0 +1,121 @@
+//! What the store keeps, as owned rows.
+
+use modelfleet_budget::{Alert, Period, Scope};
+use modelfleet_errors::ErrorClass;
+use modelfleet_monitor::Outcome;
+use modelfleet_registry::{Category, Money};
+use serde::{Deserialize, Serialize};
+
+/// One request outcome: a row of the performance log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PerfRecord {
+    /// When (Unix ms).
+    pub at_ms: u64,
+    /// The model.
+    pub model: String,
+    /// Its provider.
+    pub provider: String,
+    /// The kind of request.
+    pub kind: Category,
+    /// The request's language.
+    pub language: Option<String>,
+    /// The whole call, µs.
+    pub latency_us: u64,
+    /// Time to first token, µs, for streamed calls.
+    pub ttft_us: Option<u64>,
+    /// Prompt tokens.
+    pub input_tokens: u64,
+    /// Completion tokens.
+    pub output_tokens: u64,
+    /// Cached prompt tokens.
+    pub cached_tokens: u64,
+    /// Exact cost.
+    pub cost: Money,
+    /// `None` for a success.
+    pub error: Option<ErrorClass>,
+    /// A user's rating, 0 to 1.
+    pub quality: Option<f64>,
+}
+
+impl PerfRecord {
+    /// The row for `outcome`, which happened at `at_ms`.
+    #[must_use]
+    pub fn from_outcome(outcome: &Outcome<'_>, at_ms: u64) -> PerfRecord {
+        let us = |d: std::time::Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        PerfRecord {
+            at_ms,
+            model: outcome.model.to_owned(),
+            provider: outcome.provider.to_owned(),
+            kind: outcome.kind,
+            language: outcome.language.map(str::to_owned),
+            latency_us: us(outcome.latency),
+            ttft_us: outcome.time_to_first_token.map(us),
+            input_tokens: outcome.input_tokens,
+            output_tokens: outcome.output_tokens,
+            cached_tokens: outcome.cached_tokens,
+            cost: outcome.cost,
+            error: outcome.error,
+            quality: outcome.quality.filter(|q| q.is_finite()),
+        }
+    }
+}
+
+/// A model's accumulated usage, kept up to date with every performance row.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UsageRow {
+    /// The model.
+    pub model: String,
+    /// Its provider.
+    pub provider: String,
+    /// Requests.
+    pub requests: u64,
+    /// Of which succeeded.
+    pub successes: u64,
+    /// Of which failed.
+    pub failures: u64,
+    /// Prompt tokens.
+    pub input_tokens: u64,
+    /// Completion tokens.
+    pub output_tokens: u64,
+    /// Cached prompt tokens.
+    pub cached_tokens: u64,
+    /// Exact cost.
+    pub cost: Money,
+    /// Sum of latencies, µs.
+    pub latency_us_sum: u64,
+    /// The mean user rating, when any.
+    pub avg_quality: Option<f64>,
+    /// First use (Unix ms).
+    pub first_ms: u64,
+    /// Last use (Unix ms).
+    pub last_ms: u64,
+}
+
+/// A budget's spend in one period.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpendRow {
+    /// The budget's scope.
+    pub scope: Scope,
+    /// Its period kind.
+    pub period: Period,
+    /// The period's start (Unix ms).
+    pub period_start_ms: u64,
+    /// Spent in it.
+    pub spent: Money,
+}
+
+/// A fired budget alert, as kept in the alert history.
+pub type AlertRecord = Alert;
+
+pub(crate) fn to_i64(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+pub(crate) fn to_u64(n: i64) -> u64 {
+    u64::try_from(n).unwrap_or(0)
+}
+
+/// A value's stable text form in a column (`"daily"`, `{"kind":"global"}`…).
+pub(crate) fn encode<T: Serialize>(value: &T) -> String {
+    serde_json::to_string(value).unwrap_or_default()
+}
