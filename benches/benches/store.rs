@@ -12,7 +12,8 @@ use modelfleet_store::{PerfRecord, Store, StoreConfig, cache_key};
 fn row(i: u64) -> PerfRecord {
     PerfRecord {
         at_ms: 1_700_000_000_000 + i,
-        model: ["gpt-4o", "claude-3-haiku", "mistral-small", "deepseek-chat"][usize::try_from(i % 4).unwrap_or(0)].into(),
+        model: ["gpt-4o", "claude-3-haiku", "mistral-small", "deepseek-chat"][usize::try_from(i % 4).unwrap_or(0)]
+            .into(),
         provider: "openai".into(),
         kind: Category::Conversation,
         language: Some("en".into()),

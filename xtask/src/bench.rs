@@ -75,7 +75,11 @@ pub(crate) const TARGETS: &[Goal] = &[
         target_ns: 10_000.0,
         why: "issue 5: >= 100,000 performance-log rows/s through the batched writer into a WAL file",
     },
-    Goal { name: "store/open_new_database", target_ns: 30_000_000.0, why: "issue 5: open and migrate a new database <= 30 ms" },
+    Goal {
+        name: "store/open_new_database",
+        target_ns: 30_000_000.0,
+        why: "issue 5: open and migrate a new database <= 30 ms",
+    },
     Goal { name: "store/cache_hit", target_ns: 20_000.0, why: "issue 5: a response-cache hit <= 20 us" },
     Goal {
         name: "budget/reserve_reconcile",
