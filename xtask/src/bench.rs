@@ -82,6 +82,11 @@ pub(crate) const TARGETS: &[Goal] = &[
     },
     Goal { name: "store/cache_hit", target_ns: 20_000.0, why: "issue 5: a response-cache hit <= 20 us" },
     Goal {
+        name: "config/validate_example",
+        target_ns: 1_000_000.0,
+        why: "ours: validating the full example config at startup should cost under 1 ms",
+    },
+    Goal {
         name: "budget/reserve_reconcile",
         target_ns: 300.0,
         why: "issue 4: reserve then reconcile, 4 budgets (global, provider, model, key)",

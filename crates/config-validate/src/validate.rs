@@ -1,0 +1,1261 @@
+//! The validator: walks the spanned TOML, collects every problem with its
+//! path, line and column, and builds the typed [`Config`] when none is an error.
+
+// `match x { Some(v) => v, None => { report(...); default } }` is this
+// module's idiom for "read a field or say why not"; `if let … else` would
+// hide the reporting arm.
+#![allow(clippy::single_match_else)]
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fmt,
+    net::SocketAddr,
+    ops::{Range, RangeInclusive},
+    path::{Path, PathBuf},
+};
+
+use modelfleet_budget::{BudgetSpec, Enforcement, Period, Scope};
+use modelfleet_errors::{Jitter, RetryConfig, RetryPolicy};
+use modelfleet_registry::{Capabilities, Capability, Category, ModelSpec, Money, Pricing};
+use modelfleet_selector::{Locality, Requirements, Strategy, Weights};
+use serde::Serialize;
+use toml::{
+    Spanned,
+    de::{DeTable, DeValue},
+};
+
+use crate::{
+    ApiKey, CacheSettings, Config, MetricsSettings, Provider, ProviderKind, ResilienceSettings, Role, Route,
+    ServerSettings, StoreSettings, ToolRequirement,
+    checks::{EnvKind, MODEL_FILES, check_tool, env_var, model_dir_problems, port_in_use},
+};
+
+/// One problem, where it is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Diagnostic {
+    /// The dotted path (`models[2].provider`).
+    pub path: String,
+    /// What is wrong.
+    pub message: String,
+    /// 1-based line, when the file says where.
+    pub line: Option<usize>,
+    /// 1-based column.
+    pub column: Option<usize>,
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() {
+            f.write_str(&self.message)?;
+        } else {
+            write!(f, "{}: {}", self.path, self.message)?;
+        }
+        if let (Some(line), Some(column)) = (self.line, self.column) {
+            write!(f, " (line {line}, column {column})")?;
+        }
+        Ok(())
+    }
+}
+
+/// The result of validating a configuration.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Report {
+    /// Problems that make the configuration unusable.
+    pub errors: Vec<Diagnostic>,
+    /// Things worth a look that do not stop it.
+    pub warnings: Vec<Diagnostic>,
+    /// The configuration, when there is no error.
+    #[serde(skip)]
+    pub config: Option<Config>,
+}
+
+impl Report {
+    /// Whether the configuration is usable.
+    #[must_use]
+    pub fn is_valid(&self) -> bool {
+        self.errors.is_empty()
+    }
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for e in &self.errors {
+            writeln!(f, "error: {e}")?;
+        }
+        for w in &self.warnings {
+            writeln!(f, "warning: {w}")?;
+        }
+        write!(f, "{} error(s), {} warning(s)", self.errors.len(), self.warnings.len())
+    }
+}
+
+/// What the validation may look at besides the text.
+pub struct Options<'e> {
+    /// The environment (passed in: never read from the process here).
+    pub env: &'e dyn Fn(&str) -> Option<String>,
+    /// Check local model directories on disk.
+    pub check_files: bool,
+    /// Check the listen port is free.
+    pub check_ports: bool,
+    /// Run the tools providers need (`tool --version`).
+    pub check_tools: bool,
+    /// Where relative paths are resolved from (the file's directory).
+    pub base_dir: PathBuf,
+}
+
+impl fmt::Debug for Options<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Options")
+            .field("check_files", &self.check_files)
+            .field("check_ports", &self.check_ports)
+            .field("check_tools", &self.check_tools)
+            .field("base_dir", &self.base_dir)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Reads and validates the file at `path` (relative paths inside it resolve
+/// from its directory). A file that cannot be read is one error.
+#[must_use]
+pub fn validate_file(path: &Path, options: &Options<'_>) -> Report {
+    match std::fs::read(path) {
+        Ok(bytes) => match String::from_utf8(bytes) {
+            Ok(text) => validate(&text, options),
+            Err(e) => single(format!(
+                "{} is not UTF-8 text (invalid byte at offset {})",
+                path.display(),
+                e.utf8_error().valid_up_to()
+            )),
+        },
+        Err(e) => single(format!("cannot read {}: {e}", path.display())),
+    }
+}
+
+fn single(message: String) -> Report {
+    Report {
+        errors: vec![Diagnostic { path: String::new(), message, line: None, column: None }],
+        warnings: vec![],
+        config: None,
+    }
+}
+
+type Table<'i> = DeTable<'i>;
+type Value<'i> = Spanned<DeValue<'i>>;
+
+struct V<'t> {
+    text: &'t str,
+    errors: Vec<Diagnostic>,
+    warnings: Vec<Diagnostic>,
+}
+
+impl V<'_> {
+    fn position(&self, span: &Range<usize>) -> (Option<usize>, Option<usize>) {
+        let start = span.start.min(self.text.len());
+        let Some(before) = self.text.get(..start) else { return (None, None) };
+        let line = before.matches('\n').count() + 1;
+        let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+        (Some(line), Some(column))
+    }
+
+    fn diagnostic(&self, path: &str, span: Option<&Range<usize>>, message: String) -> Diagnostic {
+        let (line, column) = span.map_or((None, None), |s| self.position(s));
+        Diagnostic { path: path.to_owned(), message, line, column }
+    }
+
+    fn error(&mut self, path: &str, span: Option<&Range<usize>>, message: impl Into<String>) {
+        let d = self.diagnostic(path, span, message.into());
+        self.errors.push(d);
+    }
+
+    fn warn(&mut self, path: &str, span: Option<&Range<usize>>, message: impl Into<String>) {
+        let d = self.diagnostic(path, span, message.into());
+        self.warnings.push(d);
+    }
+}
+
+/// The closest candidate within a small edit distance, for "did you mean".
+fn suggest<'c>(word: &str, candidates: impl IntoIterator<Item = &'c str>) -> Option<&'c str> {
+    candidates
+        .into_iter()
+        .map(|c| (strsim::levenshtein(word, c), c))
+        .filter(|(d, c)| *d > 0 && *d <= (c.len() / 3).max(2))
+        .min()
+        .map(|(_, c)| c)
+}
+
+fn did_you_mean(word: &str, candidates: &[&str]) -> String {
+    suggest(word, candidates.iter().copied()).map_or_else(String::new, |c| format!(" (did you mean {c:?}?)"))
+}
+
+fn join(path: &str, key: &str) -> String {
+    if path.is_empty() { key.to_owned() } else { format!("{path}.{key}") }
+}
+
+fn find<'a, 'i>(table: &'a Table<'i>, key: &str) -> Option<&'a Value<'i>> {
+    table.iter().find(|(k, _)| k.get_ref().as_ref() == key).map(|(_, v)| v)
+}
+
+/// Reports every key of `table` not in `known`, with a suggestion.
+fn known_keys(v: &mut V<'_>, table: &Table<'_>, path: &str, known: &[&str]) {
+    for (key, _) in table {
+        let name = key.get_ref().as_ref();
+        if !known.contains(&name) {
+            let hint = did_you_mean(name, known);
+            v.error(
+                &join(path, name),
+                Some(&key.span()),
+                format!("unknown key `{name}`{hint}; known keys: {}", known.join(", ")),
+            );
+        }
+    }
+}
+
+fn type_error(v: &mut V<'_>, path: &str, value: &Value<'_>, wanted: &str) {
+    v.error(path, Some(&value.span()), format!("expected {wanted}, found {}", value.get_ref().type_str()));
+}
+
+/// A TOML value read as an integer.
+enum Int {
+    Value(i64),
+    /// An integer too large for 64 bits.
+    TooLarge,
+    /// Not an integer at all.
+    NotInteger,
+}
+
+fn integer_of(value: &DeValue<'_>) -> Int {
+    let Some(int) = value.as_integer() else { return Int::NotInteger };
+    let digits = int.as_str().replace('_', "");
+    i64::from_str_radix(&digits, int.radix()).map_or(Int::TooLarge, Int::Value)
+}
+
+fn get_str(v: &mut V<'_>, t: &Table<'_>, path: &str, key: &str) -> Option<(String, Range<usize>)> {
+    let value = find(t, key)?;
+    match value.get_ref().as_str() {
+        Some(s) => Some((s.to_owned(), value.span())),
+        None => {
+            type_error(v, &join(path, key), value, "a string");
+            None
+        }
+    }
+}
+
+fn require_str(
+    v: &mut V<'_>,
+    t: &Table<'_>,
+    t_span: &Range<usize>,
+    path: &str,
+    key: &str,
+) -> Option<(String, Range<usize>)> {
+    let found = get_str(v, t, path, key);
+    if found.is_none() && find(t, key).is_none() {
+        v.error(&join(path, key), Some(t_span), "is required");
+    }
+    found
+}
+
+fn get_int(v: &mut V<'_>, t: &Table<'_>, path: &str, key: &str, range: RangeInclusive<i64>) -> Option<i64> {
+    let value = find(t, key)?;
+    let p = join(path, key);
+    match integer_of(value.get_ref()) {
+        Int::Value(n) if range.contains(&n) => Some(n),
+        Int::Value(n) => {
+            v.error(&p, Some(&value.span()), format!("{n} is outside {}..={}", range.start(), range.end()));
+            None
+        }
+        Int::TooLarge => {
+            v.error(&p, Some(&value.span()), "integer too large");
+            None
+        }
+        Int::NotInteger => {
+            type_error(v, &p, value, "an integer");
+            None
+        }
+    }
+}
+
+fn get_u64(v: &mut V<'_>, t: &Table<'_>, path: &str, key: &str, range: RangeInclusive<i64>, default: u64) -> u64 {
+    get_int(v, t, path, key, range).and_then(|n| u64::try_from(n).ok()).unwrap_or(default)
+}
+
+fn get_float(v: &mut V<'_>, t: &Table<'_>, path: &str, key: &str, range: RangeInclusive<f64>) -> Option<f64> {
+    let value = find(t, key)?;
+    let p = join(path, key);
+    let number = match value.get_ref() {
+        DeValue::Float(f) => f.as_str().replace('_', "").parse::<f64>().ok(),
+        other => match integer_of(other) {
+            Int::Value(n) => Some(n as f64),
+            Int::TooLarge | Int::NotInteger => None,
+        },
+    };
+    match number {
+        Some(x) if x.is_finite() && range.contains(&x) => Some(x),
+        Some(x) => {
+            v.error(&p, Some(&value.span()), format!("{x} is outside {}..={}", range.start(), range.end()));
+            None
+        }
+        None => {
+            type_error(v, &p, value, "a number");
+            None
+        }
+    }
+}
+
+fn get_bool(v: &mut V<'_>, t: &Table<'_>, path: &str, key: &str) -> Option<bool> {
+    let value = find(t, key)?;
+    let b = value.get_ref().as_bool();
+    if b.is_none() {
+        type_error(v, &join(path, key), value, "true or false");
+    }
+    b
+}
+
+/// A dollar amount: a number or a decimal string, never negative.
+fn get_money(v: &mut V<'_>, t: &Table<'_>, path: &str, key: &str) -> Option<Money> {
+    let value = find(t, key)?;
+    let p = join(path, key);
+    let money = match value.get_ref() {
+        DeValue::String(s) => s.parse::<Money>().map_err(|e| e.to_string()),
+        DeValue::Float(f) => f
+            .as_str()
+            .replace('_', "")
+            .parse::<f64>()
+            .ok()
+            .and_then(Money::from_dollars_f64)
+            .ok_or_else(|| format!("{} is not a dollar amount", f.as_str())),
+        other => match integer_of(other) {
+            Int::Value(n) => Ok(Money::from_dollars(n)),
+            Int::TooLarge | Int::NotInteger => Err(format!("expected a dollar amount, found {}", other.type_str())),
+        },
+    };
+    match money {
+        Ok(m) if m < Money::ZERO => {
+            v.error(&p, Some(&value.span()), format!("${m} is negative"));
+            None
+        }
+        Ok(m) => Some(m),
+        Err(message) => {
+            v.error(&p, Some(&value.span()), message);
+            None
+        }
+    }
+}
+
+fn get_str_list(v: &mut V<'_>, t: &Table<'_>, path: &str, key: &str) -> Vec<(String, Range<usize>)> {
+    let Some(value) = find(t, key) else { return Vec::new() };
+    let p = join(path, key);
+    let Some(items) = value.get_ref().as_array() else {
+        type_error(v, &p, value, "an array of strings");
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        match item.get_ref().as_str() {
+            Some(s) => out.push((s.to_owned(), item.span())),
+            None => type_error(v, &format!("{p}[{i}]"), item, "a string"),
+        }
+    }
+    out
+}
+
+fn get_table<'a, 'i>(v: &mut V<'_>, t: &'a Table<'i>, path: &str, key: &str) -> Option<(&'a Table<'i>, Range<usize>)> {
+    let value = find(t, key)?;
+    match value.get_ref().as_table() {
+        Some(table) => Some((table, value.span())),
+        None => {
+            type_error(v, &join(path, key), value, "a table");
+            None
+        }
+    }
+}
+
+fn get_tables<'a, 'i>(v: &mut V<'_>, t: &'a Table<'i>, key: &str) -> Vec<(&'a Table<'i>, Range<usize>)> {
+    let Some(value) = find(t, key) else { return Vec::new() };
+    let Some(items) = value.get_ref().as_array() else {
+        type_error(v, key, value, &format!("an array of tables ([[{key}]])"));
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        match item.get_ref().as_table() {
+            Some(table) => out.push((table, item.span())),
+            None => type_error(v, &format!("{key}[{i}]"), item, "a table"),
+        }
+    }
+    out
+}
+
+/// One of `names`, mapped by position onto `values`.
+fn get_enum<T: Copy>(v: &mut V<'_>, t: &Table<'_>, path: &str, key: &str, names: &[&str], values: &[T]) -> Option<T> {
+    let (text, span) = get_str(v, t, path, key)?;
+    match names.iter().position(|n| *n == text) {
+        Some(i) => values.get(i).copied(),
+        None => {
+            let hint = did_you_mean(&text, names);
+            v.error(
+                &join(path, key),
+                Some(&span),
+                format!("unknown value {text:?}{hint}; expected one of: {}", names.join(", ")),
+            );
+            None
+        }
+    }
+}
+
+/// A port given as an integer or a string of digits.
+fn check_port(v: &mut V<'_>, path: &str, value: &Value<'_>) -> Option<u16> {
+    let number = match value.get_ref() {
+        DeValue::String(s) => match s.trim().parse::<i64>() {
+            Ok(n) => n,
+            Err(_) => {
+                v.error(path, Some(&value.span()), format!("port {s:?} is not a number"));
+                return None;
+            }
+        },
+        other => match integer_of(other) {
+            Int::Value(n) => n,
+            Int::TooLarge | Int::NotInteger => {
+                type_error(v, path, value, "a port number");
+                return None;
+            }
+        },
+    };
+    match u16::try_from(number) {
+        Ok(0) | Err(_) => {
+            v.error(path, Some(&value.span()), format!("port {number} is outside 1..=65535"));
+            None
+        }
+        Ok(port) => {
+            if port < 1024 {
+                v.warn(
+                    path,
+                    Some(&value.span()),
+                    format!("port {port} is privileged (below 1024): binding it usually needs root"),
+                );
+            }
+            Some(port)
+        }
+    }
+}
+
+/// Validates a configuration text; never panics, whatever the text.
+#[must_use]
+pub fn validate(text: &str, options: &Options<'_>) -> Report {
+    let mut v = V { text, errors: Vec::new(), warnings: Vec::new() };
+    let root = match DeTable::parse(text) {
+        Ok(root) => root,
+        Err(e) => {
+            let span = e.span();
+            let message = format!("invalid TOML: {}", e.message().trim());
+            v.error("", span.as_ref(), message);
+            return Report { errors: v.errors, warnings: v.warnings, config: None };
+        }
+    };
+    let root = root.get_ref();
+    known_keys(
+        &mut v,
+        root,
+        "",
+        &[
+            "server",
+            "store",
+            "providers",
+            "models",
+            "routes",
+            "retry",
+            "cooldown",
+            "circuit",
+            "selector",
+            "budgets",
+            "ledger",
+            "cache",
+            "metrics",
+        ],
+    );
+    let server = server(&mut v, root, options);
+    let store = store(&mut v, root, options);
+    let providers = providers(&mut v, root, options);
+    let (models, model_fallbacks, model_paths, model_spans) = models(&mut v, root, &providers, options);
+    let routes = routes(&mut v, root, &models);
+    fallback_cycles(&mut v, &model_fallbacks, &model_spans);
+    let retry = retry(&mut v, root);
+    let resilience = resilience(&mut v, root);
+    let weights = weights(&mut v, root);
+    let (budgets, utc_offset_minutes) = budgets(&mut v, root, &providers, &models);
+    let cache = cache(&mut v, root);
+    let metrics = metrics(&mut v, root);
+    expensive_without_budget(&mut v, &models, &budgets, &model_spans);
+
+    let config = v.errors.is_empty().then_some(Config {
+        server,
+        store,
+        providers,
+        models,
+        model_fallbacks,
+        model_paths,
+        routes,
+        retry,
+        resilience,
+        weights,
+        budgets,
+        utc_offset_minutes,
+        cache,
+        metrics,
+    });
+    Report { errors: v.errors, warnings: v.warnings, config }
+}
+
+fn server(v: &mut V<'_>, root: &Table<'_>, options: &Options<'_>) -> ServerSettings {
+    let mut settings = ServerSettings {
+        listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+        api_keys: Vec::new(),
+        max_body_bytes: 1 << 20,
+        allow_unauthenticated_remote: false,
+    };
+    let Some((t, _)) = get_table(v, root, "", "server") else { return settings };
+    known_keys(v, t, "server", &["listen", "api_keys", "max_body_bytes", "allow_unauthenticated_remote"]);
+    if let Some(value) = find(t, "listen") {
+        match value.get_ref().as_str() {
+            Some(text) => match text.rsplit_once(':') {
+                Some((host, port_text)) => {
+                    let port_value = Spanned::new(value.span(), DeValue::String(port_text.to_owned().into()));
+                    if let Some(port) = check_port(v, "server.listen", &port_value) {
+                        let host = host.trim_start_matches('[').trim_end_matches(']');
+                        match host.parse::<std::net::IpAddr>() {
+                            Ok(ip) => settings.listen = SocketAddr::new(ip, port),
+                            Err(_) => v.error(
+                                "server.listen",
+                                Some(&value.span()),
+                                format!("{host:?} is not an IP address (use 127.0.0.1, 0.0.0.0 or [::1])"),
+                            ),
+                        }
+                    }
+                }
+                None => v.error("server.listen", Some(&value.span()), format!("{text:?} is not host:port")),
+            },
+            None => type_error(v, "server.listen", value, "\"host:port\""),
+        }
+        if options.check_ports && port_in_use(settings.listen) {
+            v.error("server.listen", Some(&value.span()), format!("{} is already in use", settings.listen));
+        }
+    }
+    settings.max_body_bytes = get_u64(v, t, "server", "max_body_bytes", 1_024..=(1 << 30), settings.max_body_bytes);
+    settings.allow_unauthenticated_remote = get_bool(v, t, "server", "allow_unauthenticated_remote").unwrap_or(false);
+    for (i, (key, span)) in get_tables(v, t, "api_keys").into_iter().enumerate() {
+        let path = format!("server.api_keys[{i}]");
+        known_keys(v, key, &path, &["name", "key_env", "role", "monthly_budget"]);
+        let name = require_str(v, key, &span, &path, "name");
+        let key_env = require_str(v, key, &span, &path, "key_env");
+        if let Some((env_name, env_span)) = &key_env
+            && let Err(message) = env_var(options.env, env_name, true, None, EnvKind::Text)
+        {
+            v.error(&format!("{path}.key_env"), Some(env_span), message);
+        }
+        let role = get_enum(
+            v,
+            key,
+            &path,
+            "role",
+            &["client", "admin", "metrics"],
+            &[Role::Client, Role::Admin, Role::Metrics],
+        );
+        if find(key, "role").is_none() {
+            v.error(&format!("{path}.role"), Some(&span), "is required (client, admin or metrics)");
+        }
+        let budget = get_money(v, key, &path, "monthly_budget");
+        if let (Some((name, _)), Some((key_env, _)), Some(role)) = (name, key_env, role) {
+            settings.api_keys.push(ApiKey { name, key_env, role, monthly_budget: budget });
+        }
+    }
+    if !settings.listen.ip().is_loopback() && settings.api_keys.is_empty() && !settings.allow_unauthenticated_remote {
+        v.warn(
+            "server.listen",
+            find(t, "listen").map(Spanned::span).as_ref(),
+            format!("{} is reachable from other machines but no api_keys are set: the server will bind 127.0.0.1 instead unless allow_unauthenticated_remote = true", settings.listen),
+        );
+    }
+    settings
+}
+
+fn store(v: &mut V<'_>, root: &Table<'_>, options: &Options<'_>) -> StoreSettings {
+    let mut settings = StoreSettings { path: None, batch_rows: 512, batch_wait_ms: 50, sync_full: false };
+    let Some((t, _)) = get_table(v, root, "", "store") else { return settings };
+    known_keys(v, t, "store", &["path", "batch_rows", "batch_wait_ms", "sync_full"]);
+    settings.path = get_str(v, t, "store", "path").map(|(p, _)| options.base_dir.join(p));
+    settings.batch_rows = usize::try_from(get_u64(v, t, "store", "batch_rows", 1..=100_000, 512)).unwrap_or(512);
+    settings.batch_wait_ms = get_u64(v, t, "store", "batch_wait_ms", 1..=10_000, 50);
+    settings.sync_full = get_bool(v, t, "store", "sync_full").unwrap_or(false);
+    settings
+}
+
+fn providers(v: &mut V<'_>, root: &Table<'_>, options: &Options<'_>) -> Vec<Provider> {
+    let mut out: Vec<Provider> = Vec::new();
+    for (i, (t, span)) in get_tables(v, root, "providers").into_iter().enumerate() {
+        let path = format!("providers[{i}]");
+        known_keys(
+            v,
+            t,
+            &path,
+            &["name", "kind", "base_url", "api_key_env", "connect_timeout_ms", "request_timeout_ms", "requires"],
+        );
+        let name = require_str(v, t, &span, &path, "name");
+        if let Some((n, s)) = &name
+            && out.iter().any(|p| &p.name == n)
+        {
+            v.error(&format!("{path}.name"), Some(s), format!("provider {n:?} is defined twice"));
+        }
+        let kind =
+            get_enum(v, t, &path, "kind", &["openai", "simulated"], &[ProviderKind::Openai, ProviderKind::Simulated]);
+        if find(t, "kind").is_none() {
+            v.error(&format!("{path}.kind"), Some(&span), "is required (openai or simulated)");
+        }
+        let base_url = get_str(v, t, &path, "base_url");
+        if kind == Some(ProviderKind::Openai) {
+            match &base_url {
+                None if find(t, "base_url").is_none() => {
+                    v.error(&format!("{path}.base_url"), Some(&span), "is required for an openai provider");
+                }
+                Some((url, s)) if !(url.starts_with("http://") || url.starts_with("https://")) => {
+                    v.error(
+                        &format!("{path}.base_url"),
+                        Some(s),
+                        format!("{url:?} must start with http:// or https://"),
+                    );
+                }
+                _ => {}
+            }
+        }
+        let api_key_env = get_str(v, t, &path, "api_key_env");
+        if let Some((env_name, s)) = &api_key_env
+            && let Err(message) = env_var(options.env, env_name, true, None, EnvKind::Text)
+        {
+            v.error(&format!("{path}.api_key_env"), Some(s), message);
+        }
+        let connect = get_u64(v, t, &path, "connect_timeout_ms", 1..=60_000, 5_000);
+        let request = get_u64(v, t, &path, "request_timeout_ms", 1..=600_000, 120_000);
+        let mut requires = Vec::new();
+        for (j, (req, req_span)) in get_tables(v, t, "requires").into_iter().enumerate() {
+            let req_path = format!("{path}.requires[{j}]");
+            known_keys(v, req, &req_path, &["tool", "min_version"]);
+            if let (Some((tool, _)), Some((min_version, _))) = (
+                require_str(v, req, &req_span, &req_path, "tool"),
+                require_str(v, req, &req_span, &req_path, "min_version"),
+            ) {
+                if options.check_tools
+                    && let Err(message) = check_tool(&tool, &min_version)
+                {
+                    v.error(&req_path, Some(&req_span), message);
+                }
+                requires.push(ToolRequirement { tool, min_version });
+            }
+        }
+        if let (Some((name, _)), Some(kind)) = (name, kind) {
+            out.push(Provider {
+                name,
+                kind,
+                base_url: base_url.map(|(u, _)| u),
+                api_key_env: api_key_env.map(|(e, _)| e),
+                connect_timeout_ms: connect,
+                request_timeout_ms: request,
+                requires,
+            });
+        }
+    }
+    out
+}
+
+/// Where a model is in the file: its path, its id's span, its fallbacks' span.
+#[derive(Debug, Clone, Default)]
+struct ModelPlace {
+    path: String,
+    id: Range<usize>,
+    fallbacks: Range<usize>,
+}
+
+type ModelParts =
+    (Vec<ModelSpec>, BTreeMap<String, Vec<String>>, BTreeMap<String, PathBuf>, BTreeMap<String, ModelPlace>);
+
+const MODEL_KEYS: &[&str] = &[
+    "id",
+    "provider",
+    "display_name",
+    "upstream",
+    "status",
+    "enabled",
+    "priority",
+    "categories",
+    "context_window",
+    "max_output_tokens",
+    "input_price_per_mtok",
+    "output_price_per_mtok",
+    "cached_input_price_per_mtok",
+    "quality",
+    "typical_latency_ms",
+    "languages",
+    "primary_language",
+    "capabilities",
+    "local",
+    "memory_mb",
+    "path",
+    "fallbacks",
+    "tags",
+];
+
+fn models(v: &mut V<'_>, root: &Table<'_>, providers: &[Provider], options: &Options<'_>) -> ModelParts {
+    let mut specs: Vec<ModelSpec> = Vec::new();
+    let mut fallbacks = BTreeMap::new();
+    let mut paths = BTreeMap::new();
+    // Model id -> (its path in the file, its span), for later cross-checks.
+    let mut spans = BTreeMap::new();
+    let provider_names: Vec<&str> = providers.iter().map(|p| p.name.as_str()).collect();
+    let categories: Vec<&str> = Category::ALL.iter().map(|c| c.as_str()).collect();
+    for (i, (t, span)) in get_tables(v, root, "models").into_iter().enumerate() {
+        let path = format!("models[{i}]");
+        known_keys(v, t, &path, MODEL_KEYS);
+        let id = require_str(v, t, &span, &path, "id");
+        let provider = require_str(v, t, &span, &path, "provider");
+        if let Some((p, s)) = &provider
+            && !provider_names.contains(&p.as_str())
+        {
+            let hint = did_you_mean(p, &provider_names);
+            v.error(&format!("{path}.provider"), Some(s), format!("unknown provider {p:?}{hint}"));
+        }
+        let (Some((id, id_span)), Some((provider, _))) = (id, provider) else { continue };
+        if spans.contains_key(&id) {
+            v.error(&format!("{path}.id"), Some(&id_span), format!("model {id:?} is defined twice"));
+            continue;
+        }
+        let mut spec = ModelSpec::new(id.clone(), provider);
+        model_details(v, t, &path, &span, &mut spec, &categories);
+        if let Some((dir, s)) = get_str(v, t, &path, "path") {
+            let dir = options.base_dir.join(dir);
+            if options.check_files {
+                for problem in model_dir_problems(&dir, &MODEL_FILES) {
+                    v.error(&format!("{path}.path"), Some(&s), format!("{}: {problem}", dir.display()));
+                }
+            }
+            paths.insert(id.clone(), dir);
+        }
+        let chain: Vec<(String, Range<usize>)> = get_str_list(v, t, &path, "fallbacks");
+        fallbacks.insert(id.clone(), chain.iter().map(|(f, _)| f.clone()).collect::<Vec<_>>());
+        let fallbacks_span = find(t, "fallbacks").map_or(id_span.clone(), Spanned::span);
+        spans.insert(id.clone(), ModelPlace { path: path.clone(), id: id_span.clone(), fallbacks: fallbacks_span });
+        for problem in spec.problems() {
+            let at = format!("{path}.{}", problem.field);
+            if !v.errors.iter().any(|e| e.path == at) {
+                v.error(&at, Some(&id_span), problem.message);
+            }
+        }
+        specs.push(spec);
+    }
+    // Fallbacks must name models of the file.
+    let ids: Vec<String> = specs.iter().map(|m| m.id.clone()).collect();
+    for (id, chain) in &fallbacks {
+        let ModelPlace { path, fallbacks: span, .. } = spans[id].clone();
+        for (j, target) in chain.iter().enumerate() {
+            if !ids.contains(target) {
+                let hint = did_you_mean(target, &ids.iter().map(String::as_str).collect::<Vec<_>>());
+                v.error(&format!("{path}.fallbacks[{j}]"), Some(&span), format!("unknown model {target:?}{hint}"));
+            } else if target == id {
+                v.error(&format!("{path}.fallbacks[{j}]"), Some(&span), "a model cannot be its own fallback");
+            }
+        }
+    }
+    (specs, fallbacks, paths, spans)
+}
+
+/// Everything of a model entry but its id, provider, path and fallbacks.
+fn model_details(
+    v: &mut V<'_>,
+    t: &Table<'_>,
+    path: &str,
+    span: &Range<usize>,
+    spec: &mut ModelSpec,
+    categories: &[&str],
+) {
+    spec.display_name = get_str(v, t, path, "display_name").map(|(s, _)| s).unwrap_or_default();
+    spec.upstream = get_str(v, t, path, "upstream").map(|(s, _)| s).unwrap_or_default();
+    if let Some(status) = get_enum(
+        v,
+        t,
+        path,
+        "status",
+        &["active", "inactive", "deprecated", "experimental", "maintenance"],
+        &[
+            modelfleet_registry::ModelStatus::Active,
+            modelfleet_registry::ModelStatus::Inactive,
+            modelfleet_registry::ModelStatus::Deprecated,
+            modelfleet_registry::ModelStatus::Experimental,
+            modelfleet_registry::ModelStatus::Maintenance,
+        ],
+    ) {
+        spec.status = status;
+    }
+    spec.enabled = get_bool(v, t, path, "enabled").unwrap_or(true);
+    spec.priority = get_int(v, t, path, "priority", 0..=100).and_then(|p| u8::try_from(p).ok()).unwrap_or(0);
+    for (j, (name, s)) in get_str_list(v, t, path, "categories").into_iter().enumerate() {
+        match Category::ALL.iter().find(|c| c.as_str() == name) {
+            Some(c) => spec.categories.push(*c),
+            None => {
+                let hint = did_you_mean(&name, categories);
+                v.error(
+                    &format!("{path}.categories[{j}]"),
+                    Some(&s),
+                    format!("unknown category {name:?}{hint}; expected one of: {}", categories.join(", ")),
+                );
+            }
+        }
+    }
+    spec.context_window = get_int(v, t, path, "context_window", 1..=100_000_000).and_then(|n| u32::try_from(n).ok());
+    spec.max_output_tokens =
+        get_int(v, t, path, "max_output_tokens", 1..=100_000_000).and_then(|n| u32::try_from(n).ok());
+    if let (Some(w), Some(o)) = (spec.context_window, spec.max_output_tokens)
+        && o > w
+    {
+        v.error(
+            &format!("{path}.max_output_tokens"),
+            find(t, "max_output_tokens").map(Spanned::span).as_ref(),
+            format!("{o} exceeds the context window of {w}"),
+        );
+    }
+    let input = get_money(v, t, path, "input_price_per_mtok");
+    let output = get_money(v, t, path, "output_price_per_mtok");
+    let cached = get_money(v, t, path, "cached_input_price_per_mtok");
+    let (has_input, has_output) =
+        (find(t, "input_price_per_mtok").is_some(), find(t, "output_price_per_mtok").is_some());
+    if has_input != has_output {
+        v.error(
+            path,
+            Some(span),
+            "give both input_price_per_mtok and output_price_per_mtok (or neither, for a local model)",
+        );
+    }
+    spec.pricing = match (input, output) {
+        (Some(input_per_mtok), Some(output_per_mtok)) => {
+            Some(Pricing { input_per_mtok, output_per_mtok, cached_input_per_mtok: cached })
+        }
+        _ => None,
+    };
+    spec.quality = get_float(v, t, path, "quality", 0.0..=1.0);
+    spec.typical_latency_ms =
+        get_int(v, t, path, "typical_latency_ms", 1..=3_600_000).and_then(|n| u32::try_from(n).ok());
+    spec.languages = get_str_list(v, t, path, "languages").into_iter().map(|(l, _)| l).collect();
+    spec.primary_language =
+        get_str(v, t, path, "primary_language").map(|(l, _)| l).or_else(|| spec.languages.first().cloned());
+    spec.tags = get_str_list(v, t, path, "tags").into_iter().map(|(l, _)| l).collect();
+    let mut capabilities = Capabilities::default();
+    for (j, (name, s)) in get_str_list(v, t, path, "capabilities").into_iter().enumerate() {
+        let all = [
+            ("streaming", Capability::Streaming),
+            ("tools", Capability::Tools),
+            ("json_mode", Capability::JsonMode),
+            ("vision", Capability::Vision),
+        ];
+        match all.iter().find(|(n, _)| *n == name) {
+            Some((_, Capability::Streaming)) => capabilities.streaming = true,
+            Some((_, Capability::Tools)) => capabilities.tools = true,
+            Some((_, Capability::JsonMode)) => capabilities.json_mode = true,
+            Some((_, Capability::Vision)) => capabilities.vision = true,
+            None => {
+                let names: Vec<&str> = all.iter().map(|(n, _)| *n).collect();
+                let hint = did_you_mean(&name, &names);
+                v.error(&format!("{path}.capabilities[{j}]"), Some(&s), format!("unknown capability {name:?}{hint}"));
+            }
+        }
+    }
+    spec.capabilities = capabilities;
+    spec.local = get_bool(v, t, path, "local").unwrap_or(false);
+    spec.memory_mb = get_int(v, t, path, "memory_mb", 1..=16_777_216).and_then(|n| u64::try_from(n).ok());
+}
+
+fn fallback_cycles(v: &mut V<'_>, fallbacks: &BTreeMap<String, Vec<String>>, spans: &BTreeMap<String, ModelPlace>) {
+    // Depth-first search; each cycle reported once, from its smallest id.
+    let mut reported: BTreeSet<Vec<String>> = BTreeSet::new();
+    for start in fallbacks.keys() {
+        let mut stack = vec![(start.clone(), vec![start.clone()])];
+        while let Some((node, path)) = stack.pop() {
+            for next in fallbacks.get(&node).into_iter().flatten() {
+                if next == start && path.len() > 1 {
+                    let mut cycle = path.clone();
+                    let min = cycle.iter().min().cloned().unwrap_or_default();
+                    let at = cycle.iter().position(|m| *m == min).unwrap_or(0);
+                    cycle.rotate_left(at);
+                    if reported.insert(cycle.clone()) {
+                        cycle.push(min.clone());
+                        let place = spans.get(&min).cloned().unwrap_or_default();
+                        v.error(
+                            &format!("{}.fallbacks", place.path),
+                            Some(&place.fallbacks),
+                            format!("fallback cycle: {}", cycle.join(" → ")),
+                        );
+                    }
+                } else if !path.contains(next) && path.len() < 64 {
+                    let mut longer = path.clone();
+                    longer.push(next.clone());
+                    stack.push((next.clone(), longer));
+                }
+            }
+        }
+    }
+}
+
+fn routes(v: &mut V<'_>, root: &Table<'_>, models: &[ModelSpec]) -> Vec<Route> {
+    let ids: Vec<&str> = models.iter().map(|m| m.id.as_str()).collect();
+    let mut out: Vec<Route> = Vec::new();
+    let strategies = ["weighted_score", "cheapest", "fastest", "highest_quality", "priority_order", "weighted_random"];
+    for (i, (t, span)) in get_tables(v, root, "routes").into_iter().enumerate() {
+        let path = format!("routes[{i}]");
+        known_keys(v, t, &path, &["name", "strategy", "seed", "fallbacks", "requirements"]);
+        let Some((name, name_span)) = require_str(v, t, &span, &path, "name") else { continue };
+        if ids.contains(&name.as_str()) || out.iter().any(|r| r.name == name) {
+            v.error(&format!("{path}.name"), Some(&name_span), format!("{name:?} is already a model or route name"));
+        }
+        let seed = get_int(v, t, &path, "seed", 0..=i64::MAX).and_then(|s| u64::try_from(s).ok()).unwrap_or(0);
+        let strategy = get_enum(
+            v,
+            t,
+            &path,
+            "strategy",
+            &strategies,
+            &[
+                Strategy::WeightedScore,
+                Strategy::Cheapest,
+                Strategy::Fastest,
+                Strategy::HighestQuality,
+                Strategy::PriorityOrder,
+                Strategy::WeightedRandom { seed },
+            ],
+        )
+        .unwrap_or_default();
+        let fallbacks: Vec<String> = get_str_list(v, t, &path, "fallbacks")
+            .into_iter()
+            .enumerate()
+            .filter_map(|(j, (target, s))| {
+                if ids.contains(&target.as_str()) {
+                    Some(target)
+                } else {
+                    let hint = did_you_mean(&target, &ids);
+                    v.error(&format!("{path}.fallbacks[{j}]"), Some(&s), format!("unknown model {target:?}{hint}"));
+                    None
+                }
+            })
+            .collect();
+        let requirements = get_table(v, t, &path, "requirements")
+            .map(|(r, _)| requirements(v, r, &format!("{path}.requirements")))
+            .unwrap_or_default();
+        out.push(Route { name, requirements, strategy, fallbacks });
+    }
+    out
+}
+
+fn requirements(v: &mut V<'_>, t: &Table<'_>, path: &str) -> Requirements {
+    known_keys(
+        v,
+        t,
+        path,
+        &[
+            "category",
+            "language",
+            "prompt_tokens",
+            "max_output_tokens",
+            "capabilities",
+            "max_cost",
+            "min_quality",
+            "max_latency_ms",
+            "providers",
+            "exclude_providers",
+            "locality",
+            "prefer_free",
+            "prefer_local",
+        ],
+    );
+    let categories: Vec<&str> = Category::ALL.iter().map(|c| c.as_str()).collect();
+    let capabilities = [Capability::Streaming, Capability::Tools, Capability::JsonMode, Capability::Vision];
+    Requirements {
+        category: get_enum(v, t, path, "category", &categories, &Category::ALL),
+        language: get_str(v, t, path, "language").map(|(l, _)| l),
+        prompt_tokens: get_int(v, t, path, "prompt_tokens", 0..=100_000_000)
+            .and_then(|n| u32::try_from(n).ok())
+            .unwrap_or(0),
+        max_output_tokens: get_int(v, t, path, "max_output_tokens", 0..=100_000_000)
+            .and_then(|n| u32::try_from(n).ok())
+            .unwrap_or(0),
+        capabilities: get_str_list(v, t, path, "capabilities")
+            .into_iter()
+            .filter_map(|(c, s)| {
+                let found = capabilities.iter().find(|cap| cap.to_string() == c).copied();
+                if found.is_none() {
+                    v.error(&format!("{path}.capabilities"), Some(&s), format!("unknown capability {c:?}"));
+                }
+                found
+            })
+            .collect(),
+        max_cost: get_money(v, t, path, "max_cost"),
+        min_quality: get_float(v, t, path, "min_quality", 0.0..=1.0),
+        max_latency_ms: get_int(v, t, path, "max_latency_ms", 1..=3_600_000).and_then(|n| u32::try_from(n).ok()),
+        providers: get_str_list(v, t, path, "providers").into_iter().map(|(p, _)| p).collect(),
+        exclude_providers: get_str_list(v, t, path, "exclude_providers").into_iter().map(|(p, _)| p).collect(),
+        locality: get_enum(
+            v,
+            t,
+            path,
+            "locality",
+            &["any", "local_only", "cloud_only"],
+            &[Locality::Any, Locality::LocalOnly, Locality::CloudOnly],
+        )
+        .unwrap_or_default(),
+        prefer_free: get_bool(v, t, path, "prefer_free").unwrap_or(false),
+        prefer_local: get_bool(v, t, path, "prefer_local").unwrap_or(false),
+        available_memory_mb: None,
+    }
+}
+
+fn retry(v: &mut V<'_>, root: &Table<'_>) -> RetryConfig {
+    let defaults = RetryConfig::default();
+    let Some((t, span)) = get_table(v, root, "", "retry") else { return defaults };
+    known_keys(
+        v,
+        t,
+        "retry",
+        &[
+            "max_attempts",
+            "initial_backoff_ms",
+            "multiplier",
+            "max_backoff_ms",
+            "jitter",
+            "deadline_ms",
+            "max_retry_after_ms",
+        ],
+    );
+    let ms = |n: u64| std::time::Duration::from_millis(n);
+    let config = RetryConfig {
+        max_attempts: get_int(v, t, "retry", "max_attempts", 1..=20)
+            .and_then(|n| u32::try_from(n).ok())
+            .unwrap_or(defaults.max_attempts),
+        initial_backoff: get_int(v, t, "retry", "initial_backoff_ms", 0..=60_000)
+            .and_then(|n| u64::try_from(n).ok())
+            .map_or(defaults.initial_backoff, ms),
+        multiplier: get_float(v, t, "retry", "multiplier", 1.0..=10.0).unwrap_or(defaults.multiplier),
+        max_backoff: get_int(v, t, "retry", "max_backoff_ms", 0..=600_000)
+            .and_then(|n| u64::try_from(n).ok())
+            .map_or(defaults.max_backoff, ms),
+        jitter: get_enum(
+            v,
+            t,
+            "retry",
+            "jitter",
+            &["none", "full", "equal"],
+            &[Jitter::None, Jitter::Full, Jitter::Equal],
+        )
+        .unwrap_or(defaults.jitter),
+        deadline: get_int(v, t, "retry", "deadline_ms", 1..=600_000).and_then(|n| u64::try_from(n).ok()).map(ms),
+        max_retry_after: get_int(v, t, "retry", "max_retry_after_ms", 0..=600_000)
+            .and_then(|n| u64::try_from(n).ok())
+            .map_or(defaults.max_retry_after, ms),
+    };
+    if let Err(modelfleet_errors::Error::InvalidRetryConfig { field, reason }) = RetryPolicy::new(config.clone()) {
+        v.error(&format!("retry.{field}"), Some(&span), reason);
+    }
+    config
+}
+
+fn resilience(v: &mut V<'_>, root: &Table<'_>) -> ResilienceSettings {
+    let mut s = ResilienceSettings {
+        cooldown_short_ms: 5_000,
+        cooldown_long_ms: 300_000,
+        cooldown_escalating_base_ms: 2_000,
+        cooldown_escalating_max_ms: 60_000,
+        circuit_window_ms: 30_000,
+        circuit_min_requests: 10,
+        circuit_failure_ratio: 0.5,
+        circuit_open_ms: 30_000,
+        circuit_half_open_probes: 3,
+    };
+    if let Some((t, _)) = get_table(v, root, "", "cooldown") {
+        known_keys(v, t, "cooldown", &["short_ms", "long_ms", "escalating_base_ms", "escalating_max_ms"]);
+        s.cooldown_short_ms = get_u64(v, t, "cooldown", "short_ms", 0..=3_600_000, s.cooldown_short_ms);
+        s.cooldown_long_ms = get_u64(v, t, "cooldown", "long_ms", 0..=86_400_000, s.cooldown_long_ms);
+        s.cooldown_escalating_base_ms =
+            get_u64(v, t, "cooldown", "escalating_base_ms", 0..=3_600_000, s.cooldown_escalating_base_ms);
+        s.cooldown_escalating_max_ms =
+            get_u64(v, t, "cooldown", "escalating_max_ms", 0..=86_400_000, s.cooldown_escalating_max_ms);
+    }
+    if let Some((t, _)) = get_table(v, root, "", "circuit") {
+        known_keys(v, t, "circuit", &["window_ms", "min_requests", "failure_ratio", "open_ms", "half_open_probes"]);
+        s.circuit_window_ms = get_u64(v, t, "circuit", "window_ms", 100..=3_600_000, s.circuit_window_ms);
+        s.circuit_min_requests = get_int(v, t, "circuit", "min_requests", 1..=100_000)
+            .and_then(|n| u32::try_from(n).ok())
+            .unwrap_or(s.circuit_min_requests);
+        s.circuit_failure_ratio =
+            get_float(v, t, "circuit", "failure_ratio", 0.01..=1.0).unwrap_or(s.circuit_failure_ratio);
+        s.circuit_open_ms = get_u64(v, t, "circuit", "open_ms", 100..=3_600_000, s.circuit_open_ms);
+        s.circuit_half_open_probes = get_int(v, t, "circuit", "half_open_probes", 1..=100)
+            .and_then(|n| u32::try_from(n).ok())
+            .unwrap_or(s.circuit_half_open_probes);
+    }
+    s
+}
+
+fn weights(v: &mut V<'_>, root: &Table<'_>) -> Weights {
+    let mut w = Weights::default();
+    let Some((selector, _)) = get_table(v, root, "", "selector") else { return w };
+    known_keys(v, selector, "selector", &["weights"]);
+    let Some((t, _)) = get_table(v, selector, "selector", "weights") else { return w };
+    let names = ["quality", "reliability", "language", "cost", "speed", "load", "category", "priority"];
+    known_keys(v, t, "selector.weights", &names);
+    for name in names {
+        if let Some(x) = get_float(v, t, "selector.weights", name, 0.0..=1_000.0) {
+            match name {
+                "quality" => w.quality = x,
+                "reliability" => w.reliability = x,
+                "language" => w.language = x,
+                "cost" => w.cost = x,
+                "speed" => w.speed = x,
+                "load" => w.load = x,
+                "category" => w.category = x,
+                _ => w.priority = x,
+            }
+        }
+    }
+    w
+}
+
+fn budgets(v: &mut V<'_>, root: &Table<'_>, providers: &[Provider], models: &[ModelSpec]) -> (Vec<BudgetSpec>, i16) {
+    let mut offset = 0;
+    if let Some((t, _)) = get_table(v, root, "", "ledger") {
+        known_keys(v, t, "ledger", &["utc_offset_minutes"]);
+        offset = get_int(v, t, "ledger", "utc_offset_minutes", -1_080..=1_080)
+            .and_then(|n| i16::try_from(n).ok())
+            .unwrap_or(0);
+    }
+    let mut out: Vec<BudgetSpec> = Vec::new();
+    for (i, (t, span)) in get_tables(v, root, "budgets").into_iter().enumerate() {
+        let path = format!("budgets[{i}]");
+        known_keys(v, t, &path, &["scope", "period", "limit", "enforcement", "thresholds"]);
+        let scope = require_str(v, t, &span, &path, "scope").and_then(|(text, s)| {
+            let scope = match text.split_once(':') {
+                None if text == "global" => Some(Scope::Global),
+                Some(("provider", p)) => {
+                    if !providers.iter().any(|x| x.name == p) {
+                        v.error(&format!("{path}.scope"), Some(&s), format!("unknown provider {p:?}"));
+                    }
+                    Some(Scope::Provider(p.to_owned()))
+                }
+                Some(("model", m)) => {
+                    if !models.iter().any(|x| x.id == m) {
+                        v.error(&format!("{path}.scope"), Some(&s), format!("unknown model {m:?}"));
+                    }
+                    Some(Scope::Model(m.to_owned()))
+                }
+                Some(("key", k)) if !k.is_empty() => Some(Scope::Key(k.to_owned())),
+                _ => None,
+            };
+            if scope.is_none() {
+                v.error(
+                    &format!("{path}.scope"),
+                    Some(&s),
+                    format!("{text:?} is not a scope: use global, provider:<name>, model:<id> or key:<name>"),
+                );
+            }
+            scope
+        });
+        let period = get_enum(
+            v,
+            t,
+            &path,
+            "period",
+            &["daily", "weekly", "monthly", "none"],
+            &[Period::Daily, Period::Weekly, Period::Monthly, Period::None],
+        );
+        if find(t, "period").is_none() {
+            v.error(&format!("{path}.period"), Some(&span), "is required (daily, weekly, monthly or none)");
+        }
+        let limit = get_money(v, t, &path, "limit");
+        if find(t, "limit").is_none() {
+            v.error(&format!("{path}.limit"), Some(&span), "is required (dollars)");
+        }
+        let enforcement =
+            get_enum(v, t, &path, "enforcement", &["hard", "soft"], &[Enforcement::Hard, Enforcement::Soft])
+                .unwrap_or_default();
+        let thresholds: Vec<u8> = match find(t, "thresholds") {
+            None => vec![50, 75, 90, 100],
+            Some(value) => match value.get_ref().as_array() {
+                Some(items) => items
+                    .iter()
+                    .filter_map(|item| match integer_of(item.get_ref()) {
+                        Int::Value(n @ 1..=200) => u8::try_from(n).ok(),
+                        _ => {
+                            v.error(
+                                &format!("{path}.thresholds"),
+                                Some(&item.span()),
+                                "thresholds are whole percents in 1..=200",
+                            );
+                            None
+                        }
+                    })
+                    .collect(),
+                None => {
+                    type_error(v, &format!("{path}.thresholds"), value, "an array of percents");
+                    Vec::new()
+                }
+            },
+        };
+        if let (Some(scope), Some(period), Some(limit)) = (scope, period, limit) {
+            if out.iter().any(|b| b.scope == scope && b.period == period) {
+                v.error(&path, Some(&span), format!("a {period:?} budget for {scope} is defined twice"));
+            }
+            out.push(BudgetSpec { scope, period, limit, enforcement, thresholds });
+        }
+    }
+    (out, offset)
+}
+
+fn cache(v: &mut V<'_>, root: &Table<'_>) -> CacheSettings {
+    let mut s = CacheSettings { enabled: false, ttl_secs: 3_600, max_entries: 10_000, max_bytes: 64 << 20 };
+    let Some((t, _)) = get_table(v, root, "", "cache") else { return s };
+    known_keys(v, t, "cache", &["enabled", "ttl_secs", "max_entries", "max_bytes"]);
+    s.enabled = get_bool(v, t, "cache", "enabled").unwrap_or(true);
+    s.ttl_secs = get_u64(v, t, "cache", "ttl_secs", 1..=2_592_000, s.ttl_secs);
+    s.max_entries = get_u64(v, t, "cache", "max_entries", 1..=10_000_000, s.max_entries);
+    s.max_bytes = get_u64(v, t, "cache", "max_bytes", 1_024..=(1 << 40), s.max_bytes);
+    s
+}
+
+fn metrics(v: &mut V<'_>, root: &Table<'_>) -> MetricsSettings {
+    let mut s = MetricsSettings { enabled: true, window_secs: 60, port: None };
+    let Some((t, _)) = get_table(v, root, "", "metrics") else { return s };
+    known_keys(v, t, "metrics", &["enabled", "window_secs", "port"]);
+    s.enabled = get_bool(v, t, "metrics", "enabled").unwrap_or(true);
+    s.window_secs =
+        get_int(v, t, "metrics", "window_secs", 1..=3_600).and_then(|n| u32::try_from(n).ok()).unwrap_or(60);
+    if let Some(value) = find(t, "port") {
+        s.port = check_port(v, "metrics.port", value);
+    }
+    s
+}
+
+/// Warns about priced models no budget covers.
+fn expensive_without_budget(
+    v: &mut V<'_>,
+    models: &[ModelSpec],
+    budgets: &[BudgetSpec],
+    spans: &BTreeMap<String, ModelPlace>,
+) {
+    let threshold = Money::from_dollars(5);
+    let global = budgets.iter().any(|b| b.scope == Scope::Global);
+    for m in models {
+        let Some(price) = m.pricing else { continue };
+        let covered = global
+            || budgets
+                .iter()
+                .any(|b| b.scope == Scope::Model(m.id.clone()) || b.scope == Scope::Provider(m.provider.clone()));
+        if price.output_per_mtok >= threshold && !covered {
+            let place = spans.get(&m.id).cloned().unwrap_or_default();
+            v.warn(
+                &place.path,
+                Some(&place.id),
+                format!("{} costs ${} per million output tokens and no budget covers it", m.id, price.output_per_mtok),
+            );
+        }
+    }
+}
