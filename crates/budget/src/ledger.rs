@@ -477,6 +477,19 @@ impl Budgets {
         }
     }
 
+    /// Every budget covering `charge`, with the start of its current period:
+    /// what a caller persisting spend per period needs.
+    #[must_use]
+    pub fn periods_for(&self, charge: &Charge<'_>) -> Vec<(Scope, Period, u64)> {
+        let (ledger, _) = self.current();
+        ledger
+            .budgets
+            .iter()
+            .filter(|b| b.spec.scope.covers(charge))
+            .map(|b| (b.spec.scope.clone(), b.spec.period, b.start_ms))
+            .collect()
+    }
+
     /// Records spend that had no reservation (never refused: the money is spent).
     pub fn spend(&self, charge: &Charge<'_>, actual: Money) {
         self.settle(Target::Charge(charge), charge.provider, charge.model, Money::ZERO, actual);

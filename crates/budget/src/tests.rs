@@ -260,3 +260,14 @@ proptest! {
         prop_assert_eq!(status.by_model.get("gpt-4o").copied().unwrap_or(Money::ZERO).nanos(), expected);
     }
 }
+
+#[test]
+fn periods_for_lists_the_covering_budgets_and_their_current_period() {
+    let (b, _) = budgets();
+    b.add(BudgetSpec::hard(Scope::Global, Period::Monthly, usd("10"))).unwrap();
+    b.add(BudgetSpec::hard(Scope::Provider("ollama".into()), Period::Daily, usd("10"))).unwrap();
+    let periods = b.periods_for(&OPENAI);
+    assert_eq!(periods.len(), 1, "the ollama budget does not cover an openai charge");
+    assert_eq!(periods[0].0, Scope::Global);
+    assert_eq!(periods[0].2, b.status(&Scope::Global).unwrap().period_start_ms);
+}

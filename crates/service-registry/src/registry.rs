@@ -223,6 +223,7 @@ pub struct Running {
     layers: Vec<Vec<usize>>,
     by_type: FxHashMap<TypeId, Slot>,
     by_name: FxHashMap<String, usize>,
+    stopped: std::sync::atomic::AtomicBool,
 }
 
 impl fmt::Debug for Running {
@@ -246,7 +247,7 @@ impl Running {
                 .and_modify(|slot| *slot = Slot::Ambiguous)
                 .or_insert_with(|| Slot::One(Arc::clone(&entry.any)));
         }
-        Running { config, entries, layers, by_type, by_name }
+        Running { config, entries, layers, by_type, by_name, stopped: std::sync::atomic::AtomicBool::new(false) }
     }
 
     /// The running service of type `S`, when exactly one was registered
@@ -310,6 +311,15 @@ impl Running {
     /// dependents before their dependencies). Every service is asked to stop
     /// even when another fails; the error lists each failure.
     pub async fn shutdown(self) -> Result<(), Error> {
+        self.stop().await
+    }
+
+    /// Like [`Running::shutdown`], through a shared reference: the first call
+    /// stops the services, later calls do nothing and return `Ok`.
+    pub async fn stop(&self) -> Result<(), Error> {
+        if self.stopped.swap(true, std::sync::atomic::Ordering::AcqRel) {
+            return Ok(());
+        }
         let failures = stop_layers(&self.entries, &self.layers, self.config.stop_timeout).await;
         if failures.is_empty() { Ok(()) } else { Err(Error::StopFailed(failures)) }
     }

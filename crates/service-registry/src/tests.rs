@@ -390,6 +390,17 @@ async fn stop_failures_do_not_stop_the_others_stopping() {
 }
 
 #[tokio::test]
+async fn stop_through_a_shared_reference_stops_once() {
+    let log = Arc::new(Log::default());
+    let mut registry = ServiceRegistry::new(RegistryConfig::default());
+    registry.register(Mock::new(&log, "store", &[])).unwrap();
+    let running = Arc::new(registry.start().await.unwrap());
+    running.stop().await.unwrap();
+    running.stop().await.unwrap();
+    assert_eq!(log.events(), ["start store", "stop store"]);
+}
+
+#[tokio::test]
 async fn an_empty_registry_starts_and_is_healthy() {
     let running = ServiceRegistry::new(RegistryConfig::default()).start().await.unwrap();
     assert_eq!(running.start_order(), names(&[]));
