@@ -1,3 +1,4 @@
 //! Cross-crate integration tests: one binary, one module per scenario.
 
+mod full_stack;
 mod startup_retry;

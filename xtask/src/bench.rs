@@ -82,6 +82,16 @@ pub(crate) const TARGETS: &[Goal] = &[
     },
     Goal { name: "store/cache_hit", target_ns: 20_000.0, why: "issue 5: a response-cache hit <= 20 us" },
     Goal {
+        name: "fleet/startup",
+        target_ns: 50_000_000.0,
+        why: "issue 6: full-stack startup to ready <= 50 ms (seed 004: 1.135 s)",
+    },
+    Goal {
+        name: "fleet/call_overhead",
+        target_ns: 5_000.0,
+        why: "issue 6: the facade around a no-op model call <= 5 us (LiteLLM's router: ~2 ms of CPU)",
+    },
+    Goal {
         name: "config/validate_example",
         target_ns: 1_000_000.0,
         why: "ours: validating the full example config at startup should cost under 1 ms",

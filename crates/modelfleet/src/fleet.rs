@@ -459,6 +459,12 @@ impl Fleet {
         &self.store
     }
 
+    /// `model`'s circuit now (on the fleet's own clock).
+    #[must_use]
+    pub fn circuit(&self, model: &str) -> CircuitState {
+        self.tracker.circuit(model, self.timer.now())
+    }
+
     /// Failure tracking (cooldowns, circuits).
     #[must_use]
     pub fn tracker(&self) -> &Tracker {
@@ -514,9 +520,11 @@ impl Fleet {
     /// deadline), records every attempt in the monitor, metrics and store,
     /// reconciles the budget with the exact cost, and returns the answer
     /// with the attempt history.
+    ///
+    /// `call` gets the model as an `Arc` so its future may own it.
     pub async fn call<T, F, Fut>(&self, request: &Request, mut call: F) -> Result<Served<T>, FleetError>
     where
-        F: FnMut(&ModelSpec, AttemptCtx) -> Fut,
+        F: FnMut(Arc<ModelSpec>, AttemptCtx) -> Fut,
         Fut: Future<Output = Result<ModelResponse<T>, Failure>>,
     {
         let (requirements, strategy, explicit) = self.resolve(request)?;
@@ -542,7 +550,9 @@ impl Fleet {
             &executor,
             &mut rng,
             |model, ctx| {
-                let attempt = call(model, ctx);
+                // The executor hands out the snapshot's own specs: this lookup finds the Arc.
+                let owned = snapshot.get(&model.id).cloned().unwrap_or_else(|| Arc::new(model.clone()));
+                let attempt = call(owned, ctx);
                 self.attempt(model, key, kind, sized, attempt)
             },
         )
@@ -669,7 +679,7 @@ impl Fleet {
                 let s = self.monitor.model_stats(&id);
                 ModelLine {
                     fallbacks_served: self.fallbacks_served.get(&id).map_or(0, |n| n.load(Ordering::Relaxed)),
-                    circuit: self.tracker.circuit(&id, self.timer.now()),
+                    circuit: self.circuit(&id),
                     provider: s.provider.clone(),
                     requests: s.totals.requests,
                     success_rate: s.totals.success_rate,

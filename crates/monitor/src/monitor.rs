@@ -78,12 +78,12 @@ impl std::fmt::Debug for Monitor {
 #[must_use = "the call counts as in flight only while this guard lives"]
 pub struct InFlight<'a> {
     monitor: &'a Monitor,
-    model: String,
+    model: &'a str,
 }
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        if let Some(cell) = self.monitor.models.get(&self.model) {
+        if let Some(cell) = self.monitor.models.get(self.model) {
             let _ = cell.in_flight.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
         }
     }
@@ -142,12 +142,12 @@ impl Monitor {
 
     /// Marks a call to `model` as started; it counts as in flight (a live
     /// signal the selector uses) until the guard drops.
-    pub fn begin(&self, model: &str, provider: &str) -> InFlight<'_> {
+    pub fn begin<'a>(&'a self, model: &'a str, provider: &str) -> InFlight<'a> {
         let id = self.slot(model, provider);
         if let Some(cell) = self.models.get(id) {
             cell.in_flight.fetch_add(1, Ordering::Relaxed);
         }
-        InFlight { monitor: self, model: id.to_owned() }
+        InFlight { monitor: self, model: id }
     }
 
     /// The ids of every model with data, sorted.

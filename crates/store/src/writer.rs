@@ -85,9 +85,55 @@ fn commit(conn: &mut Connection, batch: &mut Vec<Op>, shared: &Shared) {
     }
 }
 
+/// A batch's usage for one model, summed so each model gets one upsert per batch.
+#[derive(Default)]
+struct UsageDelta {
+    provider: String,
+    requests: i64,
+    successes: i64,
+    input_tokens: i64,
+    output_tokens: i64,
+    cached_tokens: i64,
+    cost_nanos: i64,
+    latency_us: i64,
+    quality_sum: f64,
+    quality_count: i64,
+    first_ms: i64,
+    last_ms: i64,
+}
+
+impl UsageDelta {
+    /// The delta of `r`'s model in `deltas` (added when new).
+    fn of<'d, 'r>(deltas: &'d mut Vec<(&'r str, UsageDelta)>, r: &'r PerfRecord) -> &'d mut UsageDelta {
+        let at = to_i64(r.at_ms);
+        let index = deltas.iter().position(|(m, _)| *m == r.model).unwrap_or_else(|| {
+            deltas.push((&r.model, UsageDelta { first_ms: at, last_ms: at, ..UsageDelta::default() }));
+            deltas.len() - 1
+        });
+        &mut deltas[index].1
+    }
+
+    fn add(&mut self, r: &PerfRecord) {
+        let at = to_i64(r.at_ms);
+        self.provider.clone_from(&r.provider);
+        self.requests += 1;
+        self.successes += i64::from(r.error.is_none());
+        self.input_tokens = self.input_tokens.saturating_add(to_i64(r.input_tokens));
+        self.output_tokens = self.output_tokens.saturating_add(to_i64(r.output_tokens));
+        self.cached_tokens = self.cached_tokens.saturating_add(to_i64(r.cached_tokens));
+        self.cost_nanos = self.cost_nanos.saturating_add(r.cost.nanos());
+        self.latency_us = self.latency_us.saturating_add(to_i64(r.latency_us));
+        self.quality_sum += r.quality.unwrap_or(0.0);
+        self.quality_count += i64::from(r.quality.is_some());
+        self.first_ms = self.first_ms.min(at);
+        self.last_ms = self.last_ms.max(at);
+    }
+}
+
 fn apply(conn: &mut Connection, batch: &[Op], shared: &Shared) -> rusqlite::Result<()> {
     let tx = conn.transaction()?;
     let mut cache_writes = false;
+    let mut deltas: Vec<(&str, UsageDelta)> = Vec::new();
     {
         let mut perf = tx.prepare_cached(
             "INSERT INTO perf_log (at_ms, model, provider, kind, language, latency_us, ttft_us, input_tokens, \
@@ -97,8 +143,8 @@ fn apply(conn: &mut Connection, batch: &[Op], shared: &Shared) -> rusqlite::Resu
         let mut usage = tx.prepare_cached(
             "INSERT INTO usage (model, provider, requests, successes, failures, input_tokens, output_tokens, \
              cached_tokens, cost_nanos, latency_us_sum, quality_sum, quality_count, first_ms, last_ms) \
-             VALUES (?1, ?2, 1, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?12) \
-             ON CONFLICT (model) DO UPDATE SET provider = excluded.provider, requests = requests + 1, \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14) \
+             ON CONFLICT (model) DO UPDATE SET provider = excluded.provider, requests = requests + excluded.requests, \
              successes = successes + excluded.successes, failures = failures + excluded.failures, \
              input_tokens = input_tokens + excluded.input_tokens, output_tokens = output_tokens + excluded.output_tokens, \
              cached_tokens = cached_tokens + excluded.cached_tokens, cost_nanos = cost_nanos + excluded.cost_nanos, \
@@ -129,21 +175,7 @@ fn apply(conn: &mut Connection, batch: &[Op], shared: &Shared) -> rusqlite::Resu
                         error,
                         r.quality,
                     ])?;
-                    let ok = i64::from(r.error.is_none());
-                    usage.execute(params![
-                        r.model,
-                        r.provider,
-                        ok,
-                        1 - ok,
-                        to_i64(r.input_tokens),
-                        to_i64(r.output_tokens),
-                        to_i64(r.cached_tokens),
-                        r.cost.nanos(),
-                        to_i64(r.latency_us),
-                        r.quality.unwrap_or(0.0),
-                        i64::from(r.quality.is_some()),
-                        to_i64(r.at_ms),
-                    ])?;
+                    UsageDelta::of(&mut deltas, r).add(r);
                 }
                 Op::CachePut { key, value, checksum, created_ms, expires_ms } => {
                     cache_writes = true;
@@ -158,6 +190,24 @@ fn apply(conn: &mut Connection, batch: &[Op], shared: &Shared) -> rusqlite::Resu
                 }
                 Op::Flush(_) => {}
             }
+        }
+        for (model, d) in &deltas {
+            usage.execute(params![
+                model,
+                d.provider,
+                d.requests,
+                d.successes,
+                d.requests - d.successes,
+                d.input_tokens,
+                d.output_tokens,
+                d.cached_tokens,
+                d.cost_nanos,
+                d.latency_us,
+                d.quality_sum,
+                d.quality_count,
+                d.first_ms,
+                d.last_ms,
+            ])?;
         }
     }
     if cache_writes {

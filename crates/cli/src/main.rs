@@ -1,0 +1,436 @@
+//! The `modelfleet` binary: the demo (the main job), the catalog, selection
+//! and explanations, reports, and config and database checks.
+//!
+//! Exit codes: 0 success; 1 a check failed (invalid config, unsound
+//! database, no model matches); 2 bad usage; 3 an error (the message says
+//! what and what to do).
+
+mod demo;
+mod output;
+
+use std::{path::PathBuf, process::ExitCode};
+
+use clap::{Args, Parser, Subcommand};
+use modelfleet::{
+    Fleet, FleetOptions, Request,
+    registry::{Capability, Category, Money},
+    selector::{Locality, Requirements},
+};
+
+const EXIT_CODES: &str = "\
+Exit codes:
+  0  success
+  1  a check failed: invalid config, unsound database, no model matches
+  2  bad usage (unknown flag, missing argument)
+  3  an error: the message says what went wrong and what to do
+
+Logs go to stderr; set RUST_LOG (e.g. RUST_LOG=modelfleet=debug) for more.
+The database defaults to $MODELFLEET_DB, else $XDG_DATA_HOME/modelfleet/fleet.db,
+else ~/.local/share/modelfleet/fleet.db; --db overrides it.";
+
+/// Run a fleet of AI models: pick the right model per request, survive
+/// failures, know the cost, stay in budget.
+#[derive(Parser, Debug)]
+#[command(name = "modelfleet", version, about, after_help = EXIT_CODES)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the default catalog on simulated providers and report: the main job.
+    ///
+    /// Sends mixed requests (categories, languages, context sizes) through
+    /// the full stack in simulated time — local models are slower,
+    /// deepseek-chat is flaky, claude-3-haiku is rate-limited — and prints
+    /// per-model requests, success, latency percentiles, tokens, cost,
+    /// fallbacks and circuits, the budget with its forecast, and
+    /// recommendations. Results persist in the database: a second run shows
+    /// the accumulated history.
+    Demo {
+        /// How many requests.
+        #[arg(long, default_value_t = 2_000)]
+        requests: u32,
+        /// The seed of the requests and the simulated providers.
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// Requests in flight at once.
+        #[arg(long, default_value_t = 32)]
+        concurrency: usize,
+        /// The database file.
+        #[arg(long)]
+        db: Option<PathBuf>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The model catalog.
+    Models {
+        #[command(subcommand)]
+        action: ModelsAction,
+    },
+    /// The model that would serve a request with these requirements.
+    Select(SelectArgs),
+    /// The ranking with score breakdowns, and every rejected model with why.
+    Explain(SelectArgs),
+    /// Usage recorded in the database, budgets and recommendations.
+    Report {
+        /// The database file.
+        #[arg(long)]
+        db: Option<PathBuf>,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Configuration files.
+    Config {
+        #[command(subcommand)]
+        action: ConfigAction,
+    },
+    /// The database.
+    Db {
+        #[command(subcommand)]
+        action: DbAction,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ModelsAction {
+    /// Every model in the catalog.
+    List {
+        /// The database file.
+        #[arg(long)]
+        db: Option<PathBuf>,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One model, every field.
+    Show {
+        /// The model id.
+        id: String,
+        /// The database file.
+        #[arg(long)]
+        db: Option<PathBuf>,
+    },
+    /// Add the models of a TOML file (`[[models]]` entries, catalog format).
+    Add {
+        /// The file.
+        file: PathBuf,
+        /// The database file.
+        #[arg(long)]
+        db: Option<PathBuf>,
+    },
+    /// Remove a model.
+    Remove {
+        /// The model id.
+        id: String,
+        /// The database file.
+        #[arg(long)]
+        db: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ConfigAction {
+    /// Validate a configuration file: every problem with its path, line and column.
+    Check {
+        /// The file.
+        file: PathBuf,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+        /// Also check local model directories, the listen port and tools.
+        #[arg(long)]
+        deep: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum DbAction {
+    /// Integrity, schema version, sizes and row counts.
+    Check {
+        /// The database file.
+        #[arg(long)]
+        db: Option<PathBuf>,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+        /// Move an unusable database aside (kept as FILE.corrupt-TIME).
+        #[arg(long)]
+        repair: bool,
+    },
+}
+
+/// A request's requirements, as flags.
+#[allow(clippy::struct_excessive_bools)] // each bool is a command-line switch
+#[derive(Args, Debug, Clone)]
+struct SelectArgs {
+    /// The kind of work: general, translation, vocabulary, grammar, conversation, code, reasoning, summarization, specialized.
+    #[arg(long)]
+    category: Option<String>,
+    /// The request's language (ISO 639-1, e.g. en).
+    #[arg(long)]
+    language: Option<String>,
+    /// Tokens in the prompt.
+    #[arg(long, default_value_t = 0)]
+    prompt_tokens: u32,
+    /// Tokens the answer may take.
+    #[arg(long, default_value_t = 0)]
+    max_output_tokens: u32,
+    /// A capability the model needs (repeat): streaming, tools, `json_mode`, vision.
+    #[arg(long = "capability")]
+    capabilities: Vec<String>,
+    /// The most the request may cost, in dollars.
+    #[arg(long)]
+    max_cost: Option<String>,
+    /// The lowest acceptable quality, 0 to 1.
+    #[arg(long)]
+    min_quality: Option<f64>,
+    /// The highest acceptable latency, ms.
+    #[arg(long)]
+    max_latency_ms: Option<u32>,
+    /// Only these providers (repeat).
+    #[arg(long = "provider")]
+    providers: Vec<String>,
+    /// Local models only.
+    #[arg(long, conflicts_with = "cloud_only")]
+    local_only: bool,
+    /// Cloud models only.
+    #[arg(long)]
+    cloud_only: bool,
+    /// Rank free models first.
+    #[arg(long)]
+    prefer_free: bool,
+    /// Rank local models first.
+    #[arg(long)]
+    prefer_local: bool,
+    /// The database file.
+    #[arg(long)]
+    db: Option<PathBuf>,
+    /// JSON output.
+    #[arg(long)]
+    json: bool,
+}
+
+impl SelectArgs {
+    fn requirements(&self) -> anyhow::Result<Requirements> {
+        let category = match &self.category {
+            None => None,
+            Some(name) => Some(Category::ALL.into_iter().find(|c| c.as_str() == name).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "unknown category {name:?}; use one of: {}",
+                    Category::ALL.map(Category::as_str).join(", ")
+                )
+            })?),
+        };
+        let capabilities = self
+            .capabilities
+            .iter()
+            .map(|c| {
+                [Capability::Streaming, Capability::Tools, Capability::JsonMode, Capability::Vision]
+                    .into_iter()
+                    .find(|cap| cap.to_string() == *c)
+                    .ok_or_else(|| {
+                        anyhow::anyhow!("unknown capability {c:?}; use streaming, tools, json_mode or vision")
+                    })
+            })
+            .collect::<anyhow::Result<_>>()?;
+        let max_cost = self
+            .max_cost
+            .as_deref()
+            .map(|text| text.parse::<Money>().map_err(|e| anyhow::anyhow!("--max-cost: {e}")))
+            .transpose()?;
+        if let Some(q) = self.min_quality
+            && !(0.0..=1.0).contains(&q)
+        {
+            anyhow::bail!("--min-quality must be between 0 and 1, got {q}");
+        }
+        Ok(Requirements {
+            category,
+            language: self.language.clone(),
+            prompt_tokens: self.prompt_tokens,
+            max_output_tokens: self.max_output_tokens,
+            capabilities,
+            max_cost,
+            min_quality: self.min_quality,
+            max_latency_ms: self.max_latency_ms,
+            providers: self.providers.clone(),
+            exclude_providers: Vec::new(),
+            locality: if self.local_only {
+                Locality::LocalOnly
+            } else if self.cloud_only {
+                Locality::CloudOnly
+            } else {
+                Locality::Any
+            },
+            prefer_free: self.prefer_free,
+            prefer_local: self.prefer_local,
+            available_memory_mb: None,
+        })
+    }
+}
+
+/// An outcome that is not an error but a failed check (exit code 1).
+struct CheckFailed;
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread().enable_time().build()?)
+}
+
+async fn open(db: Option<PathBuf>) -> anyhow::Result<Fleet> {
+    Ok(Fleet::open(FleetOptions { db_path: db, ..FleetOptions::default() }).await?)
+}
+
+fn run(cli: Cli) -> anyhow::Result<Result<(), CheckFailed>> {
+    match cli.command {
+        Command::Demo { requests, seed, concurrency, db, json } => {
+            demo::run(&demo::DemoArgs { requests, seed, concurrency: concurrency.max(1), db, json })?;
+            Ok(Ok(()))
+        }
+        Command::Models { action } => models(action),
+        Command::Select(args) => select(&args, false),
+        Command::Explain(args) => select(&args, true),
+        Command::Report { db, json } => runtime()?.block_on(async {
+            let fleet = open(db).await?;
+            let report = fleet.report()?;
+            fleet.shutdown().await?;
+            output::print(json, &report, || output::report(&report, None));
+            Ok(Ok(()))
+        }),
+        Command::Config { action: ConfigAction::Check { file, json, deep } } => Ok(config_check(&file, json, deep)),
+        Command::Db { action: DbAction::Check { db, json, repair } } => db_check(db, json, repair),
+    }
+}
+
+fn models(action: ModelsAction) -> anyhow::Result<Result<(), CheckFailed>> {
+    runtime()?.block_on(async {
+        match action {
+            ModelsAction::List { db, json } => {
+                let fleet = open(db).await?;
+                let models: Vec<modelfleet::registry::ModelSpec> =
+                    fleet.catalog().list().iter().map(|m| (**m).clone()).collect();
+                fleet.shutdown().await?;
+                output::print(json, &models, || output::models(&models));
+            }
+            ModelsAction::Show { id, db } => {
+                let fleet = open(db).await?;
+                let model = fleet.catalog().get(&id);
+                fleet.shutdown().await?;
+                match model {
+                    Some(model) => println!("{}", serde_json::to_string_pretty(&*model)?),
+                    None => anyhow::bail!("no model {id:?} in the catalog (see `modelfleet models list`)"),
+                }
+            }
+            ModelsAction::Add { file, db } => {
+                let text = std::fs::read_to_string(&file)
+                    .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
+                let specs = modelfleet::registry::parse_catalog(&text)
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+                let fleet = open(db).await?;
+                for spec in specs {
+                    let id = spec.id.clone();
+                    fleet.catalog().add(spec)?;
+                    println!("added {id}");
+                }
+                fleet.shutdown().await?;
+            }
+            ModelsAction::Remove { id, db } => {
+                let fleet = open(db).await?;
+                fleet.catalog().remove(&id)?;
+                fleet.shutdown().await?;
+                println!("removed {id}");
+            }
+        }
+        Ok(Ok(()))
+    })
+}
+
+fn select(args: &SelectArgs, explain: bool) -> anyhow::Result<Result<(), CheckFailed>> {
+    let requirements = args.requirements()?;
+    runtime()?.block_on(async {
+        let fleet = open(args.db.clone()).await?;
+        let request = Request { requirements, ..Request::default() };
+        let result = if explain {
+            let (text, json) = fleet.explain(&request)?;
+            output::print(args.json, &json, || print!("{text}"));
+            Ok(())
+        } else {
+            let ranked = fleet.rank(&request)?;
+            if let Some((id, score)) = ranked.first() {
+                let json = serde_json::json!({"model": id, "score": score});
+                output::print(args.json, &json, || println!("{id} (score {score:.3})"));
+                Ok(())
+            } else {
+                eprintln!("no model satisfies these requirements; `modelfleet explain` with the same flags says why");
+                Err(CheckFailed)
+            }
+        };
+        fleet.shutdown().await?;
+        Ok(result)
+    })
+}
+
+fn config_check(file: &std::path::Path, json: bool, deep: bool) -> Result<(), CheckFailed> {
+    let env = |name: &str| std::env::var(name).ok();
+    let base_dir = file.parent().map(std::path::Path::to_path_buf).unwrap_or_default();
+    let options =
+        modelfleet::config::Options { env: &env, check_files: deep, check_ports: deep, check_tools: deep, base_dir };
+    let report = modelfleet::config::validate_file(file, &options);
+    output::print(json, &report, || println!("{report}"));
+    if report.is_valid() { Ok(()) } else { Err(CheckFailed) }
+}
+
+fn db_check(db: Option<PathBuf>, json: bool, repair: bool) -> anyhow::Result<Result<(), CheckFailed>> {
+    let path = db.unwrap_or_else(modelfleet::default_db_path);
+    match modelfleet::store::check(&path) {
+        Ok(report) if report.problems.is_empty() && report.schema_version <= report.supported_version => {
+            output::print(json, &report, || output::db(&path, &report));
+            Ok(Ok(()))
+        }
+        Ok(report) => {
+            output::print(json, &report, || output::db(&path, &report));
+            quarantine_if(repair, &path)?;
+            Ok(Err(CheckFailed))
+        }
+        Err(err @ (modelfleet::store::Error::NotSqlite { .. } | modelfleet::store::Error::Corrupt { .. })) => {
+            eprintln!("{err}");
+            quarantine_if(repair, &path)?;
+            Ok(Err(CheckFailed))
+        }
+        Err(err) => Err(err.into()),
+    }
+}
+
+fn quarantine_if(repair: bool, path: &std::path::Path) -> anyhow::Result<()> {
+    if repair {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(0));
+        let aside = modelfleet::store::quarantine(path, now)?;
+        eprintln!("moved the database aside to {}; the next run starts a fresh one", aside.display());
+    } else {
+        eprintln!("run `modelfleet db check --repair` to move it aside (it is kept, not deleted) and start fresh");
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(cli) {
+        Ok(Ok(())) => ExitCode::SUCCESS,
+        Ok(Err(CheckFailed)) => ExitCode::from(1),
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::from(3)
+        }
+    }
+}

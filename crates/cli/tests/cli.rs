@@ -1,0 +1,156 @@
+//! The `modelfleet` binary run as a subprocess: the demo, the catalog,
+//! selection, config and database checks, exit codes.
+
+use std::{path::Path, process::Command};
+
+fn modelfleet(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_modelfleet"))
+        .args(args)
+        .env_remove("RUST_LOG")
+        .env("MODELFLEET_KEY_TEAM_A", "k1")
+        .env("MODELFLEET_KEY_OPS", "k2")
+        .env("OPENAI_API_KEY", "sk-test")
+        .output()
+        .expect("the binary runs");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn db(dir: &tempfile::TempDir) -> String {
+    dir.path().join("fleet.db").display().to_string()
+}
+
+#[test]
+fn the_demo_runs_reports_json_and_accumulates_history() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, stdout, stderr) = modelfleet(&["demo", "--requests", "200", "--json", "--db", &db(&dir)]);
+    assert_eq!(code, 0, "{stderr}");
+    let json: serde_json::Value = serde_json::from_str(&stdout).expect("the demo prints JSON");
+    let summary = &json["summary"];
+    assert_eq!(summary["requests"], 200);
+    assert_eq!(summary["served"].as_u64().unwrap() + summary["failed"].as_u64().unwrap(), 200);
+    assert!(summary["served"].as_u64().unwrap() >= 180, "{summary}");
+    let models = json["report"]["models"].as_array().unwrap();
+    assert!(models.len() >= 4, "traffic spread over the catalog: {models:?}");
+    let requests: u64 = models.iter().map(|m| m["requests"].as_u64().unwrap()).sum();
+    // Requests no model can meet make no attempt; every served one made at least one.
+    assert!(requests >= summary["served"].as_u64().unwrap(), "every attempt is recorded");
+    assert!(json["report"]["budgets"][0]["spent"].as_str().unwrap() != "0");
+    let first_history: u64 =
+        json["report"]["history"].as_array().unwrap().iter().map(|u| u["requests"].as_u64().unwrap()).sum();
+
+    // A second run adds to the history in the same database.
+    let (code, stdout, _) = modelfleet(&["demo", "--requests", "200", "--json", "--db", &db(&dir)]);
+    assert_eq!(code, 0);
+    let json: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let second_history: u64 =
+        json["report"]["history"].as_array().unwrap().iter().map(|u| u["requests"].as_u64().unwrap()).sum();
+    assert_eq!(second_history, 2 * first_history, "same seed, same traffic, twice the history");
+
+    // The human report reads well and names the parts the demo promises.
+    let (code, stdout, _) = modelfleet(&["demo", "--requests", "100", "--db", &db(&dir)]);
+    assert_eq!(code, 0);
+    for needle in [
+        "modelfleet demo: 100 requests",
+        "This run, per model:",
+        "P95 ms",
+        "CIRCUIT",
+        "All runs recorded",
+        "Budget global",
+        "Recommendations",
+    ] {
+        assert!(stdout.contains(needle), "{needle:?} missing from:\n{stdout}");
+    }
+}
+
+#[test]
+fn config_check_exit_codes_and_report() {
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/modelfleet.example.toml");
+    let (code, stdout, _) = modelfleet(&["config", "check", example.to_str().unwrap()]);
+    assert_eq!(code, 0, "{stdout}");
+    assert!(stdout.ends_with("0 error(s), 0 warning(s)\n"), "{stdout}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let broken = dir.path().join("broken.toml");
+    std::fs::write(
+        &broken,
+        "[server]\nlisten = \"0.0.0.0:80\"\n[[providers]]\nname = \"openai\"\nkind = \"openai\"\nbase_url = \"https://api.openai.com/v1\"\n[[models]]\nid = \"gpt-4o\"\nprovider = \"openia\"\ncontext_windw = 128000\n",
+    )
+    .unwrap();
+    let (code, stdout, _) = modelfleet(&["config", "check", broken.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    insta::assert_snapshot!("config_check_broken", stdout);
+    let (code, stdout, _) = modelfleet(&["config", "check", broken.to_str().unwrap(), "--json"]);
+    assert_eq!(code, 1);
+    let json: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(json["errors"].as_array().unwrap().len(), 2);
+
+    let (code, stdout, _) = modelfleet(&["config", "check", "/nonexistent/modelfleet.toml"]);
+    assert_eq!(code, 1);
+    assert!(stdout.starts_with("error: cannot read /nonexistent/modelfleet.toml"), "{stdout}");
+}
+
+#[test]
+fn the_catalog_selection_and_explanations() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, stdout, _) = modelfleet(&["models", "list", "--json", "--db", &db(&dir)]);
+    assert_eq!(code, 0);
+    assert!(serde_json::from_str::<serde_json::Value>(&stdout).unwrap().as_array().unwrap().len() >= 9);
+    let (code, stdout, _) =
+        modelfleet(&["select", "--category", "code", "--language", "en", "--min-quality", "0.85", "--db", &db(&dir)]);
+    assert_eq!(code, 0);
+    assert!(stdout.contains("(score "), "{stdout}");
+    let (code, stdout, _) = modelfleet(&["explain", "--prompt-tokens", "100000", "--local-only", "--db", &db(&dir)]);
+    assert_eq!(code, 0);
+    assert!(stdout.contains("rejected: context window 4096 < 100000 tokens needed"), "{stdout}");
+    let (code, _, stderr) = modelfleet(&["select", "--prompt-tokens", "5000000", "--db", &db(&dir)]);
+    assert_eq!(code, 1, "no model matches");
+    assert!(stderr.contains("no model satisfies these requirements"), "{stderr}");
+
+    let spec = dir.path().join("extra.toml");
+    std::fs::write(&spec, "[[models]]\nid = \"my-model\"\nprovider = \"local\"\nlocal = true\ncontext_window = 8192\n")
+        .unwrap();
+    assert_eq!(modelfleet(&["models", "add", spec.to_str().unwrap(), "--db", &db(&dir)]).0, 0);
+    let (code, stdout, _) = modelfleet(&["models", "show", "my-model", "--db", &db(&dir)]);
+    assert_eq!(code, 0);
+    assert!(stdout.contains("\"context_window\": 8192"), "{stdout}");
+    assert_eq!(modelfleet(&["models", "remove", "my-model", "--db", &db(&dir)]).0, 0);
+    let (code, _, stderr) = modelfleet(&["models", "show", "my-model", "--db", &db(&dir)]);
+    assert_eq!(code, 3);
+    assert!(stderr.contains("no model \"my-model\" in the catalog"), "{stderr}");
+}
+
+#[test]
+fn db_check_finds_a_broken_file_and_repairs_on_request() {
+    let dir = tempfile::tempdir().unwrap();
+    assert_eq!(modelfleet(&["models", "list", "--db", &db(&dir)]).0, 0);
+    let (code, stdout, _) = modelfleet(&["db", "check", "--db", &db(&dir)]);
+    assert_eq!(code, 0);
+    assert!(stdout.contains("integrity     ok"), "{stdout}");
+    std::fs::write(dir.path().join("fleet.db"), b"definitely not a database, just some bytes").unwrap();
+    std::fs::remove_file(dir.path().join("fleet.db-wal")).ok();
+    let (code, _, stderr) = modelfleet(&["db", "check", "--db", &db(&dir)]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("is not an SQLite database; it was left untouched"), "{stderr}");
+    let (code, _, stderr) = modelfleet(&["models", "list", "--db", &db(&dir)]);
+    assert_eq!(code, 3, "an unusable database stops the command with a clear error");
+    assert!(stderr.starts_with("error: modelfleet could not start:"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let (code, _, stderr) = modelfleet(&["db", "check", "--repair", "--db", &db(&dir)]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("moved the database aside to"), "{stderr}");
+    assert_eq!(modelfleet(&["models", "list", "--db", &db(&dir)]).0, 0, "a fresh database starts");
+}
+
+#[test]
+fn bad_usage_exits_2_with_help() {
+    let (code, _, stderr) = modelfleet(&["demo", "--requests", "lots"]);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("invalid value 'lots'"), "{stderr}");
+    let (code, stdout, _) = modelfleet(&["--help"]);
+    assert_eq!(code, 0);
+    assert!(stdout.contains("Exit codes:"), "{stdout}");
+}
