@@ -92,11 +92,13 @@ pub fn models(n: usize) -> Vec<ModelSpec> {
         .collect()
 }
 
-/// Live signals for every model of `models` from the production source: a
-/// monitor that has recorded traffic for each (some failures, some load).
+/// Live signals from the production source: a monitor with its default
+/// configuration that has recorded traffic for each model (some failures).
+/// By default it tracks 1,024 models (~64 KiB each); beyond that, outcomes
+/// pool under `_other` and the remaining models have no live signals.
 #[must_use]
 pub fn monitor_signals(models: &[ModelSpec]) -> Monitor {
-    let monitor = Monitor::new(MonitorConfig { max_models: models.len() + 1, ..MonitorConfig::default() });
+    let monitor = Monitor::new(MonitorConfig::default());
     for (i, m) in models.iter().enumerate() {
         for n in 0..20u64 {
             let outcome = Outcome::success(&m.id, &m.provider, Duration::from_millis(300 + (i as u64 % 50) * 20 + n));
