@@ -4,7 +4,7 @@ use std::{
     sync::{
         Arc, Mutex, PoisonError,
         atomic::{AtomicU64, Ordering},
-        mpsc::{Receiver, RecvTimeoutError, SyncSender},
+        mpsc::{Receiver, SyncSender},
     },
     time::{Duration, Instant},
 };
@@ -42,16 +42,29 @@ pub(crate) struct Shared {
 }
 
 /// Runs until every sender is gone, committing what is queued.
+///
+/// The writer parks only when idle. While a batch fills it takes what is
+/// queued without parking and otherwise sleeps in short steps: a parked
+/// receiver would cost every producer a wake-up system call per row. A row
+/// waits at most `batch_wait` before its commit; a flush, at most one step.
 pub(crate) fn run(mut conn: Connection, rx: &Receiver<Op>, shared: &Arc<Shared>) {
+    let step = shared.batch_wait.min(Duration::from_millis(2)).max(Duration::from_micros(100));
     let mut batch: Vec<Op> = Vec::with_capacity(shared.batch_rows);
     while let Ok(first) = rx.recv() {
         batch.push(first);
-        let deadline = Instant::now() + shared.batch_wait;
-        while batch.len() < shared.batch_rows && !matches!(batch.last(), Some(Op::Flush(_))) {
-            match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-                Ok(op) => batch.push(op),
-                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
+        let started = Instant::now();
+        loop {
+            while batch.len() < shared.batch_rows && !matches!(batch.last(), Some(Op::Flush(_))) {
+                match rx.try_recv() {
+                    Ok(op) => batch.push(op),
+                    Err(_) => break,
+                }
             }
+            let ready = batch.len() >= shared.batch_rows || matches!(batch.last(), Some(Op::Flush(_)));
+            if ready || started.elapsed() >= shared.batch_wait {
+                break;
+            }
+            std::thread::sleep(step);
         }
         commit(&mut conn, &mut batch, shared);
     }
