@@ -94,12 +94,14 @@ async fn a_circuit_opens_under_failures_and_closes_after_probes() {
     .await
     .unwrap();
     let failing = AtomicBool::new(true);
-    let calls = AtomicU32::new(0);
+    let primary_calls = AtomicU32::new(0);
     let request = Request::default();
     for _ in 0..15 {
         let served = fleet
             .call(&request, |m, _| {
-                calls.fetch_add(1, Ordering::Relaxed);
+                if m.id == "primary" {
+                    primary_calls.fetch_add(1, Ordering::Relaxed);
+                }
                 let fail = m.id == "primary" && failing.load(Ordering::Relaxed);
                 async move { if fail { Err(Failure::new(ErrorClass::ServerError, "down")) } else { ok(10) } }
             })
@@ -109,8 +111,10 @@ async fn a_circuit_opens_under_failures_and_closes_after_probes() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(fleet.circuit("primary"), CircuitState::Open);
+    // Tried until its tenth failure opened the circuit (min_requests), then skipped.
+    assert_eq!(primary_calls.load(Ordering::Relaxed), 10);
     // While open, the primary is not called at all.
-    let primary_calls = AtomicU32::new(0);
+    primary_calls.store(0, Ordering::Relaxed);
     let served = fleet
         .call(&request, |m, _| {
             if m.id == "primary" {

@@ -338,15 +338,24 @@ impl Reservation {
     }
 
     /// Settles with the actual cost: the hold is released and `actual` spent.
-    pub fn reconcile(mut self, actual: Money) {
+    /// Returns each budget charged with the start of its current period, so a
+    /// caller persisting spend per period needs no second look at the ledger.
+    #[allow(clippy::must_use_candidate)] // callers not persisting spend rightly ignore it
+    pub fn reconcile(mut self, actual: Money) -> Vec<(Scope, Period, u64)> {
         self.settled = true;
-        self.budgets.settle(Target::Held(self.held.indices()), &self.provider, &self.model, self.amount, actual);
+        self.budgets.settle(Target::Held(self.held.indices()), &self.provider, &self.model, self.amount, actual)
     }
 
     /// Releases the hold without spending (the call failed).
     pub fn release(mut self) {
         self.settled = true;
-        self.budgets.settle(Target::Held(self.held.indices()), &self.provider, &self.model, self.amount, Money::ZERO);
+        let _ = self.budgets.settle(
+            Target::Held(self.held.indices()),
+            &self.provider,
+            &self.model,
+            self.amount,
+            Money::ZERO,
+        );
     }
 }
 
@@ -477,27 +486,24 @@ impl Budgets {
         }
     }
 
-    /// Every budget covering `charge`, with the start of its current period:
-    /// what a caller persisting spend per period needs.
-    #[must_use]
-    pub fn periods_for(&self, charge: &Charge<'_>) -> Vec<(Scope, Period, u64)> {
-        let (ledger, _) = self.current();
-        ledger
-            .budgets
-            .iter()
-            .filter(|b| b.spec.scope.covers(charge))
-            .map(|b| (b.spec.scope.clone(), b.spec.period, b.start_ms))
-            .collect()
-    }
-
     /// Records spend that had no reservation (never refused: the money is spent).
     pub fn spend(&self, charge: &Charge<'_>, actual: Money) {
-        self.settle(Target::Charge(charge), charge.provider, charge.model, Money::ZERO, actual);
+        let _ = self.settle(Target::Charge(charge), charge.provider, charge.model, Money::ZERO, actual);
     }
 
-    fn settle(&self, target: Target<'_>, provider: &str, model: &str, held: Money, actual: Money) {
+    /// Releases `held` and spends `actual` on the budgets of `target`;
+    /// returns the budgets spent on, with their current period's start.
+    fn settle(
+        &self,
+        target: Target<'_>,
+        provider: &str,
+        model: &str,
+        held: Money,
+        actual: Money,
+    ) -> Vec<(Scope, Period, u64)> {
         let actual = actual.max(Money::ZERO);
         let mut fired = Vec::new();
+        let mut charged = Vec::new();
         {
             let (mut ledger, now) = self.current();
             let alert_history = self.shared.config.alert_history;
@@ -514,6 +520,7 @@ impl Budgets {
                     continue;
                 }
                 state.spent = state.spent.saturating_add(actual);
+                charged.push((state.spec.scope.clone(), state.spec.period, state.start_ms));
                 add_to(&mut state.by_provider, provider, actual);
                 add_to(&mut state.by_model, model, actual);
                 for (i, &threshold) in state.spec.thresholds.iter().enumerate() {
@@ -547,6 +554,7 @@ impl Budgets {
                 }
             }
         }
+        charged
     }
 
     /// Calls `subscriber` for every alert from now on.

@@ -262,12 +262,12 @@ proptest! {
 }
 
 #[test]
-fn periods_for_lists_the_covering_budgets_and_their_current_period() {
+fn reconcile_reports_the_budgets_it_charged() {
     let (b, _) = budgets();
     b.add(BudgetSpec::hard(Scope::Global, Period::Monthly, usd("10"))).unwrap();
     b.add(BudgetSpec::hard(Scope::Provider("ollama".into()), Period::Daily, usd("10"))).unwrap();
-    let periods = b.periods_for(&OPENAI);
-    assert_eq!(periods.len(), 1, "the ollama budget does not cover an openai charge");
-    assert_eq!(periods[0].0, Scope::Global);
-    assert_eq!(periods[0].2, b.status(&Scope::Global).unwrap().period_start_ms);
+    let charged = b.reserve(&OPENAI, usd("1")).unwrap().reconcile(usd("1"));
+    let start = b.status(&Scope::Global).unwrap().period_start_ms;
+    assert_eq!(charged, [(Scope::Global, Period::Monthly, start)], "the ollama budget does not cover an openai charge");
+    assert!(b.reserve(&OPENAI, usd("1")).unwrap().reconcile(Money::ZERO).is_empty(), "nothing spent, nothing charged");
 }

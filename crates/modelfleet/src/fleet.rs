@@ -614,12 +614,10 @@ impl Fleet {
         };
         let cost = price.map_or(Money::ZERO, |p| p.cost(usage.input_tokens, usage.cached_tokens, usage.output_tokens));
         if error.is_none() {
-            reservation.reconcile(cost);
-            if !cost.is_zero() {
-                for (scope, period, start) in self.budgets.periods_for(&charge) {
-                    if let Err(err) = self.store.add_spend(&scope, period, start, cost) {
-                        tracing::error!(%err, "could not persist budget spend");
-                    }
+            // reconcile names the budgets it charged: persist the spend per period.
+            for (scope, period, start) in reservation.reconcile(cost) {
+                if let Err(err) = self.store.add_spend(&scope, period, start, cost) {
+                    tracing::error!(%err, "could not persist budget spend");
                 }
             }
         } else {
