@@ -338,23 +338,39 @@ impl Reservation {
     }
 
     /// Settles with the actual cost: the hold is released and `actual` spent.
-    /// Returns each budget charged with the start of its current period, so a
-    /// caller persisting spend per period needs no second look at the ledger.
-    #[allow(clippy::must_use_candidate)] // callers not persisting spend rightly ignore it
-    pub fn reconcile(mut self, actual: Money) -> Vec<(Scope, Period, u64)> {
+    pub fn reconcile(mut self, actual: Money) {
         self.settled = true;
-        self.budgets.settle(Target::Held(self.held.indices()), &self.provider, &self.model, self.amount, actual)
+        self.budgets.settle(Target::Held(self.held.indices()), &self.provider, &self.model, self.amount, actual, None);
+    }
+
+    /// Like [`Reservation::reconcile`], and returns each budget charged with
+    /// the start of its current period, so a caller persisting spend per
+    /// period needs no second look at the ledger.
+    #[must_use]
+    pub fn reconcile_charged(mut self, actual: Money) -> Vec<(Scope, Period, u64)> {
+        self.settled = true;
+        let mut charged = Vec::new();
+        self.budgets.settle(
+            Target::Held(self.held.indices()),
+            &self.provider,
+            &self.model,
+            self.amount,
+            actual,
+            Some(&mut charged),
+        );
+        charged
     }
 
     /// Releases the hold without spending (the call failed).
     pub fn release(mut self) {
         self.settled = true;
-        let _ = self.budgets.settle(
+        self.budgets.settle(
             Target::Held(self.held.indices()),
             &self.provider,
             &self.model,
             self.amount,
             Money::ZERO,
+            None,
         );
     }
 }
@@ -368,6 +384,7 @@ impl Drop for Reservation {
                 &self.model,
                 self.amount,
                 Money::ZERO,
+                None,
             );
         }
     }
@@ -488,11 +505,11 @@ impl Budgets {
 
     /// Records spend that had no reservation (never refused: the money is spent).
     pub fn spend(&self, charge: &Charge<'_>, actual: Money) {
-        let _ = self.settle(Target::Charge(charge), charge.provider, charge.model, Money::ZERO, actual);
+        self.settle(Target::Charge(charge), charge.provider, charge.model, Money::ZERO, actual, None);
     }
 
-    /// Releases `held` and spends `actual` on the budgets of `target`;
-    /// returns the budgets spent on, with their current period's start.
+    /// Releases `held` and spends `actual` on the budgets of `target`; when
+    /// asked, lists the budgets spent on with their current period's start.
     fn settle(
         &self,
         target: Target<'_>,
@@ -500,10 +517,10 @@ impl Budgets {
         model: &str,
         held: Money,
         actual: Money,
-    ) -> Vec<(Scope, Period, u64)> {
+        mut charged: Option<&mut Vec<(Scope, Period, u64)>>,
+    ) {
         let actual = actual.max(Money::ZERO);
         let mut fired = Vec::new();
-        let mut charged = Vec::new();
         {
             let (mut ledger, now) = self.current();
             let alert_history = self.shared.config.alert_history;
@@ -520,7 +537,9 @@ impl Budgets {
                     continue;
                 }
                 state.spent = state.spent.saturating_add(actual);
-                charged.push((state.spec.scope.clone(), state.spec.period, state.start_ms));
+                if let Some(charged) = charged.as_deref_mut() {
+                    charged.push((state.spec.scope.clone(), state.spec.period, state.start_ms));
+                }
                 add_to(&mut state.by_provider, provider, actual);
                 add_to(&mut state.by_model, model, actual);
                 for (i, &threshold) in state.spec.thresholds.iter().enumerate() {
@@ -554,7 +573,6 @@ impl Budgets {
                 }
             }
         }
-        charged
     }
 
     /// Calls `subscriber` for every alert from now on.

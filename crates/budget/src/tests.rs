@@ -266,8 +266,11 @@ fn reconcile_reports_the_budgets_it_charged() {
     let (b, _) = budgets();
     b.add(BudgetSpec::hard(Scope::Global, Period::Monthly, usd("10"))).unwrap();
     b.add(BudgetSpec::hard(Scope::Provider("ollama".into()), Period::Daily, usd("10"))).unwrap();
-    let charged = b.reserve(&OPENAI, usd("1")).unwrap().reconcile(usd("1"));
+    let charged = b.reserve(&OPENAI, usd("1")).unwrap().reconcile_charged(usd("1"));
     let start = b.status(&Scope::Global).unwrap().period_start_ms;
     assert_eq!(charged, [(Scope::Global, Period::Monthly, start)], "the ollama budget does not cover an openai charge");
-    assert!(b.reserve(&OPENAI, usd("1")).unwrap().reconcile(Money::ZERO).is_empty(), "nothing spent, nothing charged");
+    assert!(
+        b.reserve(&OPENAI, usd("1")).unwrap().reconcile_charged(Money::ZERO).is_empty(),
+        "nothing spent, nothing charged"
+    );
 }

@@ -615,7 +615,7 @@ impl Fleet {
         let cost = price.map_or(Money::ZERO, |p| p.cost(usage.input_tokens, usage.cached_tokens, usage.output_tokens));
         if error.is_none() {
             // reconcile names the budgets it charged: persist the spend per period.
-            for (scope, period, start) in reservation.reconcile(cost) {
+            for (scope, period, start) in reservation.reconcile_charged(cost) {
                 if let Err(err) = self.store.add_spend(&scope, period, start, cost) {
                     tracing::error!(%err, "could not persist budget spend");
                 }
