@@ -1,6 +1,7 @@
 //! `Fleet`: the whole stack wired together, and the one call that does the job.
 
 use std::{
+    collections::BTreeMap,
     future::Future,
     path::PathBuf,
     sync::{
@@ -11,14 +12,14 @@ use std::{
 };
 
 use dashmap::DashMap;
-use modelfleet_budget::{BudgetSpec, Budgets, Charge, LedgerConfig, Status};
-use modelfleet_errors::{AttemptCtx, ErrorClass, Failure, RetryConfig, RetryPolicy, Timer, TokioTimer};
+use modelfleet_budget::{BudgetSpec, Budgets, Charge, LedgerConfig, Period, Reservation, Scope, Status};
+use modelfleet_errors::{AttemptCtx, Classify, ErrorClass, Failure, RetryConfig, RetryPolicy, Timer, TokioTimer};
 use modelfleet_fallback::{
     Attempt, CircuitConfig, CircuitState, CooldownConfig, ExecuteError, ExecutorConfig, FallbackStrategy, Tracker,
     TrackerConfig,
 };
 use modelfleet_metrics::{Category as MetricsCategory, Metrics, MetricsConfig, RequestSample};
-use modelfleet_monitor::{Monitor, MonitorConfig, Outcome, Recommendation, ReportConfig};
+use modelfleet_monitor::{InFlightShared, Monitor, MonitorConfig, Outcome, Recommendation, ReportConfig};
 use modelfleet_registry::{Catalog, Category, Clock, ModelSpec, Money, SystemClock};
 use modelfleet_selector::{Explanation, Ranked, Requirements, SelectorConfig, Weights};
 use modelfleet_service_registry::{HealthReport, RegistryConfig, Running, ServiceRegistry};
@@ -69,6 +70,8 @@ pub struct FleetOptions {
     pub models: Option<Vec<ModelSpec>>,
     /// Routes by name.
     pub routes: Vec<RouteSpec>,
+    /// Explicit fallbacks per model id, for requests that name a model.
+    pub model_fallbacks: BTreeMap<String, Vec<String>>,
     /// Budgets.
     pub budgets: Vec<BudgetSpec>,
     /// The budgets' calendar.
@@ -95,6 +98,7 @@ impl Default for FleetOptions {
             db_path: None,
             models: None,
             routes: Vec::new(),
+            model_fallbacks: BTreeMap::new(),
             budgets: Vec::new(),
             ledger: LedgerConfig::default(),
             retry: RetryConfig { deadline: Some(Duration::from_mins(2)), ..RetryConfig::default() },
@@ -116,7 +120,8 @@ impl FleetOptions {
         let ms = Duration::from_millis;
         FleetOptions {
             db_path: config.store.path.clone(),
-            models: Some(config.models.clone()),
+            // A configuration without models keeps the stored (or default) catalog.
+            models: (!config.models.is_empty()).then(|| config.models.clone()),
             routes: config
                 .routes
                 .iter()
@@ -131,7 +136,16 @@ impl FleetOptions {
                     fallbacks: route.fallbacks.clone(),
                 })
                 .collect(),
-            budgets: config.budgets.clone(),
+            model_fallbacks: config.model_fallbacks.clone(),
+            budgets: config
+                .budgets
+                .iter()
+                .cloned()
+                .chain(config.server.api_keys.iter().filter_map(|key| {
+                    key.monthly_budget
+                        .map(|limit| BudgetSpec::hard(Scope::Key(key.name.clone()), Period::Monthly, limit))
+                }))
+                .collect(),
             ledger: LedgerConfig { utc_offset_minutes: config.utc_offset_minutes, ..LedgerConfig::default() },
             retry: config.retry.clone(),
             tracker: TrackerConfig {
@@ -197,6 +211,9 @@ pub struct Request {
     pub requirements: Requirements,
     /// A configured route to use instead.
     pub route: Option<String>,
+    /// A catalog model to try first (when it meets the requirements); then
+    /// its configured fallbacks, or else every other eligible model by rank.
+    pub model: Option<String>,
     /// The API key or tenant, for per-key budgets.
     pub key: Option<String>,
 }
@@ -228,6 +245,9 @@ pub enum FleetError {
     /// No configured route has this name.
     #[error("unknown route {0:?}")]
     UnknownRoute(String),
+    /// No catalog model has this id.
+    #[error("unknown model {0:?}")]
+    UnknownModel(String),
     /// No model could serve the request; the message lists what was tried.
     #[error("{message}")]
     NotServed {
@@ -319,6 +339,7 @@ pub struct Fleet {
     clock: SystemClock,
     executor: ExecutorConfig,
     routes: Vec<RouteSpec>,
+    model_fallbacks: BTreeMap<String, Vec<String>>,
     rng: Mutex<fastrand::Rng>,
     fallbacks_served: DashMap<String, AtomicU64>,
     memory: MemoryProbe,
@@ -404,10 +425,8 @@ impl Fleet {
             .register(MetricsService { metrics: Arc::clone(&metrics), catalog: Arc::clone(&catalog) })
             .map_err(start_err)?;
         registry.register(RouterService).map_err(start_err)?;
-        let running = registry
-            .start()
-            .await
-            .map_err(|e| FleetError::Start(modelfleet_errors::sanitize(&e.to_string()).into_owned()))?;
+        // Not sanitized: this error is for the operator, and the file it names is the point.
+        let running = registry.start().await.map_err(|e| FleetError::Start(e.to_string()))?;
         let store = started(&store_service.store, "store").map_err(|e| FleetError::Start(e.to_string()))?;
         let fleet = Fleet {
             running: Arc::new(running),
@@ -421,6 +440,7 @@ impl Fleet {
             clock: SystemClock,
             executor: ExecutorConfig { retry, strategy: options.strategy, weights: options.weights },
             routes: options.routes,
+            model_fallbacks: options.model_fallbacks,
             rng: Mutex::new(fastrand::Rng::with_seed(0x6d66)),
             fallbacks_served: DashMap::new(),
             memory: MemoryProbe::new(),
@@ -473,7 +493,7 @@ impl Fleet {
 
     /// The requirements `request` stands for, with the free memory filled in.
     fn resolve(&self, request: &Request) -> Result<(Requirements, FallbackStrategy, Option<Vec<String>>), FleetError> {
-        let (mut requirements, strategy, explicit) = match &request.route {
+        let (mut requirements, strategy, mut explicit) = match &request.route {
             Some(name) => {
                 let route = self
                     .routes
@@ -490,6 +510,21 @@ impl Fleet {
         };
         if requirements.available_memory_mb.is_none() {
             requirements.available_memory_mb = self.memory.available_mb(self.clock.now_ms());
+        }
+        if let Some(id) = &request.model {
+            if self.catalog.get(id).is_none() {
+                return Err(FleetError::UnknownModel(id.clone()));
+            }
+            let mut order = vec![id.clone()];
+            if let Some(fallbacks) = self.model_fallbacks.get(id).filter(|f| !f.is_empty()) {
+                order.extend(fallbacks.iter().filter(|f| *f != id).cloned());
+            } else {
+                let snapshot = self.catalog.snapshot();
+                let config = strategy.selector_config(self.executor.weights);
+                let ranked = modelfleet_selector::rank(snapshot.models(), &requirements, &*self.monitor, &config);
+                order.extend(ranked.iter().filter(|r| r.model.id != *id).map(|r| r.model.id.clone()));
+            }
+            explicit = Some(order);
         }
         Ok((requirements, strategy, explicit))
     }
@@ -527,6 +562,40 @@ impl Fleet {
         F: FnMut(Arc<ModelSpec>, AttemptCtx) -> Fut,
         Fut: Future<Output = Result<ModelResponse<T>, Failure>>,
     {
+        self.run(request, |model, ctx, of| {
+            let call = call(Arc::clone(&model), ctx);
+            self.attempt(model, of, call)
+        })
+        .await
+    }
+
+    /// Serves one streamed request. Like [`Fleet::call`], but `call` returns
+    /// once the stream is open (its first event arrived): retries and
+    /// fallback happen only until then. The returned [`Opened`] carries the
+    /// stream and a [`Settlement`], which records the outcome, the tokens and
+    /// the exact cost when the stream ends ([`Settlement::finish`]); the
+    /// budget stays reserved until then. A settlement dropped unfinished is
+    /// accounted as a client gone with no tokens reported.
+    pub async fn call_stream<T, F, Fut>(&self, request: &Request, mut call: F) -> Result<Served<Opened<T>>, FleetError>
+    where
+        F: FnMut(Arc<ModelSpec>, AttemptCtx) -> Fut,
+        Fut: Future<Output = Result<T, Failure>>,
+    {
+        self.run(request, |model, ctx, of| {
+            let call = call(Arc::clone(&model), ctx);
+            self.attempt_open(model, of, call)
+        })
+        .await
+    }
+
+    /// The walk shared by [`Fleet::call`] and [`Fleet::call_stream`]: each
+    /// attempt is `attempt(fleet, model, ctx, what)`, returning the value, its
+    /// usage and its cost.
+    async fn run<'r, V, A, Fut>(&self, request: &'r Request, mut attempt: A) -> Result<Served<V>, FleetError>
+    where
+        A: FnMut(Arc<ModelSpec>, AttemptCtx, AttemptOf<'r>) -> Fut,
+        Fut: Future<Output = Result<(V, Usage, Money), Failure>>,
+    {
         let (requirements, strategy, explicit) = self.resolve(request)?;
         let snapshot = self.catalog.snapshot();
         let executor = ExecutorConfig { strategy, ..self.executor.clone() };
@@ -540,9 +609,12 @@ impl Fleet {
             let mut shared = self.rng.lock().unwrap_or_else(PoisonError::into_inner);
             fastrand::Rng::with_seed(shared.u64(..))
         };
-        let key = request.key.as_deref();
-        let kind = requirements.category.unwrap_or(Category::General);
-        let sized = (u64::from(requirements.prompt_tokens), u64::from(requirements.max_output_tokens));
+        let of = AttemptOf {
+            key: request.key.as_deref(),
+            kind: requirements.category.unwrap_or(Category::General),
+            prompt: u64::from(requirements.prompt_tokens),
+            max_output: u64::from(requirements.max_output_tokens),
+        };
         let result = modelfleet_fallback::execute(
             fleet,
             &requirements,
@@ -552,8 +624,7 @@ impl Fleet {
             |model, ctx| {
                 // The executor hands out the snapshot's own specs: this lookup finds the Arc.
                 let owned = snapshot.get(&model.id).cloned().unwrap_or_else(|| Arc::new(model.clone()));
-                let attempt = call(owned, ctx);
-                self.attempt(model, key, kind, sized, attempt)
+                attempt(owned, ctx, of)
             },
         )
         .await;
@@ -587,47 +658,82 @@ impl Fleet {
         }
     }
 
+    /// Holds the budget for one attempt on `model`.
+    fn reserve(&self, model: &ModelSpec, of: AttemptOf<'_>) -> Result<Reservation, Failure> {
+        let charge = Charge { provider: &model.provider, model: &model.id, key: of.key };
+        let estimate = model.price().map_or(Money::ZERO, |p| p.cost(of.prompt, 0, of.max_output));
+        self.budgets.reserve(&charge, estimate).map_err(|e| Failure::new(ErrorClass::BudgetExceeded, &e.to_string()))
+    }
+
     /// One attempt on `model`: budget, in-flight count, the call, and the records.
     async fn attempt<T>(
         &self,
-        model: &ModelSpec,
-        key: Option<&str>,
-        kind: Category,
-        (prompt, max_output): (u64, u64),
+        model: Arc<ModelSpec>,
+        of: AttemptOf<'_>,
         call: impl Future<Output = Result<ModelResponse<T>, Failure>>,
     ) -> Result<(T, Usage, Money), Failure> {
-        let charge = Charge { provider: &model.provider, model: &model.id, key };
-        let price = model.price();
-        let estimate = price.map_or(Money::ZERO, |p| p.cost(prompt, 0, max_output));
-        let reservation = self
-            .budgets
-            .reserve(&charge, estimate)
-            .map_err(|e| Failure::new(ErrorClass::BudgetExceeded, &e.to_string()))?;
+        let reservation = self.reserve(&model, of)?;
         let in_flight = self.monitor.begin(&model.id, &model.provider);
         let began = self.timer.now();
         let result = call.await;
         let latency = self.timer.now().saturating_sub(began);
         drop(in_flight);
-        let (usage, error) = match &result {
-            Ok(response) => (response.usage, None),
-            Err(failure) => (Usage::default(), Some(modelfleet_errors::Classify::class(failure))),
-        };
-        let cost = price.map_or(Money::ZERO, |p| p.cost(usage.input_tokens, usage.cached_tokens, usage.output_tokens));
-        if error.is_none() {
-            // reconcile names the budgets it charged: persist the spend per period.
-            for (scope, period, start) in reservation.reconcile_charged(cost) {
-                if let Err(err) = self.store.add_spend(&scope, period, start, cost) {
-                    tracing::error!(%err, "could not persist budget spend");
-                }
-            }
-        } else {
-            reservation.release();
-        }
-        self.record(model, kind, latency, usage, cost, error);
         match result {
-            Ok(response) => Ok((response.value, usage, cost)),
-            Err(failure) => Err(failure),
+            Ok(response) => {
+                let cost = self.settle(reservation, &model, response.usage);
+                self.record(&model, of.kind, latency, response.usage, cost, None);
+                Ok((response.value, response.usage, cost))
+            }
+            Err(failure) => {
+                reservation.release();
+                self.record(&model, of.kind, latency, Usage::default(), Money::ZERO, Some(failure.class()));
+                Err(failure)
+            }
         }
+    }
+
+    /// One attempt to open a stream on `model`: on success the budget stays
+    /// held and the in-flight count stays up until the settlement finishes.
+    async fn attempt_open<T>(
+        &self,
+        model: Arc<ModelSpec>,
+        of: AttemptOf<'_>,
+        call: impl Future<Output = Result<T, Failure>>,
+    ) -> Result<(Opened<T>, Usage, Money), Failure> {
+        let reservation = self.reserve(&model, of)?;
+        let in_flight = self.monitor.begin_shared(&model.id, &model.provider);
+        let began = self.timer.now();
+        match call.await {
+            Ok(stream) => {
+                let settlement = Settlement {
+                    parts: Some(Parts {
+                        store: Arc::clone(&self.store),
+                        monitor: Arc::clone(&self.monitor),
+                        metrics: Arc::clone(&self.metrics),
+                        tracker: Arc::clone(&self.tracker),
+                        timer: self.timer,
+                        model: Arc::clone(&model),
+                        kind: of.kind,
+                        began,
+                        reservation,
+                        _in_flight: in_flight,
+                    }),
+                };
+                Ok((Opened { stream, settlement }, Usage::default(), Money::ZERO))
+            }
+            Err(failure) => {
+                let latency = self.timer.now().saturating_sub(began);
+                drop(in_flight);
+                reservation.release();
+                self.record(&model, of.kind, latency, Usage::default(), Money::ZERO, Some(failure.class()));
+                Err(failure)
+            }
+        }
+    }
+
+    /// Spends the exact cost of `usage` and persists the spend per period.
+    fn settle(&self, reservation: Reservation, model: &ModelSpec, usage: Usage) -> Money {
+        settle(&self.store, reservation, model, usage)
     }
 
     fn record(
@@ -639,32 +745,18 @@ impl Fleet {
         cost: Money,
         error: Option<ErrorClass>,
     ) {
-        let outcome = Outcome {
-            model: &model.id,
-            provider: &model.provider,
+        record(
+            &self.monitor,
+            &self.metrics,
+            &self.store,
+            self.clock.now_ms(),
+            model,
             kind,
-            language: None,
             latency,
-            time_to_first_token: None,
-            input_tokens: usage.input_tokens,
-            output_tokens: usage.output_tokens,
-            cached_tokens: usage.cached_tokens,
+            usage,
             cost,
             error,
-            quality: None,
-        };
-        self.monitor.record(&outcome);
-        self.metrics.record_request(&RequestSample {
-            model: &model.id,
-            latency,
-            error,
-            input_tokens: usage.input_tokens,
-            output_tokens: usage.output_tokens,
-            cost,
-        });
-        if let Err(err) = self.store.record(PerfRecord::from_outcome(&outcome, self.clock.now_ms())) {
-            tracing::error!(%err, "could not queue a performance record");
-        }
+        );
     }
 
     /// The report: per model this run, the stored history, budgets, recommendations.
@@ -731,5 +823,156 @@ impl Fleet {
             .stop()
             .await
             .map_err(|e| FleetError::Stop(modelfleet_errors::sanitize(&e.to_string()).into_owned()))
+    }
+}
+
+/// What every attempt of one request shares.
+#[derive(Debug, Clone, Copy)]
+struct AttemptOf<'r> {
+    key: Option<&'r str>,
+    kind: Category,
+    prompt: u64,
+    max_output: u64,
+}
+
+/// Spends the exact cost of `usage` on `reservation` and persists the spend per period.
+fn settle(store: &Store, reservation: Reservation, model: &ModelSpec, usage: Usage) -> Money {
+    let cost =
+        model.price().map_or(Money::ZERO, |p| p.cost(usage.input_tokens, usage.cached_tokens, usage.output_tokens));
+    // reconcile names the budgets it charged: persist the spend per period.
+    for (scope, period, start) in reservation.reconcile_charged(cost) {
+        if let Err(err) = store.add_spend(&scope, period, start, cost) {
+            tracing::error!(%err, "could not persist budget spend");
+        }
+    }
+    cost
+}
+
+/// Records one outcome in the monitor, the metrics and the store.
+#[allow(clippy::too_many_arguments)] // two call sites; a struct would only rename them
+fn record(
+    monitor: &Monitor,
+    metrics: &Metrics,
+    store: &Store,
+    now_ms: u64,
+    model: &ModelSpec,
+    kind: Category,
+    latency: Duration,
+    usage: Usage,
+    cost: Money,
+    error: Option<ErrorClass>,
+) {
+    let outcome = Outcome {
+        model: &model.id,
+        provider: &model.provider,
+        kind,
+        language: None,
+        latency,
+        time_to_first_token: None,
+        input_tokens: usage.input_tokens,
+        output_tokens: usage.output_tokens,
+        cached_tokens: usage.cached_tokens,
+        cost,
+        error,
+        quality: None,
+    };
+    monitor.record(&outcome);
+    metrics.record_request(&RequestSample {
+        model: &model.id,
+        latency,
+        error,
+        input_tokens: usage.input_tokens,
+        output_tokens: usage.output_tokens,
+        cost,
+    });
+    if let Err(err) = store.record(PerfRecord::from_outcome(&outcome, now_ms)) {
+        tracing::error!(%err, "could not queue a performance record");
+    }
+}
+
+/// A stream opened by [`Fleet::call_stream`], with its pending accounting.
+#[derive(Debug)]
+pub struct Opened<T> {
+    /// The stream (whatever the call returned).
+    pub stream: T,
+    /// Finish it when the stream ends.
+    pub settlement: Settlement,
+}
+
+/// How a stream ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StreamEnd {
+    /// The model finished its answer.
+    Completed,
+    /// The upstream failed mid-stream: counted as the model's failure.
+    Failed(Failure),
+    /// The client went away first: the tokens so far are still charged.
+    ClientGone,
+}
+
+/// The accounting of a stream in flight: the budget hold, the in-flight
+/// count and the start time. [`Settlement::finish`] records the outcome,
+/// spends the exact cost and releases the rest of the hold.
+pub struct Settlement {
+    parts: Option<Parts>,
+}
+
+struct Parts {
+    store: Arc<Store>,
+    monitor: Arc<Monitor>,
+    metrics: Arc<Metrics>,
+    tracker: Arc<Tracker>,
+    timer: TokioTimer,
+    model: Arc<ModelSpec>,
+    kind: Category,
+    began: Duration,
+    reservation: Reservation,
+    _in_flight: InFlightShared,
+}
+
+impl std::fmt::Debug for Settlement {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Settlement").field("model", &self.parts.as_ref().map(|p| &p.model.id)).finish_non_exhaustive()
+    }
+}
+
+impl Settlement {
+    /// Records how the stream ended with the tokens it used (from the
+    /// upstream's usage, or counted by the caller when the stream was cut),
+    /// and returns the exact cost charged. Tokens are charged however the
+    /// stream ended: the provider bills them.
+    #[allow(clippy::must_use_candidate)] // finishing is the point; the cost is extra
+    pub fn finish(mut self, usage: Usage, end: &StreamEnd) -> Money {
+        match self.parts.take() {
+            Some(parts) => parts.finish(usage, end),
+            None => Money::ZERO,
+        }
+    }
+}
+
+impl Parts {
+    fn finish(self, usage: Usage, end: &StreamEnd) -> Money {
+        let Parts { store, monitor, metrics, tracker, timer, model, kind, began, reservation, _in_flight } = self;
+        let now = timer.now();
+        let latency = now.saturating_sub(began);
+        let cost = settle(&store, reservation, &model, usage);
+        let error = match end {
+            StreamEnd::Failed(failure) => {
+                tracker.record_failure(&model.id, failure.class(), failure.retry_after(), now);
+                Some(failure.class())
+            }
+            StreamEnd::Completed | StreamEnd::ClientGone => None,
+        };
+        let now_ms = SystemClock.now_ms();
+        record(&monitor, &metrics, &store, now_ms, &model, kind, latency, usage, cost, error);
+        cost
+    }
+}
+
+impl Drop for Settlement {
+    fn drop(&mut self) {
+        if let Some(parts) = self.parts.take() {
+            parts.finish(Usage::default(), &StreamEnd::ClientGone);
+        }
     }
 }

@@ -41,8 +41,8 @@ pub use modelfleet_store as store;
 
 pub use crate::{
     fleet::{
-        Fleet, FleetError, FleetOptions, FleetReport, ModelLine, ModelResponse, Request, RouteSpec, Served, Usage,
-        default_db_path,
+        Fleet, FleetError, FleetOptions, FleetReport, ModelLine, ModelResponse, Opened, Request, RouteSpec, Served,
+        Settlement, StreamEnd, Usage, default_db_path,
     },
     sim::{SimProfile, Simulator},
 };

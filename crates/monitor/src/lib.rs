@@ -52,7 +52,7 @@ mod stats;
 
 pub use crate::{
     cell::Window,
-    monitor::{InFlight, Monitor, MonitorConfig, OVERFLOW_MODEL},
+    monitor::{InFlight, InFlightShared, Monitor, MonitorConfig, OVERFLOW_MODEL},
     report::{
         CategorySummary, Finding, Health, HealthReport, Overview, ProviderSummary, Ranked, Recommendation, ReportConfig,
     },

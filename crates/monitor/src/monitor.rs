@@ -89,6 +89,23 @@ impl Drop for InFlight<'_> {
     }
 }
 
+/// A call in flight that owns its monitor handle, for calls that outlive
+/// the borrow (a streamed answer settled after the request returned).
+#[derive(Debug)]
+#[must_use = "the call counts as in flight only while this guard lives"]
+pub struct InFlightShared {
+    monitor: Arc<Monitor>,
+    model: String,
+}
+
+impl Drop for InFlightShared {
+    fn drop(&mut self) {
+        if let Some(cell) = self.monitor.models.get(self.model.as_str()) {
+            let _ = cell.in_flight.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+        }
+    }
+}
+
 impl Monitor {
     /// A monitor on the system clock.
     #[must_use]
@@ -148,6 +165,16 @@ impl Monitor {
             cell.in_flight.fetch_add(1, Ordering::Relaxed);
         }
         InFlight { monitor: self, model: id }
+    }
+
+    /// Like [`Monitor::begin`], with a guard that owns a handle to the
+    /// monitor, so it can move into a task that outlives the caller.
+    pub fn begin_shared(self: &Arc<Self>, model: &str, provider: &str) -> InFlightShared {
+        let id = self.slot(model, provider);
+        if let Some(cell) = self.models.get(id) {
+            cell.in_flight.fetch_add(1, Ordering::Relaxed);
+        }
+        InFlightShared { monitor: Arc::clone(self), model: id.to_owned() }
     }
 
     /// The ids of every model with data, sorted.

@@ -32,7 +32,7 @@ pub struct Requirements {
     /// Tokens in the prompt (for the context check and the cost estimate).
     pub prompt_tokens: u32,
     /// Tokens the answer may take; the context window must hold prompt plus
-    /// this, and the model's output limit must allow it.
+    /// this, and the model's output limit, when it states one, must allow it.
     pub max_output_tokens: u32,
     /// Capabilities the model must have.
     pub capabilities: Vec<Capability>,

@@ -121,7 +121,7 @@ fn unknown_properties_never_pass_a_constraint() {
     check_rejects(
         &unknown,
         &req,
-        r#"not a code or general model; does not speak "en"; context window unknown (20 tokens needed); output limit unknown (10 tokens asked); price unknown; quality unknown; latency unknown"#,
+        r#"not a code or general model; does not speak "en"; context window unknown (20 tokens needed); price unknown; quality unknown; latency unknown"#,
     );
     let mut local = unknown.clone();
     local.local = true;
