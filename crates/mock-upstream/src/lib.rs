@@ -1,0 +1,470 @@
+//! A mock of the OpenAI chat-completions API for modelfleet's end-to-end
+//! tests, load benchmark and README walkthrough: a real HTTP server on
+//! loopback speaking the wire format (JSON and SSE streaming), whose
+//! behaviour per upstream model is scripted at run time.
+//!
+//! Each model (the `model` field of the request) follows a [`Behavior`]:
+//! latency, the completion's length in tokens and stream chunks, a context
+//! window, and a [`Fault`] injected on the next N calls or at a rate — HTTP
+//! 500, 429 with `retry-after`, a hang (the client's timeout fires), a
+//! connection reset, a stream cut after some chunks, a context-window 400, a
+//! plain 400. The mock counts calls per model and keeps the last request
+//! body, so tests can assert what the gateway sent (and that it did not
+//! retry a 400).
+//!
+//! ```
+//! use modelfleet_mock_upstream::{Behavior, Fault, MockUpstream};
+//!
+//! # tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(async {
+//! let mock = MockUpstream::start().await?;
+//! mock.fail_next("tiny", Fault::ServerError, 1);
+//! let url = format!("{}/chat/completions", mock.base_url());
+//! let body = r#"{"model":"tiny","messages":[{"role":"user","content":"hi"}]}"#;
+//! let client = reqwest::Client::new();
+//! let first = client.post(&url).body(body).send().await?;
+//! assert_eq!(first.status(), 500);
+//! let second = client.post(&url).body(body).send().await?;
+//! assert_eq!(second.status(), 200);
+//! assert_eq!(mock.hits("tiny"), 2);
+//! mock.shutdown().await;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! # })?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+use std::{
+    collections::HashMap,
+    io,
+    net::SocketAddr,
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use axum::{
+    Router,
+    body::{Body, Bytes},
+    extract::State,
+    http::{HeaderMap, StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::post,
+};
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+
+/// A failure the mock injects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// HTTP 500 with an OpenAI error body.
+    ServerError,
+    /// HTTP 429 with `retry-after` (seconds).
+    RateLimited {
+        /// The `retry-after` value, seconds.
+        retry_after_secs: u64,
+    },
+    /// No answer for this long (the client's timeout should fire first).
+    Hang(Duration),
+    /// The connection is dropped without an answer.
+    Reset,
+    /// A stream sends this many content chunks, then the connection drops
+    /// (a non-streaming call is reset).
+    CutAfter(u32),
+    /// HTTP 400 `context_length_exceeded`.
+    ContextWindow,
+    /// HTTP 400 `invalid_request_error` (must not be retried).
+    BadRequest,
+    /// HTTP 401 (a wrong key).
+    Unauthorized,
+}
+
+/// How one model answers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Behavior {
+    /// Wait before answering (before the first chunk when streaming).
+    pub latency: Duration,
+    /// Wait between stream chunks.
+    pub chunk_interval: Duration,
+    /// Completion tokens reported in `usage`.
+    pub completion_tokens: u32,
+    /// Content chunks in a stream.
+    pub chunks: u32,
+    /// Prompt plus `max_tokens` beyond this gets a context-window 400.
+    pub context_window: Option<u32>,
+    /// The fault injected, if any.
+    pub fault: Option<Fault>,
+    /// Share of calls that get the fault (0..=1), after `fail_next` ran out.
+    pub fault_rate: f64,
+    /// Calls left that get the fault for sure.
+    pub fail_next: u32,
+    /// Prompt tokens reported as cached.
+    pub cached_tokens: u32,
+}
+
+impl Default for Behavior {
+    /// Healthy and instant: 12 completion tokens in 4 chunks.
+    fn default() -> Self {
+        Behavior {
+            latency: Duration::ZERO,
+            chunk_interval: Duration::ZERO,
+            completion_tokens: 12,
+            chunks: 4,
+            context_window: None,
+            fault: None,
+            fault_rate: 0.0,
+            fail_next: 0,
+            cached_tokens: 0,
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Shared {
+    behaviors: Mutex<HashMap<String, Behavior>>,
+    hits: Mutex<HashMap<String, u64>>,
+    last: Mutex<HashMap<String, Value>>,
+    require_key: Mutex<Option<String>>,
+    total: AtomicU64,
+    seed: AtomicU64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A running mock upstream. Dropping it stops the server.
+#[derive(Debug)]
+pub struct MockUpstream {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl MockUpstream {
+    /// Starts on `127.0.0.1` on a free port.
+    pub async fn start() -> io::Result<MockUpstream> {
+        MockUpstream::start_on(SocketAddr::from(([127, 0, 0, 1], 0))).await
+    }
+
+    /// Starts on `addr`.
+    pub async fn start_on(addr: SocketAddr) -> io::Result<MockUpstream> {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let shared = Arc::new(Shared { seed: AtomicU64::new(0x5eed), ..Shared::default() });
+        let app = Router::new()
+            .route("/v1/chat/completions", post(complete))
+            .route("/chat/completions", post(complete))
+            .with_state(Arc::clone(&shared));
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
+                let _ = stopped.await;
+            });
+            if let Err(err) = serve.await {
+                eprintln!("mock upstream stopped: {err}");
+            }
+        });
+        Ok(MockUpstream { addr, shared, stop: Some(stop), task: Some(task) })
+    }
+
+    /// Where it listens.
+    #[must_use]
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The base URL a provider config points at: `http://127.0.0.1:PORT/v1`.
+    #[must_use]
+    pub fn base_url(&self) -> String {
+        format!("http://{}/v1", self.addr)
+    }
+
+    /// Sets how `model` answers from now on.
+    pub fn set(&self, model: &str, behavior: Behavior) {
+        lock(&self.shared.behaviors).insert(model.to_owned(), behavior);
+    }
+
+    /// How `model` answers now.
+    #[must_use]
+    pub fn behavior(&self, model: &str) -> Behavior {
+        lock(&self.shared.behaviors).get(model).cloned().unwrap_or_default()
+    }
+
+    /// The next `n` calls to `model` get `fault`.
+    pub fn fail_next(&self, model: &str, fault: Fault, n: u32) {
+        let mut behaviors = lock(&self.shared.behaviors);
+        let behavior = behaviors.entry(model.to_owned()).or_default();
+        behavior.fault = Some(fault);
+        behavior.fail_next = n;
+    }
+
+    /// Requires `Authorization: Bearer <key>` (401 otherwise).
+    pub fn require_key(&self, key: &str) {
+        *lock(&self.shared.require_key) = Some(key.to_owned());
+    }
+
+    /// Calls received for `model`.
+    #[must_use]
+    pub fn hits(&self, model: &str) -> u64 {
+        lock(&self.shared.hits).get(model).copied().unwrap_or(0)
+    }
+
+    /// Calls received in all.
+    #[must_use]
+    pub fn total_hits(&self) -> u64 {
+        self.shared.total.load(Ordering::Relaxed)
+    }
+
+    /// The last request body received for `model`.
+    #[must_use]
+    pub fn last_request(&self, model: &str) -> Option<Value> {
+        lock(&self.shared.last).get(model).cloned()
+    }
+
+    /// Stops accepting, finishes what is in flight, and returns.
+    pub async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for MockUpstream {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+/// Prompt tokens as the mock counts them: a quarter of the characters of
+/// every message's content, plus one per message.
+#[must_use]
+pub fn prompt_tokens(request: &Value) -> u32 {
+    let messages = request.get("messages").and_then(Value::as_array).map_or(&[][..], Vec::as_slice);
+    let chars: usize = messages.iter().filter_map(|m| m.get("content").and_then(Value::as_str)).map(str::len).sum();
+    u32::try_from(chars.div_ceil(4) + messages.len()).unwrap_or(u32::MAX)
+}
+
+fn error(status: StatusCode, kind: &str, code: &str, message: &str) -> Response {
+    let body = json!({"error": {"message": message, "type": kind, "param": null, "code": code}});
+    (status, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
+}
+
+/// A connection dropped mid-answer: the body fails before its first byte.
+fn reset() -> Response {
+    let failing = futures_util::stream::once(async { Err::<Bytes, io::Error>(io::Error::other("reset by mock")) });
+    Response::new(Body::from_stream(failing))
+}
+
+async fn complete(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
+    shared.total.fetch_add(1, Ordering::Relaxed);
+    let Ok(request) = serde_json::from_slice::<Value>(&body) else {
+        return error(StatusCode::BAD_REQUEST, "invalid_request_error", "invalid_json", "the body is not JSON");
+    };
+    let model = request.get("model").and_then(Value::as_str).unwrap_or_default().to_owned();
+    *lock(&shared.hits).entry(model.clone()).or_default() += 1;
+    lock(&shared.last).insert(model.clone(), request.clone());
+    if let Some(key) = lock(&shared.require_key).clone() {
+        let sent = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).unwrap_or_default();
+        if sent != format!("Bearer {key}") {
+            return error(StatusCode::UNAUTHORIZED, "invalid_request_error", "invalid_api_key", "Incorrect API key");
+        }
+    }
+    let (behavior, fault) = {
+        let mut behaviors = lock(&shared.behaviors);
+        let behavior = behaviors.entry(model.clone()).or_default();
+        let fault = match behavior.fault {
+            Some(fault) if behavior.fail_next > 0 => {
+                behavior.fail_next -= 1;
+                Some(fault)
+            }
+            Some(fault) if behavior.fault_rate > 0.0 => {
+                let n = shared.seed.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed);
+                (fastrand::Rng::with_seed(n).f64() < behavior.fault_rate).then_some(fault)
+            }
+            _ => None,
+        };
+        (behavior.clone(), fault)
+    };
+    if !behavior.latency.is_zero() {
+        tokio::time::sleep(behavior.latency).await;
+    }
+    let prompt = prompt_tokens(&request);
+    let wanted = request
+        .get("max_completion_tokens")
+        .or_else(|| request.get("max_tokens"))
+        .and_then(Value::as_u64)
+        .map_or(0, |n| u32::try_from(n).unwrap_or(u32::MAX));
+    let too_long = behavior.context_window.is_some_and(|w| u64::from(prompt) + u64::from(wanted) > u64::from(w));
+    match fault {
+        Some(Fault::ServerError) => {
+            return error(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "server_error", "The server had an error");
+        }
+        Some(Fault::RateLimited { retry_after_secs }) => {
+            let mut response =
+                error(StatusCode::TOO_MANY_REQUESTS, "requests", "rate_limit_exceeded", "Rate limit reached");
+            if let Ok(value) = retry_after_secs.to_string().parse() {
+                response.headers_mut().insert(header::RETRY_AFTER, value);
+            }
+            return response;
+        }
+        Some(Fault::Hang(d)) => {
+            tokio::time::sleep(d).await;
+            return error(StatusCode::GATEWAY_TIMEOUT, "server_error", "timeout", "The mock hung");
+        }
+        Some(Fault::Reset) => return reset(),
+        Some(Fault::CutAfter(_)) if request.get("stream") != Some(&Value::Bool(true)) => return reset(),
+        Some(Fault::BadRequest) => {
+            return error(StatusCode::BAD_REQUEST, "invalid_request_error", "invalid_value", "messages: invalid role");
+        }
+        Some(Fault::Unauthorized) => {
+            return error(StatusCode::UNAUTHORIZED, "invalid_request_error", "invalid_api_key", "Incorrect API key");
+        }
+        Some(Fault::ContextWindow) => return context_error(behavior.context_window.unwrap_or(4096), prompt + wanted),
+        Some(Fault::CutAfter(_)) | None if too_long => {
+            return context_error(behavior.context_window.unwrap_or(0), prompt + wanted);
+        }
+        Some(Fault::CutAfter(_)) | None => {}
+    }
+    let usage = json!({
+        "prompt_tokens": prompt,
+        "completion_tokens": behavior.completion_tokens,
+        "total_tokens": prompt + behavior.completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": behavior.cached_tokens},
+    });
+    let id = format!("chatcmpl-mock{}", shared.total.load(Ordering::Relaxed));
+    if request.get("stream") == Some(&Value::Bool(true)) {
+        let include_usage = request.pointer("/stream_options/include_usage") == Some(&Value::Bool(true));
+        let cut = match fault {
+            Some(Fault::CutAfter(n)) => Some(n),
+            _ => None,
+        };
+        return stream(&id, &model, &behavior, include_usage.then_some(usage), cut);
+    }
+    let content = words(&model, behavior.completion_tokens);
+    let body = json!({
+        "id": id,
+        "object": "chat.completion",
+        "created": 1_700_000_000,
+        "model": model,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
+        "usage": usage,
+    });
+    (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
+}
+
+fn context_error(window: u32, needed: u32) -> Response {
+    let message = format!(
+        "This model's maximum context length is {window} tokens. However, you requested {needed} tokens. Please \
+         reduce the length of the messages."
+    );
+    error(StatusCode::BAD_REQUEST, "invalid_request_error", "context_length_exceeded", &message)
+}
+
+/// The mock's answer: `n` words naming the model.
+fn words(model: &str, n: u32) -> String {
+    let mut out = format!("mock answer from {model}:");
+    for i in 0..n.saturating_sub(4) {
+        out.push_str(if i % 2 == 0 { " lorem" } else { " ipsum" });
+    }
+    out
+}
+
+fn stream(id: &str, model: &str, behavior: &Behavior, usage: Option<Value>, cut: Option<u32>) -> Response {
+    let chunks = behavior.chunks.max(1);
+    let content = words(model, behavior.completion_tokens);
+    let per = content.len().div_ceil(chunks as usize).max(1);
+    let pieces: Vec<String> = content.as_bytes().chunks(per).map(|c| String::from_utf8_lossy(c).into_owned()).collect();
+    let chunk = |delta: Value, finish: Value| {
+        json!({
+            "id": id, "object": "chat.completion.chunk", "created": 1_700_000_000, "model": model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+        })
+    };
+    let mut events: Vec<Result<String, io::Error>> =
+        vec![Ok(chunk(json!({"role": "assistant", "content": ""}), Value::Null).to_string())];
+    for (i, piece) in pieces.iter().enumerate() {
+        if cut.is_some_and(|n| i as u64 >= u64::from(n)) {
+            events.push(Err(io::Error::other("stream cut by mock")));
+            break;
+        }
+        events.push(Ok(chunk(json!({"content": piece}), Value::Null).to_string()));
+    }
+    if cut.is_none() {
+        events.push(Ok(chunk(json!({}), json!("stop")).to_string()));
+        if let Some(usage) = usage {
+            let last = json!({
+                "id": id, "object": "chat.completion.chunk", "created": 1_700_000_000, "model": model,
+                "choices": [], "usage": usage,
+            });
+            events.push(Ok(last.to_string()));
+        }
+        events.push(Ok("[DONE]".to_owned()));
+    }
+    let interval = behavior.chunk_interval;
+    let body = futures_util::stream::iter(events.into_iter().enumerate()).then(move |(i, event)| async move {
+        if i > 0 && !interval.is_zero() {
+            tokio::time::sleep(interval).await;
+        }
+        if event.is_err() {
+            // Let the chunks before the cut reach the client first.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        event.map(|data| Bytes::from(format!("data: {data}\n\n")))
+    });
+    let mut response = Response::new(Body::from_stream(body));
+    response.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("text/event-stream"));
+    response
+}
+
+/// Parses a fault spec as the binary takes it: `500`, `429:SECS`, `hang:MS`,
+/// `reset`, `cut:N`, `context`, `400`, `401`.
+pub fn parse_fault(spec: &str) -> Result<Fault, String> {
+    let (name, arg) = spec.split_once(':').map_or((spec, None), |(n, a)| (n, Some(a)));
+    let number = |what: &str| -> Result<u64, String> {
+        arg.ok_or_else(|| format!("{name} needs :{what}"))?
+            .parse::<u64>()
+            .map_err(|_| format!("{name}: {what} must be a whole number"))
+    };
+    Ok(match name {
+        "500" => Fault::ServerError,
+        "429" => Fault::RateLimited { retry_after_secs: if arg.is_some() { number("seconds")? } else { 1 } },
+        "hang" => Fault::Hang(Duration::from_millis(number("ms")?)),
+        "reset" => Fault::Reset,
+        "cut" => Fault::CutAfter(u32::try_from(number("chunks")?).map_err(|_| "cut: too many chunks".to_owned())?),
+        "context" => Fault::ContextWindow,
+        "400" => Fault::BadRequest,
+        "401" => Fault::Unauthorized,
+        other => {
+            return Err(format!(
+                "unknown fault {other:?}: expected 500, 429[:secs], hang:ms, reset, cut:n, context, 400 or 401"
+            ));
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn faults_parse_and_bad_specs_say_why() {
+        assert_eq!(parse_fault("429:3"), Ok(Fault::RateLimited { retry_after_secs: 3 }));
+        assert_eq!(parse_fault("cut:2"), Ok(Fault::CutAfter(2)));
+        assert_eq!(parse_fault("hang:50"), Ok(Fault::Hang(Duration::from_millis(50))));
+        assert!(parse_fault("hang").unwrap_err().contains("hang needs :ms"));
+        assert!(parse_fault("teapot").unwrap_err().contains("unknown fault \"teapot\""));
+    }
+
+    #[test]
+    fn prompt_tokens_count_a_quarter_of_the_characters_plus_one_per_message() {
+        let request = json!({"messages": [{"role": "user", "content": "12345678"}, {"role": "user", "content": "1"}]});
+        assert_eq!(prompt_tokens(&request), 2 + 1 + 2);
+    }
+}
