@@ -1,4 +1,5 @@
 //! Cross-crate integration tests: one binary, one module per scenario.
 
 mod full_stack;
+mod gateway;
 mod startup_retry;

@@ -47,6 +47,9 @@ pub(crate) fn run() -> anyhow::Result<()> {
     steps.push(step("tidy", &["test", "--package", "xtask", "--locked"]));
     let deny = has_subcommand("deny");
     if deny {
+        // cargo-deny reads metadata for every platform offline: fetch the
+        // crates of the other platforms (the build only fetched this one's).
+        steps.push(step("fetch", &["fetch", "--locked"]));
         steps.push(step("cargo-deny", &["deny", "--offline", "check", "bans", "licenses", "sources"]));
     }
 

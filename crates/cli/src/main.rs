@@ -1,5 +1,6 @@
-//! The `modelfleet` binary: the demo (the main job), the catalog, selection
-//! and explanations, reports, and config and database checks.
+//! The `modelfleet` binary: the demo (the main job), the gateway (`serve`),
+//! the catalog, selection and explanations, reports, and config and
+//! database checks.
 //!
 //! Exit codes: 0 success; 1 a check failed (invalid config, unsound
 //! database, no model matches); 2 bad usage; 3 an error (the message says
@@ -7,6 +8,7 @@
 
 mod demo;
 mod output;
+mod serve;
 
 use std::{path::PathBuf, process::ExitCode};
 
@@ -64,6 +66,22 @@ enum Command {
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// Serve the OpenAI-compatible gateway (see the README and config/modelfleet.example.toml).
+    ///
+    /// Without --config: the default catalog on simulated providers, on
+    /// 127.0.0.1:8080. Stops on Ctrl-C or SIGTERM after finishing the
+    /// requests and streams in flight and flushing the database.
+    Serve {
+        /// The configuration file.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Listen here instead (host:port; port 0 picks a free one).
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+        /// The database file instead of the configured one.
+        #[arg(long)]
+        db: Option<PathBuf>,
     },
     /// The model catalog.
     Models {
@@ -273,7 +291,7 @@ impl SelectArgs {
 }
 
 /// An outcome that is not an error but a failed check (exit code 1).
-struct CheckFailed;
+pub(crate) struct CheckFailed;
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_current_thread().enable_time().build()?)
@@ -289,6 +307,7 @@ fn run(cli: Cli) -> anyhow::Result<Result<(), CheckFailed>> {
             demo::run(&demo::DemoArgs { requests, seed, concurrency: concurrency.max(1), db, json })?;
             Ok(Ok(()))
         }
+        Command::Serve { config, listen, db } => serve::run(serve::ServeArgs { config, listen, db }),
         Command::Models { action } => models(action),
         Command::Select(args) => select(&args, false),
         Command::Explain(args) => select(&args, true),
@@ -418,10 +437,16 @@ fn quarantine_if(repair: bool, path: &std::path::Path) -> anyhow::Result<()> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The gateway says where it listens and how it is protected; other commands stay quiet.
+    let default = if matches!(cli.command, Command::Serve { .. }) {
+        "warn,modelfleet=info,modelfleet_gateway=info"
+    } else {
+        "warn"
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default)),
         )
         .with_writer(std::io::stderr)
         .init();

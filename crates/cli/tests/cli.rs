@@ -154,3 +154,56 @@ fn bad_usage_exits_2_with_help() {
     assert_eq!(code, 0);
     assert!(stdout.contains("Exit codes:"), "{stdout}");
 }
+
+/// One HTTP/1.1 request over a plain socket; the status line and the body.
+fn http(addr: &str, request: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    answer
+}
+
+#[test]
+fn serve_answers_on_embedded_defaults_and_exits_0_on_sigterm() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_modelfleet"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--db", &db(&dir)])
+        .env_remove("RUST_LOG")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    let addr = loop {
+        line.clear();
+        assert!(stderr.read_line(&mut line).unwrap() > 0, "serve exited before listening");
+        if let Some(rest) = line.split("modelfleet gateway on http://").nth(1) {
+            break rest.split_whitespace().next().unwrap().to_owned();
+        }
+    };
+    let body = r#"{"model":"auto","messages":[{"role":"user","content":"hello"}]}"#;
+    let answer = http(
+        &addr,
+        &format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        ),
+    );
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("x-modelfleet-model:") && answer.contains("\"chat.completion\""), "{answer}");
+    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let mut rest = String::new();
+    let _ = std::io::Read::read_to_string(&mut stderr, &mut rest);
+    assert_eq!(child.wait().unwrap().code(), Some(0), "{rest}");
+    assert!(rest.contains("the store is flushed"), "{rest}");
+    // The request was recorded in the database the gateway flushed.
+    let (code, stdout, stderr) = modelfleet(&["report", "--json", "--db", &db(&dir)]);
+    assert_eq!(code, 0, "{stderr}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let recorded: u64 = report["history"].as_array().unwrap().iter().map(|h| h["requests"].as_u64().unwrap()).sum();
+    assert_eq!(recorded, 1, "{report}");
+}

@@ -29,6 +29,19 @@ fn example_env() -> HashMap<String, String> {
 
 const EXAMPLE: &str = include_str!("../../../config/modelfleet.example.toml");
 
+const QUICKSTART: &str = include_str!("../../../config/gateway.quickstart.toml");
+
+#[test]
+fn the_readme_gateway_quickstart_is_valid() {
+    let env = HashMap::from([("LOCAL_API_KEY".to_owned(), "anything".to_owned())]);
+    let report = check_text(QUICKSTART, &env);
+    assert!(report.is_valid() && report.warnings.is_empty(), "{report}");
+    let config = report.config.unwrap();
+    assert_eq!(config.model_fallbacks["fast-small"], ["steady", "sim-backup"]);
+    assert_eq!(config.models[0].upstream_name(), "tiny");
+    assert_eq!(config.routes[0].name, "cheap");
+}
+
 #[test]
 fn the_shipped_example_is_valid_and_complete() {
     let report = check_text(EXAMPLE, &example_env());

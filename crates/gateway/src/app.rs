@@ -1,0 +1,649 @@
+//! The routes and their handlers.
+
+use std::{
+    collections::HashMap,
+    convert::Infallible,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use axum::{
+    Router,
+    body::{Body, Bytes},
+    extract::{DefaultBodyLimit, Path, Query, State},
+    http::{HeaderMap, HeaderValue, Method, StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+use modelfleet::{
+    Fleet, FleetError, Opened, Request, StreamEnd, Usage,
+    config::Route,
+    errors::{ErrorClass, Failure},
+    metrics::Category as MetricsCategory,
+    registry::{ModelSpec, ModelUpdate},
+    service_registry::HealthStatus,
+};
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use tokio_util::task::TaskTracker;
+use tower_http::cors::{Any, CorsLayer};
+
+use crate::{
+    auth::{Auth, Caller, Need},
+    upstream::{Events, Upstreams, error_event},
+    wire::{ApiError, ChatRequest, delta_chars, estimate_output, json_response, parse_chat, sse, usage_of},
+};
+
+/// Everything the handlers share.
+pub(crate) struct AppState {
+    pub(crate) fleet: Arc<Fleet>,
+    pub(crate) upstreams: Upstreams,
+    pub(crate) auth: Auth,
+    pub(crate) routes: Vec<Route>,
+    /// The cache's time to live, when the response cache is on.
+    pub(crate) cache_ttl: Option<Duration>,
+    pub(crate) metrics_enabled: bool,
+    /// `server.max_body_bytes`.
+    pub(crate) max_body: usize,
+    pub(crate) draining: AtomicBool,
+    pub(crate) streams: TaskTracker,
+    pub(crate) stream_failures: AtomicU64,
+    pub(crate) client_disconnects: AtomicU64,
+}
+
+type App = Arc<AppState>;
+
+/// The gateway's routes.
+pub(crate) fn router(app: App, max_body_bytes: usize) -> Router {
+    let cors = CorsLayer::new()
+        .allow_origin(Any)
+        .allow_methods([Method::GET, Method::POST, Method::PUT, Method::DELETE, Method::OPTIONS])
+        .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
+        .expose_headers([
+            header::HeaderName::from_static("x-modelfleet-model"),
+            header::HeaderName::from_static("x-modelfleet-attempts"),
+            header::HeaderName::from_static("x-modelfleet-fallback"),
+        ]);
+    Router::new()
+        .route("/v1/chat/completions", post(chat).fallback(not_allowed))
+        .route("/v1/models", get(models).fallback(not_allowed))
+        .route("/v1/route/explain", post(explain).fallback(not_allowed))
+        .route("/v1/metrics", get(v1_metrics).fallback(not_allowed))
+        .route("/metrics", get(prometheus).fallback(not_allowed))
+        .route("/health/live", get(live).fallback(not_allowed))
+        .route("/health/ready", get(ready).fallback(not_allowed))
+        .route("/v1/admin/models", get(admin_models).post(admin_add).fallback(not_allowed))
+        .route("/v1/admin/models/{id}", get(admin_model).put(admin_update).delete(admin_remove).fallback(not_allowed))
+        .route("/v1/admin/models/{id}/disable", post(admin_disable).fallback(not_allowed))
+        .route("/v1/admin/models/{id}/enable", post(admin_enable).fallback(not_allowed))
+        .route("/v1/admin/budgets", get(admin_budgets).fallback(not_allowed))
+        .route("/v1/admin/report", get(admin_report).fallback(not_allowed))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(cors)
+        .with_state(app)
+}
+
+/// The router serving only `/metrics`, for a separate scrape port.
+pub(crate) fn metrics_router(app: App) -> Router {
+    Router::new().route("/metrics", get(prometheus).fallback(not_allowed)).fallback(not_found).with_state(app)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "invalid_request_error", "not_found", "no such endpoint")
+}
+
+async fn not_allowed(method: Method) -> Response {
+    let mut response = ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "invalid_request_error",
+        "method_not_allowed",
+        format!("{method} is not allowed on this endpoint"),
+    )
+    .into_response();
+    response.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET, POST, PUT, DELETE"));
+    response
+}
+
+fn too_large(max: usize) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "invalid_request_error",
+        "request_too_large",
+        format!("the request body is larger than the {max} bytes allowed (server.max_body_bytes)"),
+    )
+}
+
+/// Reads the body under the limit (axum answers 413 past it).
+async fn read_body(body: Body, max: usize) -> Result<Bytes, ApiError> {
+    axum::body::to_bytes(body, max).await.map_err(|_| too_large(max))
+}
+
+impl AppState {
+    /// The fleet request a chat request stands for: a route, a model, or `auto`.
+    fn fleet_request(&self, chat: &ChatRequest, caller: &Caller) -> Result<Request, ApiError> {
+        let mut request =
+            Request { requirements: chat.requirements.clone(), key: caller.name.clone(), ..Request::default() };
+        if chat.model == "auto" {
+        } else if self.routes.iter().any(|r| r.name == chat.model) {
+            if chat.extended {
+                return Err(ApiError::invalid(
+                    "invalid_requirements",
+                    format!(
+                        "modelfleet: route {:?} has its own requirements; use model \"auto\" to give yours",
+                        chat.model
+                    ),
+                ));
+            }
+            request.route = Some(chat.model.clone());
+        } else if self.fleet.catalog().get(&chat.model).is_some() {
+            request.model = Some(chat.model.clone());
+        } else {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "invalid_request_error",
+                "model_not_found",
+                format!(
+                    "model {:?} is neither a catalog model, a route nor \"auto\" (GET /v1/models lists them)",
+                    chat.model
+                ),
+            ));
+        }
+        Ok(request)
+    }
+}
+
+/// An error of the fleet as an HTTP answer.
+fn fleet_error(err: FleetError) -> ApiError {
+    match err {
+        FleetError::UnknownRoute(name) | FleetError::UnknownModel(name) => ApiError::new(
+            StatusCode::NOT_FOUND,
+            "invalid_request_error",
+            "model_not_found",
+            format!("model {name:?} is neither a catalog model, a route nor \"auto\""),
+        ),
+        FleetError::NotServed { message, attempts, class } => {
+            let (status, kind, code) = match class {
+                None => (StatusCode::SERVICE_UNAVAILABLE, "server_error", "no_model_available"),
+                Some(ErrorClass::BadRequest) => (StatusCode::BAD_REQUEST, "invalid_request_error", "invalid_request"),
+                Some(ErrorClass::ContextWindowExceeded) => {
+                    (StatusCode::BAD_REQUEST, "invalid_request_error", "context_length_exceeded")
+                }
+                Some(ErrorClass::ContentPolicy) => (StatusCode::BAD_REQUEST, "invalid_request_error", "content_policy"),
+                Some(ErrorClass::BudgetExceeded) => {
+                    (StatusCode::TOO_MANY_REQUESTS, "budget_exceeded", "budget_exceeded")
+                }
+                Some(ErrorClass::RateLimited) => (StatusCode::TOO_MANY_REQUESTS, "rate_limit_error", "rate_limited"),
+                Some(ErrorClass::Timeout) => (StatusCode::GATEWAY_TIMEOUT, "server_error", "upstream_timeout"),
+                Some(_) => (StatusCode::BAD_GATEWAY, "server_error", "upstream_error"),
+            };
+            let mut error = ApiError::new(status, kind, code, message);
+            error.attempts = Some(attempts.len());
+            error
+        }
+        other => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "internal", other.to_string()),
+    }
+}
+
+fn served_headers(response: &mut Response, model: &str, attempts: usize, fell_back: bool) {
+    let headers = response.headers_mut();
+    if let Ok(value) = HeaderValue::from_str(model) {
+        headers.insert("x-modelfleet-model", value);
+    }
+    headers.insert("x-modelfleet-attempts", HeaderValue::from(attempts));
+    headers.insert("x-modelfleet-fallback", HeaderValue::from_static(if fell_back { "true" } else { "false" }));
+}
+
+async fn chat(State(app): State<App>, headers: HeaderMap, body: Body) -> Response {
+    match chat_inner(&app, &headers, body).await {
+        Ok(response) => response,
+        Err(error) => error.into_response(),
+    }
+}
+
+async fn chat_inner(app: &App, headers: &HeaderMap, body: Body) -> Result<Response, ApiError> {
+    let caller = app.auth.check(headers, Need::Client)?;
+    let max = app.max_body();
+    let bytes = read_body(body, max).await?;
+    let chat = parse_chat(&bytes)?;
+    let request = app.fleet_request(&chat, &caller)?;
+    if chat.stream {
+        return stream_chat(app, chat, &request).await;
+    }
+    let cache = app.cache_ttl.map(|ttl| (ttl, cache_key(&chat, &caller)));
+    if let Some((_, key)) = &cache {
+        match app.fleet.store().cache_get(key) {
+            Ok(Some(hit)) => {
+                app.fleet.metrics().record_cache_hit();
+                if let (Some(model), Some(body)) = (hit.get("model").and_then(Value::as_str), hit.get("body")) {
+                    let mut response = json_response(StatusCode::OK, body);
+                    served_headers(&mut response, model, 0, false);
+                    response.headers_mut().insert("x-modelfleet-cache", HeaderValue::from_static("hit"));
+                    return Ok(response);
+                }
+            }
+            Ok(None) => app.fleet.metrics().record_cache_miss(),
+            Err(err) => {
+                app.fleet.metrics().record_cache_miss();
+                tracing::warn!(%err, "response cache read failed; answering without it");
+            }
+        }
+    }
+    let upstreams = &app.upstreams;
+    let chat_ref = &chat;
+    let served = app
+        .fleet
+        .call(&request, |model, ctx| async move { upstreams.complete(&model, chat_ref, ctx).await })
+        .await
+        .map_err(fleet_error)?;
+    if let Some((ttl, key)) = cache
+        && let Ok(body) = serde_json::from_slice::<Value>(&served.value)
+        && let Err(err) = app.fleet.store().cache_put(key, &json!({"model": served.model, "body": body}), ttl)
+    {
+        tracing::warn!(%err, "could not cache a response");
+    }
+    let mut response = (StatusCode::OK, served.value).into_response();
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    served_headers(&mut response, &served.model, served.attempts.len(), served.fell_back);
+    if cache.is_some() {
+        response.headers_mut().insert("x-modelfleet-cache", HeaderValue::from_static("miss"));
+    }
+    Ok(response)
+}
+
+/// The cache key: the request as the model sees it, the route or model
+/// asked for, the requirements, and the caller (answers are never shared
+/// between keys).
+fn cache_key(chat: &ChatRequest, caller: &Caller) -> [u8; 32] {
+    modelfleet::store::cache_key(&json!({
+        "model": chat.model,
+        "body": chat.body,
+        "requirements": chat.requirements,
+        "key": caller.name,
+    }))
+}
+
+async fn stream_chat(app: &App, chat: ChatRequest, request: &Request) -> Result<Response, ApiError> {
+    let upstreams = &app.upstreams;
+    let chat_ref = &chat;
+    let served = app
+        .fleet
+        .call_stream(request, |model, ctx| async move { upstreams.open(&model, chat_ref, ctx).await })
+        .await
+        .map_err(fleet_error)?;
+    let Opened { stream, settlement } = served.value;
+    let (tx, rx) = mpsc::channel::<Bytes>(32);
+    let pump = Pump {
+        app: Arc::clone(app),
+        include_usage: chat.include_usage,
+        prompt_tokens: u64::from(chat.requirements.prompt_tokens),
+    };
+    app.streams.spawn(pump.run(stream, settlement, tx));
+    let body = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|bytes| (Ok::<Bytes, Infallible>(bytes), rx))
+    });
+    let mut response = Response::new(Body::from_stream(body));
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    served_headers(&mut response, &served.model, served.attempts.len(), served.fell_back);
+    Ok(response)
+}
+
+/// Moves a stream's events to the client and settles its accounting.
+struct Pump {
+    app: App,
+    include_usage: bool,
+    prompt_tokens: u64,
+}
+
+impl Pump {
+    async fn run(self, mut events: Events, settlement: modelfleet::Settlement, tx: mpsc::Sender<Bytes>) {
+        let mut usage: Option<Usage> = None;
+        let mut chars = 0usize;
+        let end = loop {
+            let next = tokio::select! {
+                next = events.next() => next,
+                () = tx.closed() => break StreamEnd::ClientGone,
+            };
+            let data = match next {
+                Ok(Some(data)) => data,
+                Ok(None) => {
+                    break StreamEnd::Failed(Failure::new(
+                        ErrorClass::Connection,
+                        "the upstream stream ended before [DONE]",
+                    ));
+                }
+                Err(failure) => break StreamEnd::Failed(failure),
+            };
+            if data.trim() == "[DONE]" {
+                if tx.send(sse("[DONE]")).await.is_err() {
+                    break StreamEnd::ClientGone;
+                }
+                break StreamEnd::Completed;
+            }
+            if let Some(failure) = error_event(&data) {
+                break StreamEnd::Failed(failure);
+            }
+            let mut forward = true;
+            if let Ok(value) = serde_json::from_str::<Value>(&data) {
+                chars += delta_chars(&value);
+                if let Some(u) = usage_of(&value) {
+                    usage = Some(u);
+                    // The gateway always asks for usage; the client gets it only if it asked.
+                    let usage_only = value.get("choices").and_then(Value::as_array).is_some_and(Vec::is_empty);
+                    forward = self.include_usage || !usage_only;
+                }
+            }
+            if forward && tx.send(sse(&data)).await.is_err() {
+                break StreamEnd::ClientGone;
+            }
+        };
+        if let StreamEnd::Failed(failure) = &end {
+            self.app.stream_failures.fetch_add(1, Ordering::Relaxed);
+            let message = format!("the upstream failed mid-stream: {failure}");
+            let event = json!({"error": {
+                "message": modelfleet::errors::sanitize(&message),
+                "type": "server_error",
+                "param": null,
+                "code": "stream_interrupted",
+            }});
+            let _ = tx.send(sse(&event.to_string())).await;
+        }
+        if end == StreamEnd::ClientGone {
+            self.app.client_disconnects.fetch_add(1, Ordering::Relaxed);
+        }
+        let usage = usage.unwrap_or(Usage {
+            input_tokens: self.prompt_tokens,
+            output_tokens: estimate_output(chars),
+            cached_tokens: 0,
+        });
+        let cost = settlement.finish(usage, &end);
+        tracing::debug!(?end, %cost, "stream settled");
+    }
+}
+
+async fn models(State(app): State<App>, headers: HeaderMap) -> Result<Response, ApiError> {
+    app.auth.check(&headers, Need::Client)?;
+    let mut data: Vec<Value> = app
+        .fleet
+        .catalog()
+        .list()
+        .iter()
+        .filter(|m| m.enabled)
+        .map(|m| json!({"id": m.id, "object": "model", "created": m.created_at_ms / 1000, "owned_by": m.provider}))
+        .collect();
+    data.extend(
+        app.routes
+            .iter()
+            .map(|r| json!({"id": r.name, "object": "model", "created": 0, "owned_by": "modelfleet-route"})),
+    );
+    data.push(json!({"id": "auto", "object": "model", "created": 0, "owned_by": "modelfleet"}));
+    Ok(json_response(StatusCode::OK, &json!({"object": "list", "data": data})))
+}
+
+async fn explain(State(app): State<App>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+    let caller = app.auth.check(&headers, Need::Client)?;
+    let bytes = read_body(body, app.max_body()).await?;
+    let mut value: Value = serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::invalid("invalid_json", format!("the request body is not valid JSON: {e}")))?;
+    let Some(object) = value.as_object_mut() else {
+        return Err(ApiError::invalid("invalid_json", "the request body must be a JSON object"));
+    };
+    object.entry("model").or_insert_with(|| json!("auto"));
+    object.entry("messages").or_insert_with(|| json!([{"role": "user", "content": ""}]));
+    let chat = parse_chat(&serde_json::to_vec(&value).unwrap_or_default())?;
+    let request = app.fleet_request(&chat, &caller)?;
+    let (text, explanation) = app.fleet.explain(&request).map_err(fleet_error)?;
+    let order: Vec<Value> = app
+        .fleet
+        .rank(&request)
+        .map_err(fleet_error)?
+        .into_iter()
+        .map(|(model, score)| json!({"model": model, "score": score}))
+        .collect();
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({"model": chat.model, "requirements": request.requirements, "ranked": order, "explanation": explanation, "text": text}),
+    ))
+}
+
+fn parse_categories(query: &HashMap<String, String>) -> Result<Vec<MetricsCategory>, ApiError> {
+    match query.get("category").map(String::as_str) {
+        None | Some("") => Ok(MetricsCategory::ALL.to_vec()),
+        Some(list) => {
+            MetricsCategory::parse_list(list).map_err(|e| ApiError::invalid("invalid_category", e.to_string()))
+        }
+    }
+}
+
+impl AppState {
+    fn max_body(&self) -> usize {
+        self.max_body
+    }
+
+    fn metrics_now(&self) {
+        let metrics = self.fleet.metrics();
+        let gauges = [
+            ("modelfleet_gateway_streams_open", "Streams being relayed now.", self.streams.len() as f64),
+            (
+                "modelfleet_gateway_stream_failures",
+                "Streams ended by an upstream failure after they started (an error event was sent).",
+                self.stream_failures.load(Ordering::Relaxed) as f64,
+            ),
+            (
+                "modelfleet_gateway_client_disconnects",
+                "Streams whose client went away before the end (the tokens used were still charged).",
+                self.client_disconnects.load(Ordering::Relaxed) as f64,
+            ),
+        ];
+        for (name, help, value) in gauges {
+            let _ = metrics.set_gauge(name, help, value);
+        }
+    }
+}
+
+fn prometheus_response(text: String) -> Response {
+    let mut response = (StatusCode::OK, text).into_response();
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
+    response
+}
+
+async fn v1_metrics(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    app.auth.check(&headers, Need::Metrics)?;
+    if !app.metrics_enabled {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "invalid_request_error",
+            "metrics_disabled",
+            "metrics are off ([metrics] enabled = false)",
+        ));
+    }
+    let categories = parse_categories(&query)?;
+    app.metrics_now();
+    match query.get("format").map(String::as_str) {
+        None | Some("json") => Ok(json_response(StatusCode::OK, &app.fleet.metrics_json(&categories))),
+        Some("prometheus") => Ok(prometheus_response(app.fleet.metrics_prometheus(&categories))),
+        Some(other) => {
+            Err(ApiError::invalid("invalid_format", format!("format: expected json or prometheus, got {other:?}")))
+        }
+    }
+}
+
+async fn prometheus(State(app): State<App>, headers: HeaderMap) -> Result<Response, ApiError> {
+    app.auth.check(&headers, Need::Metrics)?;
+    if !app.metrics_enabled {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "invalid_request_error",
+            "metrics_disabled",
+            "metrics are off ([metrics] enabled = false)",
+        ));
+    }
+    app.metrics_now();
+    Ok(prometheus_response(app.fleet.metrics_prometheus(&MetricsCategory::ALL)))
+}
+
+async fn live(State(app): State<App>, headers: HeaderMap) -> Result<Response, ApiError> {
+    app.auth.check(&headers, Need::Any)?;
+    Ok(json_response(StatusCode::OK, &json!({"status": "live"})))
+}
+
+async fn ready(State(app): State<App>, headers: HeaderMap) -> Result<Response, ApiError> {
+    app.auth.check(&headers, Need::Any)?;
+    let health = app.fleet.health().await;
+    let draining = app.draining.load(Ordering::Relaxed);
+    let store_ok = health.services.iter().all(|s| s.name != "store" || s.health.status() != HealthStatus::Unhealthy);
+    let ready = !draining && store_ok && health.overall != HealthStatus::Unhealthy;
+    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let reason = if draining {
+        Some("shutting down")
+    } else if !store_ok {
+        Some("the store cannot write")
+    } else if health.overall == HealthStatus::Unhealthy {
+        Some("a service is unhealthy")
+    } else {
+        None
+    };
+    Ok(json_response(
+        status,
+        &json!({"status": if ready { "ready" } else { "not_ready" }, "reason": reason, "overall": health.overall, "services": health.services}),
+    ))
+}
+
+async fn admin_models(State(app): State<App>, headers: HeaderMap) -> Result<Response, ApiError> {
+    app.auth.check(&headers, Need::Admin)?;
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({"models": app.fleet.catalog().list().iter().map(|m| &**m).collect::<Vec<&ModelSpec>>()}),
+    ))
+}
+
+async fn admin_model(State(app): State<App>, headers: HeaderMap, Path(id): Path<String>) -> Result<Response, ApiError> {
+    app.auth.check(&headers, Need::Admin)?;
+    let model = app.fleet.catalog().get(&id).ok_or_else(|| unknown_model(&id))?;
+    Ok(json_response(StatusCode::OK, &*model))
+}
+
+fn unknown_model(id: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "invalid_request_error",
+        "model_not_found",
+        format!("no model {id:?} in the catalog"),
+    )
+}
+
+fn parse_spec(app: &AppState, bytes: &[u8]) -> Result<ModelSpec, ApiError> {
+    let spec: ModelSpec = serde_json::from_slice(bytes)
+        .map_err(|e| ApiError::invalid("invalid_model", format!("the body is not a model spec: {e}")))?;
+    if !app.upstreams.knows(&spec.provider) {
+        return Err(ApiError::invalid(
+            "unknown_provider",
+            format!("provider: {:?} is not configured ([[providers]] in the config)", spec.provider),
+        ));
+    }
+    Ok(spec)
+}
+
+fn catalog_error(err: &modelfleet::registry::Error) -> ApiError {
+    ApiError::invalid("invalid_model", err.to_string())
+}
+
+async fn admin_add(State(app): State<App>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+    app.auth.check(&headers, Need::Admin)?;
+    let spec = parse_spec(&app, &read_body(body, app.max_body()).await?)?;
+    let id = spec.id.clone();
+    if app.fleet.catalog().get(&id).is_some() {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "invalid_request_error",
+            "model_exists",
+            format!("model {id:?} exists: PUT /v1/admin/models/{id} updates it"),
+        ));
+    }
+    app.fleet.catalog().add(spec).map_err(|e| catalog_error(&e))?;
+    let model = app.fleet.catalog().get(&id).ok_or_else(|| unknown_model(&id))?;
+    Ok(json_response(StatusCode::CREATED, &*model))
+}
+
+async fn admin_update(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    app.auth.check(&headers, Need::Admin)?;
+    let spec = parse_spec(&app, &read_body(body, app.max_body()).await?)?;
+    if spec.id != id {
+        return Err(ApiError::invalid("invalid_model", format!("id: the body names {:?}, the path {id:?}", spec.id)));
+    }
+    let catalog = app.fleet.catalog();
+    let mut models: Vec<ModelSpec> = catalog.list().iter().map(|m| (**m).clone()).collect();
+    let slot = models.iter_mut().find(|m| m.id == id).ok_or_else(|| unknown_model(&id))?;
+    *slot = spec;
+    catalog.replace(models).map_err(|e| catalog_error(&e))?;
+    let model = catalog.get(&id).ok_or_else(|| unknown_model(&id))?;
+    Ok(json_response(StatusCode::OK, &*model))
+}
+
+async fn admin_remove(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    app.auth.check(&headers, Need::Admin)?;
+    app.fleet.catalog().remove(&id).map_err(|_| unknown_model(&id))?;
+    Ok(json_response(StatusCode::OK, &json!({"removed": id})))
+}
+
+fn set_enabled(app: &AppState, headers: &HeaderMap, id: &str, enabled: bool) -> Result<Response, ApiError> {
+    app.auth.check(headers, Need::Admin)?;
+    app.fleet
+        .catalog()
+        .update(id, ModelUpdate { enabled: Some(enabled), ..ModelUpdate::default() })
+        .map_err(|_| unknown_model(id))?;
+    let model = app.fleet.catalog().get(id).ok_or_else(|| unknown_model(id))?;
+    Ok(json_response(StatusCode::OK, &*model))
+}
+
+async fn admin_disable(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    set_enabled(&app, &headers, &id, false)
+}
+
+async fn admin_enable(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    set_enabled(&app, &headers, &id, true)
+}
+
+async fn admin_budgets(State(app): State<App>, headers: HeaderMap) -> Result<Response, ApiError> {
+    app.auth.check(&headers, Need::Admin)?;
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({"budgets": app.fleet.budgets().statuses(), "alerts": app.fleet.budgets().alerts()}),
+    ))
+}
+
+async fn admin_report(State(app): State<App>, headers: HeaderMap) -> Result<Response, ApiError> {
+    app.auth.check(&headers, Need::Admin)?;
+    let report = app.fleet.report().map_err(|e| {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "report_failed", e.to_string())
+    })?;
+    Ok(json_response(StatusCode::OK, &report))
+}

@@ -1,0 +1,221 @@
+//! The OpenAI-compatible HTTP gateway of modelfleet (`modelfleet serve`).
+//!
+//! Any application that speaks the OpenAI API points its base URL at the
+//! gateway and gets requirement-based selection, fallback, budgets, the
+//! response cache and metrics without changing code.
+//!
+//! | Endpoint | Role | What |
+//! |---|---|---|
+//! | `POST /v1/chat/completions` | client | `model` is a catalog id (tried first, then its fallbacks or the ranking), a route name, or `auto`; requirements in a `modelfleet` object; `stream: true` relays SSE |
+//! | `GET /v1/models` | client | the catalog, the routes and `auto`, in OpenAI's list shape |
+//! | `POST /v1/route/explain` | client | the ranking with score breakdowns, rejected models with reasons |
+//! | `GET /v1/metrics` | metrics | `?format=json` (default) or `prometheus`, `?category=cache,latency,…` |
+//! | `GET /metrics` | metrics | Prometheus 0.0.4 text for scrapers |
+//! | `GET /health/live`, `GET /health/ready` | any | liveness; readiness with every service's health |
+//! | `/v1/admin/models[/{id}[/disable,/enable]]`, `/v1/admin/budgets`, `/v1/admin/report` | admin | catalog changes, budget status, reports |
+//!
+//! **Answers** carry `x-modelfleet-model` (the model that served),
+//! `x-modelfleet-attempts` and `x-modelfleet-fallback`. Errors use OpenAI's
+//! shape, `{"error": {"message", "type", "code"}}`, with sanitized messages;
+//! when every candidate failed, the message lists each attempt and why.
+//!
+//! **Streams**: retries and fallback happen before the first byte reaches
+//! the client. Once a stream has started, an upstream failure ends it with an
+//! SSE `error` event (`code: stream_interrupted`) and counts as the model's
+//! failure — never a silent clean end. The gateway always asks the upstream
+//! for usage (`stream_options.include_usage`) and forwards the usage chunk
+//! only to clients that asked. A client that disconnects is still charged
+//! for the tokens used (the upstream's usage, else an estimate from the text
+//! relayed).
+//!
+//! **Auth**: with `[[server.api_keys]]`, every endpoint needs
+//! `Authorization: Bearer <key>`; roles are `client`, `admin` (everything)
+//! and `metrics`. Without keys the gateway binds to loopback only, unless
+//! `allow_unauthenticated_remote = true`, and says so in its startup log.
+//!
+//! **Shutdown**: the future given to [`Gateway::serve`] ends it: the
+//! listener stops accepting, in-flight requests and streams finish, the
+//! store is flushed, and `serve` returns.
+//!
+//! ```no_run
+//! use modelfleet_gateway::Gateway;
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let env = |var: &str| std::env::var(var).ok();
+//! let options = modelfleet::config::Options {
+//!     env: &env, check_files: false, check_ports: false, check_tools: false, base_dir: ".".into(),
+//! };
+//! let report = modelfleet::config::validate_file("modelfleet.toml".as_ref(), &options);
+//! let config = report.config.ok_or("invalid configuration")?;
+//! let gateway = Gateway::bind(&config, &env).await?;
+//! println!("listening on {}", gateway.local_addr());
+//! gateway.serve(async { let _ = tokio::signal::ctrl_c().await; }).await?;
+//! # Ok(())
+//! # }
+//! ```
+
+mod app;
+mod auth;
+mod upstream;
+mod wire;
+
+use std::{
+    future::Future,
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use modelfleet::{Fleet, FleetOptions, config::Config};
+use tokio::net::TcpListener;
+use tokio_util::task::TaskTracker;
+
+use crate::{app::AppState, auth::Auth, upstream::Upstreams};
+
+/// Why the gateway could not start or stop.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum GatewayError {
+    /// The configuration cannot be served (the message names the key).
+    #[error("{0}")]
+    Config(String),
+    /// The stack did not start (the store refused its file, …).
+    #[error(transparent)]
+    Fleet(#[from] modelfleet::FleetError),
+    /// The address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Serving failed.
+    #[error("the server failed: {0}")]
+    Serve(std::io::Error),
+}
+
+/// A gateway bound to its address, ready to serve.
+pub struct Gateway {
+    app: Arc<AppState>,
+    listener: TcpListener,
+    metrics_listener: Option<TcpListener>,
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway").field("addr", &self.listener.local_addr().ok()).finish_non_exhaustive()
+    }
+}
+
+/// Where to listen: `listen`, or its loopback twin when no key protects a
+/// public address and the config did not allow it.
+fn effective_listen(config: &Config) -> SocketAddr {
+    let listen = config.server.listen;
+    if config.server.api_keys.is_empty() && !listen.ip().is_loopback() && !config.server.allow_unauthenticated_remote {
+        let loopback = match listen.ip() {
+            IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            IpAddr::V6(_) => IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
+        };
+        tracing::warn!(
+            configured = %listen,
+            "no [[server.api_keys]]: binding loopback only; set allow_unauthenticated_remote = true to expose it anyway"
+        );
+        return SocketAddr::new(loopback, listen.port());
+    }
+    listen
+}
+
+impl Gateway {
+    /// Starts the fleet the configuration describes, connects its providers
+    /// (keys read through `env`) and binds the listener (and the separate
+    /// metrics port, if set).
+    pub async fn bind(config: &Config, env: &dyn Fn(&str) -> Option<String>) -> Result<Gateway, GatewayError> {
+        let auth = Auth::from_config(&config.server.api_keys, env).map_err(GatewayError::Config)?;
+        let upstreams = Upstreams::from_config(config, env).map_err(GatewayError::Config)?;
+        let addr = effective_listen(config);
+        let listener = TcpListener::bind(addr).await.map_err(|source| GatewayError::Bind { addr, source })?;
+        let metrics_listener = match config.metrics.port.filter(|_| config.metrics.enabled) {
+            Some(port) => {
+                let addr = SocketAddr::new(addr.ip(), port);
+                Some(TcpListener::bind(addr).await.map_err(|source| GatewayError::Bind { addr, source })?)
+            }
+            None => None,
+        };
+        let fleet = Fleet::open(FleetOptions::from_config(config)).await?;
+        let app = Arc::new(AppState {
+            fleet: Arc::new(fleet),
+            upstreams,
+            auth,
+            routes: config.routes.clone(),
+            cache_ttl: config.cache.enabled.then(|| Duration::from_secs(config.cache.ttl_secs)),
+            metrics_enabled: config.metrics.enabled,
+            max_body: usize::try_from(config.server.max_body_bytes).unwrap_or(usize::MAX),
+            draining: AtomicBool::new(false),
+            streams: TaskTracker::new(),
+            stream_failures: AtomicU64::new(0),
+            client_disconnects: AtomicU64::new(0),
+        });
+        Ok(Gateway { app, listener, metrics_listener })
+    }
+
+    /// The address it listens on (with the real port when 0 was asked).
+    #[must_use]
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)))
+    }
+
+    /// The fleet behind it (catalog, budgets, monitor, store).
+    #[must_use]
+    pub fn fleet(&self) -> Arc<Fleet> {
+        Arc::clone(&self.app.fleet)
+    }
+
+    /// Serves until `shutdown` completes; then stops accepting, lets
+    /// in-flight requests and streams finish, flushes the store and returns.
+    pub async fn serve(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), GatewayError> {
+        let Gateway { app, listener, metrics_listener } = self;
+        let addr = listener.local_addr().map_err(GatewayError::Serve)?;
+        let auth = if app.auth.enabled() { "bearer keys required" } else { "no keys: open to this machine only" };
+        tracing::info!(%addr, auth, models = app.fleet.catalog().snapshot().len(), "modelfleet gateway listening on http://{addr}");
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let draining = Arc::clone(&app);
+        tokio::spawn(async move {
+            shutdown.await;
+            draining.draining.store(true, Ordering::Relaxed);
+            tracing::info!("shutting down: no new connections; finishing requests and streams in flight");
+            let _ = stop_tx.send(true);
+        });
+        let metrics_task = metrics_listener.map(|listener| {
+            let router = app::metrics_router(Arc::clone(&app));
+            let mut stop = stop_rx.clone();
+            tokio::spawn(async move {
+                let _ = axum::serve(listener, router)
+                    .with_graceful_shutdown(async move {
+                        let _ = stop.wait_for(|s| *s).await;
+                    })
+                    .await;
+            })
+        });
+        let router = app::router(Arc::clone(&app), app.max_body);
+        let mut stop = stop_rx;
+        let served = axum::serve(listener, router)
+            .with_graceful_shutdown(async move {
+                let _ = stop.wait_for(|s| *s).await;
+            })
+            .await;
+        if let Some(task) = metrics_task {
+            let _ = task.await;
+        }
+        app.streams.close();
+        app.streams.wait().await;
+        let stopped = app.fleet.shutdown().await;
+        served.map_err(GatewayError::Serve)?;
+        stopped?;
+        tracing::info!("modelfleet gateway stopped; the store is flushed");
+        Ok(())
+    }
+}

@@ -1,0 +1,331 @@
+//! Upstream providers: an OpenAI-compatible HTTP API (JSON and SSE), or the
+//! in-process simulator.
+
+use std::{collections::HashMap, fmt, pin::Pin, sync::Arc, time::Duration};
+
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
+use modelfleet::{
+    ModelResponse, Simulator, Usage,
+    config::{Config, ProviderKind},
+    errors::{AttemptCtx, ErrorClass, Failure, classify_response},
+    registry::ModelSpec,
+};
+use reqwest::header::{AUTHORIZATION, HeaderValue, RETRY_AFTER};
+use serde_json::{Value, json};
+
+use crate::wire::{ChatRequest, Outgoing, SseParser, completion_usage, json_bytes};
+
+/// The largest upstream error body read (the rest is dropped).
+const MAX_ERROR_BODY: usize = 64 * 1024;
+
+/// The providers by name.
+pub(crate) struct Upstreams {
+    by_provider: HashMap<String, Upstream>,
+}
+
+enum Upstream {
+    OpenAi(OpenAi),
+    Simulated(Arc<Simulator>),
+}
+
+struct OpenAi {
+    client: reqwest::Client,
+    url: String,
+    /// `Bearer <key>`, marked sensitive so it never shows in debug output.
+    auth: Option<HeaderValue>,
+    /// The variable named in the config when it was not set.
+    missing_key: Option<String>,
+    request_timeout: Duration,
+}
+
+impl fmt::Debug for Upstreams {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Upstreams").field("providers", &self.by_provider.keys().collect::<Vec<_>>()).finish()
+    }
+}
+
+impl Upstreams {
+    /// One client per provider; keys read through `env`. A key variable that
+    /// is named but not set is reported, and that provider's calls fail as
+    /// authentication errors (its models fall back) without a network call.
+    pub(crate) fn from_config(config: &Config, env: &dyn Fn(&str) -> Option<String>) -> Result<Upstreams, String> {
+        let mut by_provider = HashMap::new();
+        for (i, provider) in config.providers.iter().enumerate() {
+            let upstream = match provider.kind {
+                ProviderKind::Simulated => Upstream::Simulated(Arc::new(Simulator::mirroring(&config.models, 7))),
+                ProviderKind::Openai => {
+                    let base = provider
+                        .base_url
+                        .as_deref()
+                        .ok_or_else(|| format!("providers[{i}].base_url: required for kind = \"openai\""))?;
+                    let client = reqwest::Client::builder()
+                        .connect_timeout(Duration::from_millis(provider.connect_timeout_ms))
+                        .tcp_nodelay(true)
+                        .pool_idle_timeout(Duration::from_secs(90))
+                        .build()
+                        .map_err(|e| format!("providers[{i}]: cannot build the HTTP client: {e}"))?;
+                    let (auth, missing_key) = match &provider.api_key_env {
+                        None => (None, None),
+                        Some(var) => {
+                            if let Some(key) = env(var).filter(|k| !k.is_empty()) {
+                                let mut value = HeaderValue::from_str(&format!("Bearer {key}")).map_err(|_| {
+                                    format!(
+                                        "providers[{i}].api_key_env: {var} holds characters not allowed in a header"
+                                    )
+                                })?;
+                                value.set_sensitive(true);
+                                (Some(value), None)
+                            } else {
+                                tracing::warn!(
+                                    provider = %provider.name,
+                                    "{var} is not set: calls to this provider fail as unauthenticated and fall back"
+                                );
+                                (None, Some(var.clone()))
+                            }
+                        }
+                    };
+                    Upstream::OpenAi(OpenAi {
+                        client,
+                        url: format!("{}/chat/completions", base.trim_end_matches('/')),
+                        auth,
+                        missing_key,
+                        request_timeout: Duration::from_millis(provider.request_timeout_ms),
+                    })
+                }
+            };
+            by_provider.insert(provider.name.clone(), upstream);
+        }
+        Ok(Upstreams { by_provider })
+    }
+
+    /// Whether `provider` is configured.
+    pub(crate) fn knows(&self, provider: &str) -> bool {
+        self.by_provider.contains_key(provider)
+    }
+
+    fn get(&self, model: &ModelSpec) -> Result<&Upstream, Failure> {
+        self.by_provider.get(&model.provider).ok_or_else(|| {
+            Failure::new(
+                ErrorClass::NotFound,
+                &format!("provider {:?} of model {} is not configured", model.provider, model.id),
+            )
+        })
+    }
+
+    /// A non-streaming completion: the upstream's body as it came, and its usage.
+    pub(crate) async fn complete(
+        &self,
+        model: &ModelSpec,
+        chat: &ChatRequest,
+        ctx: AttemptCtx,
+    ) -> Result<ModelResponse<Bytes>, Failure> {
+        match self.get(model)? {
+            Upstream::OpenAi(api) => api.complete(model, chat, ctx).await,
+            Upstream::Simulated(sim) => {
+                let r = sim
+                    .complete(model, chat.requirements.prompt_tokens, chat.requirements.max_output_tokens, ctx)
+                    .await?;
+                let body = json!({
+                    "id": "chatcmpl-sim",
+                    "object": "chat.completion",
+                    "created": 0,
+                    "model": model.upstream_name(),
+                    "choices": [{"index": 0, "message": {"role": "assistant", "content": r.value}, "finish_reason": "stop"}],
+                    "usage": usage_json(r.usage),
+                });
+                Ok(ModelResponse { value: Bytes::from(json_bytes(&body)), usage: r.usage })
+            }
+        }
+    }
+
+    /// Opens a stream: returns once the first event arrived, so a failure
+    /// before it can still fall back.
+    pub(crate) async fn open(&self, model: &ModelSpec, chat: &ChatRequest, ctx: AttemptCtx) -> Result<Events, Failure> {
+        match self.get(model)? {
+            Upstream::OpenAi(api) => api.open(model, chat, ctx).await,
+            Upstream::Simulated(sim) => {
+                let r = sim
+                    .complete(model, chat.requirements.prompt_tokens, chat.requirements.max_output_tokens, ctx)
+                    .await?;
+                let chunk = |delta: Value, finish: Value| {
+                    json!({"id": "chatcmpl-sim", "object": "chat.completion.chunk", "created": 0, "model": model.upstream_name(),
+                           "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+                };
+                let mut text = String::new();
+                let mut push = |v: &Value| {
+                    text.push_str("data: ");
+                    text.push_str(&v.to_string());
+                    text.push_str("\n\n");
+                };
+                push(&chunk(json!({"role": "assistant", "content": ""}), Value::Null));
+                for word in r.value.split_inclusive(' ') {
+                    push(&chunk(json!({"content": word}), Value::Null));
+                }
+                push(&chunk(json!({}), json!("stop")));
+                push(&json!({"id": "chatcmpl-sim", "object": "chat.completion.chunk", "created": 0,
+                             "model": model.upstream_name(), "choices": [], "usage": usage_json(r.usage)}));
+                text.push_str("data: [DONE]\n\n");
+                let body = futures_util::stream::once(async move { Ok(Bytes::from(text)) });
+                Events::open(Box::pin(body)).await
+            }
+        }
+    }
+}
+
+fn usage_json(usage: Usage) -> Value {
+    json!({
+        "prompt_tokens": usage.input_tokens,
+        "completion_tokens": usage.output_tokens,
+        "total_tokens": usage.input_tokens + usage.output_tokens,
+        "prompt_tokens_details": {"cached_tokens": usage.cached_tokens},
+    })
+}
+
+impl OpenAi {
+    async fn send(&self, model: &ModelSpec, chat: &ChatRequest, ctx: AttemptCtx) -> Result<reqwest::Response, Failure> {
+        if let Some(var) = &self.missing_key {
+            return Err(Failure::new(ErrorClass::Authentication, &format!("no API key: {var} is not set")));
+        }
+        let timeout = ctx.remaining.map_or(self.request_timeout, |left| left.min(self.request_timeout));
+        if timeout.is_zero() {
+            return Err(Failure::new(ErrorClass::Timeout, "no time left before the deadline"));
+        }
+        let body = json_bytes(&Outgoing { body: &chat.body, model: model.upstream_name(), stream: chat.stream });
+        let mut request = self
+            .client
+            .post(&self.url)
+            .timeout(timeout)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body);
+        if let Some(auth) = &self.auth {
+            request = request.header(AUTHORIZATION, auth.clone());
+        }
+        let response = request.send().await.map_err(|e| transport(&e))?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(response);
+        }
+        let retry_after = response.headers().get(RETRY_AFTER).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let mut body = Vec::new();
+        let mut stream = response.bytes_stream();
+        while let Some(Ok(piece)) = stream.next().await {
+            body.extend_from_slice(&piece[..piece.len().min(MAX_ERROR_BODY.saturating_sub(body.len()))]);
+            if body.len() >= MAX_ERROR_BODY {
+                break;
+            }
+        }
+        Err(classify_response(status.as_u16(), &String::from_utf8_lossy(&body), retry_after.as_deref()))
+    }
+
+    async fn complete(
+        &self,
+        model: &ModelSpec,
+        chat: &ChatRequest,
+        ctx: AttemptCtx,
+    ) -> Result<ModelResponse<Bytes>, Failure> {
+        let response = self.send(model, chat, ctx).await?;
+        let body = response.bytes().await.map_err(|e| transport(&e))?;
+        let usage = completion_usage(&body)
+            .map_err(|e| Failure::new(ErrorClass::ServerError, &format!("the upstream answered invalid JSON: {e}")))?;
+        // A provider that reports no usage is charged by estimate.
+        let usage = usage.unwrap_or(Usage {
+            input_tokens: u64::from(chat.requirements.prompt_tokens),
+            output_tokens: crate::wire::estimate_output(body.len() / 2),
+            cached_tokens: 0,
+        });
+        Ok(ModelResponse { value: body, usage })
+    }
+
+    async fn open(&self, model: &ModelSpec, chat: &ChatRequest, ctx: AttemptCtx) -> Result<Events, Failure> {
+        let response = self.send(model, chat, ctx).await?;
+        let body = response.bytes_stream().map(|piece| piece.map_err(|e| transport(&e)));
+        Events::open(Box::pin(body)).await
+    }
+}
+
+/// A transport failure, classified, with the upstream's address left out.
+fn transport(err: &reqwest::Error) -> Failure {
+    let mut detail = String::new();
+    let mut source = std::error::Error::source(err);
+    while let Some(cause) = source {
+        detail = cause.to_string();
+        source = cause.source();
+    }
+    let what = if err.is_timeout() {
+        return Failure::new(ErrorClass::Timeout, "the upstream did not answer in time");
+    } else if err.is_connect() {
+        "cannot connect to the upstream"
+    } else if err.is_body() || err.is_decode() {
+        "the upstream connection broke while answering"
+    } else {
+        "the upstream connection failed"
+    };
+    let message = if detail.is_empty() { what.to_owned() } else { format!("{what}: {detail}") };
+    Failure::new(ErrorClass::Connection, &message)
+}
+
+type Body = Pin<Box<dyn Stream<Item = Result<Bytes, Failure>> + Send>>;
+
+/// An upstream SSE stream, event by event.
+pub(crate) struct Events {
+    body: Body,
+    parser: SseParser,
+    first: Option<String>,
+}
+
+impl fmt::Debug for Events {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Events").finish_non_exhaustive()
+    }
+}
+
+impl Events {
+    /// Reads up to the first event: a stream that fails or ends before it,
+    /// or whose first event is an error, fails here (and may fall back).
+    async fn open(body: Body) -> Result<Events, Failure> {
+        let mut events = Events { body, parser: SseParser::default(), first: None };
+        match events.read().await? {
+            Some(first) => {
+                if let Some(failure) = error_event(&first) {
+                    return Err(failure);
+                }
+                events.first = Some(first);
+                Ok(events)
+            }
+            None => Err(Failure::new(ErrorClass::ServerError, "the upstream stream ended before its first event")),
+        }
+    }
+
+    async fn read(&mut self) -> Result<Option<String>, Failure> {
+        loop {
+            if let Some(event) = self.parser.next_event() {
+                return Ok(Some(event));
+            }
+            match self.body.next().await {
+                Some(Ok(piece)) => self.parser.push(&piece),
+                Some(Err(failure)) => return Err(failure),
+                None => return Ok(None),
+            }
+        }
+    }
+
+    /// The next event's data; `None` when the body ended.
+    pub(crate) async fn next(&mut self) -> Result<Option<String>, Failure> {
+        if let Some(first) = self.first.take() {
+            return Ok(Some(first));
+        }
+        self.read().await
+    }
+}
+
+/// An `{"error": …}` event sent mid-stream, as a failure.
+pub(crate) fn error_event(data: &str) -> Option<Failure> {
+    if !data.contains("\"error\"") {
+        return None;
+    }
+    let value: Value = serde_json::from_str(data).ok()?;
+    value.get("error").filter(|e| !e.is_null())?;
+    let failure = classify_response(500, data, None);
+    Some(failure)
+}

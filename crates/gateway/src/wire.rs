@@ -1,0 +1,388 @@
+//! The OpenAI wire format: parsing requests, usage, SSE events, and errors
+//! in OpenAI's shape.
+
+use axum::{
+    http::{HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use modelfleet::{Usage, selector::Requirements};
+use serde::{Serialize, Serializer, ser::SerializeMap};
+use serde_json::{Map, Value};
+
+/// An error answered in OpenAI's shape: `{"error": {"message", "type", "code"}}`.
+#[derive(Debug, Clone)]
+pub(crate) struct ApiError {
+    pub(crate) status: StatusCode,
+    pub(crate) kind: &'static str,
+    pub(crate) code: &'static str,
+    pub(crate) message: String,
+    pub(crate) attempts: Option<usize>,
+}
+
+impl ApiError {
+    pub(crate) fn new(status: StatusCode, kind: &'static str, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError { status, kind, code, message: message.into(), attempts: None }
+    }
+
+    pub(crate) fn invalid(code: &'static str, message: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::BAD_REQUEST, "invalid_request_error", code, message)
+    }
+
+    /// The JSON body, message sanitized.
+    pub(crate) fn body(&self) -> Value {
+        serde_json::json!({"error": {
+            "message": modelfleet::errors::sanitize(&self.message),
+            "type": self.kind,
+            "param": null,
+            "code": self.code,
+        }})
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut response = (self.status, json_bytes(&self.body())).into_response();
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        if let Some(n) = self.attempts {
+            headers.insert("x-modelfleet-attempts", HeaderValue::from(n));
+        }
+        response
+    }
+}
+
+pub(crate) fn json_bytes(value: &impl Serialize) -> Vec<u8> {
+    serde_json::to_vec(value).unwrap_or_else(|_| b"{}".to_vec())
+}
+
+/// A JSON response.
+pub(crate) fn json_response(status: StatusCode, value: &impl Serialize) -> Response {
+    let mut response = (status, json_bytes(value)).into_response();
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+/// A chat-completions request, checked.
+#[derive(Debug, Clone)]
+pub(crate) struct ChatRequest {
+    /// The body as sent, minus the `modelfleet` extension.
+    pub(crate) body: Map<String, Value>,
+    /// What `model` named.
+    pub(crate) model: String,
+    pub(crate) stream: bool,
+    /// The client asked for the usage chunk (`stream_options.include_usage`).
+    pub(crate) include_usage: bool,
+    /// From the extension, with the prompt estimate and `max_tokens` filled in.
+    pub(crate) requirements: Requirements,
+    /// Whether the extension was present.
+    pub(crate) extended: bool,
+}
+
+/// Tokens a prompt is estimated to take before the provider counts them: a
+/// quarter of the characters of every message's text, plus four per message.
+fn estimate_prompt(messages: &[Value]) -> u32 {
+    let chars: usize = messages.iter().map(|m| content_chars(m.get("content"))).sum();
+    u32::try_from(chars.div_ceil(4) + 4 * messages.len()).unwrap_or(u32::MAX)
+}
+
+fn content_chars(content: Option<&Value>) -> usize {
+    match content {
+        Some(Value::String(s)) => s.len(),
+        // Content parts: count the text ones.
+        Some(Value::Array(parts)) => {
+            parts.iter().filter_map(|p| p.get("text").and_then(Value::as_str)).map(str::len).sum()
+        }
+        _ => 0,
+    }
+}
+
+/// Output tokens estimated from the characters received (for a stream cut
+/// before the provider reported usage).
+pub(crate) fn estimate_output(chars: usize) -> u64 {
+    chars.div_ceil(4) as u64
+}
+
+/// Parses and checks a `/v1/chat/completions` body; every refusal names the field.
+pub(crate) fn parse_chat(bytes: &[u8]) -> Result<ChatRequest, ApiError> {
+    let value: Value = serde_json::from_slice(bytes)
+        .map_err(|e| ApiError::invalid("invalid_json", format!("the request body is not valid JSON: {e}")))?;
+    let Value::Object(mut body) = value else {
+        return Err(ApiError::invalid("invalid_json", "the request body must be a JSON object"));
+    };
+    let model = match body.get("model") {
+        Some(Value::String(m)) if !m.trim().is_empty() => m.clone(),
+        Some(Value::String(_)) | None => {
+            return Err(ApiError::invalid("missing_model", "model: required (a model id, a route name, or \"auto\")"));
+        }
+        Some(_) => return Err(ApiError::invalid("invalid_model", "model: must be a string")),
+    };
+    let messages = match body.get("messages") {
+        Some(Value::Array(m)) if !m.is_empty() => m,
+        Some(Value::Array(_)) => return Err(ApiError::invalid("invalid_messages", "messages: must not be empty")),
+        None => return Err(ApiError::invalid("invalid_messages", "messages: required")),
+        Some(_) => return Err(ApiError::invalid("invalid_messages", "messages: must be an array")),
+    };
+    for (i, message) in messages.iter().enumerate() {
+        if !message.get("role").is_some_and(Value::is_string) {
+            return Err(ApiError::invalid("invalid_messages", format!("messages[{i}].role: required, a string")));
+        }
+    }
+    let prompt_tokens = estimate_prompt(messages);
+    let stream = match body.get("stream") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => return Err(ApiError::invalid("invalid_stream", "stream: must be true or false")),
+    };
+    let include_usage = body.get("stream_options").and_then(|o| o.get("include_usage")) == Some(&Value::Bool(true));
+    let mut max_output = 0;
+    for field in ["max_completion_tokens", "max_tokens"] {
+        match body.get(field) {
+            None | Some(Value::Null) => {}
+            Some(v) => {
+                max_output = v.as_u64().and_then(|n| u32::try_from(n).ok()).ok_or_else(|| {
+                    ApiError::invalid("invalid_max_tokens", format!("{field}: must be a whole number of tokens"))
+                })?;
+                break;
+            }
+        }
+    }
+    let extension = body.remove("modelfleet");
+    let extended = extension.is_some();
+    let mut requirements = match extension {
+        None | Some(Value::Null) => Requirements::default(),
+        Some(v @ Value::Object(_)) => serde_json::from_value::<Requirements>(v)
+            .map_err(|e| ApiError::invalid("invalid_requirements", format!("modelfleet: {e}")))?,
+        Some(_) => return Err(ApiError::invalid("invalid_requirements", "modelfleet: must be an object")),
+    };
+    if requirements.prompt_tokens == 0 {
+        requirements.prompt_tokens = prompt_tokens;
+    }
+    if requirements.max_output_tokens == 0 {
+        requirements.max_output_tokens = max_output;
+    }
+    // The caller cannot claim memory for local models: the gateway measures it.
+    requirements.available_memory_mb = None;
+    Ok(ChatRequest { body, model, stream, include_usage, requirements, extended })
+}
+
+/// The body sent upstream: the client's, with `model` replaced and, for
+/// streams, usage asked for (the gateway needs it to price the answer).
+pub(crate) struct Outgoing<'a> {
+    pub(crate) body: &'a Map<String, Value>,
+    pub(crate) model: &'a str,
+    pub(crate) stream: bool,
+}
+
+impl Serialize for Outgoing<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(Some(self.body.len() + 1))?;
+        map.serialize_entry("model", self.model)?;
+        for (key, value) in self.body {
+            match key.as_str() {
+                "model" => {}
+                "stream_options" if self.stream => {}
+                _ => map.serialize_entry(key, value)?,
+            }
+        }
+        if self.stream {
+            let mut options = self.body.get("stream_options").and_then(Value::as_object).cloned().unwrap_or_default();
+            options.insert("include_usage".to_owned(), Value::Bool(true));
+            map.serialize_entry("stream_options", &options)?;
+        }
+        map.end()
+    }
+}
+
+/// `usage` of a completion or chunk, if it carries one.
+pub(crate) fn usage_of(value: &Value) -> Option<Usage> {
+    let usage = value.get("usage").filter(|u| u.is_object())?;
+    let n = |pointer: &str| usage.pointer(pointer).and_then(Value::as_u64).unwrap_or(0);
+    Some(Usage {
+        input_tokens: n("/prompt_tokens"),
+        output_tokens: n("/completion_tokens"),
+        cached_tokens: n("/prompt_tokens_details/cached_tokens"),
+    })
+}
+
+/// Only what the gateway reads of a completion; everything else is skipped.
+#[derive(serde::Deserialize)]
+struct UsageOnly {
+    #[serde(default)]
+    usage: Option<WireUsage>,
+}
+
+#[derive(serde::Deserialize, Default)]
+struct WireUsage {
+    #[serde(default)]
+    prompt_tokens: u64,
+    #[serde(default)]
+    completion_tokens: u64,
+    #[serde(default)]
+    prompt_tokens_details: Option<WireDetails>,
+}
+
+#[derive(serde::Deserialize, Default)]
+struct WireDetails {
+    #[serde(default)]
+    cached_tokens: Option<u64>,
+}
+
+/// The usage of a completion body, read without building a tree; `Err`
+/// when the body is not a JSON object.
+pub(crate) fn completion_usage(bytes: &[u8]) -> Result<Option<Usage>, String> {
+    let parsed: UsageOnly = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+    Ok(parsed.usage.map(|u| Usage {
+        input_tokens: u.prompt_tokens,
+        output_tokens: u.completion_tokens,
+        cached_tokens: u.prompt_tokens_details.and_then(|d| d.cached_tokens).unwrap_or(0),
+    }))
+}
+
+/// The text a chunk adds (`choices[].delta.content`), in characters.
+pub(crate) fn delta_chars(value: &Value) -> usize {
+    value
+        .get("choices")
+        .and_then(Value::as_array)
+        .map_or(0, |choices| choices.iter().map(|c| content_chars(c.pointer("/delta/content"))).sum())
+}
+
+/// Splits a byte stream into SSE events, yielding each event's `data`.
+#[derive(Debug, Default)]
+pub(crate) struct SseParser {
+    buffer: Vec<u8>,
+}
+
+impl SseParser {
+    pub(crate) fn push(&mut self, bytes: &[u8]) {
+        self.buffer.extend_from_slice(bytes);
+    }
+
+    /// The next complete event's data (its `data:` lines joined), if one is buffered.
+    pub(crate) fn next_event(&mut self) -> Option<String> {
+        loop {
+            let (end, sep) = find_boundary(&self.buffer)?;
+            let block: Vec<u8> = self.buffer.drain(..end + sep).take(end).collect();
+            let text = String::from_utf8_lossy(&block);
+            let mut data: Option<String> = None;
+            for line in text.lines() {
+                let line = line.strip_suffix('\r').unwrap_or(line);
+                if let Some(rest) = line.strip_prefix("data:") {
+                    let rest = rest.strip_prefix(' ').unwrap_or(rest);
+                    match &mut data {
+                        Some(d) => {
+                            d.push('\n');
+                            d.push_str(rest);
+                        }
+                        None => data = Some(rest.to_owned()),
+                    }
+                }
+            }
+            // Comments and events without data (keep-alives) are skipped.
+            if let Some(data) = data {
+                return Some(data);
+            }
+        }
+    }
+}
+
+/// Where the first blank line is: (end of the event, separator length).
+fn find_boundary(buf: &[u8]) -> Option<(usize, usize)> {
+    let mut i = 0;
+    while i + 1 < buf.len() {
+        if buf[i] == b'\n' && buf[i + 1] == b'\n' {
+            return Some((i, 2));
+        }
+        if buf[i] == b'\n' && buf[i + 1] == b'\r' && buf.get(i + 2) == Some(&b'\n') {
+            return Some((i, 3));
+        }
+        if buf[i] == b'\r' && buf[i + 1] == b'\r' {
+            return Some((i, 2));
+        }
+        i += 1;
+    }
+    None
+}
+
+/// One SSE event as sent to the client.
+pub(crate) fn sse(data: &str) -> bytes::Bytes {
+    let mut out = String::with_capacity(data.len() + 8);
+    out.push_str("data: ");
+    out.push_str(data);
+    out.push_str("\n\n");
+    bytes::Bytes::from(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chat_requests_are_checked_field_by_field() {
+        let err = |body: &str| parse_chat(body.as_bytes()).unwrap_err().message;
+        assert!(err("{").starts_with("the request body is not valid JSON"));
+        assert_eq!(err("[]"), "the request body must be a JSON object");
+        assert!(err(r#"{"messages":[{"role":"user","content":"x"}]}"#).starts_with("model: required"));
+        assert_eq!(err(r#"{"model":"auto","messages":[]}"#), "messages: must not be empty");
+        assert_eq!(err(r#"{"model":"auto","messages":[{"content":"x"}]}"#), "messages[0].role: required, a string");
+        assert_eq!(
+            err(r#"{"model":"auto","messages":[{"role":"user"}],"stream":"yes"}"#),
+            "stream: must be true or false"
+        );
+        assert_eq!(
+            err(r#"{"model":"auto","messages":[{"role":"user"}],"max_tokens":-1}"#),
+            "max_tokens: must be a whole number of tokens"
+        );
+        assert!(
+            err(r#"{"model":"auto","messages":[{"role":"user"}],"modelfleet":{"categry":"code"}}"#)
+                .starts_with("modelfleet: unknown field `categry`")
+        );
+    }
+
+    #[test]
+    fn requirements_come_from_the_extension_with_the_prompt_estimated() {
+        let body = r#"{"model":"auto","max_tokens":100,"messages":[{"role":"user","content":"12345678"}],
+            "modelfleet":{"category":"code","min_quality":0.5,"max_cost":"0.01"}}"#;
+        let chat = parse_chat(body.as_bytes()).unwrap();
+        assert!(chat.extended && !chat.body.contains_key("modelfleet"));
+        assert_eq!(chat.requirements.prompt_tokens, 2 + 4);
+        assert_eq!(chat.requirements.max_output_tokens, 100);
+        assert_eq!(chat.requirements.min_quality, Some(0.5));
+        assert_eq!(chat.requirements.max_cost.map(|m| m.to_string()), Some("0.01".into()));
+    }
+
+    #[test]
+    fn the_outgoing_body_names_the_upstream_model_and_asks_for_stream_usage() {
+        let chat =
+            parse_chat(br#"{"model":"auto","stream":true,"messages":[{"role":"user","content":"hi"}]}"#).unwrap();
+        let out: Value = serde_json::to_value(Outgoing { body: &chat.body, model: "tiny", stream: true }).unwrap();
+        assert_eq!(out["model"], "tiny");
+        assert_eq!(out["stream_options"]["include_usage"], true);
+        assert_eq!(out["messages"][0]["content"], "hi");
+    }
+
+    #[test]
+    fn sse_events_split_on_blank_lines_whatever_the_chunking() {
+        let text = "data: {\"a\":1}\n\n: keep-alive\n\ndata: [DONE]\r\n\r\n";
+        for split in 1..text.len() {
+            let mut parser = SseParser::default();
+            let mut events = Vec::new();
+            for piece in text.as_bytes().chunks(split) {
+                parser.push(piece);
+                while let Some(e) = parser.next_event() {
+                    events.push(e);
+                }
+            }
+            assert_eq!(events, vec!["{\"a\":1}".to_owned(), "[DONE]".to_owned()], "chunks of {split}");
+        }
+    }
+
+    #[test]
+    fn usage_is_read_from_completions_and_chunks() {
+        let body = br#"{"id":"x","choices":[],"usage":{"prompt_tokens":7,"completion_tokens":3,"prompt_tokens_details":{"cached_tokens":2}}}"#;
+        let usage = completion_usage(body).unwrap().unwrap();
+        assert_eq!((usage.input_tokens, usage.output_tokens, usage.cached_tokens), (7, 3, 2));
+        assert_eq!(usage_of(&serde_json::from_slice(body).unwrap()), Some(usage));
+        assert!(completion_usage(b"not json").is_err());
+        assert_eq!(completion_usage(b"{}").unwrap(), None);
+    }
+}

@@ -1,0 +1,504 @@
+//! The gateway end to end: the real server on 127.0.0.1 (port 0) against the
+//! mock upstream (a real HTTP server speaking the OpenAI wire format), called
+//! with a real HTTP client.
+
+use std::{sync::Arc, time::Duration};
+
+use futures_util::StreamExt;
+use modelfleet::{Fleet, config::Config, registry::Money};
+use modelfleet_gateway::Gateway;
+use modelfleet_mock_upstream::{Behavior, Fault, MockUpstream, prompt_tokens};
+use serde_json::{Value, json};
+use tokio::sync::oneshot;
+
+const MOCK_KEY: &str = "sk-mock-upstream-secret";
+const CLIENT_KEY: &str = "mf-client-secret-1";
+const ADMIN_KEY: &str = "mf-admin-secret-2";
+const METRICS_KEY: &str = "mf-metrics-secret-3";
+const TIGHT_KEY: &str = "mf-tight-secret-4";
+
+fn env(var: &str) -> Option<String> {
+    match var {
+        "MOCK_KEY" => Some(MOCK_KEY.into()),
+        "KEY_CLIENT" => Some(CLIENT_KEY.into()),
+        "KEY_ADMIN" => Some(ADMIN_KEY.into()),
+        "KEY_METRICS" => Some(METRICS_KEY.into()),
+        "KEY_TIGHT" => Some(TIGHT_KEY.into()),
+        _ => None,
+    }
+}
+
+/// A `[[models]]` entry on the mock provider; the upstream name is the id.
+fn model(id: &str, window: u32, fallbacks: &[&str]) -> String {
+    let fallbacks: Vec<String> = fallbacks.iter().map(|f| format!("{f:?}")).collect();
+    format!(
+        "\n[[models]]\nid = \"{id}\"\nprovider = \"mock\"\ncontext_window = {window}\ninput_price_per_mtok = \
+         \"0.50\"\noutput_price_per_mtok = \"1.50\"\nquality = 0.7\nlanguages = [\"en\"]\ncategories = \
+         [\"general\"]\nfallbacks = [{}]\n",
+        fallbacks.join(", ")
+    )
+}
+
+fn config(mock: &MockUpstream, dir: &tempfile::TempDir, body: &str) -> Config {
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:8080\"\nmax_body_bytes = 65536\n{body}\n[store]\npath = \"{}\"\nbatch_wait_ms = \
+         5\n\n[[providers]]\nname = \"mock\"\nkind = \"openai\"\nbase_url = \"{}\"\napi_key_env = \
+         \"MOCK_KEY\"\nconnect_timeout_ms = 500\nrequest_timeout_ms = 400\n\n[retry]\nmax_attempts = \
+         2\ninitial_backoff_ms = 1\nmax_backoff_ms = 5\ndeadline_ms = 5000\n",
+        dir.path().join("fleet.db").display(),
+        mock.base_url()
+    );
+    let options = modelfleet::config::Options {
+        env: &env,
+        check_files: false,
+        check_ports: false,
+        check_tools: false,
+        base_dir: dir.path().to_path_buf(),
+    };
+    let report = modelfleet::config::validate(&text, &options);
+    let problems = report.to_string();
+    let mut config = report.config.unwrap_or_else(|| panic!("test config invalid: {problems}\n{text}"));
+    // Port 0 (a free port) is what `modelfleet serve --listen` allows; the file needs a real one.
+    config.server.listen = "127.0.0.1:0".parse().unwrap();
+    config
+}
+
+/// A running gateway: its base URL, its fleet, and how to stop it.
+struct Running {
+    url: String,
+    fleet: Arc<Fleet>,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<Result<(), modelfleet_gateway::GatewayError>>,
+}
+
+impl Running {
+    async fn start(config: &Config) -> Running {
+        let gateway = Gateway::bind(config, &env).await.unwrap();
+        let url = format!("http://{}", gateway.local_addr());
+        let fleet = gateway.fleet();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(gateway.serve(async move {
+            let _ = stopped.await;
+        }));
+        Running { url, fleet, stop: Some(stop), task }
+    }
+
+    async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        (&mut self.task).await.unwrap().unwrap();
+    }
+}
+
+fn chat(model: &str, text: &str) -> Value {
+    json!({"model": model, "messages": [{"role": "user", "content": text}]})
+}
+
+async fn post(client: &reqwest::Client, url: &str, key: Option<&str>, body: &Value) -> reqwest::Response {
+    let mut request = client.post(url).json(body);
+    if let Some(key) = key {
+        request = request.bearer_auth(key);
+    }
+    request.send().await.unwrap()
+}
+
+fn header<'r>(response: &'r reqwest::Response, name: &str) -> &'r str {
+    response.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or("")
+}
+
+/// The `data` of every SSE event in a body.
+fn events(body: &str) -> Vec<String> {
+    body.split("\n\n").filter_map(|e| e.strip_prefix("data: ")).map(str::to_owned).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_failure_class_falls_back_and_a_bad_request_is_not_retried() {
+    let mock = MockUpstream::start().await.unwrap();
+    mock.require_key(MOCK_KEY);
+    let dir = tempfile::tempdir().unwrap();
+    let primaries = ["p500", "p429", "phang", "preset", "pctx", "p400", "p401"];
+    let mut models: String = primaries.iter().map(|p| model(p, 8_192, &["backup"])).collect();
+    models.push_str(&model("backup", 128_000, &[]));
+    let gateway = Running::start(&config(&mock, &dir, &models)).await;
+    let faults = [
+        ("p500", Fault::ServerError),
+        ("p429", Fault::RateLimited { retry_after_secs: 30 }),
+        ("phang", Fault::Hang(Duration::from_secs(3))),
+        ("preset", Fault::Reset),
+        ("pctx", Fault::ContextWindow),
+        ("p401", Fault::Unauthorized),
+    ];
+    let client = reqwest::Client::new();
+    let url = format!("{}/v1/chat/completions", gateway.url);
+    for (primary, fault) in faults {
+        mock.fail_next(primary, fault, 1);
+        let before = mock.hits("backup");
+        let response = post(&client, &url, None, &chat(primary, "hello")).await;
+        assert_eq!(response.status(), 200, "{primary}");
+        assert_eq!(header(&response, "x-modelfleet-model"), "backup", "{primary}");
+        assert_eq!(header(&response, "x-modelfleet-fallback"), "true", "{primary}");
+        assert_eq!(header(&response, "x-modelfleet-attempts"), "2", "{primary}");
+        assert_eq!(mock.hits(primary), 1, "{primary} tried once");
+        assert_eq!(mock.hits("backup"), before + 1, "{primary}");
+        let body: Value = response.json().await.unwrap();
+        assert!(body["choices"][0]["message"]["content"].as_str().unwrap().starts_with("mock answer from backup"));
+    }
+
+    // A 400 is the request's fault: no retry, no fallback, OpenAI's error shape.
+    mock.fail_next("p400", Fault::BadRequest, 1);
+    let before = mock.hits("backup");
+    let response = post(&client, &url, None, &chat("p400", "hello")).await;
+    assert_eq!(response.status(), 400);
+    assert_eq!(header(&response, "x-modelfleet-attempts"), "1");
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "invalid_request");
+    assert!(body["error"]["message"].as_str().unwrap().contains("p400 (bad_request"), "{body}");
+    assert_eq!((mock.hits("p400"), mock.hits("backup")), (1, before));
+
+    // Everything failing: 502, the message lists what was tried, no key leaks.
+    mock.set("backup", Behavior { fault: Some(Fault::ServerError), fault_rate: 1.0, ..Behavior::default() });
+    mock.fail_next("p500", Fault::ServerError, 5);
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let response = post(&client, &url, None, &chat("p500", "hello")).await;
+    assert_eq!(response.status(), 502);
+    let text = response.text().await.unwrap();
+    assert!(text.contains("p500 (server_error") && text.contains("backup (server_error"), "{text}");
+    assert!(!text.contains(MOCK_KEY));
+
+    // Unknown model: 404 naming it.
+    let response = post(&client, &url, None, &chat("no-such-model", "hello")).await;
+    assert_eq!(response.status(), 404);
+    assert!(response.text().await.unwrap().contains("\\\"no-such-model\\\" is neither a catalog model"));
+    gateway.stop().await;
+    mock.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_pass_through_and_a_cut_ends_with_an_error_event() {
+    let mock = MockUpstream::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let models = model("s1", 8_192, &[]) + &model("s2", 8_192, &[]);
+    let gateway = Running::start(&config(&mock, &dir, &models)).await;
+    let client = reqwest::Client::new();
+    let url = format!("{}/v1/chat/completions", gateway.url);
+
+    let mut request = chat("s1", "tell me");
+    request["stream"] = json!(true);
+    let response = post(&client, &url, None, &request).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(header(&response, "content-type"), "text/event-stream");
+    assert_eq!(header(&response, "x-modelfleet-model"), "s1");
+    let body = response.text().await.unwrap();
+    let data = events(&body);
+    assert_eq!(data.last().map(String::as_str), Some("[DONE]"));
+    let text: String = data
+        .iter()
+        .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+        .filter_map(|v| v["choices"][0]["delta"]["content"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(text, "mock answer from s1: lorem ipsum lorem ipsum lorem ipsum lorem ipsum");
+    // The gateway asked for usage; this client did not, so it got no usage chunk.
+    assert_eq!(mock.last_request("s1").unwrap()["stream_options"]["include_usage"], true);
+    assert!(!body.contains("\"usage\""));
+
+    request["stream_options"] = json!({"include_usage": true});
+    let body = post(&client, &url, None, &request).await.text().await.unwrap();
+    assert!(events(&body).iter().any(|d| d.contains("\"completion_tokens\":12")), "{body}");
+
+    // A failure before the first event falls back; one after it ends the stream with an error event.
+    mock.fail_next("s1", Fault::ServerError, 1);
+    let response = post(&client, &url, None, &request).await;
+    assert_eq!(header(&response, "x-modelfleet-model"), "s2", "{:?}", response.headers());
+    assert!(response.text().await.unwrap().ends_with("data: [DONE]\n\n"));
+
+    mock.fail_next("s2", Fault::CutAfter(2), 1);
+    let mut cut = chat("s2", "tell me");
+    cut["stream"] = json!(true);
+    let response = post(&client, &url, None, &cut).await;
+    assert_eq!(response.status(), 200);
+    let data = events(&response.text().await.unwrap());
+    let last: Value = serde_json::from_str(data.last().unwrap()).unwrap_or_else(|e| panic!("{e}: {data:?}"));
+    assert_eq!(last["error"]["code"], "stream_interrupted", "{data:?}");
+    assert!(!data.iter().any(|d| d == "[DONE]"));
+    // Counted as the model's failure, and its tokens so far were still recorded.
+    let stats = gateway.fleet.monitor().model_stats("s2");
+    assert_eq!(stats.totals.failures, 1, "{stats:?}");
+    let metrics: Value = client.get(format!("{}/v1/metrics", gateway.url)).send().await.unwrap().json().await.unwrap();
+    assert_eq!(metrics["gauges"]["modelfleet_gateway_stream_failures"], 1.0, "{metrics}");
+    gateway.stop().await;
+    mock.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_is_priced_exactly_budgets_refuse_and_identical_requests_hit_the_cache() {
+    let mock = MockUpstream::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let body = model("m", 8_192, &[])
+        + "\n[[server.api_keys]]\nname = \"app\"\nkey_env = \"KEY_CLIENT\"\nrole = \"client\"\n\
+           \n[[server.api_keys]]\nname = \"tight\"\nkey_env = \"KEY_TIGHT\"\nrole = \"client\"\nmonthly_budget = \"0.00001\"\n\
+           \n[cache]\nenabled = true\nttl_secs = 60\n";
+    let gateway = Running::start(&config(&mock, &dir, &body)).await;
+    let client = reqwest::Client::new();
+    let url = format!("{}/v1/chat/completions", gateway.url);
+    let request = chat("m", "what does this cost exactly?");
+
+    let response = post(&client, &url, Some(CLIENT_KEY), &request).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(header(&response, "x-modelfleet-cache"), "miss");
+    let upstream = prompt_tokens(&mock.last_request("m").unwrap());
+    let expected = Money::from_nanos(i64::from(upstream) * 500 + 12 * 1_500);
+    let report = gateway.fleet.report().unwrap();
+    let line = report.models.iter().find(|l| l.model == "m").unwrap();
+    assert_eq!((line.requests, line.cost), (1, expected));
+    assert_eq!(report.history.iter().find(|h| h.model == "m").unwrap().cost, expected);
+
+    // The same request again: answered from the cache, the upstream not called.
+    gateway.fleet.store().flush().unwrap();
+    let response = post(&client, &url, Some(CLIENT_KEY), &request).await;
+    assert_eq!(header(&response, "x-modelfleet-cache"), "hit");
+    assert_eq!(header(&response, "x-modelfleet-model"), "m");
+    let cached: Value = response.json().await.unwrap();
+    assert!(cached["choices"][0]["message"]["content"].as_str().unwrap().starts_with("mock answer from m"));
+    assert_eq!(mock.hits("m"), 1);
+    // Another key never shares the answer.
+    let response = post(&client, &url, Some(TIGHT_KEY), &request).await;
+    assert_eq!(header(&response, "x-modelfleet-cache"), "miss");
+    let metrics: Value = client
+        .get(format!("{}/v1/metrics?category=cache", gateway.url))
+        .bearer_auth(CLIENT_KEY)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    // A client key may not read metrics.
+    assert_eq!(metrics["error"]["code"], "insufficient_role");
+
+    // The tight key spent past its $0.00001 monthly budget: refused before any call.
+    let hits = mock.hits("m");
+    let mut other = chat("m", "a different question");
+    other["max_tokens"] = json!(1);
+    let response = post(&client, &url, Some(TIGHT_KEY), &other).await;
+    let status = response.status();
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(body["error"]["code"], "budget_exceeded", "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("key:tight"), "{body}");
+    assert_eq!(mock.hits("m"), hits);
+    gateway.stop().await;
+    mock.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn roles_guard_every_endpoint_and_the_admin_api_edits_the_catalog() {
+    let mock = MockUpstream::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let body = model("m", 8_192, &[])
+        + "\n[[server.api_keys]]\nname = \"app\"\nkey_env = \"KEY_CLIENT\"\nrole = \"client\"\n\
+           \n[[server.api_keys]]\nname = \"ops\"\nkey_env = \"KEY_ADMIN\"\nrole = \"admin\"\n\
+           \n[[server.api_keys]]\nname = \"prom\"\nkey_env = \"KEY_METRICS\"\nrole = \"metrics\"\n";
+    let gateway = Running::start(&config(&mock, &dir, &body)).await;
+    let client = reqwest::Client::new();
+    let get = |path: &str, key: Option<&str>| {
+        let mut request = client.get(format!("{}{path}", gateway.url));
+        if let Some(key) = key {
+            request = request.bearer_auth(key);
+        }
+        request.send()
+    };
+    for path in ["/v1/models", "/v1/metrics", "/metrics", "/health/live", "/health/ready", "/v1/admin/models"] {
+        assert_eq!(get(path, None).await.unwrap().status(), 401, "{path}");
+        assert_eq!(get(path, Some("wrong")).await.unwrap().status(), 401, "{path}");
+        assert_eq!(get(path, Some(ADMIN_KEY)).await.unwrap().status(), 200, "{path}");
+    }
+    assert_eq!(get("/v1/models", Some(CLIENT_KEY)).await.unwrap().status(), 200);
+    assert_eq!(get("/v1/admin/models", Some(CLIENT_KEY)).await.unwrap().status(), 403);
+    assert_eq!(get("/metrics", Some(CLIENT_KEY)).await.unwrap().status(), 403);
+    assert_eq!(get("/metrics", Some(METRICS_KEY)).await.unwrap().status(), 200);
+    assert_eq!(get("/v1/models", Some(METRICS_KEY)).await.unwrap().status(), 403);
+    let completions = format!("{}/v1/chat/completions", gateway.url);
+    assert_eq!(post(&client, &completions, Some(METRICS_KEY), &chat("m", "x")).await.status(), 403);
+    assert_eq!(post(&client, &completions, Some(CLIENT_KEY), &chat("m", "x")).await.status(), 200);
+
+    // Admin: add a model, disable it, see it leave /v1/models.
+    let added: Value = json!({"id": "m2", "provider": "mock", "upstream": "m2", "context_window": 8192,
+        "quality": 0.6, "languages": ["en"], "categories": ["general"]});
+    let admin_models = format!("{}/v1/admin/models", gateway.url);
+    let response = client.post(&admin_models).bearer_auth(ADMIN_KEY).json(&added).send().await.unwrap();
+    assert_eq!(response.status(), 201);
+    let response = client.post(&admin_models).bearer_auth(ADMIN_KEY).json(&added).send().await.unwrap();
+    assert_eq!(response.status(), 409);
+    let bad = json!({"id": "m3", "provider": "nowhere"});
+    let response = client.post(&admin_models).bearer_auth(ADMIN_KEY).json(&bad).send().await.unwrap();
+    assert_eq!(response.status(), 400);
+    assert!(response.text().await.unwrap().contains("\\\"nowhere\\\" is not configured"));
+    let listed = |v: &Value, id: &str| v["data"].as_array().unwrap().iter().any(|m| m["id"] == id);
+    let models: Value = get("/v1/models", Some(CLIENT_KEY)).await.unwrap().json().await.unwrap();
+    assert!(listed(&models, "m2") && listed(&models, "auto"));
+    let response = client.post(format!("{admin_models}/m2/disable")).bearer_auth(ADMIN_KEY).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let models: Value = get("/v1/models", Some(CLIENT_KEY)).await.unwrap().json().await.unwrap();
+    assert!(!listed(&models, "m2"));
+    let budgets = get("/v1/admin/budgets", Some(ADMIN_KEY)).await.unwrap();
+    assert_eq!(budgets.status(), 200);
+    let report: Value = get("/v1/admin/report", Some(ADMIN_KEY)).await.unwrap().json().await.unwrap();
+    assert_eq!(report["models"][0]["model"], "m");
+
+    // Explain: ranked candidates with scores, rejected ones with reasons.
+    let explain = format!("{}/v1/route/explain", gateway.url);
+    let body = json!({"modelfleet": {"min_quality": 0.65}});
+    let explained: Value =
+        client.post(&explain).bearer_auth(CLIENT_KEY).json(&body).send().await.unwrap().json().await.unwrap();
+    assert_eq!(explained["ranked"][0]["model"], "m", "{explained}");
+    assert!(explained["text"].as_str().unwrap().contains("m2"), "{explained}");
+    gateway.stop().await;
+    mock.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_metrics_endpoint_validates_updates_in_real_time_and_leaks_nothing() {
+    let mock = MockUpstream::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let gateway = Running::start(&config(&mock, &dir, &model("m", 8_192, &[]))).await;
+    let client = reqwest::Client::new();
+    let metrics = |query: &str| client.get(format!("{}/v1/metrics{query}", gateway.url)).send();
+
+    let first: Value = metrics("").await.unwrap().json().await.unwrap();
+    let secret_prompt = "my secret prompt text";
+    post(&client, &format!("{}/v1/chat/completions", gateway.url), None, &chat("m", secret_prompt)).await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let response = metrics("?format=json").await.unwrap();
+    assert_eq!(response.status(), 200);
+    let text = response.text().await.unwrap();
+    let second: Value = serde_json::from_str(&text).unwrap();
+    let total = |v: &Value| v["throughput"]["total_requests"].as_u64().unwrap();
+    assert_eq!(total(&second) - total(&first), 1, "{second}");
+    assert!(second["uptime_seconds"].as_f64() > first["uptime_seconds"].as_f64(), "{first} {second}");
+    for leak in [secret_prompt, MOCK_KEY, &dir.path().display().to_string(), "fleet.db"] {
+        assert!(!text.contains(leak), "{leak} leaked");
+    }
+
+    let only: Value = metrics("?category=cache,latency").await.unwrap().json().await.unwrap();
+    assert!(only.get("cache").is_some() && only.get("latency").is_some() && only.get("models").is_none(), "{only}");
+    let response = metrics("?category=cache,bogus").await.unwrap();
+    assert_eq!(response.status(), 400);
+    assert!(response.text().await.unwrap().contains("bogus"));
+    let response = metrics("?format=xml").await.unwrap();
+    assert_eq!(response.status(), 400);
+    for method in [reqwest::Method::POST, reqwest::Method::PUT, reqwest::Method::DELETE] {
+        let response = client.request(method.clone(), format!("{}/v1/metrics", gateway.url)).send().await.unwrap();
+        assert_eq!(response.status(), 405, "{method}");
+    }
+    let response = client
+        .get(format!("{}/v1/metrics", gateway.url))
+        .header("origin", "https://dashboard.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(header(&response, "access-control-allow-origin"), "*");
+
+    let prometheus = metrics("?format=prometheus").await.unwrap();
+    assert!(header(&prometheus, "content-type").starts_with("text/plain; version=0.0.4"));
+    let scraped = client.get(format!("{}/metrics", gateway.url)).send().await.unwrap().text().await.unwrap();
+    let lines = scraped.lines().map(|l| Ok(l.to_owned()));
+    let parsed = prometheus_parse::Scrape::parse(lines).unwrap();
+    assert!(parsed.samples.iter().any(|s| s.metric == "modelfleet_requests_total"), "{scraped}");
+    assert!(!scraped.contains(secret_prompt));
+
+    let live = client.get(format!("{}/health/live", gateway.url)).send().await.unwrap();
+    assert_eq!(live.status(), 200);
+    let ready: Value = client.get(format!("{}/health/ready", gateway.url)).send().await.unwrap().json().await.unwrap();
+    assert_eq!(ready["status"], "ready");
+    let services: Vec<&str> = ready["services"].as_array().unwrap().iter().filter_map(|s| s["name"].as_str()).collect();
+    assert!(services.contains(&"store") && services.contains(&"router"), "{ready}");
+    gateway.stop().await;
+    mock.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_finishes_a_stream_in_flight_and_flushes_the_store() {
+    let mock = MockUpstream::start().await.unwrap();
+    mock.set("slow", Behavior { chunk_interval: Duration::from_millis(40), chunks: 6, ..Behavior::default() });
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(&mock, &dir, &model("slow", 8_192, &[]));
+    let gateway = Running::start(&config).await;
+    let client = reqwest::Client::new();
+    let mut request = chat("slow", "stream slowly");
+    request["stream"] = json!(true);
+    let response = post(&client, &format!("{}/v1/chat/completions", gateway.url), None, &request).await;
+    let mut body = response.bytes_stream();
+    let first = body.next().await.unwrap().unwrap();
+    assert!(first.starts_with(b"data: "));
+    let url = gateway.url.clone();
+    let gateway_fleet = Arc::clone(&gateway.fleet);
+    let stopping = tokio::spawn(gateway.stop());
+    let mut rest = Vec::new();
+    while let Some(piece) = body.next().await {
+        rest.extend_from_slice(&piece.unwrap());
+    }
+    let rest = String::from_utf8_lossy(&rest);
+    assert!(rest.ends_with("data: [DONE]\n\n"), "{first:?} then {rest}");
+    assert_eq!(gateway_fleet.monitor().model_stats("slow").totals.successes, 1);
+    stopping.await.unwrap();
+    assert!(client.get(format!("{url}/health/live")).send().await.is_err(), "still accepting after shutdown");
+    // Flushed: a new fleet on the same file sees the streamed request.
+    let store =
+        modelfleet::store::Store::open(dir.path().join("fleet.db"), modelfleet::store::StoreConfig::default()).unwrap();
+    let usage = store.usage().unwrap();
+    assert_eq!(usage.iter().find(|u| u.model == "slow").map(|u| u.requests), Some(1), "{usage:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupted_database_is_refused_untouched_and_serves_once_moved_aside() {
+    let mock = MockUpstream::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("fleet.db");
+    let garbage = b"this is not a database, but it is someone's data".repeat(100);
+    std::fs::write(&path, &garbage).unwrap();
+    let config = config(&mock, &dir, &model("m", 8_192, &[]));
+    let err = Gateway::bind(&config, &env).await.unwrap_err().to_string();
+    assert!(err.contains("is not an SQLite database") && err.contains("fleet.db"), "{err}");
+    assert_eq!(std::fs::read(&path).unwrap(), garbage, "the refused file was changed");
+    let kept = modelfleet::store::quarantine(&path, 1).unwrap();
+    let gateway = Running::start(&config).await;
+    let response =
+        post(&reqwest::Client::new(), &format!("{}/v1/chat/completions", gateway.url), None, &chat("m", "hi")).await;
+    assert_eq!(response.status(), 200);
+    gateway.stop().await;
+    assert_eq!(std::fs::read(kept).unwrap(), garbage);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stress_failures_and_concurrency_never_lose_a_request() {
+    let mock = MockUpstream::start().await.unwrap();
+    mock.set("flaky", Behavior { fault: Some(Fault::ServerError), fault_rate: 0.2, ..Behavior::default() });
+    let dir = tempfile::tempdir().unwrap();
+    let models = model("flaky", 8_192, &["steady"]) + &model("steady", 8_192, &[]);
+    let gateway = Running::start(&config(&mock, &dir, &models)).await;
+    let client = reqwest::Client::new();
+    let url = format!("{}/v1/chat/completions", gateway.url);
+    let mut ok = 0;
+    for i in 0..1_000 {
+        let response = post(&client, &url, None, &chat("flaky", &format!("request {i}"))).await;
+        if response.status() == 200 {
+            ok += 1;
+        }
+    }
+    assert!(ok >= 999, "{ok} of 1000 succeeded");
+    assert!(mock.hits("steady") > 0, "the fallback was never used");
+
+    let mut tasks = Vec::new();
+    for i in 0..100 {
+        let (client, url) = (client.clone(), url.clone());
+        tasks.push(tokio::spawn(
+            async move { post(&client, &url, None, &chat("steady", &format!("c{i}"))).await.status() },
+        ));
+    }
+    for task in tasks {
+        assert_eq!(task.await.unwrap(), 200);
+    }
+    gateway.stop().await;
+    mock.shutdown().await;
+}
