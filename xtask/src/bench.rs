@@ -1,6 +1,6 @@
 //! `cargo xtask bench`: run the criterion benches and report against targets.
 
-use std::{fmt::Write as _, fs, path::Path, time::SystemTime};
+use std::{fmt::Write as _, fs, path::Path, process::Command, time::SystemTime};
 
 use anyhow::{Context, bail};
 use serde::Serialize;
@@ -161,6 +161,107 @@ pub(crate) fn run(quick: bool) -> anyhow::Result<()> {
         bail!("no fresh criterion result for {missing:?}: is the bench still there, under that name?");
     }
     Ok(())
+}
+
+/// `cargo xtask loadtest`: builds the `modelfleet` binary and the load
+/// generator in release mode, runs the load benchmark (mock upstream in the
+/// generator, the gateway as a child process), and adds its figures to
+/// `target/bench-report.json` (key `load`) and `target/bench-report.md`.
+pub(crate) fn loadtest(quick: bool) -> anyhow::Result<()> {
+    for package in [
+        ["--package", "modelfleet-cli", "--bin", "modelfleet"],
+        ["--package", "modelfleet-benches", "--bin", "loadtest"],
+    ] {
+        let status =
+            cargo().args(["build", "--release", "--locked"]).args(package).status().context("running cargo build")?;
+        if !status.success() {
+            bail!("cargo build {package:?} failed ({status})");
+        }
+    }
+    let out = root().join("target");
+    let release = out.join("release");
+    let report_path = out.join("loadtest.json");
+    let mut command = Command::new(release.join("loadtest"));
+    command.arg("--gateway-bin").arg(release.join("modelfleet")).arg("--out").arg(&report_path);
+    if quick {
+        command.arg("--quick");
+    }
+    let status = command.status().context("running the load generator")?;
+    if !status.success() {
+        bail!("the load benchmark failed ({status}); its output is above");
+    }
+    let load: serde_json::Value = serde_json::from_str(
+        &fs::read_to_string(&report_path).with_context(|| format!("reading {}", report_path.display()))?,
+    )
+    .context("parsing the load report")?;
+    let json_path = out.join("bench-report.json");
+    let mut report: serde_json::Value = fs::read_to_string(&json_path)
+        .ok()
+        .and_then(|text| serde_json::from_str(&text).ok())
+        .unwrap_or_else(|| serde_json::json!({"benchmarks": []}));
+    report["load"] = load.clone();
+    fs::write(&json_path, serde_json::to_string_pretty(&report)? + "\n").context("writing target/bench-report.json")?;
+    let md_path = out.join("bench-report.md");
+    let mut markdown = fs::read_to_string(&md_path).unwrap_or_else(|_| String::from("# Benchmark report\n"));
+    if let Some(start) = markdown.find("\n## Gateway load") {
+        markdown.truncate(start);
+    }
+    markdown.push_str(&load_markdown(&load));
+    fs::write(&md_path, &markdown).context("writing target/bench-report.md")?;
+    println!("{}", load_markdown(&load));
+    println!("added to target/bench-report.json (\"load\") and target/bench-report.md");
+    Ok(())
+}
+
+fn load_markdown(load: &serde_json::Value) -> String {
+    let f = |pointer: &str| load.pointer(pointer).and_then(serde_json::Value::as_f64).unwrap_or(f64::NAN);
+    let met =
+        |pointer: &str| if load.pointer(pointer) == Some(&serde_json::Value::Bool(true)) { "yes" } else { "**no**" };
+    let mut out = String::from("\n## Gateway load (mock upstream, generator and gateway on this machine)\n\n");
+    if load.get("quick") == Some(&serde_json::Value::Bool(true)) {
+        out.push_str("Quick run: a smoke check, not a measurement to quote.\n\n");
+    }
+    out.push_str("| measure | value | target | met |\n|---|---:|---:|:---:|\n");
+    let _ = writeln!(
+        out,
+        "| throughput, closed loop | {:.0} req/s | ≥ 5,000 req/s | {} |",
+        f("/throughput/requests_per_second"),
+        met("/throughput/met")
+    );
+    let _ = writeln!(
+        out,
+        "| added latency p50 at 1,000 req/s | {:.0} µs | ≤ 150 µs | {} |",
+        f("/latency_1000rps/added_p50_us"),
+        if f("/latency_1000rps/added_p50_us") <= 150.0 { "yes" } else { "**no**" }
+    );
+    let _ = writeln!(
+        out,
+        "| added latency p99 at 1,000 req/s | {:.0} µs | ≤ 1,000 µs | {} |",
+        f("/latency_1000rps/added_p99_us"),
+        if f("/latency_1000rps/added_p99_us") <= 1000.0 { "yes" } else { "**no**" }
+    );
+    let _ = writeln!(
+        out,
+        "| gateway p50 / p95 / p99 at 1,000 req/s | {:.0} / {:.0} / {:.0} µs | p95 < 2 × p50 | {} |",
+        f("/latency_1000rps/gateway/p50_us"),
+        f("/latency_1000rps/gateway/p95_us"),
+        f("/latency_1000rps/gateway/p99_us"),
+        if f("/latency_1000rps/gateway_p95_over_p50") < 2.0 { "yes" } else { "**no**" }
+    );
+    let _ = writeln!(
+        out,
+        "| direct to the mock p50 / p99 | {:.0} / {:.0} µs | — | — |",
+        f("/latency_1000rps/direct/p50_us"),
+        f("/latency_1000rps/direct/p99_us")
+    );
+    let _ = writeln!(
+        out,
+        "| gateway RSS after the run / growth second half | {:.1} MiB / {:.2} % | ≤ 64 MB / ≤ 5 % | {} |",
+        f("/memory/rss_mb_at_full"),
+        f("/memory/growth_percent_half_to_full"),
+        met("/memory/met")
+    );
+    out
 }
 
 /// The median of `name` from criterion's `estimates.json`, if written since `since`.

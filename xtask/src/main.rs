@@ -5,6 +5,8 @@
 //! - `bench [--quick]`: runs the criterion benches and writes
 //!   `target/bench-report.json` and `target/bench-report.md` against the
 //!   targets in [`bench::TARGETS`].
+//! - `loadtest [--quick]`: the gateway's load benchmark (the `loadtest`
+//!   binary of `benches/`), its figures added to the same report.
 //!
 //! The tidy checks live in `tidy.rs` as ordinary tests, run by `ci`.
 
@@ -25,6 +27,9 @@ commands:
   ci              fmt, clippy -D warnings, tests + doctests, docs -D warnings,
                   tidy checks, cargo-deny (when installed); stops at the first red step
   bench [--quick] run the criterion benches, write target/bench-report.{json,md}
+  loadtest [--quick]
+                  the gateway under load (mock upstream, release builds); adds
+                  throughput, latency and memory to target/bench-report.{json,md}
   help            this text";
 
 fn main() -> ExitCode {
@@ -34,6 +39,8 @@ fn main() -> ExitCode {
         ["ci"] => ci::run(),
         ["bench"] => bench::run(false),
         ["bench", "--quick"] => bench::run(true),
+        ["loadtest"] => bench::loadtest(false),
+        ["loadtest", "--quick"] => bench::loadtest(true),
         [] | ["help" | "--help" | "-h"] => {
             println!("{USAGE}");
             return ExitCode::SUCCESS;

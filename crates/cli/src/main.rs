@@ -82,6 +82,9 @@ enum Command {
         /// The database file instead of the configured one.
         #[arg(long)]
         db: Option<PathBuf>,
+        /// Runtime worker threads (default: one per core; 1 runs everything on one thread).
+        #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
+        workers: Option<u16>,
     },
     /// The model catalog.
     Models {
@@ -307,7 +310,9 @@ fn run(cli: Cli) -> anyhow::Result<Result<(), CheckFailed>> {
             demo::run(&demo::DemoArgs { requests, seed, concurrency: concurrency.max(1), db, json })?;
             Ok(Ok(()))
         }
-        Command::Serve { config, listen, db } => serve::run(serve::ServeArgs { config, listen, db }),
+        Command::Serve { config, listen, db, workers } => {
+            serve::run(serve::ServeArgs { config, listen, db, workers: workers.map(usize::from) })
+        }
         Command::Models { action } => models(action),
         Command::Select(args) => select(&args, false),
         Command::Explain(args) => select(&args, true),

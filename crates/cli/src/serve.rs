@@ -12,6 +12,7 @@ pub(crate) struct ServeArgs {
     pub(crate) config: Option<PathBuf>,
     pub(crate) listen: Option<SocketAddr>,
     pub(crate) db: Option<PathBuf>,
+    pub(crate) workers: Option<usize>,
 }
 
 /// The embedded default: the default catalog, every provider simulated.
@@ -57,7 +58,16 @@ pub(crate) fn run(args: ServeArgs) -> anyhow::Result<Result<(), CheckFailed>> {
     if args.db.is_some() {
         config.store.path = args.db;
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    // One worker: a current-thread runtime (no cross-thread wake-ups; one core).
+    let mut builder = if args.workers == Some(1) {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    if let Some(n) = args.workers.filter(|n| *n > 1) {
+        builder.worker_threads(n);
+    }
+    let runtime = builder.enable_all().build()?;
     runtime.block_on(async {
         let gateway = Gateway::bind(&config, &env).await?;
         eprintln!("modelfleet gateway on http://{} (Ctrl-C or SIGTERM stops it)", gateway.local_addr());

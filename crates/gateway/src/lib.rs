@@ -69,6 +69,7 @@ use std::{
     time::Duration,
 };
 
+use axum::serve::ListenerExt;
 use modelfleet::{Fleet, FleetOptions, config::Config};
 use tokio::net::TcpListener;
 use tokio_util::task::TaskTracker;
@@ -127,6 +128,14 @@ fn effective_listen(config: &Config) -> SocketAddr {
         return SocketAddr::new(loopback, listen.port());
     }
     listen
+}
+
+/// Sends small writes (SSE events, short answers) at once instead of
+/// waiting for Nagle's algorithm to fill a segment.
+fn nodelay(stream: &mut tokio::net::TcpStream) {
+    if let Err(err) = stream.set_nodelay(true) {
+        tracing::debug!(%err, "could not set TCP_NODELAY");
+    }
 }
 
 impl Gateway {
@@ -193,7 +202,7 @@ impl Gateway {
             let router = app::metrics_router(Arc::clone(&app));
             let mut stop = stop_rx.clone();
             tokio::spawn(async move {
-                let _ = axum::serve(listener, router)
+                let _ = axum::serve(listener.tap_io(nodelay), router)
                     .with_graceful_shutdown(async move {
                         let _ = stop.wait_for(|s| *s).await;
                     })
@@ -202,7 +211,7 @@ impl Gateway {
         });
         let router = app::router(Arc::clone(&app), app.max_body);
         let mut stop = stop_rx;
-        let served = axum::serve(listener, router)
+        let served = axum::serve(listener.tap_io(nodelay), router)
             .with_graceful_shutdown(async move {
                 let _ = stop.wait_for(|s| *s).await;
             })

@@ -31,7 +31,8 @@ enum Upstream {
 
 struct OpenAi {
     client: reqwest::Client,
-    url: String,
+    /// Parsed once: parsing per request (IDNA included) showed in profiles.
+    url: reqwest::Url,
     /// `Bearer <key>`, marked sensitive so it never shows in debug output.
     auth: Option<HeaderValue>,
     /// The variable named in the config when it was not set.
@@ -87,7 +88,8 @@ impl Upstreams {
                     };
                     Upstream::OpenAi(OpenAi {
                         client,
-                        url: format!("{}/chat/completions", base.trim_end_matches('/')),
+                        url: reqwest::Url::parse(&format!("{}/chat/completions", base.trim_end_matches('/')))
+                            .map_err(|e| format!("providers[{i}].base_url: {base:?} is not a URL: {e}"))?,
                         auth,
                         missing_key,
                         request_timeout: Duration::from_millis(provider.request_timeout_ms),
@@ -194,7 +196,7 @@ impl OpenAi {
         let body = json_bytes(&Outgoing { body: &chat.body, model: model.upstream_name(), stream: chat.stream });
         let mut request = self
             .client
-            .post(&self.url)
+            .post(self.url.clone())
             .timeout(timeout)
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .body(body);

@@ -50,6 +50,7 @@ use axum::{
     http::{HeaderMap, StatusCode, header},
     response::{IntoResponse, Response},
     routing::post,
+    serve::ListenerExt,
 };
 use futures_util::StreamExt;
 use serde_json::{Value, json};
@@ -159,6 +160,9 @@ impl MockUpstream {
             .with_state(Arc::clone(&shared));
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(async move {
+            let listener = listener.tap_io(|tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
             let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
                 let _ = stopped.await;
             });

@@ -1,0 +1,341 @@
+//! The gateway's load benchmark (run by `cargo xtask loadtest`): starts the
+//! mock upstream in this process and `modelfleet serve` as a child process,
+//! then drives HTTP load over loopback and writes the figures as JSON.
+//!
+//! Phases: a warm-up; a closed-loop phase at full speed (throughput) that
+//! also carries the gateway to 50k and 100k requests, where its RSS is read;
+//! then a constant-arrival phase at 1,000 requests/s, once straight to the
+//! mock and once through the gateway (the difference is the latency the
+//! gateway adds), each request measured from its send.
+//!
+//! `loadtest --gateway-bin PATH --out FILE [--quick] [--workers N]`
+
+use std::{
+    io::{BufRead, BufReader},
+    path::PathBuf,
+    process::{Child, Command, ExitCode, Stdio},
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use hdrhistogram::Histogram;
+use modelfleet_mock_upstream::MockUpstream;
+use serde_json::json;
+
+struct Args {
+    gateway_bin: PathBuf,
+    out: PathBuf,
+    quick: bool,
+    /// Passed to `serve --workers`.
+    workers: Option<String>,
+}
+
+fn parse() -> Result<Args, String> {
+    let mut args = std::env::args().skip(1);
+    let (mut gateway_bin, mut out, mut quick, mut workers) = (None, None, false, None);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--gateway-bin" => gateway_bin = args.next().map(PathBuf::from),
+            "--out" => out = args.next().map(PathBuf::from),
+            "--quick" => quick = true,
+            "--workers" => workers = args.next(),
+            other => return Err(format!("unknown argument {other:?}")),
+        }
+    }
+    Ok(Args {
+        gateway_bin: gateway_bin.ok_or("--gateway-bin PATH is required")?,
+        out: out.ok_or("--out FILE is required")?,
+        quick,
+        workers,
+    })
+}
+
+/// The gateway child, killed if the benchmark stops early.
+struct Gateway {
+    child: Child,
+    addr: String,
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_gateway(bin: &PathBuf, config: &PathBuf, workers: Option<&str>) -> Result<Gateway, String> {
+    let mut command = Command::new(bin);
+    command.args(["serve", "--listen", "127.0.0.1:0", "--config"]).arg(config);
+    if let Some(workers) = workers {
+        command.args(["--workers", workers]);
+    }
+    let mut child = command
+        .env("RUST_LOG", "warn")
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot start {}: {e}", bin.display()))?;
+    let stderr = child.stderr.take().ok_or("no stderr")?;
+    let mut lines = BufReader::new(stderr).lines();
+    let mut seen = String::new();
+    let addr = loop {
+        let line = lines
+            .next()
+            .ok_or_else(|| format!("the gateway exited before listening:\n{seen}"))?
+            .map_err(|e| e.to_string())?;
+        seen.push_str(&line);
+        seen.push('\n');
+        if let Some(rest) = line.split("modelfleet gateway on http://").nth(1) {
+            break rest.split_whitespace().next().unwrap_or_default().to_owned();
+        }
+    };
+    // Keep draining its stderr so it never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    Ok(Gateway { child, addr })
+}
+
+/// Resident memory of `pid` in MiB, from /proc.
+fn rss_mb(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kb: f64 = status.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+const BODY: &str =
+    r#"{"model":"m","messages":[{"role":"user","content":"a short question for the load test"}],"max_tokens":16}"#;
+
+async fn one(client: &reqwest::Client, url: &str) -> bool {
+    match client.post(url).header("content-type", "application/json").body(BODY).send().await {
+        Ok(response) => {
+            let ok = response.status().is_success();
+            ok && response.bytes().await.is_ok()
+        }
+        Err(_) => false,
+    }
+}
+
+/// Closed loop: `workers` clients back to back for `duration`, or until
+/// `sent` (shared by every phase) reaches `stop_at`. Returns the requests
+/// done, those that failed, and the seconds taken.
+async fn closed_loop(
+    client: &reqwest::Client,
+    url: &str,
+    workers: usize,
+    duration: Duration,
+    sent: &Arc<AtomicU64>,
+    stop_at: u64,
+) -> (u64, u64, f64) {
+    let done = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..workers {
+        let (client, url, done, failed, stop, sent) = (
+            client.clone(),
+            url.to_owned(),
+            Arc::clone(&done),
+            Arc::clone(&failed),
+            Arc::clone(&stop),
+            Arc::clone(sent),
+        );
+        tasks.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                if !one(&client, &url).await {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                }
+                done.fetch_add(1, Ordering::Relaxed);
+                if sent.fetch_add(1, Ordering::Relaxed) + 1 >= stop_at || started.elapsed() >= duration {
+                    stop.store(true, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    for task in tasks {
+        let _ = task.await;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    (done.load(Ordering::Relaxed), failed.load(Ordering::Relaxed), secs)
+}
+
+/// Constant arrival at `rate` per second for `duration`: latency of each
+/// request from its scheduled time, in microseconds.
+async fn constant_arrival(
+    client: &reqwest::Client,
+    url: &str,
+    rate: u32,
+    duration: Duration,
+) -> Result<(Histogram<u64>, u64), String> {
+    let histogram =
+        Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).map_err(|e| e.to_string())?));
+    let failed = Arc::new(AtomicU64::new(0));
+    let period = Duration::from_secs_f64(1.0 / f64::from(rate));
+    let total = duration.as_secs() * u64::from(rate);
+    let start = tokio::time::Instant::now();
+    let mut tasks = Vec::new();
+    for i in 0..total {
+        let scheduled = start + period.mul_f64(i as f64);
+        tokio::time::sleep_until(scheduled).await;
+        let (client, url, histogram, failed) =
+            (client.clone(), url.to_owned(), Arc::clone(&histogram), Arc::clone(&failed));
+        tasks.push(tokio::spawn(async move {
+            // From the send, not the tick: tokio's timer fires up to 1 ms
+            // late, noise of the generator's own that would hide the
+            // gateway's microseconds. A request the system delays still
+            // waits in the connection pool after its start, and counts.
+            let sent = tokio::time::Instant::now().max(scheduled);
+            let ok = one(&client, &url).await;
+            let micros = u64::try_from(sent.elapsed().as_micros()).unwrap_or(u64::MAX).max(1);
+            if ok {
+                let _ = histogram.lock().unwrap_or_else(PoisonError::into_inner).record(micros);
+            } else {
+                failed.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    for task in tasks {
+        let _ = task.await;
+    }
+    let histogram = histogram.lock().unwrap_or_else(PoisonError::into_inner).clone();
+    Ok((histogram, failed.load(Ordering::Relaxed)))
+}
+
+fn percentiles(h: &Histogram<u64>) -> serde_json::Value {
+    json!({
+        "count": h.len(),
+        "p50_us": h.value_at_quantile(0.50),
+        "p90_us": h.value_at_quantile(0.90),
+        "p95_us": h.value_at_quantile(0.95),
+        "p99_us": h.value_at_quantile(0.99),
+        "max_us": h.max(),
+    })
+}
+
+async fn run(args: Args) -> Result<serde_json::Value, String> {
+    let mock = MockUpstream::start().await.map_err(|e| format!("mock upstream: {e}"))?;
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let config = dir.path().join("load.toml");
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:8080\"\n\n[store]\npath = \"{}\"\n\n[[providers]]\nname = \"mock\"\nkind = \
+         \"openai\"\nbase_url = \"{}\"\n\n[[models]]\nid = \"m\"\nprovider = \"mock\"\ncontext_window = \
+         8192\ninput_price_per_mtok = \"0.50\"\noutput_price_per_mtok = \"1.50\"\nquality = 0.7\nlanguages = \
+         [\"en\"]\ncategories = [\"general\"]\n\n[cache]\nenabled = false\n",
+        dir.path().join("load.db").display(),
+        mock.base_url()
+    );
+    std::fs::write(&config, text).map_err(|e| e.to_string())?;
+    let gateway = start_gateway(&args.gateway_bin, &config, args.workers.as_deref())?;
+    let pid = gateway.child.id();
+    let client =
+        reqwest::Client::builder().pool_max_idle_per_host(256).tcp_nodelay(true).build().map_err(|e| e.to_string())?;
+    let via_gateway = format!("http://{}/v1/chat/completions", gateway.addr);
+    let direct = format!("{}/chat/completions", mock.base_url());
+    let (scale, seconds) = if args.quick { (10, 2) } else { (1, 10) };
+    let sent = Arc::new(AtomicU64::new(0));
+
+    eprintln!("warm-up…");
+    closed_loop(&client, &via_gateway, 16, Duration::from_secs(2), &sent, 5_000).await;
+    let rss_start = rss_mb(pid);
+
+    eprintln!("throughput (closed loop, 32 connections) up to 50k requests…");
+    let half = 50_000 / scale;
+    let (done_a, failed_a, secs_a) = closed_loop(&client, &via_gateway, 32, Duration::from_mins(1), &sent, half).await;
+    let rss_50k = rss_mb(pid);
+    eprintln!("… and on to 100k…");
+    let (done_b, failed_b, secs_b) =
+        closed_loop(&client, &via_gateway, 32, Duration::from_mins(1), &sent, 2 * half).await;
+    let rss_100k = rss_mb(pid);
+    let throughput = (done_a + done_b) as f64 / (secs_a + secs_b);
+    let total_sent = sent.load(Ordering::Relaxed);
+
+    // Interleaved one-second blocks, so a drift of this noisy machine hits both alike.
+    eprintln!(
+        "constant arrival, 1000/s, {seconds}s straight to the mock and {seconds}s through the gateway, interleaved…"
+    );
+    let mut direct_h = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).map_err(|e| e.to_string())?;
+    let mut gateway_h = direct_h.clone();
+    let (mut direct_failed, mut gateway_failed) = (0, 0);
+    for _ in 0..seconds {
+        let (h, f) = constant_arrival(&client, &direct, 1_000, Duration::from_secs(1)).await?;
+        direct_h.add(&h).map_err(|e| e.to_string())?;
+        direct_failed += f;
+        let (h, f) = constant_arrival(&client, &via_gateway, 1_000, Duration::from_secs(1)).await?;
+        gateway_h.add(&h).map_err(|e| e.to_string())?;
+        gateway_failed += f;
+    }
+    let added = |q: f64| gateway_h.value_at_quantile(q) as f64 - direct_h.value_at_quantile(q) as f64;
+    let growth = match (rss_50k, rss_100k) {
+        (Some(a), Some(b)) if a > 0.0 => Some((b - a) / a * 100.0),
+        _ => None,
+    };
+    drop(gateway);
+    mock.shutdown().await;
+    Ok(json!({
+        "quick": args.quick,
+        "gateway_workers": args.workers,
+        "throughput": {
+            "requests": done_a + done_b,
+            "failed": failed_a + failed_b,
+            "seconds": secs_a + secs_b,
+            "requests_per_second": throughput,
+            "target_rps": 5000,
+            "met": throughput >= 5000.0,
+        },
+        "latency_1000rps": {
+            "direct": percentiles(&direct_h),
+            "gateway": percentiles(&gateway_h),
+            "direct_failed": direct_failed,
+            "gateway_failed": gateway_failed,
+            "added_p50_us": added(0.50),
+            "added_p99_us": added(0.99),
+            "target_added_p50_us": 150,
+            "target_added_p99_us": 1000,
+            "gateway_p95_over_p50": gateway_h.value_at_quantile(0.95) as f64 / gateway_h.value_at_quantile(0.50).max(1) as f64,
+            "met": added(0.50) <= 150.0 && added(0.99) <= 1000.0,
+        },
+        "memory": {
+            "requests_through_gateway": total_sent,
+            "rss_mb_after_warmup": rss_start,
+            "rss_mb_at_half": rss_50k,
+            "rss_mb_at_full": rss_100k,
+            "growth_percent_half_to_full": growth,
+            "target_rss_mb": 64,
+            "met": rss_100k.is_some_and(|r| r <= 64.0) && growth.is_some_and(|g| g <= 5.0),
+        },
+    }))
+}
+
+fn main() -> ExitCode {
+    let args = match parse() {
+        Ok(args) => args,
+        Err(message) => {
+            eprintln!("error: {message}\nusage: loadtest --gateway-bin PATH --out FILE [--quick] [--workers N]");
+            return ExitCode::from(2);
+        }
+    };
+    let out = args.out.clone();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: {err}");
+            return ExitCode::from(3);
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(report) => {
+            let text = serde_json::to_string_pretty(&report).unwrap_or_default();
+            println!("{text}");
+            if let Err(err) = std::fs::write(&out, text + "\n") {
+                eprintln!("error: cannot write {}: {err}", out.display());
+                return ExitCode::from(3);
+            }
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("error: {err}");
+            ExitCode::from(3)
+        }
+    }
+}
