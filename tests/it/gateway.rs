@@ -502,3 +502,67 @@ async fn stress_failures_and_concurrency_never_lose_a_request() {
     gateway.stop().await;
     mock.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_gone_mid_stream_is_still_charged_and_limits_hold() {
+    let mock = MockUpstream::start().await.unwrap();
+    mock.set("slow", Behavior { chunk_interval: Duration::from_millis(30), chunks: 8, ..Behavior::default() });
+    let dir = tempfile::tempdir().unwrap();
+    let body =
+        model("slow", 8_192, &[]) + "\n[[routes]]\nname = \"any-en\"\n[routes.requirements]\nlanguage = \"en\"\n";
+    let gateway = Running::start(&config(&mock, &dir, &body)).await;
+    let client = reqwest::Client::new();
+    let url = format!("{}/v1/chat/completions", gateway.url);
+
+    let mut request = chat("slow", "stream, then I leave");
+    request["stream"] = json!(true);
+    let response = post(&client, &url, None, &request).await;
+    let mut body = response.bytes_stream();
+    assert!(body.next().await.unwrap().unwrap().starts_with(b"data: "));
+    drop(body);
+    // The relay notices, stops reading upstream and settles: one request, tokens estimated, cost charged.
+    let mut stats = gateway.fleet.monitor().model_stats("slow");
+    for _ in 0..100 {
+        if stats.totals.requests == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        stats = gateway.fleet.monitor().model_stats("slow");
+    }
+    assert_eq!((stats.totals.requests, stats.totals.failures), (1, 0), "{stats:?}");
+    assert!(stats.totals.tokens.input > 0 && stats.totals.cost > Money::ZERO, "{stats:?}");
+    let metrics: Value =
+        client.get(format!("{}/v1/metrics?category=gauges", gateway.url)).send().await.unwrap().json().await.unwrap();
+    assert_eq!(metrics["gauges"]["modelfleet_gateway_client_disconnects"], 1.0, "{metrics}");
+
+    // A route name as the model.
+    let response = post(&client, &url, None, &chat("any-en", "hi")).await;
+    assert_eq!((response.status().as_u16(), header(&response, "x-modelfleet-model")), (200, "slow"));
+    // A route carries its own requirements: an extension with it is refused, naming why.
+    let mut both = chat("any-en", "hi");
+    both["modelfleet"] = json!({"min_quality": 0.9});
+    let response = post(&client, &url, None, &both).await;
+    assert_eq!(response.status(), 400);
+    // Bodies over server.max_body_bytes (64 KiB here) are refused with 413.
+    let huge = chat("slow", &"x".repeat(70_000));
+    let response = post(&client, &url, None, &huge).await;
+    assert_eq!(response.status(), 413);
+    assert!(response.text().await.unwrap().contains("server.max_body_bytes"));
+    // Broken JSON: 400 naming the problem.
+    let response = client.post(&url).body("{\"model\": ").send().await.unwrap();
+    assert_eq!(response.status(), 400);
+    assert!(response.text().await.unwrap().contains("not valid JSON"));
+
+    // The admin API updates a model in place (no keys configured: open on loopback).
+    let mut spec: Value =
+        client.get(format!("{}/v1/admin/models/slow", gateway.url)).send().await.unwrap().json().await.unwrap();
+    spec["quality"] = json!(0.9);
+    let response = client.put(format!("{}/v1/admin/models/slow", gateway.url)).json(&spec).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(gateway.fleet.catalog().get("slow").unwrap().quality, Some(0.9));
+    spec["id"] = json!("other");
+    let response = client.put(format!("{}/v1/admin/models/slow", gateway.url)).json(&spec).send().await.unwrap();
+    assert_eq!(response.status(), 400);
+    gateway.stop().await;
+    mock.shutdown().await;
+}

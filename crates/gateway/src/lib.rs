@@ -228,3 +228,36 @@ impl Gateway {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(server: &str) -> Config {
+        let text = format!("[server]\n{server}\n[[providers]]\nname = \"sim\"\nkind = \"simulated\"\n");
+        let env = |name: &str| (name == "K").then(|| "secret".to_owned());
+        let options = modelfleet::config::Options {
+            env: &env,
+            check_files: false,
+            check_ports: false,
+            check_tools: false,
+            base_dir: ".".into(),
+        };
+        let report = modelfleet::config::validate(&text, &options);
+        let problems = report.to_string();
+        report.config.unwrap_or_else(|| panic!("{problems}"))
+    }
+
+    #[test]
+    fn without_keys_a_public_address_becomes_loopback_unless_allowed() {
+        let open = config("listen = \"0.0.0.0:8080\"");
+        assert_eq!(effective_listen(&open), SocketAddr::from(([127, 0, 0, 1], 8080)));
+        let allowed = config("listen = \"0.0.0.0:8080\"\nallow_unauthenticated_remote = true");
+        assert_eq!(effective_listen(&allowed), SocketAddr::from(([0, 0, 0, 0], 8080)));
+        let keyed =
+            config("listen = \"0.0.0.0:8080\"\n[[server.api_keys]]\nname = \"a\"\nkey_env = \"K\"\nrole = \"client\"");
+        assert_eq!(effective_listen(&keyed), SocketAddr::from(([0, 0, 0, 0], 8080)));
+        let v6 = config("listen = \"[::]:8080\"");
+        assert!(effective_listen(&v6).ip().is_loopback());
+    }
+}
