@@ -167,7 +167,7 @@ pub(crate) fn run(quick: bool) -> anyhow::Result<()> {
 /// generator in release mode, runs the load benchmark (mock upstream in the
 /// generator, the gateway as a child process), and adds its figures to
 /// `target/bench-report.json` (key `load`) and `target/bench-report.md`.
-pub(crate) fn loadtest(quick: bool) -> anyhow::Result<()> {
+pub(crate) fn loadtest(quick: bool, budget: bool) -> anyhow::Result<()> {
     for package in [
         ["--package", "modelfleet-cli", "--bin", "modelfleet"],
         ["--package", "modelfleet-benches", "--bin", "loadtest"],
@@ -185,6 +185,9 @@ pub(crate) fn loadtest(quick: bool) -> anyhow::Result<()> {
     command.arg("--gateway-bin").arg(release.join("modelfleet")).arg("--out").arg(&report_path);
     if quick {
         command.arg("--quick");
+    }
+    if budget {
+        command.arg("--budget");
     }
     let status = command.status().context("running the load generator")?;
     if !status.success() {
@@ -220,6 +223,9 @@ fn load_markdown(load: &serde_json::Value) -> String {
     let mut out = String::from("\n## Gateway load (mock upstream, generator and gateway on this machine)\n\n");
     if load.get("quick") == Some(&serde_json::Value::Bool(true)) {
         out.push_str("Quick run: a smoke check, not a measurement to quote.\n\n");
+    }
+    if load.get("budget") == Some(&serde_json::Value::Bool(true)) {
+        out.push_str("With a global budget: every request commits its spend to SQLite before answering.\n\n");
     }
     out.push_str("| measure | value | target | met |\n|---|---:|---:|:---:|\n");
     let _ = writeln!(

@@ -5,7 +5,7 @@
 //! - `bench [--quick]`: runs the criterion benches and writes
 //!   `target/bench-report.json` and `target/bench-report.md` against the
 //!   targets in [`bench::TARGETS`].
-//! - `loadtest [--quick]`: the gateway's load benchmark (the `loadtest`
+//! - `loadtest [--quick] [--budget]`: the gateway's load benchmark (the `loadtest`
 //!   binary of `benches/`), its figures added to the same report.
 //!
 //! The tidy checks live in `tidy.rs` as ordinary tests, run by `ci`.
@@ -27,9 +27,10 @@ commands:
   ci              fmt, clippy -D warnings, tests + doctests, docs -D warnings,
                   tidy checks, cargo-deny (when installed); stops at the first red step
   bench [--quick] run the criterion benches, write target/bench-report.{json,md}
-  loadtest [--quick]
+  loadtest [--quick] [--budget]
                   the gateway under load (mock upstream, release builds); adds
-                  throughput, latency and memory to target/bench-report.{json,md}
+                  throughput, latency and memory to target/bench-report.{json,md};
+                  --budget configures a global budget (spend committed per request)
   help            this text";
 
 fn main() -> ExitCode {
@@ -39,8 +40,9 @@ fn main() -> ExitCode {
         ["ci"] => ci::run(),
         ["bench"] => bench::run(false),
         ["bench", "--quick"] => bench::run(true),
-        ["loadtest"] => bench::loadtest(false),
-        ["loadtest", "--quick"] => bench::loadtest(true),
+        ["loadtest", flags @ ..] if flags.iter().all(|f| matches!(*f, "--quick" | "--budget")) => {
+            bench::loadtest(flags.contains(&"--quick"), flags.contains(&"--budget"))
+        }
         [] | ["help" | "--help" | "-h"] => {
             println!("{USAGE}");
             return ExitCode::SUCCESS;

@@ -8,7 +8,7 @@
 //! mock and once through the gateway (the difference is the latency the
 //! gateway adds), each request measured from its send.
 //!
-//! `loadtest --gateway-bin PATH --out FILE [--quick] [--workers N]`
+//! `loadtest --gateway-bin PATH --out FILE [--quick] [--workers N] [--budget]`
 
 use std::{
     io::{BufRead, BufReader},
@@ -31,17 +31,20 @@ struct Args {
     quick: bool,
     /// Passed to `serve --workers`.
     workers: Option<String>,
+    /// Configure a global budget.
+    budget: bool,
 }
 
 fn parse() -> Result<Args, String> {
     let mut args = std::env::args().skip(1);
-    let (mut gateway_bin, mut out, mut quick, mut workers) = (None, None, false, None);
+    let (mut gateway_bin, mut out, mut quick, mut workers, mut budget) = (None, None, false, None, false);
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--gateway-bin" => gateway_bin = args.next().map(PathBuf::from),
             "--out" => out = args.next().map(PathBuf::from),
             "--quick" => quick = true,
             "--workers" => workers = args.next(),
+            "--budget" => budget = true,
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
@@ -50,6 +53,7 @@ fn parse() -> Result<Args, String> {
         out: out.ok_or("--out FILE is required")?,
         quick,
         workers,
+        budget,
     })
 }
 
@@ -217,13 +221,17 @@ async fn run(args: Args) -> Result<serde_json::Value, String> {
     let mock = MockUpstream::start().await.map_err(|e| format!("mock upstream: {e}"))?;
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let config = dir.path().join("load.toml");
+    // The issue's minimal config: one model behind the mock, no cache. With
+    // --budget, a global budget too: every request then reserves, reconciles
+    // and commits its spend to SQLite before answering (the strict path).
     let text = format!(
         "[server]\nlisten = \"127.0.0.1:8080\"\n\n[store]\npath = \"{}\"\n\n[[providers]]\nname = \"mock\"\nkind = \
          \"openai\"\nbase_url = \"{}\"\n\n[[models]]\nid = \"m\"\nprovider = \"mock\"\ncontext_window = \
          8192\ninput_price_per_mtok = \"0.50\"\noutput_price_per_mtok = \"1.50\"\nquality = 0.7\nlanguages = \
-         [\"en\"]\ncategories = [\"general\"]\n\n[cache]\nenabled = false\n",
+         [\"en\"]\ncategories = [\"general\"]\n\n[cache]\nenabled = false\n{}",
         dir.path().join("load.db").display(),
-        mock.base_url()
+        mock.base_url(),
+        if args.budget { "\n[[budgets]]\nscope = \"global\"\nperiod = \"monthly\"\nlimit = \"1000000\"\n" } else { "" },
     );
     std::fs::write(&config, text).map_err(|e| e.to_string())?;
     let gateway = start_gateway(&args.gateway_bin, &config, args.workers.as_deref())?;
@@ -275,6 +283,7 @@ async fn run(args: Args) -> Result<serde_json::Value, String> {
     Ok(json!({
         "quick": args.quick,
         "gateway_workers": args.workers,
+        "budget": args.budget,
         "throughput": {
             "requests": done_a + done_b,
             "failed": failed_a + failed_b,
@@ -311,7 +320,9 @@ fn main() -> ExitCode {
     let args = match parse() {
         Ok(args) => args,
         Err(message) => {
-            eprintln!("error: {message}\nusage: loadtest --gateway-bin PATH --out FILE [--quick] [--workers N]");
+            eprintln!(
+                "error: {message}\nusage: loadtest --gateway-bin PATH --out FILE [--quick] [--workers N] [--budget]"
+            );
             return ExitCode::from(2);
         }
     };

@@ -286,12 +286,15 @@ impl Store {
 
     /// Adds `amount` to a budget's spend for one period; committed before returning.
     pub fn add_spend(&self, scope: &Scope, period: Period, period_start_ms: u64, amount: Money) -> Result<(), Error> {
+        // On every paid request: the statement is prepared once per connection.
         lock(&self.strict)
-            .execute(
+            .prepare_cached(
                 "INSERT INTO budget_spend (scope, period, period_start_ms, spent_nanos) VALUES (?1, ?2, ?3, ?4) \
                  ON CONFLICT (scope, period, period_start_ms) DO UPDATE SET spent_nanos = spent_nanos + excluded.spent_nanos",
-                params![encode(scope), encode(&period), to_i64(period_start_ms), amount.nanos()],
             )
+            .and_then(|mut stmt| {
+                stmt.execute(params![encode(scope), encode(&period), to_i64(period_start_ms), amount.nanos()])
+            })
             .map_err(|e| Error::sqlite("recording budget spend", &e))?;
         Ok(())
     }
