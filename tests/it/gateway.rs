@@ -43,7 +43,7 @@ fn config(mock: &MockUpstream, dir: &tempfile::TempDir, body: &str) -> Config {
     let text = format!(
         "[server]\nlisten = \"127.0.0.1:8080\"\nmax_body_bytes = 65536\n{body}\n[store]\npath = \"{}\"\nbatch_wait_ms = \
          5\n\n[[providers]]\nname = \"mock\"\nkind = \"openai\"\nbase_url = \"{}\"\napi_key_env = \
-         \"MOCK_KEY\"\nconnect_timeout_ms = 500\nrequest_timeout_ms = 400\n\n[retry]\nmax_attempts = \
+         \"MOCK_KEY\"\nconnect_timeout_ms = 500\nrequest_timeout_ms = 1500\n\n[retry]\nmax_attempts = \
          2\ninitial_backoff_ms = 1\nmax_backoff_ms = 5\ndeadline_ms = 5000\n",
         dir.path().join("fleet.db").display(),
         mock.base_url()
