@@ -119,6 +119,19 @@ impl<E> fmt::Display for ExecuteError<E> {
 
 impl<E: fmt::Debug> std::error::Error for ExecuteError<E> {}
 
+/// The order [`execute`] tries the eligible models in. Models that do not
+/// meet the requirements are never tried, whatever the order names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Order<'a> {
+    /// The selector's ranking.
+    #[default]
+    Ranked,
+    /// Exactly these models, in this order (a route's or a model's fallbacks).
+    Explicit(&'a [String]),
+    /// This model first, then the rest of the ranking (a request naming a model).
+    Preferred(&'a str),
+}
+
 /// What [`execute`] needs besides the call.
 #[derive(Debug)]
 pub struct Fleet<'r, M, S, Tm> {
@@ -132,8 +145,8 @@ pub struct Fleet<'r, M, S, Tm> {
     pub timer: &'r Tm,
 }
 
-/// Serves a request: ranks the eligible models (or takes `explicit`'s
-/// order), calls them through `call`, and on failure moves down the chain.
+/// Serves a request: ranks the eligible models (in the given [`Order`]),
+/// calls them through `call`, and on failure moves down the chain.
 ///
 /// - A non-retryable error is never retried on the same model; a class that
 ///   may not fall back (bad request, cancelled, internal) ends the request.
@@ -147,7 +160,7 @@ pub struct Fleet<'r, M, S, Tm> {
 pub async fn execute<'a, M, S, Tm, T, E, F, Fut>(
     fleet: Fleet<'a, M, S, Tm>,
     requirements: &Requirements,
-    explicit: Option<&[String]>,
+    order: Order<'_>,
     config: &ExecutorConfig,
     rng: &mut fastrand::Rng,
     mut call: F,
@@ -167,11 +180,15 @@ where
 
     let selector = config.strategy.selector_config(config.weights);
     let ranked = modelfleet_selector::rank(models, requirements, signals, &selector);
-    let queue: Vec<&'a ModelSpec> = match explicit {
-        Some(order) => {
-            order.iter().filter_map(|id| ranked.iter().find(|r| r.model.id == *id)).map(|r| r.model).collect()
+    let queue: Vec<&'a ModelSpec> = match order {
+        Order::Explicit(ids) => {
+            ids.iter().filter_map(|id| ranked.iter().find(|r| r.model.id == *id)).map(|r| r.model).collect()
         }
-        None => ranked.iter().map(|r| r.model).collect(),
+        Order::Ranked => ranked.iter().map(|r| r.model).collect(),
+        Order::Preferred(id) => {
+            let first = ranked.iter().find(|r| r.model.id == id).map(|r| r.model);
+            first.into_iter().chain(ranked.iter().map(|r| r.model).filter(|m| m.id != id)).collect()
+        }
     };
     if queue.is_empty() {
         let reason = match modelfleet_selector::select(models, requirements, signals, &selector) {

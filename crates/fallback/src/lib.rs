@@ -16,7 +16,8 @@
 //!   [`FallbackStrategy::Performance`], [`Cost`](FallbackStrategy::Cost),
 //!   [`Priority`](FallbackStrategy::Priority); deterministic for equal inputs.
 //! - [`execute`]: serves one request through an async closure, walking the
-//!   chain under the [`RetryPolicy`](modelfleet_errors::RetryPolicy)'s total
+//!   chain (in an [`Order`]: ranked, an explicit list, or a preferred model
+//!   first) under the [`RetryPolicy`](modelfleet_errors::RetryPolicy)'s total
 //!   deadline, never sleeping for backoff while another model can take the
 //!   request, never retrying a non-retryable error, and returning every
 //!   [`Attempt`].
@@ -27,7 +28,7 @@
 //! ```
 //! use std::time::Duration;
 //! use modelfleet_errors::{ErrorClass, Failure, ManualTimer};
-//! use modelfleet_fallback::{execute, ExecutorConfig, Fleet, Tracker, TrackerConfig};
+//! use modelfleet_fallback::{execute, ExecutorConfig, Fleet, Order, Tracker, TrackerConfig};
 //! use modelfleet_registry::default_catalog;
 //! use modelfleet_selector::{NoSignals, Requirements};
 //!
@@ -40,7 +41,7 @@
 //! let runtime = tokio::runtime::Builder::new_current_thread().build()?;
 //! // The first choice is down; the executor moves on at once.
 //! let mut first = None;
-//! let served = runtime.block_on(execute(fleet, &req, None, &ExecutorConfig::default(), &mut rng, |model, _| {
+//! let served = runtime.block_on(execute(fleet, &req, Order::Ranked, &ExecutorConfig::default(), &mut rng, |model, _| {
 //!     let down = *first.get_or_insert(model.id.clone()) == model.id;
 //!     async move { if down { Err(Failure::new(ErrorClass::ServerError, "503")) } else { Ok("hello") } }
 //! }))?;
@@ -59,7 +60,7 @@ mod tracker;
 
 pub use crate::{
     chain::{ChainInput, Failed, FallbackStrategy, chain, next_fallback},
-    executor::{Attempt, ExecuteError, Executed, ExecutorConfig, Fleet, StopReason, execute},
+    executor::{Attempt, ExecuteError, Executed, ExecutorConfig, Fleet, Order, StopReason, execute},
     tracker::{
         Availability, CircuitConfig, CircuitState, CooldownConfig, ModelHealth, Tracker, TrackerConfig,
         counts_against_model,

@@ -256,13 +256,26 @@ fn run(
     req: &Requirements,
     script: impl Fn(&str, u32) -> Result<&'static str, Failure>,
 ) -> (Outcome, Vec<String>) {
+    run_in(Order::Ranked, models, tracker, timer, config, req, script)
+}
+
+/// [`run`] in a given order.
+fn run_in(
+    order: Order<'_>,
+    models: &[ModelSpec],
+    tracker: &Tracker,
+    timer: &ManualTimer,
+    config: &ExecutorConfig,
+    req: &Requirements,
+    script: impl Fn(&str, u32) -> Result<&'static str, Failure>,
+) -> (Outcome, Vec<String>) {
     let calls = RefCell::new(Vec::new());
     let mut rng = fastrand::Rng::with_seed(3);
     let fleet = Fleet { models, signals: &NoSignals, tracker, timer };
     let outcome = tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(execute(
         fleet,
         req,
-        None,
+        order,
         config,
         &mut rng,
         |model, ctx| {
@@ -291,6 +304,29 @@ fn a_failure_falls_back_at_once_without_sleeping() {
     assert!(timer.slept().is_empty());
     assert_eq!(tracker.health("alpha", timer.now()).failures, 1, "the failure is recorded");
     assert_eq!(tracker.health("bravo", timer.now()).successes, 1);
+}
+
+#[test]
+fn a_preferred_model_goes_first_and_an_explicit_list_is_all_that_is_tried() {
+    let models = fleet();
+    let fail_all = |_: &str, _: u32| Err(Failure::new(ErrorClass::ServerError, "boom").with_status(500));
+    let config = policy(1, None);
+    let (tracker, timer) = (Tracker::new(TrackerConfig::default()), ManualTimer::new());
+    let (_, calls) =
+        run_in(Order::Preferred("charlie"), &models, &tracker, &timer, &config, &Requirements::default(), fail_all);
+    assert_eq!(calls, ["charlie", "alpha", "bravo"], "charlie first, then the ranking");
+
+    let (tracker, timer) = (Tracker::new(TrackerConfig::default()), ManualTimer::new());
+    let list = ["bravo".to_owned(), "alpha".to_owned()];
+    let (_, calls) =
+        run_in(Order::Explicit(&list), &models, &tracker, &timer, &config, &Requirements::default(), fail_all);
+    assert_eq!(calls, ["bravo", "alpha"]);
+
+    // A preferred model that does not meet the requirements is not tried.
+    let (tracker, timer) = (Tracker::new(TrackerConfig::default()), ManualTimer::new());
+    let big = Requirements { prompt_tokens: 20_000, ..Requirements::default() };
+    let (_, calls) = run_in(Order::Preferred("alpha"), &models, &tracker, &timer, &config, &big, fail_all);
+    assert_eq!(calls, ["bravo", "charlie"]);
 }
 
 #[test]

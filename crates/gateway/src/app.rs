@@ -128,7 +128,9 @@ impl AppState {
         let mut request =
             Request { requirements: chat.requirements.clone(), key: caller.name.clone(), ..Request::default() };
         if chat.model == "auto" {
-        } else if self.routes.iter().any(|r| r.name == chat.model) {
+            return Ok(request);
+        }
+        if self.routes.iter().any(|r| r.name == chat.model) {
             if chat.extended {
                 return Err(ApiError::invalid(
                     "invalid_requirements",
@@ -139,18 +141,9 @@ impl AppState {
                 ));
             }
             request.route = Some(chat.model.clone());
-        } else if self.fleet.catalog().get(&chat.model).is_some() {
-            request.model = Some(chat.model.clone());
         } else {
-            return Err(ApiError::new(
-                StatusCode::NOT_FOUND,
-                "invalid_request_error",
-                "model_not_found",
-                format!(
-                    "model {:?} is neither a catalog model, a route nor \"auto\" (GET /v1/models lists them)",
-                    chat.model
-                ),
-            ));
+            // The fleet answers an unknown id with UnknownModel (404 below).
+            request.model = Some(chat.model.clone());
         }
         Ok(request)
     }
@@ -163,7 +156,7 @@ fn fleet_error(err: FleetError) -> ApiError {
             StatusCode::NOT_FOUND,
             "invalid_request_error",
             "model_not_found",
-            format!("model {name:?} is neither a catalog model, a route nor \"auto\""),
+            format!("model {name:?} is neither a catalog model, a route nor \"auto\" (GET /v1/models lists them)"),
         ),
         FleetError::NotServed { message, attempts, class } => {
             let (status, kind, code) = match class {
@@ -398,17 +391,12 @@ async fn explain(State(app): State<App>, headers: HeaderMap, body: Body) -> Resu
     let chat = parse_chat(&serde_json::to_vec(&value).unwrap_or_default())?;
     let request = app.fleet_request(&chat, &caller)?;
     let (text, explanation) = app.fleet.explain(&request).map_err(fleet_error)?;
-    let order: Vec<Value> = app
-        .fleet
-        .rank(&request)
-        .map_err(fleet_error)?
-        .into_iter()
-        .map(|(model, score)| json!({"model": model, "score": score}))
-        .collect();
-    Ok(json_response(
-        StatusCode::OK,
-        &json!({"model": chat.model, "requirements": request.requirements, "ranked": order, "explanation": explanation, "text": text}),
-    ))
+    // The explanation's `ranked` (scores and breakdowns) and `rejected` (reasons), plus what was asked.
+    let mut body = json!({"model": chat.model, "requirements": request.requirements, "text": text});
+    if let (Some(body), Value::Object(parts)) = (body.as_object_mut(), explanation) {
+        body.extend(parts);
+    }
+    Ok(json_response(StatusCode::OK, &body))
 }
 
 fn parse_categories(query: &HashMap<String, String>) -> Result<Vec<MetricsCategory>, ApiError> {
@@ -530,8 +518,13 @@ async fn admin_models(State(app): State<App>, headers: HeaderMap) -> Result<Resp
 
 async fn admin_model(State(app): State<App>, headers: HeaderMap, Path(id): Path<String>) -> Result<Response, ApiError> {
     app.auth.check(&headers, Need::Admin)?;
-    let model = app.fleet.catalog().get(&id).ok_or_else(|| unknown_model(&id))?;
-    Ok(json_response(StatusCode::OK, &*model))
+    model_json(&app, &id, StatusCode::OK)
+}
+
+/// `id`'s spec as it stands in the catalog now.
+fn model_json(app: &AppState, id: &str, status: StatusCode) -> Result<Response, ApiError> {
+    let model = app.fleet.catalog().get(id).ok_or_else(|| unknown_model(id))?;
+    Ok(json_response(status, &*model))
 }
 
 fn unknown_model(id: &str) -> ApiError {
@@ -572,8 +565,7 @@ async fn admin_add(State(app): State<App>, headers: HeaderMap, body: Body) -> Re
         ));
     }
     app.fleet.catalog().add(spec).map_err(|e| catalog_error(&e))?;
-    let model = app.fleet.catalog().get(&id).ok_or_else(|| unknown_model(&id))?;
-    Ok(json_response(StatusCode::CREATED, &*model))
+    model_json(&app, &id, StatusCode::CREATED)
 }
 
 async fn admin_update(
@@ -592,8 +584,7 @@ async fn admin_update(
     let slot = models.iter_mut().find(|m| m.id == id).ok_or_else(|| unknown_model(&id))?;
     *slot = spec;
     catalog.replace(models).map_err(|e| catalog_error(&e))?;
-    let model = catalog.get(&id).ok_or_else(|| unknown_model(&id))?;
-    Ok(json_response(StatusCode::OK, &*model))
+    model_json(&app, &id, StatusCode::OK)
 }
 
 async fn admin_remove(
@@ -612,8 +603,7 @@ fn set_enabled(app: &AppState, headers: &HeaderMap, id: &str, enabled: bool) -> 
         .catalog()
         .update(id, ModelUpdate { enabled: Some(enabled), ..ModelUpdate::default() })
         .map_err(|_| unknown_model(id))?;
-    let model = app.fleet.catalog().get(id).ok_or_else(|| unknown_model(id))?;
-    Ok(json_response(StatusCode::OK, &*model))
+    model_json(app, id, StatusCode::OK)
 }
 
 async fn admin_disable(

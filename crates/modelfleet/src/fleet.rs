@@ -15,8 +15,8 @@ use dashmap::DashMap;
 use modelfleet_budget::{BudgetSpec, Budgets, Charge, LedgerConfig, Period, Reservation, Scope, Status};
 use modelfleet_errors::{AttemptCtx, Classify, ErrorClass, Failure, RetryConfig, RetryPolicy, Timer, TokioTimer};
 use modelfleet_fallback::{
-    Attempt, CircuitConfig, CircuitState, CooldownConfig, ExecuteError, ExecutorConfig, FallbackStrategy, Tracker,
-    TrackerConfig,
+    Attempt, CircuitConfig, CircuitState, CooldownConfig, ExecuteError, ExecutorConfig, FallbackStrategy, Order,
+    Tracker, TrackerConfig,
 };
 use modelfleet_metrics::{Category as MetricsCategory, Metrics, MetricsConfig, RequestSample};
 use modelfleet_monitor::{InFlightShared, Monitor, MonitorConfig, Outcome, Recommendation, ReportConfig};
@@ -339,7 +339,8 @@ pub struct Fleet {
     clock: SystemClock,
     executor: ExecutorConfig,
     routes: Vec<RouteSpec>,
-    model_fallbacks: BTreeMap<String, Vec<String>>,
+    /// Per model with configured fallbacks: itself, then them.
+    model_chains: BTreeMap<String, Vec<String>>,
     rng: Mutex<fastrand::Rng>,
     fallbacks_served: DashMap<String, AtomicU64>,
     memory: MemoryProbe,
@@ -440,7 +441,15 @@ impl Fleet {
             clock: SystemClock,
             executor: ExecutorConfig { retry, strategy: options.strategy, weights: options.weights },
             routes: options.routes,
-            model_fallbacks: options.model_fallbacks,
+            model_chains: options
+                .model_fallbacks
+                .into_iter()
+                .filter(|(_, fallbacks)| !fallbacks.is_empty())
+                .map(|(id, fallbacks)| {
+                    let chain = std::iter::once(id.clone()).chain(fallbacks.into_iter().filter(|f| *f != id)).collect();
+                    (id, chain)
+                })
+                .collect(),
             rng: Mutex::new(fastrand::Rng::with_seed(0x6d66)),
             fallbacks_served: DashMap::new(),
             memory: MemoryProbe::new(),
@@ -491,22 +500,20 @@ impl Fleet {
         &self.tracker
     }
 
-    /// The requirements `request` stands for, with the free memory filled in.
-    fn resolve(&self, request: &Request) -> Result<(Requirements, FallbackStrategy, Option<Vec<String>>), FleetError> {
-        let (mut requirements, strategy, mut explicit) = match &request.route {
+    /// The requirements `request` stands for, with the free memory filled
+    /// in, and the order to try models in.
+    fn resolve<'s>(&'s self, request: &'s Request) -> Result<(Requirements, FallbackStrategy, Order<'s>), FleetError> {
+        let (mut requirements, strategy, mut order) = match &request.route {
             Some(name) => {
                 let route = self
                     .routes
                     .iter()
                     .find(|r| r.name == *name)
                     .ok_or_else(|| FleetError::UnknownRoute(name.clone()))?;
-                (
-                    route.requirements.clone(),
-                    route.strategy,
-                    (!route.fallbacks.is_empty()).then(|| route.fallbacks.clone()),
-                )
+                let order = if route.fallbacks.is_empty() { Order::Ranked } else { Order::Explicit(&route.fallbacks) };
+                (route.requirements.clone(), route.strategy, order)
             }
-            None => (request.requirements.clone(), self.executor.strategy, None),
+            None => (request.requirements.clone(), self.executor.strategy, Order::Ranked),
         };
         if requirements.available_memory_mb.is_none() {
             requirements.available_memory_mb = self.memory.available_mb(self.clock.now_ms());
@@ -515,18 +522,12 @@ impl Fleet {
             if self.catalog.get(id).is_none() {
                 return Err(FleetError::UnknownModel(id.clone()));
             }
-            let mut order = vec![id.clone()];
-            if let Some(fallbacks) = self.model_fallbacks.get(id).filter(|f| !f.is_empty()) {
-                order.extend(fallbacks.iter().filter(|f| *f != id).cloned());
-            } else {
-                let snapshot = self.catalog.snapshot();
-                let config = strategy.selector_config(self.executor.weights);
-                let ranked = modelfleet_selector::rank(snapshot.models(), &requirements, &*self.monitor, &config);
-                order.extend(ranked.iter().filter(|r| r.model.id != *id).map(|r| r.model.id.clone()));
-            }
-            explicit = Some(order);
+            order = match self.model_chains.get(id) {
+                Some(chain) => Order::Explicit(chain),
+                None => Order::Preferred(id),
+            };
         }
-        Ok((requirements, strategy, explicit))
+        Ok((requirements, strategy, order))
     }
 
     /// Every eligible model for `request`, best first, with scores.
@@ -596,7 +597,7 @@ impl Fleet {
         A: FnMut(Arc<ModelSpec>, AttemptCtx, AttemptOf<'r>) -> Fut,
         Fut: Future<Output = Result<(V, Usage, Money), Failure>>,
     {
-        let (requirements, strategy, explicit) = self.resolve(request)?;
+        let (requirements, strategy, order) = self.resolve(request)?;
         let snapshot = self.catalog.snapshot();
         let executor = ExecutorConfig { strategy, ..self.executor.clone() };
         let fleet = modelfleet_fallback::Fleet {
@@ -615,18 +616,11 @@ impl Fleet {
             prompt: u64::from(requirements.prompt_tokens),
             max_output: u64::from(requirements.max_output_tokens),
         };
-        let result = modelfleet_fallback::execute(
-            fleet,
-            &requirements,
-            explicit.as_deref(),
-            &executor,
-            &mut rng,
-            |model, ctx| {
-                // The executor hands out the snapshot's own specs: this lookup finds the Arc.
-                let owned = snapshot.get(&model.id).cloned().unwrap_or_else(|| Arc::new(model.clone()));
-                attempt(owned, ctx, of)
-            },
-        )
+        let result = modelfleet_fallback::execute(fleet, &requirements, order, &executor, &mut rng, |model, ctx| {
+            // The executor hands out the snapshot's own specs: this lookup finds the Arc.
+            let owned = snapshot.get(&model.id).cloned().unwrap_or_else(|| Arc::new(model.clone()));
+            attempt(owned, ctx, of)
+        })
         .await;
         match result {
             Ok(executed) => {
@@ -680,7 +674,7 @@ impl Fleet {
         drop(in_flight);
         match result {
             Ok(response) => {
-                let cost = self.settle(reservation, &model, response.usage);
+                let cost = settle(&self.store, reservation, &model, response.usage);
                 self.record(&model, of.kind, latency, response.usage, cost, None);
                 Ok((response.value, response.usage, cost))
             }
@@ -729,11 +723,6 @@ impl Fleet {
                 Err(failure)
             }
         }
-    }
-
-    /// Spends the exact cost of `usage` and persists the spend per period.
-    fn settle(&self, reservation: Reservation, model: &ModelSpec, usage: Usage) -> Money {
-        settle(&self.store, reservation, model, usage)
     }
 
     fn record(
