@@ -331,3 +331,32 @@ proptest! {
         let _ = check_text(&text, &HashMap::new());
     }
 }
+
+#[test]
+fn a_model_whose_cost_cannot_be_bounded_is_named_when_a_hard_budget_would_pay() {
+    let models = "[[providers]]\nname = \"p\"\nkind = \"simulated\"\n\
+        \n[[models]]\nid = \"unpriced\"\nprovider = \"p\"\ncontext_window = 8000\n\
+        \n[[models]]\nid = \"limitless\"\nprovider = \"p\"\ninput_price_per_mtok = \"1\"\noutput_price_per_mtok = \"2\"\n\
+        \n[[models]]\nid = \"bounded\"\nprovider = \"p\"\ncontext_window = 8000\ninput_price_per_mtok = \"1\"\n\
+        output_price_per_mtok = \"2\"\n\
+        \n[[models]]\nid = \"free\"\nprovider = \"p\"\ninput_price_per_mtok = \"0\"\noutput_price_per_mtok = \"0\"\n\
+        \n[[models]]\nid = \"local\"\nprovider = \"p\"\nlocal = true\ncontext_window = 4096\nmemory_mb = 100\n";
+    let warnings = |budgets: &str| -> Vec<String> {
+        let report = check_text(&format!("{models}{budgets}"), &HashMap::new());
+        assert!(report.is_valid(), "{report}");
+        report.warnings.iter().map(|w| w.message.clone()).collect()
+    };
+    assert_eq!(warnings(""), Vec::<String>::new(), "no hard budget: nothing to bound");
+    let soft = "\n[[budgets]]\nscope = \"global\"\nperiod = \"daily\"\nlimit = \"1\"\nenforcement = \"soft\"\n";
+    assert_eq!(warnings(soft), Vec::<String>::new(), "a soft budget never refuses");
+    let hard = "\n[[budgets]]\nscope = \"provider:p\"\nperiod = \"daily\"\nlimit = \"1\"\n";
+    assert_eq!(
+        warnings(hard),
+        [
+            "unpriced: its cost cannot be bounded (it has no price), so it never serves a request that hard budget \
+             provider:p daily would pay for",
+            "limitless: its cost cannot be bounded (it has neither max_output_tokens nor context_window), so it never \
+             serves a request that hard budget provider:p daily would pay for",
+        ]
+    );
+}

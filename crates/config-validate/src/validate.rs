@@ -485,6 +485,7 @@ pub fn validate(text: &str, options: &Options<'_>) -> Report {
     let cache = cache(&mut v, root);
     let metrics = metrics(&mut v, root);
     expensive_without_budget(&mut v, &models, &budgets, &model_spans);
+    unbounded_under_hard_budget(&mut v, &models, &budgets, &server, &model_spans);
 
     let config = v.errors.is_empty().then_some(Config {
         server,
@@ -967,6 +968,7 @@ fn requirements(v: &mut V<'_>, t: &Table<'_>, path: &str) -> Requirements {
             "locality",
             "prefer_free",
             "prefer_local",
+            "n",
         ],
     );
     let categories: Vec<&str> = Category::ALL.iter().map(|c| c.as_str()).collect();
@@ -1006,6 +1008,7 @@ fn requirements(v: &mut V<'_>, t: &Table<'_>, path: &str) -> Requirements {
         .unwrap_or_default(),
         prefer_free: get_bool(v, t, path, "prefer_free").unwrap_or(false),
         prefer_local: get_bool(v, t, path, "prefer_local").unwrap_or(false),
+        n: get_int(v, t, path, "n", 1..=128).and_then(|n| u32::try_from(n).ok()).unwrap_or(0),
         available_memory_mb: None,
     }
 }
@@ -1255,6 +1258,51 @@ fn expensive_without_budget(
                 &place.path,
                 Some(&place.id),
                 format!("{} costs ${} per million output tokens and no budget covers it", m.id, price.output_per_mtok),
+            );
+        }
+    }
+}
+
+/// A model whose cost cannot be bounded (a cloud model without a price, or
+/// one with neither `max_output_tokens` nor `context_window`) is never
+/// eligible for a request a hard budget would pay for: say so, once per model.
+fn unbounded_under_hard_budget(
+    v: &mut V<'_>,
+    models: &[ModelSpec],
+    budgets: &[BudgetSpec],
+    server: &ServerSettings,
+    spans: &BTreeMap<String, ModelPlace>,
+) {
+    let key_budget =
+        server.api_keys.iter().find(|k| k.monthly_budget.is_some()).map(|k| format!("key:{} monthly", k.name));
+    for m in models {
+        let why = if m.pricing.is_none() && !m.local {
+            "it has no price"
+        } else if m.max_output_tokens.is_none() && m.context_window.is_none() && !m.pricing.is_some_and(|p| p.is_free())
+        {
+            "it has neither max_output_tokens nor context_window"
+        } else {
+            continue;
+        };
+        let covering = budgets
+            .iter()
+            .filter(|b| b.enforcement == Enforcement::Hard)
+            .find(|b| match &b.scope {
+                Scope::Global | Scope::Key(_) => true,
+                Scope::Provider(p) => *p == m.provider,
+                Scope::Model(id) => *id == m.id,
+            })
+            .map(|b| format!("{} {}", b.scope, b.period))
+            .or_else(|| key_budget.clone());
+        if let Some(budget) = covering {
+            let place = spans.get(&m.id).cloned().unwrap_or_default();
+            v.warn(
+                &place.path,
+                Some(&place.id),
+                format!(
+                    "{}: its cost cannot be bounded ({why}), so it never serves a request that hard budget {budget} would pay for",
+                    m.id
+                ),
             );
         }
     }

@@ -233,13 +233,31 @@ pub struct Failure {
     status: Option<u16>,
     retry_after: Option<Duration>,
     message: String,
+    #[serde(default)]
+    billed: bool,
 }
 
 impl Failure {
     /// A failure of `class` with `message` (sanitized here).
     #[must_use]
     pub fn new(class: ErrorClass, message: &str) -> Failure {
-        Failure { class, status: None, retry_after: None, message: sanitize(message).into_owned() }
+        Failure { class, status: None, retry_after: None, message: sanitize(message).into_owned(), billed: false }
+    }
+
+    /// The same failure, noting that the provider may bill the attempt
+    /// though it failed (it timed out after the request was sent, or
+    /// answered 200 with a body that cannot be read), with its usage unknown:
+    /// whoever keeps the money charges the attempt's worst case.
+    #[must_use]
+    pub fn billed(mut self) -> Failure {
+        self.billed = true;
+        self
+    }
+
+    /// Whether the provider may bill the attempt (see [`Failure::billed`]).
+    #[must_use]
+    pub fn is_billed(&self) -> bool {
+        self.billed
     }
 
     /// The same failure, noting the HTTP status it came with.

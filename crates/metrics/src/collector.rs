@@ -4,7 +4,7 @@ use std::{
     collections::BTreeMap,
     sync::{
         Arc, Mutex, MutexGuard, PoisonError,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicI64, AtomicU64, Ordering},
     },
     time::Duration,
 };
@@ -173,7 +173,11 @@ pub struct Metrics {
     pub(crate) throughput: Throughput,
     pub(crate) models: DashMap<Box<str>, Arc<ModelSeries>, FxBuildHasher>,
     pub(crate) other: Arc<ModelSeries>,
-    pub(crate) budgets: Mutex<BTreeMap<String, (Money, Money)>>,
+    /// Per budget (scope, period): spent and limit.
+    pub(crate) budgets: Mutex<BTreeMap<(String, String), (Money, Money)>>,
+    /// Settlements that took a hard budget past its limit, and by how much.
+    pub(crate) overshoots: AtomicU64,
+    pub(crate) overshoot_nanos: AtomicI64,
     pub(crate) gauges: Mutex<BTreeMap<String, (String, f64)>>,
     pub(crate) memory: Box<dyn MemorySource>,
     pub(crate) memory_track: MemoryTrack,
@@ -234,6 +238,8 @@ impl Metrics {
             models: DashMap::with_hasher(FxBuildHasher),
             other: Arc::new(ModelSeries::default()),
             budgets: Mutex::new(BTreeMap::new()),
+            overshoots: AtomicU64::new(0),
+            overshoot_nanos: AtomicI64::new(0),
             gauges: Mutex::new(BTreeMap::new()),
             memory: Box::new(memory),
             memory_track: MemoryTrack::default(),
@@ -310,14 +316,29 @@ impl Metrics {
         count.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Sets a budget's spend and limit for export (the budget crate's status).
-    pub fn set_budget(&self, scope: &str, spent: Money, limit: Money) -> Result<(), Error> {
+    /// Sets a budget's spend and limit for export (the budget crate's
+    /// status). A budget is its scope *and* its period: a daily and a
+    /// monthly budget of one scope are two series.
+    pub fn set_budget(&self, scope: &str, period: &str, spent: Money, limit: Money) -> Result<(), Error> {
         let mut budgets = lock(&self.budgets);
-        if !budgets.contains_key(scope) && budgets.len() >= self.config.max_series {
-            return Err(Error::TooManySeries { kind: "budget scopes", max: self.config.max_series });
+        let key = (scope.to_owned(), period.to_owned());
+        if !budgets.contains_key(&key) && budgets.len() >= self.config.max_series {
+            return Err(Error::TooManySeries { kind: "budgets", max: self.config.max_series });
         }
-        budgets.insert(scope.to_owned(), (spent, limit));
+        budgets.insert(key, (spent, limit));
         Ok(())
+    }
+
+    /// Forgets budgets that no longer exist (removed through the admin API).
+    pub fn retain_budgets(&self, mut keep: impl FnMut(&str, &str) -> bool) {
+        lock(&self.budgets).retain(|(scope, period), _| keep(scope, period));
+    }
+
+    /// Counts a settlement whose actual cost took a hard budget past its
+    /// limit by `amount` (an upstream that ignored the request's output cap).
+    pub fn record_budget_overshoot(&self, amount: Money) {
+        self.overshoots.fetch_add(1, Ordering::Relaxed);
+        self.overshoot_nanos.fetch_add(amount.nanos(), Ordering::Relaxed);
     }
 
     /// Sets an application gauge (`name` must be a valid Prometheus name;
@@ -361,7 +382,11 @@ impl Metrics {
                     self.other.reset();
                     self.models.iter().for_each(|s| s.value().reset());
                 }
-                Category::Budget => lock(&self.budgets).clear(),
+                Category::Budget => {
+                    lock(&self.budgets).clear();
+                    self.overshoots.store(0, Ordering::Relaxed);
+                    self.overshoot_nanos.store(0, Ordering::Relaxed);
+                }
                 Category::Gauges => lock(&self.gauges).clear(),
             }
         }

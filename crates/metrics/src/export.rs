@@ -117,10 +117,25 @@ pub struct ModelMetrics {
 /// A budget's spend.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct BudgetMetrics {
+    /// Its scope (`global`, `key:team-a`, …).
+    pub scope: String,
+    /// Its period (`daily`, `monthly`, …).
+    pub period: String,
     /// Spent this period.
     pub spent: Money,
     /// The limit.
     pub limit: Money,
+}
+
+/// Settlements that took a hard budget past its limit: an upstream that
+/// answered more than the request's output cap allowed. Each is charged in
+/// full; the budget then refuses every paid request until its period ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct OvershootStats {
+    /// How many settlements went past a hard limit.
+    pub count: u64,
+    /// By how much in all.
+    pub amount: Money,
 }
 
 /// Everything asked for, at one instant. Absent sections were filtered out.
@@ -150,9 +165,12 @@ pub struct Snapshot {
     /// Per model id (and [`OTHER_MODEL`]).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub models: Option<BTreeMap<String, ModelMetrics>>,
-    /// Per budget scope.
+    /// Per budget, keyed `"<scope> <period>"`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub budget: Option<BTreeMap<String, BudgetMetrics>>,
+    /// See [`OvershootStats`] (with the budget category).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub budget_overshoot: Option<OvershootStats>,
     /// Application gauges.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub gauges: Option<BTreeMap<String, f64>>,
@@ -220,6 +238,25 @@ fn latency_stats(m: &Metrics, buckets: &Buckets) -> LatencyStats {
 }
 
 impl Metrics {
+    /// Every budget's series, keyed `"<scope> <period>"`.
+    fn budgets(&self) -> BTreeMap<String, BudgetMetrics> {
+        lock(&self.budgets)
+            .iter()
+            .map(|((scope, period), (spent, limit))| {
+                let metrics =
+                    BudgetMetrics { scope: scope.clone(), period: period.clone(), spent: *spent, limit: *limit };
+                (format!("{scope} {period}"), metrics)
+            })
+            .collect()
+    }
+
+    fn overshoot(&self) -> OvershootStats {
+        OvershootStats {
+            count: self.overshoots.load(Ordering::Relaxed),
+            amount: Money::from_nanos(self.overshoot_nanos.load(Ordering::Relaxed)),
+        }
+    }
+
     /// The chosen categories now (memory is sampled, so its peak follows).
     #[must_use]
     pub fn snapshot(&self, categories: &[Category]) -> Snapshot {
@@ -291,12 +328,8 @@ impl Metrics {
             out.insert(OTHER_MODEL.to_owned(), model_metrics(&self.other));
             out
         });
-        let budget = wants(Category::Budget).then(|| {
-            lock(&self.budgets)
-                .iter()
-                .map(|(scope, (spent, limit))| (scope.clone(), BudgetMetrics { spent: *spent, limit: *limit }))
-                .collect()
-        });
+        let (budget, budget_overshoot) =
+            if wants(Category::Budget) { (Some(self.budgets()), Some(self.overshoot())) } else { (None, None) };
         let (gauges, gauge_help) = if wants(Category::Gauges) {
             let g = lock(&self.gauges);
             (
@@ -317,6 +350,7 @@ impl Metrics {
             errors,
             models,
             budget,
+            budget_overshoot,
             gauges,
             gauge_help,
         }
@@ -414,6 +448,36 @@ impl Out {
 }
 
 impl Snapshot {
+    /// The budget category's families.
+    fn budget_prometheus(&self, out: &mut Out) {
+        if let Some(budgets) = &self.budget {
+            out.family("modelfleet_budget_spent_dollars", "gauge", "Spent this period per budget, US dollars.");
+            for b in budgets.values() {
+                let labels = [("scope", b.scope.as_str()), ("period", b.period.as_str())];
+                out.sample("modelfleet_budget_spent_dollars", &labels, b.spent.as_dollars_f64());
+            }
+            out.family("modelfleet_budget_limit_dollars", "gauge", "Limit per budget, US dollars.");
+            for b in budgets.values() {
+                let labels = [("scope", b.scope.as_str()), ("period", b.period.as_str())];
+                out.sample("modelfleet_budget_limit_dollars", &labels, b.limit.as_dollars_f64());
+            }
+        }
+        if let Some(overshoot) = &self.budget_overshoot {
+            out.family(
+                "modelfleet_budget_overshoot_total",
+                "counter",
+                "Settlements whose actual cost took a hard budget past its limit (charged in full).",
+            );
+            out.sample("modelfleet_budget_overshoot_total", &[], overshoot.count as f64);
+            out.family(
+                "modelfleet_budget_overshoot_dollars_total",
+                "counter",
+                "How far past their hard limits those settlements went, US dollars.",
+            );
+            out.sample("modelfleet_budget_overshoot_dollars_total", &[], overshoot.amount.as_dollars_f64());
+        }
+    }
+
     /// This snapshot as Prometheus text exposition 0.0.4: `# HELP` and
     /// `# TYPE` for every family, counters ending in `_total`, histograms with
     /// cumulative `_bucket{le}`, `_sum` and `_count`, label values escaped.
@@ -491,16 +555,7 @@ impl Snapshot {
                 out.sample("modelfleet_model_cost_dollars_total", &[("model", model)], m.cost.as_dollars_f64());
             }
         }
-        if let Some(budgets) = &self.budget {
-            out.family("modelfleet_budget_spent_dollars", "gauge", "Spent this period per budget scope, US dollars.");
-            for (scope, b) in budgets {
-                out.sample("modelfleet_budget_spent_dollars", &[("scope", scope)], b.spent.as_dollars_f64());
-            }
-            out.family("modelfleet_budget_limit_dollars", "gauge", "Limit per budget scope, US dollars.");
-            for (scope, b) in budgets {
-                out.sample("modelfleet_budget_limit_dollars", &[("scope", scope)], b.limit.as_dollars_f64());
-            }
-        }
+        self.budget_prometheus(&mut out);
         if let Some(gauges) = &self.gauges {
             for (name, value) in gauges {
                 let family = format!("modelfleet_{name}");

@@ -53,8 +53,8 @@ pub use crate::{
     category::Category,
     collector::{LATENCY_BUCKETS, Metrics, MetricsConfig, OTHER_MODEL, RequestSample},
     export::{
-        BudgetMetrics, CacheStats, ErrorStats, LatencyStats, MemoryStats, ModelMetrics, SCHEMA, Snapshot,
-        ThroughputStats,
+        BudgetMetrics, CacheStats, ErrorStats, LatencyStats, MemoryStats, ModelMetrics, OvershootStats, SCHEMA,
+        Snapshot, ThroughputStats,
     },
     memory::{MemorySource, NoMemory, ProcessMemory},
 };

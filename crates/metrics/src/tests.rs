@@ -175,7 +175,7 @@ fn resets_per_category_and_in_total() {
     m.set_known_models(["a"]);
     m.record_cache_hit();
     m.record_request(&sample("a", 10, Some(ErrorClass::ServerError)));
-    m.set_budget("global", Money::from_dollars(1), Money::from_dollars(10)).unwrap();
+    m.set_budget("global", "monthly", Money::from_dollars(1), Money::from_dollars(10)).unwrap();
     m.reset(&[Category::Cache]);
     let s = m.snapshot(&Category::ALL);
     assert_eq!(s.cache.unwrap().hits, 0);
@@ -219,11 +219,11 @@ fn gauges_and_budgets_are_bounded_and_validated() {
     assert_eq!(m.set_gauge("9lives", "", 1.0), Err(Error::InvalidName("9lives".into())));
     assert!(m.set_gauge("bad name", "", 1.0).is_err());
     for i in 0..MetricsConfig::default().max_series {
-        m.set_budget(&format!("s{i}"), Money::ZERO, Money::ZERO).unwrap();
+        m.set_budget(&format!("s{i}"), "daily", Money::ZERO, Money::ZERO).unwrap();
     }
     assert_eq!(
-        m.set_budget("one-more", Money::ZERO, Money::ZERO).unwrap_err().to_string(),
-        "too many budget scopes: at most 256"
+        m.set_budget("one-more", "daily", Money::ZERO, Money::ZERO).unwrap_err().to_string(),
+        "too many budgets: at most 256"
     );
 }
 
@@ -242,7 +242,9 @@ fn populated() -> Metrics {
         m.record_cache_hit();
     }
     m.record_cache_miss();
-    m.set_budget("global", "1.25".parse().unwrap(), Money::from_dollars(50)).unwrap();
+    m.set_budget("global", "monthly", "1.25".parse().unwrap(), Money::from_dollars(50)).unwrap();
+    m.set_budget("global", "daily", "0.25".parse().unwrap(), Money::from_dollars(5)).unwrap();
+    m.record_budget_overshoot("0.125".parse().unwrap());
     m.set_gauge("catalog_models", "Models in the catalog.", 9.0).unwrap();
     clock.advance_ms(12_500);
     m
@@ -277,7 +279,7 @@ fn prometheus_output_parses_and_every_family_is_documented() {
     let mut families: Vec<&str> =
         text.lines().filter_map(|l| l.strip_prefix("# TYPE ")).map(|l| l.split(' ').next().unwrap()).collect();
     families.dedup();
-    assert_eq!(families.len(), 17, "every family of every category: {families:?}");
+    assert_eq!(families.len(), 19, "every family of every category: {families:?}");
     for family in &families {
         assert!(scrape.docs.contains_key(*family), "{family} has no HELP");
         assert!(scrape.samples.iter().any(|s| s.metric == *family), "{family} has no sample in the parsed scrape");

@@ -5,7 +5,7 @@ use std::{fmt, ops::ControlFlow};
 use modelfleet_registry::{Capability, Category, ModelSpec, ModelStatus, Money};
 use serde::Serialize;
 
-use crate::{Locality, Requirements, Signals};
+use crate::{BudgetRoom, Locality, Requirements, Signals};
 
 /// Why a model cannot serve a request. Each names the constraint and, where
 /// it helps, what was needed and what the model has.
@@ -58,12 +58,31 @@ pub enum Rejection {
     },
     /// Its price is unknown.
     PriceUnknown,
-    /// The estimated cost is above the limit.
+    /// Its output cannot be bounded: the request sets no `max_tokens` and
+    /// the model states neither an output limit nor a context window.
+    OutputUnbounded,
+    /// The worst-case cost is above the limit.
     TooExpensive {
-        /// The estimate for this request.
+        /// The request's worst-case cost on the model.
         estimate: Money,
         /// The limit.
         max: Money,
+    },
+    /// A hard budget that would pay for the request has less left than the
+    /// request could cost on this model.
+    OverBudget {
+        /// The budget (scope and period, e.g. `global monthly`).
+        budget: String,
+        /// What is left of it (spent and held money taken off).
+        remaining: Money,
+        /// The request's worst-case cost on the model.
+        worst_case: Money,
+    },
+    /// A hard budget would pay for the request, and the model's cost cannot
+    /// be bounded (no price, or no output bound): it could pass the budget.
+    Unbounded {
+        /// The budget (scope and period).
+        budget: String,
     },
     /// Its quality is unknown.
     QualityUnknown,
@@ -121,7 +140,8 @@ impl Rejection {
             Rejection::ContextUnknown { .. } | Rejection::ContextTooSmall { .. } => "context_window",
             Rejection::OutputTooLong { .. } => "max_output_tokens",
             Rejection::Capability { .. } => "capabilities",
-            Rejection::PriceUnknown | Rejection::TooExpensive { .. } => "max_cost",
+            Rejection::PriceUnknown | Rejection::OutputUnbounded | Rejection::TooExpensive { .. } => "max_cost",
+            Rejection::OverBudget { .. } | Rejection::Unbounded { .. } => "budget",
             Rejection::QualityUnknown | Rejection::QualityTooLow { .. } => "min_quality",
             Rejection::LatencyUnknown | Rejection::TooSlow { .. } => "max_latency_ms",
             Rejection::ProviderNotAllowed { .. } | Rejection::ProviderExcluded { .. } => "providers",
@@ -153,7 +173,16 @@ impl fmt::Display for Rejection {
             }
             Rejection::Capability { missing } => write!(f, "no {missing} support"),
             Rejection::PriceUnknown => write!(f, "price unknown"),
-            Rejection::TooExpensive { estimate, max } => write!(f, "estimated cost ${estimate} > max ${max}"),
+            Rejection::OutputUnbounded => {
+                write!(f, "output unbounded (no max_tokens, no output limit, no context window)")
+            }
+            Rejection::TooExpensive { estimate, max } => write!(f, "worst-case cost ${estimate} > max ${max}"),
+            Rejection::OverBudget { budget, remaining, worst_case } => {
+                write!(f, "worst-case cost ${worst_case} > ${remaining} left in hard budget {budget}")
+            }
+            Rejection::Unbounded { budget } => {
+                write!(f, "cost cannot be bounded (no price or no output limit) under hard budget {budget}")
+            }
             Rejection::QualityUnknown => write!(f, "quality unknown"),
             Rejection::QualityTooLow { quality, min } => write!(f, "quality {quality} < min {min}"),
             Rejection::LatencyUnknown => write!(f, "latency unknown"),
@@ -178,9 +207,90 @@ pub(crate) fn latency_ms(model: &ModelSpec, live: &Signals) -> Option<f64> {
     }
 }
 
-/// The estimated cost of the request on `model`, when its price is known.
+/// The typical cost of the request on `model` (prompt plus the request's
+/// own output cap), when its price is known: the score's cost term.
 pub(crate) fn estimate(model: &ModelSpec, req: &Requirements) -> Option<Money> {
     model.price().map(|p| p.cost(u64::from(req.prompt_tokens), 0, u64::from(req.max_output_tokens)))
+}
+
+/// The most output `req` can take on `model`, all answers together: each of
+/// the `n` answers is bounded by the least of the request's `max_tokens`
+/// (when set), the model's output limit and what its context window leaves
+/// after the prompt. `None` when none of the three is known.
+#[must_use]
+pub fn worst_case_output(model: &ModelSpec, req: &Requirements) -> Option<u64> {
+    let cap = (req.max_output_tokens > 0).then_some(u64::from(req.max_output_tokens));
+    let limit = model.max_output_tokens.map(u64::from);
+    let left = model.context_window.map(|w| u64::from(w).saturating_sub(u64::from(req.prompt_tokens)));
+    let each = [cap, limit, left].into_iter().flatten().min()?;
+    Some(each.saturating_mul(u64::from(req.choices())))
+}
+
+/// The most `req` can cost on `model`: its prompt plus
+/// [`worst_case_output`] at the model's prices. A model whose prices are
+/// explicitly zero (or a local model without prices) costs nothing whatever
+/// it answers. `None` when the cost cannot be bounded: a cloud model without
+/// a price, or no output bound.
+///
+/// The budget hold, the `max_cost` filter and `explain` all use this one
+/// function, so they cannot disagree.
+///
+/// ```
+/// use modelfleet_registry::{ModelSpec, Pricing};
+/// use modelfleet_selector::{worst_case_cost, Requirements};
+///
+/// let mut model = ModelSpec::new("m", "p");
+/// model.pricing = Some(Pricing { input_per_mtok: "1".parse()?, output_per_mtok: "2".parse()?, cached_input_per_mtok: None });
+/// model.max_output_tokens = Some(100_000);
+/// let req = Requirements { prompt_tokens: 1_000, n: 2, ..Requirements::default() };
+/// // 1,000 prompt tokens at $1/M plus 2 × 100,000 output tokens at $2/M.
+/// assert_eq!(worst_case_cost(&model, &req).map(|c| c.to_string()), Some("0.401".into()));
+/// model.pricing = None;
+/// assert_eq!(worst_case_cost(&model, &req), None, "an unpriced cloud model cannot be bounded");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[must_use]
+pub fn worst_case_cost(model: &ModelSpec, req: &Requirements) -> Option<Money> {
+    let price = model.price()?;
+    if price.is_free() {
+        return Some(Money::ZERO);
+    }
+    Some(price.cost(u64::from(req.prompt_tokens), 0, worst_case_output(model, req)?))
+}
+
+/// The cost constraints: `max_cost` and the room left in the hard budget
+/// that would pay, both against the one [`worst_case_cost`].
+fn check_cost(
+    model: &ModelSpec,
+    req: &Requirements,
+    room: Option<BudgetRoom<'_>>,
+    reject: &mut impl FnMut(Rejection) -> ControlFlow<()>,
+) -> ControlFlow<()> {
+    if req.max_cost.is_none() && room.is_none() {
+        return ControlFlow::Continue(());
+    }
+    let worst = worst_case_cost(model, req);
+    if let Some(max) = req.max_cost {
+        match worst {
+            None if model.price().is_none() => reject(Rejection::PriceUnknown)?,
+            None => reject(Rejection::OutputUnbounded)?,
+            Some(estimate) if estimate > max => reject(Rejection::TooExpensive { estimate, max })?,
+            Some(_) => {}
+        }
+    }
+    if let Some(room) = room {
+        match worst {
+            None => reject(Rejection::Unbounded { budget: room.budget.to_owned() })?,
+            // A free answer never spends: it fits even an exhausted budget.
+            Some(cost) if !cost.is_zero() && cost > room.remaining => reject(Rejection::OverBudget {
+                budget: room.budget.to_owned(),
+                remaining: room.remaining,
+                worst_case: cost,
+            })?,
+            Some(_) => {}
+        }
+    }
+    ControlFlow::Continue(())
 }
 
 /// Checks every constraint of `req` against `model`, reporting each failure
@@ -190,6 +300,7 @@ pub(crate) fn check(
     model: &ModelSpec,
     req: &Requirements,
     live: &Signals,
+    room: Option<BudgetRoom<'_>>,
     mut on_reject: impl FnMut(Rejection) -> ControlFlow<()>,
 ) -> bool {
     let mut ok = true;
@@ -244,13 +355,7 @@ pub(crate) fn check(
                 reject(Rejection::Capability { missing: capability })?;
             }
         }
-        if let Some(max) = req.max_cost {
-            match estimate(model, req) {
-                None => reject(Rejection::PriceUnknown)?,
-                Some(estimate) if estimate > max => reject(Rejection::TooExpensive { estimate, max })?,
-                Some(_) => {}
-            }
-        }
+        check_cost(model, req, room, &mut reject)?;
         if let Some(min) = req.min_quality {
             match model.quality {
                 None => reject(Rejection::QualityUnknown)?,

@@ -7,8 +7,9 @@
 //!
 //! - **filters**: a model must be enabled and servable and meet every hard
 //!   constraint (category, language, context window, output limit,
-//!   capabilities, estimated cost, quality, latency, providers, locality,
-//!   memory). A constraint on a property the model does not know rejects it;
+//!   capabilities, worst-case cost, quality, latency, providers, locality,
+//!   memory, and room in the hard budgets that would pay). A constraint on a
+//!   property the model does not know rejects it;
 //! - **scores** each eligible model from quality, reliability (live success
 //!   rate), language, cost, speed, load (latency × requests in flight, in
 //!   the spirit of PeakEWMA), category and priority, with configurable
@@ -16,6 +17,13 @@
 //! - **ranks** by a [`Strategy`] (weighted score, cheapest, fastest, highest
 //!   quality, priority order, seeded weighted random), preferred models
 //!   (`prefer_free`, `prefer_local`) first, ties by id.
+//!
+//! **Worst case.** What a request can cost on a model is
+//! [`worst_case_cost`]: its prompt plus `n` answers, each bounded by the least
+//! of the request's `max_tokens`, the model's output limit and what its
+//! context window leaves after the prompt. `max_cost`, the budget check (a
+//! caller's [`LiveSignals::budget_room`]) and [`Ranked::worst_case_cost`] all
+//! use it, and so does the facade's budget hold.
 //!
 //! [`rank`] returns every eligible model best first with its [`Breakdown`];
 //! [`explain`] adds every rejected model with each constraint it failed;
@@ -56,11 +64,11 @@ mod score;
 mod signals;
 
 pub use crate::{
-    filter::Rejection,
+    filter::{Rejection, worst_case_cost, worst_case_output},
     rank::{Explanation, Ranked, Rejected, SelectorConfig, Strategy, explain, rank, select, select_where},
     requirements::{Locality, Requirements},
     score::{Breakdown, Weights},
-    signals::{LiveSignals, NoSignals, Signals},
+    signals::{BudgetRoom, LiveSignals, NoSignals, Signals},
 };
 
 /// What can go wrong selecting a model.

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     Breakdown, Error, LiveSignals, Rejection, Requirements, Weights,
-    filter::{check, estimate, latency_ms},
+    filter::{check, estimate, latency_ms, worst_case_cost},
     score::{Known, score, sized},
 };
 
@@ -58,8 +58,12 @@ pub struct Ranked<'a> {
     pub preferred: bool,
     /// The score and its components.
     pub score: Breakdown,
-    /// The estimated cost of the request on it, when its price is known.
+    /// The typical cost of the request on it (prompt plus the request's
+    /// own output cap), when its price is known: what the score uses.
     pub estimated_cost: Option<Money>,
+    /// The most the request can cost on it ([`worst_case_cost`]): what a
+    /// budget holds and `max_cost` limits. `None` when it cannot be bounded.
+    pub worst_case_cost: Option<Money>,
     /// The latency it is judged by, when known.
     pub latency_ms: Option<f64>,
     // The strategy's sort key (higher first); not part of the public view.
@@ -125,7 +129,7 @@ fn evaluate<'a>(
     rng: &mut Option<fastrand::Rng>,
 ) -> Option<Ranked<'a>> {
     let live = signals.signals(&model.id);
-    if !check(model, req, &live, |_| ControlFlow::Break(())) {
+    if !check(model, req, &live, signals.budget_room(model), |_| ControlFlow::Break(())) {
         return None;
     }
     let known = Known { estimate: estimate(model, req), latency_ms: latency_ms(model, &live) };
@@ -153,7 +157,15 @@ fn evaluate<'a>(
             u.powf(1.0 / w)
         }
     };
-    Some(Ranked { model, preferred: preferred(model, req), score: breakdown, estimated_cost, latency_ms: latency, key })
+    Some(Ranked {
+        model,
+        preferred: preferred(model, req),
+        score: breakdown,
+        estimated_cost,
+        worst_case_cost: worst_case_cost(model, req),
+        latency_ms: latency,
+        key,
+    })
 }
 
 /// Best first: preferred, then the strategy's key, then the score, then the id.
@@ -253,7 +265,7 @@ pub fn explain<'a, M: Borrow<ModelSpec>>(
         }
         let mut reasons = Vec::new();
         let live = signals.signals(&model.id);
-        if !check(model, req, &live, |r| {
+        if !check(model, req, &live, signals.budget_room(model), |r| {
             reasons.push(r);
             ControlFlow::Continue(())
         }) {

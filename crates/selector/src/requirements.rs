@@ -31,13 +31,19 @@ pub struct Requirements {
     pub language: Option<String>,
     /// Tokens in the prompt (for the context check and the cost estimate).
     pub prompt_tokens: u32,
-    /// Tokens the answer may take; the context window must hold prompt plus
-    /// this, and the model's output limit, when it states one, must allow it.
+    /// Tokens each answer may take (the request's `max_tokens`), 0 when the
+    /// request sets no cap and a model may answer up to its own limit. The
+    /// context window must hold prompt plus this, and the model's output
+    /// limit, when it states one, must allow it.
     pub max_output_tokens: u32,
+    /// Answers asked for (OpenAI's `n`); 0 counts as 1. Each may take the
+    /// whole output bound, so the worst-case cost multiplies by it.
+    pub n: u32,
     /// Capabilities the model must have.
     pub capabilities: Vec<Capability>,
-    /// The most this request may cost, estimated from `prompt_tokens` and
-    /// `max_output_tokens` at the model's prices.
+    /// The most this request may cost: a model whose worst case
+    /// ([`worst_case_cost`](crate::worst_case_cost)) is above it, or cannot
+    /// be bounded, is rejected. A worst case exactly at the limit passes.
     pub max_cost: Option<Money>,
     /// The lowest acceptable quality, 0 to 1.
     pub min_quality: Option<f64>,
@@ -64,5 +70,11 @@ impl Requirements {
     #[must_use]
     pub fn min_context(&self) -> u64 {
         u64::from(self.prompt_tokens) + u64::from(self.max_output_tokens)
+    }
+
+    /// Answers asked for: `n`, at least 1.
+    #[must_use]
+    pub fn choices(&self) -> u32 {
+        self.n.max(1)
     }
 }

@@ -2,6 +2,7 @@
 
 use std::{collections::HashMap, hash::BuildHasher};
 
+use modelfleet_registry::{ModelSpec, Money};
 use serde::{Deserialize, Serialize};
 
 /// What is known of a model's recent behaviour.
@@ -17,6 +18,16 @@ pub struct Signals {
     pub in_flight: u32,
 }
 
+/// The tightest hard budget that would pay for a request served by a model:
+/// its name and what is left of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BudgetRoom<'a> {
+    /// The budget, as shown in rejections (e.g. `global monthly`).
+    pub budget: &'a str,
+    /// What is left of it, spent and held money taken off.
+    pub remaining: Money,
+}
+
 /// A source of [`Signals`] per model id.
 ///
 /// The selector defines this trait and never depends on who implements it:
@@ -25,6 +36,13 @@ pub struct Signals {
 pub trait LiveSignals {
     /// The signals of model `id` (the default when nothing is known).
     fn signals(&self, id: &str) -> Signals;
+
+    /// The tightest hard budget that would pay for this request on `model`,
+    /// if any: a model whose worst-case cost does not fit what is left (or
+    /// cannot be bounded) is rejected. The default knows no budgets.
+    fn budget_room(&self, _model: &ModelSpec) -> Option<BudgetRoom<'_>> {
+        None
+    }
 }
 
 /// No live data: every model is judged on its catalog entry alone.

@@ -78,8 +78,13 @@ fn each_constraint_rejects_with_a_reason() {
     check_rejects(&base, &Requirements { capabilities: vec![Capability::Vision], ..req.clone() }, "no vision support");
     check_rejects(
         &base,
-        &Requirements { prompt_tokens: 1_000, max_cost: Some(Money::from_nanos(999_999)), ..req.clone() },
-        "estimated cost $0.001 > max $0.000999999",
+        &Requirements {
+            prompt_tokens: 1_000,
+            max_output_tokens: 500,
+            max_cost: Some(Money::from_nanos(1_999_999)),
+            ..req.clone()
+        },
+        "worst-case cost $0.002 > max $0.001999999",
     );
     check_rejects(&base, &Requirements { min_quality: Some(0.9), ..req.clone() }, "quality 0.5 < min 0.9");
     check_rejects(&base, &Requirements { max_latency_ms: Some(500), ..req.clone() }, "latency 1000 ms > max 500 ms");
@@ -103,6 +108,121 @@ fn each_constraint_rejects_with_a_reason() {
         &Requirements { available_memory_mb: Some(2_048), ..req.clone() },
         "needs 4096 MiB, 2048 MiB free",
     );
+}
+
+/// One row: the model's output limit and window, the request's prompt,
+/// `max_tokens` and `n`, and the worst-case output and cost expected.
+#[track_caller]
+fn check_worst(limit: Option<u32>, window: Option<u32>, prompt: u32, cap: u32, n: u32, expect: Option<(u64, &str)>) {
+    let mut m = model("m"); // $1 in, $2 out per million
+    m.max_output_tokens = limit;
+    m.context_window = window;
+    let req = Requirements { prompt_tokens: prompt, max_output_tokens: cap, n, ..Requirements::default() };
+    let got = worst_case_output(&m, &req).zip(worst_case_cost(&m, &req).map(|c| c.to_string()));
+    assert_eq!(got, expect.map(|(tokens, cost)| (tokens, cost.to_owned())));
+}
+
+#[test]
+fn the_worst_case_takes_the_least_known_output_bound_for_every_answer() {
+    // The request's cap, when it is the least bound.
+    check_worst(Some(2_000), Some(8_000), 1_000, 500, 0, Some((500, "0.002")));
+    // No cap: the model's output limit.
+    check_worst(Some(2_000), Some(8_000), 1_000, 0, 0, Some((2_000, "0.005")));
+    // No cap, no limit: what the window leaves after the prompt.
+    check_worst(None, Some(8_000), 1_000, 0, 1, Some((7_000, "0.015")));
+    // The window leaves less than the limit.
+    check_worst(Some(2_000), Some(2_500), 1_000, 0, 1, Some((1_500, "0.004")));
+    // A prompt filling the window leaves nothing to answer.
+    check_worst(None, Some(1_000), 1_000, 0, 1, Some((0, "0.001")));
+    // n answers each take the whole bound; the prompt is paid once.
+    check_worst(Some(2_000), None, 1_000, 0, 3, Some((6_000, "0.013")));
+    // Nothing bounds the output.
+    check_worst(None, None, 1_000, 0, 1, None);
+    // The request's cap bounds it alone.
+    check_worst(None, None, 1_000, 10, 2, Some((20, "0.00104")));
+
+    let mut unpriced = model("u");
+    unpriced.pricing = None;
+    assert_eq!(worst_case_cost(&unpriced, &Requirements::default()), None, "an unpriced cloud model");
+    unpriced.local = true;
+    unpriced.max_output_tokens = None;
+    unpriced.context_window = None;
+    assert_eq!(worst_case_cost(&unpriced, &Requirements::default()), Some(Money::ZERO), "a local model is free");
+    let mut free = model("f");
+    free.pricing = Some(Pricing::FREE);
+    free.max_output_tokens = None;
+    free.context_window = None;
+    assert_eq!(worst_case_cost(&free, &Requirements::default()), Some(Money::ZERO), "explicit zero prices");
+}
+
+#[test]
+fn max_cost_passes_a_worst_case_exactly_at_it_and_rejects_unbounded_output() {
+    let base = model("m");
+    // prompt 1,000 + 2,000 output (the model's limit): $0.005.
+    let at = |nanos| Requirements {
+        prompt_tokens: 1_000,
+        max_cost: Some(Money::from_nanos(nanos)),
+        ..Requirements::default()
+    };
+    let one = std::slice::from_ref(&base);
+    assert_eq!(rank(one, &at(5_000_000), &NoSignals, &SelectorConfig::default()).len(), 1, "exactly at max_cost");
+    check_rejects(&base, &at(4_999_999), "worst-case cost $0.005 > max $0.004999999");
+    let mut open = base.clone();
+    open.max_output_tokens = None;
+    open.context_window = None;
+    // Without a prompt the unknown window is not needed; the output is still unbounded.
+    let no_prompt = Requirements { prompt_tokens: 0, ..at(5_000_000) };
+    check_rejects(&open, &no_prompt, "output unbounded (no max_tokens, no output limit, no context window)");
+}
+
+/// Signals with one budget room for every model.
+struct Room(Money);
+
+impl LiveSignals for Room {
+    fn signals(&self, _: &str) -> Signals {
+        Signals::default()
+    }
+
+    fn budget_room(&self, _: &ModelSpec) -> Option<BudgetRoom<'_>> {
+        Some(BudgetRoom { budget: "global monthly", remaining: self.0 })
+    }
+}
+
+#[test]
+fn a_model_whose_worst_case_does_not_fit_the_budget_left_is_rejected_and_cheaper_ones_serve() {
+    let dear = model("dear"); // worst case for 1,000 prompt tokens: $0.005
+    let mut cheap = model("cheap");
+    cheap.pricing = Some(price("0.5", "1")); // $0.0025
+    let mut free = model("free");
+    free.pricing = Some(Pricing::FREE);
+    let mut open = model("open");
+    open.pricing = None;
+    let models = [cheap, dear, free, open];
+    let req = Requirements { prompt_tokens: 1_000, ..Requirements::default() };
+    let config = SelectorConfig::default();
+    let served = |left: i64| {
+        let mut ids = ids(&rank(&models, &req, &Room(Money::from_nanos(left)), &config));
+        ids.sort_unstable();
+        ids
+    };
+    assert_eq!(served(5_000_000), ["cheap", "dear", "free"], "exactly the worst case left fits");
+    assert_eq!(served(4_999_999), ["cheap", "free"]);
+    assert_eq!(served(2_500_000), ["cheap", "free"]);
+    assert_eq!(served(2_499_999), ["free"]);
+    assert_eq!(served(0), ["free"], "a free model fits an exhausted budget");
+    let why = explain(&models, &req, &Room(Money::from_nanos(2_499_999)), &config);
+    let reasons: Vec<String> = why.rejected.iter().map(|r| format!("{}: {}", r.model.id, r.reasons[0])).collect();
+    assert_eq!(
+        reasons,
+        [
+            "cheap: worst-case cost $0.0025 > $0.002499999 left in hard budget global monthly",
+            "dear: worst-case cost $0.005 > $0.002499999 left in hard budget global monthly",
+            "open: cost cannot be bounded (no price or no output limit) under hard budget global monthly",
+        ]
+    );
+    assert!(why.rejected.iter().all(|r| r.reasons[0].constraint() == "budget"));
+    // Without a budget the unbounded model serves.
+    assert_eq!(rank(&models, &req, &NoSignals, &config).len(), 4);
 }
 
 #[test]
