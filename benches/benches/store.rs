@@ -1,4 +1,4 @@
-//! Store: rows through the batched writer, opening a new database, a cache hit.
+//! Store: rows through the batched writer, an acknowledged commit, opening a new database, a cache hit.
 
 use std::{
     hint::black_box,
@@ -6,8 +6,9 @@ use std::{
 };
 
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
+use modelfleet_budget::{Period, Scope};
 use modelfleet_registry::{Category, Money};
-use modelfleet_store::{PerfRecord, Store, StoreConfig, cache_key};
+use modelfleet_store::{PerfRecord, SpendEntry, Store, StoreConfig, cache_key};
 
 fn row(i: u64) -> PerfRecord {
     PerfRecord {
@@ -33,17 +34,38 @@ fn benches(c: &mut Criterion) {
     let dir = tempfile::tempdir().expect("a temporary directory");
 
     let store = Store::open(dir.path().join("write.db"), StoreConfig::default()).expect("a new database");
+    let runtime = tokio::runtime::Builder::new_current_thread().build().expect("a runtime");
     let mut next = 0u64;
     // Wall time per row, the final flush (commit) included: 10 us = 100k rows/s.
     group.bench_function("perf_row_batched", |b| {
         b.iter_custom(|iters| {
             let start = Instant::now();
-            for _ in 0..iters {
-                next += 1;
-                store.record(row(next)).expect("queued");
-            }
-            store.flush().expect("committed");
+            runtime.block_on(async {
+                for _ in 0..iters {
+                    next += 1;
+                    store.record(row(next)).await.expect("queued");
+                }
+                store.flush_async().await.expect("committed");
+            });
             start.elapsed()
+        });
+    });
+
+    // One settlement at a time, acknowledged after its COMMIT: the latency a
+    // lone request pays (concurrent ones share transactions).
+    group.bench_function("commit_acked", |b| {
+        b.iter(|| {
+            next += 1;
+            let spend = vec![SpendEntry {
+                scope: Scope::Global,
+                period: Period::Monthly,
+                period_start_ms: 1_700_000_000_000,
+                period_end_ms: Some(1_702_000_000_000),
+                provider: "openai".into(),
+                model: "gpt-4o".into(),
+                amount: Money::from_nanos(1_700),
+            }];
+            runtime.block_on(store.commit(spend, Some(row(next)))).expect("committed");
         });
     });
 

@@ -1,23 +1,43 @@
 //! SQLite persistence for modelfleet, the only crate that touches rusqlite.
 //!
 //! One database file holds the model catalog, usage per model, the
-//! performance log (one row per request outcome), the budget ledger, the
-//! alert history and the response cache. SQLite is bundled: nothing needs
-//! to be installed.
+//! performance log (one row per request outcome), the budget ledger (spend
+//! per budget, period, provider and model), the budgets created through the
+//! API with their audit trail, the alert history and the response cache.
+//! SQLite is bundled: nothing needs to be installed. The facade `modelfleet`
+//! uses it directly; nothing else should.
 //!
 //! - **Opening** checks the file is SQLite, runs `PRAGMA quick_check`,
 //!   refuses a schema newer than this build, then applies migrations
 //!   (`PRAGMA user_version`) in one transaction. A refused file is never
 //!   touched: the error names it and [`quarantine`] moves it aside on request.
-//! - **Writing**: WAL mode, `synchronous=NORMAL`, a busy timeout, foreign
-//!   keys on. One writer thread commits queued writes in batches (N rows or
-//!   T ms) with cached statements; the queue is bounded (writers wait when
-//!   it is full). [`Store::flush`] returns once everything queued before it
-//!   is committed. Budget spend, catalog changes and alerts are committed
-//!   before their call returns.
-//! - **Durability contract**: once `flush` (or a strict write) has returned,
-//!   the data survives the process being killed (tested with SIGKILL); with
-//!   [`Durability::PowerLoss`], power failure too.
+//! - **One writer thread** owns the write connection (WAL mode,
+//!   `synchronous=NORMAL`, or `FULL` with [`Durability::PowerLoss`]). Spend,
+//!   performance rows, usage, alerts, budget changes and cache entries reach
+//!   it through a bounded queue; it commits many of them per transaction.
+//! - **Commit returns after COMMIT.** [`Store::commit`] writes a settled
+//!   request (its spend on every covering budget, its performance row and
+//!   usage update) atomically, and its future resolves once the transaction
+//!   holding it has committed: durable against a killed process, and with
+//!   [`Durability::PowerLoss`] against power loss.
+//! - **Group commit.** A batch holding an op somebody waits for (a commit, a
+//!   flush, a budget change) is committed as soon as the queue is drained,
+//!   so concurrent commits share one transaction; performance rows alone
+//!   are batched (`batch_rows` rows or `batch_wait`).
+//! - **Never blocks a tokio worker on the request path.** The `async`
+//!   methods wait for room and for their acknowledgement without blocking a
+//!   thread; the `*_detached` methods, [`Store::save_alert`] and
+//!   [`Store::cache_put`] never wait (a full queue sends the op to an
+//!   overflow list the writer drains). Reads, catalog writes,
+//!   [`Store::flush`], [`Store::close`] and the `*_blocking` budget changes
+//!   block the calling thread: call them off the runtime (`spawn_blocking`)
+//!   or outside it.
+//! - **Spend is never lost.** When a transaction fails twice its commits
+//!   return [`Error::Write`] but their spend stays with the writer and is
+//!   re-applied in every later transaction until one commits;
+//!   [`Store::spend_backlog`] says why meanwhile (the facade degrades its
+//!   budgets and fails hard budgets closed on it). Performance rows, alerts
+//!   and cache entries of a failed transaction are dropped and counted.
 //! - **Response cache**: keys are SHA-256 of the canonical request
 //!   ([`cache_key`]); entries carry a TTL and a checksum; the cache is held
 //!   under an entry and a byte limit (oldest evicted first). Corrupted entries
@@ -26,18 +46,27 @@
 //!   writes succeed again.
 //!
 //! ```
-//! use modelfleet_store::{PerfRecord, Store, StoreConfig};
+//! use modelfleet_budget::{Period, Scope};
 //! use modelfleet_registry::{Category, Money};
+//! use modelfleet_store::{PerfRecord, SpendEntry, Store, StoreConfig};
 //!
 //! let dir = tempfile::tempdir()?;
 //! let store = Store::open(dir.path().join("fleet.db"), StoreConfig::default())?;
-//! store.record(PerfRecord {
+//! let cost = Money::from_nanos(6_000_000);
+//! let spend = vec![SpendEntry {
+//!     scope: Scope::Global, period: Period::None, period_start_ms: 0, period_end_ms: None,
+//!     provider: "openai".into(), model: "gpt-4o".into(), amount: cost,
+//! }];
+//! let perf = PerfRecord {
 //!     at_ms: 1_700_000_000_000, model: "gpt-4o".into(), provider: "openai".into(),
 //!     kind: Category::Code, language: Some("en".into()), latency_us: 850_000, ttft_us: None,
 //!     input_tokens: 1_200, output_tokens: 300, cached_tokens: 0,
-//!     cost: Money::from_nanos(6_000_000), error: None, quality: None,
-//! })?;
-//! store.flush()?;
+//!     cost, error: None, quality: None,
+//! };
+//! let runtime = tokio::runtime::Builder::new_current_thread().build()?;
+//! // Resolves after the COMMIT of the transaction holding spend and row.
+//! runtime.block_on(store.commit(spend, Some(perf)))?;
+//! assert_eq!(store.spend()?[0].spent, cost);
 //! assert_eq!(store.usage()?[0].requests, 1);
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
@@ -50,7 +79,7 @@ mod writer;
 use std::path::{Path, PathBuf};
 
 pub use crate::{
-    records::{AlertRecord, PerfRecord, SpendRow, UsageRow},
+    records::{AlertRecord, AuditRow, PerfRecord, SpendEntry, SpendRow, UsageRow},
     schema::{CheckReport, Durability, SCHEMA_VERSION, check, quarantine},
     store::{CacheStats, Restored, Store, StoreConfig, cache_key},
 };

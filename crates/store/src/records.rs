@@ -1,5 +1,7 @@
 //! What the store keeps, as owned rows.
 
+use std::collections::BTreeMap;
+
 use modelfleet_budget::{Alert, Period, Scope};
 use modelfleet_errors::ErrorClass;
 use modelfleet_monitor::Outcome;
@@ -91,7 +93,29 @@ pub struct UsageRow {
     pub last_ms: u64,
 }
 
-/// A budget's spend in one period.
+/// One budget's share of a settled request: what [`Store::commit`] adds to
+/// the ledger. A settlement carries one entry per budget that covers it.
+///
+/// [`Store::commit`]: crate::Store::commit
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpendEntry {
+    /// The budget's scope.
+    pub scope: Scope,
+    /// Its period kind.
+    pub period: Period,
+    /// The period's start (Unix ms).
+    pub period_start_ms: u64,
+    /// The period's end (Unix ms); `None` for a lifetime budget.
+    pub period_end_ms: Option<u64>,
+    /// The provider that served the request.
+    pub provider: String,
+    /// The model that served it.
+    pub model: String,
+    /// What it cost.
+    pub amount: Money,
+}
+
+/// A budget's spend in one period, summed over providers and models.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SpendRow {
     /// The budget's scope.
@@ -100,8 +124,33 @@ pub struct SpendRow {
     pub period: Period,
     /// The period's start (Unix ms).
     pub period_start_ms: u64,
-    /// Spent in it.
+    /// The period's end (Unix ms), when known (`None` for a lifetime budget
+    /// and for spend recorded before schema version 2).
+    pub period_end_ms: Option<u64>,
+    /// Spent in it: exactly the sum of `by_provider` (and of `by_model`).
     pub spent: Money,
+    /// Spent per provider. Spend recorded before schema version 2 has no
+    /// breakdown and is listed under the empty name `""`.
+    pub by_provider: BTreeMap<String, Money>,
+    /// Spent per model (same convention for older spend).
+    pub by_model: BTreeMap<String, Money>,
+}
+
+/// One change to the stored budgets, as kept in the audit trail.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditRow {
+    /// When (Unix ms).
+    pub at_ms: u64,
+    /// Who made it (an API key's name, `cli`, …).
+    pub who: String,
+    /// `set`, `remove` or `reset`.
+    pub action: String,
+    /// The budget's scope.
+    pub scope: Scope,
+    /// Its period kind.
+    pub period: Period,
+    /// What changed, for people (the new limit, the amount reset…).
+    pub detail: String,
 }
 
 /// A fired budget alert, as kept in the alert history.

@@ -13,7 +13,7 @@ use crate::Error;
 
 /// The migrations, in order; migration `i` brings the schema to version `i + 1`.
 /// Never edit one that has shipped: add the next.
-const MIGRATIONS: &[&str] = &[
+pub(crate) const MIGRATIONS: &[&str] = &[
     // 1: the first schema.
     "
     CREATE TABLE models (
@@ -81,6 +81,53 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX cache_created ON cache (created_ms);
     CREATE INDEX cache_expires ON cache (expires_ms);
+    ",
+    // 2: spend per provider and model with the period's end; alerts name
+    // their period; budgets created through the API and their audit trail.
+    //
+    // Old spend has no breakdown: it moves under provider '' and model ''.
+    // Old alerts get the period they can be proven to have: 'none' when the
+    // period started at 0 (only a lifetime budget does), else the one period
+    // the old ledger holds for that scope and start; otherwise NULL, which
+    // reads back as a lifetime budget's alert with a non-zero start, so it
+    // never matches a current period (see `Store::alerts`).
+    "
+    CREATE TABLE budget_spend_v2 (
+        scope TEXT NOT NULL,
+        period TEXT NOT NULL,
+        period_start_ms INTEGER NOT NULL,
+        period_end_ms INTEGER,
+        provider TEXT NOT NULL,
+        model TEXT NOT NULL,
+        spent_nanos INTEGER NOT NULL,
+        PRIMARY KEY (scope, period, period_start_ms, provider, model)
+    );
+    INSERT INTO budget_spend_v2 (scope, period, period_start_ms, period_end_ms, provider, model, spent_nanos)
+        SELECT scope, period, period_start_ms, NULL, '', '', spent_nanos FROM budget_spend;
+    ALTER TABLE alerts ADD COLUMN period TEXT;
+    UPDATE alerts SET period = CASE
+        WHEN period_start_ms = 0 THEN '\"none\"'
+        ELSE (SELECT CASE WHEN COUNT(DISTINCT s.period) = 1 THEN MIN(s.period) END FROM budget_spend s
+              WHERE s.scope = alerts.scope AND s.period_start_ms = alerts.period_start_ms)
+    END;
+    DROP TABLE budget_spend;
+    ALTER TABLE budget_spend_v2 RENAME TO budget_spend;
+    CREATE TABLE budgets (
+        scope TEXT NOT NULL,
+        period TEXT NOT NULL,
+        spec TEXT NOT NULL,
+        updated_at_ms INTEGER NOT NULL,
+        PRIMARY KEY (scope, period)
+    );
+    CREATE TABLE budget_audit (
+        id INTEGER PRIMARY KEY,
+        at_ms INTEGER NOT NULL,
+        who TEXT NOT NULL,
+        action TEXT NOT NULL,
+        scope TEXT NOT NULL,
+        period TEXT NOT NULL,
+        detail TEXT NOT NULL
+    );
     ",
 ];
 

@@ -1,37 +1,46 @@
 //! The store: one SQLite file, a writer thread, a strict path and a reader.
 
 use std::{
+    collections::BTreeMap,
     path::{Path, PathBuf},
     sync::{
-        Arc, Mutex, MutexGuard, PoisonError,
+        Arc, Mutex,
         atomic::{AtomicU64, Ordering},
-        mpsc::{self, SyncSender},
     },
     thread::JoinHandle,
     time::Duration,
 };
 
-use modelfleet_budget::{Alert, Period, Scope};
+use modelfleet_budget::{Alert, BudgetSpec, Period, Scope};
 use modelfleet_errors::{DegradationConfig, DegradationTracker, ErrorClass};
 use modelfleet_registry::{Category, Clock, ModelSpec, Money, SystemClock};
 use rusqlite::{Connection, OptionalExtension, params};
 use sha2::{Digest, Sha256};
+use tokio::sync::{
+    mpsc::{self, error::TrySendError},
+    oneshot,
+};
 
 use crate::{
     Error,
-    records::{PerfRecord, SpendRow, UsageRow, encode, to_i64, to_u64},
+    records::{AuditRow, PerfRecord, SpendEntry, SpendRow, UsageRow, to_i64, to_u64},
     schema::{self, Durability},
-    writer::{self, Op},
+    writer::{self, Ack, BudgetChange, Op, Outcome, Queued, lock},
 };
 
 /// The store's settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StoreConfig {
-    /// Rows per write transaction at most.
+    /// Ops the writer takes from the queue per transaction at most (a batch
+    /// can exceed it by what it takes from the overflow).
     pub batch_rows: usize,
-    /// How long the writer waits to fill a batch.
+    /// How long the writer waits to fill a batch of performance rows. A
+    /// batch holding an op somebody waits for (a commit, a flush, a budget
+    /// change) is committed as soon as the queue is drained.
     pub batch_wait: Duration,
-    /// Writes queued at most; beyond, writers wait (back-pressure).
+    /// Writes queued at most; beyond, the `async` writers wait without
+    /// blocking a thread (back-pressure) and the non-waiting ones
+    /// (`*_detached`, alerts, cache entries, flush) go to an overflow list.
     pub queue_capacity: usize,
     /// Commit durability.
     pub durability: Durability,
@@ -91,21 +100,60 @@ pub struct Restored {
     pub usage: Vec<UsageRow>,
     /// Budget spend per scope and period.
     pub spend: Vec<SpendRow>,
+    /// The budgets created through the API.
+    pub budgets: Vec<BudgetSpec>,
 }
 
 /// The modelfleet database: catalog, usage, performance log, budget ledger,
-/// alert history and response cache in one SQLite file.
+/// budgets and their audit trail, alert history and response cache in one
+/// SQLite file.
 ///
-/// Writes of the performance log and the cache are queued to one writer
-/// thread that commits them in batches; [`Store::flush`] returns once
-/// everything queued before it is committed, and **a committed write
-/// survives the process being killed** (with [`Durability::PowerLoss`],
-/// power failure too). Budget spend, the catalog and alerts take the strict
-/// path: committed before the call returns. Dropping the store flushes.
+/// # Writes go through one writer thread
+///
+/// Spend, the performance log, usage, alerts, budget changes and the cache
+/// are queued (a bounded queue of `queue_capacity` ops) to one writer thread
+/// that owns the write connection and commits many ops per transaction:
+///
+/// - [`Store::commit`] (a settled request: its spend on every covering
+///   budget plus its performance row and usage update, atomic in one
+///   transaction) returns **after the COMMIT** of the transaction holding
+///   it. Concurrent commits share transactions (group commit): the writer
+///   does not wait to fill a batch when a caller waits, it commits as soon
+///   as the queue is drained. So "committed before the call returns" holds,
+///   and with [`Durability::PowerLoss`] the spend survives power failure.
+/// - **Spend is never lost.** When a transaction fails twice, the commits in
+///   it return [`Error::Write`], but their spend rows stay with the writer
+///   and are re-applied in every later transaction (at least one a second)
+///   until one commits; [`Store::spend_backlog`] says why while they wait.
+///   Performance rows, cache entries and alerts of a failed transaction are
+///   dropped and counted ([`Store::write_counts`]). Spend still waiting when
+///   the store is closed is lost with the process: `close` reports it.
+/// - Performance rows on their own ([`Store::record`]) are batched: a
+///   transaction per `batch_rows` rows or `batch_wait`.
+/// - [`Store::flush`] returns once everything queued before it is
+///   committed; **a committed write survives the process being killed**.
+///   Dropping the store flushes.
+///
+/// # What blocks
+///
+/// Nothing on the request path blocks a tokio worker: the `async` methods
+/// wait for room in the queue and for their acknowledgement without
+/// blocking a thread, and the `*_detached` methods, [`Store::save_alert`]
+/// and [`Store::cache_put`] never wait (when the queue is full the op goes
+/// to an overflow list the writer drains on every loop; for `Drop` paths
+/// that cannot await). A dropped `commit` future still commits its spend.
+///
+/// These block the calling thread and belong off the async runtime
+/// (`spawn_blocking`) or outside it: [`Store::flush`], [`Store::close`],
+/// dropping the store, the `*_blocking` budget changes (for a CLI editing a
+/// stopped gateway's database), the catalog writes (`save_model`,
+/// `save_catalog`, `remove_model`, committed on their own connection before
+/// they return), and every read (`spend`, `usage`, `cache_get`, …) which
+/// runs SQLite on the calling thread.
 pub struct Store {
     path: PathBuf,
     clock: Box<dyn Clock>,
-    queue: Option<SyncSender<Op>>,
+    queue: Option<mpsc::Sender<Queued>>,
     writer: Option<JoinHandle<()>>,
     shared: Arc<writer::Shared>,
     strict: Mutex<Connection>,
@@ -120,9 +168,27 @@ impl std::fmt::Debug for Store {
     }
 }
 
-fn lock(conn: &Mutex<Connection>) -> MutexGuard<'_, Connection> {
-    // A connection stays usable after a panic elsewhere.
-    conn.lock().unwrap_or_else(PoisonError::into_inner)
+/// An op waiting for room in the queue. If its future is dropped first, the
+/// op still goes (to the overflow): a cancelled request's spend is written.
+struct Unsent<'s> {
+    store: &'s Store,
+    queued: Option<Queued>,
+}
+
+impl Drop for Unsent<'_> {
+    fn drop(&mut self) {
+        if let Some(queued) = self.queued.take() {
+            let _ = self.store.push(queued);
+        }
+    }
+}
+
+fn outcome(outcome: Option<Outcome>) -> Result<(), Error> {
+    match outcome {
+        Some(Ok(())) => Ok(()),
+        Some(Err(message)) => Err(Error::Write(message)),
+        None => Err(Error::Closed),
+    }
 }
 
 /// The cache key of a request: SHA-256 of its canonical JSON (object keys
@@ -174,17 +240,22 @@ impl Store {
         let shared = Arc::new(writer::Shared {
             batch_rows: config.batch_rows.max(1),
             batch_wait: config.batch_wait,
+            capacity: config.queue_capacity.max(1),
             cache_max_entries: config.cache_max_entries,
             cache_max_bytes: config.cache_max_bytes,
+            seq: AtomicU64::new(1),
             committed: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
+            transactions: AtomicU64::new(0),
             last_error: Mutex::new(None),
+            backlog: Mutex::new(None),
+            overflow: Mutex::new(Vec::new()),
         });
-        let (queue, rx) = mpsc::sync_channel(config.queue_capacity.max(1));
+        let (queue, rx) = mpsc::channel(shared.capacity);
         let thread_shared = Arc::clone(&shared);
         let writer = std::thread::Builder::new()
             .name("modelfleet-store-writer".into())
-            .spawn(move || writer::run(writer_conn, &rx, &thread_shared))
+            .spawn(move || writer::run(writer_conn, rx, &thread_shared))
             .map_err(|e| Error::io(&path, &e))?;
         Ok(Store {
             path,
@@ -205,48 +276,235 @@ impl Store {
         &self.path
     }
 
-    fn send(&self, op: Op) -> Result<(), Error> {
-        self.queue.as_ref().ok_or(Error::Closed)?.send(op).map_err(|_| Error::Closed)
+    // ---- The queue -----------------------------------------------------------
+
+    /// `op` with its place in the order of enqueueing.
+    fn queued(&self, op: Op) -> Queued {
+        Queued { seq: self.shared.seq.fetch_add(1, Ordering::Relaxed), op }
     }
 
-    /// Queues one performance-log row (and its usage update); waits when the
-    /// queue is full.
-    pub fn record(&self, record: PerfRecord) -> Result<(), Error> {
-        self.send(Op::Perf(Box::new(record)))
-    }
-
-    /// Returns once every write queued before it is committed.
-    pub fn flush(&self) -> Result<(), Error> {
-        let (ack, done) = mpsc::sync_channel(1);
-        self.send(Op::Flush(ack))?;
-        match done.recv() {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(message)) => Err(Error::Write(message)),
-            Err(_) => Err(Error::Closed),
+    /// Queues without waiting: in the queue when it has room, else in the overflow.
+    fn push(&self, queued: Queued) -> Result<(), Error> {
+        let queue = self.queue.as_ref().ok_or(Error::Closed)?;
+        match queue.try_send(queued) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Closed(_)) => Err(Error::Closed),
+            Err(TrySendError::Full(queued)) => {
+                lock(&self.shared.overflow).push(queued);
+                // An idle writer parks on the queue: wake it. When the queue
+                // is full the wake-up is not needed: the writer has ops to
+                // take, and looks at the overflow right after them.
+                let _ = queue.try_send(Queued { seq: 0, op: Op::Wake });
+                Ok(())
+            }
         }
     }
 
-    /// Rows committed and rows dropped (refused twice by the database) so far.
+    /// Queues `op`, waiting (without blocking a thread) while the queue is full.
+    async fn send(&self, op: Op) -> Result<(), Error> {
+        let queue = self.queue.as_ref().ok_or(Error::Closed)?;
+        let mut unsent = Unsent { store: self, queued: Some(self.queued(op)) };
+        let permit = queue.reserve().await.map_err(|_| Error::Closed)?;
+        if let Some(queued) = unsent.queued.take() {
+            permit.send(queued);
+        }
+        Ok(())
+    }
+
+    /// Queues the op made by `op` and waits for its transaction's outcome.
+    async fn send_acked(&self, op: impl FnOnce(Ack) -> Op) -> Result<(), Error> {
+        let (ack, done) = oneshot::channel();
+        self.send(op(Ack::Async(ack))).await?;
+        outcome(done.await.ok())
+    }
+
+    /// Like [`Store::send_acked`], blocking the thread; works inside and
+    /// outside an async runtime.
+    fn send_acked_blocking(&self, op: impl FnOnce(Ack) -> Op) -> Result<(), Error> {
+        let (ack, done) = std::sync::mpsc::sync_channel(1);
+        self.push(self.queued(op(Ack::Blocking(ack))))?;
+        outcome(done.recv().ok())
+    }
+
+    /// Commits a settled request: `spend` (one entry per budget covering it)
+    /// and its performance row with its usage update, atomically in one
+    /// transaction. Returns after that transaction's COMMIT (many concurrent
+    /// commits share one: group commit). Waits, without blocking a thread,
+    /// while the queue is full.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Write`] when the transaction failed twice: the performance
+    /// row is dropped, but **the spend is kept** and re-applied in every
+    /// later transaction until one commits ([`Store::spend_backlog`] is
+    /// `Some` meanwhile). [`Error::Closed`] when the store is closed.
+    pub async fn commit(&self, spend: Vec<SpendEntry>, perf: Option<PerfRecord>) -> Result<(), Error> {
+        self.send_acked(|ack| Op::Settle { spend, perf: perf.map(Box::new), ack: Some(ack) }).await
+    }
+
+    /// Queues a settled request like [`Store::commit`] without waiting for
+    /// anything: never blocks, never loses the spend (when the queue is full
+    /// the op goes to an overflow list the writer drains on every loop). For
+    /// `Drop` paths that cannot await; [`Store::flush`] waits for it.
+    pub fn commit_detached(&self, spend: Vec<SpendEntry>, perf: Option<PerfRecord>) {
+        // Closed only while the store is being dropped: no caller is left.
+        let _ = self.push(self.queued(Op::Settle { spend, perf: perf.map(Box::new), ack: None }));
+    }
+
+    /// Queues one performance-log row (and its usage update), waiting
+    /// without blocking a thread while the queue is full. Committed in a
+    /// batch (`batch_rows` rows or `batch_wait`); [`Store::flush`] waits for it.
+    pub async fn record(&self, record: PerfRecord) -> Result<(), Error> {
+        self.send(Op::Perf(Box::new(record))).await
+    }
+
+    /// Queues one performance-log row without waiting: never blocks, never
+    /// loses the row to a full queue (see [`Store::commit_detached`]).
+    pub fn record_detached(&self, record: PerfRecord) {
+        // Closed only while the store is being dropped: no caller is left.
+        let _ = self.push(self.queued(Op::Perf(Box::new(record))));
+    }
+
+    /// Returns once every write queued before it is committed.
+    ///
+    /// **Blocks the calling thread** until then: on an async runtime call
+    /// [`Store::flush_async`] or run it in `spawn_blocking`. It works both
+    /// inside and outside a runtime (it never waits for room in the queue:
+    /// a full queue sends it to the overflow; then it waits on a std channel).
+    pub fn flush(&self) -> Result<(), Error> {
+        self.send_acked_blocking(Op::Flush)
+    }
+
+    /// Returns once every write queued before it is committed, without
+    /// blocking a thread.
+    pub async fn flush_async(&self) -> Result<(), Error> {
+        self.send_acked(Op::Flush).await
+    }
+
+    /// Why spend waits for a successful commit (sanitized), while it does:
+    /// a transaction holding spend failed twice and no transaction has
+    /// committed since. `None` when every acknowledged spend is on disk.
+    #[must_use]
+    pub fn spend_backlog(&self) -> Option<String> {
+        lock(&self.shared.backlog).clone()
+    }
+
+    /// Writes committed and writes dropped (refused twice by the database) so
+    /// far. A write is one queued op: a performance row, a settlement, an
+    /// alert, a cache entry or a budget change. Dropped writes are
+    /// performance rows, alerts and cache entries (spend is kept, budget
+    /// changes are refused to their caller).
     #[must_use]
     pub fn write_counts(&self) -> (u64, u64) {
         (self.shared.committed.load(Ordering::Relaxed), self.shared.dropped.load(Ordering::Relaxed))
     }
 
-    /// Flushes and stops the writer (what dropping the store does, with the error reported).
+    /// Write transactions committed so far by the writer thread.
+    #[must_use]
+    pub fn transactions(&self) -> u64 {
+        self.shared.transactions.load(Ordering::Relaxed)
+    }
+
+    /// Flushes and stops the writer (what dropping the store does, with the
+    /// error reported). Blocks the calling thread.
     pub fn close(mut self) -> Result<(), Error> {
         let flushed = self.flush();
         self.stop();
-        flushed
+        match (flushed, self.spend_backlog()) {
+            (Ok(()), Some(reason)) => Err(Error::Write(reason)),
+            (flushed, _) => flushed,
+        }
     }
 
     fn stop(&mut self) {
-        self.queue = None; // the writer drains the queue, then ends
+        self.queue = None; // the writer drains the queue and the overflow, then ends
         if let Some(writer) = self.writer.take() {
             let _ = writer.join();
         }
     }
 
-    // ---- Strict path: committed before returning ---------------------------
+    // ---- Alerts and budgets: through the writer ------------------------------
+
+    /// Appends a fired alert to the history. Queued, never blocks: committed
+    /// with the next transaction ([`Store::flush`] waits for it).
+    pub fn save_alert(&self, alert: &Alert) -> Result<(), Error> {
+        self.push(self.queued(Op::Alert(Box::new(alert.clone()))))
+    }
+
+    /// Saves (inserts or replaces) a budget created through the API, with an
+    /// audit row `set` by `who`. Returns after COMMIT, ordered with spend
+    /// commits. Budgets from the configuration file are not stored here.
+    pub async fn save_budget(&self, spec: &BudgetSpec, who: &str, at_ms: u64) -> Result<(), Error> {
+        let change = BudgetChange::Save { spec: spec.clone(), who: who.to_owned(), at_ms };
+        self.send_acked(|ack| Op::Budget(Box::new(change), ack)).await
+    }
+
+    /// Removes a stored budget, with an audit row `remove` by `who`. Returns
+    /// after COMMIT; its spend stays (history).
+    pub async fn remove_budget(&self, scope: &Scope, period: Period, who: &str, at_ms: u64) -> Result<(), Error> {
+        let change = BudgetChange::Remove { scope: scope.clone(), period, who: who.to_owned(), at_ms };
+        self.send_acked(|ack| Op::Budget(Box::new(change), ack)).await
+    }
+
+    /// Deletes a budget's spend in the period starting at `period_start_ms`
+    /// (every provider and model), with an audit row `reset` by `who` that
+    /// names `spent_before`. Returns after COMMIT; spend committed before it
+    /// is deleted, spend queued after it stays.
+    pub async fn reset_spend(
+        &self,
+        scope: &Scope,
+        period: Period,
+        period_start_ms: u64,
+        spent_before: Money,
+        who: &str,
+        at_ms: u64,
+    ) -> Result<(), Error> {
+        let change = BudgetChange::Reset {
+            scope: scope.clone(),
+            period,
+            period_start_ms,
+            spent_before,
+            who: who.to_owned(),
+            at_ms,
+        };
+        self.send_acked(|ack| Op::Budget(Box::new(change), ack)).await
+    }
+
+    /// [`Store::save_budget`], blocking the calling thread (for a CLI editing
+    /// a stopped gateway's database; never on an async worker).
+    pub fn save_budget_blocking(&self, spec: &BudgetSpec, who: &str, at_ms: u64) -> Result<(), Error> {
+        let change = BudgetChange::Save { spec: spec.clone(), who: who.to_owned(), at_ms };
+        self.send_acked_blocking(|ack| Op::Budget(Box::new(change), ack))
+    }
+
+    /// [`Store::remove_budget`], blocking the calling thread.
+    pub fn remove_budget_blocking(&self, scope: &Scope, period: Period, who: &str, at_ms: u64) -> Result<(), Error> {
+        let change = BudgetChange::Remove { scope: scope.clone(), period, who: who.to_owned(), at_ms };
+        self.send_acked_blocking(|ack| Op::Budget(Box::new(change), ack))
+    }
+
+    /// [`Store::reset_spend`], blocking the calling thread.
+    pub fn reset_spend_blocking(
+        &self,
+        scope: &Scope,
+        period: Period,
+        period_start_ms: u64,
+        spent_before: Money,
+        who: &str,
+        at_ms: u64,
+    ) -> Result<(), Error> {
+        let change = BudgetChange::Reset {
+            scope: scope.clone(),
+            period,
+            period_start_ms,
+            spent_before,
+            who: who.to_owned(),
+            at_ms,
+        };
+        self.send_acked_blocking(|ack| Op::Budget(Box::new(change), ack))
+    }
+
+    // ---- Catalog: committed on its own connection before returning -----------
 
     /// Saves (inserts or replaces) a model spec.
     pub fn save_model(&self, spec: &ModelSpec) -> Result<(), Error> {
@@ -282,40 +540,6 @@ impl Store {
             .execute("DELETE FROM models WHERE id = ?1", params![id])
             .map_err(|e| Error::sqlite("removing a model", &e))?;
         Ok(n > 0)
-    }
-
-    /// Adds `amount` to a budget's spend for one period; committed before returning.
-    pub fn add_spend(&self, scope: &Scope, period: Period, period_start_ms: u64, amount: Money) -> Result<(), Error> {
-        // On every paid request: the statement is prepared once per connection.
-        lock(&self.strict)
-            .prepare_cached(
-                "INSERT INTO budget_spend (scope, period, period_start_ms, spent_nanos) VALUES (?1, ?2, ?3, ?4) \
-                 ON CONFLICT (scope, period, period_start_ms) DO UPDATE SET spent_nanos = spent_nanos + excluded.spent_nanos",
-            )
-            .and_then(|mut stmt| {
-                stmt.execute(params![encode(scope), encode(&period), to_i64(period_start_ms), amount.nanos()])
-            })
-            .map_err(|e| Error::sqlite("recording budget spend", &e))?;
-        Ok(())
-    }
-
-    /// Appends a fired alert to the history; committed before returning.
-    pub fn save_alert(&self, alert: &Alert) -> Result<(), Error> {
-        lock(&self.strict)
-            .execute(
-                "INSERT INTO alerts (at_ms, scope, threshold, spent_nanos, limit_nanos, period_start_ms) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![
-                    to_i64(alert.at_ms),
-                    encode(&alert.scope),
-                    alert.threshold,
-                    alert.spent.nanos(),
-                    alert.limit.nanos(),
-                    to_i64(alert.period_start_ms)
-                ],
-            )
-            .map_err(|e| Error::sqlite("saving an alert", &e))?;
-        Ok(())
     }
 
     // ---- Reads ----------------------------------------------------------------
@@ -437,53 +661,87 @@ impl Store {
             .collect()
     }
 
-    /// Budget spend per scope and period, newest period first.
+    /// Budget spend per scope, period and period start (one row each, summed
+    /// over providers and models), newest period first. Blocks (SQLite).
     pub fn spend(&self) -> Result<Vec<SpendRow>, Error> {
-        let conn = lock(&self.reader);
-        let mut stmt = conn
-            .prepare_cached("SELECT scope, period, period_start_ms, spent_nanos FROM budget_spend ORDER BY period_start_ms DESC, scope")
-            .map_err(|e| Error::sqlite("reading budget spend", &e))?;
-        let rows: Vec<(String, String, i64, i64)> = stmt
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
-            .and_then(Iterator::collect)
-            .map_err(|e| Error::sqlite("reading budget spend", &e))?;
-        rows.into_iter()
-            .map(|(scope, period, start, spent)| {
-                let bad = |e: serde_json::Error| Error::BadRow {
-                    table: "budget_spend",
-                    key: scope.clone(),
-                    message: e.to_string(),
-                };
-                Ok(SpendRow {
-                    scope: serde_json::from_str(&scope).map_err(bad)?,
-                    period: serde_json::from_str(&period).map_err(bad)?,
-                    period_start_ms: to_u64(start),
-                    spent: Money::from_nanos(spent),
-                })
-            })
-            .collect()
-    }
-
-    /// The alert history, oldest first.
-    pub fn alerts(&self) -> Result<Vec<Alert>, Error> {
+        type Raw = (String, String, i64, Option<i64>, String, String, i64);
         let conn = lock(&self.reader);
         let mut stmt = conn
             .prepare_cached(
-                "SELECT at_ms, scope, threshold, spent_nanos, limit_nanos, period_start_ms FROM alerts ORDER BY id",
+                "SELECT scope, period, period_start_ms, period_end_ms, provider, model, spent_nanos FROM budget_spend \
+                 ORDER BY period_start_ms DESC, scope, period, provider, model",
+            )
+            .map_err(|e| Error::sqlite("reading budget spend", &e))?;
+        let rows: Vec<Raw> = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?)))
+            .and_then(Iterator::collect)
+            .map_err(|e| Error::sqlite("reading budget spend", &e))?;
+        let mut out: Vec<SpendRow> = Vec::new();
+        // Rows of one (scope, period, start) are adjacent: ordered by them.
+        let mut current: Option<(String, String, i64)> = None;
+        for (scope, period, start, end, provider, model, spent) in rows {
+            let key = (scope, period, start);
+            if current.as_ref() != Some(&key) {
+                let bad = |e: serde_json::Error| Error::BadRow {
+                    table: "budget_spend",
+                    key: key.0.clone(),
+                    message: e.to_string(),
+                };
+                out.push(SpendRow {
+                    scope: serde_json::from_str(&key.0).map_err(bad)?,
+                    period: serde_json::from_str(&key.1).map_err(bad)?,
+                    period_start_ms: to_u64(start),
+                    period_end_ms: None,
+                    spent: Money::ZERO,
+                    by_provider: BTreeMap::new(),
+                    by_model: BTreeMap::new(),
+                });
+                current = Some(key);
+            }
+            let Some(row) = out.last_mut() else { continue };
+            let amount = Money::from_nanos(spent);
+            row.period_end_ms = row.period_end_ms.or(end.map(to_u64));
+            row.spent = row.spent.saturating_add(amount);
+            let by_provider = row.by_provider.entry(provider).or_insert(Money::ZERO);
+            *by_provider = by_provider.saturating_add(amount);
+            let by_model = row.by_model.entry(model).or_insert(Money::ZERO);
+            *by_model = by_model.saturating_add(amount);
+        }
+        Ok(out)
+    }
+
+    /// The alert history, oldest first. Blocks (SQLite).
+    ///
+    /// An alert saved before schema version 2 whose period could not be
+    /// recovered reads as `Period::None` with its original (non-zero) period
+    /// start: it is listed, and since a lifetime budget's period starts at
+    /// 0 it never matches a current period when fired thresholds are restored.
+    pub fn alerts(&self) -> Result<Vec<Alert>, Error> {
+        type Raw = (i64, String, Option<String>, u8, i64, i64, i64);
+        let conn = lock(&self.reader);
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT at_ms, scope, period, threshold, spent_nanos, limit_nanos, period_start_ms FROM alerts ORDER BY id",
             )
             .map_err(|e| Error::sqlite("reading alerts", &e))?;
-        let rows: Vec<(i64, String, u8, i64, i64, i64)> = stmt
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)))
+        let rows: Vec<Raw> = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?)))
             .and_then(Iterator::collect)
             .map_err(|e| Error::sqlite("reading alerts", &e))?;
         rows.into_iter()
-            .map(|(at, scope, threshold, spent, limit, start)| {
+            .map(|(at, scope, period, threshold, spent, limit, start)| {
+                let bad = |e: serde_json::Error| Error::BadRow {
+                    table: "alerts",
+                    key: scope.clone(),
+                    message: e.to_string(),
+                };
+                let period = match period {
+                    Some(period) => serde_json::from_str(&period).map_err(bad)?,
+                    None => Period::None,
+                };
                 Ok(Alert {
-                    scope: serde_json::from_str(&scope).map_err(|e| Error::BadRow {
-                        table: "alerts",
-                        key: scope.clone(),
-                        message: e.to_string(),
-                    })?,
+                    scope: serde_json::from_str(&scope).map_err(bad)?,
+                    period,
                     threshold,
                     spent: Money::from_nanos(spent),
                     limit: Money::from_nanos(limit),
@@ -494,26 +752,85 @@ impl Store {
             .collect()
     }
 
-    /// Everything a restarted stack needs: catalog, usage and spend.
+    /// The budgets created through the API, sorted by scope and period.
+    /// Blocks (SQLite). A row that no longer parses is an error naming it.
+    pub fn budgets(&self) -> Result<Vec<BudgetSpec>, Error> {
+        let conn = lock(&self.reader);
+        let mut stmt = conn
+            .prepare_cached("SELECT scope, period, spec FROM budgets ORDER BY scope, period")
+            .map_err(|e| Error::sqlite("reading budgets", &e))?;
+        let rows: Vec<(String, String, String)> = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .and_then(Iterator::collect)
+            .map_err(|e| Error::sqlite("reading budgets", &e))?;
+        rows.into_iter()
+            .map(|(scope, period, spec)| {
+                serde_json::from_str(&spec).map_err(|e| Error::BadRow {
+                    table: "budgets",
+                    key: format!("{scope} {period}"),
+                    message: e.to_string(),
+                })
+            })
+            .collect()
+    }
+
+    /// The budgets' audit trail, oldest first. Blocks (SQLite).
+    pub fn budget_audit(&self) -> Result<Vec<AuditRow>, Error> {
+        type Raw = (i64, i64, String, String, String, String, String);
+        let conn = lock(&self.reader);
+        let mut stmt = conn
+            .prepare_cached("SELECT id, at_ms, who, action, scope, period, detail FROM budget_audit ORDER BY id")
+            .map_err(|e| Error::sqlite("reading the budget audit trail", &e))?;
+        let rows: Vec<Raw> = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?)))
+            .and_then(Iterator::collect)
+            .map_err(|e| Error::sqlite("reading the budget audit trail", &e))?;
+        rows.into_iter()
+            .map(|(id, at, who, action, scope, period, detail)| {
+                let bad = |e: serde_json::Error| Error::BadRow {
+                    table: "budget_audit",
+                    key: id.to_string(),
+                    message: e.to_string(),
+                };
+                Ok(AuditRow {
+                    at_ms: to_u64(at),
+                    who,
+                    action,
+                    scope: serde_json::from_str(&scope).map_err(bad)?,
+                    period: serde_json::from_str(&period).map_err(bad)?,
+                    detail,
+                })
+            })
+            .collect()
+    }
+
+    /// Everything a restarted stack needs: catalog, usage, spend and the
+    /// stored budgets. Blocks (SQLite).
     pub fn restore(&self) -> Result<Restored, Error> {
-        Ok(Restored { models: self.load_catalog()?, usage: self.usage()?, spend: self.spend()? })
+        Ok(Restored {
+            models: self.load_catalog()?,
+            usage: self.usage()?,
+            spend: self.spend()?,
+            budgets: self.budgets()?,
+        })
     }
 
     // ---- Response cache -----------------------------------------------------
 
-    /// Queues `value` under `key` for `ttl`.
+    /// Queues `value` under `key` for `ttl`; never blocks (a full queue
+    /// sends it to the overflow).
     pub fn cache_put(&self, key: [u8; 32], value: &serde_json::Value, ttl: Duration) -> Result<(), Error> {
         let bytes = serde_json::to_vec(value).map_err(|e| Error::Write(e.to_string()))?;
         let now = self.clock.now_ms();
         let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
         let checksum: [u8; 32] = Sha256::digest(&bytes).into();
-        self.send(Op::CachePut {
+        self.push(self.queued(Op::CachePut {
             key,
             value: bytes,
             checksum,
             created_ms: now,
             expires_ms: now.saturating_add(ttl_ms),
-        })?;
+        }))?;
         // A write that goes through is a sign of health for a degraded cache.
         self.cache_health.record_success();
         Ok(())

@@ -1,6 +1,7 @@
-//! Store tests on real files: opening and refusing, the batching writer,
-//! the strict path, restart, the response cache, durability under SIGKILL,
-//! and round trips of every record type.
+//! Store tests on real files: opening and refusing, migrations, the batching
+//! writer, commits (group commit, the spend backlog, the overflow), budgets
+//! and their audit trail, restart, the response cache, durability under
+//! SIGKILL, and round trips of every record type.
 
 use std::{
     io::{BufRead, BufReader},
@@ -10,7 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use modelfleet_budget::{Alert, Period, Scope};
+use modelfleet_budget::{Alert, BudgetSpec, Enforcement, Period, Scope};
 use modelfleet_errors::{DegradationConfig, ErrorClass};
 use modelfleet_registry::{Category, Clock, ManualClock, ModelSpec, Money, Pricing, default_catalog};
 use proptest::prelude::*;
@@ -50,7 +51,7 @@ fn a_new_database_is_created_migrated_and_reopened() {
     assert_eq!((report.schema_version, report.supported_version), (SCHEMA_VERSION, SCHEMA_VERSION));
     assert!(report.problems.is_empty());
     let tables: Vec<&str> = report.tables.iter().map(|(t, _)| t.as_str()).collect();
-    assert_eq!(tables, ["alerts", "budget_spend", "cache", "models", "perf_log", "usage"]);
+    assert_eq!(tables, ["alerts", "budget_audit", "budget_spend", "budgets", "cache", "models", "perf_log", "usage"]);
     drop(Store::open(&path, StoreConfig::default()).unwrap()); // migrations are idempotent
     let created_in_a_missing_directory = path.parent().unwrap().join("a/b/c.db");
     drop(Store::open(&created_in_a_missing_directory, StoreConfig::default()).unwrap());
@@ -79,7 +80,7 @@ fn a_corrupted_database_is_refused_and_untouched() {
     {
         let store = Store::open(&path, StoreConfig::default()).unwrap();
         for i in 0..2_000 {
-            store.record(record("m", i, None)).unwrap();
+            store.record_detached(record("m", i, None));
         }
         store.close().unwrap();
     }
@@ -105,7 +106,7 @@ fn a_newer_schema_is_refused_and_untouched() {
     let before = std::fs::read(&path).unwrap();
     let err = Store::open(&path, StoreConfig::default()).unwrap_err();
     assert_eq!(err, Error::TooNew { path: path.clone(), found: 99, supported: SCHEMA_VERSION });
-    assert!(err.to_string().contains("written by a newer modelfleet (schema version 99, this build knows up to 1)"));
+    assert!(err.to_string().contains("written by a newer modelfleet (schema version 99, this build knows up to 2)"));
     assert_eq!(std::fs::read(&path).unwrap(), before);
 }
 
@@ -115,7 +116,7 @@ fn batched_records_update_the_log_and_usage() {
     let store = Store::open(&path, StoreConfig { batch_rows: 64, ..StoreConfig::default() }).unwrap();
     for i in 0..1_000 {
         let error = (i % 10 == 0).then_some(ErrorClass::Timeout);
-        store.record(record(if i % 2 == 0 { "a" } else { "b" }, 1_000 + i, error)).unwrap();
+        store.record_detached(record(if i % 2 == 0 { "a" } else { "b" }, 1_000 + i, error));
     }
     store.flush().unwrap();
     assert_eq!(store.write_counts(), (1_000, 0));
@@ -132,39 +133,357 @@ fn batched_records_update_the_log_and_usage() {
     assert_eq!(store.perf_log(None, 0, u64::MAX, 10).unwrap().len(), 10, "limit");
 }
 
-#[test]
-fn a_small_queue_applies_back_pressure_and_loses_nothing() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_queue_applies_back_pressure_and_loses_nothing() {
     let (_dir, path) = db();
     let config = StoreConfig { queue_capacity: 4, batch_rows: 8, ..StoreConfig::default() };
     let store = Arc::new(Store::open(&path, config).unwrap());
     let writers: Vec<_> = (0..4)
         .map(|t| {
             let store = Arc::clone(&store);
-            std::thread::spawn(move || {
+            tokio::spawn(async move {
                 for i in 0..500 {
-                    store.record(record(&format!("m{t}"), i, None)).unwrap();
+                    store.record(record(&format!("m{t}"), i, None)).await.unwrap();
                 }
             })
         })
         .collect();
     for w in writers {
-        w.join().unwrap();
+        w.await.unwrap();
     }
-    store.flush().unwrap();
+    store.flush_async().await.unwrap();
     let total: u64 = store.usage().unwrap().iter().map(|u| u.requests).sum();
     assert_eq!(total, 2_000);
 }
 
-#[test]
-fn strict_writes_are_committed_before_returning() {
+// ---- Commits: spend and performance rows, acknowledged after COMMIT ---------
+
+/// One budget's share of a request, in the period [77, 99).
+fn entry(scope: &Scope, period: Period, provider: &str, model: &str, nanos: i64) -> SpendEntry {
+    SpendEntry {
+        scope: scope.clone(),
+        period,
+        period_start_ms: 77,
+        period_end_ms: Some(99),
+        provider: provider.into(),
+        model: model.into(),
+        amount: Money::from_nanos(nanos),
+    }
+}
+
+/// The spend of a request served by `provider`/`model` on the global and the provider budgets.
+fn settlement(provider: &str, model: &str, nanos: i64) -> Vec<SpendEntry> {
+    vec![
+        entry(&Scope::Global, Period::Monthly, provider, model, nanos),
+        entry(&Scope::Provider(provider.into()), Period::Daily, provider, model, nanos),
+    ]
+}
+
+/// Spent per scope, from what the store reads back.
+fn spent(store: &Store) -> Vec<(Scope, Period, i64)> {
+    store.spend().unwrap().into_iter().map(|r| (r.scope, r.period, r.spent.nanos())).collect()
+}
+
+#[tokio::test]
+async fn a_commit_is_on_disk_when_it_returns_and_after_a_reopen() {
     let (_dir, path) = db();
     let store = Store::open(&path, StoreConfig::default()).unwrap();
-    store.add_spend(&Scope::Global, Period::Monthly, 1_000, Money::from_nanos(7)).unwrap();
-    store.add_spend(&Scope::Global, Period::Monthly, 1_000, Money::from_nanos(5)).unwrap();
+    store.commit(settlement("openai", "gpt-4o", 7), Some(record("gpt-4o", 5, None))).await.unwrap();
+    store.commit(settlement("openai", "gpt-4o-mini", 5), Some(record("gpt-4o-mini", 6, None))).await.unwrap();
+    store.commit(settlement("anthropic", "claude", 11), None).await.unwrap();
     // Another connection sees it at once: no flush needed.
-    let spent: i64 =
-        Connection::open(&path).unwrap().query_row("SELECT spent_nanos FROM budget_spend", [], |r| r.get(0)).unwrap();
-    assert_eq!(spent, 12);
+    let (rows, perf): (i64, i64) = Connection::open(&path)
+        .unwrap()
+        .query_row("SELECT (SELECT SUM(spent_nanos) FROM budget_spend), (SELECT COUNT(*) FROM perf_log)", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .unwrap();
+    assert_eq!((rows, perf), (2 * (7 + 5 + 11), 2));
+    store.close().unwrap();
+
+    let store = Store::open(&path, StoreConfig::default()).unwrap();
+    let global = store.spend().unwrap().into_iter().find(|r| r.scope == Scope::Global).unwrap();
+    let m = Money::from_nanos;
+    assert_eq!(
+        global,
+        SpendRow {
+            scope: Scope::Global,
+            period: Period::Monthly,
+            period_start_ms: 77,
+            period_end_ms: Some(99),
+            spent: m(23),
+            by_provider: [("anthropic".to_owned(), m(11)), ("openai".to_owned(), m(12))].into(),
+            by_model: [("claude".to_owned(), m(11)), ("gpt-4o".to_owned(), m(7)), ("gpt-4o-mini".to_owned(), m(5))]
+                .into(),
+        }
+    );
+    assert_eq!(
+        spent(&store),
+        [
+            (Scope::Global, Period::Monthly, 23),
+            (Scope::Provider("anthropic".into()), Period::Daily, 11),
+            (Scope::Provider("openai".into()), Period::Daily, 12),
+        ]
+    );
+    assert_eq!(store.usage().unwrap().iter().map(|u| u.requests).sum::<u64>(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_commits_are_all_acknowledged_exact_and_grouped() {
+    const TASKS: i64 = 64;
+    const COMMITS: i64 = 50;
+    let (_dir, path) = db();
+    let store = Arc::new(Store::open(&path, StoreConfig::default()).unwrap());
+    let before = store.transactions();
+    let tasks: Vec<_> = (0..TASKS)
+        .map(|t| {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move {
+                for i in 0..COMMITS {
+                    let model = format!("m{}", t % 4);
+                    let perf = record(&model, u64::try_from(i).unwrap(), None);
+                    store.commit(settlement("openai", &model, t * 1_000 + i), Some(perf)).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let total: i64 = (0..TASKS).flat_map(|t| (0..COMMITS).map(move |i| t * 1_000 + i)).sum();
+    assert_eq!(
+        spent(&store),
+        [(Scope::Global, Period::Monthly, total), (Scope::Provider("openai".into()), Period::Daily, total)]
+    );
+    let global = &store.spend().unwrap()[0];
+    assert_eq!(global.by_model.values().copied().sum::<Money>(), Money::from_nanos(total));
+    let commits = u64::try_from(TASKS * COMMITS).unwrap();
+    assert_eq!(store.usage().unwrap().iter().map(|u| u.requests).sum::<u64>(), commits);
+    let transactions = store.transactions() - before;
+    assert!(transactions * 4 < commits, "group commit: {transactions} transactions for {commits} commits");
+    assert_eq!(store.write_counts(), (commits, 0));
+}
+
+/// Makes every spend write fail until the returned guard's [`Refusal::lift`].
+struct Refusal(Connection);
+
+impl Refusal {
+    fn new(path: &Path) -> Refusal {
+        let conn = Connection::open(path).unwrap();
+        conn.execute_batch(
+            "CREATE TRIGGER refuse_spend BEFORE INSERT ON budget_spend BEGIN SELECT RAISE(ABORT, 'spend refused by the test'); END;",
+        )
+        .unwrap();
+        Refusal(conn)
+    }
+
+    fn lift(self) {
+        self.0.execute_batch("DROP TRIGGER refuse_spend").unwrap();
+    }
+}
+
+#[tokio::test]
+async fn spend_of_a_failed_commit_waits_in_the_backlog_until_a_commit_succeeds() {
+    let (_dir, path) = db();
+    let store = Store::open(&path, StoreConfig::default()).unwrap();
+    store.commit(settlement("openai", "a", 5), Some(record("a", 1, None))).await.unwrap();
+    assert_eq!(store.spend_backlog(), None);
+
+    let refusal = Refusal::new(&path);
+    let err = store.commit(settlement("openai", "b", 7), Some(record("b", 2, None))).await.unwrap_err();
+    assert!(matches!(&err, Error::Write(m) if m.contains("spend refused by the test")), "{err}");
+    let reason = store.spend_backlog().expect("spend waits");
+    assert!(reason.contains("spend refused by the test"), "{reason}");
+    // Still refused: the backlog grows, nothing is written twice or lost.
+    assert!(store.commit(settlement("anthropic", "c", 11), None).await.is_err());
+    assert_eq!(spent(&store)[0], (Scope::Global, Period::Monthly, 5), "only the first commit is on disk");
+    assert_eq!(store.write_counts().1, 1, "the perf row of the failed commit was dropped");
+
+    refusal.lift();
+    store.commit(settlement("openai", "d", 13), None).await.unwrap();
+    assert_eq!(store.spend_backlog(), None);
+    assert_eq!(
+        spent(&store),
+        [
+            (Scope::Global, Period::Monthly, 5 + 7 + 11 + 13),
+            (Scope::Provider("anthropic".into()), Period::Daily, 11),
+            (Scope::Provider("openai".into()), Period::Daily, 5 + 7 + 13),
+        ]
+    );
+    let models = &store.spend().unwrap()[0].by_model;
+    assert_eq!(models.values().map(|m| m.nanos()).collect::<Vec<_>>(), [5, 7, 11, 13]);
+    // Nothing stays queued: a flush and a reopen change nothing.
+    store.close().unwrap();
+    let store = Store::open(&path, StoreConfig::default()).unwrap();
+    assert_eq!(spent(&store)[0], (Scope::Global, Period::Monthly, 36));
+}
+
+/// Holds the database's write lock (the writer waits on it) until dropped.
+fn hold_write_lock(path: &Path) -> Connection {
+    let conn = Connection::open(path).unwrap();
+    conn.execute_batch("BEGIN IMMEDIATE").unwrap();
+    conn
+}
+
+#[test]
+fn detached_commits_on_a_full_queue_go_to_the_overflow_and_lose_nothing() {
+    let (_dir, path) = db();
+    let config = StoreConfig { queue_capacity: 1, batch_rows: 4, ..StoreConfig::default() };
+    let store = Store::open(&path, config).unwrap();
+    let lock = hold_write_lock(&path);
+    // The writer is stuck on the lock with its first batch: the queue (one op)
+    // fills and the rest overflows. None of these calls waits.
+    for i in 0..2_000 {
+        store.commit_detached(settlement("openai", "m", i), Some(record("m", 0, None)));
+        store.record_detached(record("n", 0, None));
+    }
+    drop(lock);
+    store.flush().unwrap();
+    let total: i64 = (0..2_000).sum();
+    assert_eq!(spent(&store)[0], (Scope::Global, Period::Monthly, total));
+    assert_eq!(store.usage().unwrap().iter().map(|u| u.requests).sum::<u64>(), 4_000);
+    assert_eq!(store.write_counts(), (4_000, 0));
+}
+
+#[tokio::test]
+async fn flush_works_inside_a_runtime_and_a_dropped_commit_still_commits() {
+    let (_dir, path) = db();
+    let config = StoreConfig { queue_capacity: 1, batch_rows: 1, ..StoreConfig::default() };
+    let store = Store::open(&path, config).unwrap();
+    let lock = hold_write_lock(&path);
+    for _ in 0..8 {
+        store.commit_detached(settlement("openai", "m", 1), None);
+    }
+    // The queue is full: the commit waits for room, and is dropped waiting.
+    tokio::select! {
+        biased;
+        _ = store.commit(settlement("openai", "m", 100), None) => {}
+        () = std::future::ready(()) => {}
+    }
+    drop(lock);
+    store.flush().unwrap(); // blocking, on a runtime thread: allowed, never panics
+    assert_eq!(spent(&store)[0], (Scope::Global, Period::Monthly, 108));
+    store.flush_async().await.unwrap();
+}
+
+// ---- Budgets and their audit trail --------------------------------------------
+
+#[tokio::test]
+async fn budgets_and_their_audit_trail_round_trip() {
+    let (_dir, path) = db();
+    let store = Store::open(&path, StoreConfig::default()).unwrap();
+    let team = Scope::Key("team-a".into());
+    let monthly = BudgetSpec::hard(team.clone(), Period::Monthly, Money::from_dollars(100));
+    let daily = BudgetSpec {
+        enforcement: Enforcement::Soft,
+        thresholds: vec![80],
+        ..BudgetSpec::hard(team.clone(), Period::Daily, Money::from_dollars(5))
+    };
+    store.save_budget(&monthly, "admin", 1).await.unwrap();
+    store.save_budget(&daily, "admin", 2).await.unwrap();
+    let raised = BudgetSpec { limit: Money::from_dollars(150), ..monthly.clone() };
+    store.save_budget(&raised, "ops", 3).await.unwrap();
+    assert_eq!(store.budgets().unwrap(), [daily.clone(), raised.clone()]);
+
+    store.commit(vec![entry(&team, Period::Monthly, "openai", "gpt-4o", 40)], None).await.unwrap();
+    store.commit(vec![entry(&team, Period::Daily, "openai", "gpt-4o", 2)], None).await.unwrap();
+    store.reset_spend(&team, Period::Monthly, 77, Money::from_nanos(40), "ops", 4).await.unwrap();
+    assert_eq!(spent(&store), [(team.clone(), Period::Daily, 2)], "only the monthly spend was reset");
+    store.remove_budget(&team, Period::Daily, "admin", 5).await.unwrap();
+    assert_eq!(store.restore().unwrap().budgets, [raised]);
+
+    let audit: Vec<(u64, String, String, Period, String)> = store
+        .budget_audit()
+        .unwrap()
+        .into_iter()
+        .inspect(|row| assert_eq!(row.scope, team))
+        .map(|row| (row.at_ms, row.who, row.action, row.period, row.detail))
+        .collect();
+    let row = |at, who: &str, action: &str, period, detail: &str| {
+        (at, who.to_owned(), action.to_owned(), period, detail.to_owned())
+    };
+    assert_eq!(
+        audit,
+        [
+            row(1, "admin", "set", Period::Monthly, "limit $100 (hard), alerts at 50, 75, 90, 100%"),
+            row(2, "admin", "set", Period::Daily, "limit $5 (soft), alerts at 80%"),
+            row(3, "ops", "set", Period::Monthly, "limit $150 (hard), alerts at 50, 75, 90, 100%"),
+            row(4, "ops", "reset", Period::Monthly, "spent $0.00000004 in the period starting at 77 ms, reset to $0"),
+            row(5, "admin", "remove", Period::Daily, "removed"),
+        ]
+    );
+}
+
+#[test]
+fn a_stopped_gateways_budgets_can_be_edited_without_a_runtime() {
+    let (_dir, path) = db();
+    let spec = BudgetSpec::hard(Scope::Global, Period::None, Money::from_dollars(1));
+    {
+        let store = Store::open(&path, StoreConfig::default()).unwrap();
+        store.save_budget_blocking(&spec, "cli", 1).unwrap();
+        store.reset_spend_blocking(&Scope::Global, Period::None, 0, Money::ZERO, "cli", 2).unwrap();
+        store.remove_budget_blocking(&Scope::Model("x".into()), Period::Daily, "cli", 3).unwrap();
+    }
+    let store = Store::open(&path, StoreConfig::default()).unwrap();
+    assert_eq!(store.budgets().unwrap(), [spec]);
+    let actions: Vec<(String, String)> =
+        store.budget_audit().unwrap().into_iter().map(|r| (r.action, r.detail)).filter(|(a, _)| a != "reset").collect();
+    assert_eq!(
+        actions,
+        [
+            ("set".to_owned(), "limit $1 (hard), alerts at 50, 75, 90, 100%".to_owned()),
+            ("remove".to_owned(), "was not stored".to_owned())
+        ]
+    );
+}
+
+// ---- Migrations -----------------------------------------------------------------
+
+#[test]
+fn a_version_1_database_migrates_and_keeps_its_spend_and_alerts() {
+    let (_dir, path) = db();
+    {
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(crate::schema::MIGRATIONS[0]).unwrap();
+        conn.pragma_update(None, "user_version", 1).unwrap();
+        let insert_spend =
+            "INSERT INTO budget_spend (scope, period, period_start_ms, spent_nanos) VALUES (?1, ?2, ?3, ?4)";
+        conn.execute(insert_spend, params![r#"{"kind":"global"}"#, r#""monthly""#, 1_000, 42]).unwrap();
+        conn.execute(insert_spend, params![r#"{"kind":"model","name":"m"}"#, r#""daily""#, 1_000, 3]).unwrap();
+        conn.execute(insert_spend, params![r#"{"kind":"model","name":"m"}"#, r#""weekly""#, 1_000, 4]).unwrap();
+        let insert_alert = "INSERT INTO alerts (at_ms, scope, threshold, spent_nanos, limit_nanos, period_start_ms) \
+                            VALUES (5, ?1, 50, 1, 2, ?2)";
+        conn.execute(insert_alert, params![r#"{"kind":"global"}"#, 1_000]).unwrap(); // one period: monthly
+        conn.execute(insert_alert, params![r#"{"kind":"global"}"#, 0]).unwrap(); // starts at 0: lifetime
+        conn.execute(insert_alert, params![r#"{"kind":"model","name":"m"}"#, 1_000]).unwrap(); // ambiguous
+    }
+    let store = Store::open(&path, StoreConfig::default()).unwrap();
+    assert_eq!(check(&path).unwrap().schema_version, SCHEMA_VERSION);
+    let m = Money::from_nanos;
+    let legacy = |nanos| [(String::new(), m(nanos))].into();
+    let global = SpendRow {
+        scope: Scope::Global,
+        period: Period::Monthly,
+        period_start_ms: 1_000,
+        period_end_ms: None,
+        spent: m(42),
+        by_provider: legacy(42),
+        by_model: legacy(42),
+    };
+    assert_eq!(store.spend().unwrap()[0], global);
+    assert_eq!(
+        spent(&store)[1..],
+        [(Scope::Model("m".into()), Period::Daily, 3), (Scope::Model("m".into()), Period::Weekly, 4)]
+    );
+    let periods: Vec<(u64, Period)> = store.alerts().unwrap().iter().map(|a| (a.period_start_ms, a.period)).collect();
+    assert_eq!(periods, [(1_000, Period::Monthly), (0, Period::None), (1_000, Period::None)]);
+
+    // New spend adds to the old, with its breakdown.
+    let mut new = entry(&Scope::Global, Period::Monthly, "openai", "gpt-4o", 8);
+    new.period_start_ms = 1_000;
+    tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(store.commit(vec![new], None)).unwrap();
+    let row = &store.spend().unwrap()[0];
+    assert_eq!((row.spent, row.period_end_ms, row.by_provider.len()), (m(50), Some(99), 2));
 }
 
 #[test]
@@ -174,8 +493,11 @@ fn a_restart_restores_catalog_usage_and_spend() {
     {
         let store = Store::open(&path, StoreConfig::default()).unwrap();
         store.save_catalog(&catalog).unwrap();
-        store.record(record("gpt-4o", 5, None)).unwrap();
-        store.add_spend(&Scope::Provider("openai".into()), Period::Daily, 0, Money::from_dollars(3)).unwrap();
+        store.record_detached(record("gpt-4o", 5, None));
+        store.commit_detached(
+            vec![entry(&Scope::Provider("openai".into()), Period::Daily, "openai", "gpt-4o", 3)],
+            None,
+        );
         // Dropped without an explicit flush: dropping flushes.
     }
     let store = Store::open(&path, StoreConfig::default()).unwrap();
@@ -184,13 +506,17 @@ fn a_restart_restores_catalog_usage_and_spend() {
     expected.sort_by(|a, b| a.id.cmp(&b.id));
     assert_eq!(restored.models, expected);
     assert_eq!(restored.usage.len(), 1);
+    let three = Money::from_nanos(3);
     assert_eq!(
         restored.spend,
         [SpendRow {
             scope: Scope::Provider("openai".into()),
             period: Period::Daily,
-            period_start_ms: 0,
-            spent: Money::from_dollars(3)
+            period_start_ms: 77,
+            period_end_ms: Some(99),
+            spent: three,
+            by_provider: [("openai".to_owned(), three)].into(),
+            by_model: [("gpt-4o".to_owned(), three)].into(),
         }]
     );
     assert!(store.remove_model("gpt-4o").unwrap());
@@ -357,7 +683,7 @@ fn a_store_opened_on_a_corrupted_cache_serves() {
     let store = Store::open(&path, StoreConfig::default()).unwrap();
     assert_eq!(store.cache_get(&[1; 32]).unwrap(), None);
     assert_eq!(store.cache_get(&[2; 32]).unwrap(), Some(serde_json::json!("ok")));
-    store.record(record("m", 1, None)).unwrap();
+    store.record_detached(record("m", 1, None));
     store.flush().unwrap();
 }
 
@@ -372,7 +698,7 @@ fn child_writer(path: &str) {
     let mut written = 0u64;
     while started.elapsed() < Duration::from_mins(1) {
         for _ in 0..250 {
-            store.record(record("m", written, None)).unwrap();
+            store.record_detached(record("m", written, None));
             written += 1;
         }
         store.flush().unwrap();
@@ -469,7 +795,7 @@ proptest! {
         let (_dir, path) = db();
         let store = Store::open(&path, StoreConfig::default()).unwrap();
         for r in &records {
-            store.record(r.clone()).unwrap();
+            store.record_detached(r.clone());
         }
         store.flush().unwrap();
         let mut expected = records.clone();
@@ -499,13 +825,25 @@ proptest! {
         spec.pricing = Some(Pricing { input_per_mtok: Money::from_nanos(price), ..Pricing::FREE });
         store.save_model(&spec).unwrap();
         prop_assert_eq!(store.load_catalog().unwrap(), vec![spec]);
+        let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
         for a in &amounts {
-            store.add_spend(&scope, period, 77, Money::from_nanos(*a)).unwrap();
+            let spend = vec![entry(&scope, period, "p", "round-trip", *a)];
+            runtime.block_on(store.commit(spend, None)).unwrap();
         }
+        let total = Money::from_nanos(amounts.iter().sum());
         let spend = store.spend().unwrap();
-        prop_assert_eq!(spend, vec![SpendRow { scope: scope.clone(), period, period_start_ms: 77, spent: Money::from_nanos(amounts.iter().sum()) }]);
-        let alert = Alert { scope, threshold, spent: Money::from_nanos(5), limit: Money::from_nanos(9), period_start_ms: 77, at_ms: 78 };
+        prop_assert_eq!(spend, vec![SpendRow {
+            scope: scope.clone(),
+            period,
+            period_start_ms: 77,
+            period_end_ms: Some(99),
+            spent: total,
+            by_provider: [("p".to_owned(), total)].into(),
+            by_model: [("round-trip".to_owned(), total)].into(),
+        }]);
+        let alert = Alert { scope, period, threshold, spent: Money::from_nanos(5), limit: Money::from_nanos(9), period_start_ms: 77, at_ms: 78 };
         store.save_alert(&alert).unwrap();
+        store.flush().unwrap();
         prop_assert_eq!(store.alerts().unwrap(), vec![alert]);
     }
 

@@ -1,17 +1,56 @@
 //! The writer thread: batches queued writes into one transaction each.
 
 use std::{
+    collections::HashMap,
     sync::{
-        Arc, Mutex, PoisonError,
+        Mutex, MutexGuard, PoisonError,
         atomic::{AtomicU64, Ordering},
-        mpsc::{Receiver, SyncSender},
     },
     time::{Duration, Instant},
 };
 
-use rusqlite::{Connection, params};
+use modelfleet_budget::{Alert, BudgetSpec, Period, Scope};
+use modelfleet_registry::Money;
+use rusqlite::{Connection, Transaction, params};
+use tokio::sync::{
+    mpsc::{Receiver, error::TryRecvError},
+    oneshot,
+};
 
-use crate::records::{PerfRecord, to_i64};
+use crate::records::{PerfRecord, SpendEntry, encode, to_i64};
+
+/// The writer's answer to an op that waits: `Err` holds the sanitized reason.
+pub(crate) type Outcome = Result<(), String>;
+
+/// Where the writer sends an op's outcome, after COMMIT (or after the
+/// transaction failed twice).
+pub(crate) enum Ack {
+    /// Awaited by an async caller.
+    Async(oneshot::Sender<Outcome>),
+    /// Waited for by a blocking caller (works inside and outside a runtime).
+    Blocking(std::sync::mpsc::SyncSender<Outcome>),
+}
+
+impl Ack {
+    fn send(self, outcome: Outcome) {
+        // A caller that stopped waiting (a dropped future) needs no answer.
+        match self {
+            Ack::Async(tx) => {
+                let _ = tx.send(outcome);
+            }
+            Ack::Blocking(tx) => {
+                let _ = tx.send(outcome);
+            }
+        }
+    }
+}
+
+/// A change to the stored budgets.
+pub(crate) enum BudgetChange {
+    Save { spec: BudgetSpec, who: String, at_ms: u64 },
+    Remove { scope: Scope, period: Period, who: String, at_ms: u64 },
+    Reset { scope: Scope, period: Period, period_start_ms: u64, spent_before: Money, who: String, at_ms: u64 },
+}
 
 /// A queued write.
 pub(crate) enum Op {
@@ -23,77 +62,299 @@ pub(crate) enum Op {
         created_ms: u64,
         expires_ms: u64,
     },
+    /// A settled request: its spend on every covering budget and its
+    /// performance row, in one transaction.
+    Settle {
+        spend: Vec<SpendEntry>,
+        perf: Option<Box<PerfRecord>>,
+        ack: Option<Ack>,
+    },
+    Alert(Box<Alert>),
+    Budget(Box<BudgetChange>, Ack),
     /// Everything queued before it is committed when the sender hears back.
-    Flush(SyncSender<Result<(), String>>),
+    Flush(Ack),
+    /// Nothing to write: wakes an idle writer to look at the overflow.
+    Wake,
 }
 
-/// Writer settings and counters shared with the store.
+impl Op {
+    /// Whether a caller waits for this op's commit.
+    fn waits(&self) -> bool {
+        match self {
+            Op::Settle { ack, .. } => ack.is_some(),
+            Op::Budget(..) | Op::Flush(_) => true,
+            Op::Perf(_) | Op::CachePut { .. } | Op::Alert(_) | Op::Wake => false,
+        }
+    }
+
+    fn into_ack(self) -> Option<Ack> {
+        match self {
+            Op::Settle { ack, .. } => ack,
+            Op::Budget(_, ack) | Op::Flush(ack) => Some(ack),
+            Op::Perf(_) | Op::CachePut { .. } | Op::Alert(_) | Op::Wake => None,
+        }
+    }
+
+    /// Whether the op is a write (not a flush or a wake-up), for the counters.
+    fn is_write(&self) -> bool {
+        !matches!(self, Op::Flush(_) | Op::Wake)
+    }
+
+    /// Whether the op's data is lost when its transaction fails: everything
+    /// but spend (kept in the backlog) and budget changes (refused to their
+    /// caller).
+    fn is_lost_on_failure(&self) -> bool {
+        match self {
+            Op::Perf(_) | Op::CachePut { .. } | Op::Alert(_) => true,
+            Op::Settle { perf, .. } => perf.is_some(),
+            Op::Budget(..) | Op::Flush(_) | Op::Wake => false,
+        }
+    }
+}
+
+/// An op and its place in the order of enqueueing (see [`Shared::seq`]).
+pub(crate) struct Queued {
+    pub(crate) seq: u64,
+    pub(crate) op: Op,
+}
+
+/// Writer settings, counters and state shared with the store.
 pub(crate) struct Shared {
     pub(crate) batch_rows: usize,
     pub(crate) batch_wait: Duration,
+    /// The queue's capacity.
+    pub(crate) capacity: usize,
     pub(crate) cache_max_entries: u64,
     pub(crate) cache_max_bytes: u64,
-    /// Rows written (committed) so far.
+    /// The next op's sequence number. Ops are applied in this order within a
+    /// transaction, so an op always follows the ops whose enqueueing
+    /// returned before it was enqueued, whichever path (queue or overflow)
+    /// each took.
+    pub(crate) seq: AtomicU64,
+    /// Writes committed so far.
     pub(crate) committed: AtomicU64,
-    /// Rows dropped after the database refused them twice.
+    /// Writes dropped after the database refused them twice.
     pub(crate) dropped: AtomicU64,
+    /// Transactions committed so far.
+    pub(crate) transactions: AtomicU64,
     /// The last write error, sanitized.
     pub(crate) last_error: Mutex<Option<String>>,
+    /// Why spend waits for a commit, while it does (sanitized).
+    pub(crate) backlog: Mutex<Option<String>>,
+    /// Ops that found the queue full on a path that must not wait
+    /// (`*_detached`, `save_alert`, `flush`); the writer drains it on every
+    /// loop.
+    pub(crate) overflow: Mutex<Vec<Queued>>,
 }
 
-/// Runs until every sender is gone, committing what is queued.
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // The data stays usable after a panic elsewhere.
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// How often spend in the backlog is retried when no write comes to carry it.
+const BACKLOG_RETRY: Duration = Duration::from_secs(1);
+
+/// Spend kept from failed transactions, summed per row of `budget_spend`.
+type SpendKey = (Scope, Period, u64, String, String);
+
+/// Runs until every sender is gone and the overflow is empty, committing
+/// what is queued.
 ///
-/// The writer parks only when idle. While a batch fills it takes what is
-/// queued without parking and otherwise sleeps in short steps: a parked
-/// receiver would cost every producer a wake-up system call per row. A row
-/// waits at most `batch_wait` before its commit; a flush, at most one step.
-pub(crate) fn run(mut conn: Connection, rx: &Receiver<Op>, shared: &Arc<Shared>) {
+/// The writer parks only when idle. While a batch of performance rows fills
+/// it takes what is queued without parking and otherwise sleeps in short
+/// steps: a parked receiver would cost every producer a wake-up system call
+/// per row. A row waits at most `batch_wait` before its commit.
+///
+/// An op whose caller waits for its commit (a settlement, a flush, a budget
+/// change) does not wait for a batch to fill: once the queue and the
+/// overflow are drained the batch is committed at once. That is group
+/// commit: the callers that queued while the previous transaction was
+/// committing share the next one, so the transactions (and, with
+/// `Durability::PowerLoss`, the fsyncs) grow with the load far slower than
+/// the commits.
+pub(crate) fn run(conn: Connection, rx: Receiver<Queued>, shared: &Shared) {
     let step = shared.batch_wait.min(Duration::from_millis(2)).max(Duration::from_micros(100));
-    let mut batch: Vec<Op> = Vec::with_capacity(shared.batch_rows);
-    while let Ok(first) = rx.recv() {
-        batch.push(first);
-        let started = Instant::now();
-        loop {
-            while batch.len() < shared.batch_rows && !matches!(batch.last(), Some(Op::Flush(_))) {
-                match rx.try_recv() {
-                    Ok(op) => batch.push(op),
-                    Err(_) => break,
+    let mut writer = Writer {
+        conn,
+        rx,
+        shared,
+        step,
+        batch: Vec::with_capacity(shared.batch_rows),
+        waiting: false,
+        backlog: HashMap::new(),
+        last_attempt: Instant::now(),
+        open: true,
+    };
+    while writer.wait_for_work() {
+        writer.fill();
+        writer.commit();
+    }
+    // All senders gone and the overflow empty: the store was dropped after
+    // its final flush.
+}
+
+struct Writer<'s> {
+    conn: Connection,
+    rx: Receiver<Queued>,
+    shared: &'s Shared,
+    step: Duration,
+    batch: Vec<Queued>,
+    /// Whether a caller waits for an op of the batch.
+    waiting: bool,
+    /// Spend of failed transactions, re-applied in every transaction until
+    /// one commits. Invariant: non-empty exactly while `shared.backlog` is `Some`.
+    backlog: HashMap<SpendKey, (Option<u64>, i64)>,
+    /// When a transaction was last attempted.
+    last_attempt: Instant,
+    /// Whether the queue still has senders.
+    open: bool,
+}
+
+impl Writer<'_> {
+    fn push(&mut self, queued: Queued) {
+        if matches!(queued.op, Op::Wake) {
+            return;
+        }
+        self.waiting |= queued.op.waits();
+        self.batch.push(queued);
+    }
+
+    /// Takes what is queued, at most `limit` ops.
+    fn receive(&mut self, limit: usize) {
+        for _ in 0..limit {
+            match self.rx.try_recv() {
+                Ok(queued) => self.push(queued),
+                Err(TryRecvError::Empty) => return,
+                Err(TryRecvError::Disconnected) => {
+                    self.open = false;
+                    return;
                 }
             }
-            let ready = batch.len() >= shared.batch_rows || matches!(batch.last(), Some(Op::Flush(_)));
-            if ready || started.elapsed() >= shared.batch_wait {
-                break;
-            }
-            std::thread::sleep(step);
         }
-        commit(&mut conn, &mut batch, shared);
     }
-    // All senders gone: the store was dropped after its final flush.
-}
 
-fn commit(conn: &mut Connection, batch: &mut Vec<Op>, shared: &Shared) {
-    let mut result = apply(conn, batch, shared);
-    if result.is_err() {
-        // One retry: a busy database or a transient I/O error.
-        std::thread::sleep(Duration::from_millis(50));
-        result = apply(conn, batch, shared);
+    /// Moves the overflow into the batch.
+    ///
+    /// An op overflowed because the queue was full: the ops queued ahead of
+    /// it may still be in the queue, at most `capacity` of them, so those are
+    /// taken first; the batch is applied in enqueueing order (`seq`).
+    fn take_overflow(&mut self) {
+        let overflow = {
+            let mut overflow = lock(&self.shared.overflow);
+            if overflow.is_empty() {
+                return;
+            }
+            std::mem::take(&mut *overflow)
+        };
+        self.receive(self.shared.capacity);
+        for queued in overflow {
+            self.push(queued);
+        }
     }
-    let rows = batch.iter().filter(|op| !matches!(op, Op::Flush(_))).count() as u64;
-    let outcome = match result {
-        Ok(()) => {
-            shared.committed.fetch_add(rows, Ordering::Relaxed);
-            Ok(())
+
+    /// Blocks until there is something to write; false once the store is
+    /// closed and everything is written.
+    fn wait_for_work(&mut self) -> bool {
+        loop {
+            if !lock(&self.shared.overflow).is_empty() {
+                return true;
+            }
+            if !self.open {
+                return false;
+            }
+            if self.backlog.is_empty() {
+                match self.rx.blocking_recv() {
+                    Some(queued) => self.push(queued),
+                    None => self.open = false,
+                }
+            } else {
+                // Spend waits for a commit: retry it even if no write comes.
+                self.receive(1);
+                if self.batch.is_empty() && self.last_attempt.elapsed() < BACKLOG_RETRY {
+                    std::thread::sleep(self.step.max(Duration::from_millis(10)));
+                    continue;
+                }
+                return true;
+            }
+            if !self.batch.is_empty() {
+                return true;
+            }
+            // A wake-up: look at the overflow.
         }
-        Err(err) => {
-            let message = modelfleet_errors::sanitize(&err.to_string()).into_owned();
-            shared.dropped.fetch_add(rows, Ordering::Relaxed);
-            *shared.last_error.lock().unwrap_or_else(PoisonError::into_inner) = Some(message.clone());
-            Err(message)
+    }
+
+    fn fill(&mut self) {
+        let started = Instant::now();
+        loop {
+            let room = self.shared.batch_rows.saturating_sub(self.batch.len());
+            self.receive(room);
+            self.take_overflow();
+            let ready = self.waiting || self.batch.is_empty() || self.batch.len() >= self.shared.batch_rows;
+            if ready || !self.open || started.elapsed() >= self.shared.batch_wait {
+                return;
+            }
+            std::thread::sleep(self.step);
         }
-    };
-    for op in batch.drain(..) {
-        if let Op::Flush(ack) = op {
-            let _ = ack.send(outcome.clone());
+    }
+
+    fn commit(&mut self) {
+        if self.batch.is_empty() && self.backlog.is_empty() {
+            return;
+        }
+        // Mostly in order already; stable, so equal numbers (none) keep theirs.
+        self.batch.sort_by_key(|q| q.seq);
+        let shared = self.shared;
+        self.last_attempt = Instant::now();
+        let mut result = apply(&mut self.conn, &self.batch, &self.backlog, shared);
+        if result.is_err() {
+            // One retry: a busy database or a transient I/O error.
+            std::thread::sleep(Duration::from_millis(50));
+            self.last_attempt = Instant::now();
+            result = apply(&mut self.conn, &self.batch, &self.backlog, shared);
+        }
+        let writes = self.batch.iter().filter(|q| q.op.is_write()).count() as u64;
+        let outcome = match result {
+            Ok(()) => {
+                shared.committed.fetch_add(writes, Ordering::Relaxed);
+                shared.transactions.fetch_add(1, Ordering::Relaxed);
+                self.backlog.clear();
+                *lock(&shared.backlog) = None;
+                Ok(())
+            }
+            Err(err) => {
+                let message = modelfleet_errors::sanitize(&err.to_string()).into_owned();
+                let lost = self.batch.iter().filter(|q| q.op.is_lost_on_failure()).count() as u64;
+                shared.dropped.fetch_add(lost, Ordering::Relaxed);
+                *lock(&shared.last_error) = Some(message.clone());
+                // Spend is never dropped: it waits for the next commit.
+                for queued in &self.batch {
+                    if let Op::Settle { spend, .. } = &queued.op {
+                        for entry in spend {
+                            let key = (
+                                entry.scope.clone(),
+                                entry.period,
+                                entry.period_start_ms,
+                                entry.provider.clone(),
+                                entry.model.clone(),
+                            );
+                            let kept = self.backlog.entry(key).or_insert((entry.period_end_ms, 0));
+                            kept.0 = entry.period_end_ms.or(kept.0);
+                            kept.1 = kept.1.saturating_add(entry.amount.nanos());
+                        }
+                    }
+                }
+                if !self.backlog.is_empty() {
+                    *lock(&shared.backlog) = Some(message.clone());
+                }
+                Err(message)
+            }
+        };
+        self.waiting = false;
+        for queued in self.batch.drain(..) {
+            if let Some(ack) = queued.op.into_ack() {
+                ack.send(outcome.clone());
+            }
         }
     }
 }
@@ -143,52 +404,190 @@ impl UsageDelta {
     }
 }
 
-fn apply(conn: &mut Connection, batch: &[Op], shared: &Shared) -> rusqlite::Result<()> {
+/// A batch's spend, summed per row of `budget_spend` so each gets one upsert.
+type SpendSums<'b> = HashMap<(&'b Scope, Period, u64, &'b str, &'b str), (Option<u64>, i64)>;
+
+fn add_spend<'b>(
+    sums: &mut SpendSums<'b>,
+    key: (&'b Scope, Period, u64, &'b str, &'b str),
+    end: Option<u64>,
+    nanos: i64,
+) {
+    let sum = sums.entry(key).or_insert((end, 0));
+    sum.0 = end.or(sum.0);
+    sum.1 = sum.1.saturating_add(nanos);
+}
+
+fn write_spend(tx: &Transaction<'_>, sums: &mut SpendSums<'_>) -> rusqlite::Result<()> {
+    if sums.is_empty() {
+        return Ok(());
+    }
+    let mut upsert = tx.prepare_cached(
+        "INSERT INTO budget_spend (scope, period, period_start_ms, period_end_ms, provider, model, spent_nanos) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) \
+         ON CONFLICT (scope, period, period_start_ms, provider, model) DO UPDATE SET \
+         spent_nanos = spent_nanos + excluded.spent_nanos, period_end_ms = COALESCE(excluded.period_end_ms, period_end_ms)",
+    )?;
+    for ((scope, period, start, provider, model), (end, nanos)) in sums.drain() {
+        upsert.execute(params![
+            encode(scope),
+            encode(&period),
+            to_i64(start),
+            end.map(to_i64),
+            provider,
+            model,
+            nanos
+        ])?;
+    }
+    Ok(())
+}
+
+fn audit(
+    tx: &Transaction<'_>,
+    at_ms: u64,
+    who: &str,
+    action: &str,
+    scope: &Scope,
+    period: Period,
+    detail: &str,
+) -> rusqlite::Result<()> {
+    tx.execute(
+        "INSERT INTO budget_audit (at_ms, who, action, scope, period, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![to_i64(at_ms), who, action, encode(scope), encode(&period), detail],
+    )?;
+    Ok(())
+}
+
+fn change_budget(tx: &Transaction<'_>, change: &BudgetChange) -> rusqlite::Result<()> {
+    match change {
+        BudgetChange::Save { spec, who, at_ms } => {
+            tx.execute(
+                "INSERT OR REPLACE INTO budgets (scope, period, spec, updated_at_ms) VALUES (?1, ?2, ?3, ?4)",
+                params![encode(&spec.scope), encode(&spec.period), encode(spec), to_i64(*at_ms)],
+            )?;
+            let thresholds: Vec<String> = spec.thresholds.iter().map(u8::to_string).collect();
+            let detail = format!(
+                "limit ${} ({}), alerts at {}%",
+                spec.limit,
+                encode(&spec.enforcement).trim_matches('"'),
+                thresholds.join(", ")
+            );
+            audit(tx, *at_ms, who, "set", &spec.scope, spec.period, &detail)
+        }
+        BudgetChange::Remove { scope, period, who, at_ms } => {
+            let removed = tx.execute(
+                "DELETE FROM budgets WHERE scope = ?1 AND period = ?2",
+                params![encode(scope), encode(period)],
+            )?;
+            let detail = if removed > 0 { "removed" } else { "was not stored" };
+            audit(tx, *at_ms, who, "remove", scope, *period, detail)
+        }
+        BudgetChange::Reset { scope, period, period_start_ms, spent_before, who, at_ms } => {
+            tx.execute(
+                "DELETE FROM budget_spend WHERE scope = ?1 AND period = ?2 AND period_start_ms = ?3",
+                params![encode(scope), encode(period), to_i64(*period_start_ms)],
+            )?;
+            let detail = format!("spent ${spent_before} in the period starting at {period_start_ms} ms, reset to $0");
+            audit(tx, *at_ms, who, "reset", scope, *period, &detail)
+        }
+    }
+}
+
+fn insert_perf(stmt: &mut rusqlite::CachedStatement<'_>, r: &PerfRecord) -> rusqlite::Result<()> {
+    stmt.execute(params![
+        to_i64(r.at_ms),
+        r.model,
+        r.provider,
+        r.kind.as_str(),
+        r.language,
+        to_i64(r.latency_us),
+        r.ttft_us.map(to_i64),
+        to_i64(r.input_tokens),
+        to_i64(r.output_tokens),
+        to_i64(r.cached_tokens),
+        r.cost.nanos(),
+        r.error.map(modelfleet_errors::ErrorClass::as_str),
+        r.quality,
+    ])?;
+    Ok(())
+}
+
+/// One upsert of `usage` per model of the batch.
+fn write_usage(tx: &Transaction<'_>, deltas: &[(&str, UsageDelta)]) -> rusqlite::Result<()> {
+    if deltas.is_empty() {
+        return Ok(());
+    }
+    let mut usage = tx.prepare_cached(
+        "INSERT INTO usage (model, provider, requests, successes, failures, input_tokens, output_tokens, \
+         cached_tokens, cost_nanos, latency_us_sum, quality_sum, quality_count, first_ms, last_ms) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14) \
+         ON CONFLICT (model) DO UPDATE SET provider = excluded.provider, requests = requests + excluded.requests, \
+         successes = successes + excluded.successes, failures = failures + excluded.failures, \
+         input_tokens = input_tokens + excluded.input_tokens, output_tokens = output_tokens + excluded.output_tokens, \
+         cached_tokens = cached_tokens + excluded.cached_tokens, cost_nanos = cost_nanos + excluded.cost_nanos, \
+         latency_us_sum = latency_us_sum + excluded.latency_us_sum, quality_sum = quality_sum + excluded.quality_sum, \
+         quality_count = quality_count + excluded.quality_count, first_ms = MIN(first_ms, excluded.first_ms), \
+         last_ms = MAX(last_ms, excluded.last_ms)",
+    )?;
+    for (model, d) in deltas {
+        usage.execute(params![
+            model,
+            d.provider,
+            d.requests,
+            d.successes,
+            d.requests - d.successes,
+            d.input_tokens,
+            d.output_tokens,
+            d.cached_tokens,
+            d.cost_nanos,
+            d.latency_us,
+            d.quality_sum,
+            d.quality_count,
+            d.first_ms,
+            d.last_ms,
+        ])?;
+    }
+    Ok(())
+}
+
+fn apply(
+    conn: &mut Connection,
+    batch: &[Queued],
+    backlog: &HashMap<SpendKey, (Option<u64>, i64)>,
+    shared: &Shared,
+) -> rusqlite::Result<()> {
     let tx = conn.transaction()?;
     let mut cache_writes = false;
     let mut deltas: Vec<(&str, UsageDelta)> = Vec::new();
+    // The backlog was queued before everything in this batch.
+    let mut spend: SpendSums<'_> = HashMap::new();
+    for ((scope, period, start, provider, model), (end, nanos)) in backlog {
+        add_spend(&mut spend, (scope, *period, *start, provider, model), *end, *nanos);
+    }
     {
         let mut perf = tx.prepare_cached(
             "INSERT INTO perf_log (at_ms, model, provider, kind, language, latency_us, ttft_us, input_tokens, \
              output_tokens, cached_tokens, cost_nanos, error, quality) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
         )?;
-        let mut usage = tx.prepare_cached(
-            "INSERT INTO usage (model, provider, requests, successes, failures, input_tokens, output_tokens, \
-             cached_tokens, cost_nanos, latency_us_sum, quality_sum, quality_count, first_ms, last_ms) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14) \
-             ON CONFLICT (model) DO UPDATE SET provider = excluded.provider, requests = requests + excluded.requests, \
-             successes = successes + excluded.successes, failures = failures + excluded.failures, \
-             input_tokens = input_tokens + excluded.input_tokens, output_tokens = output_tokens + excluded.output_tokens, \
-             cached_tokens = cached_tokens + excluded.cached_tokens, cost_nanos = cost_nanos + excluded.cost_nanos, \
-             latency_us_sum = latency_us_sum + excluded.latency_us_sum, quality_sum = quality_sum + excluded.quality_sum, \
-             quality_count = quality_count + excluded.quality_count, first_ms = MIN(first_ms, excluded.first_ms), \
-             last_ms = MAX(last_ms, excluded.last_ms)",
-        )?;
         let mut cache = tx.prepare_cached(
             "INSERT OR REPLACE INTO cache (key, value, checksum, created_ms, expires_ms, size) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         )?;
-        for op in batch {
+        for Queued { op, .. } in batch {
             match op {
                 Op::Perf(r) => {
-                    let kind = r.kind.as_str();
-                    let error = r.error.map(modelfleet_errors::ErrorClass::as_str);
-                    perf.execute(params![
-                        to_i64(r.at_ms),
-                        r.model,
-                        r.provider,
-                        kind,
-                        r.language,
-                        to_i64(r.latency_us),
-                        r.ttft_us.map(to_i64),
-                        to_i64(r.input_tokens),
-                        to_i64(r.output_tokens),
-                        to_i64(r.cached_tokens),
-                        r.cost.nanos(),
-                        error,
-                        r.quality,
-                    ])?;
+                    insert_perf(&mut perf, r)?;
                     UsageDelta::of(&mut deltas, r).add(r);
+                }
+                Op::Settle { spend: entries, perf: record, .. } => {
+                    for e in entries {
+                        let key = (&e.scope, e.period, e.period_start_ms, e.provider.as_str(), e.model.as_str());
+                        add_spend(&mut spend, key, e.period_end_ms, e.amount.nanos());
+                    }
+                    if let Some(r) = record {
+                        insert_perf(&mut perf, r)?;
+                        UsageDelta::of(&mut deltas, r).add(r);
+                    }
                 }
                 Op::CachePut { key, value, checksum, created_ms, expires_ms } => {
                     cache_writes = true;
@@ -201,28 +600,32 @@ fn apply(conn: &mut Connection, batch: &[Op], shared: &Shared) -> rusqlite::Resu
                         to_i64(value.len() as u64)
                     ])?;
                 }
-                Op::Flush(_) => {}
+                Op::Alert(alert) => {
+                    tx.prepare_cached(
+                        "INSERT INTO alerts (at_ms, scope, period, threshold, spent_nanos, limit_nanos, period_start_ms) \
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                    )?
+                    .execute(params![
+                        to_i64(alert.at_ms),
+                        encode(&alert.scope),
+                        encode(&alert.period),
+                        alert.threshold,
+                        alert.spent.nanos(),
+                        alert.limit.nanos(),
+                        to_i64(alert.period_start_ms)
+                    ])?;
+                }
+                Op::Budget(change, _) => {
+                    // Spend queued before a change (a reset) lands before it.
+                    write_spend(&tx, &mut spend)?;
+                    change_budget(&tx, change)?;
+                }
+                Op::Flush(_) | Op::Wake => {}
             }
         }
-        for (model, d) in &deltas {
-            usage.execute(params![
-                model,
-                d.provider,
-                d.requests,
-                d.successes,
-                d.requests - d.successes,
-                d.input_tokens,
-                d.output_tokens,
-                d.cached_tokens,
-                d.cost_nanos,
-                d.latency_us,
-                d.quality_sum,
-                d.quality_count,
-                d.first_ms,
-                d.last_ms,
-            ])?;
-        }
+        write_spend(&tx, &mut spend)?;
     }
+    write_usage(&tx, &deltas)?;
     if cache_writes {
         evict(&tx, shared)?;
     }
@@ -230,7 +633,7 @@ fn apply(conn: &mut Connection, batch: &[Op], shared: &Shared) -> rusqlite::Resu
 }
 
 /// Keeps the cache within its entry and byte limits, oldest entries first.
-fn evict(tx: &rusqlite::Transaction<'_>, shared: &Shared) -> rusqlite::Result<()> {
+fn evict(tx: &Transaction<'_>, shared: &Shared) -> rusqlite::Result<()> {
     let (entries, bytes): (i64, i64) =
         tx.query_row("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM cache", [], |r| Ok((r.get(0)?, r.get(1)?)))?;
     let over_entries = entries - to_i64(shared.cache_max_entries);
