@@ -1,10 +1,12 @@
 //! Budget periods and their calendar boundaries at a UTC offset.
 
+use std::fmt;
+
 use serde::{Deserialize, Serialize};
 use time::{Date, Month, OffsetDateTime, UtcOffset};
 
 /// How often a budget starts over.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Period {
     /// At midnight.
@@ -15,6 +17,26 @@ pub enum Period {
     Monthly,
     /// Never: a lifetime budget.
     None,
+}
+
+impl Period {
+    /// Its lower-case name: `daily`, `weekly`, `monthly`, or `lifetime` for
+    /// [`Period::None`] (a budget that never resets).
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Period::Daily => "daily",
+            Period::Weekly => "weekly",
+            Period::Monthly => "monthly",
+            Period::None => "lifetime",
+        }
+    }
+}
+
+impl fmt::Display for Period {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// The period containing `now_ms`: its start and (unless `Period::None`) its
@@ -52,7 +74,8 @@ pub(crate) fn bounds(period: Period, now_ms: u64, offset: UtcOffset) -> (u64, Op
 }
 
 /// `ms` as an RFC 3339 UTC timestamp (`2026-12-01T00:00:00Z`).
-pub(crate) fn rfc3339(ms: u64) -> String {
+#[must_use]
+pub fn rfc3339(ms: u64) -> String {
     let secs = i64::try_from(ms / 1_000).unwrap_or(i64::MAX);
     match OffsetDateTime::from_unix_timestamp(secs) {
         Ok(t) => format!(
