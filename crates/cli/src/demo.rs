@@ -84,6 +84,8 @@ pub(crate) fn run(args: &DemoArgs) -> anyhow::Result<()> {
         let options = FleetOptions {
             db_path: args.db.clone(),
             budgets: vec![BudgetSpec::hard(Scope::Global, Period::Monthly, Money::from_dollars(100))],
+            // The simulation runs on tokio's paused clock.
+            virtual_time: true,
             ..FleetOptions::default()
         };
         let fleet = Fleet::open(options).await?;
@@ -156,7 +158,7 @@ pub(crate) fn run(args: &DemoArgs) -> anyhow::Result<()> {
             wall_seconds: started_wall.elapsed().as_secs_f64(),
             database: fleet.store().path().display().to_string(),
         };
-        let report = fleet.report()?;
+        let report = fleet.report().await?;
         fleet.shutdown().await?;
         if args.json {
             println!("{}", serde_json::to_string_pretty(&serde_json::json!({"summary": summary, "report": report}))?);

@@ -111,7 +111,8 @@ pub(crate) fn report(report: &FleetReport, summary: Option<&Summary>) {
         );
     }
     println!();
-    for b in &report.budgets {
+    for view in &report.budgets {
+        let b = &view.status;
         let forecast = match b.forecast {
             Forecast::NotEnoughData => "forecast: not enough data yet".to_owned(),
             Forecast::NoPeriodEnd => "no period end".to_owned(),
@@ -122,9 +123,10 @@ pub(crate) fn report(report: &FleetReport, summary: Option<&Summary>) {
             ),
         };
         println!(
-            "Budget {} ({:?}): {} of {} spent ({:.1}%), {} reserved; {forecast}",
+            "Budget {} {} ({:?}): {} of {} spent ({:.1}%), {} reserved; {forecast}",
             b.spec.scope,
             b.spec.period,
+            view.source,
             dollars(b.spent),
             dollars(b.spec.limit),
             b.percent,

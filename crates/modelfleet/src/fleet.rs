@@ -6,28 +6,32 @@ use std::{
     path::PathBuf,
     sync::{
         Arc, Mutex, OnceLock, PoisonError,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicI64, AtomicU64, Ordering},
     },
     time::Duration,
 };
 
 use dashmap::DashMap;
-use modelfleet_budget::{BudgetSpec, Budgets, Charge, LedgerConfig, Period, Reservation, Scope, Status};
+use modelfleet_budget::{BudgetSpec, Budgets, Charge, Headroom, LedgerConfig, Period, Reservation, Scope, Status};
 use modelfleet_errors::{AttemptCtx, Classify, ErrorClass, Failure, RetryConfig, RetryPolicy, Timer, TokioTimer};
 use modelfleet_fallback::{
     Attempt, CircuitConfig, CircuitState, CooldownConfig, ExecuteError, ExecutorConfig, FallbackStrategy, Order,
     Tracker, TrackerConfig,
 };
-use modelfleet_metrics::{Category as MetricsCategory, Metrics, MetricsConfig, RequestSample};
-use modelfleet_monitor::{InFlightShared, Monitor, MonitorConfig, Outcome, Recommendation, ReportConfig};
+use modelfleet_metrics::{Category as MetricsCategory, Metrics, MetricsConfig};
+use modelfleet_monitor::{InFlightShared, Monitor, MonitorConfig, Recommendation, ReportConfig};
 use modelfleet_registry::{Catalog, Category, Clock, ModelSpec, Money, SystemClock};
-use modelfleet_selector::{Explanation, Ranked, Requirements, SelectorConfig, Weights};
+use modelfleet_selector::{
+    BudgetRoom, Explanation, LiveSignals, Ranked, Rejection, Requirements, SelectorConfig, Signals, Weights,
+    worst_case_cost,
+};
 use modelfleet_service_registry::{HealthReport, RegistryConfig, Running, ServiceRegistry};
-use modelfleet_store::{PerfRecord, Store, StoreConfig, UsageRow};
+use modelfleet_store::{Store, StoreConfig, UsageRow};
 use serde::Serialize;
 
-use crate::services::{
-    BudgetService, CatalogService, MetricsService, MonitorService, RouterService, StoreService, started,
+use crate::{
+    books::{Books, Entry, Pending, price_of},
+    services::{BudgetService, CatalogService, MetricsService, MonitorService, RouterService, StoreService, started},
 };
 
 /// Where [`Fleet::open_default`] keeps its database:
@@ -90,6 +94,11 @@ pub struct FleetOptions {
     pub monitor: MonitorConfig,
     /// The metrics.
     pub metrics: MetricsConfig,
+    /// The fleet runs on tokio's paused clock (a simulation, like the demo,
+    /// or a test): waits for the store's commits run on the blocking pool,
+    /// which holds a paused clock still, so simulated time does not jump
+    /// while SQLite commits. Off in production, where they are awaited.
+    pub virtual_time: bool,
 }
 
 impl Default for FleetOptions {
@@ -108,6 +117,7 @@ impl Default for FleetOptions {
             store: StoreConfig::default(),
             monitor: MonitorConfig::default(),
             metrics: MetricsConfig::default(),
+            virtual_time: false,
         }
     }
 }
@@ -180,6 +190,7 @@ impl FleetOptions {
             },
             monitor: MonitorConfig::default(),
             metrics: MetricsConfig { window_secs: config.metrics.window_secs, ..MetricsConfig::default() },
+            virtual_time: false,
         }
     }
 }
@@ -229,10 +240,16 @@ pub struct Served<T> {
     pub attempts: Vec<Attempt>,
     /// Whether another model than the first choice served.
     pub fell_back: bool,
-    /// Its exact cost.
+    /// Its exact cost, failed attempts the provider bills included. For a
+    /// stream, what the attempts that failed before it opened cost: the
+    /// stream's own cost is known when its [`Settlement`] finishes.
     pub cost: Money,
     /// Its tokens.
     pub usage: Usage,
+    /// What is left of the tightest hard budget that paid for it (after
+    /// this request's charge, or with a stream's hold still counted), when
+    /// a hard budget covers it.
+    pub budget_remaining: Option<Money>,
 }
 
 /// What can go wrong with the fleet.
@@ -249,18 +266,85 @@ pub enum FleetError {
     #[error("unknown model {0:?}")]
     UnknownModel(String),
     /// No model could serve the request; the message lists what was tried.
+    /// A request no model can serve within the hard budgets that would pay
+    /// for it has the class [`ErrorClass::BudgetExceeded`], a message naming
+    /// the budget, what is left and what the request could cost, and
+    /// `retry_after` the time to the budget's next period.
     #[error("{message}")]
     NotServed {
         /// Sanitized, listing every attempt and why it failed.
         message: String,
         /// Every attempt.
         attempts: Vec<Attempt>,
-        /// The last failure's class, when there was an attempt.
+        /// The last failure's class (the budget refusal's when no model fit).
         class: Option<ErrorClass>,
+        /// When asking again may succeed (a budget's next period).
+        retry_after: Option<Duration>,
+        /// What the failed attempts cost (the provider bills some failures).
+        cost: Money,
     },
+    /// Spend cannot be persisted right now, and a hard budget would pay for
+    /// this request: refused (fail closed) until the store commits again.
+    #[error(
+        "budget store unavailable: spend cannot be persisted ({0}); requests under a hard budget are refused until it can"
+    )]
+    BudgetStoreUnavailable(String),
+    /// A budget administration request was refused (the message says why).
+    #[error("{0}")]
+    Budget(BudgetAdminError),
     /// Stopping failed (the store could not flush).
     #[error("modelfleet could not stop cleanly: {0}")]
     Stop(String),
+}
+
+/// Why a budget administration request was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum BudgetAdminError {
+    /// No budget has this scope and period.
+    #[error("no {period} budget for {scope}")]
+    NotFound {
+        /// The scope asked for.
+        scope: Scope,
+        /// The period asked for.
+        period: Period,
+    },
+    /// The budget comes from the configuration: change it there.
+    #[error(
+        "the {period} budget for {scope} comes from the configuration (source: config) and is read-only here; change it in the config file"
+    )]
+    ReadOnly {
+        /// Its scope.
+        scope: Scope,
+        /// Its period.
+        period: Period,
+    },
+    /// The budget is invalid or exists already.
+    #[error("{0}")]
+    Invalid(String),
+    /// The change could not be persisted (nothing changed).
+    #[error("the budget change could not be persisted: {0}")]
+    Store(String),
+}
+
+/// Where a budget was defined.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BudgetSource {
+    /// The configuration file: re-applied at every start, read-only through the API.
+    Config,
+    /// The admin API or the CLI: kept in the database.
+    Api,
+}
+
+/// A budget's status and where it was defined.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BudgetView {
+    /// Its status now.
+    #[serde(flatten)]
+    pub status: Status,
+    /// Where it was defined.
+    pub source: BudgetSource,
 }
 
 /// One model's line in the [`FleetReport`].
@@ -298,7 +382,7 @@ pub struct FleetReport {
     /// Per model, everything the database remembers (all runs).
     pub history: Vec<UsageRow>,
     /// Budgets with their forecasts.
-    pub budgets: Vec<Status>,
+    pub budgets: Vec<BudgetView>,
     /// What deserves attention.
     pub recommendations: Vec<Recommendation>,
 }
@@ -333,7 +417,10 @@ pub struct Fleet {
     catalog: Arc<Catalog>,
     monitor: Arc<Monitor>,
     budgets: Arc<Budgets>,
+    /// The budgets the configuration defines (read-only through the API).
+    config_budgets: Vec<(Scope, Period)>,
     metrics: Arc<Metrics>,
+    books: Books,
     tracker: Arc<Tracker>,
     timer: TokioTimer,
     clock: SystemClock,
@@ -343,7 +430,7 @@ pub struct Fleet {
     model_chains: BTreeMap<String, Vec<String>>,
     rng: Mutex<fastrand::Rng>,
     fallbacks_served: DashMap<String, AtomicU64>,
-    memory: MemoryProbe,
+    memory: Arc<MemoryProbe>,
 }
 
 impl std::fmt::Debug for Fleet {
@@ -352,30 +439,49 @@ impl std::fmt::Debug for Fleet {
     }
 }
 
-/// Available memory for local models, from sysinfo, refreshed every 5 s.
+/// Available memory for local models, from sysinfo, refreshed every 5 s
+/// on the blocking pool (reading `/proc` is file I/O): a request reads the
+/// last value and never waits for a refresh.
 struct MemoryProbe {
     system: Mutex<Option<sysinfo::System>>,
     available_mb: AtomicU64,
     read_at_ms: AtomicU64,
+    refreshing: std::sync::atomic::AtomicBool,
 }
 
 impl MemoryProbe {
     fn new() -> MemoryProbe {
-        MemoryProbe {
+        let probe = MemoryProbe {
             system: Mutex::new(sysinfo::System::new().ok()),
             available_mb: AtomicU64::new(0),
             read_at_ms: AtomicU64::new(0),
-        }
+            refreshing: std::sync::atomic::AtomicBool::new(false),
+        };
+        probe.refresh(SystemClock.now_ms());
+        probe
     }
 
-    /// MiB available, or `None` where the platform does not say.
-    fn available_mb(&self, now_ms: u64) -> Option<u64> {
-        if now_ms.saturating_sub(self.read_at_ms.load(Ordering::Relaxed)) >= 5_000 {
-            let mut guard = self.system.lock().unwrap_or_else(PoisonError::into_inner);
-            let system = guard.as_mut()?;
+    fn refresh(&self, now_ms: u64) {
+        let mut guard = self.system.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(system) = guard.as_mut() {
             system.refresh_memory();
             self.available_mb.store(system.available_memory() / (1024 * 1024), Ordering::Relaxed);
-            self.read_at_ms.store(now_ms, Ordering::Relaxed);
+        }
+        self.read_at_ms.store(now_ms, Ordering::Relaxed);
+    }
+
+    /// MiB available, or `None` where the platform does not say; starts a
+    /// refresh in the background when the value is older than 5 s.
+    fn available_mb(self: &Arc<Self>, now_ms: u64) -> Option<u64> {
+        if now_ms.saturating_sub(self.read_at_ms.load(Ordering::Relaxed)) >= 5_000
+            && !self.refreshing.swap(true, Ordering::AcqRel)
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            let probe = Arc::clone(self);
+            runtime.spawn_blocking(move || {
+                probe.refresh(SystemClock.now_ms());
+                probe.refreshing.store(false, Ordering::Release);
+            });
         }
         match self.available_mb.load(Ordering::Relaxed) {
             0 => None,
@@ -429,13 +535,21 @@ impl Fleet {
         // Not sanitized: this error is for the operator, and the file it names is the point.
         let running = registry.start().await.map_err(|e| FleetError::Start(e.to_string()))?;
         let store = started(&store_service.store, "store").map_err(|e| FleetError::Start(e.to_string()))?;
+        let books = Books {
+            store: Arc::clone(&store),
+            monitor: Arc::clone(&monitor),
+            metrics: Arc::clone(&metrics),
+            virtual_time: options.virtual_time,
+        };
         let fleet = Fleet {
             running: Arc::new(running),
             store,
             catalog,
             monitor,
             budgets,
+            config_budgets: options.budgets.iter().map(|b| (b.scope.clone(), b.period)).collect(),
             metrics,
+            books,
             tracker: Arc::new(Tracker::new(options.tracker)),
             timer: TokioTimer::new(),
             clock: SystemClock,
@@ -452,7 +566,7 @@ impl Fleet {
                 .collect(),
             rng: Mutex::new(fastrand::Rng::with_seed(0x6d66)),
             fallbacks_served: DashMap::new(),
-            memory: MemoryProbe::new(),
+            memory: Arc::new(MemoryProbe::new()),
         };
         tracing::info!(db = %fleet.store.path().display(), models = fleet.catalog.snapshot().len(), "modelfleet started");
         Ok(fleet)
@@ -511,7 +625,15 @@ impl Fleet {
                     .find(|r| r.name == *name)
                     .ok_or_else(|| FleetError::UnknownRoute(name.clone()))?;
                 let order = if route.fallbacks.is_empty() { Order::Ranked } else { Order::Explicit(&route.fallbacks) };
-                (route.requirements.clone(), route.strategy, order)
+                // The route says what the work needs; the request says how
+                // big it is: its token estimates bound the hold and the
+                // context check on a route as anywhere else.
+                let mut requirements = route.requirements.clone();
+                let asked = &request.requirements;
+                requirements.prompt_tokens = requirements.prompt_tokens.max(asked.prompt_tokens);
+                requirements.max_output_tokens = requirements.max_output_tokens.max(asked.max_output_tokens);
+                requirements.n = requirements.n.max(asked.n);
+                (requirements, route.strategy, order)
             }
             None => (request.requirements.clone(), self.executor.strategy, Order::Ranked),
         };
@@ -535,19 +657,24 @@ impl Fleet {
         let (requirements, strategy, _) = self.resolve(request)?;
         let snapshot = self.catalog.snapshot();
         let config = strategy.selector_config(self.executor.weights);
-        Ok(modelfleet_selector::rank(snapshot.models(), &requirements, &*self.monitor, &config)
+        let headroom = self.budgets.headroom(request.key.as_deref());
+        let live = Live { monitor: &self.monitor, headroom: &headroom };
+        Ok(modelfleet_selector::rank(snapshot.models(), &requirements, &live, &config)
             .into_iter()
             .map(|r: Ranked<'_>| (r.model.id.clone(), r.score.total))
             .collect())
     }
 
-    /// The ranking and every rejected model with its reasons, as text and JSON.
+    /// The ranking and every rejected model with its reasons, as text and
+    /// JSON: the same worst case and budget room as a request sees.
     pub fn explain(&self, request: &Request) -> Result<(String, serde_json::Value), FleetError> {
         let (requirements, strategy, _) = self.resolve(request)?;
         let snapshot = self.catalog.snapshot();
         let config: SelectorConfig = strategy.selector_config(self.executor.weights);
+        let headroom = self.budgets.headroom(request.key.as_deref());
+        let live = Live { monitor: &self.monitor, headroom: &headroom };
         let explanation: Explanation<'_> =
-            modelfleet_selector::explain(snapshot.models(), &requirements, &*self.monitor, &config);
+            modelfleet_selector::explain(snapshot.models(), &requirements, &live, &config);
         Ok((explanation.to_string(), serde_json::to_value(&explanation).unwrap_or(serde_json::Value::Null)))
     }
 
@@ -590,7 +717,7 @@ impl Fleet {
     }
 
     /// The walk shared by [`Fleet::call`] and [`Fleet::call_stream`]: each
-    /// attempt is `attempt(fleet, model, ctx, what)`, returning the value, its
+    /// attempt is `attempt(model, ctx, what)`, returning the value, its
     /// usage and its cost.
     async fn run<'r, V, A, Fut>(&self, request: &'r Request, mut attempt: A) -> Result<Served<V>, FleetError>
     where
@@ -598,11 +725,20 @@ impl Fleet {
         Fut: Future<Output = Result<(V, Usage, Money), Failure>>,
     {
         let (requirements, strategy, order) = self.resolve(request)?;
+        // One look at the hard budgets per request: the selector rejects
+        // models whose worst case does not fit what is left.
+        let headroom = self.budgets.headroom(request.key.as_deref());
+        if !headroom.is_empty()
+            && let Some(reason) = self.store.spend_backlog()
+        {
+            return Err(FleetError::BudgetStoreUnavailable(reason));
+        }
         let snapshot = self.catalog.snapshot();
         let executor = ExecutorConfig { strategy, ..self.executor.clone() };
+        let live = Live { monitor: &self.monitor, headroom: &headroom };
         let fleet = modelfleet_fallback::Fleet {
             models: snapshot.models(),
-            signals: &*self.monitor,
+            signals: &live,
             tracker: &self.tracker,
             timer: &self.timer,
         };
@@ -610,80 +746,184 @@ impl Fleet {
             let mut shared = self.rng.lock().unwrap_or_else(PoisonError::into_inner);
             fastrand::Rng::with_seed(shared.u64(..))
         };
+        let requirements = Arc::new(requirements);
+        let spent = Arc::new(AtomicI64::new(0));
         let of = AttemptOf {
             key: request.key.as_deref(),
             kind: requirements.category.unwrap_or(Category::General),
-            prompt: u64::from(requirements.prompt_tokens),
-            max_output: u64::from(requirements.max_output_tokens),
+            requirements: Arc::clone(&requirements),
+            spent: Arc::clone(&spent),
         };
         let result = modelfleet_fallback::execute(fleet, &requirements, order, &executor, &mut rng, |model, ctx| {
             // The executor hands out the snapshot's own specs: this lookup finds the Arc.
             let owned = snapshot.get(&model.id).cloned().unwrap_or_else(|| Arc::new(model.clone()));
-            attempt(owned, ctx, of)
+            attempt(owned, ctx, of.clone())
         })
         .await;
+        let spent = Money::from_nanos(spent.load(Ordering::Relaxed));
         match result {
             Ok(executed) => {
                 if executed.fell_back {
                     self.fallbacks_served.entry(executed.model.id.clone()).or_default().fetch_add(1, Ordering::Relaxed);
                 }
-                let (value, usage, cost) = executed.value;
+                let (value, usage, _) = executed.value;
+                let budget_remaining = (!headroom.is_empty())
+                    .then(|| {
+                        let now = self.budgets.headroom(request.key.as_deref());
+                        now.tightest(&executed.model.provider, &executed.model.id).map(|room| room.remaining)
+                    })
+                    .flatten();
                 Ok(Served {
                     value,
                     model: executed.model.id.clone(),
                     attempts: executed.attempts,
                     fell_back: executed.fell_back,
-                    cost,
+                    cost: spent,
                     usage,
+                    budget_remaining,
+                })
+            }
+            Err(ExecuteError::NoCandidates { reason }) => {
+                if let Some(refusal) = self.budget_refusal(snapshot.models(), &requirements, &live, &executor) {
+                    return Err(refusal);
+                }
+                Err(FleetError::NotServed {
+                    message: modelfleet_errors::sanitize(&format!("no model can take the request: {reason}"))
+                        .into_owned(),
+                    attempts: Vec::new(),
+                    class: None,
+                    retry_after: None,
+                    cost: spent,
                 })
             }
             Err(err) => {
-                let class = match &err {
-                    ExecuteError::Failed { last, .. } => Some(modelfleet_errors::Classify::class(last)),
-                    _ => None,
+                let (class, retry_after) = match &err {
+                    ExecuteError::Failed { last, .. } => (Some(last.class()), last.retry_after()),
+                    _ => (None, None),
                 };
                 let attempts = err.attempts().to_vec();
                 Err(FleetError::NotServed {
                     message: modelfleet_errors::sanitize(&err.to_string()).into_owned(),
                     attempts,
                     class,
+                    retry_after: retry_after.filter(|_| class == Some(ErrorClass::BudgetExceeded)),
+                    cost: spent,
                 })
             }
         }
     }
 
-    /// Holds the budget for one attempt on `model`.
-    fn reserve(&self, model: &ModelSpec, of: AttemptOf<'_>) -> Result<Reservation, Failure> {
-        let charge = Charge { provider: &model.provider, model: &model.id, key: of.key };
-        let estimate = model.price().map_or(Money::ZERO, |p| p.cost(of.prompt, 0, of.max_output));
-        self.budgets.reserve(&charge, estimate).map_err(|e| Failure::new(ErrorClass::BudgetExceeded, &e.to_string()))
+    /// When no model could be tried because every model meeting the
+    /// requirements costs more (at worst) than a hard budget has left, or
+    /// cannot be bounded under one: the refusal naming the budget, what is
+    /// left and what the request could cost on the cheapest such model.
+    fn budget_refusal(
+        &self,
+        models: &[Arc<ModelSpec>],
+        requirements: &Requirements,
+        live: &Live<'_>,
+        executor: &ExecutorConfig,
+    ) -> Option<FleetError> {
+        if live.headroom.is_empty() {
+            return None;
+        }
+        let config = executor.strategy.selector_config(executor.weights);
+        let explanation = modelfleet_selector::explain(models, requirements, live, &config);
+        // Models refused by a budget alone: every other constraint was met.
+        let mut blocked: Vec<(&ModelSpec, &Rejection)> = explanation
+            .rejected
+            .iter()
+            .filter(|r| !r.reasons.is_empty() && r.reasons.iter().all(|why| why.constraint() == "budget"))
+            .filter_map(|r| r.reasons.first().map(|why| (r.model, why)))
+            .collect();
+        if blocked.is_empty() {
+            return None;
+        }
+        let worst = |why: &Rejection| match why {
+            Rejection::OverBudget { worst_case, .. } => Some(*worst_case),
+            _ => None,
+        };
+        // The cheapest worst case first; unbounded models last.
+        blocked.sort_by(|a, b| match (worst(a.1), worst(b.1)) {
+            (Some(x), Some(y)) => x.cmp(&y).then_with(|| a.0.id.cmp(&b.0.id)),
+            (Some(_), None) => std::cmp::Ordering::Less,
+            (None, Some(_)) => std::cmp::Ordering::Greater,
+            (None, None) => a.0.id.cmp(&b.0.id),
+        });
+        let (model, why) = blocked[0];
+        let room = live.headroom.tightest(&model.provider, &model.id)?;
+        let now = self.clock.now_ms();
+        let resets = room.resets_at_ms.map(|at| Duration::from_millis(at.saturating_sub(now)));
+        let when = match room.resets_at_ms {
+            Some(at) => format!("it resets at {}", modelfleet_budget::rfc3339(at)),
+            None => "it never resets".to_owned(),
+        };
+        let message = match why {
+            Rejection::OverBudget { budget, remaining, worst_case } => format!(
+                "budget exceeded: hard budget {budget} has ${remaining} left, and this request could cost \
+                 ${worst_case} on {} (the cheapest model that meets its requirements); {when}",
+                model.id
+            ),
+            _ => format!(
+                "budget exceeded: hard budget {} covers every model that meets the requirements, and none of them \
+                 has a price and an output bound to hold against it; {when}",
+                room.label
+            ),
+        };
+        Some(FleetError::NotServed {
+            message,
+            attempts: Vec::new(),
+            class: Some(ErrorClass::BudgetExceeded),
+            retry_after: resets,
+            cost: Money::ZERO,
+        })
     }
 
-    /// One attempt on `model`: budget, in-flight count, the call, and the records.
+    /// Holds the request's worst case on `model` on every budget that
+    /// covers it; a refusal is a budget failure with the time to the
+    /// budget's next period.
+    fn reserve(&self, model: &ModelSpec, of: &AttemptOf<'_>) -> Result<Reservation, Failure> {
+        let charge = Charge { provider: &model.provider, model: &model.id, key: of.key };
+        // A model whose cost cannot be bounded is never eligible under a
+        // hard budget (the selector's rule); soft budgets get its actual cost.
+        let worst = worst_case_cost(model, &of.requirements).unwrap_or(Money::ZERO);
+        self.budgets.reserve(&charge, worst).map_err(|e| {
+            let failure = Failure::new(ErrorClass::BudgetExceeded, &e.to_string());
+            match e.resets_at_ms {
+                Some(at) => failure.with_retry_after(Duration::from_millis(at.saturating_sub(self.clock.now_ms()))),
+                None => failure,
+            }
+        })
+    }
+
+    /// One attempt on `model`: budget, in-flight count, the call, and the
+    /// books. The call's usage is charged at the model's prices; a failure
+    /// the provider bills (see [`Failure::billed`]) is charged the hold's
+    /// worst case; a future dropped mid-call too (see [`Pending`]).
     async fn attempt<T>(
         &self,
         model: Arc<ModelSpec>,
         of: AttemptOf<'_>,
         call: impl Future<Output = Result<ModelResponse<T>, Failure>>,
     ) -> Result<(T, Usage, Money), Failure> {
-        let reservation = self.reserve(&model, of)?;
+        let reservation = self.reserve(&model, &of)?;
         let in_flight = self.monitor.begin(&model.id, &model.provider);
         let began = self.timer.now();
+        let mut pending = Pending { books: &self.books, reservation: Some(reservation), model: &model, kind: of.kind };
         let result = call.await;
         let latency = self.timer.now().saturating_sub(began);
         drop(in_flight);
-        match result {
-            Ok(response) => {
-                let cost = settle(&self.store, reservation, &model, response.usage);
-                self.record(&model, of.kind, latency, response.usage, cost, None);
-                Ok((response.value, response.usage, cost))
-            }
-            Err(failure) => {
-                reservation.release();
-                self.record(&model, of.kind, latency, Usage::default(), Money::ZERO, Some(failure.class()));
-                Err(failure)
-            }
-        }
+        let Some(reservation) = pending.disarm() else {
+            return Err(Failure::new(ErrorClass::Internal, "the budget hold was settled twice"));
+        };
+        let (usage, cost, error) = match &result {
+            Ok(response) => (response.usage, price_of(&model, response.usage), None),
+            Err(failure) if failure.is_billed() => (Usage::default(), reservation.amount(), Some(failure.class())),
+            Err(failure) => (Usage::default(), Money::ZERO, Some(failure.class())),
+        };
+        of.spent.fetch_add(cost.nanos(), Ordering::Relaxed);
+        self.books.settle(reservation, Entry { model: &model, kind: of.kind, latency, usage, cost, error }).await;
+        result.map(|response| (response.value, usage, cost))
     }
 
     /// One attempt to open a stream on `model`: on success the budget stays
@@ -694,16 +934,19 @@ impl Fleet {
         of: AttemptOf<'_>,
         call: impl Future<Output = Result<T, Failure>>,
     ) -> Result<(Opened<T>, Usage, Money), Failure> {
-        let reservation = self.reserve(&model, of)?;
+        let reservation = self.reserve(&model, &of)?;
         let in_flight = self.monitor.begin_shared(&model.id, &model.provider);
         let began = self.timer.now();
-        match call.await {
+        let mut pending = Pending { books: &self.books, reservation: Some(reservation), model: &model, kind: of.kind };
+        let result = call.await;
+        let Some(reservation) = pending.disarm() else {
+            return Err(Failure::new(ErrorClass::Internal, "the budget hold was settled twice"));
+        };
+        match result {
             Ok(stream) => {
                 let settlement = Settlement {
                     parts: Some(Parts {
-                        store: Arc::clone(&self.store),
-                        monitor: Arc::clone(&self.monitor),
-                        metrics: Arc::clone(&self.metrics),
+                        books: self.books.clone(),
                         tracker: Arc::clone(&self.tracker),
                         timer: self.timer,
                         model: Arc::clone(&model),
@@ -718,38 +961,25 @@ impl Fleet {
             Err(failure) => {
                 let latency = self.timer.now().saturating_sub(began);
                 drop(in_flight);
-                reservation.release();
-                self.record(&model, of.kind, latency, Usage::default(), Money::ZERO, Some(failure.class()));
+                let cost = if failure.is_billed() { reservation.amount() } else { Money::ZERO };
+                of.spent.fetch_add(cost.nanos(), Ordering::Relaxed);
+                let entry = Entry {
+                    model: &model,
+                    kind: of.kind,
+                    latency,
+                    usage: Usage::default(),
+                    cost,
+                    error: Some(failure.class()),
+                };
+                self.books.settle(reservation, entry).await;
                 Err(failure)
             }
         }
     }
 
-    fn record(
-        &self,
-        model: &ModelSpec,
-        kind: Category,
-        latency: Duration,
-        usage: Usage,
-        cost: Money,
-        error: Option<ErrorClass>,
-    ) {
-        record(
-            &self.monitor,
-            &self.metrics,
-            &self.store,
-            self.clock.now_ms(),
-            model,
-            kind,
-            latency,
-            usage,
-            cost,
-            error,
-        );
-    }
-
-    /// The report: per model this run, the stored history, budgets, recommendations.
-    pub fn report(&self) -> Result<FleetReport, FleetError> {
+    /// The report: per model this run, the stored history, budgets,
+    /// recommendations. The database is read on the blocking pool.
+    pub async fn report(&self) -> Result<FleetReport, FleetError> {
         let mut models: Vec<ModelLine> = self
             .monitor
             .models()
@@ -772,13 +1002,117 @@ impl Fleet {
             })
             .collect();
         models.sort_by(|a, b| b.requests.cmp(&a.requests).then_with(|| a.model.cmp(&b.model)));
-        self.store.flush().map_err(|e| FleetError::Stop(e.to_string()))?;
+        let store = Arc::clone(&self.store);
+        let history = tokio::task::spawn_blocking(move || store.flush().and_then(|()| store.usage()))
+            .await
+            .map_err(|e| FleetError::Stop(e.to_string()))?
+            .map_err(|e| FleetError::Stop(e.to_string()))?;
         Ok(FleetReport {
             models,
-            history: self.store.usage().map_err(|e| FleetError::Stop(e.to_string()))?,
-            budgets: self.budgets.statuses(),
+            history,
+            budgets: self.budget_views(),
             recommendations: self.monitor.recommendations(&ReportConfig::default()),
         })
+    }
+
+    /// Every budget's status, with where it was defined.
+    #[must_use]
+    pub fn budget_views(&self) -> Vec<BudgetView> {
+        self.budgets
+            .statuses()
+            .into_iter()
+            .map(|status| {
+                let source = if self.is_config_budget(&status.spec.scope, status.spec.period) {
+                    BudgetSource::Config
+                } else {
+                    BudgetSource::Api
+                };
+                BudgetView { status, source }
+            })
+            .collect()
+    }
+
+    fn is_config_budget(&self, scope: &Scope, period: Period) -> bool {
+        self.config_budgets.iter().any(|(s, p)| s == scope && *p == period)
+    }
+
+    /// The budget `scope`/`period`, unless the configuration defines it.
+    fn api_budget(&self, scope: &Scope, period: Period) -> Result<Status, FleetError> {
+        let status = self
+            .budgets
+            .status(scope, period)
+            .ok_or_else(|| FleetError::Budget(BudgetAdminError::NotFound { scope: scope.clone(), period }))?;
+        if self.is_config_budget(scope, period) {
+            return Err(FleetError::Budget(BudgetAdminError::ReadOnly { scope: scope.clone(), period }));
+        }
+        Ok(status)
+    }
+
+    /// Adds a budget (kept in the database; it applies at once).
+    pub async fn add_budget(&self, spec: BudgetSpec, who: &str) -> Result<(), FleetError> {
+        if self.budgets.status(&spec.scope, spec.period).is_some() {
+            return Err(FleetError::Budget(BudgetAdminError::Invalid(format!(
+                "a {} budget for {} exists already",
+                spec.period, spec.scope
+            ))));
+        }
+        // Checked by a scratch ledger first, so nothing invalid is stored.
+        Budgets::new(LedgerConfig::default())
+            .add(spec.clone())
+            .map_err(|e| FleetError::Budget(BudgetAdminError::Invalid(e.to_string())))?;
+        self.store
+            .save_budget(&spec, who, self.clock.now_ms())
+            .await
+            .map_err(|e| FleetError::Budget(BudgetAdminError::Store(e.to_string())))?;
+        self.budgets.add(spec).map_err(|e| FleetError::Budget(BudgetAdminError::Invalid(e.to_string())))
+    }
+
+    /// Changes a budget's limit; requests in flight keep their holds, and
+    /// the next reservation sees the new limit.
+    pub async fn set_budget_limit(
+        &self,
+        scope: &Scope,
+        period: Period,
+        limit: Money,
+        who: &str,
+    ) -> Result<(), FleetError> {
+        let status = self.api_budget(scope, period)?;
+        if limit < Money::ZERO {
+            return Err(FleetError::Budget(BudgetAdminError::Invalid(format!("limit ${limit} is negative"))));
+        }
+        let spec = BudgetSpec { limit, ..status.spec };
+        self.store
+            .save_budget(&spec, who, self.clock.now_ms())
+            .await
+            .map_err(|e| FleetError::Budget(BudgetAdminError::Store(e.to_string())))?;
+        self.budgets
+            .set_limit(scope, period, limit)
+            .map_err(|e| FleetError::Budget(BudgetAdminError::Invalid(e.to_string())))
+    }
+
+    /// Starts a budget's current period over at zero (audited with who and
+    /// when); returns what it had spent.
+    pub async fn reset_budget(&self, scope: &Scope, period: Period, who: &str) -> Result<Money, FleetError> {
+        let status = self.api_budget(scope, period)?;
+        self.store
+            .reset_spend(scope, period, status.period_start_ms, status.spent, who, self.clock.now_ms())
+            .await
+            .map_err(|e| FleetError::Budget(BudgetAdminError::Store(e.to_string())))?;
+        self.budgets.reset(scope, period).map_err(|e| FleetError::Budget(BudgetAdminError::Invalid(e.to_string())))
+    }
+
+    /// Removes a budget (its spend history stays in the database).
+    pub async fn remove_budget(&self, scope: &Scope, period: Period, who: &str) -> Result<(), FleetError> {
+        self.api_budget(scope, period)?;
+        self.store
+            .remove_budget(scope, period, who, self.clock.now_ms())
+            .await
+            .map_err(|e| FleetError::Budget(BudgetAdminError::Store(e.to_string())))?;
+        self.budgets.remove(scope, period).map_err(|e| FleetError::Budget(BudgetAdminError::Invalid(e.to_string())))?;
+        let period_name = period.to_string();
+        let scope_name = scope.to_string();
+        self.metrics.retain_budgets(|s, p| !(s == scope_name && p == period_name));
+        Ok(())
     }
 
     /// Every service's health.
@@ -802,7 +1136,8 @@ impl Fleet {
 
     fn refresh_budget_metrics(&self) {
         for status in self.budgets.statuses() {
-            let _ = self.metrics.set_budget(&status.spec.scope.to_string(), status.spent, status.spec.limit);
+            let (scope, period) = (status.spec.scope.to_string(), status.spec.period.to_string());
+            let _ = self.metrics.set_budget(&scope, &period, status.spent, status.spec.limit);
         }
     }
 
@@ -816,66 +1151,32 @@ impl Fleet {
 }
 
 /// What every attempt of one request shares.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct AttemptOf<'r> {
     key: Option<&'r str>,
     kind: Category,
-    prompt: u64,
-    max_output: u64,
+    /// The request's requirements: the worst case is computed from them.
+    requirements: Arc<Requirements>,
+    /// What the attempts charged so far, nano-dollars.
+    spent: Arc<AtomicI64>,
 }
 
-/// Spends the exact cost of `usage` on `reservation` and persists the spend per period.
-fn settle(store: &Store, reservation: Reservation, model: &ModelSpec, usage: Usage) -> Money {
-    let cost =
-        model.price().map_or(Money::ZERO, |p| p.cost(usage.input_tokens, usage.cached_tokens, usage.output_tokens));
-    // reconcile names the budgets it charged: persist the spend per period.
-    for (scope, period, start) in reservation.reconcile_charged(cost) {
-        if let Err(err) = store.add_spend(&scope, period, start, cost) {
-            tracing::error!(%err, "could not persist budget spend");
-        }
+/// The signals a request is selected by: the monitor's, and the room left
+/// in the hard budgets that would pay for it (looked up once per request).
+struct Live<'a> {
+    monitor: &'a Monitor,
+    headroom: &'a Headroom,
+}
+
+impl LiveSignals for Live<'_> {
+    fn signals(&self, id: &str) -> Signals {
+        self.monitor.signals(id)
     }
-    cost
-}
 
-/// Records one outcome in the monitor, the metrics and the store.
-#[allow(clippy::too_many_arguments)] // two call sites; a struct would only rename them
-fn record(
-    monitor: &Monitor,
-    metrics: &Metrics,
-    store: &Store,
-    now_ms: u64,
-    model: &ModelSpec,
-    kind: Category,
-    latency: Duration,
-    usage: Usage,
-    cost: Money,
-    error: Option<ErrorClass>,
-) {
-    let outcome = Outcome {
-        model: &model.id,
-        provider: &model.provider,
-        kind,
-        language: None,
-        latency,
-        time_to_first_token: None,
-        input_tokens: usage.input_tokens,
-        output_tokens: usage.output_tokens,
-        cached_tokens: usage.cached_tokens,
-        cost,
-        error,
-        quality: None,
-    };
-    monitor.record(&outcome);
-    metrics.record_request(&RequestSample {
-        model: &model.id,
-        latency,
-        error,
-        input_tokens: usage.input_tokens,
-        output_tokens: usage.output_tokens,
-        cost,
-    });
-    if let Err(err) = store.record(PerfRecord::from_outcome(&outcome, now_ms)) {
-        tracing::error!(%err, "could not queue a performance record");
+    fn budget_room(&self, model: &ModelSpec) -> Option<BudgetRoom<'_>> {
+        self.headroom
+            .tightest(&model.provider, &model.id)
+            .map(|room| BudgetRoom { budget: room.label, remaining: room.remaining })
     }
 }
 
@@ -907,9 +1208,7 @@ pub struct Settlement {
 }
 
 struct Parts {
-    store: Arc<Store>,
-    monitor: Arc<Monitor>,
-    metrics: Arc<Metrics>,
+    books: Books,
     tracker: Arc<Tracker>,
     timer: TokioTimer,
     model: Arc<ModelSpec>,
@@ -927,24 +1226,48 @@ impl std::fmt::Debug for Settlement {
 
 impl Settlement {
     /// Records how the stream ended with the tokens it used (from the
-    /// upstream's usage, or counted by the caller when the stream was cut),
-    /// and returns the exact cost charged. Tokens are charged however the
-    /// stream ended: the provider bills them.
+    /// upstream's usage, or counted by the caller when the stream was cut:
+    /// the prompt plus the tokens relayed), charges their exact cost
+    /// however the stream ended (the provider bills them), and returns once
+    /// the spend is committed, with the cost.
     #[allow(clippy::must_use_candidate)] // finishing is the point; the cost is extra
-    pub fn finish(mut self, usage: Usage, end: &StreamEnd) -> Money {
-        match self.parts.take() {
-            Some(parts) => parts.finish(usage, end),
-            None => Money::ZERO,
-        }
+    pub async fn finish(mut self, usage: Usage, end: &StreamEnd) -> Money {
+        let Some(parts) = self.parts.take() else { return Money::ZERO };
+        let (reservation, entry_parts) = parts.split(end);
+        let cost = price_of(&entry_parts.model, usage);
+        let entry = entry_parts.entry(usage, cost);
+        entry_parts.books.settle(reservation, entry).await;
+        cost
+    }
+
+    /// What is still held for the stream (its worst case).
+    #[must_use]
+    pub fn held(&self) -> Money {
+        self.parts.as_ref().map_or(Money::ZERO, |p| p.reservation.amount())
+    }
+}
+
+/// A settlement's parts once the hold is taken out of them.
+struct Ended {
+    books: Books,
+    model: Arc<ModelSpec>,
+    kind: Category,
+    latency: Duration,
+    error: Option<ErrorClass>,
+    _in_flight: InFlightShared,
+}
+
+impl Ended {
+    fn entry(&self, usage: Usage, cost: Money) -> Entry<'_> {
+        Entry { model: &self.model, kind: self.kind, latency: self.latency, usage, cost, error: self.error }
     }
 }
 
 impl Parts {
-    fn finish(self, usage: Usage, end: &StreamEnd) -> Money {
-        let Parts { store, monitor, metrics, tracker, timer, model, kind, began, reservation, _in_flight } = self;
+    /// Records a mid-stream failure against the model; splits off the hold.
+    fn split(self, end: &StreamEnd) -> (Reservation, Ended) {
+        let Parts { books, tracker, timer, model, kind, began, reservation, _in_flight: in_flight } = self;
         let now = timer.now();
-        let latency = now.saturating_sub(began);
-        let cost = settle(&store, reservation, &model, usage);
         let error = match end {
             StreamEnd::Failed(failure) => {
                 tracker.record_failure(&model.id, failure.class(), failure.retry_after(), now);
@@ -952,16 +1275,19 @@ impl Parts {
             }
             StreamEnd::Completed | StreamEnd::ClientGone => None,
         };
-        let now_ms = SystemClock.now_ms();
-        record(&monitor, &metrics, &store, now_ms, &model, kind, latency, usage, cost, error);
-        cost
+        (reservation, Ended { books, model, kind, latency: now.saturating_sub(began), error, _in_flight: in_flight })
     }
 }
 
 impl Drop for Settlement {
+    /// Dropped unfinished: how many tokens the stream used will never be
+    /// known, so its hold (the worst case) is charged, without waiting.
     fn drop(&mut self) {
         if let Some(parts) = self.parts.take() {
-            parts.finish(Usage::default(), &StreamEnd::ClientGone);
+            let (reservation, ended) = parts.split(&StreamEnd::ClientGone);
+            let cost = reservation.amount();
+            let entry = ended.entry(Usage::default(), cost);
+            ended.books.settle_detached(reservation, entry);
         }
     }
 }

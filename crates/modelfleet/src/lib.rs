@@ -24,6 +24,7 @@
 //!
 //! Invariant: nothing depends on this crate but the gateway and the CLI.
 
+mod books;
 mod fleet;
 mod services;
 mod sim;
@@ -41,8 +42,8 @@ pub use modelfleet_store as store;
 
 pub use crate::{
     fleet::{
-        Fleet, FleetError, FleetOptions, FleetReport, ModelLine, ModelResponse, Opened, Request, RouteSpec, Served,
-        Settlement, StreamEnd, Usage, default_db_path,
+        BudgetAdminError, BudgetSource, BudgetView, Fleet, FleetError, FleetOptions, FleetReport, ModelLine,
+        ModelResponse, Opened, Request, RouteSpec, Served, Settlement, StreamEnd, Usage, default_db_path,
     },
     sim::{SimProfile, Simulator},
 };

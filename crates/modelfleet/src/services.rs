@@ -6,12 +6,12 @@ use std::{
     sync::{Arc, OnceLock},
 };
 
-use modelfleet_budget::{BudgetSpec, Budgets};
+use modelfleet_budget::{BudgetSpec, Budgets, Status};
 use modelfleet_metrics::Metrics;
 use modelfleet_monitor::Monitor;
-use modelfleet_registry::{Catalog, ModelSpec};
+use modelfleet_registry::{Catalog, Clock, ModelSpec, SystemClock};
 use modelfleet_service_registry::{BoxError, BoxFuture, Health, Service};
-use modelfleet_store::{Store, StoreConfig};
+use modelfleet_store::{SpendRow, Store, StoreConfig};
 
 /// Gives the started component, or says which service never started.
 pub(crate) fn started<T>(cell: &OnceLock<Arc<T>>, name: &str) -> Result<Arc<T>, BoxError> {
@@ -40,8 +40,9 @@ impl Service for StoreService {
 
     fn stop(&self) -> BoxFuture<'_, Result<(), BoxError>> {
         Box::pin(async move {
-            if let Some(store) = self.store.get() {
-                store.flush()?;
+            if let Some(store) = self.store.get().cloned() {
+                // Blocking: on the blocking pool (which also holds a paused clock still).
+                tokio::task::spawn_blocking(move || store.flush()).await??;
             }
             Ok(())
         })
@@ -143,7 +144,10 @@ impl Service for MonitorService {
     }
 }
 
-/// Budgets, with spend restored from the store and alerts persisted to it.
+/// Budgets: the configuration's (re-applied at every start, and winning
+/// over a stored budget of the same scope and period) and the API's (kept in
+/// the store), with each one's spend, breakdown and alert history restored,
+/// and alerts persisted as they fire.
 pub(crate) struct BudgetService {
     pub(crate) store: Arc<StoreService>,
     pub(crate) budgets: Arc<Budgets>,
@@ -165,30 +169,69 @@ impl Service for BudgetService {
             for spec in &self.specs {
                 self.budgets.add(spec.clone())?;
             }
-            let saved = store.spend()?;
-            for status in self.budgets.statuses() {
-                let spent = saved
-                    .iter()
-                    .find(|r| {
-                        r.scope == status.spec.scope
-                            && r.period == status.spec.period
-                            && r.period_start_ms == status.period_start_ms
-                    })
-                    .map(|r| r.spent);
-                if let Some(spent) = spent {
-                    self.budgets.restore_spent(&status.spec.scope, status.spec.period, spent)?;
+            let reader = Arc::clone(&store);
+            let (stored, saved, alerts) = tokio::task::spawn_blocking(move || -> Result<_, modelfleet_store::Error> {
+                Ok((reader.budgets()?, reader.spend()?, reader.alerts()?))
+            })
+            .await??;
+            for spec in stored {
+                let configured = self.specs.iter().any(|c| c.scope == spec.scope && c.period == spec.period);
+                if !configured {
+                    self.budgets.add(spec)?;
                 }
             }
+            let now = SystemClock.now_ms();
+            for status in self.budgets.statuses() {
+                if let Some(row) = current_row(&saved, &status, now) {
+                    self.budgets.restore(
+                        &status.spec.scope,
+                        status.spec.period,
+                        row.spent,
+                        row.by_provider.clone(),
+                        row.by_model.clone(),
+                    )?;
+                }
+            }
+            self.budgets.restore_alerts(alerts);
             let persist = Arc::clone(&store);
             self.budgets.subscribe(move |alert| {
-                tracing::warn!(scope = %alert.scope, threshold = alert.threshold, spent = %alert.spent, "budget threshold reached");
+                tracing::warn!(scope = %alert.scope, period = %alert.period, threshold = alert.threshold, spent = %alert.spent, "budget threshold reached");
+                // Queued to the writer: never blocks the request that crossed it.
                 if let Err(err) = persist.save_alert(alert) {
-                    tracing::error!(%err, "could not persist a budget alert");
+                    tracing::error!(%err, "could not queue a budget alert");
                 }
             });
             Ok(())
         })
     }
+
+    fn health(&self) -> BoxFuture<'_, Health> {
+        Box::pin(async move {
+            let Some(store) = self.store.store.get() else { return Health::Unhealthy("not started".into()) };
+            match store.spend_backlog() {
+                Some(reason) => Health::Degraded(format!(
+                    "spend cannot be persisted ({reason}): requests under a hard budget are refused until it can"
+                )),
+                None => Health::Healthy,
+            }
+        })
+    }
+}
+
+/// The stored spend of `status`'s budget for the period containing `now`.
+///
+/// Matched by the stored period's own bounds, not by its start alone, so a
+/// change of `utc_offset_minutes` between runs loses nothing: the spend of
+/// the period that contains now (as it was computed when written) counts
+/// towards the current one. A row written before periods kept their end
+/// matches by its start.
+fn current_row<'r>(saved: &'r [SpendRow], status: &Status, now: u64) -> Option<&'r SpendRow> {
+    saved.iter().filter(|r| r.scope == status.spec.scope && r.period == status.spec.period).find(|r| {
+        match r.period_end_ms {
+            Some(end) => r.period_start_ms <= now && now < end,
+            None => r.period_start_ms == status.period_start_ms,
+        }
+    })
 }
 
 /// Metrics, whose model labels follow the catalog.
