@@ -5,7 +5,13 @@
 use std::{sync::Arc, time::Duration};
 
 use futures_util::StreamExt;
-use modelfleet::{Fleet, config::Config, registry::Money};
+use modelfleet::{
+    Fleet,
+    budget::{Period, Scope},
+    config::Config,
+    metrics::Category,
+    registry::Money,
+};
 use modelfleet_gateway::Gateway;
 use modelfleet_mock_upstream::{Behavior, Fault, MockUpstream, prompt_tokens};
 use serde_json::{Value, json};
@@ -248,7 +254,7 @@ async fn usage_is_priced_exactly_budgets_refuse_and_identical_requests_hit_the_c
     assert_eq!(header(&response, "x-modelfleet-cache"), "miss");
     let upstream = prompt_tokens(&mock.last_request("m").unwrap());
     let expected = Money::from_nanos(i64::from(upstream) * 500 + 12 * 1_500);
-    let report = gateway.fleet.report().unwrap();
+    let report = gateway.fleet.report().await.unwrap();
     let line = report.models.iter().find(|l| l.model == "m").unwrap();
     assert_eq!((line.requests, line.cost), (1, expected));
     assert_eq!(report.history.iter().find(|h| h.model == "m").unwrap().cost, expected);
@@ -261,9 +267,13 @@ async fn usage_is_priced_exactly_budgets_refuse_and_identical_requests_hit_the_c
     let cached: Value = response.json().await.unwrap();
     assert!(cached["choices"][0]["message"]["content"].as_str().unwrap().starts_with("mock answer from m"));
     assert_eq!(mock.hits("m"), 1);
-    // Another key never shares the answer.
+    // Another key never shares the answer, and this one's $0.00001 monthly
+    // budget cannot hold the request's worst case (8,000-odd output tokens
+    // the model may answer): refused before any call, nothing spent, nothing
+    // served from the other key's cache.
     let response = post(&client, &url, Some(TIGHT_KEY), &request).await;
-    assert_eq!(header(&response, "x-modelfleet-cache"), "miss");
+    assert_eq!(response.status(), 429);
+    assert_eq!(header(&response, "x-modelfleet-cache"), "");
     let metrics: Value = client
         .get(format!("{}/v1/metrics?category=cache", gateway.url))
         .bearer_auth(CLIENT_KEY)
@@ -276,17 +286,27 @@ async fn usage_is_priced_exactly_budgets_refuse_and_identical_requests_hit_the_c
     // A client key may not read metrics.
     assert_eq!(metrics["error"]["code"], "insufficient_role");
 
-    // The tight key spent past its $0.00001 monthly budget: refused before any call.
+    // A one-token answer fits ($0.000006 at worst), but the upstream ignores
+    // max_tokens and answers 12 tokens: charged in full ($0.000021), the
+    // overshoot counted, and the key refuses every paid request after it.
     let hits = mock.hits("m");
     let mut other = chat("m", "a different question");
     other["max_tokens"] = json!(1);
+    let response = post(&client, &url, Some(TIGHT_KEY), &other).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(header(&response, "x-modelfleet-cost"), "0.000021");
+    assert_eq!(header(&response, "x-modelfleet-budget-remaining"), "0");
+    let tight = gateway.fleet.budgets().status(&Scope::Key("tight".into()), Period::Monthly).unwrap();
+    assert_eq!((tight.spent, tight.reserved), (Money::from_nanos(21_000), Money::ZERO));
+    let metrics = gateway.fleet.metrics_json(&[Category::Budget]);
+    assert_eq!(metrics["budget_overshoot"], json!({"count": 1, "amount": "0.000011"}), "{metrics}");
     let response = post(&client, &url, Some(TIGHT_KEY), &other).await;
     let status = response.status();
     let body: Value = response.json().await.unwrap();
     assert_eq!(status, 429, "{body}");
     assert_eq!(body["error"]["code"], "budget_exceeded", "{body}");
-    assert!(body["error"]["message"].as_str().unwrap().contains("key:tight"), "{body}");
-    assert_eq!(mock.hits("m"), hits);
+    assert!(body["error"]["message"].as_str().unwrap().contains("key:tight monthly"), "{body}");
+    assert_eq!(mock.hits("m"), hits + 1);
     gateway.stop().await;
     mock.shutdown().await;
 }
@@ -563,6 +583,287 @@ async fn a_client_gone_mid_stream_is_still_charged_and_limits_hold() {
     spec["id"] = json!("other");
     let response = client.put(format!("{}/v1/admin/models/slow", gateway.url)).json(&spec).send().await.unwrap();
     assert_eq!(response.status(), 400);
+    gateway.stop().await;
+    mock.shutdown().await;
+}
+
+/// A model whose every answer costs exactly $0.10 at most: prompt tokens at
+/// `input` per million, and 100 output tokens (its `max_output_tokens`) at
+/// $1,000 per million.
+fn dear_model(id: &str, input: &str) -> String {
+    format!(
+        "\n[[models]]\nid = \"{id}\"\nprovider = \"mock\"\ncontext_window = 8192\nmax_output_tokens = 100\n\
+         input_price_per_mtok = \"{input}\"\noutput_price_per_mtok = \"1000\"\nquality = 0.7\nlanguages = [\"en\"]\n\
+         categories = [\"general\"]\n"
+    )
+}
+
+const HARD_DOLLAR: &str =
+    "\n[[budgets]]\nscope = \"global\"\nperiod = \"monthly\"\nlimit = \"1.00\"\nenforcement = \"hard\"\n";
+
+/// What a burst of concurrent requests came to: how many were served, and
+/// every refusal's status, code, `Retry-After` and cost headers checked.
+async fn burst(url: &str, body: &Value, n: usize) -> (usize, usize) {
+    let client = reqwest::Client::new();
+    let tasks: Vec<_> = (0..n)
+        .map(|_| {
+            let (client, url, body) = (client.clone(), url.to_owned(), body.clone());
+            tokio::spawn(async move {
+                let response = post(&client, &url, None, &body).await;
+                let status = response.status().as_u16();
+                let retry_after = header(&response, "retry-after").to_owned();
+                let cost = header(&response, "x-modelfleet-cost").to_owned();
+                let json: Value = response.json().await.unwrap_or(Value::Null);
+                (status, retry_after, cost, json)
+            })
+        })
+        .collect();
+    let (mut served, mut refused) = (0, 0);
+    for task in tasks {
+        let (status, retry_after, cost, json) = task.await.unwrap();
+        match status {
+            200 => {
+                served += 1;
+                assert!(cost.parse::<Money>().is_ok_and(|c| c > Money::ZERO), "a paid answer says its cost: {cost:?}");
+            }
+            429 => {
+                refused += 1;
+                assert_eq!(json["error"]["code"], "budget_exceeded", "{json}");
+                assert_eq!(json["error"]["type"], "budget_exceeded", "{json}");
+                assert!(json["error"]["message"].as_str().unwrap().contains("global monthly"), "{json}");
+                let seconds: u64 = retry_after.parse().unwrap_or_else(|_| panic!("Retry-After: {retry_after:?}"));
+                assert!((1..=31 * 24 * 3_600).contains(&seconds), "seconds to the month's end: {seconds}");
+                assert_eq!(cost, "0", "a refusal costs nothing");
+            }
+            other => panic!("unexpected status {other}: {json}"),
+        }
+    }
+    (served, refused)
+}
+
+/// Spent in the ledger and in the database, both for the global monthly budget.
+async fn spent_everywhere(fleet: &Fleet) -> (Money, Money) {
+    let ledger = fleet.budgets().status(&Scope::Global, Period::Monthly).unwrap().spent;
+    fleet.store().flush_async().await.unwrap();
+    let stored: Money = fleet
+        .store()
+        .spend()
+        .unwrap()
+        .iter()
+        .filter(|r| r.scope == Scope::Global && r.period == Period::Monthly)
+        .map(|r| r.spent)
+        .sum();
+    (ledger, stored)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_without_max_tokens_never_pass_a_hard_budget() {
+    let limit = Money::from_dollars(1);
+    // (what is sent, how many may be served at most, exactly when every hold is the actual cost)
+    let long = "y".repeat(1_600); // the gateway counts 404 prompt tokens, the mock 401
+    let route = chat("cheap", "no max_tokens, through a route");
+    let mut two = chat("dear", "two answers each");
+    two["n"] = json!(2);
+    let mut liar = chat("priced", &long);
+    liar["modelfleet"] = json!({"prompt_tokens": 1});
+    let cases: [(&str, Value, usize, bool); 4] = [
+        ("no max_tokens", chat("dear", "as most clients send it"), 10, true),
+        ("a route", route, 10, true),
+        // n = 2: a hold of $0.20 each; each answer then costs $0.20.
+        ("n = 2", two, 5, true),
+        // $0.04 of prompt plus $0.10 of output: 7 fit; a hold trusting the
+        // client's 1 prompt token would let 9 in and spend $1.26.
+        ("a client claiming prompt_tokens 1", liar, 7, false),
+    ];
+    for (what, request, most, exact) in cases {
+        let mock = MockUpstream::start().await.unwrap();
+        mock.set(
+            "dear",
+            Behavior { completion_tokens: 100, latency: Duration::from_millis(50), ..Behavior::default() },
+        );
+        mock.set(
+            "priced",
+            Behavior { completion_tokens: 100, latency: Duration::from_millis(50), ..Behavior::default() },
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let body = dear_model("dear", "0")
+            + &dear_model("priced", "100")
+            + "\n[[routes]]\nname = \"cheap\"\nfallbacks = [\"dear\"]\n[routes.requirements]\nlanguage = \"en\"\n"
+            + HARD_DOLLAR;
+        let gateway = Running::start(&config(&mock, &dir, &body)).await;
+        let url = format!("{}/v1/chat/completions", gateway.url);
+        let (served, refused) = burst(&url, &request, 40).await;
+        assert_eq!(served + refused, 40, "{what}");
+        assert!(served <= most, "{what}: {served} served, at most {most} fit");
+        if exact {
+            assert_eq!(served, most, "{what}: every hold is exactly an answer's cost");
+        }
+        let upstream = mock.hits("dear") + mock.hits("priced");
+        assert_eq!(upstream, served as u64, "{what}: a refusal never reaches the upstream");
+        let (ledger, stored) = spent_everywhere(&gateway.fleet).await;
+        assert!(ledger <= limit, "{what}: the ledger spent {ledger}");
+        assert_eq!(stored, ledger, "{what}: the database holds exactly the ledger's spend");
+        let reserved = gateway.fleet.budgets().statuses()[0].reserved;
+        assert_eq!(reserved, Money::ZERO, "{what}: nothing stays held");
+        gateway.stop().await;
+        mock.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_budget_refusal_names_the_budget_and_what_the_request_could_cost() {
+    let mock = MockUpstream::start().await.unwrap();
+    mock.set("dear", Behavior { completion_tokens: 100, ..Behavior::default() });
+    let dir = tempfile::tempdir().unwrap();
+    let body = dear_model("dear", "0")
+        + "\n[[budgets]]\nscope = \"global\"\nperiod = \"none\"\nlimit = \"0.25\"\nenforcement = \"hard\"\n";
+    let gateway = Running::start(&config(&mock, &dir, &body)).await;
+    let client = reqwest::Client::new();
+    let url = format!("{}/v1/chat/completions", gateway.url);
+    for left in ["0.15", "0.05"] {
+        let response = post(&client, &url, None, &chat("dear", "fits")).await;
+        assert_eq!(response.status(), 200);
+        assert_eq!(header(&response, "x-modelfleet-cost"), "0.1");
+        assert_eq!(header(&response, "x-modelfleet-budget-remaining"), left);
+        let _ = response.bytes().await;
+    }
+    // $0.05 left, the request could cost $0.10 on "dear": refused before any
+    // call, naming the budget, what is left and the cost; a lifetime budget
+    // never resets, so no Retry-After.
+    let response = post(&client, &url, None, &chat("dear", "does not fit")).await;
+    assert_eq!(response.status(), 429);
+    assert_eq!(header(&response, "retry-after"), "");
+    let body: Value = response.json().await.unwrap();
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.starts_with(
+            "budget exceeded: hard budget global lifetime has $0.05 left, and this request could cost $0.1 on dear"
+        ),
+        "{message}"
+    );
+    assert!(message.ends_with("it never resets"), "{message}");
+    // `auto` too: no model fits.
+    let response = post(&client, &url, None, &chat("auto", "anything that fits")).await;
+    assert_eq!(response.status(), 429);
+    assert_eq!(mock.hits("dear"), 2);
+    // explain shows the same worst case and the budget's rejection.
+    let explained: Value = client
+        .post(format!("{}/v1/route/explain", gateway.url))
+        .json(&json!({"model": "auto"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let rejected = explained["rejected"].as_array().unwrap();
+    let dear = rejected.iter().find(|r| r["model"] == "dear").unwrap_or_else(|| panic!("{explained}"));
+    assert_eq!(dear["reasons"][0]["constraint"], "over_budget", "{explained}");
+    assert_eq!(dear["reasons"][0]["worst_case"], "0.1", "{explained}");
+    assert_eq!(dear["reasons"][0]["remaining"], "0.05", "{explained}");
+    gateway.stop().await;
+    mock.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_gone_before_the_answer_is_still_charged_what_the_upstream_billed() {
+    let mock = MockUpstream::start().await.unwrap();
+    mock.set("dear", Behavior { completion_tokens: 40, latency: Duration::from_millis(400), ..Behavior::default() });
+    let dir = tempfile::tempdir().unwrap();
+    let gateway = Running::start(&config(&mock, &dir, &(dear_model("dear", "0") + HARD_DOLLAR))).await;
+    let client = reqwest::Client::builder().timeout(Duration::from_millis(100)).build().unwrap();
+    let url = format!("{}/v1/chat/completions", gateway.url);
+    let gone = client.post(&url).json(&chat("dear", "I will not wait")).send().await;
+    assert!(gone.is_err_and(|e| e.is_timeout()), "the client gave up first");
+    // The call runs to its end and is charged the usage the upstream reported:
+    // 40 output tokens at $1,000 per million.
+    let expected = Money::from_nanos(40_000_000);
+    // Polled with a generous bound: the call finishes in the background.
+    let waited = std::time::Instant::now();
+    let mut spent = spent_everywhere(&gateway.fleet).await;
+    while spent != (expected, expected) && waited.elapsed() < Duration::from_secs(20) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        spent = spent_everywhere(&gateway.fleet).await;
+    }
+    assert_eq!(spent, (expected, expected), "the ledger and the database");
+    assert_eq!(mock.hits("dear"), 1);
+    gateway.stop().await;
+    mock.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn budgets_are_administered_through_the_api_and_config_budgets_are_read_only() {
+    let mock = MockUpstream::start().await.unwrap();
+    mock.set("dear", Behavior { completion_tokens: 100, ..Behavior::default() });
+    let dir = tempfile::tempdir().unwrap();
+    let body = dear_model("dear", "0")
+        + "\n[[server.api_keys]]\nname = \"ops\"\nkey_env = \"KEY_ADMIN\"\nrole = \"admin\"\n\
+           \n[[server.api_keys]]\nname = \"app\"\nkey_env = \"KEY_CLIENT\"\nrole = \"client\"\n"
+        + HARD_DOLLAR;
+    let gateway = Running::start(&config(&mock, &dir, &body)).await;
+    let client = reqwest::Client::new();
+    let admin = |path: &str| format!("{}/v1/admin/budgets{path}", gateway.url);
+    // A daily budget for the client key, beside the config's global monthly one.
+    let added = client
+        .post(admin(""))
+        .bearer_auth(ADMIN_KEY)
+        .json(&json!({"scope": {"kind": "key", "name": "app"}, "period": "daily", "limit": "0.15"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(added.status(), 201);
+    let listed: Value = client.get(admin("")).bearer_auth(ADMIN_KEY).send().await.unwrap().json().await.unwrap();
+    let sources: Vec<(String, String)> = listed["budgets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| (format!("{} {}", b["scope"]["kind"], b["period"]), b["source"].as_str().unwrap().to_owned()))
+        .collect();
+    assert_eq!(
+        sources,
+        [("\"global\" \"monthly\"".into(), "config".into()), ("\"key\" \"daily\"".into(), "api".into())]
+    );
+    // It applies at once: one $0.10 answer fits, a second does not.
+    let url = format!("{}/v1/chat/completions", gateway.url);
+    assert_eq!(post(&client, &url, Some(CLIENT_KEY), &chat("dear", "one")).await.status(), 200);
+    let refused = post(&client, &url, Some(CLIENT_KEY), &chat("dear", "two")).await;
+    assert_eq!(refused.status(), 429);
+    assert!(refused.text().await.unwrap().contains("key:app daily"));
+    // Raising the limit applies without a restart.
+    let set = client
+        .put(admin("/key:app/daily"))
+        .bearer_auth(ADMIN_KEY)
+        .json(&json!({"limit": "0.30"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(set.status(), 200);
+    assert_eq!(post(&client, &url, Some(CLIENT_KEY), &chat("dear", "three")).await.status(), 200);
+    // A reset starts the period over and is audited with who did it.
+    let reset = client.post(admin("/key:app/daily/reset")).bearer_auth(ADMIN_KEY).send().await.unwrap();
+    assert_eq!(reset.status(), 200);
+    assert_eq!(header(&reset, "x-modelfleet-spent-before-reset"), "0.2");
+    let after: Value = reset.json().await.unwrap();
+    assert_eq!(after["spent"], "0");
+    let audit = gateway.fleet.store().budget_audit().unwrap();
+    assert!(audit.iter().any(|row| row.action == "reset" && row.who == "ops"), "{audit:?}");
+    // The config's budget is read-only here; clients may not administer.
+    let read_only =
+        client.put(admin("/global/monthly")).bearer_auth(ADMIN_KEY).json(&json!({"limit": "9"})).send().await.unwrap();
+    assert_eq!(read_only.status(), 409);
+    assert!(read_only.text().await.unwrap().contains("source: config"));
+    assert_eq!(client.delete(admin("/key:app/daily")).bearer_auth(CLIENT_KEY).send().await.unwrap().status(), 403);
+    assert_eq!(client.get(admin("/key:nobody/daily")).bearer_auth(ADMIN_KEY).send().await.unwrap().status(), 404);
+    assert_eq!(client.get(admin("/team:x/daily")).bearer_auth(ADMIN_KEY).send().await.unwrap().status(), 400);
+    assert_eq!(client.delete(admin("/key:app/daily")).bearer_auth(ADMIN_KEY).send().await.unwrap().status(), 200);
+    gateway.stop().await;
+
+    // After a restart: the API's budget is gone (removed), the config's is
+    // back with its spend restored from the database.
+    let gateway = Running::start(&config(&mock, &dir, &body)).await;
+    let views = gateway.fleet.budget_views();
+    assert_eq!(views.len(), 1);
+    assert_eq!(views[0].status.spent, Money::from_nanos(200_000_000));
     gateway.stop().await;
     mock.shutdown().await;
 }

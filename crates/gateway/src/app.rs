@@ -19,11 +19,12 @@ use axum::{
     routing::{get, post},
 };
 use modelfleet::{
-    Fleet, FleetError, Opened, Request, StreamEnd, Usage,
+    BudgetAdminError, Fleet, FleetError, Opened, Request, StreamEnd, Usage,
+    budget::{BudgetSpec, Period, Scope},
     config::Route,
     errors::{ErrorClass, Failure},
     metrics::Category as MetricsCategory,
-    registry::{ModelSpec, ModelUpdate},
+    registry::{ModelSpec, ModelUpdate, Money},
     service_registry::HealthStatus,
 };
 use serde_json::{Value, json};
@@ -50,6 +51,10 @@ pub(crate) struct AppState {
     pub(crate) max_body: usize,
     pub(crate) draining: AtomicBool,
     pub(crate) streams: TaskTracker,
+    /// Non-streamed calls, each in a task of its own: a client that leaves
+    /// does not cancel a call the provider will bill anyway (it runs to its
+    /// end within the request's timeout, and its usage is charged).
+    pub(crate) calls: TaskTracker,
     pub(crate) stream_failures: AtomicU64,
     pub(crate) client_disconnects: AtomicU64,
 }
@@ -66,6 +71,8 @@ pub(crate) fn router(app: App, max_body_bytes: usize) -> Router {
             header::HeaderName::from_static("x-modelfleet-model"),
             header::HeaderName::from_static("x-modelfleet-attempts"),
             header::HeaderName::from_static("x-modelfleet-fallback"),
+            header::HeaderName::from_static("x-modelfleet-cost"),
+            header::HeaderName::from_static("x-modelfleet-budget-remaining"),
         ]);
     Router::new()
         .route("/v1/chat/completions", post(chat).fallback(not_allowed))
@@ -79,7 +86,12 @@ pub(crate) fn router(app: App, max_body_bytes: usize) -> Router {
         .route("/v1/admin/models/{id}", get(admin_model).put(admin_update).delete(admin_remove).fallback(not_allowed))
         .route("/v1/admin/models/{id}/disable", post(admin_disable).fallback(not_allowed))
         .route("/v1/admin/models/{id}/enable", post(admin_enable).fallback(not_allowed))
-        .route("/v1/admin/budgets", get(admin_budgets).fallback(not_allowed))
+        .route("/v1/admin/budgets", get(admin_budgets).post(admin_budget_add).fallback(not_allowed))
+        .route(
+            "/v1/admin/budgets/{scope}/{period}",
+            get(admin_budget).put(admin_budget_set).delete(admin_budget_remove).fallback(not_allowed),
+        )
+        .route("/v1/admin/budgets/{scope}/{period}/reset", post(admin_budget_reset).fallback(not_allowed))
         .route("/v1/admin/report", get(admin_report).fallback(not_allowed))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(max_body_bytes))
@@ -152,13 +164,23 @@ impl AppState {
 /// An error of the fleet as an HTTP answer.
 fn fleet_error(err: FleetError) -> ApiError {
     match err {
+        FleetError::BudgetStoreUnavailable(_) => {
+            let mut error = ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server_error",
+                "budget_store_unavailable",
+                err.to_string(),
+            );
+            error.cost = Some(Money::ZERO);
+            error
+        }
         FleetError::UnknownRoute(name) | FleetError::UnknownModel(name) => ApiError::new(
             StatusCode::NOT_FOUND,
             "invalid_request_error",
             "model_not_found",
             format!("model {name:?} is neither a catalog model, a route nor \"auto\" (GET /v1/models lists them)"),
         ),
-        FleetError::NotServed { message, attempts, class } => {
+        FleetError::NotServed { message, attempts, class, retry_after, cost } => {
             let (status, kind, code) = match class {
                 None => (StatusCode::SERVICE_UNAVAILABLE, "server_error", "no_model_available"),
                 Some(ErrorClass::BadRequest) => (StatusCode::BAD_REQUEST, "invalid_request_error", "invalid_request"),
@@ -175,9 +197,39 @@ fn fleet_error(err: FleetError) -> ApiError {
             };
             let mut error = ApiError::new(status, kind, code, message);
             error.attempts = Some(attempts.len());
+            error.cost = Some(cost);
+            // Budget refusals only: the time to the budget's next period
+            // (none for a lifetime budget). A provider's own Retry-After is
+            // not the gateway's to pass on once another model was tried.
+            if class == Some(ErrorClass::BudgetExceeded) {
+                error.retry_after = retry_after;
+            }
             error
         }
+        FleetError::Budget(admin) => budget_admin_error(&admin),
         other => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "internal", other.to_string()),
+    }
+}
+
+fn budget_admin_error(err: &BudgetAdminError) -> ApiError {
+    let (status, code) = match err {
+        BudgetAdminError::NotFound { .. } => (StatusCode::NOT_FOUND, "budget_not_found"),
+        BudgetAdminError::ReadOnly { .. } => (StatusCode::CONFLICT, "budget_read_only"),
+        BudgetAdminError::Store(_) => (StatusCode::SERVICE_UNAVAILABLE, "budget_store_unavailable"),
+        _ => (StatusCode::BAD_REQUEST, "invalid_budget"),
+    };
+    ApiError::new(status, "invalid_request_error", code, err.to_string())
+}
+
+/// The money headers: what the request cost (exact dollars) and, under a
+/// hard budget, what is left of the tightest one that paid.
+fn money_headers(response: &mut Response, cost: Money, remaining: Option<Money>) {
+    let headers = response.headers_mut();
+    if let Ok(value) = HeaderValue::from_str(&cost.to_string()) {
+        headers.insert("x-modelfleet-cost", value);
+    }
+    if let Some(value) = remaining.and_then(|r| HeaderValue::from_str(&r.to_string()).ok()) {
+        headers.insert("x-modelfleet-budget-remaining", value);
     }
 }
 
@@ -207,13 +259,19 @@ async fn chat_inner(app: &App, headers: &HeaderMap, body: Body) -> Result<Respon
         return stream_chat(app, chat, &request).await;
     }
     let cache = app.cache_ttl.map(|ttl| (ttl, cache_key(&chat, &caller)));
-    if let Some((_, key)) = &cache {
-        match app.fleet.store().cache_get(key) {
+    if let Some((_, key)) = cache {
+        let fleet = Arc::clone(&app.fleet);
+        // A SQLite read: on the blocking pool, never on a worker.
+        let hit = tokio::task::spawn_blocking(move || fleet.store().cache_get(&key))
+            .await
+            .unwrap_or_else(|e| Err(modelfleet::store::Error::Write(e.to_string())));
+        match hit {
             Ok(Some(hit)) => {
                 app.fleet.metrics().record_cache_hit();
                 if let (Some(model), Some(body)) = (hit.get("model").and_then(Value::as_str), hit.get("body")) {
                     let mut response = json_response(StatusCode::OK, body);
                     served_headers(&mut response, model, 0, false);
+                    money_headers(&mut response, Money::ZERO, None);
                     response.headers_mut().insert("x-modelfleet-cache", HeaderValue::from_static("hit"));
                     return Ok(response);
                 }
@@ -225,12 +283,22 @@ async fn chat_inner(app: &App, headers: &HeaderMap, body: Body) -> Result<Respon
             }
         }
     }
-    let upstreams = &app.upstreams;
-    let chat_ref = &chat;
-    let served = app
-        .fleet
-        .call(&request, |model, ctx| async move { upstreams.complete(&model, chat_ref, ctx).await })
+    // The call runs in a task of its own: if the client leaves, hyper drops
+    // this handler, but the call (which the provider bills) runs to its end
+    // within the request's timeout and is charged what the upstream reports.
+    let call = {
+        let app = Arc::clone(app);
+        let chat = Arc::new(chat.clone());
+        let request = request.clone();
+        app.calls.clone().spawn(async move {
+            let upstreams = &app.upstreams;
+            let chat = &*chat;
+            app.fleet.call(&request, |model, ctx| async move { upstreams.complete(&model, chat, ctx).await }).await
+        })
+    };
+    let served = call
         .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "internal", e.to_string()))?
         .map_err(fleet_error)?;
     if let Some((ttl, key)) = cache
         && let Ok(body) = serde_json::from_slice::<Value>(&served.value)
@@ -241,6 +309,7 @@ async fn chat_inner(app: &App, headers: &HeaderMap, body: Body) -> Result<Respon
     let mut response = (StatusCode::OK, served.value).into_response();
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     served_headers(&mut response, &served.model, served.attempts.len(), served.fell_back);
+    money_headers(&mut response, served.cost, served.budget_remaining);
     if cache.is_some() {
         response.headers_mut().insert("x-modelfleet-cache", HeaderValue::from_static("miss"));
     }
@@ -283,6 +352,10 @@ async fn stream_chat(app: &App, chat: ChatRequest, request: &Request) -> Result<
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     served_headers(&mut response, &served.model, served.attempts.len(), served.fell_back);
+    // A stream's own cost is known only when it ends: the header says what
+    // was charged before it opened (failed attempts the provider bills), and
+    // the budget left with the stream's worst case still held.
+    money_headers(&mut response, served.cost, served.budget_remaining);
     Ok(response)
 }
 
@@ -354,7 +427,7 @@ impl Pump {
             output_tokens: estimate_output(chars),
             cached_tokens: 0,
         });
-        let cost = settlement.finish(usage, &end);
+        let cost = settlement.finish(usage, &end).await;
         tracing::debug!(?end, %cost, "stream settled");
     }
 }
@@ -458,13 +531,37 @@ async fn v1_metrics(
     }
     let categories = parse_categories(&query)?;
     app.metrics_now();
-    match query.get("format").map(String::as_str) {
-        None | Some("json") => Ok(json_response(StatusCode::OK, &app.fleet.metrics_json(&categories))),
-        Some("prometheus") => Ok(prometheus_response(app.fleet.metrics_prometheus(&categories))),
+    let prometheus = match query.get("format").map(String::as_str) {
+        None | Some("json") => false,
+        Some("prometheus") => true,
         Some(other) => {
-            Err(ApiError::invalid("invalid_format", format!("format: expected json or prometheus, got {other:?}")))
+            return Err(ApiError::invalid(
+                "invalid_format",
+                format!("format: expected json or prometheus, got {other:?}"),
+            ));
         }
-    }
+    };
+    // The memory category reads /proc: on the blocking pool.
+    off_worker(&app, move |app| {
+        Ok(if prometheus {
+            prometheus_response(app.fleet.metrics_prometheus(&categories))
+        } else {
+            json_response(StatusCode::OK, &app.fleet.metrics_json(&categories))
+        })
+    })
+    .await
+}
+
+/// Runs `work` on the blocking pool: what reads `/proc` or writes SQLite
+/// (catalog changes are persisted as they happen) never runs on a worker.
+async fn off_worker(
+    app: &App,
+    work: impl FnOnce(&AppState) -> Result<Response, ApiError> + Send + 'static,
+) -> Result<Response, ApiError> {
+    let app = Arc::clone(app);
+    tokio::task::spawn_blocking(move || work(&app))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "internal", e.to_string()))?
 }
 
 async fn prometheus(State(app): State<App>, headers: HeaderMap) -> Result<Response, ApiError> {
@@ -478,7 +575,7 @@ async fn prometheus(State(app): State<App>, headers: HeaderMap) -> Result<Respon
         ));
     }
     app.metrics_now();
-    Ok(prometheus_response(app.fleet.metrics_prometheus(&MetricsCategory::ALL)))
+    off_worker(&app, |app| Ok(prometheus_response(app.fleet.metrics_prometheus(&MetricsCategory::ALL)))).await
 }
 
 async fn live(State(app): State<App>, headers: HeaderMap) -> Result<Response, ApiError> {
@@ -564,8 +661,11 @@ async fn admin_add(State(app): State<App>, headers: HeaderMap, body: Body) -> Re
             format!("model {id:?} exists: PUT /v1/admin/models/{id} updates it"),
         ));
     }
-    app.fleet.catalog().add(spec).map_err(|e| catalog_error(&e))?;
-    model_json(&app, &id, StatusCode::CREATED)
+    off_worker(&app, move |app| {
+        app.fleet.catalog().add(spec).map_err(|e| catalog_error(&e))?;
+        model_json(app, &id, StatusCode::CREATED)
+    })
+    .await
 }
 
 async fn admin_update(
@@ -579,12 +679,15 @@ async fn admin_update(
     if spec.id != id {
         return Err(ApiError::invalid("invalid_model", format!("id: the body names {:?}, the path {id:?}", spec.id)));
     }
-    let catalog = app.fleet.catalog();
-    let mut models: Vec<ModelSpec> = catalog.list().iter().map(|m| (**m).clone()).collect();
-    let slot = models.iter_mut().find(|m| m.id == id).ok_or_else(|| unknown_model(&id))?;
-    *slot = spec;
-    catalog.replace(models).map_err(|e| catalog_error(&e))?;
-    model_json(&app, &id, StatusCode::OK)
+    off_worker(&app, move |app| {
+        let catalog = app.fleet.catalog();
+        let mut models: Vec<ModelSpec> = catalog.list().iter().map(|m| (**m).clone()).collect();
+        let slot = models.iter_mut().find(|m| m.id == id).ok_or_else(|| unknown_model(&id))?;
+        *slot = spec;
+        catalog.replace(models).map_err(|e| catalog_error(&e))?;
+        model_json(app, &id, StatusCode::OK)
+    })
+    .await
 }
 
 async fn admin_remove(
@@ -593,17 +696,23 @@ async fn admin_remove(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     app.auth.check(&headers, Need::Admin)?;
-    app.fleet.catalog().remove(&id).map_err(|_| unknown_model(&id))?;
-    Ok(json_response(StatusCode::OK, &json!({"removed": id})))
+    off_worker(&app, move |app| {
+        app.fleet.catalog().remove(&id).map_err(|_| unknown_model(&id))?;
+        Ok(json_response(StatusCode::OK, &json!({"removed": id})))
+    })
+    .await
 }
 
-fn set_enabled(app: &AppState, headers: &HeaderMap, id: &str, enabled: bool) -> Result<Response, ApiError> {
+async fn set_enabled(app: &App, headers: &HeaderMap, id: String, enabled: bool) -> Result<Response, ApiError> {
     app.auth.check(headers, Need::Admin)?;
-    app.fleet
-        .catalog()
-        .update(id, ModelUpdate { enabled: Some(enabled), ..ModelUpdate::default() })
-        .map_err(|_| unknown_model(id))?;
-    model_json(app, id, StatusCode::OK)
+    off_worker(app, move |app| {
+        app.fleet
+            .catalog()
+            .update(&id, ModelUpdate { enabled: Some(enabled), ..ModelUpdate::default() })
+            .map_err(|_| unknown_model(&id))?;
+        model_json(app, &id, StatusCode::OK)
+    })
+    .await
 }
 
 async fn admin_disable(
@@ -611,7 +720,7 @@ async fn admin_disable(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    set_enabled(&app, &headers, &id, false)
+    set_enabled(&app, &headers, id, false).await
 }
 
 async fn admin_enable(
@@ -619,20 +728,111 @@ async fn admin_enable(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    set_enabled(&app, &headers, &id, true)
+    set_enabled(&app, &headers, id, true).await
 }
 
 async fn admin_budgets(State(app): State<App>, headers: HeaderMap) -> Result<Response, ApiError> {
     app.auth.check(&headers, Need::Admin)?;
     Ok(json_response(
         StatusCode::OK,
-        &json!({"budgets": app.fleet.budgets().statuses(), "alerts": app.fleet.budgets().alerts()}),
+        &json!({"budgets": app.fleet.budget_views(), "alerts": app.fleet.budgets().alerts()}),
     ))
+}
+
+/// Who made an admin change, for the audit trail: the key's name.
+fn who(caller: &Caller) -> String {
+    caller.name.clone().unwrap_or_else(|| "local".to_owned())
+}
+
+/// A budget named in a path: `global`, `key:NAME`, `provider:NAME` or
+/// `model:NAME`, and `daily`, `weekly`, `monthly` or `lifetime`.
+fn budget_path(scope: &str, period: &str) -> Result<(Scope, Period), ApiError> {
+    let invalid = |e: modelfleet::budget::ParseError| ApiError::invalid("invalid_budget", e.to_string());
+    Ok((scope.parse().map_err(invalid)?, period.parse().map_err(invalid)?))
+}
+
+fn budget_json(app: &AppState, scope: &Scope, period: Period, status: StatusCode) -> Result<Response, ApiError> {
+    let view = app
+        .fleet
+        .budget_views()
+        .into_iter()
+        .find(|v| v.status.spec.scope == *scope && v.status.spec.period == period)
+        .ok_or_else(|| budget_admin_error(&BudgetAdminError::NotFound { scope: scope.clone(), period }))?;
+    Ok(json_response(status, &view))
+}
+
+async fn admin_budget(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Path((scope, period)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    app.auth.check(&headers, Need::Admin)?;
+    let (scope, period) = budget_path(&scope, &period)?;
+    budget_json(&app, &scope, period, StatusCode::OK)
+}
+
+async fn admin_budget_add(State(app): State<App>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+    let caller = app.auth.check(&headers, Need::Admin)?;
+    let bytes = read_body(body, app.max_body()).await?;
+    let spec: BudgetSpec = serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::invalid("invalid_budget", format!("the body is not a budget: {e}")))?;
+    let (scope, period) = (spec.scope.clone(), spec.period);
+    app.fleet.add_budget(spec, &who(&caller)).await.map_err(fleet_error)?;
+    budget_json(&app, &scope, period, StatusCode::CREATED)
+}
+
+/// `PUT /v1/admin/budgets/{scope}/{period}`: `{"limit": "5.00"}`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LimitChange {
+    limit: Money,
+}
+
+async fn admin_budget_set(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Path((scope, period)): Path<(String, String)>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let caller = app.auth.check(&headers, Need::Admin)?;
+    let (scope, period) = budget_path(&scope, &period)?;
+    let bytes = read_body(body, app.max_body()).await?;
+    let change: LimitChange = serde_json::from_slice(&bytes).map_err(|e| {
+        ApiError::invalid("invalid_budget", format!("the body must be {{\"limit\": \"DOLLARS\"}}: {e}"))
+    })?;
+    app.fleet.set_budget_limit(&scope, period, change.limit, &who(&caller)).await.map_err(fleet_error)?;
+    budget_json(&app, &scope, period, StatusCode::OK)
+}
+
+async fn admin_budget_reset(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Path((scope, period)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let caller = app.auth.check(&headers, Need::Admin)?;
+    let (scope, period) = budget_path(&scope, &period)?;
+    let spent = app.fleet.reset_budget(&scope, period, &who(&caller)).await.map_err(fleet_error)?;
+    let mut response = budget_json(&app, &scope, period, StatusCode::OK)?;
+    if let Ok(value) = HeaderValue::from_str(&spent.to_string()) {
+        response.headers_mut().insert("x-modelfleet-spent-before-reset", value);
+    }
+    Ok(response)
+}
+
+async fn admin_budget_remove(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Path((scope, period)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let caller = app.auth.check(&headers, Need::Admin)?;
+    let (scope, period) = budget_path(&scope, &period)?;
+    app.fleet.remove_budget(&scope, period, &who(&caller)).await.map_err(fleet_error)?;
+    Ok(json_response(StatusCode::OK, &json!({"removed": {"scope": scope, "period": period}})))
 }
 
 async fn admin_report(State(app): State<App>, headers: HeaderMap) -> Result<Response, ApiError> {
     app.auth.check(&headers, Need::Admin)?;
-    let report = app.fleet.report().map_err(|e| {
+    let report = app.fleet.report().await.map_err(|e| {
         ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "report_failed", e.to_string())
     })?;
     Ok(json_response(StatusCode::OK, &report))

@@ -165,6 +165,7 @@ impl Gateway {
             max_body: usize::try_from(config.server.max_body_bytes).unwrap_or(usize::MAX),
             draining: AtomicBool::new(false),
             streams: TaskTracker::new(),
+            calls: TaskTracker::new(),
             stream_failures: AtomicU64::new(0),
             client_disconnects: AtomicU64::new(0),
         });
@@ -220,7 +221,9 @@ impl Gateway {
             let _ = task.await;
         }
         app.streams.close();
+        app.calls.close();
         app.streams.wait().await;
+        app.calls.wait().await;
         let stopped = app.fleet.shutdown().await;
         served.map_err(GatewayError::Serve)?;
         stopped?;

@@ -203,7 +203,12 @@ impl OpenAi {
         if let Some(auth) = &self.auth {
             request = request.header(AUTHORIZATION, auth.clone());
         }
-        let response = request.send().await.map_err(|e| transport(&e))?;
+        // A timeout once the request is out may still be billed: the
+        // provider may be generating the answer we stopped waiting for.
+        let response = request.send().await.map_err(|e| {
+            let failure = transport(&e);
+            if e.is_timeout() && !e.is_connect() { failure.billed() } else { failure }
+        })?;
         let status = response.status();
         if status.is_success() {
             return Ok(response);
@@ -227,9 +232,12 @@ impl OpenAi {
         ctx: AttemptCtx,
     ) -> Result<ModelResponse<Bytes>, Failure> {
         let response = self.send(model, chat, ctx).await?;
-        let body = response.bytes().await.map_err(|e| transport(&e))?;
-        let usage = completion_usage(&body)
-            .map_err(|e| Failure::new(ErrorClass::ServerError, &format!("the upstream answered invalid JSON: {e}")))?;
+        // From here on the upstream accepted the request and is answering:
+        // a failure is billed, with its usage unknown.
+        let body = response.bytes().await.map_err(|e| transport(&e).billed())?;
+        let usage = completion_usage(&body).map_err(|e| {
+            Failure::new(ErrorClass::ServerError, &format!("the upstream answered invalid JSON: {e}")).billed()
+        })?;
         // A provider that reports no usage is charged by estimate.
         let usage = usage.unwrap_or(Usage {
             input_tokens: u64::from(chat.requirements.prompt_tokens),
@@ -242,7 +250,9 @@ impl OpenAi {
     async fn open(&self, model: &ModelSpec, chat: &ChatRequest, ctx: AttemptCtx) -> Result<Events, Failure> {
         let response = self.send(model, chat, ctx).await?;
         let body = response.bytes_stream().map(|piece| piece.map_err(|e| transport(&e)));
-        Events::open(Box::pin(body)).await
+        // The upstream accepted the request: a failure before the first
+        // event may still be billed.
+        Events::open(Box::pin(body)).await.map_err(Failure::billed)
     }
 }
 

@@ -17,11 +17,15 @@ pub(crate) struct ApiError {
     pub(crate) code: &'static str,
     pub(crate) message: String,
     pub(crate) attempts: Option<usize>,
+    /// `Retry-After`, in whole seconds rounded up.
+    pub(crate) retry_after: Option<std::time::Duration>,
+    /// `x-modelfleet-cost`: what the request was charged.
+    pub(crate) cost: Option<modelfleet::registry::Money>,
 }
 
 impl ApiError {
     pub(crate) fn new(status: StatusCode, kind: &'static str, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError { status, kind, code, message: message.into(), attempts: None }
+        ApiError { status, kind, code, message: message.into(), attempts: None, retry_after: None, cost: None }
     }
 
     pub(crate) fn invalid(code: &'static str, message: impl Into<String>) -> Self {
@@ -46,6 +50,13 @@ impl IntoResponse for ApiError {
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
         if let Some(n) = self.attempts {
             headers.insert("x-modelfleet-attempts", HeaderValue::from(n));
+        }
+        if let Some(wait) = self.retry_after {
+            let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds.max(1)));
+        }
+        if let Some(value) = self.cost.and_then(|c| HeaderValue::from_str(&c.to_string()).ok()) {
+            headers.insert("x-modelfleet-cost", value);
         }
         response
     }
@@ -72,7 +83,8 @@ pub(crate) struct ChatRequest {
     pub(crate) stream: bool,
     /// The client asked for the usage chunk (`stream_options.include_usage`).
     pub(crate) include_usage: bool,
-    /// From the extension, with the prompt estimate and `max_tokens` filled in.
+    /// From the extension, with the prompt estimate, `max_tokens` and `n`
+    /// filled in (the client's counts only ever raise the gateway's).
     pub(crate) requirements: Requirements,
     /// Whether the extension was present.
     pub(crate) extended: bool,
@@ -134,6 +146,14 @@ pub(crate) fn parse_chat(bytes: &[u8]) -> Result<ChatRequest, ApiError> {
         Some(_) => return Err(ApiError::invalid("invalid_stream", "stream: must be true or false")),
     };
     let include_usage = body.get("stream_options").and_then(|o| o.get("include_usage")) == Some(&Value::Bool(true));
+    let n = match body.get("n") {
+        None | Some(Value::Null) => 1,
+        Some(v) => v
+            .as_u64()
+            .and_then(|n| u32::try_from(n).ok())
+            .filter(|n| *n >= 1)
+            .ok_or_else(|| ApiError::invalid("invalid_n", "n: must be a whole number of answers, at least 1"))?,
+    };
     let mut max_output = 0;
     for field in ["max_completion_tokens", "max_tokens"] {
         match body.get(field) {
@@ -154,12 +174,13 @@ pub(crate) fn parse_chat(bytes: &[u8]) -> Result<ChatRequest, ApiError> {
             .map_err(|e| ApiError::invalid("invalid_requirements", format!("modelfleet: {e}")))?,
         Some(_) => return Err(ApiError::invalid("invalid_requirements", "modelfleet: must be an object")),
     };
-    if requirements.prompt_tokens == 0 {
-        requirements.prompt_tokens = prompt_tokens;
-    }
-    if requirements.max_output_tokens == 0 {
-        requirements.max_output_tokens = max_output;
-    }
+    // The gateway's own counts bound the budget hold: a client's counts may
+    // raise them, never lower them. Without `max_tokens` nothing caps the
+    // answer but each model's own limit, so a client's output count cannot
+    // stand in for one.
+    requirements.prompt_tokens = requirements.prompt_tokens.max(prompt_tokens);
+    requirements.max_output_tokens = if max_output == 0 { 0 } else { requirements.max_output_tokens.max(max_output) };
+    requirements.n = requirements.n.max(n);
     // The caller cannot claim memory for local models: the gateway measures it.
     requirements.available_memory_mb = None;
     Ok(ChatRequest { body, model, stream, include_usage, requirements, extended })
@@ -348,6 +369,28 @@ mod tests {
         assert_eq!(chat.requirements.max_output_tokens, 100);
         assert_eq!(chat.requirements.min_quality, Some(0.5));
         assert_eq!(chat.requirements.max_cost.map(|m| m.to_string()), Some("0.01".into()));
+    }
+
+    #[test]
+    fn a_client_can_raise_the_estimates_the_hold_rests_on_but_never_lower_them() {
+        let long = "x".repeat(4_000);
+        let body = |extra: &str| {
+            format!(r#"{{"model":"auto","messages":[{{"role":"user","content":"{long}"}}]{extra}}}"#).into_bytes()
+        };
+        let req = |extra: &str| parse_chat(&body(extra)).unwrap().requirements;
+        let own = req("").prompt_tokens;
+        assert_eq!(own, 1_000 + 4);
+        assert_eq!(req(r#","modelfleet":{"prompt_tokens":1}"#).prompt_tokens, own, "a lower claim is ignored");
+        assert_eq!(req(r#","modelfleet":{"prompt_tokens":5000}"#).prompt_tokens, 5_000, "a higher one counts");
+        assert_eq!(req("").max_output_tokens, 0, "no max_tokens: uncapped, each model's own limit holds");
+        assert_eq!(req(r#","modelfleet":{"max_output_tokens":10}"#).max_output_tokens, 0, "a claim is no cap");
+        assert_eq!(req(r#","max_tokens":100,"modelfleet":{"max_output_tokens":10}"#).max_output_tokens, 100);
+        assert_eq!(req(r#","max_tokens":100,"modelfleet":{"max_output_tokens":300}"#).max_output_tokens, 300);
+        assert_eq!(req(r#","max_completion_tokens":70"#).max_output_tokens, 70);
+        assert_eq!((req("").n, req(r#","n":3"#).n, req(r#","n":2,"modelfleet":{"n":1}"#).n), (1, 3, 2));
+        let err = |extra: &str| parse_chat(&body(extra)).unwrap_err().message;
+        assert_eq!(err(r#","n":0"#), "n: must be a whole number of answers, at least 1");
+        assert_eq!(err(r#","n":"2""#), "n: must be a whole number of answers, at least 1");
     }
 
     #[test]

@@ -87,7 +87,7 @@ pub struct Behavior {
     pub latency: Duration,
     /// Wait between stream chunks.
     pub chunk_interval: Duration,
-    /// Completion tokens reported in `usage`.
+    /// Completion tokens reported in `usage` per answer (times the request's `n`).
     pub completion_tokens: u32,
     /// Content chunks in a stream.
     pub chunks: u32,
@@ -336,10 +336,13 @@ async fn complete(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: B
         }
         Some(Fault::CutAfter(_)) | None => {}
     }
+    // `n` answers, each of `completion_tokens`, billed together.
+    let answers = request.get("n").and_then(Value::as_u64).map_or(1, |n| u32::try_from(n).unwrap_or(1).max(1));
+    let completion = behavior.completion_tokens.saturating_mul(answers);
     let usage = json!({
         "prompt_tokens": prompt,
-        "completion_tokens": behavior.completion_tokens,
-        "total_tokens": prompt + behavior.completion_tokens,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
         "prompt_tokens_details": {"cached_tokens": behavior.cached_tokens},
     });
     let id = format!("chatcmpl-mock{}", shared.total.load(Ordering::Relaxed));
