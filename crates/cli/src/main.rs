@@ -6,6 +6,7 @@
 //! database, no model matches); 2 bad usage; 3 an error (the message says
 //! what and what to do).
 
+mod budgets;
 mod demo;
 mod output;
 mod serve;
@@ -103,6 +104,11 @@ enum Command {
         /// JSON output.
         #[arg(long)]
         json: bool,
+    },
+    /// Budgets: list, set, reset, remove (a stopped gateway's --db, or a running one's --gateway).
+    Budgets {
+        #[command(subcommand)]
+        action: budgets::BudgetsAction,
     },
     /// Configuration files.
     Config {
@@ -288,6 +294,7 @@ impl SelectArgs {
             },
             prefer_free: self.prefer_free,
             prefer_local: self.prefer_local,
+            n: 1,
             available_memory_mb: None,
         })
     }
@@ -318,11 +325,17 @@ fn run(cli: Cli) -> anyhow::Result<Result<(), CheckFailed>> {
         Command::Explain(args) => select(&args, true),
         Command::Report { db, json } => runtime()?.block_on(async {
             let fleet = open(db).await?;
-            let report = fleet.report()?;
+            let report = fleet.report().await?;
             fleet.shutdown().await?;
             output::print(json, &report, || output::report(&report, None));
             Ok(Ok(()))
         }),
+        Command::Budgets { action } => {
+            // --gateway talks HTTP: this runtime has the I/O driver too.
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            runtime.block_on(budgets::run(action))?;
+            Ok(Ok(()))
+        }
         Command::Config { action: ConfigAction::Check { file, json, deep } } => Ok(config_check(&file, json, deep)),
         Command::Db { action: DbAction::Check { db, json, repair } } => db_check(db, json, repair),
     }

@@ -207,3 +207,112 @@ fn serve_answers_on_embedded_defaults_and_exits_0_on_sigterm() {
     let recorded: u64 = report["history"].as_array().unwrap().iter().map(|h| h["requests"].as_u64().unwrap()).sum();
     assert_eq!(recorded, 1, "{report}");
 }
+
+#[test]
+fn spend_the_clients_were_told_of_survives_sigkill() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("fleet.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[store]\npath = \"{}\"\n\n[[providers]]\nname = \"sim\"\nkind = \"simulated\"\n\n[[models]]\nid = \"paid\"\n\
+             provider = \"sim\"\ncontext_window = 8192\nmax_output_tokens = 200\ninput_price_per_mtok = \"3\"\n\
+             output_price_per_mtok = \"15\"\ntypical_latency_ms = 2\nquality = 0.8\n\n[[budgets]]\nscope = \"global\"\n\
+             period = \"monthly\"\nlimit = \"1000\"\nenforcement = \"hard\"\n",
+            db(&dir)
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_modelfleet"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--config", &config.display().to_string()])
+        .env_remove("RUST_LOG")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    let addr = loop {
+        line.clear();
+        assert!(stderr.read_line(&mut line).unwrap() > 0, "serve exited before listening");
+        if let Some(rest) = line.split("modelfleet gateway on http://").nth(1) {
+            break rest.split_whitespace().next().unwrap().to_owned();
+        }
+    };
+    // A burst from 8 clients at once; each answer's x-modelfleet-cost is what the client was told.
+    let told: Vec<i64> = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..8)
+            .map(|i| {
+                let addr = addr.clone();
+                s.spawn(move || {
+                    (0..6)
+                        .map(|j| {
+                            let body = format!(
+                                r#"{{"model":"paid","max_tokens":5,"messages":[{{"role":"user","content":"burst {i}.{j}"}}]}}"#
+                            );
+                            let answer = http(
+                                &addr,
+                                &format!(
+                                    "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n\
+                                     content-length: {}\r\nconnection: close\r\n\r\n{body}",
+                                    body.len()
+                                ),
+                            );
+                            // Served, or refused after a simulated failure: either way the answer says its cost.
+                            let cost = answer
+                                .lines()
+                                .find_map(|l| l.strip_prefix("x-modelfleet-cost: "))
+                                .unwrap_or_else(|| panic!("no cost header: {answer}"));
+                            cost.trim().parse::<modelfleet::registry::Money>().unwrap().nanos()
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        workers.into_iter().flat_map(|w| w.join().unwrap()).collect()
+    });
+    // Killed at once: no drain, no flush. Every answer above returned after its commit.
+    let status = Command::new("kill").args(["-KILL", &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let _ = child.wait();
+    let store =
+        modelfleet::store::Store::open(dir.path().join("fleet.db"), modelfleet::store::StoreConfig::default()).unwrap();
+    let stored: i64 = store.spend().unwrap().iter().map(|r| r.spent.nanos()).sum();
+    assert_eq!(told.len(), 48);
+    assert!(told.iter().filter(|c| **c > 0).count() >= 40, "most were served and paid: {told:?}");
+    assert_eq!(stored, told.iter().sum::<i64>(), "every dollar a client was told of is in the database");
+}
+
+#[test]
+fn budgets_are_set_listed_reset_and_removed_in_a_stopped_gateways_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = db(&dir);
+    let run = |args: &[&str]| {
+        let mut all = vec!["budgets"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["--db", &db]);
+        modelfleet(&all)
+    };
+    let (code, stdout, stderr) = run(&["set", "key:team-a", "daily", "2.50"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(stdout.trim(), "key:team-a daily: added, limit $2.5");
+    let (code, stdout, _) = run(&["set", "key:team-a", "daily", "4"]);
+    assert_eq!((code, stdout.trim()), (0, "key:team-a daily: limit $4"));
+    let (code, stdout, _) = run(&["list", "--json"]);
+    assert_eq!(code, 0);
+    let listed: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(listed[0]["limit"], "4", "{listed}");
+    assert_eq!(listed[0]["source"], "api", "{listed}");
+    let (code, stdout, _) = run(&["reset", "key:team-a", "daily"]);
+    assert_eq!((code, stdout.trim()), (0, "key:team-a daily: reset (it had spent $0)"));
+    let (code, _, stderr) = run(&["reset", "key:nobody", "weekly"]);
+    assert_eq!(code, 3);
+    assert!(stderr.contains("no weekly budget for key:nobody"), "{stderr}");
+    let (code, _, stderr) = run(&["set", "team:x", "daily", "1"]);
+    assert_eq!(code, 2, "a scope that does not parse is bad usage");
+    assert!(stderr.contains("expected global, key:NAME, provider:NAME or model:NAME"), "{stderr}");
+    let (code, stdout, _) = run(&["remove", "key:team-a", "daily"]);
+    assert_eq!((code, stdout.trim()), (0, "key:team-a daily: removed"));
+    let (code, stdout, _) = run(&["list"]);
+    assert_eq!((code, stdout.trim()), (0, "no budgets"));
+}
