@@ -867,3 +867,55 @@ async fn budgets_are_administered_through_the_api_and_config_budgets_are_read_on
     gateway.stop().await;
     mock.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_spend_cannot_be_written_hard_budgeted_requests_fail_closed_and_others_continue() {
+    let mock = MockUpstream::start().await.unwrap();
+    mock.set("dear", Behavior { completion_tokens: 10, ..Behavior::default() });
+    let dir = tempfile::tempdir().unwrap();
+    let body = dear_model("dear", "0")
+        + "\n[[server.api_keys]]\nname = \"app\"\nkey_env = \"KEY_CLIENT\"\nrole = \"client\"\nmonthly_budget = \"1.00\"\n\
+           \n[[server.api_keys]]\nname = \"other\"\nkey_env = \"KEY_TIGHT\"\nrole = \"client\"\n";
+    let gateway = Running::start(&config(&mock, &dir, &body)).await;
+    let client = reqwest::Client::new();
+    let url = format!("{}/v1/chat/completions", gateway.url);
+    let ready = || async {
+        let response =
+            client.get(format!("{}/health/ready", gateway.url)).bearer_auth(CLIENT_KEY).send().await.unwrap();
+        (response.status().as_u16(), response.text().await.unwrap())
+    };
+    assert_eq!(post(&client, &url, Some(CLIENT_KEY), &chat("dear", "one")).await.status(), 200);
+
+    // The disk refuses writes: the answer in flight is still given (its spend
+    // is kept and retried), then the budgeted key is refused, fail closed.
+    gateway.fleet.store().fail_writes(true);
+    assert_eq!(post(&client, &url, Some(CLIENT_KEY), &chat("dear", "two")).await.status(), 200);
+    assert!(gateway.fleet.store().spend_backlog().is_some());
+    let refused = post(&client, &url, Some(CLIENT_KEY), &chat("dear", "three")).await;
+    assert_eq!(refused.status(), 503);
+    let error: Value = refused.json().await.unwrap();
+    assert_eq!(error["error"]["code"], "budget_store_unavailable", "{error}");
+    // A key no hard budget covers is served; readiness stays 200 and says why.
+    assert_eq!(post(&client, &url, Some(TIGHT_KEY), &chat("dear", "four")).await.status(), 200);
+    let (status, text) = ready().await;
+    assert_eq!(status, 200, "{text}");
+    assert!(text.contains("spend cannot be persisted"), "{text}");
+
+    // The disk recovers: the kept spend is committed, the budget serves again.
+    gateway.fleet.store().fail_writes(false);
+    let waited = std::time::Instant::now();
+    while gateway.fleet.store().spend_backlog().is_some() && waited.elapsed() < Duration::from_secs(20) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(gateway.fleet.store().spend_backlog(), None);
+    assert_eq!(post(&client, &url, Some(CLIENT_KEY), &chat("dear", "five")).await.status(), 200);
+    let (status, text) = ready().await;
+    assert!(status == 200 && !text.contains("spend cannot be persisted"), "{text}");
+    let ledger = gateway.fleet.budgets().status(&Scope::Key("app".into()), Period::Monthly).unwrap().spent;
+    gateway.fleet.store().flush_async().await.unwrap();
+    let stored: Money = gateway.fleet.store().spend().unwrap().iter().map(|r| r.spent).sum();
+    assert_eq!(ledger, Money::from_nanos(3 * 10_000_000), "three answers of 10 tokens at $1,000 per million");
+    assert_eq!(stored, ledger, "the spend written during the failure was kept, not lost");
+    gateway.stop().await;
+    mock.shutdown().await;
+}

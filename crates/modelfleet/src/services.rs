@@ -53,7 +53,11 @@ impl Service for StoreService {
             let Some(store) = self.store.get() else { return Health::Unhealthy("not started".into()) };
             let (_, dropped) = store.write_counts();
             if dropped > 0 {
-                return Health::Unhealthy(format!("{dropped} queued rows could not be written"));
+                // Serving goes on (spend is kept and retried; hard budgets
+                // fail closed meanwhile): degraded, not down.
+                return Health::Degraded(format!(
+                    "{dropped} performance rows, alerts or cache entries could not be written"
+                ));
             }
             if store.cache_stats().degraded {
                 return Health::Degraded("response cache degraded (bypassed)".into());

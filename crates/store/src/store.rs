@@ -250,6 +250,8 @@ impl Store {
             last_error: Mutex::new(None),
             backlog: Mutex::new(None),
             overflow: Mutex::new(Vec::new()),
+            #[cfg(feature = "fault-injection")]
+            fail_writes: std::sync::atomic::AtomicBool::new(false),
         });
         let (queue, rx) = mpsc::channel(shared.capacity);
         let thread_shared = Arc::clone(&shared);
@@ -387,6 +389,14 @@ impl Store {
     #[must_use]
     pub fn spend_backlog(&self) -> Option<String> {
         lock(&self.shared.backlog).clone()
+    }
+
+    /// Makes every write transaction fail while `on` (as a full disk or an
+    /// I/O error would), so tests can see what the stack does about it.
+    /// Only with the `fault-injection` feature, which tests turn on.
+    #[cfg(feature = "fault-injection")]
+    pub fn fail_writes(&self, on: bool) {
+        self.shared.fail_writes.store(on, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Writes committed and writes dropped (refused twice by the database) so

@@ -145,6 +145,10 @@ pub(crate) struct Shared {
     /// (`*_detached`, `save_alert`, `flush`); the writer drains it on every
     /// loop.
     pub(crate) overflow: Mutex<Vec<Queued>>,
+    /// Every transaction fails while set (the `fault-injection` feature's
+    /// [`Store::fail_writes`](crate::Store::fail_writes), for tests).
+    #[cfg(feature = "fault-injection")]
+    pub(crate) fail_writes: std::sync::atomic::AtomicBool,
 }
 
 pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -556,6 +560,13 @@ fn apply(
     backlog: &HashMap<SpendKey, (Option<u64>, i64)>,
     shared: &Shared,
 ) -> rusqlite::Result<()> {
+    #[cfg(feature = "fault-injection")]
+    if shared.fail_writes.load(std::sync::atomic::Ordering::Relaxed) {
+        return Err(rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_IOERR),
+            Some("write failure injected (fault-injection)".to_owned()),
+        ));
+    }
     let tx = conn.transaction()?;
     let mut cache_writes = false;
     let mut deltas: Vec<(&str, UsageDelta)> = Vec::new();
