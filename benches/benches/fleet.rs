@@ -1,10 +1,15 @@
 //! The facade: full-stack startup to ready, and the overhead of one call
 //! around a model call that does nothing.
 
-use std::hint::black_box;
+use std::{hint::black_box, time::Instant};
 
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
-use modelfleet::{Fleet, FleetOptions, ModelResponse, Request, Usage, errors::Failure};
+use modelfleet::{
+    Fleet, FleetOptions, ModelResponse, Request, Usage,
+    budget::{BudgetSpec, Period, Scope},
+    errors::Failure,
+    registry::Money,
+};
 
 fn benches(c: &mut Criterion) {
     let mut group = c.benchmark_group("fleet");
@@ -49,7 +54,50 @@ fn benches(c: &mut Criterion) {
         });
     });
     rt.block_on(fleet.shutdown()).expect("stopped");
+
+    // The same call with a hard global budget: the worst-case hold, the
+    // settlement, and the spend committed to SQLite (group commit through
+    // the store's writer) before the call returns.
+    let fleet = rt
+        .block_on(Fleet::open(FleetOptions {
+            db_path: Some(dir.path().join("budget.db")),
+            budgets: vec![BudgetSpec::hard(Scope::Global, Period::Monthly, Money::from_dollars(1_000_000_000))],
+            ..FleetOptions::default()
+        }))
+        .expect("started");
+    // One at a time: the median is a commit's latency.
+    group.bench_function("call_overhead_with_budget_serial", |b| {
+        b.iter(|| rt.block_on(call(&fleet, black_box(&request))));
+    });
+    // 32 concurrent calls share each commit: the time per call, amortized.
+    group.bench_function("call_overhead_with_budget", |b| {
+        b.iter_custom(|iters| {
+            let started = Instant::now();
+            let mut left = iters;
+            while left > 0 {
+                let batch = left.min(32);
+                rt.block_on(futures_util::future::join_all((0..batch).map(|_| call(&fleet, &request))));
+                left -= batch;
+            }
+            started.elapsed()
+        });
+    });
+    rt.block_on(fleet.shutdown()).expect("stopped");
     group.finish();
+}
+
+/// One call around a no-op model; returns its cost.
+async fn call(fleet: &Fleet, request: &Request) -> Money {
+    fleet
+        .call(request, |_, _| async {
+            Ok::<_, Failure>(ModelResponse {
+                value: (),
+                usage: Usage { input_tokens: 100, output_tokens: 20, cached_tokens: 0 },
+            })
+        })
+        .await
+        .expect("served")
+        .cost
 }
 
 criterion_group!(fleet, benches);

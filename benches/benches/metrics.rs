@@ -33,7 +33,7 @@ fn benches(c: &mut Criterion) {
     }
     for n in 0..20 {
         metrics
-            .set_budget(&format!("provider:p{n}"), Money::from_dollars(n), Money::from_dollars(100))
+            .set_budget(&format!("provider:p{n}"), "monthly", Money::from_dollars(n), Money::from_dollars(100))
             .expect("under the bound");
     }
     group

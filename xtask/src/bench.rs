@@ -92,6 +92,16 @@ pub(crate) const TARGETS: &[Goal] = &[
         why: "issue 6: the facade around a no-op model call <= 5 us (LiteLLM's router: ~2 ms of CPU)",
     },
     Goal {
+        name: "fleet/call_overhead_with_budget",
+        target_ns: 15_000.0,
+        why: "issue 11: with a hard budget and the spend committed to SQLite, 32 calls at once, per call <= 15 us",
+    },
+    Goal {
+        name: "fleet/call_overhead_with_budget_serial",
+        target_ns: 1_000_000.0,
+        why: "issue 11 (reported): one call at a time, the commit's latency; under 1 ms keeps the budgeted p99 goal",
+    },
+    Goal {
         name: "config/validate_example",
         target_ns: 1_000_000.0,
         why: "ours: validating the full example config at startup should cost under 1 ms",
@@ -100,6 +110,11 @@ pub(crate) const TARGETS: &[Goal] = &[
         name: "budget/reserve_reconcile",
         target_ns: 300.0,
         why: "issue 4: reserve then reconcile, 4 budgets (global, provider, model, key)",
+    },
+    Goal {
+        name: "budget/reserve_reconcile_charged",
+        target_ns: 500.0,
+        why: "ours: the request path's reserve then reconcile_charged, 2 hard budgets (global monthly, key daily)",
     },
 ];
 

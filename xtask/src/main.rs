@@ -7,11 +7,14 @@
 //!   targets in [`bench::TARGETS`].
 //! - `loadtest [--quick] [--budget]`: the gateway's load benchmark (the `loadtest`
 //!   binary of `benches/`), its figures added to the same report.
+//! - `mutants [-p CRATE] [-f FILE] [-- ARGS]`: mutation testing with
+//!   cargo-mutants (installed when missing), run by hand, never by `ci`.
 //!
 //! The tidy checks live in `tidy.rs` as ordinary tests, run by `ci`.
 
 mod bench;
 mod ci;
+mod mutants;
 #[cfg(test)]
 mod tidy;
 
@@ -31,6 +34,10 @@ commands:
                   the gateway under load (mock upstream, release builds); adds
                   throughput, latency and memory to target/bench-report.{json,md};
                   --budget configures a global budget (spend committed per request)
+  mutants [-p CRATE] [-f FILE] [-- ARGS]
+                  mutation testing with cargo-mutants (installed when missing;
+                  slow: run by hand, not by ci); ARGS go to cargo mutants, e.g.
+                  -- --timeout 60 -j 1; results in target/mutants.out/
   help            this text";
 
 fn main() -> ExitCode {
@@ -40,6 +47,7 @@ fn main() -> ExitCode {
         ["ci"] => ci::run(),
         ["bench"] => bench::run(false),
         ["bench", "--quick"] => bench::run(true),
+        ["mutants", rest @ ..] => mutants::run(rest),
         ["loadtest", flags @ ..] if flags.iter().all(|f| matches!(*f, "--quick" | "--budget")) => {
             bench::loadtest(flags.contains(&"--quick"), flags.contains(&"--budget"))
         }
