@@ -182,7 +182,36 @@ pub(crate) fn connect(path: &Path, durability: Durability) -> Result<Connection,
     };
     conn.pragma_update(None, "synchronous", synchronous).map_err(|e| Error::open(path, &e))?;
     conn.pragma_update(None, "foreign_keys", true).map_err(|e| Error::open(path, &e))?;
+    // Committing connections never checkpoint: a checkpoint copies the WAL
+    // into the database and syncs it, milliseconds that would fall on the
+    // commit a request awaits. The checkpointer thread does it instead.
+    conn.pragma_update(None, "wal_autocheckpoint", 0).map_err(|e| Error::open(path, &e))?;
     Ok(conn)
+}
+
+/// How often the checkpointer moves the WAL into the database.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
+
+/// Starts the thread that checkpoints the WAL (`PASSIVE`: it never waits
+/// for, nor blocks, the writer or readers), on a connection of its own,
+/// every [`CHECKPOINT_EVERY`] until the sender it returns is dropped. A
+/// failed checkpoint is retried at the next tick; SQLite checkpoints once
+/// more when the last connection closes.
+pub(crate) fn checkpointer(
+    path: &Path,
+    durability: Durability,
+) -> Result<(std::sync::mpsc::Sender<()>, std::thread::JoinHandle<()>), Error> {
+    let conn = connect(path, durability)?;
+    let (stop, stopped) = std::sync::mpsc::channel::<()>();
+    let thread = std::thread::Builder::new()
+        .name("modelfleet-store-checkpoint".into())
+        .spawn(move || {
+            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(CHECKPOINT_EVERY) {
+                let _ = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+            }
+        })
+        .map_err(|e| Error::io(path, &e))?;
+    Ok((stop, thread))
 }
 
 /// Checks, integrity-checks and migrates the database at `path`; the first

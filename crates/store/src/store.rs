@@ -155,6 +155,8 @@ pub struct Store {
     clock: Box<dyn Clock>,
     queue: Option<mpsc::Sender<Queued>>,
     writer: Option<JoinHandle<()>>,
+    /// Dropping the sender stops the checkpointer.
+    checkpointer: Option<(std::sync::mpsc::Sender<()>, JoinHandle<()>)>,
     shared: Arc<writer::Shared>,
     strict: Mutex<Connection>,
     reader: Mutex<Connection>,
@@ -259,11 +261,13 @@ impl Store {
             .name("modelfleet-store-writer".into())
             .spawn(move || writer::run(writer_conn, rx, &thread_shared))
             .map_err(|e| Error::io(&path, &e))?;
+        let checkpointer = schema::checkpointer(&path, config.durability)?;
         Ok(Store {
             path,
             clock: Box::new(clock),
             queue: Some(queue),
             writer: Some(writer),
+            checkpointer: Some(checkpointer),
             shared,
             strict: Mutex::new(strict),
             reader: Mutex::new(reader),
@@ -430,6 +434,10 @@ impl Store {
         self.queue = None; // the writer drains the queue and the overflow, then ends
         if let Some(writer) = self.writer.take() {
             let _ = writer.join();
+        }
+        if let Some((stop, checkpointer)) = self.checkpointer.take() {
+            drop(stop);
+            let _ = checkpointer.join();
         }
     }
 
