@@ -114,11 +114,15 @@ pub(crate) fn report(report: &FleetReport, summary: Option<&Summary>) {
     for view in &report.budgets {
         let b = &view.status;
         let forecast = match b.forecast {
-            Forecast::NotEnoughData => "forecast: not enough data yet".to_owned(),
+            Forecast::NotEnoughData => format!(
+                "forecast: not enough data yet ({:.1} h of the period; 10% of it or 24 h needed)",
+                b.data_ms as f64 / 3_600_000.0
+            ),
             Forecast::NoPeriodEnd => "no period end".to_owned(),
             Forecast::Projected { end_of_period, exceeds_limit } => format!(
-                "forecast {} at period end{}",
+                "forecast {} at period end, from {:.1} h of data{}",
                 dollars(end_of_period),
+                b.data_ms as f64 / 3_600_000.0,
                 if exceeds_limit { " — OVER THE LIMIT" } else { "" }
             ),
         };

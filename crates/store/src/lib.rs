@@ -29,8 +29,7 @@
 //!   thread; the `*_detached` methods, [`Store::save_alert`] and
 //!   [`Store::cache_put`] never wait (a full queue sends the op to an
 //!   overflow list the writer drains). Reads, catalog writes,
-//!   [`Store::flush`], [`Store::close`] and the `*_blocking` budget changes
-//!   block the calling thread: call them off the runtime (`spawn_blocking`)
+//!   [`Store::flush`] and [`Store::close`] block the calling thread: call them off the runtime (`spawn_blocking`)
 //!   or outside it.
 //! - **Spend is never lost.** When a transaction fails twice its commits
 //!   return [`Error::Write`] but their spend stays with the writer and is

@@ -145,8 +145,7 @@ pub struct Restored {
 ///
 /// These block the calling thread and belong off the async runtime
 /// (`spawn_blocking`) or outside it: [`Store::flush`], [`Store::close`],
-/// dropping the store, the `*_blocking` budget changes (for a CLI editing a
-/// stopped gateway's database), the catalog writes (`save_model`,
+/// dropping the store, the catalog writes (`save_model`,
 /// `save_catalog`, `remove_model`, committed on their own connection before
 /// they return), and every read (`spend`, `usage`, `cache_get`, …) which
 /// runs SQLite on the calling thread.
@@ -486,40 +485,6 @@ impl Store {
             at_ms,
         };
         self.send_acked(|ack| Op::Budget(Box::new(change), ack)).await
-    }
-
-    /// [`Store::save_budget`], blocking the calling thread (for a CLI editing
-    /// a stopped gateway's database; never on an async worker).
-    pub fn save_budget_blocking(&self, spec: &BudgetSpec, who: &str, at_ms: u64) -> Result<(), Error> {
-        let change = BudgetChange::Save { spec: spec.clone(), who: who.to_owned(), at_ms };
-        self.send_acked_blocking(|ack| Op::Budget(Box::new(change), ack))
-    }
-
-    /// [`Store::remove_budget`], blocking the calling thread.
-    pub fn remove_budget_blocking(&self, scope: &Scope, period: Period, who: &str, at_ms: u64) -> Result<(), Error> {
-        let change = BudgetChange::Remove { scope: scope.clone(), period, who: who.to_owned(), at_ms };
-        self.send_acked_blocking(|ack| Op::Budget(Box::new(change), ack))
-    }
-
-    /// [`Store::reset_spend`], blocking the calling thread.
-    pub fn reset_spend_blocking(
-        &self,
-        scope: &Scope,
-        period: Period,
-        period_start_ms: u64,
-        spent_before: Money,
-        who: &str,
-        at_ms: u64,
-    ) -> Result<(), Error> {
-        let change = BudgetChange::Reset {
-            scope: scope.clone(),
-            period,
-            period_start_ms,
-            spent_before,
-            who: who.to_owned(),
-            at_ms,
-        };
-        self.send_acked_blocking(|ack| Op::Budget(Box::new(change), ack))
     }
 
     // ---- Catalog: committed on its own connection before returning -----------

@@ -414,29 +414,6 @@ async fn budgets_and_their_audit_trail_round_trip() {
     );
 }
 
-#[test]
-fn a_stopped_gateways_budgets_can_be_edited_without_a_runtime() {
-    let (_dir, path) = db();
-    let spec = BudgetSpec::hard(Scope::Global, Period::None, Money::from_dollars(1));
-    {
-        let store = Store::open(&path, StoreConfig::default()).unwrap();
-        store.save_budget_blocking(&spec, "cli", 1).unwrap();
-        store.reset_spend_blocking(&Scope::Global, Period::None, 0, Money::ZERO, "cli", 2).unwrap();
-        store.remove_budget_blocking(&Scope::Model("x".into()), Period::Daily, "cli", 3).unwrap();
-    }
-    let store = Store::open(&path, StoreConfig::default()).unwrap();
-    assert_eq!(store.budgets().unwrap(), [spec]);
-    let actions: Vec<(String, String)> =
-        store.budget_audit().unwrap().into_iter().map(|r| (r.action, r.detail)).filter(|(a, _)| a != "reset").collect();
-    assert_eq!(
-        actions,
-        [
-            ("set".to_owned(), "limit $1 (hard), alerts at 50, 75, 90, 100%".to_owned()),
-            ("remove".to_owned(), "was not stored".to_owned())
-        ]
-    );
-}
-
 // ---- Migrations -----------------------------------------------------------------
 
 #[test]
@@ -865,13 +842,14 @@ async fn the_wal_is_checkpointed_off_the_commit_path_and_stays_bounded() {
     let store = Store::open(&path, StoreConfig::default()).unwrap();
     let wal = std::path::PathBuf::from(format!("{}-wal", path.display()));
     let wal_bytes = || std::fs::metadata(&wal).map_or(0, |m| m.len());
-    // 3,000 commits of a few pages each: some 60 MB of WAL if nothing moved
-    // it into the database; the checkpoints let it start over every 1,000.
+    // 6,000 commits of a few pages each: some 125 MB of WAL if nothing moved
+    // it into the database; the checkpoints let it start over every 1,000 to
+    // 2,000 or so (it never shrinks: its largest size is what it reached).
     let mut largest = 0;
-    for i in 0..3_000 {
+    for i in 0..6_000 {
         store.commit(settlement("openai", "gpt-4o", 1), Some(record("gpt-4o", i, None))).await.unwrap();
         largest = largest.max(wal_bytes());
     }
-    assert!(largest < 32 * 1024 * 1024, "the WAL grew to {largest} bytes");
-    assert_eq!(spent(&store)[0].2, 3_000);
+    assert!(largest < 56 * 1024 * 1024, "the WAL grew to {largest} bytes");
+    assert_eq!(spent(&store)[0].2, 6_000);
 }

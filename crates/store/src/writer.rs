@@ -385,9 +385,19 @@ impl Writer<'_> {
         let idle = self.rx.is_empty() && lock(&self.shared.overflow).is_empty();
         let due = (idle && self.since_checkpoint >= CHECKPOINT_AFTER) || self.since_checkpoint >= CHECKPOINT_FORCED;
         if due {
-            // A failure leaves the WAL as it is; the next one retries.
-            let _ = self.conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
-            self.since_checkpoint = 0;
+            // (busy, frames in the WAL, frames checkpointed): done only when
+            // every frame is in the database, so the next commit restarts
+            // the WAL. Busy (the checkpointer thread is at it) or failed,
+            // it is tried again after the next transaction.
+            let done = self
+                .conn
+                .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+                    Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+                })
+                .is_ok_and(|(busy, log, copied)| busy == 0 && log == copied);
+            if done {
+                self.since_checkpoint = 0;
+            }
         }
     }
 }
