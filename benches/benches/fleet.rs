@@ -46,7 +46,7 @@ fn benches(c: &mut Criterion) {
             rt.block_on(fleet.call(black_box(&request), |_, _| async {
                 Ok::<_, Failure>(ModelResponse {
                     value: (),
-                    usage: Usage { input_tokens: 100, output_tokens: 20, cached_tokens: 0 },
+                    usage: Some(Usage { input_tokens: 100, output_tokens: 20, cached_tokens: 0 }),
                 })
             }))
             .expect("served")
@@ -92,7 +92,7 @@ async fn call(fleet: &Fleet, request: &Request) -> Money {
         .call(request, |_, _| async {
             Ok::<_, Failure>(ModelResponse {
                 value: (),
-                usage: Usage { input_tokens: 100, output_tokens: 20, cached_tokens: 0 },
+                usage: Some(Usage { input_tokens: 100, output_tokens: 20, cached_tokens: 0 }),
             })
         })
         .await

@@ -42,7 +42,10 @@ fn model(id: &str, price: &str, priority: u8) -> ModelSpec {
 
 #[allow(clippy::unnecessary_wraps)] // the type a model call returns
 fn ok(tokens: u64) -> Result<ModelResponse<&'static str>, Failure> {
-    Ok(ModelResponse { value: "ok", usage: Usage { input_tokens: tokens, output_tokens: tokens, cached_tokens: 0 } })
+    Ok(ModelResponse {
+        value: "ok",
+        usage: Some(Usage { input_tokens: tokens, output_tokens: tokens, cached_tokens: 0 }),
+    })
 }
 
 #[tokio::test(start_paused = true)]
@@ -322,7 +325,7 @@ async fn at_the_limit_paid_models_are_refused_and_free_ones_still_serve() {
         .call(&sized(100), |_, _| async {
             Ok(ModelResponse {
                 value: "ok",
-                usage: Usage { input_tokens: 100, output_tokens: 4_000, cached_tokens: 0 },
+                usage: Some(Usage { input_tokens: 100, output_tokens: 4_000, cached_tokens: 0 }),
             })
         })
         .await

@@ -239,6 +239,8 @@ async fn streams_pass_through_and_a_cut_ends_with_an_error_event() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn usage_is_priced_exactly_budgets_refuse_and_identical_requests_hit_the_cache() {
     let mock = MockUpstream::start().await.unwrap();
+    // A provider that answers 12 tokens whatever max_tokens says.
+    mock.set("m", Behavior { ignore_max_tokens: true, ..Behavior::default() });
     let dir = tempfile::tempdir().unwrap();
     let body = model("m", 8_192, &[])
         + "\n[[server.api_keys]]\nname = \"app\"\nkey_env = \"KEY_CLIENT\"\nrole = \"client\"\n\
@@ -660,15 +662,17 @@ async fn spent_everywhere(fleet: &Fleet) -> (Money, Money) {
 async fn concurrent_requests_without_max_tokens_never_pass_a_hard_budget() {
     let limit = Money::from_dollars(1);
     // (what is sent, how many may be served at most, exactly when every hold is the actual cost)
-    let long = "y".repeat(1_600); // the gateway counts 404 prompt tokens, the mock 401
-    let route = chat("cheap", "no max_tokens, through a route");
+    let long = "y".repeat(1_600); // the gateway counts 408 prompt tokens (the messages as JSON), the mock 401
+    let route = chat("short", "no max_tokens, through a route that caps answers at 50 tokens");
     let mut two = chat("dear", "two answers each");
     two["n"] = json!(2);
     let mut liar = chat("priced", &long);
     liar["modelfleet"] = json!({"prompt_tokens": 1});
     let cases: [(&str, Value, usize, bool); 4] = [
         ("no max_tokens", chat("dear", "as most clients send it"), 10, true),
-        ("a route", route, 10, true),
+        // The route's cap holds $0.05 per answer and goes upstream, so each
+        // answer is 50 tokens: exactly 20 fit.
+        ("a route", route, 20, true),
         // n = 2: a hold of $0.20 each; each answer then costs $0.20.
         ("n = 2", two, 5, true),
         // $0.04 of prompt plus $0.10 of output: 7 fit; a hold trusting the
@@ -688,7 +692,8 @@ async fn concurrent_requests_without_max_tokens_never_pass_a_hard_budget() {
         let dir = tempfile::tempdir().unwrap();
         let body = dear_model("dear", "0")
             + &dear_model("priced", "100")
-            + "\n[[routes]]\nname = \"cheap\"\nfallbacks = [\"dear\"]\n[routes.requirements]\nlanguage = \"en\"\n"
+            + "\n[[routes]]\nname = \"short\"\nfallbacks = [\"dear\"]\n[routes.requirements]\nlanguage = \"en\"\n\
+               max_output_tokens = 50\n"
             + HARD_DOLLAR;
         let gateway = Running::start(&config(&mock, &dir, &body)).await;
         let url = format!("{}/v1/chat/completions", gateway.url);
@@ -700,6 +705,9 @@ async fn concurrent_requests_without_max_tokens_never_pass_a_hard_budget() {
         }
         let upstream = mock.hits("dear") + mock.hits("priced");
         assert_eq!(upstream, served as u64, "{what}: a refusal never reaches the upstream");
+        if what == "a route" {
+            assert_eq!(mock.last_request("dear").unwrap()["max_tokens"], 50, "the route's cap went upstream");
+        }
         let (ledger, stored) = spent_everywhere(&gateway.fleet).await;
         assert!(ledger <= limit, "{what}: the ledger spent {ledger}");
         assert_eq!(stored, ledger, "{what}: the database holds exactly the ledger's spend");
@@ -916,6 +924,47 @@ async fn when_spend_cannot_be_written_hard_budgeted_requests_fail_closed_and_oth
     let stored: Money = gateway.fleet.store().spend().unwrap().iter().map(|r| r.spent).sum();
     assert_eq!(ledger, Money::from_nanos(3 * 10_000_000), "three answers of 10 tokens at $1,000 per million");
     assert_eq!(stored, ledger, "the spend written during the failure was kept, not lost");
+    gateway.stop().await;
+    mock.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_left_before_its_first_event_pays_its_prompt_and_one_past_its_cap_is_cut() {
+    let mock = MockUpstream::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let gateway = Running::start(&config(&mock, &dir, &(dear_model("priced", "100") + HARD_DOLLAR))).await;
+    let url = format!("{}/v1/chat/completions", gateway.url);
+    let mut request = chat("priced", "stream to me, slowly");
+    request["stream"] = json!(true);
+    let prompt = serde_json::to_vec(&request["messages"]).unwrap().len().div_ceil(4);
+    let prompt_cost = Money::from_nanos(i64::try_from(prompt).unwrap() * 100_000); // $100 per million
+
+    // The client leaves before the first event: nothing was relayed, the
+    // prompt was sent: the prompt is charged, not the $0.10 worst case.
+    mock.set("priced", Behavior { latency: Duration::from_millis(400), ..Behavior::default() });
+    let impatient = reqwest::Client::builder().timeout(Duration::from_millis(100)).build().unwrap();
+    assert!(impatient.post(&url).json(&request).send().await.is_err());
+    let waited = std::time::Instant::now();
+    let mut spent = spent_everywhere(&gateway.fleet).await;
+    while spent != (prompt_cost, prompt_cost) && waited.elapsed() < Duration::from_secs(20) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        spent = spent_everywhere(&gateway.fleet).await;
+    }
+    assert_eq!(spent, (prompt_cost, prompt_cost));
+
+    // An upstream that ignores the cap streams on past the model's 100
+    // tokens: the relay ends the stream with an error event instead.
+    mock.set(
+        "priced",
+        Behavior { completion_tokens: 2_000, chunks: 200, ignore_max_tokens: true, ..Behavior::default() },
+    );
+    let body = reqwest::Client::new().post(&url).json(&request).send().await.unwrap().text().await.unwrap();
+    let events = events(&body);
+    assert!(!events.iter().any(|e| e == "[DONE]"), "{body}");
+    assert!(events.last().is_some_and(|e| e.contains("stream_interrupted") && e.contains("output limit")), "{body}");
+    let (charged, _) = spent_everywhere(&gateway.fleet).await;
+    let hold = Money::from_nanos(100_000_000) + prompt_cost;
+    assert!(charged.saturating_sub(prompt_cost) <= hold + Money::from_nanos(20_000_000), "charged {charged}");
     gateway.stop().await;
     mock.shutdown().await;
 }

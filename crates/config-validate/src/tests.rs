@@ -340,7 +340,8 @@ fn a_model_whose_cost_cannot_be_bounded_is_named_when_a_hard_budget_would_pay() 
         \n[[models]]\nid = \"bounded\"\nprovider = \"p\"\ncontext_window = 8000\ninput_price_per_mtok = \"1\"\n\
         output_price_per_mtok = \"2\"\n\
         \n[[models]]\nid = \"free\"\nprovider = \"p\"\ninput_price_per_mtok = \"0\"\noutput_price_per_mtok = \"0\"\n\
-        \n[[models]]\nid = \"local\"\nprovider = \"p\"\nlocal = true\ncontext_window = 4096\nmemory_mb = 100\n";
+        \n[[models]]\nid = \"local\"\nprovider = \"p\"\nlocal = true\ncontext_window = 4096\nmemory_mb = 100\n\
+        \n[[models]]\nid = \"local-open\"\nprovider = \"p\"\nlocal = true\nmemory_mb = 100\n";
     let warnings = |budgets: &str| -> Vec<String> {
         let report = check_text(&format!("{models}{budgets}"), &HashMap::new());
         assert!(report.is_valid(), "{report}");

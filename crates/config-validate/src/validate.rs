@@ -1276,14 +1276,12 @@ fn unbounded_under_hard_budget(
     let key_budget =
         server.api_keys.iter().find(|k| k.monthly_budget.is_some()).map(|k| format!("key:{} monthly", k.name));
     for m in models {
-        let why = if m.pricing.is_none() && !m.local {
-            "it has no price"
-        } else if m.max_output_tokens.is_none() && m.context_window.is_none() && !m.pricing.is_some_and(|p| p.is_free())
-        {
-            "it has neither max_output_tokens nor context_window"
-        } else {
+        // The selector's own rule, so this warning and selection agree.
+        if modelfleet_selector::worst_case_cost(m, &Requirements::default()).is_some() {
             continue;
-        };
+        }
+        let why =
+            if m.price().is_none() { "it has no price" } else { "it has neither max_output_tokens nor context_window" };
         let covering = budgets
             .iter()
             .filter(|b| b.enforcement == Enforcement::Hard)

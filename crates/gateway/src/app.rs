@@ -253,8 +253,14 @@ async fn chat_inner(app: &App, headers: &HeaderMap, body: Body) -> Result<Respon
     let caller = app.auth.check(headers, Need::Client)?;
     let max = app.max_body();
     let bytes = read_body(body, max).await?;
-    let chat = parse_chat(&bytes)?;
+    let mut chat = parse_chat(&bytes)?;
     let request = app.fleet_request(&chat, &caller)?;
+    if request.route.is_some() && chat.requirements.max_output_tokens == 0 {
+        // The client sent no cap; the route's caps each answer, and the hold
+        // assumes it: it goes upstream with the request.
+        let cap = app.fleet.requirements(&request).map_err(fleet_error)?.max_output_tokens;
+        chat.cap = (cap > 0).then_some(cap);
+    }
     if chat.stream {
         return stream_chat(app, chat, &request).await;
     }
@@ -366,10 +372,21 @@ struct Pump {
     prompt_tokens: u64,
 }
 
+/// How long a stream waits for a client to take an event: one that stops
+/// reading is dropped (and charged) instead of holding its budget and the
+/// upstream socket for as long as it keeps the connection.
+const SEND_TIMEOUT: Duration = Duration::from_secs(15);
+
 impl Pump {
+    /// Sends one event; false when the client is gone or stopped reading.
+    async fn send(tx: &mpsc::Sender<Bytes>, event: Bytes) -> bool {
+        matches!(tokio::time::timeout(SEND_TIMEOUT, tx.send(event)).await, Ok(Ok(())))
+    }
+
     async fn run(self, mut events: Events, settlement: modelfleet::Settlement, tx: mpsc::Sender<Bytes>) {
         let mut usage: Option<Usage> = None;
         let mut chars = 0usize;
+        let bound = settlement.output_bound();
         let end = loop {
             let next = tokio::select! {
                 next = events.next() => next,
@@ -386,7 +403,7 @@ impl Pump {
                 Err(failure) => break StreamEnd::Failed(failure),
             };
             if data.trim() == "[DONE]" {
-                if tx.send(sse("[DONE]")).await.is_err() {
+                if !Self::send(&tx, sse("[DONE]")).await {
                     break StreamEnd::ClientGone;
                 }
                 break StreamEnd::Completed;
@@ -404,10 +421,19 @@ impl Pump {
                     forward = self.include_usage || !usage_only;
                 }
             }
-            if forward && tx.send(sse(&data)).await.is_err() {
+            if bound.is_some_and(|most| estimate_output(chars) > most) {
+                // An upstream that ignores the cap would stream past the hold.
+                break StreamEnd::Failed(Failure::new(
+                    ErrorClass::ServerError,
+                    "the upstream streamed past the output limit the request was held to",
+                ));
+            }
+            if forward && !Self::send(&tx, sse(&data)).await {
                 break StreamEnd::ClientGone;
             }
         };
+        // The upstream is closed at once, before the books are settled.
+        drop(events);
         if let StreamEnd::Failed(failure) = &end {
             self.app.stream_failures.fetch_add(1, Ordering::Relaxed);
             let message = format!("the upstream failed mid-stream: {failure}");
@@ -417,11 +443,12 @@ impl Pump {
                 "param": null,
                 "code": "stream_interrupted",
             }});
-            let _ = tx.send(sse(&event.to_string())).await;
+            let _ = Self::send(&tx, sse(&event.to_string())).await;
         }
         if end == StreamEnd::ClientGone {
             self.app.client_disconnects.fetch_add(1, Ordering::Relaxed);
         }
+        // The upstream's usage, else the prompt plus the tokens relayed.
         let usage = usage.unwrap_or(Usage {
             input_tokens: self.prompt_tokens,
             output_tokens: estimate_output(chars),

@@ -126,7 +126,12 @@ impl Upstreams {
             Upstream::OpenAi(api) => api.complete(model, chat, ctx).await,
             Upstream::Simulated(sim) => {
                 let r = sim
-                    .complete(model, chat.requirements.prompt_tokens, chat.requirements.max_output_tokens, ctx)
+                    .complete(
+                        model,
+                        chat.requirements.prompt_tokens,
+                        chat.cap.unwrap_or(chat.requirements.max_output_tokens),
+                        ctx,
+                    )
                     .await?;
                 let body = json!({
                     "id": "chatcmpl-sim",
@@ -134,7 +139,7 @@ impl Upstreams {
                     "created": 0,
                     "model": model.upstream_name(),
                     "choices": [{"index": 0, "message": {"role": "assistant", "content": r.value}, "finish_reason": "stop"}],
-                    "usage": usage_json(r.usage),
+                    "usage": usage_json(r.usage.unwrap_or_default()),
                 });
                 Ok(ModelResponse { value: Bytes::from(json_bytes(&body)), usage: r.usage })
             }
@@ -148,7 +153,12 @@ impl Upstreams {
             Upstream::OpenAi(api) => api.open(model, chat, ctx).await,
             Upstream::Simulated(sim) => {
                 let r = sim
-                    .complete(model, chat.requirements.prompt_tokens, chat.requirements.max_output_tokens, ctx)
+                    .complete(
+                        model,
+                        chat.requirements.prompt_tokens,
+                        chat.cap.unwrap_or(chat.requirements.max_output_tokens),
+                        ctx,
+                    )
                     .await?;
                 let chunk = |delta: Value, finish: Value| {
                     json!({"id": "chatcmpl-sim", "object": "chat.completion.chunk", "created": 0, "model": model.upstream_name(),
@@ -166,7 +176,7 @@ impl Upstreams {
                 }
                 push(&chunk(json!({}), json!("stop")));
                 push(&json!({"id": "chatcmpl-sim", "object": "chat.completion.chunk", "created": 0,
-                             "model": model.upstream_name(), "choices": [], "usage": usage_json(r.usage)}));
+                             "model": model.upstream_name(), "choices": [], "usage": usage_json(r.usage.unwrap_or_default())}));
                 text.push_str("data: [DONE]\n\n");
                 let body = futures_util::stream::once(async move { Ok(Bytes::from(text)) });
                 Events::open(Box::pin(body)).await
@@ -193,7 +203,12 @@ impl OpenAi {
         if timeout.is_zero() {
             return Err(Failure::new(ErrorClass::Timeout, "no time left before the deadline"));
         }
-        let body = json_bytes(&Outgoing { body: &chat.body, model: model.upstream_name(), stream: chat.stream });
+        let body = json_bytes(&Outgoing {
+            body: &chat.body,
+            model: model.upstream_name(),
+            stream: chat.stream,
+            cap: chat.cap,
+        });
         let mut request = self
             .client
             .post(self.url.clone())
@@ -238,12 +253,8 @@ impl OpenAi {
         let usage = completion_usage(&body).map_err(|e| {
             Failure::new(ErrorClass::ServerError, &format!("the upstream answered invalid JSON: {e}")).billed()
         })?;
-        // A provider that reports no usage is charged by estimate.
-        let usage = usage.unwrap_or(Usage {
-            input_tokens: u64::from(chat.requirements.prompt_tokens),
-            output_tokens: crate::wire::estimate_output(body.len() / 2),
-            cached_tokens: 0,
-        });
+        // A provider that reports no usage (or not in OpenAI's shape) is
+        // charged the hold: the worst case, never $0.
         Ok(ModelResponse { value: body, usage })
     }
 

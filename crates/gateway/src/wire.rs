@@ -88,13 +88,55 @@ pub(crate) struct ChatRequest {
     pub(crate) requirements: Requirements,
     /// Whether the extension was present.
     pub(crate) extended: bool,
+    /// A cap on each answer the client did not send but the budget hold
+    /// assumed (a route's `max_output_tokens`): sent upstream as
+    /// `max_tokens`, so the answer cannot outgrow its hold.
+    pub(crate) cap: Option<u32>,
 }
 
-/// Tokens a prompt is estimated to take before the provider counts them: a
-/// quarter of the characters of every message's text, plus four per message.
-fn estimate_prompt(messages: &[Value]) -> u32 {
-    let chars: usize = messages.iter().map(|m| content_chars(m.get("content"))).sum();
-    u32::try_from(chars.div_ceil(4) + 4 * messages.len()).unwrap_or(u32::MAX)
+/// Tokens per image or audio part at most: a high-detail 2048×2048 image
+/// is 2,805 tokens at OpenAI's prices per tile.
+const TOKENS_PER_MEDIA_PART: usize = 3_000;
+
+/// The fields of a request that the provider counts as prompt tokens.
+const PROMPT_FIELDS: [&str; 5] = ["messages", "tools", "functions", "response_format", "tool_choice"];
+
+/// Tokens a prompt may take before the provider counts them, for the
+/// context check and the budget hold: a quarter of the bytes of everything
+/// the provider reads as prompt — the messages as JSON (text, names, tool
+/// calls and their arguments, with the punctuation as a margin), the tool
+/// and function definitions, the response format — plus
+/// [`TOKENS_PER_MEDIA_PART`] per image or audio part.
+fn estimate_prompt(body: &Map<String, Value>) -> u32 {
+    let bytes: usize = PROMPT_FIELDS.iter().filter_map(|field| body.get(*field)).map(json_len).sum();
+    let media: usize = body.get("messages").and_then(Value::as_array).map_or(0, |messages| {
+        messages
+            .iter()
+            .filter_map(|m| m.get("content").and_then(Value::as_array))
+            .flatten()
+            .filter(|part| {
+                matches!(part.get("type").and_then(Value::as_str), Some("image_url" | "input_audio" | "image"))
+            })
+            .count()
+    });
+    u32::try_from(bytes.div_ceil(4).saturating_add(media.saturating_mul(TOKENS_PER_MEDIA_PART))).unwrap_or(u32::MAX)
+}
+
+/// The length of `value` as compact JSON, counted without writing it anywhere.
+fn json_len(value: &Value) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    let _ = serde_json::to_writer(&mut count, value);
+    count.0
 }
 
 fn content_chars(content: Option<&Value>) -> usize {
@@ -139,7 +181,7 @@ pub(crate) fn parse_chat(bytes: &[u8]) -> Result<ChatRequest, ApiError> {
             return Err(ApiError::invalid("invalid_messages", format!("messages[{i}].role: required, a string")));
         }
     }
-    let prompt_tokens = estimate_prompt(messages);
+    let prompt_tokens = estimate_prompt(&body);
     let stream = match body.get("stream") {
         None | Some(Value::Null) => false,
         Some(Value::Bool(b)) => *b,
@@ -154,15 +196,16 @@ pub(crate) fn parse_chat(bytes: &[u8]) -> Result<ChatRequest, ApiError> {
             .filter(|n| *n >= 1)
             .ok_or_else(|| ApiError::invalid("invalid_n", "n: must be a whole number of answers, at least 1"))?,
     };
+    // Both fields may be sent; an upstream may honour either: the larger caps.
     let mut max_output = 0;
     for field in ["max_completion_tokens", "max_tokens"] {
         match body.get(field) {
             None | Some(Value::Null) => {}
             Some(v) => {
-                max_output = v.as_u64().and_then(|n| u32::try_from(n).ok()).ok_or_else(|| {
+                let cap = v.as_u64().and_then(|n| u32::try_from(n).ok()).ok_or_else(|| {
                     ApiError::invalid("invalid_max_tokens", format!("{field}: must be a whole number of tokens"))
                 })?;
-                break;
+                max_output = max_output.max(cap.max(1));
             }
         }
     }
@@ -183,7 +226,7 @@ pub(crate) fn parse_chat(bytes: &[u8]) -> Result<ChatRequest, ApiError> {
     requirements.n = requirements.n.max(n);
     // The caller cannot claim memory for local models: the gateway measures it.
     requirements.available_memory_mb = None;
-    Ok(ChatRequest { body, model, stream, include_usage, requirements, extended })
+    Ok(ChatRequest { body, model, stream, include_usage, requirements, extended, cap: None })
 }
 
 /// The body sent upstream: the client's, with `model` replaced and, for
@@ -192,12 +235,17 @@ pub(crate) struct Outgoing<'a> {
     pub(crate) body: &'a Map<String, Value>,
     pub(crate) model: &'a str,
     pub(crate) stream: bool,
+    /// `max_tokens` to add (the client sent no cap).
+    pub(crate) cap: Option<u32>,
 }
 
 impl Serialize for Outgoing<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut map = serializer.serialize_map(Some(self.body.len() + 1))?;
+        let mut map = serializer.serialize_map(Some(self.body.len() + 2))?;
         map.serialize_entry("model", self.model)?;
+        if let Some(cap) = self.cap {
+            map.serialize_entry("max_tokens", &cap)?;
+        }
         for (key, value) in self.body {
             match key.as_str() {
                 "model" => {}
@@ -214,14 +262,17 @@ impl Serialize for Outgoing<'_> {
     }
 }
 
-/// `usage` of a completion or chunk, if it carries one.
+/// `usage` of a completion or chunk, if it carries one in OpenAI's shape:
+/// `prompt_tokens` and `completion_tokens` both present. Anything else
+/// (another provider's shape, a field missing) is no usage: the call is
+/// charged its hold rather than \$0.
 pub(crate) fn usage_of(value: &Value) -> Option<Usage> {
     let usage = value.get("usage").filter(|u| u.is_object())?;
-    let n = |pointer: &str| usage.pointer(pointer).and_then(Value::as_u64).unwrap_or(0);
+    let n = |pointer: &str| usage.pointer(pointer).and_then(Value::as_u64);
     Some(Usage {
-        input_tokens: n("/prompt_tokens"),
-        output_tokens: n("/completion_tokens"),
-        cached_tokens: n("/prompt_tokens_details/cached_tokens"),
+        input_tokens: n("/prompt_tokens")?,
+        output_tokens: n("/completion_tokens")?,
+        cached_tokens: n("/prompt_tokens_details/cached_tokens").unwrap_or(0),
     })
 }
 
@@ -235,9 +286,9 @@ struct UsageOnly {
 #[derive(serde::Deserialize, Default)]
 struct WireUsage {
     #[serde(default)]
-    prompt_tokens: u64,
+    prompt_tokens: Option<u64>,
     #[serde(default)]
-    completion_tokens: u64,
+    completion_tokens: Option<u64>,
     #[serde(default)]
     prompt_tokens_details: Option<WireDetails>,
 }
@@ -248,23 +299,32 @@ struct WireDetails {
     cached_tokens: Option<u64>,
 }
 
-/// The usage of a completion body, read without building a tree; `Err`
-/// when the body is not a JSON object.
+/// The usage of a completion body, read without building a tree: `None`
+/// unless it has OpenAI's `prompt_tokens` and `completion_tokens` (see
+/// [`usage_of`]); `Err` when the body is not a JSON object.
 pub(crate) fn completion_usage(bytes: &[u8]) -> Result<Option<Usage>, String> {
     let parsed: UsageOnly = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
-    Ok(parsed.usage.map(|u| Usage {
-        input_tokens: u.prompt_tokens,
-        output_tokens: u.completion_tokens,
-        cached_tokens: u.prompt_tokens_details.and_then(|d| d.cached_tokens).unwrap_or(0),
+    Ok(parsed.usage.and_then(|u| {
+        Some(Usage {
+            input_tokens: u.prompt_tokens?,
+            output_tokens: u.completion_tokens?,
+            cached_tokens: u.prompt_tokens_details.and_then(|d| d.cached_tokens).unwrap_or(0),
+        })
     }))
 }
 
-/// The text a chunk adds (`choices[].delta.content`), in characters.
+/// The text a chunk adds, in bytes: `choices[].delta` content, reasoning,
+/// refusal and tool-call arguments (all of them are billed output).
 pub(crate) fn delta_chars(value: &Value) -> usize {
-    value
-        .get("choices")
-        .and_then(Value::as_array)
-        .map_or(0, |choices| choices.iter().map(|c| content_chars(c.pointer("/delta/content"))).sum())
+    let text = |v: Option<&Value>| v.and_then(Value::as_str).map_or(0, str::len);
+    let one = |choice: &Value| {
+        let Some(delta) = choice.get("delta") else { return 0 };
+        let calls = delta.get("tool_calls").and_then(Value::as_array).map_or(0, |calls| {
+            calls.iter().map(|c| text(c.pointer("/function/arguments")) + text(c.pointer("/function/name"))).sum()
+        });
+        content_chars(delta.get("content")) + text(delta.get("reasoning_content")) + text(delta.get("refusal")) + calls
+    };
+    value.get("choices").and_then(Value::as_array).map_or(0, |choices| choices.iter().map(one).sum())
 }
 
 /// Splits a byte stream into SSE events, yielding each event's `data`.
@@ -335,6 +395,8 @@ pub(crate) fn sse(data: &str) -> bytes::Bytes {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
 
     #[test]
@@ -365,7 +427,8 @@ mod tests {
             "modelfleet":{"category":"code","min_quality":0.5,"max_cost":"0.01"}}"#;
         let chat = parse_chat(body.as_bytes()).unwrap();
         assert!(chat.extended && !chat.body.contains_key("modelfleet"));
-        assert_eq!(chat.requirements.prompt_tokens, 2 + 4);
+        // `[{"role":"user","content":"12345678"}]`: 38 bytes of JSON.
+        assert_eq!(chat.requirements.prompt_tokens, 10);
         assert_eq!(chat.requirements.max_output_tokens, 100);
         assert_eq!(chat.requirements.min_quality, Some(0.5));
         assert_eq!(chat.requirements.max_cost.map(|m| m.to_string()), Some("0.01".into()));
@@ -379,7 +442,7 @@ mod tests {
         };
         let req = |extra: &str| parse_chat(&body(extra)).unwrap().requirements;
         let own = req("").prompt_tokens;
-        assert_eq!(own, 1_000 + 4);
+        assert_eq!(own, (4_000 + 30_usize).div_ceil(4) as u32, "the messages as JSON, a quarter of their bytes");
         assert_eq!(req(r#","modelfleet":{"prompt_tokens":1}"#).prompt_tokens, own, "a lower claim is ignored");
         assert_eq!(req(r#","modelfleet":{"prompt_tokens":5000}"#).prompt_tokens, 5_000, "a higher one counts");
         assert_eq!(req("").max_output_tokens, 0, "no max_tokens: uncapped, each model's own limit holds");
@@ -387,6 +450,9 @@ mod tests {
         assert_eq!(req(r#","max_tokens":100,"modelfleet":{"max_output_tokens":10}"#).max_output_tokens, 100);
         assert_eq!(req(r#","max_tokens":100,"modelfleet":{"max_output_tokens":300}"#).max_output_tokens, 300);
         assert_eq!(req(r#","max_completion_tokens":70"#).max_output_tokens, 70);
+        // Both fields: an upstream may honour either, so the larger one.
+        assert_eq!(req(r#","max_completion_tokens":1,"max_tokens":900"#).max_output_tokens, 900);
+        assert_eq!(req(r#","max_completion_tokens":900,"max_tokens":1"#).max_output_tokens, 900);
         assert_eq!((req("").n, req(r#","n":3"#).n, req(r#","n":2,"modelfleet":{"n":1}"#).n), (1, 3, 2));
         let err = |extra: &str| parse_chat(&body(extra)).unwrap_err().message;
         assert_eq!(err(r#","n":0"#), "n: must be a whole number of answers, at least 1");
@@ -397,10 +463,46 @@ mod tests {
     fn the_outgoing_body_names_the_upstream_model_and_asks_for_stream_usage() {
         let chat =
             parse_chat(br#"{"model":"auto","stream":true,"messages":[{"role":"user","content":"hi"}]}"#).unwrap();
-        let out: Value = serde_json::to_value(Outgoing { body: &chat.body, model: "tiny", stream: true }).unwrap();
+        let out: Value =
+            serde_json::to_value(Outgoing { body: &chat.body, model: "tiny", stream: true, cap: None }).unwrap();
         assert_eq!(out["model"], "tiny");
+        assert_eq!(out.get("max_tokens"), None);
+        let capped: Value =
+            serde_json::to_value(Outgoing { body: &chat.body, model: "tiny", stream: true, cap: Some(10) }).unwrap();
+        assert_eq!(capped["max_tokens"], 10, "the cap a hold assumed goes upstream");
         assert_eq!(out["stream_options"]["include_usage"], true);
         assert_eq!(out["messages"][0]["content"], "hi");
+    }
+
+    #[test]
+    fn the_prompt_estimate_counts_tools_tool_calls_and_images() {
+        let tokens = |body: Value| parse_chat(&serde_json::to_vec(&body).unwrap()).unwrap().requirements.prompt_tokens;
+        let plain = json!({"model": "auto", "messages": [{"role": "user", "content": "x"}]});
+        let base = tokens(plain.clone());
+        let mut tooled = plain.clone();
+        tooled["tools"] =
+            json!([{"type": "function", "function": {"name": "f", "parameters": {"d": "y".repeat(4_000)}}}]);
+        assert!(tokens(tooled) >= base + 1_000, "a tools array is prompt too");
+        let call = json!({"model": "auto", "messages": [
+            {"role": "assistant", "tool_calls": [{"id": "1", "type": "function",
+                "function": {"name": "f", "arguments": "z".repeat(4_000)}}]},
+            {"role": "tool", "tool_call_id": "1", "content": "ok"}]});
+        assert!(tokens(call) >= 1_000, "tool-call arguments are prompt too");
+        let image = json!({"model": "auto", "messages": [{"role": "user", "content": [
+            {"type": "text", "text": "x"}, {"type": "image_url", "image_url": {"url": "https://e.x/a.png"}}]}]});
+        assert!(tokens(image) >= 3_000, "an image counts as its largest size");
+    }
+
+    #[test]
+    fn every_kind_of_streamed_output_is_counted() {
+        let chunk = json!({"choices": [{"delta": {
+            "content": "abcd",
+            "reasoning_content": "ef",
+            "refusal": "g",
+            "tool_calls": [{"function": {"name": "hi", "arguments": "{\"x\":1}"}}],
+        }}]});
+        assert_eq!(delta_chars(&chunk), 4 + 2 + 1 + 2 + 7);
+        assert_eq!(delta_chars(&json!({"choices": []})), 0);
     }
 
     #[test]
@@ -427,5 +529,12 @@ mod tests {
         assert_eq!(usage_of(&serde_json::from_slice(body).unwrap()), Some(usage));
         assert!(completion_usage(b"not json").is_err());
         assert_eq!(completion_usage(b"{}").unwrap(), None);
+        // Another provider's shape, or a field missing: unknown, never $0.
+        let anthropic = br#"{"usage":{"input_tokens":7,"output_tokens":3}}"#;
+        assert_eq!(completion_usage(anthropic).unwrap(), None);
+        assert_eq!(usage_of(&serde_json::from_slice(anthropic).unwrap()), None);
+        let half = br#"{"usage":{"prompt_tokens":7}}"#;
+        assert_eq!(completion_usage(half).unwrap(), None);
+        assert_eq!(usage_of(&serde_json::from_slice(half).unwrap()), None);
     }
 }

@@ -101,6 +101,9 @@ pub struct Behavior {
     pub fail_next: u32,
     /// Prompt tokens reported as cached.
     pub cached_tokens: u32,
+    /// Answer `completion_tokens` whatever `max_tokens` says (a provider
+    /// that ignores the cap); by default the cap is honoured.
+    pub ignore_max_tokens: bool,
 }
 
 impl Default for Behavior {
@@ -116,6 +119,7 @@ impl Default for Behavior {
             fault_rate: 0.0,
             fail_next: 0,
             cached_tokens: 0,
+            ignore_max_tokens: false,
         }
     }
 }
@@ -336,9 +340,14 @@ async fn complete(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: B
         }
         Some(Fault::CutAfter(_)) | None => {}
     }
-    // `n` answers, each of `completion_tokens`, billed together.
+    // `n` answers, each of `completion_tokens` (at most `max_tokens`), billed together.
     let answers = request.get("n").and_then(Value::as_u64).map_or(1, |n| u32::try_from(n).unwrap_or(1).max(1));
-    let completion = behavior.completion_tokens.saturating_mul(answers);
+    let each = if wanted > 0 && !behavior.ignore_max_tokens {
+        behavior.completion_tokens.min(wanted)
+    } else {
+        behavior.completion_tokens
+    };
+    let completion = each.saturating_mul(answers);
     let usage = json!({
         "prompt_tokens": prompt,
         "completion_tokens": completion,
@@ -352,9 +361,10 @@ async fn complete(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: B
             Some(Fault::CutAfter(n)) => Some(n),
             _ => None,
         };
-        return stream(&id, &model, &behavior, include_usage.then_some(usage), cut);
+        let capped = Behavior { completion_tokens: each, ..behavior };
+        return stream(&id, &model, &capped, include_usage.then_some(usage), cut);
     }
-    let content = words(&model, behavior.completion_tokens);
+    let content = words(&model, each);
     let body = json!({
         "id": id,
         "object": "chat.completion",

@@ -151,12 +151,15 @@ pub(crate) fn price_of(model: &ModelSpec, usage: Usage) -> Money {
 
 /// A budget hold for a call in flight. If the future awaiting the call is
 /// dropped (the caller went away mid-call), the provider may still bill the
-/// call and its usage will never be known: the hold's worst case is charged.
+/// call and its usage will never be known: `if_dropped` is charged — the
+/// hold's worst case for a call, the prompt for a stream not yet open (its
+/// answer was never relayed).
 pub(crate) struct Pending<'a> {
     pub(crate) books: &'a Books,
     pub(crate) reservation: Option<Reservation>,
     pub(crate) model: &'a ModelSpec,
     pub(crate) kind: Category,
+    pub(crate) if_dropped: Money,
 }
 
 impl Pending<'_> {
@@ -169,7 +172,7 @@ impl Pending<'_> {
 impl Drop for Pending<'_> {
     fn drop(&mut self) {
         if let Some(reservation) = self.reservation.take() {
-            let cost = reservation.amount();
+            let cost = self.if_dropped;
             let entry = Entry {
                 model: self.model,
                 kind: self.kind,

@@ -211,8 +211,10 @@ pub struct Usage {
 pub struct ModelResponse<T> {
     /// The answer.
     pub value: T,
-    /// The tokens it took (priced exactly at the model's prices).
-    pub usage: Usage,
+    /// The tokens it took (priced exactly at the model's prices); `None`
+    /// when the provider did not say (or said it in a shape that cannot be
+    /// trusted): the attempt is then charged its hold, the worst case.
+    pub usage: Option<Usage>,
 }
 
 /// One request to the fleet.
@@ -401,7 +403,7 @@ pub struct FleetReport {
 ///         .call(&Request::default(), |model, _ctx| {
 ///             let id = model.id.clone();
 ///             async move {
-///                 Ok(ModelResponse { value: format!("hello from {id}"), usage: Usage { input_tokens: 10, output_tokens: 5, cached_tokens: 0 } })
+///                 Ok(ModelResponse { value: format!("hello from {id}"), usage: Some(Usage { input_tokens: 10, output_tokens: 5, cached_tokens: 0 }) })
 ///             }
 ///         })
 ///         .await?;
@@ -650,6 +652,14 @@ impl Fleet {
             };
         }
         Ok((requirements, strategy, order))
+    }
+
+    /// The requirements `request` is served under: its own, or its route's
+    /// with the request's token estimates and `n` (a route's
+    /// `max_output_tokens` caps each answer: a caller that sends the request
+    /// on must send that cap too, or the answer may outgrow its hold).
+    pub fn requirements(&self, request: &Request) -> Result<Requirements, FleetError> {
+        Ok(self.resolve(request)?.0)
     }
 
     /// Every eligible model for `request`, best first, with scores.
@@ -909,7 +919,9 @@ impl Fleet {
         let reservation = self.reserve(&model, &of)?;
         let in_flight = self.monitor.begin(&model.id, &model.provider);
         let began = self.timer.now();
-        let mut pending = Pending { books: &self.books, reservation: Some(reservation), model: &model, kind: of.kind };
+        let if_dropped = reservation.amount();
+        let mut pending =
+            Pending { books: &self.books, reservation: Some(reservation), model: &model, kind: of.kind, if_dropped };
         let result = call.await;
         let latency = self.timer.now().saturating_sub(began);
         drop(in_flight);
@@ -917,7 +929,9 @@ impl Fleet {
             return Err(Failure::new(ErrorClass::Internal, "the budget hold was settled twice"));
         };
         let (usage, cost, error) = match &result {
-            Ok(response) => (response.usage, price_of(&model, response.usage), None),
+            Ok(ModelResponse { usage: Some(usage), .. }) => (*usage, price_of(&model, *usage), None),
+            // Answered, but nobody says what it used: the worst case.
+            Ok(ModelResponse { usage: None, .. }) => (Usage::default(), reservation.amount(), None),
             Err(failure) if failure.is_billed() => (Usage::default(), reservation.amount(), Some(failure.class())),
             Err(failure) => (Usage::default(), Money::ZERO, Some(failure.class())),
         };
@@ -937,7 +951,11 @@ impl Fleet {
         let reservation = self.reserve(&model, &of)?;
         let in_flight = self.monitor.begin_shared(&model.id, &model.provider);
         let began = self.timer.now();
-        let mut pending = Pending { books: &self.books, reservation: Some(reservation), model: &model, kind: of.kind };
+        // Dropped before its first event: nothing was relayed; the prompt was sent.
+        let prompt = Usage { input_tokens: u64::from(of.requirements.prompt_tokens), ..Usage::default() };
+        let if_dropped = price_of(&model, prompt);
+        let mut pending =
+            Pending { books: &self.books, reservation: Some(reservation), model: &model, kind: of.kind, if_dropped };
         let result = call.await;
         let Some(reservation) = pending.disarm() else {
             return Err(Failure::new(ErrorClass::Internal, "the budget hold was settled twice"));
@@ -945,6 +963,7 @@ impl Fleet {
         match result {
             Ok(stream) => {
                 let settlement = Settlement {
+                    output_bound: modelfleet_selector::worst_case_output(&model, &of.requirements),
                     parts: Some(Parts {
                         books: self.books.clone(),
                         tracker: Arc::clone(&self.tracker),
@@ -1205,6 +1224,7 @@ pub enum StreamEnd {
 /// spends the exact cost and releases the rest of the hold.
 pub struct Settlement {
     parts: Option<Parts>,
+    output_bound: Option<u64>,
 }
 
 struct Parts {
@@ -1244,6 +1264,14 @@ impl Settlement {
     #[must_use]
     pub fn held(&self) -> Money {
         self.parts.as_ref().map_or(Money::ZERO, |p| p.reservation.amount())
+    }
+
+    /// The most output tokens the hold allows the stream (all answers
+    /// together), when known: a relay should end a stream that passes it
+    /// (an upstream ignoring the cap) rather than let it run on.
+    #[must_use]
+    pub fn output_bound(&self) -> Option<u64> {
+        self.output_bound
     }
 }
 

@@ -185,6 +185,6 @@ impl Simulator {
         }
         wait(latency).await;
         let usage = Usage { input_tokens: u64::from(prompt_tokens), output_tokens: output, cached_tokens: 0 };
-        Ok(ModelResponse { value: format!("[{}] simulated answer, {output} tokens", model.id), usage })
+        Ok(ModelResponse { value: format!("[{}] simulated answer, {output} tokens", model.id), usage: Some(usage) })
     }
 }
