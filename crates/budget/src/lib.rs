@@ -43,6 +43,23 @@
 //!   money reserved, once at least 10% of the period or 24 hours of it have
 //!   elapsed.
 //!
+//! **What the stack charges** (the facade's `books.rs` applies these rules;
+//! this crate spends what it is given):
+//!
+//! - the hold is the request's worst case: its prompt plus `n` answers, each
+//!   bounded by the least of the output cap, the model's output limit and
+//!   what its context window leaves (`modelfleet_selector::worst_case_cost`);
+//! - an answer is charged its usage at the model's prices;
+//! - a non-streamed call whose client left runs to its end and is charged
+//!   the usage the upstream reports;
+//! - a stream is charged its usage, else the prompt plus the tokens relayed
+//!   (a stream left before its first event: the prompt);
+//! - the hold itself (the worst case) is charged only when the usage can
+//!   never be known: a timeout after the request was sent, a 200 that cannot
+//!   be read or reports no usage, a call whose caller dropped it mid-way;
+//! - a failure the provider does not bill (an error answer, a refused
+//!   connection) is charged nothing.
+//!
 //! Invariants: money is integer nano-dollars, so totals never drift; the sum
 //! of the actual costs settled is exactly what each budget spent; for every
 //! hard budget, `spent <= limit + the overshoots reported` (while its limit

@@ -431,6 +431,8 @@ pub struct Fleet {
     /// Per model with configured fallbacks: itself, then them.
     model_chains: BTreeMap<String, Vec<String>>,
     rng: Mutex<fastrand::Rng>,
+    /// Budget administration, one change at a time (check, persist, apply).
+    admin: tokio::sync::Mutex<()>,
     fallbacks_served: DashMap<String, AtomicU64>,
     memory: Arc<MemoryProbe>,
 }
@@ -567,6 +569,7 @@ impl Fleet {
                 })
                 .collect(),
             rng: Mutex::new(fastrand::Rng::with_seed(0x6d66)),
+            admin: tokio::sync::Mutex::new(()),
             fallbacks_served: DashMap::new(),
             memory: Arc::new(MemoryProbe::new()),
         };
@@ -1069,6 +1072,7 @@ impl Fleet {
 
     /// Adds a budget (kept in the database; it applies at once).
     pub async fn add_budget(&self, spec: BudgetSpec, who: &str) -> Result<(), FleetError> {
+        let _one_at_a_time = self.admin.lock().await;
         if self.budgets.status(&spec.scope, spec.period).is_some() {
             return Err(FleetError::Budget(BudgetAdminError::Invalid(format!(
                 "a {} budget for {} exists already",
@@ -1095,6 +1099,7 @@ impl Fleet {
         limit: Money,
         who: &str,
     ) -> Result<(), FleetError> {
+        let _one_at_a_time = self.admin.lock().await;
         let status = self.api_budget(scope, period)?;
         if limit < Money::ZERO {
             return Err(FleetError::Budget(BudgetAdminError::Invalid(format!("limit ${limit} is negative"))));
@@ -1112,6 +1117,7 @@ impl Fleet {
     /// Starts a budget's current period over at zero (audited with who and
     /// when); returns what it had spent.
     pub async fn reset_budget(&self, scope: &Scope, period: Period, who: &str) -> Result<Money, FleetError> {
+        let _one_at_a_time = self.admin.lock().await;
         let status = self.api_budget(scope, period)?;
         self.store
             .reset_spend(scope, period, status.period_start_ms, status.spent, who, self.clock.now_ms())
@@ -1122,6 +1128,7 @@ impl Fleet {
 
     /// Removes a budget (its spend history stays in the database).
     pub async fn remove_budget(&self, scope: &Scope, period: Period, who: &str) -> Result<(), FleetError> {
+        let _one_at_a_time = self.admin.lock().await;
         self.api_budget(scope, period)?;
         self.store
             .remove_budget(scope, period, who, self.clock.now_ms())
