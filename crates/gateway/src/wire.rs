@@ -442,7 +442,7 @@ mod tests {
         };
         let req = |extra: &str| parse_chat(&body(extra)).unwrap().requirements;
         let own = req("").prompt_tokens;
-        assert_eq!(own, (4_000 + 30_usize).div_ceil(4) as u32, "the messages as JSON, a quarter of their bytes");
+        assert_eq!(own, (4_000_u32 + 30).div_ceil(4), "the messages as JSON, a quarter of their bytes");
         assert_eq!(req(r#","modelfleet":{"prompt_tokens":1}"#).prompt_tokens, own, "a lower claim is ignored");
         assert_eq!(req(r#","modelfleet":{"prompt_tokens":5000}"#).prompt_tokens, 5_000, "a higher one counts");
         assert_eq!(req("").max_output_tokens, 0, "no max_tokens: uncapped, each model's own limit holds");

@@ -340,20 +340,7 @@ async fn complete(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: B
         }
         Some(Fault::CutAfter(_)) | None => {}
     }
-    // `n` answers, each of `completion_tokens` (at most `max_tokens`), billed together.
-    let answers = request.get("n").and_then(Value::as_u64).map_or(1, |n| u32::try_from(n).unwrap_or(1).max(1));
-    let each = if wanted > 0 && !behavior.ignore_max_tokens {
-        behavior.completion_tokens.min(wanted)
-    } else {
-        behavior.completion_tokens
-    };
-    let completion = each.saturating_mul(answers);
-    let usage = json!({
-        "prompt_tokens": prompt,
-        "completion_tokens": completion,
-        "total_tokens": prompt + completion,
-        "prompt_tokens_details": {"cached_tokens": behavior.cached_tokens},
-    });
+    let (each, usage) = billed(&request, &behavior, prompt, wanted);
     let id = format!("chatcmpl-mock{}", shared.total.load(Ordering::Relaxed));
     if request.get("stream") == Some(&Value::Bool(true)) {
         let include_usage = request.pointer("/stream_options/include_usage") == Some(&Value::Bool(true));
@@ -374,6 +361,26 @@ async fn complete(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: B
         "usage": usage,
     });
     (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
+}
+
+/// What one answer takes and the usage billed for the request: `n` answers,
+/// each of `completion_tokens` (at most `max_tokens`, unless the behaviour
+/// ignores it).
+fn billed(request: &Value, behavior: &Behavior, prompt: u32, wanted: u32) -> (u32, Value) {
+    let answers = request.get("n").and_then(Value::as_u64).map_or(1, |n| u32::try_from(n).unwrap_or(1).max(1));
+    let each = if wanted > 0 && !behavior.ignore_max_tokens {
+        behavior.completion_tokens.min(wanted)
+    } else {
+        behavior.completion_tokens
+    };
+    let completion = each.saturating_mul(answers);
+    let usage = json!({
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+        "prompt_tokens_details": {"cached_tokens": behavior.cached_tokens},
+    });
+    (each, usage)
 }
 
 fn context_error(window: u32, needed: u32) -> Response {
