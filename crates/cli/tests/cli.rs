@@ -165,12 +165,13 @@ fn http(addr: &str, request: &str) -> String {
     answer
 }
 
-#[test]
-fn serve_answers_on_embedded_defaults_and_exits_0_on_sigterm() {
+/// `modelfleet serve` on a free loopback port with `args`: the child, its
+/// stderr (read up to the line saying where it listens) and that address.
+fn serve(args: &[&str]) -> (std::process::Child, std::io::BufReader<std::process::ChildStderr>, String) {
     use std::io::{BufRead, BufReader};
-    let dir = tempfile::tempdir().unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_modelfleet"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--db", &db(&dir)])
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(args)
         .env_remove("RUST_LOG")
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -184,6 +185,13 @@ fn serve_answers_on_embedded_defaults_and_exits_0_on_sigterm() {
             break rest.split_whitespace().next().unwrap().to_owned();
         }
     };
+    (child, stderr, addr)
+}
+
+#[test]
+fn serve_answers_on_embedded_defaults_and_exits_0_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, mut stderr, addr) = serve(&["--db", &db(&dir)]);
     let body = r#"{"model":"auto","messages":[{"role":"user","content":"hello"}]}"#;
     let answer = http(
         &addr,
@@ -210,7 +218,6 @@ fn serve_answers_on_embedded_defaults_and_exits_0_on_sigterm() {
 
 #[test]
 fn spend_the_clients_were_told_of_survives_sigkill() {
-    use std::io::{BufRead, BufReader};
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("fleet.toml");
     std::fs::write(
@@ -224,21 +231,7 @@ fn spend_the_clients_were_told_of_survives_sigkill() {
         ),
     )
     .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_modelfleet"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--config", &config.display().to_string()])
-        .env_remove("RUST_LOG")
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    let addr = loop {
-        line.clear();
-        assert!(stderr.read_line(&mut line).unwrap() > 0, "serve exited before listening");
-        if let Some(rest) = line.split("modelfleet gateway on http://").nth(1) {
-            break rest.split_whitespace().next().unwrap().to_owned();
-        }
-    };
+    let (mut child, _stderr, addr) = serve(&["--config", &config.display().to_string()]);
     // A burst from 8 clients at once; each answer's x-modelfleet-cost is what the client was told.
     let told: Vec<i64> = std::thread::scope(|s| {
         let workers: Vec<_> = (0..8)
