@@ -3,8 +3,9 @@
 //! (`--gateway`).
 //!
 //! A running gateway keeps its budgets in memory: an edit of its database
-//! would reach it only at its next start, so while it runs, go through its
-//! admin API. Budgets from a configuration file are the file's to change;
+//! would reach it only at its next start. So while a gateway serves the
+//! database (it says where in a file beside it), the commands go through its
+//! admin API by themselves; `--gateway` names one explicitly. Budgets from a configuration file are the file's to change;
 //! these commands edit the others (`source: api`).
 
 use std::path::PathBuf;
@@ -21,13 +22,13 @@ use serde_json::{Value, json};
 /// Where the budgets live.
 #[derive(Args, Debug, Clone)]
 pub(crate) struct Target {
-    /// The database of a stopped gateway.
+    /// The database (a gateway serving it is edited through its admin API).
     #[arg(long, conflicts_with = "gateway")]
     db: Option<PathBuf>,
     /// A running gateway's base URL (e.g. http://127.0.0.1:8080): the change goes through its admin API.
     #[arg(long)]
     gateway: Option<String>,
-    /// The environment variable holding an admin key for --gateway.
+    /// The environment variable holding an admin key for a gateway with keys.
     #[arg(long, default_value = "MODELFLEET_ADMIN_KEY")]
     key_env: String,
 }
@@ -88,11 +89,35 @@ pub(crate) async fn run(action: BudgetsAction) -> anyhow::Result<()> {
         | BudgetsAction::Reset { target, .. }
         | BudgetsAction::Remove { target, .. } => target.clone(),
     };
-    match &target.gateway {
-        Some(url) => remote(&action, url, &target.key_env).await,
-        None => local(action, target.db).await,
+    if let Some(url) = &target.gateway {
+        return remote(&action, url, &target.key_env).await;
     }
+    // A gateway serving this database keeps its budgets in memory: go
+    // through its admin API. A file left by one that died is stale: the
+    // database is edited directly.
+    let db = target.db.clone().unwrap_or_else(modelfleet::default_db_path);
+    if let Some(url) = serving(&db) {
+        match remote(&action, &url, &target.key_env).await {
+            Err(err) if err.downcast_ref::<Unreachable>().is_some() => {
+                eprintln!("no gateway answers at {url} (it left its address behind); editing the database");
+            }
+            done => return done,
+        }
+    }
+    local(action, Some(db)).await
 }
+
+/// Where a running gateway serves `db`, if one says so.
+fn serving(db: &std::path::Path) -> Option<String> {
+    let text = std::fs::read_to_string(modelfleet_gateway::serving_file(db)).ok()?;
+    let marker: Value = serde_json::from_str(&text).ok()?;
+    marker.get("url").and_then(Value::as_str).map(str::to_owned)
+}
+
+/// The gateway did not answer at all.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot reach {0}")]
+struct Unreachable(String);
 
 /// Edits the database directly (the gateway must be stopped).
 async fn local(action: BudgetsAction, db: Option<PathBuf>) -> anyhow::Result<()> {
@@ -138,13 +163,22 @@ fn path(scope: &Scope, period: Period) -> String {
 
 /// Goes through a running gateway's admin API.
 async fn remote(action: &BudgetsAction, url: &str, key_env: &str) -> anyhow::Result<()> {
-    let key = std::env::var(key_env).with_context(|| format!("--gateway needs an admin key in ${key_env}"))?;
+    // A gateway without keys (loopback only) needs none.
+    let key = std::env::var(key_env).unwrap_or_default();
     let base = url.trim_end_matches('/');
-    let client = reqwest::Client::new();
+    let client = reqwest::Client::builder()
+        .connect_timeout(std::time::Duration::from_secs(2))
+        .build()
+        .context("cannot build an HTTP client")?;
     let (request, json_out) = match action {
         BudgetsAction::List { json, .. } => (client.get(format!("{base}/v1/admin/budgets")), *json),
         BudgetsAction::Set { scope, period, limit, soft, .. } => {
-            let existing = client.get(format!("{base}{}", path(scope, *period))).bearer_auth(&key).send().await?;
+            let existing = client
+                .get(format!("{base}{}", path(scope, *period)))
+                .bearer_auth(&key)
+                .send()
+                .await
+                .map_err(|_| Unreachable(base.to_owned()))?;
             if existing.status() == reqwest::StatusCode::NOT_FOUND {
                 let enforcement = if *soft { "soft" } else { "hard" };
                 let body = json!({"scope": scope, "period": period, "limit": limit, "enforcement": enforcement});
@@ -160,7 +194,7 @@ async fn remote(action: &BudgetsAction, url: &str, key_env: &str) -> anyhow::Res
             (client.delete(format!("{base}{}", path(scope, *period))), false)
         }
     };
-    let response = request.bearer_auth(&key).send().await.with_context(|| format!("cannot reach {base}"))?;
+    let response = request.bearer_auth(&key).send().await.map_err(|_| Unreachable(base.to_owned()))?;
     let status = response.status();
     let body: Value = response.json().await.unwrap_or(Value::Null);
     if !status.is_success() {

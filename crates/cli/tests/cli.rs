@@ -286,9 +286,12 @@ fn budgets_are_set_listed_reset_and_removed_in_a_stopped_gateways_database() {
         all.extend_from_slice(&["--db", &db]);
         modelfleet(&all)
     };
+    // A gateway that died left its address behind: nobody answers there.
+    std::fs::write(format!("{db}.serving"), r#"{"url":"http://127.0.0.1:1","pid":1}"#).unwrap();
     let (code, stdout, stderr) = run(&["set", "key:team-a", "daily", "2.50"]);
     assert_eq!(code, 0, "{stderr}");
     assert_eq!(stdout.trim(), "key:team-a daily: added, limit $2.5");
+    assert!(stderr.contains("no gateway answers at http://127.0.0.1:1"), "{stderr}");
     let (code, stdout, _) = run(&["set", "key:team-a", "daily", "4"]);
     assert_eq!((code, stdout.trim()), (0, "key:team-a daily: limit $4"));
     let (code, stdout, _) = run(&["list", "--json"]);
@@ -308,4 +311,26 @@ fn budgets_are_set_listed_reset_and_removed_in_a_stopped_gateways_database() {
     assert_eq!((code, stdout.trim()), (0, "key:team-a daily: removed"));
     let (code, stdout, _) = run(&["list"]);
     assert_eq!((code, stdout.trim()), (0, "no budgets"));
+}
+
+#[test]
+fn budgets_go_through_a_running_gateway_by_themselves() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = db(&dir);
+    let (mut child, _stderr, addr) = serve(&["--db", &db]);
+    // The gateway keeps budgets in memory: the CLI finds it beside the
+    // database and changes them through its admin API, so they apply at once.
+    let (code, stdout, stderr) = modelfleet(&["budgets", "set", "global", "daily", "3", "--db", &db]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("global") && stdout.contains("daily"), "{stdout}");
+    let answer = http(&addr, "GET /v1/admin/budgets HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n\r\n");
+    assert!(answer.starts_with("HTTP/1.1 200") && answer.contains("\"limit\":\"3\""), "{answer}");
+    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+    // Stopped: the file is gone, the database is edited, the budget is there.
+    let (code, stdout, stderr) = modelfleet(&["budgets", "list", "--json", "--db", &db]);
+    assert_eq!(code, 0, "{stderr}");
+    let listed: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(listed[0]["limit"], "3", "{listed}");
 }

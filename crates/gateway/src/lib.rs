@@ -138,6 +138,15 @@ fn nodelay(stream: &mut tokio::net::TcpStream) {
     }
 }
 
+/// The file beside database `db` that says, while a gateway serves it,
+/// where: `{"url": "http://ADDR", "pid": N}`. The CLI reads it.
+#[must_use]
+pub fn serving_file(db: &std::path::Path) -> std::path::PathBuf {
+    let mut name = db.as_os_str().to_owned();
+    name.push(".serving");
+    std::path::PathBuf::from(name)
+}
+
 impl Gateway {
     /// Starts the fleet the configuration describes, connects its providers
     /// (keys read through `env`) and binds the listener (and the separate
@@ -191,6 +200,13 @@ impl Gateway {
         let addr = listener.local_addr().map_err(GatewayError::Serve)?;
         let auth = if app.auth.enabled() { "bearer keys required" } else { "no keys: open to this machine only" };
         tracing::info!(%addr, auth, models = app.fleet.catalog().snapshot().len(), "modelfleet gateway listening on http://{addr}");
+        // Beside the database: where this gateway serves it, so the CLI
+        // edits budgets through its admin API instead of behind its back.
+        let serving = serving_file(app.fleet.store().path());
+        let marker = serde_json::json!({"url": format!("http://{addr}"), "pid": std::process::id()}).to_string();
+        if let Err(err) = std::fs::write(&serving, marker) {
+            tracing::warn!(%err, "could not say where this gateway serves its database; the CLI will not find it");
+        }
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let draining = Arc::clone(&app);
         tokio::spawn(async move {
@@ -225,6 +241,7 @@ impl Gateway {
         app.streams.wait().await;
         app.calls.wait().await;
         let stopped = app.fleet.shutdown().await;
+        let _ = std::fs::remove_file(&serving);
         served.map_err(GatewayError::Serve)?;
         stopped?;
         tracing::info!("modelfleet gateway stopped; the store is flushed");
