@@ -741,6 +741,7 @@ async fn a_budget_refusal_names_the_budget_and_what_the_request_could_cost() {
     let response = post(&client, &url, None, &chat("dear", "does not fit")).await;
     assert_eq!(response.status(), 429);
     assert_eq!(header(&response, "retry-after"), "");
+    assert_eq!(header(&response, "x-modelfleet-budget-remaining"), "0.05");
     let body: Value = response.json().await.unwrap();
     let message = body["error"]["message"].as_str().unwrap();
     assert!(

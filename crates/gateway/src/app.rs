@@ -171,7 +171,7 @@ fn fleet_error(err: FleetError) -> ApiError {
                 "budget_store_unavailable",
                 err.to_string(),
             );
-            error.cost = Some(Money::ZERO);
+            error.headers.cost = Some(Money::ZERO);
             error
         }
         FleetError::UnknownRoute(name) | FleetError::UnknownModel(name) => ApiError::new(
@@ -180,7 +180,7 @@ fn fleet_error(err: FleetError) -> ApiError {
             "model_not_found",
             format!("model {name:?} is neither a catalog model, a route nor \"auto\" (GET /v1/models lists them)"),
         ),
-        FleetError::NotServed { message, attempts, class, retry_after, cost } => {
+        FleetError::NotServed { message, attempts, class, retry_after, cost, budget_remaining } => {
             let (status, kind, code) = match class {
                 None => (StatusCode::SERVICE_UNAVAILABLE, "server_error", "no_model_available"),
                 Some(ErrorClass::BadRequest) => (StatusCode::BAD_REQUEST, "invalid_request_error", "invalid_request"),
@@ -196,13 +196,14 @@ fn fleet_error(err: FleetError) -> ApiError {
                 Some(_) => (StatusCode::BAD_GATEWAY, "server_error", "upstream_error"),
             };
             let mut error = ApiError::new(status, kind, code, message);
-            error.attempts = Some(attempts.len());
-            error.cost = Some(cost);
+            error.headers.attempts = Some(attempts.len());
+            error.headers.cost = Some(cost);
+            error.headers.budget_remaining = budget_remaining;
             // Budget refusals only: the time to the budget's next period
             // (none for a lifetime budget). A provider's own Retry-After is
             // not the gateway's to pass on once another model was tried.
             if class == Some(ErrorClass::BudgetExceeded) {
-                error.retry_after = retry_after;
+                error.headers.retry_after = retry_after;
             }
             error
         }

@@ -16,16 +16,26 @@ pub(crate) struct ApiError {
     pub(crate) kind: &'static str,
     pub(crate) code: &'static str,
     pub(crate) message: String,
+    /// Headers some errors carry (boxed: errors travel in `Result`s).
+    pub(crate) headers: Box<ErrorHeaders>,
+}
+
+/// What an error answer may say besides its body.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ErrorHeaders {
+    /// `x-modelfleet-attempts`.
     pub(crate) attempts: Option<usize>,
     /// `Retry-After`, in whole seconds rounded up.
     pub(crate) retry_after: Option<std::time::Duration>,
     /// `x-modelfleet-cost`: what the request was charged.
     pub(crate) cost: Option<modelfleet::registry::Money>,
+    /// `x-modelfleet-budget-remaining`, for a budget refusal.
+    pub(crate) budget_remaining: Option<modelfleet::registry::Money>,
 }
 
 impl ApiError {
     pub(crate) fn new(status: StatusCode, kind: &'static str, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError { status, kind, code, message: message.into(), attempts: None, retry_after: None, cost: None }
+        ApiError { status, kind, code, message: message.into(), headers: Box::default() }
     }
 
     pub(crate) fn invalid(code: &'static str, message: impl Into<String>) -> Self {
@@ -48,15 +58,19 @@ impl IntoResponse for ApiError {
         let mut response = (self.status, json_bytes(&self.body())).into_response();
         let headers = response.headers_mut();
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        if let Some(n) = self.attempts {
+        let extra = &self.headers;
+        if let Some(n) = extra.attempts {
             headers.insert("x-modelfleet-attempts", HeaderValue::from(n));
         }
-        if let Some(wait) = self.retry_after {
+        if let Some(wait) = extra.retry_after {
             let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
             headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds.max(1)));
         }
-        if let Some(value) = self.cost.and_then(|c| HeaderValue::from_str(&c.to_string()).ok()) {
+        if let Some(value) = extra.cost.and_then(|c| HeaderValue::from_str(&c.to_string()).ok()) {
             headers.insert("x-modelfleet-cost", value);
+        }
+        if let Some(value) = extra.budget_remaining.and_then(|r| HeaderValue::from_str(&r.to_string()).ok()) {
+            headers.insert("x-modelfleet-budget-remaining", value);
         }
         response
     }

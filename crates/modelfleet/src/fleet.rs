@@ -284,6 +284,8 @@ pub enum FleetError {
         retry_after: Option<Duration>,
         /// What the failed attempts cost (the provider bills some failures).
         cost: Money,
+        /// What is left of the hard budget that refused, for a budget refusal.
+        budget_remaining: Option<Money>,
     },
     /// Spend cannot be persisted right now, and a hard budget would pay for
     /// this request: refused (fail closed) until the store commits again.
@@ -780,12 +782,8 @@ impl Fleet {
                     self.fallbacks_served.entry(executed.model.id.clone()).or_default().fetch_add(1, Ordering::Relaxed);
                 }
                 let (value, usage, _) = executed.value;
-                let budget_remaining = (!headroom.is_empty())
-                    .then(|| {
-                        let now = self.budgets.headroom(request.key.as_deref());
-                        now.tightest(&executed.model.provider, &executed.model.id).map(|room| room.remaining)
-                    })
-                    .flatten();
+                let budget_remaining =
+                    if headroom.is_empty() { None } else { self.remaining(request.key.as_deref(), executed.model) };
                 Ok(Served {
                     value,
                     model: executed.model.id.clone(),
@@ -807,6 +805,7 @@ impl Fleet {
                     class: None,
                     retry_after: None,
                     cost: spent,
+                    budget_remaining: None,
                 })
             }
             Err(err) => {
@@ -815,12 +814,20 @@ impl Fleet {
                     _ => (None, None),
                 };
                 let attempts = err.attempts().to_vec();
+                let budget = class == Some(ErrorClass::BudgetExceeded);
+                // A budget that refused at its hold: what it has left now.
+                let budget_remaining = attempts
+                    .last()
+                    .filter(|_| budget)
+                    .and_then(|last| snapshot.get(&last.model))
+                    .and_then(|model| self.remaining(request.key.as_deref(), model));
                 Err(FleetError::NotServed {
                     message: modelfleet_errors::sanitize(&err.to_string()).into_owned(),
                     attempts,
                     class,
-                    retry_after: retry_after.filter(|_| class == Some(ErrorClass::BudgetExceeded)),
+                    retry_after: retry_after.filter(|_| budget),
                     cost: spent,
+                    budget_remaining,
                 })
             }
         }
@@ -889,7 +896,14 @@ impl Fleet {
             class: Some(ErrorClass::BudgetExceeded),
             retry_after: resets,
             cost: Money::ZERO,
+            budget_remaining: Some(room.remaining),
         })
+    }
+
+    /// What is left now of the tightest hard budget that would pay for a
+    /// request of `key` on `model`, if one would.
+    fn remaining(&self, key: Option<&str>, model: &ModelSpec) -> Option<Money> {
+        self.budgets.headroom(key).tightest(&model.provider, &model.id).map(|room| room.remaining)
     }
 
     /// Holds the request's worst case on `model` on every budget that
