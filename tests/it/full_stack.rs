@@ -370,3 +370,43 @@ async fn spend_survives_a_restart_under_another_utc_offset() {
     assert_eq!(status.by_provider.get("sim"), Some(&Money::from_nanos(200_000_000)));
     fleet.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_spend_cannot_be_written_only_the_models_a_hard_budget_covers_stop() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut other = model("b", "1000", 10);
+    other.provider = "other".into();
+    let fleet = Fleet::open(FleetOptions {
+        models: Some(vec![model("a", "1000", 90), other]),
+        budgets: vec![BudgetSpec::hard(Scope::Provider("sim".into()), Period::Monthly, Money::from_dollars(100))],
+        ..options(&dir)
+    })
+    .await
+    .unwrap();
+    assert_eq!(fleet.call(&sized(100), |_, _| async { ok(100) }).await.unwrap().model, "a");
+    fleet.store().fail_writes(true);
+    // Served, its spend kept in memory for a later commit.
+    assert_eq!(fleet.call(&sized(100), |_, _| async { ok(100) }).await.unwrap().model, "a");
+    assert!(fleet.store().spend_backlog().is_some());
+    // The provider's budget has no room now: its model stops, the other serves.
+    assert_eq!(fleet.call(&sized(100), |_, _| async { ok(100) }).await.unwrap().model, "b");
+    let only_sim = Request {
+        requirements: Requirements { prompt_tokens: 100, providers: vec!["sim".into()], ..Requirements::default() },
+        ..Request::default()
+    };
+    let err = fleet.call(&only_sim, |_, _| async { ok(100) }).await.unwrap_err();
+    assert!(matches!(err, FleetError::BudgetStoreUnavailable(_)), "{err}");
+    fleet.store().fail_writes(false);
+    let waited = std::time::Instant::now();
+    while fleet.store().spend_backlog().is_some() && waited.elapsed() < Duration::from_secs(20) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(fleet.call(&only_sim, |_, _| async { ok(100) }).await.unwrap().model, "a");
+    let spent = fleet.budgets().status(&Scope::Provider("sim".into()), Period::Monthly).unwrap().spent;
+    let stored: Money = tokio::task::block_in_place(|| {
+        fleet.store().flush().unwrap();
+        fleet.store().spend().unwrap().iter().map(|r| r.spent).sum()
+    });
+    assert_eq!((spent, stored), (Money::from_nanos(600_000_000), Money::from_nanos(600_000_000)));
+    fleet.shutdown().await.unwrap();
+}

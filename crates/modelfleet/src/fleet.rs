@@ -287,8 +287,10 @@ pub enum FleetError {
         /// What is left of the hard budget that refused, for a budget refusal.
         budget_remaining: Option<Money>,
     },
-    /// Spend cannot be persisted right now, and a hard budget would pay for
-    /// this request: refused (fail closed) until the store commits again.
+    /// Spend cannot be persisted right now, and every model that could serve
+    /// this request is a paid one a hard budget would pay for: refused (fail
+    /// closed) until the store commits again. Free models and models no hard
+    /// budget covers keep serving.
     #[error(
         "budget store unavailable: spend cannot be persisted ({0}); requests under a hard budget are refused until it can"
     )]
@@ -673,7 +675,7 @@ impl Fleet {
         let snapshot = self.catalog.snapshot();
         let config = strategy.selector_config(self.executor.weights);
         let headroom = self.budgets.headroom(request.key.as_deref());
-        let live = Live { monitor: &self.monitor, headroom: &headroom };
+        let live = Live { monitor: &self.monitor, headroom: &headroom, closed: false };
         Ok(modelfleet_selector::rank(snapshot.models(), &requirements, &live, &config)
             .into_iter()
             .map(|r: Ranked<'_>| (r.model.id.clone(), r.score.total))
@@ -687,7 +689,7 @@ impl Fleet {
         let snapshot = self.catalog.snapshot();
         let config: SelectorConfig = strategy.selector_config(self.executor.weights);
         let headroom = self.budgets.headroom(request.key.as_deref());
-        let live = Live { monitor: &self.monitor, headroom: &headroom };
+        let live = Live { monitor: &self.monitor, headroom: &headroom, closed: false };
         let explanation: Explanation<'_> =
             modelfleet_selector::explain(snapshot.models(), &requirements, &live, &config);
         Ok((explanation.to_string(), serde_json::to_value(&explanation).unwrap_or(serde_json::Value::Null)))
@@ -743,14 +745,12 @@ impl Fleet {
         // One look at the hard budgets per request: the selector rejects
         // models whose worst case does not fit what is left.
         let headroom = self.budgets.headroom(request.key.as_deref());
-        if !headroom.is_empty()
-            && let Some(reason) = self.store.spend_backlog()
-        {
-            return Err(FleetError::BudgetStoreUnavailable(reason));
-        }
+        // Spend that cannot be persisted fails hard budgets closed: no paid
+        // model they cover may serve until it is written (others may).
+        let unpersisted = if headroom.is_empty() { None } else { self.store.spend_backlog() };
         let snapshot = self.catalog.snapshot();
         let executor = ExecutorConfig { strategy, ..self.executor.clone() };
-        let live = Live { monitor: &self.monitor, headroom: &headroom };
+        let live = Live { monitor: &self.monitor, headroom: &headroom, closed: unpersisted.is_some() };
         let fleet = modelfleet_fallback::Fleet {
             models: snapshot.models(),
             signals: &live,
@@ -796,7 +796,10 @@ impl Fleet {
             }
             Err(ExecuteError::NoCandidates { reason }) => {
                 if let Some(refusal) = self.budget_refusal(snapshot.models(), &requirements, &live, &executor) {
-                    return Err(refusal);
+                    return Err(match unpersisted {
+                        Some(why) => FleetError::BudgetStoreUnavailable(why),
+                        None => refusal,
+                    });
                 }
                 Err(FleetError::NotServed {
                     message: modelfleet_errors::sanitize(&format!("no model can take the request: {reason}"))
@@ -1206,6 +1209,8 @@ struct AttemptOf<'r> {
 struct Live<'a> {
     monitor: &'a Monitor,
     headroom: &'a Headroom,
+    /// Spend cannot be persisted: the hard budgets have no room at all.
+    closed: bool,
 }
 
 impl LiveSignals for Live<'_> {
@@ -1214,9 +1219,10 @@ impl LiveSignals for Live<'_> {
     }
 
     fn budget_room(&self, model: &ModelSpec) -> Option<BudgetRoom<'_>> {
-        self.headroom
-            .tightest(&model.provider, &model.id)
-            .map(|room| BudgetRoom { budget: room.label, remaining: room.remaining })
+        self.headroom.tightest(&model.provider, &model.id).map(|room| BudgetRoom {
+            budget: room.label,
+            remaining: if self.closed { Money::ZERO } else { room.remaining },
+        })
     }
 }
 
