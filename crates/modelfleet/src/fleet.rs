@@ -1287,12 +1287,6 @@ impl Settlement {
         cost
     }
 
-    /// What is still held for the stream (its worst case).
-    #[must_use]
-    pub fn held(&self) -> Money {
-        self.parts.as_ref().map_or(Money::ZERO, |p| p.reservation.amount())
-    }
-
     /// The most output tokens the hold allows the stream (all answers
     /// together), when known: a relay should end a stream that passes it
     /// (an upstream ignoring the cap) rather than let it run on.
