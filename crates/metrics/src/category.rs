@@ -20,6 +20,9 @@ pub enum Category {
     Errors,
     /// Per-model requests, latency, tokens and cost.
     Models,
+    /// Failure handling: per-model circuit, ejections and cooldown; per
+    /// provider retry budget and hedges.
+    Resilience,
     /// Budget spend and limits.
     Budget,
     /// Application gauges.
@@ -28,13 +31,14 @@ pub enum Category {
 
 impl Category {
     /// Every category, in export order.
-    pub const ALL: [Category; 8] = [
+    pub const ALL: [Category; 9] = [
         Category::Cache,
         Category::Latency,
         Category::Memory,
         Category::Throughput,
         Category::Errors,
         Category::Models,
+        Category::Resilience,
         Category::Budget,
         Category::Gauges,
     ];
@@ -49,6 +53,7 @@ impl Category {
             Category::Throughput => "throughput",
             Category::Errors => "errors",
             Category::Models => "models",
+            Category::Resilience => "resilience",
             Category::Budget => "budget",
             Category::Gauges => "gauges",
         }

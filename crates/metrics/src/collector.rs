@@ -14,6 +14,7 @@ use hdrhistogram::Histogram;
 use modelfleet_errors::ErrorClass;
 use modelfleet_registry::{Clock, Money, SystemClock};
 use rustc_hash::FxBuildHasher;
+use serde::Serialize;
 
 use crate::{
     Category, Error,
@@ -22,6 +23,13 @@ use crate::{
 
 /// The label value unknown models are counted under.
 pub const OTHER_MODEL: &str = "other";
+
+/// The label value hedges are counted under once
+/// [`MetricsConfig::max_series`] providers have their own series.
+pub const OTHER_PROVIDER: &str = "other";
+
+/// The prefix of every exported metric name.
+pub(crate) const PREFIX: &str = "modelfleet_";
 
 /// Prometheus histogram bucket bounds for request latency, in seconds
 /// (LLM calls run from milliseconds to minutes).
@@ -55,12 +63,14 @@ pub struct MetricsConfig {
     pub window_secs: u32,
     /// Known models at most; ids beyond are counted as [`OTHER_MODEL`].
     pub max_models: usize,
-    /// Application gauges and budget scopes at most (each).
+    /// Series at most in each bounded set: application gauges, budgets,
+    /// models' resilience states, providers' retry budgets, and providers'
+    /// hedge counts (beyond which hedges count as [`OTHER_PROVIDER`]).
     pub max_series: usize,
 }
 
 impl Default for MetricsConfig {
-    /// A 60 s window; 1,000 models; 256 gauges and budget scopes.
+    /// A 60 s window; 1,000 models; 256 series in each bounded set.
     fn default() -> Self {
         MetricsConfig { window_secs: 60, max_models: 1_000, max_series: 256 }
     }
@@ -153,6 +163,48 @@ pub struct RequestSample<'a> {
     pub cost: Money,
 }
 
+/// One model's resilience state, as the fallback tracker sees it now.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize)]
+pub struct ModelResilience {
+    /// The circuit: 0 closed, 1 half-open, 2 open.
+    pub circuit: u8,
+    /// Ejections in all (monotonic: the tracker's total, exported as a counter).
+    pub ejections: u64,
+    /// The current ejection multiplier.
+    pub multiplier: u32,
+    /// Seconds left in the model's cooldown; 0 when not cooling down.
+    pub cooldown_remaining_secs: f64,
+}
+
+/// One provider's hedge counts.
+#[derive(Debug, Default)]
+pub(crate) struct HedgeCounts {
+    pub(crate) started: AtomicU64,
+    pub(crate) won: AtomicU64,
+}
+
+impl HedgeCounts {
+    fn record(&self, won: bool) {
+        self.started.fetch_add(1, Ordering::Relaxed);
+        if won {
+            // Release after `started`: a reader that loads `won` first
+            // (Acquire) never sees more wins than starts.
+            self.won.fetch_add(1, Ordering::Release);
+        }
+    }
+
+    /// (started, won), with won <= started (between resets).
+    pub(crate) fn read(&self) -> (u64, u64) {
+        let won = self.won.load(Ordering::Acquire);
+        (self.started.load(Ordering::Relaxed), won)
+    }
+
+    fn reset(&self) {
+        self.started.store(0, Ordering::Relaxed);
+        self.won.store(0, Ordering::Relaxed);
+    }
+}
+
 pub(crate) struct Throughput {
     pub(crate) since_ms: AtomicU64,
     pub(crate) total: AtomicU64,
@@ -179,6 +231,16 @@ pub struct Metrics {
     pub(crate) overshoots: AtomicU64,
     pub(crate) overshoot_nanos: AtomicI64,
     pub(crate) gauges: Mutex<BTreeMap<String, (String, f64)>>,
+    /// Per model: its resilience state (at most `max_series`).
+    pub(crate) resilience: Mutex<BTreeMap<String, ModelResilience>>,
+    /// Per provider: its retry budget's remaining retries (at most `max_series`).
+    pub(crate) retry_budgets: Mutex<BTreeMap<String, f64>>,
+    /// Per provider: hedges started and won (at most `max_series`; the rest
+    /// count in `other_hedges`). Only grows between resets.
+    pub(crate) hedges: DashMap<Box<str>, HedgeCounts, FxBuildHasher>,
+    pub(crate) other_hedges: HedgeCounts,
+    /// Taken only to add a provider to `hedges`, so the bound holds exactly.
+    hedge_inserts: Mutex<()>,
     pub(crate) memory: Box<dyn MemorySource>,
     pub(crate) memory_track: MemoryTrack,
 }
@@ -241,6 +303,11 @@ impl Metrics {
             overshoots: AtomicU64::new(0),
             overshoot_nanos: AtomicI64::new(0),
             gauges: Mutex::new(BTreeMap::new()),
+            resilience: Mutex::new(BTreeMap::new()),
+            retry_budgets: Mutex::new(BTreeMap::new()),
+            hedges: DashMap::with_hasher(FxBuildHasher),
+            other_hedges: HedgeCounts::default(),
+            hedge_inserts: Mutex::new(()),
             memory: Box::new(memory),
             memory_track: MemoryTrack::default(),
         }
@@ -341,18 +408,78 @@ impl Metrics {
         self.overshoot_nanos.fetch_add(amount.nanos(), Ordering::Relaxed);
     }
 
-    /// Sets an application gauge (`name` must be a valid Prometheus name;
-    /// it is exported as `modelfleet_<name>`).
+    /// Sets an application gauge (`name` must be a valid Prometheus name).
+    /// It is exported as `modelfleet_<name>`, or as `name` when that already
+    /// starts with `modelfleet_`: the prefix is never doubled, and `x` and
+    /// `modelfleet_x` are one gauge (kept under the spelling first set).
     pub fn set_gauge(&self, name: &str, help: &str, value: f64) -> Result<(), Error> {
         if !valid_name(name) {
             return Err(Error::InvalidName(name.to_owned()));
         }
+        let bare = name.strip_prefix(PREFIX).unwrap_or(name);
+        let prefixed = format!("{PREFIX}{bare}");
         let mut gauges = lock(&self.gauges);
-        if !gauges.contains_key(name) && gauges.len() >= self.config.max_series {
+        let key = [bare, prefixed.as_str()].into_iter().find(|k| gauges.contains_key(*k));
+        if key.is_none() && gauges.len() >= self.config.max_series {
             return Err(Error::TooManySeries { kind: "gauges", max: self.config.max_series });
         }
-        gauges.insert(name.to_owned(), (help.to_owned(), value));
+        gauges.insert(key.unwrap_or(name).to_owned(), (help.to_owned(), value));
         Ok(())
+    }
+
+    /// Sets a model's resilience state for export (the fallback tracker's
+    /// view now). At most [`MetricsConfig::max_series`] models have one;
+    /// a new model beyond that is refused with [`Error::TooManySeries`].
+    pub fn set_model_resilience(&self, model: &str, state: ModelResilience) -> Result<(), Error> {
+        let mut models = lock(&self.resilience);
+        if let Some(kept) = models.get_mut(model) {
+            *kept = state;
+            return Ok(());
+        }
+        if models.len() >= self.config.max_series {
+            return Err(Error::TooManySeries { kind: "model resilience states", max: self.config.max_series });
+        }
+        models.insert(model.to_owned(), state);
+        Ok(())
+    }
+
+    /// Sets the retries a provider's retry budget has left, for export. At
+    /// most [`MetricsConfig::max_series`] providers have one; a new provider
+    /// beyond that is refused with [`Error::TooManySeries`].
+    pub fn set_retry_budget(&self, provider: &str, remaining: f64) -> Result<(), Error> {
+        let mut budgets = lock(&self.retry_budgets);
+        if let Some(kept) = budgets.get_mut(provider) {
+            *kept = remaining;
+            return Ok(());
+        }
+        if budgets.len() >= self.config.max_series {
+            return Err(Error::TooManySeries { kind: "retry budgets", max: self.config.max_series });
+        }
+        budgets.insert(provider.to_owned(), remaining);
+        Ok(())
+    }
+
+    /// Counts one hedged request started on `provider`, and one won when
+    /// `won` (its answer was the one used). At most
+    /// [`MetricsConfig::max_series`] providers get their own series; hedges
+    /// of any provider beyond that are counted under [`OTHER_PROVIDER`]
+    /// (`"other"`), so nothing is lost and labels stay bounded.
+    pub fn record_hedge(&self, provider: &str, won: bool) {
+        if let Some(counts) = self.hedges.get(provider) {
+            counts.record(won);
+            return;
+        }
+        let max = self.config.max_series;
+        if provider == OTHER_PROVIDER || self.hedges.len() >= max {
+            self.other_hedges.record(won);
+            return;
+        }
+        let _inserting = lock(&self.hedge_inserts);
+        if !self.hedges.contains_key(provider) && self.hedges.len() >= max {
+            self.other_hedges.record(won);
+            return;
+        }
+        self.hedges.entry(provider.into()).or_default().record(won);
     }
 
     /// Zeroes the given categories (counters start over; Prometheus `rate()`
@@ -386,6 +513,13 @@ impl Metrics {
                     lock(&self.budgets).clear();
                     self.overshoots.store(0, Ordering::Relaxed);
                     self.overshoot_nanos.store(0, Ordering::Relaxed);
+                }
+                Category::Resilience => {
+                    lock(&self.resilience).clear();
+                    lock(&self.retry_budgets).clear();
+                    let _inserting = lock(&self.hedge_inserts);
+                    self.hedges.clear();
+                    self.other_hedges.reset();
                 }
                 Category::Gauges => lock(&self.gauges).clear(),
             }

@@ -8,7 +8,9 @@ use serde::Serialize;
 
 use crate::{
     Category, Metrics,
-    collector::{Buckets, LATENCY_BUCKETS, ModelSeries, OTHER_MODEL, lock},
+    collector::{
+        Buckets, HedgeCounts, LATENCY_BUCKETS, ModelResilience, ModelSeries, OTHER_MODEL, OTHER_PROVIDER, PREFIX, lock,
+    },
 };
 
 /// The JSON schema's name; bumped on any incompatible change.
@@ -138,6 +140,26 @@ pub struct OvershootStats {
     pub amount: Money,
 }
 
+/// One provider's hedged requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct HedgeStats {
+    /// Hedges started.
+    pub started: u64,
+    /// Of which won (their answer was the one used).
+    pub won: u64,
+}
+
+/// Failure handling as the fallback tracker and executor report it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ResilienceStats {
+    /// Per model id: circuit, ejections, ejection multiplier, cooldown left.
+    pub models: BTreeMap<String, ModelResilience>,
+    /// Per provider: the retries its retry budget has left.
+    pub retry_budget_remaining: BTreeMap<String, f64>,
+    /// Per provider (and [`OTHER_PROVIDER`], always present): hedges.
+    pub hedges: BTreeMap<String, HedgeStats>,
+}
+
 /// Everything asked for, at one instant. Absent sections were filtered out.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Snapshot {
@@ -165,6 +187,9 @@ pub struct Snapshot {
     /// Per model id (and [`OTHER_MODEL`]).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub models: Option<BTreeMap<String, ModelMetrics>>,
+    /// See [`ResilienceStats`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resilience: Option<ResilienceStats>,
     /// Per budget, keyed `"<scope> <period>"`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub budget: Option<BTreeMap<String, BudgetMetrics>>,
@@ -237,7 +262,23 @@ fn latency_stats(m: &Metrics, buckets: &Buckets) -> LatencyStats {
     }
 }
 
+fn hedge_stats(counts: &HedgeCounts) -> HedgeStats {
+    let (started, won) = counts.read();
+    HedgeStats { started, won }
+}
+
 impl Metrics {
+    fn resilience(&self) -> ResilienceStats {
+        let mut hedges: BTreeMap<String, HedgeStats> =
+            self.hedges.iter().map(|e| (e.key().to_string(), hedge_stats(e.value()))).collect();
+        hedges.insert(OTHER_PROVIDER.to_owned(), hedge_stats(&self.other_hedges));
+        ResilienceStats {
+            models: lock(&self.resilience).clone(),
+            retry_budget_remaining: lock(&self.retry_budgets).clone(),
+            hedges,
+        }
+    }
+
     /// Every budget's series, keyed `"<scope> <period>"`.
     fn budgets(&self) -> BTreeMap<String, BudgetMetrics> {
         lock(&self.budgets)
@@ -328,6 +369,7 @@ impl Metrics {
             out.insert(OTHER_MODEL.to_owned(), model_metrics(&self.other));
             out
         });
+        let resilience = wants(Category::Resilience).then(|| self.resilience());
         let (budget, budget_overshoot) =
             if wants(Category::Budget) { (Some(self.budgets()), Some(self.overshoot())) } else { (None, None) };
         let (gauges, gauge_help) = if wants(Category::Gauges) {
@@ -349,6 +391,7 @@ impl Metrics {
             throughput,
             errors,
             models,
+            resilience,
             budget,
             budget_overshoot,
             gauges,
@@ -437,6 +480,22 @@ impl Out {
         self.line(name, "", labels, None, value);
     }
 
+    /// A family with one series per key of `series`, labelled `label`.
+    fn labelled<T>(
+        &mut self,
+        name: &str,
+        kind: &str,
+        text: &str,
+        label: &str,
+        series: &BTreeMap<String, T>,
+        value: impl Fn(&T) -> f64,
+    ) {
+        self.family(name, kind, text);
+        for (key, v) in series {
+            self.sample(name, &[(label, key)], value(v));
+        }
+    }
+
     fn histogram(&mut self, name: &str, labels: &[(&str, &str)], (cumulative, total, sum): &(Vec<u64>, u64, f64)) {
         for (le, count) in LE.iter().zip(cumulative) {
             self.line(name, "_bucket", labels, Some(le), *count as f64);
@@ -448,6 +507,39 @@ impl Out {
 }
 
 impl Snapshot {
+    /// The resilience category's families.
+    fn resilience_prometheus(&self, out: &mut Out) {
+        let Some(r) = &self.resilience else { return };
+        let models = &r.models;
+        let circuit = "Circuit state per model: 0 closed, 1 half-open, 2 open.";
+        out.labelled("modelfleet_model_circuit_state", "gauge", circuit, "model", models, |m| f64::from(m.circuit));
+        let ejections = "Ejections per model in all.";
+        out.labelled("modelfleet_model_ejections_total", "counter", ejections, "model", models, |m| m.ejections as f64);
+        let multiplier = "The current ejection multiplier per model.";
+        out.labelled("modelfleet_model_ejection_multiplier", "gauge", multiplier, "model", models, |m| {
+            f64::from(m.multiplier)
+        });
+        let cooldown = "Seconds left in each model's cooldown (0 when not cooling down).";
+        out.labelled("modelfleet_model_cooldown_remaining_seconds", "gauge", cooldown, "model", models, |m| {
+            m.cooldown_remaining_secs
+        });
+        let budget = "Retries left in each provider's retry budget.";
+        out.labelled(
+            "modelfleet_provider_retry_budget_remaining",
+            "gauge",
+            budget,
+            "provider",
+            &r.retry_budget_remaining,
+            |x| *x,
+        );
+        let started = "Hedged requests started per provider (providers past the series bound count under other).";
+        out.labelled("modelfleet_provider_hedges_started_total", "counter", started, "provider", &r.hedges, |h| {
+            h.started as f64
+        });
+        let won = "Hedged requests per provider whose answer was the one used.";
+        out.labelled("modelfleet_provider_hedges_won_total", "counter", won, "provider", &r.hedges, |h| h.won as f64);
+    }
+
     /// The budget category's families.
     fn budget_prometheus(&self, out: &mut Out) {
         if let Some(budgets) = &self.budget {
@@ -555,10 +647,12 @@ impl Snapshot {
                 out.sample("modelfleet_model_cost_dollars_total", &[("model", model)], m.cost.as_dollars_f64());
             }
         }
+        self.resilience_prometheus(&mut out);
         self.budget_prometheus(&mut out);
         if let Some(gauges) = &self.gauges {
             for (name, value) in gauges {
-                let family = format!("modelfleet_{name}");
+                // `set_gauge` keeps names as given; the prefix is added once.
+                let family = if name.starts_with(PREFIX) { name.clone() } else { format!("{PREFIX}{name}") };
                 out.family(&family, "gauge", self.gauge_help.get(name).map_or("", String::as_str));
                 out.sample(&family, &[], *value);
             }

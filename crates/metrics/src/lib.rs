@@ -15,7 +15,22 @@
 //!   (sysinfo's [`ProcessMemory`] by default); when unavailable, that
 //!   section says so and every other export works;
 //! - throughput: total, per second since start, and over a sliding window;
-//! - budgets and application gauges set by the stack.
+//! - failure handling ([`Category::Resilience`]), set by the fallback
+//!   tracker and executor: per model its circuit state
+//!   (`modelfleet_model_circuit_state`, 0 closed, 1 half-open, 2 open),
+//!   ejections (`modelfleet_model_ejections_total`), ejection multiplier
+//!   (`modelfleet_model_ejection_multiplier`) and cooldown left
+//!   (`modelfleet_model_cooldown_remaining_seconds`), from
+//!   [`Metrics::set_model_resilience`]; per provider its retry budget left
+//!   (`modelfleet_provider_retry_budget_remaining`, from
+//!   [`Metrics::set_retry_budget`]) and hedges started and won
+//!   (`modelfleet_provider_hedges_started_total`,
+//!   `modelfleet_provider_hedges_won_total`, from [`Metrics::record_hedge`]).
+//!   At most [`MetricsConfig::max_series`] models and providers each: a new
+//!   state or retry budget beyond is refused, hedges beyond are counted
+//!   under [`OTHER_PROVIDER`];
+//! - budgets and application gauges set by the stack (a gauge is exported
+//!   as `modelfleet_<name>`, never with the prefix doubled).
 //!
 //! [`Metrics::to_json`] and [`Metrics::to_prometheus`] export any subset of
 //! [`Category`]s ([`Category::parse_list`] reads `cache,latency`; an
@@ -25,8 +40,8 @@
 //! The JSON schema (`"schema": "modelfleet.metrics.v1"`) is the
 //! serialization of [`Snapshot`]: `timestamp_ms`, `uptime_seconds`, then one
 //! object per requested category (`cache`, `latency`, `memory`,
-//! `throughput`, `errors`, `models`, `budget`, `gauges`); money is a decimal
-//! string of dollars.
+//! `throughput`, `errors`, `models`, `resilience`, `budget`, `gauges`);
+//! money is a decimal string of dollars.
 //!
 //! ```
 //! use modelfleet_metrics::{Category, Metrics, MetricsConfig, NoMemory};
@@ -51,10 +66,10 @@ mod memory;
 
 pub use crate::{
     category::Category,
-    collector::{LATENCY_BUCKETS, Metrics, MetricsConfig, OTHER_MODEL, RequestSample},
+    collector::{LATENCY_BUCKETS, Metrics, MetricsConfig, ModelResilience, OTHER_MODEL, OTHER_PROVIDER, RequestSample},
     export::{
-        BudgetMetrics, CacheStats, ErrorStats, LatencyStats, MemoryStats, ModelMetrics, OvershootStats, SCHEMA,
-        Snapshot, ThroughputStats,
+        BudgetMetrics, CacheStats, ErrorStats, HedgeStats, LatencyStats, MemoryStats, ModelMetrics, OvershootStats,
+        ResilienceStats, SCHEMA, Snapshot, ThroughputStats,
     },
     memory::{MemorySource, NoMemory, ProcessMemory},
 };

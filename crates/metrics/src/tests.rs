@@ -24,9 +24,13 @@ impl MemorySource for Scripted {
 const T0: u64 = 1_795_275_000_000;
 
 fn metrics_with(memory: impl MemorySource + 'static) -> (Metrics, Arc<ManualClock>) {
+    metrics_configured(MetricsConfig::default(), memory)
+}
+
+fn metrics_configured(config: MetricsConfig, memory: impl MemorySource + 'static) -> (Metrics, Arc<ManualClock>) {
     let clock = Arc::new(ManualClock::new(T0));
     let shared = Arc::clone(&clock);
-    (Metrics::with_sources(MetricsConfig::default(), move || shared.now_ms(), memory), clock)
+    (Metrics::with_sources(config, move || shared.now_ms(), memory), clock)
 }
 
 fn metrics() -> (Metrics, Arc<ManualClock>) {
@@ -161,7 +165,7 @@ fn categories_parse_and_unknown_ones_list_the_valid() {
     assert_eq!(Category::parse_list("").unwrap(), Category::ALL);
     assert_eq!(
         Category::parse_list("cache,disk,cpu").unwrap_err().to_string(),
-        "unknown metrics categories \"disk\", \"cpu\"; valid: cache, latency, memory, throughput, errors, models, budget, gauges"
+        "unknown metrics categories \"disk\", \"cpu\"; valid: cache, latency, memory, throughput, errors, models, resilience, budget, gauges"
     );
     let (m, _) = metrics();
     let json = m.to_json(&[Category::Cache, Category::Latency]);
@@ -246,6 +250,14 @@ fn populated() -> Metrics {
     m.set_budget("global", "daily", "0.25".parse().unwrap(), Money::from_dollars(5)).unwrap();
     m.record_budget_overshoot("0.125".parse().unwrap());
     m.set_gauge("catalog_models", "Models in the catalog.", 9.0).unwrap();
+    let open = ModelResilience { circuit: 2, ejections: 3, multiplier: 4, cooldown_remaining_secs: 12.5 };
+    m.set_model_resilience("claude-3-haiku", open).unwrap();
+    m.set_model_resilience("weird\"id\\with\nnewline", ModelResilience { circuit: 1, ..ModelResilience::default() })
+        .unwrap();
+    m.set_retry_budget("anthropic", 7.5).unwrap();
+    m.record_hedge("openai", true);
+    m.record_hedge("openai", false);
+    m.record_hedge("anthropic", false);
     clock.advance_ms(12_500);
     m
 }
@@ -279,7 +291,7 @@ fn prometheus_output_parses_and_every_family_is_documented() {
     let mut families: Vec<&str> =
         text.lines().filter_map(|l| l.strip_prefix("# TYPE ")).map(|l| l.split(' ').next().unwrap()).collect();
     families.dedup();
-    assert_eq!(families.len(), 19, "every family of every category: {families:?}");
+    assert_eq!(families.len(), 26, "every family of every category: {families:?}");
     for family in &families {
         assert!(scrape.docs.contains_key(*family), "{family} has no HELP");
         assert!(scrape.samples.iter().any(|s| s.metric == *family), "{family} has no sample in the parsed scrape");
@@ -336,4 +348,163 @@ fn values_update_in_real_time() {
     assert_eq!(after.throughput.unwrap().total_requests, before.throughput.unwrap().total_requests + 1);
     assert!(after.uptime_seconds > before.uptime_seconds);
     assert!(after.timestamp_ms > before.timestamp_ms);
+}
+
+/// Asserts that `text` declares `family` with `kind` (and a HELP) and holds
+/// the sample line `sample` exactly.
+fn check_family(text: &str, family: &str, kind: &str, sample: &str) {
+    assert!(text.contains(&format!("\n# HELP {family} ")), "{family} has no HELP:\n{text}");
+    assert!(text.contains(&format!("\n# TYPE {family} {kind}\n")), "{family} is not a {kind}:\n{text}");
+    assert!(text.lines().any(|l| l == sample), "no line {sample:?}:\n{text}");
+    if kind == "counter" {
+        assert!(family.ends_with("_total"), "counter {family} must end in _total");
+    }
+}
+
+#[test]
+fn resilience_series_are_exported_with_their_values_and_types() {
+    let (m, _) = metrics();
+    let state = ModelResilience { circuit: 2, ejections: 5, multiplier: 8, cooldown_remaining_secs: 30.25 };
+    m.set_model_resilience("gpt-4o", state).unwrap();
+    m.set_model_resilience("a\"b", ModelResilience { circuit: 1, ..ModelResilience::default() }).unwrap();
+    m.set_retry_budget("openai", 2.5).unwrap();
+    m.record_hedge("openai", true);
+    m.record_hedge("openai", true);
+    m.record_hedge("openai", false);
+    let text = m.to_prometheus(&[Category::Resilience]);
+    for (family, kind, sample) in [
+        ("modelfleet_model_circuit_state", "gauge", r#"modelfleet_model_circuit_state{model="gpt-4o"} 2"#),
+        ("modelfleet_model_circuit_state", "gauge", r#"modelfleet_model_circuit_state{model="a\"b"} 1"#),
+        ("modelfleet_model_ejections_total", "counter", r#"modelfleet_model_ejections_total{model="gpt-4o"} 5"#),
+        ("modelfleet_model_ejection_multiplier", "gauge", r#"modelfleet_model_ejection_multiplier{model="gpt-4o"} 8"#),
+        (
+            "modelfleet_model_cooldown_remaining_seconds",
+            "gauge",
+            r#"modelfleet_model_cooldown_remaining_seconds{model="gpt-4o"} 30.25"#,
+        ),
+        (
+            "modelfleet_model_cooldown_remaining_seconds",
+            "gauge",
+            r#"modelfleet_model_cooldown_remaining_seconds{model="a\"b"} 0"#,
+        ),
+        (
+            "modelfleet_provider_retry_budget_remaining",
+            "gauge",
+            r#"modelfleet_provider_retry_budget_remaining{provider="openai"} 2.5"#,
+        ),
+        (
+            "modelfleet_provider_hedges_started_total",
+            "counter",
+            r#"modelfleet_provider_hedges_started_total{provider="openai"} 3"#,
+        ),
+        (
+            "modelfleet_provider_hedges_won_total",
+            "counter",
+            r#"modelfleet_provider_hedges_won_total{provider="openai"} 2"#,
+        ),
+    ] {
+        check_family(&text, family, kind, sample);
+    }
+    assert!(
+        text.contains(
+            "# HELP modelfleet_model_circuit_state Circuit state per model: 0 closed, 1 half-open, 2 open.\n"
+        )
+    );
+    assert!(!m.to_prometheus(&[Category::Models]).contains("circuit"), "only in its own category");
+
+    // A later state replaces the earlier one.
+    m.set_model_resilience("gpt-4o", ModelResilience { ejections: 6, ..state }).unwrap();
+    let json = m.to_json(&[Category::Resilience]);
+    assert_eq!(
+        json["resilience"]["models"]["gpt-4o"],
+        serde_json::json!({"circuit": 2, "ejections": 6, "multiplier": 8, "cooldown_remaining_secs": 30.25})
+    );
+    assert_eq!(json["resilience"]["retry_budget_remaining"]["openai"], 2.5);
+    assert_eq!(json["resilience"]["hedges"]["openai"], serde_json::json!({"started": 3, "won": 2}));
+    assert_eq!(json["resilience"]["hedges"][OTHER_PROVIDER], serde_json::json!({"started": 0, "won": 0}));
+}
+
+#[test]
+fn no_exported_name_doubles_the_prefix() {
+    let m = populated();
+    // The gateway names its gauges with the prefix; it is not added again.
+    m.set_gauge("modelfleet_gateway_streams_open", "Streams being relayed now.", 2.0).unwrap();
+    let text = m.to_prometheus(&Category::ALL);
+    let names: Vec<&str> = text
+        .lines()
+        .map(|l| {
+            let l = l.strip_prefix("# HELP ").or_else(|| l.strip_prefix("# TYPE ")).unwrap_or(l);
+            l.split(['{', ' ']).next().unwrap()
+        })
+        .collect();
+    for name in &names {
+        assert!(name.starts_with("modelfleet_"), "{name} has no prefix");
+        assert!(!name.contains("modelfleet_modelfleet"), "{name} doubles the prefix");
+    }
+    for family in ["modelfleet_gateway_streams_open", "modelfleet_catalog_models", "modelfleet_model_circuit_state"] {
+        assert!(names.contains(&family), "{family} missing");
+    }
+    // JSON keeps the names as set.
+    assert_eq!(m.to_json(&[Category::Gauges])["gauges"]["modelfleet_gateway_streams_open"], 2.0);
+    // `x` and `modelfleet_x` are one gauge, kept under the first spelling.
+    m.set_gauge("gateway_streams_open", "Streams being relayed now.", 3.0).unwrap();
+    m.set_gauge("modelfleet_catalog_models", "Models in the catalog.", 10.0).unwrap();
+    let gauges = m.snapshot(&[Category::Gauges]).gauges.unwrap();
+    assert_eq!(gauges.len(), 2, "{gauges:?}");
+    assert_eq!((gauges["modelfleet_gateway_streams_open"], gauges["catalog_models"]), (3.0, 10.0));
+}
+
+#[test]
+fn resilience_series_are_bounded_and_hedges_overflow_into_other() {
+    let config = MetricsConfig { max_series: 2, ..MetricsConfig::default() };
+    let (m, _) = metrics_configured(config, NoMemory("none".into()));
+    let state = ModelResilience::default();
+    m.set_model_resilience("a", state).unwrap();
+    m.set_model_resilience("b", state).unwrap();
+    let full = Err(Error::TooManySeries { kind: "model resilience states", max: 2 });
+    assert_eq!(m.set_model_resilience("c", state), full);
+    assert_eq!(m.set_model_resilience("a", ModelResilience { circuit: 2, ..state }), Ok(()), "known ones update");
+    m.set_retry_budget("p1", 1.0).unwrap();
+    m.set_retry_budget("p2", 1.0).unwrap();
+    assert_eq!(m.set_retry_budget("p3", 1.0).unwrap_err().to_string(), "too many retry budgets: at most 2");
+    assert_eq!(m.set_retry_budget("p1", 0.0), Ok(()));
+
+    for provider in ["p1", "p2", "p3", "p4", "p1"] {
+        m.record_hedge(provider, true);
+    }
+    m.record_hedge(OTHER_PROVIDER, false);
+    let r = m.snapshot(&[Category::Resilience]).resilience.unwrap();
+    assert_eq!(r.models.keys().collect::<Vec<_>>(), ["a", "b"]);
+    assert_eq!(r.models["a"].circuit, 2);
+    assert_eq!(r.retry_budget_remaining.keys().collect::<Vec<_>>(), ["p1", "p2"]);
+    assert_eq!(r.hedges.keys().collect::<Vec<_>>(), ["other", "p1", "p2"]);
+    assert_eq!(r.hedges["p1"], HedgeStats { started: 2, won: 2 });
+    assert_eq!(r.hedges["other"], HedgeStats { started: 3, won: 2 }, "p3, p4 and other itself");
+    let text = m.to_prometheus(&[Category::Resilience]);
+    assert!(text.contains("modelfleet_provider_hedges_started_total{provider=\"other\"} 3\n"), "{text}");
+}
+
+#[test]
+fn resilience_resets_with_its_category_only() {
+    let (m, _) = metrics();
+    let fill = |m: &Metrics| {
+        m.set_model_resilience("a", ModelResilience { ejections: 4, ..ModelResilience::default() }).unwrap();
+        m.set_retry_budget("p", 3.0).unwrap();
+        m.record_hedge("p", true);
+        m.record_hedge("q", false);
+    };
+    fill(&m);
+    m.reset(&[Category::Models, Category::Budget, Category::Gauges, Category::Errors]);
+    let r = m.snapshot(&[Category::Resilience]).resilience.unwrap();
+    assert_eq!((r.models.len(), r.retry_budget_remaining.len(), r.hedges["p"].started), (1, 1, 1), "untouched");
+    m.reset(&[Category::Resilience]);
+    let r = m.snapshot(&[Category::Resilience]).resilience.unwrap();
+    assert!(r.models.is_empty() && r.retry_budget_remaining.is_empty());
+    assert_eq!(r.hedges.keys().collect::<Vec<_>>(), [OTHER_PROVIDER]);
+    fill(&m);
+    m.record_hedge(OTHER_PROVIDER, true);
+    m.reset_all();
+    let r = m.snapshot(&[Category::Resilience]).resilience.unwrap();
+    assert!(r.models.is_empty() && r.retry_budget_remaining.is_empty());
+    assert_eq!(r.hedges[OTHER_PROVIDER], HedgeStats { started: 0, won: 0 });
 }
