@@ -12,8 +12,36 @@
 //!   significant figures) for p50/p95/p99;
 //! - four [`Window`]s (1 min, 15 min, 1 h, 1 day) as rings of fixed slots;
 //! - a bounded buffer of recent events;
-//! - time-decayed success and latency averages and an in-flight count,
-//!   which it serves to the selector as [`LiveSignals`](modelfleet_selector::LiveSignals).
+//! - time-decayed success and latency averages, a recent p95 latency, an
+//!   in-flight count and the provider's rate-limit headroom
+//!   ([`Monitor::record_rate_limit`], [`rate_limit_headroom`]), which it
+//!   serves to the selector as [`LiveSignals`](modelfleet_selector::LiveSignals).
+//!
+//! **What counts against a model.** Every outcome counts in `requests`
+//! (and in tokens, cost, the per-class error counts and the recent events),
+//! but only successes and the model's own failures *judge* it. Client
+//! faults ([`ErrorClass::BadRequest`], [`ErrorClass::ContentPolicy`],
+//! [`ErrorClass::ContextWindowExceeded`]: any model would have refused the
+//! request) count as [`Totals::client_faults`]; calls cancelled by the
+//! caller ([`ErrorClass::Cancelled`]) or refused by a modelfleet budget
+//! ([`ErrorClass::BudgetExceeded`]) as [`Totals::aborted`]. So
+//! `requests = successes + failures + client_faults + aborted`, and
+//! `success_rate = successes / (requests − client_faults − aborted)`. Those
+//! outcomes never lower a success rate (all-time, windows, reports, live
+//! signals), never make a model degraded or down in [`Monitor::health`],
+//! and are not part of its latency (its time to first token, when reported,
+//! is).
+//!
+//! **Idle models.** The live signals decay toward the prior (success rate
+//! 1, no samples) with [`MonitorConfig::idle_half_life`] while a model has
+//! no outcome, computed when read: a model ejected after failures gets
+//! traffic again instead of being starved forever.
+//!
+//! [`ErrorClass::BadRequest`]: modelfleet_errors::ErrorClass::BadRequest
+//! [`ErrorClass::ContentPolicy`]: modelfleet_errors::ErrorClass::ContentPolicy
+//! [`ErrorClass::ContextWindowExceeded`]: modelfleet_errors::ErrorClass::ContextWindowExceeded
+//! [`ErrorClass::Cancelled`]: modelfleet_errors::ErrorClass::Cancelled
+//! [`ErrorClass::BudgetExceeded`]: modelfleet_errors::ErrorClass::BudgetExceeded
 //!
 //! Reports: [`Monitor::ranking`] by a performance score,
 //! [`Monitor::recommendations`] with their reasons and a better alternative,
@@ -28,6 +56,7 @@
 //!
 //! ```
 //! use std::time::Duration;
+//! use modelfleet_errors::ErrorClass;
 //! use modelfleet_monitor::{Monitor, MonitorConfig, Outcome, ReportConfig, Window};
 //! use modelfleet_registry::ManualClock;
 //! use modelfleet_selector::LiveSignals;
@@ -39,7 +68,11 @@
 //!     monitor.record(&Outcome::success("haiku", "anthropic", Duration::from_millis(400)));
 //!     clock.advance_ms(1_000);
 //! }
-//! assert_eq!(monitor.window_stats("haiku", Window::Minute).totals.requests, 30);
+//! // The request was at fault: counted, but not against the model.
+//! let bad = Outcome::success("haiku", "anthropic", Duration::from_millis(20));
+//! monitor.record(&bad.failed(ErrorClass::BadRequest));
+//! let minute = monitor.window_stats("haiku", Window::Minute).totals;
+//! assert_eq!((minute.requests, minute.client_faults, minute.success_rate), (31, 1, 1.0));
 //! assert!(monitor.signals("haiku").success_rate > 0.99);
 //! assert!(monitor.recommendations(&ReportConfig::default()).is_empty());
 //! # use modelfleet_registry::Clock;
@@ -52,7 +85,7 @@ mod stats;
 
 pub use crate::{
     cell::Window,
-    monitor::{InFlight, InFlightShared, Monitor, MonitorConfig, OVERFLOW_MODEL},
+    monitor::{InFlight, InFlightShared, Monitor, MonitorConfig, OVERFLOW_MODEL, rate_limit_headroom},
     report::{
         CategorySummary, Finding, Health, HealthReport, Overview, ProviderSummary, Ranked, Recommendation, ReportConfig,
     },

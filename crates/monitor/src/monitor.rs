@@ -3,6 +3,7 @@
 use std::{
     collections::BTreeMap,
     sync::{Arc, atomic::Ordering},
+    time::Duration,
 };
 
 use dashmap::DashMap;
@@ -27,12 +28,51 @@ pub struct MonitorConfig {
     /// Distinct models tracked; outcomes of further models are counted under
     /// [`OVERFLOW_MODEL`], so memory stays bounded whatever ids callers send.
     pub max_models: usize,
+    /// While a model has no outcome, its live signals move halfway back to
+    /// the prior (success rate 1, no samples) every this long, so a model
+    /// ejected after failures is tried again. [`Duration::ZERO`] turns the
+    /// decay off.
+    pub idle_half_life: Duration,
 }
 
 impl Default for MonitorConfig {
-    /// 100 recent events per model, 1,024 models.
+    /// 100 recent events per model, 1,024 models, live signals halving
+    /// their distance to the prior per 60 s idle.
     fn default() -> Self {
-        MonitorConfig { recent_events: 100, max_models: 1_024 }
+        MonitorConfig { recent_events: 100, max_models: 1_024, idle_half_life: Duration::from_mins(1) }
+    }
+}
+
+/// The share of an upstream's rate limits left, from its
+/// `x-ratelimit-remaining-requests` / `x-ratelimit-limit-requests` and
+/// `x-ratelimit-remaining-tokens` / `x-ratelimit-limit-tokens` headers:
+/// the lesser of `remaining / limit` over the complete pairs, clamped to
+/// 0..=1 (more remaining than the limit counts 1).
+///
+/// A pair missing either half, or whose limit is 0, says nothing; `None`
+/// when neither pair says anything.
+///
+/// ```
+/// use modelfleet_monitor::rate_limit_headroom;
+///
+/// assert_eq!(rate_limit_headroom(Some(50), Some(100), Some(1_000), Some(10_000)), Some(0.1));
+/// assert_eq!(rate_limit_headroom(Some(50), Some(100), None, Some(10_000)), Some(0.5));
+/// assert_eq!(rate_limit_headroom(Some(5), Some(0), None, None), None);
+/// ```
+#[must_use]
+pub fn rate_limit_headroom(
+    remaining_requests: Option<u64>,
+    limit_requests: Option<u64>,
+    remaining_tokens: Option<u64>,
+    limit_tokens: Option<u64>,
+) -> Option<f64> {
+    let share = |remaining: Option<u64>, limit: Option<u64>| match (remaining, limit) {
+        (Some(remaining), Some(limit)) if limit > 0 => Some((remaining as f64 / limit as f64).clamp(0.0, 1.0)),
+        _ => None,
+    };
+    match (share(remaining_requests, limit_requests), share(remaining_tokens, limit_tokens)) {
+        (Some(requests), Some(tokens)) => Some(requests.min(tokens)),
+        (one, other) => one.or(other),
     }
 }
 
@@ -157,6 +197,26 @@ impl Monitor {
         }
     }
 
+    /// Records what `model`'s provider says is left of its rate limits:
+    /// `headroom` (0 exhausted to 1 untouched, see [`rate_limit_headroom`];
+    /// clamped, NaN ignored), valid before `until_ms` on the monitor's clock
+    /// (e.g. the limit's reset time), after which it is forgotten. The live
+    /// signals serve it as [`Signals::rate_limit_headroom`]; the newest report wins.
+    ///
+    /// A model beyond [`MonitorConfig::max_models`] is not tracked: its report is dropped.
+    pub fn record_rate_limit(&self, model: &str, provider: &str, headroom: f64, until_ms: u64) {
+        if headroom.is_nan() {
+            return;
+        }
+        let id = self.slot(model, provider);
+        if id != model {
+            return;
+        }
+        if let Some(cell) = self.models.get(id) {
+            cell.set_rate_limit(headroom.clamp(0.0, 1.0), until_ms);
+        }
+    }
+
     /// Marks a call to `model` as started; it counts as in flight (a live
     /// signal the selector uses) until the guard drops.
     pub fn begin<'a>(&'a self, model: &'a str, provider: &str) -> InFlight<'a> {
@@ -272,19 +332,26 @@ impl Monitor {
     }
 }
 
-/// The monitor feeds the selector directly: success rate and latency are
-/// time-decayed averages (a 5 s time constant), so a model that starts
-/// failing or slowing down loses traffic within seconds; reading them takes
-/// no lock.
+/// The monitor feeds the selector directly; reading the signals takes no lock.
+///
+/// - `success_rate` and `latency_ms` are time-decayed averages (a 5 s time
+///   constant) over the outcomes that judge the model, so a model that
+///   starts failing or slowing down loses traffic within seconds; `samples`
+///   counts those outcomes. Client faults and aborted calls move none of them.
+/// - While the model is idle they decay toward the prior: after `t` without
+///   an outcome, with `k = 0.5^(t / idle_half_life)`, the success rate is
+///   `1 − (1 − ewma) × k` and `samples` is `round(samples × k)`. The prior
+///   is 1 (presumed working), so a model ejected for failures gets traffic
+///   again and proves itself; its next outcome counts in full again. An
+///   outcome just recorded (`t = 0`) leaves them as they are.
+/// - `latency_p95_ms` is the p95 over the last 15 minutes (1 significant
+///   figure), else over all time, as of the model's last outcome (refreshed
+///   on each of its first 100 outcomes, then at most once a second).
+/// - `rate_limit_headroom` is the last [`Monitor::record_rate_limit`] report
+///   while it is current.
 impl LiveSignals for Monitor {
     fn signals(&self, id: &str) -> Signals {
         let Some(cell) = self.models.get(id) else { return Signals::default() };
-        let samples = cell.samples.load(Ordering::Relaxed);
-        Signals {
-            samples,
-            success_rate: f64::from_bits(cell.ewma_success.load(Ordering::Relaxed)),
-            latency_ms: (samples > 0).then(|| f64::from_bits(cell.ewma_latency_ms.load(Ordering::Relaxed))),
-            in_flight: cell.in_flight.load(Ordering::Relaxed),
-        }
+        cell.signals(self.clock.now_ms(), self.config.idle_half_life)
     }
 }

@@ -6,9 +6,13 @@ use std::{collections::BTreeMap, fmt};
 use modelfleet_registry::{Category, Money};
 use serde::Serialize;
 
-use crate::{ModelStats, Monitor, Window};
+use crate::{ModelStats, Monitor, Totals, Window, stats::Verdict};
 
 /// Thresholds of the reports.
+///
+/// Every count here is of the outcomes that judge a model ([`Totals::judged`]):
+/// client faults and aborted calls neither count toward the minimums nor
+/// lower a success rate.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ReportConfig {
     /// Requests a model needs before it is judged.
@@ -46,7 +50,8 @@ impl Default for ReportConfig {
 pub struct Ranked {
     /// The model.
     pub model: String,
-    /// 0 to 1: 60% success rate, 25% speed (`1 / (1 + p95 / 1 s)`), 15% rated
+    /// 0 to 1: 60% success rate (1 while no outcome has judged the model:
+    /// the live signals' prior), 25% speed (`1 / (1 + p95 / 1 s)`), 15% rated
     /// quality (0.5 when unrated).
     pub score: f64,
     /// Its statistics.
@@ -141,7 +146,7 @@ pub struct CategorySummary {
 pub struct Overview {
     /// Requests over every model.
     pub requests: u64,
-    /// Their success rate.
+    /// Their success rate, over the outcomes that judge the models.
     pub success_rate: f64,
     /// Their cost.
     pub cost: Money,
@@ -164,7 +169,9 @@ pub struct HealthReport {
 
 fn performance(stats: &ModelStats) -> f64 {
     let speed = 1.0 / (1.0 + stats.latency.p95_ms / 1_000.0);
-    let score = 0.6 * stats.totals.success_rate + 0.25 * speed + 0.15 * stats.avg_quality.unwrap_or(0.5);
+    let success_rate =
+        if stats.totals.judged() == 0 { crate::cell::IDLE_PRIOR_SUCCESS } else { stats.totals.success_rate };
+    let score = 0.6 * success_rate + 0.25 * speed + 0.15 * stats.avg_quality.unwrap_or(0.5);
     if score.is_finite() { score.clamp(0.0, 1.0) } else { 0.0 }
 }
 
@@ -190,7 +197,7 @@ impl Monitor {
     #[must_use]
     pub fn recommendations(&self, config: &ReportConfig) -> Vec<Recommendation> {
         let ranked = self.ranking();
-        let judged: Vec<&Ranked> = ranked.iter().filter(|r| r.stats.totals.requests >= config.min_requests).collect();
+        let judged: Vec<&Ranked> = ranked.iter().filter(|r| r.stats.totals.judged() >= config.min_requests).collect();
         let alternative = |me: &Ranked| {
             judged
                 .iter()
@@ -208,7 +215,7 @@ impl Monitor {
                     me.model,
                     rate * 100.0,
                     config.low_success_rate * 100.0,
-                    me.stats.totals.requests,
+                    me.stats.totals.judged(),
                     alt.as_ref().map_or_else(String::new, |a| format!("; consider {a}")),
                 );
                 out.push(Recommendation {
@@ -248,14 +255,16 @@ impl Monitor {
 
     /// `model`'s health: down when its last minute is mostly failures or its
     /// last five calls all failed; degraded when it fails more than it should
-    /// over the last minute or 15 minutes; else healthy.
+    /// over the last minute or 15 minutes; else healthy. Only outcomes that
+    /// judge the model count: client faults and aborted calls are skipped.
     #[must_use]
     pub fn model_health(&self, model: &str, config: &ReportConfig) -> Health {
         let minute = self.window_stats(model, Window::Minute).totals;
         let quarter = self.window_stats(model, Window::Quarter).totals;
         let recent = self.recent(model);
-        let last_five_failed = recent.len() >= 5 && recent.iter().rev().take(5).all(|e| e.error.is_some());
-        let judged = |t: &crate::Totals| t.requests >= config.health_min_requests;
+        let last_judged = recent.iter().rev().map(|e| Verdict::of(e.error)).filter(|v| v.judges()).take(5);
+        let last_five_failed = last_judged.filter(|v| *v == Verdict::Failure).count() == 5;
+        let judged = |t: &Totals| t.judged() >= config.health_min_requests;
         if last_five_failed || (judged(&minute) && minute.success_rate < config.down_success_rate) {
             Health::Down
         } else if (judged(&minute) && minute.success_rate < config.low_success_rate)
@@ -302,8 +311,10 @@ impl Monitor {
     pub fn overview(&self, config: &ReportConfig) -> Overview {
         let ranked = self.ranking();
         let health = self.health(config);
-        let providers: Vec<ProviderSummary> = self
-            .provider_stats()
+        let stats = self.provider_stats();
+        let (successes, judged) =
+            stats.iter().fold((0u64, 0u64), |(s, j), p| (s + p.totals.successes, j + p.totals.judged()));
+        let providers: Vec<ProviderSummary> = stats
             .into_iter()
             .map(|p| ProviderSummary {
                 health: health.providers.get(&p.provider).copied().unwrap_or(Health::Healthy),
@@ -331,10 +342,9 @@ impl Monitor {
             })
             .collect();
         let requests: u64 = providers.iter().map(|p| p.requests).sum();
-        let successes: f64 = providers.iter().map(|p| p.success_rate * p.requests as f64).sum();
         Overview {
             requests,
-            success_rate: if requests == 0 { 0.0 } else { successes / requests as f64 },
+            success_rate: if judged == 0 { 0.0 } else { successes as f64 / judged as f64 },
             cost: providers.iter().map(|p| p.cost).sum(),
             providers,
             categories,

@@ -63,6 +63,45 @@ impl<'a> Outcome<'a> {
     pub fn failed(self, class: ErrorClass) -> Outcome<'a> {
         Outcome { error: Some(class), ..self }
     }
+
+    pub(crate) fn verdict(&self) -> Verdict {
+        Verdict::of(self.error)
+    }
+}
+
+/// What an outcome says about the model that served it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    /// It answered.
+    Success,
+    /// It failed: counts against its success rate and health.
+    Failure,
+    /// The request was at fault ([`ErrorClass::BadRequest`],
+    /// [`ErrorClass::ContentPolicy`], [`ErrorClass::ContextWindowExceeded`]):
+    /// any model would have refused it.
+    ClientFault,
+    /// The call ended for reasons outside the model: the caller went away
+    /// ([`ErrorClass::Cancelled`]) or a modelfleet budget refused the spend
+    /// ([`ErrorClass::BudgetExceeded`]).
+    Aborted,
+}
+
+impl Verdict {
+    pub(crate) fn of(error: Option<ErrorClass>) -> Verdict {
+        match error {
+            None => Verdict::Success,
+            Some(ErrorClass::BadRequest | ErrorClass::ContentPolicy | ErrorClass::ContextWindowExceeded) => {
+                Verdict::ClientFault
+            }
+            Some(ErrorClass::Cancelled | ErrorClass::BudgetExceeded) => Verdict::Aborted,
+            Some(_) => Verdict::Failure,
+        }
+    }
+
+    /// Whether the outcome judges the model: a success or one of its failures.
+    pub(crate) fn judges(self) -> bool {
+        matches!(self, Verdict::Success | Verdict::Failure)
+    }
 }
 
 /// One entry of a model's bounded recent-events buffer.
@@ -155,15 +194,29 @@ pub struct Tokens {
 }
 
 /// Request counts, tokens and cost: the part every view shares.
+///
+/// `requests = successes + failures + client_faults + aborted`: every
+/// outcome counts as a request, but only successes and the model's own
+/// failures judge it (see the crate docs).
 #[derive(Debug, Clone, Copy, PartialEq, Default, Serialize)]
 pub struct Totals {
-    /// Requests recorded.
+    /// Requests recorded: every outcome, whatever ended it.
     pub requests: u64,
     /// Of which succeeded.
     pub successes: u64,
-    /// Of which failed.
+    /// Of which failed through the model or its provider (timeouts, rate
+    /// limits, server errors, …): the failures that count against it.
     pub failures: u64,
-    /// successes / requests (0 with no requests).
+    /// Of which the request was at fault ([`ErrorClass::BadRequest`],
+    /// [`ErrorClass::ContentPolicy`], [`ErrorClass::ContextWindowExceeded`]):
+    /// never counted against the model.
+    pub client_faults: u64,
+    /// Of which ended for reasons outside the model: the caller cancelled
+    /// ([`ErrorClass::Cancelled`]) or a modelfleet budget refused
+    /// ([`ErrorClass::BudgetExceeded`]). Never counted against the model.
+    pub aborted: u64,
+    /// `successes / (requests - client_faults - aborted)`, i.e. over the
+    /// outcomes that judge the model ([`Totals::judged`]); 0 when there are none.
     pub success_rate: f64,
     /// Tokens.
     pub tokens: Tokens,
@@ -171,13 +224,25 @@ pub struct Totals {
     pub cost: Money,
 }
 
+impl Totals {
+    /// The outcomes that judge the model: its successes and its own failures
+    /// (`requests - client_faults - aborted`), the success rate's denominator.
+    #[must_use]
+    pub fn judged(&self) -> u64 {
+        self.successes + self.failures
+    }
+}
+
 impl From<&Counts> for Totals {
     fn from(c: &Counts) -> Totals {
+        let judged = c.successes + c.failures;
         Totals {
             requests: c.requests,
             successes: c.successes,
             failures: c.failures,
-            success_rate: if c.requests == 0 { 0.0 } else { c.successes as f64 / c.requests as f64 },
+            client_faults: c.client_faults,
+            aborted: c.aborted,
+            success_rate: if judged == 0 { 0.0 } else { c.successes as f64 / judged as f64 },
             tokens: Tokens { input: c.input_tokens, output: c.output_tokens, cached: c.cached_tokens },
             cost: c.cost,
         }
@@ -194,11 +259,12 @@ pub struct ModelStats {
     /// Counts, tokens and cost.
     #[serde(flatten)]
     pub totals: Totals,
-    /// Whole-call latency.
+    /// Whole-call latency of the outcomes that judge the model (client
+    /// faults and aborted calls are not its latency).
     pub latency: Latency,
     /// Time to first token of streamed calls.
     pub time_to_first_token: Latency,
-    /// Failures per error class.
+    /// Errors per class, client faults and aborted calls included.
     pub errors: BTreeMap<ErrorClass, u64>,
     /// Requests per kind.
     pub kinds: BTreeMap<Category, u64>,
@@ -220,7 +286,8 @@ pub struct WindowStats {
     /// Counts, tokens and cost in the window.
     #[serde(flatten)]
     pub totals: Totals,
-    /// Latency in the window (1 significant figure).
+    /// Latency in the window (1 significant figure), of the outcomes that
+    /// judge the model.
     pub latency: Latency,
 }
 

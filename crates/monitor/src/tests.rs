@@ -90,7 +90,7 @@ fn windows_slide_over_fixed_slots() {
 
 #[test]
 fn memory_stays_bounded_under_unbounded_traffic() {
-    let (m, clock) = monitor(MonitorConfig { recent_events: 10, max_models: 5 });
+    let (m, clock) = monitor(MonitorConfig { recent_events: 10, max_models: 5, ..MonitorConfig::default() });
     let names: Vec<String> = (0..50).map(|i| format!("m{i}")).collect();
     for i in 0..20_000usize {
         m.record(&outcome(&names[i % names.len()], "p", 50 + (i % 500) as u64));
@@ -234,4 +234,225 @@ proptest! {
         let mean = latencies.iter().sum::<u64>() as f64 / latencies.len() as f64 / 1_000.0;
         prop_assert!((stats.latency.mean_ms - mean).abs() <= mean * 0.01 + 0.001);
     }
+}
+
+// ---- Failure handling (issue 12) ----------------------------------------
+
+#[test]
+fn client_faults_and_aborted_calls_never_count_against_the_model() {
+    let (m, clock) = monitor(MonitorConfig::default());
+    for _ in 0..20 {
+        m.record(&outcome("a", "p", 300));
+        m.record(&outcome("peer", "q", 300));
+        clock.advance_ms(500);
+    }
+    // Thirty requests in a row that no model could have served, or that
+    // ended outside the model: far more than any threshold would forgive.
+    let not_the_model = [
+        ErrorClass::BadRequest,
+        ErrorClass::ContentPolicy,
+        ErrorClass::ContextWindowExceeded,
+        ErrorClass::Cancelled,
+        ErrorClass::BudgetExceeded,
+    ];
+    for class in not_the_model.iter().cycle().take(30) {
+        m.record(&outcome("a", "p", 5).failed(*class));
+        clock.advance_ms(100);
+    }
+
+    let totals = m.model_stats("a").totals;
+    assert_eq!(
+        (totals.requests, totals.successes, totals.failures, totals.client_faults, totals.aborted),
+        (50, 20, 0, 18, 12),
+        "every outcome is a request; none is the model's failure"
+    );
+    assert_eq!(totals.judged(), 20);
+    assert!((totals.success_rate - 1.0).abs() < f64::EPSILON, "{totals:?}");
+    for window in Window::ALL {
+        let w = m.window_stats("a", window).totals;
+        assert!((w.success_rate - 1.0).abs() < f64::EPSILON, "{window:?}: {w:?}");
+    }
+    let errors = m.model_stats("a").errors;
+    assert_eq!(errors.get(&ErrorClass::BadRequest), Some(&6), "kept per class: {errors:?}");
+    assert_eq!(errors.values().sum::<u64>(), 30);
+    let latency = m.model_stats("a").latency;
+    assert!(latency.p50_ms > 250.0, "5 ms refusals are not the model's latency: {latency:?}");
+
+    // Live signals ignore them: "a" reads exactly like its twin without them.
+    assert_eq!(m.signals("a"), m.signals("peer"));
+    assert!(m.signals("a").success_rate > 0.99, "{:?}", m.signals("a"));
+
+    let config = ReportConfig::default();
+    assert_eq!(m.model_health("a", &config), Health::Healthy, "thirty non-verdicts in a row are not down");
+    assert_eq!(m.health(&config).providers["p"], Health::Healthy);
+    assert!(m.recommendations(&config).is_empty(), "{:?}", m.recommendations(&config));
+    let ranking = m.ranking();
+    assert!((ranking[0].score - ranking[1].score).abs() < 1e-9, "ranked like its twin: {ranking:?}");
+    assert!((m.overview(&config).success_rate - 1.0).abs() < f64::EPSILON);
+
+    // The model's own failures still count.
+    for _ in 0..5 {
+        m.record(&outcome("a", "p", 300).failed(ErrorClass::ServerError));
+    }
+    assert_eq!(m.model_health("a", &config), Health::Down);
+    let totals = m.model_stats("a").totals;
+    assert_eq!((totals.failures, totals.judged()), (5, 25));
+    assert!((totals.success_rate - 0.8).abs() < 1e-12);
+}
+
+#[test]
+fn a_model_judged_by_nothing_but_client_faults_is_healthy_and_ranks_on_the_prior() {
+    let (m, _) = monitor(MonitorConfig::default());
+    for _ in 0..10 {
+        m.record(&outcome("a", "p", 300).failed(ErrorClass::BadRequest));
+        m.record(&outcome("b", "p", 300));
+    }
+    let totals = m.model_stats("a").totals;
+    assert_eq!(
+        (totals.requests, totals.judged(), totals.success_rate),
+        (10, 0, 0.0),
+        "no verdict: rate 0 by convention"
+    );
+    assert_eq!(m.model_health("a", &ReportConfig::default()), Health::Healthy);
+    let signals = m.signals("a");
+    assert_eq!((signals.samples, signals.success_rate, signals.latency_p95_ms), (0, 1.0, None));
+    let ranking = m.ranking();
+    let score = |id: &str| ranking.iter().find(|r| r.model == id).map(|r| r.score);
+    assert!(score("a") > score("b"), "the prior and no latency: {ranking:?}");
+}
+
+#[test]
+fn an_idle_model_recovers_toward_the_prior() {
+    let (m, clock) = monitor(MonitorConfig::default());
+    for _ in 0..20 {
+        clock.advance_ms(1_000);
+        m.record(&outcome("dead", "p", 2_000).failed(ErrorClass::ServerError));
+    }
+    let at = |idle_ms: u64| {
+        clock.set_ms(T0 + 20_000 + idle_ms);
+        let s = m.signals("dead");
+        (s.samples, s.success_rate)
+    };
+    assert_eq!(at(0), (20, 0.0));
+    assert_eq!(at(60_000), (10, 0.5), "one half-life: halfway to the prior");
+    assert_eq!(at(240_000), (1, 0.9375), "four half-lives");
+    let (samples, rate) = at(600_000);
+    assert_eq!(samples, 0, "ten half-lives: nothing left to weigh");
+    assert!(rate > 0.999, "{rate}");
+    let s = m.signals("dead");
+    assert!(s.latency_ms.is_some() && s.latency_p95_ms.is_some(), "latencies are kept: {s:?}");
+
+    // Its next outcome counts in full: a failure sends it straight back down.
+    m.record(&outcome("dead", "p", 2_000).failed(ErrorClass::ServerError));
+    assert!(m.signals("dead").success_rate < 0.01);
+
+    // Decay off: the signals stay where the last outcome left them.
+    let (still, clock) = monitor(MonitorConfig { idle_half_life: Duration::ZERO, ..MonitorConfig::default() });
+    still.record(&outcome("dead", "p", 2_000).failed(ErrorClass::ServerError));
+    clock.advance_ms(3_600_000);
+    assert_eq!((still.signals("dead").samples, still.signals("dead").success_rate), (1, 0.0));
+}
+
+#[test]
+fn a_busy_model_is_unaffected_by_the_idle_decay() {
+    let (decaying, clock) = monitor(MonitorConfig::default());
+    let (reference, reference_clock) =
+        monitor(MonitorConfig { idle_half_life: Duration::ZERO, ..MonitorConfig::default() });
+    for i in 0..200u64 {
+        let o = outcome("busy", "p", 100 + i % 7);
+        let o = if i % 4 == 0 { o.failed(ErrorClass::Timeout) } else { o };
+        decaying.record(&o);
+        reference.record(&o);
+        assert_eq!(decaying.signals("busy"), reference.signals("busy"), "read right after an outcome");
+        clock.advance_ms(250);
+        reference_clock.advance_ms(250);
+    }
+    // A quarter of a second after its last outcome, the decay is negligible.
+    let (now, then) = (decaying.signals("busy"), reference.signals("busy"));
+    assert!((now.success_rate - then.success_rate).abs() < 0.002, "{now:?} {then:?}");
+    assert!(now.samples.abs_diff(then.samples) <= 1, "{now:?} {then:?}");
+
+    // A model failing all the time stays down however it is read.
+    let (m, clock) = monitor(MonitorConfig::default());
+    for _ in 0..100 {
+        m.record(&outcome("failing", "p", 100).failed(ErrorClass::ServerError));
+        clock.advance_ms(1_000);
+        assert!(m.signals("failing").success_rate < 0.02, "{:?}", m.signals("failing"));
+    }
+}
+
+#[test]
+fn the_p95_in_the_signals_follows_the_last_fifteen_minutes() {
+    let (m, clock) = monitor(MonitorConfig::default());
+    assert_eq!(m.signals("a").latency_p95_ms, None, "unknown model");
+    for l in 1..=100 {
+        m.record(&outcome("a", "p", l * 10));
+    }
+    let p95 = m.signals("a").latency_p95_ms.unwrap();
+    assert!((p95 - 950.0).abs() <= 950.0 * 0.07, "1 significant figure: {p95}");
+
+    // Twenty minutes later the old latencies have left the window.
+    clock.advance_ms(20 * 60_000);
+    for _ in 0..100 {
+        m.record(&outcome("a", "p", 100));
+        clock.advance_ms(1_000);
+    }
+    let p95 = m.signals("a").latency_p95_ms.unwrap();
+    assert!((p95 - 100.0).abs() <= 100.0 * 0.07, "recent window, not all time: {p95}");
+    assert!(m.model_stats("a").latency.p95_ms > 800.0, "all time still remembers");
+
+    // Client faults only: nothing measured.
+    m.record(&outcome("refused", "p", 5).failed(ErrorClass::ContentPolicy));
+    assert_eq!(m.signals("refused").latency_p95_ms, None);
+}
+
+#[track_caller]
+fn check_headroom(
+    remaining_requests: Option<u64>,
+    limit_requests: Option<u64>,
+    tokens: (Option<u64>, Option<u64>),
+    expect: Option<f64>,
+) {
+    assert_eq!(rate_limit_headroom(remaining_requests, limit_requests, tokens.0, tokens.1), expect);
+}
+
+#[test]
+fn rate_limit_headroom_is_the_lesser_share_left() {
+    check_headroom(Some(50), Some(100), (Some(1_000), Some(10_000)), Some(0.1));
+    check_headroom(Some(90), Some(100), (Some(9_000), Some(10_000)), Some(0.9));
+    check_headroom(Some(50), Some(100), (None, None), Some(0.5));
+    check_headroom(None, None, (Some(2_500), Some(10_000)), Some(0.25));
+    check_headroom(Some(0), Some(100), (Some(10_000), Some(10_000)), Some(0.0));
+    check_headroom(Some(150), Some(100), (None, None), Some(1.0));
+    // Incomplete pairs and zero limits say nothing.
+    check_headroom(Some(50), None, (None, Some(10_000)), None);
+    check_headroom(Some(5), Some(0), (None, None), None);
+    check_headroom(Some(5), Some(0), (Some(1_000), Some(4_000)), Some(0.25));
+    check_headroom(None, None, (None, None), None);
+}
+
+#[test]
+fn rate_limit_reports_are_served_until_they_expire() {
+    let (m, clock) = monitor(MonitorConfig::default());
+    m.record_rate_limit("a", "p", 0.05, T0 + 10_000);
+    assert_eq!(m.signals("a").rate_limit_headroom, Some(0.05));
+    assert_eq!(m.signals("a").samples, 0, "a report is not an outcome");
+    m.record_rate_limit("a", "p", f64::NAN, T0 + 10_000);
+    assert_eq!(m.signals("a").rate_limit_headroom, Some(0.05), "NaN is ignored");
+    m.record_rate_limit("a", "p", 1.7, T0 + 10_000);
+    assert_eq!(m.signals("a").rate_limit_headroom, Some(1.0), "clamped");
+    m.record_rate_limit("a", "p", -0.3, T0 + 10_000);
+    assert_eq!(m.signals("a").rate_limit_headroom, Some(0.0), "clamped");
+    clock.advance_ms(9_999);
+    assert_eq!(m.signals("a").rate_limit_headroom, Some(0.0));
+    clock.advance_ms(1);
+    assert_eq!(m.signals("a").rate_limit_headroom, None, "forgotten at until_ms");
+    assert_eq!(m.signals("b").rate_limit_headroom, None);
+
+    // Beyond the model cap a report is dropped, not pinned on the overflow entry.
+    let (capped, _) = monitor(MonitorConfig { max_models: 1, ..MonitorConfig::default() });
+    capped.record(&outcome("a", "p", 100));
+    capped.record_rate_limit("b", "p", 0.0, T0 + 10_000);
+    assert_eq!(capped.signals("b").rate_limit_headroom, None);
+    assert_eq!(capped.signals(OVERFLOW_MODEL).rate_limit_headroom, None);
 }

@@ -1,4 +1,12 @@
 //! Soft preferences: the weighted score of an eligible model.
+//!
+//! The total is the weighted sum of the components (each in 0..=1) times
+//! the rate-limit factor: a model whose provider reports little headroom
+//! left (under 20% of its requests or tokens) is ranked down before it
+//! starts answering 429. With headroom `h` clamped to 0..=1 (unknown: no
+//! effect), the factor is `0.25 + 0.75 × min(h / 0.2, 1)`: 1 from 0.2 up,
+//! falling linearly to 0.25 at 0. It never reaches 0, so a model at its
+//! limit still ranks when nothing else can serve.
 
 use modelfleet_registry::{Category, ModelSpec, Money};
 use serde::{Deserialize, Serialize};
@@ -87,7 +95,11 @@ pub struct Breakdown {
     pub category: f64,
     /// Priority / 100.
     pub priority: f64,
-    /// The weighted sum. Invariant: finite and >= 0.
+    /// The factor the weighted sum is multiplied by for the provider's
+    /// rate-limit headroom `h` ([`Signals::rate_limit_headroom`]):
+    /// `0.25 + 0.75 × min(h / 0.2, 1)`, 1 when unknown. In 0.25..=1.
+    pub rate_limit: f64,
+    /// The weighted sum times `rate_limit`. Invariant: finite and >= 0.
     pub total: f64,
 }
 
@@ -107,6 +119,23 @@ pub(crate) fn sized(req: &Requirements) -> (u32, u32) {
 /// Clamps a component into 0..=1; anything not finite counts 0.
 fn unit(x: f64) -> f64 {
     if x.is_finite() { x.clamp(0.0, 1.0) } else { 0.0 }
+}
+
+/// Headroom at or above this share leaves the score alone.
+const RATE_LIMIT_FULL: f64 = 0.2;
+/// The factor at zero headroom.
+const RATE_LIMIT_FLOOR: f64 = 0.25;
+
+/// The score factor for rate-limit headroom `h`: 1 at `h >= 0.2`, falling
+/// linearly to 0.25 at `h = 0`; 1 when unknown (`None` or not a number).
+fn rate_limit_factor(headroom: Option<f64>) -> f64 {
+    match headroom {
+        Some(h) if !h.is_nan() => {
+            let h = h.clamp(0.0, 1.0);
+            RATE_LIMIT_FLOOR + (1.0 - RATE_LIMIT_FLOOR) * (h / RATE_LIMIT_FULL).min(1.0)
+        }
+        _ => 1.0,
+    }
 }
 
 /// What [`score`] needs that the caller already computed for the filter.
@@ -152,7 +181,8 @@ pub(crate) fn score(
         _ => 0.5,
     };
     let priority = unit(f64::from(model.priority) * 0.01);
-    let total = quality * weights.quality
+    let rate_limit = rate_limit_factor(live.rate_limit_headroom);
+    let sum = quality * weights.quality
         + reliability * weights.reliability
         + language * weights.language
         + cost * weights.cost
@@ -160,7 +190,9 @@ pub(crate) fn score(
         + load * weights.load
         + category * weights.category
         + priority * weights.priority;
-    // Weights are checked finite and >= 0, components are in 0..=1.
+    // Weights are checked finite and >= 0, components are in 0..=1, the
+    // factor in 0.25..=1.
+    let total = sum * rate_limit;
     let total = if total.is_finite() { total.max(0.0) } else { 0.0 };
-    Breakdown { quality, reliability, language, cost, speed, load, category, priority, total }
+    Breakdown { quality, reliability, language, cost, speed, load, category, priority, rate_limit, total }
 }

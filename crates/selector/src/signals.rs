@@ -6,16 +6,29 @@ use modelfleet_registry::{ModelSpec, Money};
 use serde::{Deserialize, Serialize};
 
 /// What is known of a model's recent behaviour.
+///
+/// The default knows nothing: no samples, nothing in flight, no rate limit.
 #[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
 pub struct Signals {
-    /// Requests observed (0: nothing known, the other fields are ignored).
+    /// How many outcomes the success rate and latencies rest on (the monitor
+    /// discounts them while the model is idle). 0: nothing measured, and
+    /// `success_rate`, `latency_ms` and `latency_p95_ms` are ignored.
     pub samples: u64,
     /// Share of them that succeeded, 0 to 1.
     pub success_rate: f64,
     /// Their average (or EWMA) latency in milliseconds, when measured.
     pub latency_ms: Option<f64>,
+    /// Their 95th-percentile latency in milliseconds, when measured: how
+    /// long to wait before hedging a call with a second model.
+    pub latency_p95_ms: Option<f64>,
     /// Requests running on the model now.
     pub in_flight: u32,
+    /// What the provider says is left of its rate limits for this model, 0
+    /// (exhausted) to 1 (untouched), while that report is current; `None`
+    /// when unknown. The score ranks a model down below 0.2 (see [`Breakdown::rate_limit`]).
+    ///
+    /// [`Breakdown::rate_limit`]: crate::Breakdown::rate_limit
+    pub rate_limit_headroom: Option<f64>,
 }
 
 /// The tightest hard budget that would pay for a request served by a model:
