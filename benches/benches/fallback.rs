@@ -1,12 +1,15 @@
-//! Fallback: the next model after a failure among 10, and recording a failure.
+//! Fallback: the production executor with one failed attempt among 10
+//! models, a permit taken and released, and recording a failure.
 
 use std::{hint::black_box, time::Duration};
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use modelfleet_benches::{models, monitor_signals};
-use modelfleet_errors::ErrorClass;
-use modelfleet_fallback::{ChainInput, Failed, FallbackStrategy, Tracker, TrackerConfig, next_fallback};
-use modelfleet_selector::{Requirements, Weights};
+use modelfleet_errors::{ErrorClass, Failure, ManualTimer, RetryConfig, RetryPolicy};
+use modelfleet_fallback::{
+    ExecutorConfig, Order, Plan, Pool, RetryBudget, RetryBudgetConfig, Tracker, TrackerConfig, execute,
+};
+use modelfleet_selector::{Requirements, Strategy};
 
 fn benches(c: &mut Criterion) {
     let mut group = c.benchmark_group("fallback");
@@ -14,35 +17,74 @@ fn benches(c: &mut Criterion) {
     let live = monitor_signals(&ten);
     let tracker = Tracker::new(TrackerConfig::default());
     // Two models already cooling down, as after a bad minute.
-    tracker.record_failure(&ten[3].id, ErrorClass::RateLimited, None, Duration::from_secs(1));
-    tracker.record_failure(&ten[7].id, ErrorClass::Authentication, None, Duration::from_secs(1));
+    tracker.acquire_forced(&ten[3].id, Duration::from_secs(1)).failure(
+        ErrorClass::RateLimited,
+        None,
+        Duration::from_secs(1),
+    );
+    tracker.acquire_forced(&ten[7].id, Duration::from_secs(1)).failure(
+        ErrorClass::QuotaExhausted,
+        None,
+        Duration::from_secs(1),
+    );
     let req = Requirements {
         language: Some("en".into()),
         prompt_tokens: 2_000,
         max_output_tokens: 500,
         ..Requirements::default()
     };
-    let input = ChainInput {
-        requirements: &req,
-        signals: &live,
-        strategy: FallbackStrategy::Performance,
-        weights: Weights::default(),
-        explicit: None,
-        now: Duration::from_secs(2),
+    // The production executor: rank, walk, a server error on the first
+    // choice, the next one answers; the tracker, the retry budget and the
+    // attempt list as in a request. The clock is a manual one (no sleep
+    // happens: nobody waits for backoff while another model can serve).
+    let timer = ManualTimer::new();
+    let budget = RetryBudget::new(RetryBudgetConfig::default());
+    let config = ExecutorConfig {
+        retry: RetryPolicy::new(RetryConfig::default()).unwrap_or_else(|e| panic!("{e}")),
+        ..ExecutorConfig::default()
     };
-    let failed = Failed { model: &ten[0], class: ErrorClass::ServerError };
-    group.bench_function("next_fallback_of_10", |b| {
-        b.iter(|| next_fallback(black_box(&ten), failed, &input, &tracker).map(|m| m.id.len()));
+    let plan = Plan { order: Order::Ranked, strategy: Strategy::WeightedScore, ..Plan::default() };
+    let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap_or_else(|e| panic!("{e}"));
+    let mut rng = fastrand::Rng::with_seed(1);
+    // Each request's first choice fails once; a minute passes between
+    // requests, so that single failure never adds up to an ejection (the
+    // streak decays) and every iteration walks the same path.
+    group.bench_function("execute_with_one_failure", |b| {
+        b.iter(|| {
+            timer.advance(Duration::from_secs(61));
+            let pool = Pool {
+                models: &ten,
+                signals: &live,
+                tracker: &tracker,
+                retry_budget: Some(&budget),
+                simulated_providers: &[],
+                timer: &timer,
+            };
+            let mut first = true;
+            let served = runtime.block_on(execute(pool, black_box(&req), &plan, &config, &mut rng, |model, _| {
+                let fail = std::mem::replace(&mut first, false);
+                let id = model.id.len();
+                async move { if fail { Err(Failure::new(ErrorClass::Connection, "reset")) } else { Ok(id) } }
+            }));
+            served.map_or(0, |s| s.value)
+        });
+    });
+
+    let mut now = Duration::from_secs(10);
+    group.bench_function("acquire_release_permit", |b| {
+        b.iter(|| {
+            now += Duration::from_nanos(100);
+            drop(tracker.acquire(black_box(&ten[0].id), now));
+        });
     });
 
     let ids: Vec<String> = models(100).into_iter().map(|m| m.id).collect();
     let mut i = 0usize;
-    let mut now = Duration::from_secs(10);
     group.bench_function("record_failure", |b| {
         b.iter(|| {
             i = (i + 1) % ids.len();
             now += Duration::from_micros(10);
-            tracker.record_failure(black_box(&ids[i]), ErrorClass::ServerError, None, now);
+            tracker.acquire_forced(black_box(&ids[i]), now).failure(ErrorClass::ServerError, None, now);
         });
     });
     group.finish();

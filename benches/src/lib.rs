@@ -125,6 +125,7 @@ pub fn signals(models: &[ModelSpec]) -> HashMap<String, Signals> {
                 success_rate: 0.9 + (i % 10) as f64 / 100.0,
                 latency_ms: Some(300.0 + (i % 50) as f64 * 20.0),
                 in_flight: u32::try_from(i % 7).unwrap_or(0),
+                ..Signals::default()
             };
             (m.id.clone(), signals)
         })

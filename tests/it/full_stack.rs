@@ -91,7 +91,7 @@ async fn a_circuit_opens_under_failures_and_closes_after_probes() {
     };
     let fleet = Fleet::open(FleetOptions {
         models: Some(models),
-        strategy: modelfleet::fallback::FallbackStrategy::Priority,
+        strategy: modelfleet::selector::Strategy::PriorityOrder,
         tracker,
         ..options(&dir)
     })
@@ -154,7 +154,7 @@ async fn a_hard_budget_refuses_at_its_limit_and_names_it() {
         requirements: Requirements {
             prompt_tokens: 500,
             max_output_tokens: 500,
-            locality: Locality::CloudOnly,
+            locality: Some(Locality::CloudOnly),
             ..Requirements::default()
         },
         ..Request::default()

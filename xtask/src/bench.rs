@@ -55,7 +55,16 @@ pub(crate) const TARGETS: &[Goal] = &[
     Goal { name: "selector/select_best_of_10", target_ns: 1_000.0, why: "issue 3; seed 000 selected in 1.65 ms" },
     Goal { name: "selector/rank_1000", target_ns: 150_000.0, why: "issue 3: rank 1,000 models <= 150 us" },
     Goal { name: "selector/rank_10000", target_ns: 2_000_000.0, why: "issue 3: rank 10,000 models <= 2 ms" },
-    Goal { name: "fallback/next_fallback_of_10", target_ns: 1_000.0, why: "issue 3; seed 000 took 505 us" },
+    Goal {
+        name: "fallback/execute_with_one_failure",
+        target_ns: 2_000.0,
+        why: "issue 12: the production executor, one failed attempt then success, 10 models; seed 000 took 505 us to pick a fallback",
+    },
+    Goal {
+        name: "fallback/acquire_release_permit",
+        target_ns: 100.0,
+        why: "issue 12: a circuit permit taken and dropped",
+    },
     Goal { name: "fallback/record_failure", target_ns: 250.0, why: "issue 3; seed 000 took 389 us" },
     Goal { name: "monitor/record", target_ns: 200.0, why: "issue 4; seed 000 took 168 us" },
     Goal {

@@ -70,7 +70,7 @@ fn request(rng: &mut fastrand::Rng) -> (Request, u32, u32) {
         max_output_tokens,
         min_quality: (rng.u32(0..4) == 0).then_some(0.7),
         prefer_free: rng.u32(0..8) == 0,
-        locality: if rng.u32(0..12) == 0 { Locality::LocalOnly } else { Locality::Any },
+        locality: (rng.u32(0..12) == 0).then_some(Locality::LocalOnly),
         ..Requirements::default()
     };
     (Request { requirements, ..Request::default() }, prompt_tokens, max_output_tokens)

@@ -286,11 +286,11 @@ impl SelectArgs {
             providers: self.providers.clone(),
             exclude_providers: Vec::new(),
             locality: if self.local_only {
-                Locality::LocalOnly
+                Some(Locality::LocalOnly)
             } else if self.cloud_only {
-                Locality::CloudOnly
+                Some(Locality::CloudOnly)
             } else {
-                Locality::Any
+                None
             },
             prefer_free: self.prefer_free,
             prefer_local: self.prefer_local,

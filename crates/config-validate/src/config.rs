@@ -98,6 +98,14 @@ pub struct Provider {
     pub requires: Vec<ToolRequirement>,
 }
 
+/// When a second, parallel attempt (a hedge) is sent to the next candidate
+/// while the first is still running: `hedge_after` on a `[[routes]]` or a
+/// `[[models]]` entry, milliseconds (1..=600000) or `"p95"` (the model's
+/// observed 95th-percentile latency; no hedge while none is known). Off
+/// unless configured; the first answer wins and the other attempt is
+/// cancelled. The fallback crate's type, so config and executor cannot drift.
+pub use modelfleet_fallback::HedgeAfter as Hedge;
+
 /// `[[routes]]`: a named set of requirements clients can ask for.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Route {
@@ -109,6 +117,9 @@ pub struct Route {
     pub strategy: Strategy,
     /// An explicit fallback order (model ids), overriding the ranking.
     pub fallbacks: Vec<String>,
+    /// `hedge_after`: when to send a parallel attempt to the next candidate
+    /// (`None`, the default: never).
+    pub hedge: Option<Hedge>,
 }
 
 /// `[cache]`.
@@ -135,27 +146,111 @@ pub struct MetricsSettings {
     pub port: Option<u16>,
 }
 
-/// `[cooldown]` and `[circuit]`, in milliseconds and ratios.
+/// `[cooldown]`, `[circuit]` and `[fallback]`: how failures are handled, in
+/// milliseconds, counts and ratios. [`Default`] gives the values a file
+/// without these tables gets (each field's doc says its default and range).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ResilienceSettings {
-    /// Rate limit without retry-after, ms.
+    /// `cooldown.short_ms`: rate limited without retry-after, ms
+    /// (default 5000, 0..=3600000).
     pub cooldown_short_ms: u64,
-    /// Authentication/quota/not-found, ms.
+    /// `cooldown.long_ms`: authentication, quota, model not found, ms
+    /// (default 300000, 0..=86400000).
     pub cooldown_long_ms: u64,
-    /// First escalating cooldown, ms.
+    /// `cooldown.escalating_base_ms`: the ejection of repeated server or
+    /// connection failures and timeouts is this times the ejection
+    /// multiplier, ms (default 2000, 1..=3600000).
     pub cooldown_escalating_base_ms: u64,
-    /// Longest escalating cooldown, ms.
+    /// `cooldown.escalating_max_ms`: the longest escalating cooldown, ms
+    /// (default 60000, 1..=86400000).
+    // Invariant: >= cooldown_escalating_base_ms.
     pub cooldown_escalating_max_ms: u64,
-    /// The circuit's window, ms.
+    /// `cooldown.timeouts_to_eject`: consecutive timeouts (not caused by the
+    /// request's own deadline) from which each ejects the model
+    /// (default 3, 1..=1000).
+    pub cooldown_timeouts_to_eject: u32,
+    /// `cooldown.request_specific_to_eject`: consecutive authentication or
+    /// not-found failures from which each ejects the model for
+    /// `cooldown_long_ms`; fewer cause no cooldown (default 3, 1..=1000).
+    pub cooldown_request_specific_to_eject: u32,
+    /// `cooldown.multiplier_decay_ms`: each full interval without an
+    /// ejection, counted from the end of the last one, lowers the ejection
+    /// multiplier by one, ms (default 30000, 1..=86400000).
+    pub cooldown_multiplier_decay_ms: u64,
+    /// `cooldown.streak_decay_ms`: a failure streak whose last failure is
+    /// older than this is forgotten, ms (default 30000, 1..=86400000).
+    pub cooldown_streak_decay_ms: u64,
+    /// `circuit.window_ms`: the circuit's sliding window, ms
+    /// (default 30000, 100..=3600000).
     pub circuit_window_ms: u64,
-    /// Requests before the ratio counts.
+    /// `circuit.min_requests`: requests in the window before the ratio
+    /// counts (default 10, 1..=100000).
     pub circuit_min_requests: u32,
-    /// Failure share that opens the circuit.
+    /// `circuit.failure_ratio`: the failure share that opens the circuit
+    /// (default 0.5, 0.01..=1).
     pub circuit_failure_ratio: f64,
-    /// How long it stays open, ms.
+    /// `circuit.open_ms`: how long it stays open before probing, ms
+    /// (default 30000, 100..=3600000).
     pub circuit_open_ms: u64,
-    /// Probes while half-open.
+    /// `circuit.half_open_probes`: probes allowed while half-open
+    /// (default 3, 1..=100).
     pub circuit_half_open_probes: u32,
+    /// `circuit.half_open_timeout_ms`: how long a half-open circuit waits for
+    /// a probe's answer before opening again, ms (default 30000,
+    /// 100..=3600000).
+    pub circuit_half_open_timeout_ms: u64,
+    /// `circuit.slow_call_ms`: a success at least this slow is a slow call,
+    /// ms (default 60000, 1..=3600000).
+    pub circuit_slow_call_ms: u64,
+    /// `circuit.slow_call_ratio`: the slow-success share that opens the
+    /// circuit (default 1.0: only when every call is slow; 0.01..=1).
+    pub circuit_slow_call_ratio: f64,
+    /// `fallback.max_attempts_per_request`: attempts one request may make
+    /// over all models, retries and hedges included (default 6, 1..=100).
+    pub max_attempts_per_request: u32,
+    /// `fallback.max_ejected_percent`: the largest share of a request's
+    /// candidates that cooldowns and open circuits may take out at once,
+    /// percent; beyond it the least recently ejected are tried anyway
+    /// (default 50, 0..=100).
+    pub max_ejected_percent: u8,
+    /// `fallback.retry_budget_percent`: retries (hedges included) a provider
+    /// may get, as a percent of its requests over the window (default 20.0,
+    /// 0..=1000; 20 is one retry per five requests).
+    pub retry_budget_percent: f64,
+    /// `fallback.retry_budget_min_per_sec`: retries per second a provider
+    /// always gets, however little traffic it has (default 1.0, 0..=10000).
+    pub retry_budget_min_per_sec: f64,
+    /// `fallback.retry_budget_window_ms`: the retry budget's window, ms
+    /// (default 10000, 1000..=3600000).
+    pub retry_budget_window_ms: u64,
+}
+
+impl Default for ResilienceSettings {
+    fn default() -> Self {
+        ResilienceSettings {
+            cooldown_short_ms: 5_000,
+            cooldown_long_ms: 300_000,
+            cooldown_escalating_base_ms: 2_000,
+            cooldown_escalating_max_ms: 60_000,
+            cooldown_timeouts_to_eject: 3,
+            cooldown_request_specific_to_eject: 3,
+            cooldown_multiplier_decay_ms: 30_000,
+            cooldown_streak_decay_ms: 30_000,
+            circuit_window_ms: 30_000,
+            circuit_min_requests: 10,
+            circuit_failure_ratio: 0.5,
+            circuit_open_ms: 30_000,
+            circuit_half_open_probes: 3,
+            circuit_half_open_timeout_ms: 30_000,
+            circuit_slow_call_ms: 60_000,
+            circuit_slow_call_ratio: 1.0,
+            max_attempts_per_request: 6,
+            max_ejected_percent: 50,
+            retry_budget_percent: 20.0,
+            retry_budget_min_per_sec: 1.0,
+            retry_budget_window_ms: 10_000,
+        }
+    }
 }
 
 /// The whole configuration.
@@ -173,12 +268,14 @@ pub struct Config {
     pub model_fallbacks: BTreeMap<String, Vec<String>>,
     /// Local model directories per model id.
     pub model_paths: BTreeMap<String, PathBuf>,
+    /// `hedge_after` per model id, for the models that set it.
+    pub model_hedges: BTreeMap<String, Hedge>,
     /// `[[routes]]`.
     pub routes: Vec<Route>,
     /// `[retry]`.
     #[serde(skip)]
     pub retry: RetryConfig,
-    /// `[cooldown]` and `[circuit]`.
+    /// `[cooldown]`, `[circuit]` and `[fallback]`.
     pub resilience: ResilienceSettings,
     /// `[selector.weights]`.
     pub weights: Weights,
@@ -190,4 +287,12 @@ pub struct Config {
     pub cache: CacheSettings,
     /// `[metrics]`.
     pub metrics: MetricsSettings,
+}
+
+impl Config {
+    /// The names of the `kind = "simulated"` providers, in file order.
+    #[must_use]
+    pub fn simulated_providers(&self) -> Vec<String> {
+        self.providers.iter().filter(|p| p.kind == ProviderKind::Simulated).map(|p| p.name.clone()).collect()
+    }
 }

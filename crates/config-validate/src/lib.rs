@@ -19,7 +19,9 @@
 //! tools a provider needs with minimum versions ([`check_tool`]); and
 //! cross-references: every model's provider exists, fallbacks exist, the
 //! fallback graph has no cycle, budgets name real providers and models,
-//! weights are non-negative, timeouts are within limits.
+//! weights are non-negative, timeouts, failure-handling settings
+//! (`[cooldown]`, `[circuit]`, `[fallback]`) and `hedge_after` are within
+//! limits, and the escalating cooldown's maximum is not below its base.
 //!
 //! The fully commented example is `config/modelfleet.example.toml` at the
 //! repository root.
@@ -58,7 +60,7 @@ pub use crate::{
         EnvKind, EnvValue, MODEL_FILES, Version, check_tool, env_var, find_free_port, model_dir_problems, port_in_use,
     },
     config::{
-        ApiKey, CacheSettings, Config, MetricsSettings, Provider, ProviderKind, ResilienceSettings, Role, Route,
+        ApiKey, CacheSettings, Config, Hedge, MetricsSettings, Provider, ProviderKind, ResilienceSettings, Role, Route,
         ServerSettings, StoreSettings, ToolRequirement,
     },
     validate::{Diagnostic, Options, Report, validate, validate_file},

@@ -1,7 +1,11 @@
 //! Config validation tests: the shipped example, seed 002's checks, cross
 //! references, the full report of a broken file, and arbitrary input.
 
-use std::{collections::HashMap, net::SocketAddr, path::PathBuf};
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::SocketAddr,
+    path::PathBuf,
+};
 
 use proptest::prelude::*;
 
@@ -59,6 +63,9 @@ fn the_shipped_example_is_valid_and_complete() {
     let mini = &config.models[0];
     assert_eq!(mini.pricing.map(|p| p.input_per_mtok.to_string()), Some("0.15".into()));
     assert_eq!(config.models[2].price().map(|p| p.is_free()), Some(true), "local and unpriced: free");
+    assert_eq!(config.resilience, ResilienceSettings::default(), "the example shows the defaults");
+    assert_eq!(config.retry.deadline, Some(std::time::Duration::from_mins(2)), "the example shows the default");
+    assert!(config.model_hedges.is_empty() && config.routes[0].hedge.is_none(), "hedging is opt-in");
 }
 
 #[test]
@@ -321,8 +328,9 @@ proptest! {
     fn arbitrary_toml_shaped_text_never_panics(
         lines in proptest::collection::vec(
             prop_oneof![
-                "\\[\\[?(server|models|providers|routes|budgets|retry|cache|metrics)\\]\\]?",
+                "\\[\\[?(server|models|providers|routes|budgets|retry|cooldown|circuit|fallback|cache|metrics)\\]\\]?",
                 "[a-z_]{1,12} = (\"[a-z0-9.:/ -]{0,12}\"|-?[0-9]{1,6}|[0-9]\\.[0-9]|true|\\[\"[a-z]{1,5}\"\\])",
+                "hedge_after = (\"p9[0-9]\"|-?[0-9]{1,7}|[0-9]\\.[0-9]|true)",
             ],
             0..30,
         )
@@ -359,5 +367,277 @@ fn a_model_whose_cost_cannot_be_bounded_is_named_when_a_hard_budget_would_pay() 
             "limitless: its cost cannot be bounded (it has neither max_output_tokens nor context_window), so it never \
              serves a request that hard budget provider:p daily would pay for",
         ]
+    );
+}
+
+/// The typed configuration of a valid `text`, no environment needed.
+fn config_of(text: &str) -> Config {
+    let report = check_text(text, &HashMap::new());
+    assert!(report.is_valid(), "{text}\n{report}");
+    report.config.unwrap()
+}
+
+/// The errors of `text`, displayed.
+fn errors_of(text: &str) -> Vec<String> {
+    check_text(text, &HashMap::new()).errors.iter().map(ToString::to_string).collect()
+}
+
+#[test]
+fn failure_handling_defaults_without_the_tables() {
+    let config = config_of("");
+    let r = &config.resilience;
+    assert_eq!(r, &ResilienceSettings::default());
+    assert_eq!(
+        (r.cooldown_timeouts_to_eject, r.cooldown_request_specific_to_eject),
+        (3, 3),
+        "three in a row before an ejection"
+    );
+    assert_eq!((r.cooldown_multiplier_decay_ms, r.cooldown_streak_decay_ms), (30_000, 30_000));
+    assert_eq!((r.cooldown_escalating_base_ms, r.cooldown_escalating_max_ms), (2_000, 60_000));
+    assert_eq!((r.circuit_half_open_timeout_ms, r.circuit_slow_call_ms), (30_000, 60_000));
+    assert!((r.circuit_slow_call_ratio - 1.0).abs() < f64::EPSILON);
+    assert_eq!((r.max_attempts_per_request, r.max_ejected_percent, r.retry_budget_window_ms), (6, 50, 10_000));
+    assert!((r.retry_budget_percent - 20.0).abs() < f64::EPSILON);
+    assert!((r.retry_budget_min_per_sec - 1.0).abs() < f64::EPSILON);
+    // Present but empty tables change nothing either.
+    assert_eq!(config_of("[cooldown]\n[circuit]\n[fallback]\n").resilience, ResilienceSettings::default());
+    assert_eq!(config.retry.deadline, Some(std::time::Duration::from_mins(2)), "the default deadline is 120 s");
+}
+
+/// `text` gives the default failure handling changed by `change`.
+fn check_resilience(text: &str, change: impl FnOnce(&mut ResilienceSettings)) {
+    let mut expected = ResilienceSettings::default();
+    change(&mut expected);
+    assert_eq!(config_of(text).resilience, expected, "{text}");
+}
+
+#[test]
+fn failure_handling_settings_are_read() {
+    check_resilience("[cooldown]\ntimeouts_to_eject = 7", |r| r.cooldown_timeouts_to_eject = 7);
+    check_resilience("[cooldown]\nrequest_specific_to_eject = 1000", |r| r.cooldown_request_specific_to_eject = 1000);
+    check_resilience("[cooldown]\nmultiplier_decay_ms = 60000", |r| r.cooldown_multiplier_decay_ms = 60_000);
+    check_resilience("[cooldown]\nstreak_decay_ms = 1", |r| r.cooldown_streak_decay_ms = 1);
+    check_resilience("[cooldown]\nescalating_base_ms = 1", |r| r.cooldown_escalating_base_ms = 1);
+    check_resilience("[circuit]\nhalf_open_timeout_ms = 100", |r| r.circuit_half_open_timeout_ms = 100);
+    check_resilience("[circuit]\nslow_call_ms = 2500", |r| r.circuit_slow_call_ms = 2_500);
+    check_resilience("[circuit]\nslow_call_ratio = 0.25", |r| r.circuit_slow_call_ratio = 0.25);
+    check_resilience("[fallback]\nmax_attempts_per_request = 100", |r| r.max_attempts_per_request = 100);
+    check_resilience("[fallback]\nmax_ejected_percent = 0", |r| r.max_ejected_percent = 0);
+    check_resilience("[fallback]\nretry_budget_percent = 250.5", |r| r.retry_budget_percent = 250.5);
+    check_resilience("[fallback]\nretry_budget_percent = 0", |r| r.retry_budget_percent = 0.0);
+    check_resilience("[fallback]\nretry_budget_min_per_sec = 0.5", |r| r.retry_budget_min_per_sec = 0.5);
+    check_resilience("[fallback]\nretry_budget_window_ms = 3_600_000", |r| r.retry_budget_window_ms = 3_600_000);
+}
+
+#[test]
+fn failure_handling_settings_out_of_range_are_refused_at_their_path() {
+    for (text, error) in [
+        ("[cooldown]\ntimeouts_to_eject = 0", "cooldown.timeouts_to_eject: 0 is outside 1..=1000 (line 2, column 21)"),
+        (
+            "[cooldown]\nrequest_specific_to_eject = 1001",
+            "cooldown.request_specific_to_eject: 1001 is outside 1..=1000 (line 2, column 29)",
+        ),
+        (
+            "[cooldown]\nmultiplier_decay_ms = 86400001",
+            "cooldown.multiplier_decay_ms: 86400001 is outside 1..=86400000 (line 2, column 23)",
+        ),
+        ("[cooldown]\nstreak_decay_ms = 0", "cooldown.streak_decay_ms: 0 is outside 1..=86400000 (line 2, column 19)"),
+        (
+            "[cooldown]\nescalating_base_ms = 0",
+            "cooldown.escalating_base_ms: 0 is outside 1..=3600000 (line 2, column 22)",
+        ),
+        (
+            "[cooldown]\nescalating_max_ms = 0",
+            "cooldown.escalating_max_ms: 0 is outside 1..=86400000 (line 2, column 21)",
+        ),
+        (
+            "[circuit]\nhalf_open_timeout_ms = 99",
+            "circuit.half_open_timeout_ms: 99 is outside 100..=3600000 (line 2, column 24)",
+        ),
+        ("[circuit]\nslow_call_ms = 0", "circuit.slow_call_ms: 0 is outside 1..=3600000 (line 2, column 16)"),
+        ("[circuit]\nslow_call_ratio = 1.5", "circuit.slow_call_ratio: 1.5 is outside 0.01..=1 (line 2, column 19)"),
+        (
+            "[circuit]\nslow_call_ratio = 0.001",
+            "circuit.slow_call_ratio: 0.001 is outside 0.01..=1 (line 2, column 19)",
+        ),
+        (
+            "[fallback]\nmax_attempts_per_request = 0",
+            "fallback.max_attempts_per_request: 0 is outside 1..=100 (line 2, column 28)",
+        ),
+        (
+            "[fallback]\nmax_ejected_percent = 101",
+            "fallback.max_ejected_percent: 101 is outside 0..=100 (line 2, column 23)",
+        ),
+        (
+            "[fallback]\nretry_budget_percent = -1",
+            "fallback.retry_budget_percent: -1 is outside 0..=1000 (line 2, column 24)",
+        ),
+        (
+            "[fallback]\nretry_budget_min_per_sec = 10000.5",
+            "fallback.retry_budget_min_per_sec: 10000.5 is outside 0..=10000 (line 2, column 28)",
+        ),
+        (
+            "[fallback]\nretry_budget_window_ms = 999",
+            "fallback.retry_budget_window_ms: 999 is outside 1000..=3600000 (line 2, column 26)",
+        ),
+        (
+            "[fallback]\nretry_budget_window_ms = true",
+            "fallback.retry_budget_window_ms: expected an integer, found boolean (line 2, column 26)",
+        ),
+    ] {
+        assert_eq!(errors_of(text), [error], "{text}");
+    }
+}
+
+#[test]
+fn the_escalating_cooldown_cannot_shrink() {
+    assert_eq!(
+        errors_of("[cooldown]\nescalating_base_ms = 5000\nescalating_max_ms = 4000\n"),
+        ["cooldown.escalating_max_ms: 4000 is less than escalating_base_ms (5000) (line 3, column 21)"]
+    );
+    assert_eq!(
+        errors_of("[cooldown]\nescalating_base_ms = 90000\n"),
+        ["cooldown.escalating_max_ms: the default 60000 is less than escalating_base_ms (90000): set \
+             escalating_max_ms too (line 2, column 22)"]
+    );
+    assert_eq!(
+        errors_of("[cooldown]\nescalating_base_ms = 0\nescalating_max_ms = 1\n"),
+        ["cooldown.escalating_base_ms: 0 is outside 1..=3600000 (line 2, column 22)"],
+        "a value already wrong is not compared"
+    );
+    let equal = config_of("[cooldown]\nescalating_base_ms = 5000\nescalating_max_ms = 5000\n").resilience;
+    assert_eq!((equal.cooldown_escalating_base_ms, equal.cooldown_escalating_max_ms), (5_000, 5_000));
+}
+
+#[test]
+fn unknown_failure_handling_keys_are_named() {
+    assert_eq!(
+        errors_of("[fallback]\nmax_ejected_percnt = 10\n"),
+        ["fallback.max_ejected_percnt: unknown key `max_ejected_percnt` (did you mean \"max_ejected_percent\"?); \
+             known keys: max_attempts_per_request, max_ejected_percent, retry_budget_percent, \
+             retry_budget_min_per_sec, retry_budget_window_ms (line 2, column 1)"]
+    );
+    let circuit = errors_of("[circuit]\nslow_call_ration = 0.5\n");
+    assert!(
+        circuit[0].starts_with(
+            "circuit.slow_call_ration: unknown key `slow_call_ration` (did you mean \"slow_call_ratio\"?)"
+        ),
+        "{circuit:?}"
+    );
+    let cooldown = errors_of("[cooldown]\ntimeouts_to_ejekt = 2\n");
+    assert!(
+        cooldown[0].starts_with(
+            "cooldown.timeouts_to_ejekt: unknown key `timeouts_to_ejekt` (did you mean \"timeouts_to_eject\"?)"
+        ),
+        "{cooldown:?}"
+    );
+    assert_eq!(
+        errors_of("[fallbacks]\n")[0],
+        "fallbacks: unknown key `fallbacks` (did you mean \"fallback\"?); known keys: server, store, providers, \
+         models, routes, retry, cooldown, circuit, fallback, selector, budgets, ledger, cache, metrics (line 1, column 2)"
+    );
+}
+
+const SIM: &str = "[[providers]]\nname = \"sim\"\nkind = \"simulated\"\n[[models]]\nid = \"m\"\nprovider = \"sim\"\n";
+
+#[test]
+fn hedging_is_opt_in_per_route_and_per_model() {
+    let route = |hedge: &str| format!("{SIM}[[routes]]\nname = \"r\"\n{hedge}\n");
+    let model = |hedge: &str| format!("{SIM}{hedge}\n");
+
+    let off = config_of(&route(""));
+    assert_eq!(off.routes[0].hedge, None);
+    assert!(off.model_hedges.is_empty());
+
+    assert_eq!(
+        config_of(&route("hedge_after = 250")).routes[0].hedge,
+        Some(Hedge::Fixed(std::time::Duration::from_millis(250)))
+    );
+    assert_eq!(
+        config_of(&route("hedge_after = 600_000")).routes[0].hedge,
+        Some(Hedge::Fixed(std::time::Duration::from_mins(10)))
+    );
+    assert_eq!(config_of(&route("hedge_after = \"p95\"")).routes[0].hedge, Some(Hedge::P95));
+    assert_eq!(
+        config_of(&model("hedge_after = 1")).model_hedges,
+        BTreeMap::from([("m".to_owned(), Hedge::Fixed(std::time::Duration::from_millis(1)))])
+    );
+    assert_eq!(config_of(&model("hedge_after = \"p95\"")).model_hedges["m"], Hedge::P95);
+
+    for (value, got) in [
+        ("0", "0"),
+        ("600001", "600001"),
+        ("-5", "-5"),
+        ("\"p99\"", "\"p99\" (did you mean \"p95\"?)"),
+        ("\"fast\"", "\"fast\""),
+        ("1.5", "1.5"),
+        ("true", "a boolean"),
+        ("[250]", "an array"),
+        ("99999999999999999999", "an integer too large"),
+    ] {
+        let expected = format!("expected milliseconds (1 to 600000) or \"p95\", got {got}");
+        assert_eq!(
+            errors_of(&route(&format!("hedge_after = {value}"))),
+            [format!("routes[0].hedge_after: {expected} (line 9, column 15)")],
+        );
+        assert_eq!(
+            errors_of(&model(&format!("hedge_after = {value}"))),
+            [format!("models[0].hedge_after: {expected} (line 7, column 15)")],
+        );
+    }
+}
+
+#[test]
+fn simulated_providers_are_listed_by_name() {
+    assert_eq!(config_of(SIM).simulated_providers(), ["sim"]);
+    let report = check_text(EXAMPLE, &example_env());
+    assert_eq!(report.config.unwrap().simulated_providers(), ["sim"], "not the two openai providers");
+    assert!(config_of("").simulated_providers().is_empty());
+}
+
+#[test]
+fn every_route_strategy_round_trips() {
+    use modelfleet_selector::Strategy;
+    let strategy = |lines: &str| config_of(&format!("{SIM}[[routes]]\nname = \"r\"\n{lines}\n")).routes[0].strategy;
+    for (name, expected) in [
+        ("weighted_score", Strategy::WeightedScore),
+        ("cheapest", Strategy::Cheapest),
+        ("fastest", Strategy::Fastest),
+        ("highest_quality", Strategy::HighestQuality),
+        ("priority_order", Strategy::PriorityOrder),
+        ("weighted_random", Strategy::WeightedRandom { seed: 0 }),
+    ] {
+        assert_eq!(strategy(&format!("strategy = \"{name}\"")), expected, "{name}");
+    }
+    assert_eq!(strategy("strategy = \"weighted_random\"\nseed = 42"), Strategy::WeightedRandom { seed: 42 });
+    assert_eq!(strategy(""), Strategy::WeightedScore, "the default");
+}
+
+#[test]
+fn locality_is_set_only_when_written() {
+    use modelfleet_selector::Locality;
+    let locality = |line: &str| {
+        config_of(&format!("{SIM}[[routes]]\nname = \"r\"\n[routes.requirements]\n{line}\n")).routes[0]
+            .requirements
+            .locality
+    };
+    assert_eq!(locality(""), None);
+    assert_eq!(locality("locality = \"any\""), Some(Locality::Any));
+    assert_eq!(locality("locality = \"local_only\""), Some(Locality::LocalOnly));
+    assert_eq!(locality("locality = \"cloud_only\""), Some(Locality::CloudOnly));
+    let example = check_text(EXAMPLE, &example_env()).config.unwrap();
+    assert_eq!(example.routes[0].requirements.locality, Some(Locality::Any), "the example says any explicitly");
+}
+
+#[test]
+fn the_retry_deadline_defaults_to_two_minutes() {
+    let deadline = |text: &str| config_of(text).retry.deadline;
+    let two_minutes = Some(std::time::Duration::from_mins(2));
+    assert_eq!(deadline(""), two_minutes);
+    assert_eq!(deadline("[retry]\nmax_attempts = 2\n"), two_minutes, "a [retry] table without deadline_ms");
+    assert_eq!(deadline("[retry]\ndeadline_ms = 5000\n"), Some(std::time::Duration::from_secs(5)));
+    assert_eq!(
+        errors_of("[retry]\ndeadline_ms = 0\n"),
+        ["retry.deadline_ms: 0 is outside 1..=600000 (line 2, column 15)"]
     );
 }

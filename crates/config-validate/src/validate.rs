@@ -25,7 +25,7 @@ use toml::{
 };
 
 use crate::{
-    ApiKey, CacheSettings, Config, MetricsSettings, Provider, ProviderKind, ResilienceSettings, Role, Route,
+    ApiKey, CacheSettings, Config, Hedge, MetricsSettings, Provider, ProviderKind, ResilienceSettings, Role, Route,
     ServerSettings, StoreSettings, ToolRequirement,
     checks::{EnvKind, MODEL_FILES, check_tool, env_var, model_dir_problems, port_in_use},
 };
@@ -278,6 +278,10 @@ fn get_u64(v: &mut V<'_>, t: &Table<'_>, path: &str, key: &str, range: RangeIncl
     get_int(v, t, path, key, range).and_then(|n| u64::try_from(n).ok()).unwrap_or(default)
 }
 
+fn get_u32(v: &mut V<'_>, t: &Table<'_>, path: &str, key: &str, range: RangeInclusive<i64>, default: u32) -> u32 {
+    get_int(v, t, path, key, range).and_then(|n| u32::try_from(n).ok()).unwrap_or(default)
+}
+
 fn get_float(v: &mut V<'_>, t: &Table<'_>, path: &str, key: &str, range: RangeInclusive<f64>) -> Option<f64> {
     let value = find(t, key)?;
     let p = join(path, key);
@@ -465,6 +469,7 @@ pub fn validate(text: &str, options: &Options<'_>) -> Report {
             "retry",
             "cooldown",
             "circuit",
+            "fallback",
             "selector",
             "budgets",
             "ledger",
@@ -475,17 +480,18 @@ pub fn validate(text: &str, options: &Options<'_>) -> Report {
     let server = server(&mut v, root, options);
     let store = store(&mut v, root, options);
     let providers = providers(&mut v, root, options);
-    let (models, model_fallbacks, model_paths, model_spans) = models(&mut v, root, &providers, options);
+    let ModelParts { specs: models, fallbacks: model_fallbacks, paths: model_paths, hedges: model_hedges, places } =
+        models(&mut v, root, &providers, options);
     let routes = routes(&mut v, root, &models);
-    fallback_cycles(&mut v, &model_fallbacks, &model_spans);
+    fallback_cycles(&mut v, &model_fallbacks, &places);
     let retry = retry(&mut v, root);
     let resilience = resilience(&mut v, root);
     let weights = weights(&mut v, root);
     let (budgets, utc_offset_minutes) = budgets(&mut v, root, &providers, &models);
     let cache = cache(&mut v, root);
     let metrics = metrics(&mut v, root);
-    expensive_without_budget(&mut v, &models, &budgets, &model_spans);
-    unbounded_under_hard_budget(&mut v, &models, &budgets, &server, &model_spans);
+    expensive_without_budget(&mut v, &models, &budgets, &places);
+    unbounded_under_hard_budget(&mut v, &models, &budgets, &server, &places);
 
     let config = v.errors.is_empty().then_some(Config {
         server,
@@ -494,6 +500,7 @@ pub fn validate(text: &str, options: &Options<'_>) -> Report {
         models,
         model_fallbacks,
         model_paths,
+        model_hedges,
         routes,
         retry,
         resilience,
@@ -673,8 +680,15 @@ struct ModelPlace {
     fallbacks: Range<usize>,
 }
 
-type ModelParts =
-    (Vec<ModelSpec>, BTreeMap<String, Vec<String>>, BTreeMap<String, PathBuf>, BTreeMap<String, ModelPlace>);
+/// What `[[models]]` gives, by model id besides the specs.
+struct ModelParts {
+    specs: Vec<ModelSpec>,
+    fallbacks: BTreeMap<String, Vec<String>>,
+    paths: BTreeMap<String, PathBuf>,
+    hedges: BTreeMap<String, Hedge>,
+    /// Where each model is in the file, for later cross-checks.
+    places: BTreeMap<String, ModelPlace>,
+}
 
 const MODEL_KEYS: &[&str] = &[
     "id",
@@ -699,6 +713,7 @@ const MODEL_KEYS: &[&str] = &[
     "memory_mb",
     "path",
     "fallbacks",
+    "hedge_after",
     "tags",
 ];
 
@@ -706,6 +721,7 @@ fn models(v: &mut V<'_>, root: &Table<'_>, providers: &[Provider], options: &Opt
     let mut specs: Vec<ModelSpec> = Vec::new();
     let mut fallbacks = BTreeMap::new();
     let mut paths = BTreeMap::new();
+    let mut hedges = BTreeMap::new();
     // Model id -> (its path in the file, its span), for later cross-checks.
     let mut spans = BTreeMap::new();
     let provider_names: Vec<&str> = providers.iter().map(|p| p.name.as_str()).collect();
@@ -737,6 +753,9 @@ fn models(v: &mut V<'_>, root: &Table<'_>, providers: &[Provider], options: &Opt
             }
             paths.insert(id.clone(), dir);
         }
+        if let Some(hedge) = get_hedge(v, t, &path) {
+            hedges.insert(id.clone(), hedge);
+        }
         let chain: Vec<(String, Range<usize>)> = get_str_list(v, t, &path, "fallbacks");
         fallbacks.insert(id.clone(), chain.iter().map(|(f, _)| f.clone()).collect::<Vec<_>>());
         let fallbacks_span = find(t, "fallbacks").map_or(id_span.clone(), Spanned::span);
@@ -762,10 +781,39 @@ fn models(v: &mut V<'_>, root: &Table<'_>, providers: &[Provider], options: &Opt
             }
         }
     }
-    (specs, fallbacks, paths, spans)
+    ModelParts { specs, fallbacks, paths, hedges, places: spans }
 }
 
-/// Everything of a model entry but its id, provider, path and fallbacks.
+/// `hedge_after`: milliseconds (1..=600000) or `"p95"`.
+fn get_hedge(v: &mut V<'_>, t: &Table<'_>, path: &str) -> Option<Hedge> {
+    const MAX_MS: i64 = 600_000;
+    let value = find(t, "hedge_after")?;
+    let got = match value.get_ref() {
+        DeValue::String(s) if s.as_ref() == "p95" => return Some(Hedge::P95),
+        DeValue::String(s) => format!("{s:?}{}", did_you_mean(s, &["p95"])),
+        DeValue::Float(f) => f.as_str().to_owned(),
+        other => match integer_of(other) {
+            Int::Value(n) if (1..=MAX_MS).contains(&n) => {
+                return u64::try_from(n).ok().map(|ms| Hedge::Fixed(std::time::Duration::from_millis(ms)));
+            }
+            Int::Value(n) => n.to_string(),
+            Int::TooLarge => "an integer too large".to_owned(),
+            Int::NotInteger => {
+                let kind = other.type_str();
+                let article = if kind.starts_with(['a', 'e', 'i', 'o', 'u']) { "an" } else { "a" };
+                format!("{article} {kind}")
+            }
+        },
+    };
+    v.error(
+        &join(path, "hedge_after"),
+        Some(&value.span()),
+        format!("expected milliseconds (1 to {MAX_MS}) or \"p95\", got {got}"),
+    );
+    None
+}
+
+/// Everything of a model entry but its id, provider, path, fallbacks and hedge.
 fn model_details(
     v: &mut V<'_>,
     t: &Table<'_>,
@@ -844,7 +892,10 @@ fn model_details(
     spec.primary_language =
         get_str(v, t, path, "primary_language").map(|(l, _)| l).or_else(|| spec.languages.first().cloned());
     spec.tags = get_str_list(v, t, path, "tags").into_iter().map(|(l, _)| l).collect();
-    let mut capabilities = Capabilities::default();
+    // Without a `capabilities` list a model is taken to stream (every
+    // OpenAI-compatible chat API does) and nothing more; a list states
+    // them exactly. A streamed request needs a model that streams.
+    let mut capabilities = Capabilities { streaming: find(t, "capabilities").is_none(), ..Capabilities::default() };
     for (j, (name, s)) in get_str_list(v, t, path, "capabilities").into_iter().enumerate() {
         let all = [
             ("streaming", Capability::Streaming),
@@ -906,7 +957,7 @@ fn routes(v: &mut V<'_>, root: &Table<'_>, models: &[ModelSpec]) -> Vec<Route> {
     let strategies = ["weighted_score", "cheapest", "fastest", "highest_quality", "priority_order", "weighted_random"];
     for (i, (t, span)) in get_tables(v, root, "routes").into_iter().enumerate() {
         let path = format!("routes[{i}]");
-        known_keys(v, t, &path, &["name", "strategy", "seed", "fallbacks", "requirements"]);
+        known_keys(v, t, &path, &["name", "strategy", "seed", "fallbacks", "hedge_after", "requirements"]);
         let Some((name, name_span)) = require_str(v, t, &span, &path, "name") else { continue };
         if ids.contains(&name.as_str()) || out.iter().any(|r| r.name == name) {
             v.error(&format!("{path}.name"), Some(&name_span), format!("{name:?} is already a model or route name"));
@@ -944,7 +995,8 @@ fn routes(v: &mut V<'_>, root: &Table<'_>, models: &[ModelSpec]) -> Vec<Route> {
         let requirements = get_table(v, t, &path, "requirements")
             .map(|(r, _)| requirements(v, r, &format!("{path}.requirements")))
             .unwrap_or_default();
-        out.push(Route { name, requirements, strategy, fallbacks });
+        let hedge = get_hedge(v, t, &path);
+        out.push(Route { name, requirements, strategy, fallbacks, hedge });
     }
     out
 }
@@ -1004,8 +1056,7 @@ fn requirements(v: &mut V<'_>, t: &Table<'_>, path: &str) -> Requirements {
             "locality",
             &["any", "local_only", "cloud_only"],
             &[Locality::Any, Locality::LocalOnly, Locality::CloudOnly],
-        )
-        .unwrap_or_default(),
+        ),
         prefer_free: get_bool(v, t, path, "prefer_free").unwrap_or(false),
         prefer_local: get_bool(v, t, path, "prefer_local").unwrap_or(false),
         n: get_int(v, t, path, "n", 1..=128).and_then(|n| u32::try_from(n).ok()).unwrap_or(0),
@@ -1051,7 +1102,10 @@ fn retry(v: &mut V<'_>, root: &Table<'_>) -> RetryConfig {
             &[Jitter::None, Jitter::Full, Jitter::Equal],
         )
         .unwrap_or(defaults.jitter),
-        deadline: get_int(v, t, "retry", "deadline_ms", 1..=600_000).and_then(|n| u64::try_from(n).ok()).map(ms),
+        deadline: get_int(v, t, "retry", "deadline_ms", 1..=600_000)
+            .and_then(|n| u64::try_from(n).ok())
+            .map(ms)
+            .or(defaults.deadline),
         max_retry_after: get_int(v, t, "retry", "max_retry_after_ms", 0..=600_000)
             .and_then(|n| u64::try_from(n).ok())
             .map_or(defaults.max_retry_after, ms),
@@ -1063,40 +1117,115 @@ fn retry(v: &mut V<'_>, root: &Table<'_>) -> RetryConfig {
 }
 
 fn resilience(v: &mut V<'_>, root: &Table<'_>) -> ResilienceSettings {
-    let mut s = ResilienceSettings {
-        cooldown_short_ms: 5_000,
-        cooldown_long_ms: 300_000,
-        cooldown_escalating_base_ms: 2_000,
-        cooldown_escalating_max_ms: 60_000,
-        circuit_window_ms: 30_000,
-        circuit_min_requests: 10,
-        circuit_failure_ratio: 0.5,
-        circuit_open_ms: 30_000,
-        circuit_half_open_probes: 3,
-    };
+    let mut s = ResilienceSettings::default();
     if let Some((t, _)) = get_table(v, root, "", "cooldown") {
-        known_keys(v, t, "cooldown", &["short_ms", "long_ms", "escalating_base_ms", "escalating_max_ms"]);
-        s.cooldown_short_ms = get_u64(v, t, "cooldown", "short_ms", 0..=3_600_000, s.cooldown_short_ms);
-        s.cooldown_long_ms = get_u64(v, t, "cooldown", "long_ms", 0..=86_400_000, s.cooldown_long_ms);
-        s.cooldown_escalating_base_ms =
-            get_u64(v, t, "cooldown", "escalating_base_ms", 0..=3_600_000, s.cooldown_escalating_base_ms);
-        s.cooldown_escalating_max_ms =
-            get_u64(v, t, "cooldown", "escalating_max_ms", 0..=86_400_000, s.cooldown_escalating_max_ms);
+        cooldown(v, t, &mut s);
     }
     if let Some((t, _)) = get_table(v, root, "", "circuit") {
-        known_keys(v, t, "circuit", &["window_ms", "min_requests", "failure_ratio", "open_ms", "half_open_probes"]);
-        s.circuit_window_ms = get_u64(v, t, "circuit", "window_ms", 100..=3_600_000, s.circuit_window_ms);
-        s.circuit_min_requests = get_int(v, t, "circuit", "min_requests", 1..=100_000)
-            .and_then(|n| u32::try_from(n).ok())
-            .unwrap_or(s.circuit_min_requests);
-        s.circuit_failure_ratio =
-            get_float(v, t, "circuit", "failure_ratio", 0.01..=1.0).unwrap_or(s.circuit_failure_ratio);
-        s.circuit_open_ms = get_u64(v, t, "circuit", "open_ms", 100..=3_600_000, s.circuit_open_ms);
-        s.circuit_half_open_probes = get_int(v, t, "circuit", "half_open_probes", 1..=100)
-            .and_then(|n| u32::try_from(n).ok())
-            .unwrap_or(s.circuit_half_open_probes);
+        circuit(v, t, &mut s);
+    }
+    if let Some((t, _)) = get_table(v, root, "", "fallback") {
+        fallback(v, t, &mut s);
     }
     s
+}
+
+fn cooldown(v: &mut V<'_>, t: &Table<'_>, s: &mut ResilienceSettings) {
+    const P: &str = "cooldown";
+    known_keys(
+        v,
+        t,
+        P,
+        &[
+            "short_ms",
+            "long_ms",
+            "escalating_base_ms",
+            "escalating_max_ms",
+            "timeouts_to_eject",
+            "request_specific_to_eject",
+            "multiplier_decay_ms",
+            "streak_decay_ms",
+        ],
+    );
+    s.cooldown_short_ms = get_u64(v, t, P, "short_ms", 0..=3_600_000, s.cooldown_short_ms);
+    s.cooldown_long_ms = get_u64(v, t, P, "long_ms", 0..=86_400_000, s.cooldown_long_ms);
+    let base = get_int(v, t, P, "escalating_base_ms", 1..=3_600_000).and_then(|n| u64::try_from(n).ok());
+    let max = get_int(v, t, P, "escalating_max_ms", 1..=86_400_000).and_then(|n| u64::try_from(n).ok());
+    // Compare only values that are not already wrong.
+    let base_ok = base.is_some() || find(t, "escalating_base_ms").is_none();
+    let max_ok = max.is_some() || find(t, "escalating_max_ms").is_none();
+    s.cooldown_escalating_base_ms = base.unwrap_or(s.cooldown_escalating_base_ms);
+    s.cooldown_escalating_max_ms = max.unwrap_or(s.cooldown_escalating_max_ms);
+    let (base, max) = (s.cooldown_escalating_base_ms, s.cooldown_escalating_max_ms);
+    if base_ok && max_ok && max < base {
+        let (span, message) = match (find(t, "escalating_max_ms"), find(t, "escalating_base_ms")) {
+            (Some(value), _) => (Some(value.span()), format!("{max} is less than escalating_base_ms ({base})")),
+            (None, at) => (
+                at.map(Spanned::span),
+                format!("the default {max} is less than escalating_base_ms ({base}): set escalating_max_ms too"),
+            ),
+        };
+        v.error("cooldown.escalating_max_ms", span.as_ref(), message);
+    }
+    s.cooldown_timeouts_to_eject = get_u32(v, t, P, "timeouts_to_eject", 1..=1_000, s.cooldown_timeouts_to_eject);
+    s.cooldown_request_specific_to_eject =
+        get_u32(v, t, P, "request_specific_to_eject", 1..=1_000, s.cooldown_request_specific_to_eject);
+    s.cooldown_multiplier_decay_ms =
+        get_u64(v, t, P, "multiplier_decay_ms", 1..=86_400_000, s.cooldown_multiplier_decay_ms);
+    s.cooldown_streak_decay_ms = get_u64(v, t, P, "streak_decay_ms", 1..=86_400_000, s.cooldown_streak_decay_ms);
+}
+
+fn circuit(v: &mut V<'_>, t: &Table<'_>, s: &mut ResilienceSettings) {
+    const P: &str = "circuit";
+    known_keys(
+        v,
+        t,
+        P,
+        &[
+            "window_ms",
+            "min_requests",
+            "failure_ratio",
+            "open_ms",
+            "half_open_probes",
+            "half_open_timeout_ms",
+            "slow_call_ms",
+            "slow_call_ratio",
+        ],
+    );
+    s.circuit_window_ms = get_u64(v, t, P, "window_ms", 100..=3_600_000, s.circuit_window_ms);
+    s.circuit_min_requests = get_u32(v, t, P, "min_requests", 1..=100_000, s.circuit_min_requests);
+    s.circuit_failure_ratio = get_float(v, t, P, "failure_ratio", 0.01..=1.0).unwrap_or(s.circuit_failure_ratio);
+    s.circuit_open_ms = get_u64(v, t, P, "open_ms", 100..=3_600_000, s.circuit_open_ms);
+    s.circuit_half_open_probes = get_u32(v, t, P, "half_open_probes", 1..=100, s.circuit_half_open_probes);
+    s.circuit_half_open_timeout_ms =
+        get_u64(v, t, P, "half_open_timeout_ms", 100..=3_600_000, s.circuit_half_open_timeout_ms);
+    s.circuit_slow_call_ms = get_u64(v, t, P, "slow_call_ms", 1..=3_600_000, s.circuit_slow_call_ms);
+    s.circuit_slow_call_ratio = get_float(v, t, P, "slow_call_ratio", 0.01..=1.0).unwrap_or(s.circuit_slow_call_ratio);
+}
+
+fn fallback(v: &mut V<'_>, t: &Table<'_>, s: &mut ResilienceSettings) {
+    const P: &str = "fallback";
+    known_keys(
+        v,
+        t,
+        P,
+        &[
+            "max_attempts_per_request",
+            "max_ejected_percent",
+            "retry_budget_percent",
+            "retry_budget_min_per_sec",
+            "retry_budget_window_ms",
+        ],
+    );
+    s.max_attempts_per_request = get_u32(v, t, P, "max_attempts_per_request", 1..=100, s.max_attempts_per_request);
+    s.max_ejected_percent = get_int(v, t, P, "max_ejected_percent", 0..=100)
+        .and_then(|n| u8::try_from(n).ok())
+        .unwrap_or(s.max_ejected_percent);
+    s.retry_budget_percent =
+        get_float(v, t, P, "retry_budget_percent", 0.0..=1_000.0).unwrap_or(s.retry_budget_percent);
+    s.retry_budget_min_per_sec =
+        get_float(v, t, P, "retry_budget_min_per_sec", 0.0..=10_000.0).unwrap_or(s.retry_budget_min_per_sec);
+    s.retry_budget_window_ms = get_u64(v, t, P, "retry_budget_window_ms", 1_000..=3_600_000, s.retry_budget_window_ms);
 }
 
 fn weights(v: &mut V<'_>, root: &Table<'_>) -> Weights {

@@ -42,8 +42,8 @@ pub struct RetryConfig {
 }
 
 impl Default for RetryConfig {
-    /// 3 attempts, 100 ms doubling up to 10 s, full jitter, no deadline,
-    /// Retry-After honoured up to 30 s.
+    /// 3 attempts, 100 ms doubling up to 10 s, full jitter, a 120 s
+    /// deadline, Retry-After honoured up to 30 s.
     fn default() -> Self {
         RetryConfig {
             max_attempts: 3,
@@ -51,7 +51,7 @@ impl Default for RetryConfig {
             multiplier: 2.0,
             max_backoff: Duration::from_secs(10),
             jitter: Jitter::Full,
-            deadline: None,
+            deadline: Some(Duration::from_mins(2)),
             max_retry_after: Duration::from_secs(30),
         }
     }

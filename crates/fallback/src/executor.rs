@@ -1,23 +1,82 @@
-//! The async executor: walk the chain, retry where it pays, record everything.
+//! The async executor: walk the candidates, retry where it pays, hedge
+//! when asked, record everything.
 
-use std::{borrow::Borrow, fmt, future::Future, time::Duration};
+use std::{borrow::Borrow, fmt, future::Future, pin::pin, task::Poll, time::Duration};
 
 use modelfleet_errors::{AttemptCtx, Classify, ErrorClass, RetryPolicy, Timer, sanitize};
 use modelfleet_registry::ModelSpec;
-use modelfleet_selector::{LiveSignals, Requirements, Weights};
+use modelfleet_selector::{LiveSignals, Locality, Ranked, Requirements, SelectorConfig, Strategy, Weights};
 use serde::Serialize;
 
-use crate::{Availability, FallbackStrategy, Tracker, chain::larger_window};
+use crate::{Availability, Permit, RetryBudget, Tracker};
 
-/// The executor's settings.
-#[derive(Debug, Clone, PartialEq, Default)]
+/// The executor's settings (the same for every request).
+#[derive(Debug, Clone, PartialEq)]
 pub struct ExecutorConfig {
     /// Attempts per model, backoff, jitter and the total deadline.
     pub retry: RetryPolicy,
-    /// How candidates are ordered.
-    pub strategy: FallbackStrategy,
-    /// Score weights for the performance strategy.
+    /// Score weights for the weighted strategies.
     pub weights: Weights,
+    /// The most attempts one request makes, retries and hedges included.
+    pub max_attempts_per_request: u32,
+    /// The most of a request's candidates that ejections may take out at
+    /// once, in percent: beyond it, the least recently ejected candidates
+    /// are tried anyway (Envoy's panic threshold).
+    pub max_ejected_percent: u8,
+}
+
+impl Default for ExecutorConfig {
+    /// The default retry policy, default weights, 6 attempts, 50%.
+    fn default() -> Self {
+        ExecutorConfig {
+            retry: RetryPolicy::default(),
+            weights: Weights::default(),
+            max_attempts_per_request: 6,
+            max_ejected_percent: 50,
+        }
+    }
+}
+
+/// When to start a second attempt while the first has not answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HedgeAfter {
+    /// After this long.
+    Fixed(Duration),
+    /// After the first model's p95 latency (no hedge while it is unknown).
+    P95,
+}
+
+impl HedgeAfter {
+    /// How long to wait on `model` before hedging, if at all.
+    fn delay<S: LiveSignals>(self, signals: &S, model: &ModelSpec) -> Option<Duration> {
+        match self {
+            HedgeAfter::Fixed(delay) => Some(delay),
+            HedgeAfter::P95 => signals
+                .signals(&model.id)
+                .latency_p95_ms
+                .filter(|ms| ms.is_finite() && *ms > 0.0)
+                .map(|ms| Duration::from_secs_f64(ms / 1_000.0)),
+        }
+    }
+}
+
+/// How one request is served: the order, the strategy, hedging, and who
+/// records a success.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Plan<'a> {
+    /// The order candidates are tried in.
+    pub order: Order<'a>,
+    /// How eligible models are ranked.
+    pub strategy: Strategy,
+    /// Hedging (non-streamed requests only; ignored when
+    /// `settle_by_caller`).
+    pub hedge: Option<HedgeAfter>,
+    /// The caller records the outcome of the attempt that succeeded (a
+    /// stream settles when it ends, not when it opens): the executor then
+    /// hands the attempt's [`Permit`] back in [`Executed::permit`] instead
+    /// of recording a success.
+    pub settle_by_caller: bool,
 }
 
 /// One call to one model, as it happened.
@@ -34,19 +93,32 @@ pub struct Attempt {
     pub latency: Duration,
     /// Whether it was a half-open circuit's probe.
     pub probe: bool,
+    /// Whether it was a hedge (started while an earlier attempt was still running).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub hedge: bool,
+    /// Whether an ejected model was tried anyway (too many of the
+    /// request's candidates were ejected).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub forced: bool,
 }
 
 /// A request served.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Executed<'a, T> {
     /// The model's answer.
     pub value: T,
     /// The model that served.
     pub model: &'a ModelSpec,
-    /// Every attempt, the successful last one included.
+    /// Every attempt, the successful one included (a hedge race's loser
+    /// is listed as cancelled).
     pub attempts: Vec<Attempt>,
-    /// Whether a model other than the first choice served.
+    /// Whether the first choice failed or was skipped (cooling down,
+    /// ejected, busy) and another model served. A model absent from the
+    /// ranking (not eligible) is not a first choice.
     pub fell_back: bool,
+    /// The successful attempt's permit, when the plan lets the caller
+    /// settle it ([`Plan::settle_by_caller`]).
+    pub permit: Option<Permit>,
 }
 
 /// Why the executor stopped without an answer.
@@ -59,16 +131,26 @@ pub enum StopReason {
     Exhausted,
     /// The deadline came first.
     DeadlineExceeded,
+    /// The request made as many attempts as one request may.
+    AttemptLimit,
 }
 
 /// The request was not served.
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum ExecuteError<E> {
-    /// No model was eligible or available to begin with.
-    NoCandidates {
-        /// Why (the selector's answer, or the models that were unavailable).
+    /// No model meets the requirements (or the named model does not).
+    NoneEligible {
+        /// Why (the selector's answer, or the named model's rejections).
         reason: String,
+    },
+    /// Models meet the requirements, but none could take the request
+    /// within its deadline (cooling down, circuits open, probes busy).
+    Unavailable {
+        /// Every candidate and why it is out.
+        reason: String,
+        /// When the earliest of them is back, from now.
+        retry_after: Option<Duration>,
     },
     /// Every attempt failed.
     Failed {
@@ -82,11 +164,11 @@ pub enum ExecuteError<E> {
 }
 
 impl<E> ExecuteError<E> {
-    /// Every attempt made (none when there were no candidates).
+    /// Every attempt made (none when no model could be tried).
     #[must_use]
     pub fn attempts(&self) -> &[Attempt] {
         match self {
-            ExecuteError::NoCandidates { .. } => &[],
+            ExecuteError::NoneEligible { .. } | ExecuteError::Unavailable { .. } => &[],
             ExecuteError::Failed { attempts, .. } => attempts,
         }
     }
@@ -95,12 +177,16 @@ impl<E> ExecuteError<E> {
 impl<E> fmt::Display for ExecuteError<E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            ExecuteError::NoCandidates { reason } => write!(f, "no model can take the request: {reason}"),
+            ExecuteError::NoneEligible { reason } => write!(f, "no model can take the request: {reason}"),
+            ExecuteError::Unavailable { reason, .. } => {
+                write!(f, "no model can take the request within its deadline: {reason}")
+            }
             ExecuteError::Failed { reason, attempts, .. } => {
                 let why = match reason {
                     StopReason::NotRecoverable => "the error cannot be retried or fall back",
                     StopReason::Exhausted => "every candidate failed",
                     StopReason::DeadlineExceeded => "the deadline passed",
+                    StopReason::AttemptLimit => "the request made as many attempts as one request may",
                 };
                 write!(f, "{why} after {} attempt(s): ", attempts.len())?;
                 let tried: Vec<String> = attempts
@@ -128,39 +214,96 @@ pub enum Order<'a> {
     Ranked,
     /// Exactly these models, in this order (a route's or a model's fallbacks).
     Explicit(&'a [String]),
-    /// This model first, then the rest of the ranking (a request naming a model).
+    /// This model first (it must meet the requirements, or the request is
+    /// refused saying why), then its implied fallbacks by rank: the models
+    /// that can do what it does (see [`implied_fallback`]).
     Preferred(&'a str),
 }
 
-/// What [`execute`] needs besides the call.
+/// What [`execute`] serves a request from, besides the call.
 #[derive(Debug)]
-pub struct Fleet<'r, M, S, Tm> {
+pub struct Pool<'r, M, S, Tm> {
     /// The catalog's models.
     pub models: &'r [M],
     /// Live signals for scoring.
     pub signals: &'r S,
     /// Failure tracking shared by all requests.
     pub tracker: &'r Tracker,
+    /// Retries per provider, shared by all requests (`None`: unlimited
+    /// within the retry policy).
+    pub retry_budget: Option<&'r RetryBudget>,
+    /// Providers that only simulate: never an implied fallback for a
+    /// model of another provider.
+    pub simulated_providers: &'r [String],
     /// The clock and sleep (the tracker's `now` is this timer's `now`).
     pub timer: &'r Tm,
 }
 
-/// Serves a request: ranks the eligible models (in the given [`Order`]),
-/// calls them through `call`, and on failure moves down the chain.
+/// Why `candidate` may not stand in for `named` when a request names
+/// `named` without explicit fallbacks, or `None` when it may: it must share
+/// one of `named`'s categories and (when `named` lists any) one of its
+/// languages, run where `named` runs (local or cloud) unless the request
+/// says `locality = "any"` explicitly, and not be simulated unless `named`
+/// is. The requirements' own rules (capabilities the request uses, a
+/// window that fits, price…) apply on top, as for every candidate.
+#[must_use]
+pub fn implied_fallback(
+    named: &ModelSpec,
+    candidate: &ModelSpec,
+    requirements: &Requirements,
+    simulated_providers: &[String],
+) -> Option<&'static str> {
+    if candidate.id == named.id {
+        return Some("it is the named model");
+    }
+    if !named.categories.is_empty() && !candidate.categories.iter().any(|c| named.categories.contains(c)) {
+        return Some("shares none of the named model's categories");
+    }
+    if !named.languages.is_empty() && !candidate.languages.iter().any(|l| named.languages.contains(l)) {
+        return Some("speaks none of the named model's languages");
+    }
+    if requirements.locality != Some(Locality::Any) && candidate.local != named.local {
+        return Some(if named.local {
+            "not local like the named model"
+        } else {
+            "not a cloud model like the named model"
+        });
+    }
+    let simulated = |m: &ModelSpec| simulated_providers.contains(&m.provider);
+    if simulated(candidate) && !simulated(named) {
+        return Some("simulated, and the named model is not");
+    }
+    None
+}
+
+/// Serves a request: ranks the eligible models (in the [`Plan`]'s order
+/// and strategy), calls them through `call`, and on failure moves on.
 ///
 /// - A non-retryable error is never retried on the same model; a class that
 ///   may not fall back (bad request, cancelled, internal) ends the request.
 /// - It never sleeps for backoff while another available model can take the
-///   request: a transient failure sends the request to the next model at
-///   once, and the failed model is retried (per the retry policy, after its
-///   backoff and any cooldown) only when nobody else is left.
+///   request; the failed model is retried (per the retry policy, after its
+///   backoff and any cooldown, and when its provider's [`RetryBudget`]
+///   allows) only when nobody else is left. No model is tried twice
+///   except by such a retry, and a request makes at most
+///   [`ExecutorConfig::max_attempts_per_request`] attempts.
+/// - Ejections never take out more than
+///   [`ExecutorConfig::max_ejected_percent`] of the candidates: beyond it
+///   the least recently ejected are tried anyway. When every candidate is
+///   out and the first is back within the deadline, it waits for it
+///   (jittered) rather than giving up.
 /// - A context-window failure keeps only models with a larger window.
-/// - One total deadline covers everything; each call is told the time left.
-/// - Every outcome is recorded in the tracker; every attempt is reported.
+/// - One total deadline covers everything; each call is told the time left,
+///   and a timeout the deadline caused is not held against the model.
+/// - A hedge (non-streamed, when the plan asks) starts the next candidate
+///   when the first has not answered in time; the first good answer wins
+///   and the other call is dropped (cancelled). Hedges spend the retry budget.
+/// - Every outcome is recorded in the tracker through its [`Permit`];
+///   every attempt is reported.
 pub async fn execute<'a, M, S, Tm, T, E, F, Fut>(
-    fleet: Fleet<'a, M, S, Tm>,
+    pool: Pool<'a, M, S, Tm>,
     requirements: &Requirements,
-    order: Order<'_>,
+    plan: &Plan<'_>,
     config: &ExecutorConfig,
     rng: &mut fastrand::Rng,
     mut call: F,
@@ -173,95 +316,154 @@ where
     F: FnMut(&'a ModelSpec, AttemptCtx) -> Fut,
     Fut: Future<Output = Result<T, E>>,
 {
-    let Fleet { models, signals, tracker, timer } = fleet;
+    let Pool { models, signals, tracker, retry_budget, simulated_providers, timer } = pool;
     let start = timer.now();
     let deadline = config.retry.config().deadline;
     let remaining = |now: Duration| deadline.map(|d| d.saturating_sub(now.saturating_sub(start)));
 
-    let selector = config.strategy.selector_config(config.weights);
+    let selector = SelectorConfig { weights: config.weights, strategy: plan.strategy };
     let ranked = modelfleet_selector::rank(models, requirements, signals, &selector);
-    let queue: Vec<&'a ModelSpec> = match order {
-        Order::Explicit(ids) => {
-            ids.iter().filter_map(|id| ranked.iter().find(|r| r.model.id == *id)).map(|r| r.model).collect()
-        }
-        Order::Ranked => ranked.iter().map(|r| r.model).collect(),
-        Order::Preferred(id) => {
-            let first = ranked.iter().find(|r| r.model.id == id).map(|r| r.model);
-            first.into_iter().chain(ranked.iter().map(|r| r.model).filter(|m| m.id != id)).collect()
-        }
-    };
-    if queue.is_empty() {
-        let reason = match modelfleet_selector::select(models, requirements, signals, &selector) {
-            Err(err) => err.to_string(),
-            Ok(_) => "no model of the explicit fallback list is eligible".to_owned(),
-        };
-        return Err(ExecuteError::NoCandidates { reason });
-    }
+    let queue = candidates(models, &ranked, requirements, plan.order, signals, &selector, simulated_providers)?;
     let mut walk = Walk {
         first_choice: queue[0].id.as_str(),
+        candidates: queue.clone(),
         queue,
         waiting: Vec::new(),
         attempts: Vec::new(),
         tries: Vec::new(),
     };
     let mut last: Option<E> = None;
+    let hedge = plan.hedge.filter(|_| !plan.settle_by_caller);
 
     loop {
         let now = timer.now();
         if remaining(now) == Some(Duration::ZERO) {
-            return Err(stop(last, StopReason::DeadlineExceeded, walk.attempts, walk.queue.len()));
+            return Err(walk.stop(last, StopReason::DeadlineExceeded));
         }
-        let (model, probe) = match walk.next(tracker, now) {
-            Next::Ready(model, probe) => (model, probe),
-            Next::Wait(model, ready) => {
-                let wait = ready.saturating_sub(now);
-                if remaining(now).is_some_and(|left| wait >= left) {
-                    return Err(stop(last, StopReason::DeadlineExceeded, walk.attempts, walk.queue.len()));
+        if walk.attempts.len() >= config.max_attempts_per_request as usize {
+            return Err(walk.stop(last, StopReason::AttemptLimit));
+        }
+        let (model, permit) = match walk.next(tracker, now, config.max_ejected_percent) {
+            Next::Ready(model, permit) => (model, permit),
+            Next::Wait(ready, readmission) => {
+                let mut wait = ready.saturating_sub(now);
+                if readmission {
+                    // Jittered, so requests waiting on the same model do not all
+                    // come back at the same instant: up to a tenth more, at most 1 s.
+                    let spread = (wait / 10).min(Duration::from_secs(1));
+                    wait += spread.mul_f64(rng.f64());
                 }
-                if !wait.is_zero() {
-                    timer.sleep(wait).await;
+                // Without a deadline, a scheduled retry is still waited for,
+                // but not a cooldown (nothing bounds how long it may be).
+                if remaining(now).map_or(readmission, |left| wait >= left) {
+                    return Err(match last {
+                        Some(_) if deadline.is_some() => walk.stop(last, StopReason::DeadlineExceeded),
+                        _ => walk.unavailable(last, tracker, now),
+                    });
                 }
-                walk.queue.insert(0, model);
+                timer.sleep(wait).await;
+                walk.requeue_due(timer.now());
                 continue;
             }
-            Next::Nobody(unavailable) if walk.attempts.is_empty() => {
-                let reason = format!("every eligible model is unavailable: {}", unavailable.join(", "));
-                return Err(ExecuteError::NoCandidates { reason });
-            }
-            Next::Nobody(_) => return Err(stop(last, StopReason::Exhausted, walk.attempts, 0)),
+            Next::Nobody => return Err(walk.unavailable(last, tracker, now)),
         };
+        if let Some(budget) = retry_budget
+            && walk.tries_of(&model.id) == 0
+        {
+            budget.record_request(&model.provider, now);
+        }
 
-        let began = timer.now();
-        let ctx = AttemptCtx { attempt: walk.count_try(&model.id), remaining: remaining(began) };
-        let result = call(model, ctx).await;
-        let ended = timer.now();
-        let latency = ended.saturating_sub(began);
-        match result {
-            Ok(value) => {
-                tracker.record_success(&model.id, ended);
-                walk.attempts.push(Attempt { model: model.id.clone(), error: None, message: None, latency, probe });
+        let primary = walk.begin(model, permit, remaining(timer.now()));
+        let delay = hedge.and_then(|h| h.delay(signals, model));
+        let outcome = match delay {
+            None => {
+                let result = call(model, primary.ctx).await;
+                walk.settle(primary, result, timer.now(), remaining, plan, config, tracker, retry_budget, rng)
+            }
+            Some(delay) => {
+                let mut ctx = Hedging { walk: &mut walk, tracker, retry_budget, plan, config, rng, remaining };
+                ctx.race(primary, delay, timer, &mut call).await
+            }
+        };
+        match outcome {
+            Step::Served(model, value, permit) => {
                 let fell_back = model.id != walk.first_choice;
-                return Ok(Executed { value, model, attempts: walk.attempts, fell_back });
+                return Ok(Executed { value, model, attempts: walk.attempts, fell_back, permit });
             }
-            Err(error) => {
-                let class = error.class();
-                tracker.record_failure(&model.id, class, error.retry_after(), ended);
-                let message = Some(sanitize(&error.to_string()).into_owned());
-                walk.attempts.push(Attempt { model: model.id.clone(), error: Some(class), message, latency, probe });
-                if !class.fallback() && !class.retry_same_model() {
-                    return Err(stop(Some(error), StopReason::NotRecoverable, walk.attempts, walk.queue.len()));
-                }
-                walk.after_failure(model, class, error.retry_after(), ended, tracker, &config.retry, rng);
-                last = Some(error);
-            }
+            Step::Stop(error, reason) => return Err(walk.stop(Some(error), reason)),
+            Step::Continue(error) => last = Some(error),
         }
     }
 }
 
-/// The state of one request's walk down the chain.
+/// The request's candidates in the order they are tried.
+fn candidates<'a, M: Borrow<ModelSpec>, S: LiveSignals, E>(
+    models: &'a [M],
+    ranked: &[Ranked<'a>],
+    requirements: &Requirements,
+    order: Order<'_>,
+    signals: &S,
+    selector: &SelectorConfig,
+    simulated_providers: &[String],
+) -> Result<Vec<&'a ModelSpec>, ExecuteError<E>> {
+    let queue: Vec<&'a ModelSpec> = match order {
+        Order::Ranked => ranked.iter().map(|r| r.model).collect(),
+        Order::Explicit(ids) => {
+            ids.iter().filter_map(|id| ranked.iter().find(|r| r.model.id == *id)).map(|r| r.model).collect()
+        }
+        Order::Preferred(id) => {
+            let Some(named) = ranked.iter().find(|r| r.model.id == id).map(|r| r.model) else {
+                return Err(ExecuteError::NoneEligible {
+                    reason: named_rejected(models, id, requirements, signals, selector),
+                });
+            };
+            std::iter::once(named)
+                .chain(
+                    ranked
+                        .iter()
+                        .map(|r| r.model)
+                        .filter(|m| implied_fallback(named, m, requirements, simulated_providers).is_none()),
+                )
+                .collect()
+        }
+    };
+    if queue.is_empty() {
+        let reason = match modelfleet_selector::select(models, requirements, signals, selector) {
+            Err(err) => err.to_string(),
+            Ok(_) => "no model of the explicit fallback list meets the requirements".to_owned(),
+        };
+        return Err(ExecuteError::NoneEligible { reason });
+    }
+    Ok(queue)
+}
+
+/// Why the named model `id` does not meet the requirements.
+fn named_rejected<M: Borrow<ModelSpec>, S: LiveSignals>(
+    models: &[M],
+    id: &str,
+    requirements: &Requirements,
+    signals: &S,
+    selector: &SelectorConfig,
+) -> String {
+    let Some(named) = models.iter().map(Borrow::borrow).find(|m| m.id == id) else {
+        return format!("model {id:?} is not in the catalog");
+    };
+    let explanation = modelfleet_selector::explain(std::slice::from_ref(named), requirements, signals, selector);
+    let reasons: Vec<String> =
+        explanation.rejected.iter().flat_map(|r| r.reasons.iter().map(ToString::to_string)).collect();
+    if reasons.is_empty() {
+        format!("model {id:?} does not meet the requirements")
+    } else {
+        format!("model {id:?} does not meet the requirements: {}", reasons.join(", "))
+    }
+}
+
+/// The state of one request's walk down its candidates.
 struct Walk<'a> {
     first_choice: &'a str,
-    /// Models not tried yet (or due for their retry), in chain order.
+    /// Every candidate, in order (the panic threshold's denominator).
+    candidates: Vec<&'a ModelSpec>,
+    /// Candidates not tried yet (or due for their retry), in order.
     queue: Vec<&'a ModelSpec>,
     /// Models waiting for a retry: (model, ready at).
     waiting: Vec<(&'a ModelSpec, Duration)>,
@@ -271,47 +473,194 @@ struct Walk<'a> {
 }
 
 enum Next<'a> {
-    /// Call this model now (the flag: as a half-open probe).
-    Ready(&'a ModelSpec, bool),
-    /// Nobody is available; this model's retry is due at the given time.
-    Wait(&'a ModelSpec, Duration),
-    /// Nobody is available and no retry is pending (why, per model).
-    Nobody(Vec<String>),
+    /// Call this model now, under this permit.
+    Ready(&'a ModelSpec, Permit),
+    /// Nobody is available; the first is back at this time (the flag: it
+    /// is a model's re-admission after a cooldown, not a scheduled retry).
+    Wait(Duration, bool),
+    /// Nobody is available and nobody is coming back.
+    Nobody,
+}
+
+/// An attempt under way.
+struct Began<'a> {
+    model: &'a ModelSpec,
+    permit: Permit,
+    ctx: AttemptCtx,
+    hedge: bool,
+}
+
+/// What one attempt's outcome means for the request.
+enum Step<'a, T, E> {
+    Served(&'a ModelSpec, T, Option<Permit>),
+    Stop(E, StopReason),
+    Continue(E),
+}
+
+/// Whether an ejection (not a rate limit, not a long cooldown for a bad
+/// key or an empty quota) takes the model out: only those may be
+/// overridden by the panic threshold.
+const fn health_ejection(availability: Availability) -> bool {
+    matches!(
+        availability,
+        Availability::CircuitOpen { .. }
+            | Availability::CoolingDown {
+                class: ErrorClass::ServerError | ErrorClass::Connection | ErrorClass::Timeout,
+                ..
+            }
+    )
 }
 
 impl<'a> Walk<'a> {
-    /// The next model available now, in chain order; else the retry due first.
-    fn next(&mut self, tracker: &Tracker, now: Duration) -> Next<'a> {
-        let mut unavailable = Vec::new();
-        while !self.queue.is_empty() {
-            let model = self.queue.remove(0);
-            let availability = tracker.acquire(&model.id, now);
-            if availability.is_available() {
-                return Next::Ready(model, availability == Availability::Probe);
+    /// The next model available now, in order; else an ejected one the
+    /// panic threshold lets through; else when the first is back.
+    fn next(&mut self, tracker: &Tracker, now: Duration, max_ejected_percent: u8) -> Next<'a> {
+        let mut back_at: Option<Duration> = None;
+        let mut ejected: Vec<(usize, Duration, Duration)> = Vec::new();
+        let mut i = 0;
+        while i < self.queue.len() {
+            let model = self.queue[i];
+            match tracker.acquire(&model.id, now) {
+                Ok(permit) => {
+                    self.queue.remove(i);
+                    return Next::Ready(model, permit);
+                }
+                Err(availability) => {
+                    let until = match availability {
+                        Availability::CoolingDown { until, .. } | Availability::CircuitOpen { until } => Some(until),
+                        _ => None,
+                    };
+                    if let Some(until) = until.filter(|u| *u > now) {
+                        back_at = Some(back_at.map_or(until, |b| b.min(until)));
+                        if health_ejection(availability) {
+                            let since = tracker.ejected_since(&model.id, now).unwrap_or(now);
+                            ejected.push((i, since, until));
+                        }
+                    }
+                }
             }
-            unavailable.push(format!("{} ({})", model.id, describe(availability)));
+            i += 1;
         }
-        self.waiting.sort_by(|a, b| a.1.cmp(&b.1).then_with(|| a.0.id.cmp(&b.0.id)));
-        if self.waiting.is_empty() {
-            return Next::Nobody(unavailable);
+        if !ejected.is_empty() && self.over_ejected(tracker, now, max_ejected_percent) {
+            // The least recently ejected first; among equals, the one back soonest.
+            ejected.sort_by(|a, b| a.1.cmp(&b.1).then(a.2.cmp(&b.2)).then(a.0.cmp(&b.0)));
+            let model = self.queue.remove(ejected[0].0);
+            return Next::Ready(model, tracker.acquire_forced(&model.id, now));
         }
-        let (model, ready) = self.waiting.remove(0);
-        Next::Wait(model, ready)
+        let retry_at = self.waiting.iter().map(|&(_, ready)| ready).min();
+        match (back_at, retry_at) {
+            (Some(back), Some(retry)) if retry <= back => Next::Wait(retry.max(now), false),
+            (Some(back), _) => Next::Wait(back.max(now), true),
+            (None, Some(retry)) => Next::Wait(retry.max(now), false),
+            (None, None) => Next::Nobody,
+        }
     }
 
-    /// Counts one more attempt on `id`; returns its number (1 for the first).
-    fn count_try(&mut self, id: &'a str) -> u32 {
-        if let Some((_, n)) = self.tries.iter_mut().find(|(m, _)| *m == id) {
+    /// Whether more of the candidates are ejected now than the threshold allows.
+    fn over_ejected(&self, tracker: &Tracker, now: Duration, max_ejected_percent: u8) -> bool {
+        let ejected = self.candidates.iter().filter(|m| health_ejection(tracker.availability(&m.id, now))).count();
+        // ejected / candidates > percent / 100, in integers.
+        ejected * 100 > self.candidates.len() * usize::from(max_ejected_percent)
+    }
+
+    /// Moves retries that are due (and models whose cooldown ended) back to the queue.
+    fn requeue_due(&mut self, now: Duration) {
+        let mut due: Vec<(&'a ModelSpec, Duration)> = Vec::new();
+        self.waiting.retain(|&(m, ready)| {
+            if ready <= now {
+                due.push((m, ready));
+                false
+            } else {
+                true
+            }
+        });
+        due.sort_by(|a, b| a.1.cmp(&b.1).then_with(|| a.0.id.cmp(&b.0.id)));
+        for (i, (m, _)) in due.into_iter().enumerate() {
+            self.queue.insert(i, m);
+        }
+    }
+
+    fn tries_of(&self, id: &str) -> u32 {
+        self.tries.iter().find(|(m, _)| *m == id).map_or(0, |(_, n)| *n)
+    }
+
+    /// Counts one more attempt on `model` and builds its context.
+    fn begin(&mut self, model: &'a ModelSpec, permit: Permit, remaining: Option<Duration>) -> Began<'a> {
+        let attempt = if let Some((_, n)) = self.tries.iter_mut().find(|(m, _)| *m == model.id) {
             *n += 1;
-            return *n;
-        }
-        self.tries.push((id, 1));
-        1
+            *n
+        } else {
+            self.tries.push((model.id.as_str(), 1));
+            1
+        };
+        Began { model, permit, ctx: AttemptCtx { attempt, remaining }, hedge: false }
     }
 
-    /// After `model` failed with `class`: narrow the chain after a
-    /// context-window failure, and schedule a retry when the class and the
-    /// policy allow one (after the backoff, and not before the cooldown ends).
+    /// Records an attempt's outcome and decides what comes next.
+    #[allow(clippy::too_many_arguments)] // the walk's whole context; two call sites
+    fn settle<T, E: Classify + fmt::Display>(
+        &mut self,
+        began: Began<'a>,
+        result: Result<T, E>,
+        ended: Duration,
+        remaining: impl Fn(Duration) -> Option<Duration>,
+        plan: &Plan<'_>,
+        config: &ExecutorConfig,
+        tracker: &Tracker,
+        retry_budget: Option<&RetryBudget>,
+        rng: &mut fastrand::Rng,
+    ) -> Step<'a, T, E> {
+        let Began { model, permit, ctx, hedge } = began;
+        let latency = ended.saturating_sub(permit.started());
+        let (probe, forced) = (permit.is_probe(), permit.is_forced());
+        let attempt = |error: Option<ErrorClass>, message: Option<String>| Attempt {
+            model: model.id.clone(),
+            error,
+            message,
+            latency,
+            probe,
+            hedge,
+            forced,
+        };
+        match result {
+            Ok(value) => {
+                self.attempts.push(attempt(None, None));
+                let permit = if plan.settle_by_caller {
+                    Some(permit)
+                } else {
+                    permit.success(ended);
+                    None
+                };
+                Step::Served(model, value, permit)
+            }
+            Err(error) => {
+                let class = error.class();
+                let message = Some(sanitize(&error.to_string()).into_owned());
+                self.attempts.push(attempt(Some(class), message));
+                // A timeout the request's own deadline caused says nothing of the model.
+                let deadline_ran_out = class == ErrorClass::Timeout
+                    && (remaining(ended) == Some(Duration::ZERO) || ctx.remaining.is_some_and(|r| latency >= r));
+                if deadline_ran_out {
+                    permit.release();
+                    return Step::Stop(error, StopReason::DeadlineExceeded);
+                }
+                match class {
+                    ErrorClass::BudgetExceeded | ErrorClass::Cancelled | ErrorClass::Internal => permit.release(),
+                    _ => permit.failure(class, error.retry_after(), ended),
+                }
+                if !class.fallback() && !class.retry_same_model() {
+                    return Step::Stop(error, StopReason::NotRecoverable);
+                }
+                self.after_failure(model, class, error.retry_after(), ended, tracker, &config.retry, retry_budget, rng);
+                Step::Continue(error)
+            }
+        }
+    }
+
+    /// After `model` failed with `class`: narrow the candidates after a
+    /// context-window failure, and schedule a retry when the class, the
+    /// policy and the provider's retry budget allow one (after the backoff,
+    /// and not before the cooldown ends).
     #[allow(clippy::too_many_arguments)] // one call site; a struct would only rename them
     fn after_failure(
         &mut self,
@@ -321,6 +670,7 @@ impl<'a> Walk<'a> {
         now: Duration,
         tracker: &Tracker,
         policy: &RetryPolicy,
+        retry_budget: Option<&RetryBudget>,
         rng: &mut fastrand::Rng,
     ) {
         if class == ErrorClass::ContextWindowExceeded {
@@ -330,30 +680,199 @@ impl<'a> Walk<'a> {
         if !class.retry_same_model() {
             return;
         }
-        let made = self.tries.iter().find(|(id, _)| *id == model.id).map_or(1, |(_, n)| *n);
-        if let Ok(delay) = policy.next_delay(made, class, retry_after, rng) {
-            let cooldown_end = match tracker.availability(&model.id, now) {
-                Availability::CoolingDown { until, .. } | Availability::CircuitOpen { until } => until,
-                _ => now,
-            };
-            self.waiting.push((model, now.saturating_add(delay).max(cooldown_end)));
+        let made = self.tries_of(&model.id).max(1);
+        let Ok(delay) = policy.next_delay(made, class, retry_after, rng) else { return };
+        if retry_budget.is_some_and(|budget| !budget.try_retry(&model.provider, now)) {
+            return; // the provider's retries are spent: fall back or fail instead
+        }
+        let cooldown_end = match tracker.availability(&model.id, now) {
+            Availability::CoolingDown { until, .. } | Availability::CircuitOpen { until } => until,
+            _ => now,
+        };
+        self.waiting.push((model, now.saturating_add(delay).max(cooldown_end)));
+    }
+
+    fn stop<E>(&self, last: Option<E>, reason: StopReason) -> ExecuteError<E> {
+        match last {
+            Some(last) => ExecuteError::Failed { last, reason, attempts: self.attempts.clone() },
+            None => ExecuteError::Unavailable {
+                reason: format!("the deadline passed before any attempt ({} candidate(s) left)", self.queue.len()),
+                retry_after: None,
+            },
         }
     }
-}
 
-fn stop<E>(last: Option<E>, reason: StopReason, attempts: Vec<Attempt>, left: usize) -> ExecuteError<E> {
-    match last {
-        Some(last) => ExecuteError::Failed { last, reason, attempts },
-        None => ExecuteError::NoCandidates {
-            reason: format!("the deadline passed before any attempt ({left} candidate(s) left)"),
-        },
+    /// Nothing can take the request within its deadline.
+    fn unavailable<E>(&self, last: Option<E>, tracker: &Tracker, now: Duration) -> ExecuteError<E> {
+        if let Some(last) = last {
+            return ExecuteError::Failed { last, reason: StopReason::Exhausted, attempts: self.attempts.clone() };
+        }
+        let mut back: Option<Duration> = None;
+        let out: Vec<String> = self
+            .candidates
+            .iter()
+            .map(|m| {
+                let availability = tracker.availability(&m.id, now);
+                if let Availability::CoolingDown { until, .. } | Availability::CircuitOpen { until } = availability {
+                    let wait = until.saturating_sub(now);
+                    back = Some(back.map_or(wait, |b| b.min(wait)));
+                }
+                format!("{} ({})", m.id, describe(availability, now))
+            })
+            .collect();
+        ExecuteError::Unavailable { reason: format!("every candidate is out: {}", out.join(", ")), retry_after: back }
     }
 }
 
-fn describe(availability: Availability) -> String {
+/// A hedged attempt in progress: the walk and everything settling needs.
+struct Hedging<'w, 'a, 'p, 'r, R> {
+    walk: &'w mut Walk<'a>,
+    tracker: &'r Tracker,
+    retry_budget: Option<&'r RetryBudget>,
+    plan: &'p Plan<'p>,
+    config: &'p ExecutorConfig,
+    rng: &'w mut fastrand::Rng,
+    remaining: R,
+}
+
+impl<'a, R: Fn(Duration) -> Option<Duration> + Copy> Hedging<'_, 'a, '_, '_, R> {
+    /// Runs `primary`; if it has not answered after `delay`, starts the
+    /// next available candidate too (when the retry budget allows) and
+    /// takes the first good answer. The loser is dropped (cancelled): its
+    /// permit is released, and its caller charges what it cost.
+    async fn race<Tm, T, E, F, Fut>(
+        &mut self,
+        primary: Began<'a>,
+        delay: Duration,
+        timer: &Tm,
+        call: &mut F,
+    ) -> Step<'a, T, E>
+    where
+        Tm: Timer,
+        E: Classify + fmt::Display,
+        F: FnMut(&'a ModelSpec, AttemptCtx) -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        let mut first = pin!(call(primary.model, primary.ctx));
+        let timeout = {
+            let mut sleep = pin!(timer.sleep(delay));
+            std::future::poll_fn(|cx| {
+                if let Poll::Ready(result) = first.as_mut().poll(cx) {
+                    return Poll::Ready(Some(result));
+                }
+                sleep.as_mut().poll(cx).map(|()| None)
+            })
+            .await
+        };
+        if let Some(result) = timeout {
+            return self.settle(primary, result, timer.now());
+        }
+        let now = timer.now();
+        let Some((model, permit)) = self.hedge_target(now) else {
+            let result = first.await;
+            return self.settle(primary, result, timer.now());
+        };
+        let mut second = self.walk.begin(model, permit, (self.remaining)(now));
+        second.hedge = true;
+        let mut other = pin!(call(second.model, second.ctx));
+        let mut pending = [Some(primary), Some(second)];
+        loop {
+            let (index, result) = std::future::poll_fn(|cx| {
+                if pending[0].is_some()
+                    && let Poll::Ready(result) = first.as_mut().poll(cx)
+                {
+                    return Poll::Ready((0, result));
+                }
+                if pending[1].is_some()
+                    && let Poll::Ready(result) = other.as_mut().poll(cx)
+                {
+                    return Poll::Ready((1, result));
+                }
+                Poll::Pending
+            })
+            .await;
+            let Some(began) = pending[index].take() else { continue };
+            match self.settle(began, result, timer.now()) {
+                // The other attempt may still answer.
+                Step::Continue(_) if pending[1 - index].is_some() => {}
+                step => {
+                    if let Some(loser) = pending[1 - index].take() {
+                        self.cancel(loser, timer.now());
+                    }
+                    return step;
+                }
+            }
+        }
+    }
+
+    /// The attempt that lost a hedge race (or was cut short by a request-level
+    /// stop): listed as cancelled, its permit released (neither success nor
+    /// failure); its future is dropped by the caller, which charges it.
+    fn cancel(&mut self, loser: Began<'a>, now: Duration) {
+        self.walk.attempts.push(Attempt {
+            model: loser.model.id.clone(),
+            error: Some(ErrorClass::Cancelled),
+            message: Some("cancelled: the request ended while it ran (another attempt answered first)".to_owned()),
+            latency: now.saturating_sub(loser.permit.started()),
+            probe: loser.permit.is_probe(),
+            hedge: loser.hedge,
+            forced: loser.permit.is_forced(),
+        });
+        loser.permit.release();
+    }
+
+    /// The next candidate available now for a hedge, if the retry budget allows one.
+    fn hedge_target(&mut self, now: Duration) -> Option<(&'a ModelSpec, Permit)> {
+        let index = self.walk.queue.iter().position(|m| self.tracker.availability(&m.id, now).is_available())?;
+        let model = self.walk.queue[index];
+        if self.retry_budget.is_some_and(|budget| !budget.try_retry(&model.provider, now)) {
+            return None;
+        }
+        let permit = self.tracker.acquire(&model.id, now).ok()?;
+        self.walk.queue.remove(index);
+        Some((model, permit))
+    }
+
+    fn settle<T, E: Classify + fmt::Display>(
+        &mut self,
+        began: Began<'a>,
+        result: Result<T, E>,
+        ended: Duration,
+    ) -> Step<'a, T, E> {
+        self.walk.settle(
+            began,
+            result,
+            ended,
+            self.remaining,
+            self.plan,
+            self.config,
+            self.tracker,
+            self.retry_budget,
+            self.rng,
+        )
+    }
+}
+
+/// Whether `candidate`'s known window is larger than `failed`'s (an unknown
+/// window is never larger; any known one beats an unknown failed one).
+pub(crate) fn larger_window(candidate: &ModelSpec, failed: &ModelSpec) -> bool {
+    match (candidate.context_window, failed.context_window) {
+        (Some(c), Some(f)) => c > f,
+        (Some(_), None) => true,
+        (None, _) => false,
+    }
+}
+
+/// Why a model is out of rotation at `now`, for messages and explanations.
+#[must_use]
+pub fn describe(availability: Availability, now: Duration) -> String {
     match availability {
-        Availability::CoolingDown { class, .. } => format!("cooling down after {class}"),
-        Availability::CircuitOpen { .. } => "circuit open".to_owned(),
+        Availability::CoolingDown { class, until } => {
+            format!("cooling down after {class} for {} ms more", until.saturating_sub(now).as_millis())
+        }
+        Availability::CircuitOpen { until } => {
+            format!("circuit open for {} ms more", until.saturating_sub(now).as_millis())
+        }
         Availability::ProbesBusy => "circuit half-open, probes busy".to_owned(),
         Availability::Available | Availability::Probe => "available".to_owned(),
     }

@@ -1,47 +1,61 @@
 //! What happens when a model fails: failure tracking, cooldowns, circuit
-//! breaking, fallback chains and the retry/fallback executor.
+//! breaking, retry budgets, hedging and the retry/fallback executor.
 //!
-//! - [`Tracker`] records each model's successes and failures on time the
-//!   caller passes in. A failure's [`ErrorClass`] decides its cooldown: a
-//!   rate limit honours its retry-after, authentication, not-found and quota
-//!   failures cool down long, repeated server errors and connection failures
-//!   escalate. A per-model circuit breaker opens when the failure ratio over a
-//!   sliding window crosses a threshold (after a minimum of requests), lets a
-//!   few probes through when half-open, and closes after they succeed. Its
-//!   [`CircuitState`] is observable for metrics.
-//! - [`chain`] / [`next_fallback`]: the selector's ranking for the original
-//!   requirements, without the failed model and models in cooldown or with an
-//!   open circuit; an explicit list overrides the order; a context-window
-//!   failure keeps only larger windows. Seed 000's three strategies:
-//!   [`FallbackStrategy::Performance`], [`Cost`](FallbackStrategy::Cost),
-//!   [`Priority`](FallbackStrategy::Priority); deterministic for equal inputs.
+//! - [`Tracker`] keeps each model's state on time the caller passes in and
+//!   hands out RAII [`Permit`]s: a permit is consumed by recording the call's
+//!   outcome, and released (neither success nor failure) when dropped, so a
+//!   caller future dropped mid-call leaks nothing. A failure's [`ErrorClass`]
+//!   decides its cooldown (rate limits honour retry-after; quota ejects at
+//!   once; server, connection and timeout streaks eject for base ×
+//!   multiplier, Envoy-style; 401/403/404 only when they repeat); a circuit
+//!   per model opens on a failure or slow-call ratio over a sliding window,
+//!   admits a few probes when half-open (with a timeout), and closes after
+//!   they succeed. Client faults never count against a model. The module
+//!   docs of `tracker.rs` list every rule.
+//! - [`RetryBudget`]: retries per provider limited to a share of requests
+//!   over a window plus a small floor (Finagle/Envoy), so retries cannot storm.
 //! - [`execute`]: serves one request through an async closure, walking the
-//!   chain (in an [`Order`]: ranked, an explicit list, or a preferred model
-//!   first) under the [`RetryPolicy`](modelfleet_errors::RetryPolicy)'s total
-//!   deadline, never sleeping for backoff while another model can take the
-//!   request, never retrying a non-retryable error, and returning every
-//!   [`Attempt`].
+//!   candidates of a [`Plan`] ([`Order`]: the ranking, an explicit list, or a
+//!   named model then its [`implied_fallback`]s; any selector
+//!   [`Strategy`](modelfleet_selector::Strategy)), under one deadline, never
+//!   sleeping for backoff while another model can take the request, never
+//!   retrying a non-retryable error, never trying a model twice except by a
+//!   retry, bounded by [`ExecutorConfig::max_attempts_per_request`]. When more
+//!   than [`ExecutorConfig::max_ejected_percent`] of the candidates are
+//!   ejected, the least recently ejected are tried anyway (the panic
+//!   threshold); when every candidate is out but one is back within the
+//!   deadline, it waits (jittered). Opt-in [`HedgeAfter`] starts the next
+//!   candidate when the first is slow; the first good answer wins.
 //!
 //! Invariants: no clock is read here (the tracker takes `now`, the executor a
-//! [`Timer`](modelfleet_errors::Timer)); a failed model is never its own fallback.
+//! [`Timer`](modelfleet_errors::Timer)); a failed model is never its own
+//! fallback; every fallback meets the request's requirements.
 //!
 //! ```
 //! use std::time::Duration;
 //! use modelfleet_errors::{ErrorClass, Failure, ManualTimer};
-//! use modelfleet_fallback::{execute, ExecutorConfig, Fleet, Order, Tracker, TrackerConfig};
+//! use modelfleet_fallback::{execute, ExecutorConfig, Order, Plan, Pool, Tracker, TrackerConfig};
 //! use modelfleet_registry::default_catalog;
 //! use modelfleet_selector::{NoSignals, Requirements};
 //!
 //! let models = default_catalog()?;
 //! let tracker = Tracker::new(TrackerConfig::default());
 //! let timer = ManualTimer::new();
-//! let fleet = Fleet { models: &models, signals: &NoSignals, tracker: &tracker, timer: &timer };
+//! let pool = Pool {
+//!     models: &models,
+//!     signals: &NoSignals,
+//!     tracker: &tracker,
+//!     retry_budget: None,
+//!     simulated_providers: &[],
+//!     timer: &timer,
+//! };
 //! let req = Requirements { language: Some("en".into()), ..Requirements::default() };
+//! let plan = Plan { order: Order::Ranked, ..Plan::default() };
 //! let mut rng = fastrand::Rng::with_seed(1);
 //! let runtime = tokio::runtime::Builder::new_current_thread().build()?;
 //! // The first choice is down; the executor moves on at once.
 //! let mut first = None;
-//! let served = runtime.block_on(execute(fleet, &req, Order::Ranked, &ExecutorConfig::default(), &mut rng, |model, _| {
+//! let served = runtime.block_on(execute(pool, &req, &plan, &ExecutorConfig::default(), &mut rng, |model, _| {
 //!     let down = *first.get_or_insert(model.id.clone()) == model.id;
 //!     async move { if down { Err(Failure::new(ErrorClass::ServerError, "503")) } else { Ok("hello") } }
 //! }))?;
@@ -54,16 +68,19 @@
 //!
 //! [`ErrorClass`]: modelfleet_errors::ErrorClass
 
-mod chain;
 mod executor;
+mod retry_budget;
 mod tracker;
 
 pub use crate::{
-    chain::{ChainInput, Failed, FallbackStrategy, chain, next_fallback},
-    executor::{Attempt, ExecuteError, Executed, ExecutorConfig, Fleet, Order, StopReason, execute},
+    executor::{
+        Attempt, ExecuteError, Executed, ExecutorConfig, HedgeAfter, Order, Plan, Pool, StopReason, describe, execute,
+        implied_fallback,
+    },
+    retry_budget::{RetryBudget, RetryBudgetConfig},
     tracker::{
-        Availability, CircuitConfig, CircuitState, CooldownConfig, ModelHealth, Tracker, TrackerConfig,
-        counts_against_model,
+        Availability, CircuitConfig, CircuitSettings, CircuitState, CooldownConfig, InvalidConfig, ModelHealth, Permit,
+        Tracker, TrackerConfig, client_fault, counts_against_model,
     },
 };
 

@@ -1,10 +1,21 @@
-//! Tracker, chain and executor tests, and seed 000's fallback properties.
+//! Executor tests: the walk, its bounds, panic threshold, waiting, retry
+//! budgets, hedging, compatible fallbacks, and seed 000's properties on
+//! `execute` itself with scripted failures.
 
-use std::{cell::RefCell, sync::Arc, time::Duration};
+use std::{
+    cell::RefCell,
+    future::Future,
+    pin::Pin,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use modelfleet_errors::{ErrorClass, Failure, Jitter, ManualTimer, RetryConfig, RetryPolicy, Timer};
 use modelfleet_registry::{Category, ModelSpec, Money, Pricing};
-use modelfleet_selector::{NoSignals, Requirements, Weights};
+use modelfleet_selector::{Locality, NoSignals, Requirements, Signals, Strategy as Rank};
 use proptest::prelude::*;
 
 use super::*;
@@ -40,262 +51,101 @@ fn fleet() -> Vec<ModelSpec> {
     ]
 }
 
-// ---- Tracker ------------------------------------------------------------
-
-#[test]
-fn rate_limits_honour_retry_after_within_the_cap() {
-    let tracker = Tracker::new(TrackerConfig::default());
-    tracker.record_failure("m", ErrorClass::RateLimited, Some(secs(3)), secs(10));
-    assert_eq!(
-        tracker.availability("m", secs(12)),
-        Availability::CoolingDown { class: ErrorClass::RateLimited, until: secs(13) }
-    );
-    assert_eq!(tracker.availability("m", secs(13)), Availability::Available);
-    tracker.record_failure("n", ErrorClass::RateLimited, None, secs(0));
-    assert!(!tracker.availability("n", secs(4)).is_available(), "5 s default");
-    assert!(tracker.availability("n", secs(5)).is_available());
-    tracker.record_failure("o", ErrorClass::RateLimited, Some(secs(3_600)), secs(0));
-    assert!(tracker.availability("o", secs(60)).is_available(), "retry-after capped at 60 s");
-}
-
-#[test]
-fn authentication_cools_down_long_and_bad_requests_not_at_all() {
-    let tracker = Tracker::new(TrackerConfig::default());
-    tracker.record_failure("m", ErrorClass::Authentication, None, secs(0));
-    assert!(!tracker.availability("m", secs(299)).is_available());
-    assert!(tracker.availability("m", secs(300)).is_available());
-    for class in
-        [ErrorClass::BadRequest, ErrorClass::ContextWindowExceeded, ErrorClass::ContentPolicy, ErrorClass::Cancelled]
-    {
-        tracker.record_failure("x", class, None, secs(0));
-        assert!(tracker.availability("x", secs(0)).is_available(), "{class}");
-    }
-    assert_eq!(tracker.health("x", secs(0)).consecutive_failures, 0, "none of these count against the model");
-}
-
-#[test]
-fn server_errors_escalate_and_a_success_resets() {
-    let tracker = Tracker::new(TrackerConfig::default());
-    let cooldown = |t: Duration| match tracker.availability("m", t) {
-        Availability::CoolingDown { until, .. } => until.saturating_sub(t),
-        _ => Duration::ZERO,
-    };
-    tracker.record_failure("m", ErrorClass::ServerError, None, secs(0));
-    assert_eq!(cooldown(secs(0)), Duration::ZERO, "one server error: no cooldown");
-    let mut expected = vec![];
-    for (i, t) in [100u64, 200, 300, 400, 500, 600, 700].into_iter().enumerate() {
-        tracker.record_failure("m", ErrorClass::ServerError, None, secs(t));
-        expected.push(cooldown(secs(t)));
-        let _ = i;
-    }
-    assert_eq!(expected, vec![secs(2), secs(4), secs(8), secs(16), secs(32), secs(60), secs(60)]);
-    tracker.record_success("m", secs(800));
-    tracker.record_failure("m", ErrorClass::ServerError, None, secs(900));
-    assert_eq!(cooldown(secs(900)), Duration::ZERO, "the escalation starts over");
-}
-
-fn circuit_tracker() -> Tracker {
-    // No cooldowns, so the circuit alone decides.
-    let cooldown = CooldownConfig { escalate_after: u32::MAX, ..CooldownConfig::default() };
-    Tracker::new(TrackerConfig { cooldown, circuit: CircuitConfig::default() })
-}
-
-#[test]
-fn the_circuit_opens_on_the_failure_ratio_then_probes_then_closes() {
-    let tracker = circuit_tracker();
-    let t = secs(1_000);
-    for _ in 0..5 {
-        tracker.record_success("m", t);
-    }
-    for _ in 0..4 {
-        tracker.record_failure("m", ErrorClass::Timeout, None, t);
-    }
-    assert_eq!(tracker.circuit("m", t), CircuitState::Closed, "9 requests: below the minimum of 10");
-    tracker.record_failure("m", ErrorClass::Timeout, None, t);
-    assert_eq!(tracker.circuit("m", t), CircuitState::Open, "5 of 10 failed: 50%");
-    assert_eq!(tracker.acquire("m", t + secs(29)), Availability::CircuitOpen { until: t + secs(30) });
-
-    let later = t + secs(30);
-    assert_eq!(tracker.circuit("m", later), CircuitState::HalfOpen);
-    assert_eq!(tracker.acquire("m", later), Availability::Probe);
-    assert_eq!(tracker.acquire("m", later), Availability::Probe);
-    assert_eq!(tracker.acquire("m", later), Availability::Probe);
-    assert_eq!(tracker.acquire("m", later), Availability::ProbesBusy, "3 probes at once");
-    tracker.record_success("m", later);
-    tracker.record_success("m", later);
-    assert_eq!(tracker.circuit("m", later), CircuitState::HalfOpen);
-    tracker.record_success("m", later);
-    assert_eq!(tracker.circuit("m", later), CircuitState::Closed);
-    assert_eq!(tracker.acquire("m", later), Availability::Available);
-}
-
-#[test]
-fn a_failed_probe_reopens_the_circuit() {
-    let tracker = circuit_tracker();
-    for _ in 0..10 {
-        tracker.record_failure("m", ErrorClass::ServerError, None, secs(0));
-    }
-    assert_eq!(tracker.acquire("m", secs(30)), Availability::Probe);
-    tracker.record_failure("m", ErrorClass::ServerError, None, secs(31));
-    assert_eq!(tracker.availability("m", secs(31)), Availability::CircuitOpen { until: secs(61) });
-}
-
-#[test]
-fn failures_outside_the_window_do_not_count() {
-    let tracker = circuit_tracker();
-    for _ in 0..9 {
-        tracker.record_failure("m", ErrorClass::Timeout, None, secs(0));
-    }
-    for _ in 0..10 {
-        tracker.record_success("m", secs(40));
-    }
-    tracker.record_failure("m", ErrorClass::Timeout, None, secs(40));
-    assert_eq!(tracker.circuit("m", secs(40)), CircuitState::Closed, "1 of 11 in the last 30 s");
-}
-
-#[test]
-fn concurrent_records_count_exactly() {
-    let tracker = Arc::new(Tracker::new(TrackerConfig::default()));
-    let threads: Vec<_> = (0..8)
-        .map(|t| {
-            let tracker = Arc::clone(&tracker);
-            std::thread::spawn(move || {
-                for i in 0..1_000u64 {
-                    let model = format!("m{}", i % 4);
-                    if (i + t) % 2 == 0 {
-                        tracker.record_success(&model, secs(i));
-                    } else {
-                        tracker.record_failure(&model, ErrorClass::ServerError, None, secs(i));
-                    }
-                }
-            })
-        })
-        .collect();
-    for thread in threads {
-        thread.join().unwrap();
-    }
-    let all = tracker.all(secs(5_000));
-    assert_eq!(all.len(), 4);
-    let (failures, successes) = all.iter().fold((0, 0), |(f, s), (_, h)| (f + h.failures, s + h.successes));
-    assert_eq!((failures, successes), (4_000, 4_000));
-}
-
-// ---- Chains --------------------------------------------------------------
-
-fn input(req: &Requirements, strategy: FallbackStrategy, now: Duration) -> ChainInput<'_, NoSignals> {
-    ChainInput { requirements: req, signals: &NoSignals, strategy, weights: Weights::default(), explicit: None, now }
-}
-
-fn names(chain: &[&ModelSpec]) -> Vec<String> {
-    chain.iter().map(|m| m.id.clone()).collect()
-}
-
-#[test]
-fn chains_follow_the_strategy_without_the_failed_model() {
-    let models = fleet();
-    let tracker = Tracker::new(TrackerConfig::default());
-    let req = Requirements::default();
-    let failed = Failed { model: &models[1], class: ErrorClass::ServerError };
-    let by = |s| names(&chain(&models, failed, &input(&req, s, secs(0)), &tracker));
-    assert_eq!(by(FallbackStrategy::Performance), ["alpha", "charlie"]);
-    assert_eq!(by(FallbackStrategy::Cost), ["charlie", "alpha"]);
-    assert_eq!(by(FallbackStrategy::Priority), ["alpha", "charlie"]);
-}
-
-#[test]
-fn chains_skip_cooling_and_open_models_and_honour_explicit_lists() {
-    let models = fleet();
-    let tracker = Tracker::new(TrackerConfig::default());
-    tracker.record_failure("charlie", ErrorClass::Authentication, None, secs(0));
-    let req = Requirements::default();
-    let failed = Failed { model: &models[0], class: ErrorClass::Timeout };
-    assert_eq!(names(&chain(&models, failed, &input(&req, FallbackStrategy::Cost, secs(1)), &tracker)), ["bravo"]);
-    let explicit = vec!["charlie".to_owned(), "ghost".to_owned(), "bravo".to_owned()];
-    let mut with_list = input(&req, FallbackStrategy::Performance, secs(301));
-    with_list.explicit = Some(&explicit);
-    assert_eq!(
-        names(&chain(&models, failed, &with_list, &tracker)),
-        ["charlie", "bravo"],
-        "list order, unknown ids skipped"
-    );
-}
-
-#[test]
-fn a_context_window_failure_only_falls_back_to_larger_windows() {
-    let models = fleet();
-    let tracker = Tracker::new(TrackerConfig::default());
-    let req = Requirements::default();
-    let failed = Failed { model: &models[1], class: ErrorClass::ContextWindowExceeded };
-    assert_eq!(
-        names(&chain(&models, failed, &input(&req, FallbackStrategy::Performance, secs(0)), &tracker)),
-        ["charlie"]
-    );
-}
-
-// ---- Executor --------------------------------------------------------------
-
 fn policy(max_attempts: u32, deadline: Option<Duration>) -> ExecutorConfig {
     ExecutorConfig {
         retry: RetryPolicy::new(RetryConfig { jitter: Jitter::None, max_attempts, deadline, ..RetryConfig::default() })
             .unwrap(),
-        // The fixtures' priorities give the order alpha, bravo, charlie.
-        strategy: FallbackStrategy::Priority,
         ..ExecutorConfig::default()
     }
+}
+
+/// The fixtures' priorities give the order alpha, bravo, charlie.
+fn plan(order: Order<'_>) -> Plan<'_> {
+    Plan { order, strategy: Rank::PriorityOrder, ..Plan::default() }
 }
 
 /// The served model, whether it fell back and the attempts; or the error text.
 type Outcome = Result<(String, bool, Vec<Attempt>), String>;
 
-/// Runs the executor over `models` where `script(model, attempt)` decides each call.
-fn run(
-    models: &[ModelSpec],
-    tracker: &Tracker,
-    timer: &ManualTimer,
-    config: &ExecutorConfig,
-    req: &Requirements,
-    script: impl Fn(&str, u32) -> Result<&'static str, Failure>,
-) -> (Outcome, Vec<String>) {
-    run_in(Order::Ranked, models, tracker, timer, config, req, script)
+/// Everything a scripted run needs.
+struct Bench<'a> {
+    models: &'a [ModelSpec],
+    tracker: &'a Tracker,
+    timer: &'a ManualTimer,
+    budget: Option<&'a RetryBudget>,
+    simulated: &'a [String],
 }
 
-/// [`run`] in a given order.
-fn run_in(
-    order: Order<'_>,
-    models: &[ModelSpec],
-    tracker: &Tracker,
-    timer: &ManualTimer,
-    config: &ExecutorConfig,
-    req: &Requirements,
-    script: impl Fn(&str, u32) -> Result<&'static str, Failure>,
-) -> (Outcome, Vec<String>) {
-    let calls = RefCell::new(Vec::new());
-    let mut rng = fastrand::Rng::with_seed(3);
-    let fleet = Fleet { models, signals: &NoSignals, tracker, timer };
-    let outcome = tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(execute(
-        fleet,
-        req,
-        order,
-        config,
-        &mut rng,
-        |model, ctx| {
+impl<'a> Bench<'a> {
+    fn new(models: &'a [ModelSpec], tracker: &'a Tracker, timer: &'a ManualTimer) -> Bench<'a> {
+        Bench { models, tracker, timer, budget: None, simulated: &[] }
+    }
+
+    /// Runs the executor where `script(model, attempt)` decides each call
+    /// (each takes 10 ms); returns the outcome and the models called.
+    fn run(
+        &self,
+        plan: &Plan<'_>,
+        config: &ExecutorConfig,
+        req: &Requirements,
+        script: impl Fn(&str, u32) -> Result<&'static str, Failure>,
+    ) -> (Outcome, Vec<String>) {
+        let calls = RefCell::new(Vec::new());
+        let mut rng = fastrand::Rng::with_seed(3);
+        let pool = self.pool(&NoSignals);
+        let outcome = block_on(execute(pool, req, plan, config, &mut rng, |model, ctx| {
             calls.borrow_mut().push(model.id.clone());
-            timer.advance(ms(10));
+            self.timer.advance(ms(10));
             let result = script(&model.id, ctx.attempt);
             async move { result }
-        },
-    ));
-    let outcome = outcome.map(|e| (e.model.id.clone(), e.fell_back, e.attempts)).map_err(|e| e.to_string());
-    (outcome, calls.into_inner())
+        }));
+        let outcome = outcome.map(|e| (e.model.id.clone(), e.fell_back, e.attempts)).map_err(|e| e.to_string());
+        (outcome, calls.into_inner())
+    }
+
+    fn pool<'s, S>(&'s self, signals: &'s S) -> Pool<'s, ModelSpec, S, ManualTimer> {
+        Pool {
+            models: self.models,
+            signals,
+            tracker: self.tracker,
+            retry_budget: self.budget,
+            simulated_providers: self.simulated,
+            timer: self.timer,
+        }
+    }
 }
+
+fn block_on<F: Future>(future: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(future)
+}
+
+fn fresh() -> (Tracker, ManualTimer) {
+    (Tracker::new(TrackerConfig::default()), ManualTimer::new())
+}
+
+fn server_error(_: &str, _: u32) -> Result<&'static str, Failure> {
+    Err(Failure::new(ErrorClass::ServerError, "boom").with_status(500))
+}
+
+/// Fails `model` with a server error at `now`, through a permit, as a call would.
+fn fail(tracker: &Tracker, model: &str, class: ErrorClass, now: Duration) {
+    tracker.acquire_forced(model, now).failure(class, None, now);
+}
+
+// ---- The walk --------------------------------------------------------------
 
 #[test]
 fn a_failure_falls_back_at_once_without_sleeping() {
     let models = fleet();
-    let (tracker, timer) = (Tracker::new(TrackerConfig::default()), ManualTimer::new());
-    let (outcome, calls) = run(&models, &tracker, &timer, &policy(3, None), &Requirements::default(), |id, _| {
-        if id == "alpha" { Err(Failure::new(ErrorClass::ServerError, "boom").with_status(500)) } else { Ok("ok") }
-    });
+    let (tracker, timer) = fresh();
+    let (outcome, calls) = Bench::new(&models, &tracker, &timer).run(
+        &plan(Order::Ranked),
+        &policy(3, None),
+        &Requirements::default(),
+        |id, _| {
+            if id == "alpha" { server_error(id, 0) } else { Ok("ok") }
+        },
+    );
     let (served, fell_back, attempts) = outcome.unwrap();
     assert_eq!(calls, ["alpha", "bravo"]);
     assert_eq!((served.as_str(), fell_back), ("bravo", true));
@@ -307,91 +157,211 @@ fn a_failure_falls_back_at_once_without_sleeping() {
 }
 
 #[test]
-fn a_preferred_model_goes_first_and_an_explicit_list_is_all_that_is_tried() {
+fn an_explicit_list_is_all_that_is_tried_and_its_ineligible_head_is_no_first_choice() {
     let models = fleet();
-    let fail_all = |_: &str, _: u32| Err(Failure::new(ErrorClass::ServerError, "boom").with_status(500));
-    let config = policy(1, None);
-    let (tracker, timer) = (Tracker::new(TrackerConfig::default()), ManualTimer::new());
-    let (_, calls) =
-        run_in(Order::Preferred("charlie"), &models, &tracker, &timer, &config, &Requirements::default(), fail_all);
-    assert_eq!(calls, ["charlie", "alpha", "bravo"], "charlie first, then the ranking");
-
-    let (tracker, timer) = (Tracker::new(TrackerConfig::default()), ManualTimer::new());
+    let (tracker, timer) = fresh();
     let list = ["bravo".to_owned(), "alpha".to_owned()];
-    let (_, calls) =
-        run_in(Order::Explicit(&list), &models, &tracker, &timer, &config, &Requirements::default(), fail_all);
+    let bench = Bench::new(&models, &tracker, &timer);
+    let (_, calls) = bench.run(&plan(Order::Explicit(&list)), &policy(1, None), &Requirements::default(), server_error);
     assert_eq!(calls, ["bravo", "alpha"]);
 
-    // A preferred model that does not meet the requirements is not tried.
-    let (tracker, timer) = (Tracker::new(TrackerConfig::default()), ManualTimer::new());
+    // alpha's 8k window cannot take 20k: absent from the ranking, it is not
+    // a first choice, so bravo serving is no fallback.
+    let (tracker, timer) = fresh();
+    let list = ["alpha".to_owned(), "bravo".to_owned()];
     let big = Requirements { prompt_tokens: 20_000, ..Requirements::default() };
-    let (_, calls) = run_in(Order::Preferred("alpha"), &models, &tracker, &timer, &config, &big, fail_all);
-    assert_eq!(calls, ["bravo", "charlie"]);
+    let (outcome, calls) =
+        Bench::new(&models, &tracker, &timer)
+            .run(&plan(Order::Explicit(&list)), &policy(1, None), &big, |_, _| Ok("ok"));
+    assert_eq!(calls, ["bravo"]);
+    assert!(!outcome.unwrap().1, "not a fallback");
+}
+
+#[test]
+fn a_skipped_first_choice_is_a_fallback() {
+    let models = fleet();
+    let (tracker, timer) = fresh();
+    tracker.acquire("alpha", secs(0)).unwrap().failure(ErrorClass::RateLimited, Some(secs(5)), secs(0));
+    let (outcome, calls) = Bench::new(&models, &tracker, &timer).run(
+        &plan(Order::Ranked),
+        &policy(1, None),
+        &Requirements::default(),
+        |_, _| Ok("ok"),
+    );
+    assert_eq!(calls, ["bravo"]);
+    assert!(outcome.unwrap().1, "alpha was skipped (cooling down): bravo served as a fallback");
 }
 
 #[test]
 fn a_bad_request_is_neither_retried_nor_sent_elsewhere() {
     let models = fleet();
-    let (tracker, timer) = (Tracker::new(TrackerConfig::default()), ManualTimer::new());
-    let (outcome, calls) = run(&models, &tracker, &timer, &policy(3, None), &Requirements::default(), |_, _| {
-        Err(Failure::new(ErrorClass::BadRequest, "temperature must be <= 2").with_status(400))
-    });
+    let (tracker, timer) = fresh();
+    let (outcome, calls) = Bench::new(&models, &tracker, &timer).run(
+        &plan(Order::Ranked),
+        &policy(3, None),
+        &Requirements::default(),
+        |_, _| Err(Failure::new(ErrorClass::BadRequest, "temperature must be <= 2").with_status(400)),
+    );
     assert_eq!(calls, ["alpha"]);
     assert_eq!(
         outcome.unwrap_err(),
         "the error cannot be retried or fall back after 1 attempt(s): alpha (bad_request: bad_request (HTTP 400): temperature must be <= 2)"
     );
+    let health = tracker.health("alpha", timer.now());
+    assert_eq!((health.failures, health.client_faults), (0, 1), "a client fault is not the model's failure");
 }
 
 #[test]
 fn the_last_model_standing_is_retried_after_its_backoff() {
     let models = vec![model("solo", 8_000, 0.9, "1", 1)];
-    let (tracker, timer) = (Tracker::new(TrackerConfig::default()), ManualTimer::new());
-    let (outcome, calls) = run(&models, &tracker, &timer, &policy(3, None), &Requirements::default(), |_, attempt| {
-        if attempt < 3 { Err(Failure::new(ErrorClass::Timeout, "slow")) } else { Ok("finally") }
-    });
+    let (tracker, timer) = fresh();
+    let (outcome, calls) = Bench::new(&models, &tracker, &timer).run(
+        &plan(Order::Ranked),
+        &policy(3, None),
+        &Requirements::default(),
+        |_, attempt| if attempt < 3 { Err(Failure::new(ErrorClass::Connection, "reset")) } else { Ok("finally") },
+    );
     assert_eq!(outcome.unwrap().0, "solo");
     assert_eq!(calls, ["solo", "solo", "solo"]);
-    assert_eq!(timer.slept(), vec![ms(100), ms(200)]);
+    // 100 ms, then the escalating cooldown (2 s from the 2nd failure) is longer than the 200 ms backoff.
+    assert_eq!(timer.slept(), vec![ms(100), secs(2)]);
 }
 
 #[test]
 fn everything_failing_lists_what_was_tried() {
     let models = fleet();
-    let (tracker, timer) = (Tracker::new(TrackerConfig::default()), ManualTimer::new());
-    let (outcome, calls) = run(&models, &tracker, &timer, &policy(2, None), &Requirements::default(), |id, _| {
-        Err(Failure::new(if id == "bravo" { ErrorClass::Authentication } else { ErrorClass::ServerError }, "down"))
-    });
+    let (tracker, timer) = fresh();
+    let (outcome, calls) = Bench::new(&models, &tracker, &timer).run(
+        &plan(Order::Ranked),
+        &policy(2, None),
+        &Requirements::default(),
+        |id, _| Err(Failure::new(if id == "bravo" { ErrorClass::Authentication } else { ErrorClass::Timeout }, "down")),
+    );
     // Each model once; then alpha and charlie (retryable) once more; bravo (auth) never again.
     assert_eq!(calls, ["alpha", "bravo", "charlie", "alpha", "charlie"]);
     let message = outcome.unwrap_err();
     assert!(
         message.starts_with(
-            "every candidate failed after 5 attempt(s): alpha (server_error: server_error: down), bravo (authentication"
+            "every candidate failed after 5 attempt(s): alpha (timeout: timeout: down), bravo (authentication"
         ),
         "{message}"
     );
 }
 
 #[test]
+fn a_request_makes_at_most_max_attempts() {
+    let models: Vec<ModelSpec> = (0..10).map(|i| model(&format!("m{i}"), 8_000, 0.5, "1", 100 - i)).collect();
+    let (tracker, timer) = fresh();
+    let config = ExecutorConfig { max_attempts_per_request: 4, ..policy(3, None) };
+    let (outcome, calls) = Bench::new(&models, &tracker, &timer).run(
+        &plan(Order::Ranked),
+        &config,
+        &Requirements::default(),
+        server_error,
+    );
+    assert_eq!(calls.len(), 4);
+    let message = outcome.unwrap_err();
+    assert!(
+        message.starts_with("the request made as many attempts as one request may after 4 attempt(s)"),
+        "{message}"
+    );
+    let config = ExecutorConfig { max_attempts_per_request: 5, ..policy(3, None) };
+    let (tracker, timer) = fresh();
+    let (_, calls) = Bench::new(&models, &tracker, &timer).run(
+        &plan(Order::Ranked),
+        &config,
+        &Requirements::default(),
+        server_error,
+    );
+    assert_eq!(calls.len(), 5, "the bound, not a constant");
+}
+
+#[test]
 fn the_deadline_stops_the_walk() {
     let models = vec![model("solo", 8_000, 0.9, "1", 1)];
-    let (tracker, timer) = (Tracker::new(TrackerConfig::default()), ManualTimer::new());
-    let (outcome, calls) =
-        run(&models, &tracker, &timer, &policy(10, Some(ms(250))), &Requirements::default(), |_, _| {
-            Err(Failure::new(ErrorClass::ServerError, "x"))
-        });
-    assert_eq!(calls.len(), 2, "10 ms, wait 100 ms, 10 ms: the 200 ms wait would pass 250 ms");
+    let (tracker, timer) = fresh();
+    let (outcome, calls) = Bench::new(&models, &tracker, &timer).run(
+        &plan(Order::Ranked),
+        &policy(10, Some(ms(250))),
+        &Requirements::default(),
+        |_, _| Err(Failure::new(ErrorClass::RateLimited, "x").with_retry_after(ms(150))),
+    );
+    assert_eq!(calls.len(), 2, "10 ms, wait 150 ms, 10 ms: the next 150 ms wait would pass 250 ms");
     assert!(outcome.unwrap_err().starts_with("the deadline passed after 2 attempt(s)"));
+}
+
+#[test]
+fn a_timeout_the_deadline_caused_is_not_the_models_fault() {
+    let models = vec![model("solo", 8_000, 0.9, "1", 1)];
+    let (tracker, timer) = fresh();
+    let calls = RefCell::new(0);
+    let mut rng = fastrand::Rng::with_seed(1);
+    let bench = Bench::new(&models, &tracker, &timer);
+    let config = policy(3, Some(secs(1)));
+    let outcome = block_on(execute(
+        bench.pool(&NoSignals),
+        &Requirements::default(),
+        &plan(Order::Ranked),
+        &config,
+        &mut rng,
+        |_, ctx| {
+            *calls.borrow_mut() += 1;
+            // The call used all the time it was given, and timed out.
+            timer.advance(ctx.remaining.unwrap());
+            async { Err::<(), _>(Failure::new(ErrorClass::Timeout, "deadline")) }
+        },
+    ));
+    assert!(matches!(outcome, Err(ExecuteError::Failed { reason: StopReason::DeadlineExceeded, .. })));
+    assert_eq!(*calls.borrow(), 1);
+    let health = tracker.health("solo", timer.now());
+    assert_eq!((health.failures, health.consecutive_failures), (0, 0), "not counted against the model");
+
+    // The same timeout with time left is the model's.
+    let (tracker, timer) = fresh();
+    let bench = Bench::new(&models, &tracker, &timer);
+    let outcome = block_on(execute(
+        bench.pool(&NoSignals),
+        &Requirements::default(),
+        &plan(Order::Ranked),
+        &policy(1, Some(secs(10))),
+        &mut rng,
+        |_, _| {
+            timer.advance(secs(1));
+            async { Err::<(), _>(Failure::new(ErrorClass::Timeout, "slow")) }
+        },
+    ));
+    assert!(outcome.is_err());
+    assert_eq!(tracker.health("solo", timer.now()).failures, 1);
+}
+
+#[test]
+fn a_budget_refusal_is_not_a_model_failure() {
+    let models = fleet();
+    let (tracker, timer) = fresh();
+    let (outcome, calls) = Bench::new(&models, &tracker, &timer).run(
+        &plan(Order::Ranked),
+        &policy(1, None),
+        &Requirements::default(),
+        |id, _| if id == "alpha" { Err(Failure::new(ErrorClass::BudgetExceeded, "over")) } else { Ok("ok") },
+    );
+    assert_eq!(calls, ["alpha", "bravo"]);
+    assert!(outcome.is_ok());
+    let health = tracker.health("alpha", timer.now());
+    assert_eq!((health.failures, health.cooldown), (0, None));
 }
 
 #[test]
 fn a_context_window_failure_jumps_to_a_larger_window() {
     let models = fleet();
-    let (tracker, timer) = (Tracker::new(TrackerConfig::default()), ManualTimer::new());
-    let (outcome, calls) = run(&models, &tracker, &timer, &policy(3, None), &Requirements::default(), |id, _| {
-        if id == "alpha" { Err(Failure::new(ErrorClass::ContextWindowExceeded, "too long")) } else { Ok("ok") }
-    });
+    let (tracker, timer) = fresh();
+    let (outcome, calls) = Bench::new(&models, &tracker, &timer).run(
+        &plan(Order::Ranked),
+        &policy(3, None),
+        &Requirements::default(),
+        |id, _| {
+            if id == "alpha" { Err(Failure::new(ErrorClass::ContextWindowExceeded, "too long")) } else { Ok("ok") }
+        },
+    );
     assert_eq!(calls, ["alpha", "bravo"], "bravo's 32k beats alpha's 8k");
     assert!(outcome.is_ok());
 }
@@ -399,23 +369,126 @@ fn a_context_window_failure_jumps_to_a_larger_window() {
 #[test]
 fn no_candidates_says_why() {
     let models = fleet();
-    let (tracker, timer) = (Tracker::new(TrackerConfig::default()), ManualTimer::new());
+    let (tracker, timer) = fresh();
     let req = Requirements { prompt_tokens: 1_000_000, ..Requirements::default() };
-    let (outcome, calls) = run(&models, &tracker, &timer, &policy(3, None), &req, |_, _| Ok("never"));
+    let bench = Bench::new(&models, &tracker, &timer);
+    let (outcome, calls) = bench.run(&plan(Order::Ranked), &policy(3, None), &req, |_, _| Ok("never"));
     assert!(calls.is_empty());
     assert_eq!(
         outcome.unwrap_err(),
         "no model can take the request: none of the 3 models satisfies the requirements; rejected by context_window (3)"
     );
     for m in &models {
-        tracker.record_failure(&m.id, ErrorClass::QuotaExhausted, None, Duration::ZERO);
+        fail(&tracker, &m.id, ErrorClass::QuotaExhausted, Duration::ZERO);
     }
-    let (outcome, _) = run(&models, &tracker, &timer, &policy(3, None), &Requirements::default(), |_, _| Ok("never"));
+    let (outcome, calls) =
+        bench.run(&plan(Order::Ranked), &policy(3, Some(secs(120))), &Requirements::default(), |_, _| Ok("never"));
+    assert!(calls.is_empty(), "a quota cooldown is no health ejection: the panic threshold does not override it");
     assert_eq!(
         outcome.unwrap_err(),
-        "no model can take the request: every eligible model is unavailable: alpha (cooling down after quota_exhausted), \
-         bravo (cooling down after quota_exhausted), charlie (cooling down after quota_exhausted)"
+        "no model can take the request within its deadline: every candidate is out: \
+         alpha (cooling down after quota_exhausted for 300000 ms more), \
+         bravo (cooling down after quota_exhausted for 300000 ms more), \
+         charlie (cooling down after quota_exhausted for 300000 ms more)"
     );
+}
+
+// ---- Ejection, the panic threshold and waiting ------------------------------
+
+#[test]
+fn a_shared_outage_does_not_eject_the_whole_fleet() {
+    // Two models behind one upstream failed together, then it recovered.
+    let models = vec![model("f1", 8_000, 0.9, "1", 90), model("f2", 8_000, 0.9, "1", 50)];
+    let (tracker, timer) = fresh();
+    for m in ["f2", "f1", "f2", "f1"] {
+        fail(&tracker, m, ErrorClass::ServerError, timer.now());
+        timer.advance(ms(1));
+    }
+    assert!(!tracker.availability("f1", timer.now()).is_available());
+    assert!(!tracker.availability("f2", timer.now()).is_available());
+    let bench = Bench::new(&models, &tracker, &timer);
+    let (outcome, calls) =
+        bench.run(&plan(Order::Ranked), &policy(1, Some(secs(120))), &Requirements::default(), |_, _| Ok("ok"));
+    // Both out is 100% > 50%: the least recently ejected (f2, first out) is tried at once.
+    assert_eq!(calls, ["f2"]);
+    let (_, _, attempts) = outcome.unwrap();
+    assert!(attempts[0].forced);
+    assert!(timer.slept().is_empty(), "no waiting: the first request after recovery succeeds at once");
+    assert!(tracker.availability("f2", timer.now()).is_available(), "its success ends its ejection");
+    let (_, calls) =
+        bench.run(&plan(Order::Ranked), &policy(1, Some(secs(120))), &Requirements::default(), |_, _| Ok("ok"));
+    assert_eq!(calls, ["f2"], "f1 is still ejected (50% is allowed), f2 serves normally");
+}
+
+#[test]
+fn the_panic_threshold_is_a_percentage_of_the_candidates() {
+    // 4 candidates, 2 ejected = 50%: allowed, nobody forced.
+    let models: Vec<ModelSpec> = (0..4).map(|i| model(&format!("m{i}"), 8_000, 0.5, "1", 100 - i)).collect();
+    let (tracker, timer) = fresh();
+    for m in ["m0", "m1", "m0", "m1"] {
+        fail(&tracker, m, ErrorClass::ServerError, timer.now());
+    }
+    let bench = Bench::new(&models, &tracker, &timer);
+    let (_, calls) = bench.run(&plan(Order::Ranked), &policy(1, None), &Requirements::default(), |_, _| Ok("ok"));
+    assert_eq!(calls, ["m2"]);
+    // 3 of 4 ejected = 75% > 50%: m3 is available and goes first; when it fails, an ejected one is forced.
+    for _ in 0..2 {
+        fail(&tracker, "m2", ErrorClass::ServerError, timer.now());
+    }
+    let (outcome, calls) = bench.run(&plan(Order::Ranked), &policy(1, None), &Requirements::default(), |id, _| {
+        if id == "m3" { server_error(id, 0) } else { Ok("ok") }
+    });
+    assert_eq!(calls, ["m3", "m0"], "m0 was ejected first");
+    assert!(outcome.unwrap().2[1].forced);
+    // With max_ejected_percent 100 nobody is ever forced.
+    let (tracker, timer) = fresh();
+    for m in ["m0", "m1", "m2", "m3", "m0", "m1", "m2", "m3"] {
+        fail(&tracker, m, ErrorClass::ServerError, timer.now());
+    }
+    let config = ExecutorConfig { max_ejected_percent: 100, ..policy(1, None) };
+    let (outcome, calls) =
+        Bench::new(&models, &tracker, &timer)
+            .run(&plan(Order::Ranked), &config, &Requirements::default(), |_, _| Ok("ok"));
+    assert!(calls.is_empty());
+    assert!(outcome.unwrap_err().contains("within its deadline"));
+}
+
+#[test]
+fn when_every_candidate_is_rate_limited_it_waits_within_the_deadline() {
+    let models = fleet();
+    let (tracker, timer) = fresh();
+    for (m, after) in [("alpha", 3), ("bravo", 2), ("charlie", 4)] {
+        tracker.acquire(m, secs(0)).unwrap().failure(ErrorClass::RateLimited, Some(secs(after)), secs(0));
+    }
+    let bench = Bench::new(&models, &tracker, &timer);
+    let (outcome, calls) =
+        bench.run(&plan(Order::Ranked), &policy(1, Some(secs(120))), &Requirements::default(), |_, _| Ok("ok"));
+    assert_eq!(calls, ["bravo"], "the first back");
+    assert!(outcome.is_ok());
+    let slept = timer.slept();
+    assert_eq!(slept.len(), 1);
+    assert!(slept[0] >= secs(2) && slept[0] <= secs(2) + ms(200), "jittered by up to a tenth: {slept:?}");
+
+    // A deadline shorter than the wait: answered at once, with when to come back.
+    let (tracker, timer) = fresh();
+    for m in ["alpha", "bravo", "charlie"] {
+        tracker.acquire(m, secs(0)).unwrap().failure(ErrorClass::RateLimited, Some(secs(30)), secs(0));
+    }
+    let mut rng = fastrand::Rng::with_seed(1);
+    let bench = Bench::new(&models, &tracker, &timer);
+    let outcome = block_on(execute(
+        bench.pool(&NoSignals),
+        &Requirements::default(),
+        &plan(Order::Ranked),
+        &policy(1, Some(secs(10))),
+        &mut rng,
+        |_, _| async { Ok::<_, Failure>("never") },
+    ));
+    match outcome {
+        Err(ExecuteError::Unavailable { retry_after, .. }) => assert_eq!(retry_after, Some(secs(30))),
+        other => panic!("{other:?}"),
+    }
+    assert!(timer.slept().is_empty());
 }
 
 #[test]
@@ -424,23 +497,376 @@ fn an_open_circuit_takes_a_model_out_and_a_probe_brings_it_back() {
     let cooldown = CooldownConfig { escalate_after: u32::MAX, ..CooldownConfig::default() };
     let tracker = Tracker::new(TrackerConfig { cooldown, circuit: CircuitConfig::default() });
     let timer = ManualTimer::new();
-    let failing = |id: &str, _| if id == "alpha" { Err(Failure::new(ErrorClass::ServerError, "x")) } else { Ok("ok") };
+    let bench = Bench::new(&models, &tracker, &timer);
+    let failing = |id: &str, _| if id == "alpha" { server_error(id, 0) } else { Ok("ok") };
     for _ in 0..10 {
-        run(&models, &tracker, &timer, &policy(1, None), &Requirements::default(), failing).0.unwrap();
+        bench.run(&plan(Order::Ranked), &policy(1, None), &Requirements::default(), failing).0.unwrap();
     }
     assert_eq!(tracker.circuit("alpha", timer.now()), CircuitState::Open);
-    let (_, calls) = run(&models, &tracker, &timer, &policy(1, None), &Requirements::default(), failing);
+    let (_, calls) = bench.run(&plan(Order::Ranked), &policy(1, None), &Requirements::default(), failing);
     assert_eq!(calls, ["bravo"], "alpha is skipped while open");
     timer.advance(secs(30));
-    let (outcome, calls) = run(&models, &tracker, &timer, &policy(1, None), &Requirements::default(), |_, _| Ok("ok"));
+    let (outcome, calls) = bench.run(&plan(Order::Ranked), &policy(1, None), &Requirements::default(), |_, _| Ok("ok"));
     assert_eq!(calls, ["alpha"]);
     assert!(outcome.unwrap().2[0].probe, "the first call after the open period is a probe");
 }
 
-// ---- Seed 000's properties --------------------------------------------------
+#[test]
+fn a_probe_whose_caller_went_away_gives_its_slot_back() {
+    let models = vec![model("solo", 8_000, 0.9, "1", 1)];
+    let circuit =
+        CircuitConfig::new(CircuitSettings { half_open_probes: 1, min_requests: 1, ..CircuitSettings::default() })
+            .unwrap();
+    let tracker = Tracker::new(TrackerConfig { circuit, ..TrackerConfig::default() });
+    let timer = ManualTimer::new();
+    fail(&tracker, "solo", ErrorClass::ServerError, secs(0));
+    timer.advance(secs(31));
+    assert_eq!(tracker.circuit("solo", timer.now()), CircuitState::HalfOpen);
+    let bench = Bench::new(&models, &tracker, &timer);
+    let mut rng = fastrand::Rng::with_seed(1);
+    // The caller's future is dropped mid-call (the client disconnected).
+    {
+        let (req, order, config) = (Requirements::default(), plan(Order::Ranked), policy(1, None));
+        let walk = execute(bench.pool(&NoSignals), &req, &order, &config, &mut rng, |_, _| {
+            std::future::pending::<Result<(), Failure>>()
+        });
+        let mut walk = std::pin::pin!(walk);
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        assert!(walk.as_mut().poll(&mut cx).is_pending(), "the probe call is in flight");
+        assert_eq!(tracker.availability("solo", timer.now()), Availability::ProbesBusy, "its slot is taken");
+    }
+    // The slot came back: the next request is the probe, and it closes the circuit.
+    let (outcome, calls) = bench.run(&plan(Order::Ranked), &policy(1, None), &Requirements::default(), |_, _| Ok("ok"));
+    assert_eq!(calls, ["solo"]);
+    assert!(outcome.unwrap().2[0].probe);
+    assert_eq!(tracker.circuit("solo", timer.now()), CircuitState::Closed);
+}
+
+#[test]
+fn a_spent_retry_budget_falls_back_instead_of_retrying() {
+    let models = vec![model("solo", 8_000, 0.9, "1", 1)];
+    let budget = RetryBudget::new(RetryBudgetConfig { percent: 0.0, min_per_sec: 0.0, window: secs(10) });
+    let (tracker, timer) = fresh();
+    let bench = Bench { budget: Some(&budget), ..Bench::new(&models, &tracker, &timer) };
+    let (outcome, calls) = bench.run(&plan(Order::Ranked), &policy(3, None), &Requirements::default(), |_, _| {
+        Err(Failure::new(ErrorClass::Timeout, "slow"))
+    });
+    assert_eq!(calls, ["solo"], "no retry: the budget allows none");
+    assert!(outcome.is_err());
+
+    let budget = RetryBudget::new(RetryBudgetConfig { percent: 0.0, min_per_sec: 0.1, window: secs(10) });
+    let (tracker, timer) = fresh();
+    let bench = Bench { budget: Some(&budget), ..Bench::new(&models, &tracker, &timer) };
+    let (_, calls) = bench.run(&plan(Order::Ranked), &policy(3, None), &Requirements::default(), |_, _| {
+        Err(Failure::new(ErrorClass::Timeout, "slow"))
+    });
+    assert_eq!(calls, ["solo", "solo"], "one retry: the floor is 0.1/s over 10 s");
+}
+
+// ---- Compatible fallbacks ----------------------------------------------------
+
+fn named_fixture() -> Vec<ModelSpec> {
+    let mut local_a = model("local-a", 32_000, 0.6, "0", 90);
+    local_a.local = true;
+    local_a.pricing = None;
+    let mut local_b = model("local-b", 32_000, 0.5, "0", 40);
+    local_b.local = true;
+    local_b.pricing = None;
+    let cloud = model("cloud", 128_000, 0.95, "1", 80);
+    let mut es = model("es-translate", 32_000, 0.8, "1", 70);
+    es.categories = vec![Category::Translation];
+    es.languages = vec!["es".into(), "en".into()];
+    let mut es2 = model("es-translate-2", 32_000, 0.7, "1", 20);
+    es2.categories = vec![Category::Translation];
+    es2.languages = vec!["es".into()];
+    let mut fr_code = model("fr-code", 16_000, 0.8, "1", 60);
+    fr_code.categories = vec![Category::Code];
+    fr_code.languages = vec!["fr".into()];
+    let mut fr_code_big = model("fr-code-big", 200_000, 0.7, "1", 10);
+    fr_code_big.categories = vec![Category::Code];
+    fr_code_big.languages = vec!["fr".into()];
+    let mut small = model("general-8k", 8_000, 0.9, "1", 100);
+    small.languages = vec!["fr".into(), "en".into()];
+    let mut sim = model("sim", 1_000_000, 1.0, "0", 100);
+    sim.provider = "sim".into();
+    sim.categories = vec![Category::General, Category::Translation, Category::Code];
+    sim.languages = vec!["en".into(), "es".into(), "fr".into()];
+    vec![local_a, local_b, cloud, es, es2, fr_code, fr_code_big, small, sim]
+}
+
+#[test]
+fn a_named_model_falls_back_only_to_models_that_can_do_its_job() {
+    let models = named_fixture();
+    let simulated = ["sim".to_owned()];
+    let all_fail = |_: &str, _: u32| Err(Failure::new(ErrorClass::RateLimited, "429"));
+    let run = |named: &str, req: &Requirements| {
+        let (tracker, timer) = fresh();
+        let bench = Bench { simulated: &simulated, ..Bench::new(&models, &tracker, &timer) };
+        bench.run(&plan(Order::Preferred(named)), &policy(1, None), req, all_fail).1
+    };
+    // A local model falls back to local models only.
+    assert_eq!(run("local-a", &Requirements::default()), ["local-a", "local-b"]);
+    // ...unless the request says any, explicitly.
+    let any = Requirements { locality: Some(Locality::Any), ..Requirements::default() };
+    assert!(run("local-a", &any).contains(&"cloud".to_owned()));
+    // A Spanish translation model keeps category and language (never the simulator).
+    assert_eq!(run("es-translate", &Requirements::default()), ["es-translate", "es-translate-2"]);
+    // A context-window failure on a fr/code model goes to the larger fr/code one, not the 8k general.
+    let (tracker, timer) = fresh();
+    let bench = Bench { simulated: &simulated, ..Bench::new(&models, &tracker, &timer) };
+    let (outcome, calls) =
+        bench.run(&plan(Order::Preferred("fr-code")), &policy(1, None), &Requirements::default(), |id, _| {
+            if id == "fr-code" { Err(Failure::new(ErrorClass::ContextWindowExceeded, "too long")) } else { Ok("ok") }
+        });
+    assert_eq!(calls, ["fr-code", "fr-code-big"]);
+    assert_eq!(outcome.unwrap().0, "fr-code-big");
+}
+
+#[test]
+fn a_named_model_that_does_not_qualify_is_refused_saying_why() {
+    let models = named_fixture();
+    let (tracker, timer) = fresh();
+    let req = Requirements { prompt_tokens: 20_000, ..Requirements::default() };
+    let (outcome, calls) = Bench::new(&models, &tracker, &timer).run(
+        &plan(Order::Preferred("fr-code")),
+        &policy(1, None),
+        &req,
+        |_, _| Ok("never"),
+    );
+    assert!(calls.is_empty(), "no silent substitute");
+    assert_eq!(
+        outcome.unwrap_err(),
+        "no model can take the request: model \"fr-code\" does not meet the requirements: context window 16000 < 20000 tokens needed"
+    );
+}
+
+#[test]
+fn implied_fallback_states_each_rule() {
+    let models = named_fixture();
+    let by = |id: &str| models.iter().find(|m| m.id == id).unwrap();
+    let none = Requirements::default();
+    let sim = ["sim".to_owned()];
+    assert_eq!(implied_fallback(by("local-a"), by("local-a"), &none, &sim), Some("it is the named model"));
+    assert_eq!(implied_fallback(by("local-a"), by("cloud"), &none, &sim), Some("not local like the named model"));
+    assert_eq!(
+        implied_fallback(by("cloud"), by("local-a"), &none, &sim),
+        Some("not a cloud model like the named model")
+    );
+    assert_eq!(
+        implied_fallback(by("es-translate"), by("cloud"), &none, &sim),
+        Some("shares none of the named model's categories")
+    );
+    assert_eq!(
+        implied_fallback(by("fr-code"), by("es-translate"), &none, &sim),
+        Some("shares none of the named model's categories")
+    );
+    let mut en_code = by("fr-code").clone();
+    en_code.id = "en-code".into();
+    en_code.languages = vec!["en".into()];
+    assert_eq!(
+        implied_fallback(by("fr-code"), &en_code, &none, &sim),
+        Some("speaks none of the named model's languages")
+    );
+    assert_eq!(implied_fallback(by("fr-code"), by("sim"), &none, &sim), Some("simulated, and the named model is not"));
+    assert_eq!(implied_fallback(by("fr-code"), by("fr-code-big"), &none, &sim), None);
+    assert_eq!(implied_fallback(by("sim"), by("sim"), &none, &sim), Some("it is the named model"));
+    let mut sim2 = by("sim").clone();
+    sim2.id = "sim2".into();
+    assert_eq!(implied_fallback(by("sim"), &sim2, &none, &sim), None, "a simulated model may fall back to another");
+}
+
+// ---- Streams: one outcome ------------------------------------------------------
+
+#[test]
+fn a_caller_settled_success_is_recorded_only_when_it_settles() {
+    let models = vec![model("solo", 8_000, 0.9, "1", 1)];
+    let (tracker, timer) = fresh();
+    let bench = Bench::new(&models, &tracker, &timer);
+    let mut rng = fastrand::Rng::with_seed(1);
+    let stream = Plan { settle_by_caller: true, ..plan(Order::Ranked) };
+    let served = block_on(execute(
+        bench.pool(&NoSignals),
+        &Requirements::default(),
+        &stream,
+        &policy(1, None),
+        &mut rng,
+        |_, _| async { Ok::<_, Failure>("opened") },
+    ))
+    .unwrap();
+    assert_eq!(tracker.health("solo", timer.now()).successes, 0, "opening is not a success");
+    let permit = served.permit.expect("handed back");
+    permit.failure(ErrorClass::ServerError, None, timer.now());
+    let health = tracker.health("solo", timer.now());
+    assert_eq!((health.successes, health.failures), (0, 1), "one outcome: the failure mid-way");
+}
+
+// ---- Hedging ------------------------------------------------------------------
+
+/// A call that never answers, and says when it was dropped.
+struct Hangs(Arc<AtomicBool>);
+
+impl Future for Hangs {
+    type Output = Result<&'static str, Failure>;
+    fn poll(self: Pin<&mut Self>, _: &mut std::task::Context<'_>) -> std::task::Poll<Self::Output> {
+        std::task::Poll::Pending
+    }
+}
+
+impl Drop for Hangs {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+type Call = Pin<Box<dyn Future<Output = Result<&'static str, Failure>>>>;
+
+#[test]
+fn a_hedge_starts_at_the_delay_and_the_first_good_answer_wins() {
+    let models = fleet();
+    let (tracker, timer) = fresh();
+    let bench = Bench::new(&models, &tracker, &timer);
+    let dropped = Arc::new(AtomicBool::new(false));
+    let events = RefCell::new(Vec::new());
+    let hedged = Plan { hedge: Some(HedgeAfter::Fixed(ms(300))), ..plan(Order::Ranked) };
+    let mut rng = fastrand::Rng::with_seed(1);
+    let served = block_on(execute(
+        bench.pool(&NoSignals),
+        &Requirements::default(),
+        &hedged,
+        &policy(1, None),
+        &mut rng,
+        |model, _| {
+            events.borrow_mut().push(format!("{} started at {} ms", model.id, timer.now().as_millis()));
+            let call: Call = if model.id == "alpha" {
+                Box::pin(Hangs(Arc::clone(&dropped)))
+            } else {
+                Box::pin(async { Ok("fast") })
+            };
+            call
+        },
+    ))
+    .unwrap();
+    assert_eq!(*events.borrow(), ["alpha started at 0 ms", "bravo started at 300 ms"]);
+    assert_eq!((served.model.id.as_str(), served.value), ("bravo", "fast"));
+    assert!(dropped.load(Ordering::SeqCst), "the loser was cancelled");
+    let attempts: Vec<(String, Option<ErrorClass>, bool)> =
+        served.attempts.iter().map(|a| (a.model.clone(), a.error, a.hedge)).collect();
+    assert_eq!(
+        attempts,
+        [("bravo".to_owned(), None, true), ("alpha".to_owned(), Some(ErrorClass::Cancelled), false)],
+        "the winner, then the loser listed as cancelled"
+    );
+    let alpha = tracker.health("alpha", timer.now());
+    assert_eq!((alpha.failures, alpha.successes), (0, 0), "the loser's permit is released: neither");
+}
+
+/// A call that answers on its second poll (it is still running when the
+/// hedge delay passes, then answers).
+struct AnswersLater(bool);
+
+impl Future for AnswersLater {
+    type Output = Result<&'static str, Failure>;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Self::Output> {
+        if self.0 {
+            return std::task::Poll::Ready(Ok("later"));
+        }
+        self.0 = true;
+        cx.waker().wake_by_ref();
+        std::task::Poll::Pending
+    }
+}
+
+#[test]
+fn a_hedge_spends_the_retry_budget_and_an_early_answer_needs_none() {
+    let models = fleet();
+    let hedged = Plan { hedge: Some(HedgeAfter::Fixed(ms(300))), ..plan(Order::Ranked) };
+    let mut rng = fastrand::Rng::with_seed(1);
+    let calls = RefCell::new(Vec::new());
+    let run = |budget: &RetryBudget| {
+        let (tracker, timer) = fresh();
+        let bench = Bench { budget: Some(budget), ..Bench::new(&models, &tracker, &timer) };
+        calls.borrow_mut().clear();
+        let mut rng = fastrand::Rng::with_seed(1);
+        block_on(execute(
+            bench.pool(&NoSignals),
+            &Requirements::default(),
+            &hedged,
+            &policy(1, None),
+            &mut rng,
+            |model, _| {
+                calls.borrow_mut().push(model.id.clone());
+                AnswersLater(false)
+            },
+        ))
+        .unwrap()
+        .model
+        .id
+        .clone()
+    };
+    // No budget: no hedge; alpha answers late and wins alone.
+    let none = RetryBudget::new(RetryBudgetConfig { percent: 0.0, min_per_sec: 0.0, window: secs(10) });
+    assert_eq!(run(&none), "alpha");
+    assert_eq!(*calls.borrow(), ["alpha"]);
+    // With room for one: the hedge starts (and alpha, polled first, still wins).
+    let one = RetryBudget::new(RetryBudgetConfig { percent: 0.0, min_per_sec: 0.1, window: secs(10) });
+    assert_eq!(run(&one), "alpha");
+    assert_eq!(*calls.borrow(), ["alpha", "bravo"]);
+
+    // A first answer before the delay: no hedge at all.
+    let (tracker, timer) = fresh();
+    let bench = Bench::new(&models, &tracker, &timer);
+    calls.borrow_mut().clear();
+    let served = block_on(execute(
+        bench.pool(&NoSignals),
+        &Requirements::default(),
+        &hedged,
+        &policy(1, None),
+        &mut rng,
+        |model, _| {
+            calls.borrow_mut().push(model.id.clone());
+            async { Ok::<_, Failure>("quick") }
+        },
+    ))
+    .unwrap();
+    assert_eq!(*calls.borrow(), ["alpha"]);
+    assert_eq!(served.attempts.len(), 1);
+}
+
+#[test]
+fn a_hedge_after_p95_uses_the_models_signal() {
+    let models = fleet();
+    let (tracker, timer) = fresh();
+    let bench = Bench::new(&models, &tracker, &timer);
+    let signals = |id: &str| Signals { latency_p95_ms: (id == "alpha").then_some(250.0), ..Signals::default() };
+    let events = RefCell::new(Vec::new());
+    let hedged = Plan { hedge: Some(HedgeAfter::P95), ..plan(Order::Ranked) };
+    let mut rng = fastrand::Rng::with_seed(1);
+    let dropped = Arc::new(AtomicBool::new(false));
+    let served = block_on(execute(
+        bench.pool(&signals),
+        &Requirements::default(),
+        &hedged,
+        &policy(1, None),
+        &mut rng,
+        |model, _| {
+            events.borrow_mut().push(format!("{} at {} ms", model.id, timer.now().as_millis()));
+            let call: Call = if model.id == "alpha" {
+                Box::pin(Hangs(Arc::clone(&dropped)))
+            } else {
+                Box::pin(async { Ok("fast") })
+            };
+            call
+        },
+    ))
+    .unwrap();
+    assert_eq!(*events.borrow(), ["alpha at 0 ms", "bravo at 250 ms"]);
+    assert_eq!(served.model.id, "bravo");
+}
+
+// ---- Seed 000's properties, on `execute` ------------------------------------------
 
 fn arb_models() -> impl Strategy<Value = Vec<ModelSpec>> {
-    proptest::collection::vec((1_000u32..200_000, 0.0f64..=1.0, 0i64..10_000_000_000, 0u8..=100), 1..10).prop_map(
+    proptest::collection::vec((1_000u32..200_000, 0.0f64..=1.0, 0i64..10_000_000_000, 0u8..=100), 1..8).prop_map(
         |specs| {
             specs
                 .into_iter()
@@ -459,83 +885,69 @@ fn arb_class() -> impl Strategy<Value = ErrorClass> {
     proptest::sample::select(ErrorClass::ALL.to_vec())
 }
 
-fn arb_strategy() -> impl Strategy<Value = FallbackStrategy> {
-    proptest::sample::select(vec![FallbackStrategy::Performance, FallbackStrategy::Cost, FallbackStrategy::Priority])
+fn arb_rank() -> impl Strategy<Value = Rank> {
+    proptest::sample::select(vec![
+        Rank::WeightedScore,
+        Rank::Cheapest,
+        Rank::Fastest,
+        Rank::HighestQuality,
+        Rank::PriorityOrder,
+        Rank::WeightedRandom { seed: 7 },
+    ])
 }
 
 proptest! {
+    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+
     #[test]
-    fn fallbacks_never_return_the_failed_model_and_meet_the_requirements(
+    fn execute_keeps_its_promises(
         models in arb_models(),
-        pick in any::<proptest::sample::Index>(),
-        class in arb_class(),
-        strategy in arb_strategy(),
+        script in proptest::collection::vec(proptest::option::of(arb_class()), 1..24),
+        rank in arb_rank(),
         prompt in 0u32..150_000,
+        max_attempts in 1u32..8,
+        deadline_ms in 50u64..5_000,
     ) {
-        let tracker = Tracker::new(TrackerConfig::default());
-        let failed = Failed { model: pick.get(&models), class };
+        let (tracker, timer) = fresh();
         let req = Requirements { prompt_tokens: prompt, ..Requirements::default() };
-        let input = input(&req, strategy, secs(0));
-        let eligible = modelfleet_selector::rank(&models, &req, &NoSignals, &strategy.selector_config(Weights::default()));
-        let full = chain(&models, failed, &input, &tracker);
-        for m in &full {
-            prop_assert_ne!(&m.id, &failed.model.id);
-            prop_assert!(eligible.iter().any(|r| r.model.id == m.id), "{} does not meet the requirements", m.id);
+        let eligible = modelfleet_selector::rank(&models, &req, &NoSignals, &modelfleet_selector::SelectorConfig { strategy: rank, ..Default::default() });
+        let config = ExecutorConfig { max_attempts_per_request: max_attempts, ..policy(3, Some(ms(deadline_ms))) };
+        let step = RefCell::new(0usize);
+        let bench = Bench::new(&models, &tracker, &timer);
+        let plan = Plan { order: Order::Ranked, strategy: rank, ..Plan::default() };
+        let (outcome, calls) = bench.run(&plan, &config, &req, |_, _| {
+            let mut i = step.borrow_mut();
+            let result = match script.get(*i).copied().flatten() {
+                None => Ok("ok"),
+                Some(class) => Err(Failure::new(class, "scripted")),
+            };
+            *i += 1;
+            result
+        });
+        let attempts = match &outcome { Ok((_, _, a)) => a.clone(), Err(_) => Vec::new() };
+        // Attempts are bounded.
+        prop_assert!(calls.len() <= max_attempts as usize);
+        // Every model tried meets the requirements.
+        for id in &calls {
+            prop_assert!(eligible.iter().any(|r| &r.model.id == id), "{} does not meet the requirements", id);
         }
-        let next = next_fallback(&models, failed, &input, &tracker);
-        prop_assert_eq!(next.map(|m| m.id.clone()), full.first().map(|m| m.id.clone()), "next is the chain's head");
-        // Deterministic.
-        prop_assert_eq!(names(&chain(&models, failed, &input, &tracker)), names(&full));
-    }
-
-    #[test]
-    fn performance_prefers_higher_scores_and_cost_lower_costs(models in arb_models(), pick in any::<proptest::sample::Index>()) {
-        let tracker = Tracker::new(TrackerConfig::default());
-        let failed = Failed { model: pick.get(&models), class: ErrorClass::ServerError };
-        let req = Requirements::default();
-        let others: Vec<&ModelSpec> = models.iter().filter(|m| m.id != failed.model.id).collect();
-        if let Some(best) = next_fallback(&models, failed, &input(&req, FallbackStrategy::Performance, secs(0)), &tracker) {
-            let ranked = modelfleet_selector::rank(&others, &req, &NoSignals, &FallbackStrategy::Performance.selector_config(Weights::default()));
-            let top = ranked.iter().map(|r| r.score.total).fold(f64::MIN, f64::max);
-            let chosen = ranked.iter().find(|r| r.model.id == best.id).unwrap();
-            prop_assert!((chosen.score.total - top).abs() < 1e-12);
+        // A failed model is never its own fallback: it comes again only as a
+        // retry of a retryable class; a non-retryable error ends its turn.
+        for (i, pair) in calls.windows(2).enumerate() {
+            if pair[0] == pair[1] {
+                let class = script.get(i).copied().flatten();
+                prop_assert!(class.is_some_and(ErrorClass::retry_same_model), "{} retried after {:?}", pair[0], class);
+            }
         }
-        if let Some(cheapest) = next_fallback(&models, failed, &input(&req, FallbackStrategy::Cost, secs(0)), &tracker) {
-            let cost = |m: &ModelSpec| m.price().map(|p| p.cost(0, 0, 0));
-            let chosen = cheapest.pricing.unwrap().input_per_mtok;
-            prop_assert!(others.iter().all(|m| m.pricing.unwrap().input_per_mtok >= chosen), "{:?}", cost(cheapest));
+        // Not-recoverable errors end the request.
+        if let Some(i) = script.iter().take(calls.len()).position(|c| c.is_some_and(|c| !c.fallback() && !c.retry_same_model())) {
+            prop_assert_eq!(calls.len(), i + 1);
         }
-    }
-
-    #[test]
-    fn failed_models_stay_out_until_their_cooldown_ends(
-        models in arb_models(),
-        pick in any::<proptest::sample::Index>(),
-        class in proptest::sample::select(vec![ErrorClass::Authentication, ErrorClass::NotFound, ErrorClass::QuotaExhausted, ErrorClass::RateLimited]),
-    ) {
-        let tracker = Tracker::new(TrackerConfig::default());
-        let victim = pick.get(&models);
-        tracker.record_failure(&victim.id, class, None, secs(100));
-        prop_assert_eq!(tracker.health(&victim.id, secs(100)).failures, 1, "recorded");
-        let until = match tracker.availability(&victim.id, secs(100)) {
-            Availability::CoolingDown { until, .. } => until,
-            other => return Err(TestCaseError::fail(format!("not cooling down: {other:?}"))),
-        };
-        let req = Requirements::default();
-        let other_failed = Failed { model: &models[0], class: ErrorClass::Timeout };
-        for (now, present) in [(until.saturating_sub(ms(1)), false), (until, true)] {
-            let ids = names(&chain(&models, other_failed, &input(&req, FallbackStrategy::Performance, now), &tracker));
-            let expected = present && victim.id != models[0].id;
-            prop_assert_eq!(ids.contains(&victim.id), expected, "at {:?}", now);
+        // The deadline holds: no attempt starts after it (each takes 10 ms).
+        prop_assert!(timer.now() <= ms(deadline_ms) + ms(10), "{:?}", timer.now());
+        // Served answers report every attempt.
+        if outcome.is_ok() {
+            prop_assert_eq!(attempts.len(), calls.len());
         }
-    }
-
-    #[test]
-    fn an_empty_compatible_set_gives_none(models in arb_models(), pick in any::<proptest::sample::Index>()) {
-        let tracker = Tracker::new(TrackerConfig::default());
-        let req = Requirements { prompt_tokens: 500_000, ..Requirements::default() };
-        let failed = Failed { model: pick.get(&models), class: ErrorClass::Timeout };
-        prop_assert!(next_fallback(&models, failed, &input(&req, FallbackStrategy::Cost, secs(0)), &tracker).is_none());
-        prop_assert!(chain(&models, failed, &input(&req, FallbackStrategy::Cost, secs(0)), &tracker).is_empty());
     }
 }

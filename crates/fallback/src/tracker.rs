@@ -1,10 +1,99 @@
-//! Per-model failure tracking: cooldowns and a circuit breaker, on time
-//! the caller passes in.
+//! Per-model failure tracking: cooldowns with Envoy-style escalating
+//! ejection, and a circuit breaker, on time the caller passes in.
+//!
+//! A caller asks [`Tracker::acquire`] before each call to a model and gets a
+//! [`Permit`] (or the [`Availability`] that says why not). The permit is
+//! consumed by the call's outcome ([`Permit::success`], [`Permit::failure`])
+//! or given back unused ([`Permit::release`], or simply dropped). The rules
+//! below are the tracker's invariants; `tracker_tests.rs` has a test for each.
+//!
+//! # Time
+//! - No clock is read: every method takes `now`, a `Duration` since an origin
+//!   the caller keeps. Time-based transitions (an open circuit turning
+//!   half-open, the half-open timeout, a cooldown ending, streak and
+//!   multiplier decay) are computed lazily from stored timestamps when a model
+//!   is next looked at; there is no background task. Read-only calls
+//!   ([`Tracker::availability`], [`Tracker::health`], …) apply them to a copy.
+//!
+//! # Permits
+//! - A permit is the only way to record an outcome, and recording consumes
+//!   it. A permit released or dropped records nothing (no counter, streak,
+//!   window or cooldown changes); a probe permit gives its probe slot back. So
+//!   a caller future dropped at any `.await` leaks nothing. Release (do not
+//!   fail) a permit when the request's own deadline ran out, a budget refused
+//!   it or the client went away: none of those says anything about the model.
+//! - [`Tracker::acquire_forced`] (panic mode) admits a model even while it is
+//!   ejected. A forced permit is never a probe. Its success ends the cooldown
+//!   and closes an open or half-open circuit (clearing the window): the model
+//!   evidently works again. Its failure while an ejection is in force counts in
+//!   the totals and streaks but is not a new ejection: it raises neither the
+//!   ejection count nor the multiplier, enters no window, and its cooldown (at
+//!   the current multiplier, at least ×1) only replaces a shorter one.
+//!
+//! # Circuit breaker
+//! - **Window.** The sliding window (`window`, kept in 10 buckets of
+//!   `window / 10`, so an outcome leaves it between 9 and 10 bucket widths
+//!   after it entered) holds successes (slow when their latency, `now` minus
+//!   the permit's start, is at least `slow_call_duration`) and failures of the
+//!   classes that [count against the model](counts_against_model): timeout,
+//!   server error, connection. No other outcome is in its numerator or
+//!   denominator.
+//! - **Closed → open** after an outcome enters the window, when the window
+//!   holds at least `min_requests` calls and failures / calls ≥
+//!   `failure_ratio` or slow successes / calls ≥ `slow_call_ratio`.
+//! - **Open → half-open** once `open_for` has passed since it opened
+//!   (`now >= until`). `open_for` is fixed: the ejection multiplier does not
+//!   lengthen it.
+//! - **Half-open** admits up to `half_open_probes` probes in flight at once.
+//!   That many probe successes close the circuit and clear the window; one
+//!   probe failure of a class that counts against the model opens it again for
+//!   `open_for`. Other probe answers (rate limit, client fault, …) only free
+//!   their slot.
+//! - **Half-open timeout.** When a probe is admitted with no answer awaited,
+//!   or a probe answers while others are still in flight, the circuit waits at
+//!   most `half_open_timeout` for the next probe answer (success or failure);
+//!   without one it opens again, for `open_for` from the moment the wait ran
+//!   out. A released probe is not an answer. A half-open circuit that admitted
+//!   nothing waits for traffic indefinitely (no idle flapping).
+//! - **Generations.** Every opening (trip, probe failure, half-open timeout)
+//!   starts a new generation. A permit taken in an earlier generation (before
+//!   the circuit opened, or in an earlier half-open spell) is not a probe of
+//!   the current one: its outcome updates the totals, streaks and cooldowns,
+//!   but enters no window, moves no circuit and frees no probe slot.
+//!
+//! # Cooldowns and ejections
+//! - **Rate limited:** cooldown `retry_after` capped at `max_retry_after`, or
+//!   `short` without one. Not an ejection.
+//! - **Quota exhausted:** `long` cooldown at once, an ejection.
+//! - **Server error, connection:** a consecutive streak; from
+//!   `escalate_after` on, each failure ejects for `escalating_base` ×
+//!   multiplier, capped at `escalating_max` (Envoy outlier detection).
+//! - **Timeout:** its own streak; from `timeouts_to_eject` on, each ejects the
+//!   same escalating way.
+//! - **Authentication, not found:** their own streak; from
+//!   `request_specific_to_eject` on, each ejects for `long`; below it nothing
+//!   (a 401 may be one bad key among many requests).
+//! - **Circuit openings** are ejections too. One failure counts at most one
+//!   ejection, even when it both starts a cooldown and opens the circuit.
+//! - **Multiplier.** Each ejection raises it by one (after decay); it decays by
+//!   one per full `multiplier_decay` since the last ejection ended (a cooldown's
+//!   or open period's end, or the forced success that ended it early).
+//! - A longer (or equally long) cooldown already in force stays.
+//! - **Streaks.** A success resets every streak; a failure streak whose last
+//!   failure (of any recorded class) is older than `streak_decay` is forgotten.
+//! - **Client faults** (bad request, content policy, context window) count in
+//!   `client_faults` only: no failure, streak, window or cooldown.
+//! - **Cancelled, budget exceeded, internal** record nothing at all, like a
+//!   release.
+//! - **Ejected since.** [`Tracker::ejected_since`] is when the ejection in
+//!   force began: the earlier of the start of the cooldown in force (rate
+//!   limits included; a cooldown lengthened while in force keeps its start) and
+//!   the time the circuit left closed (it stays ejected while half-open).
 
-use std::time::Duration;
+use std::{fmt, sync::Arc, time::Duration};
 
 use dashmap::DashMap;
-use modelfleet_errors::{CooldownHint, ErrorClass};
+use modelfleet_errors::ErrorClass;
 use rustc_hash::FxBuildHasher;
 use serde::Serialize;
 
@@ -15,19 +104,32 @@ pub struct CooldownConfig {
     pub short: Duration,
     /// The longest retry-after honoured as a cooldown.
     pub max_retry_after: Duration,
-    /// The first escalating cooldown (server errors, connection failures).
+    /// The base ejection time, multiplied by the ejection multiplier.
     pub escalating_base: Duration,
-    /// The longest escalating cooldown.
+    /// The longest escalating ejection.
     pub escalating_max: Duration,
-    /// Consecutive escalating failures before the first cooldown.
+    /// Consecutive server or connection failures from which each ejects.
     pub escalate_after: u32,
-    /// Authentication, not-found and quota failures.
+    /// Quota exhaustion, and repeated authentication or not-found failures.
     pub long: Duration,
+    /// Consecutive timeouts (not caused by the request's own deadline) from
+    /// which each ejects.
+    pub timeouts_to_eject: u32,
+    /// Consecutive authentication or not-found failures from which each ejects
+    /// for `long`; below it they cause no cooldown.
+    pub request_specific_to_eject: u32,
+    /// Each full interval without an ejection, counted from the end of the last
+    /// one, lowers the ejection multiplier by one.
+    pub multiplier_decay: Duration,
+    /// A failure streak whose last failure is older than this is forgotten.
+    pub streak_decay: Duration,
 }
 
 impl Default for CooldownConfig {
-    /// 5 s short, retry-after up to 60 s, escalating 2 s doubling to 60 s
-    /// from the 2nd consecutive failure, 5 min long.
+    /// 5 s short, retry-after up to 60 s, escalating 2 s × multiplier up to
+    /// 60 s from the 2nd consecutive server failure or the 3rd timeout, 5 min
+    /// long (from the 3rd authentication or not-found failure), decay after
+    /// 30 s.
     fn default() -> Self {
         CooldownConfig {
             short: Duration::from_secs(5),
@@ -36,42 +138,123 @@ impl Default for CooldownConfig {
             escalating_max: Duration::from_mins(1),
             escalate_after: 2,
             long: Duration::from_mins(5),
+            timeouts_to_eject: 3,
+            request_specific_to_eject: 3,
+            multiplier_decay: Duration::from_secs(30),
+            streak_decay: Duration::from_secs(30),
         }
     }
 }
 
-/// When a model's circuit opens and how it closes again.
+/// A circuit breaker's settings as written; [`CircuitConfig::new`] checks them.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct CircuitConfig {
-    /// The sliding window the failure ratio is measured over.
+pub struct CircuitSettings {
+    /// The sliding window the ratios are measured over.
     pub window: Duration,
-    /// Requests in the window before the ratio counts.
+    /// Calls in the window before the ratios count.
     pub min_requests: u32,
-    /// The failure share (0 to 1) that opens the circuit.
+    /// The failure share, in (0, 1], that opens the circuit.
     pub failure_ratio: f64,
     /// How long it stays open before letting probes through.
     pub open_for: Duration,
-    /// Probe requests allowed at once while half-open; that many successes close it.
+    /// Probes allowed in flight at once while half-open; that many successes close it.
     pub half_open_probes: u32,
+    /// How long a half-open circuit waits for a probe answer before opening again.
+    pub half_open_timeout: Duration,
+    /// A successful call at least this slow is slow.
+    pub slow_call_duration: Duration,
+    /// The slow-success share, in (0, 1], that opens the circuit.
+    pub slow_call_ratio: f64,
 }
 
-impl Default for CircuitConfig {
-    /// Opens at 50% failures over at least 10 requests in 30 s; open 30 s; 3 probes.
+impl Default for CircuitSettings {
+    /// Opens at 50% failures (or 100% slow successes of 60 s or more) over at
+    /// least 10 calls in 30 s; open 30 s; 3 probes, each wait for an answer at
+    /// most 30 s.
     fn default() -> Self {
-        CircuitConfig {
+        CircuitSettings {
             window: Duration::from_secs(30),
             min_requests: 10,
             failure_ratio: 0.5,
             open_for: Duration::from_secs(30),
             half_open_probes: 3,
+            half_open_timeout: Duration::from_secs(30),
+            slow_call_duration: Duration::from_mins(1),
+            slow_call_ratio: 1.0,
         }
     }
+}
+
+/// Validated [`CircuitSettings`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CircuitConfig(
+    // Invariant: every duration is non-zero, both counts are at least 1, and
+    // both ratios are in (0, 1] (so finite).
+    CircuitSettings,
+);
+
+impl Default for CircuitConfig {
+    /// [`CircuitSettings::default`], which is valid.
+    fn default() -> Self {
+        CircuitConfig(CircuitSettings::default())
+    }
+}
+
+/// A setting that cannot work, named with its value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidConfig(pub String);
+
+impl CircuitConfig {
+    /// Checks `settings`: zero durations, zero counts and ratios outside
+    /// (0, 1] (NaN and infinities included) are refused, with a message naming
+    /// the field and its value.
+    pub fn new(settings: CircuitSettings) -> Result<CircuitConfig, InvalidConfig> {
+        let s = settings;
+        non_zero("window", s.window)?;
+        non_zero("open_for", s.open_for)?;
+        non_zero("half_open_timeout", s.half_open_timeout)?;
+        non_zero("slow_call_duration", s.slow_call_duration)?;
+        at_least_one("min_requests", s.min_requests)?;
+        at_least_one("half_open_probes", s.half_open_probes)?;
+        ratio("failure_ratio", s.failure_ratio)?;
+        ratio("slow_call_ratio", s.slow_call_ratio)?;
+        Ok(CircuitConfig(settings))
+    }
+
+    /// The settings.
+    #[must_use]
+    pub fn settings(&self) -> &CircuitSettings {
+        &self.0
+    }
+}
+
+fn non_zero(field: &str, value: Duration) -> Result<(), InvalidConfig> {
+    if value.is_zero() {
+        return Err(InvalidConfig(format!("circuit {field} must be greater than zero (got {value:?})")));
+    }
+    Ok(())
+}
+
+fn at_least_one(field: &str, value: u32) -> Result<(), InvalidConfig> {
+    if value == 0 {
+        return Err(InvalidConfig(format!("circuit {field} must be at least 1 (got {value})")));
+    }
+    Ok(())
+}
+
+fn ratio(field: &str, value: f64) -> Result<(), InvalidConfig> {
+    // NaN fails both comparisons, infinities one of them.
+    if value > 0.0 && value <= 1.0 {
+        return Ok(());
+    }
+    Err(InvalidConfig(format!("circuit {field} must be in (0, 1] (got {value})")))
 }
 
 /// The [`Tracker`]'s settings.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct TrackerConfig {
-    /// Cooldowns.
+    /// Cooldowns and ejections.
     pub cooldown: CooldownConfig,
     /// The circuit breaker.
     pub circuit: CircuitConfig,
@@ -97,6 +280,16 @@ impl CircuitState {
             CircuitState::Closed => "closed",
             CircuitState::Open => "open",
             CircuitState::HalfOpen => "half_open",
+        }
+    }
+
+    /// The state as a gauge value: 0 closed, 1 half-open, 2 open.
+    #[must_use]
+    pub const fn gauge(self) -> u8 {
+        match self {
+            CircuitState::Closed => 0,
+            CircuitState::HalfOpen => 1,
+            CircuitState::Open => 2,
         }
     }
 }
@@ -137,137 +330,538 @@ impl Availability {
 pub struct ModelHealth {
     /// The circuit.
     pub circuit: CircuitState,
-    /// Failures in a row (of any class that counts against the model).
+    /// The current server/connection and timeout streaks together (after decay).
     pub consecutive_failures: u32,
     /// The cooldown in force, if any: its class and end.
     pub cooldown: Option<(ErrorClass, Duration)>,
-    /// Failures recorded in all.
+    /// Failures recorded in all (client faults, cancellations, budget
+    /// refusals and internal errors excluded).
     pub failures: u64,
     /// Successes recorded in all.
     pub successes: u64,
     /// When the last failure happened.
     pub last_failure_at: Option<Duration>,
-}
-
-const BUCKETS: usize = 10;
-/// [`BUCKETS`] as the `u32` that `Duration` divides by.
-const BUCKETS_U32: u32 = 10;
-
-#[derive(Debug, Clone, Copy, Default)]
-struct Bucket {
-    epoch: u64,
-    ok: u32,
-    failed: u32,
-}
-
-#[derive(Debug, Clone, Copy)]
-enum Circuit {
-    Closed,
-    Open { until: Duration },
-    HalfOpen { in_flight: u32, successes: u32 },
-}
-
-#[derive(Debug, Clone)]
-struct State {
-    buckets: [Bucket; BUCKETS],
-    circuit: Circuit,
-    consecutive: u32,
-    cooldown: Option<(ErrorClass, Duration)>,
-    failures: u64,
-    successes: u64,
-    last_failure_at: Option<Duration>,
-}
-
-impl Default for State {
-    fn default() -> Self {
-        State {
-            buckets: [Bucket::default(); BUCKETS],
-            circuit: Circuit::Closed,
-            consecutive: 0,
-            cooldown: None,
-            failures: 0,
-            successes: 0,
-            last_failure_at: None,
-        }
-    }
+    /// Bad requests, content-policy refusals and context-window failures:
+    /// counted here only, never against the model.
+    pub client_faults: u64,
+    /// Times ejected in all (escalating, quota and repeated authentication or
+    /// not-found cooldowns, and circuit openings).
+    pub ejections: u64,
+    /// The ejection multiplier after decay (0 when never ejected or fully decayed).
+    pub multiplier: u32,
+    /// When the ejection in force (cooldown or a circuit not closed) began.
+    pub ejected_since: Option<Duration>,
 }
 
 /// Whether a failure of `class` says the model itself is unwell (and so
-/// counts in the circuit's window and the escalation).
+/// counts in the circuit's window).
 #[must_use]
 pub const fn counts_against_model(class: ErrorClass) -> bool {
     matches!(class, ErrorClass::Timeout | ErrorClass::ServerError | ErrorClass::Connection)
 }
 
-impl State {
-    fn bucket_width(config: &CircuitConfig) -> Duration {
-        (config.window / BUCKETS_U32).max(Duration::from_millis(1))
+/// Whether a failure of `class` is the request's own fault (counted apart,
+/// never against the model).
+#[must_use]
+pub const fn client_fault(class: ErrorClass) -> bool {
+    matches!(class, ErrorClass::BadRequest | ErrorClass::ContentPolicy | ErrorClass::ContextWindowExceeded)
+}
+
+// ---- Sliding window ----------------------------------------------------------
+// Shared with the retry budget: one implementation of "counters over the last
+// `window`, in buckets".
+
+/// Buckets in a sliding window.
+const BUCKETS: usize = 10;
+/// [`BUCKETS`] as the `u32` that `Duration` divides by.
+const BUCKETS_U32: u32 = 10;
+
+/// The width of one of a `window`'s buckets (at least 1 ns).
+pub(crate) fn bucket_width(window: Duration) -> Duration {
+    (window / BUCKETS_U32).max(Duration::from_nanos(1))
+}
+
+/// Counters of type `T` in [`BUCKETS`] buckets of a fixed width; a bucket is
+/// live while its epoch is among the last [`BUCKETS`] ones (time going
+/// backwards makes later buckets invisible, never negative).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Ring<T> {
+    /// `(epoch, counters)`; epoch = time / width.
+    slots: [(u64, T); BUCKETS],
+}
+
+impl<T: Copy + Default> Default for Ring<T> {
+    fn default() -> Self {
+        Ring { slots: [(0, T::default()); BUCKETS] }
+    }
+}
+
+impl<T: Copy + Default> Ring<T> {
+    fn epoch(width: Duration, now: Duration) -> u64 {
+        u64::try_from(now.as_nanos() / width.as_nanos()).unwrap_or(u64::MAX)
     }
 
-    fn bucket(&mut self, config: &CircuitConfig, now: Duration) -> &mut Bucket {
-        let epoch = u64::try_from(now.as_nanos() / Self::bucket_width(config).as_nanos()).unwrap_or(u64::MAX);
-        let slot = &mut self.buckets[usize::try_from(epoch % BUCKETS as u64).unwrap_or(0)];
-        if slot.epoch != epoch {
-            *slot = Bucket { epoch, ok: 0, failed: 0 };
+    /// The counters of the bucket holding `now`.
+    pub(crate) fn at(&mut self, width: Duration, now: Duration) -> &mut T {
+        let epoch = Self::epoch(width, now);
+        let slot = &mut self.slots[usize::try_from(epoch % BUCKETS as u64).unwrap_or(0)];
+        if slot.0 != epoch {
+            *slot = (epoch, T::default());
         }
-        slot
+        &mut slot.1
     }
 
-    /// Successes and failures in the window ending at `now`.
-    fn window(&self, config: &CircuitConfig, now: Duration) -> (u32, u32) {
-        let epoch = u64::try_from(now.as_nanos() / Self::bucket_width(config).as_nanos()).unwrap_or(u64::MAX);
+    /// The live buckets' counters at `now`.
+    pub(crate) fn live(&self, width: Duration, now: Duration) -> impl Iterator<Item = &T> {
+        let epoch = Self::epoch(width, now);
         let oldest = epoch.saturating_sub(BUCKETS as u64 - 1);
-        self.buckets
-            .iter()
-            .filter(|b| b.epoch >= oldest && b.epoch <= epoch)
-            .fold((0, 0), |(ok, failed), b| (ok + b.ok, failed + b.failed))
+        self.slots.iter().filter(move |(e, _)| *e >= oldest && *e <= epoch).map(|(_, counters)| counters)
     }
+}
 
-    /// Moves an open circuit whose time is up to half-open.
-    fn refresh(&mut self, now: Duration) {
-        if let Circuit::Open { until } = self.circuit
+// ---- Per-model state -----------------------------------------------------------
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Calls {
+    /// Successes, slow ones included.
+    ok: u32,
+    slow: u32,
+    failed: u32,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+enum Circuit {
+    #[default]
+    Closed,
+    Open {
+        /// When the circuit left closed.
+        opened: Duration,
+        until: Duration,
+    },
+    HalfOpen {
+        /// When the circuit left closed.
+        opened: Duration,
+        /// Since when a probe answer has been awaited (`None`: nothing awaited).
+        waiting_since: Option<Duration>,
+        in_flight: u32,
+        successes: u32,
+    },
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Cooldown {
+    class: ErrorClass,
+    since: Duration,
+    until: Duration,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Streaks {
+    /// Server errors and connection failures.
+    escalating: u32,
+    timeouts: u32,
+    /// Authentication and not-found failures.
+    request_specific: u32,
+}
+
+/// Whether a failure may count an ejection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Tally {
+    /// Not yet counted for this failure.
+    Pending,
+    /// Counted once already.
+    Done,
+    /// Never (a forced failure while ejected).
+    Off,
+}
+
+/// What a failure of a class does to the cooldown.
+#[derive(Debug, Clone, Copy)]
+enum Rule {
+    Throttle,
+    Quota,
+    Escalating,
+    Timeout,
+    RequestSpecific,
+}
+
+impl Rule {
+    /// `None` for classes that record nothing (client faults are handled first).
+    const fn of(class: ErrorClass) -> Option<Rule> {
+        match class {
+            ErrorClass::RateLimited => Some(Rule::Throttle),
+            ErrorClass::QuotaExhausted => Some(Rule::Quota),
+            ErrorClass::ServerError | ErrorClass::Connection => Some(Rule::Escalating),
+            ErrorClass::Timeout => Some(Rule::Timeout),
+            ErrorClass::Authentication | ErrorClass::NotFound => Some(Rule::RequestSpecific),
+            _ => None,
+        }
+    }
+}
+
+/// How long an ejection lasts.
+#[derive(Debug, Clone, Copy)]
+enum Pause {
+    Long,
+    Escalating,
+}
+
+/// The parts of a permit that settling looks at.
+#[derive(Debug, Clone, Copy)]
+struct Ticket {
+    generation: u64,
+    probe: bool,
+    forced: bool,
+    started: Duration,
+}
+
+/// A permit's standing when its outcome arrives.
+#[derive(Debug, Clone, Copy)]
+struct Standing {
+    /// Taken in the current generation.
+    current: bool,
+    /// Holds a probe slot of the current half-open spell.
+    probe: bool,
+    forced: bool,
+    started: Duration,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Outcome {
+    Success,
+    Failure { class: ErrorClass, retry_after: Option<Duration> },
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct State {
+    /// Raised at every opening.
+    generation: u64,
+    circuit: Circuit,
+    window: Ring<Calls>,
+    // Invariant after `refresh(now)`: `until > now`.
+    cooldown: Option<Cooldown>,
+    streaks: Streaks,
+    last_failure_at: Option<Duration>,
+    /// The multiplier as of the last ejection (see `multiplier_at`).
+    multiplier: u32,
+    /// When the last ejection ended (or will end).
+    ejection_end: Duration,
+    ejections: u64,
+    failures: u64,
+    successes: u64,
+    client_faults: u64,
+}
+
+impl State {
+    /// Applies the time-based transitions due by `now`.
+    fn refresh(&mut self, config: &TrackerConfig, now: Duration) {
+        if let Circuit::HalfOpen { opened, waiting_since: Some(since), .. } = self.circuit {
+            let at = since.saturating_add(config.circuit.0.half_open_timeout);
+            if now >= at {
+                self.open(config, opened, at, &mut Tally::Pending);
+            }
+        }
+        if let Circuit::Open { opened, until } = self.circuit
             && now >= until
         {
-            self.circuit = Circuit::HalfOpen { in_flight: 0, successes: 0 };
+            self.circuit = Circuit::HalfOpen { opened, waiting_since: None, in_flight: 0, successes: 0 };
         }
-        if self.cooldown.is_some_and(|(_, until)| now >= until) {
+        if self.cooldown.is_some_and(|c| now >= c.until) {
             self.cooldown = None;
         }
     }
 
-    fn availability(&self, config: &CircuitConfig, now: Duration) -> Availability {
-        if let Some((class, until)) = self.cooldown
-            && now < until
-        {
-            return Availability::CoolingDown { class, until };
+    /// Needs `refresh(now)` first.
+    fn availability(&self, probes: u32) -> Availability {
+        if let Some(c) = self.cooldown {
+            return Availability::CoolingDown { class: c.class, until: c.until };
         }
         match self.circuit {
             Circuit::Closed => Availability::Available,
-            Circuit::Open { until } if now < until => Availability::CircuitOpen { until },
-            Circuit::Open { .. } => Availability::Probe,
-            Circuit::HalfOpen { in_flight, .. } if in_flight < config.half_open_probes => Availability::Probe,
+            Circuit::Open { until, .. } => Availability::CircuitOpen { until },
+            Circuit::HalfOpen { in_flight, .. } if in_flight < probes => Availability::Probe,
             Circuit::HalfOpen { .. } => Availability::ProbesBusy,
         }
     }
 
-    fn health(&self) -> ModelHealth {
+    fn take_probe(&mut self, now: Duration) {
+        if let Circuit::HalfOpen { waiting_since, in_flight, .. } = &mut self.circuit {
+            waiting_since.get_or_insert(now);
+            *in_flight += 1;
+        }
+    }
+
+    /// Gives a probe slot of the current half-open spell back.
+    fn free_probe(&mut self) {
+        if let Circuit::HalfOpen { in_flight, .. } = &mut self.circuit {
+            *in_flight = in_flight.saturating_sub(1);
+        }
+    }
+
+    /// A probe answered (without closing or opening the circuit).
+    fn answer(&mut self, now: Duration) {
+        if let Circuit::HalfOpen { waiting_since, in_flight, .. } = &mut self.circuit {
+            *in_flight = in_flight.saturating_sub(1);
+            *waiting_since = (*in_flight > 0).then_some(now);
+        }
+    }
+
+    /// Needs `refresh(now)` first.
+    fn ejected(&self) -> bool {
+        self.cooldown.is_some() || !matches!(self.circuit, Circuit::Closed)
+    }
+
+    /// Needs `refresh(now)` first.
+    fn ejected_since(&self) -> Option<Duration> {
+        let circuit = match self.circuit {
+            Circuit::Closed => None,
+            Circuit::Open { opened, .. } | Circuit::HalfOpen { opened, .. } => Some(opened),
+        };
+        match (circuit, self.cooldown) {
+            (Some(opened), Some(c)) => Some(opened.min(c.since)),
+            (opened, c) => opened.or(c.map(|c| c.since)),
+        }
+    }
+
+    fn multiplier_at(&self, c: &CooldownConfig, now: Duration) -> u32 {
+        let Some(idle) = now.checked_sub(self.ejection_end) else {
+            return self.multiplier;
+        };
+        let steps = idle.as_nanos().checked_div(c.multiplier_decay.as_nanos()).unwrap_or(u128::MAX);
+        self.multiplier.saturating_sub(u32::try_from(steps).unwrap_or(u32::MAX))
+    }
+
+    fn streaks_at(&self, c: &CooldownConfig, now: Duration) -> Streaks {
+        if self.last_failure_at.is_some_and(|at| now.saturating_sub(at) > c.streak_decay) {
+            return Streaks::default();
+        }
+        self.streaks
+    }
+
+    /// The multiplier an ejection at `now` uses, counting the ejection once.
+    fn tally(&mut self, c: &CooldownConfig, now: Duration, tally: &mut Tally) -> u32 {
+        match *tally {
+            Tally::Off => return self.multiplier_at(c, now).max(1),
+            Tally::Pending => {
+                *tally = Tally::Done;
+                self.ejections += 1;
+                self.multiplier = self.multiplier_at(c, now).saturating_add(1);
+            }
+            Tally::Done => {}
+        }
+        self.multiplier
+    }
+
+    fn open(&mut self, config: &TrackerConfig, opened: Duration, at: Duration, tally: &mut Tally) {
+        self.tally(&config.cooldown, at, tally);
+        let until = at.saturating_add(config.circuit.0.open_for);
+        self.ejection_end = self.ejection_end.max(until);
+        self.generation += 1;
+        self.circuit = Circuit::Open { opened, until };
+    }
+
+    fn close(&mut self) {
+        self.circuit = Circuit::Closed;
+        self.window = Ring::default();
+    }
+
+    /// Starts (or lengthens) the cooldown; a longer or equal one stays.
+    fn cool(&mut self, class: ErrorClass, until: Duration, now: Duration) {
+        match &mut self.cooldown {
+            Some(current) => {
+                if until > current.until {
+                    current.class = class;
+                    current.until = until;
+                }
+            }
+            // A zero-length one (`until == now`) is gone at the next refresh,
+            // which every read does first.
+            None => self.cooldown = Some(Cooldown { class, since: now, until }),
+        }
+    }
+
+    fn eject(&mut self, c: &CooldownConfig, class: ErrorClass, pause: Pause, now: Duration, tally: &mut Tally) {
+        let multiplier = self.tally(c, now, tally);
+        let length = match pause {
+            Pause::Long => c.long,
+            Pause::Escalating => c.escalating_base.saturating_mul(multiplier).min(c.escalating_max),
+        };
+        let until = now.saturating_add(length);
+        if *tally != Tally::Off {
+            self.ejection_end = self.ejection_end.max(until);
+        }
+        self.cool(class, until, now);
+    }
+
+    /// Opens a closed circuit when the window says so.
+    fn trip(&mut self, config: &TrackerConfig, now: Duration, tally: &mut Tally) {
+        let s = &config.circuit.0;
+        let calls = self.window.live(bucket_width(s.window), now).fold(Calls::default(), |sum, b| Calls {
+            ok: sum.ok.saturating_add(b.ok),
+            slow: sum.slow.saturating_add(b.slow),
+            failed: sum.failed.saturating_add(b.failed),
+        });
+        let total = calls.ok.saturating_add(calls.failed);
+        if total < s.min_requests {
+            return;
+        }
+        let total = f64::from(total);
+        if f64::from(calls.failed) >= s.failure_ratio * total || f64::from(calls.slow) >= s.slow_call_ratio * total {
+            self.open(config, now, now, tally);
+        }
+    }
+
+    fn settle(&mut self, config: &TrackerConfig, ticket: Ticket, outcome: Outcome, now: Duration) {
+        self.refresh(config, now);
+        let current = ticket.generation == self.generation;
+        let standing = Standing {
+            current,
+            probe: ticket.probe && current && matches!(self.circuit, Circuit::HalfOpen { .. }),
+            forced: ticket.forced,
+            started: ticket.started,
+        };
+        match outcome {
+            Outcome::Success => self.succeed(config, standing, now),
+            Outcome::Failure { class, retry_after } => self.fail(config, standing, class, retry_after, now),
+        }
+    }
+
+    fn succeed(&mut self, config: &TrackerConfig, standing: Standing, now: Duration) {
+        self.successes += 1;
+        self.streaks = Streaks::default();
+        if standing.probe {
+            if let Circuit::HalfOpen { successes, .. } = &mut self.circuit {
+                *successes += 1;
+                if *successes >= config.circuit.0.half_open_probes {
+                    self.close();
+                    return;
+                }
+            }
+            self.answer(now);
+            return;
+        }
+        if standing.forced && self.ejected() {
+            self.cooldown = None;
+            self.ejection_end = self.ejection_end.min(now);
+            self.close();
+            return;
+        }
+        // A current permit that is not a probe and not forced-while-ejected
+        // was taken while closed, and the circuit has not opened since.
+        if standing.current {
+            let s = &config.circuit.0;
+            let calls = self.window.at(bucket_width(s.window), now);
+            calls.ok = calls.ok.saturating_add(1);
+            if now.saturating_sub(standing.started) >= s.slow_call_duration {
+                calls.slow = calls.slow.saturating_add(1);
+            }
+            self.trip(config, now, &mut Tally::Pending);
+        }
+    }
+
+    fn fail(
+        &mut self,
+        config: &TrackerConfig,
+        standing: Standing,
+        class: ErrorClass,
+        retry_after: Option<Duration>,
+        now: Duration,
+    ) {
+        if client_fault(class) {
+            self.client_faults += 1;
+            if standing.probe {
+                self.answer(now);
+            }
+            return;
+        }
+        let Some(rule) = Rule::of(class) else {
+            // Says nothing about the model: a release.
+            if standing.probe {
+                self.free_probe();
+            }
+            return;
+        };
+        let c = &config.cooldown;
+        let quiet = standing.forced && self.ejected();
+        let mut tally = if quiet { Tally::Off } else { Tally::Pending };
+        self.failures += 1;
+        self.streaks = self.streaks_at(c, now);
+        self.last_failure_at = Some(now);
+        match rule {
+            Rule::Throttle => {
+                let pause = retry_after.map_or(c.short, |r| r.min(c.max_retry_after));
+                self.cool(class, now.saturating_add(pause), now);
+            }
+            Rule::Quota => self.eject(c, class, Pause::Long, now, &mut tally),
+            Rule::Escalating => {
+                self.streaks.escalating = self.streaks.escalating.saturating_add(1);
+                if self.streaks.escalating >= c.escalate_after {
+                    self.eject(c, class, Pause::Escalating, now, &mut tally);
+                }
+            }
+            Rule::Timeout => {
+                self.streaks.timeouts = self.streaks.timeouts.saturating_add(1);
+                if self.streaks.timeouts >= c.timeouts_to_eject {
+                    self.eject(c, class, Pause::Escalating, now, &mut tally);
+                }
+            }
+            Rule::RequestSpecific => {
+                self.streaks.request_specific = self.streaks.request_specific.saturating_add(1);
+                if self.streaks.request_specific >= c.request_specific_to_eject {
+                    self.eject(c, class, Pause::Long, now, &mut tally);
+                }
+            }
+        }
+        let against = counts_against_model(class);
+        if standing.probe {
+            match self.circuit {
+                Circuit::HalfOpen { opened, .. } if against => self.open(config, opened, now, &mut tally),
+                _ => self.answer(now),
+            }
+            return;
+        }
+        if against && standing.current && !quiet {
+            let calls = self.window.at(bucket_width(config.circuit.0.window), now);
+            calls.failed = calls.failed.saturating_add(1);
+            self.trip(config, now, &mut tally);
+        }
+    }
+
+    /// Needs `refresh(now)` first.
+    fn health(&self, c: &CooldownConfig, now: Duration) -> ModelHealth {
+        let streaks = self.streaks_at(c, now);
         ModelHealth {
             circuit: match self.circuit {
                 Circuit::Closed => CircuitState::Closed,
                 Circuit::Open { .. } => CircuitState::Open,
                 Circuit::HalfOpen { .. } => CircuitState::HalfOpen,
             },
-            consecutive_failures: self.consecutive,
-            cooldown: self.cooldown,
+            consecutive_failures: streaks.escalating.saturating_add(streaks.timeouts),
+            cooldown: self.cooldown.map(|c| (c.class, c.until)),
             failures: self.failures,
             successes: self.successes,
             last_failure_at: self.last_failure_at,
+            client_faults: self.client_faults,
+            ejections: self.ejections,
+            multiplier: self.multiplier_at(c, now),
+            ejected_since: self.ejected_since(),
         }
     }
 }
 
+// ---- Tracker -------------------------------------------------------------------
+
+#[derive(Debug)]
+struct Inner {
+    config: TrackerConfig,
+    models: DashMap<Arc<str>, State, FxBuildHasher>,
+}
+
 /// Tracks every model's failures, cooldowns and circuit, shared by all
-/// requests (thread-safe; one model's update locks only its shard).
+/// requests: cheap to clone (one `Arc`), thread-safe, and one model's update
+/// locks only its shard. The rules it keeps (circuit breaker, ejections,
+/// decay, forced permits) are stated as invariants in the `tracker` module's
+/// source docs.
 ///
 /// Time is always an argument (`now`, a `Duration` since any fixed origin
 /// the caller keeps), so tests step it exactly and nothing here sleeps.
@@ -279,134 +873,109 @@ impl State {
 ///
 /// let tracker = Tracker::new(TrackerConfig::default());
 /// let t = Duration::from_secs(100);
-/// tracker.record_failure("gpt-4o", ErrorClass::RateLimited, Some(Duration::from_secs(2)), t);
+/// let permit = tracker.acquire("gpt-4o", t).map_err(|why| format!("not admitted: {why:?}"))?;
+/// permit.failure(ErrorClass::RateLimited, Some(Duration::from_secs(2)), t);
 /// assert!(!tracker.availability("gpt-4o", t).is_available());
 /// assert_eq!(tracker.availability("gpt-4o", t + Duration::from_secs(2)), Availability::Available);
+/// // A permit dropped unused records nothing.
+/// drop(tracker.acquire("gpt-4o", t + Duration::from_secs(2)));
+/// assert_eq!(tracker.health("gpt-4o", t + Duration::from_secs(2)).failures, 1);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Tracker {
-    config: TrackerConfig,
-    models: DashMap<String, State, FxBuildHasher>,
+    inner: Arc<Inner>,
 }
 
 impl Tracker {
     /// A tracker that knows no failures yet.
     #[must_use]
     pub fn new(config: TrackerConfig) -> Tracker {
-        Tracker { config, models: DashMap::with_hasher(FxBuildHasher) }
+        Tracker { inner: Arc::new(Inner { config, models: DashMap::with_hasher(FxBuildHasher) }) }
     }
 
     /// The settings.
     #[must_use]
     pub fn config(&self) -> &TrackerConfig {
-        &self.config
+        &self.inner.config
     }
 
-    fn with_state<R>(&self, model: &str, f: impl FnOnce(&mut State) -> R) -> R {
-        if let Some(mut state) = self.models.get_mut(model) {
-            return f(&mut state);
-        }
-        f(&mut self.models.entry(model.to_owned()).or_default())
+    /// `model`'s state as of `now` (read-only: transitions applied to a copy).
+    fn view(&self, model: &str, now: Duration) -> State {
+        let mut state = self.inner.models.get(model).map(|s| *s).unwrap_or_default();
+        state.refresh(&self.inner.config, now);
+        state
     }
 
-    /// Whether `model` may take a request at `now` (read-only: does not
-    /// reserve a half-open probe; see [`Tracker::acquire`]).
+    /// Whether `model` may take a request at `now` (read-only: reserves no
+    /// probe slot; see [`Tracker::acquire`]).
     #[must_use]
     pub fn availability(&self, model: &str, now: Duration) -> Availability {
-        self.models.get(model).map_or(Availability::Available, |s| s.availability(&self.config.circuit, now))
+        self.view(model, now).availability(self.inner.config.circuit.0.half_open_probes)
     }
 
-    /// Like [`Tracker::availability`], and when the answer is
-    /// [`Availability::Probe`] it takes one of the half-open probe slots,
-    /// which the next `record_*` for the model gives back.
-    #[must_use = "a probe slot taken must be used and its outcome recorded"]
-    pub fn acquire(&self, model: &str, now: Duration) -> Availability {
-        if !self.models.contains_key(model) {
-            return Availability::Available;
+    /// Runs `f` on `model`'s state, refreshed to `now` (created when unknown),
+    /// with the map's key.
+    fn with_state<R>(&self, model: &str, now: Duration, f: impl FnOnce(&mut State) -> R) -> (Arc<str>, R) {
+        let models = &self.inner.models;
+        let mut entry = match models.get_mut(model) {
+            Some(entry) => entry,
+            None => models.entry(Arc::from(model)).or_default(),
+        };
+        let state = entry.value_mut();
+        state.refresh(&self.inner.config, now);
+        let out = f(state);
+        (Arc::clone(entry.key()), out)
+    }
+
+    fn permit(&self, model: Arc<str>, ticket: Ticket) -> Permit {
+        Permit {
+            inner: Arc::clone(&self.inner),
+            model,
+            generation: ticket.generation,
+            started: ticket.started,
+            probe: ticket.probe,
+            forced: ticket.forced,
+            done: false,
         }
-        let config = self.config.circuit;
-        self.with_state(model, |state| {
-            state.refresh(now);
-            let availability = state.availability(&config, now);
-            if availability == Availability::Probe
-                && let Circuit::HalfOpen { in_flight, .. } = &mut state.circuit
-            {
-                *in_flight += 1;
-            }
-            availability
-        })
     }
 
-    /// Records a success of `model` at `now`.
-    pub fn record_success(&self, model: &str, now: Duration) {
-        let config = self.config.circuit;
-        self.with_state(model, |state| {
-            state.refresh(now);
-            state.successes += 1;
-            state.consecutive = 0;
-            state.bucket(&config, now).ok += 1;
-            if let Circuit::HalfOpen { in_flight, successes } = &mut state.circuit {
-                *in_flight = in_flight.saturating_sub(1);
-                *successes += 1;
-                if *successes >= config.half_open_probes {
-                    state.circuit = Circuit::Closed;
-                    state.buckets = [Bucket::default(); BUCKETS];
-                }
+    /// Admits a call to `model` at `now`: `Ok` when it is
+    /// [available](Availability::Available) or may take a
+    /// [probe](Availability::Probe) (the permit then holds one of the
+    /// half-open circuit's probe slots until it is consumed, released or
+    /// dropped); `Err` with the reason otherwise.
+    pub fn acquire(&self, model: &str, now: Duration) -> Result<Permit, Availability> {
+        let probes = self.inner.config.circuit.0.half_open_probes;
+        let (key, admitted) = self.with_state(model, now, |state| match state.availability(probes) {
+            Availability::Available => Ok((state.generation, false)),
+            Availability::Probe => {
+                state.take_probe(now);
+                Ok((state.generation, true))
             }
+            refused => Err(refused),
         });
+        let (generation, probe) = admitted?;
+        Ok(self.permit(key, Ticket { generation, probe, forced: false, started: now }))
     }
 
-    /// Records a failure of `model` at `now`: sets the cooldown its class
-    /// calls for (a rate limit honours `retry_after`), counts it in the
-    /// circuit's window when it [counts against the model](counts_against_model),
-    /// and opens the circuit when the window's failure ratio crosses the
-    /// threshold (or a half-open probe failed).
-    pub fn record_failure(&self, model: &str, class: ErrorClass, retry_after: Option<Duration>, now: Duration) {
-        let TrackerConfig { cooldown, circuit } = self.config;
-        self.with_state(model, |state| {
-            state.refresh(now);
-            let probe = matches!(state.circuit, Circuit::HalfOpen { .. });
-            if let Circuit::HalfOpen { in_flight, .. } = &mut state.circuit {
-                *in_flight = in_flight.saturating_sub(1);
-            }
-            if class == ErrorClass::Cancelled {
-                return; // the caller gave up: says nothing about the model
-            }
-            state.failures += 1;
-            state.last_failure_at = Some(now);
-            let against = counts_against_model(class);
-            if against {
-                state.consecutive = state.consecutive.saturating_add(1);
-                state.bucket(&circuit, now).failed += 1;
-            }
-            let pause = match class.cooldown() {
-                CooldownHint::Short => Some(retry_after.map_or(cooldown.short, |r| r.min(cooldown.max_retry_after))),
-                CooldownHint::Long => Some(cooldown.long),
-                CooldownHint::Escalating if state.consecutive >= cooldown.escalate_after => {
-                    let steps = state.consecutive - cooldown.escalate_after;
-                    let pause = cooldown.escalating_base.saturating_mul(1 << steps.min(20));
-                    Some(pause.min(cooldown.escalating_max))
-                }
-                // Below the escalation threshold, or a class without cooldown.
-                CooldownHint::Escalating | CooldownHint::None => None,
-            };
-            if let Some(pause) = pause {
-                let until = now.saturating_add(pause);
-                // A longer cooldown already in force stays.
-                if state.cooldown.is_none_or(|(_, current)| current < until) {
-                    state.cooldown = Some((class, until));
-                }
-            }
-            if against {
-                let (ok, failed) = state.window(&circuit, now);
-                let total = ok + failed;
-                let tripped =
-                    total >= circuit.min_requests && f64::from(failed) >= circuit.failure_ratio * f64::from(total);
-                if probe || (tripped && matches!(state.circuit, Circuit::Closed)) {
-                    state.circuit = Circuit::Open { until: now.saturating_add(circuit.open_for) };
-                }
-            }
-        });
+    /// Admits a call to `model` at `now` whatever its state (panic mode:
+    /// every candidate is ejected). The permit is [forced](Permit::is_forced),
+    /// never a probe. Its success ends the cooldown and closes an open or
+    /// half-open circuit; its failure while an ejection is in force counts in
+    /// the totals and streaks but is no new ejection (no multiplier or
+    /// ejection count rise, no window entry, its cooldown only replaces a
+    /// shorter one).
+    pub fn acquire_forced(&self, model: &str, now: Duration) -> Permit {
+        let (key, generation) = self.with_state(model, now, |state| state.generation);
+        self.permit(key, Ticket { generation, probe: false, forced: true, started: now })
+    }
+
+    /// When the ejection of `model` in force at `now` (a cooldown, or a circuit
+    /// not closed) began; `None` when it is not ejected.
+    #[must_use]
+    pub fn ejected_since(&self, model: &str, now: Duration) -> Option<Duration> {
+        self.view(model, now).ejected_since()
     }
 
     /// `model`'s circuit state at `now`.
@@ -418,29 +987,126 @@ impl Tracker {
     /// `model`'s tracked state at `now` (a model never seen is healthy).
     #[must_use]
     pub fn health(&self, model: &str, now: Duration) -> ModelHealth {
-        self.models.get(model).map_or_else(
-            || State::default().health(),
-            |state| {
-                let mut state = state.clone();
-                state.refresh(now);
-                state.health()
-            },
-        )
+        self.view(model, now).health(&self.inner.config.cooldown, now)
     }
 
     /// Every tracked model's state at `now`, sorted by id.
     #[must_use]
     pub fn all(&self, now: Duration) -> Vec<(String, ModelHealth)> {
+        let config = &self.inner.config;
         let mut out: Vec<(String, ModelHealth)> = self
+            .inner
             .models
             .iter()
             .map(|entry| {
-                let mut state = entry.value().clone();
-                state.refresh(now);
-                (entry.key().clone(), state.health())
+                let mut state = *entry.value();
+                state.refresh(config, now);
+                (entry.key().to_string(), state.health(&config.cooldown, now))
             })
             .collect();
         out.sort_by(|a, b| a.0.cmp(&b.0));
         out
     }
 }
+
+/// The right to make one call to a model, from [`Tracker::acquire`] or
+/// [`Tracker::acquire_forced`].
+///
+/// Consumed by recording the call's outcome. Released or dropped, it counts
+/// as neither success nor failure and gives a probe slot back, so a caller
+/// future dropped at any `.await` leaks nothing. `Send + Sync + 'static`: it
+/// can move into a stream's settlement.
+#[must_use = "a permit records the call's outcome; dropping it records nothing"]
+pub struct Permit {
+    inner: Arc<Inner>,
+    model: Arc<str>,
+    generation: u64,
+    started: Duration,
+    probe: bool,
+    forced: bool,
+    done: bool,
+}
+
+impl fmt::Debug for Permit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Permit")
+            .field("model", &self.model)
+            .field("probe", &self.probe)
+            .field("forced", &self.forced)
+            .field("generation", &self.generation)
+            .field("started", &self.started)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Permit {
+    /// The model admitted.
+    #[must_use]
+    pub fn model(&self) -> &str {
+        &self.model
+    }
+
+    /// Whether the permit holds one of the half-open circuit's probe slots.
+    #[must_use]
+    pub fn is_probe(&self) -> bool {
+        self.probe
+    }
+
+    /// Whether it came from [`Tracker::acquire_forced`].
+    #[must_use]
+    pub fn is_forced(&self) -> bool {
+        self.forced
+    }
+
+    /// When it was acquired (the start of the call, for its latency).
+    #[must_use]
+    pub fn started(&self) -> Duration {
+        self.started
+    }
+
+    fn ticket(&self) -> Ticket {
+        Ticket { generation: self.generation, probe: self.probe, forced: self.forced, started: self.started }
+    }
+
+    fn settle(&mut self, outcome: Outcome, now: Duration) {
+        self.done = true;
+        let inner = &self.inner;
+        let mut state = inner.models.entry(Arc::clone(&self.model)).or_default();
+        state.settle(&inner.config, self.ticket(), outcome, now);
+    }
+
+    /// Records a success at `now`; slow when `now - started()` is at least
+    /// the circuit's `slow_call_duration`.
+    pub fn success(mut self, now: Duration) {
+        self.settle(Outcome::Success, now);
+    }
+
+    /// Records a failure of `class` at `now` (`retry_after`: what the provider
+    /// asked for, honoured for rate limits).
+    pub fn failure(mut self, class: ErrorClass, retry_after: Option<Duration>, now: Duration) {
+        self.settle(Outcome::Failure { class, retry_after }, now);
+    }
+
+    /// Gives the permit back unused: neither success nor failure (the
+    /// request's own deadline ran out, a budget refused it, the client left).
+    pub fn release(self) {
+        // Dropping `self` here gives the probe slot back (see `Drop`).
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        if self.done || !self.probe {
+            return;
+        }
+        if let Some(mut state) = self.inner.models.get_mut(&*self.model)
+            && state.generation == self.generation
+        {
+            state.free_probe();
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "tracker_tests.rs"]
+mod tests;

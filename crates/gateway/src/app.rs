@@ -300,7 +300,10 @@ async fn chat_inner(app: &App, headers: &HeaderMap, body: Body) -> Result<Respon
         app.calls.clone().spawn(async move {
             let upstreams = &app.upstreams;
             let chat = &*chat;
-            app.fleet.call(&request, |model, ctx| async move { upstreams.complete(&model, chat, ctx).await }).await
+            let fleet = &*app.fleet;
+            app.fleet
+                .call(&request, |model, ctx| async move { upstreams.complete(&model, chat, ctx, fleet).await })
+                .await
         })
     };
     let served = call
@@ -340,7 +343,7 @@ async fn stream_chat(app: &App, chat: ChatRequest, request: &Request) -> Result<
     let chat_ref = &chat;
     let served = app
         .fleet
-        .call_stream(request, |model, ctx| async move { upstreams.open(&model, chat_ref, ctx).await })
+        .call_stream(request, |model, ctx| async move { upstreams.open(&model, chat_ref, ctx, &app.fleet).await })
         .await
         .map_err(fleet_error)?;
     let Opened { stream, settlement } = served.value;

@@ -163,7 +163,7 @@ impl Gateway {
             }
             None => None,
         };
-        let fleet = Fleet::open(FleetOptions::from_config(config)).await?;
+        let fleet = Fleet::open(FleetOptions::from_config(config)?).await?;
         let app = Arc::new(AppState {
             fleet: Arc::new(fleet),
             upstreams,

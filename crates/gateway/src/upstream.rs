@@ -6,7 +6,7 @@ use std::{collections::HashMap, fmt, pin::Pin, sync::Arc, time::Duration};
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use modelfleet::{
-    ModelResponse, Simulator, Usage,
+    Fleet, ModelResponse, Simulator, Usage,
     config::{Config, ProviderKind},
     errors::{AttemptCtx, ErrorClass, Failure, classify_response},
     registry::ModelSpec,
@@ -121,9 +121,10 @@ impl Upstreams {
         model: &ModelSpec,
         chat: &ChatRequest,
         ctx: AttemptCtx,
+        fleet: &Fleet,
     ) -> Result<ModelResponse<Bytes>, Failure> {
         match self.get(model)? {
-            Upstream::OpenAi(api) => api.complete(model, chat, ctx).await,
+            Upstream::OpenAi(api) => api.complete(model, chat, ctx, fleet).await,
             Upstream::Simulated(sim) => {
                 let r = sim
                     .complete(
@@ -148,9 +149,15 @@ impl Upstreams {
 
     /// Opens a stream: returns once the first event arrived, so a failure
     /// before it can still fall back.
-    pub(crate) async fn open(&self, model: &ModelSpec, chat: &ChatRequest, ctx: AttemptCtx) -> Result<Events, Failure> {
+    pub(crate) async fn open(
+        &self,
+        model: &ModelSpec,
+        chat: &ChatRequest,
+        ctx: AttemptCtx,
+        fleet: &Fleet,
+    ) -> Result<Events, Failure> {
         match self.get(model)? {
-            Upstream::OpenAi(api) => api.open(model, chat, ctx).await,
+            Upstream::OpenAi(api) => api.open(model, chat, ctx, fleet).await,
             Upstream::Simulated(sim) => {
                 let r = sim
                     .complete(
@@ -195,7 +202,13 @@ fn usage_json(usage: Usage) -> Value {
 }
 
 impl OpenAi {
-    async fn send(&self, model: &ModelSpec, chat: &ChatRequest, ctx: AttemptCtx) -> Result<reqwest::Response, Failure> {
+    async fn send(
+        &self,
+        model: &ModelSpec,
+        chat: &ChatRequest,
+        ctx: AttemptCtx,
+        fleet: &Fleet,
+    ) -> Result<reqwest::Response, Failure> {
         if let Some(var) = &self.missing_key {
             return Err(Failure::new(ErrorClass::Authentication, &format!("no API key: {var} is not set")));
         }
@@ -224,6 +237,9 @@ impl OpenAi {
             let failure = transport(&e);
             if e.is_timeout() && !e.is_connect() { failure.billed() } else { failure }
         })?;
+        // Every answer says how close the provider's limits are: a model
+        // near them is ranked down before it starts answering 429.
+        observe_rate_limits(fleet, model, response.headers());
         let status = response.status();
         if status.is_success() {
             return Ok(response);
@@ -245,8 +261,9 @@ impl OpenAi {
         model: &ModelSpec,
         chat: &ChatRequest,
         ctx: AttemptCtx,
+        fleet: &Fleet,
     ) -> Result<ModelResponse<Bytes>, Failure> {
-        let response = self.send(model, chat, ctx).await?;
+        let response = self.send(model, chat, ctx, fleet).await?;
         // From here on the upstream accepted the request and is answering:
         // a failure is billed, with its usage unknown.
         let body = response.bytes().await.map_err(|e| transport(&e).billed())?;
@@ -258,13 +275,69 @@ impl OpenAi {
         Ok(ModelResponse { value: body, usage })
     }
 
-    async fn open(&self, model: &ModelSpec, chat: &ChatRequest, ctx: AttemptCtx) -> Result<Events, Failure> {
-        let response = self.send(model, chat, ctx).await?;
+    async fn open(
+        &self,
+        model: &ModelSpec,
+        chat: &ChatRequest,
+        ctx: AttemptCtx,
+        fleet: &Fleet,
+    ) -> Result<Events, Failure> {
+        let response = self.send(model, chat, ctx, fleet).await?;
         let body = response.bytes_stream().map(|piece| piece.map_err(|e| transport(&e)));
         // The upstream accepted the request: a failure before the first
         // event may still be billed.
         Events::open(Box::pin(body)).await.map_err(Failure::billed)
     }
+}
+
+/// Reads OpenAI-style rate-limit headers (`x-ratelimit-remaining-requests`,
+/// `-limit-requests`, `-remaining-tokens`, `-limit-tokens`, and the
+/// `-reset-requests`/`-reset-tokens` durations such as `1s` or `6m0s`)
+/// and tells the fleet how much headroom the model's provider has left.
+fn observe_rate_limits(fleet: &Fleet, model: &ModelSpec, headers: &reqwest::header::HeaderMap) {
+    let number =
+        |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<u64>().ok());
+    let headroom = modelfleet::monitor::rate_limit_headroom(
+        number("x-ratelimit-remaining-requests"),
+        number("x-ratelimit-limit-requests"),
+        number("x-ratelimit-remaining-tokens"),
+        number("x-ratelimit-limit-tokens"),
+    );
+    let Some(headroom) = headroom else { return };
+    let reset = ["x-ratelimit-reset-requests", "x-ratelimit-reset-tokens"]
+        .iter()
+        .filter_map(|name| headers.get(*name).and_then(|v| v.to_str().ok()).and_then(parse_reset))
+        .max()
+        .unwrap_or(Duration::from_mins(1))
+        .min(Duration::from_hours(1));
+    fleet.observe_rate_limit(model, headroom, reset);
+}
+
+/// A reset duration as OpenAI writes it (`20ms`, `1s`, `6m0s`, `1h2m3.5s`)
+/// or a plain number of seconds.
+fn parse_reset(text: &str) -> Option<Duration> {
+    let text = text.trim();
+    if let Ok(secs) = text.parse::<f64>() {
+        return (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs.min(86_400.0)));
+    }
+    let mut total = 0.0_f64;
+    let mut rest = text;
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
+        let value: f64 = rest[..digits].parse().ok()?;
+        rest = &rest[digits..];
+        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let scale = match &rest[..unit_len] {
+            "ms" => 0.001,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3_600.0,
+            _ => return None,
+        };
+        total += value * scale;
+        rest = &rest[unit_len..];
+    }
+    (total.is_finite() && total <= 86_400.0).then(|| Duration::from_secs_f64(total))
 }
 
 /// A transport failure, classified, with the upstream's address left out.

@@ -5,7 +5,7 @@ use axum::{
     http::{HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
-use modelfleet::{Usage, selector::Requirements};
+use modelfleet::{Usage, registry::Capability, selector::Requirements};
 use serde::{Serialize, Serializer, ser::SerializeMap};
 use serde_json::{Map, Value};
 
@@ -136,6 +136,35 @@ fn estimate_prompt(body: &Map<String, Value>) -> u32 {
     u32::try_from(bytes.div_ceil(4).saturating_add(media.saturating_mul(TOKENS_PER_MEDIA_PART))).unwrap_or(u32::MAX)
 }
 
+/// The capabilities the body uses, which the model serving it must have:
+/// tools (`tools`, `functions`), JSON mode (`response_format` of type
+/// `json_object` or `json_schema`), vision (an image content part), and
+/// streaming (`stream: true`).
+fn used_capabilities(body: &Map<String, Value>, stream: bool) -> Vec<Capability> {
+    let mut used = Vec::new();
+    let listed = |field: &str| body.get(field).and_then(Value::as_array).is_some_and(|list| !list.is_empty());
+    if listed("tools") || listed("functions") {
+        used.push(Capability::Tools);
+    }
+    let format = body.get("response_format").and_then(|f| f.get("type")).and_then(Value::as_str);
+    if matches!(format, Some("json_object" | "json_schema")) {
+        used.push(Capability::JsonMode);
+    }
+    let image =
+        body.get("messages").and_then(Value::as_array).is_some_and(|messages| {
+            messages.iter().filter_map(|m| m.get("content").and_then(Value::as_array)).flatten().any(|part| {
+                matches!(part.get("type").and_then(Value::as_str), Some("image_url" | "image" | "input_image"))
+            })
+        });
+    if image {
+        used.push(Capability::Vision);
+    }
+    if stream {
+        used.push(Capability::Streaming);
+    }
+    used
+}
+
 /// The length of `value` as compact JSON, counted without writing it anywhere.
 fn json_len(value: &Value) -> usize {
     struct Count(usize);
@@ -238,6 +267,12 @@ pub(crate) fn parse_chat(bytes: &[u8]) -> Result<ChatRequest, ApiError> {
     requirements.prompt_tokens = requirements.prompt_tokens.max(prompt_tokens);
     requirements.max_output_tokens = if max_output == 0 { 0 } else { requirements.max_output_tokens.max(max_output) };
     requirements.n = requirements.n.max(n);
+    // What the body uses, the model must be able to do (a client cannot waive it).
+    for capability in used_capabilities(&body, stream) {
+        if !requirements.capabilities.contains(&capability) {
+            requirements.capabilities.push(capability);
+        }
+    }
     // The caller cannot claim memory for local models: the gateway measures it.
     requirements.available_memory_mb = None;
     Ok(ChatRequest { body, model, stream, include_usage, requirements, extended, cap: None })

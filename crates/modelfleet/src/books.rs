@@ -31,6 +31,8 @@ pub(crate) struct Entry<'a> {
     /// when the usage is unknown.
     pub(crate) cost: Money,
     pub(crate) error: Option<ErrorClass>,
+    /// A stream's time to its first event (`None` for a call).
+    pub(crate) ttft: Option<Duration>,
 }
 
 /// Where outcomes are written: the monitor, the metrics and the store.
@@ -115,14 +117,14 @@ impl Books {
 
     /// Records the outcome in the monitor and the metrics; returns its row.
     fn observe(&self, entry: Entry<'_>) -> PerfRecord {
-        let Entry { model, kind, latency, usage, cost, error } = entry;
+        let Entry { model, kind, latency, usage, cost, error, ttft } = entry;
         let outcome = Outcome {
             model: &model.id,
             provider: &model.provider,
             kind,
             language: None,
             latency,
-            time_to_first_token: None,
+            time_to_first_token: ttft,
             input_tokens: usage.input_tokens,
             output_tokens: usage.output_tokens,
             cached_tokens: usage.cached_tokens,
@@ -180,6 +182,7 @@ impl Drop for Pending<'_> {
                 usage: Usage::default(),
                 cost,
                 error: Some(ErrorClass::Cancelled),
+                ttft: None,
             };
             self.books.settle_detached(reservation, entry);
         }

@@ -2,6 +2,7 @@
 
 use std::{
     collections::BTreeMap,
+    fmt::Write as _,
     future::Future,
     path::PathBuf,
     sync::{
@@ -15,14 +16,14 @@ use dashmap::DashMap;
 use modelfleet_budget::{BudgetSpec, Budgets, Charge, Headroom, LedgerConfig, Period, Reservation, Scope, Status};
 use modelfleet_errors::{AttemptCtx, Classify, ErrorClass, Failure, RetryConfig, RetryPolicy, Timer, TokioTimer};
 use modelfleet_fallback::{
-    Attempt, CircuitConfig, CircuitState, CooldownConfig, ExecuteError, ExecutorConfig, FallbackStrategy, Order,
-    Tracker, TrackerConfig,
+    Attempt, CircuitConfig, CircuitSettings, CircuitState, CooldownConfig, ExecuteError, ExecutorConfig, HedgeAfter,
+    Order, Permit, Plan, RetryBudget, RetryBudgetConfig, Tracker, TrackerConfig,
 };
 use modelfleet_metrics::{Category as MetricsCategory, Metrics, MetricsConfig};
 use modelfleet_monitor::{InFlightShared, Monitor, MonitorConfig, Recommendation, ReportConfig};
 use modelfleet_registry::{Catalog, Category, Clock, ModelSpec, Money, SystemClock};
 use modelfleet_selector::{
-    BudgetRoom, Explanation, LiveSignals, Ranked, Rejection, Requirements, SelectorConfig, Signals, Weights,
+    BudgetRoom, Explanation, LiveSignals, Ranked, Rejection, Requirements, SelectorConfig, Signals, Strategy, Weights,
     worst_case_cost,
 };
 use modelfleet_service_registry::{HealthReport, RegistryConfig, Running, ServiceRegistry};
@@ -58,10 +59,12 @@ pub struct RouteSpec {
     pub name: String,
     /// What the route needs.
     pub requirements: Requirements,
-    /// Its fallback strategy.
-    pub strategy: FallbackStrategy,
+    /// How its candidates are ranked.
+    pub strategy: Strategy,
     /// An explicit fallback order, overriding the ranking.
     pub fallbacks: Vec<String>,
+    /// Hedge its non-streamed requests after this (opt-in).
+    pub hedge: Option<HedgeAfter>,
 }
 
 /// Everything a [`Fleet`] is built from. `Default` is the embedded default:
@@ -76,6 +79,11 @@ pub struct FleetOptions {
     pub routes: Vec<RouteSpec>,
     /// Explicit fallbacks per model id, for requests that name a model.
     pub model_fallbacks: BTreeMap<String, Vec<String>>,
+    /// Hedging per model id, for requests that name a model (opt-in).
+    pub model_hedges: BTreeMap<String, HedgeAfter>,
+    /// Providers that only simulate: never an implied fallback for a
+    /// real provider's model.
+    pub simulated_providers: Vec<String>,
     /// Budgets.
     pub budgets: Vec<BudgetSpec>,
     /// The budgets' calendar.
@@ -84,10 +92,16 @@ pub struct FleetOptions {
     pub retry: RetryConfig,
     /// Cooldowns and circuits.
     pub tracker: TrackerConfig,
+    /// Retries per provider, shared by all requests.
+    pub retry_budget: RetryBudgetConfig,
+    /// The most attempts one request makes (retries and hedges included).
+    pub max_attempts_per_request: u32,
+    /// The most of a request's candidates ejections may take out, percent.
+    pub max_ejected_percent: u8,
     /// Score weights.
     pub weights: Weights,
-    /// The default fallback strategy.
-    pub strategy: FallbackStrategy,
+    /// How requests without a route rank their candidates.
+    pub strategy: Strategy,
     /// The store.
     pub store: StoreConfig,
     /// The monitor.
@@ -108,12 +122,17 @@ impl Default for FleetOptions {
             models: None,
             routes: Vec::new(),
             model_fallbacks: BTreeMap::new(),
+            model_hedges: BTreeMap::new(),
+            simulated_providers: Vec::new(),
             budgets: Vec::new(),
             ledger: LedgerConfig::default(),
-            retry: RetryConfig { deadline: Some(Duration::from_mins(2)), ..RetryConfig::default() },
+            retry: RetryConfig::default(),
             tracker: TrackerConfig::default(),
+            retry_budget: RetryBudgetConfig::default(),
+            max_attempts_per_request: ExecutorConfig::default().max_attempts_per_request,
+            max_ejected_percent: ExecutorConfig::default().max_ejected_percent,
             weights: Weights::default(),
-            strategy: FallbackStrategy::Performance,
+            strategy: Strategy::WeightedScore,
             store: StoreConfig::default(),
             monitor: MonitorConfig::default(),
             metrics: MetricsConfig::default(),
@@ -123,12 +142,29 @@ impl Default for FleetOptions {
 }
 
 impl FleetOptions {
-    /// The options a validated configuration describes.
-    #[must_use]
-    pub fn from_config(config: &modelfleet_config_validate::Config) -> FleetOptions {
+    /// The options a validated configuration describes (refused only when
+    /// a setting the validator let through is still unusable).
+    pub fn from_config(config: &modelfleet_config_validate::Config) -> Result<FleetOptions, FleetError> {
         let r = &config.resilience;
         let ms = Duration::from_millis;
-        FleetOptions {
+        let circuit = CircuitConfig::new(CircuitSettings {
+            window: ms(r.circuit_window_ms),
+            min_requests: r.circuit_min_requests,
+            failure_ratio: r.circuit_failure_ratio,
+            open_for: ms(r.circuit_open_ms),
+            half_open_probes: r.circuit_half_open_probes,
+            half_open_timeout: ms(r.circuit_half_open_timeout_ms),
+            slow_call_duration: ms(r.circuit_slow_call_ms),
+            slow_call_ratio: r.circuit_slow_call_ratio,
+        })
+        .map_err(|e| FleetError::Start(format!("[circuit]: {e}")))?;
+        let retry_budget = RetryBudgetConfig {
+            percent: r.retry_budget_percent / 100.0,
+            min_per_sec: r.retry_budget_min_per_sec,
+            window: ms(r.retry_budget_window_ms),
+        };
+        retry_budget.check().map_err(|e| FleetError::Start(format!("[fallback]: {e}")))?;
+        Ok(FleetOptions {
             db_path: config.store.path.clone(),
             // A configuration without models keeps the stored (or default) catalog.
             models: (!config.models.is_empty()).then(|| config.models.clone()),
@@ -138,15 +174,14 @@ impl FleetOptions {
                 .map(|route| RouteSpec {
                     name: route.name.clone(),
                     requirements: route.requirements.clone(),
-                    strategy: match route.strategy {
-                        modelfleet_selector::Strategy::Cheapest => FallbackStrategy::Cost,
-                        modelfleet_selector::Strategy::PriorityOrder => FallbackStrategy::Priority,
-                        _ => FallbackStrategy::Performance,
-                    },
+                    strategy: route.strategy,
                     fallbacks: route.fallbacks.clone(),
+                    hedge: route.hedge,
                 })
                 .collect(),
             model_fallbacks: config.model_fallbacks.clone(),
+            model_hedges: config.model_hedges.clone(),
+            simulated_providers: config.simulated_providers(),
             budgets: config
                 .budgets
                 .iter()
@@ -164,18 +199,19 @@ impl FleetOptions {
                     long: ms(r.cooldown_long_ms),
                     escalating_base: ms(r.cooldown_escalating_base_ms),
                     escalating_max: ms(r.cooldown_escalating_max_ms),
+                    timeouts_to_eject: r.cooldown_timeouts_to_eject,
+                    request_specific_to_eject: r.cooldown_request_specific_to_eject,
+                    multiplier_decay: ms(r.cooldown_multiplier_decay_ms),
+                    streak_decay: ms(r.cooldown_streak_decay_ms),
                     ..CooldownConfig::default()
                 },
-                circuit: CircuitConfig {
-                    window: ms(r.circuit_window_ms),
-                    min_requests: r.circuit_min_requests,
-                    failure_ratio: r.circuit_failure_ratio,
-                    open_for: ms(r.circuit_open_ms),
-                    half_open_probes: r.circuit_half_open_probes,
-                },
+                circuit,
             },
+            retry_budget,
+            max_attempts_per_request: r.max_attempts_per_request,
+            max_ejected_percent: r.max_ejected_percent,
             weights: config.weights,
-            strategy: FallbackStrategy::Performance,
+            strategy: Strategy::WeightedScore,
             store: StoreConfig {
                 batch_rows: config.store.batch_rows,
                 batch_wait: ms(config.store.batch_wait_ms),
@@ -191,7 +227,7 @@ impl FleetOptions {
             monitor: MonitorConfig::default(),
             metrics: MetricsConfig { window_secs: config.metrics.window_secs, ..MetricsConfig::default() },
             virtual_time: false,
-        }
+        })
     }
 }
 
@@ -378,6 +414,11 @@ pub struct ModelLine {
     pub fallbacks_served: u64,
     /// Its circuit now.
     pub circuit: CircuitState,
+    /// Times it was ejected (cooldown or circuit opened) in this process.
+    pub ejections: u64,
+    /// Why it is out of rotation now (cooling down, circuit open…), if it is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub out_of_rotation: Option<String>,
 }
 
 /// The fleet at a glance.
@@ -427,13 +468,18 @@ pub struct Fleet {
     config_budgets: Vec<(Scope, Period)>,
     metrics: Arc<Metrics>,
     books: Books,
-    tracker: Arc<Tracker>,
+    tracker: Tracker,
+    retry_budget: RetryBudget,
     timer: TokioTimer,
     clock: SystemClock,
     executor: ExecutorConfig,
+    /// How requests without a route rank their candidates.
+    strategy: Strategy,
     routes: Vec<RouteSpec>,
     /// Per model with configured fallbacks: itself, then them.
     model_chains: BTreeMap<String, Vec<String>>,
+    model_hedges: BTreeMap<String, HedgeAfter>,
+    simulated_providers: Vec<String>,
     rng: Mutex<fastrand::Rng>,
     /// Budget administration, one change at a time (check, persist, apply).
     admin: tokio::sync::Mutex<()>,
@@ -558,11 +604,20 @@ impl Fleet {
             config_budgets: options.budgets.iter().map(|b| (b.scope.clone(), b.period)).collect(),
             metrics,
             books,
-            tracker: Arc::new(Tracker::new(options.tracker)),
+            tracker: Tracker::new(options.tracker),
+            retry_budget: RetryBudget::new(options.retry_budget),
             timer: TokioTimer::new(),
             clock: SystemClock,
-            executor: ExecutorConfig { retry, strategy: options.strategy, weights: options.weights },
+            executor: ExecutorConfig {
+                retry,
+                weights: options.weights,
+                max_attempts_per_request: options.max_attempts_per_request.max(1),
+                max_ejected_percent: options.max_ejected_percent.min(100),
+            },
+            strategy: options.strategy,
             routes: options.routes,
+            model_hedges: options.model_hedges,
+            simulated_providers: options.simulated_providers,
             model_chains: options
                 .model_fallbacks
                 .into_iter()
@@ -623,10 +678,24 @@ impl Fleet {
         &self.tracker
     }
 
+    /// Retries per provider.
+    #[must_use]
+    pub fn retry_budget(&self) -> &RetryBudget {
+        &self.retry_budget
+    }
+
+    /// Notes what an answer from `model` said of its provider's rate
+    /// limits: `headroom` (0 to 1) left, valid for `valid_for`. A model
+    /// near its limit ranks lower until then.
+    pub fn observe_rate_limit(&self, model: &ModelSpec, headroom: f64, valid_for: Duration) {
+        let until = self.monitor.now_ms().saturating_add(u64::try_from(valid_for.as_millis()).unwrap_or(u64::MAX));
+        self.monitor.record_rate_limit(&model.id, &model.provider, headroom, until);
+    }
+
     /// The requirements `request` stands for, with the free memory filled
-    /// in, and the order to try models in.
-    fn resolve<'s>(&'s self, request: &'s Request) -> Result<(Requirements, FallbackStrategy, Order<'s>), FleetError> {
-        let (mut requirements, strategy, mut order) = match &request.route {
+    /// in, and how to serve it (order, strategy, hedging).
+    fn resolve<'s>(&'s self, request: &'s Request) -> Result<(Requirements, Plan<'s>), FleetError> {
+        let (mut requirements, strategy, mut order, mut hedge) = match &request.route {
             Some(name) => {
                 let route = self
                     .routes
@@ -642,9 +711,15 @@ impl Fleet {
                 requirements.prompt_tokens = requirements.prompt_tokens.max(asked.prompt_tokens);
                 requirements.max_output_tokens = requirements.max_output_tokens.max(asked.max_output_tokens);
                 requirements.n = requirements.n.max(asked.n);
-                (requirements, route.strategy, order)
+                // What the request's body uses (tools, images…) is needed on a route too.
+                for capability in &asked.capabilities {
+                    if !requirements.capabilities.contains(capability) {
+                        requirements.capabilities.push(*capability);
+                    }
+                }
+                (requirements, route.strategy, order, route.hedge)
             }
-            None => (request.requirements.clone(), self.executor.strategy, Order::Ranked),
+            None => (request.requirements.clone(), self.strategy, Order::Ranked, None),
         };
         if requirements.available_memory_mb.is_none() {
             requirements.available_memory_mb = self.memory.available_mb(self.clock.now_ms());
@@ -657,8 +732,9 @@ impl Fleet {
                 Some(chain) => Order::Explicit(chain),
                 None => Order::Preferred(id),
             };
+            hedge = self.model_hedges.get(id).copied().or(hedge);
         }
-        Ok((requirements, strategy, order))
+        Ok((requirements, Plan { order, strategy, hedge, settle_by_caller: false }))
     }
 
     /// The requirements `request` is served under: its own, or its route's
@@ -669,11 +745,15 @@ impl Fleet {
         Ok(self.resolve(request)?.0)
     }
 
+    fn selector_config(&self, strategy: Strategy) -> SelectorConfig {
+        SelectorConfig { weights: self.executor.weights, strategy }
+    }
+
     /// Every eligible model for `request`, best first, with scores.
     pub fn rank(&self, request: &Request) -> Result<Vec<(String, f64)>, FleetError> {
-        let (requirements, strategy, _) = self.resolve(request)?;
+        let (requirements, plan) = self.resolve(request)?;
         let snapshot = self.catalog.snapshot();
-        let config = strategy.selector_config(self.executor.weights);
+        let config = self.selector_config(plan.strategy);
         let headroom = self.budgets.headroom(request.key.as_deref());
         let live = Live { monitor: &self.monitor, headroom: &headroom, closed: false };
         Ok(modelfleet_selector::rank(snapshot.models(), &requirements, &live, &config)
@@ -685,14 +765,40 @@ impl Fleet {
     /// The ranking and every rejected model with its reasons, as text and
     /// JSON: the same worst case and budget room as a request sees.
     pub fn explain(&self, request: &Request) -> Result<(String, serde_json::Value), FleetError> {
-        let (requirements, strategy, _) = self.resolve(request)?;
+        let (requirements, plan) = self.resolve(request)?;
         let snapshot = self.catalog.snapshot();
-        let config: SelectorConfig = strategy.selector_config(self.executor.weights);
+        let config = self.selector_config(plan.strategy);
         let headroom = self.budgets.headroom(request.key.as_deref());
         let live = Live { monitor: &self.monitor, headroom: &headroom, closed: false };
         let explanation: Explanation<'_> =
             modelfleet_selector::explain(snapshot.models(), &requirements, &live, &config);
-        Ok((explanation.to_string(), serde_json::to_value(&explanation).unwrap_or(serde_json::Value::Null)))
+        let mut text = explanation.to_string();
+        let mut json = serde_json::to_value(&explanation).unwrap_or(serde_json::Value::Null);
+        // Eligible, but out of rotation now: why, and for how long.
+        let now = self.timer.now();
+        let out: Vec<serde_json::Value> = explanation
+            .ranked
+            .iter()
+            .filter_map(|r| {
+                let health = self.tracker.health(&r.model.id, now);
+                let availability = self.tracker.availability(&r.model.id, now);
+                (!availability.is_available()).then(|| {
+                    let why = modelfleet_fallback::describe(availability, now);
+                    let _ = write!(text, "\nout of rotation now: {} ({why})", r.model.id);
+                    serde_json::json!({
+                        "model": r.model.id,
+                        "why": why,
+                        "circuit": health.circuit,
+                        "ejections": health.ejections,
+                        "multiplier": health.multiplier,
+                    })
+                })
+            })
+            .collect();
+        if let serde_json::Value::Object(map) = &mut json {
+            map.insert("unavailable".to_owned(), serde_json::Value::Array(out));
+        }
+        Ok((text, json))
     }
 
     /// Serves one request: selects, reserves budget, calls `call` on the
@@ -707,11 +813,13 @@ impl Fleet {
         F: FnMut(Arc<ModelSpec>, AttemptCtx) -> Fut,
         Fut: Future<Output = Result<ModelResponse<T>, Failure>>,
     {
-        self.run(request, |model, ctx, of| {
-            let call = call(Arc::clone(&model), ctx);
-            self.attempt(model, of, call)
-        })
-        .await
+        let (served, _) = self
+            .run(request, false, |model, ctx, of| {
+                let call = call(Arc::clone(&model), ctx);
+                self.attempt(model, of, call)
+            })
+            .await?;
+        Ok(served)
     }
 
     /// Serves one streamed request. Like [`Fleet::call`], but `call` returns
@@ -726,22 +834,35 @@ impl Fleet {
         F: FnMut(Arc<ModelSpec>, AttemptCtx) -> Fut,
         Fut: Future<Output = Result<T, Failure>>,
     {
-        self.run(request, |model, ctx, of| {
-            let call = call(Arc::clone(&model), ctx);
-            self.attempt_open(model, of, call)
-        })
-        .await
+        let (mut served, permit) = self
+            .run(request, true, |model, ctx, of| {
+                let call = call(Arc::clone(&model), ctx);
+                self.attempt_open(model, of, call)
+            })
+            .await?;
+        // The stream is one outcome: the circuit hears of it when it ends.
+        if let Some(parts) = served.value.settlement.parts.as_mut() {
+            parts.permit = permit;
+        }
+        Ok(served)
     }
 
     /// The walk shared by [`Fleet::call`] and [`Fleet::call_stream`]: each
     /// attempt is `attempt(model, ctx, what)`, returning the value, its
-    /// usage and its cost.
-    async fn run<'r, V, A, Fut>(&self, request: &'r Request, mut attempt: A) -> Result<Served<V>, FleetError>
+    /// usage and its cost. For a stream (`settle_by_caller`), the attempt
+    /// that opened it comes back with its permit, for the settlement.
+    async fn run<'r, V, A, Fut>(
+        &self,
+        request: &'r Request,
+        settle_by_caller: bool,
+        mut attempt: A,
+    ) -> Result<(Served<V>, Option<Permit>), FleetError>
     where
         A: FnMut(Arc<ModelSpec>, AttemptCtx, AttemptOf<'r>) -> Fut,
         Fut: Future<Output = Result<(V, Usage, Money), Failure>>,
     {
-        let (requirements, strategy, order) = self.resolve(request)?;
+        let (requirements, mut plan) = self.resolve(request)?;
+        plan.settle_by_caller = settle_by_caller;
         // One look at the hard budgets per request: the selector rejects
         // models whose worst case does not fit what is left.
         let headroom = self.budgets.headroom(request.key.as_deref());
@@ -749,12 +870,13 @@ impl Fleet {
         // model they cover may serve until it is written (others may).
         let unpersisted = if headroom.is_empty() { None } else { self.store.spend_backlog() };
         let snapshot = self.catalog.snapshot();
-        let executor = ExecutorConfig { strategy, ..self.executor.clone() };
         let live = Live { monitor: &self.monitor, headroom: &headroom, closed: unpersisted.is_some() };
-        let fleet = modelfleet_fallback::Fleet {
+        let pool = modelfleet_fallback::Pool {
             models: snapshot.models(),
             signals: &live,
             tracker: &self.tracker,
+            retry_budget: Some(&self.retry_budget),
+            simulated_providers: &self.simulated_providers,
             timer: &self.timer,
         };
         let mut rng = {
@@ -769,22 +891,24 @@ impl Fleet {
             requirements: Arc::clone(&requirements),
             spent: Arc::clone(&spent),
         };
-        let result = modelfleet_fallback::execute(fleet, &requirements, order, &executor, &mut rng, |model, ctx| {
-            // The executor hands out the snapshot's own specs: this lookup finds the Arc.
-            let owned = snapshot.get(&model.id).cloned().unwrap_or_else(|| Arc::new(model.clone()));
-            attempt(owned, ctx, of.clone())
-        })
-        .await;
+        let result =
+            modelfleet_fallback::execute(pool, &requirements, &plan, &self.executor, &mut rng, |model, ctx| {
+                // The executor hands out the snapshot's own specs: this lookup finds the Arc.
+                let owned = snapshot.get(&model.id).cloned().unwrap_or_else(|| Arc::new(model.clone()));
+                attempt(owned, ctx, of.clone())
+            })
+            .await;
         let spent = Money::from_nanos(spent.load(Ordering::Relaxed));
         match result {
             Ok(executed) => {
+                self.metrics_of_attempts(snapshot.models(), &executed.attempts);
                 if executed.fell_back {
                     self.fallbacks_served.entry(executed.model.id.clone()).or_default().fetch_add(1, Ordering::Relaxed);
                 }
                 let (value, usage, _) = executed.value;
                 let budget_remaining =
                     if headroom.is_empty() { None } else { self.remaining(request.key.as_deref(), executed.model) };
-                Ok(Served {
+                let served = Served {
                     value,
                     model: executed.model.id.clone(),
                     attempts: executed.attempts,
@@ -792,26 +916,30 @@ impl Fleet {
                     cost: spent,
                     usage,
                     budget_remaining,
-                })
+                };
+                Ok((served, executed.permit))
             }
-            Err(ExecuteError::NoCandidates { reason }) => {
-                if let Some(refusal) = self.budget_refusal(snapshot.models(), &requirements, &live, &executor) {
-                    return Err(match unpersisted {
-                        Some(why) => FleetError::BudgetStoreUnavailable(why),
-                        None => refusal,
-                    });
+            Err(err @ (ExecuteError::NoneEligible { .. } | ExecuteError::Unavailable { .. })) => {
+                if matches!(err, ExecuteError::NoneEligible { .. })
+                    && let Some(refusal) = self.budget_refusal(snapshot.models(), &requirements, &live, plan.strategy)
+                {
+                    return Err(unpersisted.map_or(refusal, FleetError::BudgetStoreUnavailable));
                 }
+                let retry_after = match &err {
+                    ExecuteError::Unavailable { retry_after, .. } => *retry_after,
+                    _ => None,
+                };
                 Err(FleetError::NotServed {
-                    message: modelfleet_errors::sanitize(&format!("no model can take the request: {reason}"))
-                        .into_owned(),
+                    message: modelfleet_errors::sanitize(&err.to_string()).into_owned(),
                     attempts: Vec::new(),
                     class: None,
-                    retry_after: None,
+                    retry_after,
                     cost: spent,
                     budget_remaining: None,
                 })
             }
             Err(err) => {
+                self.metrics_of_attempts(snapshot.models(), err.attempts());
                 let (class, retry_after) = match &err {
                     ExecuteError::Failed { last, .. } => (Some(last.class()), last.retry_after()),
                     _ => (None, None),
@@ -845,12 +973,12 @@ impl Fleet {
         models: &[Arc<ModelSpec>],
         requirements: &Requirements,
         live: &Live<'_>,
-        executor: &ExecutorConfig,
+        strategy: Strategy,
     ) -> Option<FleetError> {
         if live.headroom.is_empty() {
             return None;
         }
-        let config = executor.strategy.selector_config(executor.weights);
+        let config = self.selector_config(strategy);
         let explanation = modelfleet_selector::explain(models, requirements, live, &config);
         // Models refused by a budget alone: every other constraint was met.
         let mut blocked: Vec<(&ModelSpec, &Rejection)> = explanation
@@ -956,7 +1084,9 @@ impl Fleet {
             Err(failure) => (Usage::default(), Money::ZERO, Some(failure.class())),
         };
         of.spent.fetch_add(cost.nanos(), Ordering::Relaxed);
-        self.books.settle(reservation, Entry { model: &model, kind: of.kind, latency, usage, cost, error }).await;
+        self.books
+            .settle(reservation, Entry { model: &model, kind: of.kind, latency, usage, cost, error, ttft: None })
+            .await;
         result.map(|response| (response.value, usage, cost))
     }
 
@@ -986,11 +1116,12 @@ impl Fleet {
                     output_bound: modelfleet_selector::worst_case_output(&model, &of.requirements),
                     parts: Some(Parts {
                         books: self.books.clone(),
-                        tracker: Arc::clone(&self.tracker),
+                        permit: None,
                         timer: self.timer,
                         model: Arc::clone(&model),
                         kind: of.kind,
                         began,
+                        ttft: self.timer.now().saturating_sub(began),
                         reservation,
                         _in_flight: in_flight,
                     }),
@@ -1009,6 +1140,7 @@ impl Fleet {
                     usage: Usage::default(),
                     cost,
                     error: Some(failure.class()),
+                    ttft: None,
                 };
                 self.books.settle(reservation, entry).await;
                 Err(failure)
@@ -1025,9 +1157,14 @@ impl Fleet {
             .into_iter()
             .map(|id| {
                 let s = self.monitor.model_stats(&id);
+                let now = self.timer.now();
+                let availability = self.tracker.availability(&id, now);
                 ModelLine {
                     fallbacks_served: self.fallbacks_served.get(&id).map_or(0, |n| n.load(Ordering::Relaxed)),
                     circuit: self.circuit(&id),
+                    ejections: self.tracker.health(&id, now).ejections,
+                    out_of_rotation: (!availability.is_available())
+                        .then(|| modelfleet_fallback::describe(availability, now)),
                     provider: s.provider.clone(),
                     requests: s.totals.requests,
                     success_rate: s.totals.success_rate,
@@ -1177,7 +1314,37 @@ impl Fleet {
         self.metrics.to_prometheus(categories)
     }
 
+    /// Counts a request's hedges per provider (started, and won when the
+    /// hedge is the attempt that answered).
+    fn metrics_of_attempts(&self, models: &[Arc<ModelSpec>], attempts: &[Attempt]) {
+        for attempt in attempts.iter().filter(|a| a.hedge) {
+            if let Some(model) = models.iter().find(|m| m.id == attempt.model) {
+                self.metrics.record_hedge(&model.provider, attempt.error.is_none());
+            }
+        }
+    }
+
+    /// The circuits, ejections and retry budgets as they are now.
+    fn refresh_resilience_metrics(&self) {
+        let now = self.timer.now();
+        for (model, health) in self.tracker.all(now) {
+            let state = modelfleet_metrics::ModelResilience {
+                circuit: health.circuit.gauge(),
+                ejections: health.ejections,
+                multiplier: health.multiplier,
+                cooldown_remaining_secs: health
+                    .cooldown
+                    .map_or(0.0, |(_, until)| until.saturating_sub(now).as_secs_f64()),
+            };
+            let _ = self.metrics.set_model_resilience(&model, state);
+        }
+        for provider in self.retry_budget.providers() {
+            let _ = self.metrics.set_retry_budget(&provider, self.retry_budget.remaining(&provider, now));
+        }
+    }
+
     fn refresh_budget_metrics(&self) {
+        self.refresh_resilience_metrics();
         for status in self.budgets.statuses() {
             let (scope, period) = (status.spec.scope.to_string(), status.spec.period.to_string());
             let _ = self.metrics.set_budget(&scope, &period, status.spent, status.spec.limit);
@@ -1256,11 +1423,15 @@ pub struct Settlement {
 
 struct Parts {
     books: Books,
-    tracker: Arc<Tracker>,
+    /// The circuit's permit for this attempt: the stream's outcome is
+    /// recorded once, when it ends (dropped unrecorded: neither).
+    permit: Option<Permit>,
     timer: TokioTimer,
     model: Arc<ModelSpec>,
     kind: Category,
     began: Duration,
+    /// Time to the first event (the stream opened on it).
+    ttft: Duration,
     reservation: Reservation,
     _in_flight: InFlightShared,
 }
@@ -1302,29 +1473,49 @@ struct Ended {
     model: Arc<ModelSpec>,
     kind: Category,
     latency: Duration,
+    ttft: Duration,
     error: Option<ErrorClass>,
     _in_flight: InFlightShared,
 }
 
 impl Ended {
     fn entry(&self, usage: Usage, cost: Money) -> Entry<'_> {
-        Entry { model: &self.model, kind: self.kind, latency: self.latency, usage, cost, error: self.error }
+        Entry {
+            model: &self.model,
+            kind: self.kind,
+            latency: self.latency,
+            usage,
+            cost,
+            error: self.error,
+            ttft: Some(self.ttft),
+        }
     }
 }
 
 impl Parts {
-    /// Records a mid-stream failure against the model; splits off the hold.
+    /// Records the stream's one outcome in the circuit (a success when it
+    /// finished, a failure when it broke, neither when the client left);
+    /// splits off the hold.
     fn split(self, end: &StreamEnd) -> (Reservation, Ended) {
-        let Parts { books, tracker, timer, model, kind, began, reservation, _in_flight: in_flight } = self;
+        let Parts { books, permit, timer, model, kind, began, ttft, reservation, _in_flight: in_flight } = self;
         let now = timer.now();
         let error = match end {
             StreamEnd::Failed(failure) => {
-                tracker.record_failure(&model.id, failure.class(), failure.retry_after(), now);
+                if let Some(permit) = permit {
+                    permit.failure(failure.class(), failure.retry_after(), now);
+                }
                 Some(failure.class())
             }
-            StreamEnd::Completed | StreamEnd::ClientGone => None,
+            StreamEnd::Completed => {
+                if let Some(permit) = permit {
+                    permit.success(now);
+                }
+                None
+            }
+            StreamEnd::ClientGone => None, // the permit drops: neither
         };
-        (reservation, Ended { books, model, kind, latency: now.saturating_sub(began), error, _in_flight: in_flight })
+        let latency = now.saturating_sub(began);
+        (reservation, Ended { books, model, kind, latency, ttft, error, _in_flight: in_flight })
     }
 }
 

@@ -323,8 +323,8 @@ pub(crate) fn check(
             reject(Rejection::ProviderExcluded { provider: model.provider.clone() })?;
         }
         match req.locality {
-            Locality::LocalOnly if !model.local => reject(Rejection::NotLocal)?,
-            Locality::CloudOnly if model.local => reject(Rejection::NotCloud)?,
+            Some(Locality::LocalOnly) if !model.local => reject(Rejection::NotLocal)?,
+            Some(Locality::CloudOnly) if model.local => reject(Rejection::NotCloud)?,
             _ => {}
         }
         if let Some(wanted) = req.category

@@ -65,7 +65,7 @@ mod signals;
 
 pub use crate::{
     filter::{Rejection, worst_case_cost, worst_case_output},
-    rank::{Explanation, Ranked, Rejected, SelectorConfig, Strategy, explain, rank, select, select_where},
+    rank::{Explanation, Ranked, Rejected, SelectorConfig, Strategy, explain, rank, select},
     requirements::{Locality, Requirements},
     score::{Breakdown, Weights},
     signals::{BudgetRoom, LiveSignals, NoSignals, Signals},

@@ -286,24 +286,11 @@ pub fn select<'a, M: Borrow<ModelSpec>>(
     signals: &impl LiveSignals,
     config: &SelectorConfig,
 ) -> Result<Ranked<'a>, Error> {
-    select_where(models, req, signals, config, |_| true)
-}
-
-/// [`select`] among the models for which `keep` holds (checked first, before
-/// any signal lookup or scoring): the head of [`rank`] over those models.
-/// The fallback crate uses it to skip the failed model and models in cooldown.
-pub fn select_where<'a, M: Borrow<ModelSpec>>(
-    models: &'a [M],
-    req: &Requirements,
-    signals: &impl LiveSignals,
-    config: &SelectorConfig,
-    mut keep: impl FnMut(&ModelSpec) -> bool,
-) -> Result<Ranked<'a>, Error> {
     let mut rng = rng_for(config);
     let mut seen = Seen::for_input(models);
     let mut best: Option<Ranked<'a>> = None;
     for model in models.iter().map(Borrow::borrow) {
-        if !seen.first(&model.id) || !keep(model) {
+        if !seen.first(&model.id) {
             continue;
         }
         if let Some(candidate) = evaluate(model, req, signals, config, &mut rng)

@@ -4,11 +4,11 @@ use modelfleet_registry::{Capability, Category, Money};
 use serde::{Deserialize, Serialize};
 
 /// Where a model must run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Locality {
-    /// Local or cloud.
-    #[default]
+    /// Local or cloud, said explicitly: a named local model may then fall
+    /// back to a cloud one (unset, it falls back only to local models).
     Any,
     /// Only models on this machine.
     LocalOnly,
@@ -54,8 +54,10 @@ pub struct Requirements {
     pub providers: Vec<String>,
     /// Never these providers.
     pub exclude_providers: Vec<String>,
-    /// Local only, cloud only, or either.
-    pub locality: Locality,
+    /// Local only, cloud only, or either; `None` (the default) lets any
+    /// model serve, but a named model's implied fallbacks keep its locality
+    /// unless the request says [`Locality::Any`] explicitly.
+    pub locality: Option<Locality>,
     /// Rank free models above every paid one.
     pub prefer_free: bool,
     /// Rank local models above every cloud one.

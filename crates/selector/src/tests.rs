@@ -98,11 +98,11 @@ fn each_constraint_rejects_with_a_reason() {
         &Requirements { exclude_providers: vec!["prov".into()], ..req.clone() },
         r#"provider "prov" excluded"#,
     );
-    check_rejects(&base, &Requirements { locality: Locality::LocalOnly, ..req.clone() }, "not local");
+    check_rejects(&base, &Requirements { locality: Some(Locality::LocalOnly), ..req.clone() }, "not local");
     let mut local = base.clone();
     local.local = true;
     local.memory_mb = Some(4_096);
-    check_rejects(&local, &Requirements { locality: Locality::CloudOnly, ..req.clone() }, "not a cloud model");
+    check_rejects(&local, &Requirements { locality: Some(Locality::CloudOnly), ..req.clone() }, "not a cloud model");
     check_rejects(
         &local,
         &Requirements { available_memory_mb: Some(2_048), ..req.clone() },
@@ -285,12 +285,15 @@ fn live_signals_move_traffic_away_from_a_failing_or_slow_model() {
     let config = SelectorConfig::default();
     // Equal on paper: the tie goes to the id.
     assert_eq!(select(&models, &req, &NoSignals, &config).unwrap().model.id, "a");
-    let failing: HashMap<String, Signals> =
-        [("a".to_owned(), Signals { samples: 200, success_rate: 0.3, latency_ms: Some(1_000.0), in_flight: 0 })].into();
+    let failing: HashMap<String, Signals> = [(
+        "a".to_owned(),
+        Signals { samples: 200, success_rate: 0.3, latency_ms: Some(1_000.0), ..Signals::default() },
+    )]
+    .into();
     assert_eq!(select(&models, &req, &failing, &config).unwrap().model.id, "b");
     let slow = |id: &str| {
         if id == "a" {
-            Signals { samples: 50, success_rate: 1.0, latency_ms: Some(9_000.0), in_flight: 0 }
+            Signals { samples: 50, success_rate: 1.0, latency_ms: Some(9_000.0), ..Signals::default() }
         } else {
             Signals::default()
         }
@@ -298,7 +301,7 @@ fn live_signals_move_traffic_away_from_a_failing_or_slow_model() {
     assert_eq!(select(&models, &req, &slow, &config).unwrap().model.id, "b");
     let busy = |id: &str| {
         if id == "a" {
-            Signals { samples: 50, success_rate: 0.99, latency_ms: Some(1_000.0), in_flight: 40 }
+            Signals { samples: 50, success_rate: 0.99, latency_ms: Some(1_000.0), in_flight: 40, ..Signals::default() }
         } else {
             Signals::default()
         }
@@ -306,6 +309,55 @@ fn live_signals_move_traffic_away_from_a_failing_or_slow_model() {
     let ranked = rank(&models, &req, &busy, &config);
     assert_eq!(ids(&ranked), ["b", "a"]);
     assert!(ranked[1].score.load < 0.05, "{:?}", ranked[1].score);
+}
+
+/// One model scored with `headroom` reported: the factor in its breakdown,
+/// and its total against the same model with no report.
+#[track_caller]
+#[allow(clippy::float_cmp)] // exact on purpose: these points are exactly representable
+fn check_rate_limit(headroom: Option<f64>, expect: f64) {
+    let models = [model("a")];
+    let req = Requirements::default();
+    let config = SelectorConfig::default();
+    let reported = |_: &str| Signals { rate_limit_headroom: headroom, ..Signals::default() };
+    let score = rank(&models, &req, &reported, &config)[0].score;
+    let plain = rank(&models, &req, &NoSignals, &config)[0].score;
+    assert_eq!(score.rate_limit, expect, "factor at headroom {headroom:?}");
+    assert_eq!(score.total, plain.total * expect, "the total is scaled by it: {score:?}");
+    assert_eq!(Breakdown { rate_limit: 1.0, total: plain.total, ..score }, plain, "nothing else moves");
+}
+
+#[test]
+fn rate_limit_headroom_scales_the_score_below_a_fifth_left() {
+    check_rate_limit(None, 1.0);
+    check_rate_limit(Some(1.0), 1.0);
+    check_rate_limit(Some(0.5), 1.0);
+    check_rate_limit(Some(0.2), 1.0);
+    check_rate_limit(Some(0.1), 0.625);
+    check_rate_limit(Some(0.0), 0.25);
+    // Out of range or not a number.
+    check_rate_limit(Some(3.0), 1.0);
+    check_rate_limit(Some(-1.0), 0.25);
+    check_rate_limit(Some(f64::NAN), 1.0);
+}
+
+#[test]
+fn a_model_near_its_rate_limit_ranks_below_an_equal_one() {
+    // "a" would win the tie on its id: only the factor can put it second.
+    let models = [model("a"), model("b")];
+    let req = Requirements::default();
+    let config = SelectorConfig::default();
+    for other in [Some(1.0), None] {
+        let near = |id: &str| Signals {
+            rate_limit_headroom: if id == "a" { Some(0.05) } else { other },
+            ..Signals::default()
+        };
+        assert_eq!(ids(&rank(&models, &req, &near, &config)), ["b", "a"], "b reports {other:?}");
+        assert_eq!(select(&models, &req, &near, &config).unwrap().model.id, "b");
+    }
+    // Above a fifth of headroom the limit does not matter.
+    let comfortable = |id: &str| Signals { rate_limit_headroom: (id == "a").then_some(0.2), ..Signals::default() };
+    assert_eq!(ids(&rank(&models, &req, &comfortable, &config)), ["a", "b"]);
 }
 
 #[test]
@@ -433,11 +485,26 @@ fn arb_requirements() -> impl Gen<Value = Requirements> {
 }
 
 fn arb_signals() -> impl Gen<Value = HashMap<String, Signals>> {
+    let headroom = proptest::option::of(prop_oneof![
+        -0.5f64..1.5,
+        Just(0.0),
+        Just(f64::NAN),
+        Just(f64::INFINITY),
+        Just(f64::NEG_INFINITY)
+    ]);
     proptest::collection::hash_map(
         "[a-e][0-9]?",
-        (0u64..1_000, 0.0f64..=1.0, proptest::option::of(0.0f64..10_000.0), 0u32..50).prop_map(
-            |(samples, success_rate, latency_ms, in_flight)| Signals { samples, success_rate, latency_ms, in_flight },
-        ),
+        (
+            0u64..1_000,
+            0.0f64..=1.0,
+            proptest::option::of(0.0f64..10_000.0),
+            proptest::option::of(0.0f64..30_000.0),
+            0u32..50,
+            headroom,
+        )
+            .prop_map(|(samples, success_rate, latency_ms, latency_p95_ms, in_flight, rate_limit_headroom)| {
+                Signals { samples, success_rate, latency_ms, latency_p95_ms, in_flight, rate_limit_headroom }
+            }),
         0..6,
     )
 }

@@ -1,0 +1,1003 @@
+//! Tracker tests: one per rule in the module docs, at its boundary and one
+//! step either side, plus properties of probe slots and dropped permits.
+
+use std::time::Duration;
+
+use modelfleet_errors::ErrorClass;
+use proptest::prelude::*;
+
+use super::*;
+
+const NS: Duration = Duration::from_nanos(1);
+
+fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
+}
+
+/// The last instant before `t`.
+fn before(t: Duration) -> Duration {
+    t.saturating_sub(NS)
+}
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+/// Cooldowns that never eject (for circuit tests).
+fn no_ejections() -> CooldownConfig {
+    CooldownConfig {
+        escalate_after: u32::MAX,
+        timeouts_to_eject: u32::MAX,
+        request_specific_to_eject: u32::MAX,
+        ..CooldownConfig::default()
+    }
+}
+
+/// A circuit that never trips (for cooldown tests).
+fn no_trips() -> CircuitSettings {
+    CircuitSettings { min_requests: u32::MAX, ..CircuitSettings::default() }
+}
+
+fn tracker(cooldown: CooldownConfig, circuit: CircuitSettings) -> Tracker {
+    Tracker::new(TrackerConfig { cooldown, circuit: CircuitConfig::new(circuit).unwrap() })
+}
+
+/// A tracker for circuit tests (no cooldowns) with `circuit`.
+fn breaker(circuit: CircuitSettings) -> Tracker {
+    tracker(no_ejections(), circuit)
+}
+
+/// A tracker for cooldown tests (the circuit never trips) with `cooldown`.
+fn cooler(cooldown: CooldownConfig) -> Tracker {
+    tracker(cooldown, no_trips())
+}
+
+fn ok(t: &Tracker, at: Duration) {
+    t.acquire("m", at).unwrap().success(at);
+}
+
+fn fail(t: &Tracker, class: ErrorClass, at: Duration) {
+    t.acquire("m", at).unwrap().failure(class, None, at);
+}
+
+/// `n` permits for "m" taken at `at` (calls in flight together).
+fn held(t: &Tracker, n: usize, at: Duration) -> Vec<Permit> {
+    (0..n).map(|_| t.acquire("m", at).unwrap()).collect()
+}
+
+/// Trips "m"'s circuit at `at` with `min_requests` server errors.
+fn trip(t: &Tracker, at: Duration) {
+    for permit in held(t, t.config().circuit.settings().min_requests as usize, at) {
+        permit.failure(ErrorClass::ServerError, None, at);
+    }
+    assert_eq!(t.circuit("m", at), CircuitState::Open);
+}
+
+/// (successes, slow successes, failures) in "m"'s window at `now`.
+fn window(t: &Tracker, now: Duration) -> (u32, u32, u32) {
+    let state = t.inner.models.get("m").map(|s| *s).unwrap_or_default();
+    let width = bucket_width(t.config().circuit.settings().window);
+    state.window.live(width, now).fold((0, 0, 0), |(ok, slow, failed), c| (ok + c.ok, slow + c.slow, failed + c.failed))
+}
+
+fn cooldown(t: &Tracker, now: Duration) -> Option<(ErrorClass, Duration)> {
+    t.health("m", now).cooldown
+}
+
+fn is_probe(result: &Result<Permit, Availability>) -> bool {
+    result.as_ref().is_ok_and(Permit::is_probe)
+}
+
+// ---- Configuration -------------------------------------------------------------
+
+#[test]
+fn defaults() {
+    let c = CooldownConfig::default();
+    assert_eq!(
+        (c.short, c.max_retry_after, c.escalating_base, c.escalating_max, c.escalate_after, c.long),
+        (secs(5), secs(60), secs(2), secs(60), 2, secs(300))
+    );
+    assert_eq!(
+        (c.timeouts_to_eject, c.request_specific_to_eject, c.multiplier_decay, c.streak_decay),
+        (3, 3, secs(30), secs(30))
+    );
+    let s = CircuitSettings::default();
+    assert_eq!((s.window, s.min_requests, s.open_for, s.half_open_probes), (secs(30), 10, secs(30), 3));
+    assert_eq!((s.half_open_timeout, s.slow_call_duration), (secs(30), secs(60)));
+    assert!(s.failure_ratio.to_bits() == 0.5f64.to_bits() && s.slow_call_ratio.to_bits() == 1.0f64.to_bits());
+    assert_eq!(CircuitConfig::new(s), Ok(CircuitConfig::default()));
+    assert_eq!(CircuitConfig::default().settings(), &s);
+    let config = TrackerConfig { cooldown: CooldownConfig { short: secs(7), ..c }, circuit: CircuitConfig::default() };
+    assert_eq!(Tracker::new(config).config(), &config);
+}
+
+#[test]
+fn circuit_config_rejects_each_unusable_field() {
+    fn check(change: impl FnOnce(&mut CircuitSettings), expect: &str) {
+        let mut s = CircuitSettings::default();
+        change(&mut s);
+        assert_eq!(CircuitConfig::new(s), Err(InvalidConfig(expect.to_owned())));
+        assert_eq!(CircuitConfig::new(s).unwrap_err().to_string(), expect);
+    }
+    check(|s| s.window = Duration::ZERO, "circuit window must be greater than zero (got 0ns)");
+    check(|s| s.open_for = Duration::ZERO, "circuit open_for must be greater than zero (got 0ns)");
+    check(|s| s.half_open_timeout = Duration::ZERO, "circuit half_open_timeout must be greater than zero (got 0ns)");
+    check(|s| s.slow_call_duration = Duration::ZERO, "circuit slow_call_duration must be greater than zero (got 0ns)");
+    check(|s| s.min_requests = 0, "circuit min_requests must be at least 1 (got 0)");
+    check(|s| s.half_open_probes = 0, "circuit half_open_probes must be at least 1 (got 0)");
+    for (bad, shown) in [(0.0, "0"), (-0.5, "-0.5"), (1.5, "1.5"), (f64::NAN, "NaN"), (f64::INFINITY, "inf")] {
+        check(|s| s.failure_ratio = bad, &format!("circuit failure_ratio must be in (0, 1] (got {shown})"));
+        check(|s| s.slow_call_ratio = bad, &format!("circuit slow_call_ratio must be in (0, 1] (got {shown})"));
+    }
+    // The edges that are fine.
+    let edges = CircuitSettings {
+        window: NS,
+        min_requests: 1,
+        failure_ratio: 1.0,
+        open_for: NS,
+        half_open_probes: 1,
+        half_open_timeout: NS,
+        slow_call_duration: NS,
+        slow_call_ratio: f64::MIN_POSITIVE,
+    };
+    assert_eq!(CircuitConfig::new(edges).map(|c| *c.settings()), Ok(edges));
+    let edges = CircuitSettings { failure_ratio: f64::MIN_POSITIVE, slow_call_ratio: 1.0, ..edges };
+    assert_eq!(CircuitConfig::new(edges).map(|c| *c.settings()), Ok(edges));
+}
+
+#[test]
+fn names_gauges_and_classes() {
+    let states = [CircuitState::Closed, CircuitState::HalfOpen, CircuitState::Open];
+    assert_eq!(states.map(CircuitState::as_str), ["closed", "half_open", "open"]);
+    assert_eq!(states.map(CircuitState::gauge), [0, 1, 2]);
+    let until = secs(1);
+    let answers = [
+        (Availability::Available, true),
+        (Availability::Probe, true),
+        (Availability::CoolingDown { class: ErrorClass::RateLimited, until }, false),
+        (Availability::CircuitOpen { until }, false),
+        (Availability::ProbesBusy, false),
+    ];
+    for (availability, expect) in answers {
+        assert_eq!(availability.is_available(), expect, "{availability:?}");
+    }
+    let against: Vec<_> = ErrorClass::ALL.into_iter().filter(|&c| counts_against_model(c)).collect();
+    assert_eq!(against, [ErrorClass::Timeout, ErrorClass::ServerError, ErrorClass::Connection]);
+    let faults: Vec<_> = ErrorClass::ALL.into_iter().filter(|&c| client_fault(c)).collect();
+    assert_eq!(faults, [ErrorClass::BadRequest, ErrorClass::ContextWindowExceeded, ErrorClass::ContentPolicy]);
+}
+
+// ---- Sliding window -------------------------------------------------------------
+
+#[test]
+fn window_buckets_age_out_after_ten_widths() {
+    assert_eq!(bucket_width(secs(30)), secs(3));
+    assert_eq!(bucket_width(Duration::from_nanos(25)), Duration::from_nanos(2));
+    assert_eq!(bucket_width(Duration::from_nanos(5)), NS, "at least 1 ns");
+    let width = secs(3);
+    let sum = |ring: &Ring<u32>, now: Duration| ring.live(width, now).sum::<u32>();
+    let mut ring = Ring::<u32>::default();
+    *ring.at(width, secs(1)) += 1; // epoch 0
+    *ring.at(width, secs(15)) += 10; // epoch 5
+    assert_eq!(sum(&ring, secs(15)), 11);
+    assert_eq!(sum(&ring, before(secs(30))), 11, "epoch 9: epoch 0 still in");
+    assert_eq!(sum(&ring, secs(30)), 10, "epoch 10: epoch 0 out");
+    assert_eq!(sum(&ring, secs(33)), 10);
+    assert_eq!(sum(&ring, before(secs(45))), 10, "epoch 14: epoch 5 still in");
+    assert_eq!(sum(&ring, secs(45)), 0);
+    assert_eq!(sum(&ring, secs(12)), 1, "a bucket after now is not live");
+    // Reusing a slot starts it from zero.
+    *ring.at(width, secs(300)) += 100; // epoch 100, slot 0
+    assert_eq!(sum(&ring, secs(300)), 100);
+    *ring.at(width, secs(301)) += 1;
+    assert_eq!(sum(&ring, secs(302)), 101, "same bucket");
+    *ring.at(width, secs(333)) += 5; // epoch 111, slot 1
+    assert_eq!(sum(&ring, secs(333)), 5);
+}
+
+// ---- Permits ----------------------------------------------------------------------
+
+#[test]
+fn unknown_model_is_available_and_healthy() {
+    let t = Tracker::new(TrackerConfig::default());
+    assert_eq!(t.availability("m", secs(1)), Availability::Available);
+    assert_eq!(t.ejected_since("m", secs(1)), None);
+    let fresh = t.health("m", secs(1));
+    assert_eq!(fresh.circuit, CircuitState::Closed);
+    assert_eq!(
+        (fresh.failures, fresh.successes, fresh.client_faults, fresh.ejections, fresh.multiplier),
+        (0, 0, 0, 0, 0)
+    );
+    let permit = t.acquire("m", secs(3)).unwrap();
+    assert_eq!((permit.model(), permit.is_probe(), permit.is_forced(), permit.started()), ("m", false, false, secs(3)));
+    let debug = format!("{permit:?}");
+    assert!(debug.starts_with("Permit { model: \"m\", probe: false, forced: false, generation: 0,"), "{debug}");
+    drop(permit);
+    assert_eq!(t.health("m", secs(3)), fresh);
+    let forced = t.acquire_forced("n", secs(4));
+    assert_eq!((forced.model(), forced.is_probe(), forced.is_forced(), forced.started()), ("n", false, true, secs(4)));
+    forced.success(secs(5));
+    assert_eq!(t.health("n", secs(5)).successes, 1);
+}
+
+#[test]
+fn trackers_and_permits_are_shared_and_sendable() {
+    fn sendable<T: Send + Sync + 'static>() {}
+    sendable::<Permit>();
+    sendable::<Tracker>();
+    let t = Tracker::new(TrackerConfig::default());
+    let clone = t.clone();
+    fail(&clone, ErrorClass::QuotaExhausted, secs(0));
+    assert!(!t.availability("m", secs(1)).is_available(), "one state behind both handles");
+}
+
+#[test]
+fn release_drop_and_neutral_classes_record_nothing() {
+    let t = tracker(CooldownConfig::default(), CircuitSettings { min_requests: 3, ..CircuitSettings::default() });
+    ok(&t, secs(0));
+    fail(&t, ErrorClass::ServerError, secs(0));
+    let before = t.health("m", secs(1));
+    let window_before = window(&t, secs(1));
+    t.acquire("m", secs(1)).unwrap().release();
+    drop(t.acquire("m", secs(1)).unwrap());
+    for class in [ErrorClass::Cancelled, ErrorClass::BudgetExceeded, ErrorClass::Internal] {
+        t.acquire("m", secs(1)).unwrap().failure(class, Some(secs(9)), secs(1));
+        t.acquire_forced("m", secs(1)).failure(class, Some(secs(9)), secs(1));
+    }
+    assert_eq!(t.health("m", secs(1)), before);
+    assert_eq!(window(&t, secs(1)), window_before);
+    // The server-error streak is still 1: one more ejects (escalate_after 2).
+    fail(&t, ErrorClass::ServerError, secs(1));
+    assert_eq!(cooldown(&t, secs(1)), Some((ErrorClass::ServerError, secs(3))));
+}
+
+// ---- Circuit: closed → open ---------------------------------------------------------
+
+/// The circuit after `outcomes` (true: success, false: server error) at t = 0
+/// with the default settings (10 calls, 50%).
+fn after(outcomes: &[bool]) -> CircuitState {
+    let t = breaker(CircuitSettings::default());
+    for (permit, &success) in held(&t, outcomes.len(), secs(0)).into_iter().zip(outcomes) {
+        if success {
+            permit.success(secs(0));
+        } else {
+            permit.failure(ErrorClass::ServerError, None, secs(0));
+        }
+    }
+    t.circuit("m", secs(0))
+}
+
+#[test]
+fn circuit_opens_at_the_failure_ratio_over_min_requests() {
+    let (y, n) = (true, false);
+    assert_eq!(after(&[n; 9]), CircuitState::Closed, "9 calls: below min_requests");
+    assert_eq!(after(&[n; 10]), CircuitState::Open);
+    assert_eq!(after(&[y, y, y, y, y, n, n, n, n, n]), CircuitState::Open, "5 of 10: at the ratio");
+    assert_eq!(after(&[y, y, y, y, y, y, n, n, n, n]), CircuitState::Closed, "4 of 10");
+    assert_eq!(after(&[n, n, n, n, n, y, y, y, y, y]), CircuitState::Open, "judged after a success too");
+    assert_eq!(after(&[y, y, y, y, y, y, y, y, y, y, n, n, n, n, n, n, n, n, n]), CircuitState::Closed, "9 of 19");
+    assert_eq!(after(&[y, y, y, y, y, y, y, y, y, n, n, n, n, n, n, n, n, n, n]), CircuitState::Open, "9 of 18");
+}
+
+#[test]
+fn only_classes_against_the_model_enter_the_window() {
+    let t = breaker(CircuitSettings { min_requests: 1, ..CircuitSettings::default() });
+    let others = [
+        ErrorClass::RateLimited,
+        ErrorClass::QuotaExhausted,
+        ErrorClass::Authentication,
+        ErrorClass::NotFound,
+        ErrorClass::BadRequest,
+        ErrorClass::ContentPolicy,
+        ErrorClass::ContextWindowExceeded,
+        ErrorClass::Cancelled,
+        ErrorClass::BudgetExceeded,
+        ErrorClass::Internal,
+    ];
+    for (permit, class) in held(&t, others.len(), secs(0)).into_iter().zip(others) {
+        permit.failure(class, None, secs(0));
+    }
+    assert_eq!(window(&t, secs(0)), (0, 0, 0));
+    assert_eq!(t.circuit("m", secs(0)), CircuitState::Closed);
+    for (i, class) in [ErrorClass::Timeout, ErrorClass::ServerError, ErrorClass::Connection].into_iter().enumerate() {
+        let t = breaker(CircuitSettings { min_requests: 1, ..CircuitSettings::default() });
+        fail(&t, class, secs(0));
+        assert_eq!((window(&t, secs(0)), t.circuit("m", secs(0))), ((0, 0, 1), CircuitState::Open), "{i}: {class}");
+    }
+}
+
+#[test]
+fn client_faults_are_counted_apart_and_never_open_the_circuit() {
+    let t = breaker(CircuitSettings { min_requests: 1, ..CircuitSettings::default() });
+    for class in [ErrorClass::BadRequest, ErrorClass::ContentPolicy, ErrorClass::ContextWindowExceeded] {
+        fail(&t, class, secs(1));
+        fail(&t, class, secs(2));
+    }
+    let health = t.health("m", secs(2));
+    assert_eq!((health.client_faults, health.failures, health.successes, health.consecutive_failures), (6, 0, 0, 0));
+    assert_eq!((health.circuit, health.cooldown, health.last_failure_at), (CircuitState::Closed, None, None));
+    assert_eq!(window(&t, secs(2)), (0, 0, 0));
+}
+
+#[test]
+fn the_window_forgets_outcomes_ten_buckets_old() {
+    // 30 s window in 3 s buckets: an outcome at 0 counts until 30 s (epoch 10).
+    for (last, expect) in [(before(secs(30)), CircuitState::Open), (secs(30), CircuitState::Closed)] {
+        let t = breaker(CircuitSettings::default());
+        let permits = held(&t, 10, secs(0));
+        for (i, permit) in permits.into_iter().enumerate() {
+            let at = if i < 9 { secs(0) } else { last };
+            permit.failure(ErrorClass::Timeout, None, at);
+        }
+        assert_eq!(t.circuit("m", last), expect, "{last:?}");
+    }
+}
+
+#[test]
+fn slow_successes_open_the_circuit() {
+    // Default: slow from 60 s, ratio 1.0, over 10 calls.
+    let run = |slow_call_ratio: f64, latencies: &[Duration]| {
+        let t = breaker(CircuitSettings { slow_call_ratio, ..CircuitSettings::default() });
+        for (permit, &latency) in held(&t, latencies.len(), secs(0)).into_iter().zip(latencies) {
+            permit.success(latency);
+        }
+        (t.circuit("m", secs(60)), window(&t, secs(60)))
+    };
+    let (slow, fast) = (secs(60), before(secs(60)));
+    assert_eq!(run(1.0, &[slow; 10]), (CircuitState::Open, (10, 10, 0)));
+    assert_eq!(
+        run(1.0, &[fast, slow, slow, slow, slow, slow, slow, slow, slow, slow]),
+        (CircuitState::Closed, (10, 9, 0))
+    );
+    assert_eq!(run(1.0, &[slow; 9]), (CircuitState::Closed, (9, 9, 0)), "below min_requests");
+    assert_eq!(run(0.5, &[fast, fast, fast, fast, fast, slow, slow, slow, slow, slow]).0, CircuitState::Open);
+    assert_eq!(run(0.5, &[fast, fast, fast, fast, fast, fast, slow, slow, slow, slow]).0, CircuitState::Closed);
+}
+
+// ---- Circuit: open → half-open → closed or open ---------------------------------------------
+
+#[test]
+fn open_circuit_turns_half_open_at_until() {
+    let t = breaker(CircuitSettings::default());
+    trip(&t, secs(10));
+    assert_eq!(t.acquire("m", before(secs(40))).unwrap_err(), Availability::CircuitOpen { until: secs(40) });
+    assert_eq!(t.availability("m", before(secs(40))), Availability::CircuitOpen { until: secs(40) });
+    assert_eq!(t.circuit("m", before(secs(40))), CircuitState::Open);
+    assert_eq!(t.availability("m", secs(40)), Availability::Probe);
+    assert_eq!(t.circuit("m", secs(40)), CircuitState::HalfOpen);
+}
+
+#[test]
+fn half_open_admits_probes_and_closes_after_that_many_successes() {
+    // A 60 s window keeps the trip's failures in it while half-open.
+    let t = breaker(CircuitSettings { window: secs(60), ..CircuitSettings::default() });
+    trip(&t, secs(0));
+    for _ in 0..5 {
+        assert_eq!(t.availability("m", secs(30)), Availability::Probe, "read-only: reserves nothing");
+    }
+    let [first, second, third] = [(); 3].map(|()| t.acquire("m", secs(30)).unwrap());
+    assert!(first.is_probe() && second.is_probe() && third.is_probe());
+    assert_eq!(t.acquire("m", secs(30)).unwrap_err(), Availability::ProbesBusy);
+    assert_eq!(t.availability("m", secs(30)), Availability::ProbesBusy);
+    first.success(secs(31));
+    assert_eq!(t.circuit("m", secs(31)), CircuitState::HalfOpen, "1 of 3");
+    let fourth = t.acquire("m", secs(31)).unwrap();
+    assert!(fourth.is_probe(), "the answered probe's slot is free again");
+    assert_eq!(t.acquire("m", secs(31)).unwrap_err(), Availability::ProbesBusy, "and only that one");
+    second.success(secs(32));
+    assert_eq!(t.circuit("m", secs(32)), CircuitState::HalfOpen, "2 of 3");
+    assert_eq!(window(&t, secs(32)), (0, 0, 10), "the trip's failures are still in the window");
+    third.success(secs(32));
+    assert_eq!(t.circuit("m", secs(32)), CircuitState::Closed, "3 of 3");
+    assert_eq!(window(&t, secs(32)), (0, 0, 0), "cleared on closing");
+    fourth.success(secs(33));
+    assert_eq!(window(&t, secs(33)), (1, 0, 0), "a probe answering after the close is an ordinary call");
+    assert_eq!(t.circuit("m", secs(33)), CircuitState::Closed);
+    assert_eq!(t.health("m", secs(33)).successes, 4);
+}
+
+#[test]
+fn a_probe_failure_against_the_model_reopens_for_open_for() {
+    for class in [ErrorClass::ServerError, ErrorClass::Timeout, ErrorClass::Connection] {
+        let t = breaker(CircuitSettings::default());
+        trip(&t, secs(0));
+        let probe = t.acquire("m", secs(40)).unwrap();
+        probe.failure(class, None, secs(45));
+        assert_eq!(t.availability("m", before(secs(75))), Availability::CircuitOpen { until: secs(75) }, "{class}");
+        assert_eq!(t.availability("m", secs(75)), Availability::Probe, "{class}");
+    }
+}
+
+#[test]
+fn other_probe_answers_free_the_slot_and_keep_half_open() {
+    for class in [ErrorClass::BadRequest, ErrorClass::RateLimited, ErrorClass::Authentication, ErrorClass::Cancelled] {
+        let t = breaker(CircuitSettings::default());
+        trip(&t, secs(0));
+        let [a, _b, _c] = [(); 3].map(|()| t.acquire("m", secs(30)).unwrap());
+        a.failure(class, None, secs(31));
+        // A rate limit cools down 5 s; then the slot is there.
+        assert_eq!(t.circuit("m", secs(36)), CircuitState::HalfOpen, "{class}");
+        assert!(is_probe(&t.acquire("m", secs(36))), "{class}");
+    }
+}
+
+#[test]
+fn a_dropped_or_released_probe_frees_its_slot() {
+    let t = breaker(CircuitSettings::default());
+    trip(&t, secs(0));
+    let [a, b, _c] = [(); 3].map(|()| t.acquire("m", secs(30)).unwrap());
+    assert_eq!(t.acquire("m", secs(30)).unwrap_err(), Availability::ProbesBusy);
+    drop(a);
+    let d = t.acquire("m", secs(30)).unwrap();
+    assert!(d.is_probe());
+    b.release();
+    assert!(is_probe(&t.acquire("m", secs(30))));
+    assert_eq!(t.health("m", secs(30)).failures, 10, "neither counted");
+    assert_eq!(t.health("m", secs(30)).successes, 0);
+}
+
+#[test]
+fn a_half_open_circuit_without_answers_reopens_after_the_timeout() {
+    let t = breaker(CircuitSettings::default());
+    trip(&t, secs(0));
+    assert_eq!(t.circuit("m", secs(130)), CircuitState::HalfOpen, "idle: nothing awaited, no timeout");
+    let probe = t.acquire("m", secs(200)).unwrap();
+    assert_eq!(t.circuit("m", before(secs(230))), CircuitState::HalfOpen);
+    assert_eq!(t.availability("m", secs(230)), Availability::CircuitOpen { until: secs(260) });
+    assert_eq!(t.health("m", secs(230)).ejections, 2, "an opening, so an ejection");
+    assert_eq!(t.ejected_since("m", secs(230)), Some(secs(0)), "the same spell");
+    assert_eq!(t.availability("m", secs(260)), Availability::Probe);
+    probe.success(secs(261));
+    assert_eq!(t.circuit("m", secs(261)), CircuitState::HalfOpen, "an answer from an earlier spell");
+}
+
+#[test]
+fn the_half_open_wait_runs_from_the_first_probe_or_the_last_answer() {
+    let start = |t: &Tracker| {
+        trip(t, secs(0));
+        let a = t.acquire("m", secs(100)).unwrap();
+        let b = t.acquire("m", secs(110)).unwrap();
+        (a, b)
+    };
+    // Counted from the first probe admitted, not the later one.
+    let t = breaker(CircuitSettings::default());
+    let _probes = start(&t);
+    assert_eq!(t.circuit("m", before(secs(130))), CircuitState::HalfOpen);
+    assert_eq!(t.circuit("m", secs(130)), CircuitState::Open);
+    // An answer with another probe in flight restarts the wait; a release does not.
+    for answer in
+        [(|p: Permit| p.success(secs(120))) as fn(Permit), |p| p.failure(ErrorClass::BadRequest, None, secs(120))]
+    {
+        let t = breaker(CircuitSettings::default());
+        let (a, _b) = start(&t);
+        answer(a);
+        assert_eq!(t.circuit("m", before(secs(150))), CircuitState::HalfOpen);
+        assert_eq!(t.circuit("m", secs(150)), CircuitState::Open);
+    }
+    let t = breaker(CircuitSettings::default());
+    let (a, _b) = start(&t);
+    a.release();
+    assert_eq!(t.circuit("m", secs(130)), CircuitState::Open, "a release is no answer");
+    // The last probe answering stops the wait until the next is admitted.
+    let t = breaker(CircuitSettings::default());
+    let (a, b) = start(&t);
+    a.success(secs(111));
+    b.success(secs(112));
+    assert_eq!(t.circuit("m", secs(142)), CircuitState::HalfOpen);
+    assert_eq!(t.circuit("m", secs(1000)), CircuitState::HalfOpen);
+    let _c = t.acquire("m", secs(1000)).unwrap();
+    assert_eq!(t.circuit("m", before(secs(1030))), CircuitState::HalfOpen);
+    assert_eq!(t.circuit("m", secs(1030)), CircuitState::Open);
+}
+
+// ---- Generations ------------------------------------------------------------------------
+
+#[test]
+fn outcomes_from_before_the_opening_move_no_circuit() {
+    let one_probe = CircuitSettings { half_open_probes: 1, ..CircuitSettings::default() };
+    // A success of a call started before the opening is no probe success.
+    let t = breaker(one_probe);
+    let early = t.acquire("m", secs(0)).unwrap();
+    trip(&t, secs(1));
+    early.success(secs(31));
+    assert_eq!(t.circuit("m", secs(31)), CircuitState::HalfOpen);
+    assert_eq!(t.health("m", secs(31)).successes, 1, "but it is counted");
+    assert!(is_probe(&t.acquire("m", secs(31))), "and took no slot");
+    // Nor is its failure a probe failure, nor does it free the probe's slot.
+    let t = breaker(one_probe);
+    let early = t.acquire("m", secs(0)).unwrap();
+    trip(&t, secs(1));
+    let probe = t.acquire("m", secs(31)).unwrap();
+    early.failure(ErrorClass::ServerError, None, secs(31));
+    assert_eq!(t.circuit("m", secs(31)), CircuitState::HalfOpen);
+    assert_eq!(t.health("m", secs(31)).failures, 11);
+    assert_eq!(t.acquire("m", secs(31)).unwrap_err(), Availability::ProbesBusy);
+    probe.success(secs(32));
+    assert_eq!(t.circuit("m", secs(32)), CircuitState::Closed);
+}
+
+#[test]
+fn a_probe_from_an_earlier_spell_frees_no_slot_of_the_next() {
+    let t = breaker(CircuitSettings { half_open_probes: 1, ..CircuitSettings::default() });
+    trip(&t, secs(0));
+    let old = t.acquire("m", secs(30)).unwrap();
+    assert_eq!(t.availability("m", secs(60)), Availability::CircuitOpen { until: secs(90) }, "timed out");
+    let new = t.acquire("m", secs(90)).unwrap();
+    assert!(new.is_probe());
+    drop(old);
+    assert_eq!(t.acquire("m", secs(90)).unwrap_err(), Availability::ProbesBusy);
+    drop(new);
+    assert!(is_probe(&t.acquire("m", secs(90))));
+}
+
+#[test]
+fn outcomes_from_before_the_opening_enter_no_window() {
+    let t = breaker(CircuitSettings { half_open_probes: 1, ..CircuitSettings::default() });
+    let [early_failure, early_success] = [(); 2].map(|()| t.acquire("m", secs(0)).unwrap());
+    trip(&t, secs(1));
+    t.acquire("m", secs(31)).unwrap().success(secs(31));
+    assert_eq!(t.circuit("m", secs(31)), CircuitState::Closed);
+    early_failure.failure(ErrorClass::ServerError, None, secs(32));
+    early_success.success(secs(32));
+    assert_eq!(window(&t, secs(32)), (0, 0, 0));
+    assert_eq!(t.health("m", secs(32)).failures, 11);
+    ok(&t, secs(32));
+    assert_eq!(window(&t, secs(32)), (1, 0, 0));
+}
+
+// ---- Cooldowns and ejections ----------------------------------------------------------------
+
+#[test]
+fn rate_limits_cool_down_without_ejecting() {
+    let t = Tracker::new(TrackerConfig::default());
+    let rate_limit = |model: &str, retry_after: Option<Duration>, at: Duration| {
+        t.acquire(model, at).unwrap().failure(ErrorClass::RateLimited, retry_after, at);
+    };
+    rate_limit("a", Some(secs(3)), secs(10));
+    let until = secs(13);
+    assert_eq!(
+        t.acquire("a", before(until)).unwrap_err(),
+        Availability::CoolingDown { class: ErrorClass::RateLimited, until }
+    );
+    assert_eq!(t.availability("a", until), Availability::Available);
+    rate_limit("b", None, secs(10));
+    assert_eq!(t.health("b", secs(10)).cooldown, Some((ErrorClass::RateLimited, secs(15))), "short");
+    rate_limit("c", Some(secs(60)), secs(10));
+    assert_eq!(t.health("c", secs(10)).cooldown, Some((ErrorClass::RateLimited, secs(70))));
+    rate_limit("d", Some(secs(61)), secs(10));
+    assert_eq!(t.health("d", secs(10)).cooldown, Some((ErrorClass::RateLimited, secs(70))), "capped");
+    let health = t.health("d", secs(10));
+    assert_eq!((health.ejections, health.multiplier, health.failures), (0, 0, 1));
+    // A zero cooldown is none.
+    let t = cooler(CooldownConfig { short: Duration::ZERO, ..CooldownConfig::default() });
+    fail(&t, ErrorClass::RateLimited, secs(10));
+    assert_eq!((cooldown(&t, secs(10)), t.ejected_since("m", secs(10))), (None, None));
+}
+
+#[test]
+fn quota_ejects_long_at_once() {
+    let t = cooler(CooldownConfig::default());
+    fail(&t, ErrorClass::QuotaExhausted, secs(10));
+    assert_eq!(
+        t.availability("m", before(secs(310))),
+        Availability::CoolingDown { class: ErrorClass::QuotaExhausted, until: secs(310) }
+    );
+    assert_eq!(t.availability("m", secs(310)), Availability::Available);
+    let health = t.health("m", secs(10));
+    assert_eq!((health.ejections, health.multiplier, health.ejected_since), (1, 1, Some(secs(10))));
+}
+
+#[test]
+fn server_errors_eject_for_base_times_multiplier_capped() {
+    let t = cooler(CooldownConfig::default());
+    let classes = [ErrorClass::ServerError, ErrorClass::Connection];
+    for (i, permit) in (1..=33u32).zip(held(&t, 33, secs(0))) {
+        permit.failure(classes[i as usize % 2], None, secs(0));
+        let health = t.health("m", secs(0));
+        assert_eq!(health.consecutive_failures, i);
+        if i < 2 {
+            assert_eq!((health.cooldown, health.ejections, health.multiplier), (None, 0, 0), "{i}");
+            continue;
+        }
+        let multiplier = i - 1;
+        let until = (secs(2) * multiplier).min(secs(60));
+        // From the 31st on the cap makes the new ejection equal, so the class stays.
+        assert_eq!(health.cooldown, Some((classes[i.min(31) as usize % 2], until)), "{i}");
+        assert_eq!((health.ejections, health.multiplier), (u64::from(multiplier), multiplier), "{i}");
+    }
+    assert_eq!(cooldown(&t, secs(0)).map(|c| c.1), Some(secs(60)));
+}
+
+#[test]
+fn escalate_after_is_the_first_failure_that_ejects() {
+    let t = cooler(CooldownConfig { escalate_after: 3, ..CooldownConfig::default() });
+    fail(&t, ErrorClass::ServerError, secs(0));
+    fail(&t, ErrorClass::Connection, secs(0));
+    assert_eq!(cooldown(&t, secs(0)), None);
+    fail(&t, ErrorClass::ServerError, secs(0));
+    assert_eq!(cooldown(&t, secs(0)), Some((ErrorClass::ServerError, secs(2))));
+}
+
+#[test]
+fn timeouts_eject_from_the_third_in_a_row() {
+    let t = cooler(CooldownConfig::default());
+    fail(&t, ErrorClass::Timeout, secs(0));
+    fail(&t, ErrorClass::Timeout, secs(0));
+    assert_eq!(cooldown(&t, secs(0)), None);
+    fail(&t, ErrorClass::Timeout, secs(0));
+    assert_eq!(cooldown(&t, secs(0)), Some((ErrorClass::Timeout, secs(2))));
+    assert_eq!(t.health("m", secs(0)).ejections, 1);
+    // Separate streaks: neither reaches its threshold.
+    let t = cooler(CooldownConfig::default());
+    fail(&t, ErrorClass::Timeout, secs(0));
+    fail(&t, ErrorClass::Timeout, secs(0));
+    fail(&t, ErrorClass::ServerError, secs(0));
+    assert_eq!(cooldown(&t, secs(0)), None);
+    assert_eq!(t.health("m", secs(0)).consecutive_failures, 3);
+}
+
+#[test]
+fn authentication_and_not_found_eject_long_from_the_third() {
+    let t = cooler(CooldownConfig::default());
+    fail(&t, ErrorClass::Authentication, secs(0));
+    fail(&t, ErrorClass::Authentication, secs(0));
+    let health = t.health("m", secs(0));
+    assert_eq!((health.cooldown, health.failures, health.ejections), (None, 2, 0));
+    assert_eq!(health.consecutive_failures, 0, "not a failure of the model");
+    fail(&t, ErrorClass::NotFound, secs(0));
+    assert_eq!(cooldown(&t, secs(0)), Some((ErrorClass::NotFound, secs(300))));
+    assert_eq!(t.health("m", secs(0)).ejections, 1);
+}
+
+#[test]
+fn a_success_resets_every_streak() {
+    let t = cooler(CooldownConfig::default());
+    let round = |at: Duration| {
+        fail(&t, ErrorClass::ServerError, at);
+        for class in [ErrorClass::Timeout, ErrorClass::Timeout, ErrorClass::Authentication, ErrorClass::NotFound] {
+            fail(&t, class, at);
+        }
+    };
+    round(secs(0));
+    assert_eq!(t.health("m", secs(0)).consecutive_failures, 3);
+    ok(&t, secs(1));
+    assert_eq!(t.health("m", secs(1)).consecutive_failures, 0);
+    round(secs(2));
+    let health = t.health("m", secs(2));
+    assert_eq!((health.cooldown, health.ejections, health.consecutive_failures), (None, 0, 3));
+}
+
+#[test]
+fn streaks_are_forgotten_after_streak_decay() {
+    for (second, expect) in [(secs(30), Some((ErrorClass::ServerError, secs(32)))), (secs(30) + NS, None)] {
+        let t = cooler(CooldownConfig::default());
+        fail(&t, ErrorClass::ServerError, secs(0));
+        assert_eq!(t.health("m", secs(30)).consecutive_failures, 1);
+        assert_eq!(t.health("m", secs(30) + NS).consecutive_failures, 0);
+        fail(&t, ErrorClass::ServerError, second);
+        assert_eq!(cooldown(&t, second), expect, "{second:?}");
+    }
+}
+
+/// Three server errors at 0 (`escalate_after` 1): multiplier 3, cooldown 6 s.
+fn thrice_ejected(multiplier_decay: Duration) -> Tracker {
+    let t = cooler(CooldownConfig { escalate_after: 1, multiplier_decay, ..CooldownConfig::default() });
+    for permit in held(&t, 3, secs(0)) {
+        permit.failure(ErrorClass::ServerError, None, secs(0));
+    }
+    assert_eq!(cooldown(&t, secs(0)), Some((ErrorClass::ServerError, secs(6))));
+    t
+}
+
+#[test]
+fn the_multiplier_decays_one_per_interval_after_the_ejection_ends() {
+    let t = thrice_ejected(secs(30));
+    let multiplier = |at: Duration| t.health("m", at).multiplier;
+    assert_eq!(multiplier(secs(5)), 3, "no decay while ejected");
+    assert_eq!(multiplier(before(secs(36))), 3);
+    assert_eq!(multiplier(secs(36)), 2);
+    assert_eq!(multiplier(before(secs(66))), 2);
+    assert_eq!(multiplier(secs(66)), 1);
+    assert_eq!(multiplier(secs(96)), 0);
+    assert_eq!(multiplier(secs(10_000)), 0);
+    // The next ejection builds on the decayed multiplier: 1 + 1.
+    let t = thrice_ejected(secs(30));
+    fail(&t, ErrorClass::Connection, secs(66));
+    assert_eq!(cooldown(&t, secs(66)), Some((ErrorClass::Connection, secs(70))));
+    assert_eq!((t.health("m", secs(66)).multiplier, t.health("m", secs(66)).ejections), (2, 4));
+    // A zero interval: gone as soon as the ejection ends.
+    let t = thrice_ejected(Duration::ZERO);
+    assert_eq!((t.health("m", before(secs(6))).multiplier, t.health("m", secs(6)).multiplier), (3, 0));
+}
+
+#[test]
+fn a_longer_or_equal_cooldown_stays() {
+    // Longer: quota, then a rate limit.
+    let t = cooler(CooldownConfig::default());
+    let late = t.acquire("m", secs(0)).unwrap();
+    fail(&t, ErrorClass::QuotaExhausted, secs(0));
+    late.failure(ErrorClass::RateLimited, None, secs(1));
+    assert_eq!(cooldown(&t, secs(1)), Some((ErrorClass::QuotaExhausted, secs(300))));
+    // Equal: a 2 s rate limit, then a 2 s ejection.
+    let t = cooler(CooldownConfig { escalate_after: 1, ..CooldownConfig::default() });
+    let late = t.acquire("m", secs(0)).unwrap();
+    t.acquire("m", secs(0)).unwrap().failure(ErrorClass::RateLimited, Some(secs(2)), secs(0));
+    late.failure(ErrorClass::ServerError, None, secs(0));
+    assert_eq!(cooldown(&t, secs(0)), Some((ErrorClass::RateLimited, secs(2))));
+    // Shorter: replaced, and the ejection still began with the first.
+    let t = cooler(CooldownConfig::default());
+    let late = t.acquire("m", secs(0)).unwrap();
+    fail(&t, ErrorClass::RateLimited, secs(0));
+    late.failure(ErrorClass::QuotaExhausted, None, secs(1));
+    assert_eq!(cooldown(&t, secs(1)), Some((ErrorClass::QuotaExhausted, secs(301))));
+    assert_eq!(t.ejected_since("m", secs(6)), Some(secs(0)));
+}
+
+#[test]
+fn only_a_forced_success_ends_an_ejection() {
+    let t = cooler(CooldownConfig::default());
+    let in_flight = t.acquire("m", secs(0)).unwrap();
+    fail(&t, ErrorClass::QuotaExhausted, secs(0));
+    in_flight.success(secs(1));
+    assert_eq!(cooldown(&t, secs(1)), Some((ErrorClass::QuotaExhausted, secs(300))));
+}
+
+#[test]
+fn circuit_openings_are_ejections() {
+    let t = breaker(CircuitSettings::default());
+    trip(&t, secs(0));
+    let health = t.health("m", secs(0));
+    assert_eq!((health.ejections, health.multiplier, health.ejected_since), (1, 1, Some(secs(0))));
+    t.acquire("m", secs(30)).unwrap().failure(ErrorClass::ServerError, None, secs(30));
+    let health = t.health("m", secs(30));
+    assert_eq!((health.ejections, health.multiplier, health.ejected_since), (2, 2, Some(secs(0))));
+    // The open period ends at 60; the half-open wait (60 to 90) is a full
+    // decay interval, so the timeout's opening finds 1 and makes it 2.
+    let _probe = t.acquire("m", secs(60)).unwrap();
+    let health = t.health("m", secs(90));
+    assert_eq!((health.circuit, health.ejections, health.multiplier), (CircuitState::Open, 3, 2));
+}
+
+#[test]
+fn one_failure_counts_one_ejection() {
+    let t = tracker(
+        CooldownConfig { escalate_after: 1, ..CooldownConfig::default() },
+        CircuitSettings { min_requests: 1, ..CircuitSettings::default() },
+    );
+    fail(&t, ErrorClass::ServerError, secs(0));
+    let health = t.health("m", secs(0));
+    assert_eq!((health.circuit, health.cooldown), (CircuitState::Open, Some((ErrorClass::ServerError, secs(2)))));
+    assert_eq!((health.ejections, health.multiplier), (1, 1));
+}
+
+#[test]
+fn ejected_since_is_the_earliest_start_in_force() {
+    // A cooldown alone, rate limits included.
+    let t = cooler(CooldownConfig::default());
+    fail(&t, ErrorClass::RateLimited, secs(5));
+    assert_eq!(t.ejected_since("m", before(secs(10))), Some(secs(5)));
+    assert_eq!(t.ejected_since("m", secs(10)), None);
+    // A circuit, then a cooldown.
+    let t = breaker(CircuitSettings::default());
+    let late = t.acquire("m", secs(0)).unwrap();
+    trip(&t, secs(0));
+    late.failure(ErrorClass::RateLimited, None, secs(3));
+    assert_eq!(t.ejected_since("m", secs(3)), Some(secs(0)));
+    assert_eq!(t.ejected_since("m", secs(30)), Some(secs(0)), "half-open is still ejected");
+    assert_eq!(t.health("m", secs(30)).ejected_since, Some(secs(0)));
+    // A cooldown, then a circuit.
+    let t = breaker(CircuitSettings::default());
+    let early = held(&t, 10, secs(0));
+    fail(&t, ErrorClass::RateLimited, secs(1));
+    for permit in early {
+        permit.failure(ErrorClass::ServerError, None, secs(2));
+    }
+    assert_eq!(t.ejected_since("m", secs(2)), Some(secs(1)));
+    assert_eq!(t.ejected_since("m", secs(6)), Some(secs(2)), "the cooldown ended");
+}
+
+// ---- Forced permits ------------------------------------------------------------------------
+
+#[test]
+fn a_forced_success_ends_a_cooldown() {
+    let t = cooler(CooldownConfig::default());
+    fail(&t, ErrorClass::QuotaExhausted, secs(0));
+    assert!(t.acquire("m", secs(10)).is_err());
+    let forced = t.acquire_forced("m", secs(10));
+    assert!(forced.is_forced() && !forced.is_probe());
+    forced.success(secs(11));
+    assert_eq!(t.availability("m", secs(11)), Availability::Available);
+    assert_eq!((cooldown(&t, secs(11)), t.ejected_since("m", secs(11))), (None, None));
+    // The ejection ended at 11: the multiplier decays from there.
+    assert_eq!(t.health("m", before(secs(41))).multiplier, 1);
+    assert_eq!(t.health("m", secs(41)).multiplier, 0);
+}
+
+#[test]
+fn a_forced_success_closes_an_open_or_half_open_circuit() {
+    let t = breaker(CircuitSettings::default());
+    trip(&t, secs(0));
+    t.acquire_forced("m", secs(5)).success(secs(6));
+    assert_eq!((t.circuit("m", secs(6)), t.ejected_since("m", secs(6))), (CircuitState::Closed, None));
+    assert_eq!(window(&t, secs(6)), (0, 0, 0));
+    let t = breaker(CircuitSettings::default());
+    trip(&t, secs(0));
+    let probes = held(&t, 3, secs(30));
+    assert_eq!(t.acquire("m", secs(30)).unwrap_err(), Availability::ProbesBusy);
+    t.acquire_forced("m", secs(30)).success(secs(31));
+    assert_eq!(t.circuit("m", secs(31)), CircuitState::Closed);
+    drop(probes);
+    assert_eq!(t.circuit("m", secs(31)), CircuitState::Closed);
+}
+
+#[test]
+fn a_forced_permit_on_a_healthy_model_counts_as_usual() {
+    let t = tracker(CooldownConfig::default(), CircuitSettings { min_requests: 3, ..CircuitSettings::default() });
+    t.acquire_forced("m", secs(0)).success(secs(0));
+    assert_eq!(window(&t, secs(0)), (1, 0, 0));
+    t.acquire_forced("m", secs(0)).failure(ErrorClass::ServerError, None, secs(0));
+    t.acquire_forced("m", secs(0)).failure(ErrorClass::ServerError, None, secs(0));
+    let health = t.health("m", secs(0));
+    assert_eq!(health.circuit, CircuitState::Open, "2 of 3 calls failed");
+    assert_eq!(
+        (health.ejections, health.cooldown),
+        (1, Some((ErrorClass::ServerError, secs(2)))),
+        "one failure, one ejection"
+    );
+    assert_eq!(window(&t, secs(0)), (1, 0, 2));
+}
+
+#[test]
+fn a_forced_failure_while_ejected_is_no_new_ejection() {
+    let t = cooler(CooldownConfig::default());
+    fail(&t, ErrorClass::QuotaExhausted, secs(0));
+    for _ in 0..3 {
+        t.acquire_forced("m", secs(1)).failure(ErrorClass::ServerError, None, secs(1));
+    }
+    let health = t.health("m", secs(1));
+    assert_eq!((health.failures, health.consecutive_failures), (4, 3), "counted");
+    assert_eq!((health.ejections, health.multiplier), (1, 1), "not ejected again");
+    assert_eq!(health.cooldown, Some((ErrorClass::QuotaExhausted, secs(300))), "not extended");
+    assert_eq!(window(&t, secs(1)), (0, 0, 0));
+    // Its own cooldown replaces a shorter one, at the current multiplier (at least 1).
+    let t = cooler(CooldownConfig { escalate_after: 1, escalating_base: secs(10), ..CooldownConfig::default() });
+    fail(&t, ErrorClass::RateLimited, secs(0));
+    t.acquire_forced("m", secs(1)).failure(ErrorClass::ServerError, None, secs(1));
+    let health = t.health("m", secs(1));
+    assert_eq!(
+        (health.cooldown, health.ejections, health.multiplier),
+        (Some((ErrorClass::ServerError, secs(11))), 0, 0)
+    );
+    assert_eq!(health.ejected_since, Some(secs(0)));
+    let t = cooler(CooldownConfig { escalate_after: 1, ..CooldownConfig::default() });
+    for permit in held(&t, 2, secs(0)) {
+        permit.failure(ErrorClass::ServerError, None, secs(0));
+    }
+    assert_eq!(cooldown(&t, secs(0)), Some((ErrorClass::ServerError, secs(4))));
+    t.acquire_forced("m", secs(1)).failure(ErrorClass::Connection, None, secs(1));
+    let health = t.health("m", secs(1));
+    assert_eq!((health.cooldown, health.ejections, health.multiplier), (Some((ErrorClass::Connection, secs(5))), 2, 2));
+    // The multiplier's decay still counts from the end of the last counted ejection (4 s).
+    assert_eq!(t.health("m", secs(34)).multiplier, 1);
+}
+
+// ---- Reports ---------------------------------------------------------------------------------
+
+#[test]
+fn health_and_all_report_every_field_as_of_now() {
+    let t = Tracker::new(TrackerConfig::default());
+    t.acquire("b", secs(0)).unwrap().success(secs(0));
+    t.acquire("a", secs(0)).unwrap().failure(ErrorClass::ServerError, None, secs(1));
+    t.acquire("a", secs(1)).unwrap().failure(ErrorClass::Timeout, None, secs(1));
+    t.acquire("a", secs(1)).unwrap().failure(ErrorClass::BadRequest, None, secs(1));
+    let forced = t.acquire_forced("a", secs(1));
+    forced.failure(ErrorClass::ServerError, None, secs(2)); // streak 2: ejected until 4
+    let a = t.health("a", secs(3));
+    assert_eq!(
+        a,
+        ModelHealth {
+            circuit: CircuitState::Closed,
+            consecutive_failures: 3,
+            cooldown: Some((ErrorClass::ServerError, secs(4))),
+            failures: 3,
+            successes: 0,
+            last_failure_at: Some(secs(2)),
+            client_faults: 1,
+            ejections: 1,
+            multiplier: 1,
+            ejected_since: Some(secs(2)),
+        }
+    );
+    let all = t.all(secs(4));
+    assert_eq!(all, vec![("a".to_owned(), t.health("a", secs(4))), ("b".to_owned(), t.health("b", secs(4)))]);
+    assert_eq!(all[0].1.cooldown, None, "ended by now");
+    assert_eq!(all[1].1.successes, 1);
+}
+
+// ---- Properties ---------------------------------------------------------------------------------
+
+#[derive(Debug, Clone)]
+enum Op {
+    Acquire,
+    Forced,
+    Succeed(usize),
+    Fail(usize, ErrorClass),
+    Drop(usize),
+    Release(usize),
+    Wait(u64),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    let class = prop::sample::select(vec![
+        ErrorClass::ServerError,
+        ErrorClass::ServerError,
+        ErrorClass::Timeout,
+        ErrorClass::Connection,
+        ErrorClass::RateLimited,
+        ErrorClass::BadRequest,
+        ErrorClass::Cancelled,
+        ErrorClass::Authentication,
+    ]);
+    prop_oneof![
+        5 => Just(Op::Acquire),
+        1 => Just(Op::Forced),
+        2 => any::<usize>().prop_map(Op::Succeed),
+        4 => (any::<usize>(), class).prop_map(|(i, c)| Op::Fail(i, c)),
+        1 => any::<usize>().prop_map(Op::Drop),
+        1 => any::<usize>().prop_map(Op::Release),
+        2 => (0..12_000u64).prop_map(Op::Wait),
+    ]
+}
+
+/// The probe slots of "m" taken and not given back, when half-open.
+fn in_flight(t: &Tracker) -> Option<(u64, u32)> {
+    let state = *t.inner.models.get("m")?;
+    match state.circuit {
+        Circuit::HalfOpen { in_flight, .. } => Some((state.generation, in_flight)),
+        _ => None,
+    }
+}
+
+proptest! {
+    /// Under any interleaving, the half-open circuit's slots in use are
+    /// exactly the probe permits of its spell still held (so never more than
+    /// `half_open_probes`), and a permit dropped or released changes no report.
+    #[test]
+    fn probe_slots_match_the_probes_held(ops in prop::collection::vec(op(), 1..80)) {
+        let t = tracker(
+            CooldownConfig::default(),
+            CircuitSettings {
+                window: secs(10),
+                min_requests: 2,
+                open_for: secs(5),
+                half_open_probes: 2,
+                half_open_timeout: secs(5),
+                ..CircuitSettings::default()
+            },
+        );
+        let mut now = secs(1);
+        let mut permits: Vec<Permit> = Vec::new();
+        for op in ops {
+            let take = |permits: &mut Vec<Permit>, i: usize| {
+                (!permits.is_empty()).then(|| permits.swap_remove(i % permits.len()))
+            };
+            match op {
+                Op::Acquire => permits.extend(t.acquire("m", now).ok()),
+                Op::Forced => permits.push(t.acquire_forced("m", now)),
+                Op::Succeed(i) => if let Some(p) = take(&mut permits, i) { p.success(now) },
+                Op::Fail(i, class) => if let Some(p) = take(&mut permits, i) { p.failure(class, None, now) },
+                Op::Drop(i) | Op::Release(i) => if let Some(p) = take(&mut permits, i) {
+                    let before = t.health("m", now);
+                    if matches!(op, Op::Drop(_)) { drop(p) } else { p.release() }
+                    prop_assert_eq!(t.health("m", now), before);
+                },
+                Op::Wait(millis) => now += ms(millis),
+            }
+            if let Some((generation, slots)) = in_flight(&t) {
+                let held = permits.iter().filter(|p| p.probe && p.generation == generation).count();
+                prop_assert_eq!(slots as usize, held);
+                prop_assert!(slots <= 2);
+            }
+        }
+    }
+}
