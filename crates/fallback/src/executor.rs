@@ -212,12 +212,20 @@ pub enum Order<'a> {
     /// The selector's ranking.
     #[default]
     Ranked,
-    /// Exactly these models, in this order (a route's or a model's fallbacks).
+    /// Exactly these models, in this order (a route's fallbacks); those
+    /// that do not meet the requirements are skipped.
     Explicit(&'a [String]),
-    /// This model first (it must meet the requirements, or the request is
-    /// refused saying why), then its implied fallbacks by rank: the models
-    /// that can do what it does (see [`implied_fallback`]).
-    Preferred(&'a str),
+    /// A model the request names first: it must meet the requirements, or
+    /// the request is refused saying why (never a silent substitute). Then
+    /// its configured `fallbacks` in order when it has some, else its
+    /// implied fallbacks by rank: the models that can do what it does (see
+    /// [`implied_fallback`]).
+    Named {
+        /// The model named.
+        model: &'a str,
+        /// Its configured fallbacks, if any.
+        fallbacks: Option<&'a [String]>,
+    },
 }
 
 /// What [`execute`] serves a request from, besides the call.
@@ -411,20 +419,26 @@ fn candidates<'a, M: Borrow<ModelSpec>, S: LiveSignals, E>(
         Order::Explicit(ids) => {
             ids.iter().filter_map(|id| ranked.iter().find(|r| r.model.id == *id)).map(|r| r.model).collect()
         }
-        Order::Preferred(id) => {
+        Order::Named { model: id, fallbacks } => {
             let Some(named) = ranked.iter().find(|r| r.model.id == id).map(|r| r.model) else {
                 return Err(ExecuteError::NoneEligible {
                     reason: named_rejected(models, id, requirements, signals, selector),
                 });
             };
-            std::iter::once(named)
-                .chain(
-                    ranked
-                        .iter()
-                        .map(|r| r.model)
-                        .filter(|m| implied_fallback(named, m, requirements, simulated_providers).is_none()),
-                )
-                .collect()
+            let rest: Vec<&'a ModelSpec> = match fallbacks {
+                Some(ids) => ids
+                    .iter()
+                    .filter(|f| **f != named.id)
+                    .filter_map(|f| ranked.iter().find(|r| r.model.id == *f))
+                    .map(|r| r.model)
+                    .collect(),
+                None => ranked
+                    .iter()
+                    .map(|r| r.model)
+                    .filter(|m| implied_fallback(named, m, requirements, simulated_providers).is_none())
+                    .collect(),
+            };
+            std::iter::once(named).chain(rest).collect()
         }
     };
     if queue.is_empty() {

@@ -602,7 +602,7 @@ fn a_named_model_falls_back_only_to_models_that_can_do_its_job() {
     let run = |named: &str, req: &Requirements| {
         let (tracker, timer) = fresh();
         let bench = Bench { simulated: &simulated, ..Bench::new(&models, &tracker, &timer) };
-        bench.run(&plan(Order::Preferred(named)), &policy(1, None), req, all_fail).1
+        bench.run(&plan(Order::Named { model: named, fallbacks: None }), &policy(1, None), req, all_fail).1
     };
     // A local model falls back to local models only.
     assert_eq!(run("local-a", &Requirements::default()), ["local-a", "local-b"]);
@@ -614,10 +614,14 @@ fn a_named_model_falls_back_only_to_models_that_can_do_its_job() {
     // A context-window failure on a fr/code model goes to the larger fr/code one, not the 8k general.
     let (tracker, timer) = fresh();
     let bench = Bench { simulated: &simulated, ..Bench::new(&models, &tracker, &timer) };
-    let (outcome, calls) =
-        bench.run(&plan(Order::Preferred("fr-code")), &policy(1, None), &Requirements::default(), |id, _| {
+    let (outcome, calls) = bench.run(
+        &plan(Order::Named { model: "fr-code", fallbacks: None }),
+        &policy(1, None),
+        &Requirements::default(),
+        |id, _| {
             if id == "fr-code" { Err(Failure::new(ErrorClass::ContextWindowExceeded, "too long")) } else { Ok("ok") }
-        });
+        },
+    );
     assert_eq!(calls, ["fr-code", "fr-code-big"]);
     assert_eq!(outcome.unwrap().0, "fr-code-big");
 }
@@ -628,7 +632,7 @@ fn a_named_model_that_does_not_qualify_is_refused_saying_why() {
     let (tracker, timer) = fresh();
     let req = Requirements { prompt_tokens: 20_000, ..Requirements::default() };
     let (outcome, calls) = Bench::new(&models, &tracker, &timer).run(
-        &plan(Order::Preferred("fr-code")),
+        &plan(Order::Named { model: "fr-code", fallbacks: None }),
         &policy(1, None),
         &req,
         |_, _| Ok("never"),
@@ -638,6 +642,21 @@ fn a_named_model_that_does_not_qualify_is_refused_saying_why() {
         outcome.unwrap_err(),
         "no model can take the request: model \"fr-code\" does not meet the requirements: context window 16000 < 20000 tokens needed"
     );
+}
+
+#[test]
+fn a_named_model_with_configured_fallbacks_must_qualify_then_they_follow_in_order() {
+    let models = named_fixture();
+    let list = ["sim".to_owned(), "cloud".to_owned(), "fr-code".to_owned()];
+    let (tracker, timer) = fresh();
+    let bench = Bench { simulated: &["sim".to_owned()], ..Bench::new(&models, &tracker, &timer) };
+    let named = plan(Order::Named { model: "fr-code", fallbacks: Some(&list) });
+    let (_, calls) = bench.run(&named, &policy(1, None), &Requirements::default(), server_error);
+    assert_eq!(calls, ["fr-code", "sim", "cloud"], "an explicit list is honoured as written (itself once)");
+    let big = Requirements { prompt_tokens: 20_000, ..Requirements::default() };
+    let (outcome, calls) = bench.run(&named, &policy(1, None), &big, server_error);
+    assert!(calls.is_empty());
+    assert!(outcome.unwrap_err().contains("model \"fr-code\" does not meet the requirements"));
 }
 
 #[test]

@@ -199,10 +199,11 @@ fn fleet_error(err: FleetError) -> ApiError {
             error.headers.attempts = Some(attempts.len());
             error.headers.cost = Some(cost);
             error.headers.budget_remaining = budget_remaining;
-            // Budget refusals only: the time to the budget's next period
-            // (none for a lifetime budget). A provider's own Retry-After is
-            // not the gateway's to pass on once another model was tried.
-            if class == Some(ErrorClass::BudgetExceeded) {
+            // Budget refusals: the time to the budget's next period (none
+            // for a lifetime budget). No model available: when the first
+            // is back. A provider's own Retry-After is not the gateway's to
+            // pass on once another model was tried.
+            if class.is_none_or(|c| c == ErrorClass::BudgetExceeded) {
                 error.headers.retry_after = retry_after;
             }
             error

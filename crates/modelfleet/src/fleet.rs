@@ -476,8 +476,8 @@ pub struct Fleet {
     /// How requests without a route rank their candidates.
     strategy: Strategy,
     routes: Vec<RouteSpec>,
-    /// Per model with configured fallbacks: itself, then them.
-    model_chains: BTreeMap<String, Vec<String>>,
+    /// Per model with configured fallbacks: them, in order.
+    model_fallbacks: BTreeMap<String, Vec<String>>,
     model_hedges: BTreeMap<String, HedgeAfter>,
     simulated_providers: Vec<String>,
     rng: Mutex<fastrand::Rng>,
@@ -618,14 +618,14 @@ impl Fleet {
             routes: options.routes,
             model_hedges: options.model_hedges,
             simulated_providers: options.simulated_providers,
-            model_chains: options
+            model_fallbacks: options
                 .model_fallbacks
                 .into_iter()
-                .filter(|(_, fallbacks)| !fallbacks.is_empty())
                 .map(|(id, fallbacks)| {
-                    let chain = std::iter::once(id.clone()).chain(fallbacks.into_iter().filter(|f| *f != id)).collect();
-                    (id, chain)
+                    let fallbacks: Vec<String> = fallbacks.into_iter().filter(|f| *f != id).collect();
+                    (id, fallbacks)
                 })
+                .filter(|(_, fallbacks)| !fallbacks.is_empty())
                 .collect(),
             rng: Mutex::new(fastrand::Rng::with_seed(0x6d66)),
             admin: tokio::sync::Mutex::new(()),
@@ -728,10 +728,7 @@ impl Fleet {
             if self.catalog.get(id).is_none() {
                 return Err(FleetError::UnknownModel(id.clone()));
             }
-            order = match self.model_chains.get(id) {
-                Some(chain) => Order::Explicit(chain),
-                None => Order::Preferred(id),
-            };
+            order = Order::Named { model: id, fallbacks: self.model_fallbacks.get(id).map(Vec::as_slice) };
             hedge = self.model_hedges.get(id).copied().or(hedge);
         }
         Ok((requirements, Plan { order, strategy, hedge, settle_by_caller: false }))
