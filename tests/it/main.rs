@@ -2,4 +2,5 @@
 
 mod full_stack;
 mod gateway;
+mod resilience;
 mod startup_retry;

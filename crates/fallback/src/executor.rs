@@ -342,8 +342,12 @@ where
     };
     let mut last: Option<E> = None;
     let hedge = plan.hedge.filter(|_| !plan.settle_by_caller);
+    // Every turn makes an attempt or waits for a model to be back; the
+    // attempts are bounded, and so are the waits between them: a walk that
+    // turned this often is stuck, whatever the reason, and stops.
+    let turns = (config.max_attempts_per_request as usize + 1) * (walk.candidates.len() + 2);
 
-    loop {
+    for _ in 0..turns {
         let now = timer.now();
         if remaining(now) == Some(Duration::ZERO) {
             return Err(walk.stop(last, StopReason::DeadlineExceeded));
@@ -386,7 +390,7 @@ where
         let outcome = match delay {
             None => {
                 let result = call(model, primary.ctx).await;
-                walk.settle(primary, result, timer.now(), remaining, plan, config, tracker, retry_budget, rng)
+                walk.settle(primary, result, timer.now(), plan, config, tracker, retry_budget, rng)
             }
             Some(delay) => {
                 let mut ctx = Hedging { walk: &mut walk, tracker, retry_budget, plan, config, rng, remaining };
@@ -395,13 +399,23 @@ where
         };
         match outcome {
             Step::Served(model, value, permit) => {
-                let fell_back = model.id != walk.first_choice;
+                // A fallback: the first choice failed or was skipped (not
+                // merely outrun by a hedge).
+                let first = walk.first_choice;
+                let outrun =
+                    walk.attempts.iter().filter(|a| a.model == first).all(|a| a.error == Some(ErrorClass::Cancelled));
+                let tried = walk.attempts.iter().any(|a| a.model == first);
+                let fell_back = model.id != first && !(tried && outrun);
                 return Ok(Executed { value, model, attempts: walk.attempts, fell_back, permit });
             }
             Step::Stop(error, reason) => return Err(walk.stop(Some(error), reason)),
             Step::Continue(error) => last = Some(error),
         }
     }
+    Err(match last {
+        Some(_) => walk.stop(last, StopReason::Exhausted),
+        None => walk.unavailable(last, tracker, timer.now()),
+    })
 }
 
 /// The request's candidates in the order they are tried.
@@ -531,29 +545,27 @@ impl<'a> Walk<'a> {
     fn next(&mut self, tracker: &Tracker, now: Duration, max_ejected_percent: u8) -> Next<'a> {
         let mut back_at: Option<Duration> = None;
         let mut ejected: Vec<(usize, Duration, Duration)> = Vec::new();
-        let mut i = 0;
-        while i < self.queue.len() {
-            let model = self.queue[i];
+        let mut ready = None;
+        for (i, &model) in self.queue.iter().enumerate() {
             match tracker.acquire(&model.id, now) {
                 Ok(permit) => {
-                    self.queue.remove(i);
-                    return Next::Ready(model, permit);
+                    ready = Some((i, permit));
+                    break;
                 }
-                Err(availability) => {
-                    let until = match availability {
-                        Availability::CoolingDown { until, .. } | Availability::CircuitOpen { until } => Some(until),
-                        _ => None,
-                    };
-                    if let Some(until) = until.filter(|u| *u > now) {
-                        back_at = Some(back_at.map_or(until, |b| b.min(until)));
-                        if health_ejection(availability) {
-                            let since = tracker.ejected_since(&model.id, now).unwrap_or(now);
-                            ejected.push((i, since, until));
-                        }
+                // Out until a known time (acquire refuses only before it).
+                Err(availability @ (Availability::CoolingDown { until, .. } | Availability::CircuitOpen { until })) => {
+                    back_at = Some(back_at.map_or(until, |b| b.min(until)));
+                    if health_ejection(availability) {
+                        let since = tracker.ejected_since(&model.id, now).unwrap_or(now);
+                        ejected.push((i, since, until));
                     }
                 }
+                // Probes busy: back when a probe answers, at no known time.
+                Err(_) => {}
             }
-            i += 1;
+        }
+        if let Some((i, permit)) = ready {
+            return Next::Ready(self.queue.remove(i), permit);
         }
         if !ejected.is_empty() && self.over_ejected(tracker, now, max_ejected_percent) {
             // The least recently ejected first; among equals, the one back soonest.
@@ -617,7 +629,6 @@ impl<'a> Walk<'a> {
         began: Began<'a>,
         result: Result<T, E>,
         ended: Duration,
-        remaining: impl Fn(Duration) -> Option<Duration>,
         plan: &Plan<'_>,
         config: &ExecutorConfig,
         tracker: &Tracker,
@@ -651,17 +662,15 @@ impl<'a> Walk<'a> {
                 let class = error.class();
                 let message = Some(sanitize(&error.to_string()).into_owned());
                 self.attempts.push(attempt(Some(class), message));
-                // A timeout the request's own deadline caused says nothing of the model.
-                let deadline_ran_out = class == ErrorClass::Timeout
-                    && (remaining(ended) == Some(Duration::ZERO) || ctx.remaining.is_some_and(|r| latency >= r));
-                if deadline_ran_out {
+                // A timeout the request's own deadline caused (the call used
+                // all the time it was given) says nothing of the model.
+                if class == ErrorClass::Timeout && ctx.remaining.is_some_and(|r| latency >= r) {
                     permit.release();
                     return Step::Stop(error, StopReason::DeadlineExceeded);
                 }
-                match class {
-                    ErrorClass::BudgetExceeded | ErrorClass::Cancelled | ErrorClass::Internal => permit.release(),
-                    _ => permit.failure(class, error.retry_after(), ended),
-                }
+                // Budget refusals, cancellations and internal errors are
+                // recorded as nothing by the tracker (a release).
+                permit.failure(class, error.retry_after(), ended);
                 if !class.fallback() && !class.retry_same_model() {
                     return Step::Stop(error, StopReason::NotRecoverable);
                 }
@@ -789,32 +798,23 @@ impl<'a, R: Fn(Duration) -> Option<Duration> + Copy> Hedging<'_, 'a, '_, '_, R> 
         let mut second = self.walk.begin(model, permit, (self.remaining)(now));
         second.hedge = true;
         let mut other = pin!(call(second.model, second.ctx));
-        let mut pending = [Some(primary), Some(second)];
-        loop {
-            let (index, result) = std::future::poll_fn(|cx| {
-                if pending[0].is_some()
-                    && let Poll::Ready(result) = first.as_mut().poll(cx)
-                {
-                    return Poll::Ready((0, result));
-                }
-                if pending[1].is_some()
-                    && let Poll::Ready(result) = other.as_mut().poll(cx)
-                {
-                    return Poll::Ready((1, result));
-                }
-                Poll::Pending
-            })
-            .await;
-            let Some(began) = pending[index].take() else { continue };
-            match self.settle(began, result, timer.now()) {
-                // The other attempt may still answer.
-                Step::Continue(_) if pending[1 - index].is_some() => {}
-                step => {
-                    if let Some(loser) = pending[1 - index].take() {
-                        self.cancel(loser, timer.now());
-                    }
-                    return step;
-                }
+        let (first_done, result) = std::future::poll_fn(|cx| {
+            if let Poll::Ready(result) = first.as_mut().poll(cx) {
+                return Poll::Ready((true, result));
+            }
+            other.as_mut().poll(cx).map(|result| (false, result))
+        })
+        .await;
+        let (done, running) = if first_done { (primary, second) } else { (second, primary) };
+        match self.settle(done, result, timer.now()) {
+            // It failed, and the other may still answer: its outcome decides.
+            Step::Continue(_) => {
+                let result = if first_done { other.await } else { first.await };
+                self.settle(running, result, timer.now())
+            }
+            step => {
+                self.cancel(running, timer.now());
+                step
             }
         }
     }
@@ -826,7 +826,7 @@ impl<'a, R: Fn(Duration) -> Option<Duration> + Copy> Hedging<'_, 'a, '_, '_, R> 
         self.walk.attempts.push(Attempt {
             model: loser.model.id.clone(),
             error: Some(ErrorClass::Cancelled),
-            message: Some("cancelled: the request ended while it ran (another attempt answered first)".to_owned()),
+            message: Some("cancelled: the other attempt of the hedge decided the request".to_owned()),
             latency: now.saturating_sub(loser.permit.started()),
             probe: loser.permit.is_probe(),
             hedge: loser.hedge,
@@ -853,17 +853,7 @@ impl<'a, R: Fn(Duration) -> Option<Duration> + Copy> Hedging<'_, 'a, '_, '_, R> 
         result: Result<T, E>,
         ended: Duration,
     ) -> Step<'a, T, E> {
-        self.walk.settle(
-            began,
-            result,
-            ended,
-            self.remaining,
-            self.plan,
-            self.config,
-            self.tracker,
-            self.retry_budget,
-            self.rng,
-        )
+        self.walk.settle(began, result, ended, self.plan, self.config, self.tracker, self.retry_budget, self.rng)
     }
 }
 
@@ -887,7 +877,7 @@ pub fn describe(availability: Availability, now: Duration) -> String {
         Availability::CircuitOpen { until } => {
             format!("circuit open for {} ms more", until.saturating_sub(now).as_millis())
         }
-        Availability::ProbesBusy => "circuit half-open, probes busy".to_owned(),
+        Availability::ProbesBusy => "probes busy (circuit half-open, or re-admitted after an ejection)".to_owned(),
         Availability::Available | Availability::Probe => "available".to_owned(),
     }
 }

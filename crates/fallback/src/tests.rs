@@ -721,12 +721,19 @@ fn a_caller_settled_success_is_recorded_only_when_it_settles() {
 
 // ---- Hedging ------------------------------------------------------------------
 
-/// A call that never answers, and says when it was dropped.
-struct Hangs(Arc<AtomicBool>);
+/// A call that does not answer (it times out after 10,000 polls, so a
+/// test whose hedge never starts fails instead of hanging), and says when
+/// it was dropped.
+struct Hangs(Arc<AtomicBool>, u32);
 
 impl Future for Hangs {
     type Output = Result<&'static str, Failure>;
-    fn poll(self: Pin<&mut Self>, _: &mut std::task::Context<'_>) -> std::task::Poll<Self::Output> {
+    fn poll(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Self::Output> {
+        self.1 += 1;
+        if self.1 > 10_000 {
+            return std::task::Poll::Ready(Err(Failure::new(ErrorClass::Timeout, "hung")));
+        }
+        cx.waker().wake_by_ref();
         std::task::Poll::Pending
     }
 }
@@ -757,7 +764,7 @@ fn a_hedge_starts_at_the_delay_and_the_first_good_answer_wins() {
         |model, _| {
             events.borrow_mut().push(format!("{} started at {} ms", model.id, timer.now().as_millis()));
             let call: Call = if model.id == "alpha" {
-                Box::pin(Hangs(Arc::clone(&dropped)))
+                Box::pin(Hangs(Arc::clone(&dropped), 0))
             } else {
                 Box::pin(async { Ok("fast") })
             };
@@ -768,6 +775,7 @@ fn a_hedge_starts_at_the_delay_and_the_first_good_answer_wins() {
     assert_eq!(*events.borrow(), ["alpha started at 0 ms", "bravo started at 300 ms"]);
     assert_eq!((served.model.id.as_str(), served.value), ("bravo", "fast"));
     assert!(dropped.load(Ordering::SeqCst), "the loser was cancelled");
+    assert!(!served.fell_back, "outrun by a hedge, the first choice did not fail: no fallback");
     let attempts: Vec<(String, Option<ErrorClass>, bool)> =
         served.attempts.iter().map(|a| (a.model.clone(), a.error, a.hedge)).collect();
     assert_eq!(
@@ -870,7 +878,7 @@ fn a_hedge_after_p95_uses_the_models_signal() {
         |model, _| {
             events.borrow_mut().push(format!("{} at {} ms", model.id, timer.now().as_millis()));
             let call: Call = if model.id == "alpha" {
-                Box::pin(Hangs(Arc::clone(&dropped)))
+                Box::pin(Hangs(Arc::clone(&dropped), 0))
             } else {
                 Box::pin(async { Ok("fast") })
             };
@@ -969,4 +977,232 @@ proptest! {
             prop_assert_eq!(attempts.len(), calls.len());
         }
     }
+}
+
+// ---- Edges the mutation run found ---------------------------------------------
+
+#[test]
+fn a_p95_that_is_zero_or_not_finite_starts_no_hedge() {
+    let models = fleet();
+    for p95 in [0.0, f64::INFINITY, f64::NAN, -5.0] {
+        let (tracker, timer) = fresh();
+        let bench = Bench::new(&models, &tracker, &timer);
+        let signals = move |_: &str| Signals { latency_p95_ms: Some(p95), ..Signals::default() };
+        let hedged = Plan { hedge: Some(HedgeAfter::P95), ..plan(Order::Ranked) };
+        let calls = RefCell::new(Vec::new());
+        let mut rng = fastrand::Rng::with_seed(1);
+        let served = block_on(execute(
+            bench.pool(&signals),
+            &Requirements::default(),
+            &hedged,
+            &policy(1, None),
+            &mut rng,
+            |model, _| {
+                calls.borrow_mut().push(model.id.clone());
+                AnswersLater(false)
+            },
+        ))
+        .unwrap();
+        assert_eq!(*calls.borrow(), ["alpha"], "p95 {p95}: no hedge");
+        assert_eq!(served.model.id, "alpha");
+    }
+}
+
+#[test]
+fn a_failed_request_reports_its_attempts() {
+    let models = fleet();
+    let (tracker, timer) = fresh();
+    let bench = Bench::new(&models, &tracker, &timer);
+    let mut rng = fastrand::Rng::with_seed(1);
+    let err = block_on(execute(
+        bench.pool(&NoSignals),
+        &Requirements::default(),
+        &plan(Order::Ranked),
+        &policy(1, None),
+        &mut rng,
+        |_, _| async { Err::<(), _>(Failure::new(ErrorClass::ServerError, "down")) },
+    ))
+    .unwrap_err();
+    let tried: Vec<&str> = err.attempts().iter().map(|a| a.model.as_str()).collect();
+    assert_eq!(tried, ["alpha", "bravo", "charlie"]);
+}
+
+/// An error that says nothing.
+#[derive(Debug)]
+struct Mute;
+
+impl std::fmt::Display for Mute {
+    fn fmt(&self, _: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        Ok(())
+    }
+}
+
+impl modelfleet_errors::Classify for Mute {
+    fn class(&self) -> ErrorClass {
+        ErrorClass::BadRequest
+    }
+}
+
+#[test]
+fn an_error_without_a_message_is_listed_by_its_class_alone() {
+    let models = fleet();
+    let (tracker, timer) = fresh();
+    let bench = Bench::new(&models, &tracker, &timer);
+    let mut rng = fastrand::Rng::with_seed(1);
+    let err = block_on(execute(
+        bench.pool(&NoSignals),
+        &Requirements::default(),
+        &plan(Order::Ranked),
+        &policy(1, None),
+        &mut rng,
+        |_, _| async { Err::<(), _>(Mute) },
+    ))
+    .unwrap_err();
+    assert_eq!(err.to_string(), "the error cannot be retried or fall back after 1 attempt(s): alpha (bad_request)");
+}
+
+#[test]
+fn without_a_deadline_a_cooldown_is_not_waited_for_and_the_failures_are_reported() {
+    let models = fleet();
+    let (tracker, timer) = fresh();
+    tracker.acquire("charlie", secs(0)).unwrap().failure(ErrorClass::RateLimited, Some(secs(5)), secs(0));
+    let (outcome, calls) = Bench::new(&models, &tracker, &timer).run(
+        &plan(Order::Ranked),
+        &policy(1, None),
+        &Requirements::default(),
+        server_error,
+    );
+    assert_eq!(calls, ["alpha", "bravo"]);
+    assert!(timer.slept().is_empty());
+    let message = outcome.unwrap_err();
+    assert!(message.starts_with("every candidate failed after 2 attempt(s)"), "{message}");
+}
+
+#[test]
+fn first_attempts_earn_retries_and_retries_do_not() {
+    let models = vec![model("solo", 8_000, 0.9, "1", 1)];
+    // 100% of requests: the request's first attempt earns exactly one retry.
+    let budget = RetryBudget::new(RetryBudgetConfig { percent: 1.0, min_per_sec: 0.0, window: secs(10) });
+    let (tracker, timer) = fresh();
+    let bench = Bench { budget: Some(&budget), ..Bench::new(&models, &tracker, &timer) };
+    let (_, calls) = bench.run(&plan(Order::Ranked), &policy(5, None), &Requirements::default(), |_, _| {
+        Err(Failure::new(ErrorClass::Timeout, "slow"))
+    });
+    assert_eq!(calls, ["solo", "solo"]);
+}
+
+#[test]
+fn it_waits_for_whichever_comes_first_a_retry_or_a_model_back() {
+    let models = vec![model("alpha", 8_000, 0.9, "1", 90), model("bravo", 8_000, 0.9, "1", 50)];
+    // bravo is out for 5 s; alpha times out once, its retry is due 100 ms later: the retry first.
+    let (tracker, timer) = fresh();
+    tracker.acquire("bravo", secs(0)).unwrap().failure(ErrorClass::RateLimited, Some(secs(5)), secs(0));
+    let (outcome, calls) = Bench::new(&models, &tracker, &timer).run(
+        &plan(Order::Ranked),
+        &policy(2, Some(secs(120))),
+        &Requirements::default(),
+        |_, attempt| if attempt == 1 { Err(Failure::new(ErrorClass::Timeout, "slow")) } else { Ok("ok") },
+    );
+    assert_eq!(calls, ["alpha", "alpha"]);
+    assert!(outcome.is_ok());
+    assert_eq!(timer.slept(), [ms(100)], "the retry's backoff, not bravo's 5 s");
+
+    // bravo is out for 1 s; alpha is rate limited for 3 s: bravo first (jittered by up to a tenth).
+    let (tracker, timer) = fresh();
+    tracker.acquire("bravo", secs(0)).unwrap().failure(ErrorClass::RateLimited, Some(secs(1)), secs(0));
+    let (outcome, calls) = Bench::new(&models, &tracker, &timer).run(
+        &plan(Order::Ranked),
+        &policy(2, Some(secs(120))),
+        &Requirements::default(),
+        |id, _| {
+            if id == "alpha" {
+                Err(Failure::new(ErrorClass::RateLimited, "429").with_retry_after(secs(3)))
+            } else {
+                Ok("ok")
+            }
+        },
+    );
+    assert_eq!(calls, ["alpha", "bravo"]);
+    assert_eq!(outcome.unwrap().0, "bravo");
+    let slept = timer.slept();
+    assert_eq!(slept.len(), 1);
+    assert!(slept[0] >= ms(990) && slept[0] <= ms(1_100), "bravo's second, not alpha's 3 s: {slept:?}");
+}
+
+/// A call that answers `result` after being polled `polls` more times (it
+/// is still running when the hedge delay passes, then answers).
+struct Later(u32, Option<Result<&'static str, Failure>>);
+
+impl Future for Later {
+    type Output = Result<&'static str, Failure>;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Self::Output> {
+        if self.0 == 0 {
+            return std::task::Poll::Ready(self.1.take().unwrap_or(Ok("again")));
+        }
+        self.0 -= 1;
+        cx.waker().wake_by_ref();
+        std::task::Poll::Pending
+    }
+}
+
+/// Runs a hedged request where `script(model)` gives each call's polls and answer.
+fn hedged_race(script: impl Fn(&str) -> Later) -> (String, Vec<(String, Option<ErrorClass>, bool)>) {
+    let models = fleet();
+    let (tracker, timer) = fresh();
+    let bench = Bench::new(&models, &tracker, &timer);
+    let hedged = Plan { hedge: Some(HedgeAfter::Fixed(ms(300))), ..plan(Order::Ranked) };
+    let mut rng = fastrand::Rng::with_seed(1);
+    let served = block_on(execute(
+        bench.pool(&NoSignals),
+        &Requirements::default(),
+        &hedged,
+        &policy(1, None),
+        &mut rng,
+        |model, _| script(&model.id),
+    ))
+    .unwrap();
+    let attempts = served.attempts.iter().map(|a| (a.model.clone(), a.error, a.hedge)).collect();
+    (served.model.id.clone(), attempts)
+}
+
+#[test]
+fn in_a_hedge_race_a_failure_waits_for_the_other_attempt() {
+    let boom = || Some(Err(Failure::new(ErrorClass::ServerError, "boom")));
+    // The first attempt fails after the hedge started; the hedge answers later.
+    let (served, attempts) = hedged_race(|id| if id == "alpha" { Later(2, boom()) } else { Later(5, Some(Ok("b"))) });
+    assert_eq!(served, "bravo");
+    assert_eq!(attempts, [("alpha".into(), Some(ErrorClass::ServerError), false), ("bravo".into(), None, true)]);
+    // The hedge fails first; the first attempt answers later.
+    let (served, attempts) = hedged_race(|id| if id == "alpha" { Later(5, Some(Ok("a"))) } else { Later(0, boom()) });
+    assert_eq!(served, "alpha");
+    assert_eq!(attempts, [("bravo".into(), Some(ErrorClass::ServerError), true), ("alpha".into(), None, false)]);
+    // Both fail: the walk goes on to the next candidate.
+    let (served, attempts) = hedged_race(|id| match id {
+        "alpha" => Later(3, boom()),
+        "bravo" => Later(1, boom()),
+        _ => Later(0, Some(Ok("c"))),
+    });
+    assert_eq!(served, "charlie");
+    assert_eq!(attempts.len(), 3);
+}
+
+#[test]
+fn a_context_window_failure_skips_a_window_no_larger() {
+    let mut models = fleet();
+    models.push(model("alpha-twin", 8_000, 0.8, "5", 80));
+    let (tracker, timer) = fresh();
+    let (outcome, calls) = Bench::new(&models, &tracker, &timer).run(
+        &plan(Order::Ranked),
+        &policy(1, None),
+        &Requirements::default(),
+        |id, _| {
+            if id == "alpha" { Err(Failure::new(ErrorClass::ContextWindowExceeded, "too long")) } else { Ok("ok") }
+        },
+    );
+    assert_eq!(calls, ["alpha", "bravo"], "alpha-twin's 8k is no larger than alpha's");
+    assert_eq!(outcome.unwrap().0, "bravo");
+    let mut unknown = model("unknown-window", 8_000, 0.8, "5", 85);
+    unknown.context_window = None;
+    assert!(!executor::larger_window(&unknown, &models[0]), "an unknown window is never larger");
+    assert!(executor::larger_window(&models[1], &unknown), "a known one beats an unknown failed one");
 }

@@ -10,25 +10,28 @@
 //! # Time
 //! - No clock is read: every method takes `now`, a `Duration` since an origin
 //!   the caller keeps. Time-based transitions (an open circuit turning
-//!   half-open, the half-open timeout, a cooldown ending, streak and
-//!   multiplier decay) are computed lazily from stored timestamps when a model
-//!   is next looked at; there is no background task. Read-only calls
-//!   ([`Tracker::availability`], [`Tracker::health`], …) apply them to a copy.
+//!   half-open, the half-open timeout, a cooldown ending and re-admission
+//!   starting, streak and multiplier decay) are computed lazily from stored
+//!   timestamps when a model is next looked at; there is no background task.
+//!   Read-only calls ([`Tracker::availability`], [`Tracker::health`], …)
+//!   apply them to a copy.
 //!
 //! # Permits
 //! - A permit is the only way to record an outcome, and recording consumes
 //!   it. A permit released or dropped records nothing (no counter, streak,
-//!   window or cooldown changes); a probe permit gives its probe slot back. So
-//!   a caller future dropped at any `.await` leaks nothing. Release (do not
-//!   fail) a permit when the request's own deadline ran out, a budget refused
-//!   it or the client went away: none of those says anything about the model.
+//!   window or cooldown changes); a probe permit gives its slot back (the
+//!   half-open circuit's or re-admission's). So a caller future dropped at
+//!   any `.await` leaks nothing. Release (do not fail) a permit when the
+//!   request's own deadline ran out, a budget refused it or the client went
+//!   away: none of those says anything about the model.
 //! - [`Tracker::acquire_forced`] (panic mode) admits a model even while it is
 //!   ejected. A forced permit is never a probe. Its success ends the cooldown
-//!   and closes an open or half-open circuit (clearing the window): the model
-//!   evidently works again. Its failure while an ejection is in force counts in
-//!   the totals and streaks but is not a new ejection: it raises neither the
-//!   ejection count nor the multiplier, enters no window, and its cooldown (at
-//!   the current multiplier, at least ×1) only replaces a shorter one.
+//!   (no re-admission follows) and closes an open or half-open circuit
+//!   (clearing the window): the model evidently works again. Its failure
+//!   while an ejection is in force counts in the totals and streaks but is
+//!   not a new ejection: it raises neither the ejection count nor the
+//!   multiplier, enters no window, and its cooldown (at the current
+//!   multiplier, at least ×1) only replaces a shorter one.
 //!
 //! # Circuit breaker
 //! - **Window.** The sliding window (`window`, kept in 10 buckets of
@@ -85,6 +88,29 @@
 //!   `client_faults` only: no failure, streak, window or cooldown.
 //! - **Cancelled, budget exceeded, internal** record nothing at all, like a
 //!   release.
+//! - **Re-admission.** When a cooldown ends whose class (the failure that set
+//!   its end) is not a rate limit, that is an ejection's (quota, escalating,
+//!   timeout, repeated authentication or not-found, or a forced failure's),
+//!   the model is re-admitted gradually: while its circuit is closed, at most
+//!   `half_open_probes` permits are in flight at once ([`Tracker::acquire`]
+//!   answers [`Availability::Probe`] and the permit is a probe; beyond them
+//!   [`Availability::ProbesBusy`]). A rate limit's end is followed by full
+//!   traffic: it is the provider's own instruction, not an ejection. (A
+//!   cooldown a longer rate limit took over ends as a rate limit; one an
+//!   ejection lengthened ends as an ejection.) A half-open circuit keeps its
+//!   own probe rules and slots instead: re-admission limits only a closed one.
+//!   - The first success recorded ends it, whatever permit it came from
+//!     (forced ones and calls started earlier included): the model answers.
+//!   - A failure of a re-admission permit of a class that counts against the
+//!     model ejects again at once, as if its streak had reached
+//!     `escalate_after` or `timeouts_to_eject` (a streak may have decayed
+//!     during a long cooldown), so the multiplier grows; the new cooldown's end
+//!     starts a new re-admission. Its other answers only free the slot (a rate
+//!     limit's cooldown pauses re-admission, which resumes when it ends).
+//!   - A re-admission permit released or dropped frees its slot; one from an
+//!     earlier re-admission frees no slot of the next.
+//!   - No timeout: its slots are owned by permits, so nothing can hold one
+//!     forever; it lasts until a success.
 //! - **Ejected since.** [`Tracker::ejected_since`] is when the ejection in
 //!   force began: the earlier of the start of the cooldown in force (rate
 //!   limits included; a cooldown lengthened while in force keeps its start) and
@@ -299,7 +325,8 @@ impl CircuitState {
 pub enum Availability {
     /// Yes.
     Available,
-    /// Yes, as one of the half-open circuit's probes.
+    /// Yes, as a probe: one of the half-open circuit's, or one of the
+    /// permits re-admission lets through after an ejection's cooldown.
     Probe,
     /// No: cooling down after a failure of `class`, until `until`.
     CoolingDown {
@@ -313,7 +340,8 @@ pub enum Availability {
         /// When probes may start (on the caller's clock).
         until: Duration,
     },
-    /// No: the half-open circuit's probes are all in flight.
+    /// No: the probes (the half-open circuit's, or re-admission's) are all
+    /// in flight.
     ProbesBusy,
 }
 
@@ -351,6 +379,10 @@ pub struct ModelHealth {
     pub multiplier: u32,
     /// When the ejection in force (cooldown or a circuit not closed) began.
     pub ejected_since: Option<Duration>,
+    /// Whether re-admission limits the permits in flight now: an ejection's
+    /// cooldown has ended, the circuit is closed, no cooldown is in force and
+    /// no success has been recorded since.
+    pub readmitting: bool,
 }
 
 /// Whether a failure of `class` says the model itself is unwell (and so
@@ -506,11 +538,25 @@ enum Pause {
     Escalating,
 }
 
+/// Which slot, if any, a permit holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Admission {
+    /// None: an ordinary or forced permit.
+    Ordinary,
+    /// One of the half-open circuit's probe slots.
+    Probe,
+    /// One of re-admission's slots.
+    Readmission,
+}
+
 /// The parts of a permit that settling looks at.
 #[derive(Debug, Clone, Copy)]
 struct Ticket {
+    /// The circuit's generation when it was taken.
     generation: u64,
-    probe: bool,
+    /// The re-admission count when it was taken.
+    spell: u64,
+    admission: Admission,
     forced: bool,
     started: Duration,
 }
@@ -520,8 +566,9 @@ struct Ticket {
 struct Standing {
     /// Taken in the current generation.
     current: bool,
-    /// Holds a probe slot of the current half-open spell.
-    probe: bool,
+    /// The slot it holds: a probe slot of the current half-open spell, a slot
+    /// of the re-admission in force, or none (`Ordinary`).
+    holds: Admission,
     forced: bool,
     started: Duration,
 }
@@ -550,6 +597,15 @@ struct State {
     failures: u64,
     successes: u64,
     client_faults: u64,
+    /// While re-admission is in force: its permits in flight.
+    readmitting: Option<u32>,
+    /// Raised at every start of re-admission.
+    readmissions: u64,
+}
+
+/// Whether one more probe fits beside `in_flight`.
+const fn slots(in_flight: u32, probes: u32) -> Availability {
+    if in_flight < probes { Availability::Probe } else { Availability::ProbesBusy }
 }
 
 impl State {
@@ -566,8 +622,14 @@ impl State {
         {
             self.circuit = Circuit::HalfOpen { opened, waiting_since: None, in_flight: 0, successes: 0 };
         }
-        if self.cooldown.is_some_and(|c| now >= c.until) {
+        if let Some(c) = self.cooldown
+            && now >= c.until
+        {
             self.cooldown = None;
+            if c.class != ErrorClass::RateLimited {
+                self.readmissions += 1;
+                self.readmitting = Some(0);
+            }
         }
     }
 
@@ -576,18 +638,43 @@ impl State {
         if let Some(c) = self.cooldown {
             return Availability::CoolingDown { class: c.class, until: c.until };
         }
-        match self.circuit {
-            Circuit::Closed => Availability::Available,
-            Circuit::Open { until, .. } => Availability::CircuitOpen { until },
-            Circuit::HalfOpen { in_flight, .. } if in_flight < probes => Availability::Probe,
-            Circuit::HalfOpen { .. } => Availability::ProbesBusy,
+        match (self.circuit, self.readmitting) {
+            (Circuit::Closed, None) => Availability::Available,
+            (Circuit::Closed, Some(in_flight)) | (Circuit::HalfOpen { in_flight, .. }, _) => slots(in_flight, probes),
+            (Circuit::Open { until, .. }, _) => Availability::CircuitOpen { until },
         }
     }
 
-    fn take_probe(&mut self, now: Duration) {
-        if let Circuit::HalfOpen { waiting_since, in_flight, .. } = &mut self.circuit {
-            waiting_since.get_or_insert(now);
-            *in_flight += 1;
+    /// Admits a call at `now` (needs `refresh(now)` first): the slot it takes,
+    /// or why not.
+    fn admit(&mut self, probes: u32, now: Duration) -> Result<Admission, Availability> {
+        match self.availability(probes) {
+            Availability::Available => Ok(Admission::Ordinary),
+            Availability::Probe => match (&mut self.circuit, &mut self.readmitting) {
+                (Circuit::HalfOpen { waiting_since, in_flight, .. }, _) => {
+                    waiting_since.get_or_insert(now);
+                    *in_flight += 1;
+                    Ok(Admission::Probe)
+                }
+                (_, in_flight) => {
+                    *in_flight.get_or_insert(0) += 1;
+                    Ok(Admission::Readmission)
+                }
+            },
+            refused => Err(refused),
+        }
+    }
+
+    /// Whether a re-admission permit taken in `spell` holds a slot of the
+    /// re-admission in force.
+    fn readmits(&self, spell: u64) -> bool {
+        spell == self.readmissions && self.readmitting.is_some()
+    }
+
+    /// Gives a slot of the re-admission in force back.
+    fn free_readmission(&mut self) {
+        if let Some(in_flight) = &mut self.readmitting {
+            *in_flight = in_flight.saturating_sub(1);
         }
     }
 
@@ -716,10 +803,18 @@ impl State {
         let current = ticket.generation == self.generation;
         let standing = Standing {
             current,
-            probe: ticket.probe && current && matches!(self.circuit, Circuit::HalfOpen { .. }),
+            holds: match ticket.admission {
+                Admission::Probe if current && matches!(self.circuit, Circuit::HalfOpen { .. }) => Admission::Probe,
+                Admission::Readmission if self.readmits(ticket.spell) => Admission::Readmission,
+                _ => Admission::Ordinary,
+            },
             forced: ticket.forced,
             started: ticket.started,
         };
+        // Whatever the outcome, a re-admission permit's slot is free again.
+        if standing.holds == Admission::Readmission {
+            self.free_readmission();
+        }
         match outcome {
             Outcome::Success => self.succeed(config, standing, now),
             Outcome::Failure { class, retry_after } => self.fail(config, standing, class, retry_after, now),
@@ -729,7 +824,8 @@ impl State {
     fn succeed(&mut self, config: &TrackerConfig, standing: Standing, now: Duration) {
         self.successes += 1;
         self.streaks = Streaks::default();
-        if standing.probe {
+        self.readmitting = None;
+        if standing.holds == Admission::Probe {
             if let Circuit::HalfOpen { successes, .. } = &mut self.circuit {
                 *successes += 1;
                 if *successes >= config.circuit.0.half_open_probes {
@@ -769,20 +865,21 @@ impl State {
     ) {
         if client_fault(class) {
             self.client_faults += 1;
-            if standing.probe {
+            if standing.holds == Admission::Probe {
                 self.answer(now);
             }
             return;
         }
         let Some(rule) = Rule::of(class) else {
             // Says nothing about the model: a release.
-            if standing.probe {
+            if standing.holds == Admission::Probe {
                 self.free_probe();
             }
             return;
         };
         let c = &config.cooldown;
         let quiet = standing.forced && self.ejected();
+        let readmission = standing.holds == Admission::Readmission;
         let mut tally = if quiet { Tally::Off } else { Tally::Pending };
         self.failures += 1;
         self.streaks = self.streaks_at(c, now);
@@ -793,15 +890,16 @@ impl State {
                 self.cool(class, now.saturating_add(pause), now);
             }
             Rule::Quota => self.eject(c, class, Pause::Long, now, &mut tally),
+            // A re-admission permit's failure ejects whatever the streak.
             Rule::Escalating => {
                 self.streaks.escalating = self.streaks.escalating.saturating_add(1);
-                if self.streaks.escalating >= c.escalate_after {
+                if readmission || self.streaks.escalating >= c.escalate_after {
                     self.eject(c, class, Pause::Escalating, now, &mut tally);
                 }
             }
             Rule::Timeout => {
                 self.streaks.timeouts = self.streaks.timeouts.saturating_add(1);
-                if self.streaks.timeouts >= c.timeouts_to_eject {
+                if readmission || self.streaks.timeouts >= c.timeouts_to_eject {
                     self.eject(c, class, Pause::Escalating, now, &mut tally);
                 }
             }
@@ -813,7 +911,7 @@ impl State {
             }
         }
         let against = counts_against_model(class);
-        if standing.probe {
+        if standing.holds == Admission::Probe {
             match self.circuit {
                 Circuit::HalfOpen { opened, .. } if against => self.open(config, opened, now, &mut tally),
                 _ => self.answer(now),
@@ -845,6 +943,9 @@ impl State {
             ejections: self.ejections,
             multiplier: self.multiplier_at(c, now),
             ejected_since: self.ejected_since(),
+            readmitting: self.readmitting.is_some()
+                && self.cooldown.is_none()
+                && matches!(self.circuit, Circuit::Closed),
         }
     }
 }
@@ -860,8 +961,14 @@ struct Inner {
 /// Tracks every model's failures, cooldowns and circuit, shared by all
 /// requests: cheap to clone (one `Arc`), thread-safe, and one model's update
 /// locks only its shard. The rules it keeps (circuit breaker, ejections,
-/// decay, forced permits) are stated as invariants in the `tracker` module's
-/// source docs.
+/// decay, re-admission after an ejection, forced permits) are stated as
+/// invariants in the `tracker` module's source docs.
+///
+/// When an ejection's cooldown ends (not a rate limit's), the model is
+/// re-admitted gradually: until a call on it succeeds, at most the circuit's
+/// `half_open_probes` permits are in flight at once, each a
+/// [probe](Permit::is_probe), and a failure of one of them against the model
+/// ejects it again at once.
 ///
 /// Time is always an argument (`now`, a `Duration` since any fixed origin
 /// the caller keeps), so tests step it exactly and nothing here sleeps.
@@ -929,46 +1036,45 @@ impl Tracker {
     }
 
     fn permit(&self, model: Arc<str>, ticket: Ticket) -> Permit {
-        Permit {
-            inner: Arc::clone(&self.inner),
-            model,
-            generation: ticket.generation,
-            started: ticket.started,
-            probe: ticket.probe,
-            forced: ticket.forced,
-            done: false,
-        }
+        Permit { inner: Arc::clone(&self.inner), model, ticket, done: false }
     }
 
     /// Admits a call to `model` at `now`: `Ok` when it is
     /// [available](Availability::Available) or may take a
     /// [probe](Availability::Probe) (the permit then holds one of the
-    /// half-open circuit's probe slots until it is consumed, released or
-    /// dropped); `Err` with the reason otherwise.
+    /// half-open circuit's probe slots, or one of re-admission's, until it is
+    /// consumed, released or dropped); `Err` with the reason otherwise.
     pub fn acquire(&self, model: &str, now: Duration) -> Result<Permit, Availability> {
         let probes = self.inner.config.circuit.0.half_open_probes;
-        let (key, admitted) = self.with_state(model, now, |state| match state.availability(probes) {
-            Availability::Available => Ok((state.generation, false)),
-            Availability::Probe => {
-                state.take_probe(now);
-                Ok((state.generation, true))
-            }
-            refused => Err(refused),
+        let (key, admitted) = self.with_state(model, now, |state| {
+            let admission = state.admit(probes, now)?;
+            Ok(Ticket {
+                generation: state.generation,
+                spell: state.readmissions,
+                admission,
+                forced: false,
+                started: now,
+            })
         });
-        let (generation, probe) = admitted?;
-        Ok(self.permit(key, Ticket { generation, probe, forced: false, started: now }))
+        Ok(self.permit(key, admitted?))
     }
 
     /// Admits a call to `model` at `now` whatever its state (panic mode:
     /// every candidate is ejected). The permit is [forced](Permit::is_forced),
-    /// never a probe. Its success ends the cooldown and closes an open or
-    /// half-open circuit; its failure while an ejection is in force counts in
-    /// the totals and streaks but is no new ejection (no multiplier or
-    /// ejection count rise, no window entry, its cooldown only replaces a
-    /// shorter one).
+    /// never a probe. Its success ends the cooldown (no re-admission follows),
+    /// closes an open or half-open circuit and ends re-admission; its failure
+    /// while an ejection is in force counts in the totals and streaks but is
+    /// no new ejection (no multiplier or ejection count rise, no window entry,
+    /// its cooldown only replaces a shorter one).
     pub fn acquire_forced(&self, model: &str, now: Duration) -> Permit {
-        let (key, generation) = self.with_state(model, now, |state| state.generation);
-        self.permit(key, Ticket { generation, probe: false, forced: true, started: now })
+        let (key, ticket) = self.with_state(model, now, |state| Ticket {
+            generation: state.generation,
+            spell: state.readmissions,
+            admission: Admission::Ordinary,
+            forced: true,
+            started: now,
+        });
+        self.permit(key, ticket)
     }
 
     /// When the ejection of `model` in force at `now` (a cooldown, or a circuit
@@ -1013,17 +1119,15 @@ impl Tracker {
 /// [`Tracker::acquire_forced`].
 ///
 /// Consumed by recording the call's outcome. Released or dropped, it counts
-/// as neither success nor failure and gives a probe slot back, so a caller
-/// future dropped at any `.await` leaks nothing. `Send + Sync + 'static`: it
-/// can move into a stream's settlement.
+/// as neither success nor failure and gives its probe slot back (the
+/// half-open circuit's or re-admission's), so a caller future dropped at any
+/// `.await` leaks nothing. `Send + Sync + 'static`: it can move into a
+/// stream's settlement.
 #[must_use = "a permit records the call's outcome; dropping it records nothing"]
 pub struct Permit {
     inner: Arc<Inner>,
     model: Arc<str>,
-    generation: u64,
-    started: Duration,
-    probe: bool,
-    forced: bool,
+    ticket: Ticket,
     done: bool,
 }
 
@@ -1031,10 +1135,11 @@ impl fmt::Debug for Permit {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Permit")
             .field("model", &self.model)
-            .field("probe", &self.probe)
-            .field("forced", &self.forced)
-            .field("generation", &self.generation)
-            .field("started", &self.started)
+            .field("admission", &self.ticket.admission)
+            .field("forced", &self.ticket.forced)
+            .field("generation", &self.ticket.generation)
+            .field("spell", &self.ticket.spell)
+            .field("started", &self.ticket.started)
             .finish_non_exhaustive()
     }
 }
@@ -1046,33 +1151,30 @@ impl Permit {
         &self.model
     }
 
-    /// Whether the permit holds one of the half-open circuit's probe slots.
+    /// Whether the permit holds a probe slot: one of the half-open
+    /// circuit's, or one of re-admission's.
     #[must_use]
     pub fn is_probe(&self) -> bool {
-        self.probe
+        self.ticket.admission != Admission::Ordinary
     }
 
     /// Whether it came from [`Tracker::acquire_forced`].
     #[must_use]
     pub fn is_forced(&self) -> bool {
-        self.forced
+        self.ticket.forced
     }
 
     /// When it was acquired (the start of the call, for its latency).
     #[must_use]
     pub fn started(&self) -> Duration {
-        self.started
-    }
-
-    fn ticket(&self) -> Ticket {
-        Ticket { generation: self.generation, probe: self.probe, forced: self.forced, started: self.started }
+        self.ticket.started
     }
 
     fn settle(&mut self, outcome: Outcome, now: Duration) {
         self.done = true;
         let inner = &self.inner;
         let mut state = inner.models.entry(Arc::clone(&self.model)).or_default();
-        state.settle(&inner.config, self.ticket(), outcome, now);
+        state.settle(&inner.config, self.ticket, outcome, now);
     }
 
     /// Records a success at `now`; slow when `now - started()` is at least
@@ -1090,19 +1192,24 @@ impl Permit {
     /// Gives the permit back unused: neither success nor failure (the
     /// request's own deadline ran out, a budget refused it, the client left).
     pub fn release(self) {
-        // Dropping `self` here gives the probe slot back (see `Drop`).
+        // Dropping `self` here gives the slot back (see `Drop`).
     }
 }
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        if self.done || !self.probe {
+        if self.done || self.ticket.admission == Admission::Ordinary {
             return;
         }
-        if let Some(mut state) = self.inner.models.get_mut(&*self.model)
-            && state.generation == self.generation
-        {
-            state.free_probe();
+        let Some(mut state) = self.inner.models.get_mut(&*self.model) else {
+            return;
+        };
+        if self.ticket.admission == Admission::Probe {
+            if state.generation == self.ticket.generation {
+                state.free_probe();
+            }
+        } else if state.readmits(self.ticket.spell) {
+            state.free_readmission();
         }
     }
 }

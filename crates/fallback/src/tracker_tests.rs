@@ -1,5 +1,6 @@
 //! Tracker tests: one per rule in the module docs, at its boundary and one
-//! step either side, plus properties of probe slots and dropped permits.
+//! step either side, plus properties of probe slots (the half-open circuit's
+//! and re-admission's) and dropped permits.
 
 use std::time::Duration;
 
@@ -208,10 +209,14 @@ fn unknown_model_is_available_and_healthy() {
         (fresh.failures, fresh.successes, fresh.client_faults, fresh.ejections, fresh.multiplier),
         (0, 0, 0, 0, 0)
     );
+    assert!(!fresh.readmitting);
     let permit = t.acquire("m", secs(3)).unwrap();
     assert_eq!((permit.model(), permit.is_probe(), permit.is_forced(), permit.started()), ("m", false, false, secs(3)));
     let debug = format!("{permit:?}");
-    assert!(debug.starts_with("Permit { model: \"m\", probe: false, forced: false, generation: 0,"), "{debug}");
+    assert!(
+        debug.starts_with("Permit { model: \"m\", admission: Ordinary, forced: false, generation: 0, spell: 0,"),
+        "{debug}"
+    );
     drop(permit);
     assert_eq!(t.health("m", secs(3)), fresh);
     let forced = t.acquire_forced("n", secs(4));
@@ -582,7 +587,7 @@ fn quota_ejects_long_at_once() {
         t.availability("m", before(secs(310))),
         Availability::CoolingDown { class: ErrorClass::QuotaExhausted, until: secs(310) }
     );
-    assert_eq!(t.availability("m", secs(310)), Availability::Available);
+    assert_eq!(t.availability("m", secs(310)), Availability::Probe, "re-admitted");
     let health = t.health("m", secs(10));
     assert_eq!((health.ejections, health.multiplier, health.ejected_since), (1, 1, Some(secs(10))));
 }
@@ -796,6 +801,223 @@ fn ejected_since_is_the_earliest_start_in_force() {
     assert_eq!(t.ejected_since("m", secs(6)), Some(secs(2)), "the cooldown ended");
 }
 
+// ---- Re-admission ----------------------------------------------------------------------------
+
+/// A cooldown-only tracker with `cooldown` and `half_open_probes` probes.
+fn readmitter(cooldown: CooldownConfig, half_open_probes: u32) -> Tracker {
+    tracker(cooldown, CircuitSettings { half_open_probes, ..no_trips() })
+}
+
+/// Ejects "m" at 0 with two server errors (`escalate_after` 2): cooled down
+/// until 2 s, multiplier 1.
+fn eject(t: &Tracker) {
+    fail(t, ErrorClass::ServerError, secs(0));
+    fail(t, ErrorClass::ServerError, secs(0));
+    assert_eq!(cooldown(t, secs(0)), Some((ErrorClass::ServerError, secs(2))));
+}
+
+/// Whether `n` permits for "m" taken together at `at` are all ordinary.
+fn unlimited(t: &Tracker, n: usize, at: Duration) -> bool {
+    let permits: Vec<_> = (0..n).map(|_| t.acquire("m", at)).collect();
+    permits.iter().all(|p| p.as_ref().is_ok_and(|p| !p.is_probe()))
+}
+
+#[test]
+fn every_ejection_cooldown_ends_in_readmission_of_half_open_probes() {
+    fn check(probes: u32, ejection: impl Fn(&Tracker), until: Duration) {
+        let t = readmitter(CooldownConfig::default(), probes);
+        ejection(&t);
+        assert!(t.acquire("m", before(until)).is_err());
+        assert!(!t.health("m", before(until)).readmitting, "not while cooling down");
+        assert_eq!(t.availability("m", until), Availability::Probe);
+        let health = t.health("m", until);
+        assert!(health.readmitting);
+        assert_eq!((health.cooldown, health.ejected_since), (None, None), "no longer ejected");
+        let permits = held(&t, probes as usize, until);
+        assert!(permits.iter().all(Permit::is_probe), "{permits:?}");
+        assert_eq!(t.acquire("m", until).unwrap_err(), Availability::ProbesBusy);
+        assert_eq!(t.availability("m", until), Availability::ProbesBusy);
+        assert_eq!(t.acquire("m", secs(10_000)).unwrap_err(), Availability::ProbesBusy, "no timeout");
+    }
+    let repeat = |class: ErrorClass, n: usize| move |t: &Tracker| (0..n).for_each(|_| fail(t, class, secs(0)));
+    for probes in [1, 3] {
+        check(probes, eject, secs(2));
+        check(probes, repeat(ErrorClass::Timeout, 3), secs(2));
+        check(probes, repeat(ErrorClass::QuotaExhausted, 1), secs(300));
+        check(probes, repeat(ErrorClass::Authentication, 3), secs(300));
+        check(probes, repeat(ErrorClass::NotFound, 3), secs(300));
+    }
+}
+
+#[test]
+fn a_rate_limit_ends_in_full_traffic() {
+    let t = readmitter(CooldownConfig::default(), 1);
+    t.acquire("m", secs(0)).unwrap().failure(ErrorClass::RateLimited, Some(secs(2)), secs(0));
+    assert_eq!(t.availability("m", secs(2)), Availability::Available);
+    assert!(!t.health("m", secs(2)).readmitting);
+    assert!(unlimited(&t, 5, secs(2)));
+    // An ejection a longer rate limit took over ends as a rate limit ...
+    let t = readmitter(CooldownConfig::default(), 1);
+    let late = t.acquire("m", secs(0)).unwrap();
+    eject(&t);
+    late.failure(ErrorClass::RateLimited, Some(secs(10)), secs(1));
+    assert!(unlimited(&t, 5, secs(11)));
+    // ... and a rate limit an ejection lengthened as an ejection.
+    let t = readmitter(CooldownConfig::default(), 1);
+    let late = t.acquire("m", secs(0)).unwrap();
+    t.acquire("m", secs(0)).unwrap().failure(ErrorClass::RateLimited, Some(secs(2)), secs(0));
+    late.failure(ErrorClass::QuotaExhausted, None, secs(1));
+    assert_eq!(t.availability("m", secs(301)), Availability::Probe);
+}
+
+#[test]
+fn the_first_success_ends_readmission() {
+    let t = readmitter(CooldownConfig::default(), 3);
+    eject(&t);
+    let [a, b, c] = [(); 3].map(|()| t.acquire("m", secs(2)).unwrap());
+    a.success(secs(3));
+    let health = t.health("m", secs(3));
+    assert_eq!((health.readmitting, health.successes), (false, 1));
+    assert_eq!(t.availability("m", secs(3)), Availability::Available);
+    assert!(unlimited(&t, 10, secs(3)));
+    // The others answer as ordinary calls: the success reset the streak, so
+    // a server error no longer ejects at once.
+    b.failure(ErrorClass::ServerError, None, secs(4));
+    assert_eq!((cooldown(&t, secs(4)), t.availability("m", secs(4))), (None, Availability::Available));
+    c.release();
+    assert!(unlimited(&t, 10, secs(4)));
+    // A success of a call started before the ejection ends it too, and so
+    // does a forced one.
+    let t = readmitter(CooldownConfig::default(), 1);
+    let early = t.acquire("m", secs(0)).unwrap();
+    eject(&t);
+    let _probe = t.acquire("m", secs(2)).unwrap();
+    early.success(secs(3));
+    assert!(unlimited(&t, 5, secs(3)));
+    let t = readmitter(CooldownConfig::default(), 1);
+    eject(&t);
+    let _probe = t.acquire("m", secs(2)).unwrap();
+    let forced = t.acquire_forced("m", secs(2));
+    assert!(!forced.is_probe());
+    forced.success(secs(3));
+    assert!(unlimited(&t, 5, secs(3)));
+    // A forced success ends a cooldown with no re-admission after it.
+    let t = readmitter(CooldownConfig::default(), 1);
+    eject(&t);
+    t.acquire_forced("m", secs(1)).success(secs(1));
+    assert!(!t.health("m", secs(2)).readmitting);
+    assert!(unlimited(&t, 5, secs(2)));
+}
+
+#[test]
+fn a_released_or_dropped_readmission_permit_frees_its_slot() {
+    let t = readmitter(CooldownConfig::default(), 2);
+    eject(&t);
+    let [a, b] = [(); 2].map(|()| t.acquire("m", secs(2)).unwrap());
+    let before = t.health("m", secs(2));
+    drop(a);
+    assert_eq!(t.health("m", secs(2)), before, "recorded nothing");
+    let c = t.acquire("m", secs(2)).unwrap();
+    assert!(c.is_probe(), "the dropped permit's slot");
+    assert_eq!(t.acquire("m", secs(2)).unwrap_err(), Availability::ProbesBusy, "and only that one");
+    b.release();
+    assert_eq!(t.health("m", secs(2)), before);
+    assert!(is_probe(&t.acquire("m", secs(2))));
+    assert_eq!((before.successes, before.failures, before.readmitting), (0, 2, true));
+}
+
+#[test]
+fn answers_not_against_the_model_free_the_slot_and_keep_readmitting() {
+    for class in [ErrorClass::BadRequest, ErrorClass::Cancelled, ErrorClass::Authentication, ErrorClass::RateLimited] {
+        let t = readmitter(CooldownConfig::default(), 1);
+        eject(&t);
+        t.acquire("m", secs(2)).unwrap().failure(class, None, secs(3));
+        // A rate limit cools down 5 s (no re-admission then), then it resumes.
+        let after = if class == ErrorClass::RateLimited {
+            let cooling = t.health("m", before(secs(8)));
+            assert_eq!((cooling.cooldown, cooling.readmitting), (Some((class, secs(8))), false));
+            secs(8)
+        } else {
+            secs(3)
+        };
+        assert!(t.health("m", after).readmitting, "{class}");
+        let probe = t.acquire("m", after);
+        assert!(is_probe(&probe), "{class}: the slot is free");
+        assert_eq!(t.acquire("m", after).unwrap_err(), Availability::ProbesBusy, "{class}: one slot");
+        assert_eq!(t.health("m", after).ejections, 1, "{class}");
+    }
+}
+
+#[test]
+fn a_readmission_permit_from_an_earlier_readmission_frees_no_slot_of_the_next() {
+    let t = readmitter(CooldownConfig::default(), 1);
+    let early = t.acquire("m", secs(0)).unwrap();
+    eject(&t);
+    let old = t.acquire("m", secs(2)).unwrap();
+    // The streak (2) is still there: the early call's failure ejects again.
+    early.failure(ErrorClass::ServerError, None, secs(2));
+    assert_eq!(cooldown(&t, secs(2)), Some((ErrorClass::ServerError, secs(6))));
+    let new = t.acquire("m", secs(6)).unwrap();
+    assert!(new.is_probe());
+    drop(old);
+    assert_eq!(t.acquire("m", secs(6)).unwrap_err(), Availability::ProbesBusy);
+    drop(new);
+    assert!(is_probe(&t.acquire("m", secs(6))));
+}
+
+#[test]
+fn a_readmission_failure_against_the_model_ejects_again_at_once() {
+    // Streaks decay after 1 s, so the ejection's streak is gone at 2 s.
+    let quick = CooldownConfig { streak_decay: secs(1), ..CooldownConfig::default() };
+    for class in [ErrorClass::ServerError, ErrorClass::Connection, ErrorClass::Timeout] {
+        let t = readmitter(quick, 3);
+        eject(&t);
+        assert_eq!(t.health("m", secs(2)).consecutive_failures, 0, "{class}");
+        let [trial, other] = [(); 2].map(|()| t.acquire("m", secs(2)).unwrap());
+        trial.failure(class, None, secs(3));
+        let health = t.health("m", secs(3));
+        assert_eq!(health.cooldown, Some((class, secs(7))), "{class}: 2 s × 2");
+        assert_eq!((health.ejections, health.multiplier, health.readmitting), (2, 2, false), "{class}");
+        // Its end starts a new re-admission.
+        drop(other);
+        assert_eq!(t.availability("m", secs(7)), Availability::Probe, "{class}");
+        let probes = held(&t, 3, secs(7));
+        assert!(probes.iter().all(Permit::is_probe), "{class}");
+        assert_eq!(t.acquire("m", secs(7)).unwrap_err(), Availability::ProbesBusy, "{class}");
+    }
+    // A forced permit is no re-admission permit: its failure follows the
+    // streak, and it holds no slot.
+    let t = readmitter(quick, 1);
+    eject(&t);
+    let _probe = t.acquire("m", secs(2)).unwrap();
+    t.acquire_forced("m", secs(2)).failure(ErrorClass::ServerError, None, secs(3));
+    let health = t.health("m", secs(3));
+    assert_eq!((health.cooldown, health.ejections, health.readmitting), (None, 1, true));
+    assert_eq!(t.acquire("m", secs(3)).unwrap_err(), Availability::ProbesBusy);
+}
+
+#[test]
+fn readmission_limits_only_a_closed_circuit() {
+    // One server error at 0 both cools down (until 2) and opens the circuit (until 30).
+    let t = tracker(
+        CooldownConfig { escalate_after: 1, ..CooldownConfig::default() },
+        CircuitSettings { min_requests: 1, half_open_probes: 2, ..CircuitSettings::default() },
+    );
+    fail(&t, ErrorClass::ServerError, secs(0));
+    assert_eq!(t.availability("m", secs(2)), Availability::CircuitOpen { until: secs(30) });
+    assert!(!t.health("m", secs(2)).readmitting, "the circuit rules");
+    // Half-open: the circuit's probes, its slots only.
+    let [a, b] = [(); 2].map(|()| t.acquire("m", secs(30)).unwrap());
+    assert_eq!(t.acquire("m", secs(30)).unwrap_err(), Availability::ProbesBusy);
+    assert!(!t.health("m", secs(30)).readmitting);
+    a.success(secs(31));
+    assert_eq!(t.circuit("m", secs(31)), CircuitState::HalfOpen, "1 of 2");
+    b.success(secs(31));
+    assert_eq!(t.circuit("m", secs(31)), CircuitState::Closed);
+    assert!(!t.health("m", secs(31)).readmitting, "ended by the probes' successes");
+    assert!(unlimited(&t, 5, secs(31)));
+}
+
 // ---- Forced permits ------------------------------------------------------------------------
 
 #[test]
@@ -906,11 +1128,13 @@ fn health_and_all_report_every_field_as_of_now() {
             ejections: 1,
             multiplier: 1,
             ejected_since: Some(secs(2)),
+            readmitting: false,
         }
     );
     let all = t.all(secs(4));
     assert_eq!(all, vec![("a".to_owned(), t.health("a", secs(4))), ("b".to_owned(), t.health("b", secs(4)))]);
-    assert_eq!(all[0].1.cooldown, None, "ended by now");
+    assert_eq!((all[0].1.cooldown, all[0].1.readmitting), (None, true), "ended by now, re-admitting");
+    assert!(!all[1].1.readmitting);
     assert_eq!(all[1].1.successes, 1);
 }
 
@@ -937,6 +1161,7 @@ fn op() -> impl Strategy<Value = Op> {
         ErrorClass::BadRequest,
         ErrorClass::Cancelled,
         ErrorClass::Authentication,
+        ErrorClass::QuotaExhausted,
     ]);
     prop_oneof![
         5 => Just(Op::Acquire),
@@ -949,23 +1174,43 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
-/// The probe slots of "m" taken and not given back, when half-open.
-fn in_flight(t: &Tracker) -> Option<(u64, u32)> {
-    let state = *t.inner.models.get("m")?;
-    match state.circuit {
-        Circuit::HalfOpen { in_flight, .. } => Some((state.generation, in_flight)),
-        _ => None,
+/// The slots of "m" taken and not given back, as (kind, spell, count): the
+/// half-open circuit's (its spell: the generation) and re-admission's while
+/// in force (its spell: the re-admission count).
+fn in_flight(t: &Tracker) -> Vec<(Admission, u64, u32)> {
+    let Some(state) = t.inner.models.get("m").map(|s| *s) else {
+        return Vec::new();
+    };
+    let mut slots = Vec::new();
+    if let Circuit::HalfOpen { in_flight, .. } = state.circuit {
+        slots.push((Admission::Probe, state.generation, in_flight));
     }
+    if let Some(in_flight) = state.readmitting {
+        slots.push((Admission::Readmission, state.readmissions, in_flight));
+    }
+    slots
+}
+
+/// Whether `permit` holds a slot of kind `admission` taken in `spell`.
+fn holds(permit: &Permit, admission: Admission, spell: u64) -> bool {
+    let taken_in = match admission {
+        Admission::Probe => permit.ticket.generation,
+        _ => permit.ticket.spell,
+    };
+    permit.ticket.admission == admission && taken_in == spell
 }
 
 proptest! {
     /// Under any interleaving, the half-open circuit's slots in use are
-    /// exactly the probe permits of its spell still held (so never more than
-    /// `half_open_probes`), and a permit dropped or released changes no report.
+    /// exactly the probe permits of its spell still held, and re-admission's
+    /// exactly its permits of its spell still held (so neither is ever more
+    /// than `half_open_probes`), and a permit dropped or released changes no
+    /// report.
     #[test]
     fn probe_slots_match_the_probes_held(ops in prop::collection::vec(op(), 1..80)) {
         let t = tracker(
-            CooldownConfig::default(),
+            // Quota and authentication ejections end within a run too.
+            CooldownConfig { long: secs(8), ..CooldownConfig::default() },
             CircuitSettings {
                 window: secs(10),
                 min_requests: 2,
@@ -993,9 +1238,9 @@ proptest! {
                 },
                 Op::Wait(millis) => now += ms(millis),
             }
-            if let Some((generation, slots)) = in_flight(&t) {
-                let held = permits.iter().filter(|p| p.probe && p.generation == generation).count();
-                prop_assert_eq!(slots as usize, held);
+            for (admission, spell, slots) in in_flight(&t) {
+                let held = permits.iter().filter(|p| holds(p, admission, spell)).count();
+                prop_assert_eq!(slots as usize, held, "{:?}", admission);
                 prop_assert!(slots <= 2);
             }
         }

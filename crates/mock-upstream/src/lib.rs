@@ -8,9 +8,10 @@
 //! window, and a [`Fault`] injected on the next N calls or at a rate — HTTP
 //! 500, 429 with `retry-after`, a hang (the client's timeout fires), a
 //! connection reset, a stream cut after some chunks, a context-window 400, a
-//! plain 400. The mock counts calls per model and keeps the last request
-//! body, so tests can assert what the gateway sent (and that it did not
-//! retry a 400).
+//! plain 400. A model may also report [`RateLimits`] on every answer
+//! (OpenAI's `x-ratelimit-*` headers). The mock counts calls per model and
+//! keeps the last request body, so tests can assert what the gateway sent
+//! (and that it did not retry a 400).
 //!
 //! ```
 //! use modelfleet_mock_upstream::{Behavior, Fault, MockUpstream};
@@ -104,6 +105,37 @@ pub struct Behavior {
     /// Answer `completion_tokens` whatever `max_tokens` says (a provider
     /// that ignores the cap); by default the cap is honoured.
     pub ignore_max_tokens: bool,
+    /// Rate-limit headers sent with every answer (errors included), if any.
+    pub rate_limits: Option<RateLimits>,
+}
+
+/// What a model's answers say of its provider's request rate limit, as
+/// OpenAI's headers do: `x-ratelimit-limit-requests`,
+/// `x-ratelimit-remaining-requests` and `x-ratelimit-reset-requests`
+/// (written in milliseconds, e.g. `1500ms`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimits {
+    /// Requests allowed per period.
+    pub limit_requests: u64,
+    /// Requests left in the period.
+    pub remaining_requests: u64,
+    /// When the period resets.
+    pub reset_requests: Duration,
+}
+
+impl RateLimits {
+    fn apply(self, headers: &mut HeaderMap) {
+        let values = [
+            ("x-ratelimit-limit-requests", self.limit_requests.to_string()),
+            ("x-ratelimit-remaining-requests", self.remaining_requests.to_string()),
+            ("x-ratelimit-reset-requests", format!("{}ms", self.reset_requests.as_millis())),
+        ];
+        for (name, value) in values {
+            if let Ok(value) = header::HeaderValue::from_str(&value) {
+                headers.insert(name, value);
+            }
+        }
+    }
 }
 
 impl Default for Behavior {
@@ -120,6 +152,7 @@ impl Default for Behavior {
             fail_next: 0,
             cached_tokens: 0,
             ignore_max_tokens: false,
+            rate_limits: None,
         }
     }
 }
@@ -276,6 +309,17 @@ async fn complete(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: B
         return error(StatusCode::BAD_REQUEST, "invalid_request_error", "invalid_json", "the body is not JSON");
     };
     let model = request.get("model").and_then(Value::as_str).unwrap_or_default().to_owned();
+    // As the call starts: a behaviour set while it runs applies to the next one.
+    let rate_limits = lock(&shared.behaviors).get(&model).and_then(|b| b.rate_limits);
+    let mut response = answer(&shared, &headers, request, model).await;
+    if let Some(limits) = rate_limits {
+        limits.apply(response.headers_mut());
+    }
+    response
+}
+
+/// The answer to one call for `model` (the request's `model` field).
+async fn answer(shared: &Shared, headers: &HeaderMap, request: Value, model: String) -> Response {
     *lock(&shared.hits).entry(model.clone()).or_default() += 1;
     lock(&shared.last).insert(model.clone(), request.clone());
     if let Some(key) = lock(&shared.require_key).clone() {
@@ -484,6 +528,33 @@ mod tests {
         assert_eq!(parse_fault("hang:50"), Ok(Fault::Hang(Duration::from_millis(50))));
         assert!(parse_fault("hang").unwrap_err().contains("hang needs :ms"));
         assert!(parse_fault("teapot").unwrap_err().contains("unknown fault \"teapot\""));
+    }
+
+    #[tokio::test]
+    async fn rate_limits_are_reported_on_every_answer_of_their_model_only() {
+        let mock = MockUpstream::start().await.unwrap();
+        let limits = RateLimits { limit_requests: 100, remaining_requests: 1, reset_requests: Duration::from_secs(30) };
+        mock.set("near", Behavior { rate_limits: Some(limits), ..Behavior::default() });
+        mock.fail_next("near", Fault::ServerError, 1);
+        let client = reqwest::Client::new();
+        let url = format!("{}/chat/completions", mock.base_url());
+        let call = |model: &str| {
+            let body = json!({"model": model, "messages": [{"role": "user", "content": "hi"}]}).to_string();
+            client.post(&url).body(body).send()
+        };
+        let header = |r: &reqwest::Response, name: &str| {
+            r.headers().get(name).map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default()
+        };
+        for status in [500, 200] {
+            let answer = call("near").await.unwrap();
+            assert_eq!(answer.status(), status);
+            let got = ["limit", "remaining", "reset"].map(|h| header(&answer, &format!("x-ratelimit-{h}-requests")));
+            assert_eq!(got, ["100", "1", "30000ms"], "on a {status}");
+        }
+        let other = call("far").await.unwrap();
+        assert_eq!(other.status(), 200);
+        assert!(!other.headers().contains_key("x-ratelimit-remaining-requests"));
+        mock.shutdown().await;
     }
 
     #[test]

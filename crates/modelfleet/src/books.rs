@@ -9,7 +9,13 @@
 //! dropped mid-call, a stream's settlement dropped unfinished) hands the same
 //! rows to the writer without waiting ([`Books::settle_detached`]).
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicI64, Ordering},
+    },
+    time::Duration,
+};
 
 use modelfleet_budget::Reservation;
 use modelfleet_errors::ErrorClass;
@@ -162,6 +168,10 @@ pub(crate) struct Pending<'a> {
     pub(crate) model: &'a ModelSpec,
     pub(crate) kind: Category,
     pub(crate) if_dropped: Money,
+    /// What the request's attempts charged so far, nano-dollars: a dropped
+    /// attempt (a hedge's loser, a client gone) adds its charge too, so the
+    /// request's reported cost is what its attempts were charged.
+    pub(crate) spent: &'a AtomicI64,
 }
 
 impl Pending<'_> {
@@ -175,6 +185,7 @@ impl Drop for Pending<'_> {
     fn drop(&mut self) {
         if let Some(reservation) = self.reservation.take() {
             let cost = self.if_dropped;
+            self.spent.fetch_add(cost.nanos(), Ordering::Relaxed);
             let entry = Entry {
                 model: self.model,
                 kind: self.kind,

@@ -260,8 +260,10 @@ pub struct Request {
     pub requirements: Requirements,
     /// A configured route to use instead.
     pub route: Option<String>,
-    /// A catalog model to try first (when it meets the requirements); then
-    /// its configured fallbacks, or else every other eligible model by rank.
+    /// A catalog model to try first: it must meet the requirements (else
+    /// the request is refused saying why); then its configured fallbacks,
+    /// or else the models that can do its job (see
+    /// [`implied_fallback`](modelfleet_fallback::implied_fallback)).
     pub model: Option<String>,
     /// The API key or tenant, for per-key budgets.
     pub key: Option<String>,
@@ -1065,8 +1067,14 @@ impl Fleet {
         let in_flight = self.monitor.begin(&model.id, &model.provider);
         let began = self.timer.now();
         let if_dropped = reservation.amount();
-        let mut pending =
-            Pending { books: &self.books, reservation: Some(reservation), model: &model, kind: of.kind, if_dropped };
+        let mut pending = Pending {
+            books: &self.books,
+            reservation: Some(reservation),
+            model: &model,
+            kind: of.kind,
+            if_dropped,
+            spent: &of.spent,
+        };
         let result = call.await;
         let latency = self.timer.now().saturating_sub(began);
         drop(in_flight);
@@ -1101,8 +1109,14 @@ impl Fleet {
         // Dropped before its first event: nothing was relayed; the prompt was sent.
         let prompt = Usage { input_tokens: u64::from(of.requirements.prompt_tokens), ..Usage::default() };
         let if_dropped = price_of(&model, prompt);
-        let mut pending =
-            Pending { books: &self.books, reservation: Some(reservation), model: &model, kind: of.kind, if_dropped };
+        let mut pending = Pending {
+            books: &self.books,
+            reservation: Some(reservation),
+            model: &model,
+            kind: of.kind,
+            if_dropped,
+            spent: &of.spent,
+        };
         let result = call.await;
         let Some(reservation) = pending.disarm() else {
             return Err(Failure::new(ErrorClass::Internal, "the budget hold was settled twice"));
@@ -1509,7 +1523,7 @@ impl Parts {
                 }
                 None
             }
-            StreamEnd::ClientGone => None, // the permit drops: neither
+            StreamEnd::ClientGone => Some(ErrorClass::Cancelled), // the permit drops: neither; the monitor: aborted
         };
         let latency = now.saturating_sub(began);
         (reservation, Ended { books, model, kind, latency, ttft, error, _in_flight: in_flight })
