@@ -215,6 +215,16 @@ pub trait Classify {
     fn retry_after(&self) -> Option<Duration> {
         None
     }
+
+    /// The error as text safe to log, store and return: its `Display`
+    /// through [`sanitize`] by default; a type whose text is sanitized
+    /// already (like [`Failure`]) says so and skips the second pass.
+    fn sanitized(&self) -> String
+    where
+        Self: fmt::Display,
+    {
+        sanitize(&self.to_string()).into_owned()
+    }
 }
 
 impl Classify for ErrorClass {
@@ -294,6 +304,12 @@ impl Classify for Failure {
 
     fn retry_after(&self) -> Option<Duration> {
         self.retry_after
+    }
+
+    /// Its message went through [`sanitize`] when it was made: the text is
+    /// safe as it is.
+    fn sanitized(&self) -> String {
+        self.to_string()
     }
 }
 

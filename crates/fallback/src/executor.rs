@@ -3,7 +3,7 @@
 
 use std::{borrow::Borrow, fmt, future::Future, pin::pin, task::Poll, time::Duration};
 
-use modelfleet_errors::{AttemptCtx, Classify, ErrorClass, RetryPolicy, Timer, sanitize};
+use modelfleet_errors::{AttemptCtx, Classify, ErrorClass, RetryPolicy, Timer};
 use modelfleet_registry::ModelSpec;
 use modelfleet_selector::{LiveSignals, Locality, Ranked, Requirements, SelectorConfig, Strategy, Weights};
 use serde::Serialize;
@@ -338,7 +338,6 @@ where
         queue,
         waiting: Vec::new(),
         attempts: Vec::new(),
-        tries: Vec::new(),
     };
     let mut last: Option<E> = None;
     let hedge = plan.hedge.filter(|_| !plan.settle_by_caller);
@@ -379,18 +378,23 @@ where
             }
             Next::Nobody => return Err(walk.unavailable(last, tracker, now)),
         };
-        if let Some(budget) = retry_budget
-            && walk.tries_of(&model.id) == 0
-        {
-            budget.record_request(&model.provider, now);
+        if let Some(budget) = retry_budget {
+            if walk.tries_of(&model.id) == 0 {
+                budget.record_request(&model.provider, now);
+            } else if !budget.try_retry(&model.provider, now) {
+                // The provider's retries are spent: this retry is dropped,
+                // and the request falls back or fails instead.
+                permit.release();
+                continue;
+            }
         }
 
-        let primary = walk.begin(model, permit, remaining(timer.now()));
+        let primary = walk.begin(model, permit, remaining(now));
         let delay = hedge.and_then(|h| h.delay(signals, model));
         let outcome = match delay {
             None => {
                 let result = call(model, primary.ctx).await;
-                walk.settle(primary, result, timer.now(), plan, config, tracker, retry_budget, rng)
+                walk.settle(primary, result, timer.now(), plan, config, tracker, rng)
             }
             Some(delay) => {
                 let mut ctx = Hedging { walk: &mut walk, tracker, retry_budget, plan, config, rng, remaining };
@@ -496,8 +500,6 @@ struct Walk<'a> {
     /// Models waiting for a retry: (model, ready at).
     waiting: Vec<(&'a ModelSpec, Duration)>,
     attempts: Vec<Attempt>,
-    /// Attempts made per model.
-    tries: Vec<(&'a str, u32)>,
 }
 
 enum Next<'a> {
@@ -606,19 +608,15 @@ impl<'a> Walk<'a> {
         }
     }
 
+    /// Attempts settled on `id` so far (one is in flight at most, and only
+    /// between `begin` and its settling).
     fn tries_of(&self, id: &str) -> u32 {
-        self.tries.iter().find(|(m, _)| *m == id).map_or(0, |(_, n)| *n)
+        u32::try_from(self.attempts.iter().filter(|a| a.model == id).count()).unwrap_or(u32::MAX)
     }
 
-    /// Counts one more attempt on `model` and builds its context.
-    fn begin(&mut self, model: &'a ModelSpec, permit: Permit, remaining: Option<Duration>) -> Began<'a> {
-        let attempt = if let Some((_, n)) = self.tries.iter_mut().find(|(m, _)| *m == model.id) {
-            *n += 1;
-            *n
-        } else {
-            self.tries.push((model.id.as_str(), 1));
-            1
-        };
+    /// Builds the context of the next attempt on `model` (its number: 1 for the first).
+    fn begin(&self, model: &'a ModelSpec, permit: Permit, remaining: Option<Duration>) -> Began<'a> {
+        let attempt = self.tries_of(&model.id).saturating_add(1);
         Began { model, permit, ctx: AttemptCtx { attempt, remaining }, hedge: false }
     }
 
@@ -632,7 +630,6 @@ impl<'a> Walk<'a> {
         plan: &Plan<'_>,
         config: &ExecutorConfig,
         tracker: &Tracker,
-        retry_budget: Option<&RetryBudget>,
         rng: &mut fastrand::Rng,
     ) -> Step<'a, T, E> {
         let Began { model, permit, ctx, hedge } = began;
@@ -660,7 +657,7 @@ impl<'a> Walk<'a> {
             }
             Err(error) => {
                 let class = error.class();
-                let message = Some(sanitize(&error.to_string()).into_owned());
+                let message = Some(error.sanitized());
                 self.attempts.push(attempt(Some(class), message));
                 // A timeout the request's own deadline caused (the call used
                 // all the time it was given) says nothing of the model.
@@ -674,7 +671,7 @@ impl<'a> Walk<'a> {
                 if !class.fallback() && !class.retry_same_model() {
                     return Step::Stop(error, StopReason::NotRecoverable);
                 }
-                self.after_failure(model, class, error.retry_after(), ended, tracker, &config.retry, retry_budget, rng);
+                self.after_failure(model, class, error.retry_after(), ended, tracker, &config.retry, rng);
                 Step::Continue(error)
             }
         }
@@ -693,7 +690,6 @@ impl<'a> Walk<'a> {
         now: Duration,
         tracker: &Tracker,
         policy: &RetryPolicy,
-        retry_budget: Option<&RetryBudget>,
         rng: &mut fastrand::Rng,
     ) {
         if class == ErrorClass::ContextWindowExceeded {
@@ -705,9 +701,6 @@ impl<'a> Walk<'a> {
         }
         let made = self.tries_of(&model.id).max(1);
         let Ok(delay) = policy.next_delay(made, class, retry_after, rng) else { return };
-        if retry_budget.is_some_and(|budget| !budget.try_retry(&model.provider, now)) {
-            return; // the provider's retries are spent: fall back or fail instead
-        }
         let cooldown_end = match tracker.availability(&model.id, now) {
             Availability::CoolingDown { until, .. } | Availability::CircuitOpen { until } => until,
             _ => now,
@@ -853,7 +846,7 @@ impl<'a, R: Fn(Duration) -> Option<Duration> + Copy> Hedging<'_, 'a, '_, '_, R> 
         result: Result<T, E>,
         ended: Duration,
     ) -> Step<'a, T, E> {
-        self.walk.settle(began, result, ended, self.plan, self.config, self.tracker, self.retry_budget, self.rng)
+        self.walk.settle(began, result, ended, self.plan, self.config, self.tracker, self.rng)
     }
 }
 

@@ -1206,3 +1206,18 @@ fn a_context_window_failure_skips_a_window_no_larger() {
     assert!(!executor::larger_window(&unknown, &models[0]), "an unknown window is never larger");
     assert!(executor::larger_window(&models[1], &unknown), "a known one beats an unknown failed one");
 }
+
+#[test]
+fn a_retry_spends_the_budget_only_when_it_is_made() {
+    let models = fleet();
+    let budget = RetryBudget::new(RetryBudgetConfig { percent: 0.0, min_per_sec: 0.1, window: secs(10) });
+    let (tracker, timer) = fresh();
+    let bench = Bench { budget: Some(&budget), ..Bench::new(&models, &tracker, &timer) };
+    // alpha fails and could be retried, but bravo serves: no retry was made.
+    let (outcome, calls) = bench.run(&plan(Order::Ranked), &policy(3, None), &Requirements::default(), |id, _| {
+        if id == "alpha" { Err(Failure::new(ErrorClass::Timeout, "slow")) } else { Ok("ok") }
+    });
+    assert_eq!(calls, ["alpha", "bravo"]);
+    assert!(outcome.is_ok());
+    assert!((budget.remaining("prov", timer.now()) - 1.0).abs() < 1e-9, "the one retry allowed is still there");
+}

@@ -20,7 +20,7 @@ use modelfleet_fallback::{
     Order, Permit, Plan, RetryBudget, RetryBudgetConfig, Tracker, TrackerConfig,
 };
 use modelfleet_metrics::{Category as MetricsCategory, Metrics, MetricsConfig};
-use modelfleet_monitor::{InFlightShared, Monitor, MonitorConfig, Recommendation, ReportConfig};
+use modelfleet_monitor::{InFlightShared, LiveAt, Monitor, MonitorConfig, Recommendation, ReportConfig};
 use modelfleet_registry::{Catalog, Category, Clock, ModelSpec, Money, SystemClock};
 use modelfleet_selector::{
     BudgetRoom, Explanation, LiveSignals, Ranked, Rejection, Requirements, SelectorConfig, Signals, Strategy, Weights,
@@ -754,7 +754,7 @@ impl Fleet {
         let snapshot = self.catalog.snapshot();
         let config = self.selector_config(plan.strategy);
         let headroom = self.budgets.headroom(request.key.as_deref());
-        let live = Live { monitor: &self.monitor, headroom: &headroom, closed: false };
+        let live = Live { monitor: self.monitor.live(), headroom: &headroom, closed: false };
         Ok(modelfleet_selector::rank(snapshot.models(), &requirements, &live, &config)
             .into_iter()
             .map(|r: Ranked<'_>| (r.model.id.clone(), r.score.total))
@@ -768,7 +768,7 @@ impl Fleet {
         let snapshot = self.catalog.snapshot();
         let config = self.selector_config(plan.strategy);
         let headroom = self.budgets.headroom(request.key.as_deref());
-        let live = Live { monitor: &self.monitor, headroom: &headroom, closed: false };
+        let live = Live { monitor: self.monitor.live(), headroom: &headroom, closed: false };
         let explanation: Explanation<'_> =
             modelfleet_selector::explain(snapshot.models(), &requirements, &live, &config);
         let mut text = explanation.to_string();
@@ -869,7 +869,7 @@ impl Fleet {
         // model they cover may serve until it is written (others may).
         let unpersisted = if headroom.is_empty() { None } else { self.store.spend_backlog() };
         let snapshot = self.catalog.snapshot();
-        let live = Live { monitor: &self.monitor, headroom: &headroom, closed: unpersisted.is_some() };
+        let live = Live { monitor: self.monitor.live(), headroom: &headroom, closed: unpersisted.is_some() };
         let pool = modelfleet_fallback::Pool {
             models: snapshot.models(),
             signals: &live,
@@ -1385,7 +1385,8 @@ struct AttemptOf<'r> {
 /// The signals a request is selected by: the monitor's, and the room left
 /// in the hard budgets that would pay for it (looked up once per request).
 struct Live<'a> {
-    monitor: &'a Monitor,
+    /// The monitor's signals, its clock read once for the request.
+    monitor: LiveAt<'a>,
     headroom: &'a Headroom,
     /// Spend cannot be persisted: the hard budgets have no room at all.
     closed: bool,

@@ -85,7 +85,7 @@ mod stats;
 
 pub use crate::{
     cell::Window,
-    monitor::{InFlight, InFlightShared, Monitor, MonitorConfig, OVERFLOW_MODEL, rate_limit_headroom},
+    monitor::{InFlight, InFlightShared, LiveAt, Monitor, MonitorConfig, OVERFLOW_MODEL, rate_limit_headroom},
     report::{
         CategorySummary, Finding, Health, HealthReport, Overview, ProviderSummary, Ranked, Recommendation, ReportConfig,
     },

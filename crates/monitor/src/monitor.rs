@@ -351,7 +351,44 @@ impl Monitor {
 ///   while it is current.
 impl LiveSignals for Monitor {
     fn signals(&self, id: &str) -> Signals {
+        self.signals_at(id, self.clock.now_ms())
+    }
+}
+
+impl Monitor {
+    /// `id`'s [signals](LiveSignals::signals) as of `now_ms` on the
+    /// monitor's clock (for a caller that read the clock once for a whole
+    /// ranking: see [`Monitor::live`]).
+    #[must_use]
+    pub fn signals_at(&self, id: &str, now_ms: u64) -> Signals {
         let Some(cell) = self.models.get(id) else { return Signals::default() };
-        cell.signals(self.clock.now_ms(), self.config.idle_half_life)
+        cell.signals(now_ms, self.config.idle_half_life)
+    }
+
+    /// The live signals as of now, the clock read once: ranking a request
+    /// over many models asks for each model's signals, and one clock read
+    /// per request is enough (and cheaper than one per model).
+    #[must_use]
+    pub fn live(&self) -> LiveAt<'_> {
+        LiveAt { monitor: self, now_ms: self.clock.now_ms() }
+    }
+}
+
+/// [`Monitor`]'s live signals at one instant (see [`Monitor::live`]).
+#[derive(Clone, Copy)]
+pub struct LiveAt<'a> {
+    monitor: &'a Monitor,
+    now_ms: u64,
+}
+
+impl std::fmt::Debug for LiveAt<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LiveAt").field("now_ms", &self.now_ms).finish_non_exhaustive()
+    }
+}
+
+impl LiveSignals for LiveAt<'_> {
+    fn signals(&self, id: &str) -> Signals {
+        self.monitor.signals_at(id, self.now_ms)
     }
 }
