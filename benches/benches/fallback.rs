@@ -1,5 +1,6 @@
 //! Fallback: the production executor with one failed attempt among 10
-//! models, a permit taken and released, and recording a failure.
+//! models, a permit taken and released (an ordinary one, and a half-open
+//! circuit's probe giving its slot back), and recording a failure.
 
 use std::{
     future::Future,
@@ -43,7 +44,7 @@ fn benches(c: &mut Criterion) {
     // attempt list as in a request. The clock is a manual one (no sleep
     // happens: nobody waits for backoff while another model can serve).
     let timer = ManualTimer::new();
-    let budget = RetryBudget::new(RetryBudgetConfig::default());
+    let budget = RetryBudget::new(RetryBudgetConfig::default()).unwrap_or_else(|e| panic!("{e}"));
     let config = ExecutorConfig {
         retry: RetryPolicy::new(RetryConfig::default()).unwrap_or_else(|e| panic!("{e}")),
         ..ExecutorConfig::default()
@@ -86,6 +87,27 @@ fn benches(c: &mut Criterion) {
         b.iter(|| {
             now += Duration::from_nanos(100);
             drop(tracker.acquire(black_box(&ten[0].id), now));
+        });
+    });
+
+    // A model whose circuit is half-open (it stays so: a dropped probe is
+    // no answer, and time alone never reopens it): each permit is a probe
+    // whose drop gives the slot back.
+    let probing = Tracker::new(TrackerConfig::default());
+    let model = &ten[0].id;
+    let tripped = Duration::from_secs(1);
+    let calls: Vec<_> = (0..probing.config().circuit.settings().min_requests)
+        .filter_map(|_| probing.acquire(model, tripped).ok())
+        .collect();
+    for permit in calls {
+        permit.failure(ErrorClass::ServerError, None, tripped);
+    }
+    let mut probe_now = tripped + probing.config().circuit.settings().open_for;
+    assert!(probing.acquire(model, probe_now).is_ok_and(|p| p.is_probe()), "half-open");
+    group.bench_function("acquire_release_probe", |b| {
+        b.iter(|| {
+            probe_now += Duration::from_nanos(100);
+            drop(probing.acquire(black_box(model), probe_now));
         });
     });
 

@@ -621,6 +621,14 @@ async fn each_route_ranks_by_its_own_strategy() {
         let served = fleet.call(&request, |m, _| scripted(&m, &[])).await.unwrap();
         assert_eq!((served.model.as_str(), served.attempts.len()), (first, 1), "route {name}");
     }
+    // Served through a weighted random route, requests spread over the models
+    // (each draws its own order), where the weighted score sends all to one.
+    let mut first_choices = std::collections::BTreeSet::new();
+    for _ in 0..40 {
+        let request = Request { route: Some("random-0".into()), ..Request::default() };
+        first_choices.insert(fleet.call(&request, |m, _| scripted(&m, &[])).await.unwrap().model);
+    }
+    assert!(first_choices.len() >= 2, "one model took every request: {first_choices:?}");
     fleet.shutdown().await.unwrap();
 }
 
@@ -646,7 +654,11 @@ async fn a_named_model_that_does_not_qualify_is_refused_saying_why_without_an_at
         FleetError::NotServed { message, attempts, class, .. } => {
             assert!(message.contains("\"english\"") && message.contains("does not speak \"fr\""), "{message}");
             assert!(attempts.is_empty(), "{attempts:?}");
-            assert_eq!(class, None);
+            assert_eq!(
+                class,
+                Some(ErrorClass::BadRequest),
+                "a request no model can serve as asked is a bad request (400), not worth retrying"
+            );
         }
         other => panic!("expected a refusal, got {other}"),
     }

@@ -65,6 +65,11 @@ pub(crate) const TARGETS: &[Goal] = &[
         target_ns: 100.0,
         why: "issue 12: a circuit permit taken and dropped",
     },
+    Goal {
+        name: "fallback/acquire_release_probe",
+        target_ns: 150.0,
+        why: "issue 12: a probe permit taken and dropped (slot returned)",
+    },
     Goal { name: "fallback/record_failure", target_ns: 250.0, why: "issue 3; seed 000 took 389 us" },
     Goal { name: "monitor/record", target_ns: 200.0, why: "issue 4; seed 000 took 168 us" },
     Goal {

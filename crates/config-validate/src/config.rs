@@ -104,7 +104,7 @@ pub struct Provider {
 /// observed 95th-percentile latency; no hedge while none is known). Off
 /// unless configured; the first answer wins and the other attempt is
 /// cancelled. The fallback crate's type, so config and executor cannot drift.
-pub use modelfleet_fallback::HedgeAfter as Hedge;
+pub use modelfleet_fallback::HedgeAfter;
 
 /// `[[routes]]`: a named set of requirements clients can ask for.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -119,7 +119,7 @@ pub struct Route {
     pub fallbacks: Vec<String>,
     /// `hedge_after`: when to send a parallel attempt to the next candidate
     /// (`None`, the default: never).
-    pub hedge: Option<Hedge>,
+    pub hedge: Option<HedgeAfter>,
 }
 
 /// `[cache]`.
@@ -195,10 +195,6 @@ pub struct ResilienceSettings {
     /// `circuit.half_open_probes`: probes allowed while half-open
     /// (default 3, 1..=100).
     pub circuit_half_open_probes: u32,
-    /// `circuit.half_open_timeout_ms`: how long a half-open circuit waits for
-    /// a probe's answer before opening again, ms (default 30000,
-    /// 100..=3600000).
-    pub circuit_half_open_timeout_ms: u64,
     /// `circuit.slow_call_ms`: a success at least this slow is a slow call,
     /// ms (default 60000, 1..=3600000).
     pub circuit_slow_call_ms: u64,
@@ -241,7 +237,6 @@ impl Default for ResilienceSettings {
             circuit_failure_ratio: 0.5,
             circuit_open_ms: 30_000,
             circuit_half_open_probes: 3,
-            circuit_half_open_timeout_ms: 30_000,
             circuit_slow_call_ms: 60_000,
             circuit_slow_call_ratio: 1.0,
             max_attempts_per_request: 6,
@@ -269,7 +264,7 @@ pub struct Config {
     /// Local model directories per model id.
     pub model_paths: BTreeMap<String, PathBuf>,
     /// `hedge_after` per model id, for the models that set it.
-    pub model_hedges: BTreeMap<String, Hedge>,
+    pub model_hedges: BTreeMap<String, HedgeAfter>,
     /// `[[routes]]`.
     pub routes: Vec<Route>,
     /// `[retry]`.

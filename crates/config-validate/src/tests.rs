@@ -394,7 +394,7 @@ fn failure_handling_defaults_without_the_tables() {
     );
     assert_eq!((r.cooldown_multiplier_decay_ms, r.cooldown_streak_decay_ms), (30_000, 30_000));
     assert_eq!((r.cooldown_escalating_base_ms, r.cooldown_escalating_max_ms), (2_000, 60_000));
-    assert_eq!((r.circuit_half_open_timeout_ms, r.circuit_slow_call_ms), (30_000, 60_000));
+    assert_eq!(r.circuit_slow_call_ms, 60_000);
     assert!((r.circuit_slow_call_ratio - 1.0).abs() < f64::EPSILON);
     assert_eq!((r.max_attempts_per_request, r.max_ejected_percent, r.retry_budget_window_ms), (6, 50, 10_000));
     assert!((r.retry_budget_percent - 20.0).abs() < f64::EPSILON);
@@ -418,7 +418,6 @@ fn failure_handling_settings_are_read() {
     check_resilience("[cooldown]\nmultiplier_decay_ms = 60000", |r| r.cooldown_multiplier_decay_ms = 60_000);
     check_resilience("[cooldown]\nstreak_decay_ms = 1", |r| r.cooldown_streak_decay_ms = 1);
     check_resilience("[cooldown]\nescalating_base_ms = 1", |r| r.cooldown_escalating_base_ms = 1);
-    check_resilience("[circuit]\nhalf_open_timeout_ms = 100", |r| r.circuit_half_open_timeout_ms = 100);
     check_resilience("[circuit]\nslow_call_ms = 2500", |r| r.circuit_slow_call_ms = 2_500);
     check_resilience("[circuit]\nslow_call_ratio = 0.25", |r| r.circuit_slow_call_ratio = 0.25);
     check_resilience("[fallback]\nmax_attempts_per_request = 100", |r| r.max_attempts_per_request = 100);
@@ -449,10 +448,6 @@ fn failure_handling_settings_out_of_range_are_refused_at_their_path() {
         (
             "[cooldown]\nescalating_max_ms = 0",
             "cooldown.escalating_max_ms: 0 is outside 1..=86400000 (line 2, column 21)",
-        ),
-        (
-            "[circuit]\nhalf_open_timeout_ms = 99",
-            "circuit.half_open_timeout_ms: 99 is outside 100..=3600000 (line 2, column 24)",
         ),
         ("[circuit]\nslow_call_ms = 0", "circuit.slow_call_ms: 0 is outside 1..=3600000 (line 2, column 16)"),
         ("[circuit]\nslow_call_ratio = 1.5", "circuit.slow_call_ratio: 1.5 is outside 0.01..=1 (line 2, column 19)"),
@@ -551,18 +546,18 @@ fn hedging_is_opt_in_per_route_and_per_model() {
 
     assert_eq!(
         config_of(&route("hedge_after = 250")).routes[0].hedge,
-        Some(Hedge::Fixed(std::time::Duration::from_millis(250)))
+        Some(HedgeAfter::Fixed(std::time::Duration::from_millis(250)))
     );
     assert_eq!(
         config_of(&route("hedge_after = 600_000")).routes[0].hedge,
-        Some(Hedge::Fixed(std::time::Duration::from_mins(10)))
+        Some(HedgeAfter::Fixed(std::time::Duration::from_mins(10)))
     );
-    assert_eq!(config_of(&route("hedge_after = \"p95\"")).routes[0].hedge, Some(Hedge::P95));
+    assert_eq!(config_of(&route("hedge_after = \"p95\"")).routes[0].hedge, Some(HedgeAfter::P95));
     assert_eq!(
         config_of(&model("hedge_after = 1")).model_hedges,
-        BTreeMap::from([("m".to_owned(), Hedge::Fixed(std::time::Duration::from_millis(1)))])
+        BTreeMap::from([("m".to_owned(), HedgeAfter::Fixed(std::time::Duration::from_millis(1)))])
     );
-    assert_eq!(config_of(&model("hedge_after = \"p95\"")).model_hedges["m"], Hedge::P95);
+    assert_eq!(config_of(&model("hedge_after = \"p95\"")).model_hedges["m"], HedgeAfter::P95);
 
     for (value, got) in [
         ("0", "0"),

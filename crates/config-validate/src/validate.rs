@@ -25,8 +25,8 @@ use toml::{
 };
 
 use crate::{
-    ApiKey, CacheSettings, Config, Hedge, MetricsSettings, Provider, ProviderKind, ResilienceSettings, Role, Route,
-    ServerSettings, StoreSettings, ToolRequirement,
+    ApiKey, CacheSettings, Config, HedgeAfter, MetricsSettings, Provider, ProviderKind, ResilienceSettings, Role,
+    Route, ServerSettings, StoreSettings, ToolRequirement,
     checks::{EnvKind, MODEL_FILES, check_tool, env_var, model_dir_problems, port_in_use},
 };
 
@@ -685,7 +685,7 @@ struct ModelParts {
     specs: Vec<ModelSpec>,
     fallbacks: BTreeMap<String, Vec<String>>,
     paths: BTreeMap<String, PathBuf>,
-    hedges: BTreeMap<String, Hedge>,
+    hedges: BTreeMap<String, HedgeAfter>,
     /// Where each model is in the file, for later cross-checks.
     places: BTreeMap<String, ModelPlace>,
 }
@@ -785,16 +785,16 @@ fn models(v: &mut V<'_>, root: &Table<'_>, providers: &[Provider], options: &Opt
 }
 
 /// `hedge_after`: milliseconds (1..=600000) or `"p95"`.
-fn get_hedge(v: &mut V<'_>, t: &Table<'_>, path: &str) -> Option<Hedge> {
+fn get_hedge(v: &mut V<'_>, t: &Table<'_>, path: &str) -> Option<HedgeAfter> {
     const MAX_MS: i64 = 600_000;
     let value = find(t, "hedge_after")?;
     let got = match value.get_ref() {
-        DeValue::String(s) if s.as_ref() == "p95" => return Some(Hedge::P95),
+        DeValue::String(s) if s.as_ref() == "p95" => return Some(HedgeAfter::P95),
         DeValue::String(s) => format!("{s:?}{}", did_you_mean(s, &["p95"])),
         DeValue::Float(f) => f.as_str().to_owned(),
         other => match integer_of(other) {
             Int::Value(n) if (1..=MAX_MS).contains(&n) => {
-                return u64::try_from(n).ok().map(|ms| Hedge::Fixed(std::time::Duration::from_millis(ms)));
+                return u64::try_from(n).ok().map(|ms| HedgeAfter::Fixed(std::time::Duration::from_millis(ms)));
             }
             Int::Value(n) => n.to_string(),
             Int::TooLarge => "an integer too large".to_owned(),
@@ -1187,7 +1187,6 @@ fn circuit(v: &mut V<'_>, t: &Table<'_>, s: &mut ResilienceSettings) {
             "failure_ratio",
             "open_ms",
             "half_open_probes",
-            "half_open_timeout_ms",
             "slow_call_ms",
             "slow_call_ratio",
         ],
@@ -1197,8 +1196,6 @@ fn circuit(v: &mut V<'_>, t: &Table<'_>, s: &mut ResilienceSettings) {
     s.circuit_failure_ratio = get_float(v, t, P, "failure_ratio", 0.01..=1.0).unwrap_or(s.circuit_failure_ratio);
     s.circuit_open_ms = get_u64(v, t, P, "open_ms", 100..=3_600_000, s.circuit_open_ms);
     s.circuit_half_open_probes = get_u32(v, t, P, "half_open_probes", 1..=100, s.circuit_half_open_probes);
-    s.circuit_half_open_timeout_ms =
-        get_u64(v, t, P, "half_open_timeout_ms", 100..=3_600_000, s.circuit_half_open_timeout_ms);
     s.circuit_slow_call_ms = get_u64(v, t, P, "slow_call_ms", 1..=3_600_000, s.circuit_slow_call_ms);
     s.circuit_slow_call_ratio = get_float(v, t, P, "slow_call_ratio", 0.01..=1.0).unwrap_or(s.circuit_slow_call_ratio);
 }

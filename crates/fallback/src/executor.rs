@@ -56,7 +56,7 @@ impl HedgeAfter {
                 .signals(&model.id)
                 .latency_p95_ms
                 .filter(|ms| ms.is_finite() && *ms > 0.0)
-                .map(|ms| Duration::from_secs_f64(ms / 1_000.0)),
+                .and_then(|ms| Duration::try_from_secs_f64(ms / 1_000.0).ok()),
         }
     }
 }
@@ -338,23 +338,29 @@ where
         queue,
         waiting: Vec::new(),
         attempts: Vec::new(),
+        max_ejected_percent: config.max_ejected_percent,
+        panic: None,
+        forced: false,
     };
     let mut last: Option<E> = None;
     let hedge = plan.hedge.filter(|_| !plan.settle_by_caller);
     // Every turn makes an attempt or waits for a model to be back; the
     // attempts are bounded, and so are the waits between them: a walk that
     // turned this often is stuck, whatever the reason, and stops.
-    let turns = (config.max_attempts_per_request as usize + 1) * (walk.candidates.len() + 2);
+    // Probes-busy polls are bounded by the deadline (a quarter second each).
+    let max_attempts = config.max_attempts_per_request.max(1) as usize;
+    let polls = deadline.map_or(0, |d| usize::try_from(d.as_millis() / PROBE_POLL.as_millis()).unwrap_or(usize::MAX));
+    let turns = (max_attempts + 1) * (walk.candidates.len() + 2) + polls.min(100_000);
 
     for _ in 0..turns {
         let now = timer.now();
         if remaining(now) == Some(Duration::ZERO) {
             return Err(walk.stop(last, StopReason::DeadlineExceeded));
         }
-        if walk.attempts.len() >= config.max_attempts_per_request as usize {
+        if walk.attempts.len() >= max_attempts {
             return Err(walk.stop(last, StopReason::AttemptLimit));
         }
-        let (model, permit) = match walk.next(tracker, now, config.max_ejected_percent) {
+        let (model, permit) = match walk.next(tracker, now) {
             Next::Ready(model, permit) => (model, permit),
             Next::Wait(ready, readmission) => {
                 let mut wait = ready.saturating_sub(now);
@@ -434,9 +440,7 @@ fn candidates<'a, M: Borrow<ModelSpec>, S: LiveSignals, E>(
 ) -> Result<Vec<&'a ModelSpec>, ExecuteError<E>> {
     let queue: Vec<&'a ModelSpec> = match order {
         Order::Ranked => ranked.iter().map(|r| r.model).collect(),
-        Order::Explicit(ids) => {
-            ids.iter().filter_map(|id| ranked.iter().find(|r| r.model.id == *id)).map(|r| r.model).collect()
-        }
+        Order::Explicit(ids) => listed(ids, ranked, None),
         Order::Named { model: id, fallbacks } => {
             let Some(named) = ranked.iter().find(|r| r.model.id == id).map(|r| r.model) else {
                 return Err(ExecuteError::NoneEligible {
@@ -444,12 +448,7 @@ fn candidates<'a, M: Borrow<ModelSpec>, S: LiveSignals, E>(
                 });
             };
             let rest: Vec<&'a ModelSpec> = match fallbacks {
-                Some(ids) => ids
-                    .iter()
-                    .filter(|f| **f != named.id)
-                    .filter_map(|f| ranked.iter().find(|r| r.model.id == *f))
-                    .map(|r| r.model)
-                    .collect(),
+                Some(ids) => listed(ids, ranked, Some(named)),
                 None => ranked
                     .iter()
                     .map(|r| r.model)
@@ -467,6 +466,21 @@ fn candidates<'a, M: Borrow<ModelSpec>, S: LiveSignals, E>(
         return Err(ExecuteError::NoneEligible { reason });
     }
     Ok(queue)
+}
+
+/// The eligible models of a list, in its order, each once (a repeated id
+/// or the named model itself is not tried again).
+fn listed<'a>(ids: &[String], ranked: &[Ranked<'a>], named: Option<&ModelSpec>) -> Vec<&'a ModelSpec> {
+    let mut out: Vec<&'a ModelSpec> = Vec::with_capacity(ids.len());
+    for id in ids {
+        if named.is_some_and(|n| n.id == *id) || out.iter().any(|m| m.id == *id) {
+            continue;
+        }
+        if let Some(r) = ranked.iter().find(|r| r.model.id == *id) {
+            out.push(r.model);
+        }
+    }
+    out
 }
 
 /// Why the named model `id` does not meet the requirements.
@@ -500,7 +514,18 @@ struct Walk<'a> {
     /// Models waiting for a retry: (model, ready at).
     waiting: Vec<(&'a ModelSpec, Duration)>,
     attempts: Vec<Attempt>,
+    /// [`ExecutorConfig::max_ejected_percent`].
+    max_ejected_percent: u8,
+    /// Ejected candidates the panic threshold puts back (worked out when
+    /// the walk first meets an ejected candidate).
+    panic: Option<Vec<&'a str>>,
+    /// Whether the walk already tried an ejected model anyway (once per
+    /// request: in a full outage, ejection must still shed load).
+    forced: bool,
 }
+
+/// How often a walk looks again when every candidate's probes are busy.
+const PROBE_POLL: Duration = Duration::from_millis(250);
 
 enum Next<'a> {
     /// Call this model now, under this permit.
@@ -542,13 +567,16 @@ const fn health_ejection(availability: Availability) -> bool {
 }
 
 impl<'a> Walk<'a> {
-    /// The next model available now, in order; else an ejected one the
-    /// panic threshold lets through; else when the first is back.
-    fn next(&mut self, tracker: &Tracker, now: Duration, max_ejected_percent: u8) -> Next<'a> {
+    /// The next model available now, in order, or an ejected one the panic
+    /// threshold puts back (at its place in the order; one per request);
+    /// else when the first is back (or, with probes busy, when to look again).
+    fn next(&mut self, tracker: &Tracker, now: Duration) -> Next<'a> {
         let mut back_at: Option<Duration> = None;
+        let mut busy = false;
         let mut ejected: Vec<(usize, Duration, Duration)> = Vec::new();
         let mut ready = None;
-        for (i, &model) in self.queue.iter().enumerate() {
+        for i in 0..self.queue.len() {
+            let model = self.queue[i];
             match tracker.acquire(&model.id, now) {
                 Ok(permit) => {
                     ready = Some((i, permit));
@@ -557,23 +585,38 @@ impl<'a> Walk<'a> {
                 // Out until a known time (acquire refuses only before it).
                 Err(availability @ (Availability::CoolingDown { until, .. } | Availability::CircuitOpen { until })) => {
                     back_at = Some(back_at.map_or(until, |b| b.min(until)));
-                    if health_ejection(availability) {
+                    if health_ejection(availability) && !self.forced {
+                        // Worked out once, when the walk first meets an ejection.
+                        if self.panic.is_none() {
+                            self.panic = Some(self.panic_set(tracker, now));
+                        }
+                        if self.panic.as_ref().is_some_and(|set| set.contains(&model.id.as_str())) {
+                            // Put back by the panic threshold: tried at its place.
+                            ready = Some((i, tracker.acquire_forced(&model.id, now)));
+                            self.forced = true;
+                            break;
+                        }
                         let since = tracker.ejected_since(&model.id, now).unwrap_or(now);
                         ejected.push((i, since, until));
                     }
                 }
-                // Probes busy: back when a probe answers, at no known time.
-                Err(_) => {}
+                // Probes busy: free again when a probe answers, at no known time.
+                Err(_) => busy = true,
             }
         }
         if let Some((i, permit)) = ready {
             return Next::Ready(self.queue.remove(i), permit);
         }
-        if !ejected.is_empty() && self.over_ejected(tracker, now, max_ejected_percent) {
+        // Ejections that happened during this request can push it over too.
+        if !ejected.is_empty() && self.excess_ejected(tracker, now) > 0 {
             // The least recently ejected first; among equals, the one back soonest.
             ejected.sort_by(|a, b| a.1.cmp(&b.1).then(a.2.cmp(&b.2)).then(a.0.cmp(&b.0)));
             let model = self.queue.remove(ejected[0].0);
+            self.forced = true;
             return Next::Ready(model, tracker.acquire_forced(&model.id, now));
+        }
+        if busy {
+            back_at = Some(back_at.map_or(now + PROBE_POLL, |b| b.min(now + PROBE_POLL)));
         }
         let retry_at = self.waiting.iter().map(|&(_, ready)| ready).min();
         match (back_at, retry_at) {
@@ -584,11 +627,29 @@ impl<'a> Walk<'a> {
         }
     }
 
-    /// Whether more of the candidates are ejected now than the threshold allows.
-    fn over_ejected(&self, tracker: &Tracker, now: Duration, max_ejected_percent: u8) -> bool {
+    /// How many more of the candidates are ejected now than the threshold
+    /// allows (`max_ejected_percent` of them, rounded down).
+    fn excess_ejected(&self, tracker: &Tracker, now: Duration) -> usize {
         let ejected = self.candidates.iter().filter(|m| health_ejection(tracker.availability(&m.id, now))).count();
-        // ejected / candidates > percent / 100, in integers.
-        ejected * 100 > self.candidates.len() * usize::from(max_ejected_percent)
+        let allowed = self.candidates.len() * usize::from(self.max_ejected_percent) / 100;
+        ejected.saturating_sub(allowed)
+    }
+
+    /// The candidates the panic threshold puts back at the start: as many
+    /// of the least recently ejected as there are ejected beyond it.
+    fn panic_set(&self, tracker: &Tracker, now: Duration) -> Vec<&'a str> {
+        let excess = self.excess_ejected(tracker, now);
+        if excess == 0 {
+            return Vec::new();
+        }
+        let mut ejected: Vec<(Duration, &'a str)> = self
+            .candidates
+            .iter()
+            .filter(|m| health_ejection(tracker.availability(&m.id, now)))
+            .map(|m| (tracker.ejected_since(&m.id, now).unwrap_or(now), m.id.as_str()))
+            .collect();
+        ejected.sort();
+        ejected.into_iter().take(excess).map(|(_, id)| id).collect()
     }
 
     /// Moves retries that are due (and models whose cooldown ended) back to the queue.
@@ -784,7 +845,10 @@ impl<'a, R: Fn(Duration) -> Option<Duration> + Copy> Hedging<'_, 'a, '_, '_, R> 
             return self.settle(primary, result, timer.now());
         }
         let now = timer.now();
-        let Some((model, permit)) = self.hedge_target(now) else {
+        // The hedge is an attempt too: only when the request has one left.
+        let room = self.config.max_attempts_per_request.max(1) as usize;
+        let hedge = if self.walk.attempts.len() + 2 <= room { self.hedge_target(now) } else { None };
+        let Some((model, permit)) = hedge else {
             let result = first.await;
             return self.settle(primary, result, timer.now());
         };

@@ -9,8 +9,8 @@
 //!   once; server, connection and timeout streaks eject for base ×
 //!   multiplier, Envoy-style; 401/403/404 only when they repeat); a circuit
 //!   per model opens on a failure or slow-call ratio over a sliding window,
-//!   admits a few probes when half-open (with a timeout), and closes after
-//!   they succeed. Client faults never count against a model. The module
+//!   admits a few probes when half-open (waiting for each, however slow),
+//!   and closes after they succeed. Client faults never count against a model. The module
 //!   docs of `tracker.rs` list every rule.
 //! - [`RetryBudget`]: retries per provider limited to a share of requests
 //!   over a window plus a small floor (Finagle/Envoy), so retries cannot storm.

@@ -7,10 +7,12 @@
 //! - Over the sliding `window` (10 buckets of `window / 10`, like the
 //!   tracker's circuit window: a count leaves it between 9 and 10 bucket
 //!   widths after it entered), a retry is allowed iff
-//!   `retries + 1 <= min_per_sec × window_secs + percent × requests`, where
+//!   `retries + 1 <= min_per_sec × window_secs + ratio × requests`, where
 //!   `requests` counts [`RetryBudget::record_request`] calls (one per
 //!   request's first attempt on the provider) and `retries` the retries
 //!   allowed. A refused retry is not counted.
+//! - The settings passed [`RetryBudgetConfig::check`]: [`RetryBudget::new`]
+//!   refuses any other.
 //! - Counts decay with time only; no clock is read (`now` is an argument) and
 //!   no background task runs.
 //! - Providers are independent; each is keyed by its whole name.
@@ -25,9 +27,9 @@ use crate::tracker::{InvalidConfig, Ring, bucket_width};
 /// How many retries a provider's budget allows.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RetryBudgetConfig {
-    /// Retries allowed per request in the window (0.2: one retry per five
-    /// requests), in [0, 10].
-    pub percent: f64,
+    /// Retries allowed per request in the window, as a share of requests
+    /// (0.2 = 20%: one retry per five requests), in [0, 10].
+    pub ratio: f64,
     /// Retries allowed per second of the window whatever the traffic, >= 0.
     pub min_per_sec: f64,
     /// The sliding window, > 0.
@@ -37,17 +39,17 @@ pub struct RetryBudgetConfig {
 impl Default for RetryBudgetConfig {
     /// 20% of requests plus 1 retry per second, over 10 s.
     fn default() -> Self {
-        RetryBudgetConfig { percent: 0.2, min_per_sec: 1.0, window: Duration::from_secs(10) }
+        RetryBudgetConfig { ratio: 0.2, min_per_sec: 1.0, window: Duration::from_secs(10) }
     }
 }
 
 impl RetryBudgetConfig {
-    /// Checks the settings: `percent` finite in [0, 10], `min_per_sec`
+    /// Checks the settings: `ratio` finite in [0, 10], `min_per_sec`
     /// finite and >= 0, `window` > 0; the message names the field and value.
     pub fn check(&self) -> Result<(), InvalidConfig> {
         // NaN is in no range.
-        if !(0.0..=10.0).contains(&self.percent) {
-            return Err(InvalidConfig(format!("retry budget percent must be in [0, 10] (got {})", self.percent)));
+        if !(0.0..=10.0).contains(&self.ratio) {
+            return Err(InvalidConfig(format!("retry budget ratio must be in [0, 10] (got {})", self.ratio)));
         }
         let floor_ok = self.min_per_sec.is_finite() && self.min_per_sec >= 0.0;
         if !floor_ok {
@@ -79,9 +81,8 @@ struct Tally {
 /// use std::time::Duration;
 /// use modelfleet_fallback::{RetryBudget, RetryBudgetConfig};
 ///
-/// let config = RetryBudgetConfig { percent: 0.5, min_per_sec: 0.0, window: Duration::from_secs(10) };
-/// config.check()?;
-/// let budget = RetryBudget::new(config);
+/// let config = RetryBudgetConfig { ratio: 0.5, min_per_sec: 0.0, window: Duration::from_secs(10) };
+/// let budget = RetryBudget::new(config)?;
 /// let t = Duration::from_secs(1);
 /// for _ in 0..4 {
 ///     budget.record_request("openai", t);
@@ -94,16 +95,17 @@ struct Tally {
 /// ```
 #[derive(Debug)]
 pub struct RetryBudget {
+    // Invariant: passed `RetryBudgetConfig::check` (so every setting is finite).
     config: RetryBudgetConfig,
     providers: DashMap<Arc<str>, Ring<Tally>, FxBuildHasher>,
 }
 
 impl RetryBudget {
-    /// A budget with no requests seen. `config` should have passed
-    /// [`RetryBudgetConfig::check`]; a NaN setting refuses every retry.
-    #[must_use]
-    pub fn new(config: RetryBudgetConfig) -> RetryBudget {
-        RetryBudget { config, providers: DashMap::with_hasher(FxBuildHasher) }
+    /// A budget with no requests seen, or the first setting
+    /// [`RetryBudgetConfig::check`] refuses.
+    pub fn new(config: RetryBudgetConfig) -> Result<RetryBudget, InvalidConfig> {
+        config.check()?;
+        Ok(RetryBudget { config, providers: DashMap::with_hasher(FxBuildHasher) })
     }
 
     /// The settings.
@@ -131,7 +133,7 @@ impl RetryBudget {
 
     /// Retries the window allows when it holds `requests` requests.
     fn allowance(&self, requests: u64) -> f64 {
-        self.config.min_per_sec * self.config.window.as_secs_f64() + self.config.percent * requests as f64
+        self.config.min_per_sec * self.config.window.as_secs_f64() + self.config.ratio * requests as f64
     }
 
     /// Counts a request's first attempt on `provider` at `now`.

@@ -9,10 +9,8 @@ fn secs(n: u64) -> Duration {
     Duration::from_secs(n)
 }
 
-fn budget(percent: f64, min_per_sec: f64) -> RetryBudget {
-    let config = RetryBudgetConfig { percent, min_per_sec, window: secs(10) };
-    assert_eq!(config.check(), Ok(()));
-    RetryBudget::new(config)
+fn budget(ratio: f64, min_per_sec: f64) -> RetryBudget {
+    RetryBudget::new(RetryBudgetConfig { ratio, min_per_sec, window: secs(10) }).unwrap()
 }
 
 /// Retries allowed in a row for "p" at `now`, up to 100.
@@ -29,24 +27,28 @@ fn requests(b: &RetryBudget, n: usize, now: Duration) {
 #[test]
 fn defaults_and_config() {
     let config = RetryBudgetConfig::default();
-    assert_eq!(config, RetryBudgetConfig { percent: 0.2, min_per_sec: 1.0, window: secs(10) });
+    assert_eq!(config, RetryBudgetConfig { ratio: 0.2, min_per_sec: 1.0, window: secs(10) });
     assert_eq!(config.check(), Ok(()));
-    let custom = RetryBudgetConfig { percent: 0.5, min_per_sec: 2.0, window: secs(5) };
-    assert_eq!(RetryBudget::new(custom).config(), &custom);
+    let custom = RetryBudgetConfig { ratio: 0.5, min_per_sec: 2.0, window: secs(5) };
+    assert_eq!(RetryBudget::new(custom).map(|b| *b.config()), Ok(custom));
 }
 
 #[test]
-fn check_rejects_each_unusable_field() {
+fn check_and_new_reject_each_unusable_field() {
+    // `check`'s answer, which `new` must give too.
     let check = |change: fn(&mut RetryBudgetConfig)| {
         let mut config = RetryBudgetConfig::default();
         change(&mut config);
-        config.check().map_err(|e| e.to_string())
+        let checked = config.check().map_err(|e| e.to_string());
+        let built = RetryBudget::new(config).map(|b| assert_eq!(b.config(), &config)).map_err(|e| e.to_string());
+        assert_eq!(built, checked, "new agrees with check");
+        checked
     };
-    let percent = |shown: &str| Err(format!("retry budget percent must be in [0, 10] (got {shown})"));
-    assert_eq!(check(|c| c.percent = -0.1), percent("-0.1"));
-    assert_eq!(check(|c| c.percent = 10.5), percent("10.5"));
-    assert_eq!(check(|c| c.percent = f64::NAN), percent("NaN"));
-    assert_eq!(check(|c| c.percent = f64::INFINITY), percent("inf"));
+    let ratio = |shown: &str| Err(format!("retry budget ratio must be in [0, 10] (got {shown})"));
+    assert_eq!(check(|c| c.ratio = -0.1), ratio("-0.1"));
+    assert_eq!(check(|c| c.ratio = 10.000_001), ratio("10.000001"));
+    assert_eq!(check(|c| c.ratio = f64::NAN), ratio("NaN"));
+    assert_eq!(check(|c| c.ratio = f64::INFINITY), ratio("inf"));
     let floor = |shown: &str| Err(format!("retry budget min_per_sec must be finite and >= 0 (got {shown})"));
     assert_eq!(check(|c| c.min_per_sec = -1.0), floor("-1"));
     assert_eq!(check(|c| c.min_per_sec = f64::NAN), floor("NaN"));
@@ -56,8 +58,8 @@ fn check_rejects_each_unusable_field() {
         Err("retry budget window must be greater than zero (got 0ns)".into())
     );
     // The edges that are fine.
-    assert_eq!(check(|c| c.percent = 0.0), Ok(()));
-    assert_eq!(check(|c| c.percent = 10.0), Ok(()));
+    assert_eq!(check(|c| c.ratio = 0.0), Ok(()));
+    assert_eq!(check(|c| c.ratio = 10.0), Ok(()));
     assert_eq!(check(|c| c.min_per_sec = 0.0), Ok(()));
     assert_eq!(check(|c| c.window = Duration::from_nanos(1)), Ok(()));
 }
@@ -128,10 +130,4 @@ fn providers_are_independent_and_listed_sorted() {
     assert_eq!(b.remaining("a", secs(0)).to_bits(), 4.0f64.to_bits());
     assert_eq!(b.remaining("unknown", secs(0)).to_bits(), 5.0f64.to_bits());
     assert_eq!(b.providers(), ["a", "b", "p"]);
-}
-
-#[test]
-fn a_nan_setting_refuses_every_retry() {
-    let b = RetryBudget::new(RetryBudgetConfig { percent: f64::NAN, ..RetryBudgetConfig::default() });
-    assert!(!b.try_retry("p", secs(0)));
 }

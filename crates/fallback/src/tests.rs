@@ -431,15 +431,19 @@ fn the_panic_threshold_is_a_percentage_of_the_candidates() {
     let bench = Bench::new(&models, &tracker, &timer);
     let (_, calls) = bench.run(&plan(Order::Ranked), &policy(1, None), &Requirements::default(), |_, _| Ok("ok"));
     assert_eq!(calls, ["m2"]);
-    // 3 of 4 ejected = 75% > 50%: m3 is available and goes first; when it fails, an ejected one is forced.
-    for _ in 0..2 {
-        fail(&tracker, "m2", ErrorClass::ServerError, timer.now());
+    // 3 of 4 ejected = 75% > 50% (2 allowed): the least recently ejected one
+    // is put back at its place in the order, ahead of the available m3.
+    timer.advance(ms(1));
+    for m in ["m2", "m2"] {
+        fail(&tracker, m, ErrorClass::ServerError, timer.now());
     }
-    let (outcome, calls) = bench.run(&plan(Order::Ranked), &policy(1, None), &Requirements::default(), |id, _| {
-        if id == "m3" { server_error(id, 0) } else { Ok("ok") }
-    });
-    assert_eq!(calls, ["m3", "m0"], "m0 was ejected first");
-    assert!(outcome.unwrap().2[1].forced);
+    let (_, calls) = bench.run(&plan(Order::Ranked), &policy(1, None), &Requirements::default(), |_, _| Ok("ok"));
+    assert_eq!(calls, ["m0"], "m0 and m1 were ejected at the same time, before m2: m0 comes first in the order");
+    assert!(tracker.availability("m0", timer.now()).is_available(), "its success ends its ejection");
+    // Now 2 of 4 are out (m1, m2): allowed again, nobody is forced, m0 serves normally.
+    let (outcome, calls) = bench.run(&plan(Order::Ranked), &policy(1, None), &Requirements::default(), |_, _| Ok("ok"));
+    assert_eq!(calls, ["m0"]);
+    assert!(!outcome.unwrap().2[0].forced);
     // With max_ejected_percent 100 nobody is ever forced.
     let (tracker, timer) = fresh();
     for m in ["m0", "m1", "m2", "m3", "m0", "m1", "m2", "m3"] {
@@ -545,7 +549,7 @@ fn a_probe_whose_caller_went_away_gives_its_slot_back() {
 #[test]
 fn a_spent_retry_budget_falls_back_instead_of_retrying() {
     let models = vec![model("solo", 8_000, 0.9, "1", 1)];
-    let budget = RetryBudget::new(RetryBudgetConfig { percent: 0.0, min_per_sec: 0.0, window: secs(10) });
+    let budget = RetryBudget::new(RetryBudgetConfig { ratio: 0.0, min_per_sec: 0.0, window: secs(10) }).unwrap();
     let (tracker, timer) = fresh();
     let bench = Bench { budget: Some(&budget), ..Bench::new(&models, &tracker, &timer) };
     let (outcome, calls) = bench.run(&plan(Order::Ranked), &policy(3, None), &Requirements::default(), |_, _| {
@@ -554,7 +558,7 @@ fn a_spent_retry_budget_falls_back_instead_of_retrying() {
     assert_eq!(calls, ["solo"], "no retry: the budget allows none");
     assert!(outcome.is_err());
 
-    let budget = RetryBudget::new(RetryBudgetConfig { percent: 0.0, min_per_sec: 0.1, window: secs(10) });
+    let budget = RetryBudget::new(RetryBudgetConfig { ratio: 0.0, min_per_sec: 0.1, window: secs(10) }).unwrap();
     let (tracker, timer) = fresh();
     let bench = Bench { budget: Some(&budget), ..Bench::new(&models, &tracker, &timer) };
     let (_, calls) = bench.run(&plan(Order::Ranked), &policy(3, None), &Requirements::default(), |_, _| {
@@ -831,11 +835,11 @@ fn a_hedge_spends_the_retry_budget_and_an_early_answer_needs_none() {
         .clone()
     };
     // No budget: no hedge; alpha answers late and wins alone.
-    let none = RetryBudget::new(RetryBudgetConfig { percent: 0.0, min_per_sec: 0.0, window: secs(10) });
+    let none = RetryBudget::new(RetryBudgetConfig { ratio: 0.0, min_per_sec: 0.0, window: secs(10) }).unwrap();
     assert_eq!(run(&none), "alpha");
     assert_eq!(*calls.borrow(), ["alpha"]);
     // With room for one: the hedge starts (and alpha, polled first, still wins).
-    let one = RetryBudget::new(RetryBudgetConfig { percent: 0.0, min_per_sec: 0.1, window: secs(10) });
+    let one = RetryBudget::new(RetryBudgetConfig { ratio: 0.0, min_per_sec: 0.1, window: secs(10) }).unwrap();
     assert_eq!(run(&one), "alpha");
     assert_eq!(*calls.borrow(), ["alpha", "bravo"]);
 
@@ -934,47 +938,74 @@ proptest! {
         prompt in 0u32..150_000,
         max_attempts in 1u32..8,
         deadline_ms in 50u64..5_000,
+        order_kind in 0u8..3,
+        list in proptest::collection::vec(0usize..8, 0..10),
+        ejected in proptest::collection::vec((0usize..8, prop_oneof![Just(ErrorClass::ServerError), Just(ErrorClass::RateLimited), Just(ErrorClass::QuotaExhausted)]), 0..8),
     ) {
         let (tracker, timer) = fresh();
+        // Some models are out before the request: ejected, rate limited, out of quota.
+        for (i, class) in &ejected {
+            if let Some(m) = models.get(*i) {
+                for _ in 0..2 {
+                    fail(&tracker, &m.id, *class, timer.now());
+                }
+            }
+        }
         let req = Requirements { prompt_tokens: prompt, ..Requirements::default() };
         let eligible = modelfleet_selector::rank(&models, &req, &NoSignals, &modelfleet_selector::SelectorConfig { strategy: rank, ..Default::default() });
+        let named_first = eligible.iter().any(|r| r.model.id == "m0") && tracker.availability("m0", timer.now()).is_available();
         let config = ExecutorConfig { max_attempts_per_request: max_attempts, ..policy(3, Some(ms(deadline_ms))) };
+        // An explicit list, maybe naming models twice or models that do not exist.
+        let ids: Vec<String> = list.iter().map(|i| format!("m{i}")).collect();
+        let order = match order_kind {
+            0 => Order::Ranked,
+            1 => Order::Explicit(&ids),
+            _ => Order::Named { model: "m0", fallbacks: (!ids.is_empty()).then_some(ids.as_slice()) },
+        };
         let step = RefCell::new(0usize);
+        let calls = RefCell::new(Vec::new());
+        let mut rng = fastrand::Rng::with_seed(3);
         let bench = Bench::new(&models, &tracker, &timer);
-        let plan = Plan { order: Order::Ranked, strategy: rank, ..Plan::default() };
-        let (outcome, calls) = bench.run(&plan, &config, &req, |_, _| {
+        let plan = Plan { order, strategy: rank, ..Plan::default() };
+        let outcome = block_on(execute(bench.pool(&NoSignals), &req, &plan, &config, &mut rng, |model, _| {
+            calls.borrow_mut().push(model.id.clone());
+            timer.advance(ms(10));
             let mut i = step.borrow_mut();
             let result = match script.get(*i).copied().flatten() {
                 None => Ok("ok"),
                 Some(class) => Err(Failure::new(class, "scripted")),
             };
             *i += 1;
-            result
-        });
-        let attempts = match &outcome { Ok((_, _, a)) => a.clone(), Err(_) => Vec::new() };
-        // Attempts are bounded.
+            async move { result }
+        }));
+        let calls = calls.into_inner();
+        let attempts: Vec<Attempt> = match &outcome { Ok(e) => e.attempts.clone(), Err(e) => e.attempts().to_vec() };
+        // Every call is reported, and attempts are bounded.
+        prop_assert_eq!(attempts.len(), calls.len());
         prop_assert!(calls.len() <= max_attempts as usize);
         // Every model tried meets the requirements.
         for id in &calls {
             prop_assert!(eligible.iter().any(|r| &r.model.id == id), "{} does not meet the requirements", id);
         }
-        // A failed model is never its own fallback: it comes again only as a
-        // retry of a retryable class; a non-retryable error ends its turn.
-        for (i, pair) in calls.windows(2).enumerate() {
-            if pair[0] == pair[1] {
-                let class = script.get(i).copied().flatten();
-                prop_assert!(class.is_some_and(ErrorClass::retry_same_model), "{} retried after {:?}", pair[0], class);
+        // A model comes again only as a retry after a retryable failure of its
+        // own (a failed model is never its own fallback; a list naming a model
+        // twice tries it once).
+        for (i, a) in attempts.iter().enumerate() {
+            if let Some(earlier) = attempts[..i].iter().rev().find(|b| b.model == a.model) {
+                prop_assert!(earlier.error.is_some_and(ErrorClass::retry_same_model), "{} again after {:?}", a.model, earlier.error);
             }
         }
         // Not-recoverable errors end the request.
-        if let Some(i) = script.iter().take(calls.len()).position(|c| c.is_some_and(|c| !c.fallback() && !c.retry_same_model())) {
-            prop_assert_eq!(calls.len(), i + 1);
+        if let Some(i) = attempts.iter().position(|a| a.error.is_some_and(|c| !c.fallback() && !c.retry_same_model())) {
+            prop_assert_eq!(attempts.len(), i + 1);
         }
+        // At most one ejected model is tried anyway per request.
+        prop_assert!(attempts.iter().filter(|a| a.forced).count() <= 1);
         // The deadline holds: no attempt starts after it (each takes 10 ms).
         prop_assert!(timer.now() <= ms(deadline_ms) + ms(10), "{:?}", timer.now());
-        // Served answers report every attempt.
-        if outcome.is_ok() {
-            prop_assert_eq!(attempts.len(), calls.len());
+        // A named model that qualifies and is in rotation is tried first.
+        if order_kind == 2 && named_first {
+            prop_assert_eq!(calls.first().map(String::as_str), Some("m0"));
         }
     }
 }
@@ -1082,7 +1113,7 @@ fn without_a_deadline_a_cooldown_is_not_waited_for_and_the_failures_are_reported
 fn first_attempts_earn_retries_and_retries_do_not() {
     let models = vec![model("solo", 8_000, 0.9, "1", 1)];
     // 100% of requests: the request's first attempt earns exactly one retry.
-    let budget = RetryBudget::new(RetryBudgetConfig { percent: 1.0, min_per_sec: 0.0, window: secs(10) });
+    let budget = RetryBudget::new(RetryBudgetConfig { ratio: 1.0, min_per_sec: 0.0, window: secs(10) }).unwrap();
     let (tracker, timer) = fresh();
     let bench = Bench { budget: Some(&budget), ..Bench::new(&models, &tracker, &timer) };
     let (_, calls) = bench.run(&plan(Order::Ranked), &policy(5, None), &Requirements::default(), |_, _| {
@@ -1210,7 +1241,7 @@ fn a_context_window_failure_skips_a_window_no_larger() {
 #[test]
 fn a_retry_spends_the_budget_only_when_it_is_made() {
     let models = fleet();
-    let budget = RetryBudget::new(RetryBudgetConfig { percent: 0.0, min_per_sec: 0.1, window: secs(10) });
+    let budget = RetryBudget::new(RetryBudgetConfig { ratio: 0.0, min_per_sec: 0.1, window: secs(10) }).unwrap();
     let (tracker, timer) = fresh();
     let bench = Bench { budget: Some(&budget), ..Bench::new(&models, &tracker, &timer) };
     // alpha fails and could be retried, but bravo serves: no retry was made.
@@ -1220,4 +1251,100 @@ fn a_retry_spends_the_budget_only_when_it_is_made() {
     assert_eq!(calls, ["alpha", "bravo"]);
     assert!(outcome.is_ok());
     assert!((budget.remaining("prov", timer.now()) - 1.0).abs() < 1e-9, "the one retry allowed is still there");
+}
+
+#[test]
+fn in_a_full_outage_a_request_tries_one_ejected_model_at_most() {
+    let models = fleet();
+    let (tracker, timer) = fresh();
+    for m in ["alpha", "bravo", "charlie", "alpha", "bravo", "charlie"] {
+        fail(&tracker, m, ErrorClass::ServerError, timer.now());
+        timer.advance(ms(1));
+    }
+    let bench = Bench::new(&models, &tracker, &timer);
+    let (outcome, calls) =
+        bench.run(&plan(Order::Ranked), &policy(3, Some(secs(1))), &Requirements::default(), server_error);
+    assert_eq!(calls, ["alpha"], "alpha was ejected first; the others stay out: ejection still sheds load");
+    assert!(outcome.is_err());
+}
+
+#[test]
+fn with_every_probe_busy_it_looks_again_within_the_deadline() {
+    let models = vec![model("solo", 8_000, 0.9, "1", 1)];
+    let circuit =
+        CircuitConfig::new(CircuitSettings { half_open_probes: 1, min_requests: 1, ..CircuitSettings::default() })
+            .unwrap();
+    let tracker = Tracker::new(TrackerConfig { circuit, ..TrackerConfig::default() });
+    let timer = ManualTimer::new();
+    fail(&tracker, "solo", ErrorClass::ServerError, secs(0));
+    timer.advance(secs(31));
+    let held = tracker.acquire("solo", timer.now()).unwrap();
+    assert!(held.is_probe());
+    let bench = Bench::new(&models, &tracker, &timer);
+    // With a deadline it polls (a quarter second at a time) until the deadline.
+    let (outcome, calls) =
+        bench.run(&plan(Order::Ranked), &policy(1, Some(secs(1))), &Requirements::default(), |_, _| Ok("ok"));
+    assert!(calls.is_empty());
+    assert!(outcome.unwrap_err().contains("probes busy"));
+    assert!(timer.slept().len() >= 3, "{:?}", timer.slept());
+    // The probe answers: the next request goes through.
+    held.success(timer.now());
+    let (outcome, calls) =
+        bench.run(&plan(Order::Ranked), &policy(1, Some(secs(1))), &Requirements::default(), |_, _| Ok("ok"));
+    assert_eq!(calls, ["solo"]);
+    assert!(outcome.is_ok());
+}
+
+#[test]
+fn a_hedge_is_an_attempt_within_the_bound() {
+    let models = fleet();
+    let (tracker, timer) = fresh();
+    let bench = Bench::new(&models, &tracker, &timer);
+    let hedged = Plan { hedge: Some(HedgeAfter::Fixed(ms(300))), ..plan(Order::Ranked) };
+    let config = ExecutorConfig { max_attempts_per_request: 1, ..policy(1, None) };
+    let calls = RefCell::new(Vec::new());
+    let mut rng = fastrand::Rng::with_seed(1);
+    let served =
+        block_on(execute(bench.pool(&NoSignals), &Requirements::default(), &hedged, &config, &mut rng, |model, _| {
+            calls.borrow_mut().push(model.id.clone());
+            Later(2, Some(Ok("late")))
+        }))
+        .unwrap();
+    assert_eq!(*calls.borrow(), ["alpha"], "one attempt allowed: no hedge");
+    assert_eq!(served.attempts.len(), 1);
+}
+
+#[test]
+fn a_list_naming_a_model_twice_tries_it_once() {
+    let models = fleet();
+    let (tracker, timer) = fresh();
+    let bench = Bench::new(&models, &tracker, &timer);
+    let list = ["bravo".to_owned(), "charlie".to_owned(), "bravo".to_owned()];
+    let (_, calls) = bench.run(&plan(Order::Explicit(&list)), &policy(1, None), &Requirements::default(), server_error);
+    assert_eq!(calls, ["bravo", "charlie"]);
+    let named = plan(Order::Named { model: "alpha", fallbacks: Some(&list) });
+    let (tracker, timer) = fresh();
+    let (_, calls) =
+        Bench::new(&models, &tracker, &timer).run(&named, &policy(1, None), &Requirements::default(), server_error);
+    assert_eq!(calls, ["alpha", "bravo", "charlie"]);
+}
+
+#[test]
+fn a_p95_too_large_for_a_duration_starts_no_hedge_and_no_panic() {
+    let models = fleet();
+    let (tracker, timer) = fresh();
+    let bench = Bench::new(&models, &tracker, &timer);
+    let signals = |_: &str| Signals { latency_p95_ms: Some(1e300), ..Signals::default() };
+    let hedged = Plan { hedge: Some(HedgeAfter::P95), ..plan(Order::Ranked) };
+    let mut rng = fastrand::Rng::with_seed(1);
+    let served = block_on(execute(
+        bench.pool(&signals),
+        &Requirements::default(),
+        &hedged,
+        &policy(1, None),
+        &mut rng,
+        |_, _| Later(2, Some(Ok("late"))),
+    ))
+    .unwrap();
+    assert_eq!(served.model.id, "alpha");
 }

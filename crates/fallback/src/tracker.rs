@@ -3,18 +3,20 @@
 //!
 //! A caller asks [`Tracker::acquire`] before each call to a model and gets a
 //! [`Permit`] (or the [`Availability`] that says why not). The permit is
-//! consumed by the call's outcome ([`Permit::success`], [`Permit::failure`])
-//! or given back unused ([`Permit::release`], or simply dropped). The rules
-//! below are the tracker's invariants; `tracker_tests.rs` has a test for each.
+//! consumed by the call's outcome ([`Permit::success`],
+//! [`Permit::success_with_latency`], [`Permit::failure`]) or given back
+//! unused ([`Permit::release`], or simply dropped). The rules below are the
+//! tracker's invariants; `tracker_tests.rs` has a test for each.
 //!
 //! # Time
 //! - No clock is read: every method takes `now`, a `Duration` since an origin
 //!   the caller keeps. Time-based transitions (an open circuit turning
-//!   half-open, the half-open timeout, a cooldown ending and re-admission
-//!   starting, streak and multiplier decay) are computed lazily from stored
-//!   timestamps when a model is next looked at; there is no background task.
-//!   Read-only calls ([`Tracker::availability`], [`Tracker::health`], …)
-//!   apply them to a copy.
+//!   half-open, a cooldown ending and re-admission starting, streak and
+//!   multiplier decay) are computed lazily from stored timestamps when a
+//!   model is next looked at; there is no background task. Read-only calls
+//!   ([`Tracker::availability`], [`Tracker::health`], …) apply them to a copy.
+//! - Time alone never opens a circuit, starts a cooldown or counts an
+//!   ejection: only a recorded failure does.
 //!
 //! # Permits
 //! - A permit is the only way to record an outcome, and recording consumes
@@ -36,11 +38,14 @@
 //! # Circuit breaker
 //! - **Window.** The sliding window (`window`, kept in 10 buckets of
 //!   `window / 10`, so an outcome leaves it between 9 and 10 bucket widths
-//!   after it entered) holds successes (slow when their latency, `now` minus
-//!   the permit's start, is at least `slow_call_duration`) and failures of the
-//!   classes that [count against the model](counts_against_model): timeout,
-//!   server error, connection. No other outcome is in its numerator or
-//!   denominator.
+//!   after it entered) holds successes (slow when their latency is at least
+//!   `slow_call_duration`) and failures of the classes that
+//!   [count against the model](counts_against_model): timeout, server error,
+//!   connection. No other outcome is in its numerator or denominator. A
+//!   success's latency is `now` minus the permit's start
+//!   ([`Permit::success`]) or the one the caller gives
+//!   ([`Permit::success_with_latency`]): a stream gives its time to first
+//!   token, so a long answer streamed promptly is not a slow call.
 //! - **Closed → open** after an outcome enters the window, when the window
 //!   holds at least `min_requests` calls and failures / calls ≥
 //!   `failure_ratio` or slow successes / calls ≥ `slow_call_ratio`.
@@ -48,20 +53,27 @@
 //!   (`now >= until`). `open_for` is fixed: the ejection multiplier does not
 //!   lengthen it.
 //! - **Half-open** admits up to `half_open_probes` probes in flight at once.
-//!   That many probe successes close the circuit and clear the window; one
-//!   probe failure of a class that counts against the model opens it again for
-//!   `open_for`. Other probe answers (rate limit, client fault, …) only free
-//!   their slot.
-//! - **Half-open timeout.** When a probe is admitted with no answer awaited,
-//!   or a probe answers while others are still in flight, the circuit waits at
-//!   most `half_open_timeout` for the next probe answer (success or failure);
-//!   without one it opens again, for `open_for` from the moment the wait ran
-//!   out. A released probe is not an answer. A half-open circuit that admitted
-//!   nothing waits for traffic indefinitely (no idle flapping).
-//! - **Generations.** Every opening (trip, probe failure, half-open timeout)
-//!   starts a new generation. A permit taken in an earlier generation (before
-//!   the circuit opened, or in an earlier half-open spell) is not a probe of
-//!   the current one: its outcome updates the totals, streaks and cooldowns,
+//!   That many probe successes (of the spell, however far apart) close the
+//!   circuit and clear the window; one probe failure of a class that counts
+//!   against the model opens it again for `open_for` (an ejection). Other
+//!   probe answers (rate limit, client fault, …) only free their slot, and so
+//!   does a probe released or dropped: neither answer is a failure, an
+//!   ejection or a reason to open.
+//! - **No half-open timeout** (resilience4j's default,
+//!   `maxWaitDurationInHalfOpenState` 0). While a probe of the current spell
+//!   is in flight the circuit waits for it however long it takes (a slow
+//!   call, a long stream): every probe slot is owned by a permit, which
+//!   answers or is released or dropped, so nothing holds the state forever.
+//!   With no probe in flight it waits for traffic, however long. It never
+//!   returns to open by time alone: an idle return would refuse traffic
+//!   although nothing failed, and a model whose requests come further apart
+//!   than the idle limit would never gather its probe successes, flapping
+//!   open ↔ half-open forever. (So there is no `half_open_timeout`
+//!   setting: it would reopen the circuits of slow but healthy models.)
+//! - **Generations.** Every opening (a trip or a probe failure) starts a new
+//!   generation. A permit taken in an earlier generation (before the circuit
+//!   opened, or in an earlier half-open spell) is not a probe of the current
+//!   one: its outcome updates the totals, streaks and cooldowns,
 //!   but enters no window, moves no circuit and frees no probe slot.
 //!
 //! # Cooldowns and ejections
@@ -185,8 +197,6 @@ pub struct CircuitSettings {
     pub open_for: Duration,
     /// Probes allowed in flight at once while half-open; that many successes close it.
     pub half_open_probes: u32,
-    /// How long a half-open circuit waits for a probe answer before opening again.
-    pub half_open_timeout: Duration,
     /// A successful call at least this slow is slow.
     pub slow_call_duration: Duration,
     /// The slow-success share, in (0, 1], that opens the circuit.
@@ -195,8 +205,8 @@ pub struct CircuitSettings {
 
 impl Default for CircuitSettings {
     /// Opens at 50% failures (or 100% slow successes of 60 s or more) over at
-    /// least 10 calls in 30 s; open 30 s; 3 probes, each wait for an answer at
-    /// most 30 s.
+    /// least 10 calls in 30 s; open 30 s; then 3 probes in flight at once,
+    /// waited for however long they take.
     fn default() -> Self {
         CircuitSettings {
             window: Duration::from_secs(30),
@@ -204,7 +214,6 @@ impl Default for CircuitSettings {
             failure_ratio: 0.5,
             open_for: Duration::from_secs(30),
             half_open_probes: 3,
-            half_open_timeout: Duration::from_secs(30),
             slow_call_duration: Duration::from_mins(1),
             slow_call_ratio: 1.0,
         }
@@ -237,12 +246,11 @@ impl CircuitConfig {
     /// the field and its value.
     pub fn new(settings: CircuitSettings) -> Result<CircuitConfig, InvalidConfig> {
         let s = settings;
-        non_zero("window", s.window)?;
-        non_zero("open_for", s.open_for)?;
-        non_zero("half_open_timeout", s.half_open_timeout)?;
-        non_zero("slow_call_duration", s.slow_call_duration)?;
-        at_least_one("min_requests", s.min_requests)?;
-        at_least_one("half_open_probes", s.half_open_probes)?;
+        non_zero("circuit window", s.window)?;
+        non_zero("circuit open_for", s.open_for)?;
+        non_zero("circuit slow_call_duration", s.slow_call_duration)?;
+        at_least_one("circuit min_requests", s.min_requests)?;
+        at_least_one("circuit half_open_probes", s.half_open_probes)?;
         ratio("failure_ratio", s.failure_ratio)?;
         ratio("slow_call_ratio", s.slow_call_ratio)?;
         Ok(CircuitConfig(settings))
@@ -255,16 +263,40 @@ impl CircuitConfig {
     }
 }
 
+impl CooldownConfig {
+    /// Checks the settings: the thresholds (`escalate_after`,
+    /// `timeouts_to_eject`, `request_specific_to_eject`) at least 1,
+    /// `escalating_base`, `multiplier_decay` and `streak_decay` non-zero, and
+    /// `escalating_max` at least `escalating_base`; the message names the
+    /// field and its value. Zero is fine for `short`, `long` and
+    /// `max_retry_after`: no cooldown of that kind.
+    pub fn check(&self) -> Result<(), InvalidConfig> {
+        at_least_one("cooldown escalate_after", self.escalate_after)?;
+        at_least_one("cooldown timeouts_to_eject", self.timeouts_to_eject)?;
+        at_least_one("cooldown request_specific_to_eject", self.request_specific_to_eject)?;
+        non_zero("cooldown escalating_base", self.escalating_base)?;
+        non_zero("cooldown multiplier_decay", self.multiplier_decay)?;
+        non_zero("cooldown streak_decay", self.streak_decay)?;
+        if self.escalating_max < self.escalating_base {
+            return Err(InvalidConfig(format!(
+                "cooldown escalating_max must be at least escalating_base ({:?}) (got {:?})",
+                self.escalating_base, self.escalating_max
+            )));
+        }
+        Ok(())
+    }
+}
+
 fn non_zero(field: &str, value: Duration) -> Result<(), InvalidConfig> {
     if value.is_zero() {
-        return Err(InvalidConfig(format!("circuit {field} must be greater than zero (got {value:?})")));
+        return Err(InvalidConfig(format!("{field} must be greater than zero (got {value:?})")));
     }
     Ok(())
 }
 
 fn at_least_one(field: &str, value: u32) -> Result<(), InvalidConfig> {
     if value == 0 {
-        return Err(InvalidConfig(format!("circuit {field} must be at least 1 (got {value})")));
+        return Err(InvalidConfig(format!("{field} must be at least 1 (got {value})")));
     }
     Ok(())
 }
@@ -278,12 +310,26 @@ fn ratio(field: &str, value: f64) -> Result<(), InvalidConfig> {
 }
 
 /// The [`Tracker`]'s settings.
+///
+/// [`TrackerConfig::new`] checks the cooldowns (the circuit is checked by
+/// its type). The fields stay public: a literal skips the cooldown check,
+/// and the tracker then follows the rules as written for any value (a zero
+/// `multiplier_decay` forgets the multiplier as soon as an ejection ends,
+/// a zero threshold ejects from the first failure, …), which tests use.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct TrackerConfig {
     /// Cooldowns and ejections.
     pub cooldown: CooldownConfig,
     /// The circuit breaker.
     pub circuit: CircuitConfig,
+}
+
+impl TrackerConfig {
+    /// The settings, with `cooldown` checked by [`CooldownConfig::check`].
+    pub fn new(cooldown: CooldownConfig, circuit: CircuitConfig) -> Result<TrackerConfig, InvalidConfig> {
+        cooldown.check()?;
+        Ok(TrackerConfig { cooldown, circuit })
+    }
 }
 
 /// A circuit breaker's state, for metrics and reports.
@@ -473,9 +519,9 @@ enum Circuit {
     HalfOpen {
         /// When the circuit left closed.
         opened: Duration,
-        /// Since when a probe answer has been awaited (`None`: nothing awaited).
-        waiting_since: Option<Duration>,
+        /// Probe permits of this spell held (not yet answered, released or dropped).
         in_flight: u32,
+        /// Probe successes of this spell.
         successes: u32,
     },
 }
@@ -570,13 +616,18 @@ struct Standing {
     /// of the re-admission in force, or none (`Ordinary`).
     holds: Admission,
     forced: bool,
-    started: Duration,
 }
 
 #[derive(Debug, Clone, Copy)]
 enum Outcome {
-    Success,
-    Failure { class: ErrorClass, retry_after: Option<Duration> },
+    /// `latency`: the call's, judged against `slow_call_duration`.
+    Success {
+        latency: Duration,
+    },
+    Failure {
+        class: ErrorClass,
+        retry_after: Option<Duration>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -610,17 +661,12 @@ const fn slots(in_flight: u32, probes: u32) -> Availability {
 
 impl State {
     /// Applies the time-based transitions due by `now`.
-    fn refresh(&mut self, config: &TrackerConfig, now: Duration) {
-        if let Circuit::HalfOpen { opened, waiting_since: Some(since), .. } = self.circuit {
-            let at = since.saturating_add(config.circuit.0.half_open_timeout);
-            if now >= at {
-                self.open(config, opened, at, &mut Tally::Pending);
-            }
-        }
+    /// (A half-open circuit has none: it waits for its probes and traffic.)
+    fn refresh(&mut self, now: Duration) {
         if let Circuit::Open { opened, until } = self.circuit
             && now >= until
         {
-            self.circuit = Circuit::HalfOpen { opened, waiting_since: None, in_flight: 0, successes: 0 };
+            self.circuit = Circuit::HalfOpen { opened, in_flight: 0, successes: 0 };
         }
         if let Some(c) = self.cooldown
             && now >= c.until
@@ -645,14 +691,13 @@ impl State {
         }
     }
 
-    /// Admits a call at `now` (needs `refresh(now)` first): the slot it takes,
-    /// or why not.
-    fn admit(&mut self, probes: u32, now: Duration) -> Result<Admission, Availability> {
+    /// Admits a call (needs `refresh(now)` first): the slot it takes, or why
+    /// not.
+    fn admit(&mut self, probes: u32) -> Result<Admission, Availability> {
         match self.availability(probes) {
             Availability::Available => Ok(Admission::Ordinary),
             Availability::Probe => match (&mut self.circuit, &mut self.readmitting) {
-                (Circuit::HalfOpen { waiting_since, in_flight, .. }, _) => {
-                    waiting_since.get_or_insert(now);
+                (Circuit::HalfOpen { in_flight, .. }, _) => {
                     *in_flight += 1;
                     Ok(Admission::Probe)
                 }
@@ -678,18 +723,11 @@ impl State {
         }
     }
 
-    /// Gives a probe slot of the current half-open spell back.
+    /// Gives a probe slot of the current half-open spell back: a probe
+    /// released, dropped, or answered without closing or opening the circuit.
     fn free_probe(&mut self) {
         if let Circuit::HalfOpen { in_flight, .. } = &mut self.circuit {
             *in_flight = in_flight.saturating_sub(1);
-        }
-    }
-
-    /// A probe answered (without closing or opening the circuit).
-    fn answer(&mut self, now: Duration) {
-        if let Circuit::HalfOpen { waiting_since, in_flight, .. } = &mut self.circuit {
-            *in_flight = in_flight.saturating_sub(1);
-            *waiting_since = (*in_flight > 0).then_some(now);
         }
     }
 
@@ -799,7 +837,7 @@ impl State {
     }
 
     fn settle(&mut self, config: &TrackerConfig, ticket: Ticket, outcome: Outcome, now: Duration) {
-        self.refresh(config, now);
+        self.refresh(now);
         let current = ticket.generation == self.generation;
         let standing = Standing {
             current,
@@ -809,19 +847,18 @@ impl State {
                 _ => Admission::Ordinary,
             },
             forced: ticket.forced,
-            started: ticket.started,
         };
         // Whatever the outcome, a re-admission permit's slot is free again.
         if standing.holds == Admission::Readmission {
             self.free_readmission();
         }
         match outcome {
-            Outcome::Success => self.succeed(config, standing, now),
+            Outcome::Success { latency } => self.succeed(config, standing, latency, now),
             Outcome::Failure { class, retry_after } => self.fail(config, standing, class, retry_after, now),
         }
     }
 
-    fn succeed(&mut self, config: &TrackerConfig, standing: Standing, now: Duration) {
+    fn succeed(&mut self, config: &TrackerConfig, standing: Standing, latency: Duration, now: Duration) {
         self.successes += 1;
         self.streaks = Streaks::default();
         self.readmitting = None;
@@ -833,7 +870,7 @@ impl State {
                     return;
                 }
             }
-            self.answer(now);
+            self.free_probe();
             return;
         }
         if standing.forced && self.ejected() {
@@ -848,7 +885,7 @@ impl State {
             let s = &config.circuit.0;
             let calls = self.window.at(bucket_width(s.window), now);
             calls.ok = calls.ok.saturating_add(1);
-            if now.saturating_sub(standing.started) >= s.slow_call_duration {
+            if latency >= s.slow_call_duration {
                 calls.slow = calls.slow.saturating_add(1);
             }
             self.trip(config, now, &mut Tally::Pending);
@@ -866,7 +903,7 @@ impl State {
         if client_fault(class) {
             self.client_faults += 1;
             if standing.holds == Admission::Probe {
-                self.answer(now);
+                self.free_probe();
             }
             return;
         }
@@ -914,7 +951,7 @@ impl State {
         if standing.holds == Admission::Probe {
             match self.circuit {
                 Circuit::HalfOpen { opened, .. } if against => self.open(config, opened, now, &mut tally),
-                _ => self.answer(now),
+                _ => self.free_probe(),
             }
             return;
         }
@@ -1010,7 +1047,7 @@ impl Tracker {
     /// `model`'s state as of `now` (read-only: transitions applied to a copy).
     fn view(&self, model: &str, now: Duration) -> State {
         let mut state = self.inner.models.get(model).map(|s| *s).unwrap_or_default();
-        state.refresh(&self.inner.config, now);
+        state.refresh(now);
         state
     }
 
@@ -1030,7 +1067,7 @@ impl Tracker {
             None => models.entry(Arc::from(model)).or_default(),
         };
         let state = entry.value_mut();
-        state.refresh(&self.inner.config, now);
+        state.refresh(now);
         let out = f(state);
         (Arc::clone(entry.key()), out)
     }
@@ -1047,7 +1084,7 @@ impl Tracker {
     pub fn acquire(&self, model: &str, now: Duration) -> Result<Permit, Availability> {
         let probes = self.inner.config.circuit.0.half_open_probes;
         let (key, admitted) = self.with_state(model, now, |state| {
-            let admission = state.admit(probes, now)?;
+            let admission = state.admit(probes)?;
             Ok(Ticket {
                 generation: state.generation,
                 spell: state.readmissions,
@@ -1106,7 +1143,7 @@ impl Tracker {
             .iter()
             .map(|entry| {
                 let mut state = *entry.value();
-                state.refresh(config, now);
+                state.refresh(now);
                 (entry.key().to_string(), state.health(&config.cooldown, now))
             })
             .collect();
@@ -1177,10 +1214,20 @@ impl Permit {
         state.settle(&inner.config, self.ticket, outcome, now);
     }
 
-    /// Records a success at `now`; slow when `now - started()` is at least
-    /// the circuit's `slow_call_duration`.
+    /// Records a success at `now`; slow when its latency, `now - started()`,
+    /// is at least the circuit's `slow_call_duration`.
     pub fn success(mut self, now: Duration) {
-        self.settle(Outcome::Success, now);
+        let latency = now.saturating_sub(self.ticket.started);
+        self.settle(Outcome::Success { latency }, now);
+    }
+
+    /// Records a success at `now` whose latency, judged against the
+    /// circuit's `slow_call_duration`, is `latency` rather than
+    /// `now - started()`. A stream passes its time to first token: its
+    /// permit lasts the whole stream, but a long answer streamed promptly
+    /// is not a slow call.
+    pub fn success_with_latency(mut self, now: Duration, latency: Duration) {
+        self.settle(Outcome::Success { latency }, now);
     }
 
     /// Records a failure of `class` at `now` (`retry_after`: what the provider

@@ -104,7 +104,7 @@ fn defaults() {
     );
     let s = CircuitSettings::default();
     assert_eq!((s.window, s.min_requests, s.open_for, s.half_open_probes), (secs(30), 10, secs(30), 3));
-    assert_eq!((s.half_open_timeout, s.slow_call_duration), (secs(30), secs(60)));
+    assert_eq!(s.slow_call_duration, secs(60));
     assert!(s.failure_ratio.to_bits() == 0.5f64.to_bits() && s.slow_call_ratio.to_bits() == 1.0f64.to_bits());
     assert_eq!(CircuitConfig::new(s), Ok(CircuitConfig::default()));
     assert_eq!(CircuitConfig::default().settings(), &s);
@@ -122,7 +122,6 @@ fn circuit_config_rejects_each_unusable_field() {
     }
     check(|s| s.window = Duration::ZERO, "circuit window must be greater than zero (got 0ns)");
     check(|s| s.open_for = Duration::ZERO, "circuit open_for must be greater than zero (got 0ns)");
-    check(|s| s.half_open_timeout = Duration::ZERO, "circuit half_open_timeout must be greater than zero (got 0ns)");
     check(|s| s.slow_call_duration = Duration::ZERO, "circuit slow_call_duration must be greater than zero (got 0ns)");
     check(|s| s.min_requests = 0, "circuit min_requests must be at least 1 (got 0)");
     check(|s| s.half_open_probes = 0, "circuit half_open_probes must be at least 1 (got 0)");
@@ -137,13 +136,57 @@ fn circuit_config_rejects_each_unusable_field() {
         failure_ratio: 1.0,
         open_for: NS,
         half_open_probes: 1,
-        half_open_timeout: NS,
         slow_call_duration: NS,
         slow_call_ratio: f64::MIN_POSITIVE,
     };
     assert_eq!(CircuitConfig::new(edges).map(|c| *c.settings()), Ok(edges));
     let edges = CircuitSettings { failure_ratio: f64::MIN_POSITIVE, slow_call_ratio: 1.0, ..edges };
     assert_eq!(CircuitConfig::new(edges).map(|c| *c.settings()), Ok(edges));
+}
+
+#[test]
+fn cooldown_config_check_rejects_each_unusable_field() {
+    fn check(change: impl FnOnce(&mut CooldownConfig)) -> Result<(), String> {
+        let mut c = CooldownConfig::default();
+        change(&mut c);
+        let checked = c.check().map_err(|e| e.to_string());
+        let built = TrackerConfig::new(c, CircuitConfig::default());
+        assert_eq!(built.map(|config| config.cooldown).map_err(|e| e.to_string()), checked.clone().map(|()| c));
+        checked
+    }
+    assert_eq!(check(|_| {}), Ok(()));
+    let one = |field: &str| Err(format!("cooldown {field} must be at least 1 (got 0)"));
+    assert_eq!(check(|c| c.escalate_after = 0), one("escalate_after"));
+    assert_eq!(check(|c| c.timeouts_to_eject = 0), one("timeouts_to_eject"));
+    assert_eq!(check(|c| c.request_specific_to_eject = 0), one("request_specific_to_eject"));
+    let zero = |field: &str| Err(format!("cooldown {field} must be greater than zero (got 0ns)"));
+    assert_eq!(check(|c| c.escalating_base = Duration::ZERO), zero("escalating_base"));
+    assert_eq!(check(|c| c.multiplier_decay = Duration::ZERO), zero("multiplier_decay"));
+    assert_eq!(check(|c| c.streak_decay = Duration::ZERO), zero("streak_decay"));
+    // escalating_max against escalating_base (2 s): one step below, at, above.
+    assert_eq!(
+        check(|c| c.escalating_max = before(secs(2))),
+        Err("cooldown escalating_max must be at least escalating_base (2s) (got 1.999999999s)".to_owned())
+    );
+    assert_eq!(check(|c| c.escalating_max = secs(2)), Ok(()));
+    assert_eq!(check(|c| c.escalating_max = secs(2) + NS), Ok(()));
+    // The edges that are fine: thresholds of 1, the smallest durations, and
+    // zero where it means "no cooldown of that kind".
+    let edges = CooldownConfig {
+        short: Duration::ZERO,
+        max_retry_after: Duration::ZERO,
+        escalating_base: NS,
+        escalating_max: NS,
+        escalate_after: 1,
+        long: Duration::ZERO,
+        timeouts_to_eject: 1,
+        request_specific_to_eject: 1,
+        multiplier_decay: NS,
+        streak_decay: NS,
+    };
+    assert_eq!(edges.check(), Ok(()));
+    let config = TrackerConfig::new(edges, CircuitConfig::default());
+    assert_eq!(config, Ok(TrackerConfig { cooldown: edges, circuit: CircuitConfig::default() }));
 }
 
 #[test]
@@ -359,6 +402,34 @@ fn slow_successes_open_the_circuit() {
     assert_eq!(run(0.5, &[fast, fast, fast, fast, fast, fast, slow, slow, slow, slow]).0, CircuitState::Closed);
 }
 
+#[test]
+fn a_success_is_slow_by_the_latency_it_is_given() {
+    // One call is enough (min_requests 1); one slow success of one opens.
+    let settings = CircuitSettings { min_requests: 1, ..CircuitSettings::default() };
+    // A stream started at 0 ends at 200 s: its time to first token decides.
+    for (latency, expect) in [
+        (before(secs(60)), (CircuitState::Closed, (1, 0, 0))),
+        (secs(60), (CircuitState::Open, (1, 1, 0))),
+        (secs(60) + NS, (CircuitState::Open, (1, 1, 0))),
+    ] {
+        let t = breaker(settings);
+        t.acquire("m", secs(0)).unwrap().success_with_latency(secs(200), latency);
+        assert_eq!((t.circuit("m", secs(200)), window(&t, secs(200))), expect, "{latency:?}");
+        assert_eq!(t.health("m", secs(200)).successes, 1);
+    }
+    // `success` judges `now - started`, from whenever it started.
+    for (end, expect) in [(before(secs(160)), CircuitState::Closed), (secs(160), CircuitState::Open)] {
+        let t = breaker(settings);
+        t.acquire("m", secs(100)).unwrap().success(end);
+        assert_eq!(t.circuit("m", end), expect, "{end:?}");
+    }
+    // A probe's success counts for the spell whatever its latency.
+    let t = breaker(CircuitSettings { half_open_probes: 1, ..settings });
+    trip(&t, secs(0));
+    t.acquire("m", secs(30)).unwrap().success_with_latency(secs(300), secs(299));
+    assert_eq!(t.circuit("m", secs(300)), CircuitState::Closed);
+}
+
 // ---- Circuit: open → half-open → closed or open ---------------------------------------------
 
 #[test]
@@ -441,58 +512,107 @@ fn a_dropped_or_released_probe_frees_its_slot() {
     assert_eq!(t.health("m", secs(30)).successes, 0);
 }
 
-#[test]
-fn a_half_open_circuit_without_answers_reopens_after_the_timeout() {
+/// A default tracker whose "m" tripped at 0 (one ejection) and turned
+/// half-open at 30 s.
+fn half_open() -> Tracker {
     let t = breaker(CircuitSettings::default());
     trip(&t, secs(0));
-    assert_eq!(t.circuit("m", secs(130)), CircuitState::HalfOpen, "idle: nothing awaited, no timeout");
-    let probe = t.acquire("m", secs(200)).unwrap();
-    assert_eq!(t.circuit("m", before(secs(230))), CircuitState::HalfOpen);
-    assert_eq!(t.availability("m", secs(230)), Availability::CircuitOpen { until: secs(260) });
-    assert_eq!(t.health("m", secs(230)).ejections, 2, "an opening, so an ejection");
-    assert_eq!(t.ejected_since("m", secs(230)), Some(secs(0)), "the same spell");
-    assert_eq!(t.availability("m", secs(260)), Availability::Probe);
-    probe.success(secs(261));
-    assert_eq!(t.circuit("m", secs(261)), CircuitState::HalfOpen, "an answer from an earlier spell");
+    assert_eq!(t.circuit("m", secs(30)), CircuitState::HalfOpen);
+    t
+}
+
+/// Takes the remaining probes of "m"'s spell at `at` and has them succeed.
+fn close_with_probes(t: &Tracker, n: usize, at: Duration) {
+    for probe in held(t, n, at) {
+        assert!(probe.is_probe());
+        probe.success(at);
+    }
 }
 
 #[test]
-fn the_half_open_wait_runs_from_the_first_probe_or_the_last_answer() {
-    let start = |t: &Tracker| {
-        trip(t, secs(0));
-        let a = t.acquire("m", secs(100)).unwrap();
-        let b = t.acquire("m", secs(110)).unwrap();
-        (a, b)
-    };
-    // Counted from the first probe admitted, not the later one.
-    let t = breaker(CircuitSettings::default());
-    let _probes = start(&t);
-    assert_eq!(t.circuit("m", before(secs(130))), CircuitState::HalfOpen);
-    assert_eq!(t.circuit("m", secs(130)), CircuitState::Open);
-    // An answer with another probe in flight restarts the wait; a release does not.
-    for answer in
-        [(|p: Permit| p.success(secs(120))) as fn(Permit), |p| p.failure(ErrorClass::BadRequest, None, secs(120))]
+fn a_slow_probe_is_waited_for_however_long_it_takes() {
+    // The probe is admitted at 30; 30 s (where a half-open timeout would have fired)
+    // would have run out at 60. Its answer, at any time, is the spell's.
+    for (answer_at, success) in [(before(secs(60)), true), (secs(60), true), (secs(60) + NS, true), (secs(150), false)]
     {
-        let t = breaker(CircuitSettings::default());
-        let (a, _b) = start(&t);
-        answer(a);
-        assert_eq!(t.circuit("m", before(secs(150))), CircuitState::HalfOpen);
-        assert_eq!(t.circuit("m", secs(150)), CircuitState::Open);
+        let t = half_open();
+        let slow = t.acquire("m", secs(30)).unwrap();
+        for at in [before(secs(60)), secs(60), secs(60) + NS, secs(150)] {
+            let health = t.health("m", at);
+            assert_eq!((health.circuit, health.ejections), (CircuitState::HalfOpen, 1), "{at:?}");
+        }
+        if success {
+            slow.success(answer_at);
+            assert_eq!(t.circuit("m", answer_at), CircuitState::HalfOpen, "1 of 3");
+            close_with_probes(&t, 2, answer_at);
+            assert_eq!(t.circuit("m", answer_at), CircuitState::Closed, "{answer_at:?}: the slow probe counted");
+            assert_eq!(t.health("m", answer_at).ejections, 1);
+        } else {
+            // Its failure is the spell's too: one more ejection, open for open_for.
+            slow.failure(ErrorClass::Timeout, None, answer_at);
+            assert_eq!(t.availability("m", answer_at), Availability::CircuitOpen { until: secs(180) });
+            assert_eq!(t.health("m", answer_at).ejections, 2);
+        }
     }
-    let t = breaker(CircuitSettings::default());
-    let (a, _b) = start(&t);
-    a.release();
-    assert_eq!(t.circuit("m", secs(130)), CircuitState::Open, "a release is no answer");
-    // The last probe answering stops the wait until the next is admitted.
-    let t = breaker(CircuitSettings::default());
-    let (a, b) = start(&t);
-    a.success(secs(111));
-    b.success(secs(112));
-    assert_eq!(t.circuit("m", secs(142)), CircuitState::HalfOpen);
-    assert_eq!(t.circuit("m", secs(1000)), CircuitState::HalfOpen);
-    let _c = t.acquire("m", secs(1000)).unwrap();
-    assert_eq!(t.circuit("m", before(secs(1030))), CircuitState::HalfOpen);
-    assert_eq!(t.circuit("m", secs(1030)), CircuitState::Open);
+}
+
+#[test]
+fn a_probe_in_flight_is_waited_for_while_the_others_come_and_go() {
+    let t = half_open();
+    let [long, quick, dropped] = [(); 3].map(|()| t.acquire("m", secs(30)).unwrap());
+    quick.success(secs(31));
+    drop(dropped);
+    quick_probe_answers(&t, secs(100));
+    t.acquire("m", secs(500)).unwrap().success(secs(500));
+    assert_eq!(t.circuit("m", secs(1_000)), CircuitState::HalfOpen, "2 of 3, the long one still in flight");
+    assert_eq!(t.health("m", secs(1_000)).ejections, 1);
+    long.success(secs(1_000));
+    assert_eq!(t.circuit("m", secs(1_000)), CircuitState::Closed);
+}
+
+/// One probe taken at `at` answers with a client fault: its slot is free
+/// again, nothing opened.
+fn quick_probe_answers(t: &Tracker, at: Duration) {
+    let probe = t.acquire("m", at).unwrap();
+    assert!(probe.is_probe());
+    probe.failure(ErrorClass::BadRequest, None, at);
+}
+
+#[test]
+fn a_dropped_or_released_lone_probe_is_no_answer_and_no_ejection() {
+    // With 30 s (where a half-open timeout would have fired) from the probe's admission
+    // at 30: the state at 60 and either side, and long after, is the one of
+    // a twin that never took the probe.
+    let give_back = [(|p: Permit| drop(p)) as fn(Permit), Permit::release];
+    for (i, give_back) in give_back.into_iter().enumerate() {
+        let (t, twin) = (half_open(), half_open());
+        give_back(t.acquire("m", secs(30)).unwrap());
+        for at in [secs(30), before(secs(60)), secs(60), secs(60) + NS, secs(1_000)] {
+            let health = t.health("m", at);
+            assert_eq!(health, twin.health("m", at), "{i}: {at:?}");
+            assert_eq!((health.circuit, health.ejections), (CircuitState::HalfOpen, 1), "{i}: {at:?}");
+            assert_eq!(t.availability("m", at), Availability::Probe, "{i}: {at:?}");
+        }
+        // The next probes close it.
+        close_with_probes(&t, 3, secs(1_000));
+        let health = t.health("m", secs(1_000));
+        assert_eq!((health.circuit, health.ejections, health.multiplier), (CircuitState::Closed, 1, 0), "{i}");
+    }
+}
+
+#[test]
+fn an_idle_half_open_circuit_waits_for_traffic_and_keeps_its_successes() {
+    let t = half_open();
+    assert_eq!(t.circuit("m", secs(10_000)), CircuitState::HalfOpen, "no probe ever: no timeout");
+    // Probes far apart (each gap longer than any timeout would allow) still add up: a
+    // model with little traffic closes its circuit.
+    for (n, at) in [(1, secs(10_000)), (2, secs(10_100)), (3, secs(20_000))] {
+        assert_eq!(t.health("m", before(at)).circuit, CircuitState::HalfOpen, "{n}");
+        t.acquire("m", at).unwrap().success(at);
+        let expect = if n < 3 { CircuitState::HalfOpen } else { CircuitState::Closed };
+        assert_eq!(t.circuit("m", at), expect, "{n} of 3");
+    }
+    assert_eq!(t.health("m", secs(20_000)).ejections, 1, "time alone ejected nothing");
 }
 
 // ---- Generations ------------------------------------------------------------------------
@@ -523,16 +643,17 @@ fn outcomes_from_before_the_opening_move_no_circuit() {
 
 #[test]
 fn a_probe_from_an_earlier_spell_frees_no_slot_of_the_next() {
-    let t = breaker(CircuitSettings { half_open_probes: 1, ..CircuitSettings::default() });
+    let t = breaker(CircuitSettings { half_open_probes: 2, ..CircuitSettings::default() });
     trip(&t, secs(0));
-    let old = t.acquire("m", secs(30)).unwrap();
-    assert_eq!(t.availability("m", secs(60)), Availability::CircuitOpen { until: secs(90) }, "timed out");
-    let new = t.acquire("m", secs(90)).unwrap();
-    assert!(new.is_probe());
+    let [old, failing] = [(); 2].map(|()| t.acquire("m", secs(30)).unwrap());
+    failing.failure(ErrorClass::ServerError, None, secs(30));
+    assert_eq!(t.availability("m", secs(30)), Availability::CircuitOpen { until: secs(60) }, "a new generation");
+    let new = held(&t, 2, secs(60));
+    assert!(new.iter().all(Permit::is_probe));
     drop(old);
-    assert_eq!(t.acquire("m", secs(90)).unwrap_err(), Availability::ProbesBusy);
+    assert_eq!(t.acquire("m", secs(60)).unwrap_err(), Availability::ProbesBusy);
     drop(new);
-    assert!(is_probe(&t.acquire("m", secs(90))));
+    assert_eq!(held(&t, 2, secs(60)).len(), 2);
 }
 
 #[test]
@@ -756,9 +877,10 @@ fn circuit_openings_are_ejections() {
     t.acquire("m", secs(30)).unwrap().failure(ErrorClass::ServerError, None, secs(30));
     let health = t.health("m", secs(30));
     assert_eq!((health.ejections, health.multiplier, health.ejected_since), (2, 2, Some(secs(0))));
-    // The open period ends at 60; the half-open wait (60 to 90) is a full
-    // decay interval, so the timeout's opening finds 1 and makes it 2.
-    let _probe = t.acquire("m", secs(60)).unwrap();
+    // The open period ends at 60; 60 to 90 is a full decay interval, so
+    // the probe failure at 90 finds 1 and makes it 2.
+    let probe = t.acquire("m", secs(60)).unwrap();
+    probe.failure(ErrorClass::Connection, None, secs(90));
     let health = t.health("m", secs(90));
     assert_eq!((health.circuit, health.ejections, health.multiplier), (CircuitState::Open, 3, 2));
 }
@@ -1145,6 +1267,8 @@ enum Op {
     Acquire,
     Forced,
     Succeed(usize),
+    /// A success given its latency (a stream's time to first token), in ms.
+    SucceedWithLatency(usize, u64),
     Fail(usize, ErrorClass),
     Drop(usize),
     Release(usize),
@@ -1167,6 +1291,7 @@ fn op() -> impl Strategy<Value = Op> {
         5 => Just(Op::Acquire),
         1 => Just(Op::Forced),
         2 => any::<usize>().prop_map(Op::Succeed),
+        1 => (any::<usize>(), 0..120_000u64).prop_map(|(i, l)| Op::SucceedWithLatency(i, l)),
         4 => (any::<usize>(), class).prop_map(|(i, c)| Op::Fail(i, c)),
         1 => any::<usize>().prop_map(Op::Drop),
         1 => any::<usize>().prop_map(Op::Release),
@@ -1204,8 +1329,10 @@ proptest! {
     /// Under any interleaving, the half-open circuit's slots in use are
     /// exactly the probe permits of its spell still held, and re-admission's
     /// exactly its permits of its spell still held (so neither is ever more
-    /// than `half_open_probes`), and a permit dropped or released changes no
-    /// report.
+    /// than `half_open_probes`), a permit dropped or released changes no
+    /// report, and time alone never opens a circuit, starts a cooldown,
+    /// counts an ejection or raises the multiplier (so a probe in flight, or
+    /// one dropped, never times the circuit out).
     #[test]
     fn probe_slots_match_the_probes_held(ops in prop::collection::vec(op(), 1..80)) {
         let t = tracker(
@@ -1216,7 +1343,6 @@ proptest! {
                 min_requests: 2,
                 open_for: secs(5),
                 half_open_probes: 2,
-                half_open_timeout: secs(5),
                 ..CircuitSettings::default()
             },
         );
@@ -1230,13 +1356,27 @@ proptest! {
                 Op::Acquire => permits.extend(t.acquire("m", now).ok()),
                 Op::Forced => permits.push(t.acquire_forced("m", now)),
                 Op::Succeed(i) => if let Some(p) = take(&mut permits, i) { p.success(now) },
+                Op::SucceedWithLatency(i, latency) => if let Some(p) = take(&mut permits, i) {
+                    p.success_with_latency(now, ms(latency));
+                },
                 Op::Fail(i, class) => if let Some(p) = take(&mut permits, i) { p.failure(class, None, now) },
                 Op::Drop(i) | Op::Release(i) => if let Some(p) = take(&mut permits, i) {
                     let before = t.health("m", now);
                     if matches!(op, Op::Drop(_)) { drop(p) } else { p.release() }
                     prop_assert_eq!(t.health("m", now), before);
                 },
-                Op::Wait(millis) => now += ms(millis),
+                Op::Wait(millis) => {
+                    let before = t.health("m", now);
+                    now += ms(millis);
+                    let after = t.health("m", now);
+                    prop_assert_eq!(
+                        (after.ejections, after.failures, after.successes),
+                        (before.ejections, before.failures, before.successes)
+                    );
+                    prop_assert!(after.multiplier <= before.multiplier);
+                    prop_assert!(after.circuit != CircuitState::Open || before.circuit == CircuitState::Open);
+                    prop_assert!(after.cooldown.is_none() || after.cooldown == before.cooldown);
+                }
             }
             for (admission, spell, slots) in in_flight(&t) {
                 let held = permits.iter().filter(|p| holds(p, admission, spell)).count();

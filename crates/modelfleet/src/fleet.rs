@@ -153,13 +153,12 @@ impl FleetOptions {
             failure_ratio: r.circuit_failure_ratio,
             open_for: ms(r.circuit_open_ms),
             half_open_probes: r.circuit_half_open_probes,
-            half_open_timeout: ms(r.circuit_half_open_timeout_ms),
             slow_call_duration: ms(r.circuit_slow_call_ms),
             slow_call_ratio: r.circuit_slow_call_ratio,
         })
         .map_err(|e| FleetError::Start(format!("[circuit]: {e}")))?;
         let retry_budget = RetryBudgetConfig {
-            percent: r.retry_budget_percent / 100.0,
+            ratio: r.retry_budget_percent / 100.0,
             min_per_sec: r.retry_budget_min_per_sec,
             window: ms(r.retry_budget_window_ms),
         };
@@ -316,7 +315,10 @@ pub enum FleetError {
         message: String,
         /// Every attempt.
         attempts: Vec<Attempt>,
-        /// The last failure's class (the budget refusal's when no model fit).
+        /// The last failure's class (the budget refusal's when no model fit;
+        /// [`ErrorClass::BadRequest`] when no model meets the requirements, or
+        /// a named model does not; `None` when models meet them but all are
+        /// out of rotation, `retry_after` then saying when the first is back).
         class: Option<ErrorClass>,
         /// When asking again may succeed (a budget's next period).
         retry_after: Option<Duration>,
@@ -597,6 +599,8 @@ impl Fleet {
             metrics: Arc::clone(&metrics),
             virtual_time: options.virtual_time,
         };
+        let retry_budget =
+            RetryBudget::new(options.retry_budget).map_err(|e| FleetError::Start(format!("[fallback]: {e}")))?;
         let fleet = Fleet {
             running: Arc::new(running),
             store,
@@ -607,7 +611,7 @@ impl Fleet {
             metrics,
             books,
             tracker: Tracker::new(options.tracker),
-            retry_budget: RetryBudget::new(options.retry_budget),
+            retry_budget,
             timer: TokioTimer::new(),
             clock: SystemClock,
             executor: ExecutorConfig {
@@ -815,7 +819,7 @@ impl Fleet {
         let (served, _) = self
             .run(request, false, |model, ctx, of| {
                 let call = call(Arc::clone(&model), ctx);
-                self.attempt(model, of, call)
+                self.attempt(model, of, ctx.remaining, call)
             })
             .await?;
         Ok(served)
@@ -836,7 +840,7 @@ impl Fleet {
         let (mut served, permit) = self
             .run(request, true, |model, ctx, of| {
                 let call = call(Arc::clone(&model), ctx);
-                self.attempt_open(model, of, call)
+                self.attempt_open(model, of, ctx.remaining, call)
             })
             .await?;
         // The stream is one outcome: the circuit hears of it when it ends.
@@ -882,6 +886,12 @@ impl Fleet {
             let mut shared = self.rng.lock().unwrap_or_else(PoisonError::into_inner);
             fastrand::Rng::with_seed(shared.u64(..))
         };
+        // A weighted random route spreads load: each request draws its own
+        // order (the route's seed mixed with the request's, itself drawn
+        // from the fleet's seeded generator, so a run is reproducible).
+        if let Strategy::WeightedRandom { seed } = plan.strategy {
+            plan.strategy = Strategy::WeightedRandom { seed: seed ^ rng.u64(..) };
+        }
         let requirements = Arc::new(requirements);
         let spent = Arc::new(AtomicI64::new(0));
         let of = AttemptOf {
@@ -924,14 +934,17 @@ impl Fleet {
                 {
                     return Err(unpersisted.map_or(refusal, FleetError::BudgetStoreUnavailable));
                 }
-                let retry_after = match &err {
-                    ExecuteError::Unavailable { retry_after, .. } => *retry_after,
-                    _ => None,
+                // No model meets the requirements: the request as asked
+                // cannot be served (a bad request, not worth retrying);
+                // models meet them but are out: come back later.
+                let (class, retry_after) = match &err {
+                    ExecuteError::Unavailable { retry_after, .. } => (None, *retry_after),
+                    _ => (Some(ErrorClass::BadRequest), None),
                 };
                 Err(FleetError::NotServed {
                     message: modelfleet_errors::sanitize(&err.to_string()).into_owned(),
                     attempts: Vec::new(),
-                    class: None,
+                    class,
                     retry_after,
                     cost: spent,
                     budget_remaining: None,
@@ -1061,6 +1074,7 @@ impl Fleet {
         &self,
         model: Arc<ModelSpec>,
         of: AttemptOf<'_>,
+        remaining: Option<Duration>,
         call: impl Future<Output = Result<ModelResponse<T>, Failure>>,
     ) -> Result<(T, Usage, Money), Failure> {
         let reservation = self.reserve(&model, &of)?;
@@ -1085,8 +1099,10 @@ impl Fleet {
             Ok(ModelResponse { usage: Some(usage), .. }) => (*usage, price_of(&model, *usage), None),
             // Answered, but nobody says what it used: the worst case.
             Ok(ModelResponse { usage: None, .. }) => (Usage::default(), reservation.amount(), None),
-            Err(failure) if failure.is_billed() => (Usage::default(), reservation.amount(), Some(failure.class())),
-            Err(failure) => (Usage::default(), Money::ZERO, Some(failure.class())),
+            Err(failure) if failure.is_billed() => {
+                (Usage::default(), reservation.amount(), Some(judged(failure, latency, remaining)))
+            }
+            Err(failure) => (Usage::default(), Money::ZERO, Some(judged(failure, latency, remaining))),
         };
         of.spent.fetch_add(cost.nanos(), Ordering::Relaxed);
         self.books
@@ -1101,6 +1117,7 @@ impl Fleet {
         &self,
         model: Arc<ModelSpec>,
         of: AttemptOf<'_>,
+        remaining: Option<Duration>,
         call: impl Future<Output = Result<T, Failure>>,
     ) -> Result<(Opened<T>, Usage, Money), Failure> {
         let reservation = self.reserve(&model, &of)?;
@@ -1150,7 +1167,7 @@ impl Fleet {
                     latency,
                     usage: Usage::default(),
                     cost,
-                    error: Some(failure.class()),
+                    error: Some(judged(&failure, latency, remaining)),
                     ttft: None,
                 };
                 self.books.settle(reservation, entry).await;
@@ -1371,6 +1388,17 @@ impl Fleet {
     }
 }
 
+/// The class an attempt's failure is recorded under in the monitor and the
+/// store: a timeout that took all the time the request had left was the
+/// request's deadline, not the model (the executor does not hold it against
+/// the model either), and is recorded as cancelled.
+fn judged(failure: &Failure, latency: Duration, remaining: Option<Duration>) -> ErrorClass {
+    match failure.class() {
+        ErrorClass::Timeout if remaining.is_some_and(|left| latency >= left) => ErrorClass::Cancelled,
+        class => class,
+    }
+}
+
 /// What every attempt of one request shares.
 #[derive(Debug, Clone)]
 struct AttemptOf<'r> {
@@ -1519,8 +1547,9 @@ impl Parts {
                 Some(failure.class())
             }
             StreamEnd::Completed => {
+                // A stream is slow by its first token, not by its length.
                 if let Some(permit) = permit {
-                    permit.success(now);
+                    permit.success_with_latency(now, ttft);
                 }
                 None
             }

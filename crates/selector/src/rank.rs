@@ -13,8 +13,12 @@ use crate::{
 };
 
 /// How eligible models are ordered. Whatever the strategy, a model matching
-/// `prefer_free`/`prefer_local` ranks above every model that does not, and
-/// ties end on the model id, so a ranking is deterministic.
+/// `prefer_free`/`prefer_local` ranks above every model that does not; then a
+/// model whose provider reported less than a fifth of its rate limit left
+/// ([`Signals::rate_limit_headroom`](crate::Signals::rate_limit_headroom))
+/// ranks below every model that did not, so it loses traffic before it
+/// starts answering 429; ties end on the model id, so a ranking is
+/// deterministic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "kind")]
 pub enum Strategy {
@@ -168,10 +172,14 @@ fn evaluate<'a>(
     })
 }
 
-/// Best first: preferred, then the strategy's key, then the score, then the id.
+/// Best first: preferred, then models with rate-limit room before those
+/// near their provider's limit (whatever the strategy), then the strategy's
+/// key, then the score, then the id.
 fn better(a: &Ranked<'_>, b: &Ranked<'_>) -> Ordering {
+    let near_limit = |r: &Ranked<'_>| r.score.rate_limit < 1.0;
     b.preferred
         .cmp(&a.preferred)
+        .then_with(|| near_limit(a).cmp(&near_limit(b)))
         .then_with(|| b.key.total_cmp(&a.key))
         .then_with(|| b.score.total.total_cmp(&a.score.total))
         .then_with(|| a.model.id.cmp(&b.model.id))
@@ -238,13 +246,18 @@ pub fn rank<'a, M: Borrow<ModelSpec>>(
         .filter_map(|m| evaluate(m, req, signals, config, &mut rng))
         .collect();
     // Sort small keys, not the entries: far less memory moves per swap.
-    let mut order: Vec<(bool, f64, f64, usize)> =
-        ranked.iter().enumerate().map(|(i, r)| (r.preferred, r.key, r.score.total, i)).collect();
+    // The same order as `better`: preferred, rate-limit room, key, score, id.
+    let mut order: Vec<(bool, bool, f64, f64, usize)> = ranked
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (r.preferred, r.score.rate_limit >= 1.0, r.key, r.score.total, i))
+        .collect();
     order.sort_unstable_by(|a, b| {
         b.0.cmp(&a.0)
-            .then_with(|| b.1.total_cmp(&a.1))
+            .then_with(|| b.1.cmp(&a.1))
             .then_with(|| b.2.total_cmp(&a.2))
-            .then_with(|| ranked[a.3].model.id.cmp(&ranked[b.3].model.id))
+            .then_with(|| b.3.total_cmp(&a.3))
+            .then_with(|| ranked[a.4].model.id.cmp(&ranked[b.4].model.id))
     });
     order.into_iter().map(|(.., i)| ranked[i]).collect()
 }

@@ -361,6 +361,41 @@ fn a_model_near_its_rate_limit_ranks_below_an_equal_one() {
 }
 
 #[test]
+fn a_model_near_its_rate_limit_ranks_below_the_others_whatever_the_strategy() {
+    // "a" is cheaper, faster, better and of higher priority: every strategy
+    // puts it first, until its provider says it is near its limit.
+    let mut a = model("a");
+    a.quality = Some(0.99);
+    a.typical_latency_ms = Some(10);
+    a.priority = 100;
+    let mut b = model("b");
+    b.pricing = a.pricing.map(|p| Pricing {
+        input_per_mtok: Money::from_nanos(p.input_per_mtok.nanos() * 10),
+        output_per_mtok: Money::from_nanos(p.output_per_mtok.nanos() * 10),
+        ..p
+    });
+    b.quality = Some(0.5);
+    b.typical_latency_ms = Some(5_000);
+    b.priority = 1;
+    let models = [a, b];
+    let req = Requirements::default();
+    let near = |id: &str| Signals { rate_limit_headroom: (id == "a").then_some(0.1), ..Signals::default() };
+    for strategy in [
+        Strategy::WeightedScore,
+        Strategy::Cheapest,
+        Strategy::Fastest,
+        Strategy::HighestQuality,
+        Strategy::PriorityOrder,
+        Strategy::WeightedRandom { seed: 3 },
+    ] {
+        let config = SelectorConfig { strategy, ..SelectorConfig::default() };
+        assert_eq!(ids(&rank(&models, &req, &NoSignals, &config))[0], "a", "{strategy:?} without limits");
+        assert_eq!(ids(&rank(&models, &req, &near, &config)), ["b", "a"], "{strategy:?} near the limit");
+        assert_eq!(select(&models, &req, &near, &config).unwrap().model.id, "b", "{strategy:?}");
+    }
+}
+
+#[test]
 fn weighted_random_is_seeded_and_spreads_load() {
     let models: Vec<ModelSpec> = (0..5).map(|i| model(&format!("m{i}"))).collect();
     let req = Requirements::default();
