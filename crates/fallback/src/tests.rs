@@ -1281,12 +1281,16 @@ fn with_every_probe_busy_it_looks_again_within_the_deadline() {
     let held = tracker.acquire("solo", timer.now()).unwrap();
     assert!(held.is_probe());
     let bench = Bench::new(&models, &tracker, &timer);
-    // With a deadline it polls (a quarter second at a time) until the deadline.
+    // With a deadline it polls, a quarter second (jittered up to a tenth)
+    // at a time, until the deadline: 10 s is about 36 polls.
     let (outcome, calls) =
-        bench.run(&plan(Order::Ranked), &policy(1, Some(secs(1))), &Requirements::default(), |_, _| Ok("ok"));
+        bench.run(&plan(Order::Ranked), &policy(1, Some(secs(10))), &Requirements::default(), |_, _| Ok("ok"));
     assert!(calls.is_empty());
     assert!(outcome.unwrap_err().contains("probes busy"));
-    assert!(timer.slept().len() >= 3, "{:?}", timer.slept());
+    let slept = timer.slept();
+    assert!(slept.iter().all(|d| *d >= ms(250) && *d <= ms(275)), "{slept:?}");
+    assert!(slept.len() >= 35, "it kept looking until the deadline: {slept:?}");
+    assert!(slept.iter().sum::<Duration>() <= secs(10));
     // The probe answers: the next request goes through.
     held.success(timer.now());
     let (outcome, calls) =
@@ -1347,4 +1351,24 @@ fn a_p95_too_large_for_a_duration_starts_no_hedge_and_no_panic() {
     ))
     .unwrap();
     assert_eq!(served.model.id, "alpha");
+}
+
+#[test]
+fn an_ejection_during_the_request_can_push_it_over_the_threshold() {
+    let models = vec![model("alpha", 8_000, 0.9, "1", 90), model("bravo", 8_000, 0.9, "1", 50)];
+    let (tracker, timer) = fresh();
+    // alpha is ejected (1 of 2: allowed); bravo has failed once.
+    for m in ["alpha", "alpha", "bravo"] {
+        fail(&tracker, m, ErrorClass::ServerError, timer.now());
+        timer.advance(ms(1));
+    }
+    let bench = Bench::new(&models, &tracker, &timer);
+    let (outcome, calls) =
+        bench.run(&plan(Order::Ranked), &policy(1, Some(secs(120))), &Requirements::default(), |id, _| {
+            if id == "bravo" { server_error(id, 0) } else { Ok("ok") }
+        });
+    // bravo's second failure ejects it too: 2 of 2, so alpha is tried anyway.
+    assert_eq!(calls, ["bravo", "alpha"]);
+    let (_, _, attempts) = outcome.unwrap();
+    assert!(attempts[1].forced);
 }
