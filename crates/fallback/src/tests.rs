@@ -1372,3 +1372,26 @@ fn an_ejection_during_the_request_can_push_it_over_the_threshold() {
     let (_, _, attempts) = outcome.unwrap();
     assert!(attempts[1].forced);
 }
+
+#[test]
+fn with_probes_busy_and_a_model_cooling_down_it_polls_until_that_model_is_back() {
+    let models = vec![model("probing", 8_000, 0.9, "1", 90), model("cooling", 8_000, 0.9, "1", 50)];
+    let circuit =
+        CircuitConfig::new(CircuitSettings { half_open_probes: 1, min_requests: 1, ..CircuitSettings::default() })
+            .unwrap();
+    let tracker = Tracker::new(TrackerConfig { circuit, ..TrackerConfig::default() });
+    let timer = ManualTimer::new();
+    fail(&tracker, "probing", ErrorClass::ServerError, secs(0));
+    timer.advance(secs(31));
+    let _held = tracker.acquire("probing", timer.now()).unwrap();
+    tracker.acquire("cooling", timer.now()).unwrap().failure(ErrorClass::RateLimited, Some(secs(2)), timer.now());
+    let bench = Bench::new(&models, &tracker, &timer);
+    let (outcome, calls) =
+        bench.run(&plan(Order::Ranked), &policy(1, Some(secs(10))), &Requirements::default(), |_, _| Ok("ok"));
+    assert_eq!(calls, ["cooling"], "served once the cooling model is back");
+    assert!(outcome.is_ok());
+    let slept = timer.slept();
+    // A quarter second at a time, the last one up to the cooling model's return: none spins.
+    assert!(slept.iter().all(|d| *d >= ms(100)) && slept.len() <= 9, "{slept:?}");
+    assert!(slept.iter().sum::<Duration>() >= secs(2));
+}
