@@ -277,7 +277,9 @@ pub struct Served<T> {
     pub model: String,
     /// Every attempt.
     pub attempts: Vec<Attempt>,
-    /// Whether another model than the first choice served.
+    /// Whether another model served because the first choice failed or was
+    /// skipped (cooling down, ejected, busy); not when the first choice was
+    /// merely outrun by a hedge, or did not meet the requirements.
     pub fell_back: bool,
     /// Its exact cost, failed attempts the provider bills included. For a
     /// stream, what the attempts that failed before it opened cost: the
