@@ -636,3 +636,21 @@ fn the_retry_deadline_defaults_to_two_minutes() {
         ["retry.deadline_ms: 0 is outside 1..=600000 (line 2, column 15)"]
     );
 }
+
+#[test]
+fn score_weights_are_read_and_checked() {
+    let config = config_of("[selector.weights]\ncost = 7.5\nquality = 0\n");
+    let weights = config.weights.values();
+    assert_eq!((weights.cost, weights.quality, weights.reliability), (7.5, 0.0, 3.0));
+    assert_eq!(
+        errors_of("[selector.weights]\nspeed = -1\n"),
+        ["selector.weights.speed: -1 is outside 0..=1000 (line 2, column 9)"]
+    );
+    let zero = "[selector.weights]\nquality = 0\nreliability = 0\nlanguage = 0\ncost = 0\nspeed = 0\nload = 0\ncategory = 0\npriority = 0\n";
+    assert_eq!(
+        errors_of(zero),
+        [
+            "selector.weights: every score weight is 0: the weighted score could not tell models apart (line 1, column 1)"
+        ]
+    );
+}

@@ -17,7 +17,7 @@ use std::{
 use modelfleet_budget::{BudgetSpec, Enforcement, Period, Scope};
 use modelfleet_errors::{Jitter, RetryConfig, RetryPolicy};
 use modelfleet_registry::{Capabilities, Capability, Category, ModelSpec, Money, Pricing};
-use modelfleet_selector::{Locality, Requirements, Strategy, Weights};
+use modelfleet_selector::{Locality, Requirements, Strategy, WeightValues, Weights};
 use serde::Serialize;
 use toml::{
     Spanned,
@@ -1226,10 +1226,10 @@ fn fallback(v: &mut V<'_>, t: &Table<'_>, s: &mut ResilienceSettings) {
 }
 
 fn weights(v: &mut V<'_>, root: &Table<'_>) -> Weights {
-    let mut w = Weights::default();
-    let Some((selector, _)) = get_table(v, root, "", "selector") else { return w };
+    let Some((selector, _)) = get_table(v, root, "", "selector") else { return Weights::default() };
     known_keys(v, selector, "selector", &["weights"]);
-    let Some((t, _)) = get_table(v, selector, "selector", "weights") else { return w };
+    let Some((t, span)) = get_table(v, selector, "selector", "weights") else { return Weights::default() };
+    let mut w = WeightValues::default();
     let names = ["quality", "reliability", "language", "cost", "speed", "load", "category", "priority"];
     known_keys(v, t, "selector.weights", &names);
     for name in names {
@@ -1246,7 +1246,10 @@ fn weights(v: &mut V<'_>, root: &Table<'_>) -> Weights {
             }
         }
     }
-    w
+    Weights::new(w).unwrap_or_else(|e| {
+        v.error("selector.weights", Some(&span), e.to_string());
+        Weights::default()
+    })
 }
 
 fn budgets(v: &mut V<'_>, root: &Table<'_>, providers: &[Provider], models: &[ModelSpec]) -> (Vec<BudgetSpec>, i16) {

@@ -440,7 +440,16 @@ fn candidates<'a, M: Borrow<ModelSpec>, S: LiveSignals, E>(
 ) -> Result<Vec<&'a ModelSpec>, ExecuteError<E>> {
     let queue: Vec<&'a ModelSpec> = match order {
         Order::Ranked => ranked.iter().map(|r| r.model).collect(),
-        Order::Explicit(ids) => listed(ids, ranked, None),
+        Order::Explicit(ids) => {
+            let queue = listed(ids, ranked, None);
+            if queue.is_empty() {
+                let why: Vec<String> =
+                    ids.iter().map(|id| named_rejected(models, id, requirements, signals, selector)).collect();
+                let reason = format!("no model of the route's list meets the requirements: {}", why.join("; "));
+                return Err(ExecuteError::NoneEligible { reason });
+            }
+            queue
+        }
         Order::Named { model: id, fallbacks } => {
             let Some(named) = ranked.iter().find(|r| r.model.id == id).map(|r| r.model) else {
                 return Err(ExecuteError::NoneEligible {
@@ -459,9 +468,10 @@ fn candidates<'a, M: Borrow<ModelSpec>, S: LiveSignals, E>(
         }
     };
     if queue.is_empty() {
+        // Only a ranking can be empty here: say what rejected every model.
         let reason = match modelfleet_selector::select(models, requirements, signals, selector) {
             Err(err) => err.to_string(),
-            Ok(_) => "no model of the explicit fallback list meets the requirements".to_owned(),
+            Ok(best) => format!("model {:?} is eligible, yet the ranking was empty", best.model.id),
         };
         return Err(ExecuteError::NoneEligible { reason });
     }

@@ -175,6 +175,22 @@ fn an_explicit_list_is_all_that_is_tried_and_its_ineligible_head_is_no_first_cho
             .run(&plan(Order::Explicit(&list)), &policy(1, None), &big, |_, _| Ok("ok"));
     assert_eq!(calls, ["bravo"]);
     assert!(!outcome.unwrap().1, "not a fallback");
+
+    // When the list leaves nothing, each listed model is named with why.
+    let (tracker, timer) = fresh();
+    let list = ["alpha".to_owned(), "zulu".to_owned(), "bravo".to_owned()];
+    let huge = Requirements { prompt_tokens: 64_000, ..Requirements::default() };
+    let (outcome, calls) =
+        Bench::new(&models, &tracker, &timer)
+            .run(&plan(Order::Explicit(&list)), &policy(1, None), &huge, |_, _| Ok("ok"));
+    assert!(calls.is_empty());
+    assert_eq!(
+        outcome.unwrap_err(),
+        "no model can take the request: no model of the route's list meets the requirements: \
+         model \"alpha\" does not meet the requirements: context window 8000 < 64000 tokens needed; \
+         model \"zulu\" is not in the catalog; \
+         model \"bravo\" does not meet the requirements: context window 32000 < 64000 tokens needed"
+    );
 }
 
 #[test]

@@ -560,7 +560,6 @@ impl Fleet {
     /// router, through the service registry; a failure stops what started.
     pub async fn open(options: FleetOptions) -> Result<Fleet, FleetError> {
         let retry = RetryPolicy::new(options.retry.clone()).map_err(|e| FleetError::Start(e.to_string()))?;
-        options.weights.check().map_err(|e| FleetError::Start(e.to_string()))?;
         let store_service = Arc::new(StoreService {
             path: options.db_path.clone().unwrap_or_else(default_db_path),
             config: options.store,

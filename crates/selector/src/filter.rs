@@ -157,6 +157,7 @@ impl fmt::Display for Rejection {
             Rejection::Disabled => write!(f, "disabled"),
             Rejection::Status { status } => write!(f, "status is {}", status.as_str()),
             Rejection::DuplicateId => write!(f, "duplicate id (an earlier model has it)"),
+            Rejection::Category { wanted: Category::General } => write!(f, "not a general model"),
             Rejection::Category { wanted } => write!(f, "not a {wanted} or general model"),
             Rejection::Language { wanted } => write!(f, "does not speak {wanted:?}"),
             Rejection::ContextUnknown { needed } => {
@@ -186,6 +187,11 @@ impl fmt::Display for Rejection {
             Rejection::QualityUnknown => write!(f, "quality unknown"),
             Rejection::QualityTooLow { quality, min } => write!(f, "quality {quality} < min {min}"),
             Rejection::LatencyUnknown => write!(f, "latency unknown"),
+            // Whole milliseconds, unless within one of the maximum (where
+            // rounding could print the maximum itself).
+            Rejection::TooSlow { latency_ms, max_ms } if *latency_ms < f64::from(*max_ms) + 1.0 => {
+                write!(f, "latency {latency_ms:.1} ms > max {max_ms} ms")
+            }
             Rejection::TooSlow { latency_ms, max_ms } => write!(f, "latency {latency_ms:.0} ms > max {max_ms} ms"),
             Rejection::ProviderNotAllowed { provider } => write!(f, "provider {provider:?} not allowed"),
             Rejection::ProviderExcluded { provider } => write!(f, "provider {provider:?} excluded"),

@@ -6,24 +6,89 @@
 //! trait), this crate:
 //!
 //! - **filters**: a model must be enabled and servable and meet every hard
-//!   constraint (category, language, context window, output limit,
-//!   capabilities, worst-case cost, quality, latency, providers, locality,
-//!   memory, and room in the hard budgets that would pay). A constraint on a
-//!   property the model does not know rejects it;
+//!   constraint of the request (the table below). A constraint on a property
+//!   the model does not know rejects it;
 //! - **scores** each eligible model from quality, reliability (live success
-//!   rate), language, cost, speed, load (latency × requests in flight, in
-//!   the spirit of PeakEWMA), category and priority, with configurable
-//!   [`Weights`]; every score is finite and ≥ 0;
+//!   rate), language, cost, speed, load, category and priority with
+//!   [`Weights`], times a rate-limit factor (the formula below);
 //! - **ranks** by a [`Strategy`] (weighted score, cheapest, fastest, highest
 //!   quality, priority order, seeded weighted random), preferred models
-//!   (`prefer_free`, `prefer_local`) first, ties by id.
+//!   (`prefer_free`, `prefer_local`) first, models near their provider's
+//!   rate limit after the others, ties by id.
 //!
-//! **Worst case.** What a request can cost on a model is
-//! [`worst_case_cost`]: its prompt plus `n` answers, each bounded by the least
-//! of the request's `max_tokens`, the model's output limit and what its
-//! context window leaves after the prompt. `max_cost`, the budget check (a
-//! caller's [`LiveSignals::budget_room`]) and [`Ranked::worst_case_cost`] all
-//! use it, and so does the facade's budget hold.
+//! ## Filter: the rules and their boundaries
+//!
+//! Every boundary is decided the same way: **a model exactly at a limit
+//! passes**. Each rule is tested at the limit and one unit either side.
+//!
+//! | rule ([`Rejection::constraint`]) | the model is rejected when | exactly at the limit |
+//! |---|---|---|
+//! | `status` | it is disabled, or its status is not servable (inactive, maintenance) | — |
+//! | `providers` | `providers` is not empty and lacks its provider, or `exclude_providers` has it (names compared exactly) | — |
+//! | `locality` | `local_only` and it is a cloud model, or `cloud_only` and it is local | — |
+//! | `category` | a category is asked and it lists neither that one nor `general` | — |
+//! | `language` | a language is asked and it speaks it neither as primary nor as another language (ASCII case ignored) | — |
+//! | `context_window` | prompt + `max_tokens` is above 0 and its window is unknown or smaller | window = prompt + output **fits** |
+//! | `max_output_tokens` | `max_tokens` is set and its output limit, when stated, is smaller (unstated: the window bounds it) | limit = `max_tokens` **fits** |
+//! | `capabilities` | it lacks one asked (each missing one is named) | — |
+//! | `max_cost` | its [`worst_case_cost`] is unknown (no price, or no output bound) or above `max_cost` | worst case = `max_cost` **passes** |
+//! | `budget` | a hard budget would pay and its worst case is unknown, or is above 0 and above what is left | worst case = what is left **fits**; a free model fits an exhausted budget |
+//! | `min_quality` | its quality is unknown or below | quality = `min_quality` **passes** |
+//! | `max_latency_ms` | its latency (live when measured: samples > 0 and a finite latency >= 0; else typical) is unknown or above | latency = `max_latency_ms` **passes** |
+//! | `available_memory_mb` | it is local and its memory need is unknown or above the memory free | need = memory free **fits** |
+//!
+//! ## Score
+//!
+//! Every term is in 0..=1, and the total is their weighted sum times the
+//! rate-limit factor:
+//!
+//! ```text
+//! total = rate_limit × (w.quality × quality + w.reliability × reliability
+//!         + w.language × language + w.cost × cost + w.speed × speed
+//!         + w.load × load + w.category × category + w.priority × priority)
+//! ```
+//!
+//! | term | formula | when unknown |
+//! |---|---|---|
+//! | `quality` | the catalog quality, clamped to 0..=1 | 0 |
+//! | `reliability` | `(s × n + 0.9 × 10) / (n + 10)`: the live success rate `s` over `n` samples, smoothed toward a prior of 0.9 worth 10 samples | no samples: 0.9, the prior |
+//! | `language` | 1 when the request's language is the model's primary one, 0.8 when it is a secondary one; 0.5 when the request names no language | — |
+//! | `cost` | `1 / (1 + c / $0.001)`, `c` the request's estimated cost: prompt plus `max_tokens` at the model's prices (a request giving neither is priced as 1,000 prompt and 500 output tokens) | no price: 0; a local model without prices is free (`c = 0`: 1) |
+//! | `speed` | `1 / (1 + latency / 1 s)`, latency live when measured, else typical | 0 |
+//! | `load` | `1 / (1 + latency × in_flight / 1 s)` (PeakEWMA-like: the wait behind the requests in flight) | 1 with nothing in flight, else 0 |
+//! | `category` | 1 when the model lists the category asked (other than `general`); 0.5 otherwise, and for every model when none or `general` is asked | — |
+//! | `priority` | catalog priority / 100 | — |
+//! | `rate_limit` (factor) | `0.25 + 0.75 × min(h / 0.2, 1)`, `h` the provider's rate-limit headroom clamped to 0..=1 | 1 |
+//!
+//! **Unknown scores 0.** A property the catalog does not state (quality,
+//! price, latency) scores its term 0, the least any known value can score,
+//! so not knowing is never an advantage: a model of unknown quality never
+//! outranks on quality one whose quality is known, however low. Two
+//! deliberate exceptions: a model without live samples has the reliability
+//! prior 0.9 (otherwise a new model would never be given the traffic that
+//! measures it), and an unknown headroom leaves the score alone.
+//!
+//! The rate-limit factor ranks a model down before its provider starts
+//! answering 429: 1 from 20% headroom up, falling linearly to 0.25 at 0. It
+//! never reaches 0, so a model at its limit still ranks when nothing else
+//! can serve (and [`rank`] puts it below every model with room,
+//! whatever the strategy).
+//!
+//! Weights are [`Weights`]: each from 0 to 1,000,000 and not all 0, so
+//! every total is finite and >= 0 and the weighted score always separates
+//! models by something. [`Breakdown`] carries every term, the factor and
+//! the total; [`explain`]'s text shows them with their weights.
+//!
+//! ## Worst case
+//!
+//! What a request can cost on a model is [`worst_case_cost`]: its prompt
+//! plus `n` answers, each bounded by the least of the request's
+//! `max_tokens`, the model's output limit and what its context window
+//! leaves after the prompt. `max_cost`, the budget check (a caller's
+//! [`LiveSignals::budget_room`]) and [`Ranked::worst_case_cost`] all use it,
+//! and so does the facade's budget hold.
+//!
+//! ## Rank, explain, select
 //!
 //! [`rank`] returns every eligible model best first with its [`Breakdown`];
 //! [`explain`] adds every rejected model with each constraint it failed;
@@ -67,7 +132,7 @@ pub use crate::{
     filter::{Rejection, worst_case_cost, worst_case_output},
     rank::{Explanation, Ranked, Rejected, SelectorConfig, Strategy, explain, rank, select},
     requirements::{Locality, Requirements},
-    score::{Breakdown, Weights},
+    score::{Breakdown, WeightValues, Weights},
     signals::{BudgetRoom, LiveSignals, NoSignals, Signals},
 };
 
@@ -86,19 +151,28 @@ pub enum Error {
         /// Each constraint that rejected models, with how many, most first.
         rejected_by: Vec<(&'static str, usize)>,
     },
-    /// A score weight is negative or not finite.
-    #[error("weight {name} must be a finite number >= 0, got {value}")]
+    /// A score weight is negative, too large or not a number.
+    #[error("weight {name} must be a number from 0 to 1000000, got {value}")]
     InvalidWeight {
         /// The weight's name.
         name: &'static str,
         /// Its value.
         value: f64,
     },
+    /// Every score weight is 0: every total would be 0.
+    #[error("every score weight is 0: the weighted score could not tell models apart")]
+    AllWeightsZero,
 }
 
 fn describe(counts: &[(&'static str, usize)]) -> String {
     counts.iter().map(|(c, n)| format!("{c} ({n})")).collect::<Vec<_>>().join(", ")
 }
 
+#[cfg(test)]
+mod filter_tests;
+#[cfg(test)]
+mod prop_tests;
+#[cfg(test)]
+mod score_tests;
 #[cfg(test)]
 mod tests;

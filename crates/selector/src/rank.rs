@@ -7,7 +7,7 @@ use rustc_hash::FxHashSet;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    Breakdown, Error, LiveSignals, Rejection, Requirements, Weights,
+    Breakdown, Error, LiveSignals, Rejection, Requirements, WeightValues, Weights,
     filter::{check, estimate, latency_ms, worst_case_cost},
     score::{Known, score, sized},
 };
@@ -92,16 +92,24 @@ pub struct Rejected<'a> {
 }
 
 /// [`explain`]'s answer: the ranking, and every rejected model with why.
+///
+/// Shown as text, each ranked model has its score's terms with their
+/// weights under it (`term value×weight`, summed, times the rate-limit
+/// factor when it is below 1); each rejected model, every constraint it
+/// failed.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Explanation<'a> {
     /// Eligible models, best first.
     pub ranked: Vec<Ranked<'a>>,
     /// Ineligible models, in input order.
     pub rejected: Vec<Rejected<'a>>,
+    /// The weights the scores were computed with.
+    pub weights: WeightValues,
 }
 
 impl fmt::Display for Explanation<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let weights = self.weights.named();
         for (i, r) in self.ranked.iter().enumerate() {
             writeln!(
                 f,
@@ -111,6 +119,20 @@ impl fmt::Display for Explanation<'_> {
                 r.score.total,
                 if r.preferred { " (preferred)" } else { "" }
             )?;
+            // Two lines of four terms each: `name value×weight`, summed.
+            for (line, terms) in r.score.terms().chunks(4).enumerate() {
+                f.write_str(if line == 0 { "       " } else { "       + " })?;
+                for (j, ((name, value), (_, weight))) in terms.iter().zip(&weights[line * 4..]).enumerate() {
+                    if j > 0 {
+                        f.write_str(" + ")?;
+                    }
+                    write!(f, "{name} {value:.3}×{weight}")?;
+                }
+                f.write_str("\n")?;
+            }
+            if r.score.rate_limit < 1.0 {
+                writeln!(f, "       × rate limit {:.3}", r.score.rate_limit)?;
+            }
         }
         for r in &self.rejected {
             let reasons: Vec<String> = r.reasons.iter().map(ToString::to_string).collect();
@@ -285,7 +307,7 @@ pub fn explain<'a, M: Borrow<ModelSpec>>(
             rejected.push(Rejected { model, reasons });
         }
     }
-    Explanation { ranked: rank(models, req, signals, config), rejected }
+    Explanation { ranked: rank(models, req, signals, config), rejected, weights: config.weights.values() }
 }
 
 /// The best eligible model: always the head of [`rank`], found without

@@ -1,25 +1,18 @@
-//! Soft preferences: the weighted score of an eligible model.
-//!
-//! The total is the weighted sum of the components (each in 0..=1) times
-//! the rate-limit factor: a model whose provider reports little headroom
-//! left (under 20% of its requests or tokens) is ranked down before it
-//! starts answering 429. With headroom `h` clamped to 0..=1 (unknown: no
-//! effect), the factor is `0.25 + 0.75 × min(h / 0.2, 1)`: 1 from 0.2 up,
-//! falling linearly to 0.25 at 0. It never reaches 0, so a model at its
-//! limit still ranks when nothing else can serve.
+//! Soft preferences: the weighted score of an eligible model. The formula,
+//! term by term, is in the crate docs ("Score"); `score` computes it, and
+//! `score_tests` pins each term.
 
 use modelfleet_registry::{Category, ModelSpec, Money};
 use serde::{Deserialize, Serialize};
 
 use crate::{Requirements, Signals};
 
-/// How much each component counts in the weighted score.
-///
-/// Every weight must be finite and non-negative ([`Weights::check`]); the
-/// defaults favour quality and reliability, then cost and speed.
+/// How much each component counts in the weighted score, as given: not yet
+/// checked. [`Weights::new`] turns them into [`Weights`], the only form the
+/// selector takes.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct Weights {
+pub struct WeightValues {
     /// The catalog quality score.
     pub quality: f64,
     /// The live success rate.
@@ -38,9 +31,10 @@ pub struct Weights {
     pub priority: f64,
 }
 
-impl Default for Weights {
+impl Default for WeightValues {
+    /// The defaults favour quality and reliability, then cost and speed.
     fn default() -> Self {
-        Weights {
+        WeightValues {
             quality: 3.0,
             reliability: 3.0,
             language: 1.0,
@@ -53,8 +47,10 @@ impl Default for Weights {
     }
 }
 
-impl Weights {
-    fn all(&self) -> [(&'static str, f64); 8] {
+impl WeightValues {
+    /// Each weight with its name, in the order of the score's terms.
+    #[must_use]
+    pub fn named(&self) -> [(&'static str, f64); 8] {
         [
             ("quality", self.quality),
             ("reliability", self.reliability),
@@ -66,32 +62,87 @@ impl Weights {
             ("priority", self.priority),
         ]
     }
+}
 
-    /// The first weight that is negative or not finite, with its name.
-    pub fn check(&self) -> Result<(), crate::Error> {
-        match self.all().into_iter().find(|(_, w)| !(w.is_finite() && *w >= 0.0)) {
-            Some((name, value)) => Err(crate::Error::InvalidWeight { name, value }),
-            None => Ok(()),
+/// The largest weight: with terms in 0..=1, eight of these cannot overflow.
+pub(crate) const MAX_WEIGHT: f64 = 1_000_000.0;
+
+/// Checked score weights: every weight from 0 to 1,000,000, and at least one
+/// above 0, so the weighted score always tells models apart by something
+/// (all zero, every total would be 0 and a ranking would fall to model ids;
+/// a NaN would make every total NaN).
+///
+/// ```
+/// use modelfleet_selector::{WeightValues, Weights};
+///
+/// let weights = Weights::new(WeightValues { cost: 10.0, ..WeightValues::default() })?;
+/// assert_eq!(weights.values().cost, 10.0);
+/// let zero = WeightValues { quality: 0.0, reliability: 0.0, language: 0.0, cost: 0.0, speed: 0.0, load: 0.0, category: 0.0, priority: 0.0 };
+/// assert_eq!(Weights::new(zero).unwrap_err().to_string(), "every score weight is 0: the weighted score could not tell models apart");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+#[serde(try_from = "WeightValues", into = "WeightValues")]
+pub struct Weights(
+    // Invariant: every weight in 0..=MAX_WEIGHT, at least one > 0.
+    WeightValues,
+);
+
+impl Weights {
+    /// Checks `values`: the first weight that is negative, above 1,000,000
+    /// or not a number is named; all of them 0 is refused too.
+    pub fn new(values: WeightValues) -> Result<Weights, crate::Error> {
+        let named = values.named();
+        if let Some((name, value)) = named.into_iter().find(|(_, w)| !(0.0..=MAX_WEIGHT).contains(w)) {
+            return Err(crate::Error::InvalidWeight { name, value });
         }
+        if named.iter().all(|(_, w)| *w == 0.0) {
+            return Err(crate::Error::AllWeightsZero);
+        }
+        Ok(Weights(values))
+    }
+
+    /// The weights.
+    #[must_use]
+    pub fn values(&self) -> WeightValues {
+        self.0
     }
 }
 
-/// Each component of a model's score, in 0..=1, and their weighted total.
+impl TryFrom<WeightValues> for Weights {
+    type Error = crate::Error;
+
+    fn try_from(values: WeightValues) -> Result<Self, Self::Error> {
+        Weights::new(values)
+    }
+}
+
+impl From<Weights> for WeightValues {
+    fn from(weights: Weights) -> Self {
+        weights.0
+    }
+}
+
+/// Each term of a model's score, in 0..=1, the rate-limit factor and the
+/// total (the formulas are in the [crate docs](crate)).
 #[derive(Debug, Clone, Copy, PartialEq, Default, Serialize)]
 pub struct Breakdown {
-    /// Quality (unknown counts 0.5).
+    /// The catalog quality; 0 when unknown.
     pub quality: f64,
-    /// Success rate, smoothed toward 0.9 while there are few samples.
+    /// The live success rate over `n` samples, smoothed toward 0.9 as if 10
+    /// more had that rate: `(s × n + 9) / (n + 10)`; 0.9 without samples.
     pub reliability: f64,
     /// 1 primary language, 0.8 secondary, 0.5 when no language was asked.
     pub language: f64,
-    /// `1 / (1 + cost / $0.001)`; 0 when the price is unknown.
+    /// `1 / (1 + cost / $0.001)` of the estimated cost; 0 when the price is
+    /// unknown.
     pub cost: f64,
-    /// `1 / (1 + latency / 1 s)`; 0.25 when unknown.
+    /// `1 / (1 + latency / 1 s)`; 0 when the latency is unknown.
     pub speed: f64,
-    /// `1 / (1 + latency × in flight / 1 s)`.
+    /// `1 / (1 + latency × in flight / 1 s)`: 1 with nothing in flight; 0
+    /// with requests in flight and an unknown latency.
     pub load: f64,
-    /// 1 exact category, 0.5 general or no category asked.
+    /// 1 for the exact category asked (other than `general`), else 0.5.
     pub category: f64,
     /// Priority / 100.
     pub priority: f64,
@@ -101,6 +152,23 @@ pub struct Breakdown {
     pub rate_limit: f64,
     /// The weighted sum times `rate_limit`. Invariant: finite and >= 0.
     pub total: f64,
+}
+impl Breakdown {
+    /// Each term with its name, in the order of [`WeightValues::named`]
+    /// (the factor and the total apart).
+    #[must_use]
+    pub fn terms(&self) -> [(&'static str, f64); 8] {
+        [
+            ("quality", self.quality),
+            ("reliability", self.reliability),
+            ("language", self.language),
+            ("cost", self.cost),
+            ("speed", self.speed),
+            ("load", self.load),
+            ("category", self.category),
+            ("priority", self.priority),
+        ]
+    }
 }
 
 /// A reference request when none is described: 1,000 prompt and 500 output tokens.
@@ -115,6 +183,13 @@ pub(crate) fn sized(req: &Requirements) -> (u32, u32) {
         (req.prompt_tokens, req.max_output_tokens)
     }
 }
+
+/// The success rate a model without samples is given, and how many samples
+/// that prior is worth while there are few.
+const RELIABILITY_PRIOR: f64 = 0.9;
+const PRIOR_SAMPLES: f64 = 10.0;
+/// The cost at which the cost term is 0.5, in dollars.
+const COST_UNIT_DOLLARS: f64 = 0.001;
 
 /// Clamps a component into 0..=1; anything not finite counts 0.
 fn unit(x: f64) -> f64 {
@@ -146,6 +221,8 @@ pub(crate) struct Known {
     pub(crate) latency_ms: Option<f64>,
 }
 
+/// The score of `model` for `req`: each term, the factor and the total, as
+/// the module docs give them.
 pub(crate) fn score(
     model: &ModelSpec,
     req: &Requirements,
@@ -153,12 +230,12 @@ pub(crate) fn score(
     weights: &Weights,
     known: &Known,
 ) -> Breakdown {
-    let quality = unit(model.quality.unwrap_or(0.5));
+    let quality = model.quality.map_or(0.0, unit);
     let reliability = if live.samples == 0 {
-        0.9
+        RELIABILITY_PRIOR
     } else {
         let n = live.samples as f64;
-        unit((unit(live.success_rate) * n + 0.9 * 10.0) / (n + 10.0))
+        unit((unit(live.success_rate) * n + RELIABILITY_PRIOR * PRIOR_SAMPLES) / (n + PRIOR_SAMPLES))
     };
     let language = match &req.language {
         None => 0.5,
@@ -171,28 +248,31 @@ pub(crate) fn score(
     } else {
         known.estimate
     };
-    let cost = estimate.map_or(0.0, |c| unit(1.0 / (1.0 + c.as_dollars_f64() * 1_000.0)));
+    let cost = estimate.map_or(0.0, |c| unit(1.0 / (1.0 + c.as_dollars_f64() / COST_UNIT_DOLLARS)));
     let latency = known.latency_ms;
-    let speed = latency.map_or(0.25, |ms| unit(1.0 / (1.0 + ms * 0.001)));
-    let queued = latency.unwrap_or(1000.0) * f64::from(live.in_flight);
-    let load = unit(1.0 / (1.0 + queued * 0.001));
+    let speed = latency.map_or(0.0, |ms| unit(1.0 / (1.0 + ms / 1_000.0)));
+    let load = match (latency, live.in_flight) {
+        (_, 0) => 1.0,
+        (None, _) => 0.0,
+        (Some(ms), in_flight) => unit(1.0 / (1.0 + ms * f64::from(in_flight) / 1_000.0)),
+    };
     let category = match req.category {
-        Some(wanted) if model.categories.contains(&wanted) && wanted != Category::General => 1.0,
+        Some(wanted) if wanted != Category::General && model.categories.contains(&wanted) => 1.0,
         _ => 0.5,
     };
-    let priority = unit(f64::from(model.priority) * 0.01);
+    let priority = unit(f64::from(model.priority) / 100.0);
     let rate_limit = rate_limit_factor(live.rate_limit_headroom);
-    let sum = quality * weights.quality
-        + reliability * weights.reliability
-        + language * weights.language
-        + cost * weights.cost
-        + speed * weights.speed
-        + load * weights.load
-        + category * weights.category
-        + priority * weights.priority;
-    // Weights are checked finite and >= 0, components are in 0..=1, the
-    // factor in 0.25..=1.
+    let w = weights.values();
+    let sum = quality * w.quality
+        + reliability * w.reliability
+        + language * w.language
+        + cost * w.cost
+        + speed * w.speed
+        + load * w.load
+        + category * w.category
+        + priority * w.priority;
+    // Weights are in 0..=MAX_WEIGHT, terms in 0..=1, the factor in
+    // 0.25..=1: the total is finite and >= 0 without a clamp.
     let total = sum * rate_limit;
-    let total = if total.is_finite() { total.max(0.0) } else { 0.0 };
     Breakdown { quality, reliability, language, cost, speed, load, category, priority, rate_limit, total }
 }
