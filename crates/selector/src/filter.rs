@@ -352,8 +352,9 @@ pub(crate) fn check(
             }
         }
         // A model that states no output limit is bounded by its context
-        // window alone, which the check above already applied.
-        if req.max_output_tokens > 0 && model.max_output_tokens.is_some_and(|limit| limit < req.max_output_tokens) {
+        // window alone, which the check above already applied. (No
+        // `max_tokens`, 0, is below no limit.)
+        if model.max_output_tokens.is_some_and(|limit| limit < req.max_output_tokens) {
             reject(Rejection::OutputTooLong { needed: req.max_output_tokens, limit: model.max_output_tokens })?;
         }
         for &capability in &req.capabilities {

@@ -175,13 +175,14 @@ impl Breakdown {
 const REFERENCE_PROMPT: u32 = 1_000;
 const REFERENCE_OUTPUT: u32 = 500;
 
+/// The reference request's token counts when `req` gives none.
+fn unsized_reference(req: &Requirements) -> Option<(u32, u32)> {
+    (req.prompt_tokens == 0 && req.max_output_tokens == 0).then_some((REFERENCE_PROMPT, REFERENCE_OUTPUT))
+}
+
 /// The request's token counts, or the reference request's when it gives none.
 pub(crate) fn sized(req: &Requirements) -> (u32, u32) {
-    if req.prompt_tokens == 0 && req.max_output_tokens == 0 {
-        (REFERENCE_PROMPT, REFERENCE_OUTPUT)
-    } else {
-        (req.prompt_tokens, req.max_output_tokens)
-    }
+    unsized_reference(req).unwrap_or((req.prompt_tokens, req.max_output_tokens))
 }
 
 /// The success rate a model without samples is given, and how many samples
@@ -242,11 +243,11 @@ pub(crate) fn score(
         Some(lang) if model.primary_language.as_deref().is_some_and(|p| p.eq_ignore_ascii_case(lang)) => 1.0,
         Some(_) => 0.8,
     };
-    let estimate = if req.prompt_tokens == 0 && req.max_output_tokens == 0 {
-        let (prompt, output) = sized(req);
-        model.price().map(|p| p.cost(u64::from(prompt), 0, u64::from(output)))
-    } else {
-        known.estimate
+    // The filter's estimate is of the request as sized; an unsized one is
+    // priced as the reference request.
+    let estimate = match unsized_reference(req) {
+        Some((prompt, output)) => model.price().map(|p| p.cost(u64::from(prompt), 0, u64::from(output))),
+        None => known.estimate,
     };
     let cost = estimate.map_or(0.0, |c| unit(1.0 / (1.0 + c.as_dollars_f64() / COST_UNIT_DOLLARS)));
     let latency = known.latency_ms;

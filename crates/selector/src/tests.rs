@@ -277,6 +277,37 @@ fn strategies_order_as_named() {
 }
 
 #[test]
+fn cheapest_prices_the_request_as_sized() {
+    // "input" is cheap to read and dear to write, "output" the reverse.
+    let mut input = model("input");
+    input.pricing = Some(price("1", "10"));
+    let mut output = model("output");
+    output.pricing = Some(price("5", "1"));
+    let mut unpriced = model("a-unpriced");
+    unpriced.pricing = None;
+    let models = [unpriced, input, output];
+    let config = SelectorConfig { strategy: Strategy::Cheapest, ..SelectorConfig::default() };
+    let order = |prompt, out| {
+        let req = Requirements { prompt_tokens: prompt, max_output_tokens: out, ..Requirements::default() };
+        ids(&rank(&models, &req, &NoSignals, &config)).join(",")
+    };
+    // 1,000 in + 100 out: $0.002 against $0.0051.
+    assert_eq!(order(1_000, 100), "input,output,a-unpriced");
+    // 100 in + 1,000 out: $0.0101 against $0.0015.
+    assert_eq!(order(100, 1_000), "output,input,a-unpriced");
+    // Unsized: the reference 1,000 in + 500 out, $0.006 against $0.0055.
+    assert_eq!(order(0, 0), "output,input,a-unpriced");
+    // Sized on one side only: that side alone, $0.001 against $0.005.
+    assert_eq!(order(1_000, 0), "input,output,a-unpriced");
+    // A nano-dollar apart still orders: 1,000 in at $1.000001 per million.
+    let mut dearer = model("a-dearer");
+    dearer.pricing = Some(Pricing { input_per_mtok: Money::from_nanos(1_000_001_000), ..price("1", "2") });
+    let twins = [dearer, model("b")];
+    let req = Requirements { prompt_tokens: 1_000, max_output_tokens: 1, ..Requirements::default() };
+    assert_eq!(ids(&rank(&twins, &req, &NoSignals, &config)), ["b", "a-dearer"]);
+}
+
+#[test]
 fn live_signals_move_traffic_away_from_a_failing_or_slow_model() {
     let models = [model("a"), model("b")];
     let req = Requirements::default();
@@ -407,6 +438,35 @@ fn weighted_random_is_seeded_and_spreads_load() {
 }
 
 #[test]
+fn weighted_random_leads_with_each_model_in_proportion_to_its_score() {
+    // Scores 1 and 0.25 (priority alone): over 200 seeds "big" should lead
+    // about 4 times in 5 (a weighted sample: w / Σw).
+    let mut big = model("big");
+    big.priority = 100;
+    let mut small = model("small");
+    small.priority = 25;
+    let models = [big, small];
+    let zero = WeightValues {
+        quality: 0.0,
+        reliability: 0.0,
+        language: 0.0,
+        cost: 0.0,
+        speed: 0.0,
+        load: 0.0,
+        category: 0.0,
+        priority: 1.0,
+    };
+    let weights = Weights::new(zero).unwrap();
+    let led = (0..200)
+        .filter(|&seed| {
+            let config = SelectorConfig { weights, strategy: Strategy::WeightedRandom { seed } };
+            rank(&models, &Requirements::default(), &NoSignals, &config)[0].model.id == "big"
+        })
+        .count();
+    assert!((140..=180).contains(&led), "big led {led} of 200");
+}
+
+#[test]
 fn empty_and_impossible() {
     let none: [ModelSpec; 0] = [];
     let config = SelectorConfig::default();
@@ -485,4 +545,13 @@ fn duplicate_ids_count_once_in_every_input_shape() {
     sorted.sort_by(|a, b| a.id.cmp(&b.id));
     let fast = rank(&sorted, &Requirements::default(), &NoSignals, &SelectorConfig::default());
     assert_eq!(ids(&fast), ids(&ranked));
+    // Sorted but not strictly ascending: adjacent duplicates are no fast path.
+    let mut second = model("a");
+    second.quality = Some(1.0);
+    let sorted_twice = [model("a"), second, model("b")];
+    let ranked = rank(&sorted_twice, &Requirements::default(), &NoSignals, &SelectorConfig::default());
+    assert_eq!(ids(&ranked), ["a", "b"]);
+    assert_eq!(ranked[0].model.quality, Some(0.5), "the first occurrence is kept");
+    let same = [model("a"), model("a")];
+    assert_eq!(rank(&same, &Requirements::default(), &NoSignals, &SelectorConfig::default()).len(), 1);
 }
