@@ -3,14 +3,17 @@
 //! - `ci`: the one check of the whole workspace (fmt, clippy, tests, doctests,
 //!   docs, tidy, cargo-deny); the first red step stops the run.
 //! - `bench [--quick]`: runs the criterion benches and writes
-//!   `target/bench-report.json` and `target/bench-report.md` against the
-//!   targets in [`bench::TARGETS`].
+//!   `bench-report.json` and `bench-report.md` in the target directory
+//!   against the targets in [`bench::TARGETS`], each median also as a
+//!   multiple of the calibration bench's.
 //! - `loadtest [--quick] [--budget]`: the gateway's load benchmark (the `loadtest`
 //!   binary of `benches/`), its figures added to the same report.
 //! - `mutants [-p CRATE] [-f FILE] [-- ARGS]`: mutation testing with
 //!   cargo-mutants (installed when missing), run by hand, never by `ci`.
 //!
-//! The tidy checks live in `tidy.rs` as ordinary tests, run by `ci`.
+//! The target directory is `CARGO_TARGET_DIR` when set, else `target/`
+//! ([`target_dir`]). The tidy checks live in `tidy.rs` as ordinary tests,
+//! run by `ci`.
 
 mod bench;
 mod ci;
@@ -19,6 +22,7 @@ mod mutants;
 mod tidy;
 
 use std::{
+    ffi::OsString,
     path::{Path, PathBuf},
     process::{Command, ExitCode},
 };
@@ -29,15 +33,17 @@ usage: cargo xtask <command>
 commands:
   ci              fmt, clippy -D warnings, tests + doctests, docs -D warnings,
                   tidy checks, cargo-deny (when installed); stops at the first red step
-  bench [--quick] run the criterion benches, write target/bench-report.{json,md}
+  bench [--quick] run the criterion benches, write bench-report.{json,md} in the
+                  target dir (CARGO_TARGET_DIR, else target/); medians also as
+                  multiples of the calibration bench's
   loadtest [--quick] [--budget]
                   the gateway under load (mock upstream, release builds); adds
-                  throughput, latency and memory to target/bench-report.{json,md};
+                  throughput, latency and memory to bench-report.{json,md};
                   --budget configures a global budget (spend committed per request)
   mutants [-p CRATE] [-f FILE] [-- ARGS]
                   mutation testing with cargo-mutants (installed when missing;
                   slow: run by hand, not by ci); ARGS go to cargo mutants, e.g.
-                  -- --timeout 60 -j 1; results in target/mutants.out/
+                  -- --timeout 60 -j 1; results in <target dir>/mutants.out/
   help            this text";
 
 fn main() -> ExitCode {
@@ -74,9 +80,44 @@ fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().map_or_else(|| PathBuf::from("."), Path::to_path_buf)
 }
 
+/// Where cargo writes its output: `CARGO_TARGET_DIR` when set, else
+/// `<root>/target`. Criterion's results, the bench reports and the release
+/// binaries are all read and written here.
+fn target_dir() -> PathBuf {
+    resolve_target_dir(&root(), std::env::var_os("CARGO_TARGET_DIR"))
+}
+
+/// [`target_dir`] without the process environment: `env` is the value of
+/// `CARGO_TARGET_DIR`. A relative value is relative to the workspace root,
+/// where xtask runs cargo; an empty one counts as unset.
+fn resolve_target_dir(root: &Path, env: Option<OsString>) -> PathBuf {
+    match env {
+        // `join` of an absolute path is that path.
+        Some(dir) if !dir.is_empty() => root.join(dir),
+        _ => root.join("target"),
+    }
+}
+
 /// `cargo`, as the running cargo names itself (so rustup's toolchain is kept).
 fn cargo() -> Command {
     let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
     cmd.current_dir(root());
     cmd
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn target_dir_resolution() {
+        let check = |env: Option<&str>, expect: &str| {
+            assert_eq!(resolve_target_dir(Path::new("/ws"), env.map(OsString::from)), PathBuf::from(expect), "{env:?}");
+        };
+        check(None, "/ws/target");
+        check(Some(""), "/ws/target");
+        check(Some("/tmp/tdir"), "/tmp/tdir");
+        check(Some("build/out"), "/ws/build/out");
+        check(Some("../shared-target"), "/ws/../shared-target");
+    }
 }

@@ -4,7 +4,8 @@
 //!
 //! Installs cargo-mutants (`cargo install --locked cargo-mutants`) when
 //! `cargo mutants --version` fails, then runs it on the given package and
-//! file, writing its results to `target/mutants.out/`. A surviving mutant is
+//! file, writing its results to `mutants.out/` in the target directory
+//! (`CARGO_TARGET_DIR`, else `target/`). A surviving mutant is
 //! a change to the code that no test notices: add the test, or name it as
 //! equivalent (it changes nothing observable).
 
@@ -12,7 +13,7 @@ use std::process::Stdio;
 
 use anyhow::{Context, bail};
 
-use crate::cargo;
+use crate::{cargo, target_dir};
 
 /// What `cargo xtask mutants` was asked for.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -60,8 +61,10 @@ pub(crate) fn run(args: &[&str]) -> anyhow::Result<()> {
             bail!("installing cargo-mutants failed ({status})");
         }
     }
+    let target = target_dir();
+    let out = target.join("mutants.out");
     let mut command = cargo();
-    command.args(["mutants", "--output", "target"]);
+    command.args(["mutants", "--output"]).arg(&target);
     if let Some(package) = args.package {
         command.args(["--package", package]);
     }
@@ -74,13 +77,13 @@ pub(crate) fn run(args: &[&str]) -> anyhow::Result<()> {
     // cargo-mutants prints its summary (caught, missed, unviable, timeouts) itself.
     match status.code() {
         Some(0) => {
-            println!("mutants: every mutant was caught or unviable; details in target/mutants.out/");
+            println!("mutants: every mutant was caught or unviable; details in {}", out.display());
             Ok(())
         }
-        Some(2) => bail!("mutants survived: see target/mutants.out/missed.txt"),
+        Some(2) => bail!("mutants survived: see {}", out.join("missed.txt").display()),
         Some(3) => bail!(
-            "mutants timed out (a mutant that loops forever is caught; a slow test is not): \
-             see target/mutants.out/timeout.txt"
+            "mutants timed out (a mutant that loops forever is caught; a slow test is not): see {}",
+            out.join("timeout.txt").display()
         ),
         Some(4) => bail!("the tests fail without any mutation: fix them first"),
         _ => bail!("cargo mutants failed ({status})"),
