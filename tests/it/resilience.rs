@@ -385,7 +385,7 @@ async fn a_named_model_falls_back_only_to_models_that_keep_its_promises() {
     long["modelfleet"] = json!({"prompt_tokens": 10_000});
     let mut tools = chat("es-a", "call a tool");
     tools["tools"] = json!([{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}]);
-    for (request, why) in [(long, "context window 4096 < 10000 tokens needed"), (tools, "no tools support")] {
+    for (request, why) in [(long, "context window 4096 < 10001 tokens needed"), (tools, "no tools support")] {
         let total = mock.total_hits();
         let response = gateway.chat(&request).await;
         let status = response.status();

@@ -274,7 +274,7 @@ impl SelectArgs {
         {
             anyhow::bail!("--min-quality must be between 0 and 1, got {q}");
         }
-        Ok(Requirements {
+        let requirements = Requirements {
             category,
             language: self.language.clone(),
             prompt_tokens: self.prompt_tokens,
@@ -296,7 +296,11 @@ impl SelectArgs {
             prefer_local: self.prefer_local,
             n: 1,
             available_memory_mb: None,
-        })
+        };
+        if let Err(modelfleet::selector::Error::InvalidRequirement { field, problem }) = requirements.check() {
+            anyhow::bail!("--{} {problem}", field.replace('_', "-"));
+        }
+        Ok(requirements)
     }
 }
 

@@ -105,7 +105,7 @@ fn the_catalog_selection_and_explanations() {
     assert!(stdout.contains("(score "), "{stdout}");
     let (code, stdout, _) = modelfleet(&["explain", "--prompt-tokens", "100000", "--local-only", "--db", &db(&dir)]);
     assert_eq!(code, 0);
-    assert!(stdout.contains("rejected: context window 4096 < 100000 tokens needed"), "{stdout}");
+    assert!(stdout.contains("rejected: context window 4096 < 100001 tokens needed"), "{stdout}");
     // Every ranked model shows its score's terms with their weights.
     let (code, stdout, _) = modelfleet(&["explain", "--category", "code", "--language", "en", "--db", &db(&dir)]);
     assert_eq!(code, 0);
@@ -115,6 +115,9 @@ fn the_catalog_selection_and_explanations() {
     let more = stdout.lines().filter(|l| l.trim_start().starts_with("+ speed ") && l.contains(" + priority ")).count();
     assert!(ranked >= 5 && terms == ranked && more == ranked, "{stdout}");
     assert!(stdout.contains(" + reliability 0.900×3 + language 1.000×1 + cost "), "{stdout}");
+    let (code, _, stderr) = modelfleet(&["select", "--max-cost=-1", "--db", &db(&dir)]);
+    assert_ne!(code, 0);
+    assert!(stderr.contains("--max-cost must be >= 0, got $-1"), "{stderr}");
     let (code, _, stderr) = modelfleet(&["select", "--prompt-tokens", "5000000", "--db", &db(&dir)]);
     assert_eq!(code, 1, "no model matches");
     assert!(stderr.contains("no model satisfies these requirements"), "{stderr}");

@@ -187,9 +187,9 @@ fn an_explicit_list_is_all_that_is_tried_and_its_ineligible_head_is_no_first_cho
     assert_eq!(
         outcome.unwrap_err(),
         "no model can take the request: no model of the route's list meets the requirements: \
-         model \"alpha\" does not meet the requirements: context window 8000 < 64000 tokens needed; \
+         model \"alpha\" does not meet the requirements: context window 8000 < 64001 tokens needed; \
          model \"zulu\" is not in the catalog; \
-         model \"bravo\" does not meet the requirements: context window 32000 < 64000 tokens needed"
+         model \"bravo\" does not meet the requirements: context window 32000 < 64001 tokens needed"
     );
 }
 
@@ -660,7 +660,7 @@ fn a_named_model_that_does_not_qualify_is_refused_saying_why() {
     assert!(calls.is_empty(), "no silent substitute");
     assert_eq!(
         outcome.unwrap_err(),
-        "no model can take the request: model \"fr-code\" does not meet the requirements: context window 16000 < 20000 tokens needed"
+        "no model can take the request: model \"fr-code\" does not meet the requirements: context window 16000 < 20001 tokens needed"
     );
 }
 

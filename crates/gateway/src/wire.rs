@@ -260,6 +260,7 @@ pub(crate) fn parse_chat(bytes: &[u8]) -> Result<ChatRequest, ApiError> {
             .map_err(|e| ApiError::invalid("invalid_requirements", format!("modelfleet: {e}")))?,
         Some(_) => return Err(ApiError::invalid("invalid_requirements", "modelfleet: must be an object")),
     };
+    requirements.check().map_err(|e| ApiError::invalid("invalid_requirements", format!("modelfleet: {e}")))?;
     // The gateway's own counts bound the budget hold: a client's counts may
     // raise them, never lower them. Without `max_tokens` nothing caps the
     // answer but each model's own limit, so a client's output count cannot
@@ -506,6 +507,11 @@ mod tests {
         let err = |extra: &str| parse_chat(&body(extra)).unwrap_err().message;
         assert_eq!(err(r#","n":0"#), "n: must be a whole number of answers, at least 1");
         assert_eq!(err(r#","n":"2""#), "n: must be a whole number of answers, at least 1");
+        // Requirements no model can be judged against are refused, not
+        // turned into "no model meets them".
+        assert_eq!(err(r#","modelfleet":{"max_cost":"-0.5"}"#), "modelfleet: max_cost must be >= 0, got $-0.5");
+        assert_eq!(err(r#","modelfleet":{"min_quality":1.5}"#), "modelfleet: min_quality must be from 0 to 1, got 1.5");
+        assert_eq!(req(r#","modelfleet":{"max_cost":"0","min_quality":1}"#).min_quality, Some(1.0), "the bounds pass");
     }
 
     #[test]

@@ -44,12 +44,13 @@ pub enum Rejection {
         /// Its window.
         window: u32,
     },
-    /// Its output limit is unknown or below what the request allows.
+    /// Its output limit is below the request's `max_tokens` (a model that
+    /// states no limit is bounded by its context window instead).
     OutputTooLong {
         /// The output tokens asked for.
         needed: u32,
-        /// Its limit, when known.
-        limit: Option<u32>,
+        /// Its limit.
+        limit: u32,
     },
     /// It lacks a capability.
     Capability {
@@ -166,12 +167,7 @@ impl fmt::Display for Rejection {
             Rejection::ContextTooSmall { needed, window } => {
                 write!(f, "context window {window} < {needed} tokens needed")
             }
-            Rejection::OutputTooLong { needed, limit: Some(limit) } => {
-                write!(f, "output limit {limit} < {needed} tokens asked")
-            }
-            Rejection::OutputTooLong { needed, limit: None } => {
-                write!(f, "output limit unknown ({needed} tokens asked)")
-            }
+            Rejection::OutputTooLong { needed, limit } => write!(f, "output limit {limit} < {needed} tokens asked"),
             Rejection::Capability { missing } => write!(f, "no {missing} support"),
             Rejection::PriceUnknown => write!(f, "price unknown"),
             Rejection::OutputUnbounded => {
@@ -182,7 +178,7 @@ impl fmt::Display for Rejection {
                 write!(f, "worst-case cost ${worst_case} > ${remaining} left in hard budget {budget}")
             }
             Rejection::Unbounded { budget } => {
-                write!(f, "cost cannot be bounded (no price or no output limit) under hard budget {budget}")
+                write!(f, "cost cannot be bounded (no price, or no bound on the output) under hard budget {budget}")
             }
             Rejection::QualityUnknown => write!(f, "quality unknown"),
             Rejection::QualityTooLow { quality, min } => write!(f, "quality {quality} < min {min}"),
@@ -354,8 +350,10 @@ pub(crate) fn check(
         // A model that states no output limit is bounded by its context
         // window alone, which the check above already applied. (No
         // `max_tokens`, 0, is below no limit.)
-        if model.max_output_tokens.is_some_and(|limit| limit < req.max_output_tokens) {
-            reject(Rejection::OutputTooLong { needed: req.max_output_tokens, limit: model.max_output_tokens })?;
+        if let Some(limit) = model.max_output_tokens
+            && limit < req.max_output_tokens
+        {
+            reject(Rejection::OutputTooLong { needed: req.max_output_tokens, limit })?;
         }
         for &capability in &req.capabilities {
             if !model.capabilities.has(capability) {

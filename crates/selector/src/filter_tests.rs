@@ -170,11 +170,15 @@ fn context_window() {
     check(&m, &sized(6_000, 2_000), "");
     check(&m, &sized(5_999, 2_000), "");
     check(&m, &sized(6_001, 2_000), "context_window: context window 8000 < 8001 tokens needed");
-    check(&m, &sized(8_000, 0), "");
-    check(&m, &sized(8_001, 0), "context_window: context window 8000 < 8001 tokens needed");
+    // Without max_tokens, the window must leave a token to answer.
+    check(&m, &sized(7_999, 0), "");
+    check(&m, &sized(8_000, 0), "context_window: context window 8000 < 8001 tokens needed");
+    let unlimited = with(|m| m.max_output_tokens = None);
+    check(&unlimited, &sized(0, 8_000), "");
+    check(&unlimited, &sized(0, 8_001), "context_window: context window 8000 < 8001 tokens needed");
     let unknown = with(|m| m.context_window = None);
     check(&unknown, &sized(0, 0), "");
-    check(&unknown, &sized(1, 0), "context_window: context window unknown (1 tokens needed)");
+    check(&unknown, &sized(1, 0), "context_window: context window unknown (2 tokens needed)");
     check(&unknown, &sized(0, 1), "context_window: context window unknown (1 tokens needed)");
 }
 
@@ -256,7 +260,7 @@ fn budget() {
         &with(|m| m.pricing = None),
         &req,
         &room(1_000_000_000),
-        "budget: cost cannot be bounded (no price or no output limit) under hard budget global monthly",
+        "budget: cost cannot be bounded (no price, or no bound on the output) under hard budget global monthly",
     );
 }
 

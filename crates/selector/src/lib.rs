@@ -7,7 +7,8 @@
 //!
 //! - **filters**: a model must be enabled and servable and meet every hard
 //!   constraint of the request (the table below). A constraint on a property
-//!   the model does not know rejects it;
+//!   the model does not know rejects it (but an unstated output limit is
+//!   bounded by the context window instead);
 //! - **scores** each eligible model from quality, reliability (live success
 //!   rate), language, cost, speed, load, category and priority with
 //!   [`Weights`], times a rate-limit factor (the formula below);
@@ -28,7 +29,7 @@
 //! | `locality` | `local_only` and it is a cloud model, or `cloud_only` and it is local | — |
 //! | `category` | a category is asked and it lists neither that one nor `general` | — |
 //! | `language` | a language is asked and it speaks it neither as primary nor as another language (ASCII case ignored) | — |
-//! | `context_window` | prompt + `max_tokens` is above 0 and its window is unknown or smaller | window = prompt + output **fits** |
+//! | `context_window` | the request gives sizes and its window is unknown or smaller than prompt + `max_tokens` (prompt + 1 without `max_tokens`: an answer needs a token) | window = prompt + output **fits** |
 //! | `max_output_tokens` | `max_tokens` is set and its output limit, when stated, is smaller (unstated: the window bounds it) | limit = `max_tokens` **fits** |
 //! | `capabilities` | it lacks one asked (each missing one is named) | — |
 //! | `max_cost` | its [`worst_case_cost`] is unknown (no price, or no output bound) or above `max_cost` | worst case = `max_cost` **passes** |
@@ -158,6 +159,14 @@ pub enum Error {
         name: &'static str,
         /// Its value.
         value: f64,
+    },
+    /// A requirement no model can be judged against.
+    #[error("{field} {problem}")]
+    InvalidRequirement {
+        /// The requirement.
+        field: &'static str,
+        /// What is wrong with it.
+        problem: String,
     },
     /// Every score weight is 0: every total would be 0.
     #[error("every score weight is 0: the weighted score could not tell models apart")]

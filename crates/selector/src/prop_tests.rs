@@ -1,88 +1,235 @@
-//! Properties of the selector (seed 000's and the rules'): rankings are
-//! sorted, unique and deterministic, `select` is the head of `rank`, and
-//! every ranked model passes every constraint while every rejected one fails
-//! each constraint it is rejected by.
+//! Properties of the selector: rankings are sorted, unique and deterministic,
+//! `select` is the head of `rank`, and the hard constraints are exactly the
+//! documented rules (the table in the crate docs).
+//!
+//! The generators draw models and requirements from the same small pools
+//! (windows, prompts and output caps that add up exactly, shared quality,
+//! latency and memory values, cost limits and budget rooms pinned to a
+//! model's worst case) so that every rule of the filter is reached, often
+//! right at its boundary. [`failures`] is an oracle written from the rules as
+//! documented, not from the filter's code: every ranked model fails none of
+//! them, every rejected model is rejected by exactly the constraints it
+//! fails, each reason shows what the model and the request really have, and
+//! `select`'s error counts them. The one function the oracle shares with the
+//! filter, [`worst_case_cost`], is itself held to its documented definition.
 
-use std::collections::HashMap;
+use std::{
+    cmp::Ordering,
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
+    fmt::Debug,
+    ops::RangeInclusive,
+    ptr,
+};
 
-use modelfleet_registry::{Category, ModelSpec, Money, Pricing};
+use modelfleet_registry::{Capabilities, Capability, Category, ModelSpec, ModelStatus, Money, Pricing};
 use proptest::{
     prelude::{Just, ProptestConfig, any, prop_assert, prop_assert_eq, prop_oneof, proptest},
+    sample::Index,
     strategy::Strategy as Gen,
 };
 
-use crate::{tests::ids, *};
+use crate::*;
+
+/// How many ids there are: few enough that repeats are common.
+const IDS: u8 = 16;
+const PROVIDERS: [&str; 4] = ["openai", "anthropic", "ollama", "mistral"];
+/// The statuses other than active, two of which serve.
+const OTHER_STATUSES: [ModelStatus; 4] =
+    [ModelStatus::Deprecated, ModelStatus::Experimental, ModelStatus::Inactive, ModelStatus::Maintenance];
+/// Languages as models list them and as requests ask for them: the case
+/// differs on purpose (the match ignores ASCII case).
+const MODEL_LANGUAGES: [&str; 5] = ["en", "fr", "de", "ja", "EN"];
+const ASKED_LANGUAGES: [&str; 5] = ["en", "fr", "de", "ja", "Fr"];
+const CATEGORIES: [Category; 4] = [Category::General, Category::Code, Category::Translation, Category::Reasoning];
+const CAPABILITIES: [Capability; 4] =
+    [Capability::Streaming, Capability::Tools, Capability::JsonMode, Capability::Vision];
+/// Context windows, and prompts and output caps many of whose sums land
+/// exactly on one (500 + 500, 900 + 100, 1,000 + 1,000, 1,500 + 500, …).
+const WINDOWS: [u32; 5] = [500, 1_000, 1_500, 2_000, 4_000];
+const PROMPTS: [u32; 5] = [0, 100, 500, 900, 1_000];
+/// A request's output cap (0: none) and a model's output limit share values.
+const OUTPUT_CAPS: [u32; 4] = [0, 100, 500, 1_000];
+const OUTPUT_LIMITS: [u32; 4] = [100, 500, 1_000, 2_000];
+const QUALITIES: [f64; 4] = [0.25, 0.5, 0.75, 0.9];
+const LATENCIES_MS: [u32; 4] = [100, 500, 1_000, 2_000];
+/// Live latencies no monitor should report: all but -0 are unusable, and
+/// the typical latency counts instead.
+const ODD_LATENCIES_MS: [f64; 5] = [f64::NAN, -1.0, -0.0, f64::INFINITY, f64::NEG_INFINITY];
+const ODD_HEADROOMS: [f64; 4] = [0.0, f64::NAN, f64::INFINITY, f64::NEG_INFINITY];
+const MEMORIES_MB: [u64; 4] = [1_024, 4_096, 8_192, 16_384];
+/// Prices per million tokens in nano-dollars: free, $1, $2, $15.
+const PRICES: [i64; 4] = [0, 1_000_000_000, 2_000_000_000, 15_000_000_000];
+/// Cost limits and budget rooms in nano-dollars (a room of -1: overspent).
+const MONEY: [i64; 5] = [0, 1_000_000, 2_000_000, 5_000_000, 50_000_000];
+const ROOMS: [i64; 6] = [-1, 0, 1_000_000, 2_000_000, 5_000_000, 50_000_000];
+const BUDGET: &str = "global monthly";
+/// Signals drawn per case, dealt round the models.
+const SIGNALS: usize = 8;
+
+// Every case draws hundreds of values, and in a debug build a weighted
+// `prop_oneof!` or `option::weighted` costs ten times a `select` and a
+// roll, so the generators roll dice and pick from pools instead.
+
+/// One value of `pool`.
+fn pick<T: Clone + Debug + 'static>(pool: &'static [T]) -> impl Gen<Value = T> {
+    proptest::sample::select(pool)
+}
+
+/// `value` in `tenths` cases out of ten, else `None` (shrinking to `None`).
+fn chance<T: Debug>(tenths: u8, value: impl Gen<Value = T>) -> impl Gen<Value = Option<T>> {
+    (0u8..10, value).prop_map(move |(roll, value)| (roll >= 10 - tenths).then_some(value))
+}
+
+/// Mostly a quality from the pool models and requests share, else any.
+fn arb_quality() -> impl Gen<Value = f64> {
+    (0u8..4, pick(&QUALITIES), 0.0f64..=1.0).prop_map(|(roll, pooled, any)| if roll < 3 { pooled } else { any })
+}
+
+fn arb_pricing() -> impl Gen<Value = Option<Pricing>> {
+    let money = || pick(&PRICES).prop_map(Money::from_nanos);
+    (0u8..5, money(), money(), chance(2, money())).prop_map(
+        |(kind, input_per_mtok, output_per_mtok, cached_input_per_mtok)| match kind {
+            0 => None,
+            1 => Some(Pricing::FREE),
+            _ => Some(Pricing { input_per_mtok, output_per_mtok, cached_input_per_mtok }),
+        },
+    )
+}
 
 fn arb_model() -> impl Gen<Value = ModelSpec> {
-    (
-        "[a-e][0-9]?",
-        proptest::sample::select(vec!["openai", "anthropic", "ollama"]),
-        proptest::option::of(1_000u32..200_000),
-        proptest::option::of(0.0f64..=1.0),
-        proptest::option::of(0i64..20_000_000_000),
+    let switches = (0u8..IDS, pick(&PROVIDERS), 0u8..13, chance(1, pick(&OTHER_STATUSES)), 0u8..=100);
+    let skills = (
+        proptest::sample::subsequence(CATEGORIES.to_vec(), 0..=2),
+        chance(5, pick(&MODEL_LANGUAGES)),
+        proptest::sample::subsequence(MODEL_LANGUAGES.to_vec(), 0..=2),
+        any::<[bool; 4]>(),
+    );
+    let sizes = (
+        chance(9, pick(&WINDOWS)),
+        chance(7, pick(&OUTPUT_LIMITS)),
+        arb_pricing(),
         any::<bool>(),
-        proptest::option::of(50u32..5_000),
-        0u8..=100,
-        proptest::sample::subsequence(Category::ALL.to_vec(), 0..3),
-    )
-        .prop_map(|(id, provider, window, quality, price, local, latency, priority, categories)| {
-            let mut m = ModelSpec::new(id, provider);
-            m.context_window = window;
-            m.max_output_tokens = window.map(|w| w / 4);
-            m.quality = quality;
-            m.pricing = price.map(|p| Pricing { input_per_mtok: Money::from_nanos(p), ..Pricing::FREE });
-            m.local = local;
-            m.memory_mb = local.then_some(4_096);
-            m.typical_latency_ms = latency;
-            m.priority = priority;
-            m.categories = categories;
-            m.languages = vec!["en".into()];
-            m
-        })
+        chance(8, pick(&MEMORIES_MB)),
+        chance(9, arb_quality()),
+        chance(9, pick(&LATENCIES_MS)),
+    );
+    (switches, skills, sizes).prop_map(|(switches, skills, sizes)| {
+        let (id, provider, off, status, priority) = switches;
+        let (categories, primary, languages, [streaming, tools, json_mode, vision]) = skills;
+        let (window, output_limit, pricing, local, memory_mb, quality, latency) = sizes;
+        let mut m = ModelSpec::new(format!("m{id:02}"), provider);
+        m.enabled = off > 0;
+        m.status = status.unwrap_or(ModelStatus::Active);
+        m.priority = priority;
+        m.categories = categories;
+        m.primary_language = primary.map(String::from);
+        m.languages = languages.into_iter().map(String::from).collect();
+        m.capabilities = Capabilities { streaming, tools, json_mode, vision };
+        m.context_window = window;
+        m.max_output_tokens = output_limit;
+        m.pricing = pricing;
+        m.local = local;
+        m.memory_mb = memory_mb;
+        m.quality = quality;
+        m.typical_latency_ms = latency;
+        m
+    })
+}
+
+/// Models as a caller may pass them: in any order with repeated ids, sorted
+/// with repeats, or a catalog snapshot (strictly ascending ids); now and
+/// then more than the selector scans linearly for repeats.
+fn arb_models() -> impl Gen<Value = Vec<ModelSpec>> {
+    let models = prop_oneof![
+        12 => proptest::collection::vec(arb_model(), 0..12),
+        1 => proptest::collection::vec(arb_model(), 33..40),
+    ];
+    (models, 0u8..3).prop_map(|(mut models, shape)| {
+        if shape > 0 {
+            models.sort_by(|a, b| a.id.cmp(&b.id));
+        }
+        if shape > 1 {
+            models.dedup_by(|a, b| a.id == b.id);
+        }
+        models
+    })
+}
+
+/// Now and then, `len` of the providers.
+fn arb_providers(len: RangeInclusive<usize>) -> impl Gen<Value = Vec<String>> {
+    let some = proptest::sample::subsequence(PROVIDERS.to_vec(), len)
+        .prop_map(|providers| providers.into_iter().map(String::from).collect());
+    chance(1, some).prop_map(Option::unwrap_or_default)
 }
 
 fn arb_requirements() -> impl Gen<Value = Requirements> {
-    (
-        proptest::option::of(proptest::sample::select(Category::ALL.to_vec())),
-        0u32..100_000,
-        proptest::option::of(0.0f64..1.0),
-        proptest::option::of(0i64..1_000_000_000),
-        any::<bool>(),
-        any::<bool>(),
-    )
-        .prop_map(|(category, prompt_tokens, min_quality, max_cost, prefer_free, prefer_local)| Requirements {
+    const LOCALITIES: [Option<Locality>; 7] =
+        [None, None, None, None, Some(Locality::Any), Some(Locality::LocalOnly), Some(Locality::CloudOnly)];
+    let work = (
+        chance(1, pick(&CATEGORIES)),
+        chance(1, pick(&ASKED_LANGUAGES).prop_map(String::from)),
+        pick(&PROMPTS),
+        pick(&OUTPUT_CAPS),
+        0u32..=3,
+        chance(1, proptest::collection::vec(pick(&CAPABILITIES), 1..=2)).prop_map(Option::unwrap_or_default),
+    );
+    let limits = (
+        chance(2, pick(&MONEY).prop_map(Money::from_nanos)),
+        chance(2, arb_quality()),
+        chance(2, pick(&LATENCIES_MS)),
+        chance(2, pick(&MEMORIES_MB)),
+    );
+    let place = (arb_providers(1..=3), arb_providers(1..=1), pick(&LOCALITIES), any::<bool>(), any::<bool>());
+    (work, limits, place).prop_map(|(work, limits, place)| {
+        let (category, language, prompt_tokens, max_output_tokens, n, capabilities) = work;
+        let (max_cost, min_quality, max_latency_ms, available_memory_mb) = limits;
+        let (providers, exclude_providers, locality, prefer_free, prefer_local) = place;
+        Requirements {
             category,
+            language,
             prompt_tokens,
+            max_output_tokens,
+            n,
+            capabilities,
+            max_cost,
             min_quality,
-            max_cost: max_cost.map(Money::from_nanos),
+            max_latency_ms,
+            providers,
+            exclude_providers,
+            locality,
             prefer_free,
             prefer_local,
-            ..Requirements::default()
-        })
+            available_memory_mb,
+        }
+    })
 }
 
-fn arb_signals() -> impl Gen<Value = HashMap<String, Signals>> {
-    let headroom = proptest::option::of(prop_oneof![
-        -0.5f64..1.5,
-        Just(0.0),
-        Just(f64::NAN),
-        Just(f64::INFINITY),
-        Just(f64::NEG_INFINITY)
-    ]);
-    proptest::collection::hash_map(
-        "[a-e][0-9]?",
-        (
-            0u64..1_000,
-            0.0f64..=1.0,
-            proptest::option::of(0.0f64..10_000.0),
-            proptest::option::of(0.0f64..30_000.0),
-            0u32..50,
-            headroom,
-        )
-            .prop_map(|(samples, success_rate, latency_ms, latency_p95_ms, in_flight, rate_limit_headroom)| {
-                Signals { samples, success_rate, latency_ms, latency_p95_ms, in_flight, rate_limit_headroom }
-            }),
-        0..6,
+/// Signals for one model: a live latency sometimes measured on no samples,
+/// sometimes not a usable number (the typical latency then counts).
+fn arb_signal() -> impl Gen<Value = Signals> {
+    let latency =
+        (0u8..8, pick(&LATENCIES_MS), 0.0f64..3_000.0, pick(&ODD_LATENCIES_MS)).prop_map(|(roll, pooled, any, odd)| {
+            match roll {
+                0..4 => f64::from(pooled),
+                4 | 5 => any,
+                _ => odd,
+            }
+        });
+    let headroom = (0u8..4, -0.5f64..1.5, pick(&ODD_HEADROOMS)).prop_map(|(roll, any, odd)| match roll {
+        0 => None,
+        1 => Some(odd),
+        _ => Some(any),
+    });
+    let samples = (0u8..3, 1u64..1_000).prop_map(|(roll, samples)| if roll == 0 { 0 } else { samples });
+    (samples, 0.0f64..=1.0, chance(8, latency), chance(5, 0.0f64..30_000.0), 0u32..50, headroom).prop_map(
+        |(samples, success_rate, latency_ms, latency_p95_ms, in_flight, rate_limit_headroom)| Signals {
+            samples,
+            success_rate,
+            latency_ms,
+            latency_p95_ms,
+            in_flight,
+            rate_limit_headroom,
+        },
     )
 }
 
@@ -97,87 +244,455 @@ fn arb_strategy() -> impl Gen<Value = Strategy> {
     ]
 }
 
-proptest! {
-    #![proptest_config(ProptestConfig::with_cases(200))]
+/// Live signals per model id, and the room left in the one hard budget that
+/// would pay for any model.
+#[derive(Debug, Clone, Default)]
+struct Live {
+    signals: HashMap<String, Signals>,
+    room: Option<Money>,
+}
 
-    #[test]
-    fn rankings_are_sorted_unique_and_deterministic(
-        models in proptest::collection::vec(arb_model(), 0..12),
-        req in arb_requirements(),
-        signals in arb_signals(),
-        strategy in arb_strategy(),
-    ) {
-        let config = SelectorConfig { strategy, ..SelectorConfig::default() };
-        let before = models.clone();
-        let ranked = rank(&models, &req, &signals, &config);
-        prop_assert_eq!(&models, &before, "inputs unchanged");
-        // Sorted: preferred first, then the key/score order the comparator defines.
-        for pair in ranked.windows(2) {
-            prop_assert!(pair[0].preferred >= pair[1].preferred);
-        }
-        if matches!(strategy, Strategy::WeightedScore) {
-            for pair in ranked.windows(2) {
-                if pair[0].preferred == pair[1].preferred {
-                    prop_assert!(pair[0].score.total >= pair[1].score.total);
+impl LiveSignals for Live {
+    fn signals(&self, id: &str) -> Signals {
+        self.signals.get(id).copied().unwrap_or_default()
+    }
+
+    fn budget_room(&self, _: &ModelSpec) -> Option<BudgetRoom<'_>> {
+        self.room.map(|remaining| BudgetRoom { budget: BUDGET, remaining })
+    }
+}
+
+/// One selection: the models, the request, what is live, the order.
+#[derive(Debug, Clone)]
+struct Case {
+    models: Vec<ModelSpec>,
+    req: Requirements,
+    live: Live,
+    strategy: Strategy,
+}
+
+impl Case {
+    fn config(&self) -> SelectorConfig {
+        SelectorConfig { strategy: self.strategy, ..SelectorConfig::default() }
+    }
+
+    /// The oracle's verdict on `model` in this case.
+    fn failures(&self, model: &ModelSpec) -> BTreeSet<&'static str> {
+        failures(model, &self.req, &self.live.signals(&model.id), self.live.budget_room(model))
+    }
+
+    /// The position of `model` in the input (which occurrence of its id).
+    fn index_of(&self, model: &ModelSpec) -> usize {
+        self.models.iter().position(|m| ptr::eq(m, model)).unwrap()
+    }
+
+    /// Each id's first occurrence, with its position: the models judged.
+    fn firsts(&self) -> Vec<(usize, &ModelSpec)> {
+        let mut seen = HashSet::new();
+        self.models.iter().enumerate().filter(|(_, m)| seen.insert(m.id.as_str())).collect()
+    }
+}
+
+/// A case whose cost limit or budget room is, half the time, one model's
+/// worst case give or take a nano-dollar: the boundary the pools rarely hit.
+fn arb_case() -> impl Gen<Value = Case> {
+    (
+        arb_models(),
+        arb_requirements(),
+        proptest::collection::vec(chance(7, arb_signal()), SIGNALS),
+        chance(2, pick(&ROOMS).prop_map(Money::from_nanos)),
+        arb_strategy(),
+        (any::<Index>(), -1i64..=1, 0u8..4),
+    )
+        .prop_map(|(models, mut req, signals, mut room, strategy, (index, delta, pin))| {
+            // Each id gets the signals dealt to its first occurrence, if any.
+            let mut live = HashMap::new();
+            for (m, dealt) in models.iter().zip(signals.iter().cycle()) {
+                live.entry(m.id.clone()).or_insert(*dealt);
+            }
+            let signals = live.into_iter().filter_map(|(id, dealt)| Some((id, dealt?))).collect();
+            if !models.is_empty()
+                && let Some(worst) = worst_case_cost(index.get(&models), &req)
+            {
+                let at = Money::from_nanos(worst.nanos() + delta);
+                match pin {
+                    0 => req.max_cost = Some(at),
+                    1 => room = Some(at),
+                    _ => {}
                 }
             }
+            Case { models, req, live: Live { signals, room }, strategy }
+        })
+}
+
+/// The latency a model is judged by: the live one when measured (samples,
+/// a finite value, not negative), else its typical latency.
+fn judged_latency(model: &ModelSpec, live: &Signals) -> Option<f64> {
+    let measured = live.latency_ms.filter(|ms| live.samples > 0 && ms.is_finite() && *ms >= 0.0);
+    measured.or(model.typical_latency_ms.map(f64::from))
+}
+
+/// The oracle: the constraints (as [`Rejection::constraint`] names them)
+/// that `model` fails, from the documented rules. Unknown never passes a
+/// constraint; a value exactly at a limit passes.
+fn failures(
+    model: &ModelSpec,
+    req: &Requirements,
+    live: &Signals,
+    room: Option<BudgetRoom<'_>>,
+) -> BTreeSet<&'static str> {
+    let servable = matches!(model.status, ModelStatus::Active | ModelStatus::Deprecated | ModelStatus::Experimental);
+    // An answer needs a token: without max_tokens, prompt + 1 (the crate docs' table).
+    let needed = if req.prompt_tokens == 0 && req.max_output_tokens == 0 {
+        0
+    } else {
+        u64::from(req.prompt_tokens) + u64::from(req.max_output_tokens.max(1))
+    };
+    // The one documented cost bound, shared by `max_cost` and the budget.
+    let worst = worst_case_cost(model, req);
+    let latency = judged_latency(model, live);
+    let rules = [
+        ("status", !model.enabled || !servable),
+        (
+            "providers",
+            (!req.providers.is_empty() && !req.providers.contains(&model.provider))
+                || req.exclude_providers.contains(&model.provider),
+        ),
+        (
+            "locality",
+            match req.locality {
+                Some(Locality::LocalOnly) => !model.local,
+                Some(Locality::CloudOnly) => model.local,
+                Some(Locality::Any) | None => false,
+            },
+        ),
+        (
+            "category",
+            req.category
+                .is_some_and(|c| !model.categories.contains(&c) && !model.categories.contains(&Category::General)),
+        ),
+        (
+            "language",
+            req.language.as_ref().is_some_and(|wanted| {
+                !model.primary_language.iter().chain(&model.languages).any(|l| l.eq_ignore_ascii_case(wanted))
+            }),
+        ),
+        ("context_window", needed > 0 && model.context_window.is_none_or(|w| u64::from(w) < needed)),
+        (
+            "max_output_tokens",
+            req.max_output_tokens > 0 && model.max_output_tokens.is_some_and(|limit| limit < req.max_output_tokens),
+        ),
+        ("capabilities", req.capabilities.iter().any(|&c| !model.capabilities.has(c))),
+        ("max_cost", req.max_cost.is_some_and(|max| worst.is_none_or(|w| w > max))),
+        ("budget", room.is_some_and(|room| worst.is_none_or(|w| !w.is_zero() && w > room.remaining))),
+        ("min_quality", req.min_quality.is_some_and(|min| model.quality.is_none_or(|q| q < min))),
+        ("max_latency_ms", req.max_latency_ms.is_some_and(|max| latency.is_none_or(|l| l > f64::from(max)))),
+        (
+            "available_memory_mb",
+            model.local && req.available_memory_mb.is_some_and(|free| model.memory_mb.is_none_or(|m| m > free)),
+        ),
+    ];
+    rules.into_iter().filter(|&(_, failed)| failed).map(|(constraint, _)| constraint).collect()
+}
+
+/// The constraints `reasons` name.
+fn named(reasons: &[Rejection]) -> BTreeSet<&'static str> {
+    reasons.iter().map(Rejection::constraint).collect()
+}
+
+/// The worst case as documented: `n` answers (at least one), each bounded
+/// by the least of the request's cap (when set), the model's output limit
+/// and what its window leaves after the prompt; their cost with the prompt
+/// at the model's prices, nothing for a free model (or a local one without
+/// prices), unbounded for a cloud model without prices or unbounded output.
+fn documented_worst_case(model: &ModelSpec, req: &Requirements) -> (Option<u64>, Option<Money>) {
+    let prompt = u64::from(req.prompt_tokens);
+    let bounds = [
+        (req.max_output_tokens > 0).then_some(u64::from(req.max_output_tokens)),
+        model.max_output_tokens.map(u64::from),
+        model.context_window.map(|w| u64::from(w).saturating_sub(prompt)),
+    ];
+    let output = bounds.into_iter().flatten().min().map(|each| each * u64::from(req.n.max(1)));
+    let price = match (model.pricing, model.local) {
+        (Some(price), _) => price,
+        (None, true) => Pricing::FREE,
+        (None, false) => return (output, None),
+    };
+    let free = price.input_per_mtok.is_zero()
+        && price.output_per_mtok.is_zero()
+        && price.cached_input_per_mtok.is_none_or(Money::is_zero);
+    let cost = if free { Some(Money::ZERO) } else { output.map(|output| price.cost(prompt, 0, output)) };
+    (output, cost)
+}
+
+/// Whether `reason`, given for `model` (the first of its id or not), tells
+/// the truth: it is the variant the rule documents for this failure, and
+/// what it shows is what the model and the request have.
+fn truthful(reason: &Rejection, case: &Case, model: &ModelSpec, first: bool) -> bool {
+    let req = &case.req;
+    let worst = worst_case_cost(model, req);
+    let latency = judged_latency(model, &case.live.signals(&model.id));
+    let room = case.live.room;
+    match reason {
+        Rejection::DuplicateId => !first,
+        Rejection::Disabled => !model.enabled,
+        Rejection::Status { status } => {
+            *status == model.status && matches!(status, ModelStatus::Inactive | ModelStatus::Maintenance)
         }
-        let unique: std::collections::HashSet<&str> = ranked.iter().map(|r| r.model.id.as_str()).collect();
+        Rejection::Category { wanted } => req.category == Some(*wanted),
+        Rejection::Language { wanted } => req.language.as_ref() == Some(wanted),
+        Rejection::ContextUnknown { needed } => model.context_window.is_none() && *needed == req.min_context(),
+        Rejection::ContextTooSmall { needed, window } => {
+            model.context_window == Some(*window) && *needed == req.min_context() && u64::from(*window) < *needed
+        }
+        Rejection::OutputTooLong { needed, limit } => {
+            *needed == req.max_output_tokens && Some(*limit) == model.max_output_tokens && *limit < *needed
+        }
+        Rejection::Capability { missing } => req.capabilities.contains(missing) && !model.capabilities.has(*missing),
+        Rejection::PriceUnknown => req.max_cost.is_some() && model.price().is_none(),
+        Rejection::OutputUnbounded => req.max_cost.is_some() && model.price().is_some() && worst.is_none(),
+        Rejection::TooExpensive { estimate, max } => {
+            worst == Some(*estimate) && req.max_cost == Some(*max) && estimate > max
+        }
+        Rejection::OverBudget { budget, remaining, worst_case } => {
+            budget == BUDGET
+                && room == Some(*remaining)
+                && worst == Some(*worst_case)
+                && !worst_case.is_zero()
+                && worst_case > remaining
+        }
+        Rejection::Unbounded { budget } => budget == BUDGET && room.is_some() && worst.is_none(),
+        Rejection::QualityUnknown => req.min_quality.is_some() && model.quality.is_none(),
+        Rejection::QualityTooLow { quality, min } => {
+            model.quality == Some(*quality) && req.min_quality == Some(*min) && quality < min
+        }
+        Rejection::LatencyUnknown => req.max_latency_ms.is_some() && latency.is_none(),
+        Rejection::TooSlow { latency_ms, max_ms } => {
+            latency == Some(*latency_ms) && req.max_latency_ms == Some(*max_ms) && *latency_ms > f64::from(*max_ms)
+        }
+        Rejection::ProviderNotAllowed { provider } => {
+            *provider == model.provider && !req.providers.is_empty() && !req.providers.contains(provider)
+        }
+        Rejection::ProviderExcluded { provider } => {
+            *provider == model.provider && req.exclude_providers.contains(provider)
+        }
+        Rejection::NotLocal => req.locality == Some(Locality::LocalOnly) && !model.local,
+        Rejection::NotCloud => req.locality == Some(Locality::CloudOnly) && model.local,
+        Rejection::MemoryUnknown => model.local && req.available_memory_mb.is_some() && model.memory_mb.is_none(),
+        Rejection::NotEnoughMemory { needed_mb, available_mb } => {
+            model.local
+                && model.memory_mb == Some(*needed_mb)
+                && req.available_memory_mb == Some(*available_mb)
+                && needed_mb > available_mb
+        }
+    }
+}
+
+/// The strategy's sort key of `r` (higher first), as documented, where the
+/// public view shows it: `None` for the weighted random order.
+fn key(strategy: Strategy, req: &Requirements, r: &Ranked<'_>) -> Option<f64> {
+    match strategy {
+        Strategy::WeightedScore => Some(r.score.total),
+        Strategy::Cheapest => {
+            // Priced on the request's tokens, or on 1,000 prompt and 500
+            // output tokens when it gives none; unknown price last.
+            let (prompt, output) = match (req.prompt_tokens, req.max_output_tokens) {
+                (0, 0) => (1_000, 500),
+                sizes => sizes,
+            };
+            Some(r.model.price().map_or(f64::NEG_INFINITY, |p| {
+                -(p.input_per_mtok.nanos() as f64 * f64::from(prompt)
+                    + p.output_per_mtok.nanos() as f64 * f64::from(output))
+            }))
+        }
+        Strategy::Fastest => Some(r.latency_ms.map_or(f64::NEG_INFINITY, |ms| -ms)),
+        Strategy::HighestQuality => Some(r.model.quality.unwrap_or(f64::NEG_INFINITY)),
+        Strategy::PriorityOrder => Some(f64::from(r.model.priority)),
+        Strategy::WeightedRandom { .. } => None,
+    }
+}
+
+/// Whether `a` may rank right above `b`: preferred models first, then those
+/// with rate-limit room, then (where known) the strategy's key, the score
+/// and the id.
+fn in_order(strategy: Strategy, req: &Requirements, a: &Ranked<'_>, b: &Ranked<'_>) -> bool {
+    let group = |r: &Ranked<'_>| (r.preferred, r.score.rate_limit >= 1.0);
+    match group(a).cmp(&group(b)) {
+        Ordering::Greater => true,
+        Ordering::Less => false,
+        Ordering::Equal => match (key(strategy, req, a), key(strategy, req, b)) {
+            (Some(ka), Some(kb)) => kb
+                .total_cmp(&ka)
+                .then_with(|| b.score.total.total_cmp(&a.score.total))
+                .then_with(|| a.model.id.cmp(&b.model.id))
+                .is_lt(),
+            _ => true,
+        },
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    #[test]
+    fn rankings_are_sorted_unique_and_deterministic(case in arb_case()) {
+        let before = (case.models.clone(), case.req.clone());
+        let ranked = rank(&case.models, &case.req, &case.live, &case.config());
+        prop_assert_eq!(&(case.models.clone(), case.req.clone()), &before, "inputs unchanged");
+        for pair in ranked.windows(2) {
+            prop_assert!(in_order(case.strategy, &case.req, &pair[0], &pair[1]), "{} above {}", pair[0].model.id, pair[1].model.id);
+        }
+        let unique: HashSet<&str> = ranked.iter().map(|r| r.model.id.as_str()).collect();
         prop_assert_eq!(unique.len(), ranked.len(), "no duplicates");
-        let again = rank(&models, &req, &signals, &config);
-        prop_assert_eq!(ids(&again), ids(&ranked), "deterministic");
+        prop_assert_eq!(&rank(&case.models, &case.req, &case.live, &case.config()), &ranked, "deterministic");
         for r in &ranked {
             prop_assert!(r.score.total.is_finite() && r.score.total >= 0.0, "{:?}", r.score);
         }
     }
 
     #[test]
-    fn select_is_the_head_of_rank(
-        models in proptest::collection::vec(arb_model(), 0..12),
-        req in arb_requirements(),
-        signals in arb_signals(),
-        strategy in arb_strategy(),
-    ) {
-        let config = SelectorConfig { strategy, ..SelectorConfig::default() };
-        let ranked = rank(&models, &req, &signals, &config);
-        match select(&models, &req, &signals, &config) {
-            Ok(best) => prop_assert_eq!(Some(best.model.id.as_str()), ranked.first().map(|r| r.model.id.as_str())),
-            Err(_) => prop_assert!(ranked.is_empty()),
+    fn ranked_are_exactly_the_models_passing_every_rule(case in arb_case()) {
+        let ranked = rank(&case.models, &case.req, &case.live, &case.config());
+        for r in &ranked {
+            let failed = case.failures(r.model);
+            prop_assert!(failed.is_empty(), "{} ranked, fails {:?}", r.model.id, failed);
+        }
+        let mut got: Vec<usize> = ranked.iter().map(|r| case.index_of(r.model)).collect();
+        got.sort_unstable();
+        let passing: Vec<usize> =
+            case.firsts().into_iter().filter(|(_, m)| case.failures(m).is_empty()).map(|(i, _)| i).collect();
+        prop_assert_eq!(got, passing, "the first occurrence of every passing id, and no other");
+    }
+
+    #[test]
+    fn explain_names_exactly_the_rules_each_rejected_model_fails(case in arb_case()) {
+        let why = explain(&case.models, &case.req, &case.live, &case.config());
+        prop_assert_eq!(&why.ranked, &rank(&case.models, &case.req, &case.live, &case.config()));
+        let firsts: HashSet<usize> = case.firsts().into_iter().map(|(i, _)| i).collect();
+        let expected: Vec<(usize, &str, BTreeSet<&str>)> = case
+            .models
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                let failed = if firsts.contains(&i) { case.failures(m) } else { BTreeSet::from(["duplicate_id"]) };
+                (i, m.id.as_str(), failed)
+            })
+            .filter(|(.., failed)| !failed.is_empty())
+            .collect();
+        let got: Vec<(usize, &str, BTreeSet<&str>)> = why
+            .rejected
+            .iter()
+            .map(|r| (case.index_of(r.model), r.model.id.as_str(), named(&r.reasons)))
+            .collect();
+        prop_assert_eq!(got, expected, "rejected in input order, each by exactly the rules it fails");
+        for r in why.rejected.iter().filter(|r| r.reasons.contains(&Rejection::DuplicateId)) {
+            prop_assert_eq!(&r.reasons, &vec![Rejection::DuplicateId]);
         }
     }
 
     #[test]
-    fn filtering_is_consistent_with_explain(
-        models in proptest::collection::vec(arb_model(), 0..12),
-        req in arb_requirements(),
-    ) {
-        let why = explain(&models, &req, &NoSignals, &SelectorConfig::default());
+    fn select_is_the_head_of_rank_or_counts_the_rules_failed(case in arb_case()) {
+        let ranked = rank(&case.models, &case.req, &case.live, &case.config());
+        match select(&case.models, &case.req, &case.live, &case.config()) {
+            Ok(best) => prop_assert_eq!(Some(&best), ranked.first()),
+            Err(Error::EmptyCatalog) => prop_assert!(case.models.is_empty()),
+            Err(Error::NoMatch { models, rejected_by }) => {
+                prop_assert!(ranked.is_empty(), "no match, yet {} ranked", ranked.len());
+                prop_assert_eq!(models, case.models.len());
+                let firsts = case.firsts();
+                let mut expected: BTreeMap<&str, usize> = BTreeMap::new();
+                for failed in firsts.iter().flat_map(|(_, m)| case.failures(m)) {
+                    *expected.entry(failed).or_default() += 1;
+                }
+                if case.models.len() > firsts.len() {
+                    expected.insert("duplicate_id", case.models.len() - firsts.len());
+                }
+                prop_assert!(rejected_by.windows(2).all(|w| w[0].1 >= w[1].1), "most first: {:?}", rejected_by);
+                let got: BTreeMap<&str, usize> = rejected_by.iter().copied().collect();
+                prop_assert_eq!(got.len(), rejected_by.len(), "each constraint once: {:?}", rejected_by);
+                prop_assert_eq!(got, expected);
+            }
+            Err(other) => prop_assert!(false, "unexpected error {other}"),
+        }
+    }
+
+    #[test]
+    fn every_reason_tells_the_truth(case in arb_case()) {
+        let why = explain(&case.models, &case.req, &case.live, &case.config());
+        let firsts: HashSet<usize> = case.firsts().into_iter().map(|(i, _)| i).collect();
+        for rejected in &why.rejected {
+            let (model, first) = (rejected.model, firsts.contains(&case.index_of(rejected.model)));
+            for reason in &rejected.reasons {
+                prop_assert!(truthful(reason, &case, model, first), "{}: {:?}", model.id, reason);
+            }
+            // Every capability missing is named, not only the first.
+            let named: BTreeSet<Capability> = rejected
+                .reasons
+                .iter()
+                .filter_map(|r| match r {
+                    Rejection::Capability { missing } => Some(*missing),
+                    _ => None,
+                })
+                .collect();
+            let missing: BTreeSet<Capability> = if first {
+                case.req.capabilities.iter().copied().filter(|&c| !model.capabilities.has(c)).collect()
+            } else {
+                BTreeSet::new()
+            };
+            prop_assert_eq!(named, missing, "{}", model.id);
+        }
+    }
+
+    #[test]
+    fn the_worst_case_is_the_documented_bound(case in arb_case()) {
+        for model in &case.models {
+            let (output, cost) = documented_worst_case(model, &case.req);
+            prop_assert_eq!(worst_case_output(model, &case.req), output, "{}", model.id);
+            prop_assert_eq!(worst_case_cost(model, &case.req), cost, "{}", model.id);
+        }
+    }
+
+    #[test]
+    fn ranked_costs_and_latencies_are_the_ones_judged(case in arb_case()) {
+        let req = &case.req;
+        for r in rank(&case.models, req, &case.live, &case.config()) {
+            let worst = worst_case_cost(r.model, req);
+            prop_assert_eq!(r.worst_case_cost, worst);
+            let typical = r.model.price().map(|p| p.cost(req.prompt_tokens.into(), 0, req.max_output_tokens.into()));
+            prop_assert_eq!(r.estimated_cost, typical);
+            if let Some(max) = req.max_cost {
+                prop_assert!(worst.is_some_and(|w| w <= max), "{}: worst {:?} > max {}", r.model.id, worst, max);
+            }
+            if let Some(room) = case.live.room {
+                prop_assert!(worst.is_some_and(|w| w.is_zero() || w <= room), "{}: worst {:?} > room {}", r.model.id, worst, room);
+            }
+            if let (Some(typical), Some(worst)) = (typical, worst) {
+                prop_assert!(typical <= worst, "{}: typical {} > worst case {}", r.model.id, typical, worst);
+            }
+            prop_assert_eq!(r.latency_ms, judged_latency(r.model, &case.live.signals(&r.model.id)));
+            if let Some(max) = req.max_latency_ms {
+                prop_assert!(r.latency_ms.is_some_and(|ms| ms <= f64::from(max)));
+            }
+        }
+    }
+
+    #[test]
+    fn filtering_is_consistent_with_explain(case in arb_case()) {
+        let why = explain(&case.models, &case.req, &case.live, &case.config());
         // Every distinct id is either ranked or rejected, never both.
-        let ranked: std::collections::HashSet<&str> = why.ranked.iter().map(|r| r.model.id.as_str()).collect();
+        let ranked: HashSet<&str> = why.ranked.iter().map(|r| r.model.id.as_str()).collect();
         for rejected in &why.rejected {
             prop_assert!(!rejected.reasons.is_empty());
             if rejected.reasons != [Rejection::DuplicateId] {
                 prop_assert!(!ranked.contains(rejected.model.id.as_str()));
             }
         }
-        prop_assert_eq!(why.ranked.len() + why.rejected.len(), models.len());
-        // Every ranked model meets the hard constraints.
-        for r in &why.ranked {
-            if let Some(min) = req.min_quality {
-                prop_assert!(r.model.quality.is_some_and(|q| q >= min));
-            }
-            if let Some(max) = req.max_cost {
-                prop_assert!(r.estimated_cost.is_some_and(|c| c <= max));
-            }
-            if req.min_context() > 0 {
-                prop_assert!(r.model.context_window.is_some_and(|w| u64::from(w) >= req.min_context()));
-            }
-        }
+        prop_assert_eq!(why.ranked.len() + why.rejected.len(), case.models.len());
     }
 
     #[test]
     fn free_and_local_preferences_are_respected(
-        models in proptest::collection::vec(arb_model(), 1..12),
+        models in arb_models(),
         prefer_free in any::<bool>(),
         prefer_local in any::<bool>(),
     ) {
@@ -186,6 +701,9 @@ proptest! {
         let matches = |m: &ModelSpec| {
             (prefer_free && m.price().is_some_and(|p| p.is_free())) || (prefer_local && m.local)
         };
+        for r in &ranked {
+            prop_assert_eq!(r.preferred, matches(r.model), "{}", r.model.id);
+        }
         if let Some(first_unpreferred) = ranked.iter().position(|r| !matches(r.model)) {
             prop_assert!(ranked[first_unpreferred..].iter().all(|r| !matches(r.model)),
                 "a preferred model ranks below an unpreferred one");

@@ -350,6 +350,7 @@ fn no_match<M: Borrow<ModelSpec>>(
     let mut counts: Vec<(&'static str, usize)> = Vec::new();
     for rejected in &explanation.rejected {
         let mut constraints: Vec<&'static str> = rejected.reasons.iter().map(Rejection::constraint).collect();
+        constraints.sort_unstable();
         constraints.dedup();
         for constraint in constraints {
             match counts.iter_mut().find(|(c, _)| *c == constraint) {

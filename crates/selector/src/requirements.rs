@@ -20,7 +20,10 @@ pub enum Locality {
 /// asks for nothing and every servable model is eligible.
 ///
 /// A constraint on a property a model does not know (no context window, no
-/// quality, no price…) rejects that model: unknown never passes.
+/// quality, no price…) rejects that model: unknown never passes. The one
+/// exception is an output limit the model does not state: its context
+/// window bounds the output instead (and must be known when tokens are
+/// asked for).
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Requirements {
@@ -68,15 +71,54 @@ pub struct Requirements {
 }
 
 impl Requirements {
-    /// The context window a model needs: prompt plus output.
+    /// The context window a model needs: prompt plus output, where a
+    /// request without `max_tokens` needs room for at least one token of
+    /// answer (a window the prompt fills exactly could say nothing). 0 when
+    /// the request gives no sizes at all.
     #[must_use]
     pub fn min_context(&self) -> u64 {
-        u64::from(self.prompt_tokens) + u64::from(self.max_output_tokens)
+        if self.prompt_tokens == 0 && self.max_output_tokens == 0 {
+            return 0;
+        }
+        u64::from(self.prompt_tokens) + u64::from(self.max_output_tokens.max(1))
     }
 
     /// Answers asked for: `n`, at least 1.
     #[must_use]
     pub fn choices(&self) -> u32 {
         self.n.max(1)
+    }
+
+    /// Checks the values no model could be judged against: a negative
+    /// `max_cost`, a `min_quality` outside 0..=1 (or not a number).
+    /// Whoever takes requirements from a user (the gateway's `modelfleet`
+    /// extension, the CLI's flags) calls this and refuses them with its
+    /// message, instead of rejecting every model.
+    ///
+    /// ```
+    /// use modelfleet_selector::Requirements;
+    ///
+    /// let req = Requirements { max_cost: Some("-0.01".parse()?), ..Requirements::default() };
+    /// assert_eq!(req.check().unwrap_err().to_string(), "max_cost must be >= 0, got $-0.01");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn check(&self) -> Result<(), crate::Error> {
+        if let Some(max) = self.max_cost
+            && max < Money::ZERO
+        {
+            return Err(crate::Error::InvalidRequirement {
+                field: "max_cost",
+                problem: format!("must be >= 0, got ${max}"),
+            });
+        }
+        if let Some(min) = self.min_quality
+            && !(0.0..=1.0).contains(&min)
+        {
+            return Err(crate::Error::InvalidRequirement {
+                field: "min_quality",
+                problem: format!("must be from 0 to 1, got {min}"),
+            });
+        }
+        Ok(())
     }
 }

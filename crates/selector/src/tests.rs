@@ -215,7 +215,7 @@ fn a_model_whose_worst_case_does_not_fit_the_budget_left_is_rejected_and_cheaper
         [
             "cheap: worst-case cost $0.0025 > $0.002499999 left in hard budget global monthly",
             "dear: worst-case cost $0.005 > $0.002499999 left in hard budget global monthly",
-            "open: cost cannot be bounded (no price or no output limit) under hard budget global monthly",
+            "open: cost cannot be bounded (no price, or no bound on the output) under hard budget global monthly",
         ]
     );
     assert!(why.rejected.iter().all(|r| r.reasons[0].constraint() == "budget"));
@@ -501,7 +501,7 @@ fn explanation_reads_well() {
         "  1. big                      score 7.045\n       \
          quality 0.500×3 + reliability 0.900×3 + language 0.500×1 + cost 0.048×2\n       \
          + speed 0.500×1.5 + load 1.000×1 + category 0.500×1 + priority 0.000×0.5\n  \
-         -  small                    rejected: context window 8000 < 20000 tokens needed\n"
+         -  small                    rejected: context window 8000 < 20001 tokens needed\n"
     );
 }
 
