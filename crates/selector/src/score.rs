@@ -51,18 +51,22 @@ impl WeightValues {
     /// Each weight with its name, in the order of the score's terms.
     #[must_use]
     pub fn named(&self) -> [(&'static str, f64); 8] {
-        [
-            ("quality", self.quality),
-            ("reliability", self.reliability),
-            ("language", self.language),
-            ("cost", self.cost),
-            ("speed", self.speed),
-            ("load", self.load),
-            ("category", self.category),
-            ("priority", self.priority),
-        ]
+        let values = [
+            self.quality,
+            self.reliability,
+            self.language,
+            self.cost,
+            self.speed,
+            self.load,
+            self.category,
+            self.priority,
+        ];
+        std::array::from_fn(|i| (TERMS[i], values[i]))
     }
 }
+
+/// The score's terms, in the order weights and breakdowns list them.
+const TERMS: [&str; 8] = ["quality", "reliability", "language", "cost", "speed", "load", "category", "priority"];
 
 /// The largest weight: with terms in 0..=1, eight of these cannot overflow.
 pub(crate) const MAX_WEIGHT: f64 = 1_000_000.0;
@@ -158,16 +162,17 @@ impl Breakdown {
     /// (the factor and the total apart).
     #[must_use]
     pub fn terms(&self) -> [(&'static str, f64); 8] {
-        [
-            ("quality", self.quality),
-            ("reliability", self.reliability),
-            ("language", self.language),
-            ("cost", self.cost),
-            ("speed", self.speed),
-            ("load", self.load),
-            ("category", self.category),
-            ("priority", self.priority),
-        ]
+        let values = [
+            self.quality,
+            self.reliability,
+            self.language,
+            self.cost,
+            self.speed,
+            self.load,
+            self.category,
+            self.priority,
+        ];
+        std::array::from_fn(|i| (TERMS[i], values[i]))
     }
 }
 

@@ -8,7 +8,7 @@ use std::{fmt::Write as _, slice};
 use modelfleet_registry::{Category, ModelSpec, Pricing, default_catalog};
 
 use crate::{
-    tests::{model, price},
+    tests::{ZERO_WEIGHTS, model, price},
     *,
 };
 
@@ -257,16 +257,7 @@ fn weights_are_checked() {
     );
     let max = WeightValues { quality: 1e6, ..d };
     assert_eq!(check(max), Ok(max), "the largest weight is allowed");
-    let zero = WeightValues {
-        quality: 0.0,
-        reliability: 0.0,
-        language: 0.0,
-        cost: 0.0,
-        speed: 0.0,
-        load: 0.0,
-        category: 0.0,
-        priority: 0.0,
-    };
+    let zero = ZERO_WEIGHTS;
     assert_eq!(check(zero), Err("every score weight is 0: the weighted score could not tell models apart".into()));
     let one = WeightValues { priority: f64::MIN_POSITIVE, ..zero };
     assert_eq!(check(one), Ok(one), "one weight above 0 is enough");
@@ -287,16 +278,7 @@ fn a_single_weight_ranks_by_its_term_alone() {
     good.quality = Some(0.9);
     let models = [good, cheap];
     let req = Requirements::default();
-    let zero = WeightValues {
-        quality: 0.0,
-        reliability: 0.0,
-        language: 0.0,
-        cost: 0.0,
-        speed: 0.0,
-        load: 0.0,
-        category: 0.0,
-        priority: 0.0,
-    };
+    let zero = ZERO_WEIGHTS;
     let by = |values| {
         let config = SelectorConfig { weights: Weights::new(values).unwrap(), ..SelectorConfig::default() };
         crate::tests::ids(&rank(&models, &req, &NoSignals, &config)).join(",")

@@ -21,6 +21,18 @@ pub(crate) fn model(id: &str) -> ModelSpec {
     m
 }
 
+/// Every weight 0: a base for weights that count one or two terms.
+pub(crate) const ZERO_WEIGHTS: WeightValues = WeightValues {
+    quality: 0.0,
+    reliability: 0.0,
+    language: 0.0,
+    cost: 0.0,
+    speed: 0.0,
+    load: 0.0,
+    category: 0.0,
+    priority: 0.0,
+};
+
 pub(crate) fn price(input: &str, output: &str) -> Pricing {
     Pricing {
         input_per_mtok: input.parse().unwrap(),
@@ -446,17 +458,7 @@ fn weighted_random_leads_with_each_model_in_proportion_to_its_score() {
     let mut small = model("small");
     small.priority = 25;
     let models = [big, small];
-    let zero = WeightValues {
-        quality: 0.0,
-        reliability: 0.0,
-        language: 0.0,
-        cost: 0.0,
-        speed: 0.0,
-        load: 0.0,
-        category: 0.0,
-        priority: 1.0,
-    };
-    let weights = Weights::new(zero).unwrap();
+    let weights = Weights::new(WeightValues { priority: 1.0, ..ZERO_WEIGHTS }).unwrap();
     let led = (0..200)
         .filter(|&seed| {
             let config = SelectorConfig { weights, strategy: Strategy::WeightedRandom { seed } };
