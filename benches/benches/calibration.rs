@@ -3,9 +3,10 @@
 //!
 //! `calibration/sort_and_hash` sorts 10,000 `f64` with `total_cmp` and hashes
 //! 10,000 short strings with std's `DefaultHasher` (`SipHash` with fixed keys).
-//! Nothing in the workspace can make it faster or slower, so `cargo xtask
-//! bench` reports every other median also as a multiple of this one: a run on
-//! a faster or busier machine can still be compared with the targets.
+//! No modelfleet code can make it faster or slower (the toolchain and the
+//! bench profile can: std's sort and hasher are its work), so `cargo xtask
+//! bench` reports every other median also as a multiple of this one: a run
+//! on a faster or busier machine can still be compared with the targets.
 
 use std::{
     hash::{DefaultHasher, Hash, Hasher},

@@ -733,6 +733,14 @@ async fn explain_and_the_report_say_why_an_ejected_model_is_out() {
     let (fleet, _) = with_a_ejected(&dir).await;
     let (text, json) = fleet.explain(&Request::default()).unwrap();
     let line = text.lines().find(|l| l.starts_with("out of rotation now: a ")).unwrap_or_else(|| panic!("{text}"));
+    // The facade refuses requirements no model can be judged against,
+    // whoever built them (a NaN quality would otherwise pass every model).
+    let nan = Request {
+        requirements: Requirements { min_quality: Some(f64::NAN), ..Requirements::default() },
+        ..Request::default()
+    };
+    let refused = fleet.explain(&nan).unwrap_err().to_string();
+    assert_eq!(refused, "invalid requirements: min_quality must be from 0 to 1, got NaN");
     assert!(
         line.starts_with("out of rotation now: a (cooling down after server_error for ") && line.ends_with(" ms more)")
     );

@@ -380,6 +380,21 @@ async fn roles_guard_every_endpoint_and_the_admin_api_edits_the_catalog() {
         client.post(&explain).bearer_auth(CLIENT_KEY).json(&body).send().await.unwrap().json().await.unwrap();
     assert_eq!(explained["ranked"][0]["model"], "m", "{explained}");
     assert!(explained["text"].as_str().unwrap().contains("m2"), "{explained}");
+    // Each ranked model's terms, the weights they were scored with, and the
+    // same in the text.
+    assert_eq!(explained["weights"]["quality"], 3.0, "{explained}");
+    let score = &explained["ranked"][0]["score"];
+    for term in ["quality", "reliability", "language", "cost", "speed", "load", "category", "priority", "rate_limit"] {
+        assert!(score[term].as_f64().is_some_and(|t| (0.0..=1.0).contains(&t)), "{term}: {explained}");
+    }
+    assert!(explained["text"].as_str().unwrap().contains(" + reliability "), "{explained}");
+    // Requirements no model can be judged against: 400, naming the field.
+    let negative = json!({"modelfleet": {"max_cost": "-1"}});
+    let refused = client.post(&explain).bearer_auth(CLIENT_KEY).json(&negative).send().await.unwrap();
+    assert_eq!(refused.status(), 400);
+    let refused: Value = refused.json().await.unwrap();
+    assert_eq!(refused["error"]["code"], "invalid_requirements", "{refused}");
+    assert!(refused["error"]["message"].as_str().unwrap().contains("max_cost must be >= 0"), "{refused}");
     gateway.stop().await;
     mock.shutdown().await;
 }

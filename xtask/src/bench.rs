@@ -51,8 +51,10 @@ pub(crate) const CALIBRATION: Goal = Goal {
 /// last closing notes), otherwise idle, with `cargo bench -p
 /// modelfleet-benches --bench calibration` (criterion's full measurement, not
 /// `--quick`): seven runs gave medians of 219.0 to 223.1 µs; this is their
-/// median. With another build sharing the two cores the same bench read 240
-/// to 340 µs, which is the point of reporting against it.
+/// median, with rustc 1.95.0 and the workspace's `[profile.bench]`. With
+/// another build sharing the two cores the same bench read 240 to 340 µs,
+/// which is the point of reporting against it. A new toolchain may move it
+/// (std's sort and hasher are its work): re-measure when the toolchain moves.
 pub(crate) const REFERENCE_CALIBRATION_NS: f64 = 220_000.0;
 
 /// What "fast" means, in one place. Every benchmark the report covers is here;
@@ -170,8 +172,11 @@ pub(crate) const TARGETS: &[Goal] = &[
 
 #[derive(Serialize)]
 struct Report {
-    /// This run's calibration median, the unit of every `calibrated` figure.
+    /// This run's calibration median, the unit of every `calibrated` figure:
+    /// the median of the three runs below.
     calibration_ns: f64,
+    /// The calibration bench's median before, during and after the run.
+    calibration_runs_ns: [f64; 3],
     /// The calibration bench itself, against the reference machine's median:
     /// not a speed goal, its `ratio` (and `met`) compare this machine with
     /// the reference machine.
@@ -217,29 +222,48 @@ impl Entry {
 }
 
 pub(crate) fn run(quick: bool) -> anyhow::Result<()> {
-    let started = SystemTime::now();
-    let mut command = cargo();
-    command.args(["bench", "--package", "modelfleet-benches", "--benches", "--locked", "--"]);
-    if quick {
-        command.args(["--warm-up-time", "0.5", "--measurement-time", "1", "--sample-size", "10"]);
-    }
     // Said explicitly (and absolute), so cargo and criterion (which runs with
     // `benches/` as its directory) write where the report is read from.
     let target = target_dir();
-    command.env("CARGO_TARGET_DIR", &target);
-    let status = command.status().context("could not run cargo bench")?;
-    if !status.success() {
-        bail!("cargo bench failed ({status})");
-    }
-
     let criterion = target.join("criterion");
-    let Some(calibration_ns) = read_median(&criterion, CALIBRATION.name, started)? else {
-        bail!(
-            "no fresh criterion result for {:?} in {}: is the calibration bench still there, under that name?",
-            CALIBRATION.name,
-            criterion.display()
-        );
+    let bench = |only_calibration: bool| -> anyhow::Result<SystemTime> {
+        let started = SystemTime::now();
+        let mut command = cargo();
+        command.args(["bench", "--package", "modelfleet-benches", "--locked"]);
+        if only_calibration {
+            command.args(["--bench", "calibration"]);
+        } else {
+            command.arg("--benches");
+        }
+        command.arg("--");
+        if quick {
+            command.args(["--warm-up-time", "0.5", "--measurement-time", "1", "--sample-size", "10"]);
+        }
+        command.env("CARGO_TARGET_DIR", &target);
+        let status = command.status().context("could not run cargo bench")?;
+        if !status.success() {
+            bail!("cargo bench failed ({status})");
+        }
+        Ok(started)
     };
+    let calibration_at = |since: SystemTime| -> anyhow::Result<f64> {
+        read_median(&criterion, CALIBRATION.name, since)?.with_context(|| {
+            format!(
+                "no fresh criterion result for {:?} in {}: is the calibration bench still there, under that name?",
+                CALIBRATION.name,
+                criterion.display()
+            )
+        })
+    };
+    // The machine is measured before, during (the calibration bench is one
+    // of the benches) and after the run: a load that comes or goes in
+    // between shows as a spread, instead of skewing every ratio silently.
+    let before = calibration_at(bench(true)?)?;
+    let started = bench(false)?;
+    let during = calibration_at(started)?;
+    let after = calibration_at(bench(true)?)?;
+    let spread = Spread::of([before, during, after]);
+    let calibration_ns = spread.median;
     let mut benchmarks = Vec::new();
     let mut missing = Vec::new();
     for goal in TARGETS {
@@ -248,8 +272,12 @@ pub(crate) fn run(quick: bool) -> anyhow::Result<()> {
             None => missing.push(goal.name),
         }
     }
-    let report =
-        Report { calibration_ns, calibration: Entry::new(&CALIBRATION, calibration_ns, calibration_ns), benchmarks };
+    let report = Report {
+        calibration_ns,
+        calibration_runs_ns: [before, during, after],
+        calibration: Entry::new(&CALIBRATION, calibration_ns, calibration_ns),
+        benchmarks,
+    };
     let json_path = target.join("bench-report.json");
     fs::write(&json_path, serde_json::to_string_pretty(&report)? + "\n")
         .with_context(|| format!("writing {}", json_path.display()))?;
@@ -258,6 +286,14 @@ pub(crate) fn run(quick: bool) -> anyhow::Result<()> {
     fs::write(&md_path, &markdown).with_context(|| format!("writing {}", md_path.display()))?;
     println!("\n{markdown}");
     println!("wrote {} and {}", json_path.display(), md_path.display());
+    if spread.relative > CALIBRATION_SPREAD_WARN {
+        println!(
+            "warning: the calibration moved {:.0}% during the run ({}): the machine's load changed, \
+             the calibrated figures are not to be quoted",
+            spread.relative * 100.0,
+            report.calibration_runs_ns.map(human).join(" / ")
+        );
+    }
     if !missing.is_empty() {
         bail!(
             "no fresh criterion result for {missing:?} in {}: is the bench still there, under that name?",
@@ -265,6 +301,25 @@ pub(crate) fn run(quick: bool) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// Above this spread (max − min over the median) of the three calibration
+/// runs, the report warns that the machine's load changed during the run.
+const CALIBRATION_SPREAD_WARN: f64 = 0.10;
+
+/// Three calibration medians: their median, and their spread relative to it.
+#[derive(Debug, PartialEq)]
+struct Spread {
+    median: f64,
+    relative: f64,
+}
+
+impl Spread {
+    fn of(mut runs: [f64; 3]) -> Spread {
+        runs.sort_by(f64::total_cmp);
+        let median = runs[1];
+        Spread { median, relative: (runs[2] - runs[0]) / median }
+    }
 }
 
 /// `cargo xtask loadtest`: builds the `modelfleet` binary and the load
@@ -404,11 +459,13 @@ fn markdown(report: &Report, quick: bool) -> String {
     let calibration = &report.calibration;
     let _ = writeln!(
         out,
-        "Calibration (`{}`, work that uses no modelfleet code): median {} on this run, {} on the reference \
-         machine (ratio {:.3}). \"× calibration\" is a median over this run's calibration median, \"target ×cal\" \
-         the target over the reference machine's; \"met\" compares nanoseconds, \"met (cal)\" the multiples.\n",
+        "Calibration (`{}`, work that uses no modelfleet code): median {} on this run (before / during / after: \
+         {}), {} on the reference machine (ratio {:.3}). \"× calibration\" is a median over this run's calibration \
+         median, \"target ×cal\" the target over the reference machine's; \"met\" compares nanoseconds, \
+         \"met (cal)\" the multiples.\n",
         calibration.name,
         human(report.calibration_ns),
+        report.calibration_runs_ns.map(human).join(" / "),
         human(calibration.target_ns),
         calibration.ratio,
     );
@@ -521,6 +578,14 @@ mod tests {
     }
 
     #[test]
+    fn the_calibration_is_the_median_of_three_runs_and_its_spread_is_told() {
+        assert_eq!(Spread::of([300.0, 200.0, 250.0]), Spread { median: 250.0, relative: 0.4 });
+        assert_eq!(Spread::of([220.0, 220.0, 220.0]), Spread { median: 220.0, relative: 0.0 });
+        assert!(Spread::of([200.0, 210.0, 205.0]).relative <= CALIBRATION_SPREAD_WARN);
+        assert!(Spread::of([200.0, 230.0, 205.0]).relative > CALIBRATION_SPREAD_WARN);
+    }
+
+    #[test]
     fn report_json_has_the_agreed_shape() {
         let entry = |name, median_ns, target_ns, calibrated_target| {
             let ratio = median_ns / target_ns;
@@ -539,11 +604,13 @@ mod tests {
         };
         let report = Report {
             calibration_ns: 1000.0,
+            calibration_runs_ns: [990.0, 1000.0, 1010.0],
             calibration: entry(CALIBRATION.name, 1000.0, 800.0, 1.0),
             benchmarks: vec![entry("g/f", 10.0, 20.0, 0.025), entry("g/slow", 30.0, 20.0, 0.025)],
         };
         let value = serde_json::to_value(&report).unwrap();
         assert_eq!(value["calibration_ns"], 1000.0);
+        assert_eq!(value["calibration_runs_ns"], serde_json::json!([990.0, 1000.0, 1010.0]));
         assert_eq!(value["calibration"]["name"], "calibration/sort_and_hash");
         assert_eq!(value["calibration"]["target_ns"], 800.0);
         let first = &value["benchmarks"][0];
@@ -557,7 +624,13 @@ mod tests {
         assert_eq!(first["calibrated_met"], true);
         assert_eq!(value["benchmarks"][1]["calibrated_met"], false);
         let md = markdown(&report, false);
-        assert!(md.contains("median 1.00 µs on this run, 800.0 ns on the reference machine (ratio 1.250)"), "{md}");
+        assert!(
+            md.contains(
+                "median 1.00 µs on this run (before / during / after: 990.0 ns / 1.00 µs / 1.01 µs), \
+                 800.0 ns on the reference machine (ratio 1.250)"
+            ),
+            "{md}"
+        );
         assert!(md.contains("| benchmark | median | target | ratio | met | × calibration | target ×cal | met (cal) |"));
         assert!(
             md.contains("| calibration/sort_and_hash | 1.00 µs | 800.0 ns | 1.250 | — | 1.00 | 1.00 | — |"),

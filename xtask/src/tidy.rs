@@ -10,26 +10,27 @@ use crate::{
     root,
 };
 
-/// Every `.rs` file of the tree, outside `target/` and hidden directories.
+/// Every `.rs` file of the tree, outside `target/`, the target directory
+/// (`CARGO_TARGET_DIR`, wherever it is) and hidden directories.
 fn rust_files() -> Vec<PathBuf> {
-    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+    fn walk(dir: &Path, skip: &Path, out: &mut Vec<PathBuf>) {
         let Ok(entries) = fs::read_dir(dir) else { return };
         for entry in entries.flatten() {
             let path = entry.path();
             let name = entry.file_name();
             let name = name.to_string_lossy();
-            if name.starts_with('.') || name == "target" {
+            if name.starts_with('.') || name == "target" || path == skip {
                 continue;
             }
             if path.is_dir() {
-                walk(&path, out);
+                walk(&path, skip, out);
             } else if name.ends_with(".rs") {
                 out.push(path);
             }
         }
     }
     let mut out = Vec::new();
-    walk(&root(), &mut out);
+    walk(&root(), &crate::target_dir(), &mut out);
     out.sort();
     out
 }

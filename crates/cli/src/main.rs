@@ -269,11 +269,6 @@ impl SelectArgs {
             .as_deref()
             .map(|text| text.parse::<Money>().map_err(|e| anyhow::anyhow!("--max-cost: {e}")))
             .transpose()?;
-        if let Some(q) = self.min_quality
-            && !(0.0..=1.0).contains(&q)
-        {
-            anyhow::bail!("--min-quality must be between 0 and 1, got {q}");
-        }
         let requirements = Requirements {
             category,
             language: self.language.clone(),

@@ -1233,7 +1233,7 @@ fn weights(v: &mut V<'_>, root: &Table<'_>) -> Weights {
     let names = ["quality", "reliability", "language", "cost", "speed", "load", "category", "priority"];
     known_keys(v, t, "selector.weights", &names);
     for name in names {
-        if let Some(x) = get_float(v, t, "selector.weights", name, 0.0..=1_000.0) {
+        if let Some(x) = get_float(v, t, "selector.weights", name, 0.0..=Weights::MAX) {
             match name {
                 "quality" => w.quality = x,
                 "reliability" => w.reliability = x,

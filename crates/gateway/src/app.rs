@@ -209,6 +209,9 @@ fn fleet_error(err: FleetError) -> ApiError {
             error
         }
         FleetError::Budget(admin) => budget_admin_error(&admin),
+        FleetError::InvalidRequirements(why) => {
+            ApiError::new(StatusCode::BAD_REQUEST, "invalid_request_error", "invalid_requirements", why)
+        }
         other => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "internal", other.to_string()),
     }
 }

@@ -306,6 +306,11 @@ pub enum FleetError {
     /// No catalog model has this id.
     #[error("unknown model {0:?}")]
     UnknownModel(String),
+    /// The request's requirements cannot be judged against any model (a
+    /// negative `max_cost`, a `min_quality` outside 0..=1); the message
+    /// names the field.
+    #[error("invalid requirements: {0}")]
+    InvalidRequirements(String),
     /// No model could serve the request; the message lists what was tried.
     /// A request no model can serve within the hard budgets that would pay
     /// for it has the class [`ErrorClass::BudgetExceeded`], a message naming
@@ -728,6 +733,7 @@ impl Fleet {
             }
             None => (request.requirements.clone(), self.strategy, Order::Ranked, None),
         };
+        requirements.check().map_err(|e| FleetError::InvalidRequirements(e.to_string()))?;
         if requirements.available_memory_mb.is_none() {
             requirements.available_memory_mb = self.memory.available_mb(self.clock.now_ms());
         }

@@ -184,9 +184,9 @@ impl fmt::Display for Rejection {
             Rejection::QualityTooLow { quality, min } => write!(f, "quality {quality} < min {min}"),
             Rejection::LatencyUnknown => write!(f, "latency unknown"),
             // Whole milliseconds, unless within one of the maximum (where
-            // rounding could print the maximum itself).
+            // rounding could print the maximum itself): then every digit.
             Rejection::TooSlow { latency_ms, max_ms } if *latency_ms < f64::from(*max_ms) + 1.0 => {
-                write!(f, "latency {latency_ms:.1} ms > max {max_ms} ms")
+                write!(f, "latency {latency_ms} ms > max {max_ms} ms")
             }
             Rejection::TooSlow { latency_ms, max_ms } => write!(f, "latency {latency_ms:.0} ms > max {max_ms} ms"),
             Rejection::ProviderNotAllowed { provider } => write!(f, "provider {provider:?} not allowed"),

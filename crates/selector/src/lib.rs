@@ -75,10 +75,11 @@
 //! can serve (and [`rank`] puts it below every model with room,
 //! whatever the strategy).
 //!
-//! Weights are [`Weights`]: each from 0 to 1,000,000 and not all 0, so
-//! every total is finite and >= 0 and the weighted score always separates
-//! models by something. [`Breakdown`] carries every term, the factor and
-//! the total; [`explain`]'s text shows them with their weights.
+//! Weights are [`Weights`]: each from 0 to [`Weights::MAX`] and not all 0,
+//! so every total is finite and >= 0 and the weighted strategies never
+//! rank by id alone because every weight was 0. [`Breakdown`] carries every
+//! term, the factor and the total; [`explain`]'s text shows them with their
+//! weights.
 //!
 //! ## Worst case
 //!
@@ -153,7 +154,7 @@ pub enum Error {
         rejected_by: Vec<(&'static str, usize)>,
     },
     /// A score weight is negative, too large or not a number.
-    #[error("weight {name} must be a number from 0 to 1000000, got {value}")]
+    #[error("weight {name} must be a number from 0 to 1000, got {value}")]
     InvalidWeight {
         /// The weight's name.
         name: &'static str,

@@ -63,7 +63,10 @@ pub struct Ranked<'a> {
     /// The score and its components.
     pub score: Breakdown,
     /// The typical cost of the request on it (prompt plus the request's
-    /// own output cap), when its price is known: what the score uses.
+    /// own output cap), when its price is known: what the score's cost term
+    /// prices, except for a request giving no sizes at all, which the term
+    /// prices as the reference request (1,000 prompt and 500 output
+    /// tokens) while this stays the request's own ($0).
     pub estimated_cost: Option<Money>,
     /// The most the request can cost on it ([`worst_case_cost`]): what a
     /// budget holds and `max_cost` limits. `None` when it cannot be bounded.

@@ -68,13 +68,11 @@ impl WeightValues {
 /// The score's terms, in the order weights and breakdowns list them.
 const TERMS: [&str; 8] = ["quality", "reliability", "language", "cost", "speed", "load", "category", "priority"];
 
-/// The largest weight: with terms in 0..=1, eight of these cannot overflow.
-pub(crate) const MAX_WEIGHT: f64 = 1_000_000.0;
-
-/// Checked score weights: every weight from 0 to 1,000,000, and at least one
-/// above 0, so the weighted score always tells models apart by something
-/// (all zero, every total would be 0 and a ranking would fall to model ids;
-/// a NaN would make every total NaN).
+/// Checked score weights: every weight from 0 to [`Weights::MAX`] (1,000)
+/// and at least one above 0. All zero would make every total 0, so a
+/// weighted ranking would fall to model ids whatever the models are; a NaN
+/// would make every total NaN. (Models that tie on every weighted term
+/// still tie, and the tie still ends on the id.)
 ///
 /// ```
 /// use modelfleet_selector::{WeightValues, Weights};
@@ -88,16 +86,21 @@ pub(crate) const MAX_WEIGHT: f64 = 1_000_000.0;
 #[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
 #[serde(try_from = "WeightValues", into = "WeightValues")]
 pub struct Weights(
-    // Invariant: every weight in 0..=MAX_WEIGHT, at least one > 0.
+    // Invariant: every weight in 0..=Weights::MAX, at least one > 0.
     WeightValues,
 );
 
 impl Weights {
-    /// Checks `values`: the first weight that is negative, above 1,000,000
-    /// or not a number is named; all of them 0 is refused too.
+    /// The largest weight: with terms in 0..=1, eight of these sum to a
+    /// finite total. Config validation takes the same bound.
+    pub const MAX: f64 = 1_000.0;
+
+    /// Checks `values`: the first weight that is negative, above
+    /// [`Weights::MAX`] or not a number is named; all of them 0 is refused
+    /// too.
     pub fn new(values: WeightValues) -> Result<Weights, crate::Error> {
         let named = values.named();
-        if let Some((name, value)) = named.into_iter().find(|(_, w)| !(0.0..=MAX_WEIGHT).contains(w)) {
+        if let Some((name, value)) = named.into_iter().find(|(_, w)| !(0.0..=Weights::MAX).contains(w)) {
             return Err(crate::Error::InvalidWeight { name, value });
         }
         if named.iter().all(|(_, w)| *w == 0.0) {
@@ -277,7 +280,7 @@ pub(crate) fn score(
         + load * w.load
         + category * w.category
         + priority * w.priority;
-    // Weights are in 0..=MAX_WEIGHT, terms in 0..=1, the factor in
+    // Weights are in 0..=Weights::MAX, terms in 0..=1, the factor in
     // 0.25..=1: the total is finite and >= 0 without a clamp.
     let total = sum * rate_limit;
     Breakdown { quality, reliability, language, cost, speed, load, category, priority, rate_limit, total }

@@ -241,21 +241,21 @@ fn weights_are_checked() {
     assert_eq!(check(d), Ok(d));
     assert_eq!(
         check(WeightValues { cost: -1.0, ..d }),
-        Err("weight cost must be a number from 0 to 1000000, got -1".into())
+        Err("weight cost must be a number from 0 to 1000, got -1".into())
     );
     assert_eq!(
         check(WeightValues { speed: f64::NAN, ..d }),
-        Err("weight speed must be a number from 0 to 1000000, got NaN".into())
+        Err("weight speed must be a number from 0 to 1000, got NaN".into())
     );
     assert_eq!(
         check(WeightValues { load: f64::INFINITY, ..d }),
-        Err("weight load must be a number from 0 to 1000000, got inf".into())
+        Err("weight load must be a number from 0 to 1000, got inf".into())
     );
     assert_eq!(
-        check(WeightValues { priority: 1_000_000.5, ..d }),
-        Err("weight priority must be a number from 0 to 1000000, got 1000000.5".into())
+        check(WeightValues { priority: 1_000.5, ..d }),
+        Err("weight priority must be a number from 0 to 1000, got 1000.5".into())
     );
-    let max = WeightValues { quality: 1e6, ..d };
+    let max = WeightValues { quality: 1e3, ..d };
     assert_eq!(check(max), Ok(max), "the largest weight is allowed");
     let zero = ZERO_WEIGHTS;
     assert_eq!(check(zero), Err("every score weight is 0: the weighted score could not tell models apart".into()));
@@ -263,7 +263,7 @@ fn weights_are_checked() {
     assert_eq!(check(one), Ok(one), "one weight above 0 is enough");
     // Deserializing checks too.
     let parsed: Result<Weights, _> = serde_json::from_str(r#"{"quality": -2}"#);
-    assert!(parsed.unwrap_err().to_string().contains("weight quality must be a number from 0 to 1000000, got -2"));
+    assert!(parsed.unwrap_err().to_string().contains("weight quality must be a number from 0 to 1000, got -2"));
     let parsed: Weights = serde_json::from_str(r#"{"cost": 7}"#).unwrap();
     assert_eq!(parsed.values(), WeightValues { cost: 7.0, ..d });
     assert_eq!(serde_json::to_value(parsed).unwrap()["cost"], 7.0);

@@ -557,3 +557,19 @@ fn duplicate_ids_count_once_in_every_input_shape() {
     let same = [model("a"), model("a")];
     assert_eq!(rank(&same, &Requirements::default(), &NoSignals, &SelectorConfig::default()).len(), 1);
 }
+
+#[test]
+fn requirements_no_model_can_be_judged_against_are_refused() {
+    let check = |req: Requirements| req.check().map_err(|e| e.to_string());
+    let cost = |nanos| Requirements { max_cost: Some(Money::from_nanos(nanos)), ..Requirements::default() };
+    let quality = |q| Requirements { min_quality: Some(q), ..Requirements::default() };
+    assert_eq!(check(Requirements::default()), Ok(()));
+    assert_eq!(check(cost(0)), Ok(()), "a zero max_cost is met by free models");
+    assert_eq!(check(cost(-1)), Err("max_cost must be >= 0, got $-0.000000001".into()));
+    assert_eq!(check(quality(0.0)), Ok(()));
+    assert_eq!(check(quality(0.5)), Ok(()));
+    assert_eq!(check(quality(1.0)), Ok(()));
+    assert_eq!(check(quality(1.01)), Err("min_quality must be from 0 to 1, got 1.01".into()));
+    assert_eq!(check(quality(-0.01)), Err("min_quality must be from 0 to 1, got -0.01".into()));
+    assert_eq!(check(quality(f64::NAN)), Err("min_quality must be from 0 to 1, got NaN".into()));
+}
