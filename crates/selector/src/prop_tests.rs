@@ -5,8 +5,12 @@
 //! The generators draw models and requirements from the same small pools
 //! (windows, prompts and output caps that add up exactly, shared quality,
 //! latency and memory values, cost limits and budget rooms pinned to a
-//! model's worst case) so that every rule of the filter is reached, often
-//! right at its boundary. [`failures`] is an oracle written from the rules as
+//! model's worst case, models put exactly at the request's limits) so that
+//! every rule of the filter is reached, often right at its boundary; a
+//! deterministic run counts that they are
+//! ([`the_generators_reach_every_rule_alone_and_at_its_limit`]). Rankings
+//! are checked under weights drawn from 0 to the maximum as well as the
+//! defaults. [`failures`] is an oracle written from the rules as
 //! documented, not from the filter's code: every ranked model fails none of
 //! them, every rejected model is rejected by exactly the constraints it
 //! fails, each reason shows what the model and the request really have, and
@@ -25,7 +29,8 @@ use modelfleet_registry::{Capabilities, Capability, Category, ModelSpec, ModelSt
 use proptest::{
     prelude::{Just, ProptestConfig, any, prop_assert, prop_assert_eq, prop_oneof, proptest},
     sample::Index,
-    strategy::Strategy as Gen,
+    strategy::{Strategy as Gen, ValueTree},
+    test_runner::{Config, RngAlgorithm, TestRng, TestRunner},
 };
 
 use crate::*;
@@ -65,6 +70,8 @@ const ROOMS: [i64; 6] = [-1, 0, 1_000_000, 2_000_000, 5_000_000, 50_000_000];
 const BUDGET: &str = "global monthly";
 /// Signals drawn per case, dealt round the models.
 const SIGNALS: usize = 8;
+/// Rolls drawn per case for [`sit_at_limits`], dealt round the models.
+const AT_LIMITS: usize = 8;
 
 // Every case draws hundreds of values, and in a debug build a weighted
 // `prop_oneof!` or `option::weighted` costs ten times a `select` and a
@@ -166,8 +173,8 @@ fn arb_requirements() -> impl Gen<Value = Requirements> {
     const LOCALITIES: [Option<Locality>; 7] =
         [None, None, None, None, Some(Locality::Any), Some(Locality::LocalOnly), Some(Locality::CloudOnly)];
     let work = (
-        chance(1, pick(&CATEGORIES)),
-        chance(1, pick(&ASKED_LANGUAGES).prop_map(String::from)),
+        chance(2, pick(&CATEGORIES)),
+        chance(2, pick(&ASKED_LANGUAGES).prop_map(String::from)),
         pick(&PROMPTS),
         pick(&OUTPUT_CAPS),
         0u32..=3,
@@ -177,7 +184,7 @@ fn arb_requirements() -> impl Gen<Value = Requirements> {
         chance(2, pick(&MONEY).prop_map(Money::from_nanos)),
         chance(2, arb_quality()),
         chance(2, pick(&LATENCIES_MS)),
-        chance(2, pick(&MEMORIES_MB)),
+        chance(3, pick(&MEMORIES_MB)),
     );
     let place = (arb_providers(1..=3), arb_providers(1..=1), pick(&LOCALITIES), any::<bool>(), any::<bool>());
     (work, limits, place).prop_map(|(work, limits, place)| {
@@ -244,6 +251,28 @@ fn arb_strategy() -> impl Gen<Value = Strategy> {
     ]
 }
 
+/// Score weights: 0 (twice as likely), small, the defaults' largest and the
+/// maximum.
+const WEIGHTS: [f64; 6] = [0.0, 0.0, 0.001, 0.5, 3.0, 1_000.0];
+
+/// The default weights in a quarter of the cases, one term's weight alone
+/// in another, else every weight from [`WEIGHTS`]; all of them 0 (refused)
+/// is drawn again.
+fn arb_weights() -> impl Gen<Value = Weights> {
+    (0u8..4, 0usize..8, proptest::array::uniform::<_, 8>(pick(&WEIGHTS))).prop_filter_map(
+        "every weight 0",
+        |(shape, alone, mut w)| {
+            match shape {
+                0 => return Some(Weights::default()),
+                1 => (0..8).filter(|&i| i != alone).for_each(|i| w[i] = 0.0),
+                _ => {}
+            }
+            let [quality, reliability, language, cost, speed, load, category, priority] = w;
+            Weights::new(WeightValues { quality, reliability, language, cost, speed, load, category, priority }).ok()
+        },
+    )
+}
+
 /// Live signals per model id, and the room left in the one hard budget that
 /// would pay for any model.
 #[derive(Debug, Clone, Default)]
@@ -262,18 +291,20 @@ impl LiveSignals for Live {
     }
 }
 
-/// One selection: the models, the request, what is live, the order.
+/// One selection: the models, the request, what is live, the order and
+/// the weights.
 #[derive(Debug, Clone)]
 struct Case {
     models: Vec<ModelSpec>,
     req: Requirements,
     live: Live,
     strategy: Strategy,
+    weights: Weights,
 }
 
 impl Case {
     fn config(&self) -> SelectorConfig {
-        SelectorConfig { strategy: self.strategy, ..SelectorConfig::default() }
+        SelectorConfig { strategy: self.strategy, weights: self.weights }
     }
 
     /// The oracle's verdict on `model` in this case.
@@ -293,8 +324,15 @@ impl Case {
     }
 }
 
-/// A case whose cost limit or budget room is, half the time, one model's
-/// worst case give or take a nano-dollar: the boundary the pools rarely hit.
+/// A worst case less a nano-dollar, exactly (half the time), or plus one.
+const SHIFTS: [i64; 4] = [-1, 0, 0, 1];
+
+/// A case whose cost limit or budget room is, half the time, the worst case
+/// of one of its models ([`Case::worst_case_of_one`]) give or take
+/// a nano-dollar, and whose models now and then sit exactly at (or one unit
+/// past) its other limits: the boundaries the pools rarely hit by
+/// themselves. [`the_generators_reach_every_rule_alone_and_at_its_limit`]
+/// counts how often a model passes right at each of them.
 fn arb_case() -> impl Gen<Value = Case> {
     (
         arb_models(),
@@ -302,27 +340,87 @@ fn arb_case() -> impl Gen<Value = Case> {
         proptest::collection::vec(chance(7, arb_signal()), SIGNALS),
         chance(2, pick(&ROOMS).prop_map(Money::from_nanos)),
         arb_strategy(),
-        (any::<Index>(), -1i64..=1, 0u8..4),
+        (any::<Index>(), 0u8..3, 0u8..4, any::<[u16; AT_LIMITS]>()),
     )
-        .prop_map(|(models, mut req, signals, mut room, strategy, (index, delta, pin))| {
+        .prop_map(|(mut models, req, signals, room, strategy, (index, pin, shift, at_limits))| {
+            for (m, &at_limit) in models.iter_mut().zip(at_limits.iter().cycle()) {
+                sit_at_limits(m, &req, at_limit);
+            }
             // Each id gets the signals dealt to its first occurrence, if any.
             let mut live = HashMap::new();
             for (m, dealt) in models.iter().zip(signals.iter().cycle()) {
                 live.entry(m.id.clone()).or_insert(*dealt);
             }
             let signals = live.into_iter().filter_map(|(id, dealt)| Some((id, dealt?))).collect();
-            if !models.is_empty()
-                && let Some(worst) = worst_case_cost(index.get(&models), &req)
-            {
-                let at = Money::from_nanos(worst.nanos() + delta);
-                match pin {
-                    0 => req.max_cost = Some(at),
-                    1 => room = Some(at),
-                    _ => {}
-                }
+            let mut case = Case { models, req, live: Live { signals, room }, strategy, weights: Weights::default() };
+            match pin {
+                0 => case.req.max_cost = case.worst_case_of_one(index, shift, |case| case.req.max_cost = None),
+                1 => case.live.room = case.worst_case_of_one(index, shift, |case| case.live.room = None),
+                _ => {}
             }
-            Case { models, req, live: Live { signals, room }, strategy }
+            case
         })
+}
+
+impl Case {
+    /// The worst case of one of the models, give or take a nano-dollar
+    /// ([`SHIFTS`]): of one that fails no rule once `lift` has lifted the
+    /// limit being pinned, and has a price, when there is one, so that a
+    /// limit pinned exactly at its worst case is passed right at the limit.
+    fn worst_case_of_one(&self, index: Index, shift: u8, lift: impl Fn(&mut Case)) -> Option<Money> {
+        let mut lifted = self.clone();
+        lift(&mut lifted);
+        let worsts: Vec<(Money, bool)> = self
+            .firsts()
+            .into_iter()
+            .filter_map(|(_, m)| Some((worst_case_cost(m, &self.req)?, lifted.failures(m).is_empty())))
+            .collect();
+        let rank = |&(worst, clean): &(Money, bool)| (clean, worst > Money::ZERO);
+        let best = worsts.iter().map(rank).max()?;
+        let targets: Vec<Money> = worsts.iter().filter(|w| rank(w) == best).map(|&(worst, _)| worst).collect();
+        Some(Money::from_nanos(index.get(&targets).nanos() + SHIFTS[usize::from(shift)]))
+    }
+}
+
+/// A case of [`arb_case`] with weights of [`arb_weights`].
+fn arb_weighted_case() -> impl Gen<Value = Case> {
+    (arb_case(), arb_weights()).prop_map(|(case, weights)| Case { weights, ..case })
+}
+
+/// Puts `model` right at the request's limits as `roll` says, two bits a
+/// limit. For the minimum quality and the latency limit: 3, exactly at the
+/// limit; 2, one unit past it (the float just below the minimum, a
+/// millisecond more), each in a quarter of the models. For the memory free
+/// (which binds local models only): 2 or 3, exactly at it; 1, a megabyte
+/// more. For the context needed: 3, a window of exactly that (the pools
+/// already land a window a token short, prompt + 1 with no output cap).
+/// For the language asked: 3, the model speaks it, the case swapped.
+fn sit_at_limits(model: &mut ModelSpec, req: &Requirements, roll: u16) {
+    let at = |limit: u16| (roll >> (2 * limit)) & 3;
+    match (at(0), req.min_quality) {
+        (3, Some(min)) => model.quality = Some(min),
+        (2, Some(min)) => model.quality = Some(min.next_down()),
+        _ => {}
+    }
+    match (at(1), req.max_latency_ms) {
+        (3, Some(max)) => model.typical_latency_ms = Some(max),
+        (2, Some(max)) => model.typical_latency_ms = Some(max + 1),
+        _ => {}
+    }
+    if let (3, Ok(needed @ 1..)) = (at(2), u32::try_from(needed_context(req))) {
+        model.context_window = Some(needed);
+    }
+    match (at(3), req.available_memory_mb) {
+        (2 | 3, Some(free)) => model.memory_mb = Some(free),
+        (1, Some(free)) => model.memory_mb = Some(free + 1),
+        _ => {}
+    }
+    if let (3, Some(wanted)) = (at(4), &req.language) {
+        let swapped = wanted
+            .chars()
+            .map(|c| if c.is_ascii_lowercase() { c.to_ascii_uppercase() } else { c.to_ascii_lowercase() });
+        model.languages.push(swapped.collect());
+    }
 }
 
 /// The latency a model is judged by: the live one when measured (samples,
@@ -330,6 +428,16 @@ fn arb_case() -> impl Gen<Value = Case> {
 fn judged_latency(model: &ModelSpec, live: &Signals) -> Option<f64> {
     let measured = live.latency_ms.filter(|ms| live.samples > 0 && ms.is_finite() && *ms >= 0.0);
     measured.or(model.typical_latency_ms.map(f64::from))
+}
+
+/// The context a request needs, as the crate docs' table has it: none when
+/// it gives no sizes, else prompt + `max_tokens`, or prompt + 1 without
+/// `max_tokens` (an answer needs a token).
+fn needed_context(req: &Requirements) -> u64 {
+    if req.prompt_tokens == 0 && req.max_output_tokens == 0 {
+        return 0;
+    }
+    u64::from(req.prompt_tokens) + u64::from(req.max_output_tokens.max(1))
 }
 
 /// The oracle: the constraints (as [`Rejection::constraint`] names them)
@@ -342,12 +450,7 @@ fn failures(
     room: Option<BudgetRoom<'_>>,
 ) -> BTreeSet<&'static str> {
     let servable = matches!(model.status, ModelStatus::Active | ModelStatus::Deprecated | ModelStatus::Experimental);
-    // An answer needs a token: without max_tokens, prompt + 1 (the crate docs' table).
-    let needed = if req.prompt_tokens == 0 && req.max_output_tokens == 0 {
-        0
-    } else {
-        u64::from(req.prompt_tokens) + u64::from(req.max_output_tokens.max(1))
-    };
+    let needed = needed_context(req);
     // The one documented cost bound, shared by `max_cost` and the budget.
     let worst = worst_case_cost(model, req);
     let latency = judged_latency(model, live);
@@ -441,9 +544,9 @@ fn truthful(reason: &Rejection, case: &Case, model: &ModelSpec, first: bool) -> 
         }
         Rejection::Category { wanted } => req.category == Some(*wanted),
         Rejection::Language { wanted } => req.language.as_ref() == Some(wanted),
-        Rejection::ContextUnknown { needed } => model.context_window.is_none() && *needed == req.min_context(),
+        Rejection::ContextUnknown { needed } => model.context_window.is_none() && *needed == needed_context(req),
         Rejection::ContextTooSmall { needed, window } => {
-            model.context_window == Some(*window) && *needed == req.min_context() && u64::from(*window) < *needed
+            model.context_window == Some(*window) && *needed == needed_context(req) && u64::from(*window) < *needed
         }
         Rejection::OutputTooLong { needed, limit } => {
             *needed == req.max_output_tokens && Some(*limit) == model.max_output_tokens && *limit < *needed
@@ -486,6 +589,110 @@ fn truthful(reason: &Rejection, case: &Case, model: &ModelSpec, first: bool) -> 
                 && needed_mb > available_mb
         }
     }
+}
+
+/// The rules of the crate docs' table, by the names [`failures`] gives them.
+const RULES: [&str; 13] = [
+    "status",
+    "providers",
+    "locality",
+    "category",
+    "language",
+    "context_window",
+    "max_output_tokens",
+    "capabilities",
+    "max_cost",
+    "budget",
+    "min_quality",
+    "max_latency_ms",
+    "available_memory_mb",
+];
+
+/// The rules whose edge `model`, failing none of them, sits on. A rule with
+/// a limit: exactly at it (a window of exactly the context needed, an
+/// output limit of exactly `max_tokens`, a worst case of exactly `max_cost`
+/// or of exactly the room left, above 0 since a free model fits any room,
+/// a quality of exactly `min_quality`, a judged latency of exactly
+/// `max_latency_ms`, a local model needing exactly the memory free). A rule
+/// without one: in force and met (a servable status other than active, a
+/// provider list, a locality, a category, a language or capabilities asked).
+fn edges(case: &Case, model: &ModelSpec) -> BTreeSet<&'static str> {
+    let req = &case.req;
+    let worst = worst_case_cost(model, req);
+    let needed = needed_context(req);
+    let latency = judged_latency(model, &case.live.signals(&model.id));
+    let edges = [
+        ("status", matches!(model.status, ModelStatus::Deprecated | ModelStatus::Experimental)),
+        ("providers", !req.providers.is_empty() || !req.exclude_providers.is_empty()),
+        ("locality", matches!(req.locality, Some(Locality::LocalOnly | Locality::CloudOnly))),
+        ("category", req.category.is_some()),
+        ("language", req.language.is_some()),
+        ("context_window", needed > 0 && model.context_window.map(u64::from) == Some(needed)),
+        ("max_output_tokens", req.max_output_tokens > 0 && model.max_output_tokens == Some(req.max_output_tokens)),
+        ("capabilities", !req.capabilities.is_empty()),
+        ("max_cost", req.max_cost.is_some() && worst == req.max_cost),
+        ("budget", case.live.room.is_some_and(|room| room > Money::ZERO && worst == Some(room))),
+        ("min_quality", req.min_quality.is_some() && model.quality == req.min_quality),
+        ("max_latency_ms", req.max_latency_ms.is_some_and(|max| latency == Some(f64::from(max)))),
+        (
+            "available_memory_mb",
+            model.local && req.available_memory_mb.is_some() && model.memory_mb == req.available_memory_mb,
+        ),
+    ];
+    edges.into_iter().filter(|&(_, at)| at).map(|(rule, _)| rule).collect()
+}
+
+/// The generators reach every rule, so the properties cannot go vacuous
+/// unnoticed: over 512 cases of [`arb_case`] from a fixed seed, enough
+/// models fail each rule alone (a verdict on that rule is then all that
+/// rejects them) and enough pass every rule right at its edge ([`edges`]:
+/// where an off-by-one would show).
+#[test]
+fn the_generators_reach_every_rule_alone_and_at_its_limit() {
+    // What this seed gives (proptest 1.12), out of 2,595 models judged:
+    //
+    // | rule                | fails alone | passes at its edge |
+    // |---------------------|-------------|--------------------|
+    // | status              |          56 |                 32 |
+    // | providers           |          41 |                 87 |
+    // | locality            |         110 |                114 |
+    // | category            |          55 |                 53 |
+    // | language            |          52 |                 46 |
+    // | context_window      |         145 |                209 |
+    // | max_output_tokens   |          74 |                 88 |
+    // | capabilities        |          32 |                 24 |
+    // | max_cost            |          64 |                 67 |
+    // | budget              |          76 |                 29 |
+    // | min_quality         |          43 |                 38 |
+    // | max_latency_ms      |          38 |                 34 |
+    // | available_memory_mb |          27 |                 41 |
+    const AT_LEAST: usize = 10;
+    let mut runner = TestRunner::new_with_rng(Config::default(), TestRng::deterministic_rng(RngAlgorithm::ChaCha));
+    let cases = arb_case();
+    let mut alone: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut at_edge: BTreeMap<&str, usize> = BTreeMap::new();
+    for _ in 0..512 {
+        let case = cases.new_tree(&mut runner).expect("arb_case rejects nothing").current();
+        for (_, model) in case.firsts() {
+            let failed = case.failures(model);
+            let (counts, rules) = match failed.len() {
+                0 => (&mut at_edge, edges(&case, model)),
+                1 => (&mut alone, failed),
+                _ => continue,
+            };
+            for rule in rules {
+                *counts.entry(rule).or_default() += 1;
+            }
+        }
+    }
+    assert!(alone.keys().all(|rule| RULES.contains(rule)), "a rule missing from RULES: {alone:?}");
+    let count = |counts: &BTreeMap<&str, usize>, rule| counts.get(rule).copied().unwrap_or(0);
+    let thin: Vec<(&str, usize, usize)> = RULES
+        .into_iter()
+        .map(|rule| (rule, count(&alone, rule), count(&at_edge, rule)))
+        .filter(|&(_, alone, at_edge)| alone < AT_LEAST || at_edge < AT_LEAST)
+        .collect();
+    assert!(thin.is_empty(), "rules the generators barely reach (rule, fails alone, passes at its edge): {thin:?}");
 }
 
 /// The strategy's sort key of `r` (higher first), as documented, where the
@@ -535,7 +742,7 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(256))]
 
     #[test]
-    fn rankings_are_sorted_unique_and_deterministic(case in arb_case()) {
+    fn rankings_are_sorted_unique_and_deterministic(case in arb_weighted_case()) {
         let before = (case.models.clone(), case.req.clone());
         let ranked = rank(&case.models, &case.req, &case.live, &case.config());
         prop_assert_eq!(&(case.models.clone(), case.req.clone()), &before, "inputs unchanged");
@@ -547,6 +754,10 @@ proptest! {
         prop_assert_eq!(&rank(&case.models, &case.req, &case.live, &case.config()), &ranked, "deterministic");
         for r in &ranked {
             prop_assert!(r.score.total.is_finite() && r.score.total >= 0.0, "{:?}", r.score);
+            // The total is the documented weighted sum of the terms shown.
+            let sum: f64 = case.weights.values().named().iter().zip(r.score.terms()).map(|((_, w), (_, t))| w * t).sum();
+            let total = r.score.rate_limit * sum;
+            prop_assert!((r.score.total - total).abs() <= 1e-9 * total.max(1.0), "{:?}: total {}", r.score, total);
         }
     }
 
@@ -591,7 +802,7 @@ proptest! {
     }
 
     #[test]
-    fn select_is_the_head_of_rank_or_counts_the_rules_failed(case in arb_case()) {
+    fn select_is_the_head_of_rank_or_counts_the_rules_failed(case in arb_weighted_case()) {
         let ranked = rank(&case.models, &case.req, &case.live, &case.config());
         match select(&case.models, &case.req, &case.live, &case.config()) {
             Ok(best) => prop_assert_eq!(Some(&best), ranked.first()),
