@@ -297,6 +297,8 @@ fn live_latency_replaces_the_typical_one_only_when_measured() {
     check_live(&m, &req, &live(5, Some(1_000.5)), "max_latency_ms: latency 1000.5 ms > max 1000 ms");
     check_live(&m, &req, &live(5, Some(1_000.04)), "max_latency_ms: latency 1000.04 ms > max 1000 ms");
     check_live(&m, &req, &live(5, Some(3_000.0)), "max_latency_ms: latency 3000 ms > max 1000 ms");
+    // Whole milliseconds away from the maximum, every digit near it.
+    check_live(&m, &req, &live(5, Some(3_000.7)), "max_latency_ms: latency 3001 ms > max 1000 ms");
     // Live beats typical in both directions: a fast measurement admits a
     // model whose typical latency is too high, even one measured at 0 ms.
     let slow = with(|m| m.typical_latency_ms = Some(5_000));
