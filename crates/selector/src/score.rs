@@ -197,8 +197,11 @@ pub(crate) fn sized(req: &Requirements) -> (u32, u32) {
 /// that prior is worth while there are few.
 const RELIABILITY_PRIOR: f64 = 0.9;
 const PRIOR_SAMPLES: f64 = 10.0;
-/// The cost at which the cost term is 0.5, in dollars.
-const COST_UNIT_DOLLARS: f64 = 0.001;
+/// The cost at which the cost term is 0.5 is $0.001: a multiplier by its
+/// inverse (a multiplication, not a division, on the ranking's hot path).
+const PER_COST_UNIT: f64 = 1_000.0;
+/// Seconds per millisecond, likewise.
+const PER_MS: f64 = 0.001;
 
 /// Clamps a component into 0..=1; anything not finite counts 0.
 fn unit(x: f64) -> f64 {
@@ -257,19 +260,19 @@ pub(crate) fn score(
         Some((prompt, output)) => model.price().map(|p| p.cost(u64::from(prompt), 0, u64::from(output))),
         None => known.estimate,
     };
-    let cost = estimate.map_or(0.0, |c| unit(1.0 / (1.0 + c.as_dollars_f64() / COST_UNIT_DOLLARS)));
+    let cost = estimate.map_or(0.0, |c| unit(1.0 / (1.0 + c.as_dollars_f64() * PER_COST_UNIT)));
     let latency = known.latency_ms;
-    let speed = latency.map_or(0.0, |ms| unit(1.0 / (1.0 + ms / 1_000.0)));
+    let speed = latency.map_or(0.0, |ms| unit(1.0 / (1.0 + ms * PER_MS)));
     let load = match (latency, live.in_flight) {
         (_, 0) => 1.0,
         (None, _) => 0.0,
-        (Some(ms), in_flight) => unit(1.0 / (1.0 + ms * f64::from(in_flight) / 1_000.0)),
+        (Some(ms), in_flight) => unit(1.0 / (1.0 + ms * f64::from(in_flight) * PER_MS)),
     };
     let category = match req.category {
         Some(wanted) if wanted != Category::General && model.categories.contains(&wanted) => 1.0,
         _ => 0.5,
     };
-    let priority = unit(f64::from(model.priority) / 100.0);
+    let priority = unit(f64::from(model.priority) * 0.01);
     let rate_limit = rate_limit_factor(live.rate_limit_headroom);
     let w = weights.values();
     let sum = quality * w.quality
