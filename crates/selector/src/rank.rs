@@ -191,7 +191,9 @@ fn evaluate<'a>(
         preferred: preferred(model, req),
         score: breakdown,
         estimated_cost,
-        worst_case_cost: worst_case_cost(model, req),
+        // Filled by the caller: `rank` for every eligible model, `select` for
+        // the winner alone (an i128 division per price term, 12% of a select).
+        worst_case_cost: None,
         latency_ms: latency,
         key,
     })
@@ -268,7 +270,11 @@ pub fn rank<'a, M: Borrow<ModelSpec>>(
         .iter()
         .map(Borrow::borrow)
         .filter(|m| seen.first(&m.id))
-        .filter_map(|m| evaluate(m, req, signals, config, &mut rng))
+        .filter_map(|m| {
+            let mut ranked = evaluate(m, req, signals, config, &mut rng)?;
+            ranked.worst_case_cost = worst_case_cost(m, req);
+            Some(ranked)
+        })
         .collect();
     // Sort small keys, not the entries: far less memory moves per swap.
     // The same order as `better`: preferred, rate-limit room, key, score, id.
@@ -337,7 +343,9 @@ pub fn select<'a, M: Borrow<ModelSpec>>(
             best = Some(candidate);
         }
     }
-    best.ok_or_else(|| no_match(models, req, signals, config))
+    let mut best = best.ok_or_else(|| no_match(models, req, signals, config))?;
+    best.worst_case_cost = worst_case_cost(best.model, req);
+    Ok(best)
 }
 
 fn no_match<M: Borrow<ModelSpec>>(
