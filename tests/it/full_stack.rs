@@ -714,6 +714,31 @@ async fn a_simulated_provider_is_never_an_implied_fallback_but_an_explicit_one_w
     }
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_fallbacks_own_fallbacks_are_not_tried_so_mutual_lists_cannot_loop() {
+    // a lists b, b lists c and a: a request for a tries a then b, never c
+    // (b's list is b's, not a's), and never a twice.
+    let models = vec![model("a", "1", 90), model("b", "1", 80), model("c", "1", 10)];
+    let fallbacks = BTreeMap::from([
+        ("a".to_owned(), vec!["b".to_owned()]),
+        ("b".to_owned(), vec!["c".to_owned(), "a".to_owned()]),
+    ]);
+    let dir = tempfile::tempdir().unwrap();
+    let (fleet, _) = open_fleet(&dir, models, |o| FleetOptions { model_fallbacks: fallbacks, ..o }).await;
+    let Err(FleetError::NotServed { attempts, .. }) = fleet.call(&named("a"), |m, _| scripted(&m, &["a", "b"])).await
+    else {
+        panic!("a and b failed: the request should fail")
+    };
+    // Retries may try a and b again; c never.
+    let models: std::collections::BTreeSet<&str> = attempts.iter().map(|a| a.model.as_str()).collect();
+    assert_eq!(models, ["a", "b"].into(), "{:?}", tried(&attempts));
+    assert_eq!(tried(&attempts)[..2], [("a", Some(ErrorClass::ServerError)), ("b", Some(ErrorClass::ServerError))]);
+    // Named directly, b's own list is followed.
+    let served = fleet.call(&named("b"), |m, _| scripted(&m, &["b"])).await.unwrap();
+    assert_eq!(served.model, "c", "{:?}", tried(&served.attempts));
+    fleet.shutdown().await.unwrap();
+}
+
 /// A fleet of "a" (first by priority) and "b", where "a" has failed twice
 /// in a row with a 500: ejected (escalating cooldown), "b" served both.
 async fn with_a_ejected(dir: &tempfile::TempDir) -> (Fleet, tokio::time::Instant) {

@@ -17,8 +17,10 @@
 //! readable, holds `config.json`, `tokenizer.json`, `model.safetensors`);
 //! whether the listen port is in use ([`port_in_use`], [`find_free_port`]);
 //! tools a provider needs with minimum versions ([`check_tool`]); and
-//! cross-references: every model's provider exists, fallbacks exist, the
-//! fallback graph has no cycle, budgets name real providers and models,
+//! cross-references: every model's provider exists, fallbacks exist and
+//! are not the model itself (fallback lists are not followed transitively:
+//! a fallback's own fallbacks are never tried, so mutual fallbacks are valid
+//! and checking them is linear), budgets name real providers and models,
 //! weights are non-negative, timeouts, failure-handling settings
 //! (`[cooldown]`, `[circuit]`, `[fallback]`) and `hedge_after` are within
 //! limits, and the escalating cooldown's maximum is not below its base.

@@ -7,7 +7,7 @@
 #![allow(clippy::single_match_else)]
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::BTreeMap,
     fmt,
     net::SocketAddr,
     ops::{Range, RangeInclusive},
@@ -483,7 +483,6 @@ pub fn validate(text: &str, options: &Options<'_>) -> Report {
     let ModelParts { specs: models, fallbacks: model_fallbacks, paths: model_paths, hedges: model_hedges, places } =
         models(&mut v, root, &providers, options);
     let routes = routes(&mut v, root, &models);
-    fallback_cycles(&mut v, &model_fallbacks, &places);
     let retry = retry(&mut v, root);
     let resilience = resilience(&mut v, root);
     let weights = weights(&mut v, root);
@@ -918,37 +917,6 @@ fn model_details(
     spec.capabilities = capabilities;
     spec.local = get_bool(v, t, path, "local").unwrap_or(false);
     spec.memory_mb = get_int(v, t, path, "memory_mb", 1..=16_777_216).and_then(|n| u64::try_from(n).ok());
-}
-
-fn fallback_cycles(v: &mut V<'_>, fallbacks: &BTreeMap<String, Vec<String>>, spans: &BTreeMap<String, ModelPlace>) {
-    // Depth-first search; each cycle reported once, from its smallest id.
-    let mut reported: BTreeSet<Vec<String>> = BTreeSet::new();
-    for start in fallbacks.keys() {
-        let mut stack = vec![(start.clone(), vec![start.clone()])];
-        while let Some((node, path)) = stack.pop() {
-            for next in fallbacks.get(&node).into_iter().flatten() {
-                if next == start && path.len() > 1 {
-                    let mut cycle = path.clone();
-                    let min = cycle.iter().min().cloned().unwrap_or_default();
-                    let at = cycle.iter().position(|m| *m == min).unwrap_or(0);
-                    cycle.rotate_left(at);
-                    if reported.insert(cycle.clone()) {
-                        cycle.push(min.clone());
-                        let place = spans.get(&min).cloned().unwrap_or_default();
-                        v.error(
-                            &format!("{}.fallbacks", place.path),
-                            Some(&place.fallbacks),
-                            format!("fallback cycle: {}", cycle.join(" → ")),
-                        );
-                    }
-                } else if !path.contains(next) && path.len() < 64 {
-                    let mut longer = path.clone();
-                    longer.push(next.clone());
-                    stack.push((next.clone(), longer));
-                }
-            }
-        }
-    }
 }
 
 fn routes(v: &mut V<'_>, root: &Table<'_>, models: &[ModelSpec]) -> Vec<Route> {
