@@ -439,7 +439,10 @@ async fn the_metrics_endpoint_validates_updates_in_real_time_and_leaks_nothing()
         .send()
         .await
         .unwrap();
-    assert_eq!(header(&response, "access-control-allow-origin"), "*");
+    // Keyless: a page of another origin reads nothing (no CORS without
+    // cors_origins, and a foreign Origin is refused).
+    assert_eq!(response.status(), 403);
+    assert!(response.headers().get("access-control-allow-origin").is_none());
 
     let prometheus = metrics("?format=prometheus").await.unwrap();
     assert!(header(&prometheus, "content-type").starts_with("text/plain; version=0.0.4"));
@@ -986,6 +989,78 @@ async fn a_stream_left_before_its_first_event_pays_its_prompt_and_one_past_its_c
     let (charged, _) = spent_everywhere(&gateway.fleet).await;
     let hold = Money::from_nanos(100_000_000) + prompt_cost;
     assert!(charged.saturating_sub(prompt_cost) <= hold + Money::from_nanos(20_000_000), "charged {charged}");
+    gateway.stop().await;
+    mock.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_keyless_gateway_refuses_foreign_hosts_and_web_pages_and_sends_cors_only_to_listed_origins() {
+    let mock = MockUpstream::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let gateway = Running::start(&config(&mock, &dir, &model("m", 8_192, &[]))).await;
+    let client = reqwest::Client::new();
+    let completions = format!("{}/v1/chat/completions", gateway.url);
+    let body = serde_json::to_string(&chat("m", "hi")).unwrap();
+    // A web page's "simple" cross-site POST: text/plain, its own Origin.
+    let page = client
+        .post(&completions)
+        .header("content-type", "text/plain")
+        .header("origin", "http://evil.example")
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 403);
+    assert!(page.headers().get("access-control-allow-origin").is_none());
+    let refused: Value = page.json().await.unwrap();
+    assert_eq!(refused["error"]["code"], "foreign_origin", "{refused}");
+    // A DNS-rebinding page reaches 127.0.0.1 under its own name.
+    let rebound = client.get(format!("{}/v1/models", gateway.url)).header("host", "evil.example:8080").send().await;
+    let rebound = rebound.unwrap();
+    assert_eq!(rebound.status(), 403);
+    assert_eq!(rebound.json::<Value>().await.unwrap()["error"]["code"], "foreign_host");
+    // The admin API is as closed to them.
+    let edit = client
+        .delete(format!("{}/v1/admin/models/m", gateway.url))
+        .header("origin", "http://evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(edit.status(), 403);
+    assert_eq!(mock.total_hits(), 0, "nothing reached the upstream");
+    assert!(gateway.fleet.catalog().get("m").is_some(), "the catalog is untouched");
+    // This machine's clients and pages are served, without CORS headers.
+    let local = client.post(&completions).header("origin", "http://localhost:3000").json(&chat("m", "hi")).send().await;
+    let local = local.unwrap();
+    assert_eq!(local.status(), 200);
+    assert!(local.headers().get("access-control-allow-origin").is_none(), "no cors_origins: no CORS");
+    assert_eq!(client.post(&completions).json(&chat("m", "hi")).send().await.unwrap().status(), 200);
+    gateway.stop().await;
+
+    // With keys, the keys decide; CORS answers the listed origin alone.
+    let dir = tempfile::tempdir().unwrap();
+    let body = "cors_origins = [\"https://app.example.com\"]\n".to_owned()
+        + &model("m", 8_192, &[])
+        + "\n[[server.api_keys]]\nname = \"app\"\nkey_env = \"KEY_CLIENT\"\nrole = \"client\"\n";
+    let gateway = Running::start(&config(&mock, &dir, &body)).await;
+    let completions = format!("{}/v1/chat/completions", gateway.url);
+    let from = |origin: &'static str| {
+        client.post(&completions).bearer_auth(CLIENT_KEY).header("origin", origin).json(&chat("m", "hi")).send()
+    };
+    let listed = from("https://app.example.com").await.unwrap();
+    assert_eq!(listed.status(), 200);
+    assert_eq!(header(&listed, "access-control-allow-origin"), "https://app.example.com");
+    let other = from("http://evil.example").await.unwrap();
+    assert_eq!(other.status(), 200, "a caller with a key is served");
+    assert!(other.headers().get("access-control-allow-origin").is_none(), "but its page may not read the answer");
+    let preflight = client
+        .request(reqwest::Method::OPTIONS, &completions)
+        .header("origin", "https://app.example.com")
+        .header("access-control-request-method", "POST")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(header(&preflight, "access-control-allow-origin"), "https://app.example.com");
     gateway.stop().await;
     mock.shutdown().await;
 }

@@ -208,7 +208,7 @@ fn serve_answers_on_embedded_defaults_and_exits_0_on_sigterm() {
     let answer = http(
         &addr,
         &format!(
-            "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            "POST /v1/chat/completions HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
             body.len()
         ),
     );
@@ -258,7 +258,7 @@ fn spend_the_clients_were_told_of_survives_sigkill() {
                             let answer = http(
                                 &addr,
                                 &format!(
-                                    "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n\
+                                    "POST /v1/chat/completions HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n\
                                      content-length: {}\r\nconnection: close\r\n\r\n{body}",
                                     body.len()
                                 ),

@@ -44,7 +44,13 @@ pub struct ServerSettings {
     /// Largest request body accepted, bytes.
     pub max_body_bytes: u64,
     /// Listen on a non-loopback address without keys (off by default).
+    /// Without keys and without this, the gateway also refuses requests
+    /// whose `Host` is not a loopback name or whose `Origin` is foreign.
     pub allow_unauthenticated_remote: bool,
+    /// Web origins (`scheme://host[:port]`) that may call the gateway from a
+    /// browser: CORS answers them alone, and a keyless gateway accepts their
+    /// `Origin`. Empty (the default): no CORS at all. Never `*`.
+    pub cors_origins: Vec<String>,
 }
 
 /// `[store]`.

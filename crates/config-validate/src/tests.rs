@@ -647,3 +647,34 @@ fn score_weights_are_read_and_checked() {
         ]
     );
 }
+
+#[test]
+fn cors_origins_are_exact_origins_and_never_a_wildcard() {
+    let config = config_of(
+        "[server]\ncors_origins = [\"https://app.example.com\", \"http://localhost:3000\", \"http://[::1]:8080\"]\n",
+    );
+    assert_eq!(config.server.cors_origins, ["https://app.example.com", "http://localhost:3000", "http://[::1]:8080"]);
+    assert!(config_of("").server.cors_origins.is_empty(), "none by default: no CORS");
+    for (origin, error) in [
+        ("*", "\"*\" would let any web page call this gateway, admin API included: list the origins that may"),
+        ("app.example.com", "\"app.example.com\" is not an origin: it starts with http:// or https://"),
+        (
+            "https://app.example.com/",
+            "\"https://app.example.com/\" is not an origin: scheme://host[:port], no path, no trailing slash",
+        ),
+        (
+            "https://app.example.com:99999",
+            "\"https://app.example.com:99999\" is not an origin: \":99999\" is not :port (no path, no trailing slash)",
+        ),
+        (
+            "https://a.example.com/x",
+            "\"https://a.example.com/x\" is not an origin: scheme://host[:port], no path, no trailing slash",
+        ),
+        ("https://", "\"https://\" is not an origin: scheme://host[:port], no path, no trailing slash"),
+    ] {
+        let text = format!("[server]\ncors_origins = [{origin:?}]\n");
+        let errors = errors_of(&text);
+        assert_eq!(errors.len(), 1, "{origin}: {errors:?}");
+        assert!(errors[0].starts_with(&format!("server.cors_origins[0]: {error} (line 2")), "{origin}: {}", errors[0]);
+    }
+}

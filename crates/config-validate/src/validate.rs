@@ -512,15 +512,57 @@ pub fn validate(text: &str, options: &Options<'_>) -> Report {
     Report { errors: v.errors, warnings: v.warnings, config }
 }
 
+/// What is wrong with `origin` as a CORS origin, if anything: it must be
+/// `http` or `https`, a host, an optional port, and nothing else (browsers
+/// send exactly that in `Origin`); `*` is refused.
+fn origin_problem(origin: &str) -> Option<String> {
+    if origin == "*" {
+        return Some(
+            "\"*\" would let any web page call this gateway, admin API included: list the origins that may".to_owned(),
+        );
+    }
+    let rest = origin.strip_prefix("https://").or_else(|| origin.strip_prefix("http://"));
+    let Some(rest) = rest else {
+        return Some(format!("{origin:?} is not an origin: it starts with http:// or https://"));
+    };
+    // An IPv6 host is bracketed; any other host has no colon. What follows
+    // the host is nothing or `:port`.
+    let (host, tail) = match rest.strip_prefix('[') {
+        Some(v6) => v6.split_once(']').unwrap_or(("", "")),
+        None => rest.find(':').map_or((rest, ""), |at| rest.split_at(at)),
+    };
+    if !tail.is_empty() && tail.strip_prefix(':').is_none_or(|port| port.parse::<u16>().is_err()) {
+        return Some(format!("{origin:?} is not an origin: {tail:?} is not :port (no path, no trailing slash)"));
+    }
+    let valid_host =
+        !host.is_empty() && host.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':'));
+    if !valid_host {
+        return Some(format!("{origin:?} is not an origin: scheme://host[:port], no path, no trailing slash"));
+    }
+    None
+}
+
 fn server(v: &mut V<'_>, root: &Table<'_>, options: &Options<'_>) -> ServerSettings {
     let mut settings = ServerSettings {
         listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
         api_keys: Vec::new(),
         max_body_bytes: 1 << 20,
         allow_unauthenticated_remote: false,
+        cors_origins: Vec::new(),
     };
     let Some((t, _)) = get_table(v, root, "", "server") else { return settings };
-    known_keys(v, t, "server", &["listen", "api_keys", "max_body_bytes", "allow_unauthenticated_remote"]);
+    known_keys(
+        v,
+        t,
+        "server",
+        &["listen", "api_keys", "max_body_bytes", "allow_unauthenticated_remote", "cors_origins"],
+    );
+    for (j, (origin, span)) in get_str_list(v, t, "server", "cors_origins").into_iter().enumerate() {
+        match origin_problem(&origin) {
+            Some(problem) => v.error(&format!("server.cors_origins[{j}]"), Some(&span), problem),
+            None => settings.cors_origins.push(origin),
+        }
+    }
     if let Some(value) = find(t, "listen") {
         match value.get_ref().as_str() {
             Some(text) => match text.rsplit_once(':') {

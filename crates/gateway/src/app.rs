@@ -28,9 +28,11 @@ use modelfleet::{
     service_registry::HealthStatus,
 };
 use serde_json::{Value, json};
+
+use crate::guard::{self, Guard};
 use tokio::sync::mpsc;
 use tokio_util::task::TaskTracker;
-use tower_http::cors::{Any, CorsLayer};
+use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::{
     auth::{Auth, Caller, Need},
@@ -57,24 +59,31 @@ pub(crate) struct AppState {
     pub(crate) calls: TaskTracker,
     pub(crate) stream_failures: AtomicU64,
     pub(crate) client_disconnects: AtomicU64,
+    /// Who may call (keyless: this machine and listed origins) and CORS.
+    pub(crate) guard: Arc<Guard>,
 }
 
 type App = Arc<AppState>;
 
 /// The gateway's routes.
 pub(crate) fn router(app: App, max_body_bytes: usize) -> Router {
-    let cors = CorsLayer::new()
-        .allow_origin(Any)
-        .allow_methods([Method::GET, Method::POST, Method::PUT, Method::DELETE, Method::OPTIONS])
-        .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
-        .expose_headers([
-            header::HeaderName::from_static("x-modelfleet-model"),
-            header::HeaderName::from_static("x-modelfleet-attempts"),
-            header::HeaderName::from_static("x-modelfleet-fallback"),
-            header::HeaderName::from_static("x-modelfleet-cost"),
-            header::HeaderName::from_static("x-modelfleet-budget-remaining"),
-        ]);
-    Router::new()
+    let guard = Arc::clone(&app.guard);
+    // CORS for the configured origins alone: no origin listed, no CORS.
+    let origins: Vec<HeaderValue> = guard.cors_origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()).collect();
+    let cors = (!origins.is_empty()).then(|| {
+        CorsLayer::new()
+            .allow_origin(AllowOrigin::list(origins))
+            .allow_methods([Method::GET, Method::POST, Method::PUT, Method::DELETE, Method::OPTIONS])
+            .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
+            .expose_headers([
+                header::HeaderName::from_static("x-modelfleet-model"),
+                header::HeaderName::from_static("x-modelfleet-attempts"),
+                header::HeaderName::from_static("x-modelfleet-fallback"),
+                header::HeaderName::from_static("x-modelfleet-cost"),
+                header::HeaderName::from_static("x-modelfleet-budget-remaining"),
+            ])
+    });
+    let router = Router::new()
         .route("/v1/chat/completions", post(chat).fallback(not_allowed))
         .route("/v1/models", get(models).fallback(not_allowed))
         .route("/v1/route/explain", post(explain).fallback(not_allowed))
@@ -95,8 +104,12 @@ pub(crate) fn router(app: App, max_body_bytes: usize) -> Router {
         .route("/v1/admin/report", get(admin_report).fallback(not_allowed))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(max_body_bytes))
-        .layer(cors)
-        .with_state(app)
+        .layer(axum::middleware::from_fn_with_state(guard, guard::check));
+    let router = match cors {
+        Some(cors) => router.layer(cors),
+        None => router,
+    };
+    router.with_state(app)
 }
 
 /// The router serving only `/metrics`, for a separate scrape port.

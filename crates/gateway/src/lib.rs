@@ -56,6 +56,7 @@
 
 mod app;
 mod auth;
+mod guard;
 mod upstream;
 mod wire;
 
@@ -177,6 +178,10 @@ impl Gateway {
             calls: TaskTracker::new(),
             stream_failures: AtomicU64::new(0),
             client_disconnects: AtomicU64::new(0),
+            guard: Arc::new(guard::Guard {
+                local_only: config.server.api_keys.is_empty() && !config.server.allow_unauthenticated_remote,
+                cors_origins: config.server.cors_origins.clone(),
+            }),
         });
         Ok(Gateway { app, listener, metrics_listener })
     }
