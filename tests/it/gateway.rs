@@ -335,10 +335,22 @@ async fn roles_guard_every_endpoint_and_the_admin_api_edits_the_catalog() {
         }
         request.send()
     };
-    for path in ["/v1/models", "/v1/metrics", "/metrics", "/health/live", "/health/ready", "/v1/admin/models"] {
+    for path in ["/v1/models", "/v1/metrics", "/metrics", "/health/ready", "/v1/admin/models"] {
         assert_eq!(get(path, None).await.unwrap().status(), 401, "{path}");
         assert_eq!(get(path, Some("wrong")).await.unwrap().status(), 401, "{path}");
         assert_eq!(get(path, Some(ADMIN_KEY)).await.unwrap().status(), 200, "{path}");
+    }
+    // Liveness needs no key, and so says nothing but "ok".
+    let live = get("/health/live", None).await.unwrap();
+    assert_eq!(live.status(), 200);
+    assert_eq!(live.text().await.unwrap(), "ok");
+    // The Anthropic SDKs' header and Azure clients' header carry keys too.
+    let models = format!("{}/v1/models", gateway.url);
+    for name in ["x-api-key", "api-key"] {
+        let response = client.get(&models).header(name, CLIENT_KEY).send().await.unwrap();
+        assert_eq!(response.status(), 200, "{name}");
+        let response = client.get(&models).header(name, "wrong").send().await.unwrap();
+        assert_eq!(response.status(), 401, "{name}");
     }
     assert_eq!(get("/v1/models", Some(CLIENT_KEY)).await.unwrap().status(), 200);
     assert_eq!(get("/v1/admin/models", Some(CLIENT_KEY)).await.unwrap().status(), 403);

@@ -7,8 +7,8 @@ fn modelfleet(args: &[&str]) -> (i32, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_modelfleet"))
         .args(args)
         .env_remove("RUST_LOG")
-        .env("MODELFLEET_KEY_TEAM_A", "k1")
-        .env("MODELFLEET_KEY_OPS", "k2")
+        .env("MODELFLEET_KEY_TEAM_A", "team-a-key-0123456789")
+        .env("MODELFLEET_KEY_OPS", "ops-key-0123456789ab")
         .env("OPENAI_API_KEY", "sk-test")
         .output()
         .expect("the binary runs");

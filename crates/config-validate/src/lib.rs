@@ -65,7 +65,7 @@ pub use crate::{
         ApiKey, CacheSettings, Config, HedgeAfter, MetricsSettings, Provider, ProviderKind, ResilienceSettings, Role,
         Route, ServerSettings, StoreSettings, ToolRequirement,
     },
-    validate::{Diagnostic, Options, Report, validate, validate_file},
+    validate::{Diagnostic, MIN_API_KEY_CHARS, Options, Report, validate, validate_file},
 };
 
 #[cfg(test)]

@@ -29,7 +29,11 @@ fn check_text(text: &str, env: &HashMap<String, String>) -> Report {
 }
 
 fn example_env() -> HashMap<String, String> {
-    env_of(&[("MODELFLEET_KEY_TEAM_A", "k1"), ("MODELFLEET_KEY_OPS", "k2"), ("OPENAI_API_KEY", "sk-test")])
+    env_of(&[
+        ("MODELFLEET_KEY_TEAM_A", "team-a-key-0123456789"),
+        ("MODELFLEET_KEY_OPS", "ops-key-0123456789ab"),
+        ("OPENAI_API_KEY", "sk-test"),
+    ])
 }
 
 const EXAMPLE: &str = include_str!("../../../config/modelfleet.example.toml");
@@ -677,4 +681,28 @@ fn cors_origins_are_exact_origins_and_never_a_wildcard() {
         assert_eq!(errors.len(), 1, "{origin}: {errors:?}");
         assert!(errors[0].starts_with(&format!("server.cors_origins[0]: {error} (line 2")), "{origin}: {}", errors[0]);
     }
+}
+
+#[test]
+fn api_keys_have_unique_names_and_are_long_enough() {
+    let keys = |names: [&str; 2]| {
+        format!(
+            "[[server.api_keys]]\nname = {:?}\nkey_env = \"K1\"\nrole = \"client\"\n\
+             [[server.api_keys]]\nname = {:?}\nkey_env = \"K2\"\nrole = \"admin\"\n",
+            names[0], names[1]
+        )
+    };
+    let env = env_of(&[("K1", "0123456789abcdef"), ("K2", "short-key")]);
+    let errors: Vec<String> = check_text(&keys(["app", "app"]), &env).errors.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        errors,
+        [
+            "server.api_keys[1].key_env: K2 holds a key of 9 characters: at least 16 are needed (a short key can be guessed) (line 7, column 11)",
+            "server.api_keys[1].name: another key is already named \"app\" (line 6, column 8)",
+        ]
+    );
+    assert!(errors.iter().all(|e| !e.contains("short-key")), "the value is never shown");
+    let env = env_of(&[("K1", "0123456789abcdef"), ("K2", "fedcba9876543210")]);
+    let report = check_text(&keys(["app", "ops"]), &env);
+    assert!(report.is_valid(), "{report}");
 }

@@ -27,7 +27,7 @@ use toml::{
 use crate::{
     ApiKey, CacheSettings, Config, HedgeAfter, MetricsSettings, Provider, ProviderKind, ResilienceSettings, Role,
     Route, ServerSettings, StoreSettings, ToolRequirement,
-    checks::{EnvKind, MODEL_FILES, check_tool, env_var, model_dir_problems, port_in_use},
+    checks::{EnvKind, EnvValue, MODEL_FILES, check_tool, env_var, model_dir_problems, port_in_use},
 };
 
 /// One problem, where it is.
@@ -542,6 +542,9 @@ fn origin_problem(origin: &str) -> Option<String> {
     None
 }
 
+/// The fewest characters an API key of `[[server.api_keys]]` may have.
+pub const MIN_API_KEY_CHARS: usize = 16;
+
 fn server(v: &mut V<'_>, root: &Table<'_>, options: &Options<'_>) -> ServerSettings {
     let mut settings = ServerSettings {
         listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
@@ -595,10 +598,25 @@ fn server(v: &mut V<'_>, root: &Table<'_>, options: &Options<'_>) -> ServerSetti
         known_keys(v, key, &path, &["name", "key_env", "role", "monthly_budget"]);
         let name = require_str(v, key, &span, &path, "name");
         let key_env = require_str(v, key, &span, &path, "key_env");
-        if let Some((env_name, env_span)) = &key_env
-            && let Err(message) = env_var(options.env, env_name, true, None, EnvKind::Text)
+        if let Some((env_name, env_span)) = &key_env {
+            match env_var(options.env, env_name, true, None, EnvKind::Text) {
+                Err(message) => v.error(&format!("{path}.key_env"), Some(env_span), message),
+                Ok(EnvValue::Text(key)) if key.chars().count() < MIN_API_KEY_CHARS => v.error(
+                    &format!("{path}.key_env"),
+                    Some(env_span),
+                    format!(
+                        "{env_name} holds a key of {} characters: at least {MIN_API_KEY_CHARS} are needed (a short key \
+                         can be guessed)",
+                        key.chars().count()
+                    ),
+                ),
+                Ok(_) => {}
+            }
+        }
+        if let Some((name, name_span)) = &name
+            && settings.api_keys.iter().any(|k| k.name == *name)
         {
-            v.error(&format!("{path}.key_env"), Some(env_span), message);
+            v.error(&format!("{path}.name"), Some(name_span), format!("another key is already named {name:?}"));
         }
         let role = get_enum(
             v,

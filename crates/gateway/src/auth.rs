@@ -1,10 +1,12 @@
-//! Bearer keys with roles. Keys are compared by their SHA-256, so the
+//! API keys with roles. A key is sent as `Authorization: Bearer <key>` (the
+//! OpenAI SDKs), `x-api-key: <key>` (the Anthropic SDKs) or `api-key: <key>`
+//! (Azure OpenAI clients). Keys are compared by their SHA-256, so the
 //! gateway holds no key in the clear after startup.
 
 use std::collections::HashMap;
 
 use axum::http::{HeaderMap, StatusCode, header};
-use modelfleet::config::{ApiKey, Role};
+use modelfleet::config::{ApiKey, MIN_API_KEY_CHARS, Role};
 use sha2::{Digest, Sha256};
 
 use crate::wire::ApiError;
@@ -44,6 +46,12 @@ impl Auth {
             let value = env(&key.key_env).filter(|v| !v.is_empty()).ok_or_else(|| {
                 format!("server.api_keys[{i}].key_env: {} (key {:?}) is not set", key.key_env, key.name)
             })?;
+            if value.chars().count() < MIN_API_KEY_CHARS {
+                return Err(format!(
+                    "server.api_keys[{i}].key_env: {} (key {:?}) holds fewer than {MIN_API_KEY_CHARS} characters",
+                    key.key_env, key.name
+                ));
+            }
             if auth.keys.insert(digest(&value), (key.name.clone(), key.role)).is_some() {
                 return Err(format!("server.api_keys[{i}]: key {:?} has the same value as another key", key.name));
             }
@@ -61,19 +69,14 @@ impl Auth {
         if self.keys.is_empty() {
             return Ok(Caller { name: None });
         }
-        let presented = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
-            .map(str::trim)
-            .ok_or_else(|| {
-                ApiError::new(
-                    StatusCode::UNAUTHORIZED,
-                    "invalid_request_error",
-                    "missing_api_key",
-                    "this gateway needs an API key: send Authorization: Bearer <key>",
-                )
-            })?;
+        let presented = presented_key(headers).ok_or_else(|| {
+            ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "invalid_request_error",
+                "missing_api_key",
+                "this gateway needs an API key: send Authorization: Bearer <key> (or x-api-key: <key>)",
+            )
+        })?;
         let Some((name, role)) = self.keys.get(&digest(presented)) else {
             return Err(ApiError::new(
                 StatusCode::UNAUTHORIZED,
@@ -105,6 +108,16 @@ impl Auth {
     }
 }
 
+/// The key a request presents: `Authorization: Bearer`, else `x-api-key`,
+/// else `api-key`; the first header present decides.
+fn presented_key(headers: &HeaderMap) -> Option<&str> {
+    if let Some(value) = headers.get(header::AUTHORIZATION) {
+        let value = value.to_str().ok()?;
+        return value.strip_prefix("Bearer ").or_else(|| value.strip_prefix("bearer ")).map(str::trim);
+    }
+    ["x-api-key", "api-key"].into_iter().find_map(|name| headers.get(name)).and_then(|v| v.to_str().ok()).map(str::trim)
+}
+
 fn role_name(role: Role) -> &'static str {
     match role {
         Role::Client => "client",
@@ -127,7 +140,7 @@ mod tests {
             ApiKey { name: "ops".into(), key_env: "K_OPS".into(), role: Role::Admin, monthly_budget: None },
             ApiKey { name: "prom".into(), key_env: "K_PROM".into(), role: Role::Metrics, monthly_budget: None },
         ];
-        let env = |v: &str| Some(format!("secret-{v}"));
+        let env = |v: &str| Some(format!("secret-{v}-0123456789"));
         Auth::from_config(&keys, &env).unwrap()
     }
 
@@ -142,19 +155,51 @@ mod tests {
         let auth = keys();
         let ok = |key: &str, need| auth.check(&bearer(key), need).is_ok();
         assert!(
-            ok("secret-K_APP", Need::Client) && !ok("secret-K_APP", Need::Admin) && !ok("secret-K_APP", Need::Metrics)
+            ok("secret-K_APP-0123456789", Need::Client)
+                && !ok("secret-K_APP-0123456789", Need::Admin)
+                && !ok("secret-K_APP-0123456789", Need::Metrics)
         );
         assert!(
-            ok("secret-K_OPS", Need::Client) && ok("secret-K_OPS", Need::Admin) && ok("secret-K_OPS", Need::Metrics)
+            ok("secret-K_OPS-0123456789", Need::Client)
+                && ok("secret-K_OPS-0123456789", Need::Admin)
+                && ok("secret-K_OPS-0123456789", Need::Metrics)
         );
-        assert!(ok("secret-K_PROM", Need::Metrics) && !ok("secret-K_PROM", Need::Client));
-        assert!(ok("secret-K_PROM", Need::Any));
-        let denied = auth.check(&bearer("secret-K_APP"), Need::Admin).unwrap_err();
+        assert!(ok("secret-K_PROM-0123456789", Need::Metrics) && !ok("secret-K_PROM-0123456789", Need::Client));
+        assert!(ok("secret-K_PROM-0123456789", Need::Any));
+        let denied = auth.check(&bearer("secret-K_APP-0123456789"), Need::Admin).unwrap_err();
         assert_eq!(denied.status, StatusCode::FORBIDDEN);
         assert!(!denied.message.contains("secret"));
         assert_eq!(auth.check(&HeaderMap::new(), Need::Any).unwrap_err().code, "missing_api_key");
         assert_eq!(auth.check(&bearer("nope"), Need::Any).unwrap_err().code, "invalid_api_key");
-        assert_eq!(auth.check(&bearer("secret-K_APP"), Need::Client).unwrap().name.as_deref(), Some("app"));
+        assert_eq!(auth.check(&bearer("secret-K_APP-0123456789"), Need::Client).unwrap().name.as_deref(), Some("app"));
+    }
+
+    #[test]
+    fn the_key_may_come_in_any_of_the_three_headers_the_sdks_use() {
+        let auth = keys();
+        let with = |pairs: &[(&'static str, &str)]| {
+            let headers: HeaderMap = pairs
+                .iter()
+                .map(|(name, value)| (header::HeaderName::from_static(name), value.parse().unwrap()))
+                .collect();
+            auth.check(&headers, Need::Client).map(|c| c.name).map_err(|e| e.code)
+        };
+        let app = Ok(Some("app".to_owned()));
+        assert_eq!(with(&[("authorization", "Bearer secret-K_APP-0123456789")]), app);
+        assert_eq!(with(&[("authorization", "bearer  secret-K_APP-0123456789 ")]), app);
+        assert_eq!(with(&[("x-api-key", "secret-K_APP-0123456789")]), app);
+        assert_eq!(with(&[("api-key", "secret-K_APP-0123456789")]), app);
+        assert_eq!(with(&[]), Err("missing_api_key"));
+        assert_eq!(with(&[("x-api-key", "nope")]), Err("invalid_api_key"));
+        // Authorization decides when present, even beside a valid x-api-key.
+        assert_eq!(
+            with(&[("authorization", "Basic abc"), ("x-api-key", "secret-K_APP-0123456789")]),
+            Err("missing_api_key")
+        );
+        assert_eq!(
+            with(&[("authorization", "Bearer nope"), ("x-api-key", "secret-K_APP-0123456789")]),
+            Err("invalid_api_key")
+        );
     }
 
     #[test]
@@ -163,5 +208,7 @@ mod tests {
         let err = Auth::from_config(&keys, &|_| None).unwrap_err();
         assert_eq!(err, "server.api_keys[0].key_env: K_APP (key \"app\") is not set");
         assert!(!Auth::default().enabled());
+        let short = Auth::from_config(&keys, &|_| Some("fifteen-chars-x".into())).unwrap_err();
+        assert_eq!(short, "server.api_keys[0].key_env: K_APP (key \"app\") holds fewer than 16 characters");
     }
 }

@@ -11,7 +11,8 @@
 //! | `POST /v1/route/explain` | client | the ranking with score breakdowns, rejected models with reasons |
 //! | `GET /v1/metrics` | metrics | `?format=json` (default) or `prometheus`, `?category=cache,latency,…` |
 //! | `GET /metrics` | metrics | Prometheus 0.0.4 text for scrapers |
-//! | `GET /health/live`, `GET /health/ready` | any | liveness; readiness with every service's health |
+//! | `GET /health/live` | none | liveness: `ok`, nothing more |
+//! | `GET /health/ready` | any | readiness with every service's health |
 //! | `/v1/admin/models[/{id}[/disable,/enable]]`, `/v1/admin/budgets`, `/v1/admin/report` | admin | catalog changes, budget status, reports |
 //!
 //! **Answers** carry `x-modelfleet-model` (the model that served),
@@ -260,7 +261,7 @@ mod tests {
 
     fn config(server: &str) -> Config {
         let text = format!("[server]\n{server}\n[[providers]]\nname = \"sim\"\nkind = \"simulated\"\n");
-        let env = |name: &str| (name == "K").then(|| "secret".to_owned());
+        let env = |name: &str| (name == "K").then(|| "secret-0123456789".to_owned());
         let options = modelfleet::config::Options {
             env: &env,
             check_files: false,
