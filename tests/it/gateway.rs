@@ -444,6 +444,15 @@ async fn the_metrics_endpoint_validates_updates_in_real_time_and_leaks_nothing()
     for method in [reqwest::Method::POST, reqwest::Method::PUT, reqwest::Method::DELETE] {
         let response = client.request(method.clone(), format!("{}/v1/metrics", gateway.url)).send().await.unwrap();
         assert_eq!(response.status(), 405, "{method}");
+        assert_eq!(header(&response, "allow"), "GET, HEAD", "only what the endpoint takes");
+    }
+    for (method, path, allow) in [
+        (reqwest::Method::GET, "/v1/chat/completions", "POST"),
+        (reqwest::Method::DELETE, "/v1/admin/models", "GET, HEAD, POST"),
+        (reqwest::Method::POST, "/v1/admin/models/m", "GET, HEAD, PUT, DELETE"),
+    ] {
+        let response = client.request(method.clone(), format!("{}{path}", gateway.url)).send().await.unwrap();
+        assert_eq!((response.status().as_u16(), header(&response, "allow")), (405, allow), "{method} {path}");
     }
     let response = client
         .get(format!("{}/v1/metrics", gateway.url))

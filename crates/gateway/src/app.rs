@@ -84,24 +84,50 @@ pub(crate) fn router(app: App, max_body_bytes: usize) -> Router {
             ])
     });
     let router = Router::new()
-        .route("/v1/chat/completions", post(chat).fallback(not_allowed))
-        .route("/v1/models", get(models).fallback(not_allowed))
-        .route("/v1/route/explain", post(explain).fallback(not_allowed))
-        .route("/v1/metrics", get(v1_metrics).fallback(not_allowed))
-        .route("/metrics", get(prometheus).fallback(not_allowed))
-        .route("/health/live", get(live).fallback(not_allowed))
-        .route("/health/ready", get(ready).fallback(not_allowed))
-        .route("/v1/admin/models", get(admin_models).post(admin_add).fallback(not_allowed))
-        .route("/v1/admin/models/{id}", get(admin_model).put(admin_update).delete(admin_remove).fallback(not_allowed))
-        .route("/v1/admin/models/{id}/disable", post(admin_disable).fallback(not_allowed))
-        .route("/v1/admin/models/{id}/enable", post(admin_enable).fallback(not_allowed))
-        .route("/v1/admin/budgets", get(admin_budgets).post(admin_budget_add).fallback(not_allowed))
+        .route("/v1/chat/completions", post(chat).fallback(|m: Method| async move { not_allowed(&m, "POST") }))
+        .route("/v1/models", get(models).fallback(|m: Method| async move { not_allowed(&m, "GET, HEAD") }))
+        .route("/v1/route/explain", post(explain).fallback(|m: Method| async move { not_allowed(&m, "POST") }))
+        .route("/v1/metrics", get(v1_metrics).fallback(|m: Method| async move { not_allowed(&m, "GET, HEAD") }))
+        .route("/metrics", get(prometheus).fallback(|m: Method| async move { not_allowed(&m, "GET, HEAD") }))
+        .route("/health/live", get(live).fallback(|m: Method| async move { not_allowed(&m, "GET, HEAD") }))
+        .route("/health/ready", get(ready).fallback(|m: Method| async move { not_allowed(&m, "GET, HEAD") }))
+        .route(
+            "/v1/admin/models",
+            get(admin_models).post(admin_add).fallback(|m: Method| async move { not_allowed(&m, "GET, HEAD, POST") }),
+        )
+        .route(
+            "/v1/admin/models/{id}",
+            get(admin_model)
+                .put(admin_update)
+                .delete(admin_remove)
+                .fallback(|m: Method| async move { not_allowed(&m, "GET, HEAD, PUT, DELETE") }),
+        )
+        .route(
+            "/v1/admin/models/{id}/disable",
+            post(admin_disable).fallback(|m: Method| async move { not_allowed(&m, "POST") }),
+        )
+        .route(
+            "/v1/admin/models/{id}/enable",
+            post(admin_enable).fallback(|m: Method| async move { not_allowed(&m, "POST") }),
+        )
+        .route(
+            "/v1/admin/budgets",
+            get(admin_budgets)
+                .post(admin_budget_add)
+                .fallback(|m: Method| async move { not_allowed(&m, "GET, HEAD, POST") }),
+        )
         .route(
             "/v1/admin/budgets/{scope}/{period}",
-            get(admin_budget).put(admin_budget_set).delete(admin_budget_remove).fallback(not_allowed),
+            get(admin_budget)
+                .put(admin_budget_set)
+                .delete(admin_budget_remove)
+                .fallback(|m: Method| async move { not_allowed(&m, "GET, HEAD, PUT, DELETE") }),
         )
-        .route("/v1/admin/budgets/{scope}/{period}/reset", post(admin_budget_reset).fallback(not_allowed))
-        .route("/v1/admin/report", get(admin_report).fallback(not_allowed))
+        .route(
+            "/v1/admin/budgets/{scope}/{period}/reset",
+            post(admin_budget_reset).fallback(|m: Method| async move { not_allowed(&m, "POST") }),
+        )
+        .route("/v1/admin/report", get(admin_report).fallback(|m: Method| async move { not_allowed(&m, "GET, HEAD") }))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(axum::middleware::from_fn_with_state(guard, guard::check));
@@ -114,14 +140,18 @@ pub(crate) fn router(app: App, max_body_bytes: usize) -> Router {
 
 /// The router serving only `/metrics`, for a separate scrape port.
 pub(crate) fn metrics_router(app: App) -> Router {
-    Router::new().route("/metrics", get(prometheus).fallback(not_allowed)).fallback(not_found).with_state(app)
+    Router::new()
+        .route("/metrics", get(prometheus).fallback(|m: Method| async move { not_allowed(&m, "GET, HEAD") }))
+        .fallback(not_found)
+        .with_state(app)
 }
 
 async fn not_found() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "invalid_request_error", "not_found", "no such endpoint")
 }
 
-async fn not_allowed(method: Method) -> Response {
+/// 405 with `Allow` listing what the endpoint does take.
+fn not_allowed(method: &Method, allow: &'static str) -> Response {
     let mut response = ApiError::new(
         StatusCode::METHOD_NOT_ALLOWED,
         "invalid_request_error",
@@ -129,7 +159,7 @@ async fn not_allowed(method: Method) -> Response {
         format!("{method} is not allowed on this endpoint"),
     )
     .into_response();
-    response.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET, POST, PUT, DELETE"));
+    response.headers_mut().insert(header::ALLOW, HeaderValue::from_static(allow));
     response
 }
 
