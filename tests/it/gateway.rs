@@ -231,7 +231,7 @@ async fn streams_pass_through_and_a_cut_ends_with_an_error_event() {
     let stats = gateway.fleet.monitor().model_stats("s2");
     assert_eq!(stats.totals.failures, 1, "{stats:?}");
     let metrics: Value = client.get(format!("{}/v1/metrics", gateway.url)).send().await.unwrap().json().await.unwrap();
-    assert_eq!(metrics["gauges"]["modelfleet_gateway_stream_failures"], 1.0, "{metrics}");
+    assert_eq!(metrics["gauges"]["modelfleet_gateway_stream_failures_total"], 1.0, "{metrics}");
     gateway.stop().await;
     mock.shutdown().await;
 }
@@ -599,7 +599,7 @@ async fn a_client_gone_mid_stream_is_still_charged_and_limits_hold() {
     assert!(stats.totals.tokens.input > 0 && stats.totals.cost > Money::ZERO, "{stats:?}");
     let metrics: Value =
         client.get(format!("{}/v1/metrics?category=gauges", gateway.url)).send().await.unwrap().json().await.unwrap();
-    assert_eq!(metrics["gauges"]["modelfleet_gateway_client_disconnects"], 1.0, "{metrics}");
+    assert_eq!(metrics["gauges"]["modelfleet_gateway_client_disconnects_total"], 1.0, "{metrics}");
 
     // A route name as the model.
     let response = post(&client, &url, None, &chat("any-en", "hi")).await;

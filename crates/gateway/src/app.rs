@@ -569,12 +569,12 @@ impl AppState {
         let gauges = [
             ("modelfleet_gateway_streams_open", "Streams being relayed now.", self.streams.len() as f64),
             (
-                "modelfleet_gateway_stream_failures",
+                "modelfleet_gateway_stream_failures_total",
                 "Streams ended by an upstream failure after they started (an error event was sent).",
                 self.stream_failures.load(Ordering::Relaxed) as f64,
             ),
             (
-                "modelfleet_gateway_client_disconnects",
+                "modelfleet_gateway_client_disconnects_total",
                 "Streams whose client went away before the end (the tokens used were still charged).",
                 self.client_disconnects.load(Ordering::Relaxed) as f64,
             ),

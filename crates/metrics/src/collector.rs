@@ -412,6 +412,8 @@ impl Metrics {
     /// It is exported as `modelfleet_<name>`, or as `name` when that already
     /// starts with `modelfleet_`: the prefix is never doubled, and `x` and
     /// `modelfleet_x` are one gauge (kept under the spelling first set).
+    /// A name ending in `_total` is a counter the caller keeps (it must only
+    /// grow): Prometheus text types it `counter`, so `rate()` applies.
     pub fn set_gauge(&self, name: &str, help: &str, value: f64) -> Result<(), Error> {
         if !valid_name(name) {
             return Err(Error::InvalidName(name.to_owned()));

@@ -653,7 +653,8 @@ impl Snapshot {
             for (name, value) in gauges {
                 // `set_gauge` keeps names as given; the prefix is added once.
                 let family = if name.starts_with(PREFIX) { name.clone() } else { format!("{PREFIX}{name}") };
-                out.family(&family, "gauge", self.gauge_help.get(name).map_or("", String::as_str));
+                let kind = if family.ends_with("_total") { "counter" } else { "gauge" };
+                out.family(&family, kind, self.gauge_help.get(name).map_or("", String::as_str));
                 out.sample(&family, &[], *value);
             }
         }

@@ -30,7 +30,8 @@
 //!   state or retry budget beyond is refused, hedges beyond are counted
 //!   under [`OTHER_PROVIDER`];
 //! - budgets and application gauges set by the stack (a gauge is exported
-//!   as `modelfleet_<name>`, never with the prefix doubled).
+//!   as `modelfleet_<name>`, never with the prefix doubled; one named
+//!   `…_total` is a counter the caller keeps, typed `counter`).
 //!
 //! [`Metrics::to_json`] and [`Metrics::to_prometheus`] export any subset of
 //! [`Category`]s ([`Category::parse_list`] reads `cache,latency`; an

@@ -455,6 +455,17 @@ fn no_exported_name_doubles_the_prefix() {
 }
 
 #[test]
+fn an_application_series_named_total_is_typed_a_counter() {
+    let m = populated();
+    m.set_gauge("modelfleet_gateway_streams_open", "Streams being relayed now.", 2.0).unwrap();
+    m.set_gauge("gateway_stream_failures_total", "Streams ended by an upstream failure.", 5.0).unwrap();
+    let text = m.to_prometheus(&[Category::Gauges]);
+    assert!(text.contains("# TYPE modelfleet_gateway_streams_open gauge\n"), "{text}");
+    assert!(text.contains("# TYPE modelfleet_gateway_stream_failures_total counter\n"), "{text}");
+    assert!(text.contains("\nmodelfleet_gateway_stream_failures_total 5\n"), "{text}");
+}
+
+#[test]
 fn resilience_series_are_bounded_and_hedges_overflow_into_other() {
     let config = MetricsConfig { max_series: 2, ..MetricsConfig::default() };
     let (m, _) = metrics_configured(config, NoMemory("none".into()));
