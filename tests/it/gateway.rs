@@ -335,9 +335,13 @@ async fn roles_guard_every_endpoint_and_the_admin_api_edits_the_catalog() {
         }
         request.send()
     };
+    // The refused probes come from an address of their own: ten 401s lock
+    // an address out (failed_authentications_lock_an_address_out…).
+    let stranger = reqwest::Client::builder().local_address(std::net::IpAddr::from([127, 0, 0, 3])).build().unwrap();
     for path in ["/v1/models", "/v1/metrics", "/metrics", "/health/ready", "/v1/admin/models"] {
-        assert_eq!(get(path, None).await.unwrap().status(), 401, "{path}");
-        assert_eq!(get(path, Some("wrong")).await.unwrap().status(), 401, "{path}");
+        let url = format!("{}{path}", gateway.url);
+        assert_eq!(stranger.get(&url).send().await.unwrap().status(), 401, "{path}");
+        assert_eq!(stranger.get(&url).bearer_auth("wrong").send().await.unwrap().status(), 401, "{path}");
         assert_eq!(get(path, Some(ADMIN_KEY)).await.unwrap().status(), 200, "{path}");
     }
     // Liveness needs no key, and so says nothing but "ok".
@@ -346,10 +350,13 @@ async fn roles_guard_every_endpoint_and_the_admin_api_edits_the_catalog() {
     assert_eq!(live.text().await.unwrap(), "ok");
     // The Anthropic SDKs' header and Azure clients' header carry keys too.
     let models = format!("{}/v1/models", gateway.url);
+    // (The stranger has used its ten failures: it is locked out now.)
+    assert_eq!(stranger.get(&models).bearer_auth(CLIENT_KEY).send().await.unwrap().status(), 429);
+    let guesser = reqwest::Client::builder().local_address(std::net::IpAddr::from([127, 0, 0, 4])).build().unwrap();
     for name in ["x-api-key", "api-key"] {
         let response = client.get(&models).header(name, CLIENT_KEY).send().await.unwrap();
         assert_eq!(response.status(), 200, "{name}");
-        let response = client.get(&models).header(name, "wrong").send().await.unwrap();
+        let response = guesser.get(&models).header(name, "wrong").send().await.unwrap();
         assert_eq!(response.status(), 401, "{name}");
     }
     assert_eq!(get("/v1/models", Some(CLIENT_KEY)).await.unwrap().status(), 200);
@@ -1082,6 +1089,46 @@ async fn a_keyless_gateway_refuses_foreign_hosts_and_web_pages_and_sends_cors_on
         .await
         .unwrap();
     assert_eq!(header(&preflight, "access-control-allow-origin"), "https://app.example.com");
+    gateway.stop().await;
+    mock.shutdown().await;
+}
+
+#[tokio::test]
+async fn failed_authentications_lock_an_address_out_and_are_counted() {
+    let mock = MockUpstream::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let body = model("m", 8_192, &[])
+        + "\n[[server.api_keys]]\nname = \"app\"\nkey_env = \"KEY_CLIENT\"\nrole = \"client\"\n\
+           \n[[server.api_keys]]\nname = \"ops\"\nkey_env = \"KEY_ADMIN\"\nrole = \"admin\"\n";
+    let gateway = Running::start(&config(&mock, &dir, &body)).await;
+    let client = reqwest::Client::new();
+    let models = format!("{}/v1/models", gateway.url);
+    // A wrong role is no failed authentication: 403s lock nothing out.
+    for _ in 0..12 {
+        let response = client.get(format!("{}/v1/admin/models", gateway.url)).bearer_auth(CLIENT_KEY).send().await;
+        assert_eq!(response.unwrap().status(), 403);
+    }
+    for attempt in 0..10 {
+        let response = client.get(&models).bearer_auth(format!("guess-{attempt}")).send().await.unwrap();
+        assert_eq!(response.status(), 401, "attempt {attempt}");
+    }
+    // The eleventh request from this address is refused, even with the right key.
+    let refused = client.get(&models).bearer_auth(CLIENT_KEY).send().await.unwrap();
+    assert_eq!(refused.status(), 429);
+    let retry_after: u64 = header(&refused, "retry-after").parse().unwrap();
+    assert!((1..=60).contains(&retry_after), "{retry_after}");
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "too_many_auth_failures", "{body}");
+    assert!(!body.to_string().contains(CLIENT_KEY), "{body}");
+    // Refused everywhere, liveness included.
+    assert_eq!(client.get(format!("{}/health/live", gateway.url)).send().await.unwrap().status(), 429);
+    // Another address is not locked out, and sees the failures counted.
+    let other = reqwest::Client::builder().local_address(std::net::IpAddr::from([127, 0, 0, 2])).build().unwrap();
+    let scraped = other.get(format!("{}/metrics", gateway.url)).bearer_auth(ADMIN_KEY).send().await.unwrap();
+    assert_eq!(scraped.status(), 200);
+    let text = scraped.text().await.unwrap();
+    assert!(text.contains("# TYPE modelfleet_gateway_auth_failures_total counter\n"), "{text}");
+    assert!(text.contains("\nmodelfleet_gateway_auth_failures_total 10\n"), "{text}");
     gateway.stop().await;
     mock.shutdown().await;
 }

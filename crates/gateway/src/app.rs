@@ -29,7 +29,10 @@ use modelfleet::{
 };
 use serde_json::{Value, json};
 
-use crate::guard::{self, Guard};
+use crate::{
+    guard::{self, Guard},
+    lockout::{self, Lockout},
+};
 use tokio::sync::mpsc;
 use tokio_util::task::TaskTracker;
 use tower_http::cors::{AllowOrigin, CorsLayer};
@@ -61,6 +64,8 @@ pub(crate) struct AppState {
     pub(crate) client_disconnects: AtomicU64,
     /// Who may call (keyless: this machine and listed origins) and CORS.
     pub(crate) guard: Arc<Guard>,
+    /// Failed authentications per client address.
+    pub(crate) lockout: Arc<Lockout>,
 }
 
 type App = Arc<AppState>;
@@ -130,6 +135,7 @@ pub(crate) fn router(app: App, max_body_bytes: usize) -> Router {
         .route("/v1/admin/report", get(admin_report).fallback(|m: Method| async move { not_allowed(&m, "GET, HEAD") }))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(axum::middleware::from_fn_with_state(Arc::clone(&app.lockout), lockout::check))
         .layer(axum::middleware::from_fn_with_state(guard, guard::check));
     let router = match cors {
         Some(cors) => router.layer(cors),
@@ -572,6 +578,11 @@ impl AppState {
                 "modelfleet_gateway_stream_failures_total",
                 "Streams ended by an upstream failure after they started (an error event was sent).",
                 self.stream_failures.load(Ordering::Relaxed) as f64,
+            ),
+            (
+                "modelfleet_gateway_auth_failures_total",
+                "Requests refused for a missing or unknown API key (401), by any address.",
+                self.lockout.failures.load(Ordering::Relaxed) as f64,
             ),
             (
                 "modelfleet_gateway_client_disconnects_total",

@@ -58,6 +58,7 @@
 mod app;
 mod auth;
 mod guard;
+mod lockout;
 mod upstream;
 mod wire;
 
@@ -183,6 +184,7 @@ impl Gateway {
                 local_only: config.server.api_keys.is_empty() && !config.server.allow_unauthenticated_remote,
                 cors_origins: config.server.cors_origins.clone(),
             }),
+            lockout: Arc::default(),
         });
         Ok(Gateway { app, listener, metrics_listener })
     }
@@ -234,7 +236,8 @@ impl Gateway {
         });
         let router = app::router(Arc::clone(&app), app.max_body);
         let mut stop = stop_rx;
-        let served = axum::serve(listener.tap_io(nodelay), router)
+        // The peer's address reaches the auth-failure lockout.
+        let served = axum::serve(listener.tap_io(nodelay), router.into_make_service_with_connect_info::<SocketAddr>())
             .with_graceful_shutdown(async move {
                 let _ = stop.wait_for(|s| *s).await;
             })
