@@ -22,6 +22,8 @@ const CLIENT_KEY: &str = "mf-client-secret-1";
 const ADMIN_KEY: &str = "mf-admin-secret-2";
 const METRICS_KEY: &str = "mf-metrics-secret-3";
 const TIGHT_KEY: &str = "mf-tight-secret-4";
+/// A provider key of a shape no sanitizer pattern knows.
+const ODD_KEY: &str = "AIzaSyD-odd-provider-key-0000";
 
 fn env(var: &str) -> Option<String> {
     match var {
@@ -30,6 +32,7 @@ fn env(var: &str) -> Option<String> {
         "KEY_ADMIN" => Some(ADMIN_KEY.into()),
         "KEY_METRICS" => Some(METRICS_KEY.into()),
         "KEY_TIGHT" => Some(TIGHT_KEY.into()),
+        "ODD_KEY" => Some(ODD_KEY.into()),
         _ => None,
     }
 }
@@ -1129,6 +1132,27 @@ async fn failed_authentications_lock_an_address_out_and_are_counted() {
     let text = scraped.text().await.unwrap();
     assert!(text.contains("# TYPE modelfleet_gateway_auth_failures_total counter\n"), "{text}");
     assert!(text.contains("\nmodelfleet_gateway_auth_failures_total 10\n"), "{text}");
+    gateway.stop().await;
+    mock.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_provider_key_an_upstream_echoes_never_reaches_the_client_whatever_its_shape() {
+    let mock = MockUpstream::start().await.unwrap();
+    // The mock wants another key and, as OpenAI does, repeats the one it got.
+    mock.require_key("the-right-upstream-key");
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(&mock, &dir, &model("m", 8_192, &[]));
+    config.providers[0].api_key_env = Some("ODD_KEY".into());
+    let gateway = Running::start(&config).await;
+    let client = reqwest::Client::new();
+    let response = post(&client, &format!("{}/v1/chat/completions", gateway.url), None, &chat("m", "hi")).await;
+    assert!(response.status().is_client_error() || response.status().is_server_error(), "{}", response.status());
+    let text = response.text().await.unwrap();
+    assert!(text.contains("Incorrect API key provided: [REDACTED]"), "{text}");
+    assert!(!text.contains(ODD_KEY) && !text.contains("AIzaSy"), "{text}");
+    let metrics = client.get(format!("{}/metrics", gateway.url)).send().await.unwrap().text().await.unwrap();
+    assert!(!metrics.contains(ODD_KEY), "metrics");
     gateway.stop().await;
     mock.shutdown().await;
 }

@@ -16,7 +16,8 @@
 //!   use [`ManualTimer`] and sleep never.
 //! - [`DegradationTracker`]: degraded after N consecutive failures, recovered
 //!   after M consecutive successes (the response cache uses it).
-//! - [`sanitize`]: strips API keys, bearer tokens, `Authorization` headers,
+//! - [`sanitize`]: strips the exact secrets given to [`redact_everywhere`],
+//!   API keys, bearer tokens, `Authorization` headers,
 //!   secret query values and file paths from any message. Everything shown to
 //!   a user or written to a log goes through it.
 //!
@@ -52,7 +53,7 @@ pub use crate::{
         AttemptCtx, AttemptRecord, GiveUp, Jitter, ManualTimer, Retried, RetryConfig, RetryError, RetryPolicy, Timer,
         retry,
     },
-    sanitize::{PATH, REDACTED, sanitize},
+    sanitize::{MIN_SECRET_CHARS, PATH, REDACTED, redact_everywhere, sanitize},
 };
 
 /// The errors of this crate's own API (its configuration).

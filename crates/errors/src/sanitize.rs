@@ -1,6 +1,9 @@
 //! Removes secrets and file paths from messages before they leave the process.
 
-use std::{borrow::Cow, sync::LazyLock};
+use std::{
+    borrow::Cow,
+    sync::{LazyLock, PoisonError, RwLock},
+};
 
 use regex::Regex;
 
@@ -40,15 +43,56 @@ static RULES: LazyLock<Vec<Rule>> = LazyLock::new(|| {
     ]
 });
 
+/// Exact secret values the process holds (provider keys, gateway keys),
+/// redacted wherever they appear, whatever their shape: a key no pattern
+/// knows (`AIza…`, `gsk_…`, raw hex) echoed by an upstream is caught too.
+static SECRETS: RwLock<Vec<Box<str>>> = RwLock::new(Vec::new());
+
+/// The shortest value [`redact_everywhere`] takes: shorter ones would cut
+/// ordinary words out of messages.
+pub const MIN_SECRET_CHARS: usize = 8;
+
+/// Makes [`sanitize`] replace `secret` with `[REDACTED]` wherever it appears,
+/// for the rest of the process. Call it with every key read at startup.
+/// Returns whether it was taken: a value under [`MIN_SECRET_CHARS`]
+/// characters, or one inside the markers themselves, is not (redacting it
+/// would mangle every message, or break idempotence).
+pub fn redact_everywhere(secret: &str) -> bool {
+    let secret = secret.trim();
+    if secret.chars().count() < MIN_SECRET_CHARS || REDACTED.contains(secret) || PATH.contains(secret) {
+        return false;
+    }
+    let mut secrets = SECRETS.write().unwrap_or_else(PoisonError::into_inner);
+    if !secrets.iter().any(|s| &**s == secret) {
+        secrets.push(secret.into());
+        // Longest first, so a secret containing another is redacted whole.
+        secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    }
+    true
+}
+
+/// `message` with every registered secret replaced, when it holds one.
+fn without_secrets(message: &str) -> Cow<'_, str> {
+    let secrets = SECRETS.read().unwrap_or_else(PoisonError::into_inner);
+    let mut out = Cow::Borrowed(message);
+    for secret in secrets.iter() {
+        if out.contains(&**secret) {
+            out = Cow::Owned(out.replace(&**secret, REDACTED));
+        }
+    }
+    out
+}
+
 /// The patterns are constants checked by the tests; a typo is a bug caught on
 /// the first test run, never something user input can cause.
 fn compile(pattern: &str) -> Regex {
     Regex::new(pattern).unwrap_or_else(|err| panic!("invalid sanitizer pattern {pattern}: {err}"))
 }
 
-/// Returns `message` without API keys, bearer tokens, `Authorization`
-/// headers, secret query values (`api_key=`, `token=`, …) and absolute file
-/// paths (Unix, home-relative and Windows).
+/// Returns `message` without the secrets given to [`redact_everywhere`],
+/// API keys, bearer tokens, `Authorization` headers, secret query values
+/// (`api_key=`, `token=`, …) and absolute file paths (Unix, home-relative
+/// and Windows).
 ///
 /// Idempotent, never panics, and borrows when there is nothing to remove (the
 /// common case costs no allocation). Paths containing spaces are cut at the
@@ -66,10 +110,14 @@ fn compile(pattern: &str) -> Regex {
 /// ```
 #[must_use]
 pub fn sanitize(message: &str) -> Cow<'_, str> {
-    if !may_need_sanitizing(message) {
-        return Cow::Borrowed(message);
+    let message = without_secrets(message);
+    if !may_need_sanitizing(&message) {
+        return message;
     }
-    apply_rules(message)
+    match message {
+        Cow::Borrowed(message) => apply_rules(message),
+        Cow::Owned(message) => Cow::Owned(apply_rules(&message).into_owned()),
+    }
 }
 
 /// False only when no rule can match: every rule needs one of `/ \ : =`, the
@@ -103,6 +151,24 @@ mod tests {
     #[track_caller]
     fn check(input: &str, expect: &str) {
         assert_eq!(sanitize(input), expect, "input: {input:?}");
+    }
+
+    #[test]
+    fn registered_secrets_are_redacted_whatever_their_shape() {
+        // Shapes no pattern knows: a Google key, a Groq key, raw hex.
+        let keys = ["AIzaSyD-example-google-key-0000", "gsk_example0groq0key0000", "9f86d081884c7d659a2feaa0c55ad015"];
+        for key in keys {
+            assert!(redact_everywhere(key), "{key}");
+        }
+        let raw = format!("Incorrect API key provided: {}. Also {} and {}", keys[0], keys[1], keys[2]);
+        let clean = sanitize(&raw);
+        assert_eq!(clean, "Incorrect API key provided: [REDACTED]. Also [REDACTED] and [REDACTED]");
+        assert_eq!(sanitize(&clean), clean, "idempotent");
+        // Too short, or inside a marker: refused, and messages stay whole.
+        assert!(!redact_everywhere("k1"));
+        assert!(!redact_everywhere("REDACTED"));
+        assert_eq!(sanitize("the k1 value"), "the k1 value");
+        assert!(matches!(sanitize("nothing secret here"), Cow::Borrowed(_)), "no allocation when clean");
     }
 
     #[test]

@@ -52,6 +52,9 @@ impl Auth {
                     key.key_env, key.name
                 ));
             }
+            // A client may send it where it does not belong (a body, a
+            // model name): it is never repeated in a message.
+            modelfleet::errors::redact_everywhere(&value);
             if auth.keys.insert(digest(&value), (key.name.clone(), key.role)).is_some() {
                 return Err(format!("server.api_keys[{i}]: key {:?} has the same value as another key", key.name));
             }

@@ -70,6 +70,9 @@ impl Upstreams {
                         None => (None, None),
                         Some(var) => {
                             if let Some(key) = env(var).filter(|k| !k.is_empty()) {
+                                // Whatever its shape, the key never leaves the
+                                // process in a message (an upstream may echo it).
+                                modelfleet::errors::redact_everywhere(&key);
                                 let mut value = HeaderValue::from_str(&format!("Bearer {key}")).map_err(|_| {
                                     format!(
                                         "providers[{i}].api_key_env: {var} holds characters not allowed in a header"

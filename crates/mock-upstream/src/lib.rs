@@ -325,7 +325,14 @@ async fn answer(shared: &Shared, headers: &HeaderMap, request: Value, model: Str
     if let Some(key) = lock(&shared.require_key).clone() {
         let sent = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).unwrap_or_default();
         if sent != format!("Bearer {key}") {
-            return error(StatusCode::UNAUTHORIZED, "invalid_request_error", "invalid_api_key", "Incorrect API key");
+            // As OpenAI does, the answer repeats the key it was sent.
+            let shown = sent.strip_prefix("Bearer ").unwrap_or(sent);
+            return error(
+                StatusCode::UNAUTHORIZED,
+                "invalid_request_error",
+                "invalid_api_key",
+                &format!("Incorrect API key provided: {shown}."),
+            );
         }
     }
     let (behavior, fault) = {
@@ -376,7 +383,15 @@ async fn answer(shared: &Shared, headers: &HeaderMap, request: Value, model: Str
             return error(StatusCode::BAD_REQUEST, "invalid_request_error", "invalid_value", "messages: invalid role");
         }
         Some(Fault::Unauthorized) => {
-            return error(StatusCode::UNAUTHORIZED, "invalid_request_error", "invalid_api_key", "Incorrect API key");
+            // As OpenAI does, the answer repeats the key it was sent.
+            let sent = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).unwrap_or_default();
+            let shown = sent.strip_prefix("Bearer ").unwrap_or(sent);
+            return error(
+                StatusCode::UNAUTHORIZED,
+                "invalid_request_error",
+                "invalid_api_key",
+                &format!("Incorrect API key provided: {shown}."),
+            );
         }
         Some(Fault::ContextWindow) => return context_error(behavior.context_window.unwrap_or(4096), prompt + wanted),
         Some(Fault::CutAfter(_)) | None if too_long => {
