@@ -1156,3 +1156,71 @@ async fn a_provider_key_an_upstream_echoes_never_reaches_the_client_whatever_its
     gateway.stop().await;
     mock.shutdown().await;
 }
+
+/// Waits until the mock has received `n` calls (a bound for a slow
+/// machine, not a timing assertion).
+async fn until_hits(mock: &MockUpstream, n: u64) {
+    let started = std::time::Instant::now();
+    while mock.total_hits() < n {
+        assert!(started.elapsed() < Duration::from_secs(10), "the mock got {} calls, not {n}", mock.total_hits());
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test]
+async fn beyond_max_in_flight_the_gateway_sheds_load_with_503_and_a_stream_holds_its_slot_to_its_end() {
+    let mock = MockUpstream::start().await.unwrap();
+    mock.set("m", Behavior { latency: Duration::from_millis(1_500), ..Behavior::default() });
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(&mock, &dir, &model("m", 8_192, &[]));
+    config.server.max_in_flight = 2;
+    // Room for the slow answers and streams below (the file's 1.5 s would cut them).
+    config.providers[0].request_timeout_ms = 20_000;
+    let gateway = Running::start(&config).await;
+    let client = reqwest::Client::new();
+    let completions = format!("{}/v1/chat/completions", gateway.url);
+    let slow = || {
+        let (client, url) = (client.clone(), completions.clone());
+        tokio::spawn(async move { client.post(url).json(&chat("m", "hi")).send().await.unwrap().status() })
+    };
+    let (first, second) = (slow(), slow());
+    until_hits(&mock, 2).await;
+    let shed = client.post(&completions).json(&chat("m", "hi")).send().await.unwrap();
+    assert_eq!(shed.status(), 503);
+    assert_eq!(header(&shed, "retry-after"), "1");
+    assert_eq!(shed.json::<Value>().await.unwrap()["error"]["code"], "overloaded");
+    assert_eq!(mock.total_hits(), 2, "the shed request reached no upstream");
+    // Health and metrics are never shed.
+    assert_eq!(client.get(format!("{}/health/live", gateway.url)).send().await.unwrap().status(), 200);
+    assert_eq!(client.get(format!("{}/metrics", gateway.url)).send().await.unwrap().status(), 200);
+    assert_eq!((first.await.unwrap().as_u16(), second.await.unwrap().as_u16()), (200, 200));
+    assert_eq!(client.post(&completions).json(&chat("m", "hi")).send().await.unwrap().status(), 200, "slots back");
+
+    // A stream keeps its slot until it ends, not until its headers are sent.
+    mock.set("m", Behavior { chunk_interval: Duration::from_millis(300), chunks: 5, ..Behavior::default() });
+    let mut body = chat("m", "hi");
+    body["stream"] = json!(true);
+    let streams: Vec<reqwest::Response> =
+        futures_util::future::join_all((0..2).map(|_| client.post(&completions).json(&body).send()))
+            .await
+            .into_iter()
+            .map(Result::unwrap)
+            .collect();
+    assert!(streams.iter().all(|s| s.status() == 200));
+    assert_eq!(client.post(&completions).json(&chat("m", "hi")).send().await.unwrap().status(), 503);
+    for stream in streams {
+        let text = stream.text().await.unwrap();
+        assert!(text.contains("[DONE]"), "{text}");
+    }
+    let started = std::time::Instant::now();
+    loop {
+        let status = client.post(&completions).json(&chat("m", "hi")).send().await.unwrap().status();
+        if status == 200 {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "the streams' slots never came back");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    gateway.stop().await;
+    mock.shutdown().await;
+}

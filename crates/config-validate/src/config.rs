@@ -43,6 +43,9 @@ pub struct ServerSettings {
     pub api_keys: Vec<ApiKey>,
     /// Largest request body accepted, bytes.
     pub max_body_bytes: u64,
+    /// Requests served at once (streams until they end); beyond, the
+    /// gateway sheds load with 503 and `Retry-After` instead of queueing.
+    pub max_in_flight: u32,
     /// Listen on a non-loopback address without keys (off by default).
     /// Without keys and without this, the gateway also refuses requests
     /// whose `Host` is not a loopback name or whose `Origin` is foreign.

@@ -550,6 +550,7 @@ fn server(v: &mut V<'_>, root: &Table<'_>, options: &Options<'_>) -> ServerSetti
         listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
         api_keys: Vec::new(),
         max_body_bytes: 1 << 20,
+        max_in_flight: 1_024,
         allow_unauthenticated_remote: false,
         cors_origins: Vec::new(),
     };
@@ -558,7 +559,7 @@ fn server(v: &mut V<'_>, root: &Table<'_>, options: &Options<'_>) -> ServerSetti
         v,
         t,
         "server",
-        &["listen", "api_keys", "max_body_bytes", "allow_unauthenticated_remote", "cors_origins"],
+        &["listen", "api_keys", "max_body_bytes", "max_in_flight", "allow_unauthenticated_remote", "cors_origins"],
     );
     for (j, (origin, span)) in get_str_list(v, t, "server", "cors_origins").into_iter().enumerate() {
         match origin_problem(&origin) {
@@ -592,6 +593,7 @@ fn server(v: &mut V<'_>, root: &Table<'_>, options: &Options<'_>) -> ServerSetti
         }
     }
     settings.max_body_bytes = get_u64(v, t, "server", "max_body_bytes", 1_024..=(1 << 30), settings.max_body_bytes);
+    settings.max_in_flight = get_u32(v, t, "server", "max_in_flight", 1..=1_000_000, settings.max_in_flight);
     settings.allow_unauthenticated_remote = get_bool(v, t, "server", "allow_unauthenticated_remote").unwrap_or(false);
     for (i, (key, span)) in get_tables(v, t, "api_keys").into_iter().enumerate() {
         let path = format!("server.api_keys[{i}]");

@@ -32,6 +32,7 @@ use serde_json::{Value, json};
 use crate::{
     guard::{self, Guard},
     lockout::{self, Lockout},
+    shed::{self, Shed},
 };
 use tokio::sync::mpsc;
 use tokio_util::task::TaskTracker;
@@ -66,6 +67,8 @@ pub(crate) struct AppState {
     pub(crate) guard: Arc<Guard>,
     /// Failed authentications per client address.
     pub(crate) lockout: Arc<Lockout>,
+    /// `[server] max_in_flight`: requests served at once.
+    pub(crate) shed: Arc<Shed>,
 }
 
 type App = Arc<AppState>;
@@ -135,6 +138,7 @@ pub(crate) fn router(app: App, max_body_bytes: usize) -> Router {
         .route("/v1/admin/report", get(admin_report).fallback(|m: Method| async move { not_allowed(&m, "GET, HEAD") }))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(axum::middleware::from_fn_with_state(Arc::clone(&app.shed), shed::check))
         .layer(axum::middleware::from_fn_with_state(Arc::clone(&app.lockout), lockout::check))
         .layer(axum::middleware::from_fn_with_state(guard, guard::check));
     let router = match cors {

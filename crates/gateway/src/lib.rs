@@ -59,6 +59,7 @@ mod app;
 mod auth;
 mod guard;
 mod lockout;
+mod shed;
 mod upstream;
 mod wire;
 
@@ -185,6 +186,7 @@ impl Gateway {
                 cors_origins: config.server.cors_origins.clone(),
             }),
             lockout: Arc::default(),
+            shed: Arc::new(shed::Shed::new(config.server.max_in_flight)),
         });
         Ok(Gateway { app, listener, metrics_listener })
     }
