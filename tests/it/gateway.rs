@@ -1224,3 +1224,32 @@ async fn beyond_max_in_flight_the_gateway_sheds_load_with_503_and_a_stream_holds
     gateway.stop().await;
     mock.shutdown().await;
 }
+
+#[tokio::test]
+async fn an_oversized_answer_or_event_fails_that_attempt_and_falls_back_never_buffered_whole() {
+    let mock = MockUpstream::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let models = model("big", 8_192, &["backup"]) + &model("backup", 128_000, &[]);
+    let mut config = config(&mock, &dir, &models);
+    config.providers[0].max_upstream_body_bytes = 64 * 1024;
+    let gateway = Running::start(&config).await;
+    let client = reqwest::Client::new();
+    let url = format!("{}/v1/chat/completions", gateway.url);
+    // A completion body over the provider's bound (1 MiB against 64 KiB).
+    mock.fail_next("big", Fault::Huge(1 << 20), 1);
+    let response = post(&client, &url, None, &chat("big", "hello")).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(header(&response, "x-modelfleet-model"), "backup");
+    assert_eq!(header(&response, "x-modelfleet-attempts"), "2");
+    // A stream whose first event is over 1 MiB.
+    mock.fail_next("big", Fault::Huge(3 << 20), 1);
+    let mut streamed = chat("big", "hello");
+    streamed["stream"] = json!(true);
+    let response = post(&client, &url, None, &streamed).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(header(&response, "x-modelfleet-model"), "backup");
+    assert!(response.text().await.unwrap().contains("[DONE]"));
+    assert_eq!(mock.hits("big"), 2);
+    gateway.stop().await;
+    mock.shutdown().await;
+}

@@ -103,6 +103,10 @@ pub struct Provider {
     pub connect_timeout_ms: u64,
     /// Whole-request timeout, ms.
     pub request_timeout_ms: u64,
+    /// The largest completion body read from it, bytes: a larger answer is
+    /// that attempt's failure (the request falls back), never a buffer
+    /// without bound. Each streamed event is bounded to 1 MiB.
+    pub max_upstream_body_bytes: u64,
     /// Tools it needs.
     pub requires: Vec<ToolRequirement>,
 }

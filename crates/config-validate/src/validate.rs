@@ -665,7 +665,16 @@ fn providers(v: &mut V<'_>, root: &Table<'_>, options: &Options<'_>) -> Vec<Prov
             v,
             t,
             &path,
-            &["name", "kind", "base_url", "api_key_env", "connect_timeout_ms", "request_timeout_ms", "requires"],
+            &[
+                "name",
+                "kind",
+                "base_url",
+                "api_key_env",
+                "connect_timeout_ms",
+                "request_timeout_ms",
+                "max_upstream_body_bytes",
+                "requires",
+            ],
         );
         let name = require_str(v, t, &span, &path, "name");
         if let Some((n, s)) = &name
@@ -702,6 +711,7 @@ fn providers(v: &mut V<'_>, root: &Table<'_>, options: &Options<'_>) -> Vec<Prov
         }
         let connect = get_u64(v, t, &path, "connect_timeout_ms", 1..=60_000, 5_000);
         let request = get_u64(v, t, &path, "request_timeout_ms", 1..=600_000, 120_000);
+        let max_body = get_u64(v, t, &path, "max_upstream_body_bytes", 1_024..=(1 << 30), 32 << 20);
         let mut requires = Vec::new();
         for (j, (req, req_span)) in get_tables(v, t, "requires").into_iter().enumerate() {
             let req_path = format!("{path}.requires[{j}]");
@@ -726,6 +736,7 @@ fn providers(v: &mut V<'_>, root: &Table<'_>, options: &Options<'_>) -> Vec<Prov
                 api_key_env: api_key_env.map(|(e, _)| e),
                 connect_timeout_ms: connect,
                 request_timeout_ms: request,
+                max_upstream_body_bytes: max_body,
                 requires,
             });
         }

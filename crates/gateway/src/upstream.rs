@@ -38,6 +38,8 @@ struct OpenAi {
     /// The variable named in the config when it was not set.
     missing_key: Option<String>,
     request_timeout: Duration,
+    /// `max_upstream_body_bytes`.
+    max_body: usize,
 }
 
 impl fmt::Debug for Upstreams {
@@ -96,6 +98,7 @@ impl Upstreams {
                         auth,
                         missing_key,
                         request_timeout: Duration::from_millis(provider.request_timeout_ms),
+                        max_body: usize::try_from(provider.max_upstream_body_bytes).unwrap_or(usize::MAX),
                     })
                 }
             };
@@ -269,13 +272,40 @@ impl OpenAi {
         let response = self.send(model, chat, ctx, fleet).await?;
         // From here on the upstream accepted the request and is answering:
         // a failure is billed, with its usage unknown.
-        let body = response.bytes().await.map_err(|e| transport(&e).billed())?;
+        let body = self.read_bounded(response).await.map_err(Failure::billed)?;
         let usage = completion_usage(&body).map_err(|e| {
             Failure::new(ErrorClass::ServerError, &format!("the upstream answered invalid JSON: {e}")).billed()
         })?;
         // A provider that reports no usage (or not in OpenAI's shape) is
         // charged the hold: the worst case, never $0.
         Ok(ModelResponse { value: body, usage })
+    }
+
+    /// The whole body, unless it is over `max_body` (said by its
+    /// `Content-Length` or found reading it): that attempt's failure.
+    async fn read_bounded(&self, response: reqwest::Response) -> Result<Bytes, Failure> {
+        let too_large = || {
+            Failure::new(
+                ErrorClass::ServerError,
+                &format!(
+                    "the upstream's answer is over {} bytes (the provider's max_upstream_body_bytes)",
+                    self.max_body
+                ),
+            )
+        };
+        if response.content_length().is_some_and(|n| n > self.max_body as u64) {
+            return Err(too_large());
+        }
+        let mut body = Vec::new();
+        let mut stream = response.bytes_stream();
+        while let Some(piece) = stream.next().await {
+            let piece = piece.map_err(|e| transport(&e))?;
+            if body.len() + piece.len() > self.max_body {
+                return Err(too_large());
+            }
+            body.extend_from_slice(&piece);
+        }
+        Ok(Bytes::from(body))
     }
 
     async fn open(
@@ -367,6 +397,9 @@ fn transport(err: &reqwest::Error) -> Failure {
 type Body = Pin<Box<dyn Stream<Item = Result<Bytes, Failure>> + Send>>;
 
 /// An upstream SSE stream, event by event.
+/// The largest SSE event read from an upstream: beyond, the stream fails.
+const MAX_EVENT_BYTES: usize = 1 << 20;
+
 pub(crate) struct Events {
     body: Body,
     parser: SseParser,
@@ -400,6 +433,12 @@ impl Events {
         loop {
             if let Some(event) = self.parser.next_event() {
                 return Ok(Some(event));
+            }
+            if self.parser.pending() > MAX_EVENT_BYTES {
+                return Err(Failure::new(
+                    ErrorClass::ServerError,
+                    &format!("the upstream sent an SSE event over {MAX_EVENT_BYTES} bytes"),
+                ));
             }
             match self.body.next().await {
                 Some(Ok(piece)) => self.parser.push(&piece),

@@ -378,9 +378,16 @@ pub(crate) fn delta_chars(value: &Value) -> usize {
 }
 
 /// Splits a byte stream into SSE events, yielding each event's `data`.
+///
+/// Linear in the stream's length: the search for an event's end resumes
+/// where the last search stopped (less the two bytes a separator could
+/// straddle), so an event arriving a byte at a time is not rescanned from
+/// its start on every byte.
 #[derive(Debug, Default)]
 pub(crate) struct SseParser {
     buffer: Vec<u8>,
+    /// Bytes of `buffer` already searched without finding an event's end.
+    scanned: usize,
 }
 
 impl SseParser {
@@ -388,10 +395,20 @@ impl SseParser {
         self.buffer.extend_from_slice(bytes);
     }
 
+    /// Bytes buffered that are not yet a complete event.
+    pub(crate) fn pending(&self) -> usize {
+        self.buffer.len()
+    }
+
     /// The next complete event's data (its `data:` lines joined), if one is buffered.
     pub(crate) fn next_event(&mut self) -> Option<String> {
         loop {
-            let (end, sep) = find_boundary(&self.buffer)?;
+            let from = self.scanned.saturating_sub(2);
+            let Some((end, sep)) = find_boundary(&self.buffer[from..]).map(|(end, sep)| (from + end, sep)) else {
+                self.scanned = self.buffer.len();
+                return None;
+            };
+            self.scanned = 0;
             let block: Vec<u8> = self.buffer.drain(..end + sep).take(end).collect();
             let text = String::from_utf8_lossy(&block);
             let mut data: Option<String> = None;
@@ -562,7 +579,9 @@ mod tests {
 
     #[test]
     fn sse_events_split_on_blank_lines_whatever_the_chunking() {
-        let text = "data: {\"a\":1}\n\n: keep-alive\n\ndata: [DONE]\r\n\r\n";
+        // Every separator, so each can straddle a chunk's end (the resumed
+        // search backs up over the two bytes one could start in).
+        let text = "data: {\"a\":1}\n\n: keep-alive\n\ndata: b\n\r\ndata: c\r\rdata: [DONE]\r\n\r\n";
         for split in 1..text.len() {
             let mut parser = SseParser::default();
             let mut events = Vec::new();
@@ -572,8 +591,18 @@ mod tests {
                     events.push(e);
                 }
             }
-            assert_eq!(events, vec!["{\"a\":1}".to_owned(), "[DONE]".to_owned()], "chunks of {split}");
+            assert_eq!(events, ["{\"a\":1}", "b", "c", "[DONE]"], "chunks of {split}");
+            assert_eq!(parser.pending(), 0, "chunks of {split}");
         }
+        // An unfinished event is pending, whatever its size so far.
+        let mut parser = SseParser::default();
+        for _ in 0..1_000 {
+            parser.push(b"data: xxxxxxxxxx");
+            assert_eq!(parser.next_event(), None);
+        }
+        assert_eq!(parser.pending(), 16_000);
+        parser.push(b"\n\n");
+        assert_eq!(parser.next_event().map(|e| e.len()), Some(15_994));
     }
 
     #[test]

@@ -79,6 +79,9 @@ pub enum Fault {
     BadRequest,
     /// HTTP 401 (a wrong key).
     Unauthorized,
+    /// A 200 whose body (or, streaming, whose first event) is this many
+    /// bytes: a hostile or broken upstream the gateway must not buffer.
+    Huge(usize),
 }
 
 /// How one model answers.
@@ -325,14 +328,7 @@ async fn answer(shared: &Shared, headers: &HeaderMap, request: Value, model: Str
     if let Some(key) = lock(&shared.require_key).clone() {
         let sent = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).unwrap_or_default();
         if sent != format!("Bearer {key}") {
-            // As OpenAI does, the answer repeats the key it was sent.
-            let shown = sent.strip_prefix("Bearer ").unwrap_or(sent);
-            return error(
-                StatusCode::UNAUTHORIZED,
-                "invalid_request_error",
-                "invalid_api_key",
-                &format!("Incorrect API key provided: {shown}."),
-            );
+            return unauthorized(headers);
         }
     }
     let (behavior, fault) = {
@@ -382,17 +378,8 @@ async fn answer(shared: &Shared, headers: &HeaderMap, request: Value, model: Str
         Some(Fault::BadRequest) => {
             return error(StatusCode::BAD_REQUEST, "invalid_request_error", "invalid_value", "messages: invalid role");
         }
-        Some(Fault::Unauthorized) => {
-            // As OpenAI does, the answer repeats the key it was sent.
-            let sent = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).unwrap_or_default();
-            let shown = sent.strip_prefix("Bearer ").unwrap_or(sent);
-            return error(
-                StatusCode::UNAUTHORIZED,
-                "invalid_request_error",
-                "invalid_api_key",
-                &format!("Incorrect API key provided: {shown}."),
-            );
-        }
+        Some(Fault::Huge(bytes)) => return huge(&request, bytes),
+        Some(Fault::Unauthorized) => return unauthorized(headers),
         Some(Fault::ContextWindow) => return context_error(behavior.context_window.unwrap_or(4096), prompt + wanted),
         Some(Fault::CutAfter(_)) | None if too_long => {
             return context_error(behavior.context_window.unwrap_or(0), prompt + wanted);
@@ -419,6 +406,30 @@ async fn answer(shared: &Shared, headers: &HeaderMap, request: Value, model: Str
         "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
         "usage": usage,
     });
+    (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
+}
+
+/// A 401 that, as OpenAI's does, repeats the key it was sent.
+fn unauthorized(headers: &HeaderMap) -> Response {
+    let sent = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    let shown = sent.strip_prefix("Bearer ").unwrap_or(sent);
+    error(
+        StatusCode::UNAUTHORIZED,
+        "invalid_request_error",
+        "invalid_api_key",
+        &format!("Incorrect API key provided: {shown}."),
+    )
+}
+
+/// A 200 of about `bytes`: a JSON completion with that much content, or an
+/// SSE stream whose first event is that large (and never ends).
+fn huge(request: &Value, bytes: usize) -> Response {
+    let content = "x".repeat(bytes);
+    if request.get("stream") == Some(&Value::Bool(true)) {
+        let event = format!("data: {{\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"{content}\"}}}}]}}\n\n");
+        return (StatusCode::OK, [(header::CONTENT_TYPE, "text/event-stream")], event).into_response();
+    }
+    let body = json!({"choices": [{"index": 0, "message": {"role": "assistant", "content": content}}]});
     (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
 }
 
@@ -524,9 +535,10 @@ pub fn parse_fault(spec: &str) -> Result<Fault, String> {
         "context" => Fault::ContextWindow,
         "400" => Fault::BadRequest,
         "401" => Fault::Unauthorized,
+        "huge" => Fault::Huge(usize::try_from(number("bytes")?).map_err(|_| "huge: too many bytes".to_owned())?),
         other => {
             return Err(format!(
-                "unknown fault {other:?}: expected 500, 429[:secs], hang:ms, reset, cut:n, context, 400 or 401"
+                "unknown fault {other:?}: expected 500, 429[:secs], hang:ms, reset, cut:n, context, 400, 401 or huge:bytes"
             ));
         }
     })
