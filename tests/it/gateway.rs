@@ -1253,3 +1253,54 @@ async fn an_oversized_answer_or_event_fails_that_attempt_and_falls_back_never_bu
     gateway.stop().await;
     mock.shutdown().await;
 }
+
+#[tokio::test]
+async fn an_upstream_redirect_is_not_followed_and_the_request_falls_back() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mock = MockUpstream::start().await.unwrap();
+    // Where the redirect points: counts the connections it gets.
+    let elsewhere = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let elsewhere_addr = elsewhere.local_addr().unwrap();
+    let reached = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let counter = Arc::clone(&reached);
+    let collector = tokio::spawn(async move {
+        while let Ok((_socket, _)) = elsewhere.accept().await {
+            counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    });
+    // A provider that answers every request with a 307 to `elsewhere`.
+    let redirector = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let redirector_addr = redirector.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        while let Ok((mut socket, _)) = redirector.accept().await {
+            let mut request = vec![0; 64 * 1024];
+            let _ = socket.read(&mut request).await;
+            let answer = format!(
+                "HTTP/1.1 307 Temporary Redirect\r\nlocation: http://{elsewhere_addr}/v1/chat/completions\r\n\
+                 content-length: 0\r\nconnection: close\r\n\r\n"
+            );
+            let _ = socket.write_all(answer.as_bytes()).await;
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let models = model("m", 8_192, &["backup"]) + &model("backup", 128_000, &[]);
+    let mut config = config(&mock, &dir, &models);
+    let mut redirecting = config.providers[0].clone();
+    redirecting.name = "redirecting".into();
+    redirecting.base_url = Some(format!("http://{redirector_addr}/v1"));
+    config.providers.push(redirecting);
+    config.models.iter_mut().filter(|m| m.id == "m").for_each(|m| m.provider = "redirecting".into());
+    let gateway = Running::start(&config).await;
+    let client = reqwest::Client::new();
+    let response = post(&client, &format!("{}/v1/chat/completions", gateway.url), None, &chat("m", "hi")).await;
+    let status = response.status();
+    let headers = response.headers().clone();
+    let text = response.text().await.unwrap();
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(headers["x-modelfleet-model"], "backup");
+    assert_eq!(reached.load(std::sync::atomic::Ordering::Relaxed), 0, "the redirect was followed");
+    gateway.stop().await;
+    server.abort();
+    collector.abort();
+    mock.shutdown().await;
+}

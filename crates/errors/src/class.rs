@@ -158,8 +158,11 @@ impl ErrorClass {
 
     /// The class an HTTP status code implies on its own, without a body.
     ///
-    /// A status that is not an error (1xx to 3xx) is [`ErrorClass::Internal`]:
-    /// the caller should not have classified it.
+    /// A redirect (3xx) is the upstream's failure, [`ErrorClass::ServerError`]:
+    /// redirects are not followed (a `POST` and its key would go elsewhere),
+    /// so a provider that redirects is misconfigured and its models fall
+    /// back. A status that is no error (1xx, 2xx) is
+    /// [`ErrorClass::Internal`]: the caller should not have classified it.
     #[must_use]
     pub const fn from_status(status: u16) -> ErrorClass {
         match status {
@@ -170,7 +173,7 @@ impl ErrorClass {
             499 => ErrorClass::Cancelled,
             402 => ErrorClass::QuotaExhausted,
             400..=499 => ErrorClass::BadRequest,
-            500..=599 => ErrorClass::ServerError,
+            300..=399 | 500..=599 => ErrorClass::ServerError,
             _ => ErrorClass::Internal,
         }
     }

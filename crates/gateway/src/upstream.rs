@@ -62,7 +62,11 @@ impl Upstreams {
                         .base_url
                         .as_deref()
                         .ok_or_else(|| format!("providers[{i}].base_url: required for kind = \"openai\""))?;
+                    // Redirects are not followed: a provider that redirects a
+                    // POST is misconfigured (or hostile); the 3xx fails the
+                    // attempt instead of sending the body and key elsewhere.
                     let client = reqwest::Client::builder()
+                        .redirect(reqwest::redirect::Policy::none())
                         .connect_timeout(Duration::from_millis(provider.connect_timeout_ms))
                         .tcp_nodelay(true)
                         .pool_idle_timeout(Duration::from_secs(90))
@@ -93,7 +97,7 @@ impl Upstreams {
                     };
                     Upstream::OpenAi(OpenAi {
                         client,
-                        url: reqwest::Url::parse(&format!("{}/chat/completions", base.trim_end_matches('/')))
+                        url: endpoint(base, "chat/completions")
                             .map_err(|e| format!("providers[{i}].base_url: {base:?} is not a URL: {e}"))?,
                         auth,
                         missing_key,
@@ -323,6 +327,17 @@ impl OpenAi {
     }
 }
 
+/// `path` under `base`, keeping `base`'s query (`?api-version=…`).
+fn endpoint(base: &str, path: &str) -> Result<reqwest::Url, String> {
+    let mut url = reqwest::Url::parse(base).map_err(|e| e.to_string())?;
+    if url.cannot_be_a_base() {
+        return Err("it cannot take a path".to_owned());
+    }
+    let joined = format!("{}/{path}", url.path().trim_end_matches('/'));
+    url.set_path(&joined);
+    Ok(url)
+}
+
 /// Reads OpenAI-style rate-limit headers (`x-ratelimit-remaining-requests`,
 /// `-limit-requests`, `-remaining-tokens`, `-limit-tokens`, and the
 /// `-reset-requests`/`-reset-tokens` durations such as `1s` or `6m0s`)
@@ -466,4 +481,23 @@ pub(crate) fn error_event(data: &str) -> Option<Failure> {
     value.get("error").filter(|e| !e.is_null())?;
     let failure = classify_response(500, data, None);
     Some(failure)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_endpoint_keeps_the_base_path_and_query() {
+        let url = |base: &str| endpoint(base, "chat/completions").map(|u| u.to_string());
+        assert_eq!(url("https://api.openai.com/v1").unwrap(), "https://api.openai.com/v1/chat/completions");
+        assert_eq!(url("https://api.openai.com/v1/").unwrap(), "https://api.openai.com/v1/chat/completions");
+        assert_eq!(url("http://127.0.0.1:8080").unwrap(), "http://127.0.0.1:8080/chat/completions");
+        assert_eq!(
+            url("https://x.openai.azure.com/openai/deployments/d?api-version=2024-10-21").unwrap(),
+            "https://x.openai.azure.com/openai/deployments/d/chat/completions?api-version=2024-10-21"
+        );
+        assert!(url("not a url").is_err());
+        assert!(url("mailto:a@b.c").is_err());
+    }
 }

@@ -30,7 +30,11 @@ fn status_codes_alone() {
         (504, ErrorClass::Timeout),
         (529, ErrorClass::ServerError),
         (200, ErrorClass::Internal),
-        (302, ErrorClass::Internal),
+        (100, ErrorClass::Internal),
+        // A redirect is not followed: the upstream failed, fall back.
+        (302, ErrorClass::ServerError),
+        (307, ErrorClass::ServerError),
+        (399, ErrorClass::ServerError),
     ];
     for (status, expect) in table {
         assert_eq!(ErrorClass::from_status(status), expect, "status {status}");
