@@ -54,6 +54,26 @@ pub struct ServerSettings {
     /// browser: CORS answers them alone, and a keyless gateway accepts their
     /// `Origin`. Empty (the default): no CORS at all. Never `*`.
     pub cors_origins: Vec<String>,
+    /// Which addresses ten failed authentications within a minute lock out.
+    pub auth_lockout: AuthLockout,
+}
+
+/// `[server] auth_lockout`: which client addresses failed authentications
+/// lock out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthLockout {
+    /// Every address but loopback ones (on this machine every client, and a
+    /// reverse proxy on the same host, is 127.0.0.1: one misconfigured
+    /// script would lock out all of them). The default.
+    #[default]
+    Remote,
+    /// Every address, loopback included (a machine shared with people who
+    /// should not guess keys).
+    All,
+    /// None: behind a reverse proxy on another host, where every client
+    /// shares its address (rate limit at the proxy).
+    Off,
 }
 
 /// `[store]`.

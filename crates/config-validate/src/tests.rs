@@ -706,3 +706,13 @@ fn api_keys_have_unique_names_and_are_long_enough() {
     let report = check_text(&keys(["app", "ops"]), &env);
     assert!(report.is_valid(), "{report}");
 }
+
+#[test]
+fn auth_lockout_is_remote_by_default_and_named_values_only() {
+    assert_eq!(config_of("").server.auth_lockout, AuthLockout::Remote);
+    assert_eq!(config_of("[server]\nauth_lockout = \"all\"\n").server.auth_lockout, AuthLockout::All);
+    assert_eq!(config_of("[server]\nauth_lockout = \"off\"\n").server.auth_lockout, AuthLockout::Off);
+    let errors = errors_of("[server]\nauth_lockout = true\n");
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(errors[0].starts_with("server.auth_lockout: "), "{errors:?}");
+}

@@ -25,8 +25,8 @@ use toml::{
 };
 
 use crate::{
-    ApiKey, CacheSettings, Config, HedgeAfter, MetricsSettings, Provider, ProviderKind, ResilienceSettings, Role,
-    Route, ServerSettings, StoreSettings, ToolRequirement,
+    ApiKey, AuthLockout, CacheSettings, Config, HedgeAfter, MetricsSettings, Provider, ProviderKind,
+    ResilienceSettings, Role, Route, ServerSettings, StoreSettings, ToolRequirement,
     checks::{EnvKind, EnvValue, MODEL_FILES, check_tool, env_var, model_dir_problems, port_in_use},
 };
 
@@ -545,6 +545,53 @@ fn origin_problem(origin: &str) -> Option<String> {
 /// The fewest characters an API key of `[[server.api_keys]]` may have.
 pub const MIN_API_KEY_CHARS: usize = 16;
 
+/// `[[server.api_keys]]`: each with a unique name and a long enough value.
+fn api_keys(v: &mut V<'_>, t: &Table<'_>, options: &Options<'_>) -> Vec<ApiKey> {
+    let mut keys: Vec<ApiKey> = Vec::new();
+    for (i, (key, span)) in get_tables(v, t, "api_keys").into_iter().enumerate() {
+        let path = format!("server.api_keys[{i}]");
+        known_keys(v, key, &path, &["name", "key_env", "role", "monthly_budget"]);
+        let name = require_str(v, key, &span, &path, "name");
+        let key_env = require_str(v, key, &span, &path, "key_env");
+        if let Some((env_name, env_span)) = &key_env {
+            match env_var(options.env, env_name, true, None, EnvKind::Text) {
+                Err(message) => v.error(&format!("{path}.key_env"), Some(env_span), message),
+                Ok(EnvValue::Text(key)) if key.chars().count() < MIN_API_KEY_CHARS => v.error(
+                    &format!("{path}.key_env"),
+                    Some(env_span),
+                    format!(
+                        "{env_name} holds a key of {} characters: at least {MIN_API_KEY_CHARS} are needed (a short key \
+                         can be guessed)",
+                        key.chars().count()
+                    ),
+                ),
+                Ok(_) => {}
+            }
+        }
+        if let Some((name, name_span)) = &name
+            && keys.iter().any(|k| k.name == *name)
+        {
+            v.error(&format!("{path}.name"), Some(name_span), format!("another key is already named {name:?}"));
+        }
+        let role = get_enum(
+            v,
+            key,
+            &path,
+            "role",
+            &["client", "admin", "metrics"],
+            &[Role::Client, Role::Admin, Role::Metrics],
+        );
+        if find(key, "role").is_none() {
+            v.error(&format!("{path}.role"), Some(&span), "is required (client, admin or metrics)");
+        }
+        let budget = get_money(v, key, &path, "monthly_budget");
+        if let (Some((name, _)), Some((key_env, _)), Some(role)) = (name, key_env, role) {
+            keys.push(ApiKey { name, key_env, role, monthly_budget: budget });
+        }
+    }
+    keys
+}
+
 fn server(v: &mut V<'_>, root: &Table<'_>, options: &Options<'_>) -> ServerSettings {
     let mut settings = ServerSettings {
         listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
@@ -553,13 +600,22 @@ fn server(v: &mut V<'_>, root: &Table<'_>, options: &Options<'_>) -> ServerSetti
         max_in_flight: 1_024,
         allow_unauthenticated_remote: false,
         cors_origins: Vec::new(),
+        auth_lockout: AuthLockout::Remote,
     };
     let Some((t, _)) = get_table(v, root, "", "server") else { return settings };
     known_keys(
         v,
         t,
         "server",
-        &["listen", "api_keys", "max_body_bytes", "max_in_flight", "allow_unauthenticated_remote", "cors_origins"],
+        &[
+            "listen",
+            "api_keys",
+            "max_body_bytes",
+            "max_in_flight",
+            "allow_unauthenticated_remote",
+            "cors_origins",
+            "auth_lockout",
+        ],
     );
     for (j, (origin, span)) in get_str_list(v, t, "server", "cors_origins").into_iter().enumerate() {
         match origin_problem(&origin) {
@@ -595,47 +651,16 @@ fn server(v: &mut V<'_>, root: &Table<'_>, options: &Options<'_>) -> ServerSetti
     settings.max_body_bytes = get_u64(v, t, "server", "max_body_bytes", 1_024..=(1 << 30), settings.max_body_bytes);
     settings.max_in_flight = get_u32(v, t, "server", "max_in_flight", 1..=1_000_000, settings.max_in_flight);
     settings.allow_unauthenticated_remote = get_bool(v, t, "server", "allow_unauthenticated_remote").unwrap_or(false);
-    for (i, (key, span)) in get_tables(v, t, "api_keys").into_iter().enumerate() {
-        let path = format!("server.api_keys[{i}]");
-        known_keys(v, key, &path, &["name", "key_env", "role", "monthly_budget"]);
-        let name = require_str(v, key, &span, &path, "name");
-        let key_env = require_str(v, key, &span, &path, "key_env");
-        if let Some((env_name, env_span)) = &key_env {
-            match env_var(options.env, env_name, true, None, EnvKind::Text) {
-                Err(message) => v.error(&format!("{path}.key_env"), Some(env_span), message),
-                Ok(EnvValue::Text(key)) if key.chars().count() < MIN_API_KEY_CHARS => v.error(
-                    &format!("{path}.key_env"),
-                    Some(env_span),
-                    format!(
-                        "{env_name} holds a key of {} characters: at least {MIN_API_KEY_CHARS} are needed (a short key \
-                         can be guessed)",
-                        key.chars().count()
-                    ),
-                ),
-                Ok(_) => {}
-            }
-        }
-        if let Some((name, name_span)) = &name
-            && settings.api_keys.iter().any(|k| k.name == *name)
-        {
-            v.error(&format!("{path}.name"), Some(name_span), format!("another key is already named {name:?}"));
-        }
-        let role = get_enum(
-            v,
-            key,
-            &path,
-            "role",
-            &["client", "admin", "metrics"],
-            &[Role::Client, Role::Admin, Role::Metrics],
-        );
-        if find(key, "role").is_none() {
-            v.error(&format!("{path}.role"), Some(&span), "is required (client, admin or metrics)");
-        }
-        let budget = get_money(v, key, &path, "monthly_budget");
-        if let (Some((name, _)), Some((key_env, _)), Some(role)) = (name, key_env, role) {
-            settings.api_keys.push(ApiKey { name, key_env, role, monthly_budget: budget });
-        }
-    }
+    settings.auth_lockout = get_enum(
+        v,
+        t,
+        "server",
+        "auth_lockout",
+        &["remote", "all", "off"],
+        &[AuthLockout::Remote, AuthLockout::All, AuthLockout::Off],
+    )
+    .unwrap_or_default();
+    settings.api_keys = api_keys(v, t, options);
     if !settings.listen.ip().is_loopback() && settings.api_keys.is_empty() && !settings.allow_unauthenticated_remote {
         v.warn(
             "server.listen",

@@ -55,11 +55,13 @@ pub const MIN_SECRET_CHARS: usize = 8;
 /// Makes [`sanitize`] replace `secret` with `[REDACTED]` wherever it appears,
 /// for the rest of the process. Call it with every key read at startup.
 /// Returns whether it was taken: a value under [`MIN_SECRET_CHARS`]
-/// characters, or one inside the markers themselves, is not (redacting it
-/// would mangle every message, or break idempotence).
+/// characters, one with a bracket, or one inside the marker is not
+/// (redacting it would mangle every message, or break idempotence).
 pub fn redact_everywhere(secret: &str) -> bool {
     let secret = secret.trim();
-    if secret.chars().count() < MIN_SECRET_CHARS || REDACTED.contains(secret) || PATH.contains(secret) {
+    // A bracket could straddle an inserted marker and match again on a
+    // second pass: such a value is refused, so sanitize stays idempotent.
+    if secret.chars().count() < MIN_SECRET_CHARS || secret.contains(['[', ']']) || REDACTED.contains(secret) {
         return false;
     }
     let mut secrets = SECRETS.write().unwrap_or_else(PoisonError::into_inner);
@@ -167,6 +169,7 @@ mod tests {
         // Too short, or inside a marker: refused, and messages stay whole.
         assert!(!redact_everywhere("k1"));
         assert!(!redact_everywhere("REDACTED"));
+        assert!(!redact_everywhere("abc]defghij"), "a bracket could straddle a marker");
         assert_eq!(sanitize("the k1 value"), "the k1 value");
         assert!(matches!(sanitize("nothing secret here"), Cow::Borrowed(_)), "no allocation when clean");
     }

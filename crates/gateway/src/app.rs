@@ -82,7 +82,12 @@ pub(crate) fn router(app: App, max_body_bytes: usize) -> Router {
         CorsLayer::new()
             .allow_origin(AllowOrigin::list(origins))
             .allow_methods([Method::GET, Method::POST, Method::PUT, Method::DELETE, Method::OPTIONS])
-            .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
+            .allow_headers([
+                header::AUTHORIZATION,
+                header::CONTENT_TYPE,
+                header::HeaderName::from_static("x-api-key"),
+                header::HeaderName::from_static("api-key"),
+            ])
             .expose_headers([
                 header::HeaderName::from_static("x-modelfleet-model"),
                 header::HeaderName::from_static("x-modelfleet-attempts"),
@@ -150,9 +155,13 @@ pub(crate) fn router(app: App, max_body_bytes: usize) -> Router {
 
 /// The router serving only `/metrics`, for a separate scrape port.
 pub(crate) fn metrics_router(app: App) -> Router {
+    // The same guard (a keyless gateway answers this machine only) and the
+    // same lockout (metrics keys are keys) as the main port.
     Router::new()
         .route("/metrics", get(prometheus).fallback(|m: Method| async move { not_allowed(&m, "GET, HEAD") }))
         .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(Arc::clone(&app.lockout), lockout::check))
+        .layer(axum::middleware::from_fn_with_state(Arc::clone(&app.guard), guard::check))
         .with_state(app)
 }
 

@@ -1,7 +1,9 @@
 //! API keys with roles. A key is sent as `Authorization: Bearer <key>` (the
 //! OpenAI SDKs), `x-api-key: <key>` (the Anthropic SDKs) or `api-key: <key>`
-//! (Azure OpenAI clients). Keys are compared by their SHA-256, so the
-//! gateway holds no key in the clear after startup.
+//! (Azure OpenAI clients). Keys are compared by their SHA-256; the one
+//! clear copy the process keeps is in the sanitizer's redaction list
+//! ([`modelfleet::errors::redact_everywhere`]), so that a key a client puts
+//! where it does not belong is never repeated in a message.
 
 use std::collections::HashMap;
 

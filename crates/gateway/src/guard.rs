@@ -6,8 +6,9 @@
 //! `127.0.0.1`, and a DNS-rebinding page can do so under its own name. So,
 //! unless `allow_unauthenticated_remote` says otherwise, a keyless gateway
 //! refuses (403, saying why) every request whose `Host` is not a loopback
-//! name or address, and every request carrying an `Origin` that is neither
-//! a loopback origin nor one of `[server] cors_origins`. Browsers always
+//! name or address, and every request carrying an `Origin` not listed in
+//! `[server] cors_origins` (a page on another port of this machine too: a
+//! dev server or a notebook may show untrusted HTML). Browsers always
 //! send `Origin` on a cross-site `POST`, whatever its content type, so a
 //! page cannot spend the configured provider keys or edit the catalog.
 //!
@@ -66,14 +67,11 @@ impl Guard {
         None
     }
 
-    /// Whether a page of `origin` may call a keyless gateway: a loopback
-    /// origin, or one configured.
+    /// Whether a page of `origin` may call a keyless gateway: only one
+    /// configured. A page served on this machine is no exception (a dev
+    /// server or a notebook may show untrusted HTML): list it.
     fn origin_allowed(&self, origin: &str) -> bool {
-        if self.cors_origins.iter().any(|o| o.eq_ignore_ascii_case(origin)) {
-            return true;
-        }
-        let authority = origin.strip_prefix("http://").or_else(|| origin.strip_prefix("https://"));
-        authority.is_some_and(is_loopback_host)
+        self.cors_origins.iter().any(|o| o.eq_ignore_ascii_case(origin))
     }
 }
 
@@ -159,8 +157,10 @@ mod tests {
         assert_eq!(check(&guard, &[(header::HOST, "127.0.0.1:8080")]), "");
         assert_eq!(check(&guard, &[(header::HOST, "evil.example:8080")]), "foreign_host");
         let local = (header::HOST, "localhost:8080");
-        assert_eq!(check(&guard, &[local.clone(), (header::ORIGIN, "http://localhost:3000")]), "");
-        assert_eq!(check(&guard, &[local.clone(), (header::ORIGIN, "http://127.0.0.1:8080")]), "");
+        // A page on this machine is a page: only listed origins.
+        assert_eq!(check(&guard, &[local.clone(), (header::ORIGIN, "http://localhost:3000")]), "foreign_origin");
+        assert_eq!(check(&guard, &[local.clone(), (header::ORIGIN, "http://127.0.0.1:8080")]), "foreign_origin");
+        assert_eq!(check(&guard, &[local.clone(), (header::ORIGIN, "HTTPS://APP.EXAMPLE.COM")]), "", "case");
         assert_eq!(check(&guard, &[local.clone(), (header::ORIGIN, "https://app.example.com")]), "");
         assert_eq!(check(&guard, &[local.clone(), (header::ORIGIN, "http://evil.example")]), "foreign_origin");
         assert_eq!(check(&guard, &[local.clone(), (header::ORIGIN, "null")]), "foreign_origin");

@@ -185,7 +185,7 @@ impl Gateway {
                 local_only: config.server.api_keys.is_empty() && !config.server.allow_unauthenticated_remote,
                 cors_origins: config.server.cors_origins.clone(),
             }),
-            lockout: Arc::default(),
+            lockout: Arc::new(lockout::Lockout::new(config.server.auth_lockout)),
             shed: Arc::new(shed::Shed::new(config.server.max_in_flight)),
         });
         Ok(Gateway { app, listener, metrics_listener })
@@ -229,11 +229,12 @@ impl Gateway {
             let router = app::metrics_router(Arc::clone(&app));
             let mut stop = stop_rx.clone();
             tokio::spawn(async move {
-                let _ = axum::serve(listener.tap_io(nodelay), router)
-                    .with_graceful_shutdown(async move {
-                        let _ = stop.wait_for(|s| *s).await;
-                    })
-                    .await;
+                let _ =
+                    axum::serve(listener.tap_io(nodelay), router.into_make_service_with_connect_info::<SocketAddr>())
+                        .with_graceful_shutdown(async move {
+                            let _ = stop.wait_for(|s| *s).await;
+                        })
+                        .await;
             })
         });
         let router = app::router(Arc::clone(&app), app.max_body);

@@ -78,7 +78,12 @@ impl Upstreams {
                             if let Some(key) = env(var).filter(|k| !k.is_empty()) {
                                 // Whatever its shape, the key never leaves the
                                 // process in a message (an upstream may echo it).
-                                modelfleet::errors::redact_everywhere(&key);
+                                if !modelfleet::errors::redact_everywhere(&key) {
+                                    tracing::warn!(
+                                        provider = %provider.name,
+                                        "{var} holds a key too short to redact from messages by value"
+                                    );
+                                }
                                 let mut value = HeaderValue::from_str(&format!("Bearer {key}")).map_err(|_| {
                                     format!(
                                         "providers[{i}].api_key_env: {var} holds characters not allowed in a header"
@@ -411,10 +416,10 @@ fn transport(err: &reqwest::Error) -> Failure {
 
 type Body = Pin<Box<dyn Stream<Item = Result<Bytes, Failure>> + Send>>;
 
-/// An upstream SSE stream, event by event.
 /// The largest SSE event read from an upstream: beyond, the stream fails.
 const MAX_EVENT_BYTES: usize = 1 << 20;
 
+/// An upstream SSE stream, event by event.
 pub(crate) struct Events {
     body: Body,
     parser: SseParser,

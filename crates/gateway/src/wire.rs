@@ -379,38 +379,46 @@ pub(crate) fn delta_chars(value: &Value) -> usize {
 
 /// Splits a byte stream into SSE events, yielding each event's `data`.
 ///
-/// Linear in the stream's length: the search for an event's end resumes
-/// where the last search stopped (less the two bytes a separator could
-/// straddle), so an event arriving a byte at a time is not rescanned from
-/// its start on every byte.
+/// Linear in the stream's length: events are read from an offset into the
+/// buffer (the consumed part is dropped once per `push`, not once per
+/// event), and the search for an event's end resumes where the last one
+/// stopped (less the two bytes a separator could straddle), so an event
+/// arriving a byte at a time is not rescanned from its start on every byte.
 #[derive(Debug, Default)]
 pub(crate) struct SseParser {
     buffer: Vec<u8>,
-    /// Bytes of `buffer` already searched without finding an event's end.
+    /// Where the unread part of `buffer` starts.
+    start: usize,
+    /// Bytes after `start` already searched without finding an event's end.
     scanned: usize,
 }
 
 impl SseParser {
     pub(crate) fn push(&mut self, bytes: &[u8]) {
+        if self.start > 0 {
+            self.buffer.drain(..self.start);
+            self.start = 0;
+        }
         self.buffer.extend_from_slice(bytes);
     }
 
     /// Bytes buffered that are not yet a complete event.
     pub(crate) fn pending(&self) -> usize {
-        self.buffer.len()
+        self.buffer.len() - self.start
     }
 
     /// The next complete event's data (its `data:` lines joined), if one is buffered.
     pub(crate) fn next_event(&mut self) -> Option<String> {
         loop {
-            let from = self.scanned.saturating_sub(2);
+            let from = self.start + self.scanned.saturating_sub(2);
             let Some((end, sep)) = find_boundary(&self.buffer[from..]).map(|(end, sep)| (from + end, sep)) else {
-                self.scanned = self.buffer.len();
+                self.scanned = self.buffer.len() - self.start;
                 return None;
             };
+            let block = &self.buffer[self.start..end];
+            self.start = end + sep;
             self.scanned = 0;
-            let block: Vec<u8> = self.buffer.drain(..end + sep).take(end).collect();
-            let text = String::from_utf8_lossy(&block);
+            let text = String::from_utf8_lossy(block);
             let mut data: Option<String> = None;
             for line in text.lines() {
                 let line = line.strip_suffix('\r').unwrap_or(line);
@@ -603,6 +611,16 @@ mod tests {
         assert_eq!(parser.pending(), 16_000);
         parser.push(b"\n\n");
         assert_eq!(parser.next_event().map(|e| e.len()), Some(15_994));
+        assert_eq!(parser.pending(), 0);
+        // Many events in one chunk: each read from the offset, none moved.
+        let chunk: Vec<u8> = (0..100_000).flat_map(|i| format!("data: {i}\n\n").into_bytes()).collect();
+        parser.push(&chunk);
+        let mut count = 0;
+        while let Some(event) = parser.next_event() {
+            assert_eq!(event, count.to_string());
+            count += 1;
+        }
+        assert_eq!((count, parser.pending()), (100_000, 0));
     }
 
     #[test]
