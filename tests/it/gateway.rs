@@ -625,9 +625,14 @@ async fn a_client_gone_mid_stream_is_still_charged_and_limits_hold() {
     assert_eq!(response.status(), 413);
     assert!(response.text().await.unwrap().contains("server.max_body_bytes"));
     // Broken JSON: 400 naming the problem.
-    let response = client.post(&url).body("{\"model\": ").send().await.unwrap();
+    let response =
+        client.post(&url).header("content-type", "application/json").body("{\"model\": ").send().await.unwrap();
     assert_eq!(response.status(), 400);
     assert!(response.text().await.unwrap().contains("not valid JSON"));
+    // A body that does not say it is JSON: 415, whatever it holds.
+    let response = client.post(&url).header("content-type", "text/plain").body("{}").send().await.unwrap();
+    assert_eq!(response.status(), 415);
+    assert!(response.text().await.unwrap().contains("content-type: application/json"));
 
     // The admin API updates a model in place (no keys configured: open on loopback).
     let mut spec: Value =

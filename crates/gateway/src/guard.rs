@@ -104,10 +104,34 @@ fn is_port(tail: &str) -> bool {
     tail.strip_prefix(':').is_some_and(|port| port.parse::<u16>().is_ok())
 }
 
+/// Why a request's body may not be read as JSON, if it may not: every
+/// endpoint that takes a body takes JSON, so a body must say
+/// `content-type: application/json` (with or without parameters). A body
+/// of another type is what a web page can send without a CORS preflight.
+pub(crate) fn body_type_refusal(headers: &HeaderMap) -> Option<ApiError> {
+    let has_body = headers.contains_key(header::TRANSFER_ENCODING)
+        || headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).is_some_and(|n| n.trim() != "0");
+    if !has_body {
+        return None;
+    }
+    let kind = headers.get(header::CONTENT_TYPE).map(|v| v.to_str().unwrap_or("(not text)"));
+    let json = kind
+        .and_then(|k| k.split(';').next())
+        .is_some_and(|essence| essence.trim().eq_ignore_ascii_case("application/json"));
+    (!json).then(|| {
+        ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "invalid_request_error",
+            "unsupported_media_type",
+            format!("the body must be JSON, sent with content-type: application/json (got {})", kind.unwrap_or("none")),
+        )
+    })
+}
+
 /// The middleware: refuses what [`Guard::refusal`] refuses, before any
 /// handler (or authentication) runs.
 pub(crate) async fn check(State(guard): State<std::sync::Arc<Guard>>, request: Request, next: Next) -> Response {
-    match guard.refusal(request.headers()) {
+    match guard.refusal(request.headers()).or_else(|| body_type_refusal(request.headers())) {
         Some(refusal) => refusal.into_response(),
         None => next.run(request).await,
     }
@@ -148,6 +172,29 @@ mod tests {
     /// The refusal's code for these headers, or "" when they pass.
     fn check(guard: &Guard, pairs: &[(header::HeaderName, &str)]) -> &'static str {
         guard.refusal(&headers(pairs)).map_or("", |e| e.code)
+    }
+
+    #[test]
+    fn a_body_must_say_it_is_json() {
+        let code = |pairs: &[(header::HeaderName, &str)]| body_type_refusal(&headers(pairs)).map_or("", |e| e.code);
+        let json = (header::CONTENT_TYPE, "application/json");
+        assert_eq!(code(&[]), "", "no body");
+        assert_eq!(code(&[(header::CONTENT_LENGTH, "0")]), "", "an empty body");
+        assert_eq!(code(&[(header::CONTENT_LENGTH, "12"), json.clone()]), "");
+        assert_eq!(
+            code(&[(header::CONTENT_LENGTH, "12"), (header::CONTENT_TYPE, "Application/JSON; charset=utf-8")]),
+            ""
+        );
+        assert_eq!(code(&[(header::TRANSFER_ENCODING, "chunked"), json]), "");
+        for other in ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x"] {
+            assert_eq!(
+                code(&[(header::CONTENT_LENGTH, "12"), (header::CONTENT_TYPE, other)]),
+                "unsupported_media_type",
+                "{other}"
+            );
+        }
+        assert_eq!(code(&[(header::CONTENT_LENGTH, "12")]), "unsupported_media_type", "no type at all");
+        assert_eq!(code(&[(header::TRANSFER_ENCODING, "chunked")]), "unsupported_media_type");
     }
 
     #[test]
