@@ -377,6 +377,11 @@ async fn spend_survives_a_restart_under_another_utc_offset() {
     fleet.shutdown().await.unwrap();
 }
 
+/// The store service's health as the readiness check reports it.
+async fn store_health(fleet: &Fleet) -> Option<modelfleet::service_registry::Health> {
+    fleet.health().await.services.into_iter().find(|s| s.name == "store").map(|s| s.health)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn while_spend_cannot_be_written_only_the_models_a_hard_budget_covers_stop() {
     let dir = tempfile::tempdir().unwrap();
@@ -402,11 +407,18 @@ async fn while_spend_cannot_be_written_only_the_models_a_hard_budget_covers_stop
     };
     let err = fleet.call(&only_sim, |_, _| async { ok(100) }).await.unwrap_err();
     assert!(matches!(err, FleetError::BudgetStoreUnavailable(_)), "{err}");
+    let failing = store_health(&fleet).await;
+    assert!(
+        matches!(&failing, Some(modelfleet::service_registry::Health::Degraded(why)) if why.contains("writes are failing")),
+        "{failing:?}"
+    );
     fleet.store().fail_writes(false);
     let waited = std::time::Instant::now();
     while fleet.store().spend_backlog().is_some() && waited.elapsed() < Duration::from_secs(20) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // Writing works again: healthy, the drops only counted.
+    assert_eq!(store_health(&fleet).await, Some(modelfleet::service_registry::Health::Healthy));
     assert_eq!(fleet.call(&only_sim, |_, _| async { ok(100) }).await.unwrap().model, "a");
     let spent = fleet.budgets().status(&Scope::Provider("sim".into()), Period::Monthly).unwrap().spent;
     let stored: Money = tokio::task::block_in_place(|| {

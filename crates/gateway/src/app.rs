@@ -598,6 +598,11 @@ impl AppState {
                 self.lockout.failures.load(Ordering::Relaxed) as f64,
             ),
             (
+                "modelfleet_store_writes_dropped_total",
+                "Performance rows, alerts and cache entries the database refused twice (spend is never dropped).",
+                self.fleet.store().write_counts().1 as f64,
+            ),
+            (
                 "modelfleet_gateway_client_disconnects_total",
                 "Streams whose client went away before the end (the tokens used were still charged).",
                 self.client_disconnects.load(Ordering::Relaxed) as f64,

@@ -51,12 +51,15 @@ impl Service for StoreService {
     fn health(&self) -> BoxFuture<'_, Health> {
         Box::pin(async move {
             let Some(store) = self.store.get() else { return Health::Unhealthy("not started".into()) };
-            let (_, dropped) = store.write_counts();
-            if dropped > 0 {
-                // Serving goes on (spend is kept and retried; hard budgets
-                // fail closed meanwhile): degraded, not down.
+            // Degraded while writing fails, healthy again once a write
+            // commits: rows dropped earlier are a counter (the gateway's
+            // modelfleet_store_writes_dropped_total), not a lasting state.
+            // Serving goes on meanwhile (spend is kept and retried; hard
+            // budgets fail closed).
+            if let Some(why) = store.write_failing() {
+                let (_, dropped) = store.write_counts();
                 return Health::Degraded(format!(
-                    "{dropped} performance rows, alerts or cache entries could not be written"
+                    "writes are failing ({why}); {dropped} performance rows, alerts or cache entries dropped so far"
                 ));
             }
             if store.cache_stats().degraded {

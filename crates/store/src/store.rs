@@ -402,6 +402,15 @@ impl Store {
         self.shared.fail_writes.store(on, std::sync::atomic::Ordering::Relaxed);
     }
 
+    /// Why writing fails now: the error of the last write transaction, while
+    /// no later one has succeeded. `None` once a transaction commits again:
+    /// a passing failure is history (counted in [`Store::write_counts`]),
+    /// not a lasting state.
+    #[must_use]
+    pub fn write_failing(&self) -> Option<String> {
+        self.shared.last_error.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
     /// Writes committed and writes dropped (refused twice by the database) so
     /// far. A write is one queued op: a performance row, a settlement, an
     /// alert, a cache entry or a budget change. Dropped writes are

@@ -298,10 +298,14 @@ async fn spend_of_a_failed_commit_waits_in_the_backlog_until_a_commit_succeeds()
     assert!(store.commit(settlement("anthropic", "c", 11), None).await.is_err());
     assert_eq!(spent(&store)[0], (Scope::Global, Period::Monthly, 5), "only the first commit is on disk");
     assert_eq!(store.write_counts().1, 1, "the perf row of the failed commit was dropped");
+    let failing = store.write_failing().expect("writing fails now");
+    assert!(failing.contains("spend refused by the test"), "{failing}");
 
     refusal.lift();
     store.commit(settlement("openai", "d", 13), None).await.unwrap();
     assert_eq!(store.spend_backlog(), None);
+    assert_eq!(store.write_failing(), None, "a commit again: the failure is history");
+    assert_eq!(store.write_counts().1, 1, "still counted");
     assert_eq!(
         spent(&store),
         [

@@ -138,6 +138,7 @@ pub(crate) struct Shared {
     /// Transactions committed so far.
     pub(crate) transactions: AtomicU64,
     /// The last write error, sanitized.
+    /// Why the last write transaction failed, while no later one succeeded.
     pub(crate) last_error: Mutex<Option<String>>,
     /// Why spend waits for a commit, while it does (sanitized).
     pub(crate) backlog: Mutex<Option<String>>,
@@ -325,6 +326,9 @@ impl Writer<'_> {
             Ok(()) => {
                 shared.committed.fetch_add(writes, Ordering::Relaxed);
                 shared.transactions.fetch_add(1, Ordering::Relaxed);
+                // Writing works again: whatever failed before is history
+                // (still counted in `dropped`).
+                *lock(&shared.last_error) = None;
                 self.backlog.clear();
                 *lock(&shared.backlog) = None;
                 Ok(())
