@@ -97,50 +97,30 @@ pub(crate) fn router(app: App, max_body_bytes: usize) -> Router {
             ])
     });
     let router = Router::new()
-        .route("/v1/chat/completions", post(chat).fallback(|m: Method| async move { not_allowed(&m, "POST") }))
-        .route("/v1/models", get(models).fallback(|m: Method| async move { not_allowed(&m, "GET, HEAD") }))
-        .route("/v1/route/explain", post(explain).fallback(|m: Method| async move { not_allowed(&m, "POST") }))
-        .route("/v1/metrics", get(v1_metrics).fallback(|m: Method| async move { not_allowed(&m, "GET, HEAD") }))
-        .route("/metrics", get(prometheus).fallback(|m: Method| async move { not_allowed(&m, "GET, HEAD") }))
-        .route("/health/live", get(live).fallback(|m: Method| async move { not_allowed(&m, "GET, HEAD") }))
-        .route("/health/ready", get(ready).fallback(|m: Method| async move { not_allowed(&m, "GET, HEAD") }))
-        .route(
-            "/v1/admin/models",
-            get(admin_models).post(admin_add).fallback(|m: Method| async move { not_allowed(&m, "GET, HEAD, POST") }),
-        )
+        .route("/v1/chat/completions", post(chat).fallback(only("POST")))
+        .route("/v1/models", get(models).fallback(only("GET, HEAD")))
+        .route("/v1/route/explain", post(explain).fallback(only("POST")))
+        .route("/v1/metrics", get(v1_metrics).fallback(only("GET, HEAD")))
+        .route("/metrics", get(prometheus).fallback(only("GET, HEAD")))
+        .route("/health/live", get(live).fallback(only("GET, HEAD")))
+        .route("/health/ready", get(ready).fallback(only("GET, HEAD")))
+        .route("/v1/admin/models", get(admin_models).post(admin_add).fallback(only("GET, HEAD, POST")))
         .route(
             "/v1/admin/models/{id}",
-            get(admin_model)
-                .put(admin_update)
-                .delete(admin_remove)
-                .fallback(|m: Method| async move { not_allowed(&m, "GET, HEAD, PUT, DELETE") }),
+            get(admin_model).put(admin_update).delete(admin_remove).fallback(only("GET, HEAD, PUT, DELETE")),
         )
-        .route(
-            "/v1/admin/models/{id}/disable",
-            post(admin_disable).fallback(|m: Method| async move { not_allowed(&m, "POST") }),
-        )
-        .route(
-            "/v1/admin/models/{id}/enable",
-            post(admin_enable).fallback(|m: Method| async move { not_allowed(&m, "POST") }),
-        )
-        .route(
-            "/v1/admin/budgets",
-            get(admin_budgets)
-                .post(admin_budget_add)
-                .fallback(|m: Method| async move { not_allowed(&m, "GET, HEAD, POST") }),
-        )
+        .route("/v1/admin/models/{id}/disable", post(admin_disable).fallback(only("POST")))
+        .route("/v1/admin/models/{id}/enable", post(admin_enable).fallback(only("POST")))
+        .route("/v1/admin/budgets", get(admin_budgets).post(admin_budget_add).fallback(only("GET, HEAD, POST")))
         .route(
             "/v1/admin/budgets/{scope}/{period}",
             get(admin_budget)
                 .put(admin_budget_set)
                 .delete(admin_budget_remove)
-                .fallback(|m: Method| async move { not_allowed(&m, "GET, HEAD, PUT, DELETE") }),
+                .fallback(only("GET, HEAD, PUT, DELETE")),
         )
-        .route(
-            "/v1/admin/budgets/{scope}/{period}/reset",
-            post(admin_budget_reset).fallback(|m: Method| async move { not_allowed(&m, "POST") }),
-        )
-        .route("/v1/admin/report", get(admin_report).fallback(|m: Method| async move { not_allowed(&m, "GET, HEAD") }))
+        .route("/v1/admin/budgets/{scope}/{period}/reset", post(admin_budget_reset).fallback(only("POST")))
+        .route("/v1/admin/report", get(admin_report).fallback(only("GET, HEAD")))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(axum::middleware::from_fn_with_state(Arc::clone(&app.shed), shed::check))
@@ -158,7 +138,7 @@ pub(crate) fn metrics_router(app: App) -> Router {
     // The same guard (a keyless gateway answers this machine only) and the
     // same lockout (metrics keys are keys) as the main port.
     Router::new()
-        .route("/metrics", get(prometheus).fallback(|m: Method| async move { not_allowed(&m, "GET, HEAD") }))
+        .route("/metrics", get(prometheus).fallback(only("GET, HEAD")))
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(Arc::clone(&app.lockout), lockout::check))
         .layer(axum::middleware::from_fn_with_state(Arc::clone(&app.guard), guard::check))
@@ -167,6 +147,11 @@ pub(crate) fn metrics_router(app: App) -> Router {
 
 async fn not_found() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "invalid_request_error", "not_found", "no such endpoint")
+}
+
+/// The fallback of an endpoint that takes only `allow`: a 405 saying so.
+fn only(allow: &'static str) -> impl Fn(Method) -> std::future::Ready<Response> + Clone + Send + Sync + 'static {
+    move |method: Method| std::future::ready(not_allowed(&method, allow))
 }
 
 /// 405 with `Allow` listing what the endpoint does take.

@@ -29,10 +29,16 @@
 //! for the tokens used (the upstream's usage, else an estimate from the text
 //! relayed).
 //!
-//! **Auth**: with `[[server.api_keys]]`, every endpoint needs
-//! `Authorization: Bearer <key>`; roles are `client`, `admin` (everything)
-//! and `metrics`. Without keys the gateway binds to loopback only, unless
-//! `allow_unauthenticated_remote = true`, and says so in its startup log.
+//! **Auth**: with `[[server.api_keys]]`, every endpoint but `/health/live`
+//! needs a key (`Authorization: Bearer <key>`, `x-api-key` or `api-key`);
+//! roles are `client`, `admin` (everything) and `metrics`; ten failed
+//! authentications from one address within a minute lock it out with 429
+//! (`lockout.rs`; `[server] auth_lockout`). Without keys the gateway binds
+//! to loopback only, unless `allow_unauthenticated_remote = true`, and
+//! answers this machine only: a foreign `Host` or an `Origin` not in
+//! `[server] cors_origins` gets 403 (`guard.rs`). Bodies must be
+//! `application/json` (415). Beyond `[server] max_in_flight` requests the
+//! gateway sheds load with 503 (`shed.rs`).
 //!
 //! **Shutdown**: the future given to [`Gateway::serve`] ends it: the
 //! listener stops accepting, in-flight requests and streams finish, the

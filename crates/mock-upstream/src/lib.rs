@@ -422,7 +422,7 @@ fn unauthorized(headers: &HeaderMap) -> Response {
 }
 
 /// A 200 of about `bytes`: a JSON completion with that much content, or an
-/// SSE stream whose first event is that large (and never ends).
+/// SSE stream whose one event is that large.
 fn huge(request: &Value, bytes: usize) -> Response {
     let content = "x".repeat(bytes);
     if request.get("stream") == Some(&Value::Bool(true)) {
