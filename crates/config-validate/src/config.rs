@@ -56,6 +56,39 @@ pub struct ServerSettings {
     pub cors_origins: Vec<String>,
     /// Which addresses ten failed authentications within a minute lock out.
     pub auth_lockout: AuthLockout,
+    /// A client must send a request's headers within this, ms (default
+    /// 10 s); a slower one is disconnected.
+    pub header_read_timeout_ms: u64,
+    /// A client must send a request's whole body within this, ms (default
+    /// 30 s); a slower one gets 408.
+    pub body_read_timeout_ms: u64,
+    /// A keep-alive connection with no request for this long is closed, ms
+    /// (default 60 s).
+    pub idle_timeout_ms: u64,
+    /// A non-streamed request is answered within this, ms (default 10 min),
+    /// or gets 504; streams are bounded per event instead.
+    pub request_timeout_ms: u64,
+    /// Open client connections at once (default 4,096); beyond, new ones
+    /// are closed at once.
+    pub max_connections: u32,
+    /// A streamed event must be taken by the client within this, ms
+    /// (default 30 s): a client that stops reading is dropped, and charged
+    /// for what was generated.
+    pub stream_send_timeout_ms: u64,
+    /// On shutdown, how long readiness answers 503 while the listener still
+    /// accepts, ms (default 2 s), so a load balancer sees it.
+    pub drain_grace_ms: u64,
+    /// Then how long requests and streams in flight may take to finish, ms
+    /// (default 30 s); streams still open are ended with an error event
+    /// and charged.
+    pub drain_timeout_ms: u64,
+    /// Above this share of the memory limit (percent, default 90) the
+    /// gateway drops its cache's memory, refuses new work with 503 and
+    /// reports itself degraded, until it is below again.
+    pub memory_high_percent: u8,
+    /// The memory limit, bytes (default: the cgroup's limit, else the
+    /// machine's physical memory).
+    pub memory_limit_bytes: Option<u64>,
 }
 
 /// `[server] auth_lockout`: which client addresses failed authentications
@@ -87,6 +120,9 @@ pub struct StoreSettings {
     pub batch_wait_ms: u64,
     /// fsync on every commit (survives power loss).
     pub sync_full: bool,
+    /// Days of raw performance rows kept (default 30; 0 keeps them all);
+    /// the writer prunes older ones.
+    pub retain_days: u32,
 }
 
 /// How a provider is reached.
@@ -121,8 +157,17 @@ pub struct Provider {
     pub api_key_env: Option<String>,
     /// Connect timeout, ms.
     pub connect_timeout_ms: u64,
-    /// Whole-request timeout, ms.
+    /// Whole-request timeout of a non-streamed call, ms.
     pub request_timeout_ms: u64,
+    /// A stream's time to its first event, ms (default 120 s).
+    pub first_token_timeout_ms: u64,
+    /// A stream's longest silence between two events, ms (default 60 s). A
+    /// stream has no total limit: a long answer that keeps coming is fine.
+    pub stream_idle_timeout_ms: u64,
+    /// Whether streamed requests ask for `stream_options.include_usage`
+    /// (default true for `openai`; turn off for a compatible server that
+    /// refuses it: usage is then estimated).
+    pub include_usage: bool,
     /// The largest completion body read from it, bytes: a larger answer is
     /// that attempt's failure (the request falls back), never a buffer
     /// without bound. Each streamed event is bounded to 1 MiB.

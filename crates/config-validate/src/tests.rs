@@ -716,3 +716,41 @@ fn auth_lockout_is_remote_by_default_and_named_values_only() {
     assert_eq!(errors.len(), 1, "{errors:?}");
     assert!(errors[0].starts_with("server.auth_lockout: "), "{errors:?}");
 }
+
+#[test]
+fn hardening_settings_have_defaults_and_bounds() {
+    let config = config_of("[[providers]]\nname = \"p\"\nkind = \"openai\"\nbase_url = \"http://127.0.0.1:9\"\n");
+    let server = &config.server;
+    assert_eq!(
+        (server.header_read_timeout_ms, server.body_read_timeout_ms, server.idle_timeout_ms, server.request_timeout_ms),
+        (10_000, 30_000, 60_000, 600_000)
+    );
+    assert_eq!((server.max_connections, server.stream_send_timeout_ms), (4_096, 30_000));
+    assert_eq!((server.drain_grace_ms, server.drain_timeout_ms), (2_000, 30_000));
+    assert_eq!((server.memory_high_percent, server.memory_limit_bytes), (90, None));
+    assert_eq!(config.store.retain_days, 30);
+    let provider = &config.providers[0];
+    assert_eq!((provider.first_token_timeout_ms, provider.stream_idle_timeout_ms), (120_000, 60_000));
+    assert!(provider.include_usage, "on by default for openai");
+
+    let set = config_of(
+        "[server]\ndrain_grace_ms = 0\ndrain_timeout_ms = 500\nmemory_limit_bytes = 67108864\nmemory_high_percent = 50\n\
+         [store]\nretain_days = 0\n\
+         [[providers]]\nname = \"p\"\nkind = \"openai\"\nbase_url = \"http://127.0.0.1:9\"\ninclude_usage = false\n",
+    );
+    assert_eq!((set.server.drain_grace_ms, set.server.drain_timeout_ms), (0, 500));
+    assert_eq!((set.server.memory_high_percent, set.server.memory_limit_bytes), (50, Some(64 << 20)));
+    assert_eq!(set.store.retain_days, 0);
+    assert!(!set.providers[0].include_usage);
+
+    for (text, key) in [
+        ("[server]\nheader_read_timeout_ms = 0\n", "server.header_read_timeout_ms"),
+        ("[server]\nmax_connections = 0\n", "server.max_connections"),
+        ("[server]\nmemory_high_percent = 101\n", "server.memory_high_percent"),
+        ("[server]\nmemory_limit_bytes = 10\n", "server.memory_limit_bytes"),
+        ("[store]\nretain_days = -1\n", "store.retain_days"),
+    ] {
+        let errors = errors_of(text);
+        assert!(errors.iter().any(|e| e.starts_with(&format!("{key}: "))), "{text}: {errors:?}");
+    }
+}

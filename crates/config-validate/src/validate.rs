@@ -601,6 +601,16 @@ fn server(v: &mut V<'_>, root: &Table<'_>, options: &Options<'_>) -> ServerSetti
         allow_unauthenticated_remote: false,
         cors_origins: Vec::new(),
         auth_lockout: AuthLockout::Remote,
+        header_read_timeout_ms: 10_000,
+        body_read_timeout_ms: 30_000,
+        idle_timeout_ms: 60_000,
+        request_timeout_ms: 600_000,
+        max_connections: 4_096,
+        stream_send_timeout_ms: 30_000,
+        drain_grace_ms: 2_000,
+        drain_timeout_ms: 30_000,
+        memory_high_percent: 90,
+        memory_limit_bytes: None,
     };
     let Some((t, _)) = get_table(v, root, "", "server") else { return settings };
     known_keys(
@@ -615,6 +625,16 @@ fn server(v: &mut V<'_>, root: &Table<'_>, options: &Options<'_>) -> ServerSetti
             "allow_unauthenticated_remote",
             "cors_origins",
             "auth_lockout",
+            "header_read_timeout_ms",
+            "body_read_timeout_ms",
+            "idle_timeout_ms",
+            "request_timeout_ms",
+            "max_connections",
+            "stream_send_timeout_ms",
+            "drain_grace_ms",
+            "drain_timeout_ms",
+            "memory_high_percent",
+            "memory_limit_bytes",
         ],
     );
     for (j, (origin, span)) in get_str_list(v, t, "server", "cors_origins").into_iter().enumerate() {
@@ -651,6 +671,23 @@ fn server(v: &mut V<'_>, root: &Table<'_>, options: &Options<'_>) -> ServerSetti
     settings.max_body_bytes = get_u64(v, t, "server", "max_body_bytes", 1_024..=(1 << 30), settings.max_body_bytes);
     settings.max_in_flight = get_u32(v, t, "server", "max_in_flight", 1..=1_000_000, settings.max_in_flight);
     settings.allow_unauthenticated_remote = get_bool(v, t, "server", "allow_unauthenticated_remote").unwrap_or(false);
+    let ms = |v: &mut V<'_>, key: &str, range: RangeInclusive<i64>, default: u64| {
+        get_u64(v, t, "server", key, range, default)
+    };
+    settings.header_read_timeout_ms = ms(v, "header_read_timeout_ms", 100..=600_000, settings.header_read_timeout_ms);
+    settings.body_read_timeout_ms = ms(v, "body_read_timeout_ms", 100..=3_600_000, settings.body_read_timeout_ms);
+    settings.idle_timeout_ms = ms(v, "idle_timeout_ms", 100..=3_600_000, settings.idle_timeout_ms);
+    settings.request_timeout_ms = ms(v, "request_timeout_ms", 100..=3_600_000, settings.request_timeout_ms);
+    settings.stream_send_timeout_ms = ms(v, "stream_send_timeout_ms", 100..=600_000, settings.stream_send_timeout_ms);
+    settings.drain_grace_ms = ms(v, "drain_grace_ms", 0..=600_000, settings.drain_grace_ms);
+    settings.drain_timeout_ms = ms(v, "drain_timeout_ms", 0..=3_600_000, settings.drain_timeout_ms);
+    settings.max_connections = get_u32(v, t, "server", "max_connections", 1..=1_000_000, settings.max_connections);
+    settings.memory_high_percent =
+        u8::try_from(get_u64(v, t, "server", "memory_high_percent", 1..=100, 90)).unwrap_or(90);
+    if find(t, "memory_limit_bytes").is_some() {
+        settings.memory_limit_bytes =
+            Some(get_u64(v, t, "server", "memory_limit_bytes", (1 << 20)..=(1 << 50), 1 << 30));
+    }
     settings.auth_lockout = get_enum(
         v,
         t,
@@ -672,13 +709,15 @@ fn server(v: &mut V<'_>, root: &Table<'_>, options: &Options<'_>) -> ServerSetti
 }
 
 fn store(v: &mut V<'_>, root: &Table<'_>, options: &Options<'_>) -> StoreSettings {
-    let mut settings = StoreSettings { path: None, batch_rows: 512, batch_wait_ms: 50, sync_full: false };
+    let mut settings =
+        StoreSettings { path: None, batch_rows: 512, batch_wait_ms: 50, sync_full: false, retain_days: 30 };
     let Some((t, _)) = get_table(v, root, "", "store") else { return settings };
-    known_keys(v, t, "store", &["path", "batch_rows", "batch_wait_ms", "sync_full"]);
+    known_keys(v, t, "store", &["path", "batch_rows", "batch_wait_ms", "sync_full", "retain_days"]);
     settings.path = get_str(v, t, "store", "path").map(|(p, _)| options.base_dir.join(p));
     settings.batch_rows = usize::try_from(get_u64(v, t, "store", "batch_rows", 1..=100_000, 512)).unwrap_or(512);
     settings.batch_wait_ms = get_u64(v, t, "store", "batch_wait_ms", 1..=10_000, 50);
     settings.sync_full = get_bool(v, t, "store", "sync_full").unwrap_or(false);
+    settings.retain_days = get_u32(v, t, "store", "retain_days", 0..=36_500, 30);
     settings
 }
 
@@ -697,6 +736,9 @@ fn providers(v: &mut V<'_>, root: &Table<'_>, options: &Options<'_>) -> Vec<Prov
                 "api_key_env",
                 "connect_timeout_ms",
                 "request_timeout_ms",
+                "first_token_timeout_ms",
+                "stream_idle_timeout_ms",
+                "include_usage",
                 "max_upstream_body_bytes",
                 "requires",
             ],
@@ -736,6 +778,9 @@ fn providers(v: &mut V<'_>, root: &Table<'_>, options: &Options<'_>) -> Vec<Prov
         }
         let connect = get_u64(v, t, &path, "connect_timeout_ms", 1..=60_000, 5_000);
         let request = get_u64(v, t, &path, "request_timeout_ms", 1..=600_000, 120_000);
+        let first_token = get_u64(v, t, &path, "first_token_timeout_ms", 1..=3_600_000, 120_000);
+        let stream_idle = get_u64(v, t, &path, "stream_idle_timeout_ms", 1..=3_600_000, 60_000);
+        let include_usage = get_bool(v, t, &path, "include_usage").unwrap_or(kind == Some(ProviderKind::Openai));
         let max_body = get_u64(v, t, &path, "max_upstream_body_bytes", 1_024..=(1 << 30), 32 << 20);
         let mut requires = Vec::new();
         for (j, (req, req_span)) in get_tables(v, t, "requires").into_iter().enumerate() {
@@ -761,6 +806,9 @@ fn providers(v: &mut V<'_>, root: &Table<'_>, options: &Options<'_>) -> Vec<Prov
                 api_key_env: api_key_env.map(|(e, _)| e),
                 connect_timeout_ms: connect,
                 request_timeout_ms: request,
+                first_token_timeout_ms: first_token,
+                stream_idle_timeout_ms: stream_idle,
+                include_usage,
                 max_upstream_body_bytes: max_body,
                 requires,
             });
