@@ -84,7 +84,7 @@ fn benches(c: &mut Criterion) {
     let request = serde_json::json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "Summarise the quarterly report."}]});
     let answer = serde_json::json!({"choices": [{"message": {"role": "assistant", "content": "x".repeat(2_000)}}]});
     let key = cache_key(&request);
-    store.cache_put(key, &answer, Duration::from_hours(1)).expect("queued");
+    store.cache_put(key, "gpt-4o", &answer, Duration::from_hours(1)).expect("queued");
     store.flush().expect("committed");
     group.bench_function("cache_hit", |b| b.iter(|| store.cache_get(black_box(&key)).expect("read").is_some()));
     group.finish();

@@ -69,6 +69,8 @@ fn config(mock: &MockUpstream, dir: &tempfile::TempDir, body: &str) -> Config {
     let mut config = report.config.unwrap_or_else(|| panic!("test config invalid: {problems}\n{text}"));
     // Port 0 (a free port) is what `modelfleet serve --listen` allows; the file needs a real one.
     config.server.listen = "127.0.0.1:0".parse().unwrap();
+    // No load balancer to tell: stop at once (the drain test sets its own).
+    config.server.drain_grace_ms = 0;
     config
 }
 
@@ -161,7 +163,9 @@ async fn every_failure_class_falls_back_and_a_bad_request_is_not_retried() {
     assert_eq!(response.status(), 400);
     assert_eq!(header(&response, "x-modelfleet-attempts"), "1");
     let body: Value = response.json().await.unwrap();
-    assert_eq!(body["error"]["code"], "invalid_request");
+    // The upstream's own code and param, relayed: they say what to fix.
+    assert_eq!(body["error"]["code"], "invalid_value", "{body}");
+    assert_eq!(body["error"]["param"], "messages", "{body}");
     assert!(body["error"]["message"].as_str().unwrap().contains("p400 (bad_request"), "{body}");
     assert_eq!((mock.hits("p400"), mock.hits("backup")), (1, before));
 
@@ -1335,5 +1339,368 @@ async fn an_upstream_redirect_is_not_followed_and_the_request_falls_back() {
     gateway.stop().await;
     server.abort();
     collector.abort();
+    mock.shutdown().await;
+}
+
+/// A raw connection to the gateway, for clients no HTTP library would be.
+async fn raw(url: &str) -> tokio::net::TcpStream {
+    tokio::net::TcpStream::connect(url.trim_start_matches("http://")).await.unwrap()
+}
+
+/// Reads until the peer closes (`Ok(bytes read)`) or `bound` passes (`Err`).
+async fn read_to_close(stream: &mut tokio::net::TcpStream, bound: Duration) -> Result<Vec<u8>, Vec<u8>> {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let deadline = tokio::time::Instant::now() + bound;
+    loop {
+        let mut buf = [0u8; 4096];
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Ok(Ok(0) | Err(_)) => return Ok(got),
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+            Err(_) => return Err(got),
+        }
+    }
+}
+
+async fn gauge(client: &reqwest::Client, url: &str, name: &str) -> f64 {
+    let metrics: Value = client.get(format!("{url}/v1/metrics")).send().await.unwrap().json().await.unwrap();
+    metrics["gauges"][name].as_f64().unwrap_or_else(|| panic!("no {name} in {metrics}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_or_silent_clients_are_disconnected_and_cannot_take_every_connection() {
+    use tokio::io::AsyncWriteExt;
+    let mock = MockUpstream::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(&mock, &dir, &model("m", 8_192, &[]));
+    config.server.header_read_timeout_ms = 300;
+    config.server.idle_timeout_ms = 600;
+    config.server.body_read_timeout_ms = 300;
+    let gateway = Running::start(&config).await;
+    let client = reqwest::Client::new();
+    let bound = Duration::from_secs(20);
+
+    // Half a request head: the connection is closed, with nothing sent back.
+    let mut half = raw(&gateway.url).await;
+    half.write_all(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n").await.unwrap();
+    assert_eq!(read_to_close(&mut half, bound).await, Ok(Vec::new()), "a half-sent head held its connection");
+    // A connection that never says anything is closed too.
+    let mut silent = raw(&gateway.url).await;
+    assert_eq!(read_to_close(&mut silent, bound).await, Ok(Vec::new()));
+    assert!(gauge(&client, &gateway.url, "modelfleet_gateway_header_timeouts_total").await >= 2.0);
+
+    // A kept-alive connection is served, then closed once idle.
+    let mut idle = raw(&gateway.url).await;
+    idle.write_all(b"GET /health/live HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").await.unwrap();
+    let answer = read_to_close(&mut idle, bound).await.expect("an idle keep-alive connection stayed open");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200") && answer.ends_with("ok"), "{answer}");
+    assert!(gauge(&client, &gateway.url, "modelfleet_gateway_idle_closed_total").await >= 1.0);
+
+    // A body that trickles: 408, naming the setting.
+    let mut trickle = raw(&gateway.url).await;
+    trickle
+        .write_all(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{\"mo",
+        )
+        .await
+        .unwrap();
+    let answer = read_to_close(&mut trickle, bound).await.expect("a trickled body held its connection");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("server.body_read_timeout_ms"), "{answer}");
+    assert_eq!(mock.total_hits(), 0);
+    gateway.stop().await;
+
+    // At most max_connections: one more is closed at once; served again once one leaves.
+    let mut config = config.clone();
+    config.server.header_read_timeout_ms = 60_000;
+    config.server.max_connections = 2;
+    let gateway = Running::start(&config).await;
+    let (first, _second) = (raw(&gateway.url).await, raw(&gateway.url).await);
+    let mut third = raw(&gateway.url).await;
+    assert_eq!(read_to_close(&mut third, bound).await, Ok(Vec::new()), "a third connection was kept");
+    drop(first);
+    let started = std::time::Instant::now();
+    let fresh = reqwest::Client::new();
+    loop {
+        if let Ok(response) = fresh.get(format!("{}/health/live", gateway.url)).send().await {
+            assert_eq!(response.status(), 200);
+            break;
+        }
+        assert!(started.elapsed() < bound, "a freed connection slot never came back");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(gauge(&fresh, &gateway.url, "modelfleet_gateway_connections_refused_total").await >= 1.0);
+    drop(fresh);
+    gateway.stop().await;
+    mock.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_answer_gets_504_at_the_whole_request_limit() {
+    let mock = MockUpstream::start().await.unwrap();
+    mock.set("m", Behavior { latency: Duration::from_secs(3), ..Behavior::default() });
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(&mock, &dir, &model("m", 8_192, &[]));
+    config.providers[0].request_timeout_ms = 20_000;
+    config.server.request_timeout_ms = 300;
+    let gateway = Running::start(&config).await;
+    let client = reqwest::Client::new();
+    let response = post(&client, &format!("{}/v1/chat/completions", gateway.url), None, &chat("m", "hi")).await;
+    assert_eq!(response.status(), 504);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "request_timeout", "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("server.request_timeout_ms"), "{body}");
+    gateway.stop().await;
+    // The call the provider bills ran to its end and was charged all the same.
+    let store =
+        modelfleet::store::Store::open(dir.path().join("fleet.db"), modelfleet::store::StoreConfig::default()).unwrap();
+    let usage = store.usage().unwrap();
+    assert!(
+        usage.iter().any(|u| u.model == "m" && u.cost > Money::ZERO),
+        "the abandoned call was not charged: {usage:?}"
+    );
+    mock.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_a_stream_is_dropped_and_charged() {
+    use tokio::io::AsyncWriteExt;
+    let mock = MockUpstream::start().await.unwrap();
+    // An answer far larger than every buffer between the gateway and a client.
+    mock.set(
+        "m",
+        Behavior { chunks: 200_000, completion_tokens: 200_000, chunk_interval: Duration::ZERO, ..Behavior::default() },
+    );
+    let dir = tempfile::tempdir().unwrap();
+    // A window wide enough that the answer stays within the output it was held to.
+    let mut config = config(&mock, &dir, &model("m", 1_000_000, &[]));
+    config.server.stream_send_timeout_ms = 300;
+    // One slot: the stalled stream must give it back for anyone to be served.
+    config.server.max_in_flight = 1;
+    let gateway = Running::start(&config).await;
+    let client = reqwest::Client::new();
+    let body = json!({"model": "m", "stream": true, "messages": [{"role": "user", "content": "hi"}]}).to_string();
+    let mut stalled = raw(&gateway.url).await;
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stalled.write_all(head.as_bytes()).await.unwrap();
+    // The client reads nothing; the gateway gives up on it and settles.
+    let started = std::time::Instant::now();
+    while gauge(&client, &gateway.url, "modelfleet_gateway_client_disconnects_total").await < 1.0 {
+        if started.elapsed() > Duration::from_secs(30) {
+            let metrics = client.get(format!("{}/v1/metrics", gateway.url)).send().await.unwrap().text().await.unwrap();
+            panic!("a client that stopped reading held its stream: {metrics}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(gauge(&client, &gateway.url, "modelfleet_gateway_streams_open").await < 0.5, "the stream is still open");
+    assert!(gauge(&client, &gateway.url, "modelfleet_gateway_stream_failures_total").await < 0.5, "counted as failed");
+    gateway.fleet.store().flush_async().await.unwrap();
+    let usage = gateway.fleet.store().usage().unwrap();
+    assert!(usage.iter().any(|u| u.model == "m" && u.cost > Money::ZERO), "the stream was not charged: {usage:?}");
+    // Its connection is closed, though the client never read (what was
+    // buffered, then the end), and its slot is free: the next request is
+    // served, not shed.
+    while gauge(&client, &gateway.url, "modelfleet_gateway_write_stalls_total").await < 1.0 {
+        assert!(started.elapsed() < Duration::from_mins(1), "the stalled client's connection stayed open");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    read_to_close(&mut stalled, Duration::from_secs(30)).await.expect("the stalled client's connection stayed open");
+    mock.set("m", Behavior::default());
+    let started = std::time::Instant::now();
+    while post(&client, &format!("{}/v1/chat/completions", gateway.url), None, &chat("m", "next")).await.status() != 200
+    {
+        assert!(started.elapsed() < Duration::from_secs(30), "the stalled stream kept its slot");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    gateway.stop().await;
+    mock.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_says_not_ready_first_then_ends_a_stalled_stream_at_the_deadline_and_charges_it() {
+    let mock = MockUpstream::start().await.unwrap();
+    // A stream that would run for minutes.
+    mock.set(
+        "m",
+        Behavior {
+            chunks: 10_000,
+            completion_tokens: 10_000,
+            chunk_interval: Duration::from_millis(20),
+            ..Behavior::default()
+        },
+    );
+    mock.set("quick", Behavior::default());
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(&mock, &dir, &(model("m", 8_192, &[]) + &model("quick", 8_192, &[])));
+    // A grace long enough to be seen on a loaded machine (the test waits
+    // on it anyway).
+    config.server.drain_grace_ms = 5_000;
+    config.server.drain_timeout_ms = 300;
+    let gateway = Running::start(&config).await;
+    let client = reqwest::Client::new();
+    let url = format!("{}/v1/chat/completions", gateway.url);
+    let mut request = chat("m", "go on");
+    request["stream"] = json!(true);
+    let response = post(&client, &url, None, &request).await;
+    assert_eq!(response.status(), 200);
+    let mut stream = response.bytes_stream();
+    assert!(stream.next().await.unwrap().unwrap().starts_with(b"data: "));
+
+    let fleet = Arc::clone(&gateway.fleet);
+    let gateway_url = gateway.url.clone();
+    let stopped = tokio::spawn(gateway.stop());
+    // During the grace: not ready, and still serving (a load balancer moves away).
+    let started = std::time::Instant::now();
+    loop {
+        let ready = client.get(format!("{gateway_url}/health/ready")).send().await.unwrap();
+        if ready.status() == 503 {
+            assert!(ready.text().await.unwrap().contains("shutting down"));
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "readiness never said 503");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let served = post(&client, &url, None, &chat("quick", "still there?")).await;
+    assert_eq!(served.status(), 200, "a request during the grace was refused");
+
+    // The deadline ends the stream with an error event; the gateway exits cleanly.
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(Ok(piece)) = stream.next().await {
+            rest.extend_from_slice(&piece);
+        }
+    });
+    read.await.expect("the stream outlived the drain deadline");
+    let data = events(&String::from_utf8_lossy(&rest));
+    let last: Value = serde_json::from_str(data.last().unwrap()).unwrap_or_else(|e| panic!("{e}: {data:?}"));
+    assert_eq!(last["error"]["code"], "shutting_down", "{data:?}");
+    tokio::time::timeout(Duration::from_secs(30), stopped).await.expect("serve did not return").unwrap();
+    // Charged, and flushed: both requests are in the reopened file.
+    assert_eq!(fleet.monitor().model_stats("m").totals.failures, 0, "the shutdown is not the model's failure");
+    drop(fleet);
+    let store =
+        modelfleet::store::Store::open(dir.path().join("fleet.db"), modelfleet::store::StoreConfig::default()).unwrap();
+    let usage = store.usage().unwrap();
+    let of = |id: &str| usage.iter().find(|u| u.model == id).map(|u| (u.requests, u.cost > Money::ZERO));
+    assert_eq!((of("m"), of("quick")), (Some((1, true)), Some((1, true))), "{usage:?}");
+    mock.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_has_first_event_and_silence_limits_but_no_total_limit() {
+    let mock = MockUpstream::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let models = model("late", 8_192, &["steady"]) + &model("steady", 8_192, &[]) + &model("stalls", 8_192, &[]);
+    let mut config = config(&mock, &dir, &models);
+    config.providers[0].request_timeout_ms = 300;
+    config.providers[0].first_token_timeout_ms = 1_000;
+    config.providers[0].stream_idle_timeout_ms = 1_000;
+    let gateway = Running::start(&config).await;
+    let client = reqwest::Client::new();
+    let url = format!("{}/v1/chat/completions", gateway.url);
+    let stream = |model: &str| {
+        let mut request = chat(model, "go");
+        request["stream"] = json!(true);
+        request
+    };
+
+    // Events every 100 ms for 2 s, far past request_timeout_ms: a long answer that keeps coming is whole.
+    mock.set("steady", Behavior { chunks: 20, chunk_interval: Duration::from_millis(100), ..Behavior::default() });
+    let response = post(&client, &url, None, &stream("steady")).await;
+    let data = events(&response.text().await.unwrap());
+    assert_eq!(data.last().map(String::as_str), Some("[DONE]"), "{data:?}");
+
+    // No first event in time: a timeout of that attempt, which falls back.
+    mock.set("late", Behavior { latency: Duration::from_secs(5), ..Behavior::default() });
+    mock.set("steady", Behavior::default());
+    let response = post(&client, &url, None, &stream("late")).await;
+    assert_eq!(header(&response, "x-modelfleet-model"), "steady");
+    assert_eq!(header(&response, "x-modelfleet-fallback"), "true");
+    assert!(response.text().await.unwrap().ends_with("data: [DONE]\n\n"));
+
+    // Silent too long between events: the stream ends with an error event, the model's failure.
+    mock.set("stalls", Behavior { chunks: 3, chunk_interval: Duration::from_secs(5), ..Behavior::default() });
+    let response = post(&client, &url, None, &stream("stalls")).await;
+    let data = events(&response.text().await.unwrap());
+    let last: Value = serde_json::from_str(data.last().unwrap()).unwrap_or_else(|e| panic!("{e}: {data:?}"));
+    assert_eq!(last["error"]["code"], "stream_interrupted", "{data:?}");
+    assert!(last["error"]["message"].as_str().unwrap().contains("stream_idle_timeout_ms"), "{last}");
+    assert_eq!(gateway.fleet.monitor().model_stats("stalls").totals.failures, 1);
+
+    // A provider that refuses stream_options gets none unless its client sent them.
+    gateway.stop().await;
+    let mut config = config.clone();
+    config.providers[0].include_usage = false;
+    let gateway = Running::start(&config).await;
+    let response = post(&client, &format!("{}/v1/chat/completions", gateway.url), None, &stream("steady")).await;
+    assert!(response.text().await.unwrap().ends_with("data: [DONE]\n\n"));
+    assert_eq!(mock.last_request("steady").unwrap().get("stream_options"), None);
+    gateway.stop().await;
+    mock.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cache_keeps_real_answers_only_obeys_no_cache_and_forgets_a_changed_model() {
+    let mock = MockUpstream::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let body = model("m", 8_192, &[])
+        + "\n[cache]\nenabled = true\nttl_secs = 60\n\n[[providers]]\nname = \"sim\"\nkind = \"simulated\"\n\
+           \n[[models]]\nid = \"s\"\nprovider = \"sim\"\ncontext_window = 8192\nquality = 0.5\n";
+    let gateway = Running::start(&config(&mock, &dir, &body)).await;
+    let client = reqwest::Client::new();
+    let url = format!("{}/v1/chat/completions", gateway.url);
+    let cached = |response: &reqwest::Response| header(response, "x-modelfleet-cache").to_owned();
+    let request = chat("m", "cache me, or not");
+
+    // `cache-control: no-cache`: neither read nor filled.
+    let response = client.post(&url).header("cache-control", "no-cache").json(&request).send().await.unwrap();
+    assert_eq!((response.status().as_u16(), cached(&response)), (200, String::new()));
+    gateway.fleet.store().flush_async().await.unwrap();
+    assert_eq!(cached(&post(&client, &url, None, &request).await), "miss", "the no-cache answer was kept");
+    gateway.fleet.store().flush_async().await.unwrap();
+    assert_eq!(cached(&post(&client, &url, None, &request).await), "hit");
+    // `modelfleet.cache = false`: bypassed, though an entry is there.
+    let mut opted_out = request.clone();
+    opted_out["modelfleet"] = json!({"cache": false});
+    let hits = mock.hits("m");
+    let response = post(&client, &url, None, &opted_out).await;
+    assert_eq!((response.status().as_u16(), cached(&response)), (200, String::new()));
+    assert_eq!(mock.hits("m"), hits + 1, "modelfleet.cache = false was served from the cache");
+
+    // A changed spec: the model's answers are forgotten.
+    let admin = format!("{}/v1/admin/models/m", gateway.url);
+    let mut spec: Value = client.get(&admin).send().await.unwrap().json().await.unwrap();
+    spec["quality"] = json!(0.9);
+    assert_eq!(client.put(&admin).json(&spec).send().await.unwrap().status(), 200);
+    gateway.fleet.store().flush_async().await.unwrap();
+    assert_eq!(cached(&post(&client, &url, None, &request).await), "miss", "a changed model's answer was served");
+
+    // An answer made while its model's spec changes is not kept either.
+    mock.set("m", Behavior { latency: Duration::from_millis(500), ..Behavior::default() });
+    let racing = chat("m", "answered across a change");
+    let hits = mock.hits("m");
+    let call = tokio::spawn({
+        let (client, url, racing) = (client.clone(), url.clone(), racing.clone());
+        async move { client.post(&url).json(&racing).send().await.unwrap() }
+    });
+    until_hits(&mock, hits + 1).await;
+    spec["quality"] = json!(0.8);
+    assert_eq!(client.put(&admin).json(&spec).send().await.unwrap().status(), 200);
+    assert_eq!(cached(&call.await.unwrap()), "miss");
+    gateway.fleet.store().flush_async().await.unwrap();
+    mock.set("m", Behavior::default());
+    assert_eq!(cached(&post(&client, &url, None, &racing).await), "miss", "an answer from before the change was kept");
+
+    // A simulated answer is a stand-in: never kept.
+    let simulated = chat("s", "simulate me");
+    assert_eq!(cached(&post(&client, &url, None, &simulated).await), "miss");
+    gateway.fleet.store().flush_async().await.unwrap();
+    assert_eq!(cached(&post(&client, &url, None, &simulated).await), "miss", "a simulated answer was cached");
+    gateway.stop().await;
     mock.shutdown().await;
 }

@@ -2,5 +2,6 @@
 
 mod full_stack;
 mod gateway;
+mod memory;
 mod resilience;
 mod startup_retry;

@@ -79,6 +79,7 @@ fn config(mock: &MockUpstream, dir: &tempfile::TempDir, body: &str, limits: &Lim
     let mut config = report.config.unwrap_or_else(|| panic!("test config invalid: {problems}\n{text}"));
     // Port 0 (a free port) is what `modelfleet serve --listen` allows; the file needs a real one.
     config.server.listen = "127.0.0.1:0".parse().unwrap();
+    config.server.drain_grace_ms = 0;
     config
 }
 

@@ -435,6 +435,11 @@ fn db_check(db: Option<PathBuf>, json: bool, repair: bool) -> anyhow::Result<Res
             quarantine_if(repair, &path)?;
             Ok(Err(CheckFailed))
         }
+        Err(err @ modelfleet::store::Error::Foreign { .. }) => {
+            // Somebody else's database: reported, never moved aside, `--repair` or not.
+            eprintln!("{err}");
+            Ok(Err(CheckFailed))
+        }
         Err(err) => Err(err.into()),
     }
 }

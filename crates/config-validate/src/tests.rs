@@ -754,3 +754,189 @@ fn hardening_settings_have_defaults_and_bounds() {
         assert!(errors.iter().any(|e| e.starts_with(&format!("{key}: "))), "{text}: {errors:?}");
     }
 }
+
+// --- Arbitrary files through the file entry point ---------------------------
+
+/// A file holding `bytes`, validated as `modelfleet config check` does
+/// (`validate_file`), with the example's environment.
+fn check_bytes(bytes: &[u8]) -> (Report, std::path::PathBuf) {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let path = dir.path().join("modelfleet.toml");
+    std::fs::write(&path, bytes).expect("the file is written");
+    let env = example_env();
+    let lookup = |name: &str| env.get(name).cloned();
+    let options = Options {
+        env: &lookup,
+        check_files: false,
+        check_ports: false,
+        check_tools: false,
+        base_dir: dir.path().to_owned(),
+    };
+    (validate_file(&path, &options), path)
+}
+
+/// What every report of arbitrary bytes holds: a configuration only
+/// without errors, and every error saying where — a dotted path or a line
+/// in the file (a line and column that exist), or for a file that is not
+/// UTF-8, the file and the offset of the first bad byte.
+fn check_placed(bytes: &[u8], report: &Report, file: &std::path::Path) -> Result<(), TestCaseError> {
+    prop_assert_eq!(report.is_valid(), report.config.is_some(), "{}", report);
+    let text = match std::str::from_utf8(bytes) {
+        Ok(text) => text,
+        Err(e) => {
+            prop_assert_eq!(report.errors.len(), 1, "{}", report);
+            let message = &report.errors[0].message;
+            prop_assert!(message.contains(&file.display().to_string()), "{}", message);
+            prop_assert!(message.contains(&format!("offset {}", e.valid_up_to())), "{}", message);
+            return Ok(());
+        }
+    };
+    let lines = text.split('\n').count();
+    for e in &report.errors {
+        prop_assert!(!e.message.trim().is_empty(), "{:?}", e);
+        prop_assert!(!e.path.is_empty() || e.line.is_some(), "says neither path nor line: {:?}\n{}", e, text);
+        if let Some(line) = e.line {
+            prop_assert!((1..=lines).contains(&line), "line {} of {}: {}", line, lines, e);
+            prop_assert!(e.column.is_some_and(|c| c >= 1), "{}", e);
+        }
+    }
+    Ok(())
+}
+
+/// One change to a file's bytes.
+#[derive(Debug, Clone)]
+enum Mutation {
+    /// Bits of one byte flipped (`mask` is not 0).
+    Flip(prop::sample::Index, u8),
+    /// The same in a line that is neither blank nor a comment: a table
+    /// header, a key or a value.
+    FlipInSetting(prop::sample::Index, prop::sample::Index, u8),
+    /// Bytes inserted.
+    Insert(prop::sample::Index, Vec<u8>),
+    /// Up to this many bytes removed.
+    Delete(prop::sample::Index, usize),
+    /// Cut short.
+    Truncate(prop::sample::Index),
+    /// A whole line repeated (a duplicate key, table or entry).
+    DuplicateLine(prop::sample::Index),
+    /// A whole line removed (a required key, a table header).
+    DropLine(prop::sample::Index),
+}
+
+fn arb_mutation() -> impl Strategy<Value = Mutation> {
+    use prop::sample::Index;
+    let insert = prop_oneof![
+        proptest::collection::vec(any::<u8>(), 1..8),
+        prop::sample::select(vec!["\"", "'", "[", "]", "=", "\n", "#", "\\", "é", "-1", "\"\"\"", "[["])
+            .prop_map(|s| s.as_bytes().to_vec()),
+    ];
+    prop_oneof![
+        1 => (any::<Index>(), 1..=u8::MAX).prop_map(|(at, mask)| Mutation::Flip(at, mask)),
+        // ASCII stays ASCII: the file stays text, the TOML parser sees it.
+        2 => (any::<Index>(), 1..=0x7f_u8).prop_map(|(at, mask)| Mutation::Flip(at, mask)),
+        4 => (any::<Index>(), any::<Index>(), 1..=0x7f_u8)
+            .prop_map(|(line, at, mask)| Mutation::FlipInSetting(line, at, mask)),
+        2 => (any::<Index>(), insert).prop_map(|(at, bytes)| Mutation::Insert(at, bytes)),
+        2 => (any::<Index>(), 1..64_usize).prop_map(|(at, n)| Mutation::Delete(at, n)),
+        1 => any::<Index>().prop_map(Mutation::Truncate),
+        2 => any::<Index>().prop_map(Mutation::DuplicateLine),
+        2 => any::<Index>().prop_map(Mutation::DropLine),
+    ]
+}
+
+/// Where the line holding byte `at` starts and ends (its newline included).
+fn line_around(bytes: &[u8], at: usize) -> std::ops::Range<usize> {
+    let start = bytes[..at].iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+    let end = bytes[at..].iter().position(|b| *b == b'\n').map_or(bytes.len(), |i| at + i + 1);
+    start..end
+}
+
+fn mutate(bytes: &mut Vec<u8>, mutation: &Mutation) {
+    if bytes.is_empty() {
+        return;
+    }
+    match mutation {
+        Mutation::Flip(at, mask) => {
+            let at = at.index(bytes.len());
+            bytes[at] ^= mask;
+        }
+        Mutation::FlipInSetting(line, at, mask) => {
+            let settings: Vec<std::ops::Range<usize>> = bytes
+                .split_inclusive(|b| *b == b'\n')
+                .scan(0, |start, line| {
+                    let range = *start..*start + line.len();
+                    *start = range.end;
+                    Some(range)
+                })
+                .filter(|range| {
+                    let text = String::from_utf8_lossy(&bytes[range.clone()]);
+                    let text = text.trim();
+                    !text.is_empty() && !text.starts_with('#')
+                })
+                .collect();
+            if settings.is_empty() {
+                return;
+            }
+            let line = &settings[line.index(settings.len())];
+            let at = line.start + at.index(line.len());
+            bytes[at] ^= mask;
+        }
+        Mutation::Insert(at, inserted) => {
+            let at = at.index(bytes.len() + 1);
+            bytes.splice(at..at, inserted.iter().copied());
+        }
+        Mutation::Delete(at, n) => {
+            let at = at.index(bytes.len());
+            bytes.drain(at..(at + n).min(bytes.len()));
+        }
+        Mutation::Truncate(at) => bytes.truncate(at.index(bytes.len())),
+        Mutation::DuplicateLine(at) => {
+            let line = line_around(bytes, at.index(bytes.len()));
+            let copy = bytes[line.clone()].to_vec();
+            bytes.splice(line.end..line.end, copy);
+        }
+        Mutation::DropLine(at) => {
+            let line = line_around(bytes, at.index(bytes.len()));
+            bytes.drain(line);
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    #[test]
+    fn arbitrary_bytes_in_a_file_are_refused_with_a_place(
+        bytes in prop_oneof![
+            proptest::collection::vec(any::<u8>(), 0..512),
+            // TOML-shaped text with a byte that is not UTF-8 somewhere in it.
+            ("[a-z_\\[\\]=\" \n0-9.]{0,64}", any::<prop::sample::Index>(), 0x80..=u8::MAX).prop_map(
+                |(text, at, bad)| {
+                    let mut bytes = text.into_bytes();
+                    bytes.insert(at.index(bytes.len() + 1), bad);
+                    bytes
+                }
+            ),
+        ],
+    ) {
+        let (report, file) = check_bytes(&bytes);
+        check_placed(&bytes, &report, &file)?;
+    }
+
+    #[test]
+    fn the_example_file_mutated_is_valid_or_refused_with_a_place(
+        mutations in proptest::collection::vec(arb_mutation(), 1..4),
+    ) {
+        let mut bytes = EXAMPLE.as_bytes().to_vec();
+        for mutation in &mutations {
+            mutate(&mut bytes, mutation);
+        }
+        let (report, file) = check_bytes(&bytes);
+        check_placed(&bytes, &report, &file)?;
+        // The file entry point reads the text as the text entry point does.
+        if let Ok(text) = std::str::from_utf8(&bytes) {
+            let direct = check_text(text, &example_env());
+            prop_assert_eq!(&report.errors, &direct.errors);
+        }
+    }
+}

@@ -671,23 +671,7 @@ fn server(v: &mut V<'_>, root: &Table<'_>, options: &Options<'_>) -> ServerSetti
     settings.max_body_bytes = get_u64(v, t, "server", "max_body_bytes", 1_024..=(1 << 30), settings.max_body_bytes);
     settings.max_in_flight = get_u32(v, t, "server", "max_in_flight", 1..=1_000_000, settings.max_in_flight);
     settings.allow_unauthenticated_remote = get_bool(v, t, "server", "allow_unauthenticated_remote").unwrap_or(false);
-    let ms = |v: &mut V<'_>, key: &str, range: RangeInclusive<i64>, default: u64| {
-        get_u64(v, t, "server", key, range, default)
-    };
-    settings.header_read_timeout_ms = ms(v, "header_read_timeout_ms", 100..=600_000, settings.header_read_timeout_ms);
-    settings.body_read_timeout_ms = ms(v, "body_read_timeout_ms", 100..=3_600_000, settings.body_read_timeout_ms);
-    settings.idle_timeout_ms = ms(v, "idle_timeout_ms", 100..=3_600_000, settings.idle_timeout_ms);
-    settings.request_timeout_ms = ms(v, "request_timeout_ms", 100..=3_600_000, settings.request_timeout_ms);
-    settings.stream_send_timeout_ms = ms(v, "stream_send_timeout_ms", 100..=600_000, settings.stream_send_timeout_ms);
-    settings.drain_grace_ms = ms(v, "drain_grace_ms", 0..=600_000, settings.drain_grace_ms);
-    settings.drain_timeout_ms = ms(v, "drain_timeout_ms", 0..=3_600_000, settings.drain_timeout_ms);
-    settings.max_connections = get_u32(v, t, "server", "max_connections", 1..=1_000_000, settings.max_connections);
-    settings.memory_high_percent =
-        u8::try_from(get_u64(v, t, "server", "memory_high_percent", 1..=100, 90)).unwrap_or(90);
-    if find(t, "memory_limit_bytes").is_some() {
-        settings.memory_limit_bytes =
-            Some(get_u64(v, t, "server", "memory_limit_bytes", (1 << 20)..=(1 << 50), 1 << 30));
-    }
+    server_limits(v, t, &mut settings);
     settings.auth_lockout = get_enum(
         v,
         t,
@@ -706,6 +690,27 @@ fn server(v: &mut V<'_>, root: &Table<'_>, options: &Options<'_>) -> ServerSetti
         );
     }
     settings
+}
+
+/// `[server]`'s timeouts and limits.
+fn server_limits(v: &mut V<'_>, t: &Table<'_>, settings: &mut ServerSettings) {
+    let ms = |v: &mut V<'_>, key: &str, range: RangeInclusive<i64>, default: u64| {
+        get_u64(v, t, "server", key, range, default)
+    };
+    settings.header_read_timeout_ms = ms(v, "header_read_timeout_ms", 100..=600_000, settings.header_read_timeout_ms);
+    settings.body_read_timeout_ms = ms(v, "body_read_timeout_ms", 100..=3_600_000, settings.body_read_timeout_ms);
+    settings.idle_timeout_ms = ms(v, "idle_timeout_ms", 100..=3_600_000, settings.idle_timeout_ms);
+    settings.request_timeout_ms = ms(v, "request_timeout_ms", 100..=3_600_000, settings.request_timeout_ms);
+    settings.stream_send_timeout_ms = ms(v, "stream_send_timeout_ms", 100..=600_000, settings.stream_send_timeout_ms);
+    settings.drain_grace_ms = ms(v, "drain_grace_ms", 0..=600_000, settings.drain_grace_ms);
+    settings.drain_timeout_ms = ms(v, "drain_timeout_ms", 0..=3_600_000, settings.drain_timeout_ms);
+    settings.max_connections = get_u32(v, t, "server", "max_connections", 1..=1_000_000, settings.max_connections);
+    settings.memory_high_percent =
+        u8::try_from(get_u64(v, t, "server", "memory_high_percent", 1..=100, 90)).unwrap_or(90);
+    if find(t, "memory_limit_bytes").is_some() {
+        settings.memory_limit_bytes =
+            Some(get_u64(v, t, "server", "memory_limit_bytes", (1 << 20)..=(1 << 50), 1 << 30));
+    }
 }
 
 fn store(v: &mut V<'_>, root: &Table<'_>, options: &Options<'_>) -> StoreSettings {

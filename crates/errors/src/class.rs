@@ -248,13 +248,35 @@ pub struct Failure {
     message: String,
     #[serde(default)]
     billed: bool,
+    /// The upstream's own `code` and `param`, when its error body had them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    upstream: Option<Box<UpstreamFields>>,
+}
+
+/// What an upstream's error object said besides its message: its `code`
+/// (`[A-Za-z0-9_.-]`, at most 64 characters, else left out) and `param`
+/// (sanitized, at most 128 characters). A gateway relays them to the client
+/// with an error the client must act on (a bad request).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpstreamFields {
+    /// `error.code`.
+    pub code: Option<String>,
+    /// `error.param`.
+    pub param: Option<String>,
 }
 
 impl Failure {
     /// A failure of `class` with `message` (sanitized here).
     #[must_use]
     pub fn new(class: ErrorClass, message: &str) -> Failure {
-        Failure { class, status: None, retry_after: None, message: sanitize(message).into_owned(), billed: false }
+        Failure {
+            class,
+            status: None,
+            retry_after: None,
+            message: sanitize(message).into_owned(),
+            billed: false,
+            upstream: None,
+        }
     }
 
     /// The same failure, noting that the provider may bill the attempt
@@ -297,6 +319,12 @@ impl Failure {
     #[must_use]
     pub fn message(&self) -> &str {
         &self.message
+    }
+
+    /// The upstream's `code` and `param`, when its error body gave them.
+    #[must_use]
+    pub fn upstream(&self) -> Option<&UpstreamFields> {
+        self.upstream.as_deref()
     }
 }
 
@@ -347,6 +375,20 @@ pub fn classify_response(status: u16, body: &str, retry_after: Option<&str>) -> 
         None => (body.trim(), ErrorClass::from_status(status)),
     };
     let mut failure = Failure::new(class, message).with_status(status);
+    if let Some(err) = &parsed {
+        let code = (!err.code.is_empty()
+            && err.code.len() <= 64
+            && err.code.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-')))
+        .then(|| err.code.to_string());
+        let param = err
+            .param
+            .as_deref()
+            .filter(|p| !p.is_empty() && p.chars().count() <= 128)
+            .map(|p| sanitize(p).into_owned());
+        if code.is_some() || param.is_some() {
+            failure.upstream = Some(Box::new(UpstreamFields { code, param }));
+        }
+    }
     if let Some(delay) = retry_after.and_then(parse_retry_after) {
         failure = failure.with_retry_after(delay);
     }
@@ -369,6 +411,7 @@ struct ErrorBody<'a> {
     message: Cow<'a, str>,
     kind: Cow<'a, str>,
     code: Cow<'a, str>,
+    param: Option<Cow<'a, str>>,
 }
 
 /// `{"error": {"message": …, "type": …, "code": …}}`, borrowed where the
@@ -387,6 +430,17 @@ struct ErrorObject<'a> {
     kind: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
     code: Option<Code<'a>>,
+    #[serde(borrow, default)]
+    param: Option<Param<'a>>,
+}
+
+/// `param` is a string (the field at fault); anything else is ignored
+/// rather than failing the whole error object.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Param<'a> {
+    Text(#[serde(borrow)] Cow<'a, str>),
+    Other(serde::de::IgnoredAny),
 }
 
 /// OpenAI sends string codes; some compatible servers send numbers.
@@ -411,14 +465,19 @@ fn parse_error_body(body: &str) -> Option<ErrorBody<'_>> {
             Some(Code::Number(n)) => Cow::Owned(n.to_string()),
             None => Cow::Borrowed(""),
         };
+        let param = match error.param {
+            Some(Param::Text(text)) => Some(text),
+            Some(Param::Other(_)) | None => None,
+        };
         return Some(ErrorBody {
             message: error.message.unwrap_or_default(),
             kind: error.kind.unwrap_or_default(),
             code,
+            param,
         });
     }
     let TextEnvelope { error } = serde_json::from_str(body).ok()?;
-    Some(ErrorBody { message: error, kind: Cow::Borrowed(""), code: Cow::Borrowed("") })
+    Some(ErrorBody { message: error, kind: Cow::Borrowed(""), code: Cow::Borrowed(""), param: None })
 }
 
 fn refine(by_status: ErrorClass, body: &ErrorBody<'_>) -> ErrorClass {

@@ -47,7 +47,9 @@ mod sanitize;
 #[cfg(feature = "tokio")]
 pub use crate::retry::TokioTimer;
 pub use crate::{
-    class::{Classify, CooldownHint, ErrorClass, Failure, UnknownClass, classify_response, parse_retry_after},
+    class::{
+        Classify, CooldownHint, ErrorClass, Failure, UnknownClass, UpstreamFields, classify_response, parse_retry_after,
+    },
     degrade::{DegradationConfig, DegradationState, DegradationTracker, Transition},
     retry::{
         AttemptCtx, AttemptRecord, GiveUp, Jitter, ManualTimer, Retried, RetryConfig, RetryError, RetryPolicy, Timer,

@@ -32,10 +32,11 @@ use serde_json::{Value, json};
 use crate::{
     guard::{self, Guard},
     lockout::{self, Lockout},
+    memguard::{self, MemoryGuard},
     shed::{self, Shed},
 };
 use tokio::sync::mpsc;
-use tokio_util::task::TaskTracker;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::{
@@ -59,7 +60,7 @@ pub(crate) struct AppState {
     pub(crate) streams: TaskTracker,
     /// Non-streamed calls, each in a task of its own: a client that leaves
     /// does not cancel a call the provider will bill anyway (it runs to its
-    /// end within the request's timeout, and its usage is charged).
+    /// end, bounded by the provider's timeouts, and its usage is charged).
     pub(crate) calls: TaskTracker,
     pub(crate) stream_failures: AtomicU64,
     pub(crate) client_disconnects: AtomicU64,
@@ -69,6 +70,20 @@ pub(crate) struct AppState {
     pub(crate) lockout: Arc<Lockout>,
     /// `[server] max_in_flight`: requests served at once.
     pub(crate) shed: Arc<Shed>,
+    /// `[server] memory_high_percent`: new work refused near the memory limit.
+    pub(crate) memory: Arc<MemoryGuard>,
+    /// Cancelled when the drain deadline passes: streams end with an error
+    /// event, calls are cancelled, both charged.
+    pub(crate) deadline: CancellationToken,
+    /// `[server] body_read_timeout_ms`.
+    pub(crate) body_read_timeout: Duration,
+    /// `[server] request_timeout_ms`: the whole of a non-streamed request.
+    pub(crate) request_timeout: Duration,
+    /// `[server] stream_send_timeout_ms`: a client must take each event
+    /// within this.
+    pub(crate) stream_send_timeout: Duration,
+    /// Connections open, refused, timed out (`serve.rs`).
+    pub(crate) connections: Arc<crate::serve::Counters>,
 }
 
 type App = Arc<AppState>;
@@ -123,7 +138,11 @@ pub(crate) fn router(app: App, max_body_bytes: usize) -> Router {
         .route("/v1/admin/report", get(admin_report).fallback(only("GET, HEAD")))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(axum::middleware::from_fn_with_state(Arc::clone(&app), whole_request))
         .layer(axum::middleware::from_fn_with_state(Arc::clone(&app.shed), shed::check))
+        // Refused under memory pressure before taking a slot; after the
+        // guard and the lockout, which say nothing to whom they refuse.
+        .layer(axum::middleware::from_fn_with_state(Arc::clone(&app.memory), memguard::check))
         .layer(axum::middleware::from_fn_with_state(Arc::clone(&app.lockout), lockout::check))
         .layer(axum::middleware::from_fn_with_state(guard, guard::check));
     let router = match cors {
@@ -176,9 +195,44 @@ fn too_large(max: usize) -> ApiError {
     )
 }
 
-/// Reads the body under the limit (axum answers 413 past it).
-async fn read_body(body: Body, max: usize) -> Result<Bytes, ApiError> {
-    axum::body::to_bytes(body, max).await.map_err(|_| too_large(max))
+/// Reads the body under the size limit (413 past it) and the time limit
+/// (408 past `server.body_read_timeout_ms`: a client that trickles its
+/// body does not hold a slot for free).
+async fn read_body(app: &AppState, body: Body) -> Result<Bytes, ApiError> {
+    let max = app.max_body;
+    match tokio::time::timeout(app.body_read_timeout, axum::body::to_bytes(body, max)).await {
+        Ok(read) => read.map_err(|_| too_large(max)),
+        Err(_) => Err(ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "invalid_request_error",
+            "request_timeout",
+            format!(
+                "the request body did not arrive within {} ms (server.body_read_timeout_ms)",
+                app.body_read_timeout.as_millis()
+            ),
+        )),
+    }
+}
+
+/// The whole-request limit of `server.request_timeout_ms`: 504 past it.
+/// A stream is bounded by it until its first byte, then per event
+/// (`stream_send_timeout_ms`, and the provider's stream timeouts).
+pub(crate) async fn whole_request(
+    State(app): State<App>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let limit = app.request_timeout;
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "server_error",
+            "request_timeout",
+            format!("the request was not answered within {} ms (server.request_timeout_ms)", limit.as_millis()),
+        )
+        .into_response(),
+    }
 }
 
 impl AppState {
@@ -227,7 +281,7 @@ fn fleet_error(err: FleetError) -> ApiError {
             "model_not_found",
             format!("model {name:?} is neither a catalog model, a route nor \"auto\" (GET /v1/models lists them)"),
         ),
-        FleetError::NotServed { message, attempts, class, retry_after, cost, budget_remaining } => {
+        FleetError::NotServed { message, attempts, class, retry_after, cost, budget_remaining, upstream } => {
             let (status, kind, code) = match class {
                 None => (StatusCode::SERVICE_UNAVAILABLE, "server_error", "no_model_available"),
                 Some(ErrorClass::BadRequest) => (StatusCode::BAD_REQUEST, "invalid_request_error", "invalid_request"),
@@ -243,6 +297,11 @@ fn fleet_error(err: FleetError) -> ApiError {
                 Some(_) => (StatusCode::BAD_GATEWAY, "server_error", "upstream_error"),
             };
             let mut error = ApiError::new(status, kind, code, message);
+            if status == StatusCode::BAD_REQUEST {
+                // The client must change its request: the upstream's own
+                // `code` and `param` say how.
+                error = error.with_upstream(upstream);
+            }
             error.headers.attempts = Some(attempts.len());
             error.headers.cost = Some(cost);
             error.headers.budget_remaining = budget_remaining;
@@ -303,8 +362,7 @@ async fn chat(State(app): State<App>, headers: HeaderMap, body: Body) -> Respons
 
 async fn chat_inner(app: &App, headers: &HeaderMap, body: Body) -> Result<Response, ApiError> {
     let caller = app.auth.check(headers, Need::Client)?;
-    let max = app.max_body();
-    let bytes = read_body(body, max).await?;
+    let bytes = read_body(app, body).await?;
     let mut chat = parse_chat(&bytes)?;
     let request = app.fleet_request(&chat, &caller)?;
     if request.route.is_some() && chat.requirements.max_output_tokens == 0 {
@@ -316,7 +374,12 @@ async fn chat_inner(app: &App, headers: &HeaderMap, body: Body) -> Result<Respon
     if chat.stream {
         return stream_chat(app, chat, &request).await;
     }
-    let cache = app.cache_ttl.map(|ttl| (ttl, cache_key(&chat, &caller)));
+    // The cache serves and keeps only what a client did not opt out of:
+    // `cache-control: no-cache` (or `no-store`) or `modelfleet.cache = false`.
+    let opted_out = headers.get(header::CACHE_CONTROL).and_then(|v| v.to_str().ok()).is_some_and(|v| {
+        v.split(',').any(|d| matches!(d.trim().to_ascii_lowercase().as_str(), "no-cache" | "no-store"))
+    });
+    let cache = app.cache_ttl.filter(|_| chat.use_cache && !opted_out).map(|ttl| (ttl, cache_key(&chat, &caller)));
     if let Some((_, key)) = cache {
         let fleet = Arc::clone(&app.fleet);
         // A SQLite read: on the blocking pool, never on a worker.
@@ -341,9 +404,14 @@ async fn chat_inner(app: &App, headers: &HeaderMap, body: Body) -> Result<Respon
             }
         }
     }
+    // The catalog as the call starts: an answer of a model whose spec
+    // changes meanwhile is not cached (the change dropped its entries; this
+    // answer was made under the old spec).
+    let catalog_before = cache.is_some().then(|| app.fleet.catalog().snapshot());
     // The call runs in a task of its own: if the client leaves, hyper drops
-    // this handler, but the call (which the provider bills) runs to its end
-    // within the request's timeout and is charged what the upstream reports.
+    // this handler (or the whole-request limit answers 504), but the call
+    // (which the provider bills) runs to its end, bounded by the provider's
+    // timeouts, and is charged what the upstream reports.
     let call = {
         let app = Arc::clone(app);
         let chat = Arc::new(chat.clone());
@@ -352,18 +420,32 @@ async fn chat_inner(app: &App, headers: &HeaderMap, body: Body) -> Result<Respon
             let upstreams = &app.upstreams;
             let chat = &*chat;
             let fleet = &*app.fleet;
-            app.fleet
-                .call(&request, |model, ctx| async move { upstreams.complete(&model, chat, ctx, fleet).await })
-                .await
+            let call = app
+                .fleet
+                .call(&request, |model, ctx| async move { upstreams.complete(&model, chat, ctx, fleet).await });
+            tokio::select! {
+                served = call => Some(served),
+                // The drain deadline: the call is dropped, and the fleet
+                // charges an abandoned call as it always does.
+                () = app.deadline.cancelled() => None,
+            }
         })
     };
     let served = call
         .await
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "internal", e.to_string()))?
+        .ok_or_else(shutting_down)?
         .map_err(fleet_error)?;
-    if let Some((ttl, key)) = cache
+    // Only a real answer is kept: a simulated provider's is a stand-in.
+    let now = app.fleet.catalog().snapshot();
+    let real = now.get(&served.model).is_some_and(|spec| {
+        !app.upstreams.is_simulated(&spec.provider)
+            && catalog_before.as_ref().is_some_and(|before| before.get(&served.model) == Some(spec))
+    });
+    if let Some((ttl, key)) = cache.filter(|_| real)
         && let Ok(body) = serde_json::from_slice::<Value>(&served.value)
-        && let Err(err) = app.fleet.store().cache_put(key, &json!({"model": served.model, "body": body}), ttl)
+        && let Err(err) =
+            app.fleet.store().cache_put(key, &served.model, &json!({"model": served.model, "body": body}), ttl)
     {
         tracing::warn!(%err, "could not cache a response");
     }
@@ -375,6 +457,16 @@ async fn chat_inner(app: &App, headers: &HeaderMap, body: Body) -> Result<Respon
         response.headers_mut().insert("x-modelfleet-cache", HeaderValue::from_static("miss"));
     }
     Ok(response)
+}
+
+/// The answer to a request the drain deadline cut.
+fn shutting_down() -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "server_error",
+        "shutting_down",
+        "the gateway is shutting down and its drain deadline passed (server.drain_timeout_ms): retry",
+    )
 }
 
 /// The cache key: the request as the model sees it, the route or model
@@ -427,15 +519,16 @@ struct Pump {
     prompt_tokens: u64,
 }
 
-/// How long a stream waits for a client to take an event: one that stops
-/// reading is dropped (and charged) instead of holding its budget and the
-/// upstream socket for as long as it keeps the connection.
-const SEND_TIMEOUT: Duration = Duration::from_secs(15);
-
 impl Pump {
-    /// Sends one event; false when the client is gone or stopped reading.
-    async fn send(tx: &mpsc::Sender<Bytes>, event: Bytes) -> bool {
-        matches!(tokio::time::timeout(SEND_TIMEOUT, tx.send(event)).await, Ok(Ok(())))
+    /// Sends one event; false when the client is gone, stopped reading for
+    /// `stream_send_timeout_ms` (it is dropped, and charged, instead of
+    /// holding its budget and the upstream socket), or the drain deadline
+    /// came.
+    async fn send(&self, tx: &mpsc::Sender<Bytes>, event: Bytes) -> bool {
+        tokio::select! {
+            sent = tokio::time::timeout(self.app.stream_send_timeout, tx.send(event)) => matches!(sent, Ok(Ok(()))),
+            () = self.app.deadline.cancelled() => false,
+        }
     }
 
     async fn run(self, mut events: Events, settlement: modelfleet::Settlement, tx: mpsc::Sender<Bytes>) {
@@ -446,6 +539,7 @@ impl Pump {
             let next = tokio::select! {
                 next = events.next() => next,
                 () = tx.closed() => break StreamEnd::ClientGone,
+                () = self.app.deadline.cancelled() => break StreamEnd::ClientGone,
             };
             let data = match next {
                 Ok(Some(data)) => data,
@@ -458,7 +552,7 @@ impl Pump {
                 Err(failure) => break StreamEnd::Failed(failure),
             };
             if data.trim() == "[DONE]" {
-                if !Self::send(&tx, sse("[DONE]")).await {
+                if !self.send(&tx, sse("[DONE]")).await {
                     break StreamEnd::ClientGone;
                 }
                 break StreamEnd::Completed;
@@ -483,24 +577,25 @@ impl Pump {
                     "the upstream streamed past the output limit the request was held to",
                 ));
             }
-            if forward && !Self::send(&tx, sse(&data)).await {
+            if forward && !self.send(&tx, sse(&data)).await {
                 break StreamEnd::ClientGone;
             }
         };
         // The upstream is closed at once, before the books are settled.
         drop(events);
+        let cut = self.app.deadline.is_cancelled() && end != StreamEnd::Completed;
         if let StreamEnd::Failed(failure) = &end {
             self.app.stream_failures.fetch_add(1, Ordering::Relaxed);
             let message = format!("the upstream failed mid-stream: {failure}");
-            let event = json!({"error": {
-                "message": modelfleet::errors::sanitize(&message),
-                "type": "server_error",
-                "param": null,
-                "code": "stream_interrupted",
-            }});
-            let _ = Self::send(&tx, sse(&event.to_string())).await;
-        }
-        if end == StreamEnd::ClientGone {
+            let _ = self.send(&tx, stream_error(&modelfleet::errors::sanitize(&message), "stream_interrupted")).await;
+        } else if cut {
+            // The drain deadline: not the model's failure (settled as a
+            // stream its client left, charged what was generated), but the
+            // client is told, behind what it has not read yet; one that
+            // stopped reading is not waited on for long.
+            let message = "the gateway is shutting down and its drain deadline passed (server.drain_timeout_ms)";
+            let _ = tokio::time::timeout(LAST_WORD, tx.send(stream_error(message, "shutting_down"))).await;
+        } else if end == StreamEnd::ClientGone {
             self.app.client_disconnects.fetch_add(1, Ordering::Relaxed);
         }
         // The upstream's usage, else the prompt plus the tokens relayed.
@@ -510,8 +605,18 @@ impl Pump {
             cached_tokens: 0,
         });
         let cost = settlement.finish(usage, &end).await;
-        tracing::debug!(?end, %cost, "stream settled");
+        tracing::debug!(?end, %cost, cut, "stream settled");
     }
+}
+
+/// How long a stream ended by the drain deadline waits for its client to
+/// take the error event (the connections are dropped after).
+const LAST_WORD: Duration = Duration::from_secs(1);
+
+/// An SSE `error` event in OpenAI's shape.
+fn stream_error(message: &str, code: &str) -> Bytes {
+    let event = json!({"error": {"message": message, "type": "server_error", "param": null, "code": code}});
+    sse(&event.to_string())
 }
 
 async fn models(State(app): State<App>, headers: HeaderMap) -> Result<Response, ApiError> {
@@ -535,7 +640,7 @@ async fn models(State(app): State<App>, headers: HeaderMap) -> Result<Response, 
 
 async fn explain(State(app): State<App>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
     let caller = app.auth.check(&headers, Need::Client)?;
-    let bytes = read_body(body, app.max_body()).await?;
+    let bytes = read_body(&app, body).await?;
     let mut value: Value = serde_json::from_slice(&bytes)
         .map_err(|e| ApiError::invalid("invalid_json", format!("the request body is not valid JSON: {e}")))?;
     let Some(object) = value.as_object_mut() else {
@@ -564,10 +669,6 @@ fn parse_categories(query: &HashMap<String, String>) -> Result<Vec<MetricsCatego
 }
 
 impl AppState {
-    fn max_body(&self) -> usize {
-        self.max_body
-    }
-
     fn metrics_now(&self) {
         let metrics = self.fleet.metrics();
         let gauges = [
@@ -592,8 +693,33 @@ impl AppState {
                 "Streams whose client went away before the end (the tokens used were still charged).",
                 self.client_disconnects.load(Ordering::Relaxed) as f64,
             ),
+            (
+                "modelfleet_gateway_connections_open",
+                "Client connections open now.",
+                self.connections.open.load(Ordering::Relaxed) as f64,
+            ),
+            (
+                "modelfleet_gateway_connections_refused_total",
+                "Connections closed at once because server.max_connections were open.",
+                self.connections.refused.load(Ordering::Relaxed) as f64,
+            ),
+            (
+                "modelfleet_gateway_header_timeouts_total",
+                "Connections closed because a request head did not arrive within server.header_read_timeout_ms.",
+                self.connections.header_timeouts.load(Ordering::Relaxed) as f64,
+            ),
+            (
+                "modelfleet_gateway_write_stalls_total",
+                "Connections closed because the client took nothing for server.stream_send_timeout_ms.",
+                self.connections.write_stalls.load(Ordering::Relaxed) as f64,
+            ),
+            (
+                "modelfleet_gateway_idle_closed_total",
+                "Keep-alive connections closed after server.idle_timeout_ms without a request.",
+                self.connections.idle_closed.load(Ordering::Relaxed) as f64,
+            ),
         ];
-        for (name, help, value) in gauges {
+        for (name, help, value) in gauges.into_iter().chain(self.memory.gauges()) {
             let _ = metrics.set_gauge(name, help, value);
         }
     }
@@ -682,6 +808,9 @@ async fn ready(State(app): State<App>, headers: HeaderMap) -> Result<Response, A
     let draining = app.draining.load(Ordering::Relaxed);
     let store_ok = health.services.iter().all(|s| s.name != "store" || s.health.status() != HealthStatus::Unhealthy);
     let ready = !draining && store_ok && health.overall != HealthStatus::Unhealthy;
+    // Memory pressure degrades (new work is refused), like a degraded service: still 200.
+    let pressured = app.memory.pressured();
+    let overall = if pressured { health.overall.max(HealthStatus::Degraded) } else { health.overall };
     let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     let reason = if draining {
         Some("shutting down")
@@ -689,12 +818,20 @@ async fn ready(State(app): State<App>, headers: HeaderMap) -> Result<Response, A
         Some("the store cannot write")
     } else if health.overall == HealthStatus::Unhealthy {
         Some("a service is unhealthy")
+    } else if pressured {
+        Some("memory pressure: new completions are refused (503) until memory is below the mark")
     } else {
         None
     };
     Ok(json_response(
         status,
-        &json!({"status": if ready { "ready" } else { "not_ready" }, "reason": reason, "overall": health.overall, "services": health.services}),
+        &json!({
+            "status": if ready { "ready" } else { "not_ready" },
+            "reason": reason,
+            "overall": overall,
+            "memory": app.memory.to_json(),
+            "services": health.services,
+        }),
     ))
 }
 
@@ -744,7 +881,7 @@ fn catalog_error(err: &modelfleet::registry::Error) -> ApiError {
 
 async fn admin_add(State(app): State<App>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
     app.auth.check(&headers, Need::Admin)?;
-    let spec = parse_spec(&app, &read_body(body, app.max_body()).await?)?;
+    let spec = parse_spec(&app, &read_body(&app, body).await?)?;
     let id = spec.id.clone();
     if app.fleet.catalog().get(&id).is_some() {
         return Err(ApiError::new(
@@ -768,7 +905,7 @@ async fn admin_update(
     body: Body,
 ) -> Result<Response, ApiError> {
     app.auth.check(&headers, Need::Admin)?;
-    let spec = parse_spec(&app, &read_body(body, app.max_body()).await?)?;
+    let spec = parse_spec(&app, &read_body(&app, body).await?)?;
     if spec.id != id {
         return Err(ApiError::invalid("invalid_model", format!("id: the body names {:?}, the path {id:?}", spec.id)));
     }
@@ -866,7 +1003,7 @@ async fn admin_budget(
 
 async fn admin_budget_add(State(app): State<App>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
     let caller = app.auth.check(&headers, Need::Admin)?;
-    let bytes = read_body(body, app.max_body()).await?;
+    let bytes = read_body(&app, body).await?;
     let spec: BudgetSpec = serde_json::from_slice(&bytes)
         .map_err(|e| ApiError::invalid("invalid_budget", format!("the body is not a budget: {e}")))?;
     let (scope, period) = (spec.scope.clone(), spec.period);
@@ -889,7 +1026,7 @@ async fn admin_budget_set(
 ) -> Result<Response, ApiError> {
     let caller = app.auth.check(&headers, Need::Admin)?;
     let (scope, period) = budget_path(&scope, &period)?;
-    let bytes = read_body(body, app.max_body()).await?;
+    let bytes = read_body(&app, body).await?;
     let change: LimitChange = serde_json::from_slice(&bytes).map_err(|e| {
         ApiError::invalid("invalid_budget", format!("the body must be {{\"limit\": \"DOLLARS\"}}: {e}"))
     })?;

@@ -40,9 +40,28 @@
 //! `application/json` (415). Beyond `[server] max_in_flight` requests the
 //! gateway sheds load with 503 (`shed.rs`).
 //!
-//! **Shutdown**: the future given to [`Gateway::serve`] ends it: the
-//! listener stops accepting, in-flight requests and streams finish, the
-//! store is flushed, and `serve` returns.
+//! **Connections** (`serve.rs`, hyper with a timer under the router): a
+//! request head must arrive within `header_read_timeout_ms`, a keep-alive
+//! connection idle for `idle_timeout_ms` is closed, at most
+//! `max_connections` are open. A body must arrive within
+//! `body_read_timeout_ms` (408), a non-streamed request is answered within
+//! `request_timeout_ms` (504), a stream's client must take each event
+//! within `stream_send_timeout_ms` (else it is dropped and charged).
+//!
+//! **Memory** (`memguard.rs`): every 500 ms the gateway compares its memory
+//! with `[server] memory_limit_bytes` (its resident memory), else its
+//! cgroup's limit, else physical memory. At `memory_high_percent` (90) of
+//! it, the response cache's memory is dropped, new completions get 503
+//! `memory_pressure` with `Retry-After: 5`, and `/health/ready` says
+//! `degraded` (still 200) — health, metrics, `GET /v1/models` and the
+//! admin API are still served — until usage is five points below the mark.
+//!
+//! **Shutdown**: the future given to [`Gateway::serve`] ends it:
+//! `/health/ready` answers 503 for `drain_grace_ms` while requests are
+//! still served, then the listener closes and in-flight requests and
+//! streams get `drain_timeout_ms`; streams still open then end with an
+//! error event and are charged, calls still running are cancelled and
+//! charged; the store is flushed, and `serve` returns.
 //!
 //! ```no_run
 //! use modelfleet_gateway::Gateway;
@@ -63,8 +82,12 @@
 
 mod app;
 mod auth;
+#[cfg(test)]
+mod fuzz_tests;
 mod guard;
 mod lockout;
+mod memguard;
+mod serve;
 mod shed;
 mod upstream;
 mod wire;
@@ -79,10 +102,9 @@ use std::{
     time::Duration,
 };
 
-use axum::serve::ListenerExt;
 use modelfleet::{Fleet, FleetOptions, config::Config};
 use tokio::net::TcpListener;
-use tokio_util::task::TaskTracker;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{app::AppState, auth::Auth, upstream::Upstreams};
 
@@ -114,6 +136,13 @@ pub struct Gateway {
     app: Arc<AppState>,
     listener: TcpListener,
     metrics_listener: Option<TcpListener>,
+    limits: serve::Limits,
+    /// `[server] max_connections`, both ports together.
+    max_connections: u32,
+    /// `[server] drain_grace_ms`: readiness says 503 while still serving.
+    drain_grace: Duration,
+    /// `[server] drain_timeout_ms`: what is in flight may take this long.
+    drain_timeout: Duration,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -138,14 +167,6 @@ fn effective_listen(config: &Config) -> SocketAddr {
         return SocketAddr::new(loopback, listen.port());
     }
     listen
-}
-
-/// Sends small writes (SSE events, short answers) at once instead of
-/// waiting for Nagle's algorithm to fill a segment.
-fn nodelay(stream: &mut tokio::net::TcpStream) {
-    if let Err(err) = stream.set_nodelay(true) {
-        tracing::debug!(%err, "could not set TCP_NODELAY");
-    }
 }
 
 /// The file beside database `db` that says, while a gateway serves it,
@@ -193,8 +214,30 @@ impl Gateway {
             }),
             lockout: Arc::new(lockout::Lockout::new(config.server.auth_lockout)),
             shed: Arc::new(shed::Shed::new(config.server.max_in_flight)),
+            memory: Arc::new(memguard::MemoryGuard::new(
+                config.server.memory_high_percent,
+                config.server.memory_limit_bytes,
+            )),
+            deadline: CancellationToken::new(),
+            body_read_timeout: Duration::from_millis(config.server.body_read_timeout_ms),
+            request_timeout: Duration::from_millis(config.server.request_timeout_ms),
+            stream_send_timeout: Duration::from_millis(config.server.stream_send_timeout_ms),
+            connections: Arc::new(serve::Counters::default()),
         });
-        Ok(Gateway { app, listener, metrics_listener })
+        let limits = serve::Limits {
+            header_read: Duration::from_millis(config.server.header_read_timeout_ms),
+            idle: Duration::from_millis(config.server.idle_timeout_ms),
+            write_stall: Duration::from_millis(config.server.stream_send_timeout_ms),
+        };
+        Ok(Gateway {
+            app,
+            listener,
+            metrics_listener,
+            limits,
+            max_connections: config.server.max_connections,
+            drain_grace: Duration::from_millis(config.server.drain_grace_ms),
+            drain_timeout: Duration::from_millis(config.server.drain_timeout_ms),
+        })
     }
 
     /// The address it listens on (with the real port when 0 was asked).
@@ -209,10 +252,17 @@ impl Gateway {
         Arc::clone(&self.app.fleet)
     }
 
-    /// Serves until `shutdown` completes; then stops accepting, lets
-    /// in-flight requests and streams finish, flushes the store and returns.
+    /// Serves until `shutdown` completes, then drains: `/health/ready`
+    /// answers 503 for `drain_grace_ms` while requests are still served (a
+    /// load balancer sees it), the listener closes and connections shut
+    /// down gracefully, and what is in flight gets `drain_timeout_ms`;
+    /// streams still open then end with an error event and are charged,
+    /// calls still running are cancelled (and charged as the fleet charges
+    /// an abandoned call). The store is flushed before it returns.
     pub async fn serve(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), GatewayError> {
-        let Gateway { app, listener, metrics_listener } = self;
+        let Gateway { app, listener, metrics_listener, limits, max_connections, drain_grace, drain_timeout } = self;
+        // Watches memory until `serve` returns.
+        let _memory = memguard::watch(&app);
         let addr = listener.local_addr().map_err(GatewayError::Serve)?;
         let auth = if app.auth.enabled() { "bearer keys required" } else { "no keys: open to this machine only" };
         tracing::info!(%addr, auth, models = app.fleet.catalog().snapshot().len(), "modelfleet gateway listening on http://{addr}");
@@ -224,43 +274,78 @@ impl Gateway {
             tracing::warn!(%err, "could not say where this gateway serves its database; the CLI will not find it");
         }
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let draining = Arc::clone(&app);
-        tokio::spawn(async move {
-            shutdown.await;
-            draining.draining.store(true, Ordering::Relaxed);
-            tracing::info!("shutting down: no new connections; finishing requests and streams in flight");
-            let _ = stop_tx.send(true);
-        });
-        let metrics_task = metrics_listener.map(|listener| {
-            let router = app::metrics_router(Arc::clone(&app));
-            let mut stop = stop_rx.clone();
-            tokio::spawn(async move {
-                let _ =
-                    axum::serve(listener.tap_io(nodelay), router.into_make_service_with_connect_info::<SocketAddr>())
-                        .with_graceful_shutdown(async move {
-                            let _ = stop.wait_for(|s| *s).await;
-                        })
-                        .await;
-            })
-        });
-        let router = app::router(Arc::clone(&app), app.max_body);
-        let mut stop = stop_rx;
-        // The peer's address reaches the auth-failure lockout.
-        let served = axum::serve(listener.tap_io(nodelay), router.into_make_service_with_connect_info::<SocketAddr>())
-            .with_graceful_shutdown(async move {
-                let _ = stop.wait_for(|s| *s).await;
-            })
-            .await;
-        if let Some(task) = metrics_task {
-            let _ = task.await;
+        let kill = CancellationToken::new();
+        let connections = TaskTracker::new();
+        let slots = Arc::new(tokio::sync::Semaphore::new(
+            usize::try_from(max_connections).unwrap_or(usize::MAX).min(tokio::sync::Semaphore::MAX_PERMITS),
+        ));
+        // Aborted if `serve` itself is dropped: nothing keeps listening.
+        let shared = serve::Shared {
+            slots,
+            counters: Arc::clone(&app.connections),
+            connections: connections.clone(),
+            stop: stop_rx,
+            kill: kill.clone(),
+        };
+        let accept = |listener, router| {
+            tokio_util::task::AbortOnDropHandle::new(tokio::spawn(serve::accept(
+                listener,
+                router,
+                limits,
+                shared.clone(),
+            )))
+        };
+        let main = accept(listener, app::router(Arc::clone(&app), app.max_body));
+        let metrics = metrics_listener.map(|listener| accept(listener, app::metrics_router(Arc::clone(&app))));
+        shutdown.await;
+        app.draining.store(true, Ordering::Relaxed);
+        tracing::info!(
+            grace_ms = drain_grace.as_millis(),
+            "shutting down: /health/ready answers 503 while requests are still served"
+        );
+        tokio::time::sleep(drain_grace).await;
+        tracing::info!(
+            deadline_ms = drain_timeout.as_millis(),
+            "no new connections; finishing requests and streams in flight"
+        );
+        let _ = stop_tx.send(true);
+        let _ = main.await;
+        if let Some(metrics) = metrics {
+            let _ = metrics.await;
         }
+        connections.close();
         app.streams.close();
         app.calls.close();
-        app.streams.wait().await;
-        app.calls.wait().await;
+        let drained = async {
+            connections.wait().await;
+            app.streams.wait().await;
+            app.calls.wait().await;
+        };
+        if tokio::time::timeout(drain_timeout, drained).await.is_err() {
+            tracing::warn!(
+                streams = app.streams.len(),
+                calls = app.calls.len(),
+                connections = connections.len(),
+                "the drain deadline passed: ending streams with an error event and cancelling calls (both charged)"
+            );
+            app.deadline.cancel();
+            // Streams and calls settle their books at once on the deadline;
+            // then the connections still open are dropped.
+            let settled = async {
+                app.streams.wait().await;
+                app.calls.wait().await;
+            };
+            if tokio::time::timeout(Duration::from_secs(5), settled).await.is_err() {
+                tracing::warn!("streams or calls did not settle within 5 s of the deadline");
+            }
+            // A moment for clients that read to get their last events (the
+            // error event included); then the rest are dropped.
+            let _ = tokio::time::timeout(Duration::from_secs(1), connections.wait()).await;
+            kill.cancel();
+            connections.wait().await;
+        }
         let stopped = app.fleet.shutdown().await;
         let _ = std::fs::remove_file(&serving);
-        served.map_err(GatewayError::Serve)?;
         stopped?;
         tracing::info!("modelfleet gateway stopped; the store is flushed");
         Ok(())

@@ -25,7 +25,7 @@ pub(crate) struct Upstreams {
 }
 
 enum Upstream {
-    OpenAi(OpenAi),
+    OpenAi(Box<OpenAi>),
     Simulated(Arc<Simulator>),
 }
 
@@ -37,7 +37,14 @@ struct OpenAi {
     auth: Option<HeaderValue>,
     /// The variable named in the config when it was not set.
     missing_key: Option<String>,
+    /// `request_timeout_ms`: the whole of a non-streamed call.
     request_timeout: Duration,
+    /// `first_token_timeout_ms`: a stream's first event.
+    first_token_timeout: Duration,
+    /// `stream_idle_timeout_ms`: the longest silence between two events.
+    stream_idle_timeout: Duration,
+    /// `include_usage`: streams ask for `stream_options.include_usage`.
+    include_usage: bool,
     /// `max_upstream_body_bytes`.
     max_body: usize,
 }
@@ -100,20 +107,29 @@ impl Upstreams {
                             }
                         }
                     };
-                    Upstream::OpenAi(OpenAi {
+                    Upstream::OpenAi(Box::new(OpenAi {
                         client,
                         url: endpoint(base, "chat/completions")
                             .map_err(|e| format!("providers[{i}].base_url: {base:?} is not a URL: {e}"))?,
                         auth,
                         missing_key,
                         request_timeout: Duration::from_millis(provider.request_timeout_ms),
+                        first_token_timeout: Duration::from_millis(provider.first_token_timeout_ms),
+                        stream_idle_timeout: Duration::from_millis(provider.stream_idle_timeout_ms),
+                        include_usage: provider.include_usage,
                         max_body: usize::try_from(provider.max_upstream_body_bytes).unwrap_or(usize::MAX),
-                    })
+                    }))
                 }
             };
             by_provider.insert(provider.name.clone(), upstream);
         }
         Ok(Upstreams { by_provider })
+    }
+
+    /// Whether `provider` is the in-process simulated one (its answers are
+    /// stand-ins, never cached).
+    pub(crate) fn is_simulated(&self, provider: &str) -> bool {
+        matches!(self.by_provider.get(provider), Some(Upstream::Simulated(_)))
     }
 
     /// Whether `provider` is configured.
@@ -201,7 +217,7 @@ impl Upstreams {
                              "model": model.upstream_name(), "choices": [], "usage": usage_json(r.usage.unwrap_or_default())}));
                 text.push_str("data: [DONE]\n\n");
                 let body = futures_util::stream::once(async move { Ok(Bytes::from(text)) });
-                Events::open(Box::pin(body)).await
+                Events::open(Box::pin(body), None).await
             }
         }
     }
@@ -217,32 +233,39 @@ fn usage_json(usage: Usage) -> Value {
 }
 
 impl OpenAi {
+    /// The time an attempt has: `limit`, or what the request has left.
+    fn budget(limit: Duration, ctx: &AttemptCtx) -> Result<Duration, Failure> {
+        let timeout = ctx.remaining.map_or(limit, |left| left.min(limit));
+        if timeout.is_zero() {
+            return Err(Failure::new(ErrorClass::Timeout, "no time left before the deadline"));
+        }
+        Ok(timeout)
+    }
+
+    /// Sends the request; `timeout` bounds the whole exchange, body
+    /// included (a stream has none here: `open` bounds it per event).
     async fn send(
         &self,
         model: &ModelSpec,
         chat: &ChatRequest,
-        ctx: AttemptCtx,
+        timeout: Option<Duration>,
         fleet: &Fleet,
     ) -> Result<reqwest::Response, Failure> {
         if let Some(var) = &self.missing_key {
             return Err(Failure::new(ErrorClass::Authentication, &format!("no API key: {var} is not set")));
-        }
-        let timeout = ctx.remaining.map_or(self.request_timeout, |left| left.min(self.request_timeout));
-        if timeout.is_zero() {
-            return Err(Failure::new(ErrorClass::Timeout, "no time left before the deadline"));
         }
         let body = json_bytes(&Outgoing {
             body: &chat.body,
             model: model.upstream_name(),
             stream: chat.stream,
             cap: chat.cap,
+            include_usage: self.include_usage,
         });
-        let mut request = self
-            .client
-            .post(self.url.clone())
-            .timeout(timeout)
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .body(body);
+        let mut request =
+            self.client.post(self.url.clone()).header(reqwest::header::CONTENT_TYPE, "application/json").body(body);
+        if let Some(timeout) = timeout {
+            request = request.timeout(timeout);
+        }
         if let Some(auth) = &self.auth {
             request = request.header(AUTHORIZATION, auth.clone());
         }
@@ -278,7 +301,8 @@ impl OpenAi {
         ctx: AttemptCtx,
         fleet: &Fleet,
     ) -> Result<ModelResponse<Bytes>, Failure> {
-        let response = self.send(model, chat, ctx, fleet).await?;
+        let timeout = Self::budget(self.request_timeout, &ctx)?;
+        let response = self.send(model, chat, Some(timeout), fleet).await?;
         // From here on the upstream accepted the request and is answering:
         // a failure is billed, with its usage unknown.
         let body = self.read_bounded(response).await.map_err(Failure::billed)?;
@@ -324,11 +348,28 @@ impl OpenAi {
         ctx: AttemptCtx,
         fleet: &Fleet,
     ) -> Result<Events, Failure> {
-        let response = self.send(model, chat, ctx, fleet).await?;
-        let body = response.bytes_stream().map(|piece| piece.map_err(|e| transport(&e)));
-        // The upstream accepted the request: a failure before the first
-        // event may still be billed.
-        Events::open(Box::pin(body)).await.map_err(Failure::billed)
+        // No total limit on a stream (a long reasoning answer that keeps
+        // coming is fine): its first event within `first_token_timeout`,
+        // then each next one within `stream_idle_timeout` of the last.
+        let first = Self::budget(self.first_token_timeout, &ctx)?;
+        let opened = tokio::time::timeout(first, async {
+            let response = self.send(model, chat, None, fleet).await?;
+            let body = response.bytes_stream().map(|piece| piece.map_err(|e| transport(&e)));
+            // The upstream accepted the request: a failure before the first
+            // event may still be billed.
+            Events::open(Box::pin(body), Some(self.stream_idle_timeout)).await.map_err(Failure::billed)
+        })
+        .await;
+        opened.unwrap_or_else(|_| {
+            Err(Failure::new(
+                ErrorClass::Timeout,
+                &format!(
+                    "the upstream sent no first event within {} ms (the provider's first_token_timeout_ms)",
+                    first.as_millis()
+                ),
+            )
+            .billed())
+        })
     }
 }
 
@@ -417,13 +458,15 @@ fn transport(err: &reqwest::Error) -> Failure {
 type Body = Pin<Box<dyn Stream<Item = Result<Bytes, Failure>> + Send>>;
 
 /// The largest SSE event read from an upstream: beyond, the stream fails.
-const MAX_EVENT_BYTES: usize = 1 << 20;
+pub(crate) const MAX_EVENT_BYTES: usize = 1 << 20;
 
 /// An upstream SSE stream, event by event.
 pub(crate) struct Events {
     body: Body,
     parser: SseParser,
     first: Option<String>,
+    /// The longest wait for the next event (`stream_idle_timeout_ms`).
+    idle: Option<Duration>,
 }
 
 impl fmt::Debug for Events {
@@ -435,8 +478,8 @@ impl fmt::Debug for Events {
 impl Events {
     /// Reads up to the first event: a stream that fails or ends before it,
     /// or whose first event is an error, fails here (and may fall back).
-    async fn open(body: Body) -> Result<Events, Failure> {
-        let mut events = Events { body, parser: SseParser::default(), first: None };
+    pub(crate) async fn open(body: Body, idle: Option<Duration>) -> Result<Events, Failure> {
+        let mut events = Events { body, parser: SseParser::default(), first: None, idle };
         match events.read().await? {
             Some(first) => {
                 if let Some(failure) = error_event(&first) {
@@ -451,14 +494,19 @@ impl Events {
 
     async fn read(&mut self) -> Result<Option<String>, Failure> {
         loop {
-            if let Some(event) = self.parser.next_event() {
-                return Ok(Some(event));
-            }
-            if self.parser.pending() > MAX_EVENT_BYTES {
-                return Err(Failure::new(
+            let too_large = || {
+                Failure::new(
                     ErrorClass::ServerError,
                     &format!("the upstream sent an SSE event over {MAX_EVENT_BYTES} bytes"),
-                ));
+                )
+            };
+            // Bounded whichever way the bytes were split: an event that
+            // ends in the piece that took it past the limit fails too.
+            if let Some(event) = self.parser.next_event() {
+                return if event.len() > MAX_EVENT_BYTES { Err(too_large()) } else { Ok(Some(event)) };
+            }
+            if self.parser.pending() > MAX_EVENT_BYTES {
+                return Err(too_large());
             }
             match self.body.next().await {
                 Some(Ok(piece)) => self.parser.push(&piece),
@@ -473,7 +521,16 @@ impl Events {
         if let Some(first) = self.first.take() {
             return Ok(Some(first));
         }
-        self.read().await
+        let Some(idle) = self.idle else { return self.read().await };
+        tokio::time::timeout(idle, self.read()).await.unwrap_or_else(|_| {
+            Err(Failure::new(
+                ErrorClass::Timeout,
+                &format!(
+                    "the upstream stream was silent for {} ms (the provider's stream_idle_timeout_ms)",
+                    idle.as_millis()
+                ),
+            ))
+        })
     }
 }
 

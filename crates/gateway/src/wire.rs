@@ -18,6 +18,8 @@ pub(crate) struct ApiError {
     pub(crate) message: String,
     /// Headers some errors carry (boxed: errors travel in `Result`s).
     pub(crate) headers: Box<ErrorHeaders>,
+    /// The upstream's `code` and `param`, relayed.
+    pub(crate) upstream: Option<Box<modelfleet::errors::UpstreamFields>>,
 }
 
 /// What an error answer may say besides its body.
@@ -35,7 +37,14 @@ pub(crate) struct ErrorHeaders {
 
 impl ApiError {
     pub(crate) fn new(status: StatusCode, kind: &'static str, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError { status, kind, code, message: message.into(), headers: Box::default() }
+        ApiError { status, kind, code, message: message.into(), headers: Box::default(), upstream: None }
+    }
+
+    /// The same error with the upstream's own `code` (instead of the
+    /// gateway's) and `param`, for an error the client must act on.
+    pub(crate) fn with_upstream(mut self, upstream: Option<Box<modelfleet::errors::UpstreamFields>>) -> Self {
+        self.upstream = upstream;
+        self
     }
 
     pub(crate) fn invalid(code: &'static str, message: impl Into<String>) -> Self {
@@ -44,11 +53,12 @@ impl ApiError {
 
     /// The JSON body, message sanitized.
     pub(crate) fn body(&self) -> Value {
+        let upstream = self.upstream.as_deref();
         serde_json::json!({"error": {
             "message": modelfleet::errors::sanitize(&self.message),
             "type": self.kind,
-            "param": null,
-            "code": self.code,
+            "param": upstream.and_then(|u| u.param.as_deref()),
+            "code": upstream.and_then(|u| u.code.as_deref()).unwrap_or(self.code),
         }})
     }
 }
@@ -88,6 +98,8 @@ pub(crate) fn json_response(status: StatusCode, value: &impl Serialize) -> Respo
 }
 
 /// A chat-completions request, checked.
+// Four independent facts of the request, each a yes or no.
+#[allow(clippy::struct_excessive_bools)]
 #[derive(Debug, Clone)]
 pub(crate) struct ChatRequest {
     /// The body as sent, minus the `modelfleet` extension.
@@ -106,6 +118,9 @@ pub(crate) struct ChatRequest {
     /// assumed (a route's `max_output_tokens`): sent upstream as
     /// `max_tokens`, so the answer cannot outgrow its hold.
     pub(crate) cap: Option<u32>,
+    /// False when `modelfleet.cache = false`: the response cache is
+    /// bypassed (as with `cache-control: no-cache`).
+    pub(crate) use_cache: bool,
 }
 
 /// Tokens per image or audio part at most: a high-detail 2048×2048 image
@@ -252,7 +267,20 @@ pub(crate) fn parse_chat(bytes: &[u8]) -> Result<ChatRequest, ApiError> {
             }
         }
     }
-    let extension = body.remove("modelfleet");
+    let mut extension = body.remove("modelfleet");
+    // `modelfleet.cache = false`: this request neither reads nor fills the
+    // response cache. Not a requirement: alone, it extends nothing.
+    let mut use_cache = true;
+    if let Some(Value::Object(fields)) = &mut extension
+        && let Some(cache) = fields.remove("cache")
+    {
+        use_cache = cache
+            .as_bool()
+            .ok_or_else(|| ApiError::invalid("invalid_requirements", "modelfleet: cache must be true or false"))?;
+        if fields.is_empty() {
+            extension = None;
+        }
+    }
     let extended = extension.is_some();
     let mut requirements = match extension {
         None | Some(Value::Null) => Requirements::default(),
@@ -276,7 +304,7 @@ pub(crate) fn parse_chat(bytes: &[u8]) -> Result<ChatRequest, ApiError> {
     }
     // The caller cannot claim memory for local models: the gateway measures it.
     requirements.available_memory_mb = None;
-    Ok(ChatRequest { body, model, stream, include_usage, requirements, extended, cap: None })
+    Ok(ChatRequest { body, model, stream, include_usage, requirements, extended, cap: None, use_cache })
 }
 
 /// The body sent upstream: the client's, with `model` replaced and, for
@@ -287,6 +315,9 @@ pub(crate) struct Outgoing<'a> {
     pub(crate) stream: bool,
     /// `max_tokens` to add (the client sent no cap).
     pub(crate) cap: Option<u32>,
+    /// The provider accepts `stream_options.include_usage` (its setting):
+    /// a stream asks for it. Else the client's `stream_options` go as sent.
+    pub(crate) include_usage: bool,
 }
 
 impl Serialize for Outgoing<'_> {
@@ -299,11 +330,11 @@ impl Serialize for Outgoing<'_> {
         for (key, value) in self.body {
             match key.as_str() {
                 "model" => {}
-                "stream_options" if self.stream => {}
+                "stream_options" if self.stream && self.include_usage => {}
                 _ => map.serialize_entry(key, value)?,
             }
         }
-        if self.stream {
+        if self.stream && self.include_usage {
             let mut options = self.body.get("stream_options").and_then(Value::as_object).cloned().unwrap_or_default();
             options.insert("include_usage".to_owned(), Value::Bool(true));
             map.serialize_entry("stream_options", &options)?;
@@ -317,7 +348,12 @@ impl Serialize for Outgoing<'_> {
 /// (another provider's shape, a field missing) is no usage: the call is
 /// charged its hold rather than \$0.
 pub(crate) fn usage_of(value: &Value) -> Option<Usage> {
-    let usage = value.get("usage").filter(|u| u.is_object())?;
+    usage_in(value.get("usage")?)
+}
+
+/// A `usage` object in OpenAI's shape, read as [`usage_of`] does.
+fn usage_in(usage: &Value) -> Option<Usage> {
+    let usage = Some(usage).filter(|u| u.is_object())?;
     let n = |pointer: &str| usage.pointer(pointer).and_then(Value::as_u64);
     Some(Usage {
         input_tokens: n("/prompt_tokens")?,
@@ -326,41 +362,45 @@ pub(crate) fn usage_of(value: &Value) -> Option<Usage> {
     })
 }
 
-/// Only what the gateway reads of a completion; everything else is skipped.
-#[derive(serde::Deserialize)]
-struct UsageOnly {
-    #[serde(default)]
-    usage: Option<WireUsage>,
+/// Only what the gateway reads of a completion: its `usage` value; every
+/// other field is skipped without building a tree. Only an object is one.
+struct UsageOnly(Option<Value>);
+
+impl<'de> serde::Deserialize<'de> for UsageOnly {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Fields;
+        impl<'de> serde::de::Visitor<'de> for Fields {
+            type Value = UsageOnly;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<UsageOnly, A::Error> {
+                let mut usage = None;
+                while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                    if key == "usage" {
+                        usage = Some(map.next_value::<Value>()?);
+                    } else {
+                        map.next_value::<serde::de::IgnoredAny>()?;
+                    }
+                }
+                Ok(UsageOnly(usage))
+            }
+        }
+        deserializer.deserialize_map(Fields)
+    }
 }
 
-#[derive(serde::Deserialize, Default)]
-struct WireUsage {
-    #[serde(default)]
-    prompt_tokens: Option<u64>,
-    #[serde(default)]
-    completion_tokens: Option<u64>,
-    #[serde(default)]
-    prompt_tokens_details: Option<WireDetails>,
-}
-
-#[derive(serde::Deserialize, Default)]
-struct WireDetails {
-    #[serde(default)]
-    cached_tokens: Option<u64>,
-}
-
-/// The usage of a completion body, read without building a tree: `None`
-/// unless it has OpenAI's `prompt_tokens` and `completion_tokens` (see
-/// [`usage_of`]); `Err` when the body is not a JSON object.
+/// The usage of a completion body, read as a stream's is ([`usage_of`]):
+/// `None` unless it has OpenAI's `prompt_tokens` and `completion_tokens`
+/// as whole numbers (any other shape is usage unknown, never an error);
+/// `Err` when the body is not a JSON object in valid UTF-8.
 pub(crate) fn completion_usage(bytes: &[u8]) -> Result<Option<Usage>, String> {
-    let parsed: UsageOnly = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
-    Ok(parsed.usage.and_then(|u| {
-        Some(Usage {
-            input_tokens: u.prompt_tokens?,
-            output_tokens: u.completion_tokens?,
-            cached_tokens: u.prompt_tokens_details.and_then(|d| d.cached_tokens).unwrap_or(0),
-        })
-    }))
+    // Skipped strings are not checked by the parser: the whole body is.
+    let text = std::str::from_utf8(bytes).map_err(|e| format!("not UTF-8: {e}"))?;
+    let UsageOnly(usage) = serde_json::from_str(text).map_err(|e| e.to_string())?;
+    Ok(usage.as_ref().and_then(usage_in))
 }
 
 /// The text a chunk adds, in bytes: `choices[].delta` content, reasoning,
@@ -543,15 +583,57 @@ mod tests {
     fn the_outgoing_body_names_the_upstream_model_and_asks_for_stream_usage() {
         let chat =
             parse_chat(br#"{"model":"auto","stream":true,"messages":[{"role":"user","content":"hi"}]}"#).unwrap();
-        let out: Value =
-            serde_json::to_value(Outgoing { body: &chat.body, model: "tiny", stream: true, cap: None }).unwrap();
+        let out: Value = serde_json::to_value(Outgoing {
+            body: &chat.body,
+            model: "tiny",
+            stream: true,
+            cap: None,
+            include_usage: true,
+        })
+        .unwrap();
         assert_eq!(out["model"], "tiny");
         assert_eq!(out.get("max_tokens"), None);
-        let capped: Value =
-            serde_json::to_value(Outgoing { body: &chat.body, model: "tiny", stream: true, cap: Some(10) }).unwrap();
+        let capped: Value = serde_json::to_value(Outgoing {
+            body: &chat.body,
+            model: "tiny",
+            stream: true,
+            cap: Some(10),
+            include_usage: true,
+        })
+        .unwrap();
         assert_eq!(capped["max_tokens"], 10, "the cap a hold assumed goes upstream");
         assert_eq!(out["stream_options"]["include_usage"], true);
         assert_eq!(out["messages"][0]["content"], "hi");
+    }
+
+    #[test]
+    fn modelfleet_cache_false_bypasses_the_cache_and_alone_extends_nothing() {
+        let chat = |extra: &str| {
+            parse_chat(format!(r#"{{"model":"auto","messages":[{{"role":"user","content":"hi"}}]{extra}}}"#).as_bytes())
+        };
+        let plain = chat("").unwrap();
+        assert!(plain.use_cache && !plain.extended);
+        let off = chat(r#","modelfleet":{"cache":false}"#).unwrap();
+        assert!(!off.use_cache && !off.extended, "cache alone is no requirement");
+        let both = chat(r#","modelfleet":{"cache":false,"category":"code"}"#).unwrap();
+        assert!(!both.use_cache && both.extended && !both.body.contains_key("modelfleet"));
+        let err = chat(r#","modelfleet":{"cache":"no"}"#).unwrap_err();
+        assert_eq!(err.message, "modelfleet: cache must be true or false");
+    }
+
+    #[test]
+    fn a_provider_without_include_usage_gets_the_clients_stream_options_as_sent() {
+        let out = |body: &[u8], include_usage: bool| -> Value {
+            let chat = parse_chat(body).unwrap();
+            serde_json::to_value(Outgoing { body: &chat.body, model: "m", stream: true, cap: None, include_usage })
+                .unwrap()
+        };
+        let plain = br#"{"model":"auto","stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
+        assert_eq!(out(plain, false).get("stream_options"), None, "not added for a provider that refuses it");
+        assert_eq!(out(plain, true)["stream_options"]["include_usage"], true);
+        let asked = br#"{"model":"auto","stream":true,"stream_options":{"include_usage":false,"x":1},"messages":[{"role":"user","content":"hi"}]}"#;
+        assert_eq!(out(asked, false)["stream_options"], json!({"include_usage": false, "x": 1}), "passed as sent");
+        assert_eq!(out(asked, true)["stream_options"], json!({"include_usage": true, "x": 1}), "forced, rest kept");
     }
 
     #[test]

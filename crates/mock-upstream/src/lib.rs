@@ -6,9 +6,11 @@
 //! Each model (the `model` field of the request) follows a [`Behavior`]:
 //! latency, the completion's length in tokens and stream chunks, a context
 //! window, and a [`Fault`] injected on the next N calls or at a rate — HTTP
-//! 500, 429 with `retry-after`, a hang (the client's timeout fires), a
-//! connection reset, a stream cut after some chunks, a context-window 400, a
-//! plain 400. A model may also report [`RateLimits`] on every answer
+//! 500, 429 with `retry-after`, a hang (the client's timeout fires), headers
+//! held back before a normal answer, a connection reset, a stream cut after
+//! some chunks, a stream ended by an error event, an endless stream (or a
+//! body dripped a byte at a time), a context-window 400, a plain 400, a huge
+//! body. A model may also report [`RateLimits`] on every answer
 //! (OpenAI's `x-ratelimit-*` headers). The mock counts calls per model and
 //! keeps the last request body, so tests can assert what the gateway sent
 //! (and that it did not retry a 400).
@@ -66,8 +68,24 @@ pub enum Fault {
         /// The `retry-after` value, seconds.
         retry_after_secs: u64,
     },
-    /// No answer for this long (the client's timeout should fire first).
+    /// No answer for this long, then a 504 (the client's timeout should
+    /// fire first).
     Hang(Duration),
+    /// The status line and headers are held back this long, then the
+    /// answer is the normal one (unlike [`Fault::Hang`], which then fails).
+    SlowHeaders(Duration),
+    /// An upstream that never finishes. Streaming: an event every
+    /// `interval` without end (no `[DONE]`, whatever `max_tokens` says).
+    /// Otherwise: the normal JSON body, one byte every `interval`. Either
+    /// way the body stops (and is dropped) when the client disconnects.
+    SlowDrip {
+        /// The wait before each event (streaming) or byte.
+        interval: Duration,
+    },
+    /// A stream sends this many content chunks, then an SSE error event in
+    /// OpenAI's shape (`data: {"error": {…, "type": "server_error"}}`) and
+    /// ends cleanly, without `[DONE]` (a non-streaming call gets a 500).
+    MidStreamError(u32),
     /// The connection is dropped without an answer.
     Reset,
     /// A stream sends this many content chunks, then the connection drops
@@ -168,6 +186,26 @@ struct Shared {
     require_key: Mutex<Option<String>>,
     total: AtomicU64,
     seed: AtomicU64,
+    /// Streamed or dripped bodies not yet finished or dropped.
+    sending: Arc<AtomicU64>,
+}
+
+/// Counts one body being sent while it lives: it is moved into the body's
+/// stream, so a body hyper drops (its client gone) is no longer counted.
+#[derive(Debug)]
+struct Sending(Arc<AtomicU64>);
+
+impl Sending {
+    fn new(count: &Arc<AtomicU64>) -> Sending {
+        count.fetch_add(1, Ordering::Relaxed);
+        Sending(Arc::clone(count))
+    }
+}
+
+impl Drop for Sending {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -261,6 +299,14 @@ impl MockUpstream {
         self.shared.total.load(Ordering::Relaxed)
     }
 
+    /// Streamed or dripped bodies being sent now: each ends when its last
+    /// byte is out or when its client disconnects (then within one chunk
+    /// interval), so a test can check that none is left spinning.
+    #[must_use]
+    pub fn bodies_in_flight(&self) -> u64 {
+        self.shared.sending.load(Ordering::Relaxed)
+    }
+
     /// The last request body received for `model`.
     #[must_use]
     pub fn last_request(&self, model: &str) -> Option<Value> {
@@ -296,7 +342,12 @@ pub fn prompt_tokens(request: &Value) -> u32 {
 }
 
 fn error(status: StatusCode, kind: &str, code: &str, message: &str) -> Response {
-    let body = json!({"error": {"message": message, "type": kind, "param": null, "code": code}});
+    error_at(status, kind, code, None, message)
+}
+
+/// An error naming the request field at fault (`param`), as OpenAI's do.
+fn error_at(status: StatusCode, kind: &str, code: &str, param: Option<&str>, message: &str) -> Response {
+    let body = json!({"error": {"message": message, "type": kind, "param": param, "code": code}});
     (status, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
 }
 
@@ -321,6 +372,24 @@ async fn complete(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: B
     response
 }
 
+/// `model`'s behaviour for one call, and the fault this call gets, if any.
+fn draw(shared: &Shared, model: &str) -> (Behavior, Option<Fault>) {
+    let mut behaviors = lock(&shared.behaviors);
+    let behavior = behaviors.entry(model.to_owned()).or_default();
+    let fault = match behavior.fault {
+        Some(fault) if behavior.fail_next > 0 => {
+            behavior.fail_next -= 1;
+            Some(fault)
+        }
+        Some(fault) if behavior.fault_rate > 0.0 => {
+            let n = shared.seed.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed);
+            (fastrand::Rng::with_seed(n).f64() < behavior.fault_rate).then_some(fault)
+        }
+        _ => None,
+    };
+    (behavior.clone(), fault)
+}
+
 /// The answer to one call for `model` (the request's `model` field).
 async fn answer(shared: &Shared, headers: &HeaderMap, request: Value, model: String) -> Response {
     *lock(&shared.hits).entry(model.clone()).or_default() += 1;
@@ -331,24 +400,13 @@ async fn answer(shared: &Shared, headers: &HeaderMap, request: Value, model: Str
             return unauthorized(headers);
         }
     }
-    let (behavior, fault) = {
-        let mut behaviors = lock(&shared.behaviors);
-        let behavior = behaviors.entry(model.clone()).or_default();
-        let fault = match behavior.fault {
-            Some(fault) if behavior.fail_next > 0 => {
-                behavior.fail_next -= 1;
-                Some(fault)
-            }
-            Some(fault) if behavior.fault_rate > 0.0 => {
-                let n = shared.seed.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed);
-                (fastrand::Rng::with_seed(n).f64() < behavior.fault_rate).then_some(fault)
-            }
-            _ => None,
-        };
-        (behavior.clone(), fault)
-    };
+    let (behavior, fault) = draw(shared, &model);
     if !behavior.latency.is_zero() {
         tokio::time::sleep(behavior.latency).await;
+    }
+    if let Some(Fault::SlowHeaders(d)) = fault {
+        // Nothing is sent before the handler returns: the headers wait too.
+        tokio::time::sleep(d).await;
     }
     let prompt = prompt_tokens(&request);
     let wanted = request
@@ -357,6 +415,7 @@ async fn answer(shared: &Shared, headers: &HeaderMap, request: Value, model: Str
         .and_then(Value::as_u64)
         .map_or(0, |n| u32::try_from(n).unwrap_or(u32::MAX));
     let too_long = behavior.context_window.is_some_and(|w| u64::from(prompt) + u64::from(wanted) > u64::from(w));
+    let streaming = request.get("stream") == Some(&Value::Bool(true));
     match fault {
         Some(Fault::ServerError) => {
             return error(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "server_error", "The server had an error");
@@ -373,29 +432,46 @@ async fn answer(shared: &Shared, headers: &HeaderMap, request: Value, model: Str
             tokio::time::sleep(d).await;
             return error(StatusCode::GATEWAY_TIMEOUT, "server_error", "timeout", "The mock hung");
         }
+        Some(Fault::MidStreamError(_)) if !streaming => {
+            return error(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "server_error", "The server had an error");
+        }
         Some(Fault::Reset) => return reset(),
-        Some(Fault::CutAfter(_)) if request.get("stream") != Some(&Value::Bool(true)) => return reset(),
+        Some(Fault::CutAfter(_)) if !streaming => return reset(),
         Some(Fault::BadRequest) => {
-            return error(StatusCode::BAD_REQUEST, "invalid_request_error", "invalid_value", "messages: invalid role");
+            return error_at(
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                "invalid_value",
+                Some("messages"),
+                "messages: invalid role",
+            );
         }
         Some(Fault::Huge(bytes)) => return huge(&request, bytes),
         Some(Fault::Unauthorized) => return unauthorized(headers),
         Some(Fault::ContextWindow) => return context_error(behavior.context_window.unwrap_or(4096), prompt + wanted),
-        Some(Fault::CutAfter(_)) | None if too_long => {
+        Some(Fault::CutAfter(_) | Fault::SlowHeaders(_) | Fault::SlowDrip { .. } | Fault::MidStreamError(_)) | None
+            if too_long =>
+        {
             return context_error(behavior.context_window.unwrap_or(0), prompt + wanted);
         }
-        Some(Fault::CutAfter(_)) | None => {}
+        Some(Fault::CutAfter(_) | Fault::SlowHeaders(_) | Fault::SlowDrip { .. } | Fault::MidStreamError(_)) | None => {
+        }
     }
     let (each, usage) = billed(&request, &behavior, prompt, wanted);
     let id = format!("chatcmpl-mock{}", shared.total.load(Ordering::Relaxed));
-    if request.get("stream") == Some(&Value::Bool(true)) {
+    if streaming {
+        let sending = Sending::new(&shared.sending);
+        if let Some(Fault::SlowDrip { interval }) = fault {
+            return endless(&id, &model, interval, sending);
+        }
         let include_usage = request.pointer("/stream_options/include_usage") == Some(&Value::Bool(true));
-        let cut = match fault {
-            Some(Fault::CutAfter(n)) => Some(n),
-            _ => None,
+        let end = match fault {
+            Some(Fault::CutAfter(n)) => End::Cut(n),
+            Some(Fault::MidStreamError(n)) => End::Error(n),
+            _ => End::Done(include_usage.then_some(usage)),
         };
         let capped = Behavior { completion_tokens: each, ..behavior };
-        return stream(&id, &model, &capped, include_usage.then_some(usage), cut);
+        return stream(&id, &model, &capped, end, sending);
     }
     let content = words(&model, each);
     let body = json!({
@@ -406,6 +482,9 @@ async fn answer(shared: &Shared, headers: &HeaderMap, request: Value, model: Str
         "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
         "usage": usage,
     });
+    if let Some(Fault::SlowDrip { interval }) = fault {
+        return drip(body.to_string().into_bytes(), interval, Sending::new(&shared.sending));
+    }
     (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
 }
 
@@ -470,36 +549,69 @@ fn words(model: &str, n: u32) -> String {
     out
 }
 
-fn stream(id: &str, model: &str, behavior: &Behavior, usage: Option<Value>, cut: Option<u32>) -> Response {
+/// How a stream ends.
+enum End {
+    /// Finish reason, usage (when asked for) and `[DONE]`.
+    Done(Option<Value>),
+    /// The connection drops after this many content chunks.
+    Cut(u32),
+    /// An error event after this many content chunks, then a clean end.
+    Error(u32),
+}
+
+/// One `chat.completion.chunk` event's data.
+fn chunk(id: &str, model: &str, delta: &Value, finish: &Value) -> Value {
+    json!({
+        "id": id, "object": "chat.completion.chunk", "created": 1_700_000_000, "model": model,
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+    })
+}
+
+fn event_stream(body: Body) -> Response {
+    let mut response = Response::new(body);
+    response.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("text/event-stream"));
+    response
+}
+
+fn stream(id: &str, model: &str, behavior: &Behavior, end: End, sending: Sending) -> Response {
     let chunks = behavior.chunks.max(1);
     let content = words(model, behavior.completion_tokens);
     let per = content.len().div_ceil(chunks as usize).max(1);
     let pieces: Vec<String> = content.as_bytes().chunks(per).map(|c| String::from_utf8_lossy(c).into_owned()).collect();
-    let chunk = |delta: Value, finish: Value| {
-        json!({
-            "id": id, "object": "chat.completion.chunk", "created": 1_700_000_000, "model": model,
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
-        })
-    };
     let mut events: Vec<Result<String, io::Error>> =
-        vec![Ok(chunk(json!({"role": "assistant", "content": ""}), Value::Null).to_string())];
+        vec![Ok(chunk(id, model, &json!({"role": "assistant", "content": ""}), &Value::Null).to_string())];
+    let stop_after = match end {
+        End::Cut(n) | End::Error(n) => Some(n),
+        End::Done(_) => None,
+    };
     for (i, piece) in pieces.iter().enumerate() {
-        if cut.is_some_and(|n| i as u64 >= u64::from(n)) {
-            events.push(Err(io::Error::other("stream cut by mock")));
+        if stop_after.is_some_and(|n| i as u64 >= u64::from(n)) {
             break;
         }
-        events.push(Ok(chunk(json!({"content": piece}), Value::Null).to_string()));
+        events.push(Ok(chunk(id, model, &json!({"content": piece}), &Value::Null).to_string()));
     }
-    if cut.is_none() {
-        events.push(Ok(chunk(json!({}), json!("stop")).to_string()));
-        if let Some(usage) = usage {
-            let last = json!({
-                "id": id, "object": "chat.completion.chunk", "created": 1_700_000_000, "model": model,
-                "choices": [], "usage": usage,
-            });
-            events.push(Ok(last.to_string()));
+    match end {
+        End::Cut(_) => events.push(Err(io::Error::other("stream cut by mock"))),
+        End::Error(_) => {
+            let error = json!({"error": {
+                "message": "The server had an error while processing your request.",
+                "type": "server_error",
+                "param": null,
+                "code": "server_error",
+            }});
+            events.push(Ok(error.to_string()));
         }
-        events.push(Ok("[DONE]".to_owned()));
+        End::Done(usage) => {
+            events.push(Ok(chunk(id, model, &json!({}), &json!("stop")).to_string()));
+            if let Some(usage) = usage {
+                let last = json!({
+                    "id": id, "object": "chat.completion.chunk", "created": 1_700_000_000, "model": model,
+                    "choices": [], "usage": usage,
+                });
+                events.push(Ok(last.to_string()));
+            }
+            events.push(Ok("[DONE]".to_owned()));
+        }
     }
     let interval = behavior.chunk_interval;
     let body = futures_util::stream::iter(events.into_iter().enumerate()).then(move |(i, event)| async move {
@@ -512,13 +624,53 @@ fn stream(id: &str, model: &str, behavior: &Behavior, usage: Option<Value>, cut:
         }
         event.map(|data| Bytes::from(format!("data: {data}\n\n")))
     });
-    let mut response = Response::new(Body::from_stream(body));
-    response.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("text/event-stream"));
-    response
+    event_stream(Body::from_stream(guarded(body, sending)))
+}
+
+/// `stream`, holding `sending` until it ends or is dropped (hyper drops a
+/// body when its client goes away).
+fn guarded<S>(stream: S, sending: Sending) -> impl futures_util::Stream<Item = S::Item> + Send + 'static
+where
+    S: futures_util::Stream + Send + 'static,
+{
+    futures_util::stream::unfold((Box::pin(stream), sending), |(mut stream, sending)| async move {
+        let item = stream.next().await?;
+        Some((item, (stream, sending)))
+    })
+}
+
+/// [`Fault::SlowDrip`] streaming: a role chunk, then a content chunk every
+/// `interval`, forever: only the client's disconnect (hyper then drops the
+/// body) ends it.
+fn endless(id: &str, model: &str, interval: Duration, sending: Sending) -> Response {
+    let first = chunk(id, model, &json!({"role": "assistant", "content": ""}), &Value::Null);
+    let next = chunk(id, model, &json!({"content": " lorem"}), &Value::Null);
+    let (first, next) = (Bytes::from(format!("data: {first}\n\n")), Bytes::from(format!("data: {next}\n\n")));
+    let body = futures_util::stream::unfold((true, sending), move |(start, sending)| {
+        let event = if start { first.clone() } else { next.clone() };
+        async move {
+            if !start {
+                tokio::time::sleep(interval).await;
+            }
+            Some((Ok::<Bytes, io::Error>(event), (false, sending)))
+        }
+    });
+    event_stream(Body::from_stream(body))
+}
+
+/// [`Fault::SlowDrip`] without streaming: `body`, one byte every `interval`.
+fn drip(body: Vec<u8>, interval: Duration, sending: Sending) -> Response {
+    let bytes = futures_util::stream::unfold((body, 0_usize, sending), move |(body, at, sending)| async move {
+        let byte = *body.get(at)?;
+        tokio::time::sleep(interval).await;
+        Some((Ok::<Bytes, io::Error>(Bytes::copy_from_slice(&[byte])), (body, at + 1, sending)))
+    });
+    (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], Body::from_stream(bytes)).into_response()
 }
 
 /// Parses a fault spec as the binary takes it: `500`, `429:SECS`, `hang:MS`,
-/// `reset`, `cut:N`, `context`, `400`, `401`.
+/// `slow_headers:MS`, `drip:MS`, `reset`, `cut:N`, `midstream_error:N`,
+/// `context`, `400`, `401`, `huge:BYTES`.
 pub fn parse_fault(spec: &str) -> Result<Fault, String> {
     let (name, arg) = spec.split_once(':').map_or((spec, None), |(n, a)| (n, Some(a)));
     let number = |what: &str| -> Result<u64, String> {
@@ -530,15 +682,21 @@ pub fn parse_fault(spec: &str) -> Result<Fault, String> {
         "500" => Fault::ServerError,
         "429" => Fault::RateLimited { retry_after_secs: if arg.is_some() { number("seconds")? } else { 1 } },
         "hang" => Fault::Hang(Duration::from_millis(number("ms")?)),
+        "slow_headers" => Fault::SlowHeaders(Duration::from_millis(number("ms")?)),
+        "drip" => Fault::SlowDrip { interval: Duration::from_millis(number("ms")?) },
         "reset" => Fault::Reset,
         "cut" => Fault::CutAfter(u32::try_from(number("chunks")?).map_err(|_| "cut: too many chunks".to_owned())?),
+        "midstream_error" => Fault::MidStreamError(
+            u32::try_from(number("chunks")?).map_err(|_| "midstream_error: too many chunks".to_owned())?,
+        ),
         "context" => Fault::ContextWindow,
         "400" => Fault::BadRequest,
         "401" => Fault::Unauthorized,
         "huge" => Fault::Huge(usize::try_from(number("bytes")?).map_err(|_| "huge: too many bytes".to_owned())?),
         other => {
             return Err(format!(
-                "unknown fault {other:?}: expected 500, 429[:secs], hang:ms, reset, cut:n, context, 400, 401 or huge:bytes"
+                "unknown fault {other:?}: expected 500, 429[:secs], hang:ms, slow_headers:ms, drip:ms, reset, cut:n, \
+                 midstream_error:n, context, 400, 401 or huge:bytes"
             ));
         }
     })
@@ -550,11 +708,23 @@ mod tests {
 
     #[test]
     fn faults_parse_and_bad_specs_say_why() {
-        assert_eq!(parse_fault("429:3"), Ok(Fault::RateLimited { retry_after_secs: 3 }));
-        assert_eq!(parse_fault("cut:2"), Ok(Fault::CutAfter(2)));
-        assert_eq!(parse_fault("hang:50"), Ok(Fault::Hang(Duration::from_millis(50))));
-        assert!(parse_fault("hang").unwrap_err().contains("hang needs :ms"));
-        assert!(parse_fault("teapot").unwrap_err().contains("unknown fault \"teapot\""));
+        let check = |spec: &str, expect: Fault| assert_eq!(parse_fault(spec), Ok(expect), "{spec}");
+        check("429:3", Fault::RateLimited { retry_after_secs: 3 });
+        check("cut:2", Fault::CutAfter(2));
+        check("hang:50", Fault::Hang(Duration::from_millis(50)));
+        check("slow_headers:250", Fault::SlowHeaders(Duration::from_millis(250)));
+        check("drip:20", Fault::SlowDrip { interval: Duration::from_millis(20) });
+        check("midstream_error:3", Fault::MidStreamError(3));
+        check("huge:1024", Fault::Huge(1024));
+        let refused = |spec: &str, says: &str| {
+            let err = parse_fault(spec).unwrap_err();
+            assert!(err.contains(says), "{spec}: {err}");
+        };
+        refused("hang", "hang needs :ms");
+        refused("drip", "drip needs :ms");
+        refused("slow_headers:soon", "slow_headers: ms must be a whole number");
+        refused("midstream_error:99999999999", "midstream_error: too many chunks");
+        refused("teapot", "unknown fault \"teapot\"");
     }
 
     #[tokio::test]
@@ -588,5 +758,149 @@ mod tests {
     fn prompt_tokens_count_a_quarter_of_the_characters_plus_one_per_message() {
         let request = json!({"messages": [{"role": "user", "content": "12345678"}, {"role": "user", "content": "1"}]});
         assert_eq!(prompt_tokens(&request), 2 + 1 + 2);
+    }
+
+    // Slow headers, drips and mid-stream errors, on a real socket.
+
+    fn chat_body(model: &str, stream: bool) -> String {
+        json!({"model": model, "stream": stream, "messages": [{"role": "user", "content": "hi"}]}).to_string()
+    }
+
+    async fn post(mock: &MockUpstream, model: &str, stream: bool) -> reqwest::Response {
+        let url = format!("{}/chat/completions", mock.base_url());
+        reqwest::Client::new().post(url).body(chat_body(model, stream)).send().await.unwrap()
+    }
+
+    /// The data of each SSE event in `text`.
+    fn events(text: &str) -> Vec<String> {
+        text.split("\n\n").filter_map(|e| e.strip_prefix("data: ")).map(str::to_owned).collect()
+    }
+
+    /// Waits (bounded) until the mock sends no body any more.
+    async fn no_body_left(mock: &MockUpstream) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while mock.bodies_in_flight() > 0 {
+            assert!(std::time::Instant::now() < deadline, "a body is still being sent after its client left");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn slow_headers_accept_the_connection_then_hold_the_head_back_and_answer_normally() {
+        let mock = MockUpstream::start().await.unwrap();
+        let delay = Duration::from_millis(600);
+        mock.fail_next("slow", Fault::SlowHeaders(delay), 2);
+        let (addr, body) = (mock.addr(), chat_body("slow", false));
+        let raw = tokio::task::spawn_blocking(move || {
+            use std::io::{Read, Write};
+            let mut socket = std::net::TcpStream::connect(addr).unwrap();
+            let head = format!(
+                "POST /v1/chat/completions HTTP/1.1\r\nhost: mock\r\ncontent-type: application/json\r\n\
+                 content-length: {}\r\nconnection: close\r\n\r\n",
+                body.len()
+            );
+            socket.write_all(head.as_bytes()).unwrap();
+            socket.write_all(body.as_bytes()).unwrap();
+            // Accepted and read, but not a byte back before the delay.
+            socket.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+            let mut byte = [0_u8; 1];
+            let early = socket.read(&mut byte);
+            assert!(early.is_err(), "an answer came before the delay: {early:?}");
+            socket.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+            let mut answer = String::new();
+            socket.read_to_string(&mut answer).unwrap();
+            answer
+        })
+        .await
+        .unwrap();
+        assert!(raw.starts_with("HTTP/1.1 200 OK\r\n"), "{raw}");
+        assert!(raw.contains("\"object\":\"chat.completion\""), "{raw}");
+        // Streaming: the head waits as long, then the whole stream comes.
+        let started = std::time::Instant::now();
+        let answer = post(&mock, "slow", true).await;
+        assert!(started.elapsed() >= delay);
+        assert_eq!(answer.status(), 200);
+        let events = events(&answer.text().await.unwrap());
+        assert_eq!(events.last().map(String::as_str), Some("[DONE]"), "{events:?}");
+        // Unlike a hang, which ends in a 504.
+        mock.fail_next("hung", Fault::Hang(Duration::from_millis(10)), 1);
+        assert_eq!(post(&mock, "hung", false).await.status(), 504);
+        mock.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn a_drip_stream_never_ends_and_stops_when_its_client_leaves() {
+        let mock = MockUpstream::start().await.unwrap();
+        let interval = Duration::from_millis(20);
+        mock.fail_next("drip", Fault::SlowDrip { interval }, 1);
+        let started = std::time::Instant::now();
+        let answer = post(&mock, "drip", true).await;
+        assert_eq!(answer.status(), 200);
+        let mut body = answer.bytes_stream();
+        let mut text = String::new();
+        // Past the normal stream's length (4 chunks): it goes on and on.
+        while events(&text).len() < 12 {
+            let piece = body.next().await.unwrap().unwrap();
+            text.push_str(std::str::from_utf8(&piece).unwrap());
+        }
+        let got = events(&text);
+        assert!(started.elapsed() >= interval * 10, "12 events came in {:?}", started.elapsed());
+        assert!(got[0].contains("\"role\":\"assistant\""), "{got:?}");
+        assert!(got[1..].iter().all(|e| e.contains("\"content\":\" lorem\"")), "{got:?}");
+        assert_eq!(mock.bodies_in_flight(), 1);
+        drop(body);
+        no_body_left(&mock).await;
+        mock.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn a_drip_body_comes_a_byte_at_a_time_and_stops_when_its_client_leaves() {
+        let mock = MockUpstream::start().await.unwrap();
+        mock.fail_next("drip", Fault::SlowDrip { interval: Duration::from_millis(1) }, 1);
+        let answer = post(&mock, "drip", false).await;
+        assert_eq!(answer.status(), 200);
+        let mut body = answer.bytes_stream();
+        let (mut bytes, mut pieces) = (Vec::new(), 0);
+        while let Some(piece) = body.next().await {
+            bytes.extend_from_slice(&piece.unwrap());
+            pieces += 1;
+        }
+        let value: Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(value["object"], "chat.completion");
+        // A byte a millisecond: far more pieces than one body in one write.
+        assert!(pieces > bytes.len() / 4, "{pieces} pieces for {} bytes", bytes.len());
+        no_body_left(&mock).await;
+        // Abandoned half way, it stops.
+        mock.fail_next("drip", Fault::SlowDrip { interval: Duration::from_millis(20) }, 1);
+        let mut body = post(&mock, "drip", false).await.bytes_stream();
+        body.next().await.unwrap().unwrap();
+        assert_eq!(mock.bodies_in_flight(), 1);
+        drop(body);
+        no_body_left(&mock).await;
+        mock.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn a_midstream_error_is_an_openai_error_event_after_n_chunks_then_a_clean_end() {
+        let mock = MockUpstream::start().await.unwrap();
+        mock.fail_next("mid", Fault::MidStreamError(2), 2);
+        let answer = post(&mock, "mid", true).await;
+        assert_eq!(answer.status(), 200);
+        // `text` fails if the connection broke: the body ends cleanly.
+        let got = events(&answer.text().await.unwrap());
+        assert_eq!(got.len(), 1 + 2 + 1, "{got:?}");
+        assert!(got[0].contains("\"role\":\"assistant\""), "{got:?}");
+        assert!(got[1..3].iter().all(|e| e.contains("\"content\"")), "{got:?}");
+        let error: Value = serde_json::from_str(&got[3]).unwrap();
+        assert_eq!(error["error"]["type"], "server_error", "{error}");
+        assert_eq!(error["error"]["code"], "server_error", "{error}");
+        assert!(error["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{error}");
+        // Not streaming: the same failure before any answer, a 500.
+        assert_eq!(post(&mock, "mid", false).await.status(), 500);
+        // The fault is spent: the next stream ends normally.
+        let got = events(&post(&mock, "mid", true).await.text().await.unwrap());
+        assert_eq!(got.last().map(String::as_str), Some("[DONE]"), "{got:?}");
+        no_body_left(&mock).await;
+        mock.shutdown().await;
     }
 }

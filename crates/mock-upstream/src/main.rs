@@ -7,7 +7,8 @@ use std::{net::SocketAddr, process::ExitCode, time::Duration};
 use modelfleet_mock_upstream::{Behavior, MockUpstream, parse_fault};
 
 const USAGE: &str = "usage: mock-upstream [--listen 127.0.0.1:9000] [--latency-ms N] [--fail MODEL=FAULT[@RATE]]...
-  FAULT: 500, 429[:secs], hang:ms, reset, cut:n, context, 400, 401; RATE: 0..1 (default 1)";
+  FAULT: 500, 429[:secs], hang:ms, slow_headers:ms, drip:ms, reset, cut:n, midstream_error:n,
+         context, 400, 401, huge:bytes; RATE: 0..1 (default 1)";
 
 struct Args {
     listen: SocketAddr,

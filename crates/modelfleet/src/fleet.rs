@@ -221,6 +221,7 @@ impl FleetOptions {
                 },
                 cache_max_entries: config.cache.max_entries,
                 cache_max_bytes: config.cache.max_bytes,
+                retain_days: config.store.retain_days,
                 ..StoreConfig::default()
             },
             monitor: MonitorConfig::default(),
@@ -333,6 +334,9 @@ pub enum FleetError {
         cost: Money,
         /// What is left of the hard budget that refused, for a budget refusal.
         budget_remaining: Option<Money>,
+        /// The last upstream's own `code` and `param`, when its error said
+        /// them (a gateway relays them with a bad request).
+        upstream: Option<Box<modelfleet_errors::UpstreamFields>>,
     },
     /// Spend cannot be persisted right now, and every model that could serve
     /// this request is a paid one a hard budget would pay for: refused (fail
@@ -555,6 +559,37 @@ impl MemoryProbe {
     }
 }
 
+/// Drops a model's response-cache entries whenever the catalog changes its
+/// spec or removes it, whichever path wrote the catalog (admin API, CLI, a
+/// reload): a cached answer holds for the spec that produced it.
+///
+/// Each version is compared with the one before (a `replace` names no
+/// model), timestamps aside. The subscriber runs on the thread that wrote
+/// the catalog, and [`Store::cache_drop_model`] waits there for its commit:
+/// catalog writes are off the async runtime already (the catalog is
+/// persisted on the same thread the same way).
+fn drop_cache_on_catalog_changes(catalog: &Arc<Catalog>, store: &Arc<Store>) {
+    let seen = Mutex::new(catalog.snapshot());
+    let (catalog_ref, store_ref) = (Arc::downgrade(catalog), Arc::downgrade(store));
+    catalog.subscribe(move |_| {
+        let (Some(catalog), Some(store)) = (catalog_ref.upgrade(), store_ref.upgrade()) else { return };
+        let now = catalog.snapshot();
+        let before = std::mem::replace(&mut *seen.lock().unwrap_or_else(PoisonError::into_inner), Arc::clone(&now));
+        for old in before.models() {
+            let changed = now.get(&old.id).is_none_or(|new| !same_but_timestamps(old, new));
+            if changed && let Err(err) = store.cache_drop_model(&old.id) {
+                tracing::warn!(model = %old.id, %err, "could not drop the model's cached responses");
+            }
+        }
+    });
+}
+
+/// Whether two specs differ in their timestamps at most.
+fn same_but_timestamps(a: &ModelSpec, b: &ModelSpec) -> bool {
+    let bare = |spec: &ModelSpec| ModelSpec { created_at_ms: 0, updated_at_ms: 0, ..spec.clone() };
+    std::ptr::eq(a, b) || bare(a) == bare(b)
+}
+
 impl Fleet {
     /// The embedded default: the default database location and catalog.
     pub async fn open_default() -> Result<Fleet, FleetError> {
@@ -599,6 +634,7 @@ impl Fleet {
         // Not sanitized: this error is for the operator, and the file it names is the point.
         let running = registry.start().await.map_err(|e| FleetError::Start(e.to_string()))?;
         let store = started(&store_service.store, "store").map_err(|e| FleetError::Start(e.to_string()))?;
+        drop_cache_on_catalog_changes(&catalog, &store);
         let books = Books {
             store: Arc::clone(&store),
             monitor: Arc::clone(&monitor),
@@ -955,31 +991,45 @@ impl Fleet {
                     retry_after,
                     cost: spent,
                     budget_remaining: None,
+                    upstream: None,
                 })
             }
             Err(err) => {
                 self.metrics_of_attempts(snapshot.models(), err.attempts());
-                let (class, retry_after) = match &err {
-                    ExecuteError::Failed { last, .. } => (Some(last.class()), last.retry_after()),
-                    _ => (None, None),
-                };
-                let attempts = err.attempts().to_vec();
-                let budget = class == Some(ErrorClass::BudgetExceeded);
-                // A budget that refused at its hold: what it has left now.
-                let budget_remaining = attempts
-                    .last()
-                    .filter(|_| budget)
-                    .and_then(|last| snapshot.get(&last.model))
-                    .and_then(|model| self.remaining(request.key.as_deref(), model));
-                Err(FleetError::NotServed {
-                    message: modelfleet_errors::sanitize(&err.to_string()).into_owned(),
-                    attempts,
-                    class,
-                    retry_after: retry_after.filter(|_| budget),
-                    cost: spent,
-                    budget_remaining,
-                })
+                Err(self.failed(&err, spent, &snapshot, request.key.as_deref()))
             }
+        }
+    }
+
+    /// Every attempt failed (or the plan stopped): the refusal, with the
+    /// last failure's class, the upstream's own code and param, and, for a
+    /// budget that refused at its hold, what it has left now.
+    fn failed(
+        &self,
+        err: &ExecuteError<Failure>,
+        spent: Money,
+        snapshot: &modelfleet_registry::Snapshot,
+        key: Option<&str>,
+    ) -> FleetError {
+        let (class, retry_after, upstream) = match err {
+            ExecuteError::Failed { last, .. } => (Some(last.class()), last.retry_after(), last.upstream()),
+            _ => (None, None, None),
+        };
+        let attempts = err.attempts().to_vec();
+        let budget = class == Some(ErrorClass::BudgetExceeded);
+        let budget_remaining = attempts
+            .last()
+            .filter(|_| budget)
+            .and_then(|last| snapshot.get(&last.model))
+            .and_then(|model| self.remaining(key, model));
+        FleetError::NotServed {
+            message: modelfleet_errors::sanitize(&err.to_string()).into_owned(),
+            attempts,
+            class,
+            retry_after: retry_after.filter(|_| budget),
+            cost: spent,
+            budget_remaining,
+            upstream: upstream.cloned().map(Box::new),
         }
     }
 
@@ -1047,6 +1097,7 @@ impl Fleet {
             retry_after: resets,
             cost: Money::ZERO,
             budget_remaining: Some(room.remaining),
+            upstream: None,
         })
     }
 
@@ -1577,5 +1628,58 @@ impl Drop for Settlement {
             let entry = ended.entry(Usage::default(), cost);
             ended.books.settle_detached(reservation, entry);
         }
+    }
+}
+
+#[cfg(test)]
+mod catalog_cache_tests {
+    //! The response cache follows the catalog: a model whose spec changes,
+    //! or that is removed, loses its cached answers; the others keep theirs.
+
+    use modelfleet_registry::ModelUpdate;
+
+    use super::*;
+
+    #[test]
+    fn changing_or_removing_a_models_spec_drops_its_cached_answers() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build()?;
+        let options = FleetOptions { db_path: Some(dir.path().join("fleet.db")), ..FleetOptions::default() };
+        let fleet = runtime.block_on(Fleet::open(options))?;
+        // Catalog writes and cache reads block: here, outside the runtime.
+        let ids: Vec<String> = fleet.catalog().list().iter().take(4).map(|m| m.id.clone()).collect();
+        let [changed, touched, removed, replaced] = &ids[..] else { return Err("four models".into()) };
+        let key = |i: usize| [u8::try_from(i).unwrap_or(u8::MAX); 32];
+        for (i, id) in ids.iter().enumerate() {
+            fleet.store().cache_put(key(i), id, &serde_json::json!({"model": id}), Duration::from_mins(10))?;
+        }
+        fleet.store().flush()?;
+        let cached = |fleet: &Fleet| -> Result<Vec<bool>, modelfleet_store::Error> {
+            (0..ids.len()).map(|i| fleet.store().cache_get(&key(i)).map(|hit| hit.is_some())).collect()
+        };
+        assert_eq!(cached(&fleet)?, [true; 4]);
+
+        let priority = fleet.catalog().get(changed).map_or(0, |m| m.priority);
+        fleet.catalog().update(changed, ModelUpdate { priority: Some(priority ^ 1), ..ModelUpdate::default() })?;
+        assert_eq!(cached(&fleet)?, [false, true, true, true], "a changed spec");
+
+        // Only the update time changes: the spec answers the same.
+        let enabled = fleet.catalog().get(touched).is_some_and(|m| m.enabled);
+        fleet.catalog().update(touched, ModelUpdate { enabled: Some(enabled), ..ModelUpdate::default() })?;
+        assert_eq!(cached(&fleet)?, [false, true, true, true], "an unchanged spec");
+
+        fleet.catalog().remove(removed)?;
+        assert_eq!(cached(&fleet)?, [false, true, false, true], "a removed model");
+
+        // The admin API's PUT replaces the whole catalog with one spec changed.
+        let mut models: Vec<ModelSpec> = fleet.catalog().list().iter().map(|m| (**m).clone()).collect();
+        for spec in models.iter_mut().filter(|m| m.id == *replaced) {
+            spec.display_name = "renamed".into();
+        }
+        fleet.catalog().replace(models)?;
+        assert_eq!(cached(&fleet)?, [false, true, false, false], "a spec changed by a replace");
+
+        runtime.block_on(fleet.shutdown())?;
+        Ok(())
     }
 }

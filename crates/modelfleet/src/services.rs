@@ -62,6 +62,13 @@ impl Service for StoreService {
                     "writes are failing ({why}); {dropped} performance rows, alerts or cache entries dropped so far"
                 ));
             }
+            // A large file is checked in the background: a failed check
+            // is worth an operator's look, not a stop.
+            if let modelfleet_store::Integrity::Failed(why) = store.integrity() {
+                return Health::Degraded(format!(
+                    "the database's integrity check failed ({why}); run modelfleet db check"
+                ));
+            }
             if store.cache_stats().degraded {
                 return Health::Degraded("response cache degraded (bypassed)".into());
             }

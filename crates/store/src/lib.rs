@@ -7,10 +7,28 @@
 //! SQLite is bundled: nothing needs to be installed. The facade `modelfleet`
 //! uses it directly; nothing else should.
 //!
-//! - **Opening** checks the file is SQLite, runs `PRAGMA quick_check`,
-//!   refuses a schema newer than this build, then applies migrations
-//!   (`PRAGMA user_version`) in one transaction. A refused file is never
-//!   touched: the error names it and [`quarantine`] moves it aside on request.
+//! - **Opening reads before it writes.** An existing, non-empty file is
+//!   first opened read-only, in a way that creates nothing beside it (a
+//!   WAL-mode file without `-wal` is opened `immutable`; a rollback-journal
+//!   file read-only gets no side files, and one with an unfinished journal
+//!   is refused, not recovered). It must be SQLite, carry modelfleet's
+//!   [`APPLICATION_ID`] (`MFLT`) or 0 (what schema versions 1 and 2 wrote),
+//!   have a modelfleet schema version and that version's tables (or be an
+//!   empty database), not be newer than this build ([`SCHEMA_VERSION`]) and
+//!   pass `PRAGMA quick_check`. Only then is it opened read-write (WAL mode,
+//!   the pragmas), migrated (`PRAGMA user_version`) and stamped with the
+//!   application id, in one transaction; a new file is created that way. A
+//!   refused file keeps every byte and nothing is created beside it: the
+//!   error names it and says why ([`Error::NotSqlite`], [`Error::Foreign`],
+//!   [`Error::Corrupt`], [`Error::TooNew`]); [`quarantine`] moves it aside
+//!   on request. [`check`] (`modelfleet db check`) applies the same rules
+//!   read-only.
+//! - **The integrity check is bounded.** `quick_check` reads the whole
+//!   file: on open it runs only for files up to `check_on_open_max_bytes`
+//!   ([`CHECK_ON_OPEN_MAX_BYTES`], 256 MiB, by default). A larger file is
+//!   opened after the other checks and checked in a background thread;
+//!   [`Store::integrity`] says where that stands ([`Integrity::Checking`],
+//!   then `Sound` or `Failed`, which is also logged). [`check`] always runs it.
 //! - **One writer thread** owns the write connection (WAL mode,
 //!   `synchronous=NORMAL`, or `FULL` with [`Durability::PowerLoss`]). Spend,
 //!   performance rows, usage, alerts, budget changes and cache entries reach
@@ -29,20 +47,30 @@
 //!   thread; the `*_detached` methods, [`Store::save_alert`] and
 //!   [`Store::cache_put`] never wait (a full queue sends the op to an
 //!   overflow list the writer drains). Reads, catalog writes,
-//!   [`Store::flush`] and [`Store::close`] block the calling thread: call them off the runtime (`spawn_blocking`)
-//!   or outside it.
+//!   [`Store::cache_drop_model`], [`Store::shrink_memory`], [`Store::flush`]
+//!   and [`Store::close`] block the calling thread: call them off the
+//!   runtime (`spawn_blocking`) or outside it.
 //! - **Spend is never lost.** When a transaction fails twice its commits
 //!   return [`Error::Write`] but their spend stays with the writer and is
 //!   re-applied in every later transaction until one commits;
 //!   [`Store::spend_backlog`] says why meanwhile (the facade degrades its
 //!   budgets and fails hard budgets closed on it). Performance rows, alerts
 //!   and cache entries of a failed transaction are dropped and counted.
+//! - **Retention.** With `retain_days` (30 by default; 0 keeps everything)
+//!   the writer prunes performance-log rows older than that, by their
+//!   timestamp and the store's clock, when the store opens and then at most
+//!   once an hour, 10,000 rows per transaction interleaved with the other
+//!   writes. Nothing else is pruned: spend, usage totals, budgets, alerts,
+//!   the catalog and the cache stay.
 //! - **Response cache**: keys are SHA-256 of the canonical request
-//!   ([`cache_key`]); entries carry a TTL and a checksum; the cache is held
-//!   under an entry and a byte limit (oldest evicted first). Corrupted entries
-//!   are removed one by one as they are found, counted, and reported to a
+//!   ([`cache_key`]); entries carry the model that answered, a TTL and a
+//!   checksum; the cache is held under an entry and a byte limit (oldest
+//!   evicted first); [`Store::cache_drop_model`] deletes a model's entries
+//!   when its spec changes. Corrupted entries are removed one by one as they
+//!   are found, counted, logged (without the value) and reported to a
 //!   degradation tracker: repeated corruption bypasses the cache until
-//!   writes succeed again.
+//!   writes succeed again. [`Store::shrink_memory`] gives SQLite's spare
+//!   memory back, for a memory guard.
 //!
 //! ```
 //! use modelfleet_budget::{Period, Scope};
@@ -79,7 +107,9 @@ use std::path::{Path, PathBuf};
 
 pub use crate::{
     records::{AlertRecord, AuditRow, PerfRecord, SpendEntry, SpendRow, UsageRow},
-    schema::{CheckReport, Durability, SCHEMA_VERSION, check, quarantine},
+    schema::{
+        APPLICATION_ID, CHECK_ON_OPEN_MAX_BYTES, CheckReport, Durability, Integrity, SCHEMA_VERSION, check, quarantine,
+    },
     store::{CacheStats, Restored, Store, StoreConfig, cache_key},
 };
 
@@ -108,6 +138,19 @@ pub enum Error {
         path: PathBuf,
         /// What the integrity check or SQLite said.
         detail: String,
+    },
+    /// The file is SQLite but not a modelfleet database: another
+    /// application id, a schema that is not modelfleet's, or an unfinished
+    /// rollback journal (modelfleet only writes WAL).
+    #[error(
+        "{} is not a modelfleet database ({reason}); it was left untouched: point modelfleet at another file",
+        path.display()
+    )]
+    Foreign {
+        /// The file.
+        path: PathBuf,
+        /// What gave it away.
+        reason: String,
     },
     /// The schema is newer than this build understands.
     #[error(
@@ -169,12 +212,25 @@ impl Error {
     /// An error while opening `path`: "not a database" and corruption codes
     /// become the errors that name the file.
     fn open(path: &Path, err: &rusqlite::Error) -> Error {
+        if let rusqlite::Error::SqliteFailure(e, _) = err
+            && e.extended_code == rusqlite::ffi::SQLITE_READONLY_ROLLBACK
+        {
+            return Error::Foreign {
+                path: path.to_owned(),
+                reason: "it has an unfinished rollback journal (-journal) that only the program that wrote it \
+                         should recover"
+                    .into(),
+            };
+        }
         match err.sqlite_error_code() {
             Some(rusqlite::ErrorCode::NotADatabase) => Error::NotSqlite { path: path.to_owned() },
             Some(rusqlite::ErrorCode::DatabaseCorrupt) => Error::Corrupt {
                 path: path.to_owned(),
                 detail: modelfleet_errors::sanitize(&err.to_string()).into_owned(),
             },
+            Some(rusqlite::ErrorCode::CannotOpen | rusqlite::ErrorCode::PermissionDenied) => {
+                Error::Io { path: path.to_owned(), message: modelfleet_errors::sanitize(&err.to_string()).into_owned() }
+            }
             _ => Error::Sqlite {
                 context: "opening the database",
                 message: modelfleet_errors::sanitize(&err.to_string()).into_owned(),

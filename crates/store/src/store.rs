@@ -24,7 +24,7 @@ use tokio::sync::{
 use crate::{
     Error,
     records::{AuditRow, PerfRecord, SpendEntry, SpendRow, UsageRow, to_i64, to_u64},
-    schema::{self, Durability},
+    schema::{self, CHECK_ON_OPEN_MAX_BYTES, Durability, Integrity},
     writer::{self, Ack, BudgetChange, Op, Outcome, Queued, lock},
 };
 
@@ -50,11 +50,20 @@ pub struct StoreConfig {
     pub cache_max_bytes: u64,
     /// Degraded-mode thresholds of the response cache.
     pub cache_degradation: DegradationConfig,
+    /// Days performance-log rows are kept (by their timestamp and the
+    /// store's clock); older ones are pruned when the store opens and then
+    /// hourly. 0 keeps them all. Only raw performance rows are pruned: spend,
+    /// usage totals, budgets, alerts, the catalog and the cache are not.
+    pub retain_days: u32,
+    /// Files up to this size are integrity-checked before they are opened
+    /// read-write; larger ones in the background after ([`Store::integrity`]).
+    pub check_on_open_max_bytes: u64,
 }
 
 impl Default for StoreConfig {
     /// Batches of 512 rows or 50 ms, a queue of 8,192 writes, process-kill
-    /// durability, a cache of 10,000 entries and 64 MiB.
+    /// durability, a cache of 10,000 entries and 64 MiB, performance rows
+    /// kept 30 days, files up to 256 MiB checked before they are opened.
     fn default() -> Self {
         StoreConfig {
             batch_rows: 512,
@@ -64,9 +73,14 @@ impl Default for StoreConfig {
             cache_max_entries: 10_000,
             cache_max_bytes: 64 * 1024 * 1024,
             cache_degradation: DegradationConfig::default(),
+            retain_days: 30,
+            check_on_open_max_bytes: CHECK_ON_OPEN_MAX_BYTES,
         }
     }
 }
+
+/// A day in milliseconds.
+const DAY_MS: u64 = 24 * 60 * 60 * 1_000;
 
 /// The response cache's counters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
@@ -147,11 +161,12 @@ pub struct Restored {
 /// (`spawn_blocking`) or outside it: [`Store::flush`], [`Store::close`],
 /// dropping the store, the catalog writes (`save_model`,
 /// `save_catalog`, `remove_model`, committed on their own connection before
-/// they return), and every read (`spend`, `usage`, `cache_get`, …) which
-/// runs SQLite on the calling thread.
+/// they return), [`Store::cache_drop_model`] (which waits for its commit),
+/// [`Store::shrink_memory`], and every read (`spend`, `usage`, `cache_get`,
+/// …) which runs SQLite on the calling thread.
 pub struct Store {
     path: PathBuf,
-    clock: Box<dyn Clock>,
+    clock: Arc<dyn Clock>,
     queue: Option<mpsc::Sender<Queued>>,
     writer: Option<JoinHandle<()>>,
     /// Dropping the sender stops the checkpointer.
@@ -161,6 +176,10 @@ pub struct Store {
     reader: Mutex<Connection>,
     cache: CacheCounters,
     cache_health: DegradationTracker,
+    /// Where the file's integrity check stands.
+    integrity: Arc<Mutex<Integrity>>,
+    /// The background integrity check of a large file, while it may run.
+    integrity_check: Mutex<Option<(rusqlite::InterruptHandle, JoinHandle<()>)>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -218,14 +237,16 @@ fn corruption(value: &[u8], checksum: &[u8]) -> Option<&'static str> {
 }
 
 impl Store {
-    /// Opens (creating, migrating and integrity-checking) the database at
-    /// `path`. A file that is not SQLite, is corrupted or was written by a
-    /// newer modelfleet is refused and left untouched.
+    /// Opens (creating, integrity-checking, migrating) the database at
+    /// `path`. An existing file is looked at read-only first; a file that is
+    /// not SQLite, not a modelfleet database, corrupted or written by a
+    /// newer modelfleet is refused and left untouched (see the crate docs).
     pub fn open(path: impl AsRef<Path>, config: StoreConfig) -> Result<Store, Error> {
         Store::open_with_clock(path, config, SystemClock)
     }
 
-    /// Like [`Store::open`], timestamps (cache expiry) from `clock`.
+    /// Like [`Store::open`], timestamps (cache expiry, the retention window
+    /// of the performance log) from `clock`.
     pub fn open_with_clock(
         path: impl AsRef<Path>,
         config: StoreConfig,
@@ -235,15 +256,21 @@ impl Store {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, &e))?;
         }
-        let writer_conn = schema::open(&path, config.durability)?;
+        let (writer_conn, unchecked) = schema::open(&path, config.durability, config.check_on_open_max_bytes)?;
         let strict = schema::connect(&path, config.durability)?;
         let reader = schema::connect(&path, config.durability)?;
+        let integrity = Arc::new(Mutex::new(if unchecked { Integrity::Checking } else { Integrity::Sound }));
+        let integrity_check =
+            if unchecked { Some(schema::background_check(&path, Arc::clone(&integrity))?) } else { None };
+        let clock: Arc<dyn Clock> = Arc::new(clock);
         let shared = Arc::new(writer::Shared {
             batch_rows: config.batch_rows.max(1),
             batch_wait: config.batch_wait,
             capacity: config.queue_capacity.max(1),
             cache_max_entries: config.cache_max_entries,
             cache_max_bytes: config.cache_max_bytes,
+            retain_ms: u64::from(config.retain_days).saturating_mul(DAY_MS),
+            pruned: AtomicU64::new(0),
             seq: AtomicU64::new(1),
             committed: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
@@ -256,14 +283,15 @@ impl Store {
         });
         let (queue, rx) = mpsc::channel(shared.capacity);
         let thread_shared = Arc::clone(&shared);
+        let writer_clock = Arc::clone(&clock);
         let writer = std::thread::Builder::new()
             .name("modelfleet-store-writer".into())
-            .spawn(move || writer::run(writer_conn, rx, &thread_shared))
+            .spawn(move || writer::run(writer_conn, rx, &thread_shared, writer_clock))
             .map_err(|e| Error::io(&path, &e))?;
         let checkpointer = schema::checkpointer(&path, config.durability)?;
         Ok(Store {
             path,
-            clock: Box::new(clock),
+            clock,
             queue: Some(queue),
             writer: Some(writer),
             checkpointer: Some(checkpointer),
@@ -272,7 +300,28 @@ impl Store {
             reader: Mutex::new(reader),
             cache: CacheCounters::default(),
             cache_health: DegradationTracker::new(config.cache_degradation),
+            integrity,
+            integrity_check: Mutex::new(integrity_check),
         })
+    }
+
+    /// Where the file's integrity check stands. [`Integrity::Sound`] for a
+    /// file checked before it was opened (up to `check_on_open_max_bytes`)
+    /// or created; a larger file is [`Integrity::Checking`] until the
+    /// background check ends, then `Sound` or [`Integrity::Failed`] (also
+    /// logged). A failed check does not stop the store: it says the file
+    /// wants `modelfleet db check`.
+    #[must_use]
+    pub fn integrity(&self) -> Integrity {
+        lock(&self.integrity).clone()
+    }
+
+    /// Waits for the background integrity check, if one runs.
+    #[cfg(test)]
+    pub(crate) fn wait_for_integrity_check(&self) {
+        if let Some((_, thread)) = lock(&self.integrity_check).take() {
+            let _ = thread.join();
+        }
     }
 
     /// The database file.
@@ -413,9 +462,10 @@ impl Store {
 
     /// Writes committed and writes dropped (refused twice by the database) so
     /// far. A write is one queued op: a performance row, a settlement, an
-    /// alert, a cache entry or a budget change. Dropped writes are
-    /// performance rows, alerts and cache entries (spend is kept, budget
-    /// changes are refused to their caller).
+    /// alert, a cache entry, a cache drop or a budget change. Dropped writes
+    /// are performance rows, alerts and cache entries (spend is kept, budget
+    /// changes and cache drops are refused to their caller). Pruned
+    /// performance rows are counted apart ([`Store::perf_rows_pruned`]).
     #[must_use]
     pub fn write_counts(&self) -> (u64, u64) {
         (self.shared.committed.load(Ordering::Relaxed), self.shared.dropped.load(Ordering::Relaxed))
@@ -425,6 +475,24 @@ impl Store {
     #[must_use]
     pub fn transactions(&self) -> u64 {
         self.shared.transactions.load(Ordering::Relaxed)
+    }
+
+    /// Performance-log rows pruned so far (older than `retain_days`).
+    #[must_use]
+    pub fn perf_rows_pruned(&self) -> u64 {
+        self.shared.pruned.load(Ordering::Relaxed)
+    }
+
+    /// Releases the memory SQLite can give back (`PRAGMA shrink_memory`) on
+    /// the store's read and catalog connections now, and on the writer's
+    /// after its next transaction (queued, not waited for): for a memory
+    /// guard. **Blocks the calling thread** briefly (it waits for those
+    /// connections' locks): call it on the blocking pool.
+    pub fn shrink_memory(&self) -> Result<(), Error> {
+        for conn in [&self.strict, &self.reader] {
+            lock(conn).execute_batch("PRAGMA shrink_memory").map_err(|e| Error::sqlite("releasing memory", &e))?;
+        }
+        self.push(self.queued(Op::ShrinkMemory))
     }
 
     /// Flushes and stops the writer (what dropping the store does, with the
@@ -446,6 +514,11 @@ impl Store {
         if let Some((stop, checkpointer)) = self.checkpointer.take() {
             drop(stop);
             let _ = checkpointer.join();
+        }
+        if let Some((interrupt, check)) = lock(&self.integrity_check).take() {
+            // Unfinished, it stays `Checking`: the next open checks again.
+            interrupt.interrupt();
+            let _ = check.join();
         }
     }
 
@@ -809,15 +882,17 @@ impl Store {
 
     // ---- Response cache -----------------------------------------------------
 
-    /// Queues `value` under `key` for `ttl`; never blocks (a full queue
-    /// sends it to the overflow).
-    pub fn cache_put(&self, key: [u8; 32], value: &serde_json::Value, ttl: Duration) -> Result<(), Error> {
+    /// Queues `value`, the answer of `model`, under `key` for `ttl`; never
+    /// blocks (a full queue sends it to the overflow). The model is kept
+    /// with the entry so [`Store::cache_drop_model`] finds it.
+    pub fn cache_put(&self, key: [u8; 32], model: &str, value: &serde_json::Value, ttl: Duration) -> Result<(), Error> {
         let bytes = serde_json::to_vec(value).map_err(|e| Error::Write(e.to_string()))?;
         let now = self.clock.now_ms();
         let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
         let checksum: [u8; 32] = Sha256::digest(&bytes).into();
         self.push(self.queued(Op::CachePut {
             key,
+            model: model.to_owned(),
             value: bytes,
             checksum,
             created_ms: now,
@@ -857,7 +932,9 @@ impl Store {
             self.cache.misses.fetch_add(1, Ordering::Relaxed);
             return Ok(None);
         }
-        if corruption(&value, &checksum).is_some() {
+        if let Some(reason) = corruption(&value, &checksum) {
+            // The value is not logged: it is somebody's answer.
+            tracing::warn!(reason, "removed a corrupted response-cache entry");
             self.cache_delete(key)?;
             self.cache.corrupted.fetch_add(1, Ordering::Relaxed);
             self.cache.misses.fetch_add(1, Ordering::Relaxed);
@@ -869,6 +946,19 @@ impl Store {
         self.cache.hits.fetch_add(1, Ordering::Relaxed);
         self.cache_health.record_success();
         Ok(parsed)
+    }
+
+    /// Deletes every cache entry `model` answered (those queued before the
+    /// call included), for when its spec changes or it is removed.
+    ///
+    /// Queued to the writer thread, so it is ordered after every
+    /// [`Store::cache_put`] that returned before it, and waits for its
+    /// commit: **blocks the calling thread** (it works inside and outside
+    /// an async runtime, but belongs on the blocking pool, never on an
+    /// async worker). After it returns no entry of `model` is served.
+    pub fn cache_drop_model(&self, model: &str) -> Result<(), Error> {
+        let model = model.to_owned();
+        self.send_acked_blocking(|ack| Op::CacheDrop { model, ack })
     }
 
     fn cache_delete(&self, key: &[u8; 32]) -> Result<(), Error> {
@@ -898,6 +988,9 @@ impl Store {
                     .map_err(|e| Error::sqlite("scrubbing the cache", &e))?;
                 removed += 1;
             }
+        }
+        if removed > 0 {
+            tracing::warn!(removed, "removed corrupted response-cache entries");
         }
         self.cache.corrupted.fetch_add(removed, Ordering::Relaxed);
         Ok(removed)

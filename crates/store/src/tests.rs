@@ -106,7 +106,9 @@ fn a_newer_schema_is_refused_and_untouched() {
     let before = std::fs::read(&path).unwrap();
     let err = Store::open(&path, StoreConfig::default()).unwrap_err();
     assert_eq!(err, Error::TooNew { path: path.clone(), found: 99, supported: SCHEMA_VERSION });
-    assert!(err.to_string().contains("written by a newer modelfleet (schema version 99, this build knows up to 2)"));
+    let expected =
+        format!("written by a newer modelfleet (schema version 99, this build knows up to {SCHEMA_VERSION})");
+    assert!(err.to_string().contains(&expected), "{err}");
     assert_eq!(std::fs::read(&path).unwrap(), before);
 }
 
@@ -370,6 +372,214 @@ async fn flush_works_inside_a_runtime_and_a_dropped_commit_still_commits() {
     store.flush_async().await.unwrap();
 }
 
+// ---- Opening: read-only first, refused files untouched ------------------------
+
+/// Every file of `dir` with its SHA-256: what "untouched" compares.
+fn snapshot(dir: &Path) -> Vec<(String, [u8; 32])> {
+    use sha2::Digest;
+    let mut files: Vec<(String, [u8; 32])> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                sha2::Sha256::digest(std::fs::read(e.path()).unwrap()).into(),
+            )
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+/// Opens `path` (and checks it) expecting a refusal, and asserts nothing in
+/// its directory changed, not a byte nor a file beside it; returns the error.
+fn refused_untouched(path: &Path) -> Error {
+    let dir = path.parent().unwrap();
+    let before = snapshot(dir);
+    let err = Store::open(path, StoreConfig::default()).unwrap_err();
+    assert!(err.to_string().contains(&path.display().to_string()), "names the file: {err}");
+    assert!(err.to_string().contains("left untouched"), "{err}");
+    assert_eq!(snapshot(dir), before, "{err}: the file and its directory are unchanged");
+    let checked = check(path).map(|_| ()).unwrap_err();
+    assert_eq!(checked, err, "check applies the open rules");
+    assert_eq!(snapshot(dir), before, "check changed nothing either");
+    err
+}
+
+/// A database somebody else wrote, in `journal_mode`, with a table of theirs.
+fn foreign_database(path: &Path, journal_mode: &str, setup: &str) {
+    let conn = Connection::open(path).unwrap();
+    let mode: String = conn.query_row(&format!("PRAGMA journal_mode = {journal_mode}"), [], |r| r.get(0)).unwrap();
+    assert!(mode.eq_ignore_ascii_case(journal_mode));
+    conn.execute_batch(
+        "CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT); INSERT INTO notes (body) VALUES ('mine')",
+    )
+    .unwrap();
+    conn.execute_batch(setup).unwrap();
+}
+
+#[test]
+fn a_foreign_rollback_journal_database_is_refused_and_untouched() {
+    let (dir, path) = db();
+    foreign_database(&path, "DELETE", "");
+    assert_eq!(snapshot(dir.path()).len(), 1);
+    let err = refused_untouched(&path);
+    assert!(matches!(&err, Error::Foreign { path: p, .. } if p == &path), "{err}");
+    assert!(err.to_string().contains("is not a modelfleet database"), "{err}");
+    // Its owner still reads it, in its own journal mode.
+    let conn = Connection::open(&path).unwrap();
+    let mode: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
+    assert_eq!(mode, "delete");
+}
+
+#[test]
+fn a_foreign_wal_database_is_refused_without_files_beside_it() {
+    let (dir, path) = db();
+    foreign_database(&path, "WAL", "");
+    assert_eq!(snapshot(dir.path()).len(), 1, "closed: no -wal, no -shm");
+    let err = refused_untouched(&path);
+    assert!(matches!(err, Error::Foreign { .. }), "{err}");
+}
+
+#[test]
+fn foreign_schemas_are_refused_and_untouched() {
+    // A schema version modelfleet never had, and one it had without its tables.
+    for setup in ["PRAGMA user_version = 7", "PRAGMA user_version = 2"] {
+        let (_dir, path) = db();
+        foreign_database(&path, "DELETE", setup);
+        let err = refused_untouched(&path);
+        assert!(matches!(err, Error::Foreign { .. }), "{setup}: {err}");
+    }
+}
+
+#[test]
+fn a_foreign_application_id_is_refused_and_untouched() {
+    let (_dir, path) = db();
+    {
+        // Even with modelfleet's tables: the application id decides.
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(crate::schema::MIGRATIONS[0]).unwrap();
+        conn.execute_batch("PRAGMA user_version = 1; PRAGMA application_id = 305419896").unwrap();
+    }
+    let err = refused_untouched(&path);
+    assert!(err.to_string().contains("its application_id is 0x12345678, modelfleet's is 0x4d464c54"), "{err}");
+}
+
+#[test]
+fn a_new_file_gets_the_application_id() {
+    let (_dir, path) = db();
+    drop(Store::open(&path, StoreConfig::default()).unwrap());
+    let report = check(&path).unwrap();
+    assert_eq!((report.application_id, report.schema_version), (APPLICATION_ID, SCHEMA_VERSION));
+    let id: i64 = Connection::open(&path).unwrap().query_row("PRAGMA application_id", [], |r| r.get(0)).unwrap();
+    assert_eq!(id, 0x4D46_4C54);
+    // An empty file is a new database too.
+    let empty = path.with_file_name("empty.db");
+    std::fs::write(&empty, b"").unwrap();
+    assert_eq!(check(&empty).unwrap().schema_version, 0);
+    drop(Store::open(&empty, StoreConfig::default()).unwrap());
+    assert_eq!(check(&empty).unwrap().application_id, APPLICATION_ID);
+}
+
+#[test]
+fn a_modelfleet_file_without_an_application_id_is_accepted_and_stamped() {
+    let (_dir, path) = db();
+    {
+        // What schema version 2 wrote: WAL, no application id.
+        let conn = Connection::open(&path).unwrap();
+        conn.query_row("PRAGMA journal_mode = WAL", [], |_| Ok(())).unwrap();
+        conn.execute_batch(crate::schema::MIGRATIONS[0]).unwrap();
+        conn.execute_batch(crate::schema::MIGRATIONS[1]).unwrap();
+        conn.pragma_update(None, "user_version", 2).unwrap();
+        conn.execute(
+            "INSERT INTO budget_spend VALUES ('{\"kind\":\"global\"}', '\"none\"', 0, NULL, 'openai', 'gpt-4o', 42)",
+            [],
+        )
+        .unwrap();
+        conn.execute("INSERT INTO cache VALUES (x'01', '{}', x'02', 0, 9999999999999, 2)", []).unwrap();
+    }
+    let before = std::fs::read(&path).unwrap();
+    let report = check(&path).unwrap();
+    assert_eq!((report.application_id, report.schema_version), (0, 2));
+    assert_eq!(std::fs::read(&path).unwrap(), before, "check stamps nothing");
+
+    let store = Store::open(&path, StoreConfig::default()).unwrap();
+    assert_eq!(spent(&store), [(Scope::Global, Period::None, 42)], "spend kept");
+    store.close().unwrap();
+    let report = check(&path).unwrap();
+    assert_eq!((report.application_id, report.schema_version), (APPLICATION_ID, SCHEMA_VERSION));
+    let cache = report.tables.iter().find(|(t, _)| t == "cache").unwrap();
+    assert_eq!(cache.1, 0, "cache entries that do not name their model are dropped by the migration");
+    drop(Store::open(&path, StoreConfig::default()).unwrap());
+}
+
+#[test]
+fn truncated_and_garbage_files_are_refused_and_untouched() {
+    // A modelfleet file cut in half.
+    let (_dir, path) = db();
+    {
+        let store = Store::open(&path, StoreConfig { retain_days: 0, ..StoreConfig::default() }).unwrap();
+        for i in 0..3_000 {
+            store.record_detached(record("m", i, None));
+        }
+        store.close().unwrap();
+    }
+    Connection::open(&path).unwrap().query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())).unwrap();
+    let bytes = std::fs::read(&path).unwrap();
+    assert!(bytes.len() > 32 * 4096, "{} bytes", bytes.len());
+    std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
+    let err = refused_untouched(&path);
+    assert!(matches!(err, Error::Corrupt { .. }), "{err}");
+
+    // The SQLite header, then garbage; the header alone, cut short.
+    let mut garbage = b"SQLite format 3\0".to_vec();
+    garbage.extend((0..8_192u32).map(|i| u8::try_from(i * 7 % 251).unwrap()));
+    for content in [garbage, b"SQLite format 3\0\x10\x00".to_vec()] {
+        let (_dir, path) = db();
+        std::fs::write(&path, &content).unwrap();
+        let err = refused_untouched(&path);
+        assert!(matches!(err, Error::NotSqlite { .. } | Error::Corrupt { .. }), "{err}");
+    }
+}
+
+#[test]
+fn a_large_file_is_checked_in_the_background() {
+    let (_dir, path) = db();
+    drop(Store::open(&path, StoreConfig::default()).unwrap());
+    let config = StoreConfig { check_on_open_max_bytes: 0, retain_days: 0, ..StoreConfig::default() };
+    let store = Store::open(&path, config).unwrap();
+    assert!(matches!(store.integrity(), Integrity::Checking | Integrity::Sound));
+    store.wait_for_integrity_check();
+    assert_eq!(store.integrity(), Integrity::Sound);
+    drop(store);
+    let small = Store::open(&path, StoreConfig::default()).unwrap();
+    assert_eq!(small.integrity(), Integrity::Sound, "checked before opening");
+}
+
+#[test]
+fn a_background_check_that_fails_is_reported() {
+    let (_dir, path) = db();
+    {
+        let store = Store::open(&path, StoreConfig { retain_days: 0, ..StoreConfig::default() }).unwrap();
+        for i in 0..2_000 {
+            store.record_detached(record("m", i, None));
+        }
+        store.close().unwrap();
+    }
+    Connection::open(&path).unwrap().query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())).unwrap();
+    let mut bytes = std::fs::read(&path).unwrap();
+    for b in &mut bytes[4096 * 3..4096 * 8] {
+        *b = 0xA5;
+    }
+    std::fs::write(&path, &bytes).unwrap();
+    assert!(matches!(Store::open(&path, StoreConfig::default()), Err(Error::Corrupt { .. })), "checked on open");
+    // Too large to check first (as far as this config says): opened, then checked.
+    let config = StoreConfig { check_on_open_max_bytes: 0, retain_days: 0, ..StoreConfig::default() };
+    let store = Store::open(&path, config).unwrap();
+    store.wait_for_integrity_check();
+    assert!(matches!(store.integrity(), Integrity::Failed(problems) if !problems.is_empty()));
+}
+
 // ---- Budgets and their audit trail --------------------------------------------
 
 #[tokio::test]
@@ -532,7 +742,7 @@ fn cache_hits_expire_and_keys_ignore_field_order() {
     assert_eq!(cache_key(&a), cache_key(&b));
     let key = cache_key(&a);
     assert_eq!(store.cache_get(&key).unwrap(), None);
-    store.cache_put(key, &serde_json::json!({"answer": 42}), Duration::from_mins(1)).unwrap();
+    store.cache_put(key, "m", &serde_json::json!({"answer": 42}), Duration::from_mins(1)).unwrap();
     store.flush().unwrap();
     assert_eq!(store.cache_get(&key).unwrap(), Some(serde_json::json!({"answer": 42})));
     clock.advance_ms(60_000);
@@ -551,7 +761,7 @@ fn the_cache_keeps_to_its_entry_and_byte_limits() {
         StoreConfig { cache_max_entries: 5, cache_max_bytes: 1_000_000, ..StoreConfig::default() },
     );
     for i in 0..8u8 {
-        store.cache_put([i; 32], &serde_json::json!(i), Duration::from_mins(1)).unwrap();
+        store.cache_put([i; 32], "m", &serde_json::json!(i), Duration::from_mins(1)).unwrap();
         clock.advance_ms(1);
     }
     store.flush().unwrap();
@@ -567,7 +777,7 @@ fn the_cache_keeps_to_its_entry_and_byte_limits() {
         StoreConfig { cache_max_entries: 100, cache_max_bytes: 50, ..StoreConfig::default() },
     );
     for i in 0..4u8 {
-        store.cache_put([i; 32], &serde_json::json!("twenty bytes of text"), Duration::from_mins(1)).unwrap();
+        store.cache_put([i; 32], "m", &serde_json::json!("twenty bytes of text"), Duration::from_mins(1)).unwrap();
         clock.advance_ms(1);
     }
     store.flush().unwrap();
@@ -600,7 +810,7 @@ fn corrupted_entries_are_removed_one_by_one_and_valid_ones_stay() {
     let tolerant = DegradationConfig { failure_threshold: 10, ..DegradationConfig::default() };
     let store = cache_store(&path, &clock, StoreConfig { cache_degradation: tolerant, ..StoreConfig::default() });
     for i in 0..10u8 {
-        store.cache_put([i; 32], &serde_json::json!({"n": i}), Duration::from_mins(10)).unwrap();
+        store.cache_put([i; 32], "m", &serde_json::json!({"n": i}), Duration::from_mins(10)).unwrap();
     }
     store.flush().unwrap();
     // With a valid checksum so each check below is what catches it.
@@ -631,7 +841,7 @@ fn repeated_corruption_degrades_the_cache_until_writes_succeed() {
     };
     let store = cache_store(&path, &clock, config);
     for i in 0..4u8 {
-        store.cache_put([i; 32], &serde_json::json!(i), Duration::from_mins(10)).unwrap();
+        store.cache_put([i; 32], "m", &serde_json::json!(i), Duration::from_mins(10)).unwrap();
     }
     store.flush().unwrap();
     for i in 0..4u8 {
@@ -644,8 +854,8 @@ fn repeated_corruption_degrades_the_cache_until_writes_succeed() {
     assert_eq!(store.cache_get(&[3; 32]).unwrap(), None);
     assert_eq!(store.cache_stats().bypassed, 1, "degraded: the read was bypassed");
     // Serving goes on; successful writes bring the cache back.
-    store.cache_put([9; 32], &serde_json::json!("fresh"), Duration::from_mins(10)).unwrap();
-    store.cache_put([8; 32], &serde_json::json!("fresh"), Duration::from_mins(10)).unwrap();
+    store.cache_put([9; 32], "m", &serde_json::json!("fresh"), Duration::from_mins(10)).unwrap();
+    store.cache_put([8; 32], "m", &serde_json::json!("fresh"), Duration::from_mins(10)).unwrap();
     store.flush().unwrap();
     assert!(!store.cache_stats().degraded);
     assert_eq!(store.cache_get(&[9; 32]).unwrap(), Some(serde_json::json!("fresh")));
@@ -657,8 +867,8 @@ fn a_store_opened_on_a_corrupted_cache_serves() {
     let (_dir, path) = db();
     {
         let store = Store::open(&path, StoreConfig::default()).unwrap();
-        store.cache_put([1; 32], &serde_json::json!("ok"), Duration::from_mins(10)).unwrap();
-        store.cache_put([2; 32], &serde_json::json!("ok"), Duration::from_mins(10)).unwrap();
+        store.cache_put([1; 32], "m", &serde_json::json!("ok"), Duration::from_mins(10)).unwrap();
+        store.cache_put([2; 32], "m", &serde_json::json!("ok"), Duration::from_mins(10)).unwrap();
     }
     corrupt(&path, [1; 32], b"\xff\xff", false);
     let store = Store::open(&path, StoreConfig::default()).unwrap();
@@ -666,6 +876,145 @@ fn a_store_opened_on_a_corrupted_cache_serves() {
     assert_eq!(store.cache_get(&[2; 32]).unwrap(), Some(serde_json::json!("ok")));
     store.record_detached(record("m", 1, None));
     store.flush().unwrap();
+}
+
+// ---- Retention of the performance log -------------------------------------------
+
+const DAY: u64 = 24 * 60 * 60 * 1_000;
+const HOUR: u64 = 60 * 60 * 1_000;
+
+/// The `at_ms` of the performance rows on file, oldest first.
+fn perf_times(store: &Store) -> Vec<u64> {
+    store.perf_log(None, 0, u64::MAX, 1_000_000).unwrap().into_iter().map(|r| r.at_ms).collect()
+}
+
+#[tokio::test]
+async fn old_performance_rows_are_pruned_hourly_and_spend_stays() {
+    let (_dir, path) = db();
+    let now = 100 * DAY;
+    let clock = Arc::new(ManualClock::new(now));
+    let store = cache_store(&path, &clock, StoreConfig { retain_days: 30, ..StoreConfig::default() });
+    // The prune at open found nothing; these land after it.
+    let times = [now - 40 * DAY, now - 30 * DAY - 1, now - 30 * DAY + 10 * 60 * 1_000, now - DAY];
+    for at in times {
+        store.commit(settlement("openai", "m", 5), Some(record("m", at, None))).await.unwrap();
+    }
+    store.flush().unwrap();
+    assert_eq!(perf_times(&store), times, "no prune until an hour has passed");
+    clock.advance_ms(HOUR / 2);
+    store.flush().unwrap();
+    assert_eq!(perf_times(&store).len(), 4, "at most one prune an hour");
+    clock.advance_ms(HOUR / 2);
+    // A prune due runs before the next transaction: done when the flush returns.
+    store.flush().unwrap();
+    assert_eq!(perf_times(&store), [now - DAY], "rows older than 30 days at now + 1 h are gone");
+    assert_eq!(store.perf_rows_pruned(), 3);
+    assert_eq!(spent(&store)[0], (Scope::Global, Period::Monthly, 20), "spend is never pruned");
+    assert_eq!(store.usage().unwrap()[0].requests, 4, "usage totals stay");
+}
+
+#[test]
+fn the_writer_prunes_when_the_store_opens() {
+    let (_dir, path) = db();
+    let clock = Arc::new(ManualClock::new(10 * DAY));
+    {
+        let store = cache_store(&path, &clock, StoreConfig::default());
+        for day in 0..10 {
+            store.record_detached(record("m", day * DAY, None));
+        }
+        store.close().unwrap();
+    }
+    clock.advance_ms(25 * DAY); // now: day 35, the window starts at day 5
+    let store = cache_store(&path, &clock, StoreConfig::default());
+    store.flush().unwrap();
+    assert_eq!(perf_times(&store), (5..10).map(|d| d * DAY).collect::<Vec<_>>());
+    assert_eq!(store.usage().unwrap()[0].requests, 10);
+}
+
+#[test]
+fn retention_zero_keeps_every_row() {
+    let (_dir, path) = db();
+    let clock = Arc::new(ManualClock::new(1_000 * DAY));
+    let config = StoreConfig { retain_days: 0, ..StoreConfig::default() };
+    {
+        let store = cache_store(&path, &clock, config);
+        for day in 0..10 {
+            store.record_detached(record("m", day * DAY, None));
+        }
+        store.close().unwrap();
+    }
+    clock.advance_ms(1_000 * DAY);
+    let store = cache_store(&path, &clock, config);
+    clock.advance_ms(2 * HOUR);
+    store.flush().unwrap();
+    assert_eq!(perf_times(&store).len(), 10);
+    assert_eq!(store.perf_rows_pruned(), 0);
+}
+
+#[test]
+fn a_prune_deletes_in_bounded_batches_oldest_first() {
+    let (_dir, path) = db();
+    {
+        let store = Store::open(&path, StoreConfig { retain_days: 0, ..StoreConfig::default() }).unwrap();
+        for at in [50, 10, 40, 20, 30, 60] {
+            store.record_detached(record("m", at, None));
+        }
+        store.close().unwrap();
+    }
+    let conn = Connection::open(&path).unwrap();
+    let left = |conn: &Connection| -> Vec<i64> {
+        conn.prepare("SELECT at_ms FROM perf_log ORDER BY at_ms")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap()
+    };
+    assert_eq!(crate::writer::prune_perf(&conn, 55, 3).unwrap(), 3, "a full batch: more may be left");
+    assert_eq!(left(&conn), [40, 50, 60]);
+    assert_eq!(crate::writer::prune_perf(&conn, 55, 3).unwrap(), 2, "short: the prune is done");
+    assert_eq!(left(&conn), [60]);
+    assert_eq!(crate::writer::PRUNE_BATCH_ROWS, 10_000);
+}
+
+// ---- Cache entries per model, memory ---------------------------------------------
+
+#[test]
+fn dropping_a_models_cache_entries_keeps_the_others() {
+    let (_dir, path) = db();
+    let clock = Arc::new(ManualClock::new(1));
+    let store = cache_store(&path, &clock, StoreConfig::default());
+    for i in 0..4u8 {
+        let model = if i % 2 == 0 { "A" } else { "B" };
+        store.cache_put([i; 32], model, &serde_json::json!(i), Duration::from_mins(10)).unwrap();
+    }
+    store.flush().unwrap();
+    // Queued, not yet committed: dropped too (the drop is ordered after it).
+    store.cache_put([8; 32], "A", &serde_json::json!(8), Duration::from_mins(10)).unwrap();
+    store.cache_drop_model("A").unwrap();
+    for i in [0u8, 2, 8] {
+        assert_eq!(store.cache_get(&[i; 32]).unwrap(), None, "A's entry {i} is gone");
+    }
+    for i in [1u8, 3] {
+        assert_eq!(store.cache_get(&[i; 32]).unwrap(), Some(serde_json::json!(i)), "B's entry {i} stays");
+    }
+    let stats = store.cache_stats();
+    assert_eq!((stats.corrupted, stats.degraded), (0, false));
+    store.cache_drop_model("nobody").unwrap();
+}
+
+#[test]
+fn shrinking_memory_keeps_the_store_working() {
+    let (_dir, path) = db();
+    let store = Store::open(&path, StoreConfig::default()).unwrap();
+    store.cache_put([1; 32], "m", &serde_json::json!("kept"), Duration::from_mins(1)).unwrap();
+    store.shrink_memory().unwrap();
+    store.flush().unwrap();
+    assert_eq!(store.cache_get(&[1; 32]).unwrap(), Some(serde_json::json!("kept")));
+    store.shrink_memory().unwrap();
+    store.record_detached(record("m", 1, None));
+    store.flush().unwrap();
+    assert_eq!(store.usage().unwrap()[0].requests, 1);
 }
 
 // ---- Durability: SIGKILL in the middle of a write load ----------------------
@@ -717,7 +1066,8 @@ fn flushed_rows_survive_sigkill() {
     assert!(flushed >= 5_000, "the child never got going");
     let report = check(&path).unwrap();
     assert!(report.problems.is_empty(), "integrity after the kill: {:?}", report.problems);
-    let store = Store::open(&path, StoreConfig::default()).unwrap();
+    // The child's rows are timestamped from 0: kept, not pruned as old.
+    let store = Store::open(&path, StoreConfig { retain_days: 0, ..StoreConfig::default() }).unwrap();
     let rows = store.perf_log(Some("m"), 0, u64::MAX, usize::MAX >> 1).unwrap().len() as u64;
     assert!(rows >= flushed, "{rows} rows survived, {flushed} had been flushed");
     let usage = store.usage().unwrap();
@@ -834,7 +1184,7 @@ proptest! {
         let store = Store::open(&path, StoreConfig::default()).unwrap();
         let json = serde_json::to_value(&value).unwrap();
         let key = cache_key(&json);
-        store.cache_put(key, &json, Duration::from_mins(1)).unwrap();
+        store.cache_put(key, "m", &json, Duration::from_mins(1)).unwrap();
         store.flush().unwrap();
         prop_assert_eq!(store.cache_get(&key).unwrap(), Some(json));
     }

@@ -3,14 +3,14 @@
 use std::{
     collections::HashMap,
     sync::{
-        Mutex, MutexGuard, PoisonError,
+        Arc, Mutex, MutexGuard, PoisonError,
         atomic::{AtomicU64, Ordering},
     },
     time::{Duration, Instant},
 };
 
 use modelfleet_budget::{Alert, BudgetSpec, Period, Scope};
-use modelfleet_registry::Money;
+use modelfleet_registry::{Clock, Money};
 use rusqlite::{Connection, Transaction, params};
 use tokio::sync::{
     mpsc::{Receiver, error::TryRecvError},
@@ -57,6 +57,8 @@ pub(crate) enum Op {
     Perf(Box<PerfRecord>),
     CachePut {
         key: [u8; 32],
+        /// The model that answered.
+        model: String,
         value: Vec<u8>,
         checksum: [u8; 32],
         created_ms: u64,
@@ -69,10 +71,18 @@ pub(crate) enum Op {
         perf: Option<Box<PerfRecord>>,
         ack: Option<Ack>,
     },
+    /// Deletes a model's cache entries (those queued before it included).
+    CacheDrop {
+        model: String,
+        ack: Ack,
+    },
     Alert(Box<Alert>),
     Budget(Box<BudgetChange>, Ack),
     /// Everything queued before it is committed when the sender hears back.
     Flush(Ack),
+    /// After its transaction, the writer's connection releases the memory
+    /// it can (`PRAGMA shrink_memory`).
+    ShrinkMemory,
     /// Nothing to write: wakes an idle writer to look at the overflow.
     Wake,
 }
@@ -82,32 +92,33 @@ impl Op {
     fn waits(&self) -> bool {
         match self {
             Op::Settle { ack, .. } => ack.is_some(),
-            Op::Budget(..) | Op::Flush(_) => true,
-            Op::Perf(_) | Op::CachePut { .. } | Op::Alert(_) | Op::Wake => false,
+            Op::Budget(..) | Op::Flush(_) | Op::CacheDrop { .. } => true,
+            Op::Perf(_) | Op::CachePut { .. } | Op::Alert(_) | Op::ShrinkMemory | Op::Wake => false,
         }
     }
 
     fn into_ack(self) -> Option<Ack> {
         match self {
             Op::Settle { ack, .. } => ack,
-            Op::Budget(_, ack) | Op::Flush(ack) => Some(ack),
-            Op::Perf(_) | Op::CachePut { .. } | Op::Alert(_) | Op::Wake => None,
+            Op::Budget(_, ack) | Op::Flush(ack) | Op::CacheDrop { ack, .. } => Some(ack),
+            Op::Perf(_) | Op::CachePut { .. } | Op::Alert(_) | Op::ShrinkMemory | Op::Wake => None,
         }
     }
 
-    /// Whether the op is a write (not a flush or a wake-up), for the counters.
+    /// Whether the op is a write (not a flush, a wake-up or housekeeping),
+    /// for the counters.
     fn is_write(&self) -> bool {
-        !matches!(self, Op::Flush(_) | Op::Wake)
+        !matches!(self, Op::Flush(_) | Op::ShrinkMemory | Op::Wake)
     }
 
     /// Whether the op's data is lost when its transaction fails: everything
-    /// but spend (kept in the backlog) and budget changes (refused to their
-    /// caller).
+    /// but spend (kept in the backlog) and the changes refused to their
+    /// caller (budget changes, cache drops).
     fn is_lost_on_failure(&self) -> bool {
         match self {
             Op::Perf(_) | Op::CachePut { .. } | Op::Alert(_) => true,
             Op::Settle { perf, .. } => perf.is_some(),
-            Op::Budget(..) | Op::Flush(_) | Op::Wake => false,
+            Op::Budget(..) | Op::CacheDrop { .. } | Op::Flush(_) | Op::ShrinkMemory | Op::Wake => false,
         }
     }
 }
@@ -126,6 +137,10 @@ pub(crate) struct Shared {
     pub(crate) capacity: usize,
     pub(crate) cache_max_entries: u64,
     pub(crate) cache_max_bytes: u64,
+    /// How long performance rows are kept, ms; 0 keeps them all.
+    pub(crate) retain_ms: u64,
+    /// Performance rows pruned so far.
+    pub(crate) pruned: AtomicU64,
     /// The next op's sequence number. Ops are applied in this order within a
     /// transaction, so an op always follows the ops whose enqueueing
     /// returned before it was enqueued, whichever path (queue or overflow)
@@ -160,6 +175,13 @@ pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 /// How often spend in the backlog is retried when no write comes to carry it.
 const BACKLOG_RETRY: Duration = Duration::from_secs(1);
 
+/// Performance rows deleted per transaction when pruning: a write waits for
+/// one such transaction at most, never for the whole prune.
+pub(crate) const PRUNE_BATCH_ROWS: usize = 10_000;
+
+/// How often old performance rows are pruned at most (by the store's clock).
+const PRUNE_EVERY_MS: u64 = 60 * 60 * 1_000;
+
 /// Spend kept from failed transactions, summed per row of `budget_spend`.
 type SpendKey = (Scope, Period, u64, String, String);
 
@@ -178,7 +200,13 @@ type SpendKey = (Scope, Period, u64, String, String);
 /// committing share the next one, so the transactions (and, with
 /// `Durability::PowerLoss`, the fsyncs) grow with the load far slower than
 /// the commits.
-pub(crate) fn run(conn: Connection, rx: Receiver<Queued>, shared: &Shared) {
+///
+/// With a retention (`retain_ms`), performance rows older than it (by their
+/// `at_ms` and `clock`) are pruned when the writer starts and then at most
+/// once an hour: [`PRUNE_BATCH_ROWS`] rows per transaction, one such
+/// transaction before each batch (or while the queue is idle) until none is
+/// left, so writes interleave with a long prune.
+pub(crate) fn run(conn: Connection, rx: Receiver<Queued>, shared: &Shared, clock: Arc<dyn Clock>) {
     let step = shared.batch_wait.min(Duration::from_millis(2)).max(Duration::from_micros(100));
     let mut writer = Writer {
         conn,
@@ -191,7 +219,11 @@ pub(crate) fn run(conn: Connection, rx: Receiver<Queued>, shared: &Shared) {
         last_attempt: Instant::now(),
         open: true,
         since_checkpoint: 0,
+        clock,
+        prune: None,
+        last_prune_ms: None,
     };
+    writer.schedule_prune();
     while writer.wait_for_work() {
         writer.fill();
         writer.commit();
@@ -217,6 +249,12 @@ struct Writer<'s> {
     open: bool,
     /// Transactions committed since the writer's last checkpoint.
     since_checkpoint: u32,
+    /// The store's clock: the retention window is measured on it.
+    clock: Arc<dyn Clock>,
+    /// While a prune is under way: rows with `at_ms` below this go.
+    prune: Option<u64>,
+    /// When the last prune started (by `clock`); `None` before the first.
+    last_prune_ms: Option<u64>,
 }
 
 impl Writer<'_> {
@@ -271,6 +309,15 @@ impl Writer<'_> {
             if !self.open {
                 return false;
             }
+            if self.prune.is_some() {
+                // Old rows to delete: a batch of them whenever nothing is queued.
+                self.receive(1);
+                if !self.batch.is_empty() {
+                    return true;
+                }
+                self.prune_step();
+                continue;
+            }
             if self.backlog.is_empty() {
                 match self.rx.blocking_recv() {
                     Some(queued) => self.push(queued),
@@ -306,7 +353,42 @@ impl Writer<'_> {
         }
     }
 
+    /// Starts a prune when one is due: at the start, then an hour (by the
+    /// clock) after the last one started.
+    fn schedule_prune(&mut self) {
+        if self.shared.retain_ms == 0 || self.prune.is_some() {
+            return;
+        }
+        let now = self.clock.now_ms();
+        if self.last_prune_ms.is_some_and(|last| now.saturating_sub(last) < PRUNE_EVERY_MS) {
+            return;
+        }
+        self.last_prune_ms = Some(now);
+        self.prune = Some(now.saturating_sub(self.shared.retain_ms));
+    }
+
+    /// One transaction of the prune under way, if any. A failure ends the
+    /// prune; the next one (an hour later) takes what it left.
+    fn prune_step(&mut self) {
+        let Some(cutoff) = self.prune else { return };
+        match prune_perf(&self.conn, cutoff, PRUNE_BATCH_ROWS) {
+            Ok(deleted) => {
+                self.shared.pruned.fetch_add(deleted as u64, Ordering::Relaxed);
+                if deleted < PRUNE_BATCH_ROWS {
+                    self.prune = None;
+                }
+                if deleted > 0 {
+                    self.since_checkpoint += 1;
+                }
+            }
+            Err(_) => self.prune = None,
+        }
+    }
+
     fn commit(&mut self) {
+        // A prune due goes first, one bounded transaction per batch.
+        self.schedule_prune();
+        self.prune_step();
         if self.batch.is_empty() && self.backlog.is_empty() {
             return;
         }
@@ -363,6 +445,7 @@ impl Writer<'_> {
         };
         self.waiting = false;
         let committed = outcome.is_ok();
+        let shrink = self.batch.iter().any(|q| matches!(q.op, Op::ShrinkMemory));
         for queued in self.batch.drain(..) {
             if let Some(ack) = queued.op.into_ack() {
                 ack.send(outcome.clone());
@@ -371,6 +454,10 @@ impl Writer<'_> {
         if committed {
             self.since_checkpoint += 1;
             self.checkpoint();
+        }
+        if shrink {
+            // Best effort: memory the page cache can give back now.
+            let _ = self.conn.execute_batch("PRAGMA shrink_memory");
         }
     }
 
@@ -630,7 +717,8 @@ fn apply(
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
         )?;
         let mut cache = tx.prepare_cached(
-            "INSERT OR REPLACE INTO cache (key, value, checksum, created_ms, expires_ms, size) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            "INSERT OR REPLACE INTO cache (key, model, value, checksum, created_ms, expires_ms, size) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
         )?;
         for Queued { op, .. } in batch {
             match op {
@@ -648,10 +736,11 @@ fn apply(
                         UsageDelta::of(&mut deltas, r).add(r);
                     }
                 }
-                Op::CachePut { key, value, checksum, created_ms, expires_ms } => {
+                Op::CachePut { key, model, value, checksum, created_ms, expires_ms } => {
                     cache_writes = true;
                     cache.execute(params![
                         &key[..],
+                        model,
                         value,
                         &checksum[..],
                         to_i64(*created_ms),
@@ -679,7 +768,10 @@ fn apply(
                     write_spend(&tx, &mut spend)?;
                     change_budget(&tx, change)?;
                 }
-                Op::Flush(_) | Op::Wake => {}
+                Op::CacheDrop { model, .. } => {
+                    tx.prepare_cached("DELETE FROM cache WHERE model = ?1")?.execute(params![model])?;
+                }
+                Op::Flush(_) | Op::ShrinkMemory | Op::Wake => {}
             }
         }
         write_spend(&tx, &mut spend)?;
@@ -689,6 +781,15 @@ fn apply(
         evict(&tx, shared)?;
     }
     tx.commit()
+}
+
+/// Deletes up to `limit` performance rows older than `cutoff_ms` (oldest
+/// first), in one transaction of its own; returns how many went.
+pub(crate) fn prune_perf(conn: &Connection, cutoff_ms: u64, limit: usize) -> rusqlite::Result<usize> {
+    conn.prepare_cached(
+        "DELETE FROM perf_log WHERE id IN (SELECT id FROM perf_log WHERE at_ms < ?1 ORDER BY at_ms LIMIT ?2)",
+    )?
+    .execute(params![to_i64(cutoff_ms), to_i64(limit as u64)])
 }
 
 /// Keeps the cache within its entry and byte limits, oldest entries first.

@@ -156,3 +156,28 @@ fn names_round_trip() {
     assert!(err.to_string().contains("unknown error class \"nope\""), "{err}");
     assert!(err.to_string().contains("rate_limited"), "{err}");
 }
+
+#[test]
+fn the_upstreams_code_and_param_are_kept_when_sound() {
+    let fields = |body: &str| classify_response(400, body, None).upstream().cloned();
+    let openai = r#"{"error":{"message":"bad","type":"invalid_request_error","param":"messages[0].role","code":"invalid_value"}}"#;
+    assert_eq!(
+        fields(openai),
+        Some(UpstreamFields { code: Some("invalid_value".into()), param: Some("messages[0].role".into()) })
+    );
+    let number_code = r#"{"error":{"message":"bad","code":400,"param":null}}"#;
+    assert_eq!(fields(number_code), Some(UpstreamFields { code: Some("400".into()), param: None }));
+    // A param that is not a string is ignored; the error object still parses.
+    let odd_param = r#"{"error":{"message":"bad","code":"x","param":{"a":1}}}"#;
+    assert_eq!(classify_response(400, odd_param, None).message(), "bad");
+    assert_eq!(fields(odd_param), Some(UpstreamFields { code: Some("x".into()), param: None }));
+    // Codes that are not identifiers, and overlong params, are left out.
+    let hostile = format!(r#"{{"error":{{"message":"bad","code":"<script>","param":"{}"}}}}"#, "p".repeat(129));
+    assert_eq!(fields(&hostile), None);
+    assert_eq!(fields(r#"{"error":"plain"}"#), None);
+    assert_eq!(fields("not json"), None);
+    // A secret in a param is redacted like one in a message.
+    let leaky = r#"{"error":{"message":"bad","param":"sk-proj-abcdefghijklmnopqrstuvwxyz123456"}}"#;
+    let param = fields(leaky).and_then(|f| f.param).unwrap();
+    assert!(!param.contains("abcdefghijklmnop"), "{param}");
+}
