@@ -4,6 +4,7 @@
 
 use std::{sync::Arc, time::Duration};
 
+use crate::support::{Running, validated};
 use futures_util::StreamExt;
 use modelfleet::{
     Fleet,
@@ -15,7 +16,6 @@ use modelfleet::{
 use modelfleet_gateway::Gateway;
 use modelfleet_mock_upstream::{Behavior, Fault, MockUpstream, prompt_tokens};
 use serde_json::{Value, json};
-use tokio::sync::oneshot;
 
 const MOCK_KEY: &str = "sk-mock-upstream-secret";
 const CLIENT_KEY: &str = "mf-client-secret-1";
@@ -57,49 +57,7 @@ fn config(mock: &MockUpstream, dir: &tempfile::TempDir, body: &str) -> Config {
         dir.path().join("fleet.db").display(),
         mock.base_url()
     );
-    let options = modelfleet::config::Options {
-        env: &env,
-        check_files: false,
-        check_ports: false,
-        check_tools: false,
-        base_dir: dir.path().to_path_buf(),
-    };
-    let report = modelfleet::config::validate(&text, &options);
-    let problems = report.to_string();
-    let mut config = report.config.unwrap_or_else(|| panic!("test config invalid: {problems}\n{text}"));
-    // Port 0 (a free port) is what `modelfleet serve --listen` allows; the file needs a real one.
-    config.server.listen = "127.0.0.1:0".parse().unwrap();
-    // No load balancer to tell: stop at once (the drain test sets its own).
-    config.server.drain_grace_ms = 0;
-    config
-}
-
-/// A running gateway: its base URL, its fleet, and how to stop it.
-struct Running {
-    url: String,
-    fleet: Arc<Fleet>,
-    stop: Option<oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<Result<(), modelfleet_gateway::GatewayError>>,
-}
-
-impl Running {
-    async fn start(config: &Config) -> Running {
-        let gateway = Gateway::bind(config, &env).await.unwrap();
-        let url = format!("http://{}", gateway.local_addr());
-        let fleet = gateway.fleet();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(gateway.serve(async move {
-            let _ = stopped.await;
-        }));
-        Running { url, fleet, stop: Some(stop), task }
-    }
-
-    async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        (&mut self.task).await.unwrap().unwrap();
-    }
+    validated(&text, dir.path(), env)
 }
 
 fn chat(model: &str, text: &str) -> Value {
@@ -131,7 +89,7 @@ async fn every_failure_class_falls_back_and_a_bad_request_is_not_retried() {
     let primaries = ["p500", "p429", "phang", "preset", "pctx", "p400", "p401"];
     let mut models: String = primaries.iter().map(|p| model(p, 8_192, &["backup"])).collect();
     models.push_str(&model("backup", 128_000, &[]));
-    let gateway = Running::start(&config(&mock, &dir, &models)).await;
+    let gateway = Running::start(&config(&mock, &dir, &models), env).await;
     let faults = [
         ("p500", Fault::ServerError),
         ("p429", Fault::RateLimited { retry_after_secs: 30 }),
@@ -192,7 +150,7 @@ async fn streams_pass_through_and_a_cut_ends_with_an_error_event() {
     let mock = MockUpstream::start().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let models = model("s1", 8_192, &[]) + &model("s2", 8_192, &[]);
-    let gateway = Running::start(&config(&mock, &dir, &models)).await;
+    let gateway = Running::start(&config(&mock, &dir, &models), env).await;
     let client = reqwest::Client::new();
     let url = format!("{}/v1/chat/completions", gateway.url);
 
@@ -253,7 +211,7 @@ async fn usage_is_priced_exactly_budgets_refuse_and_identical_requests_hit_the_c
         + "\n[[server.api_keys]]\nname = \"app\"\nkey_env = \"KEY_CLIENT\"\nrole = \"client\"\n\
            \n[[server.api_keys]]\nname = \"tight\"\nkey_env = \"KEY_TIGHT\"\nrole = \"client\"\nmonthly_budget = \"0.00001\"\n\
            \n[cache]\nenabled = true\nttl_secs = 60\n";
-    let gateway = Running::start(&config(&mock, &dir, &body)).await;
+    let gateway = Running::start(&config(&mock, &dir, &body), env).await;
     let client = reqwest::Client::new();
     let url = format!("{}/v1/chat/completions", gateway.url);
     let request = chat("m", "what does this cost exactly?");
@@ -333,7 +291,7 @@ async fn roles_guard_every_endpoint_and_the_admin_api_edits_the_catalog() {
         + "\n[[server.api_keys]]\nname = \"app\"\nkey_env = \"KEY_CLIENT\"\nrole = \"client\"\n\
            \n[[server.api_keys]]\nname = \"ops\"\nkey_env = \"KEY_ADMIN\"\nrole = \"admin\"\n\
            \n[[server.api_keys]]\nname = \"prom\"\nkey_env = \"KEY_METRICS\"\nrole = \"metrics\"\n";
-    let gateway = Running::start(&config(&mock, &dir, &body)).await;
+    let gateway = Running::start(&config(&mock, &dir, &body), env).await;
     let client = reqwest::Client::new();
     let get = |path: &str, key: Option<&str>| {
         let mut request = client.get(format!("{}{path}", gateway.url));
@@ -429,7 +387,7 @@ async fn roles_guard_every_endpoint_and_the_admin_api_edits_the_catalog() {
 async fn the_metrics_endpoint_validates_updates_in_real_time_and_leaks_nothing() {
     let mock = MockUpstream::start().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let gateway = Running::start(&config(&mock, &dir, &model("m", 8_192, &[]))).await;
+    let gateway = Running::start(&config(&mock, &dir, &model("m", 8_192, &[])), env).await;
     let client = reqwest::Client::new();
     let metrics = |query: &str| client.get(format!("{}/v1/metrics{query}", gateway.url)).send();
 
@@ -503,7 +461,7 @@ async fn shutdown_finishes_a_stream_in_flight_and_flushes_the_store() {
     mock.set("slow", Behavior { chunk_interval: Duration::from_millis(40), chunks: 6, ..Behavior::default() });
     let dir = tempfile::tempdir().unwrap();
     let config = config(&mock, &dir, &model("slow", 8_192, &[]));
-    let gateway = Running::start(&config).await;
+    let gateway = Running::start(&config, env).await;
     let client = reqwest::Client::new();
     let mut request = chat("slow", "stream slowly");
     request["stream"] = json!(true);
@@ -542,7 +500,7 @@ async fn a_corrupted_database_is_refused_untouched_and_serves_once_moved_aside()
     assert!(err.contains("is not an SQLite database") && err.contains("fleet.db"), "{err}");
     assert_eq!(std::fs::read(&path).unwrap(), garbage, "the refused file was changed");
     let kept = modelfleet::store::quarantine(&path, 1).unwrap();
-    let gateway = Running::start(&config).await;
+    let gateway = Running::start(&config, env).await;
     let response =
         post(&reqwest::Client::new(), &format!("{}/v1/chat/completions", gateway.url), None, &chat("m", "hi")).await;
     assert_eq!(response.status(), 200);
@@ -556,7 +514,7 @@ async fn stress_failures_and_concurrency_never_lose_a_request() {
     mock.set("flaky", Behavior { fault: Some(Fault::ServerError), fault_rate: 0.2, ..Behavior::default() });
     let dir = tempfile::tempdir().unwrap();
     let models = model("flaky", 8_192, &["steady"]) + &model("steady", 8_192, &[]);
-    let gateway = Running::start(&config(&mock, &dir, &models)).await;
+    let gateway = Running::start(&config(&mock, &dir, &models), env).await;
     let client = reqwest::Client::new();
     let url = format!("{}/v1/chat/completions", gateway.url);
     let mut ok = 0;
@@ -590,7 +548,7 @@ async fn a_client_gone_mid_stream_is_still_charged_and_limits_hold() {
     let dir = tempfile::tempdir().unwrap();
     let body =
         model("slow", 8_192, &[]) + "\n[[routes]]\nname = \"any-en\"\n[routes.requirements]\nlanguage = \"en\"\n";
-    let gateway = Running::start(&config(&mock, &dir, &body)).await;
+    let gateway = Running::start(&config(&mock, &dir, &body), env).await;
     let client = reqwest::Client::new();
     let url = format!("{}/v1/chat/completions", gateway.url);
 
@@ -758,7 +716,7 @@ async fn concurrent_requests_without_max_tokens_never_pass_a_hard_budget() {
             + "\n[[routes]]\nname = \"short\"\nfallbacks = [\"dear\"]\n[routes.requirements]\nlanguage = \"en\"\n\
                max_output_tokens = 50\n"
             + HARD_DOLLAR;
-        let gateway = Running::start(&config(&mock, &dir, &body)).await;
+        let gateway = Running::start(&config(&mock, &dir, &body), env).await;
         let url = format!("{}/v1/chat/completions", gateway.url);
         let (served, refused) = burst(&url, &request, 40).await;
         assert_eq!(served + refused, 40, "{what}");
@@ -788,7 +746,7 @@ async fn a_budget_refusal_names_the_budget_and_what_the_request_could_cost() {
     let dir = tempfile::tempdir().unwrap();
     let body = dear_model("dear", "0")
         + "\n[[budgets]]\nscope = \"global\"\nperiod = \"none\"\nlimit = \"0.25\"\nenforcement = \"hard\"\n";
-    let gateway = Running::start(&config(&mock, &dir, &body)).await;
+    let gateway = Running::start(&config(&mock, &dir, &body), env).await;
     let client = reqwest::Client::new();
     let url = format!("{}/v1/chat/completions", gateway.url);
     for left in ["0.15", "0.05"] {
@@ -842,7 +800,7 @@ async fn a_client_gone_before_the_answer_is_still_charged_what_the_upstream_bill
     let mock = MockUpstream::start().await.unwrap();
     mock.set("dear", Behavior { completion_tokens: 40, latency: Duration::from_millis(400), ..Behavior::default() });
     let dir = tempfile::tempdir().unwrap();
-    let gateway = Running::start(&config(&mock, &dir, &(dear_model("dear", "0") + HARD_DOLLAR))).await;
+    let gateway = Running::start(&config(&mock, &dir, &(dear_model("dear", "0") + HARD_DOLLAR)), env).await;
     let client = reqwest::Client::builder().timeout(Duration::from_millis(100)).build().unwrap();
     let url = format!("{}/v1/chat/completions", gateway.url);
     let gone = client.post(&url).json(&chat("dear", "I will not wait")).send().await;
@@ -872,7 +830,7 @@ async fn budgets_are_administered_through_the_api_and_config_budgets_are_read_on
         + "\n[[server.api_keys]]\nname = \"ops\"\nkey_env = \"KEY_ADMIN\"\nrole = \"admin\"\n\
            \n[[server.api_keys]]\nname = \"app\"\nkey_env = \"KEY_CLIENT\"\nrole = \"client\"\n"
         + HARD_DOLLAR;
-    let gateway = Running::start(&config(&mock, &dir, &body)).await;
+    let gateway = Running::start(&config(&mock, &dir, &body), env).await;
     let client = reqwest::Client::new();
     let admin = |path: &str| format!("{}/v1/admin/budgets{path}", gateway.url);
     // A daily budget for the client key, beside the config's global monthly one.
@@ -932,7 +890,7 @@ async fn budgets_are_administered_through_the_api_and_config_budgets_are_read_on
 
     // After a restart: the API's budget is gone (removed), the config's is
     // back with its spend restored from the database.
-    let gateway = Running::start(&config(&mock, &dir, &body)).await;
+    let gateway = Running::start(&config(&mock, &dir, &body), env).await;
     let views = gateway.fleet.budget_views();
     assert_eq!(views.len(), 1);
     assert_eq!(views[0].status.spent, Money::from_nanos(200_000_000));
@@ -948,7 +906,7 @@ async fn when_spend_cannot_be_written_hard_budgeted_requests_fail_closed_and_oth
     let body = dear_model("dear", "0")
         + "\n[[server.api_keys]]\nname = \"app\"\nkey_env = \"KEY_CLIENT\"\nrole = \"client\"\nmonthly_budget = \"1.00\"\n\
            \n[[server.api_keys]]\nname = \"other\"\nkey_env = \"KEY_TIGHT\"\nrole = \"client\"\n";
-    let gateway = Running::start(&config(&mock, &dir, &body)).await;
+    let gateway = Running::start(&config(&mock, &dir, &body), env).await;
     let client = reqwest::Client::new();
     let url = format!("{}/v1/chat/completions", gateway.url);
     let ready = || async {
@@ -996,7 +954,7 @@ async fn when_spend_cannot_be_written_hard_budgeted_requests_fail_closed_and_oth
 async fn a_stream_left_before_its_first_event_pays_its_prompt_and_one_past_its_cap_is_cut() {
     let mock = MockUpstream::start().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let gateway = Running::start(&config(&mock, &dir, &(dear_model("priced", "100") + HARD_DOLLAR))).await;
+    let gateway = Running::start(&config(&mock, &dir, &(dear_model("priced", "100") + HARD_DOLLAR)), env).await;
     let url = format!("{}/v1/chat/completions", gateway.url);
     let mut request = chat("priced", "stream to me, slowly");
     request["stream"] = json!(true);
@@ -1042,7 +1000,7 @@ async fn a_keyless_gateway_refuses_foreign_hosts_and_web_pages_and_sends_cors_on
     let metrics_port =
         modelfleet::config::find_free_port(std::net::IpAddr::from([127, 0, 0, 1]), 20_000..=40_000).unwrap();
     keyless.metrics.port = Some(metrics_port);
-    let gateway = Running::start(&keyless).await;
+    let gateway = Running::start(&keyless, env).await;
     let client = reqwest::Client::new();
     let completions = format!("{}/v1/chat/completions", gateway.url);
     let body = serde_json::to_string(&chat("m", "hi")).unwrap();
@@ -1093,7 +1051,7 @@ async fn a_keyless_gateway_refuses_foreign_hosts_and_web_pages_and_sends_cors_on
     let body = "cors_origins = [\"https://app.example.com\"]\n".to_owned()
         + &model("m", 8_192, &[])
         + "\n[[server.api_keys]]\nname = \"app\"\nkey_env = \"KEY_CLIENT\"\nrole = \"client\"\n";
-    let gateway = Running::start(&config(&mock, &dir, &body)).await;
+    let gateway = Running::start(&config(&mock, &dir, &body), env).await;
     let completions = format!("{}/v1/chat/completions", gateway.url);
     let from = |origin: &'static str| {
         client.post(&completions).bearer_auth(CLIENT_KEY).header("origin", origin).json(&chat("m", "hi")).send()
@@ -1126,7 +1084,7 @@ async fn failed_authentications_lock_an_address_out_and_are_counted() {
     // "all": loopback peers count too (every test client is one).
     let mut config = config(&mock, &dir, &body);
     config.server.auth_lockout = modelfleet::config::AuthLockout::All;
-    let gateway = Running::start(&config).await;
+    let gateway = Running::start(&config, env).await;
     let client = reqwest::Client::new();
     let models = format!("{}/v1/models", gateway.url);
     // A wrong role is no failed authentication: 403s lock nothing out.
@@ -1167,7 +1125,7 @@ async fn a_provider_key_an_upstream_echoes_never_reaches_the_client_whatever_its
     let dir = tempfile::tempdir().unwrap();
     let mut config = config(&mock, &dir, &model("m", 8_192, &[]));
     config.providers[0].api_key_env = Some("ODD_KEY".into());
-    let gateway = Running::start(&config).await;
+    let gateway = Running::start(&config, env).await;
     let client = reqwest::Client::new();
     let response = post(&client, &format!("{}/v1/chat/completions", gateway.url), None, &chat("m", "hi")).await;
     assert_eq!(response.status(), 502, "every attempt failed authenticating upstream");
@@ -1199,7 +1157,7 @@ async fn beyond_max_in_flight_the_gateway_sheds_load_with_503_and_a_stream_holds
     config.server.max_in_flight = 2;
     // Room for the slow answers and streams below (the file's 1.5 s would cut them).
     config.providers[0].request_timeout_ms = 20_000;
-    let gateway = Running::start(&config).await;
+    let gateway = Running::start(&config, env).await;
     let client = reqwest::Client::new();
     let completions = format!("{}/v1/chat/completions", gateway.url);
     let slow = || {
@@ -1269,7 +1227,7 @@ async fn an_oversized_answer_or_event_fails_that_attempt_and_falls_back_never_bu
     let models = model("big", 8_192, &["backup"]) + &model("backup", 128_000, &[]);
     let mut config = config(&mock, &dir, &models);
     config.providers[0].max_upstream_body_bytes = 64 * 1024;
-    let gateway = Running::start(&config).await;
+    let gateway = Running::start(&config, env).await;
     let client = reqwest::Client::new();
     let url = format!("{}/v1/chat/completions", gateway.url);
     // A completion body over the provider's bound (1 MiB against 64 KiB).
@@ -1327,7 +1285,7 @@ async fn an_upstream_redirect_is_not_followed_and_the_request_falls_back() {
     redirecting.base_url = Some(format!("http://{redirector_addr}/v1"));
     config.providers.push(redirecting);
     config.models.iter_mut().filter(|m| m.id == "m").for_each(|m| m.provider = "redirecting".into());
-    let gateway = Running::start(&config).await;
+    let gateway = Running::start(&config, env).await;
     let client = reqwest::Client::new();
     let response = post(&client, &format!("{}/v1/chat/completions", gateway.url), None, &chat("m", "hi")).await;
     let status = response.status();
@@ -1376,7 +1334,7 @@ async fn slow_or_silent_clients_are_disconnected_and_cannot_take_every_connectio
     config.server.header_read_timeout_ms = 300;
     config.server.idle_timeout_ms = 600;
     config.server.body_read_timeout_ms = 300;
-    let gateway = Running::start(&config).await;
+    let gateway = Running::start(&config, env).await;
     let client = reqwest::Client::new();
     let bound = Duration::from_secs(20);
 
@@ -1416,7 +1374,7 @@ async fn slow_or_silent_clients_are_disconnected_and_cannot_take_every_connectio
     let mut config = config.clone();
     config.server.header_read_timeout_ms = 60_000;
     config.server.max_connections = 2;
-    let gateway = Running::start(&config).await;
+    let gateway = Running::start(&config, env).await;
     let (first, _second) = (raw(&gateway.url).await, raw(&gateway.url).await);
     let mut third = raw(&gateway.url).await;
     assert_eq!(read_to_close(&mut third, bound).await, Ok(Vec::new()), "a third connection was kept");
@@ -1445,7 +1403,7 @@ async fn a_slow_answer_gets_504_at_the_whole_request_limit() {
     let mut config = config(&mock, &dir, &model("m", 8_192, &[]));
     config.providers[0].request_timeout_ms = 20_000;
     config.server.request_timeout_ms = 300;
-    let gateway = Running::start(&config).await;
+    let gateway = Running::start(&config, env).await;
     let client = reqwest::Client::new();
     let response = post(&client, &format!("{}/v1/chat/completions", gateway.url), None, &chat("m", "hi")).await;
     assert_eq!(response.status(), 504);
@@ -1479,7 +1437,7 @@ async fn a_client_that_stops_reading_a_stream_is_dropped_and_charged() {
     config.server.stream_send_timeout_ms = 300;
     // One slot: the stalled stream must give it back for anyone to be served.
     config.server.max_in_flight = 1;
-    let gateway = Running::start(&config).await;
+    let gateway = Running::start(&config, env).await;
     let client = reqwest::Client::new();
     let body = json!({"model": "m", "stream": true, "messages": [{"role": "user", "content": "hi"}]}).to_string();
     let mut stalled = raw(&gateway.url).await;
@@ -1541,7 +1499,7 @@ async fn shutdown_says_not_ready_first_then_ends_a_stalled_stream_at_the_deadlin
     // on it anyway).
     config.server.drain_grace_ms = 5_000;
     config.server.drain_timeout_ms = 300;
-    let gateway = Running::start(&config).await;
+    let gateway = Running::start(&config, env).await;
     let client = reqwest::Client::new();
     let url = format!("{}/v1/chat/completions", gateway.url);
     let mut request = chat("m", "go on");
@@ -1600,7 +1558,7 @@ async fn a_stream_has_first_event_and_silence_limits_but_no_total_limit() {
     config.providers[0].request_timeout_ms = 300;
     config.providers[0].first_token_timeout_ms = 1_000;
     config.providers[0].stream_idle_timeout_ms = 1_000;
-    let gateway = Running::start(&config).await;
+    let gateway = Running::start(&config, env).await;
     let client = reqwest::Client::new();
     let url = format!("{}/v1/chat/completions", gateway.url);
     let stream = |model: &str| {
@@ -1636,7 +1594,7 @@ async fn a_stream_has_first_event_and_silence_limits_but_no_total_limit() {
     gateway.stop().await;
     let mut config = config.clone();
     config.providers[0].include_usage = false;
-    let gateway = Running::start(&config).await;
+    let gateway = Running::start(&config, env).await;
     let response = post(&client, &format!("{}/v1/chat/completions", gateway.url), None, &stream("steady")).await;
     assert!(response.text().await.unwrap().ends_with("data: [DONE]\n\n"));
     assert_eq!(mock.last_request("steady").unwrap().get("stream_options"), None);
@@ -1651,7 +1609,7 @@ async fn the_cache_keeps_real_answers_only_obeys_no_cache_and_forgets_a_changed_
     let body = model("m", 8_192, &[])
         + "\n[cache]\nenabled = true\nttl_secs = 60\n\n[[providers]]\nname = \"sim\"\nkind = \"simulated\"\n\
            \n[[models]]\nid = \"s\"\nprovider = \"sim\"\ncontext_window = 8192\nquality = 0.5\n";
-    let gateway = Running::start(&config(&mock, &dir, &body)).await;
+    let gateway = Running::start(&config(&mock, &dir, &body), env).await;
     let client = reqwest::Client::new();
     let url = format!("{}/v1/chat/completions", gateway.url);
     let cached = |response: &reqwest::Response| header(response, "x-modelfleet-cache").to_owned();

@@ -5,3 +5,4 @@ mod gateway;
 mod memory;
 mod resilience;
 mod startup_retry;
+mod support;

@@ -8,10 +8,10 @@
 use std::time::Duration;
 
 use modelfleet::config::Config;
-use modelfleet_gateway::Gateway;
 use modelfleet_mock_upstream::MockUpstream;
 use serde_json::{Value, json};
-use tokio::sync::oneshot;
+
+use crate::support::{Running, validated};
 
 const MOCK_KEY: &str = "sk-mock-upstream-secret";
 
@@ -30,18 +30,7 @@ fn config(mock: &MockUpstream, dir: &tempfile::TempDir, server: &str) -> Config 
         dir.path().join("fleet.db").display(),
         mock.base_url(),
     );
-    let options = modelfleet::config::Options {
-        env: &env,
-        check_files: false,
-        check_ports: false,
-        check_tools: false,
-        base_dir: dir.path().to_path_buf(),
-    };
-    let report = modelfleet::config::validate(&text, &options);
-    let problems = report.to_string();
-    let mut config = report.config.unwrap_or_else(|| panic!("test config invalid: {problems}\n{text}"));
-    config.server.listen = "127.0.0.1:0".parse().unwrap();
-    config
+    validated(&text, dir.path(), env)
 }
 
 /// The value of the unlabelled series `metric` in Prometheus `text`.
@@ -59,12 +48,8 @@ fn metric(text: &str, metric: &str) -> Option<f64> {
 async fn above_its_memory_limit_the_gateway_refuses_new_work_and_reports_degraded() {
     let mock = MockUpstream::start().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let gateway = Gateway::bind(&config(&mock, &dir, "memory_limit_bytes = 1048576"), &env).await.unwrap();
-    let url = format!("http://{}", gateway.local_addr());
-    let (stop, stopped) = oneshot::channel::<()>();
-    let served = tokio::spawn(gateway.serve(async move {
-        let _ = stopped.await;
-    }));
+    let gateway = Running::start(&config(&mock, &dir, "memory_limit_bytes = 1048576"), env).await;
+    let url = gateway.url.clone();
     let client = reqwest::Client::new();
     let chat = json!({"model": "m", "messages": [{"role": "user", "content": "hello"}]});
     let complete = || client.post(format!("{url}/v1/chat/completions")).json(&chat).send();
@@ -121,8 +106,7 @@ async fn above_its_memory_limit_the_gateway_refuses_new_work_and_reports_degrade
     assert_eq!(metric(&scraped, "modelfleet_gateway_memory_cache_drops_total"), Some(1.0), "{scraped}");
     assert!(metric(&scraped, "modelfleet_gateway_memory_refused_total").is_some_and(|n| n >= 2.0), "{scraped}");
 
-    let _ = stop.send(());
-    served.await.unwrap().unwrap();
+    gateway.stop().await;
     mock.shutdown().await;
 }
 
@@ -131,12 +115,8 @@ async fn below_its_memory_limit_the_gateway_serves_and_reports_no_pressure() {
     let mock = MockUpstream::start().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     // 1 PiB: no test process comes near it.
-    let gateway = Gateway::bind(&config(&mock, &dir, "memory_limit_bytes = 1125899906842624"), &env).await.unwrap();
-    let url = format!("http://{}", gateway.local_addr());
-    let (stop, stopped) = oneshot::channel::<()>();
-    let served = tokio::spawn(gateway.serve(async move {
-        let _ = stopped.await;
-    }));
+    let gateway = Running::start(&config(&mock, &dir, "memory_limit_bytes = 1125899906842624"), env).await;
+    let url = gateway.url.clone();
     let client = reqwest::Client::new();
     let chat = json!({"model": "m", "messages": [{"role": "user", "content": "hello"}]});
     let answer = client.post(format!("{url}/v1/chat/completions")).json(&chat).send().await.unwrap();
@@ -156,7 +136,6 @@ async fn below_its_memory_limit_the_gateway_serves_and_reports_no_pressure() {
     let scraped = client.get(format!("{url}/metrics")).send().await.unwrap().text().await.unwrap();
     assert_eq!(metric(&scraped, "modelfleet_gateway_memory_pressure"), Some(0.0), "{scraped}");
 
-    let _ = stop.send(());
-    served.await.unwrap().unwrap();
+    gateway.stop().await;
     mock.shutdown().await;
 }

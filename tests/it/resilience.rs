@@ -67,20 +67,7 @@ fn config(mock: &MockUpstream, dir: &tempfile::TempDir, body: &str, limits: &Lim
         limits.request_timeout_ms,
         limits.retry,
     );
-    let options = modelfleet::config::Options {
-        env: &env,
-        check_files: false,
-        check_ports: false,
-        check_tools: false,
-        base_dir: dir.path().to_path_buf(),
-    };
-    let report = modelfleet::config::validate(&text, &options);
-    let problems = report.to_string();
-    let mut config = report.config.unwrap_or_else(|| panic!("test config invalid: {problems}\n{text}"));
-    // Port 0 (a free port) is what `modelfleet serve --listen` allows; the file needs a real one.
-    config.server.listen = "127.0.0.1:0".parse().unwrap();
-    config.server.drain_grace_ms = 0;
-    config
+    crate::support::validated(&text, dir.path(), env)
 }
 
 /// A running gateway: its base URL, its fleet, and how to stop it.

@@ -1,0 +1,60 @@
+//! What the gateway scenarios share: a test configuration validated as
+//! `modelfleet serve` would, and a gateway serving in a task.
+
+use std::{path::Path, sync::Arc};
+
+use modelfleet::{Fleet, config::Config};
+use modelfleet_gateway::{Gateway, GatewayError};
+use tokio::sync::oneshot;
+
+/// Where a test's configuration reads its secrets.
+pub(crate) type Env = fn(&str) -> Option<String>;
+
+/// `text` validated (paths from `dir`, variables through `env`), or a panic
+/// naming every problem; on a free loopback port, stopping at once (no
+/// load balancer to tell: a test that needs the drain's grace sets it).
+pub(crate) fn validated(text: &str, dir: &Path, env: Env) -> Config {
+    let options = modelfleet::config::Options {
+        env: &env,
+        check_files: false,
+        check_ports: false,
+        check_tools: false,
+        base_dir: dir.to_path_buf(),
+    };
+    let report = modelfleet::config::validate(text, &options);
+    let problems = report.to_string();
+    let mut config = report.config.unwrap_or_else(|| panic!("test config invalid: {problems}\n{text}"));
+    // Port 0 (a free port) is what `modelfleet serve --listen` allows; the file needs a real one.
+    config.server.listen = "127.0.0.1:0".parse().unwrap();
+    config.server.drain_grace_ms = 0;
+    config
+}
+
+/// A running gateway: its base URL, its fleet, and how to stop it.
+pub(crate) struct Running {
+    pub(crate) url: String,
+    pub(crate) fleet: Arc<Fleet>,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<Result<(), GatewayError>>,
+}
+
+impl Running {
+    pub(crate) async fn start(config: &Config, env: Env) -> Running {
+        let gateway = Gateway::bind(config, &env).await.unwrap();
+        let url = format!("http://{}", gateway.local_addr());
+        let fleet = gateway.fleet();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(gateway.serve(async move {
+            let _ = stopped.await;
+        }));
+        Running { url, fleet, stop: Some(stop), task }
+    }
+
+    /// Stops it and waits until `serve` has returned (the store flushed).
+    pub(crate) async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        (&mut self.task).await.unwrap().unwrap();
+    }
+}
