@@ -1654,6 +1654,11 @@ async fn the_cache_keeps_real_answers_only_obeys_no_cache_and_forgets_a_changed_
     mock.set("m", Behavior::default());
     assert_eq!(cached(&post(&client, &url, None, &racing).await), "miss", "an answer from before the change was kept");
 
+    // Corrupted entries are counted where operators look (the store's own
+    // tests corrupt them; here the count is exported as the store keeps it).
+    let corrupted = gauge(&client, &gateway.url, "modelfleet_cache_corrupted_total").await;
+    assert!((corrupted - gateway.fleet.store().cache_stats().corrupted as f64).abs() < 0.5);
+
     // A simulated answer is a stand-in: never kept.
     let simulated = chat("s", "simulate me");
     assert_eq!(cached(&post(&client, &url, None, &simulated).await), "miss");

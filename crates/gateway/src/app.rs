@@ -689,6 +689,11 @@ impl AppState {
                 self.fleet.store().write_counts().1 as f64,
             ),
             (
+                "modelfleet_cache_corrupted_total",
+                "Response cache entries found corrupted (checksum, encoding or JSON), removed and answered as misses.",
+                self.fleet.store().cache_stats().corrupted as f64,
+            ),
+            (
                 "modelfleet_gateway_client_disconnects_total",
                 "Streams whose client went away before the end (the tokens used were still charged).",
                 self.client_disconnects.load(Ordering::Relaxed) as f64,
