@@ -6,7 +6,13 @@
 //! second survives a change of machine: a run on a slower or busier machine
 //! is slower at the calibration work too.
 
-use std::{fmt::Write as _, fs, path::Path, process::Command, time::SystemTime};
+use std::{
+    fmt::Write as _,
+    fs,
+    path::{Path, PathBuf},
+    process::Command,
+    time::SystemTime,
+};
 
 use anyhow::{Context, bail};
 use serde::Serialize;
@@ -328,24 +334,11 @@ impl Spread {
 /// `bench-report.json` (key `load`) and `bench-report.md` in the target directory.
 pub(crate) fn loadtest(quick: bool, budget: bool) -> anyhow::Result<()> {
     let out = target_dir();
-    for package in [
-        ["--package", "modelfleet-cli", "--bin", "modelfleet"],
-        ["--package", "modelfleet-benches", "--bin", "loadtest"],
-    ] {
-        let status = cargo()
-            .args(["build", "--release", "--locked"])
-            .args(package)
-            .env("CARGO_TARGET_DIR", &out)
-            .status()
-            .context("running cargo build")?;
-        if !status.success() {
-            bail!("cargo build {package:?} failed ({status})");
-        }
-    }
-    let release = out.join("release");
+    let gateway = build_bin(Profile::Release, "modelfleet-cli", "modelfleet")?;
+    let generator = build_bin(Profile::Release, "modelfleet-benches", "loadtest")?;
     let report_path = out.join("loadtest.json");
-    let mut command = Command::new(release.join("loadtest"));
-    command.arg("--gateway-bin").arg(release.join("modelfleet")).arg("--out").arg(&report_path);
+    let mut command = Command::new(generator);
+    command.arg("--gateway-bin").arg(gateway).arg("--out").arg(&report_path);
     if quick {
         command.arg("--quick");
     }
@@ -360,24 +353,63 @@ pub(crate) fn loadtest(quick: bool, budget: bool) -> anyhow::Result<()> {
         &fs::read_to_string(&report_path).with_context(|| format!("reading {}", report_path.display()))?,
     )
     .context("parsing the load report")?;
+    println!("{}", load_markdown(&load));
+    add_to_report("load", &load, "Gateway load", &load_markdown(&load))
+}
+
+/// A cargo profile to build with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Profile {
+    /// `dev`: what the tests already built.
+    Debug,
+    /// `release`: what is measured.
+    Release,
+}
+
+/// Builds `bin` of `package` into the target directory and returns its path.
+pub(crate) fn build_bin(profile: Profile, package: &str, bin: &str) -> anyhow::Result<PathBuf> {
+    let out = target_dir();
+    let mut command = cargo();
+    command.args(["build", "--locked", "--package", package, "--bin", bin]).env("CARGO_TARGET_DIR", &out);
+    if profile == Profile::Release {
+        command.arg("--release");
+    }
+    let status = command.status().context("running cargo build")?;
+    if !status.success() {
+        bail!("cargo build --package {package} --bin {bin} failed ({status})");
+    }
+    let dir = if profile == Profile::Release { "release" } else { "debug" };
+    Ok(out.join(dir).join(format!("{bin}{}", std::env::consts::EXE_SUFFIX)))
+}
+
+/// Adds `value` to `bench-report.json` under `key`, and `section` (markdown
+/// starting with `\n## {heading}`) to `bench-report.md`, in place of the
+/// previous `## {heading}` section: the other commands' sections are kept.
+pub(crate) fn add_to_report(key: &str, value: &serde_json::Value, heading: &str, section: &str) -> anyhow::Result<()> {
+    let out = target_dir();
     let json_path = out.join("bench-report.json");
     let mut report: serde_json::Value = fs::read_to_string(&json_path)
         .ok()
         .and_then(|text| serde_json::from_str(&text).ok())
         .unwrap_or_else(|| serde_json::json!({"benchmarks": []}));
-    report["load"] = load.clone();
+    report[key] = value.clone();
     fs::write(&json_path, serde_json::to_string_pretty(&report)? + "\n")
         .with_context(|| format!("writing {}", json_path.display()))?;
     let md_path = out.join("bench-report.md");
-    let mut markdown = fs::read_to_string(&md_path).unwrap_or_else(|_| String::from("# Benchmark report\n"));
-    if let Some(start) = markdown.find("\n## Gateway load") {
-        markdown.truncate(start);
-    }
-    markdown.push_str(&load_markdown(&load));
-    fs::write(&md_path, &markdown).with_context(|| format!("writing {}", md_path.display()))?;
-    println!("{}", load_markdown(&load));
-    println!("added to {} (\"load\") and {}", json_path.display(), md_path.display());
+    let markdown = fs::read_to_string(&md_path).unwrap_or_else(|_| String::from("# Benchmark report\n"));
+    fs::write(&md_path, replace_section(&markdown, heading, section))
+        .with_context(|| format!("writing {}", md_path.display()))?;
+    println!("added to {} ({key:?}) and {}", json_path.display(), md_path.display());
     Ok(())
+}
+
+/// `markdown` with its `## {heading}…` section (up to the next `## `) replaced
+/// by `section`, or with `section` appended when there is none.
+fn replace_section(markdown: &str, heading: &str, section: &str) -> String {
+    let marker = format!("\n## {heading}");
+    let Some(start) = markdown.find(&marker) else { return format!("{markdown}{section}") };
+    let end = markdown[start + 1..].find("\n## ").map_or(markdown.len(), |at| start + 1 + at);
+    format!("{}{section}{}", &markdown[..start], &markdown[end..])
 }
 
 fn load_markdown(load: &serde_json::Value) -> String {
@@ -536,6 +568,20 @@ fn human(ns: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_report_section_is_replaced_and_the_others_kept() {
+        let check = |markdown: &str, expect: &str| {
+            assert_eq!(replace_section(markdown, "Soak", "\n## Soak\n\nnew\n"), expect, "{markdown:?}");
+        };
+        check("# R\n", "# R\n\n## Soak\n\nnew\n");
+        check("# R\n\n## Soak\n\nold\n", "# R\n\n## Soak\n\nnew\n");
+        check(
+            "# R\n\n## Soak\n\nold\n\n## Gateway load\n\nkept\n",
+            "# R\n\n## Soak\n\nnew\n\n## Gateway load\n\nkept\n",
+        );
+        check("# R\n\n## Gateway load\n\nkept\n", "# R\n\n## Gateway load\n\nkept\n\n## Soak\n\nnew\n");
+    }
 
     #[test]
     fn human_units() {

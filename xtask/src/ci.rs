@@ -41,6 +41,8 @@ pub(crate) fn run() -> anyhow::Result<()> {
         steps.push(step("tests (cargo test)", &["test", "--workspace", "--exclude", "xtask", "--locked"]));
     }
     steps.push(step("doctests", &["test", "--workspace", "--doc", "--locked"]));
+    // The gateway under faulty load for about a minute (see `soak.rs`).
+    steps.push(step("soak --quick", &["run", "--quiet", "--locked", "--package", "xtask", "--", "soak", "--quick"]));
     let mut docs = step("docs", &["doc", "--workspace", "--no-deps", "--locked"]);
     docs.command.env("RUSTDOCFLAGS", "-D warnings");
     steps.push(docs);

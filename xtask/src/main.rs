@@ -1,13 +1,16 @@
 //! The project's own commands, run as `cargo xtask <command>`.
 //!
 //! - `ci`: the one check of the whole workspace (fmt, clippy, tests, doctests,
-//!   docs, tidy, cargo-deny); the first red step stops the run.
+//!   `soak --quick`, docs, tidy, cargo-deny); the first red step stops the run.
 //! - `bench [--quick]`: runs the criterion benches and writes
 //!   `bench-report.json` and `bench-report.md` in the target directory
 //!   against the targets in [`bench::TARGETS`], each median also as a
 //!   multiple of the calibration bench's.
 //! - `loadtest [--quick] [--budget]`: the gateway's load benchmark (the `loadtest`
 //!   binary of `benches/`), its figures added to the same report.
+//! - `soak [--quick]`: the gateway under sustained load with injected
+//!   faults, a SIGKILL and a restart, checked for client-visible errors, the
+//!   books and memory growth; its figures added to the same report.
 //! - `mutants [-p CRATE] [-f FILE] [-- ARGS]`: mutation testing with
 //!   cargo-mutants (installed when missing), run by hand, never by `ci`.
 //!
@@ -18,6 +21,7 @@
 mod bench;
 mod ci;
 mod mutants;
+mod soak;
 #[cfg(test)]
 mod tidy;
 
@@ -31,8 +35,9 @@ const USAGE: &str = "\
 usage: cargo xtask <command>
 
 commands:
-  ci              fmt, clippy -D warnings, tests + doctests, docs -D warnings,
-                  tidy checks, cargo-deny (when installed); stops at the first red step
+  ci              fmt, clippy -D warnings, tests + doctests, soak --quick,
+                  docs -D warnings, tidy checks, cargo-deny (when installed);
+                  stops at the first red step
   bench [--quick] run the criterion benches, write bench-report.{json,md} in the
                   target dir (CARGO_TARGET_DIR, else target/); medians also as
                   multiples of the calibration bench's
@@ -40,6 +45,12 @@ commands:
                   the gateway under load (mock upstream, release builds); adds
                   throughput, latency and memory to bench-report.{json,md};
                   --budget configures a global budget (spend committed per request)
+  soak [--quick]  the gateway (a child process) against the mock upstream with
+                  injected faults, slow and stalled clients, a SIGKILL and a
+                  restart; checks client-visible errors, the stored rows and
+                  spend, and RSS growth; adds its figures to bench-report.{json,md}.
+                  --quick: about a minute, debug build (a step of ci); full:
+                  100,000+ requests, release build
   mutants [-p CRATE] [-f FILE] [-- ARGS]
                   mutation testing with cargo-mutants (installed when missing;
                   slow: run by hand, not by ci); ARGS go to cargo mutants, e.g.
@@ -54,6 +65,8 @@ fn main() -> ExitCode {
         ["bench"] => bench::run(false),
         ["bench", "--quick"] => bench::run(true),
         ["mutants", rest @ ..] => mutants::run(rest),
+        ["soak"] => soak::run(false),
+        ["soak", "--quick"] => soak::run(true),
         ["loadtest", flags @ ..] if flags.iter().all(|f| matches!(*f, "--quick" | "--budget")) => {
             bench::loadtest(flags.contains(&"--quick"), flags.contains(&"--budget"))
         }

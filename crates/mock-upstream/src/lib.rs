@@ -856,19 +856,24 @@ mod tests {
     #[tokio::test]
     async fn a_drip_body_comes_a_byte_at_a_time_and_stops_when_its_client_leaves() {
         let mock = MockUpstream::start().await.unwrap();
-        mock.fail_next("drip", Fault::SlowDrip { interval: Duration::from_millis(1) }, 1);
+        let interval = Duration::from_millis(2);
+        mock.fail_next("drip", Fault::SlowDrip { interval }, 1);
+        let started = std::time::Instant::now();
         let answer = post(&mock, "drip", false).await;
         assert_eq!(answer.status(), 200);
         let mut body = answer.bytes_stream();
-        let (mut bytes, mut pieces) = (Vec::new(), 0);
+        let (mut bytes, mut pieces) = (Vec::new(), 0_u32);
         while let Some(piece) = body.next().await {
             bytes.extend_from_slice(&piece.unwrap());
             pieces += 1;
         }
         let value: Value = serde_json::from_slice(&bytes).unwrap();
         assert_eq!(value["object"], "chat.completion");
-        // A byte a millisecond: far more pieces than one body in one write.
-        assert!(pieces > bytes.len() / 4, "{pieces} pieces for {} bytes", bytes.len());
+        // Each byte waited its interval (a timer never fires early), so the
+        // body took at least that long, and came in pieces.
+        let bytes_sent = u32::try_from(bytes.len()).unwrap();
+        assert!(started.elapsed() >= interval * bytes_sent, "{} bytes in {:?}", bytes.len(), started.elapsed());
+        assert!(pieces > 1, "{pieces} pieces");
         no_body_left(&mock).await;
         // Abandoned half way, it stops.
         mock.fail_next("drip", Fault::SlowDrip { interval: Duration::from_millis(20) }, 1);
