@@ -1335,7 +1335,9 @@ async fn slow_or_silent_clients_are_disconnected_and_cannot_take_every_connectio
     config.server.idle_timeout_ms = 600;
     config.server.body_read_timeout_ms = 300;
     let gateway = Running::start(&config, env).await;
-    let client = reqwest::Client::new();
+    // A new connection per call: a pooled one may meet the idle limit below
+    // just as it is reused (a race every keep-alive client handles by retrying).
+    let client = reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap();
     let bound = Duration::from_secs(20);
 
     // Half a request head: the connection is closed, with nothing sent back.
@@ -1380,7 +1382,7 @@ async fn slow_or_silent_clients_are_disconnected_and_cannot_take_every_connectio
     assert_eq!(read_to_close(&mut third, bound).await, Ok(Vec::new()), "a third connection was kept");
     drop(first);
     let started = std::time::Instant::now();
-    let fresh = reqwest::Client::new();
+    let fresh = reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap();
     loop {
         if let Ok(response) = fresh.get(format!("{}/health/live", gateway.url)).send().await {
             assert_eq!(response.status(), 200);
