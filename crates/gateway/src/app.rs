@@ -388,8 +388,21 @@ async fn chat_inner(app: &App, headers: &HeaderMap, body: Body) -> Result<Respon
             .unwrap_or_else(|e| Err(modelfleet::store::Error::Write(e.to_string())));
         match hit {
             Ok(Some(hit)) => {
-                app.fleet.metrics().record_cache_hit();
-                if let (Some(model), Some(body)) = (hit.get("model").and_then(Value::as_str), hit.get("body")) {
+                // Made under the spec the model has now, or it is stale.
+                let current = hit
+                    .get("model")
+                    .and_then(Value::as_str)
+                    .and_then(|model| app.fleet.catalog().get(model))
+                    .map(|spec| spec_fingerprint(&spec));
+                let fresh = current.is_some() && hit.get("spec").and_then(Value::as_str) == current.as_deref();
+                if fresh {
+                    app.fleet.metrics().record_cache_hit();
+                } else {
+                    app.fleet.metrics().record_cache_miss();
+                }
+                if let (true, Some(model), Some(body)) =
+                    (fresh, hit.get("model").and_then(Value::as_str), hit.get("body"))
+                {
                     let mut response = json_response(StatusCode::OK, body);
                     served_headers(&mut response, model, 0, false);
                     money_headers(&mut response, Money::ZERO, None);
@@ -436,16 +449,22 @@ async fn chat_inner(app: &App, headers: &HeaderMap, body: Body) -> Result<Respon
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "internal", e.to_string()))?
         .ok_or_else(shutting_down)?
         .map_err(fleet_error)?;
-    // Only a real answer is kept: a simulated provider's is a stand-in.
-    let now = app.fleet.catalog().snapshot();
-    let real = now.get(&served.model).is_some_and(|spec| {
-        !app.upstreams.is_simulated(&spec.provider)
-            && catalog_before.as_ref().is_some_and(|before| before.get(&served.model) == Some(spec))
-    });
-    if let Some((ttl, key)) = cache.filter(|_| real)
+    // Only a real answer is kept (a simulated provider's is a stand-in),
+    // with the fingerprint of the spec it was made under: a read under
+    // another spec is a miss, however the change and this write interleave.
+    let made_under = catalog_before
+        .as_ref()
+        .and_then(|before| before.get(&served.model))
+        .filter(|spec| !app.upstreams.is_simulated(&spec.provider))
+        .map(|spec| spec_fingerprint(spec));
+    if let (Some((ttl, key)), Some(fingerprint)) = (cache, made_under)
         && let Ok(body) = serde_json::from_slice::<Value>(&served.value)
-        && let Err(err) =
-            app.fleet.store().cache_put(key, &served.model, &json!({"model": served.model, "body": body}), ttl)
+        && let Err(err) = app.fleet.store().cache_put(
+            key,
+            &served.model,
+            &json!({"model": served.model, "spec": fingerprint, "body": body}),
+            ttl,
+        )
     {
         tracing::warn!(%err, "could not cache a response");
     }
@@ -457,6 +476,22 @@ async fn chat_inner(app: &App, headers: &HeaderMap, body: Body) -> Result<Respon
         response.headers_mut().insert("x-modelfleet-cache", HeaderValue::from_static("miss"));
     }
     Ok(response)
+}
+
+/// What a cached answer was made under: a digest of its model's spec,
+/// timestamps left out (touching a spec without changing it keeps its
+/// answers).
+fn spec_fingerprint(spec: &ModelSpec) -> String {
+    use sha2::Digest;
+    let mut bare = spec.clone();
+    bare.created_at_ms = 0;
+    bare.updated_at_ms = 0;
+    let digest = sha2::Sha256::digest(serde_json::to_vec(&bare).unwrap_or_default());
+    digest.iter().take(16).fold(String::with_capacity(32), |mut hex, b| {
+        use std::fmt::Write;
+        let _ = write!(hex, "{b:02x}");
+        hex
+    })
 }
 
 /// The answer to a request the drain deadline cut.

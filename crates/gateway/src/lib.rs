@@ -275,6 +275,9 @@ impl Gateway {
         }
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let kill = CancellationToken::new();
+        // Dropping `serve` (a caller that gives up on it) drops every
+        // connection too, not only the accept loops.
+        let _kill_on_drop = kill.clone().drop_guard();
         let connections = TaskTracker::new();
         let slots = Arc::new(tokio::sync::Semaphore::new(
             usize::try_from(max_connections).unwrap_or(usize::MAX).min(tokio::sync::Semaphore::MAX_PERMITS),

@@ -424,14 +424,15 @@ fn own_cgroups(proc_self_cgroup: &str) -> Vec<(&'static CgroupFiles, PathBuf)> {
     dirs
 }
 
-/// The cgroup's reading under `root`: the limit of this process's own
-/// cgroup (`self_cgroup` is `/proc/self/cgroup`'s text), else of its
-/// nearest ancestor that has one (a service in a limited slice), else of
-/// the mount root. `Ok(None)` when none sets a limit, `Err` when a file
-/// does not say what it should.
+/// The cgroup's reading under `root`: of this process's own cgroup
+/// (`self_cgroup` is `/proc/self/cgroup`'s text), its ancestors (a service
+/// in a limited slice) and the mount root, the one nearest its limit (the
+/// kernel enforces each of them). `Ok(None)` when none sets a limit, `Err`
+/// when a file does not say what it should.
 fn cgroup(root: &Path, self_cgroup: &str) -> Result<Option<Reading>, String> {
     let mut candidates = own_cgroups(self_cgroup);
     candidates.extend([(&CGROUP_V2, PathBuf::from(CGROUP_V2.dir)), (&CGROUP_V1, PathBuf::from(CGROUP_V1.dir))]);
+    let mut tightest: Option<Reading> = None;
     for (files, dir) in candidates {
         let dir = root.join(dir);
         let Ok(text) = std::fs::read_to_string(dir.join(files.limit)) else { continue };
@@ -448,9 +449,13 @@ fn cgroup(root: &Path, self_cgroup: &str) -> Result<Option<Reading>, String> {
             .ok()
             .and_then(|text| stat(&text, files.inactive_file))
             .unwrap_or(0);
-        return Ok(Some(Reading { usage: usage.saturating_sub(inactive), limit, source: LimitSource::Cgroup }));
+        let reading = Reading { usage: usage.saturating_sub(inactive), limit, source: LimitSource::Cgroup };
+        let share = |r: &Reading| u128::from(r.usage) * u128::from(u64::MAX) / u128::from(r.limit.max(1));
+        if tightest.as_ref().is_none_or(|t| share(&reading) > share(t)) {
+            tightest = Some(reading);
+        }
     }
-    Ok(None)
+    Ok(tightest)
 }
 
 /// Readings from this machine: the configured limit, the cgroup, physical
@@ -610,12 +615,20 @@ mod tests {
             ("memory/docker/abc/memory.usage_in_bytes", "3000"),
         ]);
         let read = |own: &str| super::cgroup(root.path(), own);
-        assert_eq!(read("0::/system.slice/gw.service\n"), cgroup(1000, 2 * MIB), "its own limit");
+        assert_eq!(read("0::/system.slice/gw.service\n"), cgroup(1000, 2 * MIB), "its own limit, the tightest");
         assert_eq!(read("0::/system.slice/other.service\n"), cgroup(2000, 4 * MIB), "the slice's, above it");
         assert_eq!(read("12:cpu,cpuacct:/x\n9:memory:/docker/abc\n"), cgroup(3000, 3 * MIB), "v1's memory line");
         assert_eq!(read("0::/\n"), Ok(None), "a namespace root without a limit");
         assert_eq!(read("0::/../../etc\n"), Ok(None), "a path that climbs out is ignored");
         assert_eq!(own_cgroups("garbage\n0::\n").len(), 1, "the root alone");
+        // A parent slice nearer its limit than the service is the one that binds.
+        let tight_parent = fake_cgroup(&[
+            ("slice/memory.max", "1048576\n"),
+            ("slice/memory.current", "1000000\n"),
+            ("slice/svc/memory.max", "4194304\n"),
+            ("slice/svc/memory.current", "1000\n"),
+        ]);
+        assert_eq!(super::cgroup(tight_parent.path(), "0::/slice/svc\n"), cgroup(1_000_000, MIB));
     }
 
     #[test]

@@ -89,6 +89,9 @@ struct Watch {
     /// Since when (ms from `epoch`) a write has been waiting for the client
     /// to read; `NONE` while writes go through.
     blocked_since: AtomicU64,
+    /// Wakes the watcher when a write first blocks, so the stall limit is
+    /// timed from then, not from the watcher's next look.
+    blocked: tokio::sync::Notify,
 }
 
 /// What the watcher does with a connection now.
@@ -114,6 +117,7 @@ impl Watch {
             idle_since: AtomicU64::new(0),
             head_since: AtomicU64::new(0),
             blocked_since: AtomicU64::new(NONE),
+            blocked: tokio::sync::Notify::new(),
         }
     }
 
@@ -134,6 +138,7 @@ impl Watch {
             self.blocked_since.store(NONE, Ordering::Relaxed);
         } else if self.blocked_since.load(Ordering::Relaxed) == NONE {
             self.blocked_since.store(self.now_ms(), Ordering::Relaxed);
+            self.blocked.notify_one();
         }
     }
 
@@ -154,8 +159,8 @@ impl Watch {
             return Verdict::WriteStalled;
         }
         if self.in_flight.load(Ordering::Acquire) > 0 {
-            // A write may block at any moment: look again within the stall limit.
-            return Verdict::Wait(now.saturating_add(header.min(idle).min(stall)).min(stalled_at));
+            // A blocked write wakes the watcher (`blocked`).
+            return Verdict::Wait(now.saturating_add(header.min(idle)).min(stalled_at));
         }
         let head = self.head_since.load(Ordering::Relaxed);
         if head != NONE {
@@ -386,6 +391,7 @@ impl Connection {
                 }
                 () = self.kill.cancelled() => break,
                 () = tokio::time::sleep_until(next) => {}
+                () = watch.blocked.notified() => {}
             }
         }
         self.counters.open.fetch_sub(1, Ordering::Relaxed);
@@ -460,6 +466,18 @@ mod stall_tests {
         idle: Duration::from_secs(1),
         write_stall: Duration::from_secs(5),
     };
+
+    #[test]
+    fn the_clock_runs_from_the_connection_and_stamps_idleness_and_stalls() {
+        let w = Arc::new(Watch::new());
+        std::thread::sleep(Duration::from_millis(20));
+        let now = w.now_ms();
+        assert!(now >= 20, "{now}");
+        drop(w.begin());
+        assert!(w.idle_since.load(Ordering::Relaxed) >= now, "idle from the end of the request");
+        w.wrote(false);
+        assert!(w.blocked_since.load(Ordering::Relaxed) >= now, "blocked from the write");
+    }
 
     #[test]
     fn a_write_the_client_does_not_take_closes_the_connection_in_flight_or_not() {
