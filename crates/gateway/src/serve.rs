@@ -324,7 +324,7 @@ struct Connection {
 }
 
 impl Connection {
-    async fn serve(mut self, stream: TcpStream, peer: SocketAddr) {
+    async fn serve(self, stream: TcpStream, peer: SocketAddr) {
         self.counters.open.fetch_add(1, Ordering::Relaxed);
         let watch = Arc::new(Watch::new());
         let io = TokioIo::new(Watched { stream, watch: Arc::clone(&watch) });
@@ -349,33 +349,20 @@ impl Connection {
         builder.timer(TokioTimer::new()).header_read_timeout(None);
         let conn = builder.serve_connection(io, service);
         tokio::pin!(conn);
-        let mut stopping = *self.stop.borrow();
-        if stopping {
-            conn.as_mut().graceful_shutdown();
-        }
+        // The watcher is a task of its own: the connection's task polls
+        // hyper and one uncontended channel per wake, not the listener-wide
+        // stop and kill signals (each poll of those takes a shared lock).
+        let (orders_tx, mut orders) = tokio::sync::mpsc::channel::<Order>(2);
+        let watcher = Watcher {
+            watch,
+            limits: self.limits,
+            counters: Arc::clone(&self.counters),
+            stop: self.stop.clone(),
+            kill: self.kill.clone(),
+            peer,
+        };
+        let _watcher = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(watcher.run(orders_tx)));
         loop {
-            let next = match watch.verdict(watch.now_ms(), &self.limits) {
-                Verdict::Wait(at) => watch.epoch + Duration::from_millis(at),
-                Verdict::WriteStalled => {
-                    self.counters.write_stalls.fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!(%peer, "connection closed: the client stopped reading (server.stream_send_timeout_ms)");
-                    break;
-                }
-                Verdict::HeadLate => {
-                    self.counters.header_timeouts.fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!(%peer, "connection closed: a request head came too slowly (server.header_read_timeout_ms)");
-                    break;
-                }
-                Verdict::Idle if !stopping => {
-                    self.counters.idle_closed.fetch_add(1, Ordering::Relaxed);
-                    // No request in flight: hyper closes it at once.
-                    conn.as_mut().graceful_shutdown();
-                    stopping = true;
-                    Instant::now() + self.limits.header_read
-                }
-                // Shut down already: hyper ends it; `kill` bounds the wait.
-                Verdict::Idle => Instant::now() + self.limits.idle,
-            };
             tokio::select! {
                 served = conn.as_mut() => {
                     if let Err(err) = served {
@@ -383,18 +370,86 @@ impl Connection {
                     }
                     break;
                 }
-                changed = self.stop.changed(), if !stopping => {
-                    stopping = true;
-                    if changed.is_err() || *self.stop.borrow() {
-                        conn.as_mut().graceful_shutdown();
-                    }
-                }
-                () = self.kill.cancelled() => break,
-                () = tokio::time::sleep_until(next) => {}
-                () = watch.blocked.notified() => {}
+                order = orders.recv() => match order {
+                    Some(Order::Shutdown) => conn.as_mut().graceful_shutdown(),
+                    Some(Order::Close) | None => break,
+                },
             }
         }
         self.counters.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// What the watcher tells its connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Order {
+    /// Finish the request in flight, then close (idle, or stopping).
+    Shutdown,
+    /// Close now (a late head, a stalled write, the drain deadline).
+    Close,
+}
+
+/// A connection's watcher: judges its [`Watch`] and follows the server's
+/// stop and kill signals, and orders the connection accordingly.
+struct Watcher {
+    watch: Arc<Watch>,
+    limits: Limits,
+    counters: Arc<Counters>,
+    stop: watch::Receiver<bool>,
+    kill: CancellationToken,
+    peer: SocketAddr,
+}
+
+impl Watcher {
+    /// Runs until it orders a close or the connection is gone. At most one
+    /// `Shutdown` and one `Close` are sent: the channel holds both.
+    async fn run(mut self, orders: tokio::sync::mpsc::Sender<Order>) {
+        let peer = self.peer;
+        let mut stopping = *self.stop.borrow();
+        if stopping {
+            let _ = orders.try_send(Order::Shutdown);
+        }
+        loop {
+            let next = match self.watch.verdict(self.watch.now_ms(), &self.limits) {
+                Verdict::Wait(at) => self.watch.epoch + Duration::from_millis(at),
+                Verdict::WriteStalled => {
+                    self.counters.write_stalls.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(%peer, "connection closed: the client stopped reading (server.stream_send_timeout_ms)");
+                    let _ = orders.try_send(Order::Close);
+                    return;
+                }
+                Verdict::HeadLate => {
+                    self.counters.header_timeouts.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(%peer, "connection closed: a request head came too slowly (server.header_read_timeout_ms)");
+                    let _ = orders.try_send(Order::Close);
+                    return;
+                }
+                Verdict::Idle if !stopping => {
+                    self.counters.idle_closed.fetch_add(1, Ordering::Relaxed);
+                    // No request in flight: hyper closes it at once.
+                    let _ = orders.try_send(Order::Shutdown);
+                    stopping = true;
+                    Instant::now() + self.limits.header_read
+                }
+                // Shut down already: hyper ends it; `kill` bounds the wait.
+                Verdict::Idle => Instant::now() + self.limits.idle,
+            };
+            tokio::select! {
+                changed = self.stop.changed(), if !stopping => {
+                    stopping = true;
+                    if changed.is_err() || *self.stop.borrow() {
+                        let _ = orders.try_send(Order::Shutdown);
+                    }
+                }
+                () = self.kill.cancelled() => {
+                    let _ = orders.try_send(Order::Close);
+                    return;
+                }
+                () = tokio::time::sleep_until(next) => {}
+                () = self.watch.blocked.notified() => {}
+                () = orders.closed() => return,
+            }
+        }
     }
 }
 
