@@ -1376,10 +1376,16 @@ async fn slow_or_silent_clients_are_disconnected_and_cannot_take_every_connectio
     let mut config = config.clone();
     config.server.header_read_timeout_ms = 60_000;
     config.server.max_connections = 2;
+    let metrics_port =
+        modelfleet::config::find_free_port(std::net::IpAddr::from([127, 0, 0, 1]), 20_000..=40_000).unwrap();
+    config.metrics.port = Some(metrics_port);
     let gateway = Running::start(&config, env).await;
     let (first, _second) = (raw(&gateway.url).await, raw(&gateway.url).await);
     let mut third = raw(&gateway.url).await;
     assert_eq!(read_to_close(&mut third, bound).await, Ok(Vec::new()), "a third connection was kept");
+    // The API port full, the scrape port still answers: it has slots of its own.
+    let scraped = client.get(format!("http://127.0.0.1:{metrics_port}/metrics")).send().await.unwrap();
+    assert_eq!(scraped.status(), 200, "a full API port blinded the scrape port");
     drop(first);
     let started = std::time::Instant::now();
     let fresh = reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap();

@@ -137,7 +137,7 @@ pub struct Gateway {
     listener: TcpListener,
     metrics_listener: Option<TcpListener>,
     limits: serve::Limits,
-    /// `[server] max_connections`, both ports together.
+    /// `[server] max_connections` (the API port's).
     max_connections: u32,
     /// `[server] drain_grace_ms`: readiness says 503 while still serving.
     drain_grace: Duration,
@@ -168,6 +168,10 @@ fn effective_listen(config: &Config) -> SocketAddr {
     }
     listen
 }
+
+/// Connections the separate scrape port (`[metrics] port`) holds at once,
+/// apart from the API port's `max_connections`: scrapers are few.
+const SCRAPE_CONNECTIONS: usize = 64;
 
 /// The file beside database `db` that says, while a gateway serves it,
 /// where: `{"url": "http://ADDR", "pid": N}`. The CLI reads it.
@@ -279,27 +283,23 @@ impl Gateway {
         // connection too, not only the accept loops.
         let _kill_on_drop = kill.clone().drop_guard();
         let connections = TaskTracker::new();
-        let slots = Arc::new(tokio::sync::Semaphore::new(
-            usize::try_from(max_connections).unwrap_or(usize::MAX).min(tokio::sync::Semaphore::MAX_PERMITS),
-        ));
-        // Aborted if `serve` itself is dropped: nothing keeps listening.
+        let slots = |n: usize| Arc::new(tokio::sync::Semaphore::new(n.min(tokio::sync::Semaphore::MAX_PERMITS)));
         let shared = serve::Shared {
-            slots,
+            slots: slots(usize::try_from(max_connections).unwrap_or(usize::MAX)),
             counters: Arc::clone(&app.connections),
             connections: connections.clone(),
             stop: stop_rx,
             kill: kill.clone(),
         };
-        let accept = |listener, router| {
-            tokio_util::task::AbortOnDropHandle::new(tokio::spawn(serve::accept(
-                listener,
-                router,
-                limits,
-                shared.clone(),
-            )))
+        // The scrape port has slots of its own: a flood of connections on
+        // the API port must not blind the monitoring that would show it.
+        let scrape = serve::Shared { slots: slots(SCRAPE_CONNECTIONS), ..shared.clone() };
+        // Aborted if `serve` itself is dropped: nothing keeps listening.
+        let accept = |listener, router, shared| {
+            tokio_util::task::AbortOnDropHandle::new(tokio::spawn(serve::accept(listener, router, limits, shared)))
         };
-        let main = accept(listener, app::router(Arc::clone(&app), app.max_body));
-        let metrics = metrics_listener.map(|listener| accept(listener, app::metrics_router(Arc::clone(&app))));
+        let main = accept(listener, app::router(Arc::clone(&app), app.max_body), shared);
+        let metrics = metrics_listener.map(|listener| accept(listener, app::metrics_router(Arc::clone(&app)), scrape));
         shutdown.await;
         app.draining.store(true, Ordering::Relaxed);
         tracing::info!(
