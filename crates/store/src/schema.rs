@@ -611,3 +611,101 @@ pub fn check(path: &Path) -> Result<CheckReport, Error> {
         tables,
     })
 }
+
+#[cfg(test)]
+mod header_tests {
+    //! The checks made before SQLite touches a file, one field at a time
+    //! (cargo-mutants found the file-level tests left them unpinned).
+
+    use super::*;
+
+    /// A 100-byte header SQLite would accept: 4 KiB pages, rollback
+    /// journal, application id `id`; `edit` changes it.
+    fn header(id: u32, edit: impl FnOnce(&mut [u8; 100])) -> [u8; 100] {
+        let mut h = [0u8; 100];
+        h[..16].copy_from_slice(HEADER);
+        h[16..18].copy_from_slice(&4096u16.to_be_bytes());
+        (h[18], h[19]) = (1, 1);
+        h[21..24].copy_from_slice(&[64, 32, 32]);
+        h[68..72].copy_from_slice(&id.to_be_bytes());
+        edit(&mut h);
+        h
+    }
+
+    fn read(bytes: &[u8]) -> Result<Option<(u32, bool)>, Error> {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let path = dir.path().join("x.db");
+        fs::write(&path, bytes).expect("written");
+        read_header(&path).map(|h| h.map(|h| (h.application_id, h.wal)))
+    }
+
+    fn damaged(bytes: &[u8]) -> bool {
+        matches!(read(bytes), Err(Error::Corrupt { .. }))
+    }
+
+    #[test]
+    fn a_missing_or_empty_file_is_a_new_database() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        assert!(matches!(read_header(&dir.path().join("absent.db")), Ok(None)));
+        assert!(matches!(read(b""), Ok(None)));
+    }
+
+    #[test]
+    fn a_sound_header_gives_its_application_id_and_journal_mode() {
+        assert_eq!(read(&header(APPLICATION_ID, |_| {})).ok().flatten(), Some((APPLICATION_ID, false)));
+        assert_eq!(read(&header(7, |h| h[18] = 2)).ok().flatten(), Some((7, true)), "WAL by its read version");
+        assert_eq!(read(&header(7, |h| h[19] = 2)).ok().flatten(), Some((7, true)), "WAL by its write version");
+        assert_eq!(read(&header(0, |h| (h[18], h[19]) = (2, 2))).ok().flatten(), Some((0, true)));
+        // Page size 1 means 65,536; 512 is the smallest.
+        assert!(read(&header(0, |h| h[16..18].copy_from_slice(&1u16.to_be_bytes()))).is_ok());
+        assert!(read(&header(0, |h| h[16..18].copy_from_slice(&512u16.to_be_bytes()))).is_ok());
+    }
+
+    #[test]
+    fn a_file_that_is_not_sqlite_or_too_short_is_refused() {
+        let short = &header(0, |_| {})[..99];
+        assert!(matches!(read(short), Err(Error::NotSqlite { .. })), "99 bytes");
+        assert!(matches!(read(&header(0, |h| h[0] = b's')), Err(Error::NotSqlite { .. })), "another magic");
+    }
+
+    #[test]
+    fn every_field_sqlite_insists_on_is_checked() {
+        for size in [0u16, 2, 256, 1000, 4095] {
+            assert!(damaged(&header(0, |h| h[16..18].copy_from_slice(&size.to_be_bytes()))), "page size {size}");
+        }
+        for (at, value) in [(18, 0), (18, 3), (19, 0), (19, 3), (21, 63), (22, 31), (23, 33)] {
+            assert!(damaged(&header(0, |h| h[at] = value)), "byte {at} = {value}");
+        }
+    }
+
+    #[test]
+    fn the_immutable_uri_encodes_every_byte_but_the_unreserved() {
+        assert_eq!(immutable_uri(Path::new("/tmp/a b?c#d%e/x.db")), "file:///tmp/a%20b%3Fc%23d%25e/x.db?immutable=1");
+        assert_eq!(immutable_uri(Path::new("rel/x-y_z.~db")), "file:rel/x-y_z.~db?immutable=1");
+        assert_eq!(immutable_uri(Path::new("/é")), "file:///%C3%A9?immutable=1", "each byte, high and low nibble");
+    }
+
+    #[test]
+    fn the_size_checked_on_open_is_256_mib() {
+        assert_eq!(CHECK_ON_OPEN_MAX_BYTES, 268_435_456);
+    }
+
+    #[test]
+    fn identify_tells_ours_from_foreign_at_every_boundary() {
+        let path = Path::new("/x.db");
+        let all = |v: i64| tables_of(v).iter().map(|t| (*t).to_owned()).collect::<Vec<_>>();
+        let now = SCHEMA_VERSION;
+        assert!(identify(path, APPLICATION_ID, now, false, &all(now)).is_ok());
+        assert!(identify(path, 0, now, false, &all(now)).is_ok(), "an earlier build's file, not yet stamped");
+        assert!(identify(path, 0, 1, false, &all(1)).is_ok(), "the first schema version");
+        assert!(identify(path, 0, 0, true, &[]).is_ok(), "an empty database");
+        assert!(matches!(identify(path, 0, 0, false, &["t".to_owned()]), Err(Error::Foreign { .. })));
+        assert!(identify(path, APPLICATION_ID, now + 1, false, &[]).is_ok(), "ours and newer: the caller refuses it");
+        assert!(matches!(identify(path, 0, now + 1, false, &all(now)), Err(Error::Foreign { .. })), "newer, not ours");
+        assert!(matches!(identify(path, 1, now, false, &all(now)), Err(Error::Foreign { .. })), "another id");
+        let mut short = all(now);
+        short.pop();
+        assert!(matches!(identify(path, APPLICATION_ID, now, false, &short), Err(Error::Corrupt { .. })));
+        assert!(matches!(identify(path, 0, now, false, &short), Err(Error::Foreign { .. })));
+    }
+}

@@ -482,6 +482,35 @@ fn a_new_file_gets_the_application_id() {
 }
 
 #[test]
+fn an_older_schema_is_migrated_whether_or_not_it_carries_the_id_and_a_current_one_is_stamped() {
+    // Schema version 2 already stamped (a build between): still migrated.
+    let (_dir, path) = db();
+    {
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(crate::schema::MIGRATIONS[0]).unwrap();
+        conn.execute_batch(crate::schema::MIGRATIONS[1]).unwrap();
+        conn.pragma_update(None, "user_version", 2).unwrap();
+        conn.pragma_update(None, "application_id", APPLICATION_ID.cast_signed()).unwrap();
+    }
+    Store::open(&path, StoreConfig::default()).unwrap().close().unwrap();
+    let report = check(&path).unwrap();
+    assert_eq!((report.application_id, report.schema_version), (APPLICATION_ID, SCHEMA_VERSION));
+
+    // The current version without the id: stamped, nothing else done.
+    let (_dir, path) = db();
+    {
+        let conn = Connection::open(&path).unwrap();
+        for sql in crate::schema::MIGRATIONS {
+            conn.execute_batch(sql).unwrap();
+        }
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION).unwrap();
+    }
+    Store::open(&path, StoreConfig::default()).unwrap().close().unwrap();
+    let report = check(&path).unwrap();
+    assert_eq!((report.application_id, report.schema_version), (APPLICATION_ID, SCHEMA_VERSION));
+}
+
+#[test]
 fn a_modelfleet_file_without_an_application_id_is_accepted_and_stamped() {
     let (_dir, path) = db();
     {
