@@ -609,6 +609,26 @@ fn a_background_check_that_fails_is_reported() {
     assert!(matches!(store.integrity(), Integrity::Failed(problems) if !problems.is_empty()));
 }
 
+#[test]
+fn a_background_check_that_finds_problems_rather_than_failing_reports_them() {
+    let (_dir, path) = db();
+    Store::open(&path, StoreConfig::default()).unwrap().close().unwrap();
+    Connection::open(&path).unwrap().query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())).unwrap();
+    // A freelist count that lies: quick_check answers with a problem row
+    // ("Freelist: size is 0 but should be 5"), not with an error.
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[36..40].copy_from_slice(&5u32.to_be_bytes());
+    std::fs::write(&path, &bytes).unwrap();
+    let config = StoreConfig { check_on_open_max_bytes: 0, retain_days: 0, ..StoreConfig::default() };
+    let store = Store::open(&path, config).unwrap();
+    store.wait_for_integrity_check();
+    let integrity = store.integrity();
+    assert!(
+        matches!(&integrity, Integrity::Failed(problems) if problems.contains("Freelist: size is 0 but should be 5")),
+        "{integrity:?}"
+    );
+}
+
 // ---- Budgets and their audit trail --------------------------------------------
 
 #[tokio::test]
