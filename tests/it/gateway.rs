@@ -1662,16 +1662,43 @@ async fn the_cache_keeps_real_answers_only_obeys_no_cache_and_forgets_a_changed_
     mock.set("m", Behavior::default());
     assert_eq!(cached(&post(&client, &url, None, &racing).await), "miss", "an answer from before the change was kept");
 
-    // Corrupted entries are counted where operators look (the store's own
-    // tests corrupt them; here the count is exported as the store keeps it).
-    let corrupted = gauge(&client, &gateway.url, "modelfleet_cache_corrupted_total").await;
-    assert!((corrupted - gateway.fleet.store().cache_stats().corrupted as f64).abs() < 0.5);
-
     // A simulated answer is a stand-in: never kept.
     let simulated = chat("s", "simulate me");
     assert_eq!(cached(&post(&client, &url, None, &simulated).await), "miss");
     gateway.fleet.store().flush_async().await.unwrap();
     assert_eq!(cached(&post(&client, &url, None, &simulated).await), "miss", "a simulated answer was cached");
+    gateway.stop().await;
+    mock.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupted_cache_entry_is_a_miss_and_is_counted_in_the_metrics() {
+    let mock = MockUpstream::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let body = model("m", 8_192, &[]) + "\n[cache]\nenabled = true\nttl_secs = 600\n";
+    let config = config(&mock, &dir, &body);
+    let gateway = Running::start(&config, env).await;
+    let client = reqwest::Client::new();
+    let request = chat("m", "keep me, then rot");
+    let url = format!("{}/v1/chat/completions", gateway.url);
+    assert_eq!(header(&post(&client, &url, None, &request).await, "x-modelfleet-cache"), "miss");
+    gateway.stop().await;
+    // Closed: the WAL is in the main file. Rot one byte of the stored answer.
+    let db = dir.path().join("fleet.db");
+    let mut bytes = std::fs::read(&db).unwrap();
+    let marker = b"mock answer from m";
+    let at = bytes.windows(marker.len()).position(|w| w == marker).expect("the cached answer is in the file");
+    bytes[at] = b'M';
+    std::fs::write(&db, &bytes).unwrap();
+
+    let gateway = Running::start(&config, env).await;
+    let url = format!("{}/v1/chat/completions", gateway.url);
+    let response = post(&client, &url, None, &request).await;
+    assert_eq!((response.status().as_u16(), header(&response, "x-modelfleet-cache")), (200, "miss"));
+    assert!(
+        gauge(&client, &gateway.url, "modelfleet_cache_corrupted_total").await >= 1.0,
+        "the rotten entry went uncounted"
+    );
     gateway.stop().await;
     mock.shutdown().await;
 }
