@@ -1683,7 +1683,7 @@ async fn a_corrupted_cache_entry_is_a_miss_and_is_counted_in_the_metrics() {
     let url = format!("{}/v1/chat/completions", gateway.url);
     assert_eq!(header(&post(&client, &url, None, &request).await, "x-modelfleet-cache"), "miss");
     gateway.stop().await;
-    // Closed: the WAL is in the main file. Rot one byte of the stored answer.
+    // Stopped: the gateway folded the WAL into the file. Rot one byte of the stored answer.
     let db = dir.path().join("fleet.db");
     let mut bytes = std::fs::read(&db).unwrap();
     let marker = b"mock answer from m";

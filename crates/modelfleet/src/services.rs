@@ -41,8 +41,10 @@ impl Service for StoreService {
     fn stop(&self) -> BoxFuture<'_, Result<(), BoxError>> {
         Box::pin(async move {
             if let Some(store) = self.store.get().cloned() {
-                // Blocking: on the blocking pool (which also holds a paused clock still).
-                tokio::task::spawn_blocking(move || store.flush()).await??;
+                // Blocking: on the blocking pool (which also holds a paused
+                // clock still). The WAL is folded into the file, so the file
+                // alone holds everything once the process has stopped.
+                tokio::task::spawn_blocking(move || store.flush_and_checkpoint()).await??;
             }
             Ok(())
         })

@@ -429,6 +429,17 @@ impl Store {
         self.send_acked_blocking(Op::Flush)
     }
 
+    /// As [`Store::flush`], and then moves the write-ahead log whole into the
+    /// database file and truncates it, so the file alone holds everything
+    /// (a copy or a backup taken after a shutdown needs nothing beside it).
+    /// Best effort for the second part: a WAL that stays busy for half a
+    /// second keeps the rest, which SQLite replays at the next open.
+    ///
+    /// **Blocks the calling thread**, as [`Store::flush`] does.
+    pub fn flush_and_checkpoint(&self) -> Result<(), Error> {
+        self.send_acked_blocking(Op::Checkpoint)
+    }
+
     /// Returns once every write queued before it is committed, without
     /// blocking a thread.
     pub async fn flush_async(&self) -> Result<(), Error> {

@@ -1256,3 +1256,21 @@ async fn the_wal_is_checkpointed_off_the_commit_path_and_stays_bounded() {
     assert!(largest < 56 * 1024 * 1024, "the WAL grew to {largest} bytes");
     assert_eq!(spent(&store)[0].2, 6_000);
 }
+
+#[test]
+fn flush_and_checkpoint_leaves_everything_in_the_file_and_an_empty_wal() {
+    let (_dir, path) = db();
+    let store = Store::open(&path, StoreConfig::default()).unwrap();
+    let wal = std::path::PathBuf::from(format!("{}-wal", path.display()));
+    let marker = "an answer only the checkpoint can move into the file";
+    store.cache_put([7; 32], "m", &serde_json::json!(marker), Duration::from_mins(1)).unwrap();
+    store.flush().unwrap();
+    // Flushed: committed, but in the WAL (a passive checkpoint never truncates it).
+    assert!(std::fs::metadata(&wal).unwrap().len() > 0, "a flush leaves the WAL as it is");
+    store.flush_and_checkpoint().unwrap();
+    // The store is still open, yet the file alone holds the answer.
+    assert_eq!(std::fs::metadata(&wal).unwrap().len(), 0, "the WAL is truncated");
+    let bytes = std::fs::read(&path).unwrap();
+    assert!(bytes.windows(marker.len()).any(|w| w == marker.as_bytes()), "the answer is in the database file");
+    assert_eq!(store.cache_get(&[7; 32]).unwrap(), Some(serde_json::json!(marker)));
+}

@@ -80,6 +80,10 @@ pub(crate) enum Op {
     Budget(Box<BudgetChange>, Ack),
     /// Everything queued before it is committed when the sender hears back.
     Flush(Ack),
+    /// As [`Op::Flush`], and the WAL is then moved whole into the database
+    /// file and truncated before the sender hears back (at shutdown: the
+    /// file alone then holds everything).
+    Checkpoint(Ack),
     /// After its transaction, the writer's connection releases the memory
     /// it can (`PRAGMA shrink_memory`).
     ShrinkMemory,
@@ -92,7 +96,7 @@ impl Op {
     fn waits(&self) -> bool {
         match self {
             Op::Settle { ack, .. } => ack.is_some(),
-            Op::Budget(..) | Op::Flush(_) | Op::CacheDrop { .. } => true,
+            Op::Budget(..) | Op::Flush(_) | Op::Checkpoint(_) | Op::CacheDrop { .. } => true,
             Op::Perf(_) | Op::CachePut { .. } | Op::Alert(_) | Op::ShrinkMemory | Op::Wake => false,
         }
     }
@@ -100,7 +104,7 @@ impl Op {
     fn into_ack(self) -> Option<Ack> {
         match self {
             Op::Settle { ack, .. } => ack,
-            Op::Budget(_, ack) | Op::Flush(ack) | Op::CacheDrop { ack, .. } => Some(ack),
+            Op::Budget(_, ack) | Op::Flush(ack) | Op::Checkpoint(ack) | Op::CacheDrop { ack, .. } => Some(ack),
             Op::Perf(_) | Op::CachePut { .. } | Op::Alert(_) | Op::ShrinkMemory | Op::Wake => None,
         }
     }
@@ -108,7 +112,7 @@ impl Op {
     /// Whether the op is a write (not a flush, a wake-up or housekeeping),
     /// for the counters.
     fn is_write(&self) -> bool {
-        !matches!(self, Op::Flush(_) | Op::ShrinkMemory | Op::Wake)
+        !matches!(self, Op::Flush(_) | Op::Checkpoint(_) | Op::ShrinkMemory | Op::Wake)
     }
 
     /// Whether the op's data is lost when its transaction fails: everything
@@ -118,7 +122,9 @@ impl Op {
         match self {
             Op::Perf(_) | Op::CachePut { .. } | Op::Alert(_) => true,
             Op::Settle { perf, .. } => perf.is_some(),
-            Op::Budget(..) | Op::CacheDrop { .. } | Op::Flush(_) | Op::ShrinkMemory | Op::Wake => false,
+            Op::Budget(..) | Op::CacheDrop { .. } | Op::Flush(_) | Op::Checkpoint(_) | Op::ShrinkMemory | Op::Wake => {
+                false
+            }
         }
     }
 }
@@ -446,6 +452,9 @@ impl Writer<'_> {
         self.waiting = false;
         let committed = outcome.is_ok();
         let shrink = self.batch.iter().any(|q| matches!(q.op, Op::ShrinkMemory));
+        if committed && self.batch.iter().any(|q| matches!(q.op, Op::Checkpoint(_))) {
+            self.checkpoint_whole();
+        }
         for queued in self.batch.drain(..) {
             if let Some(ack) = queued.op.into_ack() {
                 ack.send(outcome.clone());
@@ -489,6 +498,24 @@ impl Writer<'_> {
             if done {
                 self.since_checkpoint = 0;
             }
+        }
+    }
+
+    /// Moves the whole WAL into the database and truncates it (`TRUNCATE`),
+    /// retrying while the checkpointer thread is at it (busy), for at most
+    /// half a second; best effort: what is left stays in the WAL, which
+    /// SQLite replays at the next open.
+    fn checkpoint_whole(&mut self) {
+        for _ in 0..50 {
+            let done = self
+                .conn
+                .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get::<_, i64>(0))
+                .is_ok_and(|busy| busy == 0);
+            if done {
+                self.since_checkpoint = 0;
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
         }
     }
 }
@@ -771,7 +798,7 @@ fn apply(
                 Op::CacheDrop { model, .. } => {
                     tx.prepare_cached("DELETE FROM cache WHERE model = ?1")?.execute(params![model])?;
                 }
-                Op::Flush(_) | Op::ShrinkMemory | Op::Wake => {}
+                Op::Flush(_) | Op::Checkpoint(_) | Op::ShrinkMemory | Op::Wake => {}
             }
         }
         write_spend(&tx, &mut spend)?;
