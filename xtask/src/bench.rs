@@ -140,6 +140,11 @@ pub(crate) const TARGETS: &[Goal] = &[
     },
     Goal { name: "store/cache_hit", target_ns: 20_000.0, why: "issue 5: a response-cache hit <= 20 us" },
     Goal {
+        name: "store/report_month_1m_rows",
+        target_ns: 200_000_000.0,
+        why: "issue 15: a report by model over a month of 1,000,000 stored requests <= 200 ms",
+    },
+    Goal {
         name: "fleet/startup",
         target_ns: 50_000_000.0,
         why: "issue 6: full-stack startup to ready <= 50 ms (seed 004: 1.135 s)",

@@ -273,6 +273,11 @@ pub struct AttemptCtx {
     /// The time left before the deadline, if there is one: the operation
     /// should use it as its own timeout so the deadline holds.
     pub remaining: Option<Duration>,
+    /// Whether the attempt stands in for the request's first choice: it is
+    /// on another model because the first choice failed or was skipped
+    /// (set by the fallback executor; never for a hedge, nor for retries of
+    /// one operation).
+    pub fallback: bool,
 }
 
 /// One attempt as it happened.
@@ -362,7 +367,7 @@ where
     let mut attempt = 1;
     loop {
         let began = timer.now();
-        let result = op(AttemptCtx { attempt, remaining: remaining(began) }).await;
+        let result = op(AttemptCtx { attempt, remaining: remaining(began), fallback: false }).await;
         let ended = timer.now();
         let elapsed = ended.saturating_sub(began);
         let error = match result {

@@ -688,7 +688,8 @@ impl<'a> Walk<'a> {
     /// Builds the context of the next attempt on `model` (its number: 1 for the first).
     fn begin(&self, model: &'a ModelSpec, permit: Permit, remaining: Option<Duration>) -> Began<'a> {
         let attempt = self.tries_of(&model.id).saturating_add(1);
-        Began { model, permit, ctx: AttemptCtx { attempt, remaining }, hedge: false }
+        let fallback = model.id != self.first_choice;
+        Began { model, permit, ctx: AttemptCtx { attempt, remaining, fallback }, hedge: false }
     }
 
     /// Records an attempt's outcome and decides what comes next.
@@ -864,6 +865,7 @@ impl<'a, R: Fn(Duration) -> Option<Duration> + Copy> Hedging<'_, 'a, '_, '_, R> 
         };
         let mut second = self.walk.begin(model, permit, (self.remaining)(now));
         second.hedge = true;
+        second.ctx.fallback = false;
         let mut other = pin!(call(second.model, second.ctx));
         let (first_done, result) = std::future::poll_fn(|cx| {
             if let Poll::Ready(result) = first.as_mut().poll(cx) {

@@ -319,6 +319,17 @@ impl Cell {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Adds a user's rating (0 to 1) of an answer recorded earlier, or
+    /// replaces the quality it had (`replaced`).
+    pub(crate) fn rate(&self, quality: f64, replaced: Option<f64>) {
+        let mut inner = self.lock();
+        inner.quality_sum += quality.clamp(0.0, 1.0);
+        match replaced {
+            Some(old) => inner.quality_sum = (inner.quality_sum - old.clamp(0.0, 1.0)).max(0.0),
+            None => inner.quality_count += 1,
+        }
+    }
+
     pub(crate) fn record(&self, o: &Outcome<'_>, now_ms: u64, recent_capacity: usize) {
         let verdict = o.verdict();
         let latency_us = u64::try_from(o.latency.as_micros()).unwrap_or(u64::MAX).min(MAX_LATENCY_US);

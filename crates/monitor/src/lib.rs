@@ -87,9 +87,10 @@ pub use crate::{
     cell::Window,
     monitor::{InFlight, InFlightShared, LiveAt, Monitor, MonitorConfig, OVERFLOW_MODEL, rate_limit_headroom},
     report::{
-        CategorySummary, Finding, Health, HealthReport, Overview, ProviderSummary, Ranked, Recommendation, ReportConfig,
+        CategorySummary, Finding, Health, HealthReport, Overview, ProviderSummary, Ranked, Recommendation,
+        ReportConfig, performance_score,
     },
-    stats::{Latency, ModelStats, Outcome, ProviderStats, RecentEvent, Tokens, Totals, WindowStats},
+    stats::{Latency, ModelStats, Outcome, ProviderStats, RecentEvent, Tokens, Totals, Verdict, WindowStats},
 };
 
 #[cfg(test)]

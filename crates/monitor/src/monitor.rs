@@ -197,6 +197,31 @@ impl Monitor {
         }
     }
 
+    /// Records one outcome that happened at `at_ms` (on the monitor's
+    /// clock): how a restarted monitor is warmed from the stored history,
+    /// oldest first, before live traffic. Older than the windows it is
+    /// counted in the totals only.
+    pub fn record_at(&self, outcome: &Outcome<'_>, at_ms: u64) {
+        let id = self.slot(outcome.model, outcome.provider);
+        if let Some(cell) = self.models.get(id) {
+            cell.record(outcome, at_ms, self.config.recent_events);
+        }
+    }
+
+    /// Adds a user's rating of one of `model`'s answers, 0 to 1 (a rating
+    /// of 1 to 5 is `(rating - 1) / 4`): its quality signal. `replaced` is
+    /// the answer's earlier quality when this rating replaces one (counted
+    /// once, not twice). NaN is ignored.
+    pub fn record_rating(&self, model: &str, provider: &str, quality: f64, replaced: Option<f64>) {
+        if quality.is_nan() {
+            return;
+        }
+        let id = self.slot(model, provider);
+        if let Some(cell) = self.models.get(id) {
+            cell.rate(quality, replaced.filter(|q| q.is_finite()));
+        }
+    }
+
     /// Records what `model`'s provider says is left of its rate limits:
     /// `headroom` (0 exhausted to 1 untouched, see [`rate_limit_headroom`];
     /// clamped, NaN ignored), valid before `until_ms` on the monitor's clock

@@ -27,12 +27,17 @@ pub struct ReportConfig {
     pub degraded_success_rate: f64,
     /// Requests a window needs before health judges it.
     pub health_min_requests: u64,
+    /// A mean user rating (1 to 5) under this is worth a recommendation...
+    pub low_rating: f64,
+    /// ...once the model has this many ratings.
+    pub min_ratings: u64,
 }
 
 impl Default for ReportConfig {
     /// Judged after 20 requests; low success under 90%; slow at 2× the peers'
     /// p95; down under 50% over the last minute, degraded under 90% (1 min)
-    /// or 95% (15 min), with at least 5 requests in the window.
+    /// or 95% (15 min), with at least 5 requests in the window; low rated
+    /// under a mean of 3 out of 5 over at least 5 ratings.
     fn default() -> Self {
         ReportConfig {
             min_requests: 20,
@@ -41,6 +46,8 @@ impl Default for ReportConfig {
             down_success_rate: 0.5,
             degraded_success_rate: 0.95,
             health_min_requests: 5,
+            low_rating: 3.0,
+            min_ratings: 5,
         }
     }
 }
@@ -97,6 +104,27 @@ pub enum Finding {
         p95_ms: f64,
         /// The median p95 of the other judged models.
         peers_p95_ms: f64,
+    },
+    /// Its users rate its answers low.
+    LowRating {
+        /// The mean rating, 1 to 5.
+        mean_rating: f64,
+        /// How many ratings.
+        ratings: u64,
+        /// The threshold.
+        threshold: f64,
+    },
+    /// A budget is forecast to pass its limit this period, and this model
+    /// spent the most of it.
+    OverBudgetForecast {
+        /// The budget (`global/monthly`…).
+        budget: String,
+        /// What it is forecast to reach by the period's end.
+        forecast: Money,
+        /// Its limit.
+        limit: Money,
+        /// What this model spent of it so far.
+        spent: Money,
     },
 }
 
@@ -168,10 +196,19 @@ pub struct HealthReport {
 }
 
 fn performance(stats: &ModelStats) -> f64 {
-    let speed = 1.0 / (1.0 + stats.latency.p95_ms / 1_000.0);
-    let success_rate =
-        if stats.totals.judged() == 0 { crate::cell::IDLE_PRIOR_SUCCESS } else { stats.totals.success_rate };
-    let score = 0.6 * success_rate + 0.25 * speed + 0.15 * stats.avg_quality.unwrap_or(0.5);
+    let success_rate = (stats.totals.judged() > 0).then_some(stats.totals.success_rate);
+    performance_score(success_rate, stats.latency.p95_ms, stats.avg_quality)
+}
+
+/// The performance score of the rankings, 0 to 1: 60% success rate (1, the
+/// live signals' prior, when nothing judged the model), 25% speed
+/// (`1 / (1 + p95 / 1 s)`), 15% rated quality (0 to 1; 0.5 when unrated).
+/// The live ranking and the reports over the stored history both use it.
+#[must_use]
+pub fn performance_score(success_rate: Option<f64>, p95_ms: f64, quality: Option<f64>) -> f64 {
+    let speed = 1.0 / (1.0 + p95_ms / 1_000.0);
+    let success_rate = success_rate.unwrap_or(crate::cell::IDLE_PRIOR_SUCCESS);
+    let score = 0.6 * success_rate + 0.25 * speed + 0.15 * quality.unwrap_or(0.5);
     if score.is_finite() { score.clamp(0.0, 1.0) } else { 0.0 }
 }
 

@@ -69,9 +69,10 @@ impl<'a> Outcome<'a> {
     }
 }
 
-/// What an outcome says about the model that served it.
+/// What an outcome says about the model that served it: the one rule the
+/// monitor, the store's aggregates and the reports judge models by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Verdict {
+pub enum Verdict {
     /// It answered.
     Success,
     /// It failed: counts against its success rate and health.
@@ -87,7 +88,9 @@ pub(crate) enum Verdict {
 }
 
 impl Verdict {
-    pub(crate) fn of(error: Option<ErrorClass>) -> Verdict {
+    /// The verdict of an outcome that ended with `error` (`None`: success).
+    #[must_use]
+    pub fn of(error: Option<ErrorClass>) -> Verdict {
         match error {
             None => Verdict::Success,
             Some(ErrorClass::BadRequest | ErrorClass::ContentPolicy | ErrorClass::ContextWindowExceeded) => {
@@ -99,7 +102,8 @@ impl Verdict {
     }
 
     /// Whether the outcome judges the model: a success or one of its failures.
-    pub(crate) fn judges(self) -> bool {
+    #[must_use]
+    pub fn judges(self) -> bool {
         matches!(self, Verdict::Success | Verdict::Failure)
     }
 }

@@ -198,6 +198,12 @@ pub enum Capability {
     Vision,
 }
 
+impl Capability {
+    /// Every capability.
+    pub const ALL: [Capability; 4] =
+        [Capability::Streaming, Capability::Tools, Capability::JsonMode, Capability::Vision];
+}
+
 impl Capabilities {
     /// Whether the model has `capability`.
     #[must_use]

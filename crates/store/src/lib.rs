@@ -88,7 +88,8 @@
 //!     at_ms: 1_700_000_000_000, model: "gpt-4o".into(), provider: "openai".into(),
 //!     kind: Category::Code, language: Some("en".into()), latency_us: 850_000, ttft_us: None,
 //!     input_tokens: 1_200, output_tokens: 300, cached_tokens: 0,
-//!     cost, error: None, quality: None,
+//!     cost, error: None, quality: None, request_id: Some("req-1".into()), key_name: None,
+//!     route: None, attempt: 1, fallback: false, rating: None,
 //! };
 //! let runtime = tokio::runtime::Builder::new_current_thread().build()?;
 //! // Resolves after the COMMIT of the transaction holding spend and row.
@@ -98,6 +99,8 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod hist;
+mod history;
 mod records;
 mod schema;
 mod store;
@@ -106,7 +109,9 @@ mod writer;
 use std::path::{Path, PathBuf};
 
 pub use crate::{
-    records::{AlertRecord, AuditRow, PerfRecord, SpendEntry, SpendRow, UsageRow},
+    hist::{Hist, HistError},
+    history::{Aggregate, Dim, HOUR_MS, History, Rated, hour_of},
+    records::{AlertRecord, AuditRow, PerfRecord, RequestFacts, SpendEntry, SpendRow, UsageRow},
     schema::{
         APPLICATION_ID, CHECK_ON_OPEN_MAX_BYTES, CheckReport, Durability, Integrity, SCHEMA_VERSION, check, quarantine,
     },
@@ -182,6 +187,9 @@ pub enum Error {
         /// What SQLite said (sanitized).
         message: String,
     },
+    /// An argument the store cannot take (a rating outside 1 to 5…).
+    #[error("{0}")]
+    Invalid(String),
     /// A stored row no longer parses.
     #[error("stored {table} row {key:?} cannot be read: {message}")]
     BadRow {
@@ -239,5 +247,7 @@ impl Error {
     }
 }
 
+#[cfg(test)]
+mod history_tests;
 #[cfg(test)]
 mod tests;

@@ -35,14 +35,60 @@ pub struct PerfRecord {
     pub cost: Money,
     /// `None` for a success.
     pub error: Option<ErrorClass>,
-    /// A user's rating, 0 to 1.
+    /// A user's rating, 0 to 1 (a rating of 1 to 5 is `(rating - 1) / 4`).
     pub quality: Option<f64>,
+    /// The request's id (`x-request-id`), shared by all its attempts.
+    #[serde(default)]
+    pub request_id: Option<String>,
+    /// The API key's name (or tenant) the request came with.
+    #[serde(default)]
+    pub key_name: Option<String>,
+    /// The configured route the request asked for.
+    #[serde(default)]
+    pub route: Option<String>,
+    /// Which attempt of its request this row is, from 1.
+    #[serde(default = "first_attempt")]
+    pub attempt: u32,
+    /// Whether this attempt was on another model than the request's first
+    /// choice (a fallback).
+    #[serde(default)]
+    pub fallback: bool,
+    /// The user's rating of the answer, 1 to 5 (`POST /v1/feedback`).
+    #[serde(default)]
+    pub rating: Option<u8>,
+}
+
+fn first_attempt() -> u32 {
+    1
+}
+
+/// Who sent a request and how it went beyond its outcome: what the facade
+/// knows and the monitor does not.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RequestFacts<'a> {
+    /// Its id (`x-request-id`).
+    pub request_id: Option<&'a str>,
+    /// The API key's name.
+    pub key_name: Option<&'a str>,
+    /// The route it asked for.
+    pub route: Option<&'a str>,
+    /// Which attempt, from 1.
+    pub attempt: u32,
+    /// Whether the attempt was on a fallback model.
+    pub fallback: bool,
 }
 
 impl PerfRecord {
-    /// The row for `outcome`, which happened at `at_ms`.
+    /// The row for `outcome`, which happened at `at_ms`, of a request
+    /// nothing more is known about (its first attempt).
     #[must_use]
     pub fn from_outcome(outcome: &Outcome<'_>, at_ms: u64) -> PerfRecord {
+        PerfRecord::of_request(outcome, &RequestFacts { attempt: 1, ..RequestFacts::default() }, at_ms)
+    }
+
+    /// The row for `outcome` of the request `facts` describe, at `at_ms`.
+    #[must_use]
+    pub fn of_request(outcome: &Outcome<'_>, facts: &RequestFacts<'_>, at_ms: u64) -> PerfRecord {
         let us = |d: std::time::Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
         PerfRecord {
             at_ms,
@@ -58,6 +104,12 @@ impl PerfRecord {
             cost: outcome.cost,
             error: outcome.error,
             quality: outcome.quality.filter(|q| q.is_finite()),
+            request_id: facts.request_id.map(str::to_owned),
+            key_name: facts.key_name.map(str::to_owned),
+            route: facts.route.map(str::to_owned),
+            attempt: facts.attempt.max(1),
+            fallback: facts.fallback,
+            rating: None,
         }
     }
 }

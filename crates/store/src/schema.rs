@@ -137,6 +137,53 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     ALTER TABLE cache ADD COLUMN model TEXT NOT NULL DEFAULT '';
     CREATE INDEX cache_model ON cache (model);
     ",
+    // 4: performance rows say which request, key, route and attempt they
+    // are, and carry the user's rating; ratings keep their comment; hourly
+    // aggregates per model, provider, category, language and key outlive
+    // the raw rows (see `history.rs`). The aggregates of the rows already
+    // kept are built after this script (`history::backfill`).
+    "
+    ALTER TABLE perf_log ADD COLUMN request_id TEXT;
+    ALTER TABLE perf_log ADD COLUMN key_name TEXT;
+    ALTER TABLE perf_log ADD COLUMN route TEXT;
+    ALTER TABLE perf_log ADD COLUMN attempt INTEGER NOT NULL DEFAULT 1;
+    ALTER TABLE perf_log ADD COLUMN fallback INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE perf_log ADD COLUMN rating INTEGER;
+    CREATE INDEX perf_log_request ON perf_log (request_id) WHERE request_id IS NOT NULL;
+    CREATE TABLE feedback (
+        request_id TEXT PRIMARY KEY,
+        model TEXT NOT NULL,
+        rating INTEGER NOT NULL,
+        comment TEXT,
+        who TEXT NOT NULL,
+        at_ms INTEGER NOT NULL
+    );
+    CREATE INDEX feedback_time ON feedback (at_ms);
+    CREATE TABLE perf_hourly (
+        dim TEXT NOT NULL,
+        value TEXT NOT NULL,
+        hour_ms INTEGER NOT NULL,
+        provider TEXT NOT NULL,
+        requests INTEGER NOT NULL,
+        successes INTEGER NOT NULL,
+        failures INTEGER NOT NULL,
+        client_faults INTEGER NOT NULL,
+        aborted INTEGER NOT NULL,
+        input_tokens INTEGER NOT NULL,
+        output_tokens INTEGER NOT NULL,
+        cached_tokens INTEGER NOT NULL,
+        cost_nanos INTEGER NOT NULL,
+        fallbacks INTEGER NOT NULL,
+        ratings INTEGER NOT NULL,
+        rating_sum INTEGER NOT NULL,
+        first_ms INTEGER NOT NULL,
+        last_ms INTEGER NOT NULL,
+        latency BLOB NOT NULL,
+        ttft BLOB NOT NULL,
+        PRIMARY KEY (dim, value, hour_ms)
+    ) WITHOUT ROWID;
+    CREATE INDEX perf_hourly_time ON perf_hourly (dim, hour_ms);
+    ",
 ];
 
 /// The schema version this build writes.
@@ -163,7 +210,23 @@ pub const CHECK_ON_OPEN_MAX_BYTES: u64 = 256 * 1024 * 1024;
 fn tables_of(version: i64) -> &'static [&'static str] {
     const V1: &[&str] = &["alerts", "budget_spend", "cache", "models", "perf_log", "usage"];
     const V2: &[&str] = &["alerts", "budget_audit", "budget_spend", "budgets", "cache", "models", "perf_log", "usage"];
-    if version <= 1 { V1 } else { V2 }
+    const V4: &[&str] = &[
+        "alerts",
+        "budget_audit",
+        "budget_spend",
+        "budgets",
+        "cache",
+        "feedback",
+        "models",
+        "perf_hourly",
+        "perf_log",
+        "usage",
+    ];
+    match version {
+        ..=1 => V1,
+        2 | 3 => V2,
+        _ => V4,
+    }
 }
 
 const HEADER: &[u8; 16] = b"SQLite format 3\0";
@@ -466,6 +529,9 @@ pub(crate) fn open(path: &Path, durability: Durability, check_max_bytes: u64) ->
         let tx = conn.transaction().map_err(|e| Error::open(path, &e))?;
         for (i, sql) in MIGRATIONS.iter().enumerate().skip(usize::try_from(version).unwrap_or(0)) {
             tx.execute_batch(sql).map_err(migrating)?;
+            if i + 1 == 4 {
+                crate::history::backfill(&tx).map_err(migrating)?;
+            }
             tx.pragma_update(None, "user_version", i64::try_from(i + 1).unwrap_or(i64::MAX)).map_err(migrating)?;
         }
         tx.pragma_update(None, "application_id", APPLICATION_ID.cast_signed()).map_err(migrating)?;

@@ -23,6 +23,7 @@ use tokio::sync::{
 
 use crate::{
     Error,
+    history::{Dim, History, Rated},
     records::{AuditRow, PerfRecord, SpendEntry, SpendRow, UsageRow, to_i64, to_u64},
     schema::{self, CHECK_ON_OPEN_MAX_BYTES, Durability, Integrity},
     writer::{self, Ack, BudgetChange, Op, Outcome, Queued, lock},
@@ -55,6 +56,10 @@ pub struct StoreConfig {
     /// hourly. 0 keeps them all. Only raw performance rows are pruned: spend,
     /// usage totals, budgets, alerts, the catalog and the cache are not.
     pub retain_days: u32,
+    /// Days hourly aggregates of the performance log are kept (reports over
+    /// ranges older than `retain_days` read them); 0 keeps them all. Never
+    /// less than `retain_days` (all, when that is 0).
+    pub aggregate_retain_days: u32,
     /// Files up to this size are integrity-checked before they are opened
     /// read-write; larger ones in the background after ([`Store::integrity`]).
     pub check_on_open_max_bytes: u64,
@@ -63,7 +68,8 @@ pub struct StoreConfig {
 impl Default for StoreConfig {
     /// Batches of 512 rows or 50 ms, a queue of 8,192 writes, process-kill
     /// durability, a cache of 10,000 entries and 64 MiB, performance rows
-    /// kept 30 days, files up to 256 MiB checked before they are opened.
+    /// kept 30 days and their hourly aggregates 400, files up to 256 MiB
+    /// checked before they are opened.
     fn default() -> Self {
         StoreConfig {
             batch_rows: 512,
@@ -74,9 +80,64 @@ impl Default for StoreConfig {
             cache_max_bytes: 64 * 1024 * 1024,
             cache_degradation: DegradationConfig::default(),
             retain_days: 30,
+            aggregate_retain_days: 400,
             check_on_open_max_bytes: CHECK_ON_OPEN_MAX_BYTES,
         }
     }
+}
+
+/// The columns [`perf_row`] reads, in its order.
+const PERF_COLUMNS: &str = "at_ms, model, provider, kind, language, latency_us, ttft_us, input_tokens, output_tokens, \
+                            cached_tokens, cost_nanos, error, quality, request_id, key_name, route, attempt, fallback, \
+                            rating";
+
+/// A performance row with its kind and error class still text.
+fn perf_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(String, Option<String>, PerfRecord)> {
+    let kind: String = r.get(3)?;
+    let error: Option<String> = r.get(11)?;
+    let rating: Option<i64> = r.get(18)?;
+    Ok((
+        kind,
+        error,
+        PerfRecord {
+            at_ms: to_u64(r.get(0)?),
+            model: r.get(1)?,
+            provider: r.get(2)?,
+            kind: Category::General,
+            language: r.get(4)?,
+            latency_us: to_u64(r.get(5)?),
+            ttft_us: r.get::<_, Option<i64>>(6)?.map(to_u64),
+            input_tokens: to_u64(r.get(7)?),
+            output_tokens: to_u64(r.get(8)?),
+            cached_tokens: to_u64(r.get(9)?),
+            cost: Money::from_nanos(r.get(10)?),
+            error: None,
+            quality: r.get(12)?,
+            request_id: r.get(13)?,
+            key_name: r.get(14)?,
+            route: r.get(15)?,
+            attempt: u32::try_from(r.get::<_, i64>(16)?).unwrap_or(1).max(1),
+            fallback: r.get::<_, i64>(17)? != 0,
+            rating: rating.and_then(|r| u8::try_from(r).ok()).filter(|r| (1..=5).contains(r)),
+        },
+    ))
+}
+
+/// Parses the kind and error class of [`perf_row`]'s row: a value this
+/// build does not know is an error naming the row.
+fn parse_perf_row((kind, error, mut record): (String, Option<String>, PerfRecord)) -> Result<PerfRecord, Error> {
+    let bad = |message: String| Error::BadRow {
+        table: "perf_log",
+        key: format!("{}@{}", record.model, record.at_ms),
+        message,
+    };
+    record.kind =
+        Category::ALL.into_iter().find(|c| c.as_str() == kind).ok_or_else(|| bad(format!("unknown kind {kind:?}")))?;
+    record.error = match error {
+        None => None,
+        Some(name) => Some(name.parse::<ErrorClass>().map_err(|e| bad(e.to_string()))?),
+    };
+    Ok(record)
 }
 
 /// A day in milliseconds.
@@ -270,6 +331,12 @@ impl Store {
             cache_max_entries: config.cache_max_entries,
             cache_max_bytes: config.cache_max_bytes,
             retain_ms: u64::from(config.retain_days).saturating_mul(DAY_MS),
+            // Reports read whole hours from the aggregates: never pruned
+            // before the raw rows (kept for ever when those are).
+            aggregate_retain_ms: match (config.retain_days, config.aggregate_retain_days) {
+                (0, _) | (_, 0) => 0,
+                (raw, aggregates) => u64::from(aggregates.max(raw)).saturating_mul(DAY_MS),
+            },
             pruned: AtomicU64::new(0),
             seq: AtomicU64::new(1),
             committed: AtomicU64::new(0),
@@ -675,7 +742,7 @@ impl Store {
     }
 
     /// Performance-log rows of `model` (all models when `None`) with
-    /// `from_ms <= at_ms < to_ms`, oldest first, at most `limit`.
+    /// `from_ms <= at_ms < to_ms`, oldest first, at most `limit`. Blocks (SQLite).
     pub fn perf_log(
         &self,
         model: Option<&str>,
@@ -685,56 +752,108 @@ impl Store {
     ) -> Result<Vec<PerfRecord>, Error> {
         let conn = lock(&self.reader);
         let mut stmt = conn
-            .prepare_cached(
-                "SELECT at_ms, model, provider, kind, language, latency_us, ttft_us, input_tokens, output_tokens, \
-                 cached_tokens, cost_nanos, error, quality FROM perf_log \
-                 WHERE (?1 IS NULL OR model = ?1) AND at_ms >= ?2 AND at_ms < ?3 ORDER BY at_ms, id LIMIT ?4",
-            )
+            .prepare_cached(&format!(
+                "SELECT {PERF_COLUMNS} FROM perf_log \
+                 WHERE (?1 IS NULL OR model = ?1) AND at_ms >= ?2 AND at_ms < ?3 ORDER BY at_ms, id LIMIT ?4"
+            ))
             .map_err(|e| Error::sqlite("reading the performance log", &e))?;
         let rows = stmt
-            .query_map(params![model, to_i64(from_ms), to_i64(to_ms), to_i64(limit as u64)], |r| {
-                let kind: String = r.get(3)?;
-                let error: Option<String> = r.get(11)?;
-                Ok((
-                    kind,
-                    error,
-                    PerfRecord {
-                        at_ms: to_u64(r.get(0)?),
-                        model: r.get(1)?,
-                        provider: r.get(2)?,
-                        kind: Category::General,
-                        language: r.get(4)?,
-                        latency_us: to_u64(r.get(5)?),
-                        ttft_us: r.get::<_, Option<i64>>(6)?.map(to_u64),
-                        input_tokens: to_u64(r.get(7)?),
-                        output_tokens: to_u64(r.get(8)?),
-                        cached_tokens: to_u64(r.get(9)?),
-                        cost: Money::from_nanos(r.get(10)?),
-                        error: None,
-                        quality: r.get(12)?,
-                    },
-                ))
-            })
+            .query_map(params![model, to_i64(from_ms), to_i64(to_ms), to_i64(limit as u64)], perf_row)
             .and_then(Iterator::collect::<rusqlite::Result<Vec<_>>>)
             .map_err(|e| Error::sqlite("reading the performance log", &e))?;
-        rows.into_iter()
-            .map(|(kind, error, mut record)| {
-                let bad = |message: String| Error::BadRow {
-                    table: "perf_log",
-                    key: format!("{}@{}", record.model, record.at_ms),
-                    message,
-                };
-                record.kind = Category::ALL
-                    .into_iter()
-                    .find(|c| c.as_str() == kind)
-                    .ok_or_else(|| bad(format!("unknown kind {kind:?}")))?;
-                record.error = match error {
-                    None => None,
-                    Some(name) => Some(name.parse::<ErrorClass>().map_err(|e| bad(e.to_string()))?),
-                };
-                Ok(record)
-            })
-            .collect()
+        rows.into_iter().map(parse_perf_row).collect()
+    }
+
+    /// The newest `limit` performance rows with `at_ms >= from_ms`, oldest
+    /// first: what a restarted monitor is warmed with. Blocks (SQLite).
+    pub fn perf_log_tail(&self, from_ms: u64, limit: usize) -> Result<Vec<PerfRecord>, Error> {
+        let conn = lock(&self.reader);
+        let mut stmt = conn
+            .prepare_cached(&format!(
+                "SELECT {PERF_COLUMNS} FROM perf_log WHERE at_ms >= ?1 ORDER BY at_ms DESC, id DESC LIMIT ?2"
+            ))
+            .map_err(|e| Error::sqlite("reading the performance log", &e))?;
+        let rows = stmt
+            .query_map(params![to_i64(from_ms), to_i64(limit as u64)], perf_row)
+            .and_then(Iterator::collect::<rusqlite::Result<Vec<_>>>)
+            .map_err(|e| Error::sqlite("reading the performance log", &e))?;
+        rows.into_iter().rev().map(parse_perf_row).collect()
+    }
+
+    /// What the performance history says over `[from_ms, to_ms)`, grouped
+    /// by each of `dims`: whole hours from the hourly aggregates, the edges
+    /// from the raw rows (or, where those may be pruned, from their whole
+    /// hours: [`History`] says what it covers). Reads what is committed
+    /// (flush first for what is queued). Blocks (SQLite).
+    pub fn history(&self, from_ms: u64, to_ms: u64, dims: &[Dim]) -> Result<History, Error> {
+        let kept_from = match self.shared.retain_ms {
+            0 => 0,
+            retain => self.clock.now_ms().saturating_sub(retain),
+        };
+        let conn = lock(&self.reader);
+        let failed = |e: rusqlite::Error| Error::sqlite("reading the history", &e);
+        // One read transaction: every grouping sees the same commits (WAL
+        // readers hold a snapshot), so the totals agree while rows arrive.
+        let snapshot = conn.unchecked_transaction().map_err(failed)?;
+        let history = crate::history::read(&snapshot, from_ms, to_ms, dims, kept_from).map_err(failed)?;
+        snapshot.finish().map_err(failed)?;
+        Ok(history)
+    }
+
+    /// Rates the answer to the request `request_id` (its successful
+    /// attempt): `rating` from 1 to 5, with an optional comment, by `who`
+    /// at `at_ms`. Stored on the request's performance row (its quality
+    /// becomes `(rating - 1) / 4`), in the ratings table with the comment,
+    /// and in the model's totals and hourly aggregates; a second rating of
+    /// the same request replaces the first. With `key`, only a request sent
+    /// with that API key may be rated. `Ok(None)` when no answered request
+    /// has that id (unknown, failed, answered from the response cache,
+    /// another key's, or pruned). Blocks (SQLite, then the commit).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Invalid`] for a rating outside 1 to 5; [`Error::Write`]
+    /// when the commit failed.
+    pub fn rate(
+        &self,
+        request_id: &str,
+        rating: u8,
+        comment: Option<&str>,
+        (who, key): (&str, Option<&str>),
+        at_ms: u64,
+    ) -> Result<Option<Rated>, Error> {
+        if !(1..=5).contains(&rating) {
+            return Err(Error::Invalid(format!("a rating is an integer from 1 to 5, not {rating}")));
+        }
+        let find = || {
+            let conn = lock(&self.reader);
+            crate::history::rated_row(&conn, request_id, key)
+                .map_err(|e| Error::sqlite("finding the rated request", &e))
+        };
+        // Its row may still be queued: once more after a flush.
+        let row = if let Some(row) = find()? {
+            row
+        } else {
+            self.flush()?;
+            let Some(row) = find()? else { return Ok(None) };
+            row
+        };
+        let op = crate::history::Rating {
+            request_id: request_id.to_owned(),
+            row_id: row.id,
+            score: rating,
+            comment: comment.map(str::to_owned),
+            who: who.to_owned(),
+            at_ms,
+        };
+        self.send_acked_blocking(|ack| Op::Rate(Box::new(op), ack))?;
+        Ok(Some(Rated {
+            request_id: request_id.to_owned(),
+            model: row.model,
+            provider: row.provider,
+            rating,
+            replaced_quality: row.quality.filter(|q| q.is_finite()),
+        }))
     }
 
     /// Budget spend per scope, period and period start (one row each, summed

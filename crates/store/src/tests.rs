@@ -34,6 +34,12 @@ fn record(model: &str, at_ms: u64, error: Option<ErrorClass>) -> PerfRecord {
         cost: Money::from_nanos(2_500),
         error,
         quality: Some(0.75),
+        request_id: Some(format!("req-{model}-{at_ms}")),
+        key_name: Some("team-a".into()),
+        route: None,
+        attempt: 1,
+        fallback: false,
+        rating: None,
     }
 }
 
@@ -51,7 +57,21 @@ fn a_new_database_is_created_migrated_and_reopened() {
     assert_eq!((report.schema_version, report.supported_version), (SCHEMA_VERSION, SCHEMA_VERSION));
     assert!(report.problems.is_empty());
     let tables: Vec<&str> = report.tables.iter().map(|(t, _)| t.as_str()).collect();
-    assert_eq!(tables, ["alerts", "budget_audit", "budget_spend", "budgets", "cache", "models", "perf_log", "usage"]);
+    assert_eq!(
+        tables,
+        [
+            "alerts",
+            "budget_audit",
+            "budget_spend",
+            "budgets",
+            "cache",
+            "feedback",
+            "models",
+            "perf_hourly",
+            "perf_log",
+            "usage"
+        ]
+    );
     drop(Store::open(&path, StoreConfig::default()).unwrap()); // migrations are idempotent
     let created_in_a_missing_directory = path.parent().unwrap().join("a/b/c.db");
     drop(Store::open(&created_in_a_missing_directory, StoreConfig::default()).unwrap());
@@ -1153,6 +1173,12 @@ fn arb_perf() -> impl Strategy<Value = PerfRecord> {
                     cost: Money::from_nanos(cost),
                     error,
                     quality,
+                    request_id: None,
+                    key_name: None,
+                    route: None,
+                    attempt: 1,
+                    fallback: false,
+                    rating: None,
                 }
             },
         )

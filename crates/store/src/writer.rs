@@ -17,7 +17,10 @@ use tokio::sync::{
     oneshot,
 };
 
-use crate::records::{PerfRecord, SpendEntry, encode, to_i64};
+use crate::{
+    history::{self, Hourly, Rating, Row},
+    records::{PerfRecord, SpendEntry, encode, to_i64},
+};
 
 /// The writer's answer to an op that waits: `Err` holds the sanitized reason.
 pub(crate) type Outcome = Result<(), String>;
@@ -78,6 +81,8 @@ pub(crate) enum Op {
     },
     Alert(Box<Alert>),
     Budget(Box<BudgetChange>, Ack),
+    /// A user's rating of a request's answer.
+    Rate(Box<Rating>, Ack),
     /// Everything queued before it is committed when the sender hears back.
     Flush(Ack),
     /// As [`Op::Flush`], and the WAL is then moved whole into the database
@@ -96,7 +101,7 @@ impl Op {
     fn waits(&self) -> bool {
         match self {
             Op::Settle { ack, .. } => ack.is_some(),
-            Op::Budget(..) | Op::Flush(_) | Op::Checkpoint(_) | Op::CacheDrop { .. } => true,
+            Op::Budget(..) | Op::Rate(..) | Op::Flush(_) | Op::Checkpoint(_) | Op::CacheDrop { .. } => true,
             Op::Perf(_) | Op::CachePut { .. } | Op::Alert(_) | Op::ShrinkMemory | Op::Wake => false,
         }
     }
@@ -104,7 +109,11 @@ impl Op {
     fn into_ack(self) -> Option<Ack> {
         match self {
             Op::Settle { ack, .. } => ack,
-            Op::Budget(_, ack) | Op::Flush(ack) | Op::Checkpoint(ack) | Op::CacheDrop { ack, .. } => Some(ack),
+            Op::Budget(_, ack)
+            | Op::Rate(_, ack)
+            | Op::Flush(ack)
+            | Op::Checkpoint(ack)
+            | Op::CacheDrop { ack, .. } => Some(ack),
             Op::Perf(_) | Op::CachePut { .. } | Op::Alert(_) | Op::ShrinkMemory | Op::Wake => None,
         }
     }
@@ -122,9 +131,13 @@ impl Op {
         match self {
             Op::Perf(_) | Op::CachePut { .. } | Op::Alert(_) => true,
             Op::Settle { perf, .. } => perf.is_some(),
-            Op::Budget(..) | Op::CacheDrop { .. } | Op::Flush(_) | Op::Checkpoint(_) | Op::ShrinkMemory | Op::Wake => {
-                false
-            }
+            Op::Budget(..)
+            | Op::Rate(..)
+            | Op::CacheDrop { .. }
+            | Op::Flush(_)
+            | Op::Checkpoint(_)
+            | Op::ShrinkMemory
+            | Op::Wake => false,
         }
     }
 }
@@ -145,6 +158,8 @@ pub(crate) struct Shared {
     pub(crate) cache_max_bytes: u64,
     /// How long performance rows are kept, ms; 0 keeps them all.
     pub(crate) retain_ms: u64,
+    /// How long hourly aggregates are kept, ms; 0 keeps them all.
+    pub(crate) aggregate_retain_ms: u64,
     /// Performance rows pruned so far.
     pub(crate) pruned: AtomicU64,
     /// The next op's sequence number. Ops are applied in this order within a
@@ -187,6 +202,15 @@ pub(crate) const PRUNE_BATCH_ROWS: usize = 10_000;
 
 /// How often old performance rows are pruned at most (by the store's clock).
 const PRUNE_EVERY_MS: u64 = 60 * 60 * 1_000;
+
+/// A prune under way: rows before these times go (0: none).
+#[derive(Debug, Clone, Copy)]
+struct Prune {
+    /// Raw performance rows (and ratings).
+    raw: u64,
+    /// Hourly aggregates.
+    aggregates: u64,
+}
 
 /// Spend kept from failed transactions, summed per row of `budget_spend`.
 type SpendKey = (Scope, Period, u64, String, String);
@@ -257,8 +281,8 @@ struct Writer<'s> {
     since_checkpoint: u32,
     /// The store's clock: the retention window is measured on it.
     clock: Arc<dyn Clock>,
-    /// While a prune is under way: rows with `at_ms` below this go.
-    prune: Option<u64>,
+    /// While a prune is under way: what goes.
+    prune: Option<Prune>,
     /// When the last prune started (by `clock`); `None` before the first.
     last_prune_ms: Option<u64>,
 }
@@ -362,7 +386,7 @@ impl Writer<'_> {
     /// Starts a prune when one is due: at the start, then an hour (by the
     /// clock) after the last one started.
     fn schedule_prune(&mut self) {
-        if self.shared.retain_ms == 0 || self.prune.is_some() {
+        if (self.shared.retain_ms == 0 && self.shared.aggregate_retain_ms == 0) || self.prune.is_some() {
             return;
         }
         let now = self.clock.now_ms();
@@ -370,18 +394,26 @@ impl Writer<'_> {
             return;
         }
         self.last_prune_ms = Some(now);
-        self.prune = Some(now.saturating_sub(self.shared.retain_ms));
+        let before = |ms: u64| if ms == 0 { 0 } else { now.saturating_sub(ms) };
+        self.prune =
+            Some(Prune { raw: before(self.shared.retain_ms), aggregates: before(self.shared.aggregate_retain_ms) });
     }
 
     /// One transaction of the prune under way, if any. A failure ends the
     /// prune; the next one (an hour later) takes what it left.
     fn prune_step(&mut self) {
         let Some(cutoff) = self.prune else { return };
-        match prune_perf(&self.conn, cutoff, PRUNE_BATCH_ROWS) {
+        let raw = if cutoff.raw == 0 { Ok(0) } else { prune_perf(&self.conn, cutoff.raw, PRUNE_BATCH_ROWS) };
+        match raw {
             Ok(deleted) => {
                 self.shared.pruned.fetch_add(deleted as u64, Ordering::Relaxed);
                 if deleted < PRUNE_BATCH_ROWS {
+                    // Raw rows done: the aggregates and ratings past theirs
+                    // (a few thousand rows at most an hour; best effort).
                     self.prune = None;
+                    if history::prune(&self.conn, cutoff.aggregates, cutoff.raw).is_ok_and(|n| n > 0) {
+                        self.since_checkpoint += 1;
+                    }
                 }
                 if deleted > 0 {
                     self.since_checkpoint += 1;
@@ -674,6 +706,12 @@ fn insert_perf(stmt: &mut rusqlite::CachedStatement<'_>, r: &PerfRecord) -> rusq
         r.cost.nanos(),
         r.error.map(modelfleet_errors::ErrorClass::as_str),
         r.quality,
+        r.request_id,
+        r.key_name,
+        r.route,
+        r.attempt,
+        r.fallback,
+        r.rating,
     ])?;
     Ok(())
 }
@@ -732,6 +770,7 @@ fn apply(
     let tx = conn.transaction()?;
     let mut cache_writes = false;
     let mut deltas: Vec<(&str, UsageDelta)> = Vec::new();
+    let mut hourly = Hourly::default();
     // The backlog was queued before everything in this batch.
     let mut spend: SpendSums<'_> = HashMap::new();
     for ((scope, period, start, provider, model), (end, nanos)) in backlog {
@@ -740,8 +779,9 @@ fn apply(
     {
         let mut perf = tx.prepare_cached(
             "INSERT INTO perf_log (at_ms, model, provider, kind, language, latency_us, ttft_us, input_tokens, \
-             output_tokens, cached_tokens, cost_nanos, error, quality) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+             output_tokens, cached_tokens, cost_nanos, error, quality, request_id, key_name, route, attempt, \
+             fallback, rating) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)",
         )?;
         let mut cache = tx.prepare_cached(
             "INSERT OR REPLACE INTO cache (key, model, value, checksum, created_ms, expires_ms, size) \
@@ -752,6 +792,7 @@ fn apply(
                 Op::Perf(r) => {
                     insert_perf(&mut perf, r)?;
                     UsageDelta::of(&mut deltas, r).add(r);
+                    hourly.add(&Row::of(r));
                 }
                 Op::Settle { spend: entries, perf: record, .. } => {
                     for e in entries {
@@ -761,6 +802,7 @@ fn apply(
                     if let Some(r) = record {
                         insert_perf(&mut perf, r)?;
                         UsageDelta::of(&mut deltas, r).add(r);
+                        hourly.add(&Row::of(r));
                     }
                 }
                 Op::CachePut { key, model, value, checksum, created_ms, expires_ms } => {
@@ -790,6 +832,14 @@ fn apply(
                         to_i64(alert.period_start_ms)
                     ])?;
                 }
+                Op::Rate(rating, _) => {
+                    // The rows queued before it (its own, maybe) reach the
+                    // totals and aggregates first, so it finds them there.
+                    write_usage(&tx, &deltas)?;
+                    deltas.clear();
+                    hourly.write(&tx)?;
+                    history::write_rating(&tx, rating)?;
+                }
                 Op::Budget(change, _) => {
                     // Spend queued before a change (a reset) lands before it.
                     write_spend(&tx, &mut spend)?;
@@ -804,6 +854,7 @@ fn apply(
         write_spend(&tx, &mut spend)?;
     }
     write_usage(&tx, &deltas)?;
+    hourly.write(&tx)?;
     if cache_writes {
         evict(&tx, shared)?;
     }
