@@ -16,8 +16,9 @@ use std::{
     time::Duration,
 };
 
+use crate::support::now_ms;
 use modelfleet::{
-    Fleet, FleetError, FleetOptions, ModelResponse, Request, SimProfile, Simulator, Usage,
+    Fleet, FleetError, FleetOptions, ModelResponse, ReportQuery, Request, SimProfile, Simulator, Usage,
     budget::{BudgetSpec, Period, Scope},
     errors::{ErrorClass, Failure},
     fallback::CircuitState,
@@ -205,9 +206,12 @@ async fn a_restart_restores_catalog_statistics_and_spend() {
     let fleet = Fleet::open(FleetOptions { budgets: vec![budget], ..options(&dir) }).await.unwrap();
     assert!(fleet.catalog().get("custom").is_some(), "the added model survived the restart");
     assert!(fleet.catalog().get("claude-3-haiku").is_some(), "with the default catalog");
-    let history = fleet.report().await.unwrap().history;
+    let history = fleet.store().usage().unwrap();
     let custom = history.iter().find(|u| u.model == "custom").unwrap();
     assert_eq!(custom.requests, 5);
+    let report = fleet.report(&ReportQuery::last(Duration::from_hours(1), now_ms())).await.unwrap();
+    let line = report.groups.iter().find(|g| g.name == "custom").unwrap();
+    assert_eq!((line.requests, line.cost), (5, "0.03".parse().unwrap()), "the report reads the history too");
     // 5 calls × 2,000 tokens at $3/Mtok = $0.03.
     assert_eq!(custom.cost, "0.03".parse().unwrap());
     assert_eq!(
@@ -790,8 +794,8 @@ async fn explain_and_the_report_say_why_an_ejected_model_is_out() {
     assert_eq!(unavailable[0]["multiplier"], 1);
     assert!(unavailable[0]["why"].as_str().unwrap().starts_with("cooling down after server_error"), "{json}");
 
-    let report = fleet.report().await.unwrap();
-    let line = |id: &str| report.models.iter().find(|m| m.model == id).unwrap();
+    let report = fleet.report(&ReportQuery::last(Duration::from_hours(1), now_ms())).await.unwrap();
+    let line = |id: &str| report.health.models.iter().find(|m| m.model == id).unwrap();
     assert_eq!(line("a").ejections, 1);
     let out = line("a").out_of_rotation.as_deref().unwrap_or_default();
     assert!(out.starts_with("cooling down after server_error for "), "{:?}", line("a"));

@@ -58,3 +58,9 @@ impl Running {
         (&mut self.task).await.unwrap().unwrap();
     }
 }
+
+/// Now, Unix ms (the wall clock the performance rows are stamped with).
+pub(crate) fn now_ms() -> u64 {
+    let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
+    u64::try_from(since.as_millis()).unwrap()
+}

@@ -872,19 +872,23 @@ impl Books {
     }
 }
 
-/// `modelfleet report --db FILE --json`: the stored usage, summed.
+/// `modelfleet report --last 7d --db FILE --json` (the soak's whole run,
+/// through the hourly aggregates and the raw rows): per model, summed.
 fn books(bin: &Path, db: &Path) -> anyhow::Result<Books> {
-    let output = output_within(Command::new(bin).args(["report", "--json", "--db"]).arg(db), "modelfleet report")?;
+    let output = output_within(
+        Command::new(bin).args(["report", "--json", "--last", "7d", "--db"]).arg(db),
+        "modelfleet report",
+    )?;
     if !output.status.success() {
         bail!("modelfleet report failed ({}): {}", output.status, String::from_utf8_lossy(&output.stderr));
     }
     let value: Value = serde_json::from_slice(&output.stdout).context("parsing `report --json`")?;
-    let rows = value.get("history").and_then(Value::as_array).context("`report --json` has no history")?;
+    let rows = value.get("groups").and_then(Value::as_array).context("`report --json` has no groups")?;
     let mut books = Books { successes: 0, cost_nanos: 0, cost_by_model: BTreeMap::new() };
     for row in rows {
-        books.successes += row.get("successes").and_then(Value::as_u64).context("a history row without successes")?;
-        let model = row.get("model").and_then(Value::as_str).context("a history row without model")?;
-        let cost = row.get("cost").and_then(Value::as_str).context("a history row without cost")?;
+        books.successes += row.get("successes").and_then(Value::as_u64).context("a report group without successes")?;
+        let model = row.get("name").and_then(Value::as_str).context("a report group without name")?;
+        let cost = row.get("cost").and_then(Value::as_str).context("a report group without cost")?;
         let cost = nanos(cost).with_context(|| format!("the cost {cost:?} is not dollars"))?;
         books.cost_nanos += cost;
         *books.cost_by_model.entry(model.to_owned()).or_default() += cost;

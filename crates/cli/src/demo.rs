@@ -10,10 +10,11 @@ use std::{
 
 use futures_util::{StreamExt, stream};
 use modelfleet::{
-    Fleet, FleetError, FleetOptions, Request, Simulator,
+    Fleet, FleetError, FleetOptions, ReportQuery, Request, Simulator,
     budget::{BudgetSpec, Period, Scope},
     registry::{Category, Money},
     selector::{Locality, Requirements},
+    store::Dim,
 };
 use serde::Serialize;
 
@@ -96,6 +97,9 @@ pub(crate) fn run(args: &DemoArgs) -> anyhow::Result<()> {
         let progress = std::io::stderr().is_terminal() && !args.json;
         let started_sim = tokio::time::Instant::now();
         let started_wall = Instant::now();
+        // The run's rows are stamped with the wall clock: its report covers
+        // them from here (the same range `modelfleet report --from` takes).
+        let run_from_ms = modelfleet::registry::Clock::now_ms(&modelfleet::registry::SystemClock);
         let outcomes: Vec<Result<(bool, Money), FleetError>> = stream::iter(requests.iter())
             .map(|(request, prompt, max_output)| {
                 let (fleet, simulator, done) = (&fleet, &simulator, &done);
@@ -158,7 +162,9 @@ pub(crate) fn run(args: &DemoArgs) -> anyhow::Result<()> {
             wall_seconds: started_wall.elapsed().as_secs_f64(),
             database: fleet.store().path().display().to_string(),
         };
-        let report = fleet.report().await?;
+        let now = modelfleet::registry::Clock::now_ms(&modelfleet::registry::SystemClock);
+        let query = ReportQuery { from_ms: run_from_ms, to_ms: now + 1, by: Dim::Model };
+        let report = fleet.report(&query).await?;
         fleet.shutdown().await?;
         if args.json {
             println!("{}", serde_json::to_string_pretty(&serde_json::json!({"summary": summary, "report": report}))?);

@@ -1,6 +1,6 @@
 //! The `modelfleet` binary: the demo (the main job), the gateway (`serve`),
-//! the catalog, selection and explanations, reports, and config and
-//! database checks.
+//! the catalog, selection and explanations, reports over the stored history
+//! and ratings, budgets, and config and database checks.
 //!
 //! Exit codes: 0 success; 1 a check failed (invalid config, unsound
 //! database, no model matches); 2 bad usage; 3 an error (the message says
@@ -13,9 +13,9 @@ mod serve;
 
 use std::{path::PathBuf, process::ExitCode};
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 use modelfleet::{
-    Fleet, FleetOptions, Request,
+    Fleet, FleetOptions, ReportQuery, Request,
     registry::{Capability, Category, Money},
     selector::{Locality, Requirements},
 };
@@ -96,14 +96,50 @@ enum Command {
     Select(SelectArgs),
     /// The ranking with score breakdowns, and every rejected model with why.
     Explain(SelectArgs),
-    /// Usage recorded in the database, budgets and recommendations.
+    /// A report over any range of the history in the database: per group
+    /// (requests, success, latency and time-to-first-token percentiles,
+    /// tokens, exact cost, fallbacks, ratings), a ranking with its score,
+    /// recommendations with alternatives, an overview, health and budgets.
+    ///
+    /// Times are RFC 3339 (2026-12-01T08:00:00Z), dates (2026-12-01, UTC)
+    /// or Unix milliseconds; spans are 90m, 24h, 7d, 2w, 1h30m. Without a
+    /// range: the last 24 hours. The gateway serves the same report at
+    /// GET /v1/admin/report?from=&to=&last=&by=.
     Report {
         /// The database file.
         #[arg(long)]
         db: Option<PathBuf>,
+        /// The start of the range.
+        #[arg(long, conflicts_with = "last")]
+        from: Option<String>,
+        /// The end of the range (default: now).
+        #[arg(long, conflicts_with = "last")]
+        to: Option<String>,
+        /// The range: this long before now.
+        #[arg(long)]
+        last: Option<String>,
+        /// Group by model, provider, category, language or key.
+        #[arg(long, default_value = "model")]
+        by: String,
         /// JSON output.
         #[arg(long)]
         json: bool,
+    },
+    /// Rate the answer to a request (by its x-request-id) from 1 to 5: the
+    /// model's quality signal and the reports use ratings. A running
+    /// gateway takes them at POST /v1/feedback.
+    Rate {
+        /// The request's id (the x-request-id of its response).
+        request_id: String,
+        /// 1 (bad) to 5 (excellent).
+        #[arg(value_parser = clap::value_parser!(u8).range(1..=5))]
+        score: u8,
+        /// A comment kept with the rating.
+        #[arg(long)]
+        comment: Option<String>,
+        /// The database file.
+        #[arg(long)]
+        db: Option<PathBuf>,
     },
     /// Budgets: list, set, reset, remove (a stopped gateway's --db, or a running one's --gateway).
     Budgets {
@@ -322,12 +358,34 @@ fn run(cli: Cli) -> anyhow::Result<Result<(), CheckFailed>> {
         Command::Models { action } => models(action),
         Command::Select(args) => select(&args, false),
         Command::Explain(args) => select(&args, true),
-        Command::Report { db, json } => runtime()?.block_on(async {
+        Command::Report { db, from, to, last, by, json } => {
+            let now = modelfleet::registry::Clock::now_ms(&modelfleet::registry::SystemClock);
+            let query = match ReportQuery::parse(from.as_deref(), to.as_deref(), last.as_deref(), Some(&by), now) {
+                Ok(query) => query,
+                // Bad usage: clap's message and exit code 2.
+                Err(why) => Cli::command().error(clap::error::ErrorKind::ValueValidation, why).exit(),
+            };
+            runtime()?.block_on(async {
+                let fleet = open(db).await?;
+                let report = fleet.report(&query).await?;
+                fleet.shutdown().await?;
+                output::print(json, &report, || output::report(&report, None));
+                Ok(Ok(()))
+            })
+        }
+        Command::Rate { request_id, score, comment, db } => runtime()?.block_on(async {
             let fleet = open(db).await?;
-            let report = fleet.report().await?;
+            let rated = fleet.rate(&request_id, score, comment.as_deref(), ("cli", None)).await?;
             fleet.shutdown().await?;
-            output::print(json, &report, || output::report(&report, None));
-            Ok(Ok(()))
+            match rated {
+                Some(rated) => {
+                    println!("rated {} {}/5 ({} at {})", rated.request_id, rated.rating, rated.model, rated.provider);
+                    Ok(Ok(()))
+                }
+                None => Err(anyhow::anyhow!(
+                    "no answered request has id {request_id:?} in this database (unknown, failed, or pruned)"
+                )),
+            }
         }),
         Command::Budgets { action } => {
             // --gateway talks HTTP: this runtime has the I/O driver too.

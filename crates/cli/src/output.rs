@@ -3,8 +3,9 @@
 use std::path::Path;
 
 use modelfleet::{
-    FleetReport,
+    BudgetView, GroupLine, HistoryReport,
     budget::Forecast,
+    monitor::Health,
     registry::{ModelSpec, Money},
     store::CheckReport,
 };
@@ -52,7 +53,7 @@ fn dollars(m: Money) -> String {
     format!("${:.4}", m.as_dollars_f64())
 }
 
-pub(crate) fn report(report: &FleetReport, summary: Option<&Summary>) {
+pub(crate) fn report(report: &HistoryReport, summary: Option<&Summary>) {
     if let Some(s) = summary {
         println!(
             "modelfleet demo: {} requests, {} served, {} failed, {} served by a fallback, {} spent",
@@ -70,48 +71,149 @@ pub(crate) fn report(report: &FleetReport, summary: Option<&Summary>) {
             "  {:.0} s of simulated traffic in {:.1} s; database {}",
             s.simulated_seconds, s.wall_seconds, s.database
         );
+        println!("  the report below is `modelfleet report --from {}` (the same code)", report.from);
         println!();
     }
-    if !report.models.is_empty() {
-        println!("This run, per model:");
-        println!(
-            "  {:<18} {:>6} {:>8} {:>8} {:>8} {:>8} {:>9} {:>10} {:>9} {:<9}",
-            "MODEL", "REQS", "SUCCESS", "P50 ms", "P95 ms", "P99 ms", "TOKENS", "COST", "FALLBACK", "CIRCUIT"
-        );
-        for m in &report.models {
-            println!(
-                "  {:<18} {:>6} {:>7.1}% {:>8.0} {:>8.0} {:>8.0} {:>9} {:>10} {:>9} {:<9}",
-                m.model,
-                m.requests,
-                m.success_rate * 100.0,
-                m.p50_ms,
-                m.p95_ms,
-                m.p99_ms,
-                m.tokens,
-                dollars(m.cost),
-                m.fallbacks_served,
-                m.circuit.as_str()
-            );
+    println!("Report from {} to {}, by {}:", report.from, report.to, report.by);
+    if report.groups.is_empty() {
+        println!("  no requests in this range (run `modelfleet demo`, or widen it with --last 7d)");
+        println!();
+    } else {
+        groups(report);
+    }
+    ranking(report);
+    overview(report);
+    health(report);
+    budgets(&report.overview.budgets);
+    if report.recommendations.is_empty() {
+        println!("Recommendations: none, every judged model is healthy.");
+    } else {
+        println!("Recommendations:");
+        for r in &report.recommendations {
+            println!("  - {}", r.message);
         }
-        println!();
     }
-    println!("All runs recorded in the database:");
-    if report.history.is_empty() {
-        println!("  nothing yet: run `modelfleet demo`");
-    }
-    for u in &report.history {
-        let rate = if u.requests == 0 { 0.0 } else { u.successes as f64 * 100.0 / u.requests as f64 };
+}
+
+fn percent(rate: Option<f64>) -> String {
+    rate.map_or_else(|| "-".to_owned(), |r| format!("{:.1}%", r * 100.0))
+}
+
+fn ms(p: Option<f64>) -> String {
+    p.map_or_else(|| "-".to_owned(), |v| format!("{v:.0}"))
+}
+
+fn groups(report: &HistoryReport) {
+    println!(
+        "  {:<20} {:>7} {:>8} {:>7} {:>7} {:>7} {:>9} {:>10} {:>11} {:>8} {:>7}",
+        report.by.as_str().to_uppercase(),
+        "REQS",
+        "SUCCESS",
+        "P50 ms",
+        "P95 ms",
+        "P99 ms",
+        "TTFT p50",
+        "TOKENS",
+        "COST",
+        "FALLBACK",
+        "RATING"
+    );
+    let line = |g: &GroupLine| {
+        let name = if g.name.is_empty() { "(none)" } else { g.name.as_str() };
         println!(
-            "  {:<18} {:>8} requests {:>6.1}% ok {:>11} tokens {:>10}",
-            u.model,
-            u.requests,
-            rate,
-            u.input_tokens + u.output_tokens,
-            dollars(u.cost)
+            "  {:<20} {:>7} {:>8} {:>7} {:>7} {:>7} {:>9} {:>10} {:>11} {:>8} {:>7}",
+            name,
+            g.requests,
+            percent(g.success_rate),
+            ms(g.latency.map(|l| l.p50_ms)),
+            ms(g.latency.map(|l| l.p95_ms)),
+            ms(g.latency.map(|l| l.p99_ms)),
+            ms(g.ttft.map(|l| l.p50_ms)),
+            g.input_tokens + g.output_tokens,
+            dollars(g.cost),
+            g.fallbacks,
+            g.mean_rating.map_or_else(|| "-".to_owned(), |r| format!("{r:.1}/5"))
+        );
+    };
+    for g in &report.groups {
+        line(g);
+    }
+    line(&report.totals);
+    println!();
+}
+
+fn ranking(report: &HistoryReport) {
+    if report.ranking.is_empty() {
+        return;
+    }
+    println!("Ranking (score: 60% success rate, 25% speed, 15% user rating):");
+    for (i, r) in report.ranking.iter().enumerate() {
+        println!(
+            "  {:>2}. {:<20} {:.3}  {} ok, p95 {} ms{}",
+            i + 1,
+            r.model,
+            r.score,
+            percent(r.success_rate),
+            ms(r.p95_ms),
+            r.mean_rating.map_or_else(String::new, |m| format!(", rated {m:.1}/5"))
         );
     }
     println!();
-    for view in &report.budgets {
+}
+
+fn overview(report: &HistoryReport) {
+    let o = &report.overview;
+    println!("Overview:");
+    for p in &o.providers {
+        println!(
+            "  provider {:<12} {:>2} models {:>7} requests {:>7} ok {:>11}  {}",
+            p.provider,
+            p.models,
+            p.requests,
+            percent(p.success_rate),
+            dollars(p.cost),
+            p.health
+        );
+    }
+    for c in &o.categories {
+        println!(
+            "  category {:<14} {:>7} requests {:>7} ok  top: {}",
+            c.category,
+            c.requests,
+            percent(c.success_rate),
+            if c.top.is_empty() { "-".to_owned() } else { c.top.join(", ") }
+        );
+    }
+    let list = |v: &[String]| if v.is_empty() { "none".to_owned() } else { v.join(", ") };
+    println!("  top performers: {}", list(&o.top_performers));
+    println!("  inactive (no request in range): {}", list(&o.inactive));
+    println!("  disabled: {}", list(&o.disabled));
+    println!();
+}
+
+fn health(report: &HistoryReport) {
+    let h = &report.health;
+    let providers: Vec<String> = h.providers.iter().map(|(p, health)| format!("{p} {health}")).collect();
+    println!(
+        "Health now: {}{}",
+        h.overall,
+        if providers.is_empty() { String::new() } else { format!(" ({})", providers.join(", ")) }
+    );
+    for m in h.models.iter().filter(|m| m.health != Health::Healthy || m.out_of_rotation.is_some()) {
+        println!(
+            "  {:<20} {:<9} circuit {}{}",
+            m.model,
+            m.health.to_string(),
+            m.circuit.as_str(),
+            m.out_of_rotation.as_ref().map_or_else(String::new, |why| format!(" {why}"))
+        );
+    }
+    println!();
+}
+
+#[allow(clippy::cast_precision_loss)] // hours of data, for people
+fn budgets(views: &[BudgetView]) {
+    for view in views {
         let b = &view.status;
         let forecast = match b.forecast {
             Forecast::NotEnoughData => format!(
@@ -136,14 +238,6 @@ pub(crate) fn report(report: &FleetReport, summary: Option<&Summary>) {
             b.percent,
             dollars(b.reserved)
         );
-    }
-    if report.recommendations.is_empty() {
-        println!("Recommendations: none, every judged model is healthy.");
-    } else {
-        println!("Recommendations:");
-        for r in &report.recommendations {
-            println!("  - {}", r.message);
-        }
     }
 }
 

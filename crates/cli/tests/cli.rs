@@ -33,37 +33,53 @@ fn the_demo_runs_reports_json_and_accumulates_history() {
     assert_eq!(summary["requests"], 200);
     assert_eq!(summary["served"].as_u64().unwrap() + summary["failed"].as_u64().unwrap(), 200);
     assert!(summary["served"].as_u64().unwrap() >= 180, "{summary}");
-    let models = json["report"]["models"].as_array().unwrap();
+    let models = json["report"]["groups"].as_array().unwrap();
     assert!(models.len() >= 4, "traffic spread over the catalog: {models:?}");
     let requests: u64 = models.iter().map(|m| m["requests"].as_u64().unwrap()).sum();
     // Requests no model can meet make no attempt; every served one made at least one.
     assert!(requests >= summary["served"].as_u64().unwrap(), "every attempt is recorded");
-    assert!(json["report"]["budgets"][0]["spent"].as_str().unwrap() != "0");
-    let first_history: u64 =
-        json["report"]["history"].as_array().unwrap().iter().map(|u| u["requests"].as_u64().unwrap()).sum();
+    assert_eq!(json["report"]["totals"]["requests"].as_u64().unwrap(), requests);
+    assert!(json["report"]["overview"]["budgets"][0]["spent"].as_str().unwrap() != "0");
+    // The demo's report is `modelfleet report` over the run: the same code, the same figures.
+    let from = json["report"]["from"].as_str().unwrap();
+    let (code, stdout, stderr) = modelfleet(&["report", "--json", "--from", from, "--db", &db(&dir)]);
+    assert_eq!(code, 0, "{stderr}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(report["groups"], json["report"]["groups"], "the demo and `modelfleet report` agree");
+    assert_eq!(report["ranking"], json["report"]["ranking"]);
 
     // A second run adds to the history in the same database.
     let (code, stdout, _) = modelfleet(&["demo", "--requests", "200", "--json", "--db", &db(&dir)]);
     assert_eq!(code, 0);
     let json: serde_json::Value = serde_json::from_str(&stdout).unwrap();
-    let second_history: u64 =
-        json["report"]["history"].as_array().unwrap().iter().map(|u| u["requests"].as_u64().unwrap()).sum();
-    assert_eq!(second_history, 2 * first_history, "same seed, same traffic, twice the history");
+    assert_eq!(json["report"]["totals"]["requests"].as_u64().unwrap(), requests, "same seed, same traffic");
+    let (code, stdout, _) = modelfleet(&["report", "--json", "--last", "1h", "--by", "provider", "--db", &db(&dir)]);
+    assert_eq!(code, 0);
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(report["totals"]["requests"].as_u64().unwrap(), 2 * requests, "both runs are in the last hour");
+    assert_eq!(report["by"], "provider");
 
     // The human report reads well and names the parts the demo promises.
     let (code, stdout, _) = modelfleet(&["demo", "--requests", "100", "--db", &db(&dir)]);
     assert_eq!(code, 0);
     for needle in [
         "modelfleet demo: 100 requests",
-        "This run, per model:",
+        "Report from ",
         "P95 ms",
-        "CIRCUIT",
-        "All runs recorded",
+        "TTFT p50",
+        "Ranking (score: 60% success rate, 25% speed, 15% user rating):",
+        "Overview:",
+        "top performers: ",
+        "Health now: ",
         "Budget global",
         "Recommendations",
     ] {
         assert!(stdout.contains(needle), "{needle:?} missing from:\n{stdout}");
     }
+    // A bad range is bad usage (exit 2), naming the flag.
+    let (code, _, stderr) = modelfleet(&["report", "--last", "3 days", "--db", &db(&dir)]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("last: \"3 days\" is not a span"), "{stderr}");
 }
 
 #[test]
@@ -224,8 +240,7 @@ fn serve_answers_on_embedded_defaults_and_exits_0_on_sigterm() {
     let (code, stdout, stderr) = modelfleet(&["report", "--json", "--db", &db(&dir)]);
     assert_eq!(code, 0, "{stderr}");
     let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
-    let recorded: u64 = report["history"].as_array().unwrap().iter().map(|h| h["requests"].as_u64().unwrap()).sum();
-    assert_eq!(recorded, 1, "{report}");
+    assert_eq!(report["totals"]["requests"], 1, "{report}");
 }
 
 #[test]

@@ -728,19 +728,19 @@ fn hardening_settings_have_defaults_and_bounds() {
     assert_eq!((server.max_connections, server.stream_send_timeout_ms), (4_096, 30_000));
     assert_eq!((server.drain_grace_ms, server.drain_timeout_ms), (2_000, 30_000));
     assert_eq!((server.memory_high_percent, server.memory_limit_bytes), (90, None));
-    assert_eq!(config.store.retain_days, 30);
+    assert_eq!((config.store.retain_days, config.store.aggregate_retain_days), (30, 400));
     let provider = &config.providers[0];
     assert_eq!((provider.first_token_timeout_ms, provider.stream_idle_timeout_ms), (120_000, 60_000));
     assert!(provider.include_usage, "on by default for openai");
 
     let set = config_of(
         "[server]\ndrain_grace_ms = 0\ndrain_timeout_ms = 500\nmemory_limit_bytes = 67108864\nmemory_high_percent = 50\n\
-         [store]\nretain_days = 0\n\
+         [store]\nretain_days = 0\naggregate_retain_days = 0\n\
          [[providers]]\nname = \"p\"\nkind = \"openai\"\nbase_url = \"http://127.0.0.1:9\"\ninclude_usage = false\n",
     );
     assert_eq!((set.server.drain_grace_ms, set.server.drain_timeout_ms), (0, 500));
     assert_eq!((set.server.memory_high_percent, set.server.memory_limit_bytes), (50, Some(64 << 20)));
-    assert_eq!(set.store.retain_days, 0);
+    assert_eq!((set.store.retain_days, set.store.aggregate_retain_days), (0, 0));
     assert!(!set.providers[0].include_usage);
 
     for (text, key) in [
@@ -749,6 +749,10 @@ fn hardening_settings_have_defaults_and_bounds() {
         ("[server]\nmemory_high_percent = 101\n", "server.memory_high_percent"),
         ("[server]\nmemory_limit_bytes = 10\n", "server.memory_limit_bytes"),
         ("[store]\nretain_days = -1\n", "store.retain_days"),
+        ("[store]\naggregate_retain_days = 36501\n", "store.aggregate_retain_days"),
+        // Whole hours of a report come from the aggregates: never pruned before the raw rows.
+        ("[store]\nretain_days = 30\naggregate_retain_days = 29\n", "store.aggregate_retain_days"),
+        ("[store]\nretain_days = 0\n", "store.aggregate_retain_days"),
     ] {
         let errors = errors_of(text);
         assert!(errors.iter().any(|e| e.starts_with(&format!("{key}: "))), "{text}: {errors:?}");

@@ -714,15 +714,41 @@ fn server_limits(v: &mut V<'_>, t: &Table<'_>, settings: &mut ServerSettings) {
 }
 
 fn store(v: &mut V<'_>, root: &Table<'_>, options: &Options<'_>) -> StoreSettings {
-    let mut settings =
-        StoreSettings { path: None, batch_rows: 512, batch_wait_ms: 50, sync_full: false, retain_days: 30 };
+    let mut settings = StoreSettings {
+        path: None,
+        batch_rows: 512,
+        batch_wait_ms: 50,
+        sync_full: false,
+        retain_days: 30,
+        aggregate_retain_days: 400,
+    };
     let Some((t, _)) = get_table(v, root, "", "store") else { return settings };
-    known_keys(v, t, "store", &["path", "batch_rows", "batch_wait_ms", "sync_full", "retain_days"]);
+    known_keys(
+        v,
+        t,
+        "store",
+        &["path", "batch_rows", "batch_wait_ms", "sync_full", "retain_days", "aggregate_retain_days"],
+    );
     settings.path = get_str(v, t, "store", "path").map(|(p, _)| options.base_dir.join(p));
     settings.batch_rows = usize::try_from(get_u64(v, t, "store", "batch_rows", 1..=100_000, 512)).unwrap_or(512);
     settings.batch_wait_ms = get_u64(v, t, "store", "batch_wait_ms", 1..=10_000, 50);
     settings.sync_full = get_bool(v, t, "store", "sync_full").unwrap_or(false);
     settings.retain_days = get_u32(v, t, "store", "retain_days", 0..=36_500, 30);
+    settings.aggregate_retain_days = get_u32(v, t, "store", "aggregate_retain_days", 0..=36_500, 400);
+    // Reports read whole hours from the aggregates: they must outlive the raw rows.
+    let (raw, aggregates) = (settings.retain_days, settings.aggregate_retain_days);
+    if aggregates != 0 && (raw == 0 || aggregates < raw) {
+        let span = find(t, "aggregate_retain_days").map(Value::span);
+        v.error(
+            "store.aggregate_retain_days",
+            span.as_ref(),
+            format!(
+                "{aggregates} days is shorter than the raw rows are kept (retain_days = {raw}{}): reports read whole \
+                 hours from the aggregates, so they must be kept at least as long (or 0, for ever)",
+                if raw == 0 { ", for ever" } else { "" }
+            ),
+        );
+    }
     settings
 }
 

@@ -12,7 +12,7 @@
 use std::{
     sync::{
         Arc,
-        atomic::{AtomicI64, Ordering},
+        atomic::{AtomicI64, AtomicU32, Ordering},
     },
     time::Duration,
 };
@@ -22,15 +22,55 @@ use modelfleet_errors::ErrorClass;
 use modelfleet_metrics::{Metrics, RequestSample};
 use modelfleet_monitor::{Monitor, Outcome};
 use modelfleet_registry::{Category, Clock, ModelSpec, Money, SystemClock};
-use modelfleet_store::{PerfRecord, SpendEntry, Store};
+use modelfleet_store::{PerfRecord, RequestFacts, SpendEntry, Store};
 
 use crate::Usage;
+
+/// What every attempt of one request shares for the books: who sent it,
+/// what kind it is, and how many attempts it made so far.
+#[derive(Debug)]
+pub(crate) struct RequestInfo {
+    pub(crate) kind: Category,
+    pub(crate) language: Option<String>,
+    pub(crate) request_id: Option<String>,
+    pub(crate) key: Option<String>,
+    pub(crate) route: Option<String>,
+    attempts: AtomicU32,
+}
+
+impl RequestInfo {
+    pub(crate) fn new(
+        kind: Category,
+        language: Option<String>,
+        request_id: Option<String>,
+        key: Option<String>,
+        route: Option<String>,
+    ) -> RequestInfo {
+        RequestInfo { kind, language, request_id, key, route, attempts: AtomicU32::new(0) }
+    }
+
+    /// The tag of the next attempt: its number from 1 in the request, and
+    /// whether it stands in for the first choice (the executor's
+    /// [`AttemptCtx::fallback`](modelfleet_errors::AttemptCtx::fallback)).
+    pub(crate) fn next(self: &Arc<Self>, fallback: bool) -> Tag {
+        let attempt = self.attempts.fetch_add(1, Ordering::Relaxed).saturating_add(1);
+        Tag { request: Arc::clone(self), attempt, fallback }
+    }
+}
+
+/// One attempt's place in its request.
+#[derive(Debug, Clone)]
+pub(crate) struct Tag {
+    pub(crate) request: Arc<RequestInfo>,
+    pub(crate) attempt: u32,
+    pub(crate) fallback: bool,
+}
 
 /// One attempt's outcome, ready to be booked.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Entry<'a> {
     pub(crate) model: &'a ModelSpec,
-    pub(crate) kind: Category,
+    pub(crate) tag: &'a Tag,
     pub(crate) latency: Duration,
     pub(crate) usage: Usage,
     /// What is charged: the usage's exact price, or the hold's worst case
@@ -123,12 +163,13 @@ impl Books {
 
     /// Records the outcome in the monitor and the metrics; returns its row.
     fn observe(&self, entry: Entry<'_>) -> PerfRecord {
-        let Entry { model, kind, latency, usage, cost, error, ttft } = entry;
+        let Entry { model, tag, latency, usage, cost, error, ttft } = entry;
+        let request = &tag.request;
         let outcome = Outcome {
             model: &model.id,
             provider: &model.provider,
-            kind,
-            language: None,
+            kind: request.kind,
+            language: request.language.as_deref(),
             latency,
             time_to_first_token: ttft,
             input_tokens: usage.input_tokens,
@@ -147,7 +188,14 @@ impl Books {
             output_tokens: usage.output_tokens,
             cost,
         });
-        PerfRecord::from_outcome(&outcome, SystemClock.now_ms())
+        let facts = RequestFacts {
+            request_id: request.request_id.as_deref(),
+            key_name: request.key.as_deref(),
+            route: request.route.as_deref(),
+            attempt: tag.attempt,
+            fallback: tag.fallback,
+        };
+        PerfRecord::of_request(&outcome, &facts, SystemClock.now_ms())
     }
 }
 
@@ -166,7 +214,7 @@ pub(crate) struct Pending<'a> {
     pub(crate) books: &'a Books,
     pub(crate) reservation: Option<Reservation>,
     pub(crate) model: &'a ModelSpec,
-    pub(crate) kind: Category,
+    pub(crate) tag: &'a Tag,
     pub(crate) if_dropped: Money,
     /// What the request's attempts charged so far, nano-dollars: a dropped
     /// attempt (a hedge's loser, a client gone) adds its charge too, so the
@@ -188,7 +236,7 @@ impl Drop for Pending<'_> {
             self.spent.fetch_add(cost.nanos(), Ordering::Relaxed);
             let entry = Entry {
                 model: self.model,
-                kind: self.kind,
+                tag: self.tag,
                 latency: Duration::ZERO,
                 usage: Usage::default(),
                 cost,

@@ -20,18 +20,18 @@ use modelfleet_fallback::{
     Order, Permit, Plan, RetryBudget, RetryBudgetConfig, Tracker, TrackerConfig,
 };
 use modelfleet_metrics::{Category as MetricsCategory, Metrics, MetricsConfig};
-use modelfleet_monitor::{InFlightShared, LiveAt, Monitor, MonitorConfig, Recommendation, ReportConfig};
+use modelfleet_monitor::{InFlightShared, LiveAt, Monitor, MonitorConfig};
 use modelfleet_registry::{Catalog, Category, Clock, ModelSpec, Money, SystemClock};
 use modelfleet_selector::{
     BudgetRoom, Explanation, LiveSignals, Ranked, Rejection, Requirements, SelectorConfig, Signals, Strategy, Weights,
     worst_case_cost,
 };
 use modelfleet_service_registry::{HealthReport, RegistryConfig, Running, ServiceRegistry};
-use modelfleet_store::{Store, StoreConfig, UsageRow};
+use modelfleet_store::{Store, StoreConfig};
 use serde::Serialize;
 
 use crate::{
-    books::{Books, Entry, Pending, price_of},
+    books::{Books, Entry, Pending, RequestInfo, Tag, price_of},
     services::{BudgetService, CatalogService, MetricsService, MonitorService, RouterService, StoreService, started},
 };
 
@@ -222,6 +222,7 @@ impl FleetOptions {
                 cache_max_entries: config.cache.max_entries,
                 cache_max_bytes: config.cache.max_bytes,
                 retain_days: config.store.retain_days,
+                aggregate_retain_days: config.store.aggregate_retain_days,
                 ..StoreConfig::default()
             },
             monitor: MonitorConfig::default(),
@@ -267,6 +268,13 @@ pub struct Request {
     pub model: Option<String>,
     /// The API key or tenant, for per-key budgets.
     pub key: Option<String>,
+    /// The request's id (`x-request-id`), written with every attempt's
+    /// performance row: what a rating ([`Fleet::rate`]) names.
+    pub request_id: Option<String>,
+    /// The request's language as detected from its text (ISO 639-1), for
+    /// the records and reports when the requirements name none. Never a
+    /// selection constraint (`requirements.language` is).
+    pub language_hint: Option<String>,
 }
 
 /// A request served.
@@ -352,6 +360,10 @@ pub enum FleetError {
     /// Stopping failed (the store could not flush).
     #[error("modelfleet could not stop cleanly: {0}")]
     Stop(String),
+    /// The database refused a read or a write (a report, a rating), or an
+    /// argument it cannot take ([`modelfleet_store::Error::Invalid`]).
+    #[error("{0}")]
+    Store(modelfleet_store::Error),
 }
 
 /// Why a budget administration request was refused.
@@ -404,51 +416,6 @@ pub struct BudgetView {
     pub source: BudgetSource,
 }
 
-/// One model's line in the [`FleetReport`].
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct ModelLine {
-    /// The model.
-    pub model: String,
-    /// Its provider.
-    pub provider: String,
-    /// Requests this run.
-    pub requests: u64,
-    /// Their success rate.
-    pub success_rate: f64,
-    /// Median latency, ms.
-    pub p50_ms: f64,
-    /// 95th percentile, ms.
-    pub p95_ms: f64,
-    /// 99th percentile, ms.
-    pub p99_ms: f64,
-    /// Prompt plus completion tokens.
-    pub tokens: u64,
-    /// Exact cost this run.
-    pub cost: Money,
-    /// Requests it served as a fallback.
-    pub fallbacks_served: u64,
-    /// Its circuit now.
-    pub circuit: CircuitState,
-    /// Times it was ejected (cooldown or circuit opened) in this process.
-    pub ejections: u64,
-    /// Why it is out of rotation now (cooling down, circuit open…), if it is.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub out_of_rotation: Option<String>,
-}
-
-/// The fleet at a glance.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct FleetReport {
-    /// Per model, this process's traffic, busiest first.
-    pub models: Vec<ModelLine>,
-    /// Per model, everything the database remembers (all runs).
-    pub history: Vec<UsageRow>,
-    /// Budgets with their forecasts.
-    pub budgets: Vec<BudgetView>,
-    /// What deserves attention.
-    pub recommendations: Vec<Recommendation>,
-}
-
 /// The whole stack: catalog, selector, fallback, monitor, budgets, metrics and
 /// store, started through the service registry in dependency order.
 ///
@@ -475,17 +442,17 @@ pub struct FleetReport {
 /// ```
 pub struct Fleet {
     running: Arc<Running>,
-    store: Arc<Store>,
-    catalog: Arc<Catalog>,
-    monitor: Arc<Monitor>,
+    pub(crate) store: Arc<Store>,
+    pub(crate) catalog: Arc<Catalog>,
+    pub(crate) monitor: Arc<Monitor>,
     budgets: Arc<Budgets>,
     /// The budgets the configuration defines (read-only through the API).
     config_budgets: Vec<(Scope, Period)>,
     metrics: Arc<Metrics>,
     books: Books,
-    tracker: Tracker,
+    pub(crate) tracker: Tracker,
     retry_budget: RetryBudget,
-    timer: TokioTimer,
+    pub(crate) timer: TokioTimer,
     clock: SystemClock,
     executor: ExecutorConfig,
     /// How requests without a route rank their candidates.
@@ -494,11 +461,11 @@ pub struct Fleet {
     /// Per model with configured fallbacks: them, in order.
     model_fallbacks: BTreeMap<String, Vec<String>>,
     model_hedges: BTreeMap<String, HedgeAfter>,
-    simulated_providers: Vec<String>,
+    pub(crate) simulated_providers: Vec<String>,
     rng: Mutex<fastrand::Rng>,
     /// Budget administration, one change at a time (check, persist, apply).
     admin: tokio::sync::Mutex<()>,
-    fallbacks_served: DashMap<String, AtomicU64>,
+    pub(crate) fallbacks_served: DashMap<String, AtomicU64>,
     memory: Arc<MemoryProbe>,
 }
 
@@ -680,7 +647,14 @@ impl Fleet {
             fallbacks_served: DashMap::new(),
             memory: Arc::new(MemoryProbe::new()),
         };
-        tracing::info!(db = %fleet.store.path().display(), models = fleet.catalog.snapshot().len(), "modelfleet started");
+        // Simulated time has no past to warm from: its clock starts now.
+        let warmed = if options.virtual_time { 0 } else { fleet.warm_start().await };
+        tracing::info!(
+            db = %fleet.store.path().display(),
+            models = fleet.catalog.snapshot().len(),
+            warmed,
+            "modelfleet started"
+        );
         Ok(fleet)
     }
 
@@ -862,7 +836,7 @@ impl Fleet {
         let (served, _) = self
             .run(request, false, |model, ctx, of| {
                 let call = call(Arc::clone(&model), ctx);
-                self.attempt(model, of, ctx.remaining, call)
+                self.attempt(model, of, ctx, call)
             })
             .await?;
         Ok(served)
@@ -883,7 +857,7 @@ impl Fleet {
         let (mut served, permit) = self
             .run(request, true, |model, ctx, of| {
                 let call = call(Arc::clone(&model), ctx);
-                self.attempt_open(model, of, ctx.remaining, call)
+                self.attempt_open(model, of, ctx, call)
             })
             .await?;
         // The stream is one outcome: the circuit hears of it when it ends.
@@ -939,7 +913,13 @@ impl Fleet {
         let spent = Arc::new(AtomicI64::new(0));
         let of = AttemptOf {
             key: request.key.as_deref(),
-            kind: requirements.category.unwrap_or(Category::General),
+            request: Arc::new(RequestInfo::new(
+                requirements.category.unwrap_or(Category::General),
+                requirements.language.clone().or_else(|| request.language_hint.clone()),
+                request.request_id.clone(),
+                request.key.clone(),
+                request.route.clone(),
+            )),
             requirements: Arc::clone(&requirements),
             spent: Arc::clone(&spent),
         };
@@ -1132,10 +1112,12 @@ impl Fleet {
         &self,
         model: Arc<ModelSpec>,
         of: AttemptOf<'_>,
-        remaining: Option<Duration>,
+        ctx: AttemptCtx,
         call: impl Future<Output = Result<ModelResponse<T>, Failure>>,
     ) -> Result<(T, Usage, Money), Failure> {
+        let remaining = ctx.remaining;
         let reservation = self.reserve(&model, &of)?;
+        let tag = of.request.next(ctx.fallback);
         let in_flight = self.monitor.begin(&model.id, &model.provider);
         let began = self.timer.now();
         let if_dropped = reservation.amount();
@@ -1143,7 +1125,7 @@ impl Fleet {
             books: &self.books,
             reservation: Some(reservation),
             model: &model,
-            kind: of.kind,
+            tag: &tag,
             if_dropped,
             spent: &of.spent,
         };
@@ -1164,7 +1146,7 @@ impl Fleet {
         };
         of.spent.fetch_add(cost.nanos(), Ordering::Relaxed);
         self.books
-            .settle(reservation, Entry { model: &model, kind: of.kind, latency, usage, cost, error, ttft: None })
+            .settle(reservation, Entry { model: &model, tag: &tag, latency, usage, cost, error, ttft: None })
             .await;
         result.map(|response| (response.value, usage, cost))
     }
@@ -1175,10 +1157,12 @@ impl Fleet {
         &self,
         model: Arc<ModelSpec>,
         of: AttemptOf<'_>,
-        remaining: Option<Duration>,
+        ctx: AttemptCtx,
         call: impl Future<Output = Result<T, Failure>>,
     ) -> Result<(Opened<T>, Usage, Money), Failure> {
+        let remaining = ctx.remaining;
         let reservation = self.reserve(&model, &of)?;
+        let tag = of.request.next(ctx.fallback);
         let in_flight = self.monitor.begin_shared(&model.id, &model.provider);
         let began = self.timer.now();
         // Dropped before its first event: nothing was relayed; the prompt was sent.
@@ -1188,7 +1172,7 @@ impl Fleet {
             books: &self.books,
             reservation: Some(reservation),
             model: &model,
-            kind: of.kind,
+            tag: &tag,
             if_dropped,
             spent: &of.spent,
         };
@@ -1205,7 +1189,7 @@ impl Fleet {
                         permit: None,
                         timer: self.timer,
                         model: Arc::clone(&model),
-                        kind: of.kind,
+                        tag: tag.clone(),
                         began,
                         ttft: self.timer.now().saturating_sub(began),
                         reservation,
@@ -1221,7 +1205,7 @@ impl Fleet {
                 of.spent.fetch_add(cost.nanos(), Ordering::Relaxed);
                 let entry = Entry {
                     model: &model,
-                    kind: of.kind,
+                    tag: &tag,
                     latency,
                     usage: Usage::default(),
                     cost,
@@ -1232,49 +1216,6 @@ impl Fleet {
                 Err(failure)
             }
         }
-    }
-
-    /// The report: per model this run, the stored history, budgets,
-    /// recommendations. The database is read on the blocking pool.
-    pub async fn report(&self) -> Result<FleetReport, FleetError> {
-        let mut models: Vec<ModelLine> = self
-            .monitor
-            .models()
-            .into_iter()
-            .map(|id| {
-                let s = self.monitor.model_stats(&id);
-                let now = self.timer.now();
-                let availability = self.tracker.availability(&id, now);
-                ModelLine {
-                    fallbacks_served: self.fallbacks_served.get(&id).map_or(0, |n| n.load(Ordering::Relaxed)),
-                    circuit: self.circuit(&id),
-                    ejections: self.tracker.health(&id, now).ejections,
-                    out_of_rotation: (!availability.is_available())
-                        .then(|| modelfleet_fallback::describe(availability, now)),
-                    provider: s.provider.clone(),
-                    requests: s.totals.requests,
-                    success_rate: s.totals.success_rate,
-                    p50_ms: s.latency.p50_ms,
-                    p95_ms: s.latency.p95_ms,
-                    p99_ms: s.latency.p99_ms,
-                    tokens: s.totals.tokens.input + s.totals.tokens.output,
-                    cost: s.totals.cost,
-                    model: id,
-                }
-            })
-            .collect();
-        models.sort_by(|a, b| b.requests.cmp(&a.requests).then_with(|| a.model.cmp(&b.model)));
-        let store = Arc::clone(&self.store);
-        let history = tokio::task::spawn_blocking(move || store.flush().and_then(|()| store.usage()))
-            .await
-            .map_err(|e| FleetError::Stop(e.to_string()))?
-            .map_err(|e| FleetError::Stop(e.to_string()))?;
-        Ok(FleetReport {
-            models,
-            history,
-            budgets: self.budget_views(),
-            recommendations: self.monitor.recommendations(&ReportConfig::default()),
-        })
     }
 
     /// Every budget's status, with where it was defined.
@@ -1461,7 +1402,8 @@ fn judged(failure: &Failure, latency: Duration, remaining: Option<Duration>) -> 
 #[derive(Debug, Clone)]
 struct AttemptOf<'r> {
     key: Option<&'r str>,
-    kind: Category,
+    /// Who sent the request and the walk so far, for the books.
+    request: Arc<RequestInfo>,
     /// The request's requirements: the worst case is computed from them.
     requirements: Arc<Requirements>,
     /// What the attempts charged so far, nano-dollars.
@@ -1526,7 +1468,7 @@ struct Parts {
     permit: Option<Permit>,
     timer: TokioTimer,
     model: Arc<ModelSpec>,
-    kind: Category,
+    tag: Tag,
     began: Duration,
     /// Time to the first event (the stream opened on it).
     ttft: Duration,
@@ -1569,7 +1511,7 @@ impl Settlement {
 struct Ended {
     books: Books,
     model: Arc<ModelSpec>,
-    kind: Category,
+    tag: Tag,
     latency: Duration,
     ttft: Duration,
     error: Option<ErrorClass>,
@@ -1580,7 +1522,7 @@ impl Ended {
     fn entry(&self, usage: Usage, cost: Money) -> Entry<'_> {
         Entry {
             model: &self.model,
-            kind: self.kind,
+            tag: &self.tag,
             latency: self.latency,
             usage,
             cost,
@@ -1595,7 +1537,7 @@ impl Parts {
     /// finished, a failure when it broke, neither when the client left);
     /// splits off the hold.
     fn split(self, end: &StreamEnd) -> (Reservation, Ended) {
-        let Parts { books, permit, timer, model, kind, began, ttft, reservation, _in_flight: in_flight } = self;
+        let Parts { books, permit, timer, model, tag, began, ttft, reservation, _in_flight: in_flight } = self;
         let now = timer.now();
         let error = match end {
             StreamEnd::Failed(failure) => {
@@ -1614,7 +1556,7 @@ impl Parts {
             StreamEnd::ClientGone => Some(ErrorClass::Cancelled), // the permit drops: neither; the monitor: aborted
         };
         let latency = now.saturating_sub(began);
-        (reservation, Ended { books, model, kind, latency, ttft, error, _in_flight: in_flight })
+        (reservation, Ended { books, model, tag, latency, ttft, error, _in_flight: in_flight })
     }
 }
 

@@ -26,6 +26,7 @@
 
 mod books;
 mod fleet;
+mod history;
 mod services;
 mod sim;
 
@@ -42,8 +43,12 @@ pub use modelfleet_store as store;
 
 pub use crate::{
     fleet::{
-        BudgetAdminError, BudgetSource, BudgetView, Fleet, FleetError, FleetOptions, FleetReport, ModelLine,
-        ModelResponse, Opened, Request, RouteSpec, Served, Settlement, StreamEnd, Usage, default_db_path,
+        BudgetAdminError, BudgetSource, BudgetView, Fleet, FleetError, FleetOptions, ModelResponse, Opened, Request,
+        RouteSpec, Served, Settlement, StreamEnd, Usage, default_db_path,
+    },
+    history::{
+        CategoryLine, GroupLine, HealthSection, HistoryReport, ModelHealth, Overview, Percentiles, ProviderLine,
+        RankedLine, ReportQuery,
     },
     sim::{SimProfile, Simulator},
 };
