@@ -4,10 +4,10 @@
 
 use std::{sync::Arc, time::Duration};
 
-use crate::support::{Running, validated};
+use crate::support::{Running, now_ms, validated};
 use futures_util::StreamExt;
 use modelfleet::{
-    Fleet,
+    Fleet, ReportQuery,
     budget::{Period, Scope},
     config::Config,
     metrics::Category,
@@ -221,10 +221,10 @@ async fn usage_is_priced_exactly_budgets_refuse_and_identical_requests_hit_the_c
     assert_eq!(header(&response, "x-modelfleet-cache"), "miss");
     let upstream = prompt_tokens(&mock.last_request("m").unwrap());
     let expected = Money::from_nanos(i64::from(upstream) * 500 + 12 * 1_500);
-    let report = gateway.fleet.report().await.unwrap();
-    let line = report.models.iter().find(|l| l.model == "m").unwrap();
+    let report = gateway.fleet.report(&ReportQuery::last(Duration::from_hours(1), now_ms())).await.unwrap();
+    let line = report.groups.iter().find(|l| l.name == "m").unwrap();
     assert_eq!((line.requests, line.cost), (1, expected));
-    assert_eq!(report.history.iter().find(|h| h.model == "m").unwrap().cost, expected);
+    assert_eq!(gateway.fleet.store().usage().unwrap().iter().find(|h| h.model == "m").unwrap().cost, expected);
 
     // The same request again: answered from the cache, the upstream not called.
     gateway.fleet.store().flush().unwrap();
@@ -355,7 +355,7 @@ async fn roles_guard_every_endpoint_and_the_admin_api_edits_the_catalog() {
     let budgets = get("/v1/admin/budgets", Some(ADMIN_KEY)).await.unwrap();
     assert_eq!(budgets.status(), 200);
     let report: Value = get("/v1/admin/report", Some(ADMIN_KEY)).await.unwrap().json().await.unwrap();
-    assert_eq!(report["models"][0]["model"], "m");
+    assert_eq!(report["groups"][0]["name"], "m", "{report}");
 
     // Explain: ranked candidates with scores, rejected ones with reasons.
     let explain = format!("{}/v1/route/explain", gateway.url);

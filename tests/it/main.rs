@@ -1,7 +1,9 @@
 //! Cross-crate integration tests: one binary, one module per scenario.
 
+mod feedback;
 mod full_stack;
 mod gateway;
+mod history;
 mod memory;
 mod resilience;
 mod startup_retry;

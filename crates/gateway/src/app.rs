@@ -19,7 +19,7 @@ use axum::{
     routing::{get, post},
 };
 use modelfleet::{
-    BudgetAdminError, Fleet, FleetError, Opened, Request, StreamEnd, Usage,
+    BudgetAdminError, Fleet, FleetError, Opened, ReportQuery, Request, StreamEnd, Usage,
     budget::{BudgetSpec, Period, Scope},
     config::Route,
     errors::{ErrorClass, Failure},
@@ -31,8 +31,10 @@ use serde_json::{Value, json};
 
 use crate::{
     guard::{self, Guard},
+    lang,
     lockout::{self, Lockout},
     memguard::{self, MemoryGuard},
+    request_id,
     shed::{self, Shed},
 };
 use tokio::sync::mpsc;
@@ -102,8 +104,10 @@ pub(crate) fn router(app: App, max_body_bytes: usize) -> Router {
                 header::CONTENT_TYPE,
                 header::HeaderName::from_static("x-api-key"),
                 header::HeaderName::from_static("api-key"),
+                header::HeaderName::from_static(request_id::HEADER),
             ])
             .expose_headers([
+                header::HeaderName::from_static(request_id::HEADER),
                 header::HeaderName::from_static("x-modelfleet-model"),
                 header::HeaderName::from_static("x-modelfleet-attempts"),
                 header::HeaderName::from_static("x-modelfleet-fallback"),
@@ -136,6 +140,7 @@ pub(crate) fn router(app: App, max_body_bytes: usize) -> Router {
         )
         .route("/v1/admin/budgets/{scope}/{period}/reset", post(admin_budget_reset).fallback(only("POST")))
         .route("/v1/admin/report", get(admin_report).fallback(only("GET, HEAD")))
+        .route("/v1/feedback", post(feedback).fallback(only("POST")))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(axum::middleware::from_fn_with_state(Arc::clone(&app), whole_request))
@@ -144,7 +149,8 @@ pub(crate) fn router(app: App, max_body_bytes: usize) -> Router {
         // guard and the lockout, which say nothing to whom they refuse.
         .layer(axum::middleware::from_fn_with_state(Arc::clone(&app.memory), memguard::check))
         .layer(axum::middleware::from_fn_with_state(Arc::clone(&app.lockout), lockout::check))
-        .layer(axum::middleware::from_fn_with_state(guard, guard::check));
+        .layer(axum::middleware::from_fn_with_state(guard, guard::check))
+        .layer(axum::middleware::from_fn(request_id::layer));
     let router = match cors {
         Some(cors) => router.layer(cors),
         None => router,
@@ -237,9 +243,15 @@ pub(crate) async fn whole_request(
 
 impl AppState {
     /// The fleet request a chat request stands for: a route, a model, or `auto`.
-    fn fleet_request(&self, chat: &ChatRequest, caller: &Caller) -> Result<Request, ApiError> {
-        let mut request =
-            Request { requirements: chat.requirements.clone(), key: caller.name.clone(), ..Request::default() };
+    /// Its id and language hint go with it, for the records.
+    fn fleet_request(&self, chat: &ChatRequest, caller: &Caller, headers: &HeaderMap) -> Result<Request, ApiError> {
+        let mut request = Request {
+            requirements: chat.requirements.clone(),
+            key: caller.name.clone(),
+            request_id: request_id::of_request(headers),
+            language_hint: lang::of_chat(&chat.body).map(str::to_owned),
+            ..Request::default()
+        };
         if chat.model == "auto" {
             return Ok(request);
         }
@@ -364,7 +376,7 @@ async fn chat_inner(app: &App, headers: &HeaderMap, body: Body) -> Result<Respon
     let caller = app.auth.check(headers, Need::Client)?;
     let bytes = read_body(app, body).await?;
     let mut chat = parse_chat(&bytes)?;
-    let request = app.fleet_request(&chat, &caller)?;
+    let request = app.fleet_request(&chat, &caller, headers)?;
     if request.route.is_some() && chat.requirements.max_output_tokens == 0 {
         // The client sent no cap; the route's caps each answer, and the hold
         // assumes it: it goes upstream with the request.
@@ -684,7 +696,7 @@ async fn explain(State(app): State<App>, headers: HeaderMap, body: Body) -> Resu
     object.entry("model").or_insert_with(|| json!("auto"));
     object.entry("messages").or_insert_with(|| json!([{"role": "user", "content": ""}]));
     let chat = parse_chat(&serde_json::to_vec(&value).unwrap_or_default())?;
-    let request = app.fleet_request(&chat, &caller)?;
+    let request = app.fleet_request(&chat, &caller, &headers)?;
     let (text, explanation) = app.fleet.explain(&request).map_err(fleet_error)?;
     // The explanation's `ranked` (scores and breakdowns) and `rejected` (reasons), plus what was asked.
     let mut body = json!({"model": chat.model, "requirements": request.requirements, "text": text});
@@ -1100,10 +1112,97 @@ async fn admin_budget_remove(
     Ok(json_response(StatusCode::OK, &json!({"removed": {"scope": scope, "period": period}})))
 }
 
-async fn admin_report(State(app): State<App>, headers: HeaderMap) -> Result<Response, ApiError> {
+/// `GET /v1/admin/report?from=&to=&last=&by=`: the report over any range
+/// of the stored history (see [`ReportQuery::parse`]), as `modelfleet
+/// report --json` prints it.
+async fn admin_report(
+    State(app): State<App>,
+    headers: HeaderMap,
+    query: Result<Query<ReportParams>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
     app.auth.check(&headers, Need::Admin)?;
-    let report = app.fleet.report().await.map_err(|e| {
-        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "report_failed", e.to_string())
-    })?;
+    let Query(params) = query.map_err(|e| ApiError::invalid("invalid_report_query", e.body_text()))?;
+    let now = modelfleet::registry::Clock::now_ms(&modelfleet::registry::SystemClock);
+    let query = ReportQuery::parse(
+        params.from.as_deref(),
+        params.to.as_deref(),
+        params.last.as_deref(),
+        params.by.as_deref(),
+        now,
+    )
+    .map_err(|e| ApiError::invalid("invalid_report_query", e))?;
+    let report =
+        app.fleet.report(&query).await.map_err(|e| {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "server_error", "report_failed", e.to_string())
+        })?;
     Ok(json_response(StatusCode::OK, &report))
+}
+
+/// The parameters of `GET /v1/admin/report`.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReportParams {
+    from: Option<String>,
+    to: Option<String>,
+    last: Option<String>,
+    by: Option<String>,
+}
+
+/// The longest comment a rating may carry, in characters.
+const MAX_COMMENT_CHARS: usize = 2_000;
+
+/// `POST /v1/feedback` with `{"request_id": "...", "rating": 1..5,
+/// "comment": "..."}`: the user's rating of an answer, by its
+/// `x-request-id`. 404 when no answered request has that id.
+async fn feedback(State(app): State<App>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+    let caller = app.auth.check(&headers, Need::Client)?;
+    let bytes = read_body(&app, body).await?;
+    let invalid = |why: String| ApiError::invalid("invalid_feedback", why);
+    let value: Value = serde_json::from_slice(&bytes).map_err(|e| invalid(format!("the body is not JSON: {e}")))?;
+    let Some(fields) = value.as_object() else {
+        return Err(invalid("the body must be a JSON object with request_id and rating".to_owned()));
+    };
+    if let Some(unknown) = fields.keys().find(|k| !["request_id", "rating", "comment"].contains(&k.as_str())) {
+        return Err(invalid(format!(
+            "unknown field {:?}: a rating has request_id, rating and comment",
+            modelfleet::errors::sanitize(unknown)
+        )));
+    }
+    let request_id = match fields.get("request_id") {
+        Some(Value::String(id)) => request_id::accept(id.as_bytes()).ok_or_else(|| {
+            invalid("request_id must be 1 to 128 printable ASCII characters (an x-request-id)".to_owned())
+        })?,
+        Some(_) => return Err(invalid("request_id must be a string (the answer's x-request-id)".to_owned())),
+        None => return Err(invalid("request_id is missing: the x-request-id of the answer rated".to_owned())),
+    };
+    let rating = match fields.get("rating") {
+        Some(Value::Number(n)) => n.as_u64().and_then(|r| u8::try_from(r).ok()).filter(|r| (1..=5).contains(r)),
+        _ => None,
+    }
+    .ok_or_else(|| invalid("rating must be an integer from 1 to 5".to_owned()))?;
+    let comment = match fields.get("comment") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(c)) if c.chars().count() <= MAX_COMMENT_CHARS => Some(c.as_str()),
+        Some(Value::String(_)) => {
+            return Err(invalid(format!("comment is longer than {MAX_COMMENT_CHARS} characters")));
+        }
+        Some(_) => return Err(invalid("comment must be a string".to_owned())),
+    };
+    // A client key rates the answers to its own requests; an admin any.
+    let own = if caller.admin { None } else { caller.name.as_deref() };
+    match app.fleet.rate(request_id, rating, comment, (&who(&caller), own)).await {
+        Ok(Some(rated)) => Ok(json_response(StatusCode::OK, &rated)),
+        Ok(None) => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "invalid_request_error",
+            "request_not_found",
+            format!(
+                "no answered request has id {request_id:?}{}: unknown, failed, answered from the response cache \
+                 (no model answered it), or older than the store's retain_days",
+                if own.is_some() { " among this key's requests" } else { "" }
+            ),
+        )),
+        Err(FleetError::Store(modelfleet::store::Error::Invalid(why))) => Err(invalid(why)),
+        Err(e) => Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "server_error", "feedback_failed", e.to_string())),
+    }
 }

@@ -31,6 +31,8 @@ pub(crate) enum Need {
 pub(crate) struct Caller {
     /// The key's name (for per-key budgets); `None` without authentication.
     pub(crate) name: Option<String>,
+    /// Whether the key is an admin key (every key is, without authentication).
+    pub(crate) admin: bool,
 }
 
 /// The configured keys; none means every request is let in.
@@ -72,7 +74,7 @@ impl Auth {
     /// Lets the request in, or says why not (401 no or unknown key, 403 role).
     pub(crate) fn check(&self, headers: &HeaderMap, need: Need) -> Result<Caller, ApiError> {
         if self.keys.is_empty() {
-            return Ok(Caller { name: None });
+            return Ok(Caller { name: None, admin: true });
         }
         let presented = presented_key(headers).ok_or_else(|| {
             ApiError::new(
@@ -109,7 +111,7 @@ impl Auth {
                 format!("key {name:?} has role {} and may not use {what}", role_name(*role)),
             ));
         }
-        Ok(Caller { name: Some(name.clone()) })
+        Ok(Caller { name: Some(name.clone()), admin: *role == Role::Admin })
     }
 }
 

@@ -85,8 +85,10 @@ mod auth;
 #[cfg(test)]
 mod fuzz_tests;
 mod guard;
+mod lang;
 mod lockout;
 mod memguard;
+mod request_id;
 mod serve;
 mod shed;
 mod upstream;
