@@ -205,7 +205,7 @@ async fn a_report_counts_every_attempt_exactly_whichever_way_it_is_grouped() {
     assert_eq!(ranked, [("beta", 3, Some(1.0)), ("gamma", 2, Some(1.0)), ("alpha", 4, Some(0.75))]);
     for line in &by_model.ranking {
         let quality = line.mean_rating.map(|m| (m - 1.0) / 4.0);
-        let expected = performance_score(line.success_rate, line.p95_ms.unwrap_or(0.0), quality);
+        let expected = performance_score(line.success_rate, line.p95_ms.unwrap_or(1_000.0), quality);
         assert_eq!(line.score.to_bits(), expected.to_bits(), "{}'s score", line.model);
     }
     let beta = &by_model.ranking[0];
@@ -216,8 +216,10 @@ async fn a_report_counts_every_attempt_exactly_whichever_way_it_is_grouped() {
     assert_eq!(by_model.ranking, by_provider.ranking, "the ranking is by model, whatever the grouping");
     assert!(by_model.recommendations.is_empty(), "nobody has 20 judged requests: {:?}", by_model.recommendations);
 
+    // None is proven (20 judged outcomes): ranked, but no top performer.
+    assert!(by_model.ranking.iter().all(|r| !r.proven));
     let overview = &by_model.overview;
-    assert_eq!(overview.top_performers, ["beta", "gamma", "alpha"]);
+    assert!(overview.top_performers.is_empty(), "{:?}", overview.top_performers);
     assert_eq!(overview.inactive, ["idle"]);
     assert!(overview.disabled.is_empty());
     let providers: Vec<(&str, usize, u64, Money)> =
@@ -231,11 +233,7 @@ async fn a_report_counts_every_attempt_exactly_whichever_way_it_is_grouped() {
         .iter()
         .map(|c| (c.category.as_str(), c.requests, c.top.iter().map(String::as_str).collect()))
         .collect();
-    assert_eq!(
-        categories,
-        [("code", 5, vec!["gamma", "alpha"]), ("general", 4, vec!["beta", "gamma", "alpha"])],
-        "a category's top models list it (every model is a general one's)"
-    );
+    assert_eq!(categories, [("code", 5, vec![]), ("general", 4, vec![])], "top models are proven ones: none yet");
     fleet.shutdown().await.unwrap();
 }
 
@@ -277,7 +275,7 @@ async fn recommendations_name_only_alternatives_that_can_stand_in() {
         .unwrap();
         assert_eq!(served.model, if i % 7 == 3 { "steady" } else { "flaky" });
     }
-    for _ in 0..5 {
+    for _ in 0..20 {
         call(&fleet, &ask("steady", None, None), script).await.unwrap();
     }
     // dull: 20 fast answers, five of them rated 1, 2, 2, 3, 4 (a mean of 2.4):
@@ -289,8 +287,9 @@ async fn recommendations_name_only_alternatives_that_can_stand_in() {
         let rated = fleet.rate(&format!("dull-{i}"), rating, None, ("tester", None)).await.unwrap().unwrap();
         assert_eq!((rated.model.as_str(), rated.rating), ("dull", rating));
     }
+    // Proven (20 judged each) like the others: only standing in keeps them out.
     for id in ["wide", "small", "notool", "retired"] {
-        for _ in 0..2 {
+        for _ in 0..20 {
             call(&fleet, &ask(id, None, None), script).await.unwrap();
         }
     }
@@ -304,7 +303,12 @@ async fn recommendations_name_only_alternatives_that_can_stand_in() {
         "the four that cannot stand in outrank steady"
     );
     let steady = &report.ranking[5];
-    assert_eq!((steady.requests, steady.success_rate), (8, Some(1.0)), "5 calls and 3 fallbacks");
+    assert_eq!((steady.requests, steady.success_rate), (23, Some(1.0)), "20 calls and 3 fallbacks");
+    assert!(report.ranking.iter().all(|r| r.proven));
+    // Top performers are enabled now: retired is not one.
+    assert_eq!(report.overview.top_performers, ["notool", "small", "wide"]);
+    let general = report.overview.categories.iter().find(|c| c.category == "general").unwrap();
+    assert_eq!(general.top, ["notool", "small", "wide"], "proven enabled models, best first");
     let dull = group(&report, "dull");
     assert_eq!((dull.ratings, dull.mean_rating), (5, Some(2.4)));
     let expected = vec![

@@ -18,6 +18,7 @@ use modelfleet::{
     Fleet, FleetOptions, ReportQuery, Request,
     registry::{Capability, Category, Money},
     selector::{Locality, Requirements},
+    store::StoreConfig,
 };
 
 const EXIT_CODES: &str = "\
@@ -342,8 +343,12 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_current_thread().enable_time().build()?)
 }
 
+/// Opens the fleet on `db` for a command that reads or rates (report,
+/// rate, select…): it never prunes (retention 0): the file may be a
+/// gateway's, kept longer than the defaults by its `[store]` settings.
 async fn open(db: Option<PathBuf>) -> anyhow::Result<Fleet> {
-    Ok(Fleet::open(FleetOptions { db_path: db, ..FleetOptions::default() }).await?)
+    let store = StoreConfig { retain_days: 0, aggregate_retain_days: 0, ..StoreConfig::default() };
+    Ok(Fleet::open(FleetOptions { db_path: db, store, ..FleetOptions::default() }).await?)
 }
 
 fn run(cli: Cli) -> anyhow::Result<Result<(), CheckFailed>> {

@@ -149,13 +149,14 @@ fn ranking(report: &HistoryReport) {
     println!("Ranking (score: 60% success rate, 25% speed, 15% user rating):");
     for (i, r) in report.ranking.iter().enumerate() {
         println!(
-            "  {:>2}. {:<20} {:.3}  {} ok, p95 {} ms{}",
+            "  {:>2}. {:<20} {:.3}  {} ok, p95 {} ms{}{}",
             i + 1,
             r.model,
             r.score,
             percent(r.success_rate),
             ms(r.p95_ms),
-            r.mean_rating.map_or_else(String::new, |m| format!(", rated {m:.1}/5"))
+            r.mean_rating.map_or_else(String::new, |m| format!(", rated {m:.1}/5")),
+            if r.proven { String::new() } else { format!(" (only {} judged: unproven)", r.judged) }
         );
     }
     println!();

@@ -224,7 +224,7 @@ fn serve_answers_on_embedded_defaults_and_exits_0_on_sigterm() {
     let answer = http(
         &addr,
         &format!(
-            "POST /v1/chat/completions HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            "POST /v1/chat/completions HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\ncontent-length: {}\r\nx-request-id: cli-rated-1\r\nconnection: close\r\n\r\n{body}",
             body.len()
         ),
     );
@@ -241,6 +241,24 @@ fn serve_answers_on_embedded_defaults_and_exits_0_on_sigterm() {
     assert_eq!(code, 0, "{stderr}");
     let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(report["totals"]["requests"], 1, "{report}");
+    assert!(answer.contains("x-request-id: cli-rated-1"), "{answer}");
+
+    // modelfleet rate: by the answer's id, into the same database.
+    let (code, stdout, stderr) = modelfleet(&["rate", "cli-rated-1", "4", "--comment", "fine", "--db", &db(&dir)]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.starts_with("rated cli-rated-1 4/5 ("), "{stdout}");
+    let (_, stdout, _) = modelfleet(&["report", "--json", "--db", &db(&dir)]);
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(
+        (&report["totals"]["ratings"], &report["totals"]["mean_rating"]),
+        (&serde_json::json!(1), &serde_json::json!(4.0))
+    );
+    // An unknown id is an error saying so (exit 3); a score out of range is bad usage (exit 2).
+    let (code, _, stderr) = modelfleet(&["rate", "nobody", "4", "--db", &db(&dir)]);
+    assert_eq!(code, 3, "{stderr}");
+    assert!(stderr.contains("no answered request has id \"nobody\""), "{stderr}");
+    let (code, _, stderr) = modelfleet(&["rate", "cli-rated-1", "6", "--db", &db(&dir)]);
+    assert_eq!(code, 2, "{stderr}");
 }
 
 #[test]

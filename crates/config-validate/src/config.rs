@@ -123,9 +123,9 @@ pub struct StoreSettings {
     /// Days of raw performance rows kept (default 30; 0 keeps them all);
     /// the writer prunes older ones.
     pub retain_days: u32,
-    /// Days of hourly aggregates kept (default 400; 0 keeps them all):
-    /// reports over ranges older than `retain_days` read them. At least
-    /// `retain_days` (0 when that is 0).
+    /// Days of hourly aggregates kept (0 keeps them all): reports over
+    /// ranges older than `retain_days` read them. At least `retain_days`
+    /// (0 when that is 0); unset, 400 or `retain_days` when longer.
     pub aggregate_retain_days: u32,
 }
 

@@ -741,6 +741,15 @@ fn hardening_settings_have_defaults_and_bounds() {
     assert_eq!((set.server.drain_grace_ms, set.server.drain_timeout_ms), (0, 500));
     assert_eq!((set.server.memory_high_percent, set.server.memory_limit_bytes), (50, Some(64 << 20)));
     assert_eq!((set.store.retain_days, set.store.aggregate_retain_days), (0, 0));
+    // Unset, the aggregates outlive the raw rows: for ever with them, else at least as long.
+    let kept = |text: &str| {
+        let c = config_of(text);
+        (c.store.retain_days, c.store.aggregate_retain_days)
+    };
+    assert_eq!(kept("[store]\nretain_days = 0\n"), (0, 0));
+    assert_eq!(kept("[store]\nretain_days = 500\n"), (500, 500));
+    assert_eq!(kept("[store]\nretain_days = 7\n"), (7, 400));
+    assert_eq!(kept("[store]\nretain_days = 7\naggregate_retain_days = 7\n"), (7, 7));
     assert!(!set.providers[0].include_usage);
 
     for (text, key) in [
@@ -752,7 +761,7 @@ fn hardening_settings_have_defaults_and_bounds() {
         ("[store]\naggregate_retain_days = 36501\n", "store.aggregate_retain_days"),
         // Whole hours of a report come from the aggregates: never pruned before the raw rows.
         ("[store]\nretain_days = 30\naggregate_retain_days = 29\n", "store.aggregate_retain_days"),
-        ("[store]\nretain_days = 0\n", "store.aggregate_retain_days"),
+        ("[store]\nretain_days = 0\naggregate_retain_days = 400\n", "store.aggregate_retain_days"),
     ] {
         let errors = errors_of(text);
         assert!(errors.iter().any(|e| e.starts_with(&format!("{key}: "))), "{text}: {errors:?}");

@@ -734,20 +734,26 @@ fn store(v: &mut V<'_>, root: &Table<'_>, options: &Options<'_>) -> StoreSetting
     settings.batch_wait_ms = get_u64(v, t, "store", "batch_wait_ms", 1..=10_000, 50);
     settings.sync_full = get_bool(v, t, "store", "sync_full").unwrap_or(false);
     settings.retain_days = get_u32(v, t, "store", "retain_days", 0..=36_500, 30);
-    settings.aggregate_retain_days = get_u32(v, t, "store", "aggregate_retain_days", 0..=36_500, 400);
-    // Reports read whole hours from the aggregates: they must outlive the raw rows.
-    let (raw, aggregates) = (settings.retain_days, settings.aggregate_retain_days);
-    if aggregates != 0 && (raw == 0 || aggregates < raw) {
-        let span = find(t, "aggregate_retain_days").map(Value::span);
-        v.error(
-            "store.aggregate_retain_days",
-            span.as_ref(),
-            format!(
-                "{aggregates} days is shorter than the raw rows are kept (retain_days = {raw}{}): reports read whole \
-                 hours from the aggregates, so they must be kept at least as long (or 0, for ever)",
-                if raw == 0 { ", for ever" } else { "" }
-            ),
-        );
+    // Reports read whole hours from the aggregates: they must outlive the
+    // raw rows. Unset, they do (for ever when the raw rows are kept for
+    // ever); set shorter, the file says what it cannot have.
+    let raw = settings.retain_days;
+    settings.aggregate_retain_days = if raw == 0 { 0 } else { raw.max(400) };
+    if find(t, "aggregate_retain_days").is_some() {
+        let aggregates = get_u32(v, t, "store", "aggregate_retain_days", 0..=36_500, settings.aggregate_retain_days);
+        if aggregates != 0 && (raw == 0 || aggregates < raw) {
+            let span = find(t, "aggregate_retain_days").map(Value::span);
+            v.error(
+                "store.aggregate_retain_days",
+                span.as_ref(),
+                format!(
+                    "{aggregates} days is shorter than the raw rows are kept (retain_days = {raw}{}): reports read \
+                     whole hours from the aggregates, so they must be kept at least as long (or 0, for ever)",
+                    if raw == 0 { ", for ever" } else { "" }
+                ),
+            );
+        }
+        settings.aggregate_retain_days = aggregates;
     }
     settings
 }

@@ -40,6 +40,7 @@ use crate::{
 use tokio::sync::mpsc;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tower_http::cors::{AllowOrigin, CorsLayer};
+use tracing::Instrument as _;
 
 use crate::{
     auth::{Auth, Caller, Need},
@@ -149,8 +150,8 @@ pub(crate) fn router(app: App, max_body_bytes: usize) -> Router {
         // guard and the lockout, which say nothing to whom they refuse.
         .layer(axum::middleware::from_fn_with_state(Arc::clone(&app.memory), memguard::check))
         .layer(axum::middleware::from_fn_with_state(Arc::clone(&app.lockout), lockout::check))
-        .layer(axum::middleware::from_fn_with_state(guard, guard::check))
-        .layer(axum::middleware::from_fn(request_id::layer));
+        // Outermost: the request id, then the guard (guard::check).
+        .layer(axum::middleware::from_fn_with_state(guard, guard::check));
     let router = match cors {
         Some(cors) => router.layer(cors),
         None => router,
@@ -372,6 +373,39 @@ async fn chat(State(app): State<App>, headers: HeaderMap, body: Body) -> Respons
     }
 }
 
+/// Runs a non-streamed call in a task of its own: if the client leaves,
+/// hyper drops the handler (or the whole-request limit answers 504), but
+/// the call (which the provider bills) runs to its end, bounded by the
+/// provider's timeouts, and is charged what the upstream reports. `None`
+/// when the drain deadline cancelled it.
+fn spawn_call(
+    app: &App,
+    chat: &ChatRequest,
+    request: &Request,
+) -> tokio::task::JoinHandle<Option<Result<modelfleet::Served<Bytes>, FleetError>>> {
+    let app = Arc::clone(app);
+    let chat = Arc::new(chat.clone());
+    let request = request.clone();
+    app.calls.clone().spawn(
+        async move {
+            let upstreams = &app.upstreams;
+            let chat = &*chat;
+            let fleet = &*app.fleet;
+            let call = app
+                .fleet
+                .call(&request, |model, ctx| async move { upstreams.complete(&model, chat, ctx, fleet).await });
+            tokio::select! {
+                served = call => Some(served),
+                // The drain deadline: the call is dropped, and the fleet
+                // charges an abandoned call as it always does.
+                () = app.deadline.cancelled() => None,
+            }
+        }
+        // Its logs name the request (x-request-id), as the handler's do.
+        .in_current_span(),
+    )
+}
+
 async fn chat_inner(app: &App, headers: &HeaderMap, body: Body) -> Result<Response, ApiError> {
     let caller = app.auth.check(headers, Need::Client)?;
     let bytes = read_body(app, body).await?;
@@ -437,25 +471,7 @@ async fn chat_inner(app: &App, headers: &HeaderMap, body: Body) -> Result<Respon
     // this handler (or the whole-request limit answers 504), but the call
     // (which the provider bills) runs to its end, bounded by the provider's
     // timeouts, and is charged what the upstream reports.
-    let call = {
-        let app = Arc::clone(app);
-        let chat = Arc::new(chat.clone());
-        let request = request.clone();
-        app.calls.clone().spawn(async move {
-            let upstreams = &app.upstreams;
-            let chat = &*chat;
-            let fleet = &*app.fleet;
-            let call = app
-                .fleet
-                .call(&request, |model, ctx| async move { upstreams.complete(&model, chat, ctx, fleet).await });
-            tokio::select! {
-                served = call => Some(served),
-                // The drain deadline: the call is dropped, and the fleet
-                // charges an abandoned call as it always does.
-                () = app.deadline.cancelled() => None,
-            }
-        })
-    };
+    let call = spawn_call(app, &chat, &request);
     let served = call
         .await
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "internal", e.to_string()))?
@@ -543,7 +559,7 @@ async fn stream_chat(app: &App, chat: ChatRequest, request: &Request) -> Result<
         include_usage: chat.include_usage,
         prompt_tokens: u64::from(chat.requirements.prompt_tokens),
     };
-    app.streams.spawn(pump.run(stream, settlement, tx));
+    app.streams.spawn(pump.run(stream, settlement, tx).in_current_span());
     let body = futures_util::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|bytes| (Ok::<Bytes, Infallible>(bytes), rx))
     });
@@ -1121,7 +1137,9 @@ async fn admin_report(
     query: Result<Query<ReportParams>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
     app.auth.check(&headers, Need::Admin)?;
-    let Query(params) = query.map_err(|e| ApiError::invalid("invalid_report_query", e.body_text()))?;
+    let Query(params) = query.map_err(|e| {
+        ApiError::invalid("invalid_report_query", modelfleet::errors::sanitize(&e.body_text()).into_owned())
+    })?;
     let now = modelfleet::registry::Clock::now_ms(&modelfleet::registry::SystemClock);
     let query = ReportQuery::parse(
         params.from.as_deref(),

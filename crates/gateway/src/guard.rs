@@ -22,7 +22,7 @@ use axum::{
     response::{IntoResponse, Response},
 };
 
-use crate::wire::ApiError;
+use crate::{request_id, wire::ApiError};
 
 /// What the guard checks, fixed at startup.
 #[derive(Debug, Clone)]
@@ -130,11 +130,21 @@ pub(crate) fn body_type_refusal(headers: &HeaderMap) -> Option<ApiError> {
 
 /// The middleware: refuses what [`Guard::refusal`] refuses, before any
 /// handler (or authentication) runs.
-pub(crate) async fn check(State(guard): State<std::sync::Arc<Guard>>, request: Request, next: Next) -> Response {
-    match guard.refusal(request.headers()).or_else(|| body_type_refusal(request.headers())) {
-        Some(refusal) => refusal.into_response(),
-        None => next.run(request).await,
-    }
+///
+/// The front door, outermost on both ports: it also gives the request its
+/// `x-request-id` ([`request_id::assign`]) and echoes it on the response,
+/// a refusal's included, and runs the rest in the request's log span.
+pub(crate) async fn check(State(guard): State<std::sync::Arc<Guard>>, mut request: Request, next: Next) -> Response {
+    let (id, echoed) = request_id::assign(&mut request);
+    let refusal = guard.refusal(request.headers()).or_else(|| body_type_refusal(request.headers()));
+    let mut response = if let Some(refusal) = refusal {
+        refusal.into_response()
+    } else {
+        let span = request_id::span(&id, &request);
+        tracing::Instrument::instrument(next.run(request), span).await
+    };
+    request_id::echo(&mut response, echoed);
+    response
 }
 
 #[cfg(test)]

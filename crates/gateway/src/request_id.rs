@@ -81,14 +81,12 @@ fn uuid_v7(now_ms: u64, random: u128) -> String {
     )
 }
 
-/// The middleware that gives every request its id, outermost: the id
-/// replaces the request's `x-request-id` header (so handlers read it from
-/// there, see [`of_request`]), is echoed on the response (refusals, 404s
-/// and streams included) and names the request's tracing span.
-pub(crate) async fn layer(
-    mut request: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> axum::response::Response {
+/// Gives `request` its id, replacing its `x-request-id` header (so
+/// handlers read it from there, see [`of_request`]); returns the id and
+/// the header value to echo on the response. Called by the front-door
+/// middleware (`guard::check`), so refusals carry it too, at the cost of
+/// no middleware layer of its own.
+pub(crate) fn assign(request: &mut axum::extract::Request) -> (String, Option<axum::http::HeaderValue>) {
     let now_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
@@ -97,16 +95,27 @@ pub(crate) async fn layer(
     if let Some(value) = &value {
         request.headers_mut().insert(HEADER, value.clone());
     }
-    let span =
-        tracing::info_span!("request", request_id = %id, method = %request.method(), path = %request.uri().path());
-    let mut response = tracing::Instrument::instrument(next.run(request), span).await;
+    (id, value)
+}
+
+/// The span that names the request's logs, when info logs are on (else
+/// none: nothing is built per request).
+pub(crate) fn span(id: &str, request: &axum::extract::Request) -> tracing::Span {
+    if tracing::enabled!(tracing::Level::INFO) {
+        tracing::info_span!("request", request_id = %id, method = %request.method(), path = %request.uri().path())
+    } else {
+        tracing::Span::none()
+    }
+}
+
+/// Echoes the id [`assign`] gave on `response`.
+pub(crate) fn echo(response: &mut axum::response::Response, value: Option<axum::http::HeaderValue>) {
     if let Some(value) = value {
         response.headers_mut().insert(HEADER, value);
     }
-    response
 }
 
-/// The id [`layer`] gave the request whose headers these are.
+/// The id [`assign`] gave the request whose headers these are.
 #[must_use]
 pub(crate) fn of_request(headers: &HeaderMap) -> Option<String> {
     headers.get(HEADER).and_then(|v| accept(v.as_bytes())).map(str::to_owned)

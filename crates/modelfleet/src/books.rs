@@ -46,6 +46,8 @@ impl RequestInfo {
         key: Option<String>,
         route: Option<String>,
     ) -> RequestInfo {
+        // One spelling per language in the records: "EN" and "en" are one group.
+        let language = language.map(|l| l.to_ascii_lowercase());
         RequestInfo { kind, language, request_id, key, route, attempts: AtomicU32::new(0) }
     }
 

@@ -242,6 +242,12 @@ pub struct RankedLine {
     pub mean_rating: Option<f64>,
     /// Its requests in the range.
     pub requests: u64,
+    /// Of which judged it (successes and its own failures).
+    pub judged: u64,
+    /// Whether it was judged on enough outcomes to be ranked among the
+    /// proven (`ReportConfig::min_requests`, 20): those come first, and
+    /// only they are top performers or alternatives.
+    pub proven: bool,
 }
 
 /// One provider's line in the overview.
@@ -270,7 +276,8 @@ pub struct CategoryLine {
     pub requests: u64,
     /// Its success rate.
     pub success_rate: Option<f64>,
-    /// The best-ranked catalog models for it that served in the range (up to 3).
+    /// The best-ranked proven catalog models for it, enabled now, that
+    /// served in the range (up to 3).
     pub top: Vec<String>,
 }
 
@@ -281,7 +288,7 @@ pub struct Overview {
     pub providers: Vec<ProviderLine>,
     /// Per category.
     pub categories: Vec<CategoryLine>,
-    /// The three best-ranked models.
+    /// The three best-ranked proven models that are enabled now.
     pub top_performers: Vec<String>,
     /// Enabled catalog models without a request in the range.
     pub inactive: Vec<String>,
@@ -374,12 +381,16 @@ impl Fleet {
     fn build_report(&self, history: &History, by: Dim) -> HistoryReport {
         let config = ReportConfig::default();
         let snapshot = self.catalog.snapshot();
-        let ranking = ranking(history.by(Dim::Model));
-        let recommendations = self.recommendations(history, &ranking, snapshot.models(), &config);
+        let ranking = ranking(history.by(Dim::Model), config.min_requests);
+        // One look at the budgets: the recommendations and the overview
+        // show the same forecasts.
+        let budgets = self.budget_views();
+        let mut recommendations = self.recommendations(history, &ranking, snapshot.models(), &config);
+        recommendations.extend(self.budget_advice(&budgets, snapshot.models()));
         let health = self.health_section(&config);
         let mut groups: Vec<GroupLine> = history.by(by).iter().map(|a| GroupLine::of(a, by)).collect();
         groups.sort_by(|a, b| b.requests.cmp(&a.requests).then_with(|| a.name.cmp(&b.name)));
-        let overview = overview(history, &ranking, snapshot.models(), &health, self.budget_views());
+        let overview = overview(history, &ranking, snapshot.models(), &health, budgets);
         HistoryReport {
             from: rfc3339(history.from_ms),
             to: rfc3339(history.to_ms),
@@ -444,7 +455,7 @@ impl Fleet {
             let me_spec = spec(me)?;
             ranking
                 .iter()
-                .filter(|r| r.model != me && r.score > score(me) && !unfit.contains(&r.model.as_str()))
+                .filter(|r| r.proven && r.model != me && r.score > score(me) && !unfit.contains(&r.model.as_str()))
                 .find(|r| spec(&r.model).is_some_and(|c| self.stands_in_for(me_spec, c)))
                 .map(|r| r.model.clone())
         };
@@ -481,7 +492,6 @@ impl Fleet {
                 out.push(advice(id, finding, better(id), message));
             }
         }
-        out.extend(self.budget_advice(catalog));
         out
     }
 
@@ -499,9 +509,9 @@ impl Fleet {
 
     /// For each budget forecast to pass its limit: the model that spent the
     /// most of it, with the cheapest model that can stand in for it.
-    fn budget_advice(&self, catalog: &[Arc<ModelSpec>]) -> Vec<Recommendation> {
+    fn budget_advice(&self, budgets: &[BudgetView], catalog: &[Arc<ModelSpec>]) -> Vec<Recommendation> {
         let mut out = Vec::new();
-        for view in self.budget_views() {
+        for view in budgets {
             let status = &view.status;
             let Forecast::Projected { end_of_period, exceeds_limit: true } = status.forecast else { continue };
             let Some((model, spent)) = status.by_model.iter().max_by_key(|(_, spent)| **spent) else { continue };
@@ -569,22 +579,25 @@ impl Fleet {
         .map_err(|e| FleetError::Store(modelfleet_store::Error::Write(e.to_string())))?
         .map_err(FleetError::Store)?;
         if let Some(rated) = &rated {
-            let quality = f64::from(rated.rating - 1) / 4.0;
-            self.monitor.record_rating(&rated.model, &rated.provider, quality, rated.replaced_quality);
+            let (sum, count) = rated.model_quality;
+            self.monitor.set_quality(&rated.model, &rated.provider, sum, count);
         }
         Ok(rated)
     }
 
     /// Seeds the monitor with the last hour of stored outcomes (at most
     /// [`WARM_MAX_ROWS`], the newest), so a restarted process does not take
-    /// a model that was failing a minute ago for a perfect one. Best
+    /// a model that was failing a minute ago for a perfect one, and with
+    /// each model's user ratings over its whole history. Best
     /// effort: a database that cannot be read leaves the monitor cold
     /// (logged). Returns the rows replayed.
     pub(crate) async fn warm_start(&self) -> usize {
         let store = Arc::clone(&self.store);
         let since = self.monitor.now_ms().saturating_sub(WARM_SPAN_MS);
-        let rows = match tokio::task::spawn_blocking(move || store.perf_log_tail(since, WARM_MAX_ROWS)).await {
-            Ok(Ok(rows)) => rows,
+        let read =
+            move || Ok::<_, modelfleet_store::Error>((store.perf_log_tail(since, WARM_MAX_ROWS)?, store.usage()?));
+        let (rows, usage) = match tokio::task::spawn_blocking(read).await {
+            Ok(Ok(read)) => read,
             Ok(Err(err)) => {
                 tracing::warn!(%err, "the monitor starts cold: the recent history cannot be read");
                 return 0;
@@ -612,6 +625,13 @@ impl Fleet {
             };
             self.monitor.record_at(&outcome, row.at_ms);
         }
+        // The quality signal is every rating the history holds, not only
+        // the last hour's.
+        for model in usage.iter().filter(|u| u.rated > 0) {
+            #[allow(clippy::cast_precision_loss)] // rating counts far below 2^52
+            let sum = model.avg_quality.unwrap_or(0.0) * model.rated as f64;
+            self.monitor.set_quality(&model.model, &model.provider, sum, model.rated);
+        }
         rows.len()
     }
 }
@@ -637,26 +657,34 @@ fn slow(me: &Aggregate, judged: &[&Aggregate], config: &ReportConfig) -> Option<
     (median > 0.0 && mine > config.slow_factor * median).then_some((mine, median))
 }
 
-/// The models with traffic, best score first (ties by id).
-fn ranking(models: &[Aggregate]) -> Vec<RankedLine> {
+/// The models with traffic: first those judged on enough outcomes
+/// (`min_requests`), best score first (ties by id), then the others, so a
+/// model with two lucky answers never outranks one proven over hundreds.
+fn ranking(models: &[Aggregate], min_requests: u64) -> Vec<RankedLine> {
     let mut ranked: Vec<RankedLine> = models
         .iter()
         .map(|a| {
             let latency = Percentiles::of(&a.latency);
             // Ratings 1 to 5 as the score's 0 to 1 quality.
             let quality = a.mean_rating().map(|m| (m - 1.0) / 4.0);
+            // No judged latency: neither fast nor slow (1 s scores 0.5).
+            let p95 = latency.map_or(1_000.0, |l| l.p95_ms);
             RankedLine {
                 model: a.value.clone(),
                 provider: a.provider.clone(),
-                score: performance_score(a.success_rate(), latency.map_or(0.0, |l| l.p95_ms), quality),
+                score: performance_score(a.success_rate(), p95, quality),
                 success_rate: a.success_rate(),
                 p95_ms: latency.map(|l| l.p95_ms),
                 mean_rating: a.mean_rating(),
                 requests: a.requests,
+                judged: a.judged(),
+                proven: a.judged() >= min_requests,
             }
         })
         .collect();
-    ranked.sort_by(|a, b| b.score.total_cmp(&a.score).then_with(|| a.model.cmp(&b.model)));
+    ranked.sort_by(|a, b| {
+        b.proven.cmp(&a.proven).then_with(|| b.score.total_cmp(&a.score)).then_with(|| a.model.cmp(&b.model))
+    });
     ranked
 }
 
@@ -688,9 +716,12 @@ fn overview(
             success_rate: c.success_rate(),
             top: ranking
                 .iter()
+                .filter(|r| r.proven)
                 .filter(|r| {
                     catalog.iter().find(|m| m.id == r.model).is_some_and(|m| {
-                        m.categories.iter().any(|k| k.as_str() == c.value) || c.value == Category::General.as_str()
+                        m.enabled
+                            && (m.categories.iter().any(|k| k.as_str() == c.value)
+                                || c.value == Category::General.as_str())
                     })
                 })
                 .take(3)
@@ -702,7 +733,12 @@ fn overview(
     Overview {
         providers,
         categories,
-        top_performers: ranking.iter().take(3).map(|r| r.model.clone()).collect(),
+        top_performers: ranking
+            .iter()
+            .filter(|r| r.proven && catalog.iter().any(|m| m.id == r.model && m.enabled))
+            .take(3)
+            .map(|r| r.model.clone())
+            .collect(),
         inactive: catalog.iter().filter(|m| m.enabled && !served(&m.id)).map(|m| m.id.clone()).collect(),
         disabled: catalog.iter().filter(|m| !m.enabled).map(|m| m.id.clone()).collect(),
         budgets,

@@ -319,15 +319,12 @@ impl Cell {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Adds a user's rating (0 to 1) of an answer recorded earlier, or
-    /// replaces the quality it had (`replaced`).
-    pub(crate) fn rate(&self, quality: f64, replaced: Option<f64>) {
+    /// Sets the model's rated quality: the sum of its answers' qualities
+    /// (0 to 1 each) and how many, as the store holds them.
+    pub(crate) fn set_quality(&self, sum: f64, count: u64) {
         let mut inner = self.lock();
-        inner.quality_sum += quality.clamp(0.0, 1.0);
-        match replaced {
-            Some(old) => inner.quality_sum = (inner.quality_sum - old.clamp(0.0, 1.0)).max(0.0),
-            None => inner.quality_count += 1,
-        }
+        inner.quality_sum = if sum.is_finite() { sum.max(0.0) } else { 0.0 };
+        inner.quality_count = count;
     }
 
     pub(crate) fn record(&self, o: &Outcome<'_>, now_ms: u64, recent_capacity: usize) {

@@ -208,17 +208,15 @@ impl Monitor {
         }
     }
 
-    /// Adds a user's rating of one of `model`'s answers, 0 to 1 (a rating
-    /// of 1 to 5 is `(rating - 1) / 4`): its quality signal. `replaced` is
-    /// the answer's earlier quality when this rating replaces one (counted
-    /// once, not twice). NaN is ignored.
-    pub fn record_rating(&self, model: &str, provider: &str, quality: f64, replaced: Option<f64>) {
-        if quality.is_nan() {
-            return;
-        }
+    /// Sets `model`'s quality signal from its user ratings as the store
+    /// holds them: the sum of its rated answers' qualities (0 to 1 each; a
+    /// rating of 1 to 5 is `(rating - 1) / 4`) and how many. Set, not
+    /// added: a rating that replaces an earlier one, or one given in
+    /// another process, leaves the signal what the history says.
+    pub fn set_quality(&self, model: &str, provider: &str, sum: f64, count: u64) {
         let id = self.slot(model, provider);
         if let Some(cell) = self.models.get(id) {
-            cell.rate(quality, replaced.filter(|q| q.is_finite()));
+            cell.set_quality(sum, count);
         }
     }
 

@@ -140,7 +140,7 @@ impl Aggregate {
     /// Outcomes that judge the model: successes and its own failures.
     #[must_use]
     pub fn judged(&self) -> u64 {
-        self.successes + self.failures
+        self.successes.saturating_add(self.failures)
     }
 
     /// Successes over judged outcomes; `None` when none judged.
@@ -195,18 +195,19 @@ impl Aggregate {
     /// Adds `other` (the same group over another period, or another group
     /// into a total).
     pub fn merge(&mut self, other: &Aggregate) {
-        self.requests += other.requests;
-        self.successes += other.successes;
-        self.failures += other.failures;
-        self.client_faults += other.client_faults;
-        self.aborted += other.aborted;
+        // Saturating: counts read from a file are not trusted to be sane.
+        self.requests = self.requests.saturating_add(other.requests);
+        self.successes = self.successes.saturating_add(other.successes);
+        self.failures = self.failures.saturating_add(other.failures);
+        self.client_faults = self.client_faults.saturating_add(other.client_faults);
+        self.aborted = self.aborted.saturating_add(other.aborted);
         self.input_tokens = self.input_tokens.saturating_add(other.input_tokens);
         self.output_tokens = self.output_tokens.saturating_add(other.output_tokens);
         self.cached_tokens = self.cached_tokens.saturating_add(other.cached_tokens);
         self.cost = self.cost.saturating_add(other.cost);
-        self.fallbacks += other.fallbacks;
-        self.ratings += other.ratings;
-        self.rating_sum += other.rating_sum;
+        self.fallbacks = self.fallbacks.saturating_add(other.fallbacks);
+        self.ratings = self.ratings.saturating_add(other.ratings);
+        self.rating_sum = self.rating_sum.saturating_add(other.rating_sum);
         self.first_ms = self.first_ms.min(other.first_ms);
         if other.last_ms >= self.last_ms {
             self.last_ms = other.last_ms;
@@ -412,11 +413,14 @@ fn merge_hists(r: &rusqlite::Row<'_>, into: &mut Aggregate) -> rusqlite::Result<
 const RAW: &str = "at_ms, model, provider, kind, language, key_name, latency_us, ttft_us, input_tokens, output_tokens, \
                    cached_tokens, cost_nanos, error, fallback, rating";
 
-/// Folds every raw row with `from_ms <= at_ms < to_ms` into `fold`. A row
+/// Folds every raw row with `from_ms <= at_ms < to_ms` into `fold`, oldest
+/// first. A row
 /// whose error class this build does not know counts as a failure of the
 /// model (`server_error`), its rating outside 1 to 5 as no rating.
 fn raw_rows(conn: &Connection, from_ms: u64, to_ms: u64, mut fold: impl FnMut(&Row<'_>)) -> rusqlite::Result<()> {
-    let mut stmt = conn.prepare_cached(&format!("SELECT {RAW} FROM perf_log WHERE at_ms >= ?1 AND at_ms < ?2"))?;
+    // In time order (the index's): a fold may act at each hour's end.
+    let mut stmt =
+        conn.prepare_cached(&format!("SELECT {RAW} FROM perf_log WHERE at_ms >= ?1 AND at_ms < ?2 ORDER BY at_ms"))?;
     let mut rows = stmt.query(params![to_i64(from_ms), to_i64(to_ms)])?;
     while let Some(r) = rows.next()? {
         let model: String = r.get(1)?;
@@ -541,9 +545,27 @@ pub(crate) fn read(
 
 /// Builds the aggregates of every raw row already kept (the migration to
 /// schema version 4), in the migration's transaction.
+///
+/// The rows come in time order and each hour's groups are written when the
+/// next hour starts, so memory holds one hour's groups, however long the
+/// history.
 pub(crate) fn backfill(tx: &Transaction<'_>) -> rusqlite::Result<()> {
     let mut hourly = Hourly::default();
-    raw_rows(tx, 0, u64::MAX >> 1, |row| hourly.add(row))?;
+    let mut current: Option<u64> = None;
+    let mut failed: Option<rusqlite::Error> = None;
+    raw_rows(tx, 0, u64::MAX >> 1, |row| {
+        let hour = hour_of(row.at_ms);
+        if current.is_some_and(|h| h != hour)
+            && let Err(e) = hourly.write(tx)
+        {
+            failed.get_or_insert(e);
+        }
+        current = Some(hour);
+        hourly.add(row);
+    })?;
+    if let Some(e) = failed {
+        return Err(e);
+    }
     hourly.write(tx)
 }
 
@@ -565,6 +587,11 @@ pub struct Rated {
     /// from this is off by one rating).
     #[serde(skip)]
     pub replaced_quality: Option<f64>,
+    /// The model's rated quality after this rating, over all its history:
+    /// the sum of its answers' qualities (0 to 1 each) and how many. Read
+    /// after the commit: what a live quality signal should show.
+    #[serde(skip)]
+    pub model_quality: (f64, u64),
 }
 
 /// The row a rating applies to: the answer (success) of the request, its

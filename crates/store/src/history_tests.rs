@@ -545,6 +545,7 @@ async fn a_rating_reaches_the_row_usage_feedback_and_every_grouping_and_replaces
         provider: "anthropic".into(),
         rating: 4,
         replaced_quality: None,
+        model_quality: (0.75, 1),
     };
     assert_eq!(rated, Some(expect), "the answer, not the failed first attempt");
     let s = String::from;

@@ -137,8 +137,10 @@ pub struct UsageRow {
     pub cost: Money,
     /// Sum of latencies, µs.
     pub latency_us_sum: u64,
-    /// The mean user rating, when any.
+    /// The mean user rating (quality, 0 to 1), when any.
     pub avg_quality: Option<f64>,
+    /// How many answers were rated.
+    pub rated: u64,
     /// First use (Unix ms).
     pub first_ms: u64,
     /// Last use (Unix ms).

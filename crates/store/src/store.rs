@@ -733,6 +733,7 @@ impl Store {
                 cost: Money::from_nanos(r.get(8)?),
                 latency_us_sum: to_u64(r.get(9)?),
                 avg_quality: (quality_count > 0).then(|| quality_sum / quality_count as f64),
+                rated: to_u64(quality_count),
                 first_ms: to_u64(r.get(12)?),
                 last_ms: to_u64(r.get(13)?),
             })
@@ -847,12 +848,21 @@ impl Store {
             at_ms,
         };
         self.send_acked_blocking(|ack| Op::Rate(Box::new(op), ack))?;
+        let model_quality = {
+            let conn = lock(&self.reader);
+            conn.prepare_cached("SELECT quality_sum, quality_count FROM usage WHERE model = ?1")
+                .and_then(|mut s| s.query_row(params![row.model], |r| Ok((r.get::<_, f64>(0)?, r.get::<_, i64>(1)?))))
+                .optional()
+                .map_err(|e| Error::sqlite("reading the model's ratings", &e))?
+                .map_or((0.0, 0), |(sum, count)| (sum, to_u64(count)))
+        };
         Ok(Some(Rated {
             request_id: request_id.to_owned(),
             model: row.model,
             provider: row.provider,
             rating,
             replaced_quality: row.quality.filter(|q| q.is_finite()),
+            model_quality,
         }))
     }
 
