@@ -457,6 +457,11 @@ async fn a_restarted_fleet_warms_its_monitor_from_the_last_hour() {
         "its last five judged outcomes failed, and its last minute is all failures"
     );
     assert_eq!(fleet.monitor().model_health("b", &ReportConfig::default()), Health::Healthy);
+    // What the selector reads: the live signals rank the failing model low.
+    let now = fleet.monitor().now_ms();
+    let (sa, sb) = (fleet.monitor().signals_at("a", now), fleet.monitor().signals_at("b", now));
+    assert!(sa.samples > 0 && sa.success_rate < 0.5, "a's live success rate: {sa:?}");
+    assert!(sb.success_rate > 0.9, "b's: {sb:?}");
     let report = fleet.report(&last_hour(Dim::Model)).await.unwrap();
     let health: Vec<(&str, Health)> = report.health.models.iter().map(|m| (m.model.as_str(), m.health)).collect();
     assert_eq!(health, [("a", Health::Down), ("b", Health::Healthy)]);

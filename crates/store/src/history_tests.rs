@@ -925,3 +925,39 @@ fn totals_agree_across_groupings_while_rows_are_being_committed() {
     assert_eq!(torn, [[0; 5]; 0], "requests by model, provider, category, language, key in one report ({reads} reads)");
     assert_eq!(totals(store.history(H0, H0 + HOUR, &[Dim::Key]).unwrap().by(Dim::Key))[0], 300);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_ratings_of_one_request_leave_exactly_one_everywhere() {
+    let (_dir, _path, store) = rating_store().await;
+    let store = Arc::new(store);
+    // Two raters at once, 50 ratings each: the writer reads the earlier
+    // rating inside its own transaction, so each replaces the one before.
+    let raters: Vec<_> = [2u8, 4u8]
+        .into_iter()
+        .map(|score| {
+            let store = Arc::clone(&store);
+            std::thread::spawn(move || {
+                for _ in 0..50 {
+                    store.rate("req-3", score, None, ("rater", None), H0 + HOUR).unwrap().unwrap();
+                }
+            })
+        })
+        .collect();
+    for rater in raters {
+        rater.join().unwrap();
+    }
+    let rows = store.perf_log(Some("m-a"), 0, u64::MAX >> 1, 100).unwrap();
+    let rated: Vec<Option<u8>> =
+        rows.iter().filter(|r| r.request_id.as_deref() == Some("req-3")).map(|r| r.rating).collect();
+    assert_eq!(rated.len(), 1);
+    let last = rated[0].unwrap();
+    assert!([2, 4].contains(&last));
+    let usage = store.usage().unwrap().into_iter().find(|u| u.model == "m-a").unwrap();
+    assert_eq!(usage.rated, 1, "one rated answer in the usage totals");
+    assert_eq!(usage.avg_quality, Some(f64::from(last - 1) / 4.0));
+    let history = store.history(H0, H0 + HOUR, &Dim::ALL).unwrap();
+    for dim in Dim::ALL {
+        let (ratings, sum) = history.by(dim).iter().fold((0, 0), |(n, s), g| (n + g.ratings, s + g.rating_sum));
+        assert_eq!((ratings, sum), (1, u64::from(last)), "{dim}: one rating, the last one");
+    }
+}

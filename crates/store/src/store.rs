@@ -785,14 +785,20 @@ impl Store {
     /// by each of `dims`: whole hours from the hourly aggregates, the edges
     /// from the raw rows (or, where those may be pruned, from their whole
     /// hours: [`History`] says what it covers). Reads what is committed
-    /// (flush first for what is queued). Blocks (SQLite).
+    /// (flush first for what is queued), on a read-only connection of its
+    /// own, so a long report never holds up the response cache's reads.
+    /// Blocks (SQLite).
     pub fn history(&self, from_ms: u64, to_ms: u64, dims: &[Dim]) -> Result<History, Error> {
         let kept_from = match self.shared.retain_ms {
             0 => 0,
             retain => self.clock.now_ms().saturating_sub(retain),
         };
-        let conn = lock(&self.reader);
+        // A connection of its own: a year-long report must not hold the
+        // shared reader (the response cache's) for its whole length.
         let failed = |e: rusqlite::Error| Error::sqlite("reading the history", &e);
+        let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = rusqlite::Connection::open_with_flags(&self.path, flags).map_err(failed)?;
+        conn.busy_timeout(Duration::from_secs(5)).map_err(failed)?;
         // One read transaction: every grouping sees the same commits (WAL
         // readers hold a snapshot), so the totals agree while rows arrive.
         let snapshot = conn.unchecked_transaction().map_err(failed)?;
