@@ -1389,15 +1389,19 @@ async fn slow_or_silent_clients_are_disconnected_and_cannot_take_every_connectio
     drop(first);
     let started = std::time::Instant::now();
     let fresh = reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap();
-    loop {
-        if let Ok(response) = fresh.get(format!("{}/health/live", gateway.url)).send().await {
+    // One request, on the freed slot: a second one right after could find
+    // the slot of the first not yet given back (the server frees it when
+    // it sees the close) and be refused, as it should.
+    let metrics: Value = loop {
+        if let Ok(response) = fresh.get(format!("{}/v1/metrics", gateway.url)).send().await {
             assert_eq!(response.status(), 200);
-            break;
+            break response.json().await.unwrap();
         }
         assert!(started.elapsed() < bound, "a freed connection slot never came back");
         tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(gauge(&fresh, &gateway.url, "modelfleet_gateway_connections_refused_total").await >= 1.0);
+    };
+    let refused = metrics["gauges"]["modelfleet_gateway_connections_refused_total"].as_f64();
+    assert!(refused >= Some(1.0), "{metrics}");
     drop(fresh);
     gateway.stop().await;
     mock.shutdown().await;

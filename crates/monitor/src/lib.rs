@@ -43,10 +43,9 @@
 //! [`ErrorClass::Cancelled`]: modelfleet_errors::ErrorClass::Cancelled
 //! [`ErrorClass::BudgetExceeded`]: modelfleet_errors::ErrorClass::BudgetExceeded
 //!
-//! Reports: [`Monitor::ranking`] by a performance score,
-//! [`Monitor::recommendations`] with their reasons and a better alternative,
-//! [`Monitor::overview`] per provider and category, [`Monitor::health`] per
-//! model and provider.
+//! Health: [`Monitor::health`] per model and provider, from the windows;
+//! [`performance_score`] is the score every ranking uses (the reports over
+//! the stored history are the `modelfleet` facade's).
 //!
 //! Invariants: memory per model is fixed (about 64 KiB) and the number of
 //! models is capped ([`MonitorConfig::max_models`], beyond which outcomes
@@ -74,7 +73,7 @@
 //! let minute = monitor.window_stats("haiku", Window::Minute).totals;
 //! assert_eq!((minute.requests, minute.client_faults, minute.success_rate), (31, 1, 1.0));
 //! assert!(monitor.signals("haiku").success_rate > 0.99);
-//! assert!(monitor.recommendations(&ReportConfig::default()).is_empty());
+//! assert_eq!(monitor.model_health("haiku", &ReportConfig::default()), modelfleet_monitor::Health::Healthy);
 //! # use modelfleet_registry::Clock;
 //! ```
 
@@ -86,10 +85,7 @@ mod stats;
 pub use crate::{
     cell::Window,
     monitor::{InFlight, InFlightShared, LiveAt, Monitor, MonitorConfig, OVERFLOW_MODEL, rate_limit_headroom},
-    report::{
-        CategorySummary, Finding, Health, HealthReport, Overview, ProviderSummary, Ranked, Recommendation,
-        ReportConfig, performance_score,
-    },
+    report::{Finding, Health, HealthReport, Recommendation, ReportConfig, performance_score},
     stats::{Latency, ModelStats, Outcome, ProviderStats, RecentEvent, Tokens, Totals, Verdict, WindowStats},
 };
 

@@ -1,12 +1,16 @@
-//! Reports: ranking by performance, recommendations with reasons, an
-//! overview per provider and category, and health.
+//! What reports share: their thresholds, the performance score, the
+//! findings a recommendation names, and health (live, from the windows).
+//!
+//! The reports themselves (ranking, recommendations with alternatives, the
+//! overview) are built over the stored history by the `modelfleet`
+//! facade, one implementation for the demo, the CLI and the gateway.
 
 use std::{collections::BTreeMap, fmt};
 
-use modelfleet_registry::{Category, Money};
+use modelfleet_registry::Money;
 use serde::Serialize;
 
-use crate::{ModelStats, Monitor, Totals, Window, stats::Verdict};
+use crate::{Monitor, Totals, Window, stats::Verdict};
 
 /// Thresholds of the reports.
 ///
@@ -50,19 +54,6 @@ impl Default for ReportConfig {
             min_ratings: 5,
         }
     }
-}
-
-/// A model's place in the performance ranking.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Ranked {
-    /// The model.
-    pub model: String,
-    /// 0 to 1: 60% success rate (1 while no outcome has judged the model:
-    /// the live signals' prior), 25% speed (`1 / (1 + p95 / 1 s)`), 15% rated
-    /// quality (0.5 when unrated).
-    pub score: f64,
-    /// Its statistics.
-    pub stats: ModelStats,
 }
 
 /// A model's health.
@@ -141,49 +132,6 @@ pub struct Recommendation {
     pub message: String,
 }
 
-/// One provider's line in the [`Overview`].
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct ProviderSummary {
-    /// The provider.
-    pub provider: String,
-    /// Its models with traffic.
-    pub models: usize,
-    /// Requests.
-    pub requests: u64,
-    /// Success rate.
-    pub success_rate: f64,
-    /// Cost.
-    pub cost: Money,
-    /// The provider's health.
-    pub health: Health,
-}
-
-/// One category's line in the [`Overview`].
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct CategorySummary {
-    /// The category.
-    pub category: Category,
-    /// Requests of that kind.
-    pub requests: u64,
-    /// The best-ranked models that served it (up to 3).
-    pub top: Vec<String>,
-}
-
-/// The whole system at a glance.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Overview {
-    /// Requests over every model.
-    pub requests: u64,
-    /// Their success rate, over the outcomes that judge the models.
-    pub success_rate: f64,
-    /// Their cost.
-    pub cost: Money,
-    /// Per provider.
-    pub providers: Vec<ProviderSummary>,
-    /// Per category.
-    pub categories: Vec<CategorySummary>,
-}
-
 /// Health of every model and provider.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct HealthReport {
@@ -193,11 +141,6 @@ pub struct HealthReport {
     pub models: BTreeMap<String, Health>,
     /// Per provider.
     pub providers: BTreeMap<String, Health>,
-}
-
-fn performance(stats: &ModelStats) -> f64 {
-    let success_rate = (stats.totals.judged() > 0).then_some(stats.totals.success_rate);
-    performance_score(success_rate, stats.latency.p95_ms, stats.avg_quality)
 }
 
 /// The performance score of the rankings, 0 to 1: 60% success rate (1, the
@@ -213,83 +156,6 @@ pub fn performance_score(success_rate: Option<f64>, p95_ms: f64, quality: Option
 }
 
 impl Monitor {
-    /// Every model with traffic, best performance first (ties by id).
-    #[must_use]
-    pub fn ranking(&self) -> Vec<Ranked> {
-        let mut ranked: Vec<Ranked> = self
-            .models()
-            .into_iter()
-            .map(|model| {
-                let stats = self.model_stats(&model);
-                Ranked { score: performance(&stats), model, stats }
-            })
-            .filter(|r| r.stats.totals.requests > 0)
-            .collect();
-        ranked.sort_by(|a, b| b.score.total_cmp(&a.score).then_with(|| a.model.cmp(&b.model)));
-        ranked
-    }
-
-    /// What deserves attention: models failing too often or much slower than
-    /// their peers, each with the best-ranked model serving the same kinds.
-    #[must_use]
-    pub fn recommendations(&self, config: &ReportConfig) -> Vec<Recommendation> {
-        let ranked = self.ranking();
-        let judged: Vec<&Ranked> = ranked.iter().filter(|r| r.stats.totals.judged() >= config.min_requests).collect();
-        let alternative = |me: &Ranked| {
-            judged
-                .iter()
-                .filter(|o| o.model != me.model && o.score > me.score)
-                .find(|o| me.stats.kinds.keys().any(|k| o.stats.kinds.contains_key(k)))
-                .map(|o| o.model.clone())
-        };
-        let mut out = Vec::new();
-        for me in &judged {
-            let rate = me.stats.totals.success_rate;
-            if rate < config.low_success_rate {
-                let alt = alternative(me);
-                let message = format!(
-                    "{}: success rate {:.1}% is under {:.0}% over {} requests{}",
-                    me.model,
-                    rate * 100.0,
-                    config.low_success_rate * 100.0,
-                    me.stats.totals.judged(),
-                    alt.as_ref().map_or_else(String::new, |a| format!("; consider {a}")),
-                );
-                out.push(Recommendation {
-                    model: me.model.clone(),
-                    finding: Finding::LowSuccessRate { success_rate: rate, threshold: config.low_success_rate },
-                    alternative: alt,
-                    message,
-                });
-            }
-            let mut peers: Vec<f64> =
-                judged.iter().filter(|o| o.model != me.model).map(|o| o.stats.latency.p95_ms).collect();
-            if peers.len() >= 2 {
-                peers.sort_by(f64::total_cmp);
-                let median = peers[peers.len() / 2];
-                let p95 = me.stats.latency.p95_ms;
-                if median > 0.0 && p95 > config.slow_factor * median {
-                    let alt = alternative(me);
-                    let message = format!(
-                        "{}: p95 latency {:.0} ms is {:.1}x its peers' median {:.0} ms{}",
-                        me.model,
-                        p95,
-                        p95 / median,
-                        median,
-                        alt.as_ref().map_or_else(String::new, |a| format!("; consider {a}")),
-                    );
-                    out.push(Recommendation {
-                        model: me.model.clone(),
-                        finding: Finding::Slow { p95_ms: p95, peers_p95_ms: median },
-                        alternative: alt,
-                        message,
-                    });
-                }
-            }
-        }
-        out
-    }
-
     /// `model`'s health: down when its last minute is mostly failures or its
     /// last five calls all failed; degraded when it fails more than it should
     /// over the last minute or 15 minutes; else healthy. Only outcomes that
@@ -341,50 +207,5 @@ impl Monitor {
             .collect();
         let overall = providers.values().copied().max().unwrap_or(Health::Healthy);
         HealthReport { overall, models, providers }
-    }
-
-    /// Totals, per provider and per category with its top performers.
-    #[must_use]
-    pub fn overview(&self, config: &ReportConfig) -> Overview {
-        let ranked = self.ranking();
-        let health = self.health(config);
-        let stats = self.provider_stats();
-        let (successes, judged) =
-            stats.iter().fold((0u64, 0u64), |(s, j), p| (s + p.totals.successes, j + p.totals.judged()));
-        let providers: Vec<ProviderSummary> = stats
-            .into_iter()
-            .map(|p| ProviderSummary {
-                health: health.providers.get(&p.provider).copied().unwrap_or(Health::Healthy),
-                provider: p.provider,
-                models: p.models.len(),
-                requests: p.totals.requests,
-                success_rate: p.totals.success_rate,
-                cost: p.totals.cost,
-            })
-            .collect();
-        let categories = Category::ALL
-            .iter()
-            .filter_map(|&category| {
-                let requests: u64 = ranked.iter().filter_map(|r| r.stats.kinds.get(&category)).sum();
-                (requests > 0).then(|| CategorySummary {
-                    category,
-                    requests,
-                    top: ranked
-                        .iter()
-                        .filter(|r| r.stats.kinds.contains_key(&category))
-                        .take(3)
-                        .map(|r| r.model.clone())
-                        .collect(),
-                })
-            })
-            .collect();
-        let requests: u64 = providers.iter().map(|p| p.requests).sum();
-        Overview {
-            requests,
-            success_rate: if judged == 0 { 0.0 } else { successes as f64 / judged as f64 },
-            cost: providers.iter().map(|p| p.cost).sum(),
-            providers,
-            categories,
-        }
     }
 }
