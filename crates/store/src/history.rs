@@ -292,7 +292,9 @@ fn hour_after(at_ms: u64) -> u64 {
 /// A batch's rows, folded per group and hour: one upsert each.
 #[derive(Default)]
 pub(crate) struct Hourly {
-    groups: HashMap<(Dim, String, u64), Aggregate>,
+    /// Per grouping and hour, the groups by value: a row finds its group
+    /// without allocating a key.
+    groups: HashMap<(Dim, u64), HashMap<String, Aggregate>>,
 }
 
 impl Hourly {
@@ -300,13 +302,14 @@ impl Hourly {
         let hour = hour_of(row.at_ms);
         for dim in Dim::ALL {
             let value = row.value(dim);
-            if let Some(agg) = self.groups.get_mut(&(dim, value.to_owned(), hour)) {
+            let groups = self.groups.entry((dim, hour)).or_default();
+            if let Some(agg) = groups.get_mut(value) {
                 agg.add(row);
-                continue;
+            } else {
+                let mut agg = Aggregate::empty(value, row.provider_of(dim));
+                agg.add(row);
+                groups.insert(value.to_owned(), agg);
             }
-            let mut agg = Aggregate::empty(value, row.provider_of(dim));
-            agg.add(row);
-            self.groups.insert((dim, value.to_owned(), hour), agg);
         }
     }
 
@@ -326,7 +329,9 @@ impl Hourly {
              rating_sum, first_ms, last_ms, latency, ttft) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)",
         )?;
-        for ((dim, value, hour), delta) in self.groups.drain() {
+        let groups =
+            self.groups.drain().flat_map(|((dim, hour), by)| by.into_iter().map(move |(v, a)| (dim, v, hour, a)));
+        for (dim, value, hour, delta) in groups {
             let stored = read.query_row(params![dim.as_str(), value, to_i64(hour)], stored_row).optional()?;
             let merged = match stored {
                 Some(mut stored) => {
