@@ -1706,3 +1706,41 @@ async fn a_corrupted_cache_entry_is_a_miss_and_is_counted_in_the_metrics() {
     gateway.stop().await;
     mock.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_model_is_listed_by_id_and_an_unknown_or_disabled_one_is_a_404() {
+    let mock = MockUpstream::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let body = model("m", 8_192, &[]) + &model("org/slashed", 8_192, &[]) + &model("off", 8_192, &[]);
+    let gateway = Running::start(&config(&mock, &dir, &body), env).await;
+    gateway
+        .fleet
+        .catalog()
+        .update("off", modelfleet::registry::ModelUpdate { enabled: Some(false), ..Default::default() })
+        .unwrap();
+    let client = reqwest::Client::new();
+    let get = |id: &str| client.get(format!("{}/v1/models/{id}", gateway.url)).send();
+    for (id, owner) in [("m", "mock"), ("org/slashed", "mock"), ("auto", "modelfleet")] {
+        let response = get(id).await.unwrap();
+        assert_eq!(response.status(), 200, "{id}");
+        let object: Value = response.json().await.unwrap();
+        assert_eq!(
+            (&object["id"], &object["object"], &object["owned_by"]),
+            (&json!(id), &json!("model"), &json!(owner))
+        );
+    }
+    // The list and the single lookups agree.
+    let list: Value = client.get(format!("{}/v1/models", gateway.url)).send().await.unwrap().json().await.unwrap();
+    let m = list["data"].as_array().unwrap().iter().find(|o| o["id"] == "m").unwrap().clone();
+    assert_eq!(get("m").await.unwrap().json::<Value>().await.unwrap(), m);
+    for id in ["nope", "off"] {
+        let response = get(id).await.unwrap();
+        assert_eq!(response.status(), 404, "{id}");
+        let error: Value = response.json().await.unwrap();
+        assert_eq!(error["error"]["code"], "model_not_found", "{error}");
+    }
+    let response = client.post(format!("{}/v1/models/m", gateway.url)).send().await.unwrap();
+    assert_eq!((response.status().as_u16(), header(&response, "allow")), (405, "GET, HEAD"));
+    gateway.stop().await;
+    mock.shutdown().await;
+}

@@ -119,6 +119,7 @@ pub(crate) fn router(app: App, max_body_bytes: usize) -> Router {
     let router = Router::new()
         .route("/v1/chat/completions", post(chat).fallback(only("POST")))
         .route("/v1/models", get(models).fallback(only("GET, HEAD")))
+        .route("/v1/models/{*id}", get(model).fallback(only("GET, HEAD")))
         .route("/v1/route/explain", post(explain).fallback(only("POST")))
         .route("/v1/metrics", get(v1_metrics).fallback(only("GET, HEAD")))
         .route("/metrics", get(prometheus).fallback(only("GET, HEAD")))
@@ -682,8 +683,9 @@ fn stream_error(message: &str, code: &str) -> Bytes {
     sse(&event.to_string())
 }
 
-async fn models(State(app): State<App>, headers: HeaderMap) -> Result<Response, ApiError> {
-    app.auth.check(&headers, Need::Client)?;
+/// What a client may name as `model`: the enabled catalog models, the
+/// routes and `auto`, as OpenAI's model objects.
+fn model_objects(app: &AppState) -> Vec<Value> {
     let mut data: Vec<Value> = app
         .fleet
         .catalog()
@@ -698,7 +700,32 @@ async fn models(State(app): State<App>, headers: HeaderMap) -> Result<Response, 
             .map(|r| json!({"id": r.name, "object": "model", "created": 0, "owned_by": "modelfleet-route"})),
     );
     data.push(json!({"id": "auto", "object": "model", "created": 0, "owned_by": "modelfleet"}));
-    Ok(json_response(StatusCode::OK, &json!({"object": "list", "data": data})))
+    data
+}
+
+async fn models(State(app): State<App>, headers: HeaderMap) -> Result<Response, ApiError> {
+    app.auth.check(&headers, Need::Client)?;
+    Ok(json_response(StatusCode::OK, &json!({"object": "list", "data": model_objects(&app)})))
+}
+
+/// `GET /v1/models/{id}`: one of [`models`]'s objects (an id may hold
+/// slashes, as `org/model` does), or 404 in OpenAI's shape.
+async fn model(State(app): State<App>, headers: HeaderMap, Path(id): Path<String>) -> Result<Response, ApiError> {
+    app.auth.check(&headers, Need::Client)?;
+    model_objects(&app).into_iter().find(|m| m["id"] == id.as_str()).map_or_else(
+        || {
+            Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "invalid_request_error",
+                "model_not_found",
+                format!(
+                    "model {:?} is neither an enabled catalog model, a route nor \"auto\" (GET /v1/models lists them)",
+                    modelfleet::errors::sanitize(&id)
+                ),
+            ))
+        },
+        |object| Ok(json_response(StatusCode::OK, &object)),
+    )
 }
 
 async fn explain(State(app): State<App>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
