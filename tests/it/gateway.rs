@@ -1744,3 +1744,31 @@ async fn one_model_is_listed_by_id_and_an_unknown_or_disabled_one_is_a_404() {
     gateway.stop().await;
     mock.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_trace_context_goes_upstream_only_when_well_formed() {
+    let mock = MockUpstream::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let gateway = Running::start(&config(&mock, &dir, &model("m", 8_192, &[])), env).await;
+    let client = reqwest::Client::new();
+    let url = format!("{}/v1/chat/completions", gateway.url);
+    let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let send = |traceparent: &'static str, tracestate: Option<&'static str>| {
+        let mut request = client.post(&url).json(&chat("m", "trace me")).header("traceparent", traceparent);
+        if let Some(state) = tracestate {
+            request = request.header("tracestate", state);
+        }
+        request.send()
+    };
+    assert_eq!(send(parent, Some("vendor=abc")).await.unwrap().status(), 200);
+    let upstream = mock.last_headers("m").unwrap();
+    let got = |name: &str| upstream.get(name).map(|v| v.to_str().unwrap().to_owned());
+    assert_eq!((got("traceparent"), got("tracestate")), (Some(parent.to_owned()), Some("vendor=abc".to_owned())));
+    // A malformed one (all-zero trace id) is dropped, and its tracestate with it.
+    let zeros = "00-00000000000000000000000000000000-00f067aa0ba902b7-01";
+    assert_eq!(send(zeros, Some("vendor=abc")).await.unwrap().status(), 200);
+    let upstream = mock.last_headers("m").unwrap();
+    assert_eq!((upstream.get("traceparent"), upstream.get("tracestate")), (None, None));
+    gateway.stop().await;
+    mock.shutdown().await;
+}

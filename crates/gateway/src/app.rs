@@ -36,6 +36,7 @@ use crate::{
     memguard::{self, MemoryGuard},
     request_id,
     shed::{self, Shed},
+    traceparent,
 };
 use tokio::sync::mpsc;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
@@ -106,6 +107,8 @@ pub(crate) fn router(app: App, max_body_bytes: usize) -> Router {
                 header::HeaderName::from_static("x-api-key"),
                 header::HeaderName::from_static("api-key"),
                 header::HeaderName::from_static(request_id::HEADER),
+                header::HeaderName::from_static(traceparent::TRACEPARENT),
+                header::HeaderName::from_static(traceparent::TRACESTATE),
             ])
             .expose_headers([
                 header::HeaderName::from_static(request_id::HEADER),
@@ -411,6 +414,7 @@ async fn chat_inner(app: &App, headers: &HeaderMap, body: Body) -> Result<Respon
     let caller = app.auth.check(headers, Need::Client)?;
     let bytes = read_body(app, body).await?;
     let mut chat = parse_chat(&bytes)?;
+    chat.trace = traceparent::of(headers);
     let request = app.fleet_request(&chat, &caller, headers)?;
     if request.route.is_some() && chat.requirements.max_output_tokens == 0 {
         // The client sent no cap; the route's caps each answer, and the hold

@@ -91,6 +91,7 @@ mod memguard;
 mod request_id;
 mod serve;
 mod shed;
+mod traceparent;
 mod upstream;
 mod wire;
 

@@ -269,6 +269,12 @@ impl OpenAi {
         if let Some(auth) = &self.auth {
             request = request.header(AUTHORIZATION, auth.clone());
         }
+        if let Some((parent, state)) = &chat.trace {
+            request = request.header(crate::traceparent::TRACEPARENT, parent.clone());
+            if let Some(state) = state {
+                request = request.header(crate::traceparent::TRACESTATE, state.clone());
+            }
+        }
         // A timeout once the request is out may still be billed: the
         // provider may be generating the answer we stopped waiting for.
         let response = request.send().await.map_err(|e| {

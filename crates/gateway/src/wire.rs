@@ -121,6 +121,8 @@ pub(crate) struct ChatRequest {
     /// False when `modelfleet.cache = false`: the response cache is
     /// bypassed (as with `cache-control: no-cache`).
     pub(crate) use_cache: bool,
+    /// The client's W3C trace context, forwarded upstream with each attempt.
+    pub(crate) trace: Option<crate::traceparent::Trace>,
 }
 
 /// Tokens per image or audio part at most: a high-detail 2048×2048 image
@@ -304,7 +306,7 @@ pub(crate) fn parse_chat(bytes: &[u8]) -> Result<ChatRequest, ApiError> {
     }
     // The caller cannot claim memory for local models: the gateway measures it.
     requirements.available_memory_mb = None;
-    Ok(ChatRequest { body, model, stream, include_usage, requirements, extended, cap: None, use_cache })
+    Ok(ChatRequest { body, model, stream, include_usage, requirements, extended, cap: None, use_cache, trace: None })
 }
 
 /// The body sent upstream: the client's, with `model` replaced and, for

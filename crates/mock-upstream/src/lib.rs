@@ -183,6 +183,7 @@ struct Shared {
     behaviors: Mutex<HashMap<String, Behavior>>,
     hits: Mutex<HashMap<String, u64>>,
     last: Mutex<HashMap<String, Value>>,
+    last_headers: Mutex<HashMap<String, HeaderMap>>,
     require_key: Mutex<Option<String>>,
     total: AtomicU64,
     seed: AtomicU64,
@@ -313,6 +314,12 @@ impl MockUpstream {
         lock(&self.shared.last).get(model).cloned()
     }
 
+    /// The headers of the last request received for `model`.
+    #[must_use]
+    pub fn last_headers(&self, model: &str) -> Option<HeaderMap> {
+        lock(&self.shared.last_headers).get(model).cloned()
+    }
+
     /// Stops accepting, finishes what is in flight, and returns.
     pub async fn shutdown(mut self) {
         if let Some(stop) = self.stop.take() {
@@ -363,6 +370,7 @@ async fn complete(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: B
         return error(StatusCode::BAD_REQUEST, "invalid_request_error", "invalid_json", "the body is not JSON");
     };
     let model = request.get("model").and_then(Value::as_str).unwrap_or_default().to_owned();
+    lock(&shared.last_headers).insert(model.clone(), headers.clone());
     // As the call starts: a behaviour set while it runs applies to the next one.
     let rate_limits = lock(&shared.behaviors).get(&model).and_then(|b| b.rate_limits);
     let mut response = answer(&shared, &headers, request, model).await;
