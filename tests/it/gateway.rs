@@ -1760,7 +1760,9 @@ async fn a_client_trace_context_goes_upstream_only_when_well_formed() {
         }
         request.send()
     };
-    assert_eq!(send(parent, Some("vendor=abc")).await.unwrap().status(), 200);
+    let response = send(parent, Some("vendor=abc")).await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers().get("x-modelfleet-simulated"), None, "a real upstream answered");
     let upstream = mock.last_headers("m").unwrap();
     let got = |name: &str| upstream.get(name).map(|v| v.to_str().unwrap().to_owned());
     assert_eq!((got("traceparent"), got("tracestate")), (Some(parent.to_owned()), Some("vendor=abc".to_owned())));

@@ -68,9 +68,17 @@ pub(crate) fn run(args: ServeArgs) -> anyhow::Result<Result<(), CheckFailed>> {
         builder.worker_threads(n);
     }
     let runtime = builder.enable_all().build()?;
+    let simulated_only = args.config.is_none();
     runtime.block_on(async {
         let gateway = Gateway::bind(&config, &env).await?;
         eprintln!("modelfleet gateway on http://{} (Ctrl-C or SIGTERM stops it)", gateway.local_addr());
+        if simulated_only {
+            eprintln!(
+                "modelfleet: no --config: EVERY PROVIDER IS SIMULATED. Answers are stand-ins, marked \
+                 x-modelfleet-simulated: true; to serve real providers, pass --config (see \
+                 config/modelfleet.example.toml)"
+            );
+        }
         gateway.serve(stop_signal()).await?;
         Ok(Ok(()))
     })

@@ -230,12 +230,15 @@ fn serve_answers_on_embedded_defaults_and_exits_0_on_sigterm() {
     );
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert!(answer.contains("x-modelfleet-model:") && answer.contains("\"chat.completion\""), "{answer}");
+    // Without a config every provider is simulated: said in every answer, and loudly at startup.
+    assert!(answer.contains("x-modelfleet-simulated: true"), "{answer}");
     let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
     assert!(status.success());
     let mut rest = String::new();
     let _ = std::io::Read::read_to_string(&mut stderr, &mut rest);
     assert_eq!(child.wait().unwrap().code(), Some(0), "{rest}");
     assert!(rest.contains("the store is flushed"), "{rest}");
+    assert!(rest.contains("EVERY PROVIDER IS SIMULATED"), "{rest}");
     // The request was recorded in the database the gateway flushed.
     let (code, stdout, stderr) = modelfleet(&["report", "--json", "--db", &db(&dir)]);
     assert_eq!(code, 0, "{stderr}");

@@ -113,6 +113,7 @@ pub(crate) fn router(app: App, max_body_bytes: usize) -> Router {
             .expose_headers([
                 header::HeaderName::from_static(request_id::HEADER),
                 header::HeaderName::from_static("x-modelfleet-model"),
+                header::HeaderName::from_static("x-modelfleet-simulated"),
                 header::HeaderName::from_static("x-modelfleet-attempts"),
                 header::HeaderName::from_static("x-modelfleet-fallback"),
                 header::HeaderName::from_static("x-modelfleet-cost"),
@@ -361,10 +362,17 @@ fn money_headers(response: &mut Response, cost: Money, remaining: Option<Money>)
     }
 }
 
-fn served_headers(response: &mut Response, model: &str, attempts: usize, fell_back: bool) {
+/// Who served: the model, its attempts, whether a fallback did, and
+/// `x-modelfleet-simulated: true` when the model is on a simulated
+/// provider (its answer is a stand-in, not a model's).
+fn served_headers(app: &AppState, response: &mut Response, model: &str, attempts: usize, fell_back: bool) {
+    let simulated = app.fleet.catalog().get(model).is_some_and(|spec| app.upstreams.is_simulated(&spec.provider));
     let headers = response.headers_mut();
     if let Ok(value) = HeaderValue::from_str(model) {
         headers.insert("x-modelfleet-model", value);
+    }
+    if simulated {
+        headers.insert("x-modelfleet-simulated", HeaderValue::from_static("true"));
     }
     headers.insert("x-modelfleet-attempts", HeaderValue::from(attempts));
     headers.insert("x-modelfleet-fallback", HeaderValue::from_static(if fell_back { "true" } else { "false" }));
@@ -455,7 +463,7 @@ async fn chat_inner(app: &App, headers: &HeaderMap, body: Body) -> Result<Respon
                     (fresh, hit.get("model").and_then(Value::as_str), hit.get("body"))
                 {
                     let mut response = json_response(StatusCode::OK, body);
-                    served_headers(&mut response, model, 0, false);
+                    served_headers(app, &mut response, model, 0, false);
                     money_headers(&mut response, Money::ZERO, None);
                     response.headers_mut().insert("x-modelfleet-cache", HeaderValue::from_static("hit"));
                     return Ok(response);
@@ -503,7 +511,7 @@ async fn chat_inner(app: &App, headers: &HeaderMap, body: Body) -> Result<Respon
     }
     let mut response = (StatusCode::OK, served.value).into_response();
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    served_headers(&mut response, &served.model, served.attempts.len(), served.fell_back);
+    served_headers(app, &mut response, &served.model, served.attempts.len(), served.fell_back);
     money_headers(&mut response, served.cost, served.budget_remaining);
     if cache.is_some() {
         response.headers_mut().insert("x-modelfleet-cache", HeaderValue::from_static("miss"));
@@ -572,7 +580,7 @@ async fn stream_chat(app: &App, chat: ChatRequest, request: &Request) -> Result<
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    served_headers(&mut response, &served.model, served.attempts.len(), served.fell_back);
+    served_headers(app, &mut response, &served.model, served.attempts.len(), served.fell_back);
     // A stream's own cost is known only when it ends: the header says what
     // was charged before it opened (failed attempts the provider bills), and
     // the budget left with the stream's worst case still held.

@@ -16,7 +16,9 @@
 //! | `/v1/admin/models[/{id}[/disable,/enable]]`, `/v1/admin/budgets`, `/v1/admin/report` | admin | catalog changes, budget status, reports |
 //!
 //! **Answers** carry `x-modelfleet-model` (the model that served),
-//! `x-modelfleet-attempts` and `x-modelfleet-fallback`. Errors use OpenAI's
+//! `x-modelfleet-attempts` and `x-modelfleet-fallback`, and
+//! `x-modelfleet-simulated: true` when a simulated provider gave them;
+//! every response carries `x-request-id`. Errors use OpenAI's
 //! shape, `{"error": {"message", "type", "code"}}`, with sanitized messages;
 //! when every candidate failed, the message lists each attempt and why.
 //!
