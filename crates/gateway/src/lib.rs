@@ -18,7 +18,7 @@
 //! **Answers** carry `x-modelfleet-model` (the model that served),
 //! `x-modelfleet-attempts` and `x-modelfleet-fallback`, and
 //! `x-modelfleet-simulated: true` when a simulated provider gave them;
-//! every response carries `x-request-id`. Errors use OpenAI's
+//! every response but a CORS preflight carries `x-request-id`. Errors use OpenAI's
 //! shape, `{"error": {"message", "type", "code"}}`, with sanitized messages;
 //! when every candidate failed, the message lists each attempt and why.
 //!

@@ -166,6 +166,11 @@ impl Ring {
         let epoch = now_ms / self.width_ms();
         let index = usize::try_from(epoch % self.window.slots()).unwrap_or(0);
         let slot = &mut self.slots[index];
+        if slot.epoch != u64::MAX && epoch < slot.epoch {
+            // Older than what a used slot holds (a replayed past event): out
+            // of this window, and never a reason to wipe newer counts.
+            return;
+        }
         if slot.epoch != epoch {
             slot.epoch = epoch;
             slot.counts = Counts::default();

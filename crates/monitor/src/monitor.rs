@@ -198,9 +198,9 @@ impl Monitor {
     }
 
     /// Records one outcome that happened at `at_ms` (on the monitor's
-    /// clock): how a restarted monitor is warmed from the stored history,
-    /// oldest first, before live traffic. Older than the windows it is
-    /// counted in the totals only.
+    /// clock): how a restarted monitor is warmed from the stored history.
+    /// In any order: an outcome older than a window's slots is counted in
+    /// the totals only, never over newer counts.
     pub fn record_at(&self, outcome: &Outcome<'_>, at_ms: u64) {
         let id = self.slot(outcome.model, outcome.provider);
         if let Some(cell) = self.models.get(id) {

@@ -433,3 +433,23 @@ fn rate_limit_reports_are_served_until_they_expire() {
     assert_eq!(capped.signals("b").rate_limit_headroom, None);
     assert_eq!(capped.signals(OVERFLOW_MODEL).rate_limit_headroom, None);
 }
+
+#[test]
+fn a_past_outcome_recorded_late_never_wipes_the_windows_newer_counts() {
+    let (m, clock) = monitor(MonitorConfig::default());
+    let now = m.now_ms();
+    for _ in 0..5 {
+        m.record(&outcome("a", "p", 300));
+    }
+    // Two minutes ago: the minute's slot it maps to holds this minute's counts now.
+    m.record_at(&outcome("a", "p", 300).failed(ErrorClass::ServerError), now - 120_000);
+    let minute = m.window_stats("a", Window::Minute).totals;
+    assert_eq!((minute.requests, minute.failures), (5, 0), "the minute keeps its five answers");
+    let quarter = m.window_stats("a", Window::Quarter).totals;
+    assert_eq!((quarter.requests, quarter.failures), (6, 1), "the quarter hour counts the past failure");
+    assert_eq!(m.model_stats("a").totals.requests, 6, "the totals count it");
+    // And in order, as a warm start replays: both kept where they fall.
+    clock.advance_ms(60_000);
+    m.record(&outcome("a", "p", 300));
+    assert_eq!(m.window_stats("a", Window::Minute).totals.requests, 1);
+}

@@ -585,13 +585,6 @@ pub struct Rated {
     pub provider: String,
     /// The rating, 1 to 5.
     pub rating: u8,
-    /// The answer's quality (0 to 1) before this rating: an earlier
-    /// rating's, which this one replaces. Read just before the rating is
-    /// queued: two ratings of one request at the same moment may both see
-    /// the same earlier one (the store stays exact; a live signal built
-    /// from this is off by one rating).
-    #[serde(skip)]
-    pub replaced_quality: Option<f64>,
     /// The model's rated quality after this rating, over all its history:
     /// the sum of its answers' qualities (0 to 1 each) and how many. Read
     /// after the commit: what a live quality signal should show.
@@ -605,20 +598,16 @@ pub(crate) struct RatedRow {
     pub(crate) id: i64,
     pub(crate) model: String,
     pub(crate) provider: String,
-    /// The row's quality before this rating (an earlier rating's).
-    pub(crate) quality: Option<f64>,
 }
 
 /// The answered row of `request_id`, of requests sent with `key` only when
 /// one is given.
 pub(crate) fn rated_row(conn: &Connection, request_id: &str, key: Option<&str>) -> rusqlite::Result<Option<RatedRow>> {
     conn.prepare_cached(
-        "SELECT id, model, provider, quality FROM perf_log \
+        "SELECT id, model, provider FROM perf_log \
          WHERE request_id = ?1 AND error IS NULL AND (?2 IS NULL OR key_name = ?2) ORDER BY id DESC LIMIT 1",
     )?
-    .query_row(params![request_id, key], |r| {
-        Ok(RatedRow { id: r.get(0)?, model: r.get(1)?, provider: r.get(2)?, quality: r.get(3)? })
-    })
+    .query_row(params![request_id, key], |r| Ok(RatedRow { id: r.get(0)?, model: r.get(1)?, provider: r.get(2)? }))
     .optional()
 }
 

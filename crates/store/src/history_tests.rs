@@ -544,7 +544,6 @@ async fn a_rating_reaches_the_row_usage_feedback_and_every_grouping_and_replaces
         model: "m-b".into(),
         provider: "anthropic".into(),
         rating: 4,
-        replaced_quality: None,
         model_quality: (0.75, 1),
     };
     assert_eq!(rated, Some(expect), "the answer, not the failed first attempt");
@@ -571,7 +570,7 @@ async fn a_rating_reaches_the_row_usage_feedback_and_every_grouping_and_replaces
 
     // Rated again: replaced, still one rating.
     let again = store.rate("req-1", 2, None, ("bob", None), H0 + HOUR + 1).unwrap().unwrap();
-    assert_eq!((again.rating, again.replaced_quality), (2, Some(0.75)));
+    assert_eq!((again.rating, again.model_quality), (2, (0.25, 1)), "one rating, now 2 (quality 0.25)");
     assert_eq!(rated_rows(&store)[1], (s("req-1"), s("m-b"), Some(2), Some(0.25)));
     assert_eq!(avg_quality(&store, "m-b"), Some(0.25));
     assert_eq!(ratings_of(&store, Dim::Model, "m-b"), [(1, 2); 2]);
@@ -642,7 +641,7 @@ fn rating_a_row_that_carried_a_quality_replaces_it_in_the_usage_mean() {
     store.flush().unwrap();
     assert_eq!(avg_quality(&store, "m-a"), Some(0.5));
     let rated = store.rate("req-1", 5, None, ("erin", None), H0 + HOUR).unwrap().unwrap();
-    assert_eq!(rated.replaced_quality, Some(0.75));
+    assert_eq!(rated.model_quality, (1.25, 2), "the row's 0.75 replaced by 1.0, beside the other's 0.25");
     let qualities: Vec<_> = rated_rows(&store).into_iter().map(|r| r.3).collect();
     assert_eq!(qualities, [Some(1.0), Some(0.25)], "the row's quality is replaced");
     // The usage mean is the mean of the rows' qualities: (1.0 + 0.25) / 2.

@@ -867,7 +867,6 @@ impl Store {
             model: row.model,
             provider: row.provider,
             rating,
-            replaced_quality: row.quality.filter(|q| q.is_finite()),
             model_quality,
         }))
     }
