@@ -325,6 +325,19 @@ async fn roles_guard_every_endpoint_and_the_admin_api_edits_the_catalog() {
         assert_eq!(response.status(), 401, "{name}");
     }
     assert_eq!(get("/v1/models", Some(CLIENT_KEY)).await.unwrap().status(), 200);
+    // Another key's value echoed back (here as the model asked for) never
+    // leaves the process: every configured key is redacted by value,
+    // whatever its shape.
+    let echoed = client
+        .post(format!("{}/v1/chat/completions", gateway.url))
+        .bearer_auth(CLIENT_KEY)
+        .json(&chat(ADMIN_KEY, "hi"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(echoed.status(), 404);
+    let text = echoed.text().await.unwrap();
+    assert!(!text.contains(ADMIN_KEY) && text.contains("[REDACTED"), "{text}");
     assert_eq!(get("/v1/admin/models", Some(CLIENT_KEY)).await.unwrap().status(), 403);
     assert_eq!(get("/metrics", Some(CLIENT_KEY)).await.unwrap().status(), 403);
     assert_eq!(get("/metrics", Some(METRICS_KEY)).await.unwrap().status(), 200);
@@ -1505,12 +1518,24 @@ async fn shutdown_says_not_ready_first_then_ends_a_stalled_stream_at_the_deadlin
         },
     );
     mock.set("quick", Behavior::default());
+    // An answer far larger than every buffer between the gateway and a
+    // client that reads nothing of it (the stalled stream).
+    mock.set(
+        "big",
+        Behavior { chunks: 200_000, completion_tokens: 200_000, chunk_interval: Duration::ZERO, ..Behavior::default() },
+    );
     let dir = tempfile::tempdir().unwrap();
-    let mut config = config(&mock, &dir, &(model("m", 8_192, &[]) + &model("quick", 8_192, &[])));
+    let models = model("m", 8_192, &[]) + &model("quick", 8_192, &[]) + &model("big", 1_000_000, &[]);
+    let mut config = config(&mock, &dir, &models);
     // A grace long enough to be seen on a loaded machine (the test waits
     // on it anyway).
     config.server.drain_grace_ms = 5_000;
     config.server.drain_timeout_ms = 300;
+    // Only the drain deadline can end the stalled stream within the test's bounds.
+    config.server.stream_send_timeout_ms = 600_000;
+    // The mock takes a while to start an answer that large on a loaded machine.
+    config.providers[0].first_token_timeout_ms = 60_000;
+    config.retry.deadline = Some(Duration::from_mins(1));
     let gateway = Running::start(&config, env).await;
     let client = reqwest::Client::new();
     let url = format!("{}/v1/chat/completions", gateway.url);
@@ -1520,6 +1545,27 @@ async fn shutdown_says_not_ready_first_then_ends_a_stalled_stream_at_the_deadlin
     assert_eq!(response.status(), 200);
     let mut stream = response.bytes_stream();
     assert!(stream.next().await.unwrap().unwrap().starts_with(b"data: "));
+    // A client that stopped reading: it must not hold the shutdown.
+    let mut stalled = raw(&gateway.url).await;
+    {
+        use tokio::io::AsyncWriteExt;
+        let body = json!({"model": "big", "stream": true, "messages": [{"role": "user", "content": "hi"}]}).to_string();
+        let head = format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        stalled.write_all(head.as_bytes()).await.unwrap();
+    }
+    let started = std::time::Instant::now();
+    while gauge(&client, &gateway.url, "modelfleet_gateway_streams_open").await < 1.5 {
+        if started.elapsed() > Duration::from_secs(30) {
+            use tokio::io::AsyncReadExt;
+            let mut buf = vec![0u8; 4000];
+            let n = stalled.read(&mut buf).await.unwrap();
+            panic!("the stalled stream never opened: {}", String::from_utf8_lossy(&buf[..n]));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 
     let fleet = Arc::clone(&gateway.fleet);
     let gateway_url = gateway.url.clone();
@@ -1535,7 +1581,9 @@ async fn shutdown_says_not_ready_first_then_ends_a_stalled_stream_at_the_deadlin
         assert!(started.elapsed() < Duration::from_secs(10), "readiness never said 503");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let served = post(&client, &url, None, &chat("quick", "still there?")).await;
+    // On a new connection (a fresh client has no pooled one): the listener
+    // still accepts during the grace.
+    let served = post(&reqwest::Client::new(), &url, None, &chat("quick", "still there?")).await;
     assert_eq!(served.status(), 200, "a request during the grace was refused");
 
     // The deadline ends the stream with an error event; the gateway exits cleanly.
@@ -1549,15 +1597,18 @@ async fn shutdown_says_not_ready_first_then_ends_a_stalled_stream_at_the_deadlin
     let data = events(&String::from_utf8_lossy(&rest));
     let last: Value = serde_json::from_str(data.last().unwrap()).unwrap_or_else(|e| panic!("{e}: {data:?}"));
     assert_eq!(last["error"]["code"], "shutting_down", "{data:?}");
+    // The stalled reader did not hold the shutdown (it held it for good
+    // before the drain had a deadline).
     tokio::time::timeout(Duration::from_secs(30), stopped).await.expect("serve did not return").unwrap();
-    // Charged, and flushed: both requests are in the reopened file.
+    drop(stalled);
+    // Charged, and flushed: every request is in the reopened file.
     assert_eq!(fleet.monitor().model_stats("m").totals.failures, 0, "the shutdown is not the model's failure");
     drop(fleet);
     let store =
         modelfleet::store::Store::open(dir.path().join("fleet.db"), modelfleet::store::StoreConfig::default()).unwrap();
     let usage = store.usage().unwrap();
     let of = |id: &str| usage.iter().find(|u| u.model == id).map(|u| (u.requests, u.cost > Money::ZERO));
-    assert_eq!((of("m"), of("quick")), (Some((1, true)), Some((1, true))), "{usage:?}");
+    assert_eq!((of("m"), of("quick"), of("big")), (Some((1, true)), Some((1, true)), Some((1, true))), "{usage:?}");
     mock.shutdown().await;
 }
 

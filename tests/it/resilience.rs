@@ -386,6 +386,19 @@ async fn a_named_model_falls_back_only_to_models_that_keep_its_promises() {
         assert!(message.contains(why), "{message}");
         assert_eq!(mock.total_hits(), total, "{named}: no upstream call");
     }
+    // The same for `auto`: no model can take it, so 400 with the reasons by
+    // constraint (a 503 would make SDKs retry a request that cannot succeed).
+    let mut huge = chat("auto", "a prompt larger than every window");
+    huge["modelfleet"] = json!({"prompt_tokens": 5_000_000});
+    let total = mock.total_hits();
+    let response = gateway.chat(&huge).await;
+    assert_eq!(response.status(), 400);
+    let body: Value = response.json().await.unwrap();
+    let message = body["error"]["message"].as_str().unwrap_or_else(|| panic!("{body}"));
+    for reason in ["none of the 10 models satisfies the requirements", "rejected by context_window (10)"] {
+        assert!(message.contains(reason), "{reason}: {message}");
+    }
+    assert_eq!(mock.total_hits(), total, "auto: no upstream call");
     gateway.stop().await;
     mock.shutdown().await;
 }
