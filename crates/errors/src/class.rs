@@ -359,14 +359,25 @@ impl fmt::Display for Failure {
 
 impl std::error::Error for Failure {}
 
-/// Classifies an HTTP error response from an OpenAI-compatible provider.
+/// Classifies an HTTP error response from a provider.
 ///
-/// `body` is the response body as received: an OpenAI (or Anthropic) error
-/// object `{"error": {"message", "type", "code"}}` refines the class the
-/// status implies (a 400 whose code is `context_length_exceeded` is a
-/// context-window failure; a 429 of type `insufficient_quota` is an exhausted
-/// quota, not a rate limit). A body that is not JSON is kept as the message.
-/// `retry_after` is the raw `Retry-After` header, if any (see [`parse_retry_after`]).
+/// `body` is the response body as received. An error object refines the
+/// class the status implies: OpenAI's `{"error": {"message", "type",
+/// "code"}}` (a 400 whose code is `context_length_exceeded` is a
+/// context-window failure; a 429 of type `insufficient_quota` is an
+/// exhausted quota, not a rate limit), Anthropic's `{"type": "error",
+/// "error": {"type", "message"}}` (`overloaded_error` is a server error,
+/// `rate_limit_error` a rate limit, `billing_error` an exhausted quota, a
+/// `prompt is too long` a context-window failure) and Google's `{"error":
+/// {"code", "message", "status"}}`, alone or in a one-element array
+/// (`RESOURCE_EXHAUSTED` is a rate limit, `UNAVAILABLE` a server error,
+/// `PERMISSION_DENIED` and `UNAUTHENTICATED` refused credentials, an input
+/// that `exceeds the maximum number of tokens` a context-window failure).
+/// The OpenAI-shaped bodies modelfleet's translators write for a failure
+/// reported inside a stream carry Anthropic's type or Google's status as
+/// their type and code, and classify the same. A body that is not JSON is
+/// kept as the message. `retry_after` is the raw `Retry-After` header, if
+/// any (see [`parse_retry_after`]).
 #[must_use]
 pub fn classify_response(status: u16, body: &str, retry_after: Option<&str>) -> Failure {
     let parsed = parse_error_body(body);
@@ -414,8 +425,9 @@ struct ErrorBody<'a> {
     param: Option<Cow<'a, str>>,
 }
 
-/// `{"error": {"message": …, "type": …, "code": …}}`, borrowed where the
-/// JSON has no escapes (this runs once per failed call).
+/// `{"error": {"message": …, "type": …, "code": …}}` (Google's has a
+/// `status` where the others have a `type`), borrowed where the JSON has no
+/// escapes (this runs once per failed call).
 #[derive(Deserialize)]
 struct Envelope<'a> {
     #[serde(borrow)]
@@ -432,6 +444,9 @@ struct ErrorObject<'a> {
     code: Option<Code<'a>>,
     #[serde(borrow, default)]
     param: Option<Param<'a>>,
+    /// Google's canonical status (`RESOURCE_EXHAUSTED`, `INVALID_ARGUMENT`, …).
+    #[serde(borrow, default)]
+    status: Option<Cow<'a, str>>,
 }
 
 /// `param` is a string (the field at fault); anything else is ignored
@@ -459,11 +474,20 @@ struct TextEnvelope<'a> {
 }
 
 fn parse_error_body(body: &str) -> Option<ErrorBody<'_>> {
-    if let Ok(Envelope { error }) = serde_json::from_str::<Envelope<'_>>(body) {
-        let code = match error.code {
-            Some(Code::Text(text)) => text,
-            Some(Code::Number(n)) => Cow::Owned(n.to_string()),
-            None => Cow::Borrowed(""),
+    // Google's streaming endpoint answers a failure as a JSON array of one
+    // error (and serde would read an array as a struct's fields in order).
+    let envelope = if body.trim_start().starts_with('[') {
+        serde_json::from_str::<Vec<Envelope<'_>>>(body).ok().and_then(|list| list.into_iter().next())
+    } else {
+        serde_json::from_str::<Envelope<'_>>(body).ok()
+    };
+    if let Some(Envelope { error }) = envelope {
+        // Google's numeric code only repeats the HTTP status; its status names the failure.
+        let code = match (error.code, &error.status) {
+            (Some(Code::Text(text)), _) => text,
+            (Some(Code::Number(_)), Some(status)) => status.clone(),
+            (Some(Code::Number(n)), None) => Cow::Owned(n.to_string()),
+            (None, _) => Cow::Borrowed(""),
         };
         let param = match error.param {
             Some(Param::Text(text)) => Some(text),
@@ -471,7 +495,7 @@ fn parse_error_body(body: &str) -> Option<ErrorBody<'_>> {
         };
         return Some(ErrorBody {
             message: error.message.unwrap_or_default(),
-            kind: error.kind.unwrap_or_default(),
+            kind: error.kind.or(error.status).unwrap_or_default(),
             code,
             param,
         });
@@ -480,40 +504,65 @@ fn parse_error_body(body: &str) -> Option<ErrorBody<'_>> {
     Some(ErrorBody { message: error, kind: Cow::Borrowed(""), code: Cow::Borrowed(""), param: None })
 }
 
+/// The class an error object names, else the status's. The names are
+/// OpenAI's codes and types, Anthropic's types and Google's statuses.
 fn refine(by_status: ErrorClass, body: &ErrorBody<'_>) -> ErrorClass {
     let is = |needle: &str| body.code == needle || body.kind == needle;
-    if is("context_length_exceeded") || mentions_context_window(&body.message) {
+    if is("context_length_exceeded") || mentions(&body.message, &CONTEXT_HINTS) {
         return ErrorClass::ContextWindowExceeded;
     }
-    if is("insufficient_quota") || is("billing_hard_limit_reached") {
+    if is("insufficient_quota")
+        || is("billing_hard_limit_reached")
+        || is("billing_error")
+        || mentions(&body.message, &["credit balance is too low"])
+    {
         return ErrorClass::QuotaExhausted;
     }
-    if is("rate_limit_exceeded") || is("rate_limit_error") {
+    if is("rate_limit_exceeded") || is("rate_limit_error") || is("RESOURCE_EXHAUSTED") {
         return ErrorClass::RateLimited;
     }
-    if is("invalid_api_key") || is("authentication_error") || is("permission_error") {
+    if is("invalid_api_key")
+        || is("authentication_error")
+        || is("permission_error")
+        || is("PERMISSION_DENIED")
+        || is("UNAUTHENTICATED")
+        // Google refuses a bad key as INVALID_ARGUMENT, with a 400.
+        || mentions(&body.message, &["api key not valid", "api key expired"])
+    {
         return ErrorClass::Authentication;
     }
-    if is("model_not_found") || is("not_found_error") {
+    if is("model_not_found") || is("not_found_error") || is("NOT_FOUND") {
         return ErrorClass::NotFound;
     }
     if is("content_policy_violation") || is("content_filter") {
         return ErrorClass::ContentPolicy;
     }
-    if is("overloaded_error") || is("server_error") || is("api_error") {
+    if is("overloaded_error") || is("server_error") || is("api_error") || is("UNAVAILABLE") || is("INTERNAL") {
         return ErrorClass::ServerError;
     }
-    if is("timeout") || is("request_timeout") {
+    if is("timeout") || is("request_timeout") || is("timeout_error") || is("DEADLINE_EXCEEDED") {
         return ErrorClass::Timeout;
     }
     by_status
 }
 
-fn mentions_context_window(message: &str) -> bool {
-    const HINTS: [&str; 4] =
-        ["maximum context length", "context window", "context_length_exceeded", "prompt is too long"];
+/// What providers say when the prompt does not fit: OpenAI, Anthropic
+/// ("prompt is too long", "input length and `max_tokens` exceed context
+/// limit"), Google ("the input token count … exceeds the maximum number of
+/// tokens allowed").
+const CONTEXT_HINTS: [&str; 6] = [
+    "maximum context length",
+    "context window",
+    "context_length_exceeded",
+    "prompt is too long",
+    "exceed context limit",
+    "exceeds the maximum number of tokens",
+];
+
+/// Whether `message` contains one of `hints`, ignoring ASCII case.
+fn mentions(message: &str, hints: &[&str]) -> bool {
     let bytes = message.as_bytes();
-    HINTS.iter().any(|hint| bytes.windows(hint.len()).any(|window| window.eq_ignore_ascii_case(hint.as_bytes())))
+    hints.iter().any(|hint| bytes.windows(hint.len()).any(|window| window.eq_ignore_ascii_case(hint.as_bytes())))
 }
 
 #[cfg(test)]

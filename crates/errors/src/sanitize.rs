@@ -252,6 +252,9 @@ mod tests {
 
         #[test]
         fn paths_never_survive(before in "[ -~]{0,30}", p in path(), after in "[ -~]{0,30}") {
+            // Free text that already holds the path's text (`0/I` holds `/I`)
+            // is not a path itself: the check needs it only in one place.
+            prop_assume!(!before.contains(&p) && !after.contains(&p));
             let out = sanitize(&format!("{before} {p} {after}")).into_owned();
             prop_assert!(!out.contains(&p), "{} leaked in {}", p, out);
         }

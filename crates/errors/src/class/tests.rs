@@ -181,3 +181,129 @@ fn the_upstreams_code_and_param_are_kept_when_sound() {
     let param = fields(leaky).and_then(|f| f.param).unwrap();
     assert!(!param.contains("abcdefghijklmnop"), "{param}");
 }
+
+#[test]
+fn anthropic_bodies() {
+    let body = |kind: &str, message: &str| {
+        format!(r#"{{"type":"error","error":{{"type":"{kind}","message":"{message}"}},"request_id":"req_011"}}"#)
+    };
+    let table = [
+        (529, body("overloaded_error", "Overloaded"), ErrorClass::ServerError),
+        (
+            429,
+            body("rate_limit_error", "Number of request tokens has exceeded your per-minute rate limit"),
+            ErrorClass::RateLimited,
+        ),
+        (
+            400,
+            body("invalid_request_error", "prompt is too long: 210000 tokens > 200000 maximum"),
+            ErrorClass::ContextWindowExceeded,
+        ),
+        (
+            400,
+            body("invalid_request_error", "input length and `max_tokens` exceed context limit: 198000 + 8192 > 200000"),
+            ErrorClass::ContextWindowExceeded,
+        ),
+        (400, body("invalid_request_error", "max_tokens: Field required"), ErrorClass::BadRequest),
+        (
+            400,
+            body("invalid_request_error", "Your credit balance is too low to access the Anthropic API."),
+            ErrorClass::QuotaExhausted,
+        ),
+        (401, body("authentication_error", "invalid x-api-key"), ErrorClass::Authentication),
+        (403, body("permission_error", "Your API key does not have permission"), ErrorClass::Authentication),
+        (402, body("billing_error", "Payment required"), ErrorClass::QuotaExhausted),
+        (404, body("not_found_error", "model: claude-9"), ErrorClass::NotFound),
+        (413, body("request_too_large", "Request exceeds the maximum allowed number of bytes"), ErrorClass::BadRequest),
+        (500, body("api_error", "Internal server error"), ErrorClass::ServerError),
+        (504, body("timeout_error", "Request timed out"), ErrorClass::Timeout),
+    ];
+    for (status, body, expect) in table {
+        check(status, &body, expect);
+    }
+    let failure = classify_response(529, &body("overloaded_error", "Overloaded"), None);
+    assert_eq!(failure.message(), "Overloaded");
+    assert_eq!(failure.upstream(), None, "Anthropic's bodies have no code");
+}
+
+#[test]
+fn status_529_is_the_servers_failure_not_the_clients() {
+    let failure = classify_response(529, "", None);
+    assert_eq!(failure.class(), ErrorClass::ServerError);
+    assert!(failure.class().retry_same_model() && failure.class().fallback());
+    // Even a body of another type does not make a 529 the request's fault.
+    check(529, r#"{"type":"error","error":{"type":"something_new","message":"?"}}"#, ErrorClass::ServerError);
+}
+
+#[test]
+fn gemini_bodies() {
+    let body = |code: u16, status: &str, message: &str| {
+        format!(r#"{{"error":{{"code":{code},"message":"{message}","status":"{status}","details":[]}}}}"#)
+    };
+    let table = [
+        (
+            429,
+            body(429, "RESOURCE_EXHAUSTED", "Resource has been exhausted (e.g. check quota)."),
+            ErrorClass::RateLimited,
+        ),
+        (
+            400,
+            body(
+                400,
+                "INVALID_ARGUMENT",
+                "The input token count (1054016) exceeds the maximum number of tokens allowed (1048576).",
+            ),
+            ErrorClass::ContextWindowExceeded,
+        ),
+        (400, body(400, "INVALID_ARGUMENT", "Request contains an invalid argument."), ErrorClass::BadRequest),
+        (
+            400,
+            body(400, "INVALID_ARGUMENT", "API key not valid. Please pass a valid API key."),
+            ErrorClass::Authentication,
+        ),
+        (
+            400,
+            body(400, "INVALID_ARGUMENT", "API key expired. Please renew the API key."),
+            ErrorClass::Authentication,
+        ),
+        (403, body(403, "PERMISSION_DENIED", "Method doesn't allow unregistered callers"), ErrorClass::Authentication),
+        (
+            401,
+            body(401, "UNAUTHENTICATED", "Request had invalid authentication credentials."),
+            ErrorClass::Authentication,
+        ),
+        (404, body(404, "NOT_FOUND", "models/gemini-9 is not found"), ErrorClass::NotFound),
+        (503, body(503, "UNAVAILABLE", "The model is overloaded. Please try again later."), ErrorClass::ServerError),
+        (500, body(500, "INTERNAL", "An internal error has occurred."), ErrorClass::ServerError),
+        (504, body(504, "DEADLINE_EXCEEDED", "Deadline expired before operation could complete."), ErrorClass::Timeout),
+    ];
+    for (status, body, expect) in table {
+        check(status, &body, expect);
+        // The streaming endpoint wraps the same error in an array.
+        check(status, &format!("[{body}]"), expect);
+    }
+    let failure = classify_response(400, &body(400, "INVALID_ARGUMENT", "bad"), None);
+    assert_eq!(failure.message(), "bad");
+    let code = failure.upstream().and_then(|u| u.code.clone());
+    assert_eq!(code.as_deref(), Some("INVALID_ARGUMENT"), "Google's status is the code, not its number");
+    assert_eq!(classify_response(400, "[]", None).message(), "[]", "an empty array is no error object");
+}
+
+#[test]
+fn bodies_modelfleets_translators_write() {
+    // `AnswerError::Reported` bodies: OpenAI's shape, Anthropic's type or Google's status as type and code.
+    let body =
+        |kind: &str, message: &str| format!(r#"{{"error":{{"message":"{message}","type":"{kind}","code":"{kind}"}}}}"#);
+    let table = [
+        (529, body("overloaded_error", "Overloaded"), ErrorClass::ServerError),
+        (429, body("rate_limit_error", "slow down"), ErrorClass::RateLimited),
+        (500, body("api_error", "Internal server error"), ErrorClass::ServerError),
+        (400, body("invalid_request_error", "prompt is too long"), ErrorClass::ContextWindowExceeded),
+        (429, body("RESOURCE_EXHAUSTED", "quota"), ErrorClass::RateLimited),
+        (503, body("UNAVAILABLE", "overloaded"), ErrorClass::ServerError),
+        (400, body("content_policy_violation", "blocked: SAFETY"), ErrorClass::ContentPolicy),
+    ];
+    for (status, body, expect) in table {
+        check(status, &body, expect);
+    }
+}
