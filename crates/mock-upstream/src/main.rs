@@ -1,24 +1,33 @@
-//! `mock-upstream`: the mock OpenAI API as a program, for trying the gateway
-//! by hand (see the README): `mock-upstream [--listen ADDR]
-//! [--latency-ms N] [--fail MODEL=FAULT[@RATE]]...`.
+//! `mock-upstream`: the mock providers (OpenAI, Anthropic, Gemini, Azure) as
+//! a program, for trying the gateway by hand (see the README):
+//! `mock-upstream [--listen ADDR] [--latency-ms N] [--fail MODEL=FAULT[@RATE]]...
+//! [--key KEY]... [--rate-limited-key KEY]... [--revoked-key KEY]...`.
 
 use std::{net::SocketAddr, process::ExitCode, time::Duration};
 
-use modelfleet_mock_upstream::{Behavior, MockUpstream, parse_fault};
+use modelfleet_mock_upstream::{Behavior, KeyPolicy, MockUpstream, parse_fault};
 
 const USAGE: &str = "usage: mock-upstream [--listen 127.0.0.1:9000] [--latency-ms N] [--fail MODEL=FAULT[@RATE]]...
+                     [--key KEY]... [--rate-limited-key KEY]... [--revoked-key KEY]...
   FAULT: 500, 429[:secs], hang:ms, slow_headers:ms, drip:ms, reset, cut:n, midstream_error:n,
-         context, 400, 401, huge:bytes; RATE: 0..1 (default 1)";
+         context, 400, 401, huge:bytes, overloaded, blocked, filtered; RATE: 0..1 (default 1)
+  --key: a key accepted (none given: any key, or none, is); --rate-limited-key: a key always
+         answered 429; --revoked-key: a key always answered 401";
 
 struct Args {
     listen: SocketAddr,
     latency: Duration,
     faults: Vec<(String, Behavior)>,
+    keys: KeyPolicy,
 }
 
 fn parse(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
-    let mut parsed =
-        Args { listen: SocketAddr::from(([127, 0, 0, 1], 9000)), latency: Duration::ZERO, faults: Vec::new() };
+    let mut parsed = Args {
+        listen: SocketAddr::from(([127, 0, 0, 1], 9000)),
+        latency: Duration::ZERO,
+        faults: Vec::new(),
+        keys: KeyPolicy::default(),
+    };
     while let Some(arg) = args.next() {
         let mut value = |flag: &str| args.next().ok_or_else(|| format!("{flag} needs a value"));
         match arg.as_str() {
@@ -45,6 +54,9 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
                     .faults
                     .push((model.to_owned(), Behavior { fault: Some(fault), fault_rate: rate, ..Behavior::default() }));
             }
+            "--key" => parsed.keys.accepted.push(value("--key")?),
+            "--rate-limited-key" => parsed.keys.rate_limited.push(value("--rate-limited-key")?),
+            "--revoked-key" => parsed.keys.revoked.push(value("--revoked-key")?),
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown argument {other:?}")),
         }
@@ -71,11 +83,19 @@ async fn main() -> ExitCode {
             return ExitCode::from(3);
         }
     };
+    mock.set_keys(args.keys);
     for (model, mut behavior) in args.faults {
         behavior.latency = args.latency;
         mock.set(&model, behavior);
     }
     println!("mock upstream listening on {} (Ctrl-C stops it)", mock.base_url());
+    println!("  OpenAI:    {}/chat/completions, /completions, /embeddings, /responses", mock.base_url());
+    println!("  Anthropic: {}/v1/messages", mock.root_url());
+    println!(
+        "  Gemini:    {}/v1beta/models/MODEL:generateContent (and :streamGenerateContent?alt=sse)",
+        mock.root_url()
+    );
+    println!("  Azure:     {}/openai/deployments/DEPLOYMENT/chat/completions?api-version=…", mock.root_url());
     let _ = tokio::signal::ctrl_c().await;
     mock.shutdown().await;
     ExitCode::SUCCESS
