@@ -44,10 +44,7 @@ fn benches(c: &mut Criterion) {
     group.bench_function("call_overhead", |b| {
         b.iter(|| {
             rt.block_on(fleet.call(black_box(&request), |_, _| async {
-                Ok::<_, Failure>(ModelResponse {
-                    value: (),
-                    usage: Some(Usage { input_tokens: 100, output_tokens: 20, cached_tokens: 0 }),
-                })
+                Ok::<_, Failure>(ModelResponse { value: (), usage: Some(Usage::new(100, 20)) })
             }))
             .expect("served")
             .cost
@@ -89,12 +86,7 @@ fn benches(c: &mut Criterion) {
 /// One call around a no-op model; returns its cost.
 async fn call(fleet: &Fleet, request: &Request) -> Money {
     fleet
-        .call(request, |_, _| async {
-            Ok::<_, Failure>(ModelResponse {
-                value: (),
-                usage: Some(Usage { input_tokens: 100, output_tokens: 20, cached_tokens: 0 }),
-            })
-        })
+        .call(request, |_, _| async { Ok::<_, Failure>(ModelResponse { value: (), usage: Some(Usage::new(100, 20)) }) })
         .await
         .expect("served")
         .cost

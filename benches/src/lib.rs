@@ -85,6 +85,8 @@ pub fn models(n: usize) -> Vec<ModelSpec> {
                     input_per_mtok: Money::from_nanos(cents * 10_000_000),
                     output_per_mtok: Money::from_nanos(cents * 40_000_000),
                     cached_input_per_mtok: None,
+                    cache_write_per_mtok: None,
+                    reasoning_per_mtok: None,
                 });
             }
             m

@@ -43,16 +43,15 @@ fn model(id: &str, price: &str, priority: u8) -> ModelSpec {
         input_per_mtok: price.parse().unwrap(),
         output_per_mtok: price.parse().unwrap(),
         cached_input_per_mtok: None,
+        cache_write_per_mtok: None,
+        reasoning_per_mtok: None,
     });
     m
 }
 
 #[allow(clippy::unnecessary_wraps)] // the type a model call returns
 fn ok(tokens: u64) -> Result<ModelResponse<&'static str>, Failure> {
-    Ok(ModelResponse {
-        value: "ok",
-        usage: Some(Usage { input_tokens: tokens, output_tokens: tokens, cached_tokens: 0 }),
-    })
+    Ok(ModelResponse { value: "ok", usage: Some(Usage::new(tokens, tokens)) })
 }
 
 #[tokio::test(start_paused = true)]
@@ -312,7 +311,7 @@ async fn a_stream_is_held_at_its_worst_case_and_charged_what_it_used_or_the_hold
     let opened = fleet.call_stream(&sized(100), |_, _| async { Ok::<_, Failure>("events") }).await.unwrap();
     assert_eq!(fleet.budgets().status(&Scope::Global, Period::Monthly).unwrap().reserved, worst, "held while it runs");
     assert_eq!(opened.budget_remaining, Some(Money::from_dollars(100).saturating_sub(worst)));
-    let usage = Usage { input_tokens: 100, output_tokens: 50, cached_tokens: 0 };
+    let usage = Usage::new(100, 50);
     let cost = opened.value.settlement.finish(usage, &modelfleet::StreamEnd::ClientGone).await;
     assert_eq!(cost, Money::from_nanos(150_000_000));
     assert_eq!(spent(&fleet), (cost, cost));
@@ -332,12 +331,7 @@ async fn at_the_limit_paid_models_are_refused_and_free_ones_still_serve() {
     let fleet = budgeted(&dir, vec![model("paid", "1000", 90), free], Money::from_nanos(4_100_000_000)).await;
     // The paid model's worst case ($4.10) fits exactly; it costs that much.
     let served = fleet
-        .call(&sized(100), |_, _| async {
-            Ok(ModelResponse {
-                value: "ok",
-                usage: Some(Usage { input_tokens: 100, output_tokens: 4_000, cached_tokens: 0 }),
-            })
-        })
+        .call(&sized(100), |_, _| async { Ok(ModelResponse { value: "ok", usage: Some(Usage::new(100, 4_000)) }) })
         .await
         .unwrap();
     assert_eq!(
@@ -481,7 +475,7 @@ async fn a_stream_is_one_outcome_in_the_tracker_recorded_when_it_settles() {
     let ids = ["completed", "failed", "client-gone", "dropped"];
     let (fleet, origin) = open_fleet(&dir, ids.iter().map(|id| model(id, "1", 50)).collect(), |o| o).await;
     let open = async |id: &str| fleet.call_stream(&named(id), |_, _| async { Ok::<_, Failure>("events") }).await;
-    let usage = Usage { input_tokens: 10, output_tokens: 5, cached_tokens: 0 };
+    let usage = Usage::new(10, 5);
     let untouched = |id: &str| {
         let h = health(&fleet, origin, id);
         (h.successes, h.failures, h.consecutive_failures, h.cooldown)
@@ -529,7 +523,7 @@ async fn a_stream_whose_client_left_is_aborted_in_the_monitor_not_a_model_succes
     // way (books.rs, `Pending`); a stream whose client left must be too.
     let dir = tempfile::tempdir().unwrap();
     let (fleet, _) = open_fleet(&dir, vec![model("client-gone", "1", 50), model("dropped", "1", 50)], |o| o).await;
-    let usage = Usage { input_tokens: 10, output_tokens: 5, cached_tokens: 0 };
+    let usage = Usage::new(10, 5);
     let gone = fleet.call_stream(&named("client-gone"), |_, _| async { Ok::<_, Failure>("events") }).await.unwrap();
     gone.value.settlement.finish(usage, &modelfleet::StreamEnd::ClientGone).await;
     let dropped = fleet.call_stream(&named("dropped"), |_, _| async { Ok::<_, Failure>("events") }).await.unwrap();

@@ -45,6 +45,8 @@ fn model(id: &str, provider: &str, categories: &[Category], per_mtok: &str) -> M
         input_per_mtok: money(per_mtok),
         output_per_mtok: money(per_mtok),
         cached_input_per_mtok: None,
+        cache_write_per_mtok: None,
+        reasoning_per_mtok: None,
     });
     m
 }
@@ -68,11 +70,7 @@ struct Step {
 }
 
 fn answers(latency_ms: u64, input_tokens: u64, output_tokens: u64) -> Step {
-    Step {
-        latency: Duration::from_millis(latency_ms),
-        fail: None,
-        usage: Usage { input_tokens, output_tokens, cached_tokens: 0 },
-    }
+    Step { latency: Duration::from_millis(latency_ms), fail: None, usage: Usage::new(input_tokens, output_tokens) }
 }
 
 fn fails(latency_ms: u64, class: ErrorClass) -> Step {

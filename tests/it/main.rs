@@ -5,6 +5,7 @@ mod full_stack;
 mod gateway;
 mod history;
 mod memory;
+mod providers;
 mod resilience;
 mod startup_retry;
 mod support;

@@ -175,6 +175,16 @@ pub(crate) const TARGETS: &[Goal] = &[
         why: "issue 4: reserve then reconcile, 4 budgets (global, provider, model, key)",
     },
     Goal {
+        name: "tokens/estimate_1k_tokens_prompt",
+        target_ns: 2_000.0,
+        why: "issue 16: the prompt estimate of a 1,000-token chat request (4.8 KB), its body counted as received",
+    },
+    Goal {
+        name: "translate/chat_to_anthropic_and_back",
+        target_ns: 10_000.0,
+        why: "issue 16: a typical chat request to an Anthropic body (bytes) and its answer back to a chat completion",
+    },
+    Goal {
         name: "budget/reserve_reconcile_charged",
         target_ns: 500.0,
         why: "ours: the request path's reserve then reconcile_charged, 2 hard budgets (global monthly, key daily)",

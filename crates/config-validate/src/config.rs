@@ -135,9 +135,53 @@ pub struct StoreSettings {
 pub enum ProviderKind {
     /// An OpenAI-compatible HTTP API.
     Openai,
+    /// Anthropic's Messages API.
+    Anthropic,
+    /// Google's Gemini API (`generateContent`).
+    Gemini,
+    /// Azure OpenAI deployments (a model's `upstream` names its deployment).
+    Azure,
     /// The in-process simulated provider.
     Simulated,
 }
+
+impl ProviderKind {
+    /// Every kind.
+    pub const ALL: [ProviderKind; 5] = [
+        ProviderKind::Openai,
+        ProviderKind::Anthropic,
+        ProviderKind::Gemini,
+        ProviderKind::Azure,
+        ProviderKind::Simulated,
+    ];
+
+    /// The name written in a config file.
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ProviderKind::Openai => "openai",
+            ProviderKind::Anthropic => "anthropic",
+            ProviderKind::Gemini => "gemini",
+            ProviderKind::Azure => "azure",
+            ProviderKind::Simulated => "simulated",
+        }
+    }
+
+    /// The API base used when `base_url` is left out (the provider's public
+    /// endpoint); `None` where one must be given.
+    #[must_use]
+    pub const fn default_base_url(self) -> Option<&'static str> {
+        match self {
+            ProviderKind::Anthropic => Some("https://api.anthropic.com/v1"),
+            ProviderKind::Gemini => Some("https://generativelanguage.googleapis.com/v1beta"),
+            ProviderKind::Openai | ProviderKind::Azure | ProviderKind::Simulated => None,
+        }
+    }
+}
+
+/// What a provider does with a request parameter its API has no place for
+/// (`unsupported_params`): the translators' own type.
+pub use modelfleet_translate::Unsupported;
 
 /// A tool a provider needs on the machine.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -157,8 +201,18 @@ pub struct Provider {
     pub kind: ProviderKind,
     /// For `openai`: the API base, e.g. `https://api.openai.com/v1`.
     pub base_url: Option<String>,
-    /// The environment variable holding its API key.
-    pub api_key_env: Option<String>,
+    /// The environment variables holding its API keys (`api_key_env` for
+    /// one, `api_key_envs` for several): calls rotate over them, and a key
+    /// answered 429 or 401 rests while the others serve.
+    pub api_key_envs: Vec<String>,
+    /// Static headers sent with every call (e.g. an organisation id).
+    pub headers: BTreeMap<String, String>,
+    /// A request parameter the provider's API does not take: dropped or refused.
+    pub unsupported_params: Unsupported,
+    /// `azure`: the `api-version` query parameter.
+    pub api_version: Option<String>,
+    /// `anthropic`: the `anthropic-version` header (default `2023-06-01`).
+    pub anthropic_version: String,
     /// Connect timeout, ms.
     pub connect_timeout_ms: u64,
     /// Whole-request timeout of a non-streamed call, ms.

@@ -63,7 +63,7 @@ pub use crate::{
     },
     config::{
         ApiKey, AuthLockout, CacheSettings, Config, HedgeAfter, MetricsSettings, Provider, ProviderKind,
-        ResilienceSettings, Role, Route, ServerSettings, StoreSettings, ToolRequirement,
+        ResilienceSettings, Role, Route, ServerSettings, StoreSettings, ToolRequirement, Unsupported,
     },
     validate::{Diagnostic, MIN_API_KEY_CHARS, Options, Report, validate, validate_file},
 };

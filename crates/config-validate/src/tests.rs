@@ -39,6 +39,7 @@ fn example_env() -> HashMap<String, String> {
 const EXAMPLE: &str = include_str!("../../../config/modelfleet.example.toml");
 
 const QUICKSTART: &str = include_str!("../../../config/gateway.quickstart.toml");
+const PROVIDERS: &str = include_str!("../../../config/providers.example.toml");
 
 #[test]
 fn the_readme_gateway_quickstart_is_valid() {
@@ -96,11 +97,107 @@ categories = ["general"]
 "#;
     let report = check_text(text, &env_of(&[("LOCAL_API_KEY", "x")]));
     assert!(report.is_valid(), "{report}");
+    // Split rates are read into the pricing; left out, they are unset.
+    let pricing = report.config.and_then(|c| c.models[0].pricing).unwrap();
+    assert_eq!((pricing.cache_write_per_mtok, pricing.reasoning_per_mtok), (None, None));
+    let split = text.replace(
+        "quality = 0.7",
+        "cache_write_price_per_mtok = \"0.625\"\nreasoning_price_per_mtok = 2\nquality = 0.7",
+    );
+    let pricing = check_text(&split, &env_of(&[("LOCAL_API_KEY", "x")])).config.and_then(|c| c.models[0].pricing);
+    let pricing = pricing.unwrap();
+    assert_eq!(pricing.cache_write_per_mtok.map(|m| m.to_string()), Some("0.625".into()));
+    assert_eq!(pricing.reasoning_per_mtok.map(|m| m.to_string()), Some("2".into()));
     let missing_key = check_text(text, &env_of(&[("LOCAL_API_KEY", "   ")]));
     assert_eq!(
         missing_key.errors[0].to_string(),
         "providers[0].api_key_env: environment variable LOCAL_API_KEY is required but not set (or empty) (line 8, column 15)"
     );
+}
+
+#[test]
+fn the_providers_example_serves_every_provider_of_the_default_catalog() {
+    let keys = ["ANTHROPIC_API_KEY", "OPENAI_API_KEY", "GEMINI_API_KEY", "MISTRAL_API_KEY", "DEEPSEEK_API_KEY"];
+    let env = env_of(&keys.map(|k| (k, "k")));
+    let report = check_text(PROVIDERS, &env);
+    assert!(report.is_valid() && report.warnings.is_empty(), "{report}");
+    let config = report.config.unwrap();
+    assert!(config.models.is_empty(), "the default catalog is served");
+    let names: std::collections::BTreeSet<&str> = config.providers.iter().map(|p| p.name.as_str()).collect();
+    let catalog = modelfleet_registry::default_catalog().unwrap();
+    for model in &catalog {
+        assert!(names.contains(model.provider.as_str()), "{} names {}", model.id, model.provider);
+    }
+    assert!(config.simulated_providers().is_empty(), "every provider is real");
+}
+
+#[test]
+fn native_provider_kinds_keys_headers_and_unsupported_params() {
+    let text = r#"
+[[providers]]
+name = "claude"
+kind = "anthropic"
+api_key_envs = ["ANTHROPIC_KEY_1", "ANTHROPIC_KEY_2"]
+unsupported_params = "error"
+headers = { "anthropic-beta" = "prompt-caching-2024-07-31" }
+
+[[providers]]
+name = "google"
+kind = "gemini"
+api_key_env = "GEMINI_KEY"
+
+[[providers]]
+name = "azure"
+kind = "azure"
+base_url = "https://example.openai.azure.com"
+api_version = "2024-10-21"
+api_key_env = "AZURE_KEY"
+
+[[providers]]
+name = "oai"
+kind = "openai"
+base_url = "https://api.openai.com/v1"
+"#;
+    let env = env_of(&[("ANTHROPIC_KEY_1", "a"), ("ANTHROPIC_KEY_2", "b"), ("GEMINI_KEY", "g"), ("AZURE_KEY", "z")]);
+    let report = check_text(text, &env);
+    assert!(report.is_valid(), "{report}");
+    let config = report.config.unwrap();
+    let [claude, google, azure, oai] = &config.providers[..] else { panic!("{:?}", config.providers) };
+    assert_eq!(
+        (claude.kind, google.kind, azure.kind, oai.kind),
+        (ProviderKind::Anthropic, ProviderKind::Gemini, ProviderKind::Azure, ProviderKind::Openai)
+    );
+    assert_eq!(claude.api_key_envs, ["ANTHROPIC_KEY_1", "ANTHROPIC_KEY_2"]);
+    assert_eq!(google.api_key_envs, ["GEMINI_KEY"]);
+    assert_eq!(claude.unsupported_params, crate::Unsupported::Error);
+    assert_eq!(google.unsupported_params, crate::Unsupported::Drop, "drop unless said otherwise");
+    assert_eq!(claude.headers["anthropic-beta"], "prompt-caching-2024-07-31");
+    assert_eq!(claude.anthropic_version, "2023-06-01");
+    assert_eq!(
+        (claude.base_url.as_deref(), ProviderKind::Anthropic.default_base_url()),
+        (None, Some("https://api.anthropic.com/v1"))
+    );
+    assert_eq!(azure.api_version.as_deref(), Some("2024-10-21"));
+
+    // Each mistake named where it is.
+    let broken = text
+        .replace("api_version = \"2024-10-21\"\n", "")
+        .replace("\"ANTHROPIC_KEY_2\"]", "\"ANTHROPIC_KEY_1\"]")
+        .replace("unsupported_params = \"error\"", "unsupported_params = \"ignore\"")
+        .replace("\"anthropic-beta\" = ", "\"bad header\" = ");
+    let report = check_text(&broken, &env);
+    let errors = report.errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n");
+    for expected in [
+        "providers[2].api_version: is required for an azure provider",
+        "providers[0].api_key_envs[1]: ANTHROPIC_KEY_1 is listed twice",
+        "providers[0].unsupported_params: unknown value \"ignore\"; expected one of: drop, error",
+        "providers[0].headers.bad header: a header name is letters, digits, '-' and '_'",
+    ] {
+        assert!(errors.contains(expected), "{expected}\n{errors}");
+    }
+    // An openai or azure provider has no public default.
+    let report = check_text("[[providers]]\nname = \"x\"\nkind = \"azure\"\napi_version = \"v\"\n", &env);
+    assert!(report.errors.iter().any(|e| e.to_string().contains("base_url: is required for an azure provider")));
 }
 
 #[test]

@@ -26,7 +26,7 @@ use toml::{
 
 use crate::{
     ApiKey, AuthLockout, CacheSettings, Config, HedgeAfter, MetricsSettings, Provider, ProviderKind,
-    ResilienceSettings, Role, Route, ServerSettings, StoreSettings, ToolRequirement,
+    ResilienceSettings, Role, Route, ServerSettings, StoreSettings, ToolRequirement, Unsupported,
     checks::{EnvKind, EnvValue, MODEL_FILES, check_tool, env_var, model_dir_problems, port_in_use},
 };
 
@@ -758,6 +758,69 @@ fn store(v: &mut V<'_>, root: &Table<'_>, options: &Options<'_>) -> StoreSetting
     settings
 }
 
+/// `api_key_env` and `api_key_envs`: each variable set, none twice.
+fn provider_keys(v: &mut V<'_>, t: &Table<'_>, path: &str, options: &Options<'_>) -> Vec<String> {
+    let mut api_key_envs = Vec::new();
+    if let Some((env_name, s)) = get_str(v, t, path, "api_key_env") {
+        api_key_envs.push((env_name, s, format!("{path}.api_key_env")));
+    }
+    for (j, (env_name, s)) in get_str_list(v, t, path, "api_key_envs").into_iter().enumerate() {
+        api_key_envs.push((env_name, s, format!("{path}.api_key_envs[{j}]")));
+    }
+    for (j, (env_name, s, at)) in api_key_envs.iter().enumerate() {
+        if let Err(message) = env_var(options.env, env_name, true, None, EnvKind::Text) {
+            v.error(at, Some(s), message);
+        }
+        if api_key_envs[..j].iter().any(|(other, ..)| other == env_name) {
+            v.error(at, Some(s), format!("{env_name} is listed twice"));
+        }
+    }
+    api_key_envs.into_iter().map(|(e, ..)| e).collect()
+}
+
+/// `headers`: names of letters, digits, '-' and '_'; printable ASCII values.
+fn provider_headers(v: &mut V<'_>, t: &Table<'_>, path: &str) -> BTreeMap<String, String> {
+    let mut headers = BTreeMap::new();
+    let Some((table, _)) = get_table(v, t, path, "headers") else { return headers };
+    for (name, value) in table {
+        let at = format!("{path}.headers.{}", name.get_ref());
+        let valid_name = !name.get_ref().is_empty()
+            && name.get_ref().bytes().all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b));
+        if !valid_name {
+            v.error(&at, Some(&name.span()), "a header name is letters, digits, '-' and '_'");
+        }
+        match value.get_ref().as_str() {
+            Some(text) if text.bytes().all(|b| b == b'\t' || (0x20..0x7f).contains(&b)) => {
+                headers.insert(name.get_ref().to_string(), text.to_owned());
+            }
+            Some(_) => v.error(&at, Some(&value.span()), "a header value is printable ASCII"),
+            None => type_error(v, &at, value, "a string"),
+        }
+    }
+    headers
+}
+
+/// `requires`: tools the provider needs, checked when tool checks are on.
+fn provider_requires(v: &mut V<'_>, t: &Table<'_>, path: &str, options: &Options<'_>) -> Vec<ToolRequirement> {
+    let mut requires = Vec::new();
+    for (j, (req, req_span)) in get_tables(v, t, "requires").into_iter().enumerate() {
+        let req_path = format!("{path}.requires[{j}]");
+        known_keys(v, req, &req_path, &["tool", "min_version"]);
+        if let (Some((tool, _)), Some((min_version, _))) = (
+            require_str(v, req, &req_span, &req_path, "tool"),
+            require_str(v, req, &req_span, &req_path, "min_version"),
+        ) {
+            if options.check_tools
+                && let Err(message) = check_tool(&tool, &min_version)
+            {
+                v.error(&req_path, Some(&req_span), message);
+            }
+            requires.push(ToolRequirement { tool, min_version });
+        }
+    }
+    requires
+}
+
 fn providers(v: &mut V<'_>, root: &Table<'_>, options: &Options<'_>) -> Vec<Provider> {
     let mut out: Vec<Provider> = Vec::new();
     for (i, (t, span)) in get_tables(v, root, "providers").into_iter().enumerate() {
@@ -771,6 +834,11 @@ fn providers(v: &mut V<'_>, root: &Table<'_>, options: &Options<'_>) -> Vec<Prov
                 "kind",
                 "base_url",
                 "api_key_env",
+                "api_key_envs",
+                "headers",
+                "unsupported_params",
+                "api_version",
+                "anthropic_version",
                 "connect_timeout_ms",
                 "request_timeout_ms",
                 "first_token_timeout_ms",
@@ -786,61 +854,61 @@ fn providers(v: &mut V<'_>, root: &Table<'_>, options: &Options<'_>) -> Vec<Prov
         {
             v.error(&format!("{path}.name"), Some(s), format!("provider {n:?} is defined twice"));
         }
-        let kind =
-            get_enum(v, t, &path, "kind", &["openai", "simulated"], &[ProviderKind::Openai, ProviderKind::Simulated]);
+        let kind = get_enum(v, t, &path, "kind", &ProviderKind::ALL.map(ProviderKind::as_str), &ProviderKind::ALL);
         if find(t, "kind").is_none() {
-            v.error(&format!("{path}.kind"), Some(&span), "is required (openai or simulated)");
+            v.error(
+                &format!("{path}.kind"),
+                Some(&span),
+                "is required (openai, anthropic, gemini, azure or simulated)",
+            );
         }
         let base_url = get_str(v, t, &path, "base_url");
-        if kind == Some(ProviderKind::Openai) {
-            match &base_url {
-                None if find(t, "base_url").is_none() => {
-                    v.error(&format!("{path}.base_url"), Some(&span), "is required for an openai provider");
-                }
-                Some((url, s)) if !(url.starts_with("http://") || url.starts_with("https://")) => {
-                    v.error(
-                        &format!("{path}.base_url"),
-                        Some(s),
-                        format!("{url:?} must start with http:// or https://"),
-                    );
-                }
-                _ => {}
+        let remote = kind.filter(|k| *k != ProviderKind::Simulated);
+        match (&base_url, remote) {
+            (None, Some(kind)) if find(t, "base_url").is_none() && kind.default_base_url().is_none() => {
+                v.error(
+                    &format!("{path}.base_url"),
+                    Some(&span),
+                    format!("is required for an {} provider", kind.as_str()),
+                );
             }
+            (Some((url, s)), Some(_)) if !(url.starts_with("http://") || url.starts_with("https://")) => {
+                v.error(&format!("{path}.base_url"), Some(s), format!("{url:?} must start with http:// or https://"));
+            }
+            _ => {}
         }
-        let api_key_env = get_str(v, t, &path, "api_key_env");
-        if let Some((env_name, s)) = &api_key_env
-            && let Err(message) = env_var(options.env, env_name, true, None, EnvKind::Text)
-        {
-            v.error(&format!("{path}.api_key_env"), Some(s), message);
+        let api_key_envs = provider_keys(v, t, &path, options);
+        let headers = provider_headers(v, t, &path);
+        let unsupported_params =
+            get_enum(v, t, &path, "unsupported_params", &["drop", "error"], &[Unsupported::Drop, Unsupported::Error])
+                .unwrap_or_default();
+        let api_version = get_str(v, t, &path, "api_version");
+        if kind == Some(ProviderKind::Azure) && api_version.is_none() && find(t, "api_version").is_none() {
+            v.error(
+                &format!("{path}.api_version"),
+                Some(&span),
+                "is required for an azure provider (the api-version query parameter, e.g. \"2024-10-21\")",
+            );
         }
+        let anthropic_version =
+            get_str(v, t, &path, "anthropic_version").map_or_else(|| "2023-06-01".to_owned(), |(text, _)| text);
         let connect = get_u64(v, t, &path, "connect_timeout_ms", 1..=60_000, 5_000);
         let request = get_u64(v, t, &path, "request_timeout_ms", 1..=600_000, 120_000);
         let first_token = get_u64(v, t, &path, "first_token_timeout_ms", 1..=3_600_000, 120_000);
         let stream_idle = get_u64(v, t, &path, "stream_idle_timeout_ms", 1..=3_600_000, 60_000);
         let include_usage = get_bool(v, t, &path, "include_usage").unwrap_or(kind == Some(ProviderKind::Openai));
         let max_body = get_u64(v, t, &path, "max_upstream_body_bytes", 1_024..=(1 << 30), 32 << 20);
-        let mut requires = Vec::new();
-        for (j, (req, req_span)) in get_tables(v, t, "requires").into_iter().enumerate() {
-            let req_path = format!("{path}.requires[{j}]");
-            known_keys(v, req, &req_path, &["tool", "min_version"]);
-            if let (Some((tool, _)), Some((min_version, _))) = (
-                require_str(v, req, &req_span, &req_path, "tool"),
-                require_str(v, req, &req_span, &req_path, "min_version"),
-            ) {
-                if options.check_tools
-                    && let Err(message) = check_tool(&tool, &min_version)
-                {
-                    v.error(&req_path, Some(&req_span), message);
-                }
-                requires.push(ToolRequirement { tool, min_version });
-            }
-        }
+        let requires = provider_requires(v, t, &path, options);
         if let (Some((name, _)), Some(kind)) = (name, kind) {
             out.push(Provider {
                 name,
                 kind,
                 base_url: base_url.map(|(u, _)| u),
-                api_key_env: api_key_env.map(|(e, _)| e),
+                api_key_envs,
+                headers,
+                unsupported_params,
+                api_version: api_version.map(|(a, _)| a),
+                anthropic_version,
                 connect_timeout_ms: connect,
                 request_timeout_ms: request,
                 first_token_timeout_ms: first_token,
@@ -886,6 +954,8 @@ const MODEL_KEYS: &[&str] = &[
     "input_price_per_mtok",
     "output_price_per_mtok",
     "cached_input_price_per_mtok",
+    "cache_write_price_per_mtok",
+    "reasoning_price_per_mtok",
     "quality",
     "typical_latency_ms",
     "languages",
@@ -1052,6 +1122,8 @@ fn model_details(
     let input = get_money(v, t, path, "input_price_per_mtok");
     let output = get_money(v, t, path, "output_price_per_mtok");
     let cached = get_money(v, t, path, "cached_input_price_per_mtok");
+    let cache_write = get_money(v, t, path, "cache_write_price_per_mtok");
+    let reasoning = get_money(v, t, path, "reasoning_price_per_mtok");
     let (has_input, has_output) =
         (find(t, "input_price_per_mtok").is_some(), find(t, "output_price_per_mtok").is_some());
     if has_input != has_output {
@@ -1062,9 +1134,13 @@ fn model_details(
         );
     }
     spec.pricing = match (input, output) {
-        (Some(input_per_mtok), Some(output_per_mtok)) => {
-            Some(Pricing { input_per_mtok, output_per_mtok, cached_input_per_mtok: cached })
-        }
+        (Some(input_per_mtok), Some(output_per_mtok)) => Some(Pricing {
+            input_per_mtok,
+            output_per_mtok,
+            cached_input_per_mtok: cached,
+            cache_write_per_mtok: cache_write,
+            reasoning_per_mtok: reasoning,
+        }),
         _ => None,
     };
     spec.quality = get_float(v, t, path, "quality", 0.0..=1.0);

@@ -37,6 +37,8 @@ fn model(id: &str, window: u32, quality: f64, price: &str, priority: u8) -> Mode
         input_per_mtok: price.parse().unwrap(),
         output_per_mtok: price.parse().unwrap(),
         cached_input_per_mtok: None,
+        cache_write_per_mtok: None,
+        reasoning_per_mtok: None,
     });
     m.priority = priority;
     m.languages = vec!["en".into()];

@@ -30,6 +30,7 @@ use modelfleet::{
 use serde_json::{Value, json};
 
 use crate::{
+    edge::{Edge, Format},
     guard::{self, Guard},
     lang,
     lockout::{self, Lockout},
@@ -46,7 +47,7 @@ use tracing::Instrument as _;
 use crate::{
     auth::{Auth, Caller, Need},
     upstream::{Events, Upstreams, error_event},
-    wire::{ApiError, ChatRequest, delta_chars, estimate_output, json_response, parse_chat, sse, usage_of},
+    wire::{ApiError, ChatRequest, delta_chars, estimate_output, json_response, parse_chat, usage_of},
 };
 
 /// Everything the handlers share.
@@ -122,6 +123,8 @@ pub(crate) fn router(app: App, max_body_bytes: usize) -> Router {
     });
     let router = Router::new()
         .route("/v1/chat/completions", post(chat).fallback(only("POST")))
+        .route("/v1/messages", post(messages).fallback(only("POST")))
+        .route("/v1/responses", post(responses).fallback(only("POST")))
         .route("/v1/models", get(models).fallback(only("GET, HEAD")))
         .route("/v1/models/{*id}", get(model).fallback(only("GET, HEAD")))
         .route("/v1/route/explain", post(explain).fallback(only("POST")))
@@ -379,11 +382,33 @@ fn served_headers(app: &AppState, response: &mut Response, model: &str, attempts
 }
 
 async fn chat(State(app): State<App>, headers: HeaderMap, body: Body) -> Response {
-    match chat_inner(&app, &headers, body).await {
+    chat_in(&app, &headers, body, Format::Chat).await
+}
+
+/// `POST /v1/messages`: Anthropic's Messages API over the chat path (any
+/// provider behind it), errors in Anthropic's shape.
+async fn messages(State(app): State<App>, headers: HeaderMap, body: Body) -> Response {
+    chat_in(&app, &headers, body, Format::Anthropic).await
+}
+
+/// `POST /v1/responses`: OpenAI's Responses API over the chat path.
+async fn responses(State(app): State<App>, headers: HeaderMap, body: Body) -> Response {
+    chat_in(&app, &headers, body, Format::Responses).await
+}
+
+/// A completion asked for in `format`: translated to chat, served, and the
+/// answer (or the error) translated back.
+async fn chat_in(app: &App, headers: &HeaderMap, body: Body, format: Format) -> Response {
+    let response = match chat_inner(app, headers, body, format).await {
         Ok(response) => response,
         Err(error) => error.into_response(),
-    }
+    };
+    format.response(response, MAX_ANSWER_BYTES).await
 }
+
+/// The largest chat answer translated into another client format (an
+/// upstream's own bound is `max_upstream_body_bytes`, 32 MiB by default).
+const MAX_ANSWER_BYTES: usize = 1 << 30;
 
 /// Runs a non-streamed call in a task of its own: if the client leaves,
 /// hyper drops the handler (or the whole-request limit answers 504), but
@@ -418,9 +443,9 @@ fn spawn_call(
     )
 }
 
-async fn chat_inner(app: &App, headers: &HeaderMap, body: Body) -> Result<Response, ApiError> {
+async fn chat_inner(app: &App, headers: &HeaderMap, body: Body, format: Format) -> Result<Response, ApiError> {
     let caller = app.auth.check(headers, Need::Client)?;
-    let bytes = read_body(app, body).await?;
+    let bytes = format.request(read_body(app, body).await?)?;
     let mut chat = parse_chat(&bytes)?;
     chat.trace = traceparent::of(headers);
     let request = app.fleet_request(&chat, &caller, headers)?;
@@ -431,7 +456,7 @@ async fn chat_inner(app: &App, headers: &HeaderMap, body: Body) -> Result<Respon
         chat.cap = (cap > 0).then_some(cap);
     }
     if chat.stream {
-        return stream_chat(app, chat, &request).await;
+        return stream_chat(app, chat, &request, format).await;
     }
     // The cache serves and keeps only what a client did not opt out of:
     // `cache-control: no-cache` (or `no-store`) or `modelfleet.cache = false`.
@@ -557,7 +582,7 @@ fn cache_key(chat: &ChatRequest, caller: &Caller) -> [u8; 32] {
     }))
 }
 
-async fn stream_chat(app: &App, chat: ChatRequest, request: &Request) -> Result<Response, ApiError> {
+async fn stream_chat(app: &App, chat: ChatRequest, request: &Request, format: Format) -> Result<Response, ApiError> {
     let upstreams = &app.upstreams;
     let chat_ref = &chat;
     let served = app
@@ -571,6 +596,7 @@ async fn stream_chat(app: &App, chat: ChatRequest, request: &Request) -> Result<
         app: Arc::clone(app),
         include_usage: chat.include_usage,
         prompt_tokens: u64::from(chat.requirements.prompt_tokens),
+        edge: format.stream(&served.model, u64::from(chat.requirements.prompt_tokens)),
     };
     app.streams.spawn(pump.run(stream, settlement, tx).in_current_span());
     let body = futures_util::stream::unfold(rx, |mut rx| async move {
@@ -593,6 +619,8 @@ struct Pump {
     app: App,
     include_usage: bool,
     prompt_tokens: u64,
+    /// The client's format: chunks become its events.
+    edge: Edge,
 }
 
 impl Pump {
@@ -607,7 +635,17 @@ impl Pump {
         }
     }
 
-    async fn run(self, mut events: Events, settlement: modelfleet::Settlement, tx: mpsc::Sender<Bytes>) {
+    /// Sends one chunk's data as the client's events; false as [`Pump::send`].
+    async fn relay(&mut self, tx: &mpsc::Sender<Bytes>, data: &str) -> bool {
+        for event in self.edge.events(data) {
+            if !self.send(tx, event).await {
+                return false;
+            }
+        }
+        true
+    }
+
+    async fn run(mut self, mut events: Events, settlement: modelfleet::Settlement, tx: mpsc::Sender<Bytes>) {
         let mut usage: Option<Usage> = None;
         let mut chars = 0usize;
         let bound = settlement.output_bound();
@@ -628,7 +666,7 @@ impl Pump {
                 Err(failure) => break StreamEnd::Failed(failure),
             };
             if data.trim() == "[DONE]" {
-                if !self.send(&tx, sse("[DONE]")).await {
+                if !self.relay(&tx, "[DONE]").await {
                     break StreamEnd::ClientGone;
                 }
                 break StreamEnd::Completed;
@@ -653,7 +691,7 @@ impl Pump {
                     "the upstream streamed past the output limit the request was held to",
                 ));
             }
-            if forward && !self.send(&tx, sse(&data)).await {
+            if forward && !self.relay(&tx, &data).await {
                 break StreamEnd::ClientGone;
             }
         };
@@ -663,23 +701,20 @@ impl Pump {
         if let StreamEnd::Failed(failure) = &end {
             self.app.stream_failures.fetch_add(1, Ordering::Relaxed);
             let message = format!("the upstream failed mid-stream: {failure}");
-            let _ = self.send(&tx, stream_error(&modelfleet::errors::sanitize(&message), "stream_interrupted")).await;
+            let event = self.edge.error(&modelfleet::errors::sanitize(&message), "stream_interrupted");
+            let _ = self.send(&tx, event).await;
         } else if cut {
             // The drain deadline: not the model's failure (settled as a
             // stream its client left, charged what was generated), but the
             // client is told, behind what it has not read yet; one that
             // stopped reading is not waited on for long.
             let message = "the gateway is shutting down and its drain deadline passed (server.drain_timeout_ms)";
-            let _ = tokio::time::timeout(LAST_WORD, tx.send(stream_error(message, "shutting_down"))).await;
+            let _ = tokio::time::timeout(LAST_WORD, tx.send(self.edge.error(message, "shutting_down"))).await;
         } else if end == StreamEnd::ClientGone {
             self.app.client_disconnects.fetch_add(1, Ordering::Relaxed);
         }
         // The upstream's usage, else the prompt plus the tokens relayed.
-        let usage = usage.unwrap_or(Usage {
-            input_tokens: self.prompt_tokens,
-            output_tokens: estimate_output(chars),
-            cached_tokens: 0,
-        });
+        let usage = usage.unwrap_or(Usage::new(self.prompt_tokens, estimate_output(chars)));
         let cost = settlement.finish(usage, &end).await;
         tracing::debug!(?end, %cost, cut, "stream settled");
     }
@@ -688,12 +723,6 @@ impl Pump {
 /// How long a stream ended by the drain deadline waits for its client to
 /// take the error event (the connections are dropped after).
 const LAST_WORD: Duration = Duration::from_secs(1);
-
-/// An SSE `error` event in OpenAI's shape.
-fn stream_error(message: &str, code: &str) -> Bytes {
-    let event = json!({"error": {"message": message, "type": "server_error", "param": null, "code": code}});
-    sse(&event.to_string())
-}
 
 /// What a client may name as `model`: the enabled catalog models, the
 /// routes and `auto`, as OpenAI's model objects.

@@ -644,7 +644,7 @@ fn read_events(pieces: Vec<Bytes>) -> (Vec<String>, Option<String>, usize) {
     let runtime = tokio::runtime::Builder::new_current_thread().build().expect("a runtime");
     let (events, failure) = runtime.block_on(async {
         let mut events = Vec::new();
-        let mut reader = match Events::open(Box::pin(body), None).await {
+        let mut reader = match Events::open(Box::pin(body), None, None).await {
             Ok(reader) => reader,
             Err(failure) => return (events, Some(failure.message().to_owned())),
         };

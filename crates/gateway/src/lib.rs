@@ -84,6 +84,7 @@
 
 mod app;
 mod auth;
+mod edge;
 #[cfg(test)]
 mod fuzz_tests;
 mod guard;

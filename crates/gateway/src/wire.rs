@@ -6,6 +6,7 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use modelfleet::{Usage, registry::Capability, selector::Requirements};
+use modelfleet_translate::estimate_body;
 use serde::{Serialize, Serializer, ser::SerializeMap};
 use serde_json::{Map, Value};
 
@@ -133,13 +134,16 @@ const TOKENS_PER_MEDIA_PART: usize = 3_000;
 const PROMPT_FIELDS: [&str; 5] = ["messages", "tools", "functions", "response_format", "tool_choice"];
 
 /// Tokens a prompt may take before the provider counts them, for the
-/// context check and the budget hold: a quarter of the bytes of everything
-/// the provider reads as prompt — the messages as JSON (text, names, tool
-/// calls and their arguments, with the punctuation as a margin), the tool
-/// and function definitions, the response format — plus
-/// [`TOKENS_PER_MEDIA_PART`] per image or audio part.
-fn estimate_prompt(body: &Map<String, Value>) -> u32 {
-    let bytes: usize = PROMPT_FIELDS.iter().filter_map(|field| body.get(*field)).map(json_len).sum();
+/// context check and the budget hold: `modelfleet-translate`'s
+/// [`estimate_body`] over the request body as received — everything the
+/// provider reads as prompt is in it (messages with their text, names,
+/// tool calls and arguments, tool and function definitions, the response
+/// format; the punctuation and the few other fields are a margin): the
+/// larger of a calibrated estimate (never more than 5% under OpenAI's
+/// tokenizers on English, code, CJK and mixed text) and a quarter of the
+/// bytes; plus [`TOKENS_PER_MEDIA_PART`] per image or audio part.
+fn estimate_prompt(raw: &[u8], body: &Map<String, Value>) -> u32 {
+    let text = estimate_body(raw);
     let media: usize = body.get("messages").and_then(Value::as_array).map_or(0, |messages| {
         messages
             .iter()
@@ -150,7 +154,8 @@ fn estimate_prompt(body: &Map<String, Value>) -> u32 {
             })
             .count()
     });
-    u32::try_from(bytes.div_ceil(4).saturating_add(media.saturating_mul(TOKENS_PER_MEDIA_PART))).unwrap_or(u32::MAX)
+    let media = u64::try_from(media.saturating_mul(TOKENS_PER_MEDIA_PART)).unwrap_or(u64::MAX);
+    u32::try_from(text.saturating_add(media)).unwrap_or(u32::MAX)
 }
 
 /// The capabilities the body uses, which the model serving it must have:
@@ -180,23 +185,6 @@ fn used_capabilities(body: &Map<String, Value>, stream: bool) -> Vec<Capability>
         used.push(Capability::Streaming);
     }
     used
-}
-
-/// The length of `value` as compact JSON, counted without writing it anywhere.
-fn json_len(value: &Value) -> usize {
-    struct Count(usize);
-    impl std::io::Write for Count {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0 += buf.len();
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let mut count = Count(0);
-    let _ = serde_json::to_writer(&mut count, value);
-    count.0
 }
 
 fn content_chars(content: Option<&Value>) -> usize {
@@ -241,7 +229,7 @@ pub(crate) fn parse_chat(bytes: &[u8]) -> Result<ChatRequest, ApiError> {
             return Err(ApiError::invalid("invalid_messages", format!("messages[{i}].role: required, a string")));
         }
     }
-    let prompt_tokens = estimate_prompt(&body);
+    let prompt_tokens = estimate_prompt(bytes, &body);
     let stream = match body.get("stream") {
         None | Some(Value::Null) => false,
         Some(Value::Bool(b)) => *b,
@@ -353,15 +341,10 @@ pub(crate) fn usage_of(value: &Value) -> Option<Usage> {
     usage_in(value.get("usage")?)
 }
 
-/// A `usage` object in OpenAI's shape, read as [`usage_of`] does.
+/// A `usage` object in OpenAI's shape, read as [`usage_of`] does (the
+/// translators' one reading, split counts included).
 fn usage_in(usage: &Value) -> Option<Usage> {
-    let usage = Some(usage).filter(|u| u.is_object())?;
-    let n = |pointer: &str| usage.pointer(pointer).and_then(Value::as_u64);
-    Some(Usage {
-        input_tokens: n("/prompt_tokens")?,
-        output_tokens: n("/completion_tokens")?,
-        cached_tokens: n("/prompt_tokens_details/cached_tokens").unwrap_or(0),
-    })
+    modelfleet_translate::usage_of(usage)
 }
 
 /// Only what the gateway reads of a completion: its `usage` value; every
@@ -539,13 +522,30 @@ mod tests {
     }
 
     #[test]
+    fn the_prompt_estimate_is_the_larger_of_the_calibrated_one_and_a_quarter_of_the_bytes() {
+        let tokens = |body: &[u8]| u64::from(parse_chat(body).unwrap().requirements.prompt_tokens);
+        let body = |content: &str| {
+            serde_json::to_vec(&json!({"model": "auto", "messages": [{"role": "user", "content": content}]})).unwrap()
+        };
+        // CJK: a quarter of the bytes (0.75 a character) would be far under
+        // a real tokenizer's count; the calibrated estimate is used.
+        let cjk = body(&"模型选择与预算控制在生产环境中非常重要。".repeat(20));
+        let calibrated = modelfleet_translate::estimate_tokens(std::str::from_utf8(&cjk).unwrap());
+        assert!(calibrated > cjk.len().div_ceil(4) as u64);
+        assert_eq!(tokens(&cjk), calibrated);
+        // A long run of one letter: the quarter of the bytes is larger.
+        let run = body(&"x".repeat(4_000));
+        assert_eq!(tokens(&run), run.len().div_ceil(4) as u64);
+    }
+
+    #[test]
     fn requirements_come_from_the_extension_with_the_prompt_estimated() {
         let body = r#"{"model":"auto","max_tokens":100,"messages":[{"role":"user","content":"12345678"}],
             "modelfleet":{"category":"code","min_quality":0.5,"max_cost":"0.01"}}"#;
         let chat = parse_chat(body.as_bytes()).unwrap();
         assert!(chat.extended && !chat.body.contains_key("modelfleet"));
-        // `[{"role":"user","content":"12345678"}]`: 38 bytes of JSON.
-        assert_eq!(chat.requirements.prompt_tokens, 10);
+        // The body as received, by the conservative estimate.
+        assert_eq!(u64::from(chat.requirements.prompt_tokens), estimate_body(body.as_bytes()));
         assert_eq!(chat.requirements.max_output_tokens, 100);
         assert_eq!(chat.requirements.min_quality, Some(0.5));
         assert_eq!(chat.requirements.max_cost.map(|m| m.to_string()), Some("0.01".into()));
@@ -559,8 +559,10 @@ mod tests {
         };
         let req = |extra: &str| parse_chat(&body(extra)).unwrap().requirements;
         let own = req("").prompt_tokens;
-        assert_eq!(own, (4_000_u32 + 30).div_ceil(4), "the messages as JSON, a quarter of their bytes");
-        assert_eq!(req(r#","modelfleet":{"prompt_tokens":1}"#).prompt_tokens, own, "a lower claim is ignored");
+        assert_eq!(u64::from(own), estimate_body(&body("")), "the body as received");
+        let low = r#","modelfleet":{"prompt_tokens":1}"#;
+        assert_eq!(u64::from(req(low).prompt_tokens), estimate_body(&body(low)), "a lower claim is ignored");
+        assert!(req(low).prompt_tokens >= own);
         assert_eq!(req(r#","modelfleet":{"prompt_tokens":5000}"#).prompt_tokens, 5_000, "a higher one counts");
         assert_eq!(req("").max_output_tokens, 0, "no max_tokens: uncapped, each model's own limit holds");
         assert_eq!(req(r#","modelfleet":{"max_output_tokens":10}"#).max_output_tokens, 0, "a claim is no cap");
@@ -646,12 +648,13 @@ mod tests {
         let mut tooled = plain.clone();
         tooled["tools"] =
             json!([{"type": "function", "function": {"name": "f", "parameters": {"d": "y".repeat(4_000)}}}]);
-        assert!(tokens(tooled) >= base + 1_000, "a tools array is prompt too");
+        let long = |c: &str| u32::try_from(modelfleet_translate::estimate_tokens(&c.repeat(4_000))).unwrap();
+        assert!(tokens(tooled) >= base + long("y"), "a tools array is prompt too");
         let call = json!({"model": "auto", "messages": [
             {"role": "assistant", "tool_calls": [{"id": "1", "type": "function",
                 "function": {"name": "f", "arguments": "z".repeat(4_000)}}]},
             {"role": "tool", "tool_call_id": "1", "content": "ok"}]});
-        assert!(tokens(call) >= 1_000, "tool-call arguments are prompt too");
+        assert!(tokens(call) >= long("z"), "tool-call arguments are prompt too");
         let image = json!({"model": "auto", "messages": [{"role": "user", "content": [
             {"type": "text", "text": "x"}, {"type": "image_url", "image_url": {"url": "https://e.x/a.png"}}]}]});
         assert!(tokens(image) >= 3_000, "an image counts as its largest size");

@@ -204,7 +204,7 @@ impl Books {
 /// The exact price of `usage` on `model` (zero when it has no price: such
 /// a model is never eligible under a hard budget).
 pub(crate) fn price_of(model: &ModelSpec, usage: Usage) -> Money {
-    model.price().map_or(Money::ZERO, |p| p.cost(usage.input_tokens, usage.cached_tokens, usage.output_tokens))
+    model.price().map_or(Money::ZERO, |p| p.cost_of(&usage))
 }
 
 /// A budget hold for a call in flight. If the future awaiting the call is

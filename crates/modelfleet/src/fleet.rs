@@ -21,7 +21,7 @@ use modelfleet_fallback::{
 };
 use modelfleet_metrics::{Category as MetricsCategory, Metrics, MetricsConfig};
 use modelfleet_monitor::{InFlightShared, LiveAt, Monitor, MonitorConfig};
-use modelfleet_registry::{Catalog, Category, Clock, ModelSpec, Money, SystemClock};
+use modelfleet_registry::{Catalog, Category, Clock, ModelSpec, Money, SystemClock, Usage};
 use modelfleet_selector::{
     BudgetRoom, Explanation, LiveSignals, Ranked, Rejection, Requirements, SelectorConfig, Signals, Strategy, Weights,
     worst_case_cost,
@@ -232,17 +232,6 @@ impl FleetOptions {
     }
 }
 
-/// Token counts a model call reports.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
-pub struct Usage {
-    /// Prompt tokens (cached ones included).
-    pub input_tokens: u64,
-    /// Completion tokens.
-    pub output_tokens: u64,
-    /// Prompt tokens served from the provider's cache.
-    pub cached_tokens: u64,
-}
-
 /// What a model call returns: its answer and its usage.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModelResponse<T> {
@@ -430,7 +419,7 @@ pub struct BudgetView {
 ///         .call(&Request::default(), |model, _ctx| {
 ///             let id = model.id.clone();
 ///             async move {
-///                 Ok(ModelResponse { value: format!("hello from {id}"), usage: Some(Usage { input_tokens: 10, output_tokens: 5, cached_tokens: 0 }) })
+///                 Ok(ModelResponse { value: format!("hello from {id}"), usage: Some(Usage::new(10, 5)) })
 ///             }
 ///         })
 ///         .await?;

@@ -41,10 +41,13 @@ pub use modelfleet_selector as selector;
 pub use modelfleet_service_registry as service_registry;
 pub use modelfleet_store as store;
 
+/// Token counts a model call reports (the registry's, priced by [`registry::Pricing::cost_of`]).
+pub use modelfleet_registry::Usage;
+
 pub use crate::{
     fleet::{
         BudgetAdminError, BudgetSource, BudgetView, Fleet, FleetError, FleetOptions, ModelResponse, Opened, Request,
-        RouteSpec, Served, Settlement, StreamEnd, Usage, default_db_path,
+        RouteSpec, Served, Settlement, StreamEnd, default_db_path,
     },
     history::{
         CategoryLine, GroupLine, HealthSection, HistoryReport, ModelHealth, Overview, Percentiles, ProviderLine,

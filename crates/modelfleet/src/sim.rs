@@ -184,7 +184,7 @@ impl Simulator {
             return Err(Failure::new(ErrorClass::Timeout, "the request timed out"));
         }
         wait(latency).await;
-        let usage = Usage { input_tokens: u64::from(prompt_tokens), output_tokens: output, cached_tokens: 0 };
+        let usage = Usage::new(u64::from(prompt_tokens), output);
         Ok(ModelResponse { value: format!("[{}] simulated answer, {output} tokens", model.id), usage: Some(usage) })
     }
 }

@@ -43,7 +43,9 @@ pub use crate::{
     catalog::{Catalog, Change, ChangeKind, ModelUpdate, Snapshot},
     clock::{Clock, ManualClock, SystemClock},
     money::{Money, ParseMoneyError},
-    spec::{Capabilities, Capability, Category, FieldError, ModelSpec, ModelStatus, Pricing, Sampling, SizeClass},
+    spec::{
+        Capabilities, Capability, Category, FieldError, ModelSpec, ModelStatus, Pricing, Sampling, SizeClass, Usage,
+    },
 };
 
 /// What can go wrong with the catalog.

@@ -81,6 +81,26 @@ impl Money {
         Money(i64::try_from(rounded).unwrap_or(if rounded < 0 { i64::MIN } else { i64::MAX }))
     }
 
+    /// The sum of `price × tokens / 1,000,000` over `terms`, rounded once to
+    /// the nano (half away from zero): a bill split into kinds of tokens is
+    /// the exact sum of its parts, so it never exceeds the same tokens at
+    /// the dearest of the rates (per-term rounding could, by a nano a term).
+    #[must_use]
+    pub fn per_million_sum(terms: &[(Money, u64)]) -> Money {
+        // Fast path in 64 bits, as in `per_million`.
+        let fast = terms.iter().try_fold(0i64, |acc, &(price, tokens)| {
+            i64::try_from(tokens).ok().and_then(|t| price.0.checked_mul(t)).and_then(|f| acc.checked_add(f))
+        });
+        if let Some(femto) = fast {
+            let (q, r) = (femto / 1_000_000, femto % 1_000_000);
+            return Money(if r.abs() >= 500_000 { q + femto.signum() } else { q });
+        }
+        let femto: i128 = terms.iter().map(|&(price, tokens)| i128::from(price.0) * i128::from(tokens)).sum();
+        let (q, r) = (femto / 1_000_000, femto % 1_000_000);
+        let rounded = if r.abs() >= 500_000 { q + femto.signum() } else { q };
+        Money(i64::try_from(rounded).unwrap_or(if rounded < 0 { i64::MIN } else { i64::MAX }))
+    }
+
     /// `self + other`, saturating instead of overflowing.
     #[must_use]
     pub const fn saturating_add(self, other: Money) -> Money {

@@ -126,6 +126,15 @@ pub enum SizeClass {
 }
 
 /// Prices per million tokens, exact.
+///
+/// Input-side tokens are priced as [`Usage`] splits them: prompt tokens read
+/// from the provider's cache at `cached_input_per_mtok`, prompt tokens
+/// written to it at `cache_write_per_mtok`, the rest at `input_per_mtok`;
+/// output-side, reasoning (thinking) tokens at `reasoning_per_mtok`, the
+/// rest at `output_per_mtok`. A split rate left `None` is its side's plain
+/// rate. A budget hold prices every prompt token at the dearest input-side
+/// rate and every output token at the dearest output-side one
+/// ([`Pricing::worst_case`]), so no split of the usage can cost more.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Pricing {
@@ -137,19 +146,89 @@ pub struct Pricing {
     /// prices them apart (else they cost `input_per_mtok`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cached_input_per_mtok: Option<Money>,
+    /// Per million prompt tokens written to the provider's cache (Anthropic's
+    /// cache creation), when it prices them apart (else `input_per_mtok`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_write_per_mtok: Option<Money>,
+    /// Per million reasoning (thinking) tokens, when priced apart from the
+    /// rest of the output (else `output_per_mtok`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reasoning_per_mtok: Option<Money>,
+}
+
+/// Token counts a model call reports, normalised across providers.
+///
+/// `input_tokens` counts every prompt token, those read from and written to
+/// the provider's cache included; `output_tokens` counts every generated
+/// token, reasoning (thinking) included. The split fields say how many of
+/// those were of each kind, so nothing is counted twice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Usage {
+    /// Prompt tokens (cached reads and cache writes included).
+    pub input_tokens: u64,
+    /// Completion tokens (reasoning included).
+    pub output_tokens: u64,
+    /// Prompt tokens served from the provider's cache.
+    pub cached_tokens: u64,
+    /// Prompt tokens written to the provider's cache.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub cache_write_tokens: u64,
+    /// Completion tokens spent reasoning (thinking).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub reasoning_tokens: u64,
+}
+
+// serde's `skip_serializing_if` passes a reference.
+#[allow(clippy::trivially_copy_pass_by_ref)]
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+impl Usage {
+    /// Plain counts: `input` prompt tokens, `output` completion tokens.
+    #[must_use]
+    pub const fn new(input: u64, output: u64) -> Usage {
+        Usage {
+            input_tokens: input,
+            output_tokens: output,
+            cached_tokens: 0,
+            cache_write_tokens: 0,
+            reasoning_tokens: 0,
+        }
+    }
 }
 
 impl Pricing {
     /// Free: a local model, or a free tier.
-    pub const FREE: Pricing =
-        Pricing { input_per_mtok: Money::ZERO, output_per_mtok: Money::ZERO, cached_input_per_mtok: None };
+    pub const FREE: Pricing = Pricing {
+        input_per_mtok: Money::ZERO,
+        output_per_mtok: Money::ZERO,
+        cached_input_per_mtok: None,
+        cache_write_per_mtok: None,
+        reasoning_per_mtok: None,
+    };
+
+    /// Plain prices: `input` and `output` per million tokens, no split rates.
+    #[must_use]
+    pub const fn new(input: Money, output: Money) -> Pricing {
+        Pricing {
+            input_per_mtok: input,
+            output_per_mtok: output,
+            cached_input_per_mtok: None,
+            cache_write_per_mtok: None,
+            reasoning_per_mtok: None,
+        }
+    }
 
     /// Whether every token is free.
     #[must_use]
     pub fn is_free(&self) -> bool {
         self.input_per_mtok.is_zero()
             && self.output_per_mtok.is_zero()
-            && self.cached_input_per_mtok.is_none_or(Money::is_zero)
+            && [self.cached_input_per_mtok, self.cache_write_per_mtok, self.reasoning_per_mtok]
+                .iter()
+                .all(|p| p.is_none_or(Money::is_zero))
     }
 
     /// The exact cost of a call, cached prompt tokens priced apart.
@@ -158,11 +237,47 @@ impl Pricing {
     #[must_use]
     pub fn cost(&self, input: u64, cached: u64, output: u64) -> Money {
         let cached = cached.min(input);
-        // Zero terms are skipped: each costs a division on the selector's hot path.
-        let term = |price: Money, tokens: u64| if tokens == 0 { Money::ZERO } else { price.per_million(tokens) };
-        term(self.input_per_mtok, input - cached)
-            + term(self.cached_input_per_mtok.unwrap_or(self.input_per_mtok), cached)
-            + term(self.output_per_mtok, output)
+        if cached == 0 {
+            // The selector's hot path: no split, no third term.
+            return Money::per_million_sum(&[(self.input_per_mtok, input), (self.output_per_mtok, output)]);
+        }
+        Money::per_million_sum(&[
+            (self.input_per_mtok, input - cached),
+            (self.cached_input_per_mtok.unwrap_or(self.input_per_mtok), cached),
+            (self.output_per_mtok, output),
+        ])
+    }
+
+    /// The exact cost of `usage`: each kind of token at its own rate, every
+    /// token once, the sum rounded once to the nano. Split counts larger
+    /// than their totals are clamped (a provider's inconsistent report never
+    /// makes a token free or counts one twice).
+    #[must_use]
+    pub fn cost_of(&self, usage: &Usage) -> Money {
+        let cached = usage.cached_tokens.min(usage.input_tokens);
+        let written = usage.cache_write_tokens.min(usage.input_tokens - cached);
+        let reasoning = usage.reasoning_tokens.min(usage.output_tokens);
+        Money::per_million_sum(&[
+            (self.input_per_mtok, usage.input_tokens - cached - written),
+            (self.cached_input_per_mtok.unwrap_or(self.input_per_mtok), cached),
+            (self.cache_write_per_mtok.unwrap_or(self.input_per_mtok), written),
+            (self.output_per_mtok, usage.output_tokens - reasoning),
+            (self.reasoning_per_mtok.unwrap_or(self.output_per_mtok), reasoning),
+        ])
+    }
+
+    /// The most `prompt` and `output` tokens can cost however the provider
+    /// splits them: every prompt token at the dearest input-side rate, every
+    /// output token at the dearest output-side rate. Never below
+    /// [`Pricing::cost_of`] of a usage with those totals.
+    #[must_use]
+    pub fn worst_case(&self, prompt: u64, output: u64) -> Money {
+        let input = [self.cached_input_per_mtok, self.cache_write_per_mtok]
+            .into_iter()
+            .flatten()
+            .fold(self.input_per_mtok, Money::max);
+        let out = self.reasoning_per_mtok.map_or(self.output_per_mtok, |r| r.max(self.output_per_mtok));
+        Money::per_million_sum(&[(input, prompt), (out, output)])
     }
 }
 

@@ -222,12 +222,85 @@ fn pricing_cost_prices_cached_tokens_apart() {
         input_per_mtok: "2.50".parse().unwrap(),
         output_per_mtok: "10".parse().unwrap(),
         cached_input_per_mtok: Some("1.25".parse().unwrap()),
+        cache_write_per_mtok: None,
+        reasoning_per_mtok: None,
     };
     // 1,000 prompt tokens of which 400 cached, 200 completion tokens.
     assert_eq!(pricing.cost(1_000, 400, 200).to_string(), "0.004");
     assert_eq!(pricing.cost(10, 50, 0), pricing.cost(10, 10, 0), "cached is capped at the prompt");
     assert!(Pricing::FREE.is_free());
     assert!(Pricing::FREE.cost(1_000_000, 0, 1_000_000).is_zero());
+}
+
+#[test]
+fn cost_of_prices_every_kind_of_token_once_at_its_own_rate() {
+    let money = |s: &str| s.parse::<Money>().unwrap();
+    let pricing = Pricing {
+        input_per_mtok: money("3"),
+        output_per_mtok: money("15"),
+        cached_input_per_mtok: Some(money("0.30")),
+        cache_write_per_mtok: Some(money("3.75")),
+        reasoning_per_mtok: Some(money("20")),
+    };
+    // 10,000 prompt tokens: 6,000 read from cache, 2,000 written to it, 2,000
+    // plain; 1,000 output tokens of which 400 reasoning.
+    let usage = Usage {
+        input_tokens: 10_000,
+        output_tokens: 1_000,
+        cached_tokens: 6_000,
+        cache_write_tokens: 2_000,
+        reasoning_tokens: 400,
+    };
+    // 2,000×3 + 6,000×0.30 + 2,000×3.75 + 600×15 + 400×20, per million.
+    assert_eq!(pricing.cost_of(&usage).to_string(), "0.0323");
+    // Split rates left unset are their side's plain rate.
+    let plain = Pricing::new(money("3"), money("15"));
+    assert_eq!(plain.cost_of(&usage), plain.cost(10_000, 0, 1_000));
+    // Without splits, cost_of is cost.
+    assert_eq!(pricing.cost_of(&Usage::new(10_000, 1_000)), pricing.cost(10_000, 0, 1_000));
+    // An inconsistent report never makes a token free or counts one twice:
+    // splits are clamped to their totals (cache reads first).
+    let lying = Usage { cached_tokens: 9_000, cache_write_tokens: 5_000, reasoning_tokens: 5_000, ..usage };
+    let clamped = Usage { cached_tokens: 9_000, cache_write_tokens: 1_000, reasoning_tokens: 1_000, ..usage };
+    assert_eq!(pricing.cost_of(&lying), pricing.cost_of(&clamped));
+}
+
+proptest! {
+    /// A hold priced by `worst_case` covers any split of the same totals,
+    /// whichever split rate is dearest.
+    #[test]
+    fn worst_case_covers_every_split_of_the_usage(
+        rates in proptest::array::uniform5(0i64..50_000_000_000),
+        unset in proptest::array::uniform3(any::<bool>()),
+        input in 0u64..2_000_000,
+        output in 0u64..2_000_000,
+        parts in proptest::array::uniform3(0u64..3_000_000),
+    ) {
+        let split = |i: usize| (!unset[i - 2]).then(|| Money::from_nanos(rates[i]));
+        let pricing = Pricing {
+            input_per_mtok: Money::from_nanos(rates[0]),
+            output_per_mtok: Money::from_nanos(rates[1]),
+            cached_input_per_mtok: split(2),
+            cache_write_per_mtok: split(3),
+            reasoning_per_mtok: split(4),
+        };
+        let usage = Usage {
+            input_tokens: input,
+            output_tokens: output,
+            cached_tokens: parts[0],
+            cache_write_tokens: parts[1],
+            reasoning_tokens: parts[2],
+        };
+        prop_assert!(pricing.cost_of(&usage) <= pricing.worst_case(input, output));
+        // And it is exact when every token is of the dearest kind.
+        let all_written = Usage { cached_tokens: 0, cache_write_tokens: input, reasoning_tokens: output, ..usage };
+        if pricing.cache_write_per_mtok.is_some_and(|w| w >= pricing.input_per_mtok
+                && pricing.cached_input_per_mtok.is_none_or(|c| w >= c))
+            && pricing.reasoning_per_mtok.is_some_and(|r| r >= pricing.output_per_mtok)
+        {
+            prop_assert_eq!(pricing.cost_of(&all_written), pricing.worst_case(input, output));
+        }
+    }
 }
 
 fn arb_spec() -> impl Strategy<Value = ModelSpec> {

@@ -229,7 +229,8 @@ pub fn worst_case_output(model: &ModelSpec, req: &Requirements) -> Option<u64> {
 }
 
 /// The most `req` can cost on `model`: its prompt plus
-/// [`worst_case_output`] at the model's prices. A model whose prices are
+/// [`worst_case_output`] at the model's dearest rates ([`Pricing::worst_case`]:
+/// a cache write or a reasoning token may cost more than a plain one). A model whose prices are
 /// explicitly zero (or a local model without prices) costs nothing whatever
 /// it answers. `None` when the cost cannot be bounded: a cloud model without
 /// a price, or no output bound.
@@ -242,7 +243,7 @@ pub fn worst_case_output(model: &ModelSpec, req: &Requirements) -> Option<u64> {
 /// use modelfleet_selector::{worst_case_cost, Requirements};
 ///
 /// let mut model = ModelSpec::new("m", "p");
-/// model.pricing = Some(Pricing { input_per_mtok: "1".parse()?, output_per_mtok: "2".parse()?, cached_input_per_mtok: None });
+/// model.pricing = Some(Pricing::new("1".parse()?, "2".parse()?));
 /// model.max_output_tokens = Some(100_000);
 /// let req = Requirements { prompt_tokens: 1_000, n: 2, ..Requirements::default() };
 /// // 1,000 prompt tokens at $1/M plus 2 × 100,000 output tokens at $2/M.
@@ -257,7 +258,7 @@ pub fn worst_case_cost(model: &ModelSpec, req: &Requirements) -> Option<Money> {
     if price.is_free() {
         return Some(Money::ZERO);
     }
-    Some(price.cost(u64::from(req.prompt_tokens), 0, worst_case_output(model, req)?))
+    Some(price.worst_case(u64::from(req.prompt_tokens), worst_case_output(model, req)?))
 }
 
 /// The cost constraints: `max_cost` and the room left in the hard budget

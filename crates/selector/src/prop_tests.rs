@@ -94,11 +94,19 @@ fn arb_quality() -> impl Gen<Value = f64> {
 
 fn arb_pricing() -> impl Gen<Value = Option<Pricing>> {
     let money = || pick(&PRICES).prop_map(Money::from_nanos);
-    (0u8..5, money(), money(), chance(2, money())).prop_map(
-        |(kind, input_per_mtok, output_per_mtok, cached_input_per_mtok)| match kind {
-            0 => None,
-            1 => Some(Pricing::FREE),
-            _ => Some(Pricing { input_per_mtok, output_per_mtok, cached_input_per_mtok }),
+    (0u8..5, money(), money(), chance(2, money()), chance(2, money()), chance(2, money())).prop_map(
+        |(kind, input_per_mtok, output_per_mtok, cached_input_per_mtok, cache_write_per_mtok, reasoning_per_mtok)| {
+            match kind {
+                0 => None,
+                1 => Some(Pricing::FREE),
+                _ => Some(Pricing {
+                    input_per_mtok,
+                    output_per_mtok,
+                    cached_input_per_mtok,
+                    cache_write_per_mtok,
+                    reasoning_per_mtok,
+                }),
+            }
         },
     )
 }
@@ -521,10 +529,17 @@ fn documented_worst_case(model: &ModelSpec, req: &Requirements) -> (Option<u64>,
         (None, true) => Pricing::FREE,
         (None, false) => return (output, None),
     };
-    let free = price.input_per_mtok.is_zero()
-        && price.output_per_mtok.is_zero()
-        && price.cached_input_per_mtok.is_none_or(Money::is_zero);
-    let cost = if free { Some(Money::ZERO) } else { output.map(|output| price.cost(prompt, 0, output)) };
+    // The docs' rule: every prompt token at the dearest input-side rate,
+    // every output token at the dearest output-side one.
+    let dearest = |rates: &[Option<Money>]| rates.iter().flatten().copied().max().unwrap_or(Money::ZERO);
+    let input = dearest(&[Some(price.input_per_mtok), price.cached_input_per_mtok, price.cache_write_per_mtok]);
+    let output_rate = dearest(&[Some(price.output_per_mtok), price.reasoning_per_mtok]);
+    let free = input.is_zero() && output_rate.is_zero();
+    let cost = if free {
+        Some(Money::ZERO)
+    } else {
+        output.map(|output| Pricing::new(input, output_rate).cost(prompt, 0, output))
+    };
     (output, cost)
 }
 

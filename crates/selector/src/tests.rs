@@ -38,6 +38,8 @@ pub(crate) fn price(input: &str, output: &str) -> Pricing {
         input_per_mtok: input.parse().unwrap(),
         output_per_mtok: output.parse().unwrap(),
         cached_input_per_mtok: None,
+        cache_write_per_mtok: None,
+        reasoning_per_mtok: None,
     }
 }
 

@@ -261,11 +261,7 @@ fn gemini_bodies() {
             body(400, "INVALID_ARGUMENT", "API key not valid. Please pass a valid API key."),
             ErrorClass::Authentication,
         ),
-        (
-            400,
-            body(400, "INVALID_ARGUMENT", "API key expired. Please renew the API key."),
-            ErrorClass::Authentication,
-        ),
+        (400, body(400, "INVALID_ARGUMENT", "API key expired. Please renew the API key."), ErrorClass::Authentication),
         (403, body(403, "PERMISSION_DENIED", "Method doesn't allow unregistered callers"), ErrorClass::Authentication),
         (
             401,

@@ -1,23 +1,57 @@
-//! Upstream providers: an OpenAI-compatible HTTP API (JSON and SSE), or the
-//! in-process simulator.
+//! Upstream providers: an HTTP API of one of the provider kinds (OpenAI's
+//! and compatible ones, Azure OpenAI, Anthropic, Gemini), or the in-process
+//! simulator.
+//!
+//! What every HTTP provider shares lives here: the client, the keys and
+//! their rotation ([`keys`]), static headers, timeouts, bounded reading,
+//! rate-limit headers and the trace context. What a kind does its own way
+//! (where a call goes, its body, its answer, its stream) is its
+//! [`Adapter`], one module per kind: [`openai`] (OpenAI and Azure, whose
+//! bodies are the gateway's own), [`anthropic`] and [`gemini`] (translated
+//! by `modelfleet-translate`). Inside, every answer is OpenAI's chat format.
 
-use std::{collections::HashMap, fmt, pin::Pin, sync::Arc, time::Duration};
+mod anthropic;
+mod gemini;
+mod keys;
+mod openai;
+
+use std::{collections::HashMap, collections::VecDeque, fmt, pin::Pin, sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use modelfleet::{
     Fleet, ModelResponse, Simulator, Usage,
-    config::{Config, ProviderKind},
-    errors::{AttemptCtx, ErrorClass, Failure, classify_response},
+    config::{Config, Provider, ProviderKind},
+    errors::{AttemptCtx, Classify, ErrorClass, Failure, classify_response, parse_retry_after},
     registry::ModelSpec,
 };
-use reqwest::header::{AUTHORIZATION, HeaderValue, RETRY_AFTER};
+use modelfleet_translate::{AnswerError, Refusal, ToChatStream};
+use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
 use serde_json::{Value, json};
 
-use crate::wire::{ChatRequest, Outgoing, SseParser, completion_usage, json_bytes};
+use crate::wire::{ChatRequest, SseParser, json_bytes};
+
+use self::keys::Keys;
 
 /// The largest upstream error body read (the rest is dropped).
 const MAX_ERROR_BODY: usize = 64 * 1024;
+
+/// What one provider kind does its own way; the HTTP exchange around it is
+/// shared ([`Http`]).
+trait Adapter: Send + Sync {
+    /// Where a chat call to `model` goes (`stream`: a streamed one).
+    fn chat_url(&self, model: &ModelSpec, stream: bool) -> Result<reqwest::Url, Failure>;
+    /// The body of a chat call to `model`: a parameter the provider cannot
+    /// take is dropped, or refused (a bad request, never sent) per the
+    /// provider's `unsupported_params`.
+    fn chat_body(&self, model: &ModelSpec, chat: &ChatRequest) -> Result<Vec<u8>, Failure>;
+    /// A successful answer's body, as an OpenAI `chat.completion`, with its
+    /// usage (`None`: unknown, the call is charged its hold).
+    fn chat_answer(&self, model: &ModelSpec, body: Bytes) -> Result<ModelResponse<Bytes>, Failure>;
+    /// What turns a stream of this kind into OpenAI chunks (`None`: it is
+    /// OpenAI's already).
+    fn translator(&self, model: &ModelSpec) -> Option<Box<dyn ToChatStream>>;
+}
 
 /// The providers by name.
 pub(crate) struct Upstreams {
@@ -25,26 +59,26 @@ pub(crate) struct Upstreams {
 }
 
 enum Upstream {
-    OpenAi(Box<OpenAi>),
+    Http(Box<Http>),
     Simulated(Arc<Simulator>),
 }
 
-struct OpenAi {
+/// An HTTP provider of any kind.
+struct Http {
+    adapter: Box<dyn Adapter>,
     client: reqwest::Client,
-    /// Parsed once: parsing per request (IDNA included) showed in profiles.
-    url: reqwest::Url,
-    /// `Bearer <key>`, marked sensitive so it never shows in debug output.
-    auth: Option<HeaderValue>,
-    /// The variable named in the config when it was not set.
-    missing_key: Option<String>,
+    /// Its keys, in turn.
+    keys: Keys,
+    /// Key variables named in the config but not set.
+    missing_keys: Vec<String>,
+    /// Static headers (the config's, and the kind's own such as `anthropic-version`).
+    headers: HeaderMap,
     /// `request_timeout_ms`: the whole of a non-streamed call.
     request_timeout: Duration,
     /// `first_token_timeout_ms`: a stream's first event.
     first_token_timeout: Duration,
     /// `stream_idle_timeout_ms`: the longest silence between two events.
     stream_idle_timeout: Duration,
-    /// `include_usage`: streams ask for `stream_options.include_usage`.
-    include_usage: bool,
     /// `max_upstream_body_bytes`.
     max_body: usize,
 }
@@ -57,75 +91,20 @@ impl fmt::Debug for Upstreams {
 
 impl Upstreams {
     /// One client per provider; keys read through `env`. A key variable that
-    /// is named but not set is reported, and that provider's calls fail as
-    /// authentication errors (its models fall back) without a network call.
+    /// is named but not set is reported; a provider with none of its keys
+    /// set fails its calls as authentication errors (its models fall back)
+    /// without a network call.
     pub(crate) fn from_config(config: &Config, env: &dyn Fn(&str) -> Option<String>) -> Result<Upstreams, String> {
         let mut by_provider = HashMap::new();
         for (i, provider) in config.providers.iter().enumerate() {
             let upstream = match provider.kind {
                 ProviderKind::Simulated => Upstream::Simulated(Arc::new(Simulator::mirroring(&config.models, 7))),
-                ProviderKind::Openai => {
-                    let base = provider
-                        .base_url
-                        .as_deref()
-                        .ok_or_else(|| format!("providers[{i}].base_url: required for kind = \"openai\""))?;
-                    // Redirects are not followed: a provider that redirects a
-                    // POST is misconfigured (or hostile); the 3xx fails the
-                    // attempt instead of sending the body and key elsewhere.
-                    let client = reqwest::Client::builder()
-                        .redirect(reqwest::redirect::Policy::none())
-                        .connect_timeout(Duration::from_millis(provider.connect_timeout_ms))
-                        .tcp_nodelay(true)
-                        .pool_idle_timeout(Duration::from_secs(90))
-                        .build()
-                        .map_err(|e| format!("providers[{i}]: cannot build the HTTP client: {e}"))?;
-                    let (auth, missing_key) = match &provider.api_key_env {
-                        None => (None, None),
-                        Some(var) => {
-                            if let Some(key) = env(var).filter(|k| !k.is_empty()) {
-                                // Whatever its shape, the key never leaves the
-                                // process in a message (an upstream may echo it).
-                                if !modelfleet::errors::redact_everywhere(&key) {
-                                    tracing::warn!(
-                                        provider = %provider.name,
-                                        "{var} holds a key too short to redact from messages by value"
-                                    );
-                                }
-                                let mut value = HeaderValue::from_str(&format!("Bearer {key}")).map_err(|_| {
-                                    format!(
-                                        "providers[{i}].api_key_env: {var} holds characters not allowed in a header"
-                                    )
-                                })?;
-                                value.set_sensitive(true);
-                                (Some(value), None)
-                            } else {
-                                tracing::warn!(
-                                    provider = %provider.name,
-                                    "{var} is not set: calls to this provider fail as unauthenticated and fall back"
-                                );
-                                (None, Some(var.clone()))
-                            }
-                        }
-                    };
-                    Upstream::OpenAi(Box::new(OpenAi {
-                        client,
-                        url: endpoint(base, "chat/completions")
-                            .map_err(|e| format!("providers[{i}].base_url: {base:?} is not a URL: {e}"))?,
-                        auth,
-                        missing_key,
-                        request_timeout: Duration::from_millis(provider.request_timeout_ms),
-                        first_token_timeout: Duration::from_millis(provider.first_token_timeout_ms),
-                        stream_idle_timeout: Duration::from_millis(provider.stream_idle_timeout_ms),
-                        include_usage: provider.include_usage,
-                        max_body: usize::try_from(provider.max_upstream_body_bytes).unwrap_or(usize::MAX),
-                    }))
-                }
+                kind => Upstream::Http(Box::new(Http::new(i, provider, kind, env)?)),
             };
             by_provider.insert(provider.name.clone(), upstream);
         }
         Ok(Upstreams { by_provider })
     }
-
     /// Whether `provider` is the in-process simulated one (its answers are
     /// stand-ins, never cached).
     pub(crate) fn is_simulated(&self, provider: &str) -> bool {
@@ -155,7 +134,7 @@ impl Upstreams {
         fleet: &Fleet,
     ) -> Result<ModelResponse<Bytes>, Failure> {
         match self.get(model)? {
-            Upstream::OpenAi(api) => api.complete(model, chat, ctx, fleet).await,
+            Upstream::Http(api) => api.complete(model, chat, ctx, fleet).await,
             Upstream::Simulated(sim) => {
                 let r = sim
                     .complete(
@@ -188,7 +167,7 @@ impl Upstreams {
         fleet: &Fleet,
     ) -> Result<Events, Failure> {
         match self.get(model)? {
-            Upstream::OpenAi(api) => api.open(model, chat, ctx, fleet).await,
+            Upstream::Http(api) => api.open(model, chat, ctx, fleet).await,
             Upstream::Simulated(sim) => {
                 let r = sim
                     .complete(
@@ -217,22 +196,116 @@ impl Upstreams {
                              "model": model.upstream_name(), "choices": [], "usage": usage_json(r.usage.unwrap_or_default())}));
                 text.push_str("data: [DONE]\n\n");
                 let body = futures_util::stream::once(async move { Ok(Bytes::from(text)) });
-                Events::open(Box::pin(body), None).await
+                Events::open(Box::pin(body), None, None).await
             }
         }
     }
 }
 
 fn usage_json(usage: Usage) -> Value {
-    json!({
-        "prompt_tokens": usage.input_tokens,
-        "completion_tokens": usage.output_tokens,
-        "total_tokens": usage.input_tokens + usage.output_tokens,
-        "prompt_tokens_details": {"cached_tokens": usage.cached_tokens},
-    })
+    modelfleet_translate::usage_json(&usage)
 }
 
-impl OpenAi {
+impl Http {
+    fn new(
+        i: usize,
+        provider: &Provider,
+        kind: ProviderKind,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Http, String> {
+        let base = provider
+            .base_url
+            .as_deref()
+            .or(kind.default_base_url())
+            .ok_or_else(|| format!("providers[{i}].base_url: required for kind = \"{}\"", kind.as_str()))?;
+        let base = endpoint(base, &[]).map_err(|e| format!("providers[{i}].base_url: {base:?} is not a URL: {e}"))?;
+        // Redirects are not followed: a provider that redirects a POST is
+        // misconfigured (or hostile); the 3xx fails the attempt instead of
+        // sending the body and key elsewhere.
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(Duration::from_millis(provider.connect_timeout_ms))
+            .tcp_nodelay(true)
+            .pool_idle_timeout(Duration::from_secs(90))
+            .build()
+            .map_err(|e| format!("providers[{i}]: cannot build the HTTP client: {e}"))?;
+        let mut headers = HeaderMap::new();
+        for (name, value) in &provider.headers {
+            let bad = || format!("providers[{i}].headers.{name}: not a valid header");
+            headers.insert(
+                HeaderName::from_bytes(name.as_bytes()).map_err(|_| bad())?,
+                HeaderValue::from_str(value).map_err(|_| bad())?,
+            );
+        }
+        let (adapter, key_header, bearer): (Box<dyn Adapter>, HeaderName, bool) = match kind {
+            ProviderKind::Anthropic => {
+                let version = HeaderValue::from_str(&provider.anthropic_version)
+                    .map_err(|_| format!("providers[{i}].anthropic_version: not a valid header value"))?;
+                headers.insert(HeaderName::from_static("anthropic-version"), version);
+                (
+                    Box::new(anthropic::Anthropic::new(&base, provider.unsupported_params)),
+                    HeaderName::from_static("x-api-key"),
+                    false,
+                )
+            }
+            ProviderKind::Gemini => (
+                Box::new(gemini::Gemini::new(base, provider.unsupported_params)),
+                HeaderName::from_static("x-goog-api-key"),
+                false,
+            ),
+            ProviderKind::Azure => {
+                let version = provider.api_version.as_deref().ok_or_else(|| {
+                    format!("providers[{i}].api_version: required for kind = \"azure\" (e.g. \"2024-10-21\")")
+                })?;
+                (
+                    Box::new(openai::OpenAi::azure(base, version, provider.include_usage)),
+                    HeaderName::from_static("api-key"),
+                    false,
+                )
+            }
+            ProviderKind::Openai | ProviderKind::Simulated => {
+                (Box::new(openai::OpenAi::new(&base, provider.include_usage)), reqwest::header::AUTHORIZATION, true)
+            }
+        };
+        let mut values = Vec::new();
+        let mut missing_keys = Vec::new();
+        for (j, var) in provider.api_key_envs.iter().enumerate() {
+            let Some(key) = env(var).filter(|k| !k.is_empty()) else {
+                tracing::warn!(provider = %provider.name, "{var} is not set: its key is left out of the rotation");
+                missing_keys.push(var.clone());
+                continue;
+            };
+            // Whatever its shape, the key never leaves the process in a
+            // message (an upstream may echo it).
+            if !modelfleet::errors::redact_everywhere(&key) {
+                tracing::warn!(provider = %provider.name, "{var} holds a key too short to redact from messages by value");
+            }
+            let text = if bearer { format!("Bearer {key}") } else { key };
+            let mut value = HeaderValue::from_str(&text).map_err(|_| {
+                format!("providers[{i}].api_key_envs[{j}]: {var} holds characters not allowed in a header")
+            })?;
+            value.set_sensitive(true);
+            values.push(value);
+        }
+        if values.is_empty() && !missing_keys.is_empty() {
+            tracing::warn!(
+                provider = %provider.name,
+                "none of its key variables is set: calls to this provider fail as unauthenticated and fall back"
+            );
+        }
+        Ok(Http {
+            adapter,
+            client,
+            keys: Keys::new(key_header, values),
+            missing_keys,
+            headers,
+            request_timeout: Duration::from_millis(provider.request_timeout_ms),
+            first_token_timeout: Duration::from_millis(provider.first_token_timeout_ms),
+            stream_idle_timeout: Duration::from_millis(provider.stream_idle_timeout_ms),
+            max_body: usize::try_from(provider.max_upstream_body_bytes).unwrap_or(usize::MAX),
+        })
+    }
+
     /// The time an attempt has: `limit`, or what the request has left.
     fn budget(limit: Duration, ctx: &AttemptCtx) -> Result<Duration, Failure> {
         let timeout = ctx.remaining.map_or(limit, |left| left.min(limit));
@@ -243,7 +316,10 @@ impl OpenAi {
     }
 
     /// Sends the request; `timeout` bounds the whole exchange, body
-    /// included (a stream has none here: `open` bounds it per event).
+    /// included (a stream has none here: `open` bounds it per event). A 429
+    /// or a 401/403 answered to one key rests that key and sends again with
+    /// the next, within this attempt: a key's limit is neither the model's
+    /// failure nor the request's.
     async fn send(
         &self,
         model: &ModelSpec,
@@ -251,53 +327,78 @@ impl OpenAi {
         timeout: Option<Duration>,
         fleet: &Fleet,
     ) -> Result<reqwest::Response, Failure> {
-        if let Some(var) = &self.missing_key {
+        if self.keys.len() == 0
+            && let Some(var) = self.missing_keys.first()
+        {
             return Err(Failure::new(ErrorClass::Authentication, &format!("no API key: {var} is not set")));
         }
-        let body = json_bytes(&Outgoing {
-            body: &chat.body,
-            model: model.upstream_name(),
-            stream: chat.stream,
-            cap: chat.cap,
-            include_usage: self.include_usage,
-        });
-        let mut request =
-            self.client.post(self.url.clone()).header(reqwest::header::CONTENT_TYPE, "application/json").body(body);
-        if let Some(timeout) = timeout {
-            request = request.timeout(timeout);
-        }
-        if let Some(auth) = &self.auth {
-            request = request.header(AUTHORIZATION, auth.clone());
-        }
-        if let Some((parent, state)) = &chat.trace {
-            request = request.header(crate::traceparent::TRACEPARENT, parent.clone());
-            if let Some(state) = state {
-                request = request.header(crate::traceparent::TRACESTATE, state.clone());
+        let url = self.adapter.chat_url(model, chat.stream)?;
+        let body = Bytes::from(self.adapter.chat_body(model, chat)?);
+        let mut tried = Vec::new();
+        loop {
+            let key = self.keys.pick(self.keys.now_ms(), &tried);
+            let mut request = self
+                .client
+                .post(url.clone())
+                .headers(self.headers.clone())
+                .header(CONTENT_TYPE, "application/json")
+                .body(body.clone());
+            if let Some(timeout) = timeout {
+                request = request.timeout(timeout);
             }
-        }
-        // A timeout once the request is out may still be billed: the
-        // provider may be generating the answer we stopped waiting for.
-        let response = request.send().await.map_err(|e| {
-            let failure = transport(&e);
-            if e.is_timeout() && !e.is_connect() { failure.billed() } else { failure }
-        })?;
-        // Every answer says how close the provider's limits are: a model
-        // near them is ranked down before it starts answering 429.
-        observe_rate_limits(fleet, model, response.headers());
-        let status = response.status();
-        if status.is_success() {
-            return Ok(response);
-        }
-        let retry_after = response.headers().get(RETRY_AFTER).and_then(|v| v.to_str().ok()).map(str::to_owned);
-        let mut body = Vec::new();
-        let mut stream = response.bytes_stream();
-        while let Some(Ok(piece)) = stream.next().await {
-            body.extend_from_slice(&piece[..piece.len().min(MAX_ERROR_BODY.saturating_sub(body.len()))]);
-            if body.len() >= MAX_ERROR_BODY {
-                break;
+            if let Some(index) = key
+                && let Some(value) = self.keys.value(index)
+            {
+                request = request.header(self.keys.header(), value.clone());
+                tried.push(index);
             }
+            if let Some((parent, state)) = &chat.trace {
+                request = request.header(crate::traceparent::TRACEPARENT, parent.clone());
+                if let Some(state) = state {
+                    request = request.header(crate::traceparent::TRACESTATE, state.clone());
+                }
+            }
+            // A timeout once the request is out may still be billed: the
+            // provider may be generating the answer we stopped waiting for.
+            let response = request.send().await.map_err(|e| {
+                let failure = transport(&e);
+                if e.is_timeout() && !e.is_connect() { failure.billed() } else { failure }
+            })?;
+            // Every answer says how close the provider's limits are: a model
+            // near them is ranked down before it starts answering 429.
+            observe_rate_limits(fleet, model, response.headers());
+            let status = response.status();
+            if status.is_success() {
+                return Ok(response);
+            }
+            let retry_after = response.headers().get(RETRY_AFTER).and_then(|v| v.to_str().ok()).map(str::to_owned);
+            let mut body = Vec::new();
+            let mut stream = response.bytes_stream();
+            while let Some(Ok(piece)) = stream.next().await {
+                body.extend_from_slice(&piece[..piece.len().min(MAX_ERROR_BODY.saturating_sub(body.len()))]);
+                if body.len() >= MAX_ERROR_BODY {
+                    break;
+                }
+            }
+            let failure = classify_response(status.as_u16(), &String::from_utf8_lossy(&body), retry_after.as_deref());
+            // By what the provider said, not the status alone: Gemini
+            // answers a bad key with a 400 (`API_KEY_INVALID`).
+            let rest = match failure.class() {
+                ErrorClass::RateLimited => {
+                    Some(retry_after.as_deref().and_then(parse_retry_after).unwrap_or(keys::RATE_LIMITED_REST))
+                }
+                ErrorClass::Authentication => Some(keys::REFUSED_REST),
+                _ => None,
+            };
+            if let (Some(rest), Some(index)) = (rest, key) {
+                self.keys.rest(index, self.keys.now_ms(), rest);
+                if self.keys.has_untried(&tried) {
+                    tracing::info!(status = status.as_u16(), key = index, "a key was refused: the next one is tried");
+                    continue;
+                }
+            }
+            return Err(failure);
         }
-        Err(classify_response(status.as_u16(), &String::from_utf8_lossy(&body), retry_after.as_deref()))
     }
 
     async fn complete(
@@ -312,12 +413,9 @@ impl OpenAi {
         // From here on the upstream accepted the request and is answering:
         // a failure is billed, with its usage unknown.
         let body = self.read_bounded(response).await.map_err(Failure::billed)?;
-        let usage = completion_usage(&body).map_err(|e| {
-            Failure::new(ErrorClass::ServerError, &format!("the upstream answered invalid JSON: {e}")).billed()
-        })?;
-        // A provider that reports no usage (or not in OpenAI's shape) is
+        // A provider that reports no usage (or not in its kind's shape) is
         // charged the hold: the worst case, never $0.
-        Ok(ModelResponse { value: body, usage })
+        self.adapter.chat_answer(model, body).map_err(Failure::billed)
     }
 
     /// The whole body, unless it is over `max_body` (said by its
@@ -363,7 +461,9 @@ impl OpenAi {
             let body = response.bytes_stream().map(|piece| piece.map_err(|e| transport(&e)));
             // The upstream accepted the request: a failure before the first
             // event may still be billed.
-            Events::open(Box::pin(body), Some(self.stream_idle_timeout)).await.map_err(Failure::billed)
+            Events::open(Box::pin(body), Some(self.stream_idle_timeout), self.adapter.translator(model))
+                .await
+                .map_err(Failure::billed)
         })
         .await;
         opened.unwrap_or_else(|_| {
@@ -379,14 +479,57 @@ impl OpenAi {
     }
 }
 
-/// `path` under `base`, keeping `base`'s query (`?api-version=…`).
-fn endpoint(base: &str, path: &str) -> Result<reqwest::Url, String> {
-    let mut url = reqwest::Url::parse(base).map_err(|e| e.to_string())?;
-    if url.cannot_be_a_base() {
-        return Err("it cannot take a path".to_owned());
+/// A request the provider's format cannot carry, under `unsupported_params
+/// = "error"` (or malformed for it): a bad request, never sent.
+fn refused(provider_kind: &str, refusal: &Refusal) -> Failure {
+    Failure::new(
+        ErrorClass::BadRequest,
+        &format!("{}: cannot be sent to a {provider_kind} provider: {}", refusal.field, refusal.message),
+    )
+}
+
+/// A translated answer that failed: malformed (the upstream's fault), or a
+/// failure the provider reported inside it, classified as its status says.
+fn answer_failure(err: AnswerError) -> Failure {
+    match err {
+        AnswerError::Malformed(why) => Failure::new(ErrorClass::ServerError, &why),
+        AnswerError::Reported { status, body } => classify_response(status, &body, None),
     }
-    let joined = format!("{}/{path}", url.path().trim_end_matches('/'));
-    url.set_path(&joined);
+}
+
+/// An OpenAI `chat.completion` value as the answer's bytes, with its usage.
+fn translated_answer(value: &Value) -> ModelResponse<Bytes> {
+    let usage = value.get("usage").and_then(modelfleet_translate::usage_of);
+    ModelResponse { value: Bytes::from(json_bytes(value)), usage }
+}
+
+/// The output tokens a translated request asks for when the client set no
+/// cap: the hold's own bound for one answer (the model's output limit, or
+/// what its window leaves after the prompt), so the answer cannot outgrow
+/// what the budget held; 4,096 when the model states neither.
+fn default_max_tokens(model: &ModelSpec, chat: &ChatRequest) -> u32 {
+    let n = u64::from(chat.requirements.choices());
+    chat.cap.unwrap_or_else(|| {
+        modelfleet::selector::worst_case_output(model, &chat.requirements)
+            .map_or(4_096, |all| u32::try_from(all / n.max(1)).unwrap_or(u32::MAX).max(1))
+    })
+}
+
+/// `segments` appended to `base`'s path, keeping `base`'s query
+/// (`?api-version=…`); each segment is percent-encoded as a path segment
+/// (a deployment or model name cannot break out of it).
+fn endpoint(base: &str, segments: &[&str]) -> Result<reqwest::Url, String> {
+    let url = reqwest::Url::parse(base).map_err(|e| e.to_string())?;
+    join(&url, segments)
+}
+
+/// [`endpoint`] on a parsed base.
+fn join(base: &reqwest::Url, segments: &[&str]) -> Result<reqwest::Url, String> {
+    let mut url = base.clone();
+    let mut path = url.path_segments_mut().map_err(|()| "it cannot take a path".to_owned())?;
+    path.pop_if_empty();
+    path.extend(segments);
+    drop(path);
     Ok(url)
 }
 
@@ -466,13 +609,18 @@ type Body = Pin<Box<dyn Stream<Item = Result<Bytes, Failure>> + Send>>;
 /// The largest SSE event read from an upstream: beyond, the stream fails.
 pub(crate) const MAX_EVENT_BYTES: usize = 1 << 20;
 
-/// An upstream SSE stream, event by event.
+/// An upstream SSE stream, event by event, as OpenAI chunks.
 pub(crate) struct Events {
     body: Body,
     parser: SseParser,
     first: Option<String>,
     /// The longest wait for the next event (`stream_idle_timeout_ms`).
     idle: Option<Duration>,
+    /// A stream in another kind's format: its translator, the chunks it
+    /// made that were not read yet, and whether the body ended.
+    translator: Option<Box<dyn ToChatStream>>,
+    queue: VecDeque<String>,
+    ended: bool,
 }
 
 impl fmt::Debug for Events {
@@ -484,8 +632,20 @@ impl fmt::Debug for Events {
 impl Events {
     /// Reads up to the first event: a stream that fails or ends before it,
     /// or whose first event is an error, fails here (and may fall back).
-    pub(crate) async fn open(body: Body, idle: Option<Duration>) -> Result<Events, Failure> {
-        let mut events = Events { body, parser: SseParser::default(), first: None, idle };
+    pub(crate) async fn open(
+        body: Body,
+        idle: Option<Duration>,
+        translator: Option<Box<dyn ToChatStream>>,
+    ) -> Result<Events, Failure> {
+        let mut events = Events {
+            body,
+            parser: SseParser::default(),
+            first: None,
+            idle,
+            translator,
+            queue: VecDeque::new(),
+            ended: false,
+        };
         match events.read().await? {
             Some(first) => {
                 if let Some(failure) = error_event(&first) {
@@ -498,7 +658,32 @@ impl Events {
         }
     }
 
+    /// The next event, translated when the stream is another kind's.
     async fn read(&mut self) -> Result<Option<String>, Failure> {
+        loop {
+            if let Some(chunk) = self.queue.pop_front() {
+                return Ok(Some(chunk));
+            }
+            if self.translator.is_none() {
+                return self.raw().await;
+            }
+            if self.ended {
+                return Ok(None);
+            }
+            let raw = self.raw().await?;
+            let Some(translator) = self.translator.as_mut() else { return Ok(None) };
+            let chunks = if let Some(data) = raw {
+                translator.push(&data)
+            } else {
+                self.ended = true;
+                translator.finish()
+            };
+            self.queue.extend(chunks.map_err(answer_failure)?);
+        }
+    }
+
+    /// The next event's data as the upstream sent it.
+    async fn raw(&mut self) -> Result<Option<String>, Failure> {
         loop {
             let too_large = || {
                 Failure::new(
@@ -557,7 +742,7 @@ mod tests {
 
     #[test]
     fn the_endpoint_keeps_the_base_path_and_query() {
-        let url = |base: &str| endpoint(base, "chat/completions").map(|u| u.to_string());
+        let url = |base: &str| endpoint(base, &["chat", "completions"]).map(|u| u.to_string());
         assert_eq!(url("https://api.openai.com/v1").unwrap(), "https://api.openai.com/v1/chat/completions");
         assert_eq!(url("https://api.openai.com/v1/").unwrap(), "https://api.openai.com/v1/chat/completions");
         assert_eq!(url("http://127.0.0.1:8080").unwrap(), "http://127.0.0.1:8080/chat/completions");
@@ -567,5 +752,13 @@ mod tests {
         );
         assert!(url("not a url").is_err());
         assert!(url("mailto:a@b.c").is_err());
+    }
+
+    #[test]
+    fn a_name_in_a_path_cannot_break_out_of_its_segment() {
+        let base = endpoint("https://x.openai.azure.com", &[]).unwrap();
+        let url = join(&base, &["openai", "deployments", "../../admin?x=1#y", "chat", "completions"]).unwrap();
+        assert_eq!(url.path(), "/openai/deployments/..%2F..%2Fadmin%3Fx=1%23y/chat/completions");
+        assert_eq!(url.query(), None);
     }
 }
