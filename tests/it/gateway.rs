@@ -972,8 +972,8 @@ async fn a_stream_left_before_its_first_event_pays_its_prompt_and_one_past_its_c
     let url = format!("{}/v1/chat/completions", gateway.url);
     let mut request = chat("priced", "stream to me, slowly");
     request["stream"] = json!(true);
-    // The gateway's prompt estimate, over the body as sent.
-    let prompt = modelfleet_translate::estimate_body(&serde_json::to_vec(&request).unwrap());
+    // The gateway's prompt estimate, over the messages.
+    let prompt = modelfleet_translate::estimate_json(&request["messages"]);
     let prompt_cost = Money::from_nanos(i64::try_from(prompt).unwrap() * 100_000); // $100 per million
 
     // The client leaves before the first event: nothing was relayed, the

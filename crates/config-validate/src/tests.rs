@@ -178,13 +178,15 @@ base_url = "https://api.openai.com/v1"
         (None, Some("https://api.anthropic.com/v1"))
     );
     assert_eq!(azure.api_version.as_deref(), Some("2024-10-21"));
+    assert!(azure.include_usage && oai.include_usage && !claude.include_usage, "Azure takes stream_options too");
 
     // Each mistake named where it is.
     let broken = text
         .replace("api_version = \"2024-10-21\"\n", "")
         .replace("\"ANTHROPIC_KEY_2\"]", "\"ANTHROPIC_KEY_1\"]")
         .replace("unsupported_params = \"error\"", "unsupported_params = \"ignore\"")
-        .replace("\"anthropic-beta\" = ", "\"bad header\" = ");
+        .replace("\"anthropic-beta\" = ", "\"bad header\" = ")
+        .replace("kind = \"gemini\"\n", "kind = \"gemini\"\nheaders = { Authorization = \"Bearer x\" }\n");
     let report = check_text(&broken, &env);
     let errors = report.errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n");
     for expected in [
@@ -192,6 +194,7 @@ base_url = "https://api.openai.com/v1"
         "providers[0].api_key_envs[1]: ANTHROPIC_KEY_1 is listed twice",
         "providers[0].unsupported_params: unknown value \"ignore\"; expected one of: drop, error",
         "providers[0].headers.bad header: a header name is letters, digits, '-' and '_'",
+        "providers[1].headers.Authorization: is set by the gateway",
     ] {
         assert!(errors.contains(expected), "{expected}\n{errors}");
     }

@@ -778,6 +778,22 @@ fn provider_keys(v: &mut V<'_>, t: &Table<'_>, path: &str, options: &Options<'_>
     api_key_envs.into_iter().map(|(e, ..)| e).collect()
 }
 
+/// Headers a provider's `headers` may not set: the key headers of every kind,
+/// the versions the gateway sends, and the message's own framing.
+const RESERVED_HEADERS: [&str; 11] = [
+    "authorization",
+    "x-api-key",
+    "api-key",
+    "x-goog-api-key",
+    "anthropic-version",
+    "content-type",
+    "content-length",
+    "host",
+    "transfer-encoding",
+    "connection",
+    "traceparent",
+];
+
 /// `headers`: names of letters, digits, '-' and '_'; printable ASCII values.
 fn provider_headers(v: &mut V<'_>, t: &Table<'_>, path: &str) -> BTreeMap<String, String> {
     let mut headers = BTreeMap::new();
@@ -788,6 +804,13 @@ fn provider_headers(v: &mut V<'_>, t: &Table<'_>, path: &str) -> BTreeMap<String
             && name.get_ref().bytes().all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b));
         if !valid_name {
             v.error(&at, Some(&name.span()), "a header name is letters, digits, '-' and '_'");
+        }
+        if RESERVED_HEADERS.iter().any(|r| r.eq_ignore_ascii_case(name.get_ref())) {
+            v.error(
+                &at,
+                Some(&name.span()),
+                "is set by the gateway (keys go in api_key_env/api_key_envs, the version in anthropic_version)",
+            );
         }
         match value.get_ref().as_str() {
             Some(text) if text.bytes().all(|b| b == b'\t' || (0x20..0x7f).contains(&b)) => {
@@ -896,7 +919,9 @@ fn providers(v: &mut V<'_>, root: &Table<'_>, options: &Options<'_>) -> Vec<Prov
         let request = get_u64(v, t, &path, "request_timeout_ms", 1..=600_000, 120_000);
         let first_token = get_u64(v, t, &path, "first_token_timeout_ms", 1..=3_600_000, 120_000);
         let stream_idle = get_u64(v, t, &path, "stream_idle_timeout_ms", 1..=3_600_000, 60_000);
-        let include_usage = get_bool(v, t, &path, "include_usage").unwrap_or(kind == Some(ProviderKind::Openai));
+        // Azure's API versions since 2024-10-21 take stream_options too.
+        let include_usage = get_bool(v, t, &path, "include_usage")
+            .unwrap_or(matches!(kind, Some(ProviderKind::Openai | ProviderKind::Azure)));
         let max_body = get_u64(v, t, &path, "max_upstream_body_bytes", 1_024..=(1 << 30), 32 << 20);
         let requires = provider_requires(v, t, &path, options);
         if let (Some((name, _)), Some(kind)) = (name, kind) {

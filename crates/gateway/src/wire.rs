@@ -6,7 +6,7 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use modelfleet::{Usage, registry::Capability, selector::Requirements};
-use modelfleet_translate::estimate_body;
+use modelfleet_translate::estimate_json;
 use serde::{Serialize, Serializer, ser::SerializeMap};
 use serde_json::{Map, Value};
 
@@ -135,15 +135,15 @@ const PROMPT_FIELDS: [&str; 5] = ["messages", "tools", "functions", "response_fo
 
 /// Tokens a prompt may take before the provider counts them, for the
 /// context check and the budget hold: `modelfleet-translate`'s
-/// [`estimate_body`] over the request body as received — everything the
-/// provider reads as prompt is in it (messages with their text, names,
-/// tool calls and arguments, tool and function definitions, the response
-/// format; the punctuation and the few other fields are a margin): the
-/// larger of a calibrated estimate (never more than 5% under OpenAI's
-/// tokenizers on English, code, CJK and mixed text) and a quarter of the
-/// bytes; plus [`TOKENS_PER_MEDIA_PART`] per image or audio part.
-fn estimate_prompt(raw: &[u8], body: &Map<String, Value>) -> u32 {
-    let text = estimate_body(raw);
+/// [`estimate_json`] over everything the provider reads as prompt — the
+/// messages (text, names, tool calls and their arguments), the tool and
+/// function definitions, the response format — the larger of a calibrated
+/// estimate (never more than 5% under OpenAI's tokenizers on English, code,
+/// CJK and mixed text) and a quarter of the text's bytes, a token per JSON
+/// value for the structure; media payloads left out, and
+/// [`TOKENS_PER_MEDIA_PART`] per image or audio part instead.
+fn estimate_prompt(body: &Map<String, Value>) -> u32 {
+    let text: u64 = PROMPT_FIELDS.iter().filter_map(|field| body.get(*field)).map(estimate_json).sum();
     let media: usize = body.get("messages").and_then(Value::as_array).map_or(0, |messages| {
         messages
             .iter()
@@ -229,7 +229,7 @@ pub(crate) fn parse_chat(bytes: &[u8]) -> Result<ChatRequest, ApiError> {
             return Err(ApiError::invalid("invalid_messages", format!("messages[{i}].role: required, a string")));
         }
     }
-    let prompt_tokens = estimate_prompt(bytes, &body);
+    let prompt_tokens = estimate_prompt(&body);
     let stream = match body.get("stream") {
         None | Some(Value::Null) => false,
         Some(Value::Bool(b)) => *b,
@@ -522,20 +522,33 @@ mod tests {
     }
 
     #[test]
-    fn the_prompt_estimate_is_the_larger_of_the_calibrated_one_and_a_quarter_of_the_bytes() {
-        let tokens = |body: &[u8]| u64::from(parse_chat(body).unwrap().requirements.prompt_tokens);
-        let body = |content: &str| {
-            serde_json::to_vec(&json!({"model": "auto", "messages": [{"role": "user", "content": content}]})).unwrap()
-        };
-        // CJK: a quarter of the bytes (0.75 a character) would be far under
-        // a real tokenizer's count; the calibrated estimate is used.
-        let cjk = body(&"模型选择与预算控制在生产环境中非常重要。".repeat(20));
-        let calibrated = modelfleet_translate::estimate_tokens(std::str::from_utf8(&cjk).unwrap());
-        assert!(calibrated > cjk.len().div_ceil(4) as u64);
-        assert_eq!(tokens(&cjk), calibrated);
+    fn the_prompt_estimate_reads_text_as_the_provider_does_and_leaves_media_to_their_rule() {
+        let tokens = |body: &str| u64::from(parse_chat(body.as_bytes()).unwrap().requirements.prompt_tokens);
+        let body = |content: &str| json!({"model": "auto", "messages": [{"role": "user", "content": content}]});
+        // CJK: far over a quarter of the bytes (0.75 a character), and the
+        // same whether the client escaped it (Python's json.dumps does) or not.
+        let cjk = "模型选择与预算控制在生产环境中非常重要。".repeat(20);
+        let plain = body(&cjk).to_string();
+        let escaped = plain.chars().fold(String::new(), |mut out, c| {
+            if c.is_ascii() {
+                out.push(c);
+            } else {
+                let _ = std::fmt::Write::write_fmt(&mut out, format_args!("\\u{:04x}", u32::from(c)));
+            }
+            out
+        });
+        assert!(escaped.len() > plain.len() * 3 / 2, "escaped: {escaped}");
+        assert!(tokens(&plain) > (cjk.len() as u64).div_ceil(4) + 20, "{}", tokens(&plain));
+        assert_eq!(tokens(&escaped), tokens(&plain));
         // A long run of one letter: the quarter of the bytes is larger.
-        let run = body(&"x".repeat(4_000));
-        assert_eq!(tokens(&run), run.len().div_ceil(4) as u64);
+        let run = "x".repeat(4_000);
+        assert!(tokens(&body(&run).to_string()) >= 1_000);
+        // A 300 KB screenshot is one media part, not 300,000 tokens of text.
+        let image = json!({"model": "auto", "messages": [{"role": "user", "content": [
+            {"type": "text", "text": "what is this?"},
+            {"type": "image_url", "image_url": {"url": format!("data:image/png;base64,{}", "iVBORw0K".repeat(40_000))}}]}]});
+        let estimated = tokens(&image.to_string());
+        assert!((3_000..3_100).contains(&estimated), "{estimated}");
     }
 
     #[test]
@@ -545,7 +558,8 @@ mod tests {
         let chat = parse_chat(body.as_bytes()).unwrap();
         assert!(chat.extended && !chat.body.contains_key("modelfleet"));
         // The body as received, by the conservative estimate.
-        assert_eq!(u64::from(chat.requirements.prompt_tokens), estimate_body(body.as_bytes()));
+        let messages: Value = serde_json::from_str(r#"[{"role":"user","content":"12345678"}]"#).unwrap();
+        assert_eq!(u64::from(chat.requirements.prompt_tokens), estimate_json(&messages));
         assert_eq!(chat.requirements.max_output_tokens, 100);
         assert_eq!(chat.requirements.min_quality, Some(0.5));
         assert_eq!(chat.requirements.max_cost.map(|m| m.to_string()), Some("0.01".into()));
@@ -559,10 +573,9 @@ mod tests {
         };
         let req = |extra: &str| parse_chat(&body(extra)).unwrap().requirements;
         let own = req("").prompt_tokens;
-        assert_eq!(u64::from(own), estimate_body(&body("")), "the body as received");
-        let low = r#","modelfleet":{"prompt_tokens":1}"#;
-        assert_eq!(u64::from(req(low).prompt_tokens), estimate_body(&body(low)), "a lower claim is ignored");
-        assert!(req(low).prompt_tokens >= own);
+        let messages = json!([{"role": "user", "content": long}]);
+        assert_eq!(u64::from(own), estimate_json(&messages), "the messages, by the conservative estimate");
+        assert_eq!(req(r#","modelfleet":{"prompt_tokens":1}"#).prompt_tokens, own, "a lower claim is ignored");
         assert_eq!(req(r#","modelfleet":{"prompt_tokens":5000}"#).prompt_tokens, 5_000, "a higher one counts");
         assert_eq!(req("").max_output_tokens, 0, "no max_tokens: uncapped, each model's own limit holds");
         assert_eq!(req(r#","modelfleet":{"max_output_tokens":10}"#).max_output_tokens, 0, "a claim is no cap");

@@ -229,7 +229,7 @@ pub fn worst_case_output(model: &ModelSpec, req: &Requirements) -> Option<u64> {
 }
 
 /// The most `req` can cost on `model`: its prompt plus
-/// [`worst_case_output`] at the model's dearest rates ([`Pricing::worst_case`]:
+/// [`worst_case_output`] at the model's dearest rates ([`modelfleet_registry::Pricing::worst_case`]:
 /// a cache write or a reasoning token may cost more than a plain one). A model whose prices are
 /// explicitly zero (or a local model without prices) costs nothing whatever
 /// it answers. `None` when the cost cannot be bounded: a cloud model without

@@ -1279,7 +1279,9 @@ async fn the_wal_is_checkpointed_off_the_commit_path_and_stays_bounded() {
         store.commit(settlement("openai", "gpt-4o", 1), Some(record("gpt-4o", i, None))).await.unwrap();
         largest = largest.max(wal_bytes());
     }
-    assert!(largest < 56 * 1024 * 1024, "the WAL grew to {largest} bytes");
+    // Generous: on a loaded 2-core machine the checkpointer (a thread of
+    // its own) runs late, and the WAL reached 60 MB once; without it, 125.
+    assert!(largest < 96 * 1024 * 1024, "the WAL grew to {largest} bytes");
     assert_eq!(spent(&store)[0].2, 6_000);
 }
 

@@ -38,7 +38,7 @@ pub use crate::anthropic::{
 };
 pub use crate::gemini::{GeminiToChat, chat_to_gemini, embeddings_to_gemini, gemini_to_chat, gemini_to_embeddings};
 pub use crate::responses::{ChatToResponseEvents, chat_to_response, responses_request_to_chat};
-pub use crate::tokens::{TokenCounter, estimate_body, estimate_tokens};
+pub use crate::tokens::{TokenCounter, estimate_json, estimate_tokens};
 
 /// One server-sent event a client endpoint sends: its `event:` name and
 /// its `data:` JSON.

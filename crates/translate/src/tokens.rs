@@ -120,13 +120,13 @@
 //!
 //! The counter spends about 0.5 ns a byte (a table load and an add, plus
 //! the vectorised space-run count) and allocates nothing. The gateway
-//! counts a request's body as received ([`estimate_body`]), so nothing is
-//! parsed or serialised again for it. The criterion bench
-//! `tokens/estimate_1k_tokens_prompt` (`benches/benches/tokens.rs`)
-//! measures that production path on a 4.8 KB chat request of 956 real
-//! tokens; `tokens/estimate_1k_tokens_serialized` is the same prompt
-//! serialised by `serde_json` into a counter (what a caller holding only a
-//! parsed value pays), for comparison. The closing notes give the figures.
+//! walks a request's parsed JSON ([`estimate_json`]: strings unescaped,
+//! media payloads left to their own rule), so nothing is serialised again
+//! for it. The criterion bench `tokens/estimate_1k_tokens_prompt`
+//! (`benches/benches/tokens.rs`) measures that production path on a 4.8 KB
+//! chat prompt of 956 real tokens; `tokens/estimate_1k_tokens_serialized`
+//! is the same prompt serialised by `serde_json` into a counter, for
+//! comparison. The closing notes give the figures.
 //! The test that compares with
 //! `tiktoken` prints its table with `cargo test -p modelfleet-translate
 //! tokens -- --nocapture`.
@@ -247,26 +247,72 @@ pub fn estimate_tokens(text: &str) -> u64 {
     counter.tokens()
 }
 
-/// The prompt estimate a budget hold rests on, over a request body's bytes
-/// as received (its JSON, counted without parsing or serialising it again):
-/// the larger of [`estimate_tokens`]'s rule and a quarter of the bytes,
-/// which bounds tokenizers that cut English finer than OpenAI's do. The
-/// body's few fields besides the prompt (`model`, `max_tokens`…) are a
-/// margin.
+/// The prompt estimate a budget hold rests on, over a request's parsed JSON
+/// (a chat body, or any part of one): every string's text as the provider
+/// reads it (unescaped: `\u6a21` is one character, not six) and every key,
+/// at [`estimate_tokens`]'s rule or a quarter of their bytes when that is
+/// more (which bounds tokenizers that cut English finer than OpenAI's do),
+/// plus a token for each value for the structure around it. Media payloads
+/// are left out — a `data:` URL, and the base64 `data` or `file_data` of an
+/// audio or file part — for the caller counts each media part by a rule of
+/// its own (a 300 KB screenshot is not 300,000 tokens of text).
 ///
 /// ```
-/// use modelfleet_translate::{estimate_body, estimate_tokens};
+/// use modelfleet_translate::{estimate_json, estimate_tokens};
 ///
-/// let body = br#"{"model":"auto","messages":[{"role":"user","content":"Hello, world!"}]}"#;
-/// let text = std::str::from_utf8(body)?;
-/// assert_eq!(estimate_body(body), estimate_tokens(text).max(body.len().div_ceil(4) as u64));
+/// let text = serde_json::json!([{"role": "user", "content": "模型选择"}]);
+/// let escaped: serde_json::Value = serde_json::from_str(r#"[{"role": "user", "content": "\u6a21\u578b\u9009\u62e9"}]"#)?;
+/// assert_eq!(estimate_json(&text), estimate_json(&escaped), "the text, not its escapes");
+/// let image = serde_json::json!([{"role": "user", "content": [
+///     {"type": "image_url", "image_url": {"url": format!("data:image/png;base64,{}", "iVBORw0K".repeat(40_000))}}]}]);
+/// assert!(estimate_json(&image) < 100, "the payload is the media rule's");
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 #[must_use]
-pub fn estimate_body(body: &[u8]) -> u64 {
-    let mut counter = TokenCounter::new();
-    counter.count(body);
-    counter.tokens().max((body.len() as u64).div_ceil(4))
+pub fn estimate_json(value: &serde_json::Value) -> u64 {
+    let mut walk = Walk { counter: TokenCounter::new(), bytes: 0, values: 0 };
+    walk.value(value, None);
+    walk.counter.tokens().max(walk.bytes.div_ceil(4)).saturating_add(walk.values)
+}
+
+/// [`estimate_json`]'s walk over a value.
+struct Walk {
+    counter: TokenCounter,
+    /// Bytes of the strings and keys counted.
+    bytes: u64,
+    /// Values seen: a token each for the structure around them.
+    values: u64,
+}
+
+impl Walk {
+    fn text(&mut self, text: &str) {
+        // A separator, so two strings never count as one word.
+        self.counter.count(b" ");
+        self.counter.count(text.as_bytes());
+        self.bytes += text.len() as u64;
+    }
+
+    /// `value`, under `key` in its object (if any).
+    fn value(&mut self, value: &serde_json::Value, key: Option<&str>) {
+        use serde_json::Value;
+        self.values += 1;
+        match value {
+            Value::String(text) => {
+                let media = text.starts_with("data:") || matches!(key, Some("data" | "file_data"));
+                if !media {
+                    self.text(text);
+                }
+            }
+            Value::Array(items) => items.iter().for_each(|item| self.value(item, None)),
+            Value::Object(fields) => {
+                for (name, field) in fields {
+                    self.text(name);
+                    self.value(field, Some(name));
+                }
+            }
+            Value::Number(_) | Value::Bool(_) | Value::Null => {}
+        }
+    }
 }
 
 /// The byte "before" the first one: a control character, so the first

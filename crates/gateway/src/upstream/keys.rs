@@ -5,9 +5,13 @@
 //! rests for the provider's `Retry-After` (a minute without one) and the
 //! same attempt is sent again with the next key, so neither the model's
 //! health nor the request's fallback pays for it. A 401 or 403 is the key's
-//! own (revoked, or not allowed this model): it rests for an hour. When every
-//! key rests, the one that wakes first is used anyway: the provider, not a
-//! guess, says whether it is back.
+//! own (revoked, or not allowed this model), as is a used-up quota (each key
+//! may be another account's): it rests for an hour. A rest is never longer
+//! than an hour, whatever `Retry-After` says. Within one attempt a key is
+//! tried at most once, and another only while one is awake: when every key
+//! rests (a provider-wide limit), the attempt fails rather than calling once
+//! per key. A new attempt with every key resting uses the one that wakes
+//! first: the provider, not a guess, says whether it is back.
 //!
 //! Time is milliseconds since the provider's keys were read, passed in by
 //! the caller, so the rotation is tested without a clock.
@@ -101,9 +105,12 @@ impl Keys {
         }
     }
 
-    /// Whether another key than those `tried` could still be sent with.
-    pub(crate) fn has_untried(&self, tried: &[usize]) -> bool {
-        tried.len() < self.set.len()
+    /// Whether a key other than those `tried` is awake at `now_ms`.
+    pub(crate) fn awake_untried(&self, now_ms: u64, tried: &[usize]) -> bool {
+        self.set
+            .iter()
+            .enumerate()
+            .any(|(i, key)| !tried.contains(&i) && key.resting_until.load(Ordering::Relaxed) <= now_ms)
     }
 }
 
@@ -145,7 +152,10 @@ mod tests {
         let first = keys.pick(0, &[]).unwrap();
         let second = keys.pick(0, &[first]).unwrap();
         assert_ne!(first, second);
-        assert!(!keys.has_untried(&[first, second]));
+        assert!(keys.awake_untried(0, &[first]));
+        assert!(!keys.awake_untried(0, &[first, second]));
+        keys.rest(second, 0, Duration::from_secs(5));
+        assert!(!keys.awake_untried(1_000, &[first]), "the other key rests: no second call now");
         assert_eq!(keys.pick(0, &[first, second]), None);
         assert_eq!(self::keys(0).pick(0, &[]), None, "no key: nothing to pick");
     }

@@ -232,10 +232,10 @@ impl Http {
         let mut headers = HeaderMap::new();
         for (name, value) in &provider.headers {
             let bad = || format!("providers[{i}].headers.{name}: not a valid header");
-            headers.insert(
-                HeaderName::from_bytes(name.as_bytes()).map_err(|_| bad())?,
-                HeaderValue::from_str(value).map_err(|_| bad())?,
-            );
+            // Marked sensitive: a configured header may hold a secret.
+            let mut value = HeaderValue::from_str(value).map_err(|_| bad())?;
+            value.set_sensitive(true);
+            headers.insert(HeaderName::from_bytes(name.as_bytes()).map_err(|_| bad())?, value);
         }
         let (adapter, key_header, bearer): (Box<dyn Adapter>, HeaderName, bool) = match kind {
             ProviderKind::Anthropic => {
@@ -334,6 +334,8 @@ impl Http {
         }
         let url = self.adapter.chat_url(model, chat.stream)?;
         let body = Bytes::from(self.adapter.chat_body(model, chat)?);
+        // One deadline for the attempt, whichever keys it goes through.
+        let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
         let mut tried = Vec::new();
         loop {
             let key = self.keys.pick(self.keys.now_ms(), &tried);
@@ -343,8 +345,12 @@ impl Http {
                 .headers(self.headers.clone())
                 .header(CONTENT_TYPE, "application/json")
                 .body(body.clone());
-            if let Some(timeout) = timeout {
-                request = request.timeout(timeout);
+            if let Some(deadline) = deadline {
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                if left.is_zero() {
+                    return Err(Failure::new(ErrorClass::Timeout, "the upstream did not answer in time").billed());
+                }
+                request = request.timeout(left);
             }
             if let Some(index) = key
                 && let Some(value) = self.keys.value(index)
@@ -383,16 +389,25 @@ impl Http {
             let failure = classify_response(status.as_u16(), &String::from_utf8_lossy(&body), retry_after.as_deref());
             // By what the provider said, not the status alone: Gemini
             // answers a bad key with a 400 (`API_KEY_INVALID`).
+            // A rate limit, a used-up quota or refused credentials are the
+            // key's (each key may be another account's).
             let rest = match failure.class() {
-                ErrorClass::RateLimited => {
-                    Some(retry_after.as_deref().and_then(parse_retry_after).unwrap_or(keys::RATE_LIMITED_REST))
-                }
-                ErrorClass::Authentication => Some(keys::REFUSED_REST),
+                ErrorClass::RateLimited => Some(
+                    retry_after
+                        .as_deref()
+                        .and_then(parse_retry_after)
+                        .unwrap_or(keys::RATE_LIMITED_REST)
+                        .min(keys::REFUSED_REST),
+                ),
+                ErrorClass::Authentication | ErrorClass::QuotaExhausted => Some(keys::REFUSED_REST),
                 _ => None,
             };
             if let (Some(rest), Some(index)) = (rest, key) {
                 self.keys.rest(index, self.keys.now_ms(), rest);
-                if self.keys.has_untried(&tried) {
+                // Only a key that is not resting is worth another call now:
+                // when every key rests (a provider-wide limit), the attempt
+                // fails instead of calling once per key.
+                if self.keys.awake_untried(self.keys.now_ms(), &tried) {
                     tracing::info!(status = status.as_u16(), key = index, "a key was refused: the next one is tried");
                     continue;
                 }
@@ -621,6 +636,8 @@ pub(crate) struct Events {
     translator: Option<Box<dyn ToChatStream>>,
     queue: VecDeque<String>,
     ended: bool,
+    /// The first event arrived: the idle limit applies from here.
+    opened: bool,
 }
 
 impl fmt::Debug for Events {
@@ -645,6 +662,7 @@ impl Events {
             translator,
             queue: VecDeque::new(),
             ended: false,
+            opened: false,
         };
         match events.read().await? {
             Some(first) => {
@@ -652,6 +670,7 @@ impl Events {
                     return Err(failure);
                 }
                 events.first = Some(first);
+                events.opened = true;
                 Ok(events)
             }
             None => Err(Failure::new(ErrorClass::ServerError, "the upstream stream ended before its first event")),
@@ -665,12 +684,12 @@ impl Events {
                 return Ok(Some(chunk));
             }
             if self.translator.is_none() {
-                return self.raw().await;
+                return self.raw_within().await;
             }
             if self.ended {
                 return Ok(None);
             }
-            let raw = self.raw().await?;
+            let raw = self.raw_within().await?;
             let Some(translator) = self.translator.as_mut() else { return Ok(None) };
             let chunks = if let Some(data) = raw {
                 translator.push(&data)
@@ -712,8 +731,16 @@ impl Events {
         if let Some(first) = self.first.take() {
             return Ok(Some(first));
         }
-        let Some(idle) = self.idle else { return self.read().await };
-        tokio::time::timeout(idle, self.read()).await.unwrap_or_else(|_| {
+        self.read().await
+    }
+
+    /// The next upstream event within the idle limit once the stream is
+    /// open (before, the provider's first-token limit applies): each event
+    /// the provider sends counts, a translated kind's keep-alives (Anthropic's
+    /// `ping`) included, though they make no chunk.
+    async fn raw_within(&mut self) -> Result<Option<String>, Failure> {
+        let Some(idle) = self.idle.filter(|_| self.opened) else { return self.raw().await };
+        tokio::time::timeout(idle, self.raw()).await.unwrap_or_else(|_| {
             Err(Failure::new(
                 ErrorClass::Timeout,
                 &format!(
