@@ -411,6 +411,23 @@ async fn the_messages_endpoint_speaks_anthropic_to_any_provider() {
     assert_eq!(response.status(), 404);
     let error: Value = response.json().await.unwrap();
     assert_eq!(error["error"]["type"], "not_found_error", "{error}");
+    // So are the refusals of the layers around the handler: a wrong method,
+    // a body that does not say it is JSON.
+    let client = reqwest::Client::new();
+    let url = format!("{}/v1/messages", gateway.url);
+    let wrong_method = client.get(&url).send().await.unwrap();
+    assert_eq!(wrong_method.status(), 405);
+    assert_eq!(wrong_method.headers()["allow"], "POST");
+    let error: Value = wrong_method.json().await.unwrap();
+    assert_eq!(
+        (error["type"].as_str(), error["error"]["type"].as_str()),
+        (Some("error"), Some("invalid_request_error"))
+    );
+    let text = client.post(&url).header("content-type", "text/plain").body("{}").send().await.unwrap();
+    assert_eq!(text.status(), 415);
+    let error: Value = text.json().await.unwrap();
+    assert_eq!(error["type"], "error", "{error}");
+    assert!(error["error"]["message"].as_str().unwrap().contains("application/json"), "{error}");
     gateway.stop().await;
     mock.shutdown().await;
 }

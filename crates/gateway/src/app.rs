@@ -159,7 +159,11 @@ pub(crate) fn router(app: App, max_body_bytes: usize) -> Router {
         .layer(axum::middleware::from_fn_with_state(Arc::clone(&app.memory), memguard::check))
         .layer(axum::middleware::from_fn_with_state(Arc::clone(&app.lockout), lockout::check))
         // Outermost: the request id, then the guard (guard::check).
-        .layer(axum::middleware::from_fn_with_state(guard, guard::check));
+        .layer(axum::middleware::from_fn_with_state(guard, guard::check))
+        // Outside every refusal (the guard's, the lockout's, shedding, the
+        // memory guard, the whole-request limit, 405s): Anthropic's
+        // endpoint answers every error in Anthropic's shape.
+        .layer(axum::middleware::from_fn(anthropic_errors));
     let router = match cors {
         Some(cors) => router.layer(cors),
         None => router,
@@ -404,6 +408,17 @@ async fn chat_in(app: &App, headers: &HeaderMap, body: Body, format: Format) -> 
         Err(error) => error.into_response(),
     };
     format.response(response, MAX_ANSWER_BYTES).await
+}
+
+/// Every error answered on `/v1/messages`, whichever layer refused it, in
+/// Anthropic's shape (an error the handler already translated is kept).
+async fn anthropic_errors(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let anthropic = request.uri().path() == "/v1/messages";
+    let response = next.run(request).await;
+    if anthropic && !response.status().is_success() {
+        return Format::Anthropic.response(response, MAX_ANSWER_BYTES).await;
+    }
+    response
 }
 
 /// The largest chat answer translated into another client format (an

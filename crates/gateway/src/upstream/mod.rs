@@ -136,14 +136,7 @@ impl Upstreams {
         match self.get(model)? {
             Upstream::Http(api) => api.complete(model, chat, ctx, fleet).await,
             Upstream::Simulated(sim) => {
-                let r = sim
-                    .complete(
-                        model,
-                        chat.requirements.prompt_tokens,
-                        chat.cap.unwrap_or(chat.requirements.max_output_tokens),
-                        ctx,
-                    )
-                    .await?;
+                let r = simulate(sim, model, chat, ctx).await?;
                 let body = json!({
                     "id": "chatcmpl-sim",
                     "object": "chat.completion",
@@ -169,14 +162,7 @@ impl Upstreams {
         match self.get(model)? {
             Upstream::Http(api) => api.open(model, chat, ctx, fleet).await,
             Upstream::Simulated(sim) => {
-                let r = sim
-                    .complete(
-                        model,
-                        chat.requirements.prompt_tokens,
-                        chat.cap.unwrap_or(chat.requirements.max_output_tokens),
-                        ctx,
-                    )
-                    .await?;
+                let r = simulate(sim, model, chat, ctx).await?;
                 let chunk = |delta: Value, finish: Value| {
                     json!({"id": "chatcmpl-sim", "object": "chat.completion.chunk", "created": 0, "model": model.upstream_name(),
                            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
@@ -200,6 +186,17 @@ impl Upstreams {
             }
         }
     }
+}
+
+/// The simulator's answer to `chat` on `model`, sized as the request asks.
+async fn simulate(
+    sim: &Simulator,
+    model: &ModelSpec,
+    chat: &ChatRequest,
+    ctx: AttemptCtx,
+) -> Result<ModelResponse<String>, Failure> {
+    sim.complete(model, chat.requirements.prompt_tokens, chat.cap.unwrap_or(chat.requirements.max_output_tokens), ctx)
+        .await
 }
 
 fn usage_json(usage: Usage) -> Value {
