@@ -6,7 +6,7 @@
 //! exact cost from each kind's usage.
 
 use futures_util::StreamExt;
-use modelfleet::registry::{Money, Pricing, Usage};
+use modelfleet::registry::Money;
 use modelfleet_mock_upstream::{Api, Behavior, Fault, KeyPolicy, MockUpstream};
 use serde_json::{Value, json};
 
@@ -34,7 +34,7 @@ fn config_text(mock: &MockUpstream, claude_params: &str) -> String {
         format!(
             "\n[[models]]\nid = \"{id}\"\nprovider = \"{provider}\"\ncontext_window = 200000\nmax_output_tokens = \
              8192\ninput_price_per_mtok = \"3\"\noutput_price_per_mtok = \"15\"\ncached_input_price_per_mtok = \
-             \"0.30\"\ncache_write_price_per_mtok = \"3.75\"\nquality = 0.8\nlanguages = [\"en\"]\ncategories = \
+             \"0.30\"\ncache_write_price_per_mtok = \"3.75\"\nreasoning_price_per_mtok = \"20\"\nquality = 0.8\nlanguages = [\"en\"]\ncategories = \
              [\"general\"]\ncapabilities = [\"streaming\", \"tools\"]\n"
         )
     };
@@ -300,33 +300,42 @@ async fn cost_is_priced_from_each_kinds_usage_cache_writes_and_reasoning_include
     let mock = MockUpstream::start().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let gateway = start(&mock, &dir, "").await;
-    let behavior = Behavior { cached_tokens: 40, cache_write_tokens: 30, reasoning_tokens: 20, ..Behavior::default() };
-    let pricing = Pricing {
-        input_per_mtok: "3".parse().unwrap(),
-        output_per_mtok: "15".parse().unwrap(),
-        cached_input_per_mtok: Some("0.30".parse().unwrap()),
-        cache_write_per_mtok: Some("3.75".parse().unwrap()),
-        reasoning_per_mtok: None,
+    // Every kind's mock reports the same underlying counts, each in its
+    // own shape: 50 visible output tokens and 20 of reasoning (OpenAI's
+    // completion_tokens include them, Anthropic's output_tokens include
+    // them unsplit, Gemini counts them outside its candidates), 40 prompt
+    // tokens read from the cache and, for Anthropic, 30 written to it
+    // (both outside its input_tokens).
+    let behavior = Behavior {
+        completion_tokens: 50,
+        cached_tokens: 40,
+        cache_write_tokens: 30,
+        reasoning_tokens: 20,
+        ..Behavior::default()
     };
-    for model in ["oai", "claude", "gem"] {
+    // (model, cache writes it can report, reasoning it reports apart)
+    for (model, written, reasoning) in [("oai", 0, 20), ("claude", 30, 0), ("gem", 0, 20)] {
         mock.set(model, behavior.clone());
         let response = post(&gateway, &chat(model)).await;
         assert_eq!(response.status(), 200, "{model}");
         let cost: Money = header(&response, "x-modelfleet-cost").parse().unwrap();
         let body: Value = response.json().await.unwrap();
         let usage = modelfleet_translate::usage_of(&body["usage"]).unwrap_or_else(|| panic!("{model}: {body}"));
-        // Normalised: every prompt token in the total, the splits apart.
-        assert_eq!(usage.cached_tokens, 40, "{model}: {body}");
-        if model == "claude" {
-            assert_eq!(usage.cache_write_tokens, 30, "{model}: {body}");
-        }
-        if model == "gem" {
-            assert_eq!(usage.reasoning_tokens, 20, "{model}: {body}");
-        }
-        assert!(usage.input_tokens >= usage.cached_tokens + usage.cache_write_tokens, "{model}: {body}");
-        assert_eq!(cost, pricing.cost_of(&usage), "{model}: {body}");
-        assert!(cost > pricing.cost(usage.input_tokens, usage.input_tokens, usage.output_tokens) || model == "oai");
-        let _: Usage = usage;
+        // Normalised: output counts the reasoning once; the prompt counts
+        // the cache reads and writes, each split out.
+        assert_eq!(usage.output_tokens, 70, "{model}: {body}");
+        assert_eq!((usage.cached_tokens, usage.cache_write_tokens, usage.reasoning_tokens), (40, written, reasoning));
+        let plain = usage.input_tokens.checked_sub(40 + written).unwrap_or_else(|| panic!("{model}: {body}"));
+        assert!(plain > 0, "{model}: the uncached prompt is in the total: {body}");
+        // At the model's rates per million ($3 plain, $0.30 cached, $3.75
+        // written, $15 output, $20 reasoning), in nanodollars, rounded once.
+        let femto = u128::from(plain) * 3_000_000_000
+            + 40 * 300_000_000
+            + u128::from(written) * 3_750_000_000
+            + u128::from(70 - reasoning) * 15_000_000_000
+            + u128::from(reasoning) * 20_000_000_000;
+        let nanos = i64::try_from((femto + 500_000) / 1_000_000).unwrap();
+        assert_eq!(cost, Money::from_nanos(nanos), "{model}: {body}");
     }
     gateway.stop().await;
     mock.shutdown().await;

@@ -30,7 +30,7 @@ use modelfleet::{
 use serde_json::{Value, json};
 
 use crate::{
-    edge::{Edge, Format},
+    edge::{self, Edge, Format},
     guard::{self, Guard},
     lang,
     lockout::{self, Lockout},
@@ -163,7 +163,7 @@ pub(crate) fn router(app: App, max_body_bytes: usize) -> Router {
         // Outside every refusal (the guard's, the lockout's, shedding, the
         // memory guard, the whole-request limit, 405s): Anthropic's
         // endpoint answers every error in Anthropic's shape.
-        .layer(axum::middleware::from_fn(anthropic_errors));
+        .layer(axum::middleware::from_fn(edge::anthropic_errors));
     let router = match cors {
         Some(cors) => router.layer(cors),
         None => router,
@@ -401,24 +401,13 @@ async fn responses(State(app): State<App>, headers: HeaderMap, body: Body) -> Re
 }
 
 /// A completion asked for in `format`: translated to chat, served, and the
-/// answer (or the error) translated back.
+/// answer translated back (errors: see [`edge::anthropic_errors`]).
 async fn chat_in(app: &App, headers: &HeaderMap, body: Body, format: Format) -> Response {
     let response = match chat_inner(app, headers, body, format).await {
         Ok(response) => response,
         Err(error) => error.into_response(),
     };
     format.response(response, MAX_ANSWER_BYTES).await
-}
-
-/// Every error answered on `/v1/messages`, whichever layer refused it, in
-/// Anthropic's shape (an error the handler already translated is kept).
-async fn anthropic_errors(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
-    let anthropic = request.uri().path() == "/v1/messages";
-    let response = next.run(request).await;
-    if anthropic && !response.status().is_success() {
-        return Format::Anthropic.response(response, MAX_ANSWER_BYTES).await;
-    }
-    response
 }
 
 /// The largest chat answer translated into another client format (an

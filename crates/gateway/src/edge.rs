@@ -49,13 +49,15 @@ impl Format {
         Ok(Bytes::from(json_bytes(&chat)))
     }
 
-    /// A chat answer (a `chat.completion`, or an error in OpenAI's shape)
-    /// as this format's response, status and headers kept.
+    /// A chat answer (a `chat.completion`) as this format's response,
+    /// status and headers kept. Errors are left as they are: the Responses
+    /// API's are OpenAI's shape already, and Anthropic's endpoint has every
+    /// error translated by [`anthropic_errors`], whichever layer made it.
     pub(crate) async fn response(self, response: Response, max: usize) -> Response {
-        if self == Format::Chat {
+        if self == Format::Chat || !response.status().is_success() {
             return response;
         }
-        let (mut parts, body) = response.into_parts();
+        let (parts, body) = response.into_parts();
         let is_json = parts.headers.get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes() == b"application/json");
         if !is_json {
             // A stream: translated event by event by its relay.
@@ -66,24 +68,13 @@ impl Format {
                 .into_response();
         };
         let value: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        let translated = if parts.status.is_success() {
-            let model = value.get("model").and_then(Value::as_str).unwrap_or_default().to_owned();
-            match self {
-                Format::Anthropic => chat_to_anthropic_message(&value, &model),
-                Format::Responses => chat_to_response(&value, &model),
-                Format::Chat => value,
-            }
-        } else {
-            let message = value.pointer("/error/message").and_then(Value::as_str).unwrap_or("the request failed");
-            match self {
-                // Anthropic's error shape on its endpoint.
-                Format::Anthropic => anthropic_error(parts.status.as_u16(), message),
-                Format::Responses | Format::Chat => value,
-            }
+        let model = value.get("model").and_then(Value::as_str).unwrap_or_default().to_owned();
+        let translated = match self {
+            Format::Anthropic => chat_to_anthropic_message(&value, &model),
+            Format::Responses => chat_to_response(&value, &model),
+            Format::Chat => value,
         };
-        parts.headers.remove(header::CONTENT_LENGTH);
-        parts.headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        Response::from_parts(parts, axum::body::Body::from(json_bytes(&translated)))
+        json_body(parts, &translated)
     }
 
     /// The relay's translator of a stream for this format.
@@ -94,6 +85,34 @@ impl Format {
             Format::Responses => Edge::Responses(Box::new(ChatToResponseEvents::new(model))),
         }
     }
+}
+
+/// Every error answered on `/v1/messages`, whichever layer made it (the
+/// handler, the guard, the lockout, shedding, the memory guard, the
+/// whole-request limit, a 405), in Anthropic's shape: the outermost layer.
+pub(crate) async fn anthropic_errors(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let anthropic = request.uri().path() == "/v1/messages";
+    let response = next.run(request).await;
+    if !anthropic || response.status().is_success() {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    // An error body is the gateway's own, small (an OpenAI-shaped error).
+    let bytes = axum::body::to_bytes(body, MAX_ERROR_BODY).await.unwrap_or_default();
+    let value: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    let message = value.pointer("/error/message").and_then(Value::as_str).unwrap_or("the request failed");
+    let error = anthropic_error(parts.status.as_u16(), message);
+    json_body(parts, &error)
+}
+
+/// The largest error body read to translate it.
+const MAX_ERROR_BODY: usize = 64 * 1024;
+
+/// `parts` with `value` as their JSON body.
+fn json_body(mut parts: axum::http::response::Parts, value: &Value) -> Response {
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    Response::from_parts(parts, axum::body::Body::from(json_bytes(value)))
 }
 
 /// A stream's chunks as the client's events.
