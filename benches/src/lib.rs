@@ -77,7 +77,13 @@ pub fn models(n: usize) -> Vec<ModelSpec> {
             m.priority = (rng() % 100) as u8;
             m.primary_language = Some("en".into());
             m.languages = vec!["en".into(), "fr".into(), "de".into()];
-            m.capabilities = Capabilities { streaming: true, tools: i % 2 == 0, json_mode: true, vision: i % 3 == 0 };
+            m.capabilities = Capabilities {
+                streaming: true,
+                tools: i % 2 == 0,
+                json_mode: true,
+                vision: i % 3 == 0,
+                embeddings: false,
+            };
             m.memory_mb = m.local.then_some(4_096);
             if !m.local {
                 let cents = i64::try_from(rng() % 1_500).unwrap_or(0);

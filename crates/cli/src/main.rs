@@ -293,12 +293,9 @@ impl SelectArgs {
             .capabilities
             .iter()
             .map(|c| {
-                [Capability::Streaming, Capability::Tools, Capability::JsonMode, Capability::Vision]
-                    .into_iter()
-                    .find(|cap| cap.to_string() == *c)
-                    .ok_or_else(|| {
-                        anyhow::anyhow!("unknown capability {c:?}; use streaming, tools, json_mode or vision")
-                    })
+                Capability::ALL.into_iter().find(|cap| cap.to_string() == *c).ok_or_else(|| {
+                    anyhow::anyhow!("unknown capability {c:?}; use streaming, tools, json_mode, vision or embeddings")
+                })
             })
             .collect::<anyhow::Result<_>>()?;
         let max_cost = self
@@ -312,6 +309,8 @@ impl SelectArgs {
             prompt_tokens: self.prompt_tokens,
             max_output_tokens: self.max_output_tokens,
             capabilities,
+            embedding_dimensions: None,
+            unmeasured: false,
             max_cost,
             min_quality: self.min_quality,
             max_latency_ms: self.max_latency_ms,

@@ -226,6 +226,11 @@ pub struct Provider {
     /// (default true for `openai`; turn off for a compatible server that
     /// refuses it: usage is then estimated).
     pub include_usage: bool,
+    /// Whether it serves OpenAI's Responses API (`POST {base}/responses`):
+    /// a `/v1/responses` request for one of its models goes there as sent,
+    /// its stored conversations and built-in tools included (default false:
+    /// translated to chat like every other provider's). `openai` kind only.
+    pub responses: bool,
     /// The largest completion body read from it, bytes: a larger answer is
     /// that attempt's failure (the request falls back), never a buffer
     /// without bound. Each streamed event is bounded to 1 MiB.

@@ -157,6 +157,7 @@ api_key_env = "AZURE_KEY"
 name = "oai"
 kind = "openai"
 base_url = "https://api.openai.com/v1"
+responses = true
 "#;
     let env = env_of(&[("ANTHROPIC_KEY_1", "a"), ("ANTHROPIC_KEY_2", "b"), ("GEMINI_KEY", "g"), ("AZURE_KEY", "z")]);
     let report = check_text(text, &env);
@@ -179,6 +180,7 @@ base_url = "https://api.openai.com/v1"
     );
     assert_eq!(azure.api_version.as_deref(), Some("2024-10-21"));
     assert!(azure.include_usage && oai.include_usage && !claude.include_usage, "Azure takes stream_options too");
+    assert!(oai.responses && !azure.responses && !claude.responses, "native Responses only where said");
 
     // Each mistake named where it is.
     let broken = text
@@ -186,7 +188,10 @@ base_url = "https://api.openai.com/v1"
         .replace("\"ANTHROPIC_KEY_2\"]", "\"ANTHROPIC_KEY_1\"]")
         .replace("unsupported_params = \"error\"", "unsupported_params = \"ignore\"")
         .replace("\"anthropic-beta\" = ", "\"bad header\" = ")
-        .replace("kind = \"gemini\"\n", "kind = \"gemini\"\nheaders = { Authorization = \"Bearer x\" }\n");
+        .replace(
+            "kind = \"gemini\"\n",
+            "kind = \"gemini\"\nheaders = { Authorization = \"Bearer x\" }\nresponses = true\n",
+        );
     let report = check_text(&broken, &env);
     let errors = report.errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n");
     for expected in [
@@ -195,6 +200,7 @@ base_url = "https://api.openai.com/v1"
         "providers[0].unsupported_params: unknown value \"ignore\"; expected one of: drop, error",
         "providers[0].headers.bad header: a header name is letters, digits, '-' and '_'",
         "providers[1].headers.Authorization: is set by the gateway",
+        "providers[1].responses: only an openai provider serves OpenAI's Responses API natively",
     ] {
         assert!(errors.contains(expected), "{expected}\n{errors}");
     }
@@ -1052,4 +1058,77 @@ proptest! {
             prop_assert_eq!(&report.errors, &direct.errors);
         }
     }
+}
+
+#[test]
+fn embedding_models_fall_back_only_to_vectors_of_their_length() {
+    let text = r#"
+[[providers]]
+name = "oai"
+kind = "openai"
+base_url = "https://api.openai.com/v1"
+
+[[providers]]
+name = "claude"
+kind = "anthropic"
+
+[[models]]
+id = "small"
+provider = "oai"
+capabilities = ["embeddings"]
+embedding_dimensions = 1536
+input_price_per_mtok = "0.02"
+output_price_per_mtok = "0"
+fallbacks = ["small-2"]
+
+[[models]]
+id = "small-2"
+provider = "oai"
+capabilities = ["embeddings"]
+embedding_dimensions = 1536
+
+[[models]]
+id = "chat"
+provider = "oai"
+
+[[routes]]
+name = "vectors"
+requirements = { capabilities = ["embeddings"], embedding_dimensions = 1536 }
+"#;
+    let config = config_of(text);
+    let small = &config.models[0];
+    assert!(small.capabilities.embeddings && !small.capabilities.streaming, "the list states them exactly");
+    assert_eq!(small.embedding_dimensions, Some(1_536));
+    assert!(!config.models[2].capabilities.embeddings);
+    let route = &config.routes[0].requirements;
+    assert_eq!(
+        (route.capabilities.as_slice(), route.embedding_dimensions),
+        (&[modelfleet_registry::Capability::Embeddings][..], Some(1_536))
+    );
+
+    // Each mistake named where it is.
+    let broken = text
+        .replace("fallbacks = [\"small-2\"]", "fallbacks = [\"small-2\", \"chat\"]")
+        .replace("id = \"small-2\"\nprovider = \"oai\"\ncapabilities = [\"embeddings\"]\nembedding_dimensions = 1536",
+                 "id = \"small-2\"\nprovider = \"oai\"\ncapabilities = [\"embeddings\"]\nembedding_dimensions = 3072")
+        .replace("id = \"chat\"\nprovider = \"oai\"", "id = \"chat\"\nprovider = \"claude\"\ncapabilities = [\"embeddings\", \"tools\"]\nembedding_dimensions = 0");
+    let errors = errors_of(&broken).join("\n");
+    for expected in [
+        "models[0].fallbacks[0]: \"small-2\" cannot stand in for \"small\": its vectors have 3072 dimensions, not 1536",
+        "models[0].fallbacks[1]: \"chat\" cannot stand in for \"small\": both must state embedding_dimensions, and the same",
+        "models[2].capabilities: an embedding model serves /v1/embeddings only: \"embeddings\" goes alone",
+        "models[2].embedding_dimensions: 0 is outside 1..=65536",
+        "models[2].capabilities: provider \"claude\" is of kind \"anthropic\", which has no embeddings API",
+    ] {
+        assert!(errors.contains(expected), "{expected}\n{errors}");
+    }
+    // A chat model's fallback that embeds.
+    let chat_to_vectors =
+        text.replace("id = \"chat\"\nprovider = \"oai\"", "id = \"chat\"\nprovider = \"oai\"\nfallbacks = [\"small\"]");
+    assert!(
+        errors_of(&chat_to_vectors).iter().any(|e| e
+            .starts_with("models[2].fallbacks[0]: \"small\" cannot stand in for \"chat\": it is an embedding model")),
+        "{:?}",
+        errors_of(&chat_to_vectors)
+    );
 }

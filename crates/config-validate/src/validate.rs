@@ -867,6 +867,7 @@ fn providers(v: &mut V<'_>, root: &Table<'_>, options: &Options<'_>) -> Vec<Prov
                 "first_token_timeout_ms",
                 "stream_idle_timeout_ms",
                 "include_usage",
+                "responses",
                 "max_upstream_body_bytes",
                 "requires",
             ],
@@ -885,21 +886,7 @@ fn providers(v: &mut V<'_>, root: &Table<'_>, options: &Options<'_>) -> Vec<Prov
                 "is required (openai, anthropic, gemini, azure or simulated)",
             );
         }
-        let base_url = get_str(v, t, &path, "base_url");
-        let remote = kind.filter(|k| *k != ProviderKind::Simulated);
-        match (&base_url, remote) {
-            (None, Some(kind)) if find(t, "base_url").is_none() && kind.default_base_url().is_none() => {
-                v.error(
-                    &format!("{path}.base_url"),
-                    Some(&span),
-                    format!("is required for an {} provider", kind.as_str()),
-                );
-            }
-            (Some((url, s)), Some(_)) if !(url.starts_with("http://") || url.starts_with("https://")) => {
-                v.error(&format!("{path}.base_url"), Some(s), format!("{url:?} must start with http:// or https://"));
-            }
-            _ => {}
-        }
+        let base_url = provider_base_url(v, t, &path, &span, kind);
         let api_key_envs = provider_keys(v, t, &path, options);
         let headers = provider_headers(v, t, &path);
         let unsupported_params =
@@ -922,6 +909,14 @@ fn providers(v: &mut V<'_>, root: &Table<'_>, options: &Options<'_>) -> Vec<Prov
         // Azure's API versions since 2024-10-21 take stream_options too.
         let include_usage = get_bool(v, t, &path, "include_usage")
             .unwrap_or(matches!(kind, Some(ProviderKind::Openai | ProviderKind::Azure)));
+        let responses = get_bool(v, t, &path, "responses").unwrap_or(false);
+        if responses && kind.is_some_and(|k| k != ProviderKind::Openai) {
+            v.error(
+                &format!("{path}.responses"),
+                find(t, "responses").map(Spanned::span).as_ref(),
+                "only an openai provider serves OpenAI's Responses API natively",
+            );
+        }
         let max_body = get_u64(v, t, &path, "max_upstream_body_bytes", 1_024..=(1 << 30), 32 << 20);
         let requires = provider_requires(v, t, &path, options);
         if let (Some((name, _)), Some(kind)) = (name, kind) {
@@ -939,12 +934,36 @@ fn providers(v: &mut V<'_>, root: &Table<'_>, options: &Options<'_>) -> Vec<Prov
                 first_token_timeout_ms: first_token,
                 stream_idle_timeout_ms: stream_idle,
                 include_usage,
+                responses,
                 max_upstream_body_bytes: max_body,
                 requires,
             });
         }
     }
     out
+}
+
+/// A provider's `base_url`: required for a kind without a public default,
+/// and an `http(s)` URL.
+fn provider_base_url(
+    v: &mut V<'_>,
+    t: &Table<'_>,
+    path: &str,
+    span: &Range<usize>,
+    kind: Option<ProviderKind>,
+) -> Option<(String, Range<usize>)> {
+    let base_url = get_str(v, t, path, "base_url");
+    let remote = kind.filter(|k| *k != ProviderKind::Simulated);
+    match (&base_url, remote) {
+        (None, Some(kind)) if find(t, "base_url").is_none() && kind.default_base_url().is_none() => {
+            v.error(&format!("{path}.base_url"), Some(span), format!("is required for an {} provider", kind.as_str()));
+        }
+        (Some((url, s)), Some(_)) if !(url.starts_with("http://") || url.starts_with("https://")) => {
+            v.error(&format!("{path}.base_url"), Some(s), format!("{url:?} must start with http:// or https://"));
+        }
+        _ => {}
+    }
+    base_url
 }
 
 /// Where a model is in the file: its path, its id's span, its fallbacks' span.
@@ -986,6 +1005,7 @@ const MODEL_KEYS: &[&str] = &[
     "languages",
     "primary_language",
     "capabilities",
+    "embedding_dimensions",
     "local",
     "memory_mb",
     "path",
@@ -1045,20 +1065,54 @@ fn models(v: &mut V<'_>, root: &Table<'_>, providers: &[Provider], options: &Opt
         }
         specs.push(spec);
     }
-    // Fallbacks must name models of the file.
+    // Fallbacks must name models of the file that can do the model's job.
     let ids: Vec<String> = specs.iter().map(|m| m.id.clone()).collect();
     for (id, chain) in &fallbacks {
         let ModelPlace { path, fallbacks: span, .. } = spans[id].clone();
+        let named = specs.iter().find(|m| m.id == *id);
         for (j, target) in chain.iter().enumerate() {
+            let at = format!("{path}.fallbacks[{j}]");
             if !ids.contains(target) {
                 let hint = did_you_mean(target, &ids.iter().map(String::as_str).collect::<Vec<_>>());
-                v.error(&format!("{path}.fallbacks[{j}]"), Some(&span), format!("unknown model {target:?}{hint}"));
+                v.error(&at, Some(&span), format!("unknown model {target:?}{hint}"));
             } else if target == id {
-                v.error(&format!("{path}.fallbacks[{j}]"), Some(&span), "a model cannot be its own fallback");
+                v.error(&at, Some(&span), "a model cannot be its own fallback");
+            } else if let (Some(named), Some(other)) = (named, specs.iter().find(|m| m.id == *target))
+                && let Some(why) = embedding_mismatch(named, other)
+            {
+                v.error(&at, Some(&span), format!("{target:?} cannot stand in for {id:?}: {why}"));
             }
         }
     }
+    // An embedding model on a provider kind without an embeddings API.
+    for spec in &specs {
+        let kind = providers.iter().find(|p| p.name == spec.provider).map(|p| p.kind);
+        if spec.capabilities.embeddings && kind == Some(ProviderKind::Anthropic) {
+            let ModelPlace { path, id: span, .. } = spans[&spec.id].clone();
+            v.error(
+                &format!("{path}.capabilities"),
+                Some(&span),
+                format!("provider {:?} is of kind \"anthropic\", which has no embeddings API", spec.provider),
+            );
+        }
+    }
     ModelParts { specs, fallbacks, paths, hedges, places: spans }
+}
+
+/// Why `other` cannot stand in for `named` as an embedding model, if it
+/// cannot: one embeds and the other does not, or their vectors' lengths
+/// differ or are unknown (an index built from one cannot take another's).
+fn embedding_mismatch(named: &ModelSpec, other: &ModelSpec) -> Option<String> {
+    match (named.capabilities.embeddings, other.capabilities.embeddings) {
+        (false, false) => None,
+        (true, false) => Some("it is not an embedding model".to_owned()),
+        (false, true) => Some("it is an embedding model".to_owned()),
+        (true, true) => match (named.embedding_dimensions, other.embedding_dimensions) {
+            (Some(a), Some(b)) if a == b => None,
+            (Some(a), Some(b)) => Some(format!("its vectors have {b} dimensions, not {a}")),
+            _ => Some("both must state embedding_dimensions, and the same".to_owned()),
+        },
+    }
 }
 
 /// `hedge_after`: milliseconds (1..=600000) or `"p95"`.
@@ -1175,6 +1229,16 @@ fn model_details(
     spec.primary_language =
         get_str(v, t, path, "primary_language").map(|(l, _)| l).or_else(|| spec.languages.first().cloned());
     spec.tags = get_str_list(v, t, path, "tags").into_iter().map(|(l, _)| l).collect();
+    let capabilities = model_capabilities(v, t, path);
+    spec.capabilities = capabilities;
+    spec.embedding_dimensions =
+        get_int(v, t, path, "embedding_dimensions", 1..=65_536).and_then(|n| u32::try_from(n).ok());
+    spec.local = get_bool(v, t, path, "local").unwrap_or(false);
+    spec.memory_mb = get_int(v, t, path, "memory_mb", 1..=16_777_216).and_then(|n| u64::try_from(n).ok());
+}
+
+/// A model's `capabilities` list.
+fn model_capabilities(v: &mut V<'_>, t: &Table<'_>, path: &str) -> Capabilities {
     // Without a `capabilities` list a model is taken to stream (every
     // OpenAI-compatible chat API does) and nothing more; a list states
     // them exactly. A streamed request needs a model that streams.
@@ -1185,12 +1249,14 @@ fn model_details(
             ("tools", Capability::Tools),
             ("json_mode", Capability::JsonMode),
             ("vision", Capability::Vision),
+            ("embeddings", Capability::Embeddings),
         ];
         match all.iter().find(|(n, _)| *n == name) {
             Some((_, Capability::Streaming)) => capabilities.streaming = true,
             Some((_, Capability::Tools)) => capabilities.tools = true,
             Some((_, Capability::JsonMode)) => capabilities.json_mode = true,
             Some((_, Capability::Vision)) => capabilities.vision = true,
+            Some((_, Capability::Embeddings)) => capabilities.embeddings = true,
             None => {
                 let names: Vec<&str> = all.iter().map(|(n, _)| *n).collect();
                 let hint = did_you_mean(&name, &names);
@@ -1198,9 +1264,16 @@ fn model_details(
             }
         }
     }
-    spec.capabilities = capabilities;
-    spec.local = get_bool(v, t, path, "local").unwrap_or(false);
-    spec.memory_mb = get_int(v, t, path, "memory_mb", 1..=16_777_216).and_then(|n| u64::try_from(n).ok());
+    if capabilities.embeddings
+        && (capabilities.streaming || capabilities.tools || capabilities.json_mode || capabilities.vision)
+    {
+        v.error(
+            &format!("{path}.capabilities"),
+            find(t, "capabilities").map(Spanned::span).as_ref(),
+            "an embedding model serves /v1/embeddings only: \"embeddings\" goes alone",
+        );
+    }
+    capabilities
 }
 
 fn routes(v: &mut V<'_>, root: &Table<'_>, models: &[ModelSpec]) -> Vec<Route> {
@@ -1264,6 +1337,7 @@ fn requirements(v: &mut V<'_>, t: &Table<'_>, path: &str) -> Requirements {
             "prompt_tokens",
             "max_output_tokens",
             "capabilities",
+            "embedding_dimensions",
             "max_cost",
             "min_quality",
             "max_latency_ms",
@@ -1276,7 +1350,7 @@ fn requirements(v: &mut V<'_>, t: &Table<'_>, path: &str) -> Requirements {
         ],
     );
     let categories: Vec<&str> = Category::ALL.iter().map(|c| c.as_str()).collect();
-    let capabilities = [Capability::Streaming, Capability::Tools, Capability::JsonMode, Capability::Vision];
+    let capabilities = Capability::ALL;
     Requirements {
         category: get_enum(v, t, path, "category", &categories, &Category::ALL),
         language: get_str(v, t, path, "language").map(|(l, _)| l),
@@ -1296,6 +1370,10 @@ fn requirements(v: &mut V<'_>, t: &Table<'_>, path: &str) -> Requirements {
                 found
             })
             .collect(),
+        embedding_dimensions: get_int(v, t, path, "embedding_dimensions", 1..=65_536)
+            .and_then(|n| u32::try_from(n).ok()),
+        // Measured per request, never configured.
+        unmeasured: false,
         max_cost: get_money(v, t, path, "max_cost"),
         min_quality: get_float(v, t, path, "min_quality", 0.0..=1.0),
         max_latency_ms: get_int(v, t, path, "max_latency_ms", 1..=3_600_000).and_then(|n| u32::try_from(n).ok()),

@@ -252,7 +252,12 @@ pub struct Pool<'r, M, S, Tm> {
 /// one of `named`'s categories and (when `named` lists any) one of its
 /// languages, run where `named` runs (local or cloud) unless the request
 /// says `locality = "any"` explicitly, and not be simulated unless `named`
-/// is. The requirements' own rules (capabilities the request uses, a
+/// is. An embedding model's stand-in must be the same model served
+/// elsewhere (the same upstream name and a known, equal vector length):
+/// vectors of another model, even of the same length, do not match an
+/// index built with the named one. (A configured `fallbacks` list may name
+/// other models of the same length: the operator's choice.)
+/// The requirements' own rules (capabilities the request uses, a
 /// window that fits, price…) apply on top, as for every candidate.
 #[must_use]
 pub fn implied_fallback(
@@ -276,6 +281,18 @@ pub fn implied_fallback(
         } else {
             "not a cloud model like the named model"
         });
+    }
+    if named.capabilities.embeddings {
+        match named.embedding_dimensions {
+            None => return Some("the named model's vector length is unknown"),
+            Some(d) if candidate.embedding_dimensions != Some(d) => {
+                return Some("its vectors are not the named model's length");
+            }
+            Some(_) if candidate.upstream_name() != named.upstream_name() => {
+                return Some("another embedding model: its vectors would not match the named model's");
+            }
+            Some(_) => {}
+        }
     }
     let simulated = |m: &ModelSpec| simulated_providers.contains(&m.provider);
     if simulated(candidate) && !simulated(named) {

@@ -714,6 +714,31 @@ fn implied_fallback_states_each_rule() {
     let mut sim2 = by("sim").clone();
     sim2.id = "sim2".into();
     assert_eq!(implied_fallback(by("sim"), &sim2, &none, &sim), None, "a simulated model may fall back to another");
+    // An embedding model: only itself served elsewhere, its vectors of its (known) length.
+    let embedder = |id: &str, dimensions: Option<u32>| {
+        let mut m = by("cloud").clone();
+        m.id = id.into();
+        m.capabilities.embeddings = true;
+        m.embedding_dimensions = dimensions;
+        m
+    };
+    let (small, other_small, large, unknown) = (
+        embedder("e-1536", Some(1_536)),
+        embedder("e2-1536", Some(1_536)),
+        embedder("e-3072", Some(3_072)),
+        embedder("e-x", None),
+    );
+    assert_eq!(
+        implied_fallback(&small, &other_small, &none, &sim),
+        Some("another embedding model: its vectors would not match the named model's")
+    );
+    let mut elsewhere = embedder("e-1536-azure", Some(1_536));
+    elsewhere.upstream = small.id.clone();
+    elsewhere.provider = "azure".into();
+    assert_eq!(implied_fallback(&small, &elsewhere, &none, &sim), None, "the same model at another provider");
+    assert_eq!(implied_fallback(&small, &large, &none, &sim), Some("its vectors are not the named model's length"));
+    assert_eq!(implied_fallback(&small, &unknown, &none, &sim), Some("its vectors are not the named model's length"));
+    assert_eq!(implied_fallback(&unknown, &small, &none, &sim), Some("the named model's vector length is unknown"));
 }
 
 // ---- Streams: one outcome ------------------------------------------------------

@@ -728,6 +728,15 @@ impl Fleet {
                         requirements.capabilities.push(*capability);
                     }
                 }
+                // A request whose cost cannot be measured stays so on a route.
+                requirements.unmeasured |= asked.unmeasured;
+                // Providers the request cannot go to (the gateway's: one
+                // without the endpoint asked for) are excluded on a route too.
+                for provider in &asked.exclude_providers {
+                    if !requirements.exclude_providers.contains(provider) {
+                        requirements.exclude_providers.push(provider.clone());
+                    }
+                }
                 (requirements, route.strategy, order, route.hedge)
             }
             None => (request.requirements.clone(), self.strategy, Order::Ranked, None),
@@ -1052,6 +1061,12 @@ impl Fleet {
                 "budget exceeded: hard budget {budget} has ${remaining} left, and this request could cost \
                  ${worst_case} on {} (the cheapest model that meets its requirements); {when}",
                 model.id
+            ),
+            _ if requirements.unmeasured => format!(
+                "budget exceeded: hard budget {} covers every model that meets the requirements, and this \
+                 request's cost cannot be measured to hold against it (a conversation stored at the provider, or \
+                 its built-in tools); {when}",
+                room.label
             ),
             _ => format!(
                 "budget exceeded: hard budget {} covers every model that meets the requirements, and none of them \

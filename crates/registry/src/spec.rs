@@ -297,6 +297,11 @@ pub struct Capabilities {
     pub json_mode: bool,
     /// Image input.
     pub vision: bool,
+    /// An embedding model: it turns text into vectors (`/v1/embeddings`)
+    /// and serves nothing else; no chat or completion request is ever
+    /// routed to it, and an embeddings request only to such a model.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub embeddings: bool,
 }
 
 /// One capability, as a requirement names it.
@@ -311,12 +316,14 @@ pub enum Capability {
     JsonMode,
     /// See [`Capabilities::vision`].
     Vision,
+    /// See [`Capabilities::embeddings`].
+    Embeddings,
 }
 
 impl Capability {
     /// Every capability.
-    pub const ALL: [Capability; 4] =
-        [Capability::Streaming, Capability::Tools, Capability::JsonMode, Capability::Vision];
+    pub const ALL: [Capability; 5] =
+        [Capability::Streaming, Capability::Tools, Capability::JsonMode, Capability::Vision, Capability::Embeddings];
 }
 
 impl Capabilities {
@@ -328,6 +335,7 @@ impl Capabilities {
             Capability::Tools => self.tools,
             Capability::JsonMode => self.json_mode,
             Capability::Vision => self.vision,
+            Capability::Embeddings => self.embeddings,
         }
     }
 }
@@ -339,6 +347,7 @@ impl fmt::Display for Capability {
             Capability::Tools => "tools",
             Capability::JsonMode => "json_mode",
             Capability::Vision => "vision",
+            Capability::Embeddings => "embeddings",
         })
     }
 }
@@ -409,6 +418,11 @@ pub struct ModelSpec {
     /// What it can do.
     #[serde(default)]
     pub capabilities: Capabilities,
+    /// For an embedding model, the length of the vectors it returns. A
+    /// named embedding model falls back only to models whose vectors have
+    /// the same length (an index built from one cannot take another's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub embedding_dimensions: Option<u32>,
     /// Its best language (an ISO 639-1 code such as `en`).
     #[serde(default)]
     pub primary_language: Option<String>,
@@ -467,6 +481,7 @@ impl ModelSpec {
             context_window: None,
             max_output_tokens: None,
             capabilities: Capabilities::default(),
+            embedding_dimensions: None,
             primary_language: None,
             languages: Vec::new(),
             quality: None,
@@ -554,6 +569,12 @@ impl ModelSpec {
         }
         if self.priority > 100 {
             bad("priority", format!("{} is above 100", self.priority));
+        }
+        if self.embedding_dimensions == Some(0) {
+            bad("embedding_dimensions", "must be at least 1 (leave it out when unknown)".into());
+        }
+        if self.embedding_dimensions.is_some() && !self.capabilities.embeddings {
+            bad("embedding_dimensions", "is set on a model without the embeddings capability".into());
         }
         if self.memory_mb == Some(0) {
             bad("memory_mb", "must be at least 1 MiB (leave it out when unknown)".into());

@@ -57,11 +57,24 @@ pub enum Rejection {
         /// The capability missing.
         missing: Capability,
     },
+    /// An embedding model, and the request is not for embeddings (a chat
+    /// or completion request never goes to one).
+    EmbeddingModel,
+    /// Its vectors are not of the length asked for (or their length is unknown).
+    EmbeddingDimensions {
+        /// The length asked for.
+        wanted: u32,
+        /// Its vectors' length, when known.
+        dimensions: Option<u32>,
+    },
     /// Its price is unknown.
     PriceUnknown,
     /// Its output cannot be bounded: the request sets no `max_tokens` and
     /// the model states neither an output limit nor a context window.
     OutputUnbounded,
+    /// The request's cost cannot be measured on a model that is not free
+    /// ([`Requirements::unmeasured`]).
+    Unmeasured,
     /// The worst-case cost is above the limit.
     TooExpensive {
         /// The request's worst-case cost on the model.
@@ -140,8 +153,12 @@ impl Rejection {
             Rejection::Language { .. } => "language",
             Rejection::ContextUnknown { .. } | Rejection::ContextTooSmall { .. } => "context_window",
             Rejection::OutputTooLong { .. } => "max_output_tokens",
-            Rejection::Capability { .. } => "capabilities",
-            Rejection::PriceUnknown | Rejection::OutputUnbounded | Rejection::TooExpensive { .. } => "max_cost",
+            Rejection::Capability { .. } | Rejection::EmbeddingModel => "capabilities",
+            Rejection::EmbeddingDimensions { .. } => "embedding_dimensions",
+            Rejection::PriceUnknown
+            | Rejection::OutputUnbounded
+            | Rejection::Unmeasured
+            | Rejection::TooExpensive { .. } => "max_cost",
             Rejection::OverBudget { .. } | Rejection::Unbounded { .. } => "budget",
             Rejection::QualityUnknown | Rejection::QualityTooLow { .. } => "min_quality",
             Rejection::LatencyUnknown | Rejection::TooSlow { .. } => "max_latency_ms",
@@ -169,16 +186,33 @@ impl fmt::Display for Rejection {
             }
             Rejection::OutputTooLong { needed, limit } => write!(f, "output limit {limit} < {needed} tokens asked"),
             Rejection::Capability { missing } => write!(f, "no {missing} support"),
+            Rejection::EmbeddingModel => write!(f, "an embedding model (it serves embeddings requests only)"),
+            Rejection::EmbeddingDimensions { wanted, dimensions: None } => {
+                write!(f, "embedding dimensions unknown ({wanted} wanted)")
+            }
+            Rejection::EmbeddingDimensions { wanted, dimensions: Some(d) } => {
+                write!(f, "embeds in {d} dimensions, {wanted} wanted")
+            }
             Rejection::PriceUnknown => write!(f, "price unknown"),
             Rejection::OutputUnbounded => {
                 write!(f, "output unbounded (no max_tokens, no output limit, no context window)")
+            }
+            Rejection::Unmeasured => {
+                write!(
+                    f,
+                    "the request's cost cannot be measured (a stored conversation, or a provider's built-in tools)"
+                )
             }
             Rejection::TooExpensive { estimate, max } => write!(f, "worst-case cost ${estimate} > max ${max}"),
             Rejection::OverBudget { budget, remaining, worst_case } => {
                 write!(f, "worst-case cost ${worst_case} > ${remaining} left in hard budget {budget}")
             }
             Rejection::Unbounded { budget } => {
-                write!(f, "cost cannot be bounded (no price, or no bound on the output) under hard budget {budget}")
+                write!(
+                    f,
+                    "cost cannot be bounded (no price, no bound on the output, or a prompt the gateway cannot \
+                     measure) under hard budget {budget}"
+                )
             }
             Rejection::QualityUnknown => write!(f, "quality unknown"),
             Rejection::QualityTooLow { quality, min } => write!(f, "quality {quality} < min {min}"),
@@ -210,17 +244,24 @@ pub(crate) fn latency_ms(model: &ModelSpec, live: &Signals) -> Option<f64> {
 }
 
 /// The typical cost of the request on `model` (prompt plus the request's
-/// own output cap), when its price is known: the score's cost term.
+/// own output cap; an embedding model writes none), when its price is
+/// known: the score's cost term.
 pub(crate) fn estimate(model: &ModelSpec, req: &Requirements) -> Option<Money> {
-    model.price().map(|p| p.cost(u64::from(req.prompt_tokens), 0, u64::from(req.max_output_tokens)))
+    let output = if model.capabilities.embeddings { 0 } else { u64::from(req.max_output_tokens) };
+    model.price().map(|p| p.cost(u64::from(req.prompt_tokens), 0, output))
 }
 
 /// The most output `req` can take on `model`, all answers together: each of
 /// the `n` answers is bounded by the least of the request's `max_tokens`
 /// (when set), the model's output limit and what its context window leaves
-/// after the prompt. `None` when none of the three is known.
+/// after the prompt. `None` when none of the three is known. An embedding
+/// model writes none.
 #[must_use]
 pub fn worst_case_output(model: &ModelSpec, req: &Requirements) -> Option<u64> {
+    if model.capabilities.embeddings {
+        // Vectors, not tokens: an embedding model's price is its input's.
+        return Some(0);
+    }
     let cap = (req.max_output_tokens > 0).then_some(u64::from(req.max_output_tokens));
     let limit = model.max_output_tokens.map(u64::from);
     let left = model.context_window.map(|w| u64::from(w).saturating_sub(u64::from(req.prompt_tokens)));
@@ -233,7 +274,8 @@ pub fn worst_case_output(model: &ModelSpec, req: &Requirements) -> Option<u64> {
 /// a cache write or a reasoning token may cost more than a plain one). A model whose prices are
 /// explicitly zero (or a local model without prices) costs nothing whatever
 /// it answers. `None` when the cost cannot be bounded: a cloud model without
-/// a price, or no output bound.
+/// a price, no output bound, or a request whose prompt or fees the gateway
+/// cannot measure ([`Requirements::unmeasured`]).
 ///
 /// The budget hold, the `max_cost` filter and `explain` all use this one
 /// function, so they cannot disagree.
@@ -258,6 +300,9 @@ pub fn worst_case_cost(model: &ModelSpec, req: &Requirements) -> Option<Money> {
     if price.is_free() {
         return Some(Money::ZERO);
     }
+    if req.unmeasured {
+        return None;
+    }
     Some(price.worst_case(u64::from(req.prompt_tokens), worst_case_output(model, req)?))
 }
 
@@ -276,6 +321,7 @@ fn check_cost(
     if let Some(max) = req.max_cost {
         match worst {
             None if model.price().is_none() => reject(Rejection::PriceUnknown)?,
+            None if req.unmeasured => reject(Rejection::Unmeasured)?,
             None => reject(Rejection::OutputUnbounded)?,
             Some(estimate) if estimate > max => reject(Rejection::TooExpensive { estimate, max })?,
             Some(_) => {}
@@ -340,7 +386,19 @@ pub(crate) fn check(
         {
             reject(Rejection::Language { wanted: wanted.clone() })?;
         }
-        let needed = req.min_context();
+        let embeddings = req.capabilities.contains(&Capability::Embeddings);
+        if model.capabilities.embeddings && !embeddings {
+            reject(Rejection::EmbeddingModel)?;
+        }
+        if let Some(wanted) = req.embedding_dimensions
+            && model.embedding_dimensions != Some(wanted)
+        {
+            reject(Rejection::EmbeddingDimensions { wanted, dimensions: model.embedding_dimensions })?;
+        }
+        // An embeddings request's prompt is every input together, while an
+        // embedding model's window bounds each input alone: its provider
+        // checks that (a context-window failure then moves to a larger one).
+        let needed = if embeddings { 0 } else { req.min_context() };
         if needed > 0 {
             match model.context_window {
                 None => reject(Rejection::ContextUnknown { needed })?,

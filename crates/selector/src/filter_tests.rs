@@ -260,8 +260,33 @@ fn budget() {
         &with(|m| m.pricing = None),
         &req,
         &room(1_000_000_000),
-        "budget: cost cannot be bounded (no price, or no bound on the output) under hard budget global monthly",
+        "budget: cost cannot be bounded (no price, no bound on the output, or a prompt the gateway cannot measure) under hard budget global monthly",
     );
+}
+
+#[test]
+fn an_unmeasured_request_has_no_worst_case_unless_the_model_is_free() {
+    let m = model("m");
+    let req = Requirements { prompt_tokens: 1_000, unmeasured: true, ..req() };
+    assert_eq!(worst_case_cost(&m, &req), None);
+    check(&m, &req, "");
+    let capped = Requirements { max_cost: Some(Money::from_nanos(1_000_000_000_000)), ..req.clone() };
+    check(
+        &m,
+        &capped,
+        "max_cost: the request's cost cannot be measured (a stored conversation, or a provider's built-in tools)",
+    );
+    let room = Live { signals: Signals::default(), room: Some(Money::from_nanos(1_000_000_000_000)) };
+    check_live(
+        &m,
+        &req,
+        &room,
+        "budget: cost cannot be bounded (no price, no bound on the output, or a prompt the gateway cannot measure) under hard budget global monthly",
+    );
+    let free = with(|m| m.pricing = Some(Pricing::FREE));
+    assert_eq!(worst_case_cost(&free, &req), Some(Money::ZERO));
+    check(&free, &capped, "");
+    check_live(&free, &req, &room, "");
 }
 
 #[test]

@@ -29,10 +29,11 @@
 //! | `locality` | `local_only` and it is a cloud model, or `cloud_only` and it is local | — |
 //! | `category` | a category is asked and it lists neither that one nor `general` | — |
 //! | `language` | a language is asked and it speaks it neither as primary nor as another language (ASCII case ignored) | — |
-//! | `context_window` | the request gives sizes and its window is unknown or smaller than prompt + `max_tokens` (prompt + 1 without `max_tokens`: an answer needs a token) | window = prompt + output **fits** |
+//! | `context_window` | the request gives sizes and its window is unknown or smaller than prompt + `max_tokens` (prompt + 1 without `max_tokens`: an answer needs a token); never for an embeddings request (the window bounds each input alone, which the provider checks) | window = prompt + output **fits** |
 //! | `max_output_tokens` | `max_tokens` is set and its output limit, when stated, is smaller (unstated: the window bounds it) | limit = `max_tokens` **fits** |
-//! | `capabilities` | it lacks one asked (each missing one is named) | — |
-//! | `max_cost` | its [`worst_case_cost`] is unknown (no price, or no output bound) or above `max_cost` | worst case = `max_cost` **passes** |
+//! | `capabilities` | it lacks one asked (each missing one is named); or it is an embedding model and the request does not ask for `embeddings` (chat never goes to one) | — |
+//! | `embedding_dimensions` | a vector length is asked and its `embedding_dimensions` is unknown or another | — |
+//! | `max_cost` | its [`worst_case_cost`] is unknown (no price, no output bound, or a request that is [`Requirements::unmeasured`] on a model that is not free) or above `max_cost` | worst case = `max_cost` **passes** |
 //! | `budget` | a hard budget would pay and its worst case is unknown, or is above 0 and above what is left | worst case = what is left **fits**; a free model fits an exhausted budget |
 //! | `min_quality` | its quality is unknown or below | quality = `min_quality` **passes** |
 //! | `max_latency_ms` | its latency (live when measured: samples > 0 and a finite latency >= 0; else typical) is unknown or above | latency = `max_latency_ms` **passes** |

@@ -46,8 +46,11 @@ const OTHER_STATUSES: [ModelStatus; 4] =
 const MODEL_LANGUAGES: [&str; 5] = ["en", "fr", "de", "ja", "EN"];
 const ASKED_LANGUAGES: [&str; 5] = ["en", "fr", "de", "ja", "Fr"];
 const CATEGORIES: [Category; 4] = [Category::General, Category::Code, Category::Translation, Category::Reasoning];
-const CAPABILITIES: [Capability; 4] =
-    [Capability::Streaming, Capability::Tools, Capability::JsonMode, Capability::Vision];
+const CAPABILITIES: [Capability; 5] =
+    [Capability::Streaming, Capability::Tools, Capability::JsonMode, Capability::Vision, Capability::Embeddings];
+
+/// Vector lengths of embedding models and of requests, few so they meet.
+const DIMENSIONS: [u32; 2] = [768, 1_536];
 /// Context windows, and prompts and output caps many of whose sums land
 /// exactly on one (500 + 500, 900 + 100, 1,000 + 1,000, 1,500 + 500, …).
 const WINDOWS: [u32; 5] = [500, 1_000, 1_500, 2_000, 4_000];
@@ -118,6 +121,7 @@ fn arb_model() -> impl Gen<Value = ModelSpec> {
         chance(5, pick(&MODEL_LANGUAGES)),
         proptest::sample::subsequence(MODEL_LANGUAGES.to_vec(), 0..=2),
         any::<[bool; 4]>(),
+        (0u8..3, chance(6, pick(&DIMENSIONS))),
     );
     let sizes = (
         chance(9, pick(&WINDOWS)),
@@ -130,7 +134,7 @@ fn arb_model() -> impl Gen<Value = ModelSpec> {
     );
     (switches, skills, sizes).prop_map(|(switches, skills, sizes)| {
         let (id, provider, off, status, priority) = switches;
-        let (categories, primary, languages, [streaming, tools, json_mode, vision]) = skills;
+        let (categories, primary, languages, [streaming, tools, json_mode, vision], (embed, dimensions)) = skills;
         let (window, output_limit, pricing, local, memory_mb, quality, latency) = sizes;
         let mut m = ModelSpec::new(format!("m{id:02}"), provider);
         m.enabled = off > 0;
@@ -139,7 +143,10 @@ fn arb_model() -> impl Gen<Value = ModelSpec> {
         m.categories = categories;
         m.primary_language = primary.map(String::from);
         m.languages = languages.into_iter().map(String::from).collect();
-        m.capabilities = Capabilities { streaming, tools, json_mode, vision };
+        // One model in three embeds, most of them saying their vectors' length.
+        let embeddings = embed == 0;
+        m.capabilities = Capabilities { streaming, tools, json_mode, vision, embeddings };
+        m.embedding_dimensions = dimensions.filter(|_| embeddings);
         m.context_window = window;
         m.max_output_tokens = output_limit;
         m.pricing = pricing;
@@ -187,25 +194,37 @@ fn arb_requirements() -> impl Gen<Value = Requirements> {
         pick(&OUTPUT_CAPS),
         0u32..=3,
         chance(1, proptest::collection::vec(pick(&CAPABILITIES), 1..=2)).prop_map(Option::unwrap_or_default),
+        0u8..3,
     );
     let limits = (
         chance(2, pick(&MONEY).prop_map(Money::from_nanos)),
         chance(2, arb_quality()),
         chance(2, pick(&LATENCIES_MS)),
         chance(3, pick(&MEMORIES_MB)),
+        chance(8, pick(&DIMENSIONS)),
     );
-    let place = (arb_providers(1..=3), arb_providers(1..=1), pick(&LOCALITIES), any::<bool>(), any::<bool>());
+    let place = (arb_providers(1..=3), arb_providers(1..=1), pick(&LOCALITIES), any::<bool>(), any::<bool>(), 0u8..10);
     (work, limits, place).prop_map(|(work, limits, place)| {
-        let (category, language, prompt_tokens, max_output_tokens, n, capabilities) = work;
-        let (max_cost, min_quality, max_latency_ms, available_memory_mb) = limits;
-        let (providers, exclude_providers, locality, prefer_free, prefer_local) = place;
+        let (category, language, prompt_tokens, max_output_tokens, n, mut capabilities, embed) = work;
+        // One request in three is for embeddings, and asks for that alone,
+        // as the gateway sends it; a vector length is asked only then.
+        let embeddings = embed == 0 || capabilities.contains(&Capability::Embeddings);
+        if embeddings {
+            capabilities = vec![Capability::Embeddings];
+        }
+        let (max_cost, min_quality, max_latency_ms, available_memory_mb, embedding_dimensions) = limits;
+        let embedding_dimensions = embedding_dimensions.filter(|_| embeddings);
+        let (providers, exclude_providers, locality, prefer_free, prefer_local, unmeasured) = place;
         Requirements {
             category,
             language,
             prompt_tokens,
+            // One request in ten cannot be measured.
+            unmeasured: unmeasured == 0,
             max_output_tokens,
             n,
             capabilities,
+            embedding_dimensions,
             max_cost,
             min_quality,
             max_latency_ms,
@@ -441,8 +460,10 @@ fn judged_latency(model: &ModelSpec, live: &Signals) -> Option<f64> {
 /// The context a request needs, as the crate docs' table has it: none when
 /// it gives no sizes, else prompt + `max_tokens`, or prompt + 1 without
 /// `max_tokens` (an answer needs a token).
+/// An embeddings request needs none (its inputs are checked one by one,
+/// by the provider).
 fn needed_context(req: &Requirements) -> u64 {
-    if req.prompt_tokens == 0 && req.max_output_tokens == 0 {
+    if (req.prompt_tokens == 0 && req.max_output_tokens == 0) || req.capabilities.contains(&Capability::Embeddings) {
         return 0;
     }
     u64::from(req.prompt_tokens) + u64::from(req.max_output_tokens.max(1))
@@ -493,7 +514,15 @@ fn failures(
             "max_output_tokens",
             req.max_output_tokens > 0 && model.max_output_tokens.is_some_and(|limit| limit < req.max_output_tokens),
         ),
-        ("capabilities", req.capabilities.iter().any(|&c| !model.capabilities.has(c))),
+        (
+            "capabilities",
+            req.capabilities.iter().any(|&c| !model.capabilities.has(c))
+                || (model.capabilities.embeddings && !req.capabilities.contains(&Capability::Embeddings)),
+        ),
+        (
+            "embedding_dimensions",
+            req.embedding_dimensions.is_some_and(|wanted| model.embedding_dimensions != Some(wanted)),
+        ),
         ("max_cost", req.max_cost.is_some_and(|max| worst.is_none_or(|w| w > max))),
         ("budget", room.is_some_and(|room| worst.is_none_or(|w| !w.is_zero() && w > room.remaining))),
         ("min_quality", req.min_quality.is_some_and(|min| model.quality.is_none_or(|q| q < min))),
@@ -523,7 +552,12 @@ fn documented_worst_case(model: &ModelSpec, req: &Requirements) -> (Option<u64>,
         model.max_output_tokens.map(u64::from),
         model.context_window.map(|w| u64::from(w).saturating_sub(prompt)),
     ];
-    let output = bounds.into_iter().flatten().min().map(|each| each * u64::from(req.n.max(1)));
+    let output = if model.capabilities.embeddings {
+        // Vectors: no output tokens.
+        Some(0)
+    } else {
+        bounds.into_iter().flatten().min().map(|each| each * u64::from(req.n.max(1)))
+    };
     let price = match (model.pricing, model.local) {
         (Some(price), _) => price,
         (None, true) => Pricing::FREE,
@@ -537,6 +571,8 @@ fn documented_worst_case(model: &ModelSpec, req: &Requirements) -> (Option<u64>,
     let free = input.is_zero() && output_rate.is_zero();
     let cost = if free {
         Some(Money::ZERO)
+    } else if req.unmeasured {
+        None
     } else {
         output.map(|output| Pricing::new(input, output_rate).cost(prompt, 0, output))
     };
@@ -567,8 +603,19 @@ fn truthful(reason: &Rejection, case: &Case, model: &ModelSpec, first: bool) -> 
             *needed == req.max_output_tokens && Some(*limit) == model.max_output_tokens && *limit < *needed
         }
         Rejection::Capability { missing } => req.capabilities.contains(missing) && !model.capabilities.has(*missing),
+        Rejection::EmbeddingModel => {
+            model.capabilities.embeddings && !req.capabilities.contains(&Capability::Embeddings)
+        }
+        Rejection::EmbeddingDimensions { wanted, dimensions } => {
+            req.embedding_dimensions == Some(*wanted)
+                && *dimensions == model.embedding_dimensions
+                && *dimensions != Some(*wanted)
+        }
         Rejection::PriceUnknown => req.max_cost.is_some() && model.price().is_none(),
-        Rejection::OutputUnbounded => req.max_cost.is_some() && model.price().is_some() && worst.is_none(),
+        Rejection::OutputUnbounded => {
+            req.max_cost.is_some() && model.price().is_some() && worst.is_none() && !req.unmeasured
+        }
+        Rejection::Unmeasured => req.max_cost.is_some() && model.price().is_some() && worst.is_none() && req.unmeasured,
         Rejection::TooExpensive { estimate, max } => {
             worst == Some(*estimate) && req.max_cost == Some(*max) && estimate > max
         }
@@ -607,7 +654,7 @@ fn truthful(reason: &Rejection, case: &Case, model: &ModelSpec, first: bool) -> 
 }
 
 /// The rules of the crate docs' table, by the names [`failures`] gives them.
-const RULES: [&str; 13] = [
+const RULES: [&str; 14] = [
     "status",
     "providers",
     "locality",
@@ -616,6 +663,7 @@ const RULES: [&str; 13] = [
     "context_window",
     "max_output_tokens",
     "capabilities",
+    "embedding_dimensions",
     "max_cost",
     "budget",
     "min_quality",
@@ -645,6 +693,7 @@ fn edges(case: &Case, model: &ModelSpec) -> BTreeSet<&'static str> {
         ("context_window", needed > 0 && model.context_window.map(u64::from) == Some(needed)),
         ("max_output_tokens", req.max_output_tokens > 0 && model.max_output_tokens == Some(req.max_output_tokens)),
         ("capabilities", !req.capabilities.is_empty()),
+        ("embedding_dimensions", req.embedding_dimensions.is_some()),
         ("max_cost", req.max_cost.is_some() && worst == req.max_cost),
         ("budget", case.live.room.is_some_and(|room| room > Money::ZERO && worst == Some(room))),
         ("min_quality", req.min_quality.is_some() && model.quality == req.min_quality),
@@ -658,35 +707,36 @@ fn edges(case: &Case, model: &ModelSpec) -> BTreeSet<&'static str> {
 }
 
 /// The generators reach every rule, so the properties cannot go vacuous
-/// unnoticed: over 512 cases of [`arb_case`] from a fixed seed, enough
+/// unnoticed: over 1,024 cases of [`arb_case`] from a fixed seed, enough
 /// models fail each rule alone (a verdict on that rule is then all that
 /// rejects them) and enough pass every rule right at its edge ([`edges`]:
 /// where an off-by-one would show).
 #[test]
 fn the_generators_reach_every_rule_alone_and_at_its_limit() {
-    // What this seed gives (proptest 1.12), out of 2,595 models judged:
+    // What this seed gives (proptest 1.12), over 1,024 cases:
     //
-    // | rule                | fails alone | passes at its edge |
-    // |---------------------|-------------|--------------------|
-    // | status              |          56 |                 32 |
-    // | providers           |          41 |                 87 |
-    // | locality            |         110 |                114 |
-    // | category            |          55 |                 53 |
-    // | language            |          52 |                 46 |
-    // | context_window      |         145 |                209 |
-    // | max_output_tokens   |          74 |                 88 |
-    // | capabilities        |          32 |                 24 |
-    // | max_cost            |          64 |                 67 |
-    // | budget              |          76 |                 29 |
-    // | min_quality         |          43 |                 38 |
-    // | max_latency_ms      |          38 |                 34 |
-    // | available_memory_mb |          27 |                 41 |
+    // | rule                 | fails alone | passes at its edge |
+    // |----------------------|-------------|--------------------|
+    // | status               |          71 |                 23 |
+    // | providers            |          44 |                 49 |
+    // | locality             |          73 |                 88 |
+    // | category             |          73 |                 35 |
+    // | language             |          48 |                 49 |
+    // | context_window       |         124 |                141 |
+    // | max_output_tokens    |          73 |                 64 |
+    // | capabilities         |         345 |                 86 |
+    // | embedding_dimensions |         119 |                 39 |
+    // | max_cost             |          97 |                 70 |
+    // | budget               |          66 |                 40 |
+    // | min_quality          |          50 |                 28 |
+    // | max_latency_ms       |          47 |                 17 |
+    // | available_memory_mb  |          29 |                 47 |
     const AT_LEAST: usize = 10;
     let mut runner = TestRunner::new_with_rng(Config::default(), TestRng::deterministic_rng(RngAlgorithm::ChaCha));
     let cases = arb_case();
     let mut alone: BTreeMap<&str, usize> = BTreeMap::new();
     let mut at_edge: BTreeMap<&str, usize> = BTreeMap::new();
-    for _ in 0..512 {
+    for _ in 0..1024 {
         let case = cases.new_tree(&mut runner).expect("arb_case rejects nothing").current();
         for (_, model) in case.firsts() {
             let failed = case.failures(model);
@@ -884,7 +934,8 @@ proptest! {
         for r in rank(&case.models, req, &case.live, &case.config()) {
             let worst = worst_case_cost(r.model, req);
             prop_assert_eq!(r.worst_case_cost, worst);
-            let typical = r.model.price().map(|p| p.cost(req.prompt_tokens.into(), 0, req.max_output_tokens.into()));
+            let output = if r.model.capabilities.embeddings { 0 } else { req.max_output_tokens.into() };
+            let typical = r.model.price().map(|p| p.cost(req.prompt_tokens.into(), 0, output));
             prop_assert_eq!(r.estimated_cost, typical);
             if let Some(max) = req.max_cost {
                 prop_assert!(worst.is_some_and(|w| w <= max), "{}: worst {:?} > max {}", r.model.id, worst, max);

@@ -34,6 +34,12 @@ pub struct Requirements {
     pub language: Option<String>,
     /// Tokens in the prompt (for the context check and the cost estimate).
     pub prompt_tokens: u32,
+    /// The prompt holds more than `prompt_tokens` says and nobody can tell
+    /// how much, or the call may cost what no price covers (a conversation
+    /// stored at the provider, a provider's built-in tools): the cost cannot
+    /// be bounded, so a model that is not free has no worst case (a hard
+    /// budget refuses it; `max_cost` rejects it).
+    pub unmeasured: bool,
     /// Tokens each answer may take (the request's `max_tokens`), 0 when the
     /// request sets no cap and a model may answer up to its own limit. The
     /// context window must hold prompt plus this, and the model's output
@@ -42,8 +48,14 @@ pub struct Requirements {
     /// Answers asked for (OpenAI's `n`); 0 counts as 1. Each may take the
     /// whole output bound, so the worst-case cost multiplies by it.
     pub n: u32,
-    /// Capabilities the model must have.
+    /// Capabilities the model must have. Asking for
+    /// [`Capability::Embeddings`] makes it an embeddings request: only
+    /// embedding models serve it, and they serve nothing else.
     pub capabilities: Vec<Capability>,
+    /// For an embeddings request, the length its vectors must have: only
+    /// models that state exactly this [`embedding_dimensions`](modelfleet_registry::ModelSpec::embedding_dimensions)
+    /// may serve it (unknown never passes).
+    pub embedding_dimensions: Option<u32>,
     /// The most this request may cost: a model whose worst case
     /// ([`worst_case_cost`](crate::worst_case_cost)) is above it, or cannot
     /// be bounded, is rejected. A worst case exactly at the limit passes.

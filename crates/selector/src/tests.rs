@@ -229,7 +229,7 @@ fn a_model_whose_worst_case_does_not_fit_the_budget_left_is_rejected_and_cheaper
         [
             "cheap: worst-case cost $0.0025 > $0.002499999 left in hard budget global monthly",
             "dear: worst-case cost $0.005 > $0.002499999 left in hard budget global monthly",
-            "open: cost cannot be bounded (no price, or no bound on the output) under hard budget global monthly",
+            "open: cost cannot be bounded (no price, no bound on the output, or a prompt the gateway cannot measure) under hard budget global monthly",
         ]
     );
     assert!(why.rejected.iter().all(|r| r.reasons[0].constraint() == "budget"));
@@ -483,10 +483,13 @@ fn empty_and_impossible() {
     assert_eq!(
         err.to_string(),
         format!(
-            "none of the {} models satisfies the requirements; rejected by context_window ({}), language ({})",
+            "none of the {} models satisfies the requirements; rejected by context_window ({}), language ({}), \
+             capabilities ({})",
             models.len(),
             models.len(),
-            models.len()
+            models.len(),
+            // The embedding models: a chat request never goes to one.
+            models.iter().filter(|m| m.capabilities.embeddings).count()
         )
     );
 }
