@@ -24,7 +24,7 @@ use modelfleet::{
     config::Route,
     errors::{ErrorClass, Failure},
     metrics::Category as MetricsCategory,
-    registry::{ModelSpec, ModelUpdate, Money},
+    registry::{Capability, ModelSpec, ModelUpdate, Money},
     service_registry::HealthStatus,
 };
 use serde_json::{Value, json};
@@ -47,7 +47,10 @@ use tracing::Instrument as _;
 use crate::{
     auth::{Auth, Caller, Need},
     upstream::{Events, Upstreams, error_event},
-    wire::{ApiError, ChatRequest, delta_chars, estimate_output, json_response, parse_chat, usage_of},
+    wire::{
+        ApiError, ChatRequest, Op, delta_chars, estimate_output, json_response, native_delta_chars, parse_chat,
+        parse_completions, parse_embeddings, parse_responses, responses_usage, usage_of,
+    },
 };
 
 /// Everything the handlers share.
@@ -125,6 +128,8 @@ pub(crate) fn router(app: App, max_body_bytes: usize) -> Router {
         .route("/v1/chat/completions", post(chat).fallback(only("POST")))
         .route("/v1/messages", post(messages).fallback(only("POST")))
         .route("/v1/responses", post(responses).fallback(only("POST")))
+        .route("/v1/completions", post(completions).fallback(only("POST")))
+        .route("/v1/embeddings", post(embeddings).fallback(only("POST")))
         .route("/v1/models", get(models).fallback(only("GET, HEAD")))
         .route("/v1/models/{*id}", get(model).fallback(only("GET, HEAD")))
         .route("/v1/route/explain", post(explain).fallback(only("POST")))
@@ -255,6 +260,21 @@ pub(crate) async fn whole_request(
 }
 
 impl AppState {
+    /// Whether a `/v1/responses` body goes to a provider as sent: some
+    /// provider serves the API natively, and the body names a model of
+    /// one, or names no catalog model and cannot be translated to chat.
+    fn native_responses(&self, bytes: &[u8]) -> bool {
+        let unable = self.upstreams.not_serving(Op::Responses);
+        if self.upstreams.providers().all(|p| unable.contains(&p.to_owned())) {
+            return false;
+        }
+        let Ok(value) = serde_json::from_slice::<Value>(bytes) else { return false };
+        match value.get("model").and_then(Value::as_str).and_then(|id| self.fleet.catalog().get(id)) {
+            Some(spec) => !unable.contains(&spec.provider),
+            None => modelfleet_translate::responses_request_to_chat(&value).is_err(),
+        }
+    }
+
     /// The fleet request a chat request stands for: a route, a model, or `auto`.
     /// Its id and language hint go with it, for the records.
     fn fleet_request(&self, chat: &ChatRequest, caller: &Caller, headers: &HeaderMap) -> Result<Request, ApiError> {
@@ -386,24 +406,51 @@ fn served_headers(app: &AppState, response: &mut Response, model: &str, attempts
 }
 
 async fn chat(State(app): State<App>, headers: HeaderMap, body: Body) -> Response {
-    chat_in(&app, &headers, body, Format::Chat).await
+    chat_in(&app, &headers, body, Format::Chat, Op::Chat).await
 }
 
 /// `POST /v1/messages`: Anthropic's Messages API over the chat path (any
 /// provider behind it), errors in Anthropic's shape.
 async fn messages(State(app): State<App>, headers: HeaderMap, body: Body) -> Response {
-    chat_in(&app, &headers, body, Format::Anthropic).await
+    chat_in(&app, &headers, body, Format::Anthropic, Op::Chat).await
 }
 
-/// `POST /v1/responses`: OpenAI's Responses API over the chat path.
+/// `POST /v1/responses`: OpenAI's Responses API, passed through as sent to
+/// the providers that serve it natively (`responses = true`) when the
+/// request names one of their models or needs what translation cannot
+/// carry (stored state, built-in tools); otherwise over the chat path,
+/// translated at the edge.
 async fn responses(State(app): State<App>, headers: HeaderMap, body: Body) -> Response {
-    chat_in(&app, &headers, body, Format::Responses).await
+    if let Err(error) = app.auth.check(&headers, Need::Client) {
+        return error.into_response();
+    }
+    let bytes = match read_body(&app, body).await {
+        Ok(bytes) => bytes,
+        Err(error) => return error.into_response(),
+    };
+    if app.native_responses(&bytes) {
+        chat_in(&app, &headers, Body::from(bytes), Format::Chat, Op::Responses).await
+    } else {
+        chat_in(&app, &headers, Body::from(bytes), Format::Responses, Op::Chat).await
+    }
 }
 
-/// A completion asked for in `format`: translated to chat, served, and the
-/// answer translated back (errors: see [`edge::anthropic_errors`]).
-async fn chat_in(app: &App, headers: &HeaderMap, body: Body, format: Format) -> Response {
-    let response = match chat_inner(app, headers, body, format).await {
+/// `POST /v1/completions`: legacy text completions, served by the
+/// OpenAI-compatible providers (others are excluded).
+async fn completions(State(app): State<App>, headers: HeaderMap, body: Body) -> Response {
+    chat_in(&app, &headers, body, Format::Chat, Op::Completions).await
+}
+
+/// `POST /v1/embeddings`: served by embedding models only.
+async fn embeddings(State(app): State<App>, headers: HeaderMap, body: Body) -> Response {
+    chat_in(&app, &headers, body, Format::Chat, Op::Embeddings).await
+}
+
+/// A request asked for in `format` for `op`: translated to OpenAI's format,
+/// served, and the answer translated back (errors: see
+/// [`edge::anthropic_errors`]).
+async fn chat_in(app: &App, headers: &HeaderMap, body: Body, format: Format, op: Op) -> Response {
+    let response = match chat_inner(app, headers, body, format, op).await {
         Ok(response) => response,
         Err(error) => error.into_response(),
     };
@@ -447,18 +494,67 @@ fn spawn_call(
     )
 }
 
-async fn chat_inner(app: &App, headers: &HeaderMap, body: Body, format: Format) -> Result<Response, ApiError> {
+/// The request `bytes` stand for on `op`'s endpoint, checked, and what the
+/// fleet is asked: providers without the endpoint excluded, a route's cap
+/// filled in.
+fn prepare(
+    app: &App,
+    headers: &HeaderMap,
+    bytes: &[u8],
+    caller: &Caller,
+    op: Op,
+) -> Result<(ChatRequest, Request), ApiError> {
+    let mut chat = match op {
+        Op::Chat => parse_chat(bytes)?,
+        Op::Completions => parse_completions(bytes)?,
+        Op::Embeddings => parse_embeddings(bytes)?,
+        Op::Responses => parse_responses(bytes)?,
+    };
+    chat.trace = traceparent::of(headers);
+    let mut request = app.fleet_request(&chat, caller, headers)?;
+    // Providers whose kind has no such endpoint never get the request; a
+    // model named on one is refused saying so.
+    let unable = app.upstreams.not_serving(op);
+    if let Some(spec) = request.model.as_deref().and_then(|id| app.fleet.catalog().get(id))
+        && unable.contains(&spec.provider)
+    {
+        return Err(ApiError::invalid(
+            "unsupported_endpoint",
+            format!(
+                "model {:?} is served by provider {:?}, which has no {} endpoint",
+                spec.id,
+                spec.provider,
+                op.name()
+            ),
+        ));
+    }
+    for provider in unable {
+        if !request.requirements.exclude_providers.contains(&provider) {
+            request.requirements.exclude_providers.push(provider);
+        }
+    }
+    if let Some(route) = &request.route {
+        let resolved = app.fleet.requirements(&request).map_err(fleet_error)?;
+        if op != Op::Embeddings && resolved.capabilities.contains(&Capability::Embeddings) {
+            return Err(ApiError::invalid(
+                "unsupported_endpoint",
+                format!("route {route:?} serves embeddings requests only"),
+            ));
+        }
+        if op != Op::Embeddings && chat.requirements.max_output_tokens == 0 {
+            // The client sent no cap; the route's caps each answer, and the
+            // hold assumes it: it goes upstream with the request.
+            let cap = resolved.max_output_tokens;
+            chat.cap = (cap > 0).then_some(cap);
+        }
+    }
+    Ok((chat, request))
+}
+
+async fn chat_inner(app: &App, headers: &HeaderMap, body: Body, format: Format, op: Op) -> Result<Response, ApiError> {
     let caller = app.auth.check(headers, Need::Client)?;
     let bytes = format.request(read_body(app, body).await?)?;
-    let mut chat = parse_chat(&bytes)?;
-    chat.trace = traceparent::of(headers);
-    let request = app.fleet_request(&chat, &caller, headers)?;
-    if request.route.is_some() && chat.requirements.max_output_tokens == 0 {
-        // The client sent no cap; the route's caps each answer, and the hold
-        // assumes it: it goes upstream with the request.
-        let cap = app.fleet.requirements(&request).map_err(fleet_error)?.max_output_tokens;
-        chat.cap = (cap > 0).then_some(cap);
-    }
+    let (chat, request) = prepare(app, headers, &bytes, &caller, op)?;
     if chat.stream {
         return stream_chat(app, chat, &request, format).await;
     }
@@ -579,6 +675,7 @@ fn shutting_down() -> ApiError {
 /// between keys).
 fn cache_key(chat: &ChatRequest, caller: &Caller) -> [u8; 32] {
     modelfleet::store::cache_key(&json!({
+        "endpoint": chat.op.endpoint(),
         "model": chat.model,
         "body": chat.body,
         "requirements": chat.requirements,
@@ -596,11 +693,17 @@ async fn stream_chat(app: &App, chat: ChatRequest, request: &Request, format: Fo
         .map_err(fleet_error)?;
     let Opened { stream, settlement } = served.value;
     let (tx, rx) = mpsc::channel::<Bytes>(32);
+    let native = chat.op == Op::Responses;
     let pump = Pump {
         app: Arc::clone(app),
         include_usage: chat.include_usage,
         prompt_tokens: u64::from(chat.requirements.prompt_tokens),
-        edge: format.stream(&served.model, u64::from(chat.requirements.prompt_tokens)),
+        native,
+        edge: if native {
+            Edge::Native
+        } else {
+            format.stream(&served.model, u64::from(chat.requirements.prompt_tokens))
+        },
     };
     app.streams.spawn(pump.run(stream, settlement, tx).in_current_span());
     let body = futures_util::stream::unfold(rx, |mut rx| async move {
@@ -623,6 +726,9 @@ struct Pump {
     app: App,
     include_usage: bool,
     prompt_tokens: u64,
+    /// A Responses API stream passed through: it ends with
+    /// `response.completed` (or `.incomplete`), which carries its usage.
+    native: bool,
     /// The client's format: chunks become its events.
     edge: Edge,
 }
@@ -664,12 +770,16 @@ impl Pump {
                 Ok(None) => {
                     break StreamEnd::Failed(Failure::new(
                         ErrorClass::Connection,
-                        "the upstream stream ended before [DONE]",
+                        if self.native {
+                            "the upstream stream ended before response.completed"
+                        } else {
+                            "the upstream stream ended before [DONE]"
+                        },
                     ));
                 }
                 Err(failure) => break StreamEnd::Failed(failure),
             };
-            if data.trim() == "[DONE]" {
+            if !self.native && data.trim() == "[DONE]" {
                 if !self.relay(&tx, "[DONE]").await {
                     break StreamEnd::ClientGone;
                 }
@@ -679,13 +789,25 @@ impl Pump {
                 break StreamEnd::Failed(failure);
             }
             let mut forward = true;
+            let mut last = false;
             if let Ok(value) = serde_json::from_str::<Value>(&data) {
-                chars += delta_chars(&value);
-                if let Some(u) = usage_of(&value) {
-                    usage = Some(u);
-                    // The gateway always asks for usage; the client gets it only if it asked.
-                    let usage_only = value.get("choices").and_then(Value::as_array).is_some_and(Vec::is_empty);
-                    forward = self.include_usage || !usage_only;
+                if self.native {
+                    chars += native_delta_chars(&value);
+                    last = matches!(
+                        value.get("type").and_then(Value::as_str),
+                        Some("response.completed" | "response.incomplete")
+                    );
+                    if last {
+                        usage = value.pointer("/response/usage").and_then(responses_usage);
+                    }
+                } else {
+                    chars += delta_chars(&value);
+                    if let Some(u) = usage_of(&value) {
+                        usage = Some(u);
+                        // The gateway always asks for usage; the client gets it only if it asked.
+                        let usage_only = value.get("choices").and_then(Value::as_array).is_some_and(Vec::is_empty);
+                        forward = self.include_usage || !usage_only;
+                    }
                 }
             }
             if bound.is_some_and(|most| estimate_output(chars) > most) {
@@ -697,6 +819,9 @@ impl Pump {
             }
             if forward && !self.relay(&tx, &data).await {
                 break StreamEnd::ClientGone;
+            }
+            if last {
+                break StreamEnd::Completed;
             }
         };
         // The upstream is closed at once, before the books are settled.

@@ -17,7 +17,7 @@ use modelfleet_translate::{
 };
 use serde_json::{Value, json};
 
-use crate::wire::{ApiError, json_bytes, sse};
+use crate::wire::{ApiError, json_bytes, sse, sse_named};
 
 /// The format a client endpoint speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -123,6 +123,9 @@ pub(crate) enum Edge {
     Anthropic(Box<ChatToAnthropicEvents>),
     /// The Responses API's stream events.
     Responses(Box<ChatToResponseEvents>),
+    /// A Responses API stream passed through: each event as it came, named
+    /// by its `type`.
+    Native,
 }
 
 impl Edge {
@@ -132,6 +135,10 @@ impl Edge {
         let done = data.trim() == "[DONE]";
         let events = match self {
             Edge::Chat => return vec![sse(data)],
+            Edge::Native => {
+                let value: Value = serde_json::from_str(data).unwrap_or(Value::Null);
+                return vec![sse_named(value.get("type").and_then(Value::as_str), data)];
+            }
             Edge::Anthropic(e) if done => e.finish(),
             Edge::Responses(e) if done => e.finish(),
             Edge::Anthropic(e) => serde_json::from_str::<Value>(data).map(|chunk| e.push(&chunk)).unwrap_or_default(),
@@ -149,7 +156,7 @@ impl Edge {
                 sse(&event.to_string())
             }
             Edge::Anthropic(_) => named(&SseEvent { event: "error", data: anthropic_error(500, message) }),
-            Edge::Responses(_) => named(&SseEvent {
+            Edge::Responses(_) | Edge::Native => named(&SseEvent {
                 event: "error",
                 data: json!({"type": "error", "code": code, "message": message, "param": null}),
             }),

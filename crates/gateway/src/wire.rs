@@ -98,11 +98,61 @@ pub(crate) fn json_response(status: StatusCode, value: &impl Serialize) -> Respo
     response
 }
 
-/// A chat-completions request, checked.
+/// What a request asks a model to do: OpenAI's endpoint for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Op {
+    /// `/v1/chat/completions` (and the formats translated to it).
+    Chat,
+    /// `/v1/completions`: legacy text completions, OpenAI-compatible providers only.
+    Completions,
+    /// `/v1/embeddings`: embedding models only.
+    Embeddings,
+    /// `/v1/responses` passed through as sent, to providers that serve
+    /// OpenAI's Responses API (`responses = true`).
+    Responses,
+}
+
+impl Op {
+    /// The endpoint's path after `/v1`, as each OpenAI-compatible provider has it.
+    pub(crate) const fn path(self) -> &'static [&'static str] {
+        match self {
+            Op::Chat => &["chat", "completions"],
+            Op::Completions => &["completions"],
+            Op::Embeddings => &["embeddings"],
+            Op::Responses => &["responses"],
+        }
+    }
+
+    /// The endpoint as a client calls it.
+    pub(crate) const fn endpoint(self) -> &'static str {
+        match self {
+            Op::Chat => "/v1/chat/completions",
+            Op::Completions => "/v1/completions",
+            Op::Embeddings => "/v1/embeddings",
+            Op::Responses => "/v1/responses",
+        }
+    }
+
+    /// What it is, in words (messages name it so: a path would be
+    /// sanitized out of them).
+    pub(crate) const fn name(self) -> &'static str {
+        match self {
+            Op::Chat => "chat completions",
+            Op::Completions => "legacy completions",
+            Op::Embeddings => "embeddings",
+            Op::Responses => "native responses",
+        }
+    }
+}
+
+/// A request for a model, checked: a chat completion, a text completion or
+/// embeddings ([`Op`]); the gateway serves the three the same way.
 // Four independent facts of the request, each a yes or no.
 #[allow(clippy::struct_excessive_bools)]
 #[derive(Debug, Clone)]
 pub(crate) struct ChatRequest {
+    /// What it asks for.
+    pub(crate) op: Op,
     /// The body as sent, minus the `modelfleet` extension.
     pub(crate) body: Map<String, Value>,
     /// What `model` named.
@@ -126,9 +176,15 @@ pub(crate) struct ChatRequest {
     pub(crate) trace: Option<crate::traceparent::Trace>,
 }
 
-/// Tokens per image or audio part at most: a high-detail 2048×2048 image
-/// is 2,805 tokens at OpenAI's prices per tile.
+/// Tokens per image part at most: a high-detail 2048×2048 image is 2,805
+/// tokens at OpenAI's prices per tile. (Audio and files have no such bound:
+/// their tokens grow with their length, which only the provider measures;
+/// a request with them is [`Requirements::unmeasured`].)
 const TOKENS_PER_MEDIA_PART: usize = 3_000;
+
+/// Content parts whose tokens the gateway cannot bound (audio, files: a
+/// 50-page document is tens of thousands of tokens).
+const UNMEASURED_PARTS: [&str; 4] = ["input_audio", "file", "input_file", "audio"];
 
 /// The fields of a request that the provider counts as prompt tokens.
 const PROMPT_FIELDS: [&str; 5] = ["messages", "tools", "functions", "response_format", "tool_choice"];
@@ -141,7 +197,7 @@ const PROMPT_FIELDS: [&str; 5] = ["messages", "tools", "functions", "response_fo
 /// estimate (never more than 5% under OpenAI's tokenizers on English, code,
 /// CJK and mixed text) and a quarter of the text's bytes, a token per JSON
 /// value for the structure; media payloads left out, and
-/// [`TOKENS_PER_MEDIA_PART`] per image or audio part instead.
+/// [`TOKENS_PER_MEDIA_PART`] per image part instead.
 fn estimate_prompt(body: &Map<String, Value>) -> u32 {
     let text: u64 = PROMPT_FIELDS.iter().filter_map(|field| body.get(*field)).map(estimate_json).sum();
     let media: usize = body.get("messages").and_then(Value::as_array).map_or(0, |messages| {
@@ -149,9 +205,7 @@ fn estimate_prompt(body: &Map<String, Value>) -> u32 {
             .iter()
             .filter_map(|m| m.get("content").and_then(Value::as_array))
             .flatten()
-            .filter(|part| {
-                matches!(part.get("type").and_then(Value::as_str), Some("image_url" | "input_audio" | "image"))
-            })
+            .filter(|part| matches!(part.get("type").and_then(Value::as_str), Some("image_url" | "image")))
             .count()
     });
     let media = u64::try_from(media.saturating_mul(TOKENS_PER_MEDIA_PART)).unwrap_or(u64::MAX);
@@ -204,11 +258,11 @@ pub(crate) fn estimate_output(chars: usize) -> u64 {
     chars.div_ceil(4) as u64
 }
 
-/// Parses and checks a `/v1/chat/completions` body; every refusal names the field.
-pub(crate) fn parse_chat(bytes: &[u8]) -> Result<ChatRequest, ApiError> {
+/// The body as a JSON object and the `model` it names.
+fn object_and_model(bytes: &[u8]) -> Result<(Map<String, Value>, String), ApiError> {
     let value: Value = serde_json::from_slice(bytes)
         .map_err(|e| ApiError::invalid("invalid_json", format!("the request body is not valid JSON: {e}")))?;
-    let Value::Object(mut body) = value else {
+    let Value::Object(body) = value else {
         return Err(ApiError::invalid("invalid_json", "the request body must be a JSON object"));
     };
     let model = match body.get("model") {
@@ -218,36 +272,34 @@ pub(crate) fn parse_chat(bytes: &[u8]) -> Result<ChatRequest, ApiError> {
         }
         Some(_) => return Err(ApiError::invalid("invalid_model", "model: must be a string")),
     };
-    let messages = match body.get("messages") {
-        Some(Value::Array(m)) if !m.is_empty() => m,
-        Some(Value::Array(_)) => return Err(ApiError::invalid("invalid_messages", "messages: must not be empty")),
-        None => return Err(ApiError::invalid("invalid_messages", "messages: required")),
-        Some(_) => return Err(ApiError::invalid("invalid_messages", "messages: must be an array")),
-    };
-    for (i, message) in messages.iter().enumerate() {
-        if !message.get("role").is_some_and(Value::is_string) {
-            return Err(ApiError::invalid("invalid_messages", format!("messages[{i}].role: required, a string")));
-        }
+    Ok((body, model))
+}
+
+/// `stream`: absent, null, true or false.
+fn stream_of(body: &Map<String, Value>) -> Result<bool, ApiError> {
+    match body.get("stream") {
+        None | Some(Value::Null) => Ok(false),
+        Some(Value::Bool(b)) => Ok(*b),
+        Some(_) => Err(ApiError::invalid("invalid_stream", "stream: must be true or false")),
     }
-    let prompt_tokens = estimate_prompt(&body);
-    let stream = match body.get("stream") {
-        None | Some(Value::Null) => false,
-        Some(Value::Bool(b)) => *b,
-        Some(_) => return Err(ApiError::invalid("invalid_stream", "stream: must be true or false")),
-    };
-    let include_usage = body.get("stream_options").and_then(|o| o.get("include_usage")) == Some(&Value::Bool(true));
-    let n = match body.get("n") {
-        None | Some(Value::Null) => 1,
-        Some(v) => v
-            .as_u64()
-            .and_then(|n| u32::try_from(n).ok())
-            .filter(|n| *n >= 1)
-            .ok_or_else(|| ApiError::invalid("invalid_n", "n: must be a whole number of answers, at least 1"))?,
-    };
+}
+
+/// A count field such as `n`: absent or null is 1, else a whole number >= 1.
+fn count_of(body: &Map<String, Value>, field: &str) -> Result<u32, ApiError> {
+    match body.get(field) {
+        None | Some(Value::Null) => Ok(1),
+        Some(v) => v.as_u64().and_then(|n| u32::try_from(n).ok()).filter(|n| *n >= 1).ok_or_else(|| {
+            ApiError::invalid("invalid_n", format!("{field}: must be a whole number of answers, at least 1"))
+        }),
+    }
+}
+
+/// The larger of the output caps the body sends (`fields`), 0 for none.
+fn max_output_of(body: &Map<String, Value>, fields: &[&str]) -> Result<u32, ApiError> {
     // Both fields may be sent; an upstream may honour either: the larger caps.
     let mut max_output = 0;
-    for field in ["max_completion_tokens", "max_tokens"] {
-        match body.get(field) {
+    for field in fields {
+        match body.get(*field) {
             None | Some(Value::Null) => {}
             Some(v) => {
                 let cap = v.as_u64().and_then(|n| u32::try_from(n).ok()).ok_or_else(|| {
@@ -257,6 +309,30 @@ pub(crate) fn parse_chat(bytes: &[u8]) -> Result<ChatRequest, ApiError> {
             }
         }
     }
+    Ok(max_output)
+}
+
+/// What the gateway measured of a request's body, before the extension.
+struct Measured {
+    op: Op,
+    model: String,
+    stream: bool,
+    prompt_tokens: u32,
+    /// The cap on each answer, 0 for none.
+    max_output: u32,
+    /// Answers asked for, all prompts together.
+    n: u32,
+    /// Capabilities the body uses.
+    used: Vec<Capability>,
+    /// The body's cost cannot be measured ([`Requirements::unmeasured`]).
+    unmeasured: bool,
+}
+
+/// The request: the `modelfleet` extension taken out of `body` and read as
+/// requirements, which the gateway's own counts then bound.
+fn with_requirements(mut body: Map<String, Value>, measured: Measured) -> Result<ChatRequest, ApiError> {
+    let Measured { op, model, stream, prompt_tokens, max_output, n, used, unmeasured } = measured;
+    let include_usage = body.get("stream_options").and_then(|o| o.get("include_usage")) == Some(&Value::Bool(true));
     let mut extension = body.remove("modelfleet");
     // `modelfleet.cache = false`: this request neither reads nor fills the
     // response cache. Not a requirement: alone, it extends nothing.
@@ -286,15 +362,247 @@ pub(crate) fn parse_chat(bytes: &[u8]) -> Result<ChatRequest, ApiError> {
     requirements.prompt_tokens = requirements.prompt_tokens.max(prompt_tokens);
     requirements.max_output_tokens = if max_output == 0 { 0 } else { requirements.max_output_tokens.max(max_output) };
     requirements.n = requirements.n.max(n);
-    // What the body uses, the model must be able to do (a client cannot waive it).
-    for capability in used_capabilities(&body, stream) {
+    requirements.unmeasured |= unmeasured;
+    // What the body uses, the model must be able to do (a client cannot
+    // waive it); an embeddings request asks for embeddings, and only an
+    // embeddings request may.
+    let embeddings = op == Op::Embeddings;
+    if requirements.capabilities.contains(&Capability::Embeddings) != embeddings && !embeddings {
+        return Err(ApiError::invalid(
+            "invalid_requirements",
+            format!("modelfleet: capability \"embeddings\" is for embeddings requests, not {}", op.name()),
+        ));
+    }
+    if !embeddings && requirements.embedding_dimensions.is_some() {
+        return Err(ApiError::invalid(
+            "invalid_requirements",
+            format!("modelfleet: embedding_dimensions is for embeddings requests, not {}", op.name()),
+        ));
+    }
+    for capability in used {
         if !requirements.capabilities.contains(&capability) {
             requirements.capabilities.push(capability);
         }
     }
     // The caller cannot claim memory for local models: the gateway measures it.
     requirements.available_memory_mb = None;
-    Ok(ChatRequest { body, model, stream, include_usage, requirements, extended, cap: None, use_cache, trace: None })
+    Ok(ChatRequest {
+        op,
+        body,
+        model,
+        stream,
+        include_usage,
+        requirements,
+        extended,
+        cap: None,
+        use_cache,
+        trace: None,
+    })
+}
+
+/// Parses and checks a `/v1/chat/completions` body; every refusal names the field.
+pub(crate) fn parse_chat(bytes: &[u8]) -> Result<ChatRequest, ApiError> {
+    let (body, model) = object_and_model(bytes)?;
+    let messages = match body.get("messages") {
+        Some(Value::Array(m)) if !m.is_empty() => m,
+        Some(Value::Array(_)) => return Err(ApiError::invalid("invalid_messages", "messages: must not be empty")),
+        None => return Err(ApiError::invalid("invalid_messages", "messages: required")),
+        Some(_) => return Err(ApiError::invalid("invalid_messages", "messages: must be an array")),
+    };
+    for (i, message) in messages.iter().enumerate() {
+        if !message.get("role").is_some_and(Value::is_string) {
+            return Err(ApiError::invalid("invalid_messages", format!("messages[{i}].role: required, a string")));
+        }
+    }
+    let prompt_tokens = estimate_prompt(&body);
+    let stream = stream_of(&body)?;
+    let n = count_of(&body, "n")?;
+    let max_output = max_output_of(&body, &["max_completion_tokens", "max_tokens"])?;
+    let used = used_capabilities(&body, stream);
+    let unmeasured = messages
+        .iter()
+        .filter_map(|m| m.get("content").and_then(Value::as_array))
+        .flatten()
+        .any(|part| part.get("type").and_then(Value::as_str).is_some_and(|t| UNMEASURED_PARTS.contains(&t)));
+    let measured = Measured { op: Op::Chat, model, stream, prompt_tokens, max_output, n, used, unmeasured };
+    with_requirements(body, measured)
+}
+
+/// What a legacy completion answers when the client sends no `max_tokens`
+/// (OpenAI's documented default): sent upstream explicitly, so every
+/// compatible server stops there and the hold is exact.
+pub(crate) const COMPLETIONS_DEFAULT_MAX_TOKENS: u32 = 16;
+
+/// The most inputs an embeddings request may carry (OpenAI's limit).
+pub(crate) const MAX_EMBEDDING_INPUTS: usize = 2_048;
+
+/// The prompts of a `prompt` or `input` field: a string, a list of strings,
+/// a list of token ids, or a list of such lists. Returns how many prompts
+/// it holds; every refusal names the field and the item.
+fn prompts(value: Option<&Value>, field: &str, max: usize) -> Result<usize, ApiError> {
+    let code = if field == "input" { "invalid_input" } else { "invalid_prompt" };
+    let bad = |what: String| ApiError::invalid(code, what);
+    let token = |v: &Value| v.as_u64().is_some_and(|t| u32::try_from(t).is_ok());
+    let items = match value {
+        None | Some(Value::Null) => return Err(bad(format!("{field}: required"))),
+        Some(Value::String(_)) => return Ok(1),
+        Some(Value::Array(items)) if items.is_empty() => return Err(bad(format!("{field}: must not be empty"))),
+        Some(Value::Array(items)) => items,
+        Some(_) => {
+            return Err(bad(format!(
+                "{field}: must be a string, a list of strings, a list of token ids, or a list of such lists"
+            )));
+        }
+    };
+    if items.iter().all(token) {
+        return Ok(1);
+    }
+    if items.len() > max {
+        return Err(bad(format!("{field}: {} items, at most {max}", items.len())));
+    }
+    for (i, item) in items.iter().enumerate() {
+        let ok = match item {
+            Value::String(_) => true,
+            Value::Array(tokens) => !tokens.is_empty() && tokens.iter().all(token),
+            _ => false,
+        };
+        if !ok {
+            return Err(bad(format!("{field}[{i}]: must be a string or a non-empty list of token ids")));
+        }
+    }
+    Ok(items.len())
+}
+
+/// Parses and checks a `/v1/completions` body (legacy text completions):
+/// `prompt` (and `suffix`) are the prompt; every prompt gets `best_of`
+/// answers when that is larger than `n` (the provider bills them all).
+pub(crate) fn parse_completions(bytes: &[u8]) -> Result<ChatRequest, ApiError> {
+    let (body, model) = object_and_model(bytes)?;
+    let count = prompts(body.get("prompt"), "prompt", usize::MAX)?;
+    if body.get("suffix").is_some_and(|s| !s.is_null() && !s.is_string()) {
+        return Err(ApiError::invalid("invalid_prompt", "suffix: must be a string"));
+    }
+    let text: u64 = ["prompt", "suffix"].iter().filter_map(|f| body.get(*f)).map(estimate_json).sum();
+    let prompt_tokens = u32::try_from(text).unwrap_or(u32::MAX);
+    let stream = stream_of(&body)?;
+    let n = count_of(&body, "n")?.max(count_of(&body, "best_of")?);
+    let n = n.saturating_mul(u32::try_from(count).unwrap_or(u32::MAX));
+    let max_output = match max_output_of(&body, &["max_tokens"])? {
+        0 => COMPLETIONS_DEFAULT_MAX_TOKENS,
+        cap => cap,
+    };
+    let used = if stream { vec![Capability::Streaming] } else { Vec::new() };
+    let measured =
+        Measured { op: Op::Completions, model, stream, prompt_tokens, max_output, n, used, unmeasured: false };
+    let mut request = with_requirements(body, measured)?;
+    if request.body.get("max_tokens").is_none_or(Value::is_null) {
+        request.cap = Some(COMPLETIONS_DEFAULT_MAX_TOKENS);
+    }
+    Ok(request)
+}
+
+/// Parses and checks a `/v1/embeddings` body: `input` (at most
+/// [`MAX_EMBEDDING_INPUTS`] items), `dimensions` a whole number when sent.
+pub(crate) fn parse_embeddings(bytes: &[u8]) -> Result<ChatRequest, ApiError> {
+    let (body, model) = object_and_model(bytes)?;
+    prompts(body.get("input"), "input", MAX_EMBEDDING_INPUTS)?;
+    if body.get("dimensions").is_some_and(|d| !d.is_null() && d.as_u64().is_none_or(|d| d == 0)) {
+        return Err(ApiError::invalid("invalid_dimensions", "dimensions: must be a whole number, at least 1"));
+    }
+    if body.get("stream").is_some_and(|s| !s.is_null() && *s != Value::Bool(false)) {
+        return Err(ApiError::invalid("invalid_stream", "stream: embeddings are not streamed"));
+    }
+    let prompt_tokens = body.get("input").map_or(0, estimate_json);
+    let prompt_tokens = u32::try_from(prompt_tokens).unwrap_or(u32::MAX);
+    let measured = Measured {
+        op: Op::Embeddings,
+        model,
+        stream: false,
+        prompt_tokens,
+        max_output: 0,
+        n: 1,
+        used: vec![Capability::Embeddings],
+        unmeasured: false,
+    };
+    with_requirements(body, measured)
+}
+
+/// The fields of a Responses request the provider counts as prompt tokens.
+const RESPONSES_PROMPT_FIELDS: [&str; 5] = ["input", "instructions", "tools", "text", "tool_choice"];
+
+/// Parses a `/v1/responses` body that goes to a provider as sent
+/// ([`Op::Responses`]): the prompt estimated as a chat's is, `max_output_tokens`
+/// the cap. A body that refers to what the provider keeps (a
+/// `previous_response_id`, a `conversation`, a stored `prompt`) or uses
+/// its built-in tools (priced per call) cannot be measured. Never cached:
+/// the API is stateful.
+pub(crate) fn parse_responses(bytes: &[u8]) -> Result<ChatRequest, ApiError> {
+    let (body, model) = object_and_model(bytes)?;
+    let text: u64 = RESPONSES_PROMPT_FIELDS.iter().filter_map(|field| body.get(*field)).map(estimate_json).sum();
+    let items: &[Value] = body.get("input").and_then(Value::as_array).map_or(&[], Vec::as_slice);
+    let parts: Vec<&str> = items
+        .iter()
+        .filter_map(|item| item.get("content").and_then(Value::as_array))
+        .flatten()
+        .filter_map(|part| part.get("type").and_then(Value::as_str))
+        .collect();
+    let images = parts.iter().filter(|t| **t == "input_image").count();
+    let media = u64::try_from(images.saturating_mul(TOKENS_PER_MEDIA_PART)).unwrap_or(u64::MAX);
+    let prompt_tokens = u32::try_from(text.saturating_add(media)).unwrap_or(u32::MAX);
+    let stream = stream_of(&body)?;
+    let max_output = max_output_of(&body, &["max_output_tokens"])?;
+    let tools: Vec<&str> = body
+        .get("tools")
+        .and_then(Value::as_array)
+        .map(|tools| tools.iter().map(|t| t.get("type").and_then(Value::as_str).unwrap_or("")).collect())
+        .unwrap_or_default();
+    let mut used = Vec::new();
+    if stream {
+        used.push(Capability::Streaming);
+    }
+    if tools.contains(&"function") {
+        used.push(Capability::Tools);
+    }
+    if images > 0 {
+        used.push(Capability::Vision);
+    }
+    // What the provider keeps (a conversation, a stored prompt, a
+    // referenced item), answers later (background mode), prices per call
+    // (built-in tools) or counts by length (audio, files).
+    let stored =
+        ["previous_response_id", "conversation", "prompt"].iter().any(|f| body.get(*f).is_some_and(|v| !v.is_null()))
+            || items.iter().any(|item| item.get("type").and_then(Value::as_str) == Some("item_reference"));
+    let unmeasured = stored
+        || body.get("background") == Some(&Value::Bool(true))
+        || tools.iter().any(|t| *t != "function")
+        || parts.iter().any(|t| UNMEASURED_PARTS.contains(t));
+    let measured = Measured { op: Op::Responses, model, stream, prompt_tokens, max_output, n: 1, used, unmeasured };
+    let mut request = with_requirements(body, measured)?;
+    request.use_cache = false;
+    Ok(request)
+}
+
+/// A Responses API `usage` object (`input_tokens` with
+/// `input_tokens_details.cached_tokens`, `output_tokens` with
+/// `output_tokens_details.reasoning_tokens`) as [`Usage`]; `None` unless
+/// both totals are whole numbers.
+pub(crate) fn responses_usage(usage: &Value) -> Option<Usage> {
+    let count = |pointer: &str| usage.pointer(pointer).and_then(Value::as_u64);
+    let mut out = Usage::new(count("/input_tokens")?, count("/output_tokens")?);
+    out.cached_tokens = count("/input_tokens_details/cached_tokens").unwrap_or(0);
+    out.reasoning_tokens = count("/output_tokens_details/reasoning_tokens").unwrap_or(0);
+    Some(out)
+}
+
+/// The usage of an embeddings answer: its `prompt_tokens` (there is no
+/// output). `None` when the answer says none; `Err` when it is not a JSON
+/// object with a `data` list.
+pub(crate) fn embeddings_usage(bytes: &[u8]) -> Result<Option<Usage>, String> {
+    let value: Value = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+    if !value.get("data").is_some_and(Value::is_array) {
+        return Err("the answer has no \"data\" list".to_owned());
+    }
+    Ok(value.pointer("/usage/prompt_tokens").and_then(Value::as_u64).map(|prompt| Usage::new(prompt, 0)))
 }
 
 /// The body sent upstream: the client's, with `model` replaced and, for
@@ -308,6 +616,9 @@ pub(crate) struct Outgoing<'a> {
     /// The provider accepts `stream_options.include_usage` (its setting):
     /// a stream asks for it. Else the client's `stream_options` go as sent.
     pub(crate) include_usage: bool,
+    /// The field `cap` goes in (`max_tokens`; the Responses API's
+    /// `max_output_tokens`).
+    pub(crate) cap_field: &'static str,
 }
 
 impl Serialize for Outgoing<'_> {
@@ -315,7 +626,7 @@ impl Serialize for Outgoing<'_> {
         let mut map = serializer.serialize_map(Some(self.body.len() + 2))?;
         map.serialize_entry("model", self.model)?;
         if let Some(cap) = self.cap {
-            map.serialize_entry("max_tokens", &cap)?;
+            map.serialize_entry(self.cap_field, &cap)?;
         }
         for (key, value) in self.body {
             match key.as_str() {
@@ -389,7 +700,8 @@ pub(crate) fn completion_usage(bytes: &[u8]) -> Result<Option<Usage>, String> {
 }
 
 /// The text a chunk adds, in bytes: `choices[].delta` content, reasoning,
-/// refusal and tool-call arguments (all of them are billed output).
+/// refusal and tool-call arguments (all of them are billed output), or a
+/// legacy completion's `choices[].text`.
 pub(crate) fn delta_chars(value: &Value) -> usize {
     let text = |v: Option<&Value>| v.and_then(Value::as_str).map_or(0, str::len);
     let one = |choice: &Value| {
@@ -399,7 +711,25 @@ pub(crate) fn delta_chars(value: &Value) -> usize {
         });
         content_chars(delta.get("content")) + text(delta.get("reasoning_content")) + text(delta.get("refusal")) + calls
     };
+    // A legacy completion's chunk carries `choices[].text`.
+    let one = |choice: &Value| one(choice) + text(choice.get("text"));
     value.get("choices").and_then(Value::as_array).map_or(0, |choices| choices.iter().map(one).sum())
+}
+
+/// The text a Responses API stream event adds, in bytes: the `delta` of
+/// its text, refusal, reasoning and function-argument deltas.
+pub(crate) fn native_delta_chars(value: &Value) -> usize {
+    let delta = matches!(
+        value.get("type").and_then(Value::as_str),
+        Some(
+            "response.output_text.delta"
+                | "response.refusal.delta"
+                | "response.function_call_arguments.delta"
+                | "response.reasoning_text.delta"
+                | "response.reasoning_summary_text.delta"
+        )
+    );
+    if delta { value.get("delta").and_then(Value::as_str).map_or(0, str::len) } else { 0 }
 }
 
 /// Splits a byte stream into SSE events, yielding each event's `data`.
@@ -486,10 +816,25 @@ fn find_boundary(buf: &[u8]) -> Option<(usize, usize)> {
 
 /// One SSE event as sent to the client.
 pub(crate) fn sse(data: &str) -> bytes::Bytes {
-    let mut out = String::with_capacity(data.len() + 8);
-    out.push_str("data: ");
-    out.push_str(data);
-    out.push_str("\n\n");
+    sse_named(None, data)
+}
+
+/// One SSE event: `event: NAME` when named, then `data` (a line of `data:`
+/// for each of its lines, so an event the upstream split over several
+/// lines stays one event).
+pub(crate) fn sse_named(name: Option<&str>, data: &str) -> bytes::Bytes {
+    let mut out = String::with_capacity(data.len() + name.map_or(0, str::len) + 16);
+    if let Some(name) = name {
+        out.push_str("event: ");
+        out.push_str(name);
+        out.push('\n');
+    }
+    for line in data.split('\n') {
+        out.push_str("data: ");
+        out.push_str(line);
+        out.push('\n');
+    }
+    out.push('\n');
     bytes::Bytes::from(out)
 }
 
@@ -498,6 +843,42 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    #[test]
+    fn what_the_gateway_cannot_measure_is_marked_so() {
+        let chat = |part: &str| {
+            let body = format!(r#"{{"model":"m","messages":[{{"role":"user","content":[{part}]}}]}}"#);
+            parse_chat(body.as_bytes()).unwrap().requirements
+        };
+        let image = chat(r#"{"type":"image_url","image_url":{"url":"data:image/png;base64,AAAA"}}"#);
+        assert!(!image.unmeasured, "an image is bounded");
+        assert!(image.prompt_tokens >= 3_000);
+        assert!(chat(r#"{"type":"input_audio","input_audio":{"data":"AAAA","format":"wav"}}"#).unmeasured);
+        assert!(chat(r#"{"type":"file","file":{"file_data":"data:application/pdf;base64,AAAA"}}"#).unmeasured);
+        // A client cannot waive it.
+        let waived = br#"{"model":"m","modelfleet":{"unmeasured":false},"messages":[{"role":"user","content":[{"type":"file","file":{"file_id":"f"}}]}]}"#;
+        assert!(parse_chat(waived).unwrap().requirements.unmeasured);
+
+        let responses = |extra: &str| {
+            let body = format!(r#"{{"model":"m","input":"hi"{extra}}}"#);
+            parse_responses(body.as_bytes()).unwrap().requirements.unmeasured
+        };
+        assert!(!responses(""));
+        assert!(!responses(r#","tools":[{"type":"function","name":"f","parameters":{}}]"#));
+        assert!(!responses(r#","store":true,"previous_response_id":null"#));
+        for stored in [
+            r#","previous_response_id":"resp_1""#,
+            r#","conversation":"conv_1""#,
+            r#","prompt":{"id":"pmpt_1"}"#,
+            r#","background":true"#,
+            r#","tools":[{"type":"web_search"}]"#,
+        ] {
+            assert!(responses(stored), "{stored}");
+        }
+        let reference = br#"{"model":"m","input":[{"type":"item_reference","id":"msg_1"}]}"#;
+        assert!(parse_responses(reference).unwrap().requirements.unmeasured);
+        assert!(!parse_responses(reference).unwrap().use_cache, "a stateful API is never cached");
+    }
 
     #[test]
     fn chat_requests_are_checked_field_by_field() {
@@ -606,6 +987,7 @@ mod tests {
             stream: true,
             cap: None,
             include_usage: true,
+            cap_field: "max_tokens",
         })
         .unwrap();
         assert_eq!(out["model"], "tiny");
@@ -616,6 +998,7 @@ mod tests {
             stream: true,
             cap: Some(10),
             include_usage: true,
+            cap_field: "max_tokens",
         })
         .unwrap();
         assert_eq!(capped["max_tokens"], 10, "the cap a hold assumed goes upstream");
@@ -642,8 +1025,15 @@ mod tests {
     fn a_provider_without_include_usage_gets_the_clients_stream_options_as_sent() {
         let out = |body: &[u8], include_usage: bool| -> Value {
             let chat = parse_chat(body).unwrap();
-            serde_json::to_value(Outgoing { body: &chat.body, model: "m", stream: true, cap: None, include_usage })
-                .unwrap()
+            serde_json::to_value(Outgoing {
+                body: &chat.body,
+                model: "m",
+                stream: true,
+                cap: None,
+                include_usage,
+                cap_field: "max_tokens",
+            })
+            .unwrap()
         };
         let plain = br#"{"model":"auto","stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
         assert_eq!(out(plain, false).get("stream_options"), None, "not added for a provider that refuses it");

@@ -7,8 +7,8 @@ use modelfleet::{ModelResponse, errors::ErrorClass, errors::Failure, registry::M
 use modelfleet_translate::{AnthropicToChat, ToChatStream, Unsupported, anthropic_to_chat, chat_to_anthropic};
 use serde_json::Value;
 
-use super::{Adapter, answer_failure, default_max_tokens, join, refused, translated_answer};
-use crate::wire::{ChatRequest, json_bytes};
+use super::{Adapter, answer_failure, default_max_tokens, join, refused, translated_answer, unsupported_op};
+use crate::wire::{ChatRequest, Op, json_bytes};
 
 /// An Anthropic provider.
 pub(super) struct Anthropic {
@@ -24,11 +24,14 @@ impl Anthropic {
 }
 
 impl Adapter for Anthropic {
-    fn chat_url(&self, _model: &ModelSpec, _stream: bool) -> Result<reqwest::Url, Failure> {
+    fn url(&self, _model: &ModelSpec, req: &ChatRequest) -> Result<reqwest::Url, Failure> {
+        if req.op != Op::Chat {
+            return Err(unsupported_op("anthropic", req.op));
+        }
         self.url.clone().ok_or_else(|| Failure::new(ErrorClass::NotFound, "the provider's base_url cannot take a path"))
     }
 
-    fn chat_body(&self, model: &ModelSpec, chat: &ChatRequest) -> Result<Vec<u8>, Failure> {
+    fn body(&self, model: &ModelSpec, chat: &ChatRequest) -> Result<Vec<u8>, Failure> {
         // Anthropic requires `max_tokens`: the client's, else the bound the
         // budget hold assumed.
         let body =
@@ -37,7 +40,7 @@ impl Adapter for Anthropic {
         Ok(json_bytes(&body))
     }
 
-    fn chat_answer(&self, _model: &ModelSpec, body: Bytes) -> Result<ModelResponse<Bytes>, Failure> {
+    fn answer(&self, _model: &ModelSpec, _req: &ChatRequest, body: Bytes) -> Result<ModelResponse<Bytes>, Failure> {
         let message: Value = serde_json::from_slice(&body)
             .map_err(|e| Failure::new(ErrorClass::ServerError, &format!("the upstream answered invalid JSON: {e}")))?;
         let completion = anthropic_to_chat(&message).map_err(answer_failure)?;

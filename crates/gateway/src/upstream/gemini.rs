@@ -1,14 +1,17 @@
-//! Google's Gemini API (`POST {base}/models/{model}:generateContent`, and
-//! `:streamGenerateContent?alt=sse` for streams; `x-goog-api-key`): bodies,
-//! answers and streams translated by `modelfleet-translate`.
+//! Google's Gemini API (`POST {base}/models/{model}:generateContent`,
+//! `:streamGenerateContent?alt=sse` for streams, `:batchEmbedContents` for
+//! embeddings; `x-goog-api-key`): bodies, answers and streams translated by
+//! `modelfleet-translate`.
 
 use bytes::Bytes;
-use modelfleet::{ModelResponse, errors::ErrorClass, errors::Failure, registry::ModelSpec};
-use modelfleet_translate::{GeminiToChat, ToChatStream, Unsupported, chat_to_gemini, gemini_to_chat};
+use modelfleet::{ModelResponse, Usage, errors::ErrorClass, errors::Failure, registry::ModelSpec};
+use modelfleet_translate::{
+    GeminiToChat, ToChatStream, Unsupported, chat_to_gemini, embeddings_to_gemini, gemini_to_chat, gemini_to_embeddings,
+};
 use serde_json::{Value, json};
 
-use super::{Adapter, answer_failure, default_max_tokens, join, refused, translated_answer};
-use crate::wire::{ChatRequest, json_bytes};
+use super::{Adapter, answer_failure, default_max_tokens, join, refused, translated_answer, unsupported_op};
+use crate::wire::{ChatRequest, Op, json_bytes};
 
 /// A Gemini provider.
 pub(super) struct Gemini {
@@ -23,8 +26,14 @@ impl Gemini {
 }
 
 impl Adapter for Gemini {
-    fn chat_url(&self, model: &ModelSpec, stream: bool) -> Result<reqwest::Url, Failure> {
-        let action = if stream { "streamGenerateContent" } else { "generateContent" };
+    fn url(&self, model: &ModelSpec, req: &ChatRequest) -> Result<reqwest::Url, Failure> {
+        let stream = req.stream;
+        let action = match req.op {
+            Op::Chat if stream => "streamGenerateContent",
+            Op::Chat => "generateContent",
+            Op::Embeddings => "batchEmbedContents",
+            Op::Completions | Op::Responses => return Err(unsupported_op("gemini", req.op)),
+        };
         let mut url = join(&self.base, &["models", &format!("{}:{action}", model.upstream_name())]).map_err(|e| {
             Failure::new(ErrorClass::NotFound, &format!("the provider's base_url cannot take a path: {e}"))
         })?;
@@ -34,7 +43,11 @@ impl Adapter for Gemini {
         Ok(url)
     }
 
-    fn chat_body(&self, model: &ModelSpec, chat: &ChatRequest) -> Result<Vec<u8>, Failure> {
+    fn body(&self, model: &ModelSpec, chat: &ChatRequest) -> Result<Vec<u8>, Failure> {
+        if chat.op == Op::Embeddings {
+            let body = embeddings_to_gemini(&chat.body, model.upstream_name()).map_err(|r| refused("gemini", &r))?;
+            return Ok(json_bytes(&body));
+        }
         let mut body = chat_to_gemini(&chat.body, self.unsupported).map_err(|r| refused("gemini", &r))?;
         // Without the client's cap, the bound the budget hold assumed.
         if let Some(config) = body.as_object_mut().map(|b| b.entry("generationConfig").or_insert_with(|| json!({})))
@@ -45,9 +58,27 @@ impl Adapter for Gemini {
         Ok(json_bytes(&body))
     }
 
-    fn chat_answer(&self, model: &ModelSpec, body: Bytes) -> Result<ModelResponse<Bytes>, Failure> {
+    fn answer(&self, model: &ModelSpec, req: &ChatRequest, body: Bytes) -> Result<ModelResponse<Bytes>, Failure> {
         let response: Value = serde_json::from_slice(&body)
             .map_err(|e| Failure::new(ErrorClass::ServerError, &format!("the upstream answered invalid JSON: {e}")))?;
+        if req.op == Op::Embeddings {
+            // Gemini reports no usage for embeddings: the estimate, which
+            // errs high, is charged.
+            let prompt = u64::from(req.requirements.prompt_tokens);
+            let list = gemini_to_embeddings(&response, model.upstream_name(), prompt).map_err(answer_failure)?;
+            let inputs = match req.body.get("input") {
+                Some(Value::Array(items)) => items.len(),
+                _ => 1,
+            };
+            let got = list.get("data").and_then(Value::as_array).map_or(0, Vec::len);
+            if got != inputs {
+                return Err(Failure::new(
+                    ErrorClass::ServerError,
+                    &format!("the upstream answered {got} embeddings for {inputs} inputs"),
+                ));
+            }
+            return Ok(ModelResponse { value: Bytes::from(json_bytes(&list)), usage: Some(Usage::new(prompt, 0)) });
+        }
         let completion = gemini_to_chat(&response, model.upstream_name()).map_err(answer_failure)?;
         Ok(translated_answer(&completion))
     }

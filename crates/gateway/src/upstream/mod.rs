@@ -29,7 +29,7 @@ use modelfleet_translate::{AnswerError, Refusal, ToChatStream};
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
 use serde_json::{Value, json};
 
-use crate::wire::{ChatRequest, SseParser, json_bytes};
+use crate::wire::{ChatRequest, Op, SseParser, json_bytes};
 
 use self::keys::Keys;
 
@@ -38,19 +38,42 @@ const MAX_ERROR_BODY: usize = 64 * 1024;
 
 /// What one provider kind does its own way; the HTTP exchange around it is
 /// shared ([`Http`]).
+///
+/// A kind serves the [`Op`]s [`serves`] says; the gateway never sends it
+/// another (it excludes the provider from such requests), and an adapter
+/// asked anyway refuses with [`unsupported_op`].
 trait Adapter: Send + Sync {
-    /// Where a chat call to `model` goes (`stream`: a streamed one).
-    fn chat_url(&self, model: &ModelSpec, stream: bool) -> Result<reqwest::Url, Failure>;
-    /// The body of a chat call to `model`: a parameter the provider cannot
-    /// take is dropped, or refused (a bad request, never sent) per the
-    /// provider's `unsupported_params`.
-    fn chat_body(&self, model: &ModelSpec, chat: &ChatRequest) -> Result<Vec<u8>, Failure>;
-    /// A successful answer's body, as an OpenAI `chat.completion`, with its
-    /// usage (`None`: unknown, the call is charged its hold).
-    fn chat_answer(&self, model: &ModelSpec, body: Bytes) -> Result<ModelResponse<Bytes>, Failure>;
+    /// Where a call for `req` to `model` goes.
+    fn url(&self, model: &ModelSpec, req: &ChatRequest) -> Result<reqwest::Url, Failure>;
+    /// The body of a call for `req` to `model`: a parameter the provider
+    /// cannot take is dropped, or refused (a bad request, never sent) per
+    /// the provider's `unsupported_params`.
+    fn body(&self, model: &ModelSpec, req: &ChatRequest) -> Result<Vec<u8>, Failure>;
+    /// A successful answer's body in OpenAI's shape for `req`'s endpoint (a
+    /// `chat.completion`, a `text_completion`, an embeddings list), with
+    /// its usage (`None`: unknown, the call is charged its hold).
+    fn answer(&self, model: &ModelSpec, req: &ChatRequest, body: Bytes) -> Result<ModelResponse<Bytes>, Failure>;
     /// What turns a stream of this kind into OpenAI chunks (`None`: it is
     /// OpenAI's already).
     fn translator(&self, model: &ModelSpec) -> Option<Box<dyn ToChatStream>>;
+}
+
+/// Whether a provider of `kind` serves `op`: every kind chats; Anthropic
+/// has no embeddings API; legacy completions are OpenAI's (and compatible
+/// servers', Azure's, the simulator's); the Responses API natively only
+/// where the provider says so (`responses`, an OpenAI provider).
+pub(crate) fn serves(kind: ProviderKind, responses: bool, op: Op) -> bool {
+    match op {
+        Op::Chat => true,
+        Op::Embeddings => kind != ProviderKind::Anthropic,
+        Op::Completions => matches!(kind, ProviderKind::Openai | ProviderKind::Azure | ProviderKind::Simulated),
+        Op::Responses => responses && kind == ProviderKind::Openai,
+    }
+}
+
+/// The refusal of an adapter asked for an [`Op`] its kind does not serve.
+fn unsupported_op(kind: &str, op: Op) -> Failure {
+    Failure::new(ErrorClass::BadRequest, &format!("a {kind} provider has no {} endpoint", op.name()))
 }
 
 /// The providers by name.
@@ -65,6 +88,9 @@ enum Upstream {
 
 /// An HTTP provider of any kind.
 struct Http {
+    kind: ProviderKind,
+    /// It serves the Responses API natively (`responses = true`).
+    responses: bool,
     adapter: Box<dyn Adapter>,
     client: reqwest::Client,
     /// Its keys, in turn.
@@ -116,6 +142,23 @@ impl Upstreams {
         self.by_provider.contains_key(provider)
     }
 
+    /// The configured providers' names.
+    pub(crate) fn providers(&self) -> impl Iterator<Item = &str> {
+        self.by_provider.keys().map(String::as_str)
+    }
+
+    /// The configured providers that cannot serve `op` ([`serves`]).
+    pub(crate) fn not_serving(&self, op: Op) -> Vec<String> {
+        self.by_provider
+            .iter()
+            .filter(|(_, upstream)| match upstream {
+                Upstream::Http(api) => !serves(api.kind, api.responses, op),
+                Upstream::Simulated(_) => !serves(ProviderKind::Simulated, false, op),
+            })
+            .map(|(name, _)| name.clone())
+            .collect()
+    }
+
     fn get(&self, model: &ModelSpec) -> Result<&Upstream, Failure> {
         self.by_provider.get(&model.provider).ok_or_else(|| {
             Failure::new(
@@ -137,14 +180,28 @@ impl Upstreams {
             Upstream::Http(api) => api.complete(model, chat, ctx, fleet).await,
             Upstream::Simulated(sim) => {
                 let r = simulate(sim, model, chat, ctx).await?;
-                let body = json!({
-                    "id": "chatcmpl-sim",
-                    "object": "chat.completion",
-                    "created": 0,
-                    "model": model.upstream_name(),
-                    "choices": [{"index": 0, "message": {"role": "assistant", "content": r.value}, "finish_reason": "stop"}],
-                    "usage": usage_json(r.usage.unwrap_or_default()),
-                });
+                let usage = r.usage.unwrap_or_default();
+                let body = match chat.op {
+                    Op::Chat => json!({
+                        "id": "chatcmpl-sim",
+                        "object": "chat.completion",
+                        "created": 0,
+                        "model": model.upstream_name(),
+                        "choices": [{"index": 0, "message": {"role": "assistant", "content": r.value}, "finish_reason": "stop"}],
+                        "usage": usage_json(usage),
+                    }),
+                    Op::Completions => json!({
+                        "id": "cmpl-sim",
+                        "object": "text_completion",
+                        "created": 0,
+                        "model": model.upstream_name(),
+                        "choices": [{"index": 0, "text": r.value, "logprobs": null, "finish_reason": "stop"}],
+                        "usage": usage_json(usage),
+                    }),
+                    Op::Embeddings => sim_embeddings(model, chat, usage.input_tokens),
+                    // Never sent here: the simulator is excluded from native Responses requests.
+                    Op::Responses => return Err(unsupported_op("simulated", chat.op)),
+                };
                 Ok(ModelResponse { value: Bytes::from(json_bytes(&body)), usage: r.usage })
             }
         }
@@ -163,7 +220,13 @@ impl Upstreams {
             Upstream::Http(api) => api.open(model, chat, ctx, fleet).await,
             Upstream::Simulated(sim) => {
                 let r = simulate(sim, model, chat, ctx).await?;
+                let completions = chat.op == Op::Completions;
                 let chunk = |delta: Value, finish: Value| {
+                    if completions {
+                        let text = delta.get("content").cloned().unwrap_or_else(|| json!(""));
+                        return json!({"id": "cmpl-sim", "object": "text_completion", "created": 0, "model": model.upstream_name(),
+                                      "choices": [{"index": 0, "text": text, "logprobs": null, "finish_reason": finish}]});
+                    }
                     json!({"id": "chatcmpl-sim", "object": "chat.completion.chunk", "created": 0, "model": model.upstream_name(),
                            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
                 };
@@ -188,15 +251,63 @@ impl Upstreams {
     }
 }
 
-/// The simulator's answer to `chat` on `model`, sized as the request asks.
+/// The simulator's answer to `chat` on `model`, sized as the request asks
+/// (an embeddings request: its latency and failures, no output).
 async fn simulate(
     sim: &Simulator,
     model: &ModelSpec,
     chat: &ChatRequest,
     ctx: AttemptCtx,
 ) -> Result<ModelResponse<String>, Failure> {
-    sim.complete(model, chat.requirements.prompt_tokens, chat.cap.unwrap_or(chat.requirements.max_output_tokens), ctx)
-        .await
+    let output = if chat.op == Op::Embeddings { 0 } else { chat.cap.unwrap_or(chat.requirements.max_output_tokens) };
+    let mut answer = sim.complete(model, chat.requirements.prompt_tokens, output, ctx).await?;
+    if chat.op == Op::Embeddings {
+        answer.usage = answer.usage.map(|u| Usage::new(u.input_tokens, 0));
+    }
+    Ok(answer)
+}
+
+/// A simulated embeddings list: one unit vector per input, of the model's
+/// `embedding_dimensions` (8 when unknown), the same for the same text.
+fn sim_embeddings(model: &ModelSpec, chat: &ChatRequest, prompt_tokens: u64) -> Value {
+    let inputs: Vec<String> = match chat.body.get("input") {
+        Some(Value::Array(items)) if !items.iter().all(Value::is_u64) => items.iter().map(Value::to_string).collect(),
+        Some(other) => vec![other.to_string()],
+        None => Vec::new(),
+    };
+    let wanted = chat.body.get("dimensions").and_then(Value::as_u64).and_then(|d| usize::try_from(d).ok());
+    let dimensions =
+        wanted.or(model.embedding_dimensions.and_then(|d| usize::try_from(d).ok())).unwrap_or(8).min(65_536);
+    let data: Vec<Value> = inputs
+        .iter()
+        .enumerate()
+        .map(|(index, text)| {
+            // SplitMix64 seeded by the text's FNV-1a hash: deterministic,
+            // cheap, spread.
+            let mut state =
+                text.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
+            let mut next = || {
+                state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+                let mut z = state;
+                z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+                z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+                // The top 53 bits as a fraction: exact in an f64.
+                #[allow(clippy::cast_precision_loss)]
+                let fraction = ((z ^ (z >> 31)) >> 11) as f64 / (1_u64 << 53) as f64;
+                fraction - 0.5
+            };
+            let raw: Vec<f64> = (0..dimensions).map(|_| next()).collect();
+            let norm = raw.iter().map(|x| x * x).sum::<f64>().sqrt().max(f64::MIN_POSITIVE);
+            let vector: Vec<f64> = raw.iter().map(|x| x / norm).collect();
+            json!({"object": "embedding", "index": index, "embedding": vector})
+        })
+        .collect();
+    json!({
+        "object": "list",
+        "data": data,
+        "model": model.upstream_name(),
+        "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
+    })
 }
 
 fn usage_json(usage: Usage) -> Value {
@@ -291,6 +402,8 @@ impl Http {
             );
         }
         Ok(Http {
+            kind,
+            responses: provider.responses,
             adapter,
             client,
             keys: Keys::new(key_header, values),
@@ -329,8 +442,11 @@ impl Http {
         {
             return Err(Failure::new(ErrorClass::Authentication, &format!("no API key: {var} is not set")));
         }
-        let url = self.adapter.chat_url(model, chat.stream)?;
-        let body = Bytes::from(self.adapter.chat_body(model, chat)?);
+        if !serves(self.kind, self.responses, chat.op) {
+            return Err(unsupported_op(self.kind.as_str(), chat.op));
+        }
+        let url = self.adapter.url(model, chat)?;
+        let body = Bytes::from(self.adapter.body(model, chat)?);
         // One deadline for the attempt, whichever keys it goes through.
         let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
         let mut tried = Vec::new();
@@ -427,7 +543,7 @@ impl Http {
         let body = self.read_bounded(response).await.map_err(Failure::billed)?;
         // A provider that reports no usage (or not in its kind's shape) is
         // charged the hold: the worst case, never $0.
-        self.adapter.chat_answer(model, body).map_err(Failure::billed)
+        self.adapter.answer(model, chat, body).map_err(Failure::billed)
     }
 
     /// The whole body, unless it is over `max_body` (said by its
@@ -750,11 +866,25 @@ impl Events {
 }
 
 /// An `{"error": …}` event sent mid-stream, as a failure.
+///
+/// A Responses API stream says it failed its own way: an event of type
+/// `error`, or `response.failed` with the response's `error`.
 pub(crate) fn error_event(data: &str) -> Option<Failure> {
-    if !data.contains("\"error\"") {
+    if !data.contains("\"error\"") && !data.contains("response.failed") {
         return None;
     }
     let value: Value = serde_json::from_str(data).ok()?;
+    match value.get("type").and_then(Value::as_str) {
+        Some("error") => {
+            let error = json!({"error": {"message": value.get("message"), "code": value.get("code"), "type": "error"}});
+            return Some(classify_response(500, &error.to_string(), None));
+        }
+        Some("response.failed") => {
+            let error = value.pointer("/response/error").cloned().unwrap_or_else(|| json!({"message": "failed"}));
+            return Some(classify_response(500, &json!({ "error": error }).to_string(), None));
+        }
+        _ => {}
+    }
     value.get("error").filter(|e| !e.is_null())?;
     let failure = classify_response(500, data, None);
     Some(failure)
