@@ -40,6 +40,8 @@ pub(crate) fn run() -> anyhow::Result<()> {
         println!("note: cargo-nextest is not installed; running the tests with `cargo test`");
         steps.push(step("tests (cargo test)", &["test", "--workspace", "--exclude", "xtask", "--locked"]));
     }
+    // The official Python SDKs against `modelfleet serve` (see `python_sdk.rs`).
+    steps.push(step("python-sdk", &["run", "--quiet", "--locked", "--package", "xtask", "--", "python-sdk"]));
     steps.push(step("doctests", &["test", "--workspace", "--doc", "--locked"]));
     // The gateway under faulty load for about a minute (see `soak.rs`).
     steps.push(step("soak --quick", &["run", "--quiet", "--locked", "--package", "xtask", "--", "soak", "--quick"]));

@@ -1,7 +1,11 @@
 //! The project's own commands, run as `cargo xtask <command>`.
 //!
-//! - `ci`: the one check of the whole workspace (fmt, clippy, tests, doctests,
-//!   `soak --quick`, docs, tidy, cargo-deny); the first red step stops the run.
+//! - `ci`: the one check of the whole workspace (fmt, clippy, tests,
+//!   `python-sdk`, doctests, `soak --quick`, docs, tidy, cargo-deny); the
+//!   first red step stops the run.
+//! - `python-sdk`: `modelfleet serve` driven by the official Python SDKs
+//!   (`tests/python/smoke.py` in a venv of pinned `openai` and `anthropic`);
+//!   a step of `ci`, runnable alone.
 //! - `bench [--quick]`: runs the criterion benches and writes
 //!   `bench-report.json` and `bench-report.md` in the target directory
 //!   against the targets in [`bench::TARGETS`], each median also as a
@@ -21,6 +25,7 @@
 mod bench;
 mod ci;
 mod mutants;
+mod python_sdk;
 mod soak;
 #[cfg(test)]
 mod tidy;
@@ -35,9 +40,14 @@ const USAGE: &str = "\
 usage: cargo xtask <command>
 
 commands:
-  ci              fmt, clippy -D warnings, tests + doctests, soak --quick,
-                  docs -D warnings, tidy checks, cargo-deny (when installed);
-                  stops at the first red step
+  ci              fmt, clippy -D warnings, tests, python-sdk, doctests,
+                  soak --quick, docs -D warnings, tidy checks, cargo-deny (when
+                  installed); stops at the first red step
+  python-sdk      the gateway (debug build, default catalog, simulated) driven by
+                  the official openai and anthropic Python SDKs: runs
+                  tests/python/smoke.py in <target dir>/python-sdk-venv, made
+                  from the pins of tests/python/requirements.txt (pip install
+                  from PyPI when it lacks them); a step of ci
   bench [--quick] run the criterion benches, write bench-report.{json,md} in the
                   target dir (CARGO_TARGET_DIR, else target/); medians also as
                   multiples of the calibration bench's
@@ -62,6 +72,7 @@ fn main() -> ExitCode {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let result = match args.as_slice() {
         ["ci"] => ci::run(),
+        ["python-sdk"] => python_sdk::run(),
         ["bench"] => bench::run(false),
         ["bench", "--quick"] => bench::run(true),
         ["mutants", rest @ ..] => mutants::run(rest),

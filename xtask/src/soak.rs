@@ -73,6 +73,7 @@
 
 use std::{
     collections::BTreeMap,
+    ffi::OsStr,
     fmt::Write as _,
     fs,
     io::{BufRead, BufReader, Read, Write as _},
@@ -228,7 +229,7 @@ pub(crate) fn run(quick: bool) -> anyhow::Result<()> {
     let gateway_bin = build_bin(profile, "modelfleet-cli", "modelfleet")?;
     // The soak's own time, the build left out.
     let started = Instant::now();
-    let dir = run_dir()?;
+    let dir = run_dir("soak")?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -264,12 +265,13 @@ pub(crate) fn run(quick: bool) -> anyhow::Result<()> {
     fs::remove_dir_all(&soak.dir).with_context(|| format!("removing {}", soak.dir.display()))
 }
 
-/// This run's directory, `<target>/soak/<pid>`: runs at once (two `ci`s on
-/// one tree) must not share a database. The directories of runs whose
-/// process is gone are removed first; a run that passes removes its own,
-/// one that fails keeps it (configs, databases, gateway logs).
-fn run_dir() -> anyhow::Result<PathBuf> {
-    let root = target_dir().join("soak");
+/// This run's directory, `<target>/<name>/<pid>` (`name`: the command,
+/// e.g. `soak`): runs at once (two `ci`s on one tree) must not share a
+/// database. The directories of runs whose process is gone are removed
+/// first; a run that passes removes its own, one that fails keeps it
+/// (configs, databases, gateway logs).
+pub(crate) fn run_dir(name: &str) -> anyhow::Result<PathBuf> {
+    let root = target_dir().join(name);
     if let Ok(entries) = fs::read_dir(&root) {
         for entry in entries.flatten() {
             let name = entry.file_name();
@@ -440,7 +442,7 @@ impl Soak<'_> {
     }
 
     fn start(&self, config: &Path, log: &str) -> anyhow::Result<Gateway> {
-        Gateway::start(&self.bin, config, &self.dir.join(log))
+        Gateway::start(&self.bin, &["--config".as_ref(), config.as_os_str()], &self.dir.join(log))
     }
 
     /// Mixed load until `until` on a gateway at `addr`.
@@ -664,9 +666,10 @@ impl Until {
 // The gateway process.
 
 /// A running `modelfleet serve`; dropped, it is killed.
-struct Gateway {
+pub(crate) struct Gateway {
     child: Child,
-    addr: String,
+    /// Where it listens, `127.0.0.1:PORT`.
+    pub(crate) addr: String,
     log: PathBuf,
 }
 
@@ -674,12 +677,12 @@ struct Gateway {
 const PROCESS_WAIT: Duration = Duration::from_mins(2);
 
 impl Gateway {
-    /// Starts `bin serve --config config`, its stderr to `log`, and waits
-    /// for the line that says where it listens.
-    fn start(bin: &Path, config: &Path, log: &Path) -> anyhow::Result<Gateway> {
+    /// Starts `bin serve --listen 127.0.0.1:0 ARGS`, its stderr to `log`,
+    /// and waits for the line that says where it listens.
+    pub(crate) fn start(bin: &Path, args: &[&OsStr], log: &Path) -> anyhow::Result<Gateway> {
         let mut child = dies_with_this_thread(bin)
-            .args(["serve", "--listen", "127.0.0.1:0", "--config"])
-            .arg(config)
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(args)
             .env("RUST_LOG", "warn,modelfleet_gateway=info")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -724,7 +727,7 @@ impl Gateway {
     }
 
     /// SIGTERM, then waits (bounded) for a clean exit.
-    fn terminate(mut self) -> anyhow::Result<()> {
+    pub(crate) fn terminate(mut self) -> anyhow::Result<()> {
         let pid = self.child.id().to_string();
         let status = Command::new("kill").args(["-TERM", &pid]).status().context("running kill -TERM")?;
         if !status.success() {
@@ -785,7 +788,7 @@ fn dies_with_this_thread(bin: &Path) -> Command {
 }
 
 /// The last lines of a log, for an error message.
-fn tail(log: &Path) -> String {
+pub(crate) fn tail(log: &Path) -> String {
     let text = fs::read_to_string(log).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(20)..].join("\n")
