@@ -9,7 +9,7 @@ use modelfleet::registry::Money;
 use modelfleet_mock_upstream::{Api, Fault, MockUpstream};
 use serde_json::{Value, json};
 
-use crate::support::{Running, validated};
+use crate::support::{Running, named_events, validated};
 
 fn env(name: &str) -> Option<String> {
     match name {
@@ -57,6 +57,7 @@ fn config_text(mock: &MockUpstream) -> String {
          [[providers]]\nname = \"native\"\nkind = \"openai\"\nbase_url = \"{base}\"\napi_key_env = \"OAI_KEY\"\n\
          responses = true\n\n\
          [[budgets]]\nscope = \"provider:native\"\nperiod = \"monthly\"\nlimit = \"100\"\nenforcement = \"hard\"\n\n\
+         [[budgets]]\nscope = \"provider:oai\"\nperiod = \"monthly\"\nlimit = \"100\"\nenforcement = \"hard\"\n\n\
          [[routes]]\nname = \"best\"\nstrategy = \"highest_quality\"\n{}{}{}{}{}{}{}",
         embedder("embed", "oai", "text-embed"),
         embedder("embed-az", "azure", "text-embed"),
@@ -110,6 +111,17 @@ async fn embeddings_are_served_priced_and_fall_back_only_to_the_same_model() {
     assert_eq!(cost, at_two_dollars(prompt), "the provider's count at the input price, no output");
     let recorded = mock.last_recorded("text-embed").unwrap();
     assert_eq!((recorded.api, recorded.uri.as_str()), (Api::OpenAiEmbeddings, "/v1/embeddings"));
+    // Budgets and metrics as for chat: the hard budget that paid holds the charge, the model its count.
+    let budgets: Value = reqwest::get(format!("{}/v1/admin/budgets", gateway.url)).await.unwrap().json().await.unwrap();
+    let oai = budgets["budgets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["scope"] == json!({"kind": "provider", "name": "oai"}))
+        .unwrap();
+    assert_eq!(oai["by_model"]["embed"], json!(cost), "{oai}");
+    let metrics = reqwest::get(format!("{}/metrics", gateway.url)).await.unwrap().text().await.unwrap();
+    assert!(metrics.lines().any(|l| l.starts_with("modelfleet_model_requests_total{model=\"embed\"")), "{metrics}");
     assert_eq!(recorded.body["model"], "text-embed");
     assert_eq!(recorded.body["input"], inputs, "the inputs as sent");
 
@@ -139,6 +151,19 @@ async fn embeddings_are_served_priced_and_fall_back_only_to_the_same_model() {
     let recorded = mock.last_recorded("gemini-embed").unwrap();
     assert_eq!(recorded.api, Api::GeminiEmbed);
     assert_eq!(recorded.body["requests"][1]["content"]["parts"][0]["text"], "the second one");
+    // As the openai SDK asks by default: base64 of little-endian f32s, the same vectors.
+    let floats = body["data"][0]["embedding"].as_array().unwrap().clone();
+    let asked = json!({"model": "gem-embed", "input": inputs, "encoding_format": "base64"});
+    let body: Value = post(&gateway, "/v1/embeddings", &asked).await.json().await.unwrap();
+    let encoded = body["data"][0]["embedding"].as_str().unwrap_or_else(|| panic!("{body}"));
+    let decoded = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, encoded).unwrap();
+    assert_eq!(decoded.len(), 1_536 * 4);
+    for (bytes, float) in decoded.chunks_exact(4).zip(&floats) {
+        #[allow(clippy::cast_possible_truncation)]
+        let expected = float.as_f64().unwrap() as f32;
+        // The same bits: the gateway's f32 of Gemini's number.
+        assert_eq!(f32::from_le_bytes(bytes.try_into().unwrap()).to_bits(), expected.to_bits());
+    }
 
     // `auto` picks an embedding model; a chat model cannot embed.
     let response = post(&gateway, "/v1/embeddings", &json!({"model": "auto", "input": "one"})).await;
@@ -248,17 +273,6 @@ async fn legacy_completions_reach_openai_compatible_providers_only() {
     mock.shutdown().await;
 }
 
-/// The SSE events of a body as (name, data).
-fn named_events(text: &str) -> Vec<(String, Value)> {
-    text.split("\n\n")
-        .filter_map(|event| {
-            let name = event.lines().find_map(|l| l.strip_prefix("event: "))?;
-            let data = event.lines().find_map(|l| l.strip_prefix("data: "))?;
-            Some((name.to_owned(), serde_json::from_str(data).ok()?))
-        })
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_responses_api_passes_through_to_providers_that_serve_it() {
     let mock = MockUpstream::start().await.unwrap();
@@ -321,10 +335,29 @@ async fn the_responses_api_passes_through_to_providers_that_serve_it() {
     let with_file = json!({"model": "resp", "input": [{"role": "user", "content": [
         {"type": "input_text", "text": "summarise"},
         {"type": "input_file", "file_url": "https://example.com/report.pdf"}]}]});
-    for unmeasured in [&named, &with_file] {
+    let through_route = json!({"model": "best", "input": "and then?", "previous_response_id": "resp_mock1"});
+    for unmeasured in [&named, &with_file, &through_route] {
         let response = post(&gateway, "/v1/responses", unmeasured).await;
         assert_eq!(response.status(), 429, "{unmeasured}");
     }
+
+    // A stream cut before response.completed: the client gets an error
+    // event, and the call is charged all the output it was held for (it
+    // may have reasoned unseen), not the deltas it showed.
+    let native_spent = || async {
+        let budgets: Value =
+            reqwest::get(format!("{}/v1/admin/budgets", gateway.url)).await.unwrap().json().await.unwrap();
+        let native = budgets["budgets"].as_array().unwrap().iter().find(|b| b["scope"]["name"] == "native").cloned();
+        native.and_then(|b| b["spent"].as_str().map(|m| m.parse::<Money>().unwrap())).unwrap_or(Money::ZERO)
+    };
+    let before = native_spent().await;
+    mock.fail_next("resp", Fault::CutAfter(4), 1);
+    let response = post(&gateway, "/v1/responses", &streamed).await;
+    let events = named_events(&response.text().await.unwrap());
+    assert_eq!(events.last().map(|(n, _)| n.as_str()), Some("error"), "{events:?}");
+    assert!(events.last().is_some_and(|(_, d)| d["error"]["code"] == "stream_interrupted"), "the SDK's nested shape");
+    let (after, held_output) = (native_spent().await, 50 * 15_000);
+    assert!(after.nanos() - before.nanos() >= held_output, "{after} - {before} < {held_output} nanos");
     let hits = mock.hits("resp");
     let response = post(&gateway, "/v1/responses", &json!({"model": "resp", "input": "hi", "store": true})).await;
     assert_eq!(response.status(), 200);

@@ -10,7 +10,7 @@ use modelfleet::registry::Money;
 use modelfleet_mock_upstream::{Api, Behavior, Fault, KeyPolicy, MockUpstream};
 use serde_json::{Value, json};
 
-use crate::support::{Running, validated};
+use crate::support::{Running, named_events, validated};
 
 const KEYS: [(&str, &str); 5] = [
     ("OAI_KEY", "sk-oai-0123456789abcdef"),
@@ -339,17 +339,6 @@ async fn cost_is_priced_from_each_kinds_usage_cache_writes_and_reasoning_include
     }
     gateway.stop().await;
     mock.shutdown().await;
-}
-
-/// The named SSE events of a body: (event, data).
-fn named_events(text: &str) -> Vec<(String, Value)> {
-    text.split("\n\n")
-        .filter_map(|block| {
-            let event = block.lines().find_map(|l| l.strip_prefix("event: "))?;
-            let data = block.lines().find_map(|l| l.strip_prefix("data: "))?;
-            Some((event.to_owned(), serde_json::from_str(data).unwrap_or_else(|e| panic!("{e}: {data}"))))
-        })
-        .collect()
 }
 
 async fn post_to(gateway: &Running, path: &str, body: &Value) -> reqwest::Response {

@@ -1116,7 +1116,7 @@ requirements = { capabilities = ["embeddings"], embedding_dimensions = 1536 }
     for expected in [
         "models[0].fallbacks[0]: \"small-2\" cannot stand in for \"small\": its vectors have 3072 dimensions, not 1536",
         "models[0].fallbacks[1]: \"chat\" cannot stand in for \"small\": both must state embedding_dimensions, and the same",
-        "models[2].capabilities: an embedding model serves /v1/embeddings only: \"embeddings\" goes alone",
+        "models[2].capabilities: an embedding model serves embeddings requests only: \"embeddings\" goes alone",
         "models[2].embedding_dimensions: 0 is outside 1..=65536",
         "models[2].capabilities: provider \"claude\" is of kind \"anthropic\", which has no embeddings API",
     ] {

@@ -1270,7 +1270,7 @@ fn model_capabilities(v: &mut V<'_>, t: &Table<'_>, path: &str) -> Capabilities 
         v.error(
             &format!("{path}.capabilities"),
             find(t, "capabilities").map(Spanned::span).as_ref(),
-            "an embedding model serves /v1/embeddings only: \"embeddings\" goes alone",
+            "an embedding model serves embeddings requests only: \"embeddings\" goes alone",
         );
     }
     capabilities

@@ -4,7 +4,7 @@
 use std::{borrow::Borrow, fmt, future::Future, pin::pin, task::Poll, time::Duration};
 
 use modelfleet_errors::{AttemptCtx, Classify, ErrorClass, RetryPolicy, Timer};
-use modelfleet_registry::ModelSpec;
+use modelfleet_registry::{Capability, ModelSpec};
 use modelfleet_selector::{LiveSignals, Locality, Ranked, Requirements, SelectorConfig, Strategy, Weights};
 use serde::Serialize;
 
@@ -492,7 +492,25 @@ fn candidates<'a, M: Borrow<ModelSpec>, S: LiveSignals, E>(
         };
         return Err(ExecuteError::NoneEligible { reason });
     }
-    Ok(queue)
+    Ok(same_vectors(queue, requirements))
+}
+
+/// An embeddings request's candidates, kept to those whose vectors have
+/// the first's length (a caller's index cannot take vectors of another):
+/// whatever the order (a ranking, a route's list, a named model's
+/// fallbacks), the first choice decides, and a first choice of unknown
+/// length has no stand-in. Any other request's, unchanged.
+fn same_vectors<'a>(mut queue: Vec<&'a ModelSpec>, requirements: &Requirements) -> Vec<&'a ModelSpec> {
+    if !requirements.capabilities.contains(&Capability::Embeddings) {
+        return queue;
+    }
+    let first = queue.first().and_then(|m| m.embedding_dimensions);
+    let mut index = 0;
+    queue.retain(|m| {
+        index += 1;
+        index == 1 || (first.is_some() && m.embedding_dimensions == first)
+    });
+    queue
 }
 
 /// The eligible models of a list, in its order, each once (a repeated id

@@ -14,7 +14,7 @@ use std::{
 };
 
 use modelfleet_errors::{ErrorClass, Failure, Jitter, ManualTimer, RetryConfig, RetryPolicy, Timer};
-use modelfleet_registry::{Category, ModelSpec, Money, Pricing};
+use modelfleet_registry::{Capabilities, Capability, Category, ModelSpec, Money, Pricing};
 use modelfleet_selector::{Locality, NoSignals, Requirements, Signals, Strategy as Rank};
 use proptest::prelude::*;
 
@@ -739,6 +739,36 @@ fn implied_fallback_states_each_rule() {
     assert_eq!(implied_fallback(&small, &large, &none, &sim), Some("its vectors are not the named model's length"));
     assert_eq!(implied_fallback(&small, &unknown, &none, &sim), Some("its vectors are not the named model's length"));
     assert_eq!(implied_fallback(&unknown, &small, &none, &sim), Some("the named model's vector length is unknown"));
+}
+
+#[test]
+fn an_embeddings_request_keeps_to_the_first_choices_vector_length_in_every_order() {
+    let embedder = |id: &str, dimensions: Option<u32>, priority: u8| {
+        let mut m = model(id, 8_000, 0.9, "1", priority);
+        m.capabilities = Capabilities { embeddings: true, ..Capabilities::default() };
+        m.embedding_dimensions = dimensions;
+        m
+    };
+    let models = vec![
+        embedder("a-1536", Some(1_536), 90),
+        embedder("b-3072", Some(3_072), 80),
+        embedder("c-1536", Some(1_536), 70),
+        embedder("d-unknown", None, 60),
+    ];
+    let req = Requirements { capabilities: vec![Capability::Embeddings], ..Requirements::default() };
+    let run = |order: Order<'_>| {
+        let (tracker, timer) = fresh();
+        Bench::new(&models, &tracker, &timer).run(&plan(order), &policy(1, None), &req, server_error).1
+    };
+    // Ranked (`auto`): the best first, then only its length.
+    assert_eq!(run(Order::Ranked), ["a-1536", "c-1536"]);
+    // A route's list, whatever it says.
+    let list = ["b-3072".to_owned(), "a-1536".to_owned(), "d-unknown".to_owned()];
+    assert_eq!(run(Order::Explicit(&list)), ["b-3072"]);
+    // A named model's configured fallbacks (a catalog edit may have changed them).
+    assert_eq!(run(Order::Named { model: "c-1536", fallbacks: Some(&list) }), ["c-1536", "a-1536"]);
+    // A first choice of unknown length has no stand-in.
+    assert_eq!(run(Order::Named { model: "d-unknown", fallbacks: Some(&list) }), ["d-unknown"]);
 }
 
 // ---- Streams: one outcome ------------------------------------------------------

@@ -46,7 +46,7 @@ use tracing::Instrument as _;
 
 use crate::{
     auth::{Auth, Caller, Need},
-    upstream::{Events, Upstreams, error_event},
+    upstream::{Events, Upstreams, error_of},
     wire::{
         ApiError, ChatRequest, Op, delta_chars, estimate_output, json_response, native_delta_chars, parse_chat,
         parse_completions, parse_embeddings, parse_responses, responses_usage, usage_of,
@@ -694,11 +694,14 @@ async fn stream_chat(app: &App, chat: ChatRequest, request: &Request, format: Fo
     let Opened { stream, settlement } = served.value;
     let (tx, rx) = mpsc::channel::<Bytes>(32);
     let native = chat.op == Op::Responses;
+    let echoes = chat.op == Op::Completions && chat.body.get("echo") == Some(&Value::Bool(true));
+    let prompt_tokens = u64::from(chat.requirements.prompt_tokens);
     let pump = Pump {
         app: Arc::clone(app),
         include_usage: chat.include_usage,
-        prompt_tokens: u64::from(chat.requirements.prompt_tokens),
+        prompt_tokens,
         native,
+        echo: if echoes { prompt_tokens.saturating_mul(u64::from(chat.requirements.choices())) } else { 0 },
         edge: if native {
             Edge::Native
         } else {
@@ -729,6 +732,9 @@ struct Pump {
     /// A Responses API stream passed through: it ends with
     /// `response.completed` (or `.incomplete`), which carries its usage.
     native: bool,
+    /// Output tokens a stream may relay beyond its hold's bound: a legacy
+    /// completion with `echo` repeats its prompt(s) in its text.
+    echo: u64,
     /// The client's format: chunks become its events.
     edge: Edge,
 }
@@ -785,24 +791,26 @@ impl Pump {
                 }
                 break StreamEnd::Completed;
             }
-            if let Some(failure) = error_event(&data) {
+            // Each event is parsed once, for everything read from it.
+            let value = serde_json::from_str::<Value>(&data).ok();
+            if let Some(failure) = value.as_ref().and_then(error_of) {
                 break StreamEnd::Failed(failure);
             }
             let mut forward = true;
             let mut last = false;
-            if let Ok(value) = serde_json::from_str::<Value>(&data) {
+            let mut name = None;
+            if let Some(value) = &value {
                 if self.native {
-                    chars += native_delta_chars(&value);
-                    last = matches!(
-                        value.get("type").and_then(Value::as_str),
-                        Some("response.completed" | "response.incomplete")
-                    );
+                    let kind = value.get("type").and_then(Value::as_str);
+                    chars += native_delta_chars(value);
+                    last = matches!(kind, Some("response.completed" | "response.incomplete"));
                     if last {
                         usage = value.pointer("/response/usage").and_then(responses_usage);
                     }
+                    name = kind;
                 } else {
-                    chars += delta_chars(&value);
-                    if let Some(u) = usage_of(&value) {
+                    chars += delta_chars(value);
+                    if let Some(u) = usage_of(value) {
                         usage = Some(u);
                         // The gateway always asks for usage; the client gets it only if it asked.
                         let usage_only = value.get("choices").and_then(Value::as_array).is_some_and(Vec::is_empty);
@@ -810,14 +818,19 @@ impl Pump {
                     }
                 }
             }
-            if bound.is_some_and(|most| estimate_output(chars) > most) {
+            if bound.is_some_and(|most| estimate_output(chars) > most.saturating_add(self.echo)) {
                 // An upstream that ignores the cap would stream past the hold.
                 break StreamEnd::Failed(Failure::new(
                     ErrorClass::ServerError,
                     "the upstream streamed past the output limit the request was held to",
                 ));
             }
-            if forward && !self.relay(&tx, &data).await {
+            let relayed = if self.native {
+                self.send(&tx, Edge::native_event(name, &data)).await
+            } else {
+                !forward || self.relay(&tx, &data).await
+            };
+            if !relayed {
                 break StreamEnd::ClientGone;
             }
             if last {
@@ -842,8 +855,11 @@ impl Pump {
         } else if end == StreamEnd::ClientGone {
             self.app.client_disconnects.fetch_add(1, Ordering::Relaxed);
         }
-        // The upstream's usage, else the prompt plus the tokens relayed.
-        let usage = usage.unwrap_or(Usage::new(self.prompt_tokens, estimate_output(chars)));
+        // The upstream's usage, else the prompt plus the tokens relayed; a
+        // Responses stream may have reasoned unseen, so without its usage
+        // it is charged all the output it was held for.
+        let output = if self.native { bound.unwrap_or(0).max(estimate_output(chars)) } else { estimate_output(chars) };
+        let usage = usage.unwrap_or(Usage::new(self.prompt_tokens, output));
         let cost = settlement.finish(usage, &end).await;
         tracing::debug!(?end, %cost, cut, "stream settled");
     }

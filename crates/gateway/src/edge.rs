@@ -137,7 +137,7 @@ impl Edge {
             Edge::Chat => return vec![sse(data)],
             Edge::Native => {
                 let value: Value = serde_json::from_str(data).unwrap_or(Value::Null);
-                return vec![sse_named(value.get("type").and_then(Value::as_str), data)];
+                return vec![Edge::native_event(value.get("type").and_then(Value::as_str), data)];
             }
             Edge::Anthropic(e) if done => e.finish(),
             Edge::Responses(e) if done => e.finish(),
@@ -145,6 +145,19 @@ impl Edge {
             Edge::Responses(e) => serde_json::from_str::<Value>(data).map(|chunk| e.push(&chunk)).unwrap_or_default(),
         };
         events.iter().map(named).collect()
+    }
+
+    /// A Responses API event as it came, named by its `type` when that is a
+    /// plain event name (lower-case letters, digits, `.` and `_`: an
+    /// upstream cannot forge another event with a newline in it), else
+    /// unnamed.
+    pub(crate) fn native_event(kind: Option<&str>, data: &str) -> Bytes {
+        let plain = |k: &&str| {
+            !k.is_empty()
+                && k.len() <= 128
+                && k.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'_')
+        };
+        sse_named(kind.filter(plain), data)
     }
 
     /// A failure after the first byte as the client's error event (OpenAI's
@@ -156,9 +169,12 @@ impl Edge {
                 sse(&event.to_string())
             }
             Edge::Anthropic(_) => named(&SseEvent { event: "error", data: anthropic_error(500, message) }),
+            // Flat, as the Responses API documents it, and nested, as it
+            // sends it (the openai SDK raises on the nested `error`).
             Edge::Responses(_) | Edge::Native => named(&SseEvent {
                 event: "error",
-                data: json!({"type": "error", "code": code, "message": message, "param": null}),
+                data: json!({"type": "error", "code": code, "message": message, "param": null,
+                             "error": {"type": "server_error", "code": code, "message": message, "param": null}}),
             }),
         }
     }

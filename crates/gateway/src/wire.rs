@@ -367,7 +367,7 @@ fn with_requirements(mut body: Map<String, Value>, measured: Measured) -> Result
     // waive it); an embeddings request asks for embeddings, and only an
     // embeddings request may.
     let embeddings = op == Op::Embeddings;
-    if requirements.capabilities.contains(&Capability::Embeddings) != embeddings && !embeddings {
+    if !embeddings && requirements.capabilities.contains(&Capability::Embeddings) {
         return Err(ApiError::invalid(
             "invalid_requirements",
             format!("modelfleet: capability \"embeddings\" is for embeddings requests, not {}", op.name()),
@@ -538,6 +538,13 @@ const RESPONSES_PROMPT_FIELDS: [&str; 5] = ["input", "instructions", "tools", "t
 /// the API is stateful.
 pub(crate) fn parse_responses(bytes: &[u8]) -> Result<ChatRequest, ApiError> {
     let (body, model) = object_and_model(bytes)?;
+    if body.get("background").is_some_and(|b| *b != Value::Bool(false) && !b.is_null()) {
+        return Err(ApiError::invalid(
+            "invalid_request",
+            "background: a background response is answered, and billed, after the gateway's reply, so it could \
+             not be charged: not supported",
+        ));
+    }
     let text: u64 = RESPONSES_PROMPT_FIELDS.iter().filter_map(|field| body.get(*field)).map(estimate_json).sum();
     let items: &[Value] = body.get("input").and_then(Value::as_array).map_or(&[], Vec::as_slice);
     let parts: Vec<&str> = items
@@ -567,15 +574,13 @@ pub(crate) fn parse_responses(bytes: &[u8]) -> Result<ChatRequest, ApiError> {
         used.push(Capability::Vision);
     }
     // What the provider keeps (a conversation, a stored prompt, a
-    // referenced item), answers later (background mode), prices per call
-    // (built-in tools) or counts by length (audio, files).
+    // referenced item), prices per call (built-in tools) or counts by
+    // length (audio, files).
     let stored =
         ["previous_response_id", "conversation", "prompt"].iter().any(|f| body.get(*f).is_some_and(|v| !v.is_null()))
             || items.iter().any(|item| item.get("type").and_then(Value::as_str) == Some("item_reference"));
-    let unmeasured = stored
-        || body.get("background") == Some(&Value::Bool(true))
-        || tools.iter().any(|t| *t != "function")
-        || parts.iter().any(|t| UNMEASURED_PARTS.contains(t));
+    let unmeasured =
+        stored || tools.iter().any(|t| *t != "function") || parts.iter().any(|t| UNMEASURED_PARTS.contains(t));
     let measured = Measured { op: Op::Responses, model, stream, prompt_tokens, max_output, n: 1, used, unmeasured };
     let mut request = with_requirements(body, measured)?;
     request.use_cache = false;
@@ -631,6 +636,9 @@ impl Serialize for Outgoing<'_> {
         for (key, value) in self.body {
             match key.as_str() {
                 "model" => {}
+                // The cap the hold assumed replaces the client's (a `null`
+                // there would lift it: a key twice, the last one wins).
+                field if self.cap.is_some() && field == self.cap_field => {}
                 "stream_options" if self.stream && self.include_usage => {}
                 _ => map.serialize_entry(key, value)?,
             }
@@ -845,6 +853,51 @@ mod tests {
     use super::*;
 
     #[test]
+    fn completions_and_embeddings_are_held_for_everything_they_ask() {
+        let req = |body: &str| parse_completions(body.as_bytes()).unwrap();
+        let one = req(r#"{"model":"m","prompt":"Say hi"}"#);
+        assert_eq!((one.requirements.n, one.requirements.max_output_tokens, one.cap), (1, 16, Some(16)));
+        // Every prompt gets max(n, best_of) answers, each up to max_tokens.
+        let many = req(r#"{"model":"m","prompt":["a","b","c"],"n":2,"best_of":5,"max_tokens":40}"#);
+        assert_eq!((many.requirements.n, many.requirements.max_output_tokens, many.cap), (15, 40, None));
+        let tokens = req(r#"{"model":"m","prompt":[1,2,3,4]}"#);
+        assert_eq!(tokens.requirements.n, 1, "a list of token ids is one prompt");
+        let batch = req(r#"{"model":"m","prompt":[[1,2],[3]],"suffix":"end"}"#);
+        assert_eq!(batch.requirements.n, 2);
+        assert!(batch.requirements.prompt_tokens >= 4, "the suffix is prompt too");
+        for (body, message) in [
+            (r#"{"model":"m"}"#, "prompt: required"),
+            (r#"{"model":"m","prompt":[]}"#, "prompt: must not be empty"),
+            (r#"{"model":"m","prompt":["a",[]]}"#, "prompt[1]: must be a string or a non-empty list of token ids"),
+            (r#"{"model":"m","prompt":"a","best_of":0}"#, "best_of: must be a whole number of answers, at least 1"),
+            (r#"{"model":"m","prompt":"a","suffix":3}"#, "suffix: must be a string"),
+        ] {
+            assert_eq!(parse_completions(body.as_bytes()).unwrap_err().message, message, "{body}");
+        }
+
+        let embed = |body: &str| parse_embeddings(body.as_bytes());
+        let text = "the passage to index ".repeat(50);
+        let long = embed(&format!(r#"{{"model":"m","input":["{text}","{text}"]}}"#)).unwrap().requirements;
+        let short = embed(&format!(r#"{{"model":"m","input":"{text}"}}"#)).unwrap().requirements;
+        assert!(long.prompt_tokens >= 2 * short.prompt_tokens - 2, "every input is held: {long:?} {short:?}");
+        assert_eq!((long.capabilities.as_slice(), long.max_output_tokens), (&[Capability::Embeddings][..], 0));
+        let too_many = format!(r#"{{"model":"m","input":[{}]}}"#, vec!["\"a\""; MAX_EMBEDDING_INPUTS + 1].join(","));
+        assert_eq!(embed(&too_many).unwrap_err().message, "input: 2049 items, at most 2048");
+        assert_eq!(
+            embed(r#"{"model":"m","input":"a","stream":true}"#).unwrap_err().message,
+            "stream: embeddings are not streamed"
+        );
+        assert_eq!(embed(r#"{"model":"m","input":"a","dimensions":0}"#).unwrap_err().code, "invalid_dimensions");
+        // A chat request cannot ask for embeddings.
+        let err = parse_chat(br#"{"model":"m","modelfleet":{"capabilities":["embeddings"]},"messages":[{"role":"user","content":"hi"}]}"#)
+            .unwrap_err();
+        assert_eq!(
+            err.message,
+            "modelfleet: capability \"embeddings\" is for embeddings requests, not chat completions"
+        );
+    }
+
+    #[test]
     fn what_the_gateway_cannot_measure_is_marked_so() {
         let chat = |part: &str| {
             let body = format!(r#"{{"model":"m","messages":[{{"role":"user","content":[{part}]}}]}}"#);
@@ -870,7 +923,6 @@ mod tests {
             r#","previous_response_id":"resp_1""#,
             r#","conversation":"conv_1""#,
             r#","prompt":{"id":"pmpt_1"}"#,
-            r#","background":true"#,
             r#","tools":[{"type":"web_search"}]"#,
         ] {
             assert!(responses(stored), "{stored}");
@@ -878,6 +930,8 @@ mod tests {
         let reference = br#"{"model":"m","input":[{"type":"item_reference","id":"msg_1"}]}"#;
         assert!(parse_responses(reference).unwrap().requirements.unmeasured);
         assert!(!parse_responses(reference).unwrap().use_cache, "a stateful API is never cached");
+        let background = parse_responses(br#"{"model":"m","input":"hi","background":true}"#).unwrap_err();
+        assert!(background.message.starts_with("background: "), "{}", background.message);
     }
 
     #[test]
@@ -1002,6 +1056,20 @@ mod tests {
         })
         .unwrap();
         assert_eq!(capped["max_tokens"], 10, "the cap a hold assumed goes upstream");
+        // The client's null cap does not follow it (JSON keeps the last of a key twice).
+        let completions = parse_completions(br#"{"model":"m","prompt":"hi","max_tokens":null}"#).unwrap();
+        assert_eq!(completions.cap, Some(COMPLETIONS_DEFAULT_MAX_TOKENS));
+        let text = String::from_utf8(json_bytes(&Outgoing {
+            body: &completions.body,
+            model: "m",
+            stream: false,
+            cap: completions.cap,
+            include_usage: false,
+            cap_field: "max_tokens",
+        }))
+        .unwrap();
+        assert_eq!(text.matches("max_tokens").count(), 1, "{text}");
+        assert!(text.contains(r#""max_tokens":16"#), "{text}");
         assert_eq!(out["stream_options"]["include_usage"], true);
         assert_eq!(out["messages"][0]["content"], "hi");
     }

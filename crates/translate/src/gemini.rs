@@ -1024,7 +1024,9 @@ impl ToChatStream for GeminiToChat {
 ///
 /// `input` is a string or a list of strings (token-id arrays are refused:
 /// Gemini takes text), `dimensions` becomes `outputDimensionality`,
-/// `encoding_format` must be `float` (`base64` is refused), `user` is
+/// `encoding_format` is `float` or `base64` (Gemini answers floats: the
+/// caller encodes them for `base64`, as the openai SDK asks by default),
+/// `user` is
 /// dropped; any other field is refused as unknown.
 pub fn embeddings_to_gemini(body: &Map<String, Value>, model: &str) -> Result<Value, Refusal> {
     let mut dimensions = None;
@@ -1032,9 +1034,9 @@ pub fn embeddings_to_gemini(body: &Map<String, Value>, model: &str) -> Result<Va
         match (key.as_str(), value) {
             (_, Value::Null) | ("model" | "input" | "user", _) => {}
             ("dimensions", value) => dimensions = Some(whole(value, "dimensions")?),
-            ("encoding_format", Value::String(format)) if format == "float" => {}
+            ("encoding_format", Value::String(format)) if format == "float" || format == "base64" => {}
             ("encoding_format", _) => {
-                return Err(Refusal::new("encoding_format", "only \"float\" is supported for Gemini embeddings"));
+                return Err(Refusal::new("encoding_format", "must be \"float\" or \"base64\""));
             }
             _ => return Err(Refusal::new(key.as_str(), "unknown parameter")),
         }

@@ -547,7 +547,11 @@ fn embeddings_requests_gemini_cannot_take_are_refused() {
     let refused = |body: Value| embeddings_to_gemini(&object(body), "m").map_err(|r| r.field).expect_err("refused");
     assert_eq!(refused(json!({"input": [1, 2, 3]})), "input");
     assert_eq!(refused(json!({"input": [[1, 2], [3]]})), "input");
-    assert_eq!(refused(json!({"input": "x", "encoding_format": "base64"})), "encoding_format");
+    assert_eq!(refused(json!({"input": "x", "encoding_format": "hex"})), "encoding_format");
+    assert!(
+        embeddings_to_gemini(&object(json!({"input": "x", "encoding_format": "base64"})), "m").is_ok(),
+        "the caller encodes Gemini's floats"
+    );
     assert_eq!(refused(json!({"input": []})), "input");
     assert_eq!(refused(json!({})), "input");
     assert_eq!(refused(json!({"input": ["a", {}]})), "input[1]");

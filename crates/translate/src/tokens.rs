@@ -253,9 +253,12 @@ pub fn estimate_tokens(text: &str) -> u64 {
 /// at [`estimate_tokens`]'s rule or a quarter of their bytes when that is
 /// more (which bounds tokenizers that cut English finer than OpenAI's do),
 /// plus a token for each value for the structure around it. Media payloads
-/// are left out — a `data:` URL, and the base64 `data` or `file_data` of an
-/// audio or file part — for the caller counts each media part by a rule of
-/// its own (a 300 KB screenshot is not 300,000 tokens of text).
+/// are left out — a base64 `data:` URL where a part puts its media (`url`,
+/// `image_url`, `file_data`), and the `data` or `file_data` inside an audio
+/// or file part (an object whose `type` is `input_audio`, `audio`, `file`
+/// or `input_file`) — for the caller counts each media part by a rule of
+/// its own (a 300 KB screenshot is not 300,000 tokens of text). Text that
+/// merely starts with `data:` elsewhere (a prompt, a message) is text.
 ///
 /// ```
 /// use modelfleet_translate::{estimate_json, estimate_tokens};
@@ -266,12 +269,14 @@ pub fn estimate_tokens(text: &str) -> u64 {
 /// let image = serde_json::json!([{"role": "user", "content": [
 ///     {"type": "image_url", "image_url": {"url": format!("data:image/png;base64,{}", "iVBORw0K".repeat(40_000))}}]}]);
 /// assert!(estimate_json(&image) < 100, "the payload is the media rule's");
+/// let text = serde_json::json!({"prompt": format!("data: {}", "an event line ".repeat(1_000))});
+/// assert!(estimate_json(&text) > 2_000, "text is text");
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 #[must_use]
 pub fn estimate_json(value: &serde_json::Value) -> u64 {
     let mut walk = Walk { counter: TokenCounter::new(), bytes: 0, values: 0 };
-    walk.value(value, None);
+    walk.value(value, None, false);
     walk.counter.tokens().max(walk.bytes.div_ceil(4)).saturating_add(walk.values)
 }
 
@@ -292,27 +297,43 @@ impl Walk {
         self.bytes += text.len() as u64;
     }
 
-    /// `value`, under `key` in its object (if any).
-    fn value(&mut self, value: &serde_json::Value, key: Option<&str>) {
+    /// `value`, under `key` in its object (if any), inside an audio or
+    /// file part (`in_media`) or not.
+    fn value(&mut self, value: &serde_json::Value, key: Option<&str>, in_media: bool) {
         use serde_json::Value;
         self.values += 1;
         match value {
             Value::String(text) => {
-                let media = text.starts_with("data:") || matches!(key, Some("data" | "file_data"));
+                let media = match key {
+                    Some("url" | "image_url" | "file_data") if is_base64_data_url(text) => true,
+                    Some("data" | "file_data") => in_media,
+                    _ => false,
+                };
                 if !media {
                     self.text(text);
                 }
             }
-            Value::Array(items) => items.iter().for_each(|item| self.value(item, None)),
+            Value::Array(items) => items.iter().for_each(|item| self.value(item, None, in_media)),
             Value::Object(fields) => {
+                let media_part = matches!(
+                    fields.get("type").and_then(Value::as_str),
+                    Some("input_audio" | "audio" | "file" | "input_file")
+                );
                 for (name, field) in fields {
                     self.text(name);
-                    self.value(field, Some(name));
+                    self.value(field, Some(name), in_media || media_part);
                 }
             }
             Value::Number(_) | Value::Bool(_) | Value::Null => {}
         }
     }
+}
+
+/// `data:<media type>;base64,…`: the `;base64` flag before the first comma.
+fn is_base64_data_url(text: &str) -> bool {
+    text.strip_prefix("data:")
+        .and_then(|rest| rest.split_once(','))
+        .is_some_and(|(header, _)| header.len() <= 256 && header.ends_with(";base64"))
 }
 
 /// The byte "before" the first one: a control character, so the first

@@ -10,7 +10,9 @@ use modelfleet_translate::{
 };
 use serde_json::{Value, json};
 
-use super::{Adapter, answer_failure, default_max_tokens, join, refused, translated_answer, unsupported_op};
+use super::{
+    Adapter, answer_failure, default_max_tokens, encode_as_asked, join, refused, translated_answer, unsupported_op,
+};
 use crate::wire::{ChatRequest, Op, json_bytes};
 
 /// A Gemini provider.
@@ -65,7 +67,7 @@ impl Adapter for Gemini {
             // Gemini reports no usage for embeddings: the estimate, which
             // errs high, is charged.
             let prompt = u64::from(req.requirements.prompt_tokens);
-            let list = gemini_to_embeddings(&response, model.upstream_name(), prompt).map_err(answer_failure)?;
+            let mut list = gemini_to_embeddings(&response, model.upstream_name(), prompt).map_err(answer_failure)?;
             let inputs = match req.body.get("input") {
                 Some(Value::Array(items)) => items.len(),
                 _ => 1,
@@ -77,6 +79,7 @@ impl Adapter for Gemini {
                     &format!("the upstream answered {got} embeddings for {inputs} inputs"),
                 ));
             }
+            encode_as_asked(req, &mut list);
             return Ok(ModelResponse { value: Bytes::from(json_bytes(&list)), usage: Some(Usage::new(prompt, 0)) });
         }
         let completion = gemini_to_chat(&response, model.upstream_name()).map_err(answer_failure)?;

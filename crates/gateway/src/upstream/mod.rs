@@ -50,7 +50,8 @@ trait Adapter: Send + Sync {
     /// the provider's `unsupported_params`.
     fn body(&self, model: &ModelSpec, req: &ChatRequest) -> Result<Vec<u8>, Failure>;
     /// A successful answer's body in OpenAI's shape for `req`'s endpoint (a
-    /// `chat.completion`, a `text_completion`, an embeddings list), with
+    /// `chat.completion`, a `text_completion`, an embeddings list, a
+    /// Responses API `response`), with
     /// its usage (`None`: unknown, the call is charged its hold).
     fn answer(&self, model: &ModelSpec, req: &ChatRequest, body: Bytes) -> Result<ModelResponse<Bytes>, Failure>;
     /// What turns a stream of this kind into OpenAI chunks (`None`: it is
@@ -198,7 +199,11 @@ impl Upstreams {
                         "choices": [{"index": 0, "text": r.value, "logprobs": null, "finish_reason": "stop"}],
                         "usage": usage_json(usage),
                     }),
-                    Op::Embeddings => sim_embeddings(model, chat, usage.input_tokens),
+                    Op::Embeddings => {
+                        let mut list = sim_embeddings(model, chat, usage.input_tokens);
+                        encode_as_asked(chat, &mut list);
+                        list
+                    }
                     // Never sent here: the simulator is excluded from native Responses requests.
                     Op::Responses => return Err(unsupported_op("simulated", chat.op)),
                 };
@@ -265,6 +270,29 @@ async fn simulate(
         answer.usage = answer.usage.map(|u| Usage::new(u.input_tokens, 0));
     }
     Ok(answer)
+}
+
+/// An embeddings list of floats as the request asked it: unchanged, or
+/// with `encoding_format: "base64"` (the openai SDK's default) each vector
+/// as OpenAI sends it, its little-endian `f32`s in standard base64.
+pub(crate) fn encode_as_asked(req: &ChatRequest, list: &mut Value) {
+    use base64::Engine as _;
+    if req.body.get("encoding_format").and_then(Value::as_str) != Some("base64") {
+        return;
+    }
+    let Some(data) = list.get_mut("data").and_then(Value::as_array_mut) else { return };
+    for item in data {
+        let Some(embedding) = item.get_mut("embedding") else { continue };
+        let Some(numbers) = embedding.as_array() else { continue };
+        let mut bytes = Vec::with_capacity(numbers.len() * 4);
+        for number in numbers {
+            // f32 is what OpenAI's base64 carries.
+            #[allow(clippy::cast_possible_truncation)]
+            let value = number.as_f64().unwrap_or(0.0) as f32;
+            bytes.extend_from_slice(&value.to_le_bytes());
+        }
+        *embedding = Value::String(base64::engine::general_purpose::STANDARD.encode(bytes));
+    }
 }
 
 /// A simulated embeddings list: one unit vector per input, of the model's
@@ -868,26 +896,30 @@ impl Events {
 /// An `{"error": …}` event sent mid-stream, as a failure.
 ///
 /// A Responses API stream says it failed its own way: an event of type
-/// `error`, or `response.failed` with the response's `error`.
+/// `error` (its error nested under `error`, or flat beside `type`), or
+/// `response.failed` with the response's `error`.
 pub(crate) fn error_event(data: &str) -> Option<Failure> {
     if !data.contains("\"error\"") && !data.contains("response.failed") {
         return None;
     }
-    let value: Value = serde_json::from_str(data).ok()?;
-    match value.get("type").and_then(Value::as_str) {
-        Some("error") => {
-            let error = json!({"error": {"message": value.get("message"), "code": value.get("code"), "type": "error"}});
-            return Some(classify_response(500, &error.to_string(), None));
-        }
-        Some("response.failed") => {
-            let error = value.pointer("/response/error").cloned().unwrap_or_else(|| json!({"message": "failed"}));
-            return Some(classify_response(500, &json!({ "error": error }).to_string(), None));
-        }
-        _ => {}
-    }
-    value.get("error").filter(|e| !e.is_null())?;
-    let failure = classify_response(500, data, None);
-    Some(failure)
+    error_of(&serde_json::from_str(data).ok()?)
+}
+
+/// [`error_event`] on an event already parsed.
+pub(crate) fn error_of(value: &Value) -> Option<Failure> {
+    let nested = value.get("error").filter(|e| e.is_object());
+    let error = match value.get("type").and_then(Value::as_str) {
+        Some("error") => nested.cloned().unwrap_or_else(
+            || json!({"message": value.get("message"), "code": value.get("code"), "type": value.get("code")}),
+        ),
+        Some("response.failed") => value
+            .pointer("/response/error")
+            .filter(|e| e.is_object())
+            .cloned()
+            .unwrap_or_else(|| json!({"message": "the response failed"})),
+        _ => value.get("error").filter(|e| !e.is_null())?.clone(),
+    };
+    Some(classify_response(500, &json!({ "error": error }).to_string(), None))
 }
 
 #[cfg(test)]
@@ -906,6 +938,34 @@ mod tests {
         );
         assert!(url("not a url").is_err());
         assert!(url("mailto:a@b.c").is_err());
+    }
+
+    #[test]
+    fn error_events_are_read_in_each_shape() {
+        let class = |data: &str| error_event(data).map(|f| f.class());
+        // Chat: an `error` object.
+        assert_eq!(class(r#"{"error":{"message":"overloaded","type":"server_error"}}"#), Some(ErrorClass::ServerError));
+        assert_eq!(class(r#"{"choices":[{"delta":{"content":"an error"}}],"error":null}"#), None);
+        // The Responses API: nested (as OpenAI sends it) or flat.
+        assert_eq!(
+            class(
+                r#"{"type":"error","sequence_number":3,"error":{"type":"rate_limit_error","code":"rate_limit_exceeded","message":"Rate limit reached"}}"#
+            ),
+            Some(ErrorClass::RateLimited)
+        );
+        assert_eq!(
+            class(r#"{"type":"error","code":"rate_limit_exceeded","message":"Rate limit reached","param":null}"#),
+            Some(ErrorClass::RateLimited)
+        );
+        assert_eq!(
+            class(
+                r#"{"type":"response.failed","response":{"id":"r","status":"failed","error":{"code":"server_error","message":"boom"}}}"#
+            ),
+            Some(ErrorClass::ServerError)
+        );
+        // Every other Responses event carries `"error": null` in its response: not a failure.
+        assert_eq!(class(r#"{"type":"response.created","response":{"id":"r","error":null}}"#), None);
+        assert_eq!(class(r#"{"type":"response.output_text.delta","delta":"error"}"#), None);
     }
 
     #[test]

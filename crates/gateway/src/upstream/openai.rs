@@ -12,7 +12,7 @@ use crate::wire::{ChatRequest, Op, Outgoing, completion_usage, embeddings_usage,
 
 /// An OpenAI-compatible provider, or an Azure one.
 pub(super) struct OpenAi {
-    /// Where calls go, by [`Op`] (chat, completions, embeddings): parsed
+    /// Where calls go, by [`Op`] (chat, completions, embeddings, responses): parsed
     /// once (parsing per request, IDNA included, showed in profiles).
     /// `None` for Azure, whose URL names the model's deployment.
     urls: Option<[reqwest::Url; 4]>,
