@@ -25,7 +25,30 @@ fn has_subcommand(sub: &str) -> bool {
     cargo().args([sub, "--version"]).stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
 }
 
+/// Says loudly, before the tests, which real servers the cluster tests
+/// will not find (they skip then, except under `CI=true`, where they fail).
+fn announce_cluster_servers() {
+    let postgres = std::env::var("MODELFLEET_TEST_POSTGRES").ok();
+    let address = postgres
+        .as_deref()
+        .and_then(|url| url.rsplit_once('@').map(|(_, rest)| rest))
+        .and_then(|rest| rest.split('/').next())
+        .unwrap_or("127.0.0.1:5432")
+        .to_owned();
+    let reachable = std::net::ToSocketAddrs::to_socket_addrs(address.as_str())
+        .ok()
+        .and_then(|mut addrs| addrs.next())
+        .is_some_and(|addr| std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(2)).is_ok());
+    if !reachable {
+        println!(
+            "==> cluster tests: PostgreSQL is not reachable at {address} (MODELFLEET_TEST_POSTGRES): the \
+             modelfleet-cluster tests SKIP on this run (under CI=true they fail; .ci/run starts the server)"
+        );
+    }
+}
+
 pub(crate) fn run() -> anyhow::Result<()> {
+    announce_cluster_servers();
     let mut steps = vec![
         step("fmt", &["fmt", "--all", "--check"]),
         step("clippy", &["clippy", "--workspace", "--all-targets", "--locked", "--", "-D", "warnings"]),

@@ -1,0 +1,77 @@
+//! The PostgreSQL schema, created or brought up to date at connect, under
+//! a transaction-scoped advisory lock so replicas starting together do not
+//! race their DDL.
+
+use tokio_postgres::Client;
+
+use crate::ClusterError;
+
+/// The advisory lock every replica's migration takes (an arbitrary
+/// constant: "modelfleet" in ASCII, truncated to 63 bits).
+const MIGRATION_LOCK: i64 = 0x006d_6f64_656c_666c;
+
+/// The migrations, in order; the schema's `schema_version` says how many
+/// ran. `{s}` is the schema's name.
+const MIGRATIONS: &[&str] = &[
+    // 1: the shared ledger of hard budgets.
+    "CREATE TABLE {s}.budget_periods (
+        scope TEXT NOT NULL,
+        period TEXT NOT NULL,
+        period_start BIGINT NOT NULL,
+        limit_nanos BIGINT NOT NULL,
+        spent_nanos BIGINT NOT NULL DEFAULT 0,
+        held_nanos BIGINT NOT NULL DEFAULT 0 CHECK (held_nanos >= 0),
+        PRIMARY KEY (scope, period, period_start)
+    );
+    CREATE TABLE {s}.budget_holds (
+        id BIGSERIAL PRIMARY KEY,
+        amount_nanos BIGINT NOT NULL CHECK (amount_nanos > 0),
+        replica TEXT NOT NULL,
+        state TEXT NOT NULL DEFAULT 'held' CHECK (state IN ('held', 'swept', 'settled')),
+        expires_at TIMESTAMPTZ NOT NULL,
+        created_at TIMESTAMPTZ NOT NULL DEFAULT now()
+    );
+    CREATE INDEX budget_holds_open ON {s}.budget_holds (expires_at) WHERE state = 'held';
+    CREATE TABLE {s}.budget_hold_keys (
+        hold_id BIGINT NOT NULL REFERENCES {s}.budget_holds (id) ON DELETE CASCADE,
+        scope TEXT NOT NULL,
+        period TEXT NOT NULL,
+        period_start BIGINT NOT NULL,
+        PRIMARY KEY (hold_id, scope, period, period_start)
+    );",
+];
+
+/// `name` if it is a plain lower-case SQL identifier (it is written into
+/// statements, so nothing else is accepted).
+pub(crate) fn identifier(name: &str) -> Result<&str, ClusterError> {
+    let mut bytes = name.bytes();
+    let first_ok = bytes.next().is_some_and(|b| b.is_ascii_lowercase() || b == b'_');
+    if first_ok && name.len() <= 63 && bytes.all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_') {
+        Ok(name)
+    } else {
+        Err(ClusterError::Invalid(format!(
+            "schema {name:?}: a lower-case identifier of at most 63 letters, digits and underscores"
+        )))
+    }
+}
+
+/// Creates `schema` and runs the migrations it has not run yet.
+pub(crate) async fn migrate(client: &mut Client, schema: &str) -> Result<(), tokio_postgres::Error> {
+    let tx = client.transaction().await?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK]).await?;
+    tx.batch_execute(&format!(
+        "CREATE SCHEMA IF NOT EXISTS {schema};
+         CREATE TABLE IF NOT EXISTS {schema}.schema_version (version INT NOT NULL);
+         INSERT INTO {schema}.schema_version (version)
+             SELECT 0 WHERE NOT EXISTS (SELECT 1 FROM {schema}.schema_version);"
+    ))
+    .await?;
+    let row = tx.query_one(&format!("SELECT version FROM {schema}.schema_version"), &[]).await?;
+    let done = usize::try_from(row.get::<_, i32>(0)).unwrap_or(0);
+    for (i, migration) in MIGRATIONS.iter().enumerate().skip(done) {
+        tx.batch_execute(&migration.replace("{s}", schema)).await?;
+        let version = i32::try_from(i + 1).unwrap_or(i32::MAX);
+        tx.execute(&format!("UPDATE {schema}.schema_version SET version = $1"), &[&version]).await?;
+    }
+    tx.commit().await
+}

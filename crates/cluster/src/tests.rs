@@ -1,0 +1,254 @@
+//! The shared ledger against a real PostgreSQL (`MODELFLEET_TEST_POSTGRES`,
+//! default `postgres://postgres@127.0.0.1:5432/test`), each test in a schema
+//! of its own. Without a server the tests skip, saying so, except under
+//! `CI=true`, where they fail.
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use modelfleet_registry::Money;
+use tokio::{net::TcpListener, task::JoinSet};
+
+use crate::{BudgetKey, ClusterError, HoldRefused, SharedLedger, schema::identifier};
+
+/// The test server's URL, or `None` (the test skips) when nothing listens
+/// there and CI did not ask for it.
+fn postgres_url() -> Option<String> {
+    let url = std::env::var("MODELFLEET_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
+    let config: tokio_postgres::Config = url.parse().expect("MODELFLEET_TEST_POSTGRES is a postgres URL");
+    let host = match config.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(host)) => host.clone(),
+        _ => "127.0.0.1".to_owned(),
+    };
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    let reachable = std::net::ToSocketAddrs::to_socket_addrs(&(host.as_str(), port))
+        .ok()
+        .and_then(|mut addrs| addrs.next())
+        .is_some_and(|addr| std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_ok());
+    if reachable {
+        return Some(url);
+    }
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "PostgreSQL is not reachable at {host}:{port} (MODELFLEET_TEST_POSTGRES): CI runs the cluster tests against it"
+    );
+    eprintln!("SKIPPED: PostgreSQL is not reachable at {host}:{port}; set MODELFLEET_TEST_POSTGRES to run this test");
+    None
+}
+
+static SCHEMAS: AtomicU64 = AtomicU64::new(0);
+
+/// A schema no other test (or run) uses.
+fn fresh_schema(test: &str) -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    format!("t_{test}_{}_{nanos}_{}", std::process::id(), SCHEMAS.fetch_add(1, Ordering::Relaxed))
+}
+
+/// Drops the test's schema.
+async fn drop_schema(url: &str, schema: &str) {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.expect("connects");
+    tokio::spawn(connection);
+    client.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE")).await.expect("drops");
+}
+
+fn key(scope: &str) -> BudgetKey {
+    BudgetKey { scope: scope.to_owned(), period: "monthly".to_owned(), period_start_ms: 1_764_547_200_000 }
+}
+
+fn dollars(n: i64) -> Money {
+    Money::from_nanos(n * 1_000_000_000)
+}
+
+async fn ledger(url: &str, schema: &str, replica: &str) -> SharedLedger {
+    SharedLedger::connect(url, schema, replica, Duration::from_secs(5)).await.expect("connects and migrates")
+}
+
+#[test]
+fn a_schema_name_is_an_identifier() {
+    assert!(identifier("modelfleet").is_ok());
+    assert!(identifier("t_1").is_ok());
+    for bad in ["", "1abc", "Upper", "a-b", "a;drop table x", &"a".repeat(64)] {
+        assert!(matches!(identifier(bad), Err(ClusterError::Invalid(_))), "{bad:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_holding_at_once_never_pass_the_limit() {
+    let Some(url) = postgres_url() else { return };
+    let schema = fresh_schema("limit");
+    // Three replicas, each its own pool, connecting (and migrating) at once.
+    let (a, b, c) = tokio::join!(ledger(&url, &schema, "a"), ledger(&url, &schema, "b"), ledger(&url, &schema, "c"));
+    let replicas = [a, b, c];
+    let budget = key("global");
+    replicas[0].define(&budget, dollars(50)).await.unwrap();
+    let mut tasks = JoinSet::new();
+    for i in 0..300 {
+        let ledger = replicas[i % 3].clone();
+        let keys = vec![budget.clone()];
+        tasks.spawn(async move { ledger.hold(&keys, dollars(1), Duration::from_mins(1)).await });
+    }
+    let mut granted = Vec::new();
+    while let Some(outcome) = tasks.join_next().await {
+        match outcome.unwrap() {
+            Ok(hold) => granted.push(hold),
+            Err(HoldRefused::Exceeded { row, .. }) => {
+                assert!(row.spent.nanos() + row.held.nanos() <= dollars(50).nanos());
+            }
+            Err(other) => panic!("{other}"),
+        }
+    }
+    assert_eq!(granted.len(), 50, "exactly what the budget allows, across replicas");
+    let row = replicas[1].status(&budget).await.unwrap().unwrap();
+    assert_eq!((row.spent, row.held), (Money::ZERO, dollars(50)));
+    // Settled at their actual cost: the ledger is the sum of the charges, exactly.
+    let actual = Money::from_nanos(987_654_321);
+    for (i, hold) in granted.iter().enumerate() {
+        replicas[i % 3].settle(hold, actual).await.unwrap();
+    }
+    let row = replicas[2].status(&budget).await.unwrap().unwrap();
+    assert_eq!((row.spent.nanos(), row.held), (actual.nanos() * 50, Money::ZERO));
+    drop_schema(&url, &schema).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hold_on_several_budgets_is_all_or_nothing() {
+    let Some(url) = postgres_url() else { return };
+    let schema = fresh_schema("atomic");
+    let ledger = ledger(&url, &schema, "a").await;
+    let (global, provider) = (key("global"), key("provider:openai"));
+    ledger.define(&global, dollars(10)).await.unwrap();
+    ledger.define(&provider, dollars(3)).await.unwrap();
+    let both = [provider.clone(), global.clone()];
+    let mut granted = 0;
+    for _ in 0..6 {
+        match ledger.hold(&both, dollars(1), Duration::from_mins(1)).await {
+            Ok(_) => granted += 1,
+            Err(HoldRefused::Exceeded { key, .. }) => assert_eq!(key, provider, "the tighter budget refuses"),
+            Err(other) => panic!("{other}"),
+        }
+    }
+    assert_eq!(granted, 3);
+    let row = ledger.status(&global).await.unwrap().unwrap();
+    assert_eq!(row.held, dollars(3), "nothing stays held on the budget that had room");
+    // A zero hold passes even an exhausted budget; an unknown budget is named.
+    assert_eq!(ledger.hold(&both, Money::ZERO, Duration::from_mins(1)).await.unwrap().amount(), Money::ZERO);
+    let unknown = ledger.hold(&[key("model:x")], dollars(1), Duration::from_mins(1)).await.unwrap_err();
+    assert!(matches!(unknown, HoldRefused::Undefined(ref k) if k.scope == "model:x"), "{unknown}");
+    drop_schema(&url, &schema).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_replicas_holds_expire_and_nothing_is_counted_twice() {
+    let Some(url) = postgres_url() else { return };
+    let schema = fresh_schema("expiry");
+    let ledger = ledger(&url, &schema, "a").await;
+    let budget = key("global");
+    ledger.define(&budget, dollars(5)).await.unwrap();
+    let lost = ledger.hold(std::slice::from_ref(&budget), dollars(4), Duration::from_millis(1)).await.unwrap();
+    let kept = ledger.hold(std::slice::from_ref(&budget), dollars(1), Duration::from_mins(1)).await.unwrap();
+    assert!(ledger.hold(std::slice::from_ref(&budget), dollars(1), Duration::from_mins(1)).await.is_err(), "full");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(ledger.sweep().await.unwrap(), 1, "only the expired hold");
+    let row = ledger.status(&budget).await.unwrap().unwrap();
+    assert_eq!(row.held, dollars(1));
+    // The swept hold's answer arrives after all: charged, nothing released twice.
+    ledger.settle(&lost, dollars(2)).await.unwrap();
+    ledger.settle(&lost, dollars(2)).await.unwrap();
+    ledger.settle(&kept, dollars(1)).await.unwrap();
+    ledger.settle(&kept, dollars(1)).await.unwrap();
+    let row = ledger.status(&budget).await.unwrap().unwrap();
+    assert_eq!((row.spent, row.held), (dollars(3), Money::ZERO));
+    assert_eq!(ledger.sweep().await.unwrap(), 0);
+    drop_schema(&url, &schema).await;
+}
+
+/// A loopback TCP proxy the test owns: cut, every connection through it
+/// drops and new ones are refused; restored, it forwards again.
+struct Proxy {
+    addr: SocketAddr,
+    target: SocketAddr,
+    tasks: Arc<std::sync::Mutex<JoinSet<()>>>,
+}
+
+impl Proxy {
+    async fn start(target: SocketAddr) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let proxy = Proxy { addr, target, tasks: Arc::default() };
+        proxy.serve(listener);
+        proxy
+    }
+
+    fn serve(&self, listener: TcpListener) {
+        let (target, tasks) = (self.target, Arc::clone(&self.tasks));
+        let accept = async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await else { continue };
+                tasks.lock().unwrap().spawn(async move {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                });
+            }
+        };
+        self.tasks.lock().unwrap().spawn(accept);
+    }
+
+    fn cut(&self) {
+        self.tasks.lock().unwrap().abort_all();
+    }
+
+    async fn restore(&self) {
+        let listener = TcpListener::bind(self.addr).await.unwrap();
+        self.serve(listener);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_store_fails_closed_and_recovers() {
+    let Some(url) = postgres_url() else { return };
+    let schema = fresh_schema("closed");
+    let mut config: tokio_postgres::Config = url.parse().unwrap();
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    let proxy = Proxy::start(SocketAddr::from(([127, 0, 0, 1], port))).await;
+    config.host("127.0.0.1").port(proxy.addr.port());
+    let through = format!(
+        "postgres://{}@127.0.0.1:{}/{}",
+        config.get_user().unwrap_or("postgres"),
+        proxy.addr.port(),
+        config.get_dbname().unwrap_or("test")
+    );
+    let ledger = SharedLedger::connect(&through, &schema, "a", Duration::from_millis(1_500)).await.unwrap();
+    let budget = key("global");
+    ledger.define(&budget, dollars(5)).await.unwrap();
+    let hold = ledger.hold(std::slice::from_ref(&budget), dollars(1), Duration::from_mins(1)).await.unwrap();
+
+    proxy.cut();
+    let started = std::time::Instant::now();
+    let refused = ledger.hold(std::slice::from_ref(&budget), dollars(1), Duration::from_mins(1)).await.unwrap_err();
+    assert!(matches!(refused, HoldRefused::Store(ClusterError::Unavailable(_))), "{refused}");
+    assert!(started.elapsed() < Duration::from_secs(10), "within the timeout, not a hang");
+    assert!(matches!(ledger.settle(&hold, dollars(1)).await, Err(ClusterError::Unavailable(_))));
+
+    proxy.restore().await;
+    let mut recovered = None;
+    for _ in 0..50 {
+        if let Ok(hold) = ledger.hold(std::slice::from_ref(&budget), dollars(1), Duration::from_mins(1)).await {
+            recovered = Some(hold);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let again = recovered.expect("holds again once the store is back");
+    ledger.settle(&hold, dollars(1)).await.unwrap();
+    ledger.settle(&again, dollars(1)).await.unwrap();
+    let row = ledger.status(&budget).await.unwrap().unwrap();
+    assert_eq!((row.spent, row.held), (dollars(2), Money::ZERO));
+    proxy.cut();
+    drop_schema(&url, &schema).await;
+}
