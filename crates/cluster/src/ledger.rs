@@ -316,6 +316,29 @@ impl SharedLedger {
         .await
     }
 
+    /// Extends `hold` to `ttl` from now (the database's clock), for a call
+    /// that outlives its hold (a long stream): false when the hold is no
+    /// longer held (settled, or already swept: its room was returned).
+    pub async fn renew(&self, hold: &Hold, ttl: Duration) -> Result<bool, ClusterError> {
+        let Some(id) = hold.id else { return Ok(true) };
+        let s = &self.schema;
+        self.within(async {
+            let client = self.client().await?;
+            let renewed = client
+                .execute(
+                    &format!(
+                        "UPDATE {s}.budget_holds SET expires_at = now() + make_interval(secs => $2)
+                         WHERE id = $1 AND state = 'held'"
+                    ),
+                    &[&id, &ttl.as_secs_f64()],
+                )
+                .await
+                .map_err(|e| unavailable(&e))?;
+            Ok(renewed == 1)
+        })
+        .await
+    }
+
     /// Returns the expired holds (of any replica) to their budgets; how many
     /// there were. Settled and swept holds older than a day are forgotten.
     pub async fn sweep(&self) -> Result<u64, ClusterError> {

@@ -166,6 +166,18 @@ async fn a_dead_replicas_holds_expire_and_nothing_is_counted_twice() {
     let row = ledger.status(&budget).await.unwrap().unwrap();
     assert_eq!((row.spent, row.held), (dollars(3), Money::ZERO));
     assert_eq!(ledger.sweep().await.unwrap(), 0);
+    // A long call renews its hold: renewed past its first expiry, it is not
+    // swept; let lapse, it is; and a swept or settled hold cannot be
+    // renewed (its room went back). Sleeps only ever outlast expiries.
+    let long = ledger.hold(std::slice::from_ref(&budget), dollars(1), Duration::from_millis(200)).await.unwrap();
+    assert!(ledger.renew(&long, Duration::from_mins(1)).await.unwrap());
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(ledger.sweep().await.unwrap(), 0, "renewed");
+    assert!(ledger.renew(&long, Duration::from_millis(1)).await.unwrap());
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(ledger.sweep().await.unwrap(), 1);
+    assert!(!ledger.renew(&long, Duration::from_mins(1)).await.unwrap(), "swept: its room is gone");
+    assert!(!ledger.renew(&kept, Duration::from_mins(1)).await.unwrap(), "settled");
     drop_schema(&url, &schema).await;
 }
 
