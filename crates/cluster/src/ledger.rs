@@ -9,6 +9,9 @@ use tokio_postgres::{NoTls, Transaction};
 
 use crate::{ClusterError, schema};
 
+/// Expired holds one sweep transaction ends at most.
+pub const SWEEP_BATCH: u64 = 1_000;
+
 /// One budget's period, as every replica names it: its scope and period
 /// (as the budget crate writes them: `provider:openai`, `monthly`) and the
 /// period's start (Unix ms; 0 for a budget that never resets).
@@ -108,9 +111,17 @@ impl std::fmt::Debug for SharedLedger {
     }
 }
 
-fn unavailable(err: &tokio_postgres::Error) -> ClusterError {
+/// A PostgreSQL error as the caller must take it: the server refusing a
+/// statement for its data (a constraint, an overflow) is `Invalid`, and
+/// anything else (the connection, a timeout, a lock given up, a deadlock's
+/// victim) is `Unavailable`, on which a hard budget refuses.
+pub(crate) fn unavailable(err: &tokio_postgres::Error) -> ClusterError {
+    use tokio_postgres::error::SqlState;
     // The server's message names no secret; the connection string is never in it.
-    ClusterError::Unavailable(err.to_string())
+    let data = err.code().is_some_and(|code| {
+        code.code().starts_with("22") || code.code().starts_with("23") || *code == SqlState::UNDEFINED_TABLE
+    });
+    if data { ClusterError::Invalid(err.to_string()) } else { ClusterError::Unavailable(err.to_string()) }
 }
 
 impl SharedLedger {
@@ -118,20 +129,47 @@ impl SharedLedger {
     /// migrates `schema`, and names this replica's holds `replica`. Every
     /// later call fails with [`ClusterError::Unavailable`] past `timeout`.
     pub async fn connect(url: &str, schema: &str, replica: &str, timeout: Duration) -> Result<Self, ClusterError> {
+        Self::connect_with(url, schema, replica, timeout, 16).await
+    }
+
+    /// [`SharedLedger::connect`] with at most `connections` connections.
+    ///
+    /// Every session is bounded on the server too, so a replica cut off in
+    /// the middle of a transaction cannot keep a budget's row locked: its
+    /// statements, its lock waits and its idle transactions end after the
+    /// timeout (`statement_timeout`, `lock_timeout`,
+    /// `idle_in_transaction_session_timeout`), and a silent network is
+    /// noticed within it (TCP keepalives and `tcp_user_timeout`).
+    pub async fn connect_with(
+        url: &str,
+        schema: &str,
+        replica: &str,
+        timeout: Duration,
+        connections: usize,
+    ) -> Result<Self, ClusterError> {
         let schema = schema::identifier(schema)?.to_owned();
         let mut config: tokio_postgres::Config =
             url.parse().map_err(|e| ClusterError::Invalid(format!("postgres_url: {e}")))?;
-        config.connect_timeout(timeout);
+        let ms = timeout.as_millis().max(1);
+        config
+            .connect_timeout(timeout)
+            .keepalives(true)
+            .keepalives_idle(timeout.max(Duration::from_secs(1)))
+            .tcp_user_timeout(timeout)
+            .options(format!(
+                "-c statement_timeout={ms} -c lock_timeout={ms} -c idle_in_transaction_session_timeout={ms} \
+                 -c default_transaction_isolation=read\\ committed"
+            ));
         let manager = Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
         let pool = Pool::builder(manager)
-            .max_size(16)
+            .max_size(connections.max(1))
             .build()
             .map_err(|e| ClusterError::Invalid(format!("postgres pool: {e}")))?;
         let ledger = SharedLedger { pool, schema, timeout, replica: replica.to_owned() };
         ledger
             .within(async {
                 let mut client = ledger.client().await?;
-                schema::migrate(&mut client, &ledger.schema).await.map_err(|e| unavailable(&e))
+                schema::migrate(&mut client, &ledger.schema).await
             })
             .await?;
         Ok(ledger)
@@ -178,16 +216,21 @@ impl SharedLedger {
         let mut keys = keys.to_vec();
         keys.sort();
         keys.dedup();
-        if amount <= Money::ZERO || keys.is_empty() {
+        if keys.is_empty() {
             return Ok(Hold { id: None, keys, amount: Money::ZERO });
         }
+        // A zero (or negative) amount holds nothing but still gets a row, so
+        // that its settlement is counted once like any other.
+        let amount = amount.max(Money::ZERO);
         let outcome = tokio::time::timeout(self.timeout, async {
             let mut client = self.client().await?;
             let tx = client.transaction().await.map_err(|e| unavailable(&e))?;
-            for key in &keys {
-                if let Some(refused) = self.raise(&tx, key, amount).await? {
-                    // Dropping the transaction rolls back what was raised.
-                    return Ok(Err(refused));
+            if amount > Money::ZERO {
+                for key in &keys {
+                    if let Some(refused) = self.raise(&tx, key, amount).await? {
+                        // Dropping the transaction rolls back what was raised.
+                        return Ok(Err(refused));
+                    }
                 }
             }
             let s = &self.schema;
@@ -239,7 +282,7 @@ impl SharedLedger {
                 &format!(
                     "UPDATE {s}.budget_periods SET held_nanos = held_nanos + $4
                      WHERE scope = $1 AND period = $2 AND period_start = $3
-                       AND spent_nanos + held_nanos + $4 <= limit_nanos
+                       AND spent_nanos::numeric + held_nanos + $4::bigint <= limit_nanos
                      RETURNING 1"
                 ),
                 &[&key.scope, &key.period, &key.start(), &amount.nanos()],
@@ -274,39 +317,46 @@ impl SharedLedger {
     }
 
     /// Settles `hold`: `actual` is spent on its budgets (in full, even above
-    /// the hold) and what it held is released. Once: settling again, or a
-    /// hold that expired and was swept, releases nothing more (a swept hold
-    /// is still charged its actual cost).
+    /// the hold) and what it held is released. Once: settling again changes
+    /// nothing. A hold that expired was charged in full when it was swept
+    /// (its replica may have died after the provider billed it); settled
+    /// late, that charge is corrected to `actual`.
     pub async fn settle(&self, hold: &Hold, actual: Money) -> Result<(), ClusterError> {
+        if actual < Money::ZERO {
+            return Err(ClusterError::Invalid(format!("a settlement of ${actual}: money spent is never negative")));
+        }
+        let Some(id) = hold.id else { return Ok(()) };
         let s = &self.schema;
         self.within(async {
             let mut client = self.client().await?;
             let tx = client.transaction().await.map_err(|e| unavailable(&e))?;
-            let released = match hold.id {
-                None => Some(0),
-                Some(id) => tx
-                    .query_opt(
-                        &format!(
-                            "WITH old AS (SELECT state, amount_nanos FROM {s}.budget_holds WHERE id = $1 FOR UPDATE)
-                             UPDATE {s}.budget_holds h SET state = 'settled' FROM old
-                             WHERE h.id = $1 AND old.state <> 'settled'
-                             RETURNING CASE WHEN old.state = 'held' THEN old.amount_nanos ELSE 0 END"
-                        ),
-                        &[&id],
-                    )
-                    .await
-                    .map_err(|e| unavailable(&e))?
-                    .map(|row| row.get::<_, i64>(0)),
+            let before = tx
+                .query_opt(
+                    &format!("SELECT state, amount_nanos FROM {s}.budget_holds WHERE id = $1 FOR UPDATE"),
+                    &[&id],
+                )
+                .await
+                .map_err(|e| unavailable(&e))?
+                .ok_or_else(|| {
+                    ClusterError::Invalid(format!("hold {id} is unknown (never made, or long forgotten)"))
+                })?;
+            let (state, amount): (String, i64) = (before.get(0), before.get(1));
+            // (spent, held) changes on each of its budgets.
+            let (spent, released) = match state.as_str() {
+                "held" => (actual.nanos(), amount),
+                "swept" => (actual.nanos() - amount, 0),
+                _ => return Ok(()),
             };
-            // None: settled before; nothing to do.
-            let Some(released) = released else { return Ok(()) };
+            tx.execute(&format!("UPDATE {s}.budget_holds SET state = 'settled' WHERE id = $1"), &[&id])
+                .await
+                .map_err(|e| unavailable(&e))?;
             for key in &hold.keys {
                 tx.execute(
                     &format!(
                         "UPDATE {s}.budget_periods SET spent_nanos = spent_nanos + $4, held_nanos = held_nanos - $5
                          WHERE scope = $1 AND period = $2 AND period_start = $3"
                     ),
-                    &[&key.scope, &key.period, &key.start(), &actual.nanos(), &released],
+                    &[&key.scope, &key.period, &key.start(), &spent, &released],
                 )
                 .await
                 .map_err(|e| unavailable(&e))?;
@@ -339,48 +389,83 @@ impl SharedLedger {
         .await
     }
 
-    /// Returns the expired holds (of any replica) to their budgets; how many
-    /// there were. Settled and swept holds older than a day are forgotten.
+    /// Ends the expired holds of any replica: each is charged in full
+    /// (moved from held to spent), for its replica may have died after the
+    /// provider billed the call; a late settlement corrects it. Returns how
+    /// many there were. Works in batches of [`SWEEP_BATCH`], each its own
+    /// transaction, locking budgets in the order holds do (no deadlock) and
+    /// skipping holds being settled. Settled holds are forgotten after a
+    /// day, swept ones after a week.
     pub async fn sweep(&self) -> Result<u64, ClusterError> {
+        let mut total = 0;
+        loop {
+            let swept = self.sweep_batch().await?;
+            total += swept;
+            if swept < SWEEP_BATCH {
+                return Ok(total);
+            }
+        }
+    }
+
+    async fn sweep_batch(&self) -> Result<u64, ClusterError> {
         let s = &self.schema;
         self.within(async {
             let mut client = self.client().await?;
             let tx = client.transaction().await.map_err(|e| unavailable(&e))?;
-            let expired = tx
+            let limit = i64::try_from(SWEEP_BATCH).unwrap_or(i64::MAX);
+            let swept = tx
                 .query(
                     &format!(
-                        "UPDATE {s}.budget_holds SET state = 'swept'
-                         WHERE state = 'held' AND expires_at < now()
-                         RETURNING id, amount_nanos"
+                        "WITH expired AS (
+                             SELECT id FROM {s}.budget_holds WHERE state = 'held' AND expires_at < now()
+                             ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED
+                         )
+                         UPDATE {s}.budget_holds h SET state = 'swept' FROM expired e WHERE h.id = e.id
+                         RETURNING h.id"
                     ),
-                    &[],
+                    &[&limit],
                 )
                 .await
                 .map_err(|e| unavailable(&e))?;
-            for row in &expired {
-                let (id, amount): (i64, i64) = (row.get(0), row.get(1));
+            let ids: Vec<i64> = swept.iter().map(|row| row.get(0)).collect();
+            let sums = tx
+                .query(
+                    &format!(
+                        "SELECT k.scope, k.period, k.period_start, sum(h.amount_nanos)::bigint
+                         FROM {s}.budget_hold_keys k JOIN {s}.budget_holds h ON h.id = k.hold_id
+                         WHERE k.hold_id = ANY($1)
+                         GROUP BY k.scope, k.period, k.period_start
+                         ORDER BY k.scope, k.period, k.period_start"
+                    ),
+                    &[&ids],
+                )
+                .await
+                .map_err(|e| unavailable(&e))?;
+            for row in &sums {
+                let (scope, period, start, amount): (String, String, i64, i64) =
+                    (row.get(0), row.get(1), row.get(2), row.get(3));
                 tx.execute(
                     &format!(
-                        "UPDATE {s}.budget_periods p SET held_nanos = p.held_nanos - $2
-                         FROM {s}.budget_hold_keys k
-                         WHERE k.hold_id = $1 AND p.scope = k.scope AND p.period = k.period
-                           AND p.period_start = k.period_start"
+                        "UPDATE {s}.budget_periods SET held_nanos = held_nanos - $4, spent_nanos = spent_nanos + $4
+                         WHERE scope = $1 AND period = $2 AND period_start = $3"
                     ),
-                    &[&id, &amount],
+                    &[&scope, &period, &start, &amount],
                 )
                 .await
                 .map_err(|e| unavailable(&e))?;
             }
             tx.execute(
                 &format!(
-                    "DELETE FROM {s}.budget_holds WHERE state <> 'held' AND created_at < now() - interval '1 day'"
+                    "DELETE FROM {s}.budget_holds
+                     WHERE (state = 'settled' AND created_at < now() - interval '1 day')
+                        OR (state = 'swept' AND created_at < now() - interval '7 days')"
                 ),
                 &[],
             )
             .await
             .map_err(|e| unavailable(&e))?;
             tx.commit().await.map_err(|e| unavailable(&e))?;
-            Ok(u64::try_from(expired.len()).unwrap_or(u64::MAX))
+            Ok(u64::try_from(ids.len()).unwrap_or(u64::MAX))
         })
         .await
     }

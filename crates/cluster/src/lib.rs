@@ -22,19 +22,25 @@
 //! after the hold expired, never counts twice.
 //!
 //! **A replica that dies** leaves its holds behind: each has an expiry
-//! (the database's clock, so replicas' clocks do not matter), and
-//! [`SharedLedger::sweep`] (run by every replica now and then) returns
-//! the expired ones to their budgets. What such a replica had acknowledged
-//! was settled before it answered, so no acknowledged spend is lost.
+//! (the database's clock, so replicas' clocks do not matter;
+//! [`SharedLedger::renew`] keeps a long call's), and
+//! [`SharedLedger::sweep`] (run by every replica now and then) ends the
+//! expired ones by charging them in full, since the provider may have
+//! billed the calls they covered; a settlement that arrives after all
+//! corrects the charge to the actual cost. A hold whose commit's reply was
+//! lost (a timeout, a dropped future) stays held until it expires: bounded
+//! by its time to live.
 //!
 //! **When PostgreSQL is unreachable**, every call fails within its timeout
 //! with [`ClusterError::Unavailable`]: a hard budget then refuses (fails
-//! closed) instead of guessing.
+//! closed) instead of guessing. The server bounds each session too
+//! (statements, lock waits, idle transactions), so a replica cut off
+//! mid-transaction cannot keep a budget's row locked.
 
 mod ledger;
 mod schema;
 
-pub use ledger::{BudgetKey, Hold, HoldRefused, PeriodRow, SharedLedger};
+pub use ledger::{BudgetKey, Hold, HoldRefused, PeriodRow, SWEEP_BATCH, SharedLedger};
 
 /// What went wrong talking to the shared stores.
 #[derive(Debug, thiserror::Error)]

@@ -25,7 +25,7 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE TABLE {s}.budget_holds (
         id BIGSERIAL PRIMARY KEY,
-        amount_nanos BIGINT NOT NULL CHECK (amount_nanos > 0),
+        amount_nanos BIGINT NOT NULL CHECK (amount_nanos >= 0),
         replica TEXT NOT NULL,
         state TEXT NOT NULL DEFAULT 'held' CHECK (state IN ('held', 'swept', 'settled')),
         expires_at TIMESTAMPTZ NOT NULL,
@@ -55,8 +55,29 @@ pub(crate) fn identifier(name: &str) -> Result<&str, ClusterError> {
     }
 }
 
-/// Creates `schema` and runs the migrations it has not run yet.
-pub(crate) async fn migrate(client: &mut Client, schema: &str) -> Result<(), tokio_postgres::Error> {
+/// Creates `schema` and runs the migrations it has not run yet; refuses a
+/// schema a newer version migrated further than this one knows.
+pub(crate) async fn migrate(client: &mut Client, schema: &str) -> Result<(), ClusterError> {
+    run(client, schema).await.map_err(|e| match e {
+        Migration::Postgres(e) => crate::ledger::unavailable(&e),
+        Migration::Newer { found, known } => ClusterError::Invalid(format!(
+            "schema {schema} is at version {found}, newer than the {known} this modelfleet knows: upgrade it"
+        )),
+    })
+}
+
+enum Migration {
+    Postgres(tokio_postgres::Error),
+    Newer { found: usize, known: usize },
+}
+
+impl From<tokio_postgres::Error> for Migration {
+    fn from(e: tokio_postgres::Error) -> Self {
+        Migration::Postgres(e)
+    }
+}
+
+async fn run(client: &mut Client, schema: &str) -> Result<(), Migration> {
     let tx = client.transaction().await?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK]).await?;
     tx.batch_execute(&format!(
@@ -68,10 +89,14 @@ pub(crate) async fn migrate(client: &mut Client, schema: &str) -> Result<(), tok
     .await?;
     let row = tx.query_one(&format!("SELECT version FROM {schema}.schema_version"), &[]).await?;
     let done = usize::try_from(row.get::<_, i32>(0)).unwrap_or(0);
+    if done > MIGRATIONS.len() {
+        // A newer modelfleet migrated this schema: this one would misread it.
+        return Err(Migration::Newer { found: done, known: MIGRATIONS.len() });
+    }
     for (i, migration) in MIGRATIONS.iter().enumerate().skip(done) {
         tx.batch_execute(&migration.replace("{s}", schema)).await?;
         let version = i32::try_from(i + 1).unwrap_or(i32::MAX);
         tx.execute(&format!("UPDATE {schema}.schema_version SET version = $1"), &[&version]).await?;
     }
-    tx.commit().await
+    Ok(tx.commit().await?)
 }

@@ -51,11 +51,36 @@ fn fresh_schema(test: &str) -> String {
     format!("t_{test}_{}_{nanos}_{}", std::process::id(), SCHEMAS.fetch_add(1, Ordering::Relaxed))
 }
 
-/// Drops the test's schema.
-async fn drop_schema(url: &str, schema: &str) {
-    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.expect("connects");
-    tokio::spawn(connection);
-    client.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE")).await.expect("drops");
+/// The test's schema, dropped when the test ends, passed or failed.
+struct Schema {
+    url: String,
+    name: String,
+}
+
+impl Schema {
+    fn new(url: &str, test: &str) -> Schema {
+        Schema { url: url.to_owned(), name: fresh_schema(test) }
+    }
+}
+
+impl Drop for Schema {
+    fn drop(&mut self) {
+        let (url, name) = (self.url.clone(), self.name.clone());
+        // A runtime of its own: the test's may be gone (or be this thread's).
+        let dropped = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            runtime.block_on(async {
+                let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
+                tokio::spawn(connection);
+                client.batch_execute(&format!("DROP SCHEMA IF EXISTS {name} CASCADE")).await
+            })?;
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
+        })
+        .join();
+        if !matches!(dropped, Ok(Ok(()))) {
+            eprintln!("could not drop the test schema {}", self.name);
+        }
+    }
 }
 
 fn key(scope: &str) -> BudgetKey {
@@ -66,8 +91,12 @@ fn dollars(n: i64) -> Money {
     Money::from_nanos(n * 1_000_000_000)
 }
 
-async fn ledger(url: &str, schema: &str, replica: &str) -> SharedLedger {
-    SharedLedger::connect(url, schema, replica, Duration::from_secs(5)).await.expect("connects and migrates")
+/// A replica's ledger: a small pool (tests run side by side on one server),
+/// and a timeout for correctness, not latency (a loaded CI machine).
+async fn ledger(url: &str, schema: &Schema, replica: &str) -> SharedLedger {
+    SharedLedger::connect_with(url, &schema.name, replica, Duration::from_secs(30), 4)
+        .await
+        .expect("connects and migrates")
 }
 
 #[test]
@@ -82,7 +111,7 @@ fn a_schema_name_is_an_identifier() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_holding_at_once_never_pass_the_limit() {
     let Some(url) = postgres_url() else { return };
-    let schema = fresh_schema("limit");
+    let schema = Schema::new(&url, "limit");
     // Three replicas, each its own pool, connecting (and migrating) at once.
     let (a, b, c) = tokio::join!(ledger(&url, &schema, "a"), ledger(&url, &schema, "b"), ledger(&url, &schema, "c"));
     let replicas = [a, b, c];
@@ -114,13 +143,12 @@ async fn replicas_holding_at_once_never_pass_the_limit() {
     }
     let row = replicas[2].status(&budget).await.unwrap().unwrap();
     assert_eq!((row.spent.nanos(), row.held), (actual.nanos() * 50, Money::ZERO));
-    drop_schema(&url, &schema).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hold_on_several_budgets_is_all_or_nothing() {
     let Some(url) = postgres_url() else { return };
-    let schema = fresh_schema("atomic");
+    let schema = Schema::new(&url, "atomic");
     let ledger = ledger(&url, &schema, "a").await;
     let (global, provider) = (key("global"), key("provider:openai"));
     ledger.define(&global, dollars(10)).await.unwrap();
@@ -137,28 +165,33 @@ async fn a_hold_on_several_budgets_is_all_or_nothing() {
     assert_eq!(granted, 3);
     let row = ledger.status(&global).await.unwrap().unwrap();
     assert_eq!(row.held, dollars(3), "nothing stays held on the budget that had room");
+    // An amount past any sum is refused as too much, not as a broken store.
+    let huge = ledger.hold(&both, Money::from_nanos(i64::MAX), Duration::from_mins(1)).await.unwrap_err();
+    assert!(matches!(huge, HoldRefused::Exceeded { .. }), "{huge}");
     // A zero hold passes even an exhausted budget; an unknown budget is named.
     assert_eq!(ledger.hold(&both, Money::ZERO, Duration::from_mins(1)).await.unwrap().amount(), Money::ZERO);
     let unknown = ledger.hold(&[key("model:x")], dollars(1), Duration::from_mins(1)).await.unwrap_err();
     assert!(matches!(unknown, HoldRefused::Undefined(ref k) if k.scope == "model:x"), "{unknown}");
-    drop_schema(&url, &schema).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_replicas_holds_expire_and_nothing_is_counted_twice() {
     let Some(url) = postgres_url() else { return };
-    let schema = fresh_schema("expiry");
+    let schema = Schema::new(&url, "expiry");
     let ledger = ledger(&url, &schema, "a").await;
     let budget = key("global");
     ledger.define(&budget, dollars(5)).await.unwrap();
     let lost = ledger.hold(std::slice::from_ref(&budget), dollars(4), Duration::from_millis(1)).await.unwrap();
     let kept = ledger.hold(std::slice::from_ref(&budget), dollars(1), Duration::from_mins(1)).await.unwrap();
-    assert!(ledger.hold(std::slice::from_ref(&budget), dollars(1), Duration::from_mins(1)).await.is_err(), "full");
+    let full = ledger.hold(std::slice::from_ref(&budget), dollars(1), Duration::from_mins(1)).await;
+    assert!(matches!(full, Err(HoldRefused::Exceeded { .. })), "{full:?}");
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert_eq!(ledger.sweep().await.unwrap(), 1, "only the expired hold");
+    // Charged in full: its replica may have died after the provider billed it.
     let row = ledger.status(&budget).await.unwrap().unwrap();
-    assert_eq!(row.held, dollars(1));
-    // The swept hold's answer arrives after all: charged, nothing released twice.
+    assert_eq!((row.spent, row.held), (dollars(4), dollars(1)));
+    // The swept hold's answer arrives after all: corrected to its actual
+    // cost, once; nothing released twice.
     ledger.settle(&lost, dollars(2)).await.unwrap();
     ledger.settle(&lost, dollars(2)).await.unwrap();
     ledger.settle(&kept, dollars(1)).await.unwrap();
@@ -178,34 +211,45 @@ async fn a_dead_replicas_holds_expire_and_nothing_is_counted_twice() {
     assert_eq!(ledger.sweep().await.unwrap(), 1);
     assert!(!ledger.renew(&long, Duration::from_mins(1)).await.unwrap(), "swept: its room is gone");
     assert!(!ledger.renew(&kept, Duration::from_mins(1)).await.unwrap(), "settled");
-    drop_schema(&url, &schema).await;
+    // A zero hold (a free model under the budget) is settled once too.
+    let free = ledger.hold(std::slice::from_ref(&budget), Money::ZERO, Duration::from_mins(1)).await.unwrap();
+    let spent = ledger.status(&budget).await.unwrap().unwrap().spent;
+    ledger.settle(&free, dollars(1)).await.unwrap();
+    ledger.settle(&free, dollars(1)).await.unwrap();
+    assert_eq!(ledger.status(&budget).await.unwrap().unwrap().spent, spent + dollars(1));
+    assert!(matches!(ledger.settle(&free, Money::from_nanos(-1)).await, Err(ClusterError::Invalid(_))));
 }
 
-/// A loopback TCP proxy the test owns: cut, every connection through it
-/// drops and new ones are refused; restored, it forwards again.
+/// A loopback TCP proxy the test owns. Cut, every connection through it
+/// drops and new ones are refused; stalled, connections stay open but
+/// nothing gets through (a silent network: only timeouts can tell);
+/// restored, it forwards again.
 struct Proxy {
     addr: SocketAddr,
     target: SocketAddr,
     tasks: Arc<std::sync::Mutex<JoinSet<()>>>,
+    stalled: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Proxy {
     async fn start(target: SocketAddr) -> Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let proxy = Proxy { addr, target, tasks: Arc::default() };
+        let proxy = Proxy { addr, target, tasks: Arc::default(), stalled: Arc::default() };
         proxy.serve(listener);
         proxy
     }
 
     fn serve(&self, listener: TcpListener) {
-        let (target, tasks) = (self.target, Arc::clone(&self.tasks));
+        let (target, tasks, stalled) = (self.target, Arc::clone(&self.tasks), Arc::clone(&self.stalled));
         let accept = async move {
-            while let Ok((mut inbound, _)) = listener.accept().await {
-                let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await else { continue };
-                tasks.lock().unwrap().spawn(async move {
-                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-                });
+            while let Ok((inbound, _)) = listener.accept().await {
+                let Ok(outbound) = tokio::net::TcpStream::connect(target).await else { continue };
+                let (in_read, in_write) = inbound.into_split();
+                let (out_read, out_write) = outbound.into_split();
+                let mut tasks = tasks.lock().unwrap();
+                tasks.spawn(forward(in_read, out_write, Arc::clone(&stalled)));
+                tasks.spawn(forward(out_read, in_write, Arc::clone(&stalled)));
             }
         };
         self.tasks.lock().unwrap().spawn(accept);
@@ -215,16 +259,45 @@ impl Proxy {
         self.tasks.lock().unwrap().abort_all();
     }
 
+    fn stall(&self, stalled: bool) {
+        self.stalled.store(stalled, Ordering::SeqCst);
+    }
+
     async fn restore(&self) {
         let listener = TcpListener::bind(self.addr).await.unwrap();
         self.serve(listener);
     }
 }
 
+/// Copies `from` to `to`, holding every byte back while `stalled`.
+async fn forward(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    stalled: Arc<std::sync::atomic::AtomicBool>,
+) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut buffer = vec![0; 16 * 1024];
+    loop {
+        while stalled.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let Ok(n) = from.read(&mut buffer).await else { return };
+        if n == 0 {
+            return;
+        }
+        while stalled.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        if to.write_all(&buffer[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_store_fails_closed_and_recovers() {
     let Some(url) = postgres_url() else { return };
-    let schema = fresh_schema("closed");
+    let schema = Schema::new(&url, "closed");
     let mut config: tokio_postgres::Config = url.parse().unwrap();
     let port = config.get_ports().first().copied().unwrap_or(5432);
     let proxy = Proxy::start(SocketAddr::from(([127, 0, 0, 1], port))).await;
@@ -235,11 +308,22 @@ async fn an_unreachable_store_fails_closed_and_recovers() {
         proxy.addr.port(),
         config.get_dbname().unwrap_or("test")
     );
-    let ledger = SharedLedger::connect(&through, &schema, "a", Duration::from_millis(1_500)).await.unwrap();
+    let timeout = Duration::from_millis(1_500);
+    let ledger = SharedLedger::connect_with(&through, &schema.name, "a", timeout, 2).await.unwrap();
     let budget = key("global");
     ledger.define(&budget, dollars(5)).await.unwrap();
     let hold = ledger.hold(std::slice::from_ref(&budget), dollars(1), Duration::from_mins(1)).await.unwrap();
 
+    // A silent network: the call ends at its timeout, refused.
+    proxy.stall(true);
+    let started = std::time::Instant::now();
+    let silent = ledger.hold(std::slice::from_ref(&budget), dollars(1), Duration::from_mins(1)).await.unwrap_err();
+    assert!(matches!(silent, HoldRefused::Store(ClusterError::Unavailable(_))), "{silent}");
+    let waited = started.elapsed();
+    assert!(waited >= timeout && waited < timeout * 4, "refused at its timeout, not before nor long after: {waited:?}");
+    proxy.stall(false);
+
+    // A dropped connection.
     proxy.cut();
     let started = std::time::Instant::now();
     let refused = ledger.hold(std::slice::from_ref(&budget), dollars(1), Duration::from_mins(1)).await.unwrap_err();
@@ -262,5 +346,4 @@ async fn an_unreachable_store_fails_closed_and_recovers() {
     let row = ledger.status(&budget).await.unwrap().unwrap();
     assert_eq!((row.spent, row.held), (dollars(2), Money::ZERO));
     proxy.cut();
-    drop_schema(&url, &schema).await;
 }
