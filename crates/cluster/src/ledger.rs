@@ -5,7 +5,7 @@ use std::{future::Future, time::Duration};
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use modelfleet_registry::Money;
-use tokio_postgres::{NoTls, Transaction};
+use tokio_postgres::NoTls;
 
 use crate::{ClusterError, schema};
 
@@ -225,41 +225,49 @@ impl SharedLedger {
         let outcome = tokio::time::timeout(self.timeout, async {
             let mut client = self.client().await?;
             let tx = client.transaction().await.map_err(|e| unavailable(&e))?;
+            let s = &self.schema;
+            // The hold's rows first, in one statement, and the budgets'
+            // conditional updates last: a budget's row is locked only from
+            // its update to the commit.
+            let insert = tx
+                .prepare_cached(&format!(
+                    "WITH hold AS (
+                         INSERT INTO {s}.budget_holds (amount_nanos, replica, expires_at)
+                         VALUES ($1, $2, now() + make_interval(secs => $3)) RETURNING id
+                     )
+                     INSERT INTO {s}.budget_hold_keys (hold_id, scope, period, period_start)
+                     SELECT hold.id, k.scope, k.period, k.period_start
+                     FROM hold, unnest($4::text[], $5::text[], $6::bigint[]) AS k(scope, period, period_start)
+                     RETURNING hold_id"
+                ))
+                .await
+                .map_err(|e| unavailable(&e))?;
+            let scopes: Vec<&str> = keys.iter().map(|k| k.scope.as_str()).collect();
+            let periods: Vec<&str> = keys.iter().map(|k| k.period.as_str()).collect();
+            let starts: Vec<i64> = keys.iter().map(BudgetKey::start).collect();
+            let rows = tx
+                .query(&insert, &[&amount.nanos(), &self.replica, &ttl.as_secs_f64(), &scopes, &periods, &starts])
+                .await
+                .map_err(|e| unavailable(&e))?;
+            let id: i64 = rows
+                .first()
+                .map(|row| row.get(0))
+                .ok_or_else(|| ClusterError::Unavailable("the hold's insert returned no row".to_owned()))?;
             if amount > Money::ZERO {
                 for key in &keys {
                     if let Some(refused) = self.raise(&tx, key, amount).await? {
-                        // Dropping the transaction rolls back what was raised.
+                        // Dropping the transaction rolls back the hold and what was raised.
                         return Ok(Err(refused));
                     }
                 }
-            }
-            let s = &self.schema;
-            let row = tx
-                .query_one(
-                    &format!(
-                        "INSERT INTO {s}.budget_holds (amount_nanos, replica, expires_at)
-                         VALUES ($1, $2, now() + make_interval(secs => $3)) RETURNING id"
-                    ),
-                    &[&amount.nanos(), &self.replica, &ttl.as_secs_f64()],
-                )
-                .await
-                .map_err(|e| unavailable(&e))?;
-            let id: i64 = row.get(0);
-            for key in &keys {
-                tx.execute(
-                    &format!(
-                        "INSERT INTO {s}.budget_hold_keys (hold_id, scope, period, period_start) VALUES ($1, $2, $3, $4)"
-                    ),
-                    &[&id, &key.scope, &key.period, &key.start()],
-                )
-                .await
-                .map_err(|e| unavailable(&e))?;
             }
             tx.commit().await.map_err(|e| unavailable(&e))?;
             Ok::<_, ClusterError>(Ok(id))
         })
         .await
-        .unwrap_or_else(|_| Err(ClusterError::Unavailable(format!("no answer within {} ms", self.timeout.as_millis()))));
+        .unwrap_or_else(|_| {
+            Err(ClusterError::Unavailable(format!("no answer within {} ms", self.timeout.as_millis())))
+        });
         match outcome {
             Ok(Ok(id)) => Ok(Hold { id: Some(id), keys, amount }),
             Ok(Err(refused)) => Err(refused),
@@ -271,22 +279,23 @@ impl SharedLedger {
     /// in `tx`; the refusal when it does not.
     async fn raise(
         &self,
-        tx: &Transaction<'_>,
+        tx: &deadpool_postgres::Transaction<'_>,
         key: &BudgetKey,
         amount: Money,
     ) -> Result<Option<HoldRefused>, ClusterError> {
         let s = &self.schema;
         // The check and the raise are one statement under the row's lock.
+        let update = tx
+            .prepare_cached(&format!(
+                "UPDATE {s}.budget_periods SET held_nanos = held_nanos + $4
+                 WHERE scope = $1 AND period = $2 AND period_start = $3
+                   AND spent_nanos::numeric + held_nanos + $4::bigint <= limit_nanos
+                 RETURNING 1"
+            ))
+            .await
+            .map_err(|e| unavailable(&e))?;
         let raised = tx
-            .query_opt(
-                &format!(
-                    "UPDATE {s}.budget_periods SET held_nanos = held_nanos + $4
-                     WHERE scope = $1 AND period = $2 AND period_start = $3
-                       AND spent_nanos::numeric + held_nanos + $4::bigint <= limit_nanos
-                     RETURNING 1"
-                ),
-                &[&key.scope, &key.period, &key.start(), &amount.nanos()],
-            )
+            .query_opt(&update, &[&key.scope, &key.period, &key.start(), &amount.nanos()])
             .await
             .map_err(|e| unavailable(&e))?;
         if raised.is_some() {
