@@ -1,5 +1,6 @@
 //! Cross-crate integration tests: one binary, one module per scenario.
 
+mod cluster;
 mod endpoints;
 mod feedback;
 mod full_stack;

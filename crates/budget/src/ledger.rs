@@ -211,6 +211,19 @@ pub enum Forecast {
     },
 }
 
+/// A hard budget's current period, as [`Budgets::hard_periods`] gives it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HardPeriod {
+    /// What it covers.
+    pub scope: Scope,
+    /// Its period.
+    pub period: Period,
+    /// The current period's start, Unix ms (0 for a lifetime budget).
+    pub period_start_ms: u64,
+    /// Its limit.
+    pub limit: Money,
+}
+
 /// A budget now.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Status {
@@ -715,6 +728,43 @@ impl Budgets {
             held,
             settled: false,
         })
+    }
+
+    /// Every hard budget's current period (for a ledger shared by several
+    /// processes to take this one's limits).
+    #[must_use]
+    pub fn all_hard_periods(&self) -> Vec<HardPeriod> {
+        let (ledger, _) = self.current();
+        ledger
+            .budgets
+            .iter()
+            .filter(|b| b.is_hard())
+            .map(|b| HardPeriod {
+                scope: b.spec.scope.clone(),
+                period: b.spec.period,
+                period_start_ms: b.start_ms,
+                limit: b.spec.limit,
+            })
+            .collect()
+    }
+
+    /// The hard budgets that would pay for `charge` now, each with its
+    /// current period's start and its limit: what a ledger shared by
+    /// several processes must hold too.
+    #[must_use]
+    pub fn hard_periods(&self, charge: &Charge<'_>) -> Vec<HardPeriod> {
+        let (ledger, _) = self.current();
+        ledger
+            .budgets
+            .iter()
+            .filter(|b| b.is_hard() && b.spec.scope.covers(charge))
+            .map(|b| HardPeriod {
+                scope: b.spec.scope.clone(),
+                period: b.spec.period,
+                period_start_ms: b.start_ms,
+                limit: b.spec.limit,
+            })
+            .collect()
     }
 
     /// Records spend that had no reservation (never refused: the money is

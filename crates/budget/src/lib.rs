@@ -97,8 +97,8 @@ mod period;
 
 pub use crate::{
     ledger::{
-        Alert, BudgetSpec, Budgets, Charge, Charged, Enforcement, Exceeded, Forecast, Headroom, LedgerConfig,
-        PeriodRecord, Reservation, Room, Scope, Settled, Status,
+        Alert, BudgetSpec, Budgets, Charge, Charged, Enforcement, Exceeded, Forecast, HardPeriod, Headroom,
+        LedgerConfig, PeriodRecord, Reservation, Room, Scope, Settled, Status,
     },
     parse::ParseError,
     period::{Period, rfc3339},

@@ -479,6 +479,27 @@ impl SharedLedger {
         .await
     }
 
+    /// Zeroes `key`'s spend this period (an administrator's reset); its
+    /// holds stay. False when the ledger does not have it.
+    pub async fn reset(&self, key: &BudgetKey) -> Result<bool, ClusterError> {
+        let s = &self.schema;
+        self.within(async {
+            let client = self.client().await?;
+            let reset = client
+                .execute(
+                    &format!(
+                        "UPDATE {s}.budget_periods SET spent_nanos = 0
+                         WHERE scope = $1 AND period = $2 AND period_start = $3"
+                    ),
+                    &[&key.scope, &key.period, &key.start()],
+                )
+                .await
+                .map_err(|e| unavailable(&e))?;
+            Ok(reset == 1)
+        })
+        .await
+    }
+
     /// `key`'s money now, if the ledger has it.
     pub async fn status(&self, key: &BudgetKey) -> Result<Option<PeriodRow>, ClusterError> {
         let s = &self.schema;

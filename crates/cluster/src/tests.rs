@@ -165,6 +165,13 @@ async fn a_hold_on_several_budgets_is_all_or_nothing() {
     assert_eq!(granted, 3);
     let row = ledger.status(&global).await.unwrap().unwrap();
     assert_eq!(row.held, dollars(3), "nothing stays held on the budget that had room");
+    // An administrator's reset zeroes the spend, not the holds.
+    let spent = ledger.hold(std::slice::from_ref(&global), dollars(1), Duration::from_mins(1)).await.unwrap();
+    ledger.settle(&spent, dollars(1)).await.unwrap();
+    assert!(ledger.reset(&global).await.unwrap());
+    let row = ledger.status(&global).await.unwrap().unwrap();
+    assert_eq!((row.spent, row.held), (Money::ZERO, dollars(3)));
+    assert!(!ledger.reset(&key("model:none")).await.unwrap());
     // An amount past any sum is refused as too much, not as a broken store.
     let huge = ledger.hold(&both, Money::from_nanos(i64::MAX), Duration::from_mins(1)).await.unwrap_err();
     assert!(matches!(huge, HoldRefused::Exceeded { .. }), "{huge}");

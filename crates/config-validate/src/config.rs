@@ -263,6 +263,38 @@ pub struct Route {
     pub hedge: Option<HedgeAfter>,
 }
 
+/// `[cluster]`: gateway replicas sharing hard budgets through PostgreSQL.
+#[derive(Clone, PartialEq, Serialize)]
+pub struct ClusterSettings {
+    /// The PostgreSQL URL, read from `postgres_url`, or from the environment
+    /// variable `postgres_url_env` names (a URL with a password belongs
+    /// there). Never printed.
+    #[serde(skip)]
+    pub postgres_url: String,
+    /// The schema every shared table lives in.
+    pub schema: String,
+    /// This replica's name on its holds (default: the host's name and the
+    /// process id, at start).
+    pub replica: Option<String>,
+    /// The longest a call to the shared store may take before a hard
+    /// budget refuses (fails closed), ms.
+    pub timeout_ms: u64,
+    /// How long a hold lives unless settled (a dead replica's then ends), ms.
+    pub hold_ttl_ms: u64,
+}
+
+impl std::fmt::Debug for ClusterSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterSettings")
+            .field("postgres_url", &"<redacted>")
+            .field("schema", &self.schema)
+            .field("replica", &self.replica)
+            .field("timeout_ms", &self.timeout_ms)
+            .field("hold_ttl_ms", &self.hold_ttl_ms)
+            .finish()
+    }
+}
+
 /// `[cache]`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct CacheSettings {
@@ -421,6 +453,8 @@ pub struct Config {
     pub utc_offset_minutes: i16,
     /// `[cache]`.
     pub cache: CacheSettings,
+    /// `[cluster]`, when replicas share hard budgets.
+    pub cluster: Option<ClusterSettings>,
     /// `[metrics]`.
     pub metrics: MetricsSettings,
 }

@@ -62,8 +62,8 @@ pub use crate::{
         EnvKind, EnvValue, MODEL_FILES, Version, check_tool, env_var, find_free_port, model_dir_problems, port_in_use,
     },
     config::{
-        ApiKey, AuthLockout, CacheSettings, Config, HedgeAfter, MetricsSettings, Provider, ProviderKind,
-        ResilienceSettings, Role, Route, ServerSettings, StoreSettings, ToolRequirement, Unsupported,
+        ApiKey, AuthLockout, CacheSettings, ClusterSettings, Config, HedgeAfter, MetricsSettings, Provider,
+        ProviderKind, ResilienceSettings, Role, Route, ServerSettings, StoreSettings, ToolRequirement, Unsupported,
     },
     validate::{Diagnostic, MIN_API_KEY_CHARS, Options, Report, validate, validate_file},
 };

@@ -632,7 +632,7 @@ fn unknown_failure_handling_keys_are_named() {
     assert_eq!(
         errors_of("[fallbacks]\n")[0],
         "fallbacks: unknown key `fallbacks` (did you mean \"fallback\"?); known keys: server, store, providers, \
-         models, routes, retry, cooldown, circuit, fallback, selector, budgets, ledger, cache, metrics (line 1, column 2)"
+         models, routes, retry, cooldown, circuit, fallback, selector, budgets, ledger, cache, metrics, cluster (line 1, column 2)"
     );
 }
 
@@ -1131,4 +1131,47 @@ requirements = { capabilities = ["embeddings"], embedding_dimensions = 1536 }
         "{:?}",
         errors_of(&chat_to_vectors)
     );
+}
+
+#[test]
+fn the_cluster_table_takes_its_url_from_the_environment_and_never_prints_it() {
+    let text = "[cluster]\npostgres_url_env = \"FLEET_PG\"\nschema = \"fleet_a\"\nreplica = \"gw-1\"\n";
+    let secret = "postgres://fleet:s3cret-passw0rd@db.internal:5432/fleet";
+    let report = check_text(text, &env_of(&[("FLEET_PG", secret)]));
+    assert!(report.is_valid(), "{report}");
+    let cluster = report.config.unwrap().cluster.unwrap();
+    assert_eq!((cluster.postgres_url.as_str(), cluster.schema.as_str()), (secret, "fleet_a"));
+    assert_eq!((cluster.replica.as_deref(), cluster.timeout_ms, cluster.hold_ttl_ms), (Some("gw-1"), 2_000, 3_600_000));
+    assert!(!format!("{cluster:?}").contains("s3cret"), "never printed");
+    assert!(config_of("").cluster.is_none(), "without [cluster] nothing changes");
+
+    for (text, expected) in [
+        ("[cluster]\n", "cluster.postgres_url: is required (or postgres_url_env, when it holds a password)"),
+        (
+            "[cluster]\npostgres_url = \"postgres://a@b/c\"\npostgres_url_env = \"FLEET_PG\"\n",
+            "give postgres_url or postgres_url_env, not both",
+        ),
+        (
+            "[cluster]\npostgres_url_env = \"UNSET_PG\"\n",
+            "cluster.postgres_url_env: environment variable UNSET_PG is required",
+        ),
+        (
+            "[cluster]\npostgres_url = \"mysql://a@b/c\"\n",
+            "cluster.postgres_url: must start with postgres:// or postgresql://",
+        ),
+        (
+            "[cluster]\npostgres_url = \"postgres://a@b/c\"\nschema = \"Drop Table\"\n",
+            "cluster.schema: \"Drop Table\": a lower-case identifier",
+        ),
+        ("[cluster]\npostgres_url = \"postgres://a@b/c\"\ntimeout_ms = 10\n", "cluster.timeout_ms"),
+    ] {
+        let errors = check_text(text, &env_of(&[("FLEET_PG", secret)]))
+            .errors
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("\n");
+        assert!(errors.contains(expected), "{text}: {errors}");
+        assert!(!errors.contains("s3cret"), "{errors}");
+    }
 }

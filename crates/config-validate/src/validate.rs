@@ -25,7 +25,7 @@ use toml::{
 };
 
 use crate::{
-    ApiKey, AuthLockout, CacheSettings, Config, HedgeAfter, MetricsSettings, Provider, ProviderKind,
+    ApiKey, AuthLockout, CacheSettings, ClusterSettings, Config, HedgeAfter, MetricsSettings, Provider, ProviderKind,
     ResilienceSettings, Role, Route, ServerSettings, StoreSettings, ToolRequirement, Unsupported,
     checks::{EnvKind, EnvValue, MODEL_FILES, check_tool, env_var, model_dir_problems, port_in_use},
 };
@@ -475,6 +475,7 @@ pub fn validate(text: &str, options: &Options<'_>) -> Report {
             "ledger",
             "cache",
             "metrics",
+            "cluster",
         ],
     );
     let server = server(&mut v, root, options);
@@ -489,6 +490,7 @@ pub fn validate(text: &str, options: &Options<'_>) -> Report {
     let (budgets, utc_offset_minutes) = budgets(&mut v, root, &providers, &models);
     let cache = cache(&mut v, root);
     let metrics = metrics(&mut v, root);
+    let cluster = cluster(&mut v, root, options);
     expensive_without_budget(&mut v, &models, &budgets, &places);
     unbounded_under_hard_budget(&mut v, &models, &budgets, &server, &places);
 
@@ -507,6 +509,7 @@ pub fn validate(text: &str, options: &Options<'_>) -> Report {
         budgets,
         utc_offset_minutes,
         cache,
+        cluster,
         metrics,
     });
     Report { errors: v.errors, warnings: v.warnings, config }
@@ -1681,6 +1684,58 @@ fn cache(v: &mut V<'_>, root: &Table<'_>) -> CacheSettings {
     s.max_entries = get_u64(v, t, "cache", "max_entries", 1..=10_000_000, s.max_entries);
     s.max_bytes = get_u64(v, t, "cache", "max_bytes", 1_024..=(1 << 40), s.max_bytes);
     s
+}
+
+/// `[cluster]`: the PostgreSQL URL from `postgres_url` or the variable
+/// `postgres_url_env` names (one of them), a schema that is an identifier.
+fn cluster(v: &mut V<'_>, root: &Table<'_>, options: &Options<'_>) -> Option<ClusterSettings> {
+    let (t, span) = get_table(v, root, "", "cluster")?;
+    known_keys(
+        v,
+        t,
+        "cluster",
+        &["postgres_url", "postgres_url_env", "schema", "replica", "timeout_ms", "hold_ttl_ms"],
+    );
+    let url = match (get_str(v, t, "cluster", "postgres_url"), get_str(v, t, "cluster", "postgres_url_env")) {
+        (Some(_), Some((_, s))) => {
+            v.error("cluster.postgres_url_env", Some(&s), "give postgres_url or postgres_url_env, not both");
+            None
+        }
+        (Some((url, _)), None) => Some(url),
+        (None, Some((name, s))) => match env_var(options.env, &name, true, None, EnvKind::Text) {
+            Ok(EnvValue::Text(url)) => Some(url),
+            Ok(_) => None,
+            Err(message) => {
+                v.error("cluster.postgres_url_env", Some(&s), message);
+                None
+            }
+        },
+        (None, None) => {
+            v.error("cluster.postgres_url", Some(&span), "is required (or postgres_url_env, when it holds a password)");
+            None
+        }
+    };
+    if let Some(url) = &url
+        && !(url.starts_with("postgres://") || url.starts_with("postgresql://"))
+    {
+        // The URL itself may hold a password: never in a message.
+        v.error("cluster.postgres_url", None, "must start with postgres:// or postgresql://");
+    }
+    let schema = get_str(v, t, "cluster", "schema").map_or_else(|| "modelfleet".to_owned(), |(s, _)| s);
+    let valid_schema = schema.len() <= 63
+        && schema.bytes().next().is_some_and(|b| b.is_ascii_lowercase() || b == b'_')
+        && schema.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    if !valid_schema {
+        v.error(
+            "cluster.schema",
+            find(t, "schema").map(Spanned::span).as_ref(),
+            format!("{schema:?}: a lower-case identifier of at most 63 letters, digits and underscores"),
+        );
+    }
+    let replica = get_str(v, t, "cluster", "replica").map(|(r, _)| r);
+    let timeout_ms = get_u64(v, t, "cluster", "timeout_ms", 100..=60_000, 2_000);
+    let hold_ttl_ms = get_u64(v, t, "cluster", "hold_ttl_ms", 1_000..=86_400_000, 3_600_000);
+    Some(ClusterSettings { postgres_url: url.unwrap_or_default(), schema, replica, timeout_ms, hold_ttl_ms })
 }
 
 fn metrics(v: &mut V<'_>, root: &Table<'_>) -> MetricsSettings {

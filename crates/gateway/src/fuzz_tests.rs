@@ -672,10 +672,12 @@ proptest! {
     ) {
         let mut wire: Vec<u8> = before.iter().flat_map(|d| format!("data: {d}\n\n").into_bytes()).collect();
         let prefix = wire.len();
-        // One line past the limit, in pieces of any size; then the blank
-        // line that would end it: a reader that kept buffering returns it.
+        // One event whose data is past the limit, in pieces of any size;
+        // then the blank line that would end it: a reader that kept
+        // buffering returns it. (The limit is on the data: with the
+        // `data: ` prefix counted, an `over` under 7 was within it.)
         wire.extend_from_slice(b"data: ");
-        wire.resize(prefix + MAX_EVENT_BYTES + over, b'x');
+        wire.resize(prefix + b"data: ".len() + MAX_EVENT_BYTES + over, b'x');
         let wire = Bytes::from(wire);
         let mut pieces = Vec::new();
         let mut from = 0;
@@ -693,7 +695,7 @@ proptest! {
         prop_assert_eq!(events.clone(), before.clone());
         let failure = failure.expect("the stream fails");
         prop_assert!(failure.contains(&format!("over {MAX_EVENT_BYTES} bytes")), "{}", failure);
-        prop_assert!(taken <= prefix + MAX_EVENT_BYTES + largest, "read {} bytes", taken);
+        prop_assert!(taken <= prefix + b"data: ".len() + MAX_EVENT_BYTES + largest, "read {} bytes", taken);
         // The same event ended inside the piece that took it past the
         // limit: it fails all the same, whichever way the bytes were split.
         let mut whole = wire.to_vec();

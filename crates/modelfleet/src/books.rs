@@ -24,7 +24,7 @@ use modelfleet_monitor::{Monitor, Outcome};
 use modelfleet_registry::{Category, Clock, ModelSpec, Money, SystemClock};
 use modelfleet_store::{PerfRecord, RequestFacts, SpendEntry, Store};
 
-use crate::Usage;
+use crate::{Usage, shared::SharedHold};
 
 /// What every attempt of one request shares for the books: who sent it,
 /// what kind it is, and how many attempts it made so far.
@@ -222,12 +222,20 @@ pub(crate) struct Pending<'a> {
     /// attempt (a hedge's loser, a client gone) adds its charge too, so the
     /// request's reported cost is what its attempts were charged.
     pub(crate) spent: &'a AtomicI64,
+    /// The same hold in the ledger replicas share, if one pays.
+    pub(crate) shared: Option<SharedHold>,
 }
 
 impl Pending<'_> {
-    /// The call returned: the caller settles the hold itself.
+    /// The call returned: the caller settles the hold itself (and the
+    /// shared one, taken with [`Pending::take_shared`]).
     pub(crate) fn disarm(&mut self) -> Option<Reservation> {
         self.reservation.take()
+    }
+
+    /// The shared hold, for the caller to settle.
+    pub(crate) fn take_shared(&mut self) -> Option<SharedHold> {
+        self.shared.take()
     }
 }
 
@@ -246,6 +254,9 @@ impl Drop for Pending<'_> {
                 ttft: None,
             };
             self.books.settle_detached(reservation, entry);
+            if let Some(shared) = self.shared.take() {
+                shared.settle_detached(cost);
+            }
         }
     }
 }

@@ -113,6 +113,8 @@ pub struct FleetOptions {
     /// which holds a paused clock still, so simulated time does not jump
     /// while SQLite commits. Off in production, where they are awaited.
     pub virtual_time: bool,
+    /// `[cluster]`: hard budgets shared with other replicas in PostgreSQL.
+    pub cluster: Option<modelfleet_config_validate::ClusterSettings>,
 }
 
 impl Default for FleetOptions {
@@ -137,6 +139,7 @@ impl Default for FleetOptions {
             monitor: MonitorConfig::default(),
             metrics: MetricsConfig::default(),
             virtual_time: false,
+            cluster: None,
         }
     }
 }
@@ -228,6 +231,7 @@ impl FleetOptions {
             monitor: MonitorConfig::default(),
             metrics: MetricsConfig { window_secs: config.metrics.window_secs, ..MetricsConfig::default() },
             virtual_time: false,
+            cluster: config.cluster.clone(),
         })
     }
 }
@@ -456,6 +460,8 @@ pub struct Fleet {
     admin: tokio::sync::Mutex<()>,
     pub(crate) fallbacks_served: DashMap<String, AtomicU64>,
     memory: Arc<MemoryProbe>,
+    /// `[cluster]`: the hard budgets shared with other replicas.
+    shared: Option<Arc<crate::shared::SharedBudgets>>,
 }
 
 impl std::fmt::Debug for Fleet {
@@ -599,6 +605,9 @@ impl Fleet {
         };
         let retry_budget =
             RetryBudget::new(options.retry_budget).map_err(|e| FleetError::Start(format!("[fallback]: {e}")))?;
+        let shared = crate::shared::SharedBudgets::start(options.cluster.as_ref(), &budgets)
+            .await
+            .map_err(|e| FleetError::Start(format!("[cluster]: {e}")))?;
         let fleet = Fleet {
             running: Arc::new(running),
             store,
@@ -635,6 +644,7 @@ impl Fleet {
             admin: tokio::sync::Mutex::new(()),
             fallbacks_served: DashMap::new(),
             memory: Arc::new(MemoryProbe::new()),
+            shared,
         };
         // Simulated time has no past to warm from: its clock starts now.
         let warmed = if options.virtual_time { 0 } else { fleet.warm_start().await };
@@ -1121,6 +1131,12 @@ impl Fleet {
     ) -> Result<(T, Usage, Money), Failure> {
         let remaining = ctx.remaining;
         let reservation = self.reserve(&model, &of)?;
+        // Boxed (the shared ledger's future is large), and only with `[cluster]`.
+        let shared = if self.shared.is_some() {
+            Box::pin(self.hold_shared(&model, &of, reservation.amount())).await?
+        } else {
+            None
+        };
         let tag = of.request.next(ctx.fallback);
         let in_flight = self.monitor.begin(&model.id, &model.provider);
         let began = self.timer.now();
@@ -1132,6 +1148,7 @@ impl Fleet {
             tag: &tag,
             if_dropped,
             spent: &of.spent,
+            shared,
         };
         let result = call.await;
         let latency = self.timer.now().saturating_sub(began);
@@ -1149,9 +1166,14 @@ impl Fleet {
             Err(failure) => (Usage::default(), Money::ZERO, Some(judged(failure, latency, remaining))),
         };
         of.spent.fetch_add(cost.nanos(), Ordering::Relaxed);
+        let shared = pending.take_shared();
         self.books
             .settle(reservation, Entry { model: &model, tag: &tag, latency, usage, cost, error, ttft: None })
             .await;
+        // Before the answer goes out: what is acknowledged is settled.
+        if let Some(shared) = shared {
+            Box::pin(shared.settle(cost)).await;
+        }
         result.map(|response| (response.value, usage, cost))
     }
 
@@ -1166,6 +1188,12 @@ impl Fleet {
     ) -> Result<(Opened<T>, Usage, Money), Failure> {
         let remaining = ctx.remaining;
         let reservation = self.reserve(&model, &of)?;
+        // Boxed (the shared ledger's future is large), and only with `[cluster]`.
+        let shared = if self.shared.is_some() {
+            Box::pin(self.hold_shared(&model, &of, reservation.amount())).await?
+        } else {
+            None
+        };
         let tag = of.request.next(ctx.fallback);
         let in_flight = self.monitor.begin_shared(&model.id, &model.provider);
         let began = self.timer.now();
@@ -1179,11 +1207,13 @@ impl Fleet {
             tag: &tag,
             if_dropped,
             spent: &of.spent,
+            shared,
         };
         let result = call.await;
         let Some(reservation) = pending.disarm() else {
             return Err(Failure::new(ErrorClass::Internal, "the budget hold was settled twice"));
         };
+        let shared = pending.take_shared();
         match result {
             Ok(stream) => {
                 let settlement = Settlement {
@@ -1197,6 +1227,7 @@ impl Fleet {
                         began,
                         ttft: self.timer.now().saturating_sub(began),
                         reservation,
+                        shared,
                         _in_flight: in_flight,
                     }),
                 };
@@ -1217,9 +1248,27 @@ impl Fleet {
                     ttft: None,
                 };
                 self.books.settle(reservation, entry).await;
+                if let Some(shared) = shared {
+                    Box::pin(shared.settle(cost)).await;
+                }
                 Err(failure)
             }
         }
+    }
+
+    /// The attempt's hold in the ledger replicas share, when `[cluster]`
+    /// is set and a hard budget pays: refused, or the shared store
+    /// unreachable, the attempt fails as over budget (the local hold is
+    /// released as the caller drops it).
+    async fn hold_shared(
+        &self,
+        model: &ModelSpec,
+        of: &AttemptOf<'_>,
+        amount: Money,
+    ) -> Result<Option<crate::shared::SharedHold>, Failure> {
+        let Some(shared) = &self.shared else { return Ok(None) };
+        let charge = Charge { provider: &model.provider, model: &model.id, key: of.key };
+        shared.hold(&self.budgets, &charge, amount).await
     }
 
     /// Every budget's status, with where it was defined.
@@ -1296,7 +1345,11 @@ impl Fleet {
             .map_err(|e| FleetError::Budget(BudgetAdminError::Store(e.to_string())))?;
         self.budgets
             .set_limit(scope, period, limit)
-            .map_err(|e| FleetError::Budget(BudgetAdminError::Invalid(e.to_string())))
+            .map_err(|e| FleetError::Budget(BudgetAdminError::Invalid(e.to_string())))?;
+        if let Some(shared) = &self.shared {
+            shared.define_all(&self.budgets).await.map_err(|e| FleetError::BudgetStoreUnavailable(e.to_string()))?;
+        }
+        Ok(())
     }
 
     /// Starts a budget's current period over at zero (audited with who and
@@ -1308,7 +1361,17 @@ impl Fleet {
             .reset_spend(scope, period, status.period_start_ms, status.spent, who, self.clock.now_ms())
             .await
             .map_err(|e| FleetError::Budget(BudgetAdminError::Store(e.to_string())))?;
-        self.budgets.reset(scope, period).map_err(|e| FleetError::Budget(BudgetAdminError::Invalid(e.to_string())))
+        let spent = self
+            .budgets
+            .reset(scope, period)
+            .map_err(|e| FleetError::Budget(BudgetAdminError::Invalid(e.to_string())))?;
+        if let Some(shared) = &self.shared {
+            shared
+                .reset(&self.budgets, scope, period)
+                .await
+                .map_err(|e| FleetError::BudgetStoreUnavailable(e.to_string()))?;
+        }
+        Ok(spent)
     }
 
     /// Removes a budget (its spend history stays in the database).
@@ -1477,6 +1540,8 @@ struct Parts {
     /// Time to the first event (the stream opened on it).
     ttft: Duration,
     reservation: Reservation,
+    /// The same hold in the shared ledger, if one pays.
+    shared: Option<crate::shared::SharedHold>,
     _in_flight: InFlightShared,
 }
 
@@ -1494,11 +1559,15 @@ impl Settlement {
     /// the spend is committed, with the cost.
     #[allow(clippy::must_use_candidate)] // finishing is the point; the cost is extra
     pub async fn finish(mut self, usage: Usage, end: &StreamEnd) -> Money {
-        let Some(parts) = self.parts.take() else { return Money::ZERO };
+        let Some(mut parts) = self.parts.take() else { return Money::ZERO };
+        let shared = parts.shared.take();
         let (reservation, entry_parts) = parts.split(end);
         let cost = price_of(&entry_parts.model, usage);
         let entry = entry_parts.entry(usage, cost);
         entry_parts.books.settle(reservation, entry).await;
+        if let Some(shared) = shared {
+            Box::pin(shared.settle(cost)).await;
+        }
         cost
     }
 
@@ -1541,7 +1610,8 @@ impl Parts {
     /// finished, a failure when it broke, neither when the client left);
     /// splits off the hold.
     fn split(self, end: &StreamEnd) -> (Reservation, Ended) {
-        let Parts { books, permit, timer, model, tag, began, ttft, reservation, _in_flight: in_flight } = self;
+        let Parts { books, permit, timer, model, tag, began, ttft, reservation, shared: _, _in_flight: in_flight } =
+            self;
         let now = timer.now();
         let error = match end {
             StreamEnd::Failed(failure) => {

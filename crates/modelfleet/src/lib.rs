@@ -28,6 +28,7 @@ mod books;
 mod fleet;
 mod history;
 mod services;
+mod shared;
 mod sim;
 
 pub use modelfleet_budget as budget;
