@@ -52,6 +52,22 @@ fn config_text(schema: &str) -> String {
     )
 }
 
+/// An answer of 500 output tokens: half the worst case.
+async fn half_answer(
+    _: Arc<modelfleet::registry::ModelSpec>,
+    _: modelfleet::errors::AttemptCtx,
+) -> Result<ModelResponse<()>, Failure> {
+    Ok(ModelResponse { value: (), usage: Some(Usage::new(0, 500)) })
+}
+
+/// A failure the provider does not bill.
+async fn unbilled_failure(
+    _: Arc<modelfleet::registry::ModelSpec>,
+    _: modelfleet::errors::AttemptCtx,
+) -> Result<ModelResponse<()>, Failure> {
+    Err(Failure::new(modelfleet::errors::ErrorClass::BadRequest, "refused"))
+}
+
 /// The model's answer: 1,000 output tokens, exactly the worst case.
 async fn one_answer(
     _: Arc<modelfleet::registry::ModelSpec>,
@@ -97,17 +113,27 @@ async fn three_replicas_never_pass_one_hard_budget() {
     assert_eq!((row.spent, row.held), (total, Money::ZERO));
     assert_eq!(total, "0.1".parse::<Money>().unwrap());
     // A replica started with a higher limit gives it to every replica's
-    // shared budget: one more answer fits now, on any of them.
-    assert!(fleets[1].call(&request, one_answer).await.is_err(), "the budget is spent");
+    // shared budget (the configuration is re-applied at start).
     let dir = tempfile::tempdir().unwrap();
-    let mut config = validated(&config_text(&schema).replace("limit = \"0.10\"", "limit = \"0.102\""), dir.path(), env);
+    let mut config = validated(&config_text(&schema).replace("limit = \"0.10\"", "limit = \"0.11\""), dir.path(), env);
     config.store.path = Some(dir.path().join("fleet.db"));
     let raised = Fleet::open(FleetOptions::from_config(&config).unwrap()).await.unwrap();
-    let mut extra = 0;
-    for fleet in [&fleets[1], &raised, &fleets[2], &fleets[0]] {
-        extra += usize::from(fleet.call(&request, one_answer).await.is_ok());
-    }
-    assert_eq!(extra, 1, "room for exactly one more, on whichever replica asks first");
+    // An answer under its worst case is charged its cost, not its hold; an
+    // unbilled failure nothing; and nothing stays held.
+    let spent = |row: modelfleet_cluster::PeriodRow| (row.spent, row.held);
+    let cheap = fleets[1].call(&request, half_answer).await.expect("the raised limit has room");
+    assert_eq!(cheap.cost, "0.001".parse::<Money>().unwrap());
+    assert_eq!(spent(ledger.status(&key).await.unwrap().unwrap()), ("0.101".parse().unwrap(), Money::ZERO));
+    assert!(raised.call(&request, unbilled_failure).await.is_err());
+    assert_eq!(spent(ledger.status(&key).await.unwrap().unwrap()), ("0.101".parse().unwrap(), Money::ZERO));
+    // Budgets change only through every replica's configuration.
+    let added = fleets[0]
+        .add_budget(
+            modelfleet::budget::BudgetSpec::hard(Scope::Provider("p".into()), Period::Daily, Money::ZERO),
+            "admin",
+        )
+        .await;
+    assert!(matches!(added, Err(modelfleet::FleetError::Budget(modelfleet::BudgetAdminError::Shared))), "{added:?}");
     raised.shutdown().await.unwrap();
     for fleet in &fleets {
         fleet.shutdown().await.unwrap();

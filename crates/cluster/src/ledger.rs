@@ -208,6 +208,27 @@ impl SharedLedger {
         .await
     }
 
+    /// Creates `key`'s period with `limit` unless it exists (another
+    /// replica's limit is never overwritten).
+    pub async fn add(&self, key: &BudgetKey, limit: Money) -> Result<(), ClusterError> {
+        let s = &self.schema;
+        self.within(async {
+            let client = self.client().await?;
+            client
+                .execute(
+                    &format!(
+                        "INSERT INTO {s}.budget_periods (scope, period, period_start, limit_nanos)
+                         VALUES ($1, $2, $3, $4) ON CONFLICT (scope, period, period_start) DO NOTHING"
+                    ),
+                    &[&key.scope, &key.period, &key.start(), &limit.nanos()],
+                )
+                .await
+                .map_err(|e| unavailable(&e))?;
+            Ok(())
+        })
+        .await
+    }
+
     /// Holds `amount` on every budget of `keys`, until `ttl` from now (the
     /// database's clock) unless settled before: all of them, or none when
     /// one has less left than `amount` ([`HoldRefused::Exceeded`]). A zero

@@ -371,6 +371,7 @@ fn budget_admin_error(err: &BudgetAdminError) -> ApiError {
     let (status, code) = match err {
         BudgetAdminError::NotFound { .. } => (StatusCode::NOT_FOUND, "budget_not_found"),
         BudgetAdminError::ReadOnly { .. } => (StatusCode::CONFLICT, "budget_read_only"),
+        BudgetAdminError::Shared => (StatusCode::CONFLICT, "budget_shared"),
         BudgetAdminError::Store(_) => (StatusCode::SERVICE_UNAVAILABLE, "budget_store_unavailable"),
         _ => (StatusCode::BAD_REQUEST, "invalid_budget"),
     };

@@ -254,8 +254,9 @@ impl Drop for Pending<'_> {
                 ttft: None,
             };
             self.books.settle_detached(reservation, entry);
-            if let Some(shared) = self.shared.take() {
-                shared.settle_detached(cost);
+            if let Some(mut shared) = self.shared.take() {
+                // Dropped: settled in the background with this cost.
+                shared.cost(cost);
             }
         }
     }

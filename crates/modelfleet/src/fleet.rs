@@ -384,6 +384,13 @@ pub enum BudgetAdminError {
     /// The budget is invalid or exists already.
     #[error("{0}")]
     Invalid(String),
+    /// Replicas share their hard budgets (`[cluster]`): a change through
+    /// one replica's API would reach only that one; change the budgets in
+    /// every replica's configuration.
+    #[error(
+        "budgets are shared by every replica ([cluster]): a change through one replica's API would reach only that replica; change them in the configuration of every replica"
+    )]
+    Shared,
     /// The change could not be persisted (nothing changed).
     #[error("the budget change could not be persisted: {0}")]
     Store(String),
@@ -896,7 +903,13 @@ impl Fleet {
         let headroom = self.budgets.headroom(request.key.as_deref());
         // Spend that cannot be persisted fails hard budgets closed: no paid
         // model they cover may serve until it is written (others may).
-        let unpersisted = if headroom.is_empty() { None } else { self.store.spend_backlog() };
+        // Hard budgets refuse at once while the local store cannot persist
+        // spend, or the shared one just failed.
+        let unpersisted = if headroom.is_empty() {
+            None
+        } else {
+            self.store.spend_backlog().or_else(|| self.shared.as_ref().and_then(|shared| shared.down()))
+        };
         let snapshot = self.catalog.snapshot();
         let live = Live { monitor: self.monitor.live(), headroom: &headroom, closed: unpersisted.is_some() };
         let pool = modelfleet_fallback::Pool {
@@ -1166,7 +1179,11 @@ impl Fleet {
             Err(failure) => (Usage::default(), Money::ZERO, Some(judged(failure, latency, remaining))),
         };
         of.spent.fetch_add(cost.nanos(), Ordering::Relaxed);
-        let shared = pending.take_shared();
+        let mut shared = pending.take_shared();
+        if let Some(shared) = &mut shared {
+            // Known before anything is awaited: a drop from here settles with it.
+            shared.cost(cost);
+        }
         self.books
             .settle(reservation, Entry { model: &model, tag: &tag, latency, usage, cost, error, ttft: None })
             .await;
@@ -1213,7 +1230,7 @@ impl Fleet {
         let Some(reservation) = pending.disarm() else {
             return Err(Failure::new(ErrorClass::Internal, "the budget hold was settled twice"));
         };
-        let shared = pending.take_shared();
+        let mut shared = pending.take_shared();
         match result {
             Ok(stream) => {
                 let settlement = Settlement {
@@ -1238,6 +1255,9 @@ impl Fleet {
                 drop(in_flight);
                 let cost = if failure.is_billed() { reservation.amount() } else { Money::ZERO };
                 of.spent.fetch_add(cost.nanos(), Ordering::Relaxed);
+                if let Some(shared) = &mut shared {
+                    shared.cost(cost);
+                }
                 let entry = Entry {
                     model: &model,
                     tag: &tag,
@@ -1306,6 +1326,7 @@ impl Fleet {
 
     /// Adds a budget (kept in the database; it applies at once).
     pub async fn add_budget(&self, spec: BudgetSpec, who: &str) -> Result<(), FleetError> {
+        self.not_shared()?;
         let _one_at_a_time = self.admin.lock().await;
         if self.budgets.status(&spec.scope, spec.period).is_some() {
             return Err(FleetError::Budget(BudgetAdminError::Invalid(format!(
@@ -1333,6 +1354,7 @@ impl Fleet {
         limit: Money,
         who: &str,
     ) -> Result<(), FleetError> {
+        self.not_shared()?;
         let _one_at_a_time = self.admin.lock().await;
         let status = self.api_budget(scope, period)?;
         if limit < Money::ZERO {
@@ -1346,36 +1368,31 @@ impl Fleet {
         self.budgets
             .set_limit(scope, period, limit)
             .map_err(|e| FleetError::Budget(BudgetAdminError::Invalid(e.to_string())))?;
-        if let Some(shared) = &self.shared {
-            shared.define_all(&self.budgets).await.map_err(|e| FleetError::BudgetStoreUnavailable(e.to_string()))?;
-        }
         Ok(())
     }
 
     /// Starts a budget's current period over at zero (audited with who and
     /// when); returns what it had spent.
     pub async fn reset_budget(&self, scope: &Scope, period: Period, who: &str) -> Result<Money, FleetError> {
+        self.not_shared()?;
         let _one_at_a_time = self.admin.lock().await;
         let status = self.api_budget(scope, period)?;
         self.store
             .reset_spend(scope, period, status.period_start_ms, status.spent, who, self.clock.now_ms())
             .await
             .map_err(|e| FleetError::Budget(BudgetAdminError::Store(e.to_string())))?;
-        let spent = self
-            .budgets
-            .reset(scope, period)
-            .map_err(|e| FleetError::Budget(BudgetAdminError::Invalid(e.to_string())))?;
-        if let Some(shared) = &self.shared {
-            shared
-                .reset(&self.budgets, scope, period)
-                .await
-                .map_err(|e| FleetError::BudgetStoreUnavailable(e.to_string()))?;
-        }
-        Ok(spent)
+        self.budgets.reset(scope, period).map_err(|e| FleetError::Budget(BudgetAdminError::Invalid(e.to_string())))
+    }
+
+    /// Budgets change only through the configuration when replicas share
+    /// them: an API change would reach one replica.
+    fn not_shared(&self) -> Result<(), FleetError> {
+        if self.shared.is_some() { Err(FleetError::Budget(BudgetAdminError::Shared)) } else { Ok(()) }
     }
 
     /// Removes a budget (its spend history stays in the database).
     pub async fn remove_budget(&self, scope: &Scope, period: Period, who: &str) -> Result<(), FleetError> {
+        self.not_shared()?;
         let _one_at_a_time = self.admin.lock().await;
         self.api_budget(scope, period)?;
         self.store
@@ -1560,9 +1577,12 @@ impl Settlement {
     #[allow(clippy::must_use_candidate)] // finishing is the point; the cost is extra
     pub async fn finish(mut self, usage: Usage, end: &StreamEnd) -> Money {
         let Some(mut parts) = self.parts.take() else { return Money::ZERO };
-        let shared = parts.shared.take();
+        let mut shared = parts.shared.take();
         let (reservation, entry_parts) = parts.split(end);
         let cost = price_of(&entry_parts.model, usage);
+        if let Some(shared) = &mut shared {
+            shared.cost(cost);
+        }
         let entry = entry_parts.entry(usage, cost);
         entry_parts.books.settle(reservation, entry).await;
         if let Some(shared) = shared {

@@ -4,7 +4,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use modelfleet_budget::{Budgets, Charge, HardPeriod, Period, Scope};
+use modelfleet_budget::{Budgets, Charge, HardPeriod};
 use modelfleet_cluster::{BudgetKey, ClusterError, Hold, HoldRefused, SharedLedger};
 use modelfleet_errors::{ErrorClass, Failure};
 use modelfleet_registry::Money;
@@ -15,6 +15,8 @@ pub(crate) struct SharedBudgets {
     ledger: SharedLedger,
     ttl: Duration,
     sweeper: tokio::task::JoinHandle<()>,
+    /// When the store last failed, and how.
+    down: std::sync::Mutex<Option<(std::time::Instant, String)>>,
 }
 
 impl Drop for SharedBudgets {
@@ -61,14 +63,38 @@ impl SharedBudgets {
                 }
             }
         });
-        Ok(SharedBudgets { ledger, ttl, sweeper })
+        Ok(SharedBudgets { ledger, ttl, sweeper, down: std::sync::Mutex::new(None) })
+    }
+
+    /// Why hard budgets refuse right now, if the shared store failed in
+    /// the last [`DOWN_FOR`]: requests under them are refused at once
+    /// (`503 budget_store_unavailable`) instead of each waiting for the
+    /// timeout; after that, the next request tries the store again.
+    pub(crate) fn down(&self) -> Option<String> {
+        let down = self.down.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        down.as_ref()
+            .filter(|(since, _)| since.elapsed() < DOWN_FOR)
+            .map(|(_, why)| format!("the shared budget store is unreachable ({why}): hard budgets refuse"))
+    }
+
+    fn failed(&self, err: &ClusterError) -> Failure {
+        // The driver's words (a host, a user name) go to the log, not to clients.
+        tracing::warn!(%err, "the shared budget store failed: hard budgets refuse");
+        *self.down.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
+            Some((std::time::Instant::now(), "no answer".to_owned()));
+        Failure::new(ErrorClass::BudgetExceeded, "hard budgets refuse while the shared budget store is unreachable")
+    }
+
+    fn succeeded(&self) {
+        *self.down.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = None;
     }
 
     /// Holds `amount` on the hard budgets that pay for `charge`, in the
-    /// shared ledger; `None` when none does. A budget period the shared
-    /// ledger does not have yet (a first request, a new period) is defined
-    /// with this replica's limit. Refused, or the store unreachable: a
-    /// budget failure (a hard budget never guesses).
+    /// shared ledger; `None` when none does. Budget periods the shared
+    /// ledger does not have yet (a first request, a new period) are added
+    /// with this replica's limits, never overwriting one another replica
+    /// added. Refused: a budget failure; the store unreachable: the same,
+    /// and requests refuse at once for a moment ([`SharedBudgets::down`]).
     pub(crate) async fn hold(
         self: &Arc<Self>,
         budgets: &Budgets,
@@ -79,45 +105,46 @@ impl SharedBudgets {
         if periods.is_empty() {
             return Ok(None);
         }
+        if let Some(why) = self.down() {
+            return Err(Failure::new(ErrorClass::BudgetExceeded, &why));
+        }
         let keys: Vec<BudgetKey> = periods.iter().map(key_of).collect();
-        let mut defined = false;
+        let mut added = false;
         loop {
             match self.ledger.hold(&keys, amount, self.ttl).await {
-                Ok(hold) => return Ok(Some(SharedHold { shared: Arc::clone(self), hold })),
-                Err(HoldRefused::Undefined(key)) if !defined => {
-                    defined = true;
-                    for period in periods.iter().filter(|p| key_of(p) == key) {
-                        self.ledger.define(&key, period.limit).await.map_err(|e| unavailable(&e))?;
+                Ok(hold) => {
+                    self.succeeded();
+                    return Ok(Some(SharedHold { shared: Arc::clone(self), hold: Some(hold), cost: None }));
+                }
+                Err(HoldRefused::Undefined(_)) if !added => {
+                    added = true;
+                    for period in &periods {
+                        self.ledger.add(&key_of(period), period.limit).await.map_err(|e| self.failed(&e))?;
                     }
                 }
                 Err(refused @ HoldRefused::Exceeded { .. }) => {
+                    self.succeeded();
                     return Err(Failure::new(ErrorClass::BudgetExceeded, &format!("budget exceeded: {refused}")));
                 }
-                Err(HoldRefused::Store(err)) => return Err(unavailable(&err)),
+                Err(HoldRefused::Store(err)) => return Err(self.failed(&err)),
                 Err(other) => return Err(Failure::new(ErrorClass::BudgetExceeded, &other.to_string())),
             }
         }
     }
-}
 
-impl SharedBudgets {
-    /// Gives the shared ledger this replica's limit for every hard budget
-    /// (at start, and when an administrator changes one).
+    /// Gives the shared ledger this replica's limit for every hard budget,
+    /// at start: the configuration is re-applied (and wins) each time a
+    /// replica starts, so replicas must share one.
     pub(crate) async fn define_all(&self, budgets: &Budgets) -> Result<(), ClusterError> {
         for period in budgets.all_hard_periods() {
             self.ledger.define(&key_of(&period), period.limit).await?;
         }
         Ok(())
     }
-
-    /// Zeroes a budget's shared spend this period (an administrator's reset).
-    pub(crate) async fn reset(&self, budgets: &Budgets, scope: &Scope, period: Period) -> Result<(), ClusterError> {
-        for hard in budgets.all_hard_periods().iter().filter(|p| p.scope == *scope && p.period == period) {
-            self.ledger.reset(&key_of(hard)).await?;
-        }
-        Ok(())
-    }
 }
+
+/// How long hard budgets refuse at once after the shared store failed.
+const DOWN_FOR: Duration = Duration::from_secs(1);
 
 fn key_of(period: &HardPeriod) -> BudgetKey {
     BudgetKey {
@@ -127,42 +154,63 @@ fn key_of(period: &HardPeriod) -> BudgetKey {
     }
 }
 
-fn unavailable(err: &ClusterError) -> Failure {
-    Failure::new(
-        ErrorClass::BudgetExceeded,
-        &format!("hard budgets refuse while the shared budget store is unreachable ({err})"),
-    )
-}
-
-/// A hold in the shared ledger, settled with the call's cost.
+/// A hold in the shared ledger, settled once with the call's cost. Dropped
+/// unsettled (a caller gone mid-way, a stream's settlement dropped), it is
+/// settled in the background with the cost recorded for it, else with its
+/// whole amount: the shared ledger never keeps a hold nobody settles.
 pub(crate) struct SharedHold {
     shared: Arc<SharedBudgets>,
-    hold: Hold,
+    hold: Option<Hold>,
+    /// The call's cost, once known.
+    cost: Option<Money>,
 }
 
 impl SharedHold {
-    /// Settles with `cost` before returning; when the store cannot take
-    /// it now, it is retried in the background until the hold would have
-    /// expired (after which the sweep charges the hold in full).
-    pub(crate) async fn settle(self, cost: Money) {
-        if let Err(err) = self.shared.ledger.settle(&self.hold, cost).await {
-            tracing::warn!(%err, "the shared ledger did not take a settlement: retrying");
-            self.settle_detached(cost);
-        }
+    /// Records the call's cost before anything else is awaited, so a drop
+    /// from here on settles with it.
+    pub(crate) fn cost(&mut self, cost: Money) {
+        self.cost = Some(cost);
     }
 
-    /// Settles with `cost` in the background (a call dropped mid-way).
-    pub(crate) fn settle_detached(self, cost: Money) {
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
-        runtime.spawn(async move {
-            let deadline = tokio::time::Instant::now() + self.shared.ttl;
-            while tokio::time::Instant::now() < deadline {
-                if self.shared.ledger.settle(&self.hold, cost).await.is_ok() {
-                    return;
-                }
-                tokio::time::sleep(Duration::from_secs(1)).await;
+    /// Settles with `cost` before returning; when the store cannot take
+    /// it now, it is retried in the background.
+    pub(crate) async fn settle(mut self, cost: Money) {
+        self.cost = Some(cost);
+        let Some(hold) = self.hold.take() else { return };
+        match self.shared.ledger.settle(&hold, cost).await {
+            Ok(()) => self.shared.succeeded(),
+            Err(err) => {
+                tracing::warn!(%err, "the shared ledger did not take a settlement: retrying");
+                detached(Arc::clone(&self.shared), hold, cost);
             }
-            tracing::error!("a shared settlement was never taken: the sweep charges its hold in full");
-        });
+        }
     }
+}
+
+impl Drop for SharedHold {
+    fn drop(&mut self) {
+        if let Some(hold) = self.hold.take() {
+            let cost = self.cost.unwrap_or_else(|| hold.amount());
+            detached(Arc::clone(&self.shared), hold, cost);
+        }
+    }
+}
+
+/// Settles `hold` with `cost` in the background, retrying with a backoff up
+/// to a minute apart for as long as the hold lives (a settlement after the
+/// sweep still corrects its charge, so it keeps trying a while after).
+fn detached(shared: Arc<SharedBudgets>, hold: Hold, cost: Money) {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+    runtime.spawn(async move {
+        let deadline = tokio::time::Instant::now() + shared.ttl * 2;
+        let mut wait = Duration::from_millis(200);
+        while tokio::time::Instant::now() < deadline {
+            if shared.ledger.settle(&hold, cost).await.is_ok() {
+                return;
+            }
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(Duration::from_mins(1));
+        }
+        tracing::error!("a shared settlement was never taken: the sweep charged its hold in full");
+    });
 }
