@@ -734,18 +734,7 @@ impl Budgets {
     /// processes to take this one's limits).
     #[must_use]
     pub fn all_hard_periods(&self) -> Vec<HardPeriod> {
-        let (ledger, _) = self.current();
-        ledger
-            .budgets
-            .iter()
-            .filter(|b| b.is_hard())
-            .map(|b| HardPeriod {
-                scope: b.spec.scope.clone(),
-                period: b.spec.period,
-                period_start_ms: b.start_ms,
-                limit: b.spec.limit,
-            })
-            .collect()
+        self.hard_periods_where(|_| true)
     }
 
     /// The hard budgets that would pay for `charge` now, each with its
@@ -753,11 +742,15 @@ impl Budgets {
     /// several processes must hold too.
     #[must_use]
     pub fn hard_periods(&self, charge: &Charge<'_>) -> Vec<HardPeriod> {
+        self.hard_periods_where(|scope| scope.covers(charge))
+    }
+
+    fn hard_periods_where(&self, covers: impl Fn(&Scope) -> bool) -> Vec<HardPeriod> {
         let (ledger, _) = self.current();
         ledger
             .budgets
             .iter()
-            .filter(|b| b.is_hard() && b.spec.scope.covers(charge))
+            .filter(|b| b.is_hard() && covers(&b.spec.scope))
             .map(|b| HardPeriod {
                 scope: b.spec.scope.clone(),
                 period: b.spec.period,

@@ -322,27 +322,9 @@ impl SharedLedger {
         if raised.is_some() {
             return Ok(None);
         }
-        let row = tx
-            .query_opt(
-                &format!(
-                    "SELECT limit_nanos, spent_nanos, held_nanos FROM {s}.budget_periods
-                     WHERE scope = $1 AND period = $2 AND period_start = $3"
-                ),
-                &[&key.scope, &key.period, &key.start()],
-            )
-            .await
-            .map_err(|e| unavailable(&e))?;
-        Ok(Some(match row {
+        Ok(Some(match self.read(tx, key).await? {
             None => HoldRefused::Undefined(key.clone()),
-            Some(row) => HoldRefused::Exceeded {
-                key: key.clone(),
-                row: PeriodRow {
-                    limit: Money::from_nanos(row.get(0)),
-                    spent: Money::from_nanos(row.get(1)),
-                    held: Money::from_nanos(row.get(2)),
-                },
-                amount,
-            },
+            Some(row) => HoldRefused::Exceeded { key: key.clone(), row, amount },
         }))
     }
 
@@ -523,25 +505,34 @@ impl SharedLedger {
 
     /// `key`'s money now, if the ledger has it.
     pub async fn status(&self, key: &BudgetKey) -> Result<Option<PeriodRow>, ClusterError> {
-        let s = &self.schema;
         self.within(async {
             let client = self.client().await?;
-            let row = client
-                .query_opt(
-                    &format!(
-                        "SELECT limit_nanos, spent_nanos, held_nanos FROM {s}.budget_periods
-                         WHERE scope = $1 AND period = $2 AND period_start = $3"
-                    ),
-                    &[&key.scope, &key.period, &key.start()],
-                )
-                .await
-                .map_err(|e| unavailable(&e))?;
-            Ok(row.map(|row| PeriodRow {
-                limit: Money::from_nanos(row.get(0)),
-                spent: Money::from_nanos(row.get(1)),
-                held: Money::from_nanos(row.get(2)),
-            }))
+            self.read(&client, key).await
         })
         .await
+    }
+
+    /// `key`'s row through `client` (a connection or a transaction).
+    async fn read(
+        &self,
+        client: &impl deadpool_postgres::GenericClient,
+        key: &BudgetKey,
+    ) -> Result<Option<PeriodRow>, ClusterError> {
+        let s = &self.schema;
+        let row = client
+            .query_opt(
+                &format!(
+                    "SELECT limit_nanos, spent_nanos, held_nanos FROM {s}.budget_periods
+                     WHERE scope = $1 AND period = $2 AND period_start = $3"
+                ),
+                &[&key.scope, &key.period, &key.start()],
+            )
+            .await
+            .map_err(|e| unavailable(&e))?;
+        Ok(row.map(|row| PeriodRow {
+            limit: Money::from_nanos(row.get(0)),
+            spent: Money::from_nanos(row.get(1)),
+            held: Money::from_nanos(row.get(2)),
+        }))
     }
 }
