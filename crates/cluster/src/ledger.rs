@@ -189,28 +189,18 @@ impl SharedLedger {
     /// Creates `key`'s period with `limit`, or sets the limit of the one
     /// that exists (its spend and holds stay).
     pub async fn define(&self, key: &BudgetKey, limit: Money) -> Result<(), ClusterError> {
-        let s = &self.schema;
-        self.within(async {
-            let client = self.client().await?;
-            client
-                .execute(
-                    &format!(
-                        "INSERT INTO {s}.budget_periods (scope, period, period_start, limit_nanos)
-                         VALUES ($1, $2, $3, $4)
-                         ON CONFLICT (scope, period, period_start) DO UPDATE SET limit_nanos = EXCLUDED.limit_nanos"
-                    ),
-                    &[&key.scope, &key.period, &key.start(), &limit.nanos()],
-                )
-                .await
-                .map_err(|e| unavailable(&e))?;
-            Ok(())
-        })
-        .await
+        self.upsert(key, limit, "DO UPDATE SET limit_nanos = EXCLUDED.limit_nanos").await
     }
 
     /// Creates `key`'s period with `limit` unless it exists (another
     /// replica's limit is never overwritten).
     pub async fn add(&self, key: &BudgetKey, limit: Money) -> Result<(), ClusterError> {
+        self.upsert(key, limit, "DO NOTHING").await
+    }
+
+    /// Inserts `key`'s period, `on_conflict` deciding what an existing one
+    /// keeps.
+    async fn upsert(&self, key: &BudgetKey, limit: Money, on_conflict: &str) -> Result<(), ClusterError> {
         let s = &self.schema;
         self.within(async {
             let client = self.client().await?;
@@ -218,7 +208,7 @@ impl SharedLedger {
                 .execute(
                     &format!(
                         "INSERT INTO {s}.budget_periods (scope, period, period_start, limit_nanos)
-                         VALUES ($1, $2, $3, $4) ON CONFLICT (scope, period, period_start) DO NOTHING"
+                         VALUES ($1, $2, $3, $4) ON CONFLICT (scope, period, period_start) {on_conflict}"
                     ),
                     &[&key.scope, &key.period, &key.start(), &limit.nanos()],
                 )

@@ -165,6 +165,11 @@ async fn a_hold_on_several_budgets_is_all_or_nothing() {
     assert_eq!(granted, 3);
     let row = ledger.status(&global).await.unwrap().unwrap();
     assert_eq!(row.held, dollars(3), "nothing stays held on the budget that had room");
+    // Adding a period another replica added keeps its limit; defining sets it.
+    ledger.add(&global, dollars(99)).await.unwrap();
+    assert_eq!(ledger.status(&global).await.unwrap().unwrap().limit, dollars(10));
+    ledger.add(&key("model:new"), dollars(2)).await.unwrap();
+    assert_eq!(ledger.status(&key("model:new")).await.unwrap().unwrap().limit, dollars(2));
     // An administrator's reset zeroes the spend, not the holds.
     let spent = ledger.hold(std::slice::from_ref(&global), dollars(1), Duration::from_mins(1)).await.unwrap();
     ledger.settle(&spent, dollars(1)).await.unwrap();
