@@ -26,7 +26,7 @@ pub struct BudgetKey {
 }
 
 impl BudgetKey {
-    fn start(&self) -> i64 {
+    pub(crate) fn start(&self) -> i64 {
         i64::try_from(self.period_start_ms).unwrap_or(i64::MAX)
     }
 }
@@ -48,10 +48,10 @@ pub struct PeriodRow {
 #[must_use = "a hold is money kept from every replica until it is settled"]
 pub struct Hold {
     /// Its row; `None` for a zero hold, which holds nothing.
-    id: Option<i64>,
+    pub(crate) id: Option<i64>,
     /// The budgets it holds, sorted.
-    keys: Vec<BudgetKey>,
-    amount: Money,
+    pub(crate) keys: Vec<BudgetKey>,
+    pub(crate) amount: Money,
 }
 
 impl Hold {
@@ -79,12 +79,16 @@ pub enum HoldRefused {
     /// A budget the shared ledger does not know ([`SharedLedger::define`] it first).
     #[error("budget {} {} (period from {} ms) is not defined in the shared ledger", .0.scope, .0.period, .0.period_start_ms)]
     Undefined(BudgetKey),
+    /// A lease that was swept (its replica was silent past its time to
+    /// live) or closed: it holds nothing any more.
+    #[error("the lease has ended (swept or closed)")]
+    Ended,
     /// The store: fail closed.
     #[error(transparent)]
     Store(#[from] ClusterError),
 }
 
-fn remaining(row: &PeriodRow) -> Money {
+pub(crate) fn remaining(row: &PeriodRow) -> Money {
     Money::from_nanos((row.limit.nanos() - row.spent.nanos() - row.held.nanos()).max(0))
 }
 
@@ -93,11 +97,11 @@ fn remaining(row: &PeriodRow) -> Money {
 pub struct SharedLedger {
     pool: Pool,
     /// Every table is `{schema}.…` (an identifier, checked).
-    schema: String,
+    pub(crate) schema: String,
     /// The longest any call waits for the store before failing closed.
-    timeout: Duration,
+    pub(crate) timeout: Duration,
     /// This replica's name, on its holds.
-    replica: String,
+    pub(crate) replica: String,
 }
 
 impl std::fmt::Debug for SharedLedger {
@@ -176,13 +180,16 @@ impl SharedLedger {
     }
 
     /// `work` within the timeout, or [`ClusterError::Unavailable`].
-    async fn within<T>(&self, work: impl Future<Output = Result<T, ClusterError>>) -> Result<T, ClusterError> {
+    pub(crate) async fn within<T>(
+        &self,
+        work: impl Future<Output = Result<T, ClusterError>>,
+    ) -> Result<T, ClusterError> {
         tokio::time::timeout(self.timeout, work).await.unwrap_or_else(|_| {
             Err(ClusterError::Unavailable(format!("no answer within {} ms", self.timeout.as_millis())))
         })
     }
 
-    async fn client(&self) -> Result<deadpool_postgres::Object, ClusterError> {
+    pub(crate) async fn client(&self) -> Result<deadpool_postgres::Object, ClusterError> {
         self.pool.get().await.map_err(|e| ClusterError::Unavailable(format!("no connection: {e}")))
     }
 
@@ -393,8 +400,10 @@ impl SharedLedger {
 
     /// Ends the expired holds of any replica: each is charged in full
     /// (moved from held to spent), for its replica may have died after the
-    /// provider billed the call; a late settlement corrects it. Returns how
-    /// many there were. Works in batches of [`SWEEP_BATCH`], each its own
+    /// provider billed the call; a late settlement corrects it. An expired
+    /// [lease](SharedLedger::lease) is charged what its replica last
+    /// reported in flight, and the rest of it returns to its budgets.
+    /// Returns how many there were. Works in batches of [`SWEEP_BATCH`], each its own
     /// transaction, locking budgets in the order holds do (no deadlock) and
     /// skipping holds being settled. Settled holds are forgotten after a
     /// day, swept ones after a week.
@@ -433,7 +442,8 @@ impl SharedLedger {
             let sums = tx
                 .query(
                     &format!(
-                        "SELECT k.scope, k.period, k.period_start, sum(h.amount_nanos)::bigint
+                        "SELECT k.scope, k.period, k.period_start, sum(h.amount_nanos)::bigint,
+                                sum(coalesce(h.in_flight_nanos, h.amount_nanos))::bigint
                          FROM {s}.budget_hold_keys k JOIN {s}.budget_holds h ON h.id = k.hold_id
                          WHERE k.hold_id = ANY($1)
                          GROUP BY k.scope, k.period, k.period_start
@@ -444,14 +454,14 @@ impl SharedLedger {
                 .await
                 .map_err(|e| unavailable(&e))?;
             for row in &sums {
-                let (scope, period, start, amount): (String, String, i64, i64) =
-                    (row.get(0), row.get(1), row.get(2), row.get(3));
+                let (scope, period, start, released, charged): (String, String, i64, i64, i64) =
+                    (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4));
                 tx.execute(
                     &format!(
-                        "UPDATE {s}.budget_periods SET held_nanos = held_nanos - $4, spent_nanos = spent_nanos + $4
+                        "UPDATE {s}.budget_periods SET held_nanos = held_nanos - $4, spent_nanos = spent_nanos + $5
                          WHERE scope = $1 AND period = $2 AND period_start = $3"
                     ),
-                    &[&scope, &period, &start, &amount],
+                    &[&scope, &period, &start, &released, &charged],
                 )
                 .await
                 .map_err(|e| unavailable(&e))?;
@@ -503,7 +513,7 @@ impl SharedLedger {
     }
 
     /// `key`'s row through `client` (a connection or a transaction).
-    async fn read(
+    pub(crate) async fn read(
         &self,
         client: &impl deadpool_postgres::GenericClient,
         key: &BudgetKey,

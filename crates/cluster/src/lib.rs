@@ -37,9 +37,11 @@
 //! (statements, lock waits, idle transactions), so a replica cut off
 //! mid-transaction cannot keep a budget's row locked.
 
+mod lease;
 mod ledger;
 mod schema;
 
+pub use lease::Checkpoint;
 pub use ledger::{BudgetKey, Hold, HoldRefused, PeriodRow, SWEEP_BATCH, SharedLedger};
 
 /// What went wrong talking to the shared stores.

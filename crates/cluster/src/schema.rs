@@ -39,6 +39,10 @@ const MIGRATIONS: &[&str] = &[
         period_start BIGINT NOT NULL,
         PRIMARY KEY (hold_id, scope, period, period_start)
     );",
+    // 2: leases: a hold a replica draws many requests from, which records
+    // the money its replica last reported in flight (charged if it expires;
+    // NULL for a request's own hold, charged in full).
+    "ALTER TABLE {s}.budget_holds ADD COLUMN in_flight_nanos BIGINT CHECK (in_flight_nanos >= 0);",
 ];
 
 /// `name` if it is a plain lower-case SQL identifier (it is written into

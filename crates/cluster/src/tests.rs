@@ -15,7 +15,7 @@ use std::{
 use modelfleet_registry::Money;
 use tokio::{net::TcpListener, task::JoinSet};
 
-use crate::{BudgetKey, ClusterError, HoldRefused, SharedLedger, schema::identifier};
+use crate::{BudgetKey, Checkpoint, ClusterError, HoldRefused, SharedLedger, schema::identifier};
 
 /// The test server's URL, or `None` (the test skips) when nothing listens
 /// there and CI did not ask for it.
@@ -358,4 +358,171 @@ async fn an_unreachable_store_fails_closed_and_recovers() {
     let row = ledger.status(&budget).await.unwrap().unwrap();
     assert_eq!((row.spent, row.held), (dollars(2), Money::ZERO));
     proxy.cut();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_are_sized_by_the_room_left_and_never_pass_the_limit() {
+    let Some(url) = postgres_url() else { return };
+    let schema = Schema::new(&url, "lease_size");
+    let ledger = ledger(&url, &schema, "a").await;
+    let budget = key("global");
+    ledger.define(&budget, dollars(100)).await.unwrap();
+    let keys = std::slice::from_ref(&budget);
+    let ttl = Duration::from_mins(1);
+    // Far from the limit, a lease is what the replica wants.
+    let mut first = ledger.lease(keys, dollars(1), dollars(10), ttl).await.unwrap();
+    assert_eq!(first.amount(), dollars(10));
+    // Nearer, at most half the room left, so the other replicas keep some.
+    let big = ledger.lease(keys, dollars(1), dollars(1_000), ttl).await.unwrap();
+    assert_eq!(big.amount(), dollars(45), "half of the 90 left");
+    assert_eq!(
+        ledger.extend(&mut first, dollars(1), dollars(1_000), ttl).await.unwrap(),
+        Money::from_nanos(22_500_000_000)
+    );
+    assert_eq!(first.amount(), Money::from_nanos(32_500_000_000));
+    // At the end, exactly what is needed, then nothing.
+    let mut granted = Money::ZERO;
+    loop {
+        match ledger.lease(keys, dollars(1), dollars(1_000), ttl).await {
+            Ok(lease) => granted = granted.saturating_add(lease.amount()),
+            Err(HoldRefused::Exceeded { row, amount, .. }) => {
+                assert_eq!(amount, dollars(1));
+                assert!(row.limit.nanos() - row.spent.nanos() - row.held.nanos() < dollars(1).nanos());
+                break;
+            }
+            Err(other) => panic!("{other}"),
+        }
+    }
+    let row = ledger.status(&budget).await.unwrap().unwrap();
+    assert_eq!(row.held, first.amount().saturating_add(big.amount()).saturating_add(granted));
+    assert!(row.held <= row.limit, "the sum of the leases never passes the limit");
+    assert!(row.limit.nanos() - row.held.nanos() < dollars(1).nanos(), "the room went to leases, to the last dollar");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checkpoints_charge_what_was_spent_and_return_what_is_not_kept() {
+    let Some(url) = postgres_url() else { return };
+    let schema = Schema::new(&url, "lease_checkpoint");
+    let ledger = ledger(&url, &schema, "a").await;
+    let (global, provider) = (key("global"), key("provider:openai"));
+    ledger.define(&global, dollars(100)).await.unwrap();
+    ledger.define(&provider, dollars(20)).await.unwrap();
+    let ttl = Duration::from_mins(1);
+    let mut lease = ledger.lease(&[global.clone(), provider.clone()], dollars(1), dollars(10), ttl).await.unwrap();
+    assert_eq!(lease.amount(), dollars(10));
+    // Spent 3 of it, keeping all that is left.
+    let kept = ledger.checkpoint(&mut lease, dollars(3), dollars(100), dollars(2), ttl).await.unwrap();
+    assert_eq!(kept, Checkpoint::Held(dollars(7)));
+    for budget in [&global, &provider] {
+        let row = ledger.status(budget).await.unwrap().unwrap();
+        assert_eq!((row.spent, row.held), (dollars(3), dollars(7)), "{}", budget.scope);
+    }
+    // Spent 1 more, keeping at most 2: 4 return to the budgets.
+    assert_eq!(
+        ledger.checkpoint(&mut lease, dollars(1), dollars(2), Money::ZERO, ttl).await.unwrap(),
+        Checkpoint::Held(dollars(2))
+    );
+    let row = ledger.status(&provider).await.unwrap().unwrap();
+    assert_eq!((row.spent, row.held), (dollars(4), dollars(2)));
+    // Actual above the lease is charged in full; the lease holds nothing.
+    assert_eq!(
+        ledger.checkpoint(&mut lease, dollars(5), dollars(100), Money::ZERO, ttl).await.unwrap(),
+        Checkpoint::Held(Money::ZERO)
+    );
+    let row = ledger.status(&provider).await.unwrap().unwrap();
+    assert_eq!((row.spent, row.held), (dollars(9), Money::ZERO));
+    // It can grow again, then closes: all it held returns, and it is over.
+    assert_eq!(ledger.extend(&mut lease, dollars(1), dollars(4), ttl).await.unwrap(), dollars(4));
+    assert_eq!(ledger.close(&mut lease, dollars(1)).await.unwrap(), Checkpoint::Held(Money::ZERO));
+    let row = ledger.status(&provider).await.unwrap().unwrap();
+    assert_eq!((row.spent, row.held), (dollars(10), Money::ZERO));
+    assert!(matches!(ledger.extend(&mut lease, dollars(1), dollars(4), ttl).await, Err(HoldRefused::Ended)));
+    // Spend reported after the end is still charged.
+    assert_eq!(
+        ledger.checkpoint(&mut lease, dollars(1), dollars(9), Money::ZERO, ttl).await.unwrap(),
+        Checkpoint::Ended
+    );
+    let row = ledger.status(&global).await.unwrap().unwrap();
+    assert_eq!((row.spent, row.held), (dollars(11), Money::ZERO));
+    // Negative money is refused, naming it.
+    let negative = ledger.checkpoint(&mut lease, Money::from_nanos(-1), Money::ZERO, Money::ZERO, ttl).await;
+    assert!(matches!(negative, Err(ClusterError::Invalid(_))), "{negative:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_lease_is_charged_what_was_in_flight_and_the_rest_returns() {
+    let Some(url) = postgres_url() else { return };
+    let schema = Schema::new(&url, "lease_expiry");
+    let (dead, alive) = tokio::join!(ledger(&url, &schema, "dead"), ledger(&url, &schema, "alive"));
+    let budget = key("global");
+    dead.define(&budget, dollars(100)).await.unwrap();
+    let keys = std::slice::from_ref(&budget);
+    let mut lease = dead.lease(keys, dollars(1), dollars(20), Duration::from_mins(1)).await.unwrap();
+    // Its replica reports 3 spent and 4 in flight, then dies.
+    dead.checkpoint(&mut lease, dollars(3), dollars(100), dollars(4), Duration::from_millis(1)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(alive.sweep().await.unwrap(), 1);
+    let row = alive.status(&budget).await.unwrap().unwrap();
+    assert_eq!((row.spent, row.held), (dollars(7), Money::ZERO), "in flight charged, the unused 13 back");
+    assert_eq!(alive.sweep().await.unwrap(), 0, "swept once");
+    // A lease its replica lost track of is charged nothing past its report.
+    let lost = alive.lease(keys, dollars(1), dollars(5), Duration::from_millis(1)).await.unwrap();
+    assert_eq!(lost.amount(), dollars(5));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(alive.sweep().await.unwrap(), 1);
+    let row = alive.status(&budget).await.unwrap().unwrap();
+    assert_eq!((row.spent, row.held), (dollars(7), Money::ZERO));
+    // The dead replica comes back: its lease is over, and what it spent
+    // since is charged all the same.
+    assert!(matches!(
+        dead.extend(&mut lease, dollars(1), dollars(5), Duration::from_mins(1)).await,
+        Err(HoldRefused::Ended)
+    ));
+    assert_eq!(
+        dead.checkpoint(&mut lease, dollars(2), dollars(9), Money::ZERO, Duration::from_mins(1)).await.unwrap(),
+        Checkpoint::Ended
+    );
+    assert_eq!(alive.status(&budget).await.unwrap().unwrap().spent, dollars(9));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_drawing_from_leases_at_once_never_pass_the_limit() {
+    let Some(url) = postgres_url() else { return };
+    let schema = Schema::new(&url, "lease_race");
+    let (a, b, c) = tokio::join!(ledger(&url, &schema, "a"), ledger(&url, &schema, "b"), ledger(&url, &schema, "c"));
+    let budget = key("global");
+    a.define(&budget, dollars(50)).await.unwrap();
+    // Each replica: 40 requests of $1, drawn from leases of up to $8 it
+    // extends as they run out, each request's spend checkpointed.
+    let mut tasks = JoinSet::new();
+    for ledger in [a.clone(), b, c] {
+        let keys = vec![budget.clone()];
+        tasks.spawn(async move {
+            let ttl = Duration::from_mins(1);
+            let mut lease = ledger.lease(&keys, dollars(1), dollars(8), ttl).await.unwrap();
+            let mut served = 0;
+            for _ in 0..40 {
+                if lease.amount() < dollars(1) {
+                    // What it lacks: a fraction it still holds counts.
+                    let need = dollars(1).saturating_sub(lease.amount());
+                    match ledger.extend(&mut lease, need, dollars(8), ttl).await {
+                        Ok(_) => {}
+                        Err(HoldRefused::Exceeded { .. }) => continue,
+                        Err(other) => panic!("{other}"),
+                    }
+                }
+                ledger.checkpoint(&mut lease, dollars(1), dollars(1_000), Money::ZERO, ttl).await.unwrap();
+                served += 1;
+            }
+            ledger.close(&mut lease, Money::ZERO).await.unwrap();
+            served
+        });
+    }
+    let mut served = 0;
+    while let Some(n) = tasks.join_next().await {
+        served += n.unwrap();
+    }
+    assert_eq!(served, 50, "every dollar used, none twice");
+    let row = a.status(&budget).await.unwrap().unwrap();
+    assert_eq!((row.spent, row.held), (dollars(50), Money::ZERO));
 }

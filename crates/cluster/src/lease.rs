@@ -1,0 +1,319 @@
+//! Leases: a slice of a hot budget's remaining money that one replica
+//! holds and draws many requests from, so a request costs the shared
+//! ledger no transaction of its own.
+//!
+//! A lease is a hold ([`Hold`]) like a request's, with three differences:
+//! it is sized by the ledger (at least what the replica needs, at most
+//! what it wants, and never more than half of what is left once the
+//! budget is nearly spent, so the other replicas keep room); its replica
+//! [checkpoints](SharedLedger::checkpoint) it, charging what its requests
+//! spent, reporting what is still in flight, and renewing it; and when it
+//! expires (its replica died or was cut off), the sweep charges only the
+//! money last reported in flight and returns the rest to its budgets.
+//!
+//! Every statement that touches a lease locks its hold's row first, then
+//! its budgets' rows in their sorted order, as [`SharedLedger::hold`],
+//! [`SharedLedger::settle`] and the sweep do: no two transactions wait on
+//! each other in a cycle.
+
+use std::time::Duration;
+
+use modelfleet_registry::Money;
+
+use crate::{
+    BudgetKey, ClusterError, Hold, HoldRefused, PeriodRow, SharedLedger,
+    ledger::{remaining, unavailable},
+};
+
+/// A lease's state after a [checkpoint](SharedLedger::checkpoint).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Checkpoint {
+    /// The lease lives, holding this much until its new expiry.
+    Held(Money),
+    /// The lease had ended (swept, or closed): the charge was made on its
+    /// budgets all the same, and it holds nothing.
+    Ended,
+}
+
+impl SharedLedger {
+    /// Leases a slice of every budget of `keys` for `ttl` (the database's
+    /// clock): at least `need`, at most `want`, and no more than half of
+    /// the room the fullest budget has left when that is more than `need`.
+    /// The slice is held on every budget (the sum of the leases and holds
+    /// never passes a limit); [`Hold::amount`] says how much. Refused as a
+    /// hold is when a budget has less than `need` left.
+    pub async fn lease(
+        &self,
+        keys: &[BudgetKey],
+        need: Money,
+        want: Money,
+        ttl: Duration,
+    ) -> Result<Hold, HoldRefused> {
+        let mut keys = keys.to_vec();
+        keys.sort();
+        keys.dedup();
+        let mut lease = Hold { id: None, keys, amount: Money::ZERO };
+        self.grant(&mut lease, need, want, ttl).await?;
+        Ok(lease)
+    }
+
+    /// Adds to `lease` as [`SharedLedger::lease`] sizes a new one (at least
+    /// `need`, at most `want`), and renews it for `ttl`: the amount added.
+    /// [`HoldRefused::Ended`] when it was swept or closed.
+    pub async fn extend(
+        &self,
+        lease: &mut Hold,
+        need: Money,
+        want: Money,
+        ttl: Duration,
+    ) -> Result<Money, HoldRefused> {
+        if lease.id.is_none() {
+            return Err(HoldRefused::Ended);
+        }
+        self.grant(lease, need, want, ttl).await
+    }
+
+    /// Grants a slice to `lease` (a new lease's row when it has none): the
+    /// amount granted, also added to `lease`.
+    async fn grant(&self, lease: &mut Hold, need: Money, want: Money, ttl: Duration) -> Result<Money, HoldRefused> {
+        if lease.keys.is_empty() {
+            return Ok(Money::ZERO);
+        }
+        let need = need.max(Money::ZERO);
+        let want = want.max(need);
+        let s = &self.schema;
+        let outcome = tokio::time::timeout(self.timeout, async {
+            let mut client = self.client().await?;
+            let tx = client.transaction().await.map_err(|e| unavailable(&e))?;
+            if let Some(id) = lease.id {
+                let state = tx
+                    .query_opt(&format!("SELECT state FROM {s}.budget_holds WHERE id = $1 FOR UPDATE"), &[&id])
+                    .await
+                    .map_err(|e| unavailable(&e))?;
+                if state.is_none_or(|row| row.get::<_, &str>(0) != "held") {
+                    return Ok(Err(HoldRefused::Ended));
+                }
+            }
+            // The budgets' rows, locked in the keys' (sorted) order.
+            let mut rooms = Vec::with_capacity(lease.keys.len());
+            for key in &lease.keys {
+                let Some(row) = self.lock(&tx, key).await? else {
+                    return Ok(Err(HoldRefused::Undefined(key.clone())));
+                };
+                rooms.push((key, row));
+            }
+            let Some((tightest, row)) = rooms.iter().min_by_key(|(_, row)| remaining(row)) else {
+                return Err(ClusterError::Invalid("a lease on no budget".to_owned()));
+            };
+            let room = remaining(row);
+            if room < need {
+                return Ok(Err(HoldRefused::Exceeded { key: (*tightest).clone(), row: *row, amount: need }));
+            }
+            let granted = want.min(need.max(Money::from_nanos(room.nanos() / 2)));
+            for key in &lease.keys {
+                tx.execute(
+                    &format!(
+                        "UPDATE {s}.budget_periods SET held_nanos = held_nanos + $4
+                         WHERE scope = $1 AND period = $2 AND period_start = $3"
+                    ),
+                    &[&key.scope, &key.period, &key.start(), &granted.nanos()],
+                )
+                .await
+                .map_err(|e| unavailable(&e))?;
+            }
+            let id = match lease.id {
+                Some(id) => {
+                    tx.execute(
+                        &format!(
+                            "UPDATE {s}.budget_holds SET amount_nanos = amount_nanos + $2,
+                                 expires_at = now() + make_interval(secs => $3) WHERE id = $1"
+                        ),
+                        &[&id, &granted.nanos(), &ttl.as_secs_f64()],
+                    )
+                    .await
+                    .map_err(|e| unavailable(&e))?;
+                    id
+                }
+                None => self.insert_lease(&tx, &lease.keys, granted, ttl).await?,
+            };
+            tx.commit().await.map_err(|e| unavailable(&e))?;
+            Ok::<_, ClusterError>(Ok((id, granted)))
+        })
+        .await
+        .unwrap_or_else(|_| {
+            Err(ClusterError::Unavailable(format!("no answer within {} ms", self.timeout.as_millis())))
+        });
+        match outcome {
+            Ok(Ok((id, granted))) => {
+                lease.id = Some(id);
+                lease.amount = lease.amount.saturating_add(granted);
+                Ok(granted)
+            }
+            Ok(Err(refused)) => Err(refused),
+            Err(err) => Err(HoldRefused::Store(err)),
+        }
+    }
+
+    /// `key`'s row, locked until `tx` ends.
+    async fn lock(
+        &self,
+        tx: &deadpool_postgres::Transaction<'_>,
+        key: &BudgetKey,
+    ) -> Result<Option<PeriodRow>, ClusterError> {
+        let s = &self.schema;
+        let row = tx
+            .query_opt(
+                &format!(
+                    "SELECT limit_nanos, spent_nanos, held_nanos FROM {s}.budget_periods
+                     WHERE scope = $1 AND period = $2 AND period_start = $3 FOR UPDATE"
+                ),
+                &[&key.scope, &key.period, &key.start()],
+            )
+            .await
+            .map_err(|e| unavailable(&e))?;
+        Ok(row.map(|row| PeriodRow {
+            limit: Money::from_nanos(row.get(0)),
+            spent: Money::from_nanos(row.get(1)),
+            held: Money::from_nanos(row.get(2)),
+        }))
+    }
+
+    /// A new lease's rows: the hold (nothing in flight yet) and its keys.
+    async fn insert_lease(
+        &self,
+        tx: &deadpool_postgres::Transaction<'_>,
+        keys: &[BudgetKey],
+        amount: Money,
+        ttl: Duration,
+    ) -> Result<i64, ClusterError> {
+        let s = &self.schema;
+        let scopes: Vec<&str> = keys.iter().map(|k| k.scope.as_str()).collect();
+        let periods: Vec<&str> = keys.iter().map(|k| k.period.as_str()).collect();
+        let starts: Vec<i64> = keys.iter().map(BudgetKey::start).collect();
+        let rows = tx
+            .query(
+                &format!(
+                    "WITH hold AS (
+                         INSERT INTO {s}.budget_holds (amount_nanos, replica, expires_at, in_flight_nanos)
+                         VALUES ($1, $2, now() + make_interval(secs => $3), 0) RETURNING id
+                     )
+                     INSERT INTO {s}.budget_hold_keys (hold_id, scope, period, period_start)
+                     SELECT hold.id, k.scope, k.period, k.period_start
+                     FROM hold, unnest($4::text[], $5::text[], $6::bigint[]) AS k(scope, period, period_start)
+                     RETURNING hold_id"
+                ),
+                &[&amount.nanos(), &self.replica, &ttl.as_secs_f64(), &scopes, &periods, &starts],
+            )
+            .await
+            .map_err(|e| unavailable(&e))?;
+        rows.first()
+            .map(|row| row.get(0))
+            .ok_or_else(|| ClusterError::Unavailable("the lease's insert returned no row".to_owned()))
+    }
+
+    /// Checkpoints `lease`, in one transaction: `spent` (what its requests
+    /// spent since the last checkpoint, in full even above the lease) is
+    /// charged to its budgets, what it holds shrinks by as much (never
+    /// below zero) and then to at most `keep` (the rest returns to its
+    /// budgets), `in_flight` (the money of requests still running, charged
+    /// if the lease expires) is recorded, and it is renewed for `ttl`.
+    ///
+    /// A lease that had ended (swept while its replica was cut off) still
+    /// has `spent` charged ([`Checkpoint::Ended`]): the sweep charged what
+    /// was last reported in flight, so this may count some of it twice,
+    /// never leave it out.
+    pub async fn checkpoint(
+        &self,
+        lease: &mut Hold,
+        spent: Money,
+        keep: Money,
+        in_flight: Money,
+        ttl: Duration,
+    ) -> Result<Checkpoint, ClusterError> {
+        self.write_checkpoint(lease, spent, keep, in_flight, Some(ttl)).await
+    }
+
+    /// Closes `lease`: `spent` is charged (as by a checkpoint), and all it
+    /// holds returns to its budgets. Its requests must all have ended.
+    pub async fn close(&self, lease: &mut Hold, spent: Money) -> Result<Checkpoint, ClusterError> {
+        self.write_checkpoint(lease, spent, Money::ZERO, Money::ZERO, None).await
+    }
+
+    /// A checkpoint renewing for `ttl`, or closing the lease without one.
+    async fn write_checkpoint(
+        &self,
+        lease: &mut Hold,
+        spent: Money,
+        keep: Money,
+        in_flight: Money,
+        ttl: Option<Duration>,
+    ) -> Result<Checkpoint, ClusterError> {
+        if spent < Money::ZERO || in_flight < Money::ZERO {
+            return Err(ClusterError::Invalid(format!(
+                "a checkpoint of ${spent} spent, ${in_flight} in flight: money is never negative"
+            )));
+        }
+        let Some(id) = lease.id else {
+            return Ok(if spent > Money::ZERO { Checkpoint::Ended } else { Checkpoint::Held(Money::ZERO) });
+        };
+        let s = &self.schema;
+        let outcome = self
+            .within(async {
+                let mut client = self.client().await?;
+                let tx = client.transaction().await.map_err(|e| unavailable(&e))?;
+                let row = tx
+                    .query_opt(
+                        &format!("SELECT state, amount_nanos FROM {s}.budget_holds WHERE id = $1 FOR UPDATE"),
+                        &[&id],
+                    )
+                    .await
+                    .map_err(|e| unavailable(&e))?
+                    .ok_or_else(|| {
+                        ClusterError::Invalid(format!("lease {id} is unknown (never made, or long forgotten)"))
+                    })?;
+                let (state, amount): (String, i64) = (row.get(0), row.get(1));
+                let alive = state == "held";
+                let (kept, released) = if alive {
+                    let left = amount - spent.nanos().min(amount);
+                    let kept = left.min(keep.nanos().max(0));
+                    (kept, amount - kept)
+                } else {
+                    (0, 0)
+                };
+                if spent > Money::ZERO || released > 0 {
+                    for key in &lease.keys {
+                        tx.execute(
+                            &format!(
+                                "UPDATE {s}.budget_periods
+                                 SET spent_nanos = spent_nanos + $4, held_nanos = held_nanos - $5
+                                 WHERE scope = $1 AND period = $2 AND period_start = $3"
+                            ),
+                            &[&key.scope, &key.period, &key.start(), &spent.nanos(), &released],
+                        )
+                        .await
+                        .map_err(|e| unavailable(&e))?;
+                    }
+                }
+                if alive {
+                    let closed = ttl.is_none();
+                    let ttl = ttl.unwrap_or_default();
+                    tx.execute(
+                        &format!(
+                            "UPDATE {s}.budget_holds SET amount_nanos = $2, in_flight_nanos = $3,
+                                 expires_at = now() + make_interval(secs => $4),
+                                 state = CASE WHEN $5 THEN 'settled' ELSE state END
+                             WHERE id = $1"
+                        ),
+                        &[&id, &kept, &in_flight.nanos(), &ttl.as_secs_f64(), &closed],
+                    )
+                    .await
+                    .map_err(|e| unavailable(&e))?;
+                }
+                tx.commit().await.map_err(|e| unavailable(&e))?;
+                Ok(alive.then_some(kept))
+            })
+            .await?;
+        lease.amount = Money::from_nanos(outcome.unwrap_or(0));
+        Ok(if outcome.is_some() { Checkpoint::Held(lease.amount) } else { Checkpoint::Ended })
+    }
+}
