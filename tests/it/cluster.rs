@@ -41,14 +41,16 @@ fn postgres_url() -> Option<String> {
 
 /// One model whose every answer costs exactly its worst case ($0.002: 1,000
 /// output tokens at $2 per million), under a hard global budget of $0.10:
-/// room for exactly 50 answers, whichever replica serves them.
-fn config_text(schema: &str) -> String {
+/// room for exactly 50 answers, whichever replica serves them. `leases`:
+/// whether replicas draw from leases or hold each request in the store.
+fn config_text(schema: &str, leases: bool) -> String {
     format!(
         "[[providers]]\nname = \"p\"\nkind = \"simulated\"\n\n\
          [[models]]\nid = \"m\"\nprovider = \"p\"\ncontext_window = 100000\nmax_output_tokens = 1000\n\
          input_price_per_mtok = \"1\"\noutput_price_per_mtok = \"2\"\ncategories = [\"general\"]\n\n\
          [[budgets]]\nscope = \"global\"\nperiod = \"monthly\"\nlimit = \"0.10\"\nenforcement = \"hard\"\n\n\
-         [cluster]\npostgres_url_env = \"MODELFLEET_TEST_POSTGRES_URL\"\nschema = \"{schema}\"\ntimeout_ms = 30000\n"
+         [cluster]\npostgres_url_env = \"MODELFLEET_TEST_POSTGRES_URL\"\nschema = \"{schema}\"\ntimeout_ms = 30000\n\
+         leases = {leases}\nlease_ttl_ms = 120000\n"
     )
 }
 
@@ -76,14 +78,36 @@ async fn one_answer(
     Ok(ModelResponse { value: (), usage: Some(Usage::new(0, 1_000)) })
 }
 
+/// The shared ledger's (spent, held) once every lease has been returned
+/// (an idle lease closes after a second; polled for up to ten).
+async fn settled(ledger: &SharedLedger, key: &BudgetKey) -> (Money, Money) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let row = ledger.status(key).await.unwrap().expect("defined by the first hold");
+        if row.held == Money::ZERO || std::time::Instant::now() > deadline {
+            return (row.spent, row.held);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn three_replicas_never_pass_one_hard_budget() {
+async fn three_replicas_holding_each_request_never_pass_one_hard_budget() {
+    three_replicas_never_pass_one_hard_budget(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_drawing_from_leases_never_pass_one_hard_budget() {
+    three_replicas_never_pass_one_hard_budget(true).await;
+}
+
+async fn three_replicas_never_pass_one_hard_budget(leases: bool) {
     let Some(url) = postgres_url() else { return };
-    let schema = format!("t_replicas_{}", std::process::id());
+    let schema = format!("t_replicas_{leases}_{}", std::process::id());
     let mut fleets = Vec::new();
     let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     for dir in &dirs {
-        let mut config = validated(&config_text(&schema), dir.path(), env);
+        let mut config = validated(&config_text(&schema, leases), dir.path(), env);
         config.store.path = Some(dir.path().join("fleet.db"));
         let options = FleetOptions::from_config(&config).unwrap();
         fleets.push(Arc::new(Fleet::open(options).await.expect("a replica starts")));
@@ -108,24 +132,26 @@ async fn three_replicas_never_pass_one_hard_budget() {
     let start = fleets[0].budgets().status(&Scope::Global, Period::Monthly).unwrap().period_start_ms;
     let key = BudgetKey { scope: "global".into(), period: "monthly".into(), period_start_ms: start };
     let ledger = SharedLedger::connect(&url, &schema, "test", Duration::from_secs(30)).await.unwrap();
-    let row = ledger.status(&key).await.unwrap().expect("defined by the first hold");
     let total = served.iter().fold(Money::ZERO, |sum, cost| sum + *cost);
-    assert_eq!((row.spent, row.held), (total, Money::ZERO));
+    // Every answer was charged before it went out; leases return what
+    // they did not use once idle.
+    let row = ledger.status(&key).await.unwrap().expect("defined by the first hold");
+    assert_eq!(row.spent, total, "charged before the answers went out");
+    assert_eq!(settled(&ledger, &key).await, (total, Money::ZERO));
     assert_eq!(total, "0.1".parse::<Money>().unwrap());
     // A replica started with a higher limit gives it to every replica's
     // shared budget (the configuration is re-applied at start).
     let dir = tempfile::tempdir().unwrap();
-    let mut config = validated(&config_text(&schema).replace("limit = \"0.10\"", "limit = \"0.11\""), dir.path(), env);
+    let raised_text = config_text(&schema, leases).replace("limit = \"0.10\"", "limit = \"0.11\"");
+    let mut config = validated(&raised_text, dir.path(), env);
     config.store.path = Some(dir.path().join("fleet.db"));
     let raised = Fleet::open(FleetOptions::from_config(&config).unwrap()).await.unwrap();
     // An answer under its worst case is charged its cost, not its hold; an
     // unbilled failure nothing; and nothing stays held.
-    let spent = |row: modelfleet_cluster::PeriodRow| (row.spent, row.held);
     let cheap = fleets[1].call(&request, half_answer).await.expect("the raised limit has room");
     assert_eq!(cheap.cost, "0.001".parse::<Money>().unwrap());
-    assert_eq!(spent(ledger.status(&key).await.unwrap().unwrap()), ("0.101".parse().unwrap(), Money::ZERO));
+    assert_eq!(ledger.status(&key).await.unwrap().unwrap().spent, "0.101".parse().unwrap());
     assert!(raised.call(&request, unbilled_failure).await.is_err());
-    assert_eq!(spent(ledger.status(&key).await.unwrap().unwrap()), ("0.101".parse().unwrap(), Money::ZERO));
     // Budgets change only through every replica's configuration.
     let added = fleets[0]
         .add_budget(
@@ -138,6 +164,143 @@ async fn three_replicas_never_pass_one_hard_budget() {
     for fleet in &fleets {
         fleet.shutdown().await.unwrap();
     }
+    // Shut down, replicas close their leases at once: nothing stays held.
+    let row = ledger.status(&key).await.unwrap().unwrap();
+    assert_eq!((row.spent, row.held), ("0.101".parse().unwrap(), Money::ZERO));
+    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    client.batch_execute(&format!("DROP SCHEMA {schema} CASCADE")).await.unwrap();
+}
+
+/// A loopback TCP proxy to the test's PostgreSQL that the test can cut
+/// (every connection dropped, new ones refused) and restore: the shared
+/// server itself is never touched.
+struct Proxy {
+    port: u16,
+    cut: Arc<std::sync::atomic::AtomicBool>,
+    links: Arc<std::sync::Mutex<tokio::task::JoinSet<()>>>,
+    accepting: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    async fn start(upstream: std::net::SocketAddr) -> Proxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let cut = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let links = Arc::new(std::sync::Mutex::new(tokio::task::JoinSet::new()));
+        let (is_cut, tasks) = (Arc::clone(&cut), Arc::clone(&links));
+        let accepting = tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                if is_cut.load(std::sync::atomic::Ordering::SeqCst) {
+                    continue; // dropped: the connection is refused
+                }
+                tasks.lock().unwrap().spawn(async move {
+                    if let Ok(mut server) = tokio::net::TcpStream::connect(upstream).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                });
+            }
+        });
+        Proxy { port, cut, links, accepting }
+    }
+
+    /// Cuts every connection and refuses new ones, or lets them through again.
+    fn set_cut(&self, cut: bool) {
+        self.cut.store(cut, std::sync::atomic::Ordering::SeqCst);
+        if cut {
+            self.links.lock().unwrap().abort_all();
+        }
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.accepting.abort();
+    }
+}
+
+/// Polls `check` every 100 ms for up to 20 s: whether it came true.
+async fn eventually<F: std::future::Future<Output = bool>>(mut check: impl FnMut() -> F) -> bool {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while std::time::Instant::now() < deadline {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_store_fails_hard_budgets_closed_serves_the_rest_and_recovers() {
+    let Some(url) = postgres_url() else { return };
+    let upstream = {
+        let config: tokio_postgres::Config = url.parse().unwrap();
+        let host = match config.get_hosts().first() {
+            Some(tokio_postgres::config::Host::Tcp(host)) => host.clone(),
+            _ => "127.0.0.1".to_owned(),
+        };
+        let port = config.get_ports().first().copied().unwrap_or(5432);
+        std::net::ToSocketAddrs::to_socket_addrs(&(host.as_str(), port)).unwrap().next().unwrap()
+    };
+    let proxy = Proxy::start(upstream).await;
+    let proxied = {
+        let mut config: tokio_postgres::Config = url.parse().unwrap();
+        config.host("127.0.0.1").port(proxy.port);
+        let user = config.get_user().unwrap_or("postgres").to_owned();
+        let db = config.get_dbname().unwrap_or("test").to_owned();
+        format!("postgres://{user}@127.0.0.1:{}/{db}", proxy.port)
+    };
+    let schema = format!("t_cut_{}", std::process::id());
+    // Model `m` is paid by a hard budget on provider `p`; model `n`, on
+    // provider `q`, by none.
+    let text = config_text(&schema, true)
+        .replace("scope = \"global\"", "scope = \"provider:p\"")
+        .replace("timeout_ms = 30000", "timeout_ms = 1000")
+        .replace("lease_ttl_ms = 120000", "lease_ttl_ms = 4000")
+        + "\n[[providers]]\nname = \"q\"\nkind = \"simulated\"\n\n\
+           [[models]]\nid = \"n\"\nprovider = \"q\"\ncontext_window = 100000\nmax_output_tokens = 1000\n\
+           input_price_per_mtok = \"1\"\noutput_price_per_mtok = \"2\"\ncategories = [\"general\"]\n";
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = validated(&text, dir.path(), env);
+    config.store.path = Some(dir.path().join("fleet.db"));
+    config.cluster.as_mut().unwrap().postgres_url = proxied;
+    let fleet = Fleet::open(FleetOptions::from_config(&config).unwrap()).await.expect("starts through the proxy");
+    let named = |model: &str| Request {
+        requirements: Requirements { max_output_tokens: 1_000, ..Requirements::default() },
+        model: Some(model.to_owned()),
+        ..Request::default()
+    };
+    let (budgeted, free) = (named("m"), named("n"));
+    fleet.call(&budgeted, one_answer).await.expect("served while the store answers");
+    proxy.set_cut(true);
+    // The lease's room may still serve the request that finds the store
+    // gone (its checkpoint fails as it answers); from then on, requests
+    // under the hard budget refuse, saying why, though the lease had room
+    // for hundreds more.
+    let mut served_after_cut = 0;
+    for _ in 0..10 {
+        match fleet.call(&budgeted, one_answer).await {
+            Ok(_) => served_after_cut += 1,
+            Err(failure) => {
+                assert!(failure.to_string().contains("unreachable"), "{failure}");
+                break;
+            }
+        }
+    }
+    assert!(served_after_cut <= 2, "{served_after_cut} requests drew on a lease the store could not confirm");
+    for _ in 0..5 {
+        let refused = fleet.call(&budgeted, one_answer).await.expect_err("fails closed while cut off");
+        assert!(refused.to_string().contains("unreachable"), "{refused}");
+        fleet.call(&free, one_answer).await.expect("requests no hard budget pays are served");
+    }
+    proxy.set_cut(false);
+    assert!(
+        eventually(|| async { fleet.call(&budgeted, one_answer).await.is_ok() }).await,
+        "hard budgets serve again once the store is back"
+    );
+    fleet.shutdown().await.unwrap();
+    drop(proxy);
     let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
     tokio::spawn(connection);
     client.batch_execute(&format!("DROP SCHEMA {schema} CASCADE")).await.unwrap();

@@ -25,6 +25,22 @@ use crate::{
     ledger::{remaining, unavailable},
 };
 
+/// How big a slice [`SharedLedger::lease`] and [`SharedLedger::extend`]
+/// grant: at least `need`, at most `want`, and no more than half of the
+/// room the fullest budget has left when that is more than `need`; what
+/// they grant past `need` is a whole number of `step`s (a request's hold:
+/// a lease drawn on by equal requests then leaves no fragment too small
+/// for one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Slice {
+    /// The least that is any use.
+    pub need: Money,
+    /// The most asked for.
+    pub want: Money,
+    /// The grain past `need` (zero: any amount).
+    pub step: Money,
+}
+
 /// A lease's state after a [checkpoint](SharedLedger::checkpoint).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Checkpoint {
@@ -36,51 +52,38 @@ pub enum Checkpoint {
 }
 
 impl SharedLedger {
-    /// Leases a slice of every budget of `keys` for `ttl` (the database's
-    /// clock): at least `need`, at most `want`, and no more than half of
-    /// the room the fullest budget has left when that is more than `need`.
-    /// The slice is held on every budget (the sum of the leases and holds
-    /// never passes a limit); [`Hold::amount`] says how much. Refused as a
-    /// hold is when a budget has less than `need` left.
-    pub async fn lease(
-        &self,
-        keys: &[BudgetKey],
-        need: Money,
-        want: Money,
-        ttl: Duration,
-    ) -> Result<Hold, HoldRefused> {
+    /// Leases a [`Slice`] of every budget of `keys` for `ttl` (the
+    /// database's clock). The slice is held on every budget (the sum of
+    /// the leases and holds never passes a limit); [`Hold::amount`] says
+    /// how much. Refused as a hold is when a budget has less than
+    /// `slice.need` left.
+    pub async fn lease(&self, keys: &[BudgetKey], slice: Slice, ttl: Duration) -> Result<Hold, HoldRefused> {
         let mut keys = keys.to_vec();
         keys.sort();
         keys.dedup();
         let mut lease = Hold { id: None, keys, amount: Money::ZERO };
-        self.grant(&mut lease, need, want, ttl).await?;
+        self.grant(&mut lease, slice, ttl).await?;
         Ok(lease)
     }
 
-    /// Adds to `lease` as [`SharedLedger::lease`] sizes a new one (at least
-    /// `need`, at most `want`), and renews it for `ttl`: the amount added.
-    /// [`HoldRefused::Ended`] when it was swept or closed.
-    pub async fn extend(
-        &self,
-        lease: &mut Hold,
-        need: Money,
-        want: Money,
-        ttl: Duration,
-    ) -> Result<Money, HoldRefused> {
+    /// Adds a [`Slice`] to `lease` and renews it for `ttl`: the amount
+    /// added. [`HoldRefused::Ended`] when it was swept or closed.
+    pub async fn extend(&self, lease: &mut Hold, slice: Slice, ttl: Duration) -> Result<Money, HoldRefused> {
         if lease.id.is_none() {
             return Err(HoldRefused::Ended);
         }
-        self.grant(lease, need, want, ttl).await
+        self.grant(lease, slice, ttl).await
     }
 
     /// Grants a slice to `lease` (a new lease's row when it has none): the
     /// amount granted, also added to `lease`.
-    async fn grant(&self, lease: &mut Hold, need: Money, want: Money, ttl: Duration) -> Result<Money, HoldRefused> {
+    async fn grant(&self, lease: &mut Hold, slice: Slice, ttl: Duration) -> Result<Money, HoldRefused> {
         if lease.keys.is_empty() {
             return Ok(Money::ZERO);
         }
-        let need = need.max(Money::ZERO);
-        let want = want.max(need);
+        let need = slice.need.max(Money::ZERO);
+        let want = slice.want.max(need);
+        let step = slice.step.nanos().max(1);
         let s = &self.schema;
         let outcome = tokio::time::timeout(self.timeout, async {
             let mut client = self.client().await?;
@@ -109,7 +112,9 @@ impl SharedLedger {
             if room < need {
                 return Ok(Err(HoldRefused::Exceeded { key: (*tightest).clone(), row: *row, amount: need }));
             }
-            let granted = want.min(need.max(Money::from_nanos(room.nanos() / 2)));
+            let sized = want.min(need.max(Money::from_nanos(room.nanos() / 2)));
+            let extra = sized.nanos() - need.nanos();
+            let granted = Money::from_nanos(need.nanos() + extra - extra % step);
             for key in &lease.keys {
                 tx.execute(
                     &format!(

@@ -41,7 +41,7 @@ mod lease;
 mod ledger;
 mod schema;
 
-pub use lease::Checkpoint;
+pub use lease::{Checkpoint, Slice};
 pub use ledger::{BudgetKey, Hold, HoldRefused, PeriodRow, SWEEP_BATCH, SharedLedger};
 
 /// What went wrong talking to the shared stores.

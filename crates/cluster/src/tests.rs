@@ -15,7 +15,7 @@ use std::{
 use modelfleet_registry::Money;
 use tokio::{net::TcpListener, task::JoinSet};
 
-use crate::{BudgetKey, Checkpoint, ClusterError, HoldRefused, SharedLedger, schema::identifier};
+use crate::{BudgetKey, Checkpoint, ClusterError, HoldRefused, SharedLedger, Slice, schema::identifier};
 
 /// The test server's URL, or `None` (the test skips) when nothing listens
 /// there and CI did not ask for it.
@@ -85,6 +85,11 @@ impl Drop for Schema {
 
 fn key(scope: &str) -> BudgetKey {
     BudgetKey { scope: scope.to_owned(), period: "monthly".to_owned(), period_start_ms: 1_764_547_200_000 }
+}
+
+/// At least `need`, at most `want`, to the nano.
+fn slice(need: Money, want: Money) -> Slice {
+    Slice { need, want, step: Money::from_nanos(1) }
 }
 
 fn dollars(n: i64) -> Money {
@@ -370,20 +375,25 @@ async fn leases_are_sized_by_the_room_left_and_never_pass_the_limit() {
     let keys = std::slice::from_ref(&budget);
     let ttl = Duration::from_mins(1);
     // Far from the limit, a lease is what the replica wants.
-    let mut first = ledger.lease(keys, dollars(1), dollars(10), ttl).await.unwrap();
+    let mut first = ledger.lease(keys, slice(dollars(1), dollars(10)), ttl).await.unwrap();
     assert_eq!(first.amount(), dollars(10));
     // Nearer, at most half the room left, so the other replicas keep some.
-    let big = ledger.lease(keys, dollars(1), dollars(1_000), ttl).await.unwrap();
+    let big = ledger.lease(keys, slice(dollars(1), dollars(1_000)), ttl).await.unwrap();
     assert_eq!(big.amount(), dollars(45), "half of the 90 left");
     assert_eq!(
-        ledger.extend(&mut first, dollars(1), dollars(1_000), ttl).await.unwrap(),
+        ledger.extend(&mut first, slice(dollars(1), dollars(1_000)), ttl).await.unwrap(),
         Money::from_nanos(22_500_000_000)
     );
     assert_eq!(first.amount(), Money::from_nanos(32_500_000_000));
+    // Past what is needed, whole steps: half of $7 is $3.50, granted as $3.
+    let small = key("model:m");
+    ledger.define(&small, dollars(7)).await.unwrap();
+    let step = Slice { need: dollars(1), want: dollars(1_000), step: dollars(1) };
+    assert_eq!(ledger.lease(std::slice::from_ref(&small), step, ttl).await.unwrap().amount(), dollars(3));
     // At the end, exactly what is needed, then nothing.
     let mut granted = Money::ZERO;
     loop {
-        match ledger.lease(keys, dollars(1), dollars(1_000), ttl).await {
+        match ledger.lease(keys, slice(dollars(1), dollars(1_000)), ttl).await {
             Ok(lease) => granted = granted.saturating_add(lease.amount()),
             Err(HoldRefused::Exceeded { row, amount, .. }) => {
                 assert_eq!(amount, dollars(1));
@@ -408,7 +418,8 @@ async fn checkpoints_charge_what_was_spent_and_return_what_is_not_kept() {
     ledger.define(&global, dollars(100)).await.unwrap();
     ledger.define(&provider, dollars(20)).await.unwrap();
     let ttl = Duration::from_mins(1);
-    let mut lease = ledger.lease(&[global.clone(), provider.clone()], dollars(1), dollars(10), ttl).await.unwrap();
+    let mut lease =
+        ledger.lease(&[global.clone(), provider.clone()], slice(dollars(1), dollars(10)), ttl).await.unwrap();
     assert_eq!(lease.amount(), dollars(10));
     // Spent 3 of it, keeping all that is left.
     let kept = ledger.checkpoint(&mut lease, dollars(3), dollars(100), dollars(2), ttl).await.unwrap();
@@ -432,11 +443,11 @@ async fn checkpoints_charge_what_was_spent_and_return_what_is_not_kept() {
     let row = ledger.status(&provider).await.unwrap().unwrap();
     assert_eq!((row.spent, row.held), (dollars(9), Money::ZERO));
     // It can grow again, then closes: all it held returns, and it is over.
-    assert_eq!(ledger.extend(&mut lease, dollars(1), dollars(4), ttl).await.unwrap(), dollars(4));
+    assert_eq!(ledger.extend(&mut lease, slice(dollars(1), dollars(4)), ttl).await.unwrap(), dollars(4));
     assert_eq!(ledger.close(&mut lease, dollars(1)).await.unwrap(), Checkpoint::Held(Money::ZERO));
     let row = ledger.status(&provider).await.unwrap().unwrap();
     assert_eq!((row.spent, row.held), (dollars(10), Money::ZERO));
-    assert!(matches!(ledger.extend(&mut lease, dollars(1), dollars(4), ttl).await, Err(HoldRefused::Ended)));
+    assert!(matches!(ledger.extend(&mut lease, slice(dollars(1), dollars(4)), ttl).await, Err(HoldRefused::Ended)));
     // Spend reported after the end is still charged.
     assert_eq!(
         ledger.checkpoint(&mut lease, dollars(1), dollars(9), Money::ZERO, ttl).await.unwrap(),
@@ -457,7 +468,7 @@ async fn an_expired_lease_is_charged_what_was_in_flight_and_the_rest_returns() {
     let budget = key("global");
     dead.define(&budget, dollars(100)).await.unwrap();
     let keys = std::slice::from_ref(&budget);
-    let mut lease = dead.lease(keys, dollars(1), dollars(20), Duration::from_mins(1)).await.unwrap();
+    let mut lease = dead.lease(keys, slice(dollars(1), dollars(20)), Duration::from_mins(1)).await.unwrap();
     // Its replica reports 3 spent and 4 in flight, then dies.
     dead.checkpoint(&mut lease, dollars(3), dollars(100), dollars(4), Duration::from_millis(1)).await.unwrap();
     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -466,7 +477,7 @@ async fn an_expired_lease_is_charged_what_was_in_flight_and_the_rest_returns() {
     assert_eq!((row.spent, row.held), (dollars(7), Money::ZERO), "in flight charged, the unused 13 back");
     assert_eq!(alive.sweep().await.unwrap(), 0, "swept once");
     // A lease its replica lost track of is charged nothing past its report.
-    let lost = alive.lease(keys, dollars(1), dollars(5), Duration::from_millis(1)).await.unwrap();
+    let lost = alive.lease(keys, slice(dollars(1), dollars(5)), Duration::from_millis(1)).await.unwrap();
     assert_eq!(lost.amount(), dollars(5));
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert_eq!(alive.sweep().await.unwrap(), 1);
@@ -475,7 +486,7 @@ async fn an_expired_lease_is_charged_what_was_in_flight_and_the_rest_returns() {
     // The dead replica comes back: its lease is over, and what it spent
     // since is charged all the same.
     assert!(matches!(
-        dead.extend(&mut lease, dollars(1), dollars(5), Duration::from_mins(1)).await,
+        dead.extend(&mut lease, slice(dollars(1), dollars(5)), Duration::from_mins(1)).await,
         Err(HoldRefused::Ended)
     ));
     assert_eq!(
@@ -499,13 +510,14 @@ async fn replicas_drawing_from_leases_at_once_never_pass_the_limit() {
         let keys = vec![budget.clone()];
         tasks.spawn(async move {
             let ttl = Duration::from_mins(1);
-            let mut lease = ledger.lease(&keys, dollars(1), dollars(8), ttl).await.unwrap();
+            let mut lease =
+                ledger.lease(&keys, Slice { need: dollars(1), want: dollars(8), step: dollars(1) }, ttl).await.unwrap();
             let mut served = 0;
             for _ in 0..40 {
                 if lease.amount() < dollars(1) {
                     // What it lacks: a fraction it still holds counts.
                     let need = dollars(1).saturating_sub(lease.amount());
-                    match ledger.extend(&mut lease, need, dollars(8), ttl).await {
+                    match ledger.extend(&mut lease, Slice { need, want: dollars(8), step: dollars(1) }, ttl).await {
                         Ok(_) => {}
                         Err(HoldRefused::Exceeded { .. }) => continue,
                         Err(other) => panic!("{other}"),

@@ -281,6 +281,15 @@ pub struct ClusterSettings {
     pub timeout_ms: u64,
     /// How long a hold lives unless settled (a dead replica's then ends), ms.
     pub hold_ttl_ms: u64,
+    /// Whether a replica leases slices of its hard budgets and draws its
+    /// requests from them (`true`, the default: a hot budget is not
+    /// limited by the shared store's transactions per second), or holds
+    /// each request in the shared store (`false`: replicas share the last
+    /// cents of a budget request by request).
+    pub leases: bool,
+    /// How long a lease lives unless its replica renews it (it does every
+    /// third of this): a dead replica's unused slice returns after it, ms.
+    pub lease_ttl_ms: u64,
 }
 
 impl std::fmt::Debug for ClusterSettings {
@@ -291,6 +300,8 @@ impl std::fmt::Debug for ClusterSettings {
             .field("replica", &self.replica)
             .field("timeout_ms", &self.timeout_ms)
             .field("hold_ttl_ms", &self.hold_ttl_ms)
+            .field("leases", &self.leases)
+            .field("lease_ttl_ms", &self.lease_ttl_ms)
             .finish()
     }
 }

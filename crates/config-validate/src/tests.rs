@@ -1142,6 +1142,7 @@ fn the_cluster_table_takes_its_url_from_the_environment_and_never_prints_it() {
     let cluster = report.config.unwrap().cluster.unwrap();
     assert_eq!((cluster.postgres_url.as_str(), cluster.schema.as_str()), (secret, "fleet_a"));
     assert_eq!((cluster.replica.as_deref(), cluster.timeout_ms, cluster.hold_ttl_ms), (Some("gw-1"), 2_000, 3_600_000));
+    assert_eq!((cluster.leases, cluster.lease_ttl_ms), (true, 10_000), "leases by default");
     assert!(!format!("{cluster:?}").contains("s3cret"), "never printed");
     assert!(config_of("").cluster.is_none(), "without [cluster] nothing changes");
 
@@ -1164,6 +1165,11 @@ fn the_cluster_table_takes_its_url_from_the_environment_and_never_prints_it() {
             "cluster.schema: \"Drop Table\": a lower-case identifier",
         ),
         ("[cluster]\npostgres_url = \"postgres://a@b/c\"\ntimeout_ms = 10\n", "cluster.timeout_ms"),
+        (
+            "[cluster]\npostgres_url = \"postgres://a@b/c\"\ntimeout_ms = 5000\n",
+            "cluster.lease_ttl_ms: 10000 ms is less than four times timeout_ms (5000 ms)",
+        ),
+        ("[cluster]\npostgres_url = \"postgres://a@b/c\"\nleases = \"yes\"\n", "cluster.leases"),
     ] {
         let errors = check_text(text, &env_of(&[("FLEET_PG", secret)]))
             .errors

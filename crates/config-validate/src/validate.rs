@@ -1694,7 +1694,16 @@ fn cluster(v: &mut V<'_>, root: &Table<'_>, options: &Options<'_>) -> Option<Clu
         v,
         t,
         "cluster",
-        &["postgres_url", "postgres_url_env", "schema", "replica", "timeout_ms", "hold_ttl_ms"],
+        &[
+            "postgres_url",
+            "postgres_url_env",
+            "schema",
+            "replica",
+            "timeout_ms",
+            "hold_ttl_ms",
+            "leases",
+            "lease_ttl_ms",
+        ],
     );
     let url = match (get_str(v, t, "cluster", "postgres_url"), get_str(v, t, "cluster", "postgres_url_env")) {
         (Some(_), Some((_, s))) => {
@@ -1735,7 +1744,27 @@ fn cluster(v: &mut V<'_>, root: &Table<'_>, options: &Options<'_>) -> Option<Clu
     let replica = get_str(v, t, "cluster", "replica").map(|(r, _)| r);
     let timeout_ms = get_u64(v, t, "cluster", "timeout_ms", 100..=60_000, 2_000);
     let hold_ttl_ms = get_u64(v, t, "cluster", "hold_ttl_ms", 1_000..=86_400_000, 3_600_000);
-    Some(ClusterSettings { postgres_url: url.unwrap_or_default(), schema, replica, timeout_ms, hold_ttl_ms })
+    let leases = get_bool(v, t, "cluster", "leases").unwrap_or(true);
+    let lease_ttl_ms = get_u64(v, t, "cluster", "lease_ttl_ms", 1_000..=3_600_000, 10_000);
+    if lease_ttl_ms < timeout_ms.saturating_mul(4) {
+        v.error(
+            "cluster.lease_ttl_ms",
+            find(t, "lease_ttl_ms").or_else(|| find(t, "timeout_ms")).map(Spanned::span).as_ref(),
+            format!(
+                "{lease_ttl_ms} ms is less than four times timeout_ms ({timeout_ms} ms): a lease renewed every third of \
+                 its life must survive a renewal that times out"
+            ),
+        );
+    }
+    Some(ClusterSettings {
+        postgres_url: url.unwrap_or_default(),
+        schema,
+        replica,
+        timeout_ms,
+        hold_ttl_ms,
+        leases,
+        lease_ttl_ms,
+    })
 }
 
 fn metrics(v: &mut V<'_>, root: &Table<'_>) -> MetricsSettings {

@@ -1464,6 +1464,10 @@ impl Fleet {
 
     /// Stops every service in reverse order; the store flushes last.
     pub async fn shutdown(&self) -> Result<(), FleetError> {
+        if let Some(shared) = &self.shared {
+            // Leases return what they did not use, now rather than when they expire.
+            Box::pin(shared.close_leases()).await;
+        }
         self.running
             .stop()
             .await

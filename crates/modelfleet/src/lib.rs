@@ -27,6 +27,7 @@
 mod books;
 mod fleet;
 mod history;
+mod leases;
 mod services;
 mod shared;
 mod sim;

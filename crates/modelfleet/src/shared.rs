@@ -1,11 +1,15 @@
 //! Hard budgets shared by several replicas (`[cluster]`): every hold the
 //! local ledger makes under a hard budget is made in the shared ledger too
-//! (`modelfleet-cluster`), and settled there with the same cost.
+//! (`modelfleet-cluster`), and settled there with the same cost: drawn from
+//! this replica's lease of those budgets ([`crate::leases`]), or, with
+//! `leases = false`, held and settled request by request.
 
 use std::{sync::Arc, time::Duration};
 
 use modelfleet_budget::{Budgets, Charge, HardPeriod};
 use modelfleet_cluster::{BudgetKey, ClusterError, Hold, HoldRefused, SharedLedger};
+
+use crate::leases::{Drawn, Leases};
 use modelfleet_errors::{ErrorClass, Failure};
 use modelfleet_registry::Money;
 
@@ -14,6 +18,10 @@ use modelfleet_registry::Money;
 pub(crate) struct SharedBudgets {
     ledger: SharedLedger,
     ttl: Duration,
+    /// With `leases = true`: this replica's leases.
+    leases: Option<Arc<Leases>>,
+    /// How long an answer waits for the checkpoint that charges it.
+    timeout: Duration,
     sweeper: tokio::task::JoinHandle<()>,
     /// When the store last failed, and how.
     down: std::sync::Mutex<Option<(std::time::Instant, String)>>,
@@ -53,8 +61,12 @@ impl SharedBudgets {
         )
         .await?;
         let ttl = Duration::from_millis(settings.hold_ttl_ms);
+        let lease_ttl = Duration::from_millis(settings.lease_ttl_ms);
+        let leases = settings.leases.then(|| Arc::new(Leases::new(ledger.clone(), lease_ttl)));
         let sweeping = ledger.clone();
-        let every = (ttl / 4).max(Duration::from_secs(1));
+        // Expired leases return their unused slices within a quarter of their life.
+        let shortest = if settings.leases { ttl.min(lease_ttl) } else { ttl };
+        let every = (shortest / 4).max(Duration::from_secs(1));
         let sweeper = tokio::spawn(async move {
             loop {
                 tokio::time::sleep(every).await;
@@ -63,7 +75,14 @@ impl SharedBudgets {
                 }
             }
         });
-        Ok(SharedBudgets { ledger, ttl, sweeper, down: std::sync::Mutex::new(None) })
+        Ok(SharedBudgets {
+            ledger,
+            ttl,
+            leases,
+            timeout: Duration::from_millis(settings.timeout_ms),
+            sweeper,
+            down: std::sync::Mutex::new(None),
+        })
     }
 
     /// Why hard budgets refuse right now, if the shared store failed in
@@ -108,13 +127,19 @@ impl SharedBudgets {
         if let Some(why) = self.down() {
             return Err(Failure::new(ErrorClass::BudgetExceeded, &why));
         }
-        let keys: Vec<BudgetKey> = periods.iter().map(key_of).collect();
+        let mut keys: Vec<BudgetKey> = periods.iter().map(key_of).collect();
+        keys.sort();
+        keys.dedup();
         let mut added = false;
         loop {
-            match self.ledger.hold(&keys, amount, self.ttl).await {
-                Ok(hold) => {
+            let held = match &self.leases {
+                Some(leases) => leases.draw(&keys, amount).await.map(Held::Drawn),
+                None => self.ledger.hold(&keys, amount, self.ttl).await.map(Held::Row),
+            };
+            match held {
+                Ok(held) => {
                     self.succeeded();
-                    return Ok(Some(SharedHold { shared: Arc::clone(self), hold: Some(hold), cost: None }));
+                    return Ok(Some(SharedHold { shared: Arc::clone(self), held: Some(held), cost: None }));
                 }
                 Err(HoldRefused::Undefined(_)) if !added => {
                     added = true;
@@ -129,6 +154,14 @@ impl SharedBudgets {
                 Err(HoldRefused::Store(err)) => return Err(self.failed(&err)),
                 Err(other) => return Err(Failure::new(ErrorClass::BudgetExceeded, &other.to_string())),
             }
+        }
+    }
+
+    /// Closes this replica's leases once their requests end (shutdown),
+    /// waiting at most twice the store's timeout.
+    pub(crate) async fn close_leases(&self) {
+        if let Some(leases) = &self.leases {
+            leases.close_all(self.timeout * 2).await;
         }
     }
 
@@ -160,9 +193,15 @@ fn key_of(period: &HardPeriod) -> BudgetKey {
 /// whole amount: the shared ledger never keeps a hold nobody settles.
 pub(crate) struct SharedHold {
     shared: Arc<SharedBudgets>,
-    hold: Option<Hold>,
+    held: Option<Held>,
     /// The call's cost, once known.
     cost: Option<Money>,
+}
+
+/// A request's own hold, or its draw on the replica's lease.
+enum Held {
+    Row(Hold),
+    Drawn(Drawn),
 }
 
 impl SharedHold {
@@ -174,9 +213,22 @@ impl SharedHold {
 
     /// Settles with `cost` before returning; when the store cannot take
     /// it now, it is retried in the background.
+    /// Drawn on a lease, waits (at most the store's timeout) for the
+    /// checkpoint that charges it.
     pub(crate) async fn settle(mut self, cost: Money) {
         self.cost = Some(cost);
-        let Some(hold) = self.hold.take() else { return };
+        let hold = match self.held.take() {
+            None => return,
+            Some(Held::Drawn(drawn)) => {
+                let (seq, mut flushed) = drawn.finish(cost);
+                let charged = tokio::time::timeout(self.shared.timeout, flushed.wait_for(|done| *done >= seq)).await;
+                if !matches!(charged, Ok(Ok(_))) {
+                    tracing::warn!("an answer went out before the shared ledger charged it: its next checkpoint will");
+                }
+                return;
+            }
+            Some(Held::Row(hold)) => hold,
+        };
         match self.shared.ledger.settle(&hold, cost).await {
             Ok(()) => self.shared.succeeded(),
             Err(err) => {
@@ -189,9 +241,17 @@ impl SharedHold {
 
 impl Drop for SharedHold {
     fn drop(&mut self) {
-        if let Some(hold) = self.hold.take() {
-            let cost = self.cost.unwrap_or_else(|| hold.amount());
-            detached(Arc::clone(&self.shared), hold, cost);
+        match self.held.take() {
+            Some(Held::Row(hold)) => {
+                let cost = self.cost.unwrap_or_else(|| hold.amount());
+                detached(Arc::clone(&self.shared), hold, cost);
+            }
+            Some(Held::Drawn(drawn)) => {
+                let cost = self.cost.unwrap_or_else(|| drawn.reserved());
+                // Charged at the lease's next checkpoint.
+                let _ = drawn.finish(cost);
+            }
+            None => {}
         }
     }
 }

@@ -1,0 +1,386 @@
+//! Leases of hard budgets (`[cluster] leases = true`): a replica holds a
+//! slice of the budgets that pay for a request in the shared ledger, and
+//! draws its requests from it in memory, so a hot budget costs the shared
+//! store a grant now and then and one checkpoint per round trip, not two
+//! transactions per request.
+//!
+//! One [`Slot`] per set of budgets a request pays (its keys name the
+//! periods, so a new period gets a new slot). A request draws its hold from
+//! the slot's lease when the lease has room and was renewed recently
+//! enough; otherwise it waits for the slot to extend the lease (one
+//! extension at a time per slot, sized by how fast the last one ran out).
+//! When the request ends, its cost joins the slot's pending spend, and the
+//! answer waits for the checkpoint that charges it to the shared ledger:
+//! what a client was told is spent is in the shared ledger, whatever
+//! happens to this replica next. Each slot's task checkpoints whenever
+//! something changed (one transaction carries every request that ended
+//! meanwhile), renews the lease every third of its time to live, and
+//! closes it once it has been idle for [`IDLE`].
+//!
+//! Draws stop when the lease was last renewed too long ago to be sure it
+//! still holds (the store unreachable): the next request then needs the
+//! store, and refuses when it cannot have it. A lease the replica cannot
+//! renew expires in the store and is charged what was last reported in
+//! flight; a replica killed outright loses its unused slice only until
+//! then.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, PoisonError},
+    time::{Duration, Instant},
+};
+
+use modelfleet_cluster::{BudgetKey, Checkpoint, Hold, HoldRefused, SharedLedger, Slice};
+use modelfleet_registry::Money;
+use tokio::sync::{Notify, watch};
+
+/// How long a lease with nothing in flight stays open after its last use.
+pub(crate) const IDLE: Duration = Duration::from_secs(1);
+
+/// A new slot's lease is this many times the first request's hold.
+const FIRST_FACTOR: i64 = 8;
+/// The most requests' worth a lease is extended by at once.
+const MAX_FACTOR: i64 = 1_024;
+
+/// Every slot this replica has open.
+pub(crate) struct Leases {
+    ledger: SharedLedger,
+    ttl: Duration,
+    slots: Mutex<HashMap<Vec<BudgetKey>, Arc<Slot>>>,
+    /// Shutting down: leases close as soon as nothing runs on them.
+    closing: std::sync::atomic::AtomicBool,
+}
+
+/// A request's draw on a lease: its hold, until [`Drawn::finish`]ed.
+pub(crate) struct Drawn {
+    slot: Arc<Slot>,
+    reserved: Money,
+}
+
+impl Drawn {
+    /// What it holds.
+    pub(crate) fn reserved(&self) -> Money {
+        self.reserved
+    }
+
+    /// Ends the request with `cost`: it is charged at the slot's next
+    /// checkpoint. The receiver says when that checkpoint is done.
+    pub(crate) fn finish(self, cost: Money) -> (u64, watch::Receiver<u64>) {
+        let seq = self.slot.change(|state| {
+            state.in_flight -= self.reserved.nanos();
+            state.pending = state.pending.saturating_add(cost.nanos().max(0));
+        });
+        (seq, self.slot.flushed.subscribe())
+    }
+}
+
+/// One set of budgets' lease, as this replica sees it.
+struct Slot {
+    keys: Vec<BudgetKey>,
+    state: Mutex<State>,
+    /// The lease's row; the store is written for a slot one call at a time.
+    lease: tokio::sync::Mutex<Option<Hold>>,
+    /// Something changed that a checkpoint should carry.
+    wake: Notify,
+    /// The last change a successful checkpoint carried.
+    flushed: watch::Sender<u64>,
+}
+
+/// A slot's money (nanos): what the lease holds in the store, what running
+/// requests drew from it, and what ended requests spent that no checkpoint
+/// has charged yet.
+struct State {
+    held: i64,
+    in_flight: i64,
+    pending: i64,
+    /// Changes so far.
+    seq: u64,
+    /// Draws stop after this unless the lease is renewed: its expiry in
+    /// the store is later (renewals are timed from before they are sent).
+    valid_until: Instant,
+    last_used: Instant,
+    /// How many requests' worth the next extension asks for.
+    factor: i64,
+    last_grant: Option<Instant>,
+    /// The lease ended (closed idle, or swept): draws go to a new slot.
+    ended: bool,
+}
+
+impl Slot {
+    fn new(keys: Vec<BudgetKey>) -> Slot {
+        let now = Instant::now();
+        Slot {
+            keys,
+            state: Mutex::new(State {
+                held: 0,
+                in_flight: 0,
+                pending: 0,
+                seq: 0,
+                valid_until: now,
+                last_used: now,
+                factor: FIRST_FACTOR,
+                last_grant: None,
+                ended: false,
+            }),
+            lease: tokio::sync::Mutex::new(None),
+            wake: Notify::new(),
+            flushed: watch::channel(0).0,
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Applies `f`, counts it as a change for the next checkpoint, and
+    /// wakes the slot's task: the change's number.
+    fn change(&self, f: impl FnOnce(&mut State)) -> u64 {
+        let seq = {
+            let mut state = self.state();
+            f(&mut state);
+            state.seq += 1;
+            state.seq
+        };
+        self.wake.notify_one();
+        seq
+    }
+
+    /// Draws `need` when the lease has room and is surely still held.
+    fn try_draw(&self, need: Money) -> Result<(), Lacking> {
+        let now = Instant::now();
+        {
+            let mut state = self.state();
+            if state.ended {
+                return Err(Lacking::Ended);
+            }
+            let free = state.held - state.in_flight - state.pending;
+            if now >= state.valid_until || free < need.nanos() {
+                return Err(Lacking::Room(Money::from_nanos(need.nanos() - free.clamp(0, need.nanos()))));
+            }
+            state.in_flight += need.nanos();
+            state.last_used = now;
+            state.seq += 1;
+        }
+        self.wake.notify_one();
+        Ok(())
+    }
+}
+
+/// Why a draw could not be made from the lease as it is.
+enum Lacking {
+    /// The lease ended: a new slot takes over.
+    Ended,
+    /// It lacks this much (or is due for renewal).
+    Room(Money),
+}
+
+impl Leases {
+    pub(crate) fn new(ledger: SharedLedger, ttl: Duration) -> Leases {
+        Leases { ledger, ttl, slots: Mutex::new(HashMap::new()), closing: std::sync::atomic::AtomicBool::new(false) }
+    }
+
+    /// Closes every lease once the requests drawing on it end (at
+    /// shutdown), returning what they did not use to the shared budgets;
+    /// waits at most `timeout` (a lease left open returns when it expires).
+    pub(crate) async fn close_all(&self, timeout: Duration) {
+        self.closing.store(true, std::sync::atomic::Ordering::Relaxed);
+        let deadline = Instant::now() + timeout;
+        loop {
+            let open: Vec<Arc<Slot>> =
+                self.slots.lock().unwrap_or_else(PoisonError::into_inner).values().cloned().collect();
+            if open.is_empty() || Instant::now() >= deadline {
+                return;
+            }
+            for slot in &open {
+                slot.wake.notify_one();
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Renewed leases are trusted for 90 % of their time to live from
+    /// before the renewal was sent.
+    fn trusted(&self, sent: Instant) -> Instant {
+        sent + self.ttl.mul_f64(0.9)
+    }
+
+    /// `keys`' slot, opened (with its task) when there is none.
+    fn slot(self: &Arc<Self>, keys: &[BudgetKey]) -> Arc<Slot> {
+        let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(slot) = slots.get(keys) {
+            return Arc::clone(slot);
+        }
+        let slot = Arc::new(Slot::new(keys.to_vec()));
+        slots.insert(keys.to_vec(), Arc::clone(&slot));
+        drop(slots);
+        tokio::spawn(Arc::clone(self).tend(Arc::clone(&slot)));
+        slot
+    }
+
+    /// Forgets `slot` (ended), unless another replaced it already.
+    fn forget(&self, slot: &Arc<Slot>) {
+        let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
+        if slots.get(&slot.keys).is_some_and(|open| Arc::ptr_eq(open, slot)) {
+            slots.remove(&slot.keys);
+        }
+    }
+
+    /// Draws `need` on the budgets `keys` (sorted, no duplicates) from this
+    /// replica's lease, extending (or taking) it when it lacks room.
+    /// Refused as a hold is: a budget without that much left, or the store
+    /// unreachable.
+    pub(crate) async fn draw(self: &Arc<Self>, keys: &[BudgetKey], need: Money) -> Result<Drawn, HoldRefused> {
+        let need = need.max(Money::ZERO);
+        // A slot that ends while we wait gives way to a new one; three in a
+        // row would take a store closing every lease at once.
+        for _ in 0..3 {
+            let slot = self.slot(keys);
+            if slot.try_draw(need).is_ok() {
+                return Ok(Drawn { slot, reserved: need });
+            }
+            let mut lease = slot.lease.lock().await;
+            let lacking = match slot.try_draw(need) {
+                Ok(()) => {
+                    drop(lease);
+                    return Ok(Drawn { slot, reserved: need });
+                }
+                Err(Lacking::Ended) => {
+                    self.forget(&slot);
+                    continue;
+                }
+                Err(Lacking::Room(lacking)) => lacking,
+            };
+            let want = {
+                let state = slot.state();
+                Money::from_nanos(need.nanos().saturating_mul(state.factor)).max(lacking)
+            };
+            // In steps of this request's hold: equal requests leave no fragment.
+            let slice = Slice { need: lacking, want, step: need };
+            let sent = Instant::now();
+            let granted = match lease.as_mut() {
+                Some(lease) => self.ledger.extend(lease, slice, self.ttl).await,
+                None => self.ledger.lease(keys, slice, self.ttl).await.map(|new| {
+                    let amount = new.amount();
+                    *lease = Some(new);
+                    amount
+                }),
+            };
+            match granted {
+                Ok(granted) => {
+                    let mut state = slot.state();
+                    state.held += granted.nanos();
+                    // Drawn at once, in the same breath: no other request
+                    // can take what was granted for this one.
+                    state.in_flight += need.nanos();
+                    state.last_used = Instant::now();
+                    state.seq += 1;
+                    state.valid_until = self.trusted(sent);
+                    // Ran out within a second: ask for twice as much next
+                    // time; lasted long: half.
+                    state.factor = match state.last_grant.map(|at| sent.duration_since(at)) {
+                        Some(lasted) if lasted < Duration::from_secs(1) => (state.factor * 2).min(MAX_FACTOR),
+                        Some(lasted) if lasted > Duration::from_secs(5) => (state.factor / 2).max(1),
+                        _ => state.factor,
+                    };
+                    state.last_grant = Some(sent);
+                }
+                Err(HoldRefused::Ended) => {
+                    slot.state().ended = true;
+                    self.forget(&slot);
+                    continue;
+                }
+                Err(refused) => return Err(refused),
+            }
+            drop(lease);
+            slot.wake.notify_one();
+            return Ok(Drawn { slot, reserved: need });
+        }
+        Err(HoldRefused::Store(modelfleet_cluster::ClusterError::Unavailable(
+            "the lease kept ending while this request waited for it".to_owned(),
+        )))
+    }
+
+    /// A slot's task: checkpoints what changed (every request that ended
+    /// since the last one, in one transaction), renews the lease every
+    /// third of its time to live, and closes it once idle. A checkpoint
+    /// that fails is retried, backing off to a second.
+    async fn tend(self: Arc<Self>, slot: Arc<Slot>) {
+        let renew_every = self.ttl / 3;
+        let mut last_renewal = Instant::now();
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            let wait = renew_every.saturating_sub(last_renewal.elapsed()).min(IDLE);
+            let _ = tokio::time::timeout(wait, slot.wake.notified()).await;
+            let mut lease = slot.lease.lock().await;
+            // Idle, it ends in the same breath as it is found idle: no
+            // request draws on a lease being closed.
+            let (pending, in_flight, seq, idle) = {
+                let mut state = slot.state();
+                let closing = self.closing.load(std::sync::atomic::Ordering::Relaxed);
+                let idle = state.in_flight == 0 && state.pending == 0 && (closing || state.last_used.elapsed() >= IDLE);
+                state.ended |= idle;
+                (state.pending, state.in_flight, state.seq, idle)
+            };
+            let Some(row) = lease.as_mut() else {
+                // Never granted (refused, or not yet): nothing to write.
+                if idle {
+                    self.forget(&slot);
+                    return;
+                }
+                continue;
+            };
+            if idle {
+                // Every later draw takes a new slot.
+                self.forget(&slot);
+                if let Err(err) = self.ledger.close(row, Money::ZERO).await {
+                    tracing::warn!(%err, "could not close an idle lease: it returns to its budgets when it expires");
+                }
+                return;
+            }
+            let due = last_renewal.elapsed() >= renew_every;
+            if seq == *slot.flushed.borrow() && !due {
+                continue;
+            }
+            let began = Instant::now();
+            let (charge, keep) = (Money::from_nanos(pending), Money::from_nanos(i64::MAX));
+            match self.ledger.checkpoint(row, charge, keep, Money::from_nanos(in_flight.max(0)), self.ttl).await {
+                Ok(outcome) => {
+                    backoff = Duration::from_millis(50);
+                    last_renewal = began;
+                    let mut state = slot.state();
+                    state.pending -= pending;
+                    match outcome {
+                        Checkpoint::Held(amount) => {
+                            state.held = amount.nanos();
+                            state.valid_until = self.trusted(began);
+                        }
+                        Checkpoint::Ended => {
+                            // Swept while this replica was cut off: its
+                            // requests still running are charged as they end.
+                            state.held = 0;
+                            state.ended = true;
+                        }
+                    }
+                    let done = state.ended && state.in_flight == 0 && state.pending == 0;
+                    drop(state);
+                    slot.flushed.send_replace(seq);
+                    if done {
+                        self.forget(&slot);
+                        return;
+                    }
+                }
+                Err(err) => {
+                    tracing::warn!(%err, "a lease checkpoint failed: retrying");
+                    // The store is unreachable: no more draws on this lease
+                    // until it answers (the next request asks it, and
+                    // refuses when it cannot).
+                    slot.state().valid_until = Instant::now();
+                    drop(lease);
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                    slot.wake.notify_one();
+                }
+            }
+        }
+    }
+}
