@@ -253,26 +253,45 @@ async fn a_cut_store_fails_hard_budgets_closed_serves_the_rest_and_recovers() {
     };
     let schema = format!("t_cut_{}", std::process::id());
     // Model `m` is paid by a hard budget on provider `p`; model `n`, on
-    // provider `q`, by none.
+    // provider `q`, by none (and of another category: never `m`'s stand-in).
     let text = config_text(&schema, true)
         .replace("scope = \"global\"", "scope = \"provider:p\"")
         .replace("timeout_ms = 30000", "timeout_ms = 1000")
         .replace("lease_ttl_ms = 120000", "lease_ttl_ms = 4000")
         + "\n[[providers]]\nname = \"q\"\nkind = \"simulated\"\n\n\
            [[models]]\nid = \"n\"\nprovider = \"q\"\ncontext_window = 100000\nmax_output_tokens = 1000\n\
-           input_price_per_mtok = \"1\"\noutput_price_per_mtok = \"2\"\ncategories = [\"general\"]\n";
+           input_price_per_mtok = \"1\"\noutput_price_per_mtok = \"2\"\ncategories = [\"code\"]\n";
     let dir = tempfile::tempdir().unwrap();
     let mut config = validated(&text, dir.path(), env);
     config.store.path = Some(dir.path().join("fleet.db"));
     config.cluster.as_mut().unwrap().postgres_url = proxied;
-    let fleet = Fleet::open(FleetOptions::from_config(&config).unwrap()).await.expect("starts through the proxy");
-    let named = |model: &str| Request {
-        requirements: Requirements { max_output_tokens: 1_000, ..Requirements::default() },
-        model: Some(model.to_owned()),
-        ..Request::default()
+    let gateway = crate::support::Running::start(&config, env).await;
+    let client = reqwest::Client::new();
+    let chat = |model: &'static str| {
+        let request = client.post(format!("{}/v1/chat/completions", gateway.url)).json(&serde_json::json!({
+            "model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 10
+        }));
+        async move {
+            let response = request.send().await.unwrap();
+            let status = response.status().as_u16();
+            (status, response.json::<serde_json::Value>().await.unwrap_or_default())
+        }
     };
-    let (budgeted, free) = (named("m"), named("n"));
-    fleet.call(&budgeted, one_answer).await.expect("served while the store answers");
+    let ready = || async {
+        let response = client.get(format!("{}/health/ready", gateway.url)).send().await.unwrap();
+        response.json::<serde_json::Value>().await.unwrap()
+    };
+    let metrics_url = format!("{}/metrics", gateway.url);
+    let metric = |name: &'static str| {
+        let url = metrics_url.clone();
+        async move {
+            let text = reqwest::get(url).await.unwrap().text().await.unwrap();
+            text.lines().find_map(|line| line.strip_prefix(name)?.trim().parse::<f64>().ok())
+        }
+    };
+    assert_eq!(chat("m").await.0, 200, "served while the store answers");
+    assert_eq!(metric("modelfleet_cluster_store_up").await, Some(1.0));
+    assert_eq!(ready().await["cluster"]["reachable"], true);
     proxy.set_cut(true);
     // The lease's room may still serve the request that finds the store
     // gone (its checkpoint fails as it answers); from then on, requests
@@ -280,26 +299,33 @@ async fn a_cut_store_fails_hard_budgets_closed_serves_the_rest_and_recovers() {
     // for hundreds more.
     let mut served_after_cut = 0;
     for _ in 0..10 {
-        match fleet.call(&budgeted, one_answer).await {
-            Ok(_) => served_after_cut += 1,
-            Err(failure) => {
-                assert!(failure.to_string().contains("unreachable"), "{failure}");
+        match chat("m").await {
+            (200, _) => served_after_cut += 1,
+            (status, body) => {
+                assert!(matches!(status, 429 | 503), "{status} {body}");
+                assert!(body.to_string().contains("unreachable"), "{body}");
                 break;
             }
         }
     }
     assert!(served_after_cut <= 2, "{served_after_cut} requests drew on a lease the store could not confirm");
     for _ in 0..5 {
-        let refused = fleet.call(&budgeted, one_answer).await.expect_err("fails closed while cut off");
-        assert!(refused.to_string().contains("unreachable"), "{refused}");
-        fleet.call(&free, one_answer).await.expect("requests no hard budget pays are served");
+        let (status, body) = chat("m").await;
+        assert!(matches!(status, 429 | 503) && body.to_string().contains("unreachable"), "{status} {body}");
+        assert_eq!(chat("n").await.0, 200, "requests no hard budget pays are served");
     }
+    // Readiness says so (degraded, still serving), and so do the metrics.
+    let (status, body) = chat("m").await;
+    assert_eq!((status, body["error"]["code"].as_str()), (503, Some("budget_store_unavailable")), "{body}");
+    let degraded = ready().await;
+    assert_eq!((degraded["status"].as_str(), degraded["overall"].as_str()), (Some("ready"), Some("degraded")));
+    assert!(degraded["reason"].as_str().unwrap_or_default().contains("shared budget store"), "{degraded}");
+    assert_eq!(metric("modelfleet_cluster_store_up").await, Some(0.0));
+    assert!(metric("modelfleet_cluster_ledger_failures_total").await.unwrap_or_default() >= 1.0);
     proxy.set_cut(false);
-    assert!(
-        eventually(|| async { fleet.call(&budgeted, one_answer).await.is_ok() }).await,
-        "hard budgets serve again once the store is back"
-    );
-    fleet.shutdown().await.unwrap();
+    assert!(eventually(|| async { chat("m").await.0 == 200 }).await, "hard budgets serve again once the store is back");
+    assert_eq!(ready().await["cluster"]["reachable"], true);
+    gateway.stop().await;
     drop(proxy);
     let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
     tokio::spawn(connection);

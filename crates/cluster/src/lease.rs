@@ -85,69 +85,67 @@ impl SharedLedger {
         let want = slice.want.max(need);
         let step = slice.step.nanos().max(1);
         let s = &self.schema;
-        let outcome = tokio::time::timeout(self.timeout, async {
-            let mut client = self.client().await?;
-            let tx = client.transaction().await.map_err(|e| unavailable(&e))?;
-            if let Some(id) = lease.id {
-                let state = tx
-                    .query_opt(&format!("SELECT state FROM {s}.budget_holds WHERE id = $1 FOR UPDATE"), &[&id])
-                    .await
-                    .map_err(|e| unavailable(&e))?;
-                if state.is_none_or(|row| row.get::<_, &str>(0) != "held") {
-                    return Ok(Err(HoldRefused::Ended));
+        let outcome = self
+            .within(async {
+                let mut client = self.client().await?;
+                let tx = client.transaction().await.map_err(|e| unavailable(&e))?;
+                if let Some(id) = lease.id {
+                    let state = tx
+                        .query_opt(&format!("SELECT state FROM {s}.budget_holds WHERE id = $1 FOR UPDATE"), &[&id])
+                        .await
+                        .map_err(|e| unavailable(&e))?;
+                    if state.is_none_or(|row| row.get::<_, &str>(0) != "held") {
+                        return Ok(Err(HoldRefused::Ended));
+                    }
                 }
-            }
-            // The budgets' rows, locked in the keys' (sorted) order.
-            let mut rooms = Vec::with_capacity(lease.keys.len());
-            for key in &lease.keys {
-                let Some(row) = self.lock(&tx, key).await? else {
-                    return Ok(Err(HoldRefused::Undefined(key.clone())));
+                // The budgets' rows, locked in the keys' (sorted) order.
+                let mut rooms = Vec::with_capacity(lease.keys.len());
+                for key in &lease.keys {
+                    let Some(row) = self.lock(&tx, key).await? else {
+                        return Ok(Err(HoldRefused::Undefined(key.clone())));
+                    };
+                    rooms.push((key, row));
+                }
+                let Some((tightest, row)) = rooms.iter().min_by_key(|(_, row)| remaining(row)) else {
+                    return Err(ClusterError::Invalid("a lease on no budget".to_owned()));
                 };
-                rooms.push((key, row));
-            }
-            let Some((tightest, row)) = rooms.iter().min_by_key(|(_, row)| remaining(row)) else {
-                return Err(ClusterError::Invalid("a lease on no budget".to_owned()));
-            };
-            let room = remaining(row);
-            if room < need {
-                return Ok(Err(HoldRefused::Exceeded { key: (*tightest).clone(), row: *row, amount: need }));
-            }
-            let sized = want.min(need.max(Money::from_nanos(room.nanos() / 2)));
-            let extra = sized.nanos() - need.nanos();
-            let granted = Money::from_nanos(need.nanos() + extra - extra % step);
-            for key in &lease.keys {
-                tx.execute(
-                    &format!(
-                        "UPDATE {s}.budget_periods SET held_nanos = held_nanos + $4
-                         WHERE scope = $1 AND period = $2 AND period_start = $3"
-                    ),
-                    &[&key.scope, &key.period, &key.start(), &granted.nanos()],
-                )
-                .await
-                .map_err(|e| unavailable(&e))?;
-            }
-            let id = match lease.id {
-                Some(id) => {
+                let room = remaining(row);
+                if room < need {
+                    return Ok(Err(HoldRefused::Exceeded { key: (*tightest).clone(), row: *row, amount: need }));
+                }
+                let sized = want.min(need.max(Money::from_nanos(room.nanos() / 2)));
+                let extra = sized.nanos() - need.nanos();
+                let granted = Money::from_nanos(need.nanos() + extra - extra % step);
+                for key in &lease.keys {
                     tx.execute(
                         &format!(
-                            "UPDATE {s}.budget_holds SET amount_nanos = amount_nanos + $2,
-                                 expires_at = now() + make_interval(secs => $3) WHERE id = $1"
+                            "UPDATE {s}.budget_periods SET held_nanos = held_nanos + $4
+                         WHERE scope = $1 AND period = $2 AND period_start = $3"
                         ),
-                        &[&id, &granted.nanos(), &ttl.as_secs_f64()],
+                        &[&key.scope, &key.period, &key.start(), &granted.nanos()],
                     )
                     .await
                     .map_err(|e| unavailable(&e))?;
-                    id
                 }
-                None => self.insert_lease(&tx, &lease.keys, granted, ttl).await?,
-            };
-            tx.commit().await.map_err(|e| unavailable(&e))?;
-            Ok::<_, ClusterError>(Ok((id, granted)))
-        })
-        .await
-        .unwrap_or_else(|_| {
-            Err(ClusterError::Unavailable(format!("no answer within {} ms", self.timeout.as_millis())))
-        });
+                let id = match lease.id {
+                    Some(id) => {
+                        tx.execute(
+                            &format!(
+                                "UPDATE {s}.budget_holds SET amount_nanos = amount_nanos + $2,
+                                 expires_at = now() + make_interval(secs => $3) WHERE id = $1"
+                            ),
+                            &[&id, &granted.nanos(), &ttl.as_secs_f64()],
+                        )
+                        .await
+                        .map_err(|e| unavailable(&e))?;
+                        id
+                    }
+                    None => self.insert_lease(&tx, &lease.keys, granted, ttl).await?,
+                };
+                tx.commit().await.map_err(|e| unavailable(&e))?;
+                Ok::<_, ClusterError>(Ok((id, granted)))
+            })
+            .await;
         match outcome {
             Ok(Ok((id, granted))) => {
                 lease.id = Some(id);

@@ -1,7 +1,14 @@
 //! The shared ledger of hard budgets: holds and settlements every replica
 //! makes against the same rows (see the crate docs for the design).
 
-use std::{future::Future, time::Duration};
+use std::{
+    future::Future,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use modelfleet_registry::Money;
@@ -102,6 +109,44 @@ pub struct SharedLedger {
     pub(crate) timeout: Duration,
     /// This replica's name, on its holds.
     pub(crate) replica: String,
+    stats: Arc<Counters>,
+}
+
+/// The calls a replica made to the shared store: how many, how many found
+/// it unreachable (or timed out), and the time they took in all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LedgerStats {
+    /// Calls (each a transaction or a statement).
+    pub calls: u64,
+    /// Calls that found the store unreachable or timed out.
+    pub failures: u64,
+    /// Their time in all, µs.
+    pub micros: u64,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    calls: AtomicU64,
+    failures: AtomicU64,
+    micros: AtomicU64,
+}
+
+impl Counters {
+    fn record(&self, took: Duration, failed: bool) {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        if failed {
+            self.failures.fetch_add(1, Ordering::Relaxed);
+        }
+        self.micros.fetch_add(u64::try_from(took.as_micros()).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+
+    fn snapshot(&self) -> LedgerStats {
+        LedgerStats {
+            calls: self.calls.load(Ordering::Relaxed),
+            failures: self.failures.load(Ordering::Relaxed),
+            micros: self.micros.load(Ordering::Relaxed),
+        }
+    }
 }
 
 impl std::fmt::Debug for SharedLedger {
@@ -169,7 +214,7 @@ impl SharedLedger {
             .max_size(connections.max(1))
             .build()
             .map_err(|e| ClusterError::Invalid(format!("postgres pool: {e}")))?;
-        let ledger = SharedLedger { pool, schema, timeout, replica: replica.to_owned() };
+        let ledger = SharedLedger { pool, schema, timeout, replica: replica.to_owned(), stats: Arc::default() };
         ledger
             .within(async {
                 let mut client = ledger.client().await?;
@@ -179,14 +224,25 @@ impl SharedLedger {
         Ok(ledger)
     }
 
-    /// `work` within the timeout, or [`ClusterError::Unavailable`].
+    /// `work` within the timeout, or [`ClusterError::Unavailable`]; every
+    /// call to the store goes through here and is counted
+    /// ([`SharedLedger::stats`]).
     pub(crate) async fn within<T>(
         &self,
         work: impl Future<Output = Result<T, ClusterError>>,
     ) -> Result<T, ClusterError> {
-        tokio::time::timeout(self.timeout, work).await.unwrap_or_else(|_| {
+        let started = std::time::Instant::now();
+        let outcome = tokio::time::timeout(self.timeout, work).await.unwrap_or_else(|_| {
             Err(ClusterError::Unavailable(format!("no answer within {} ms", self.timeout.as_millis())))
-        })
+        });
+        self.stats.record(started.elapsed(), matches!(outcome, Err(ClusterError::Unavailable(_))));
+        outcome
+    }
+
+    /// The calls this replica made to the store so far.
+    #[must_use]
+    pub fn stats(&self) -> LedgerStats {
+        self.stats.snapshot()
     }
 
     pub(crate) async fn client(&self) -> Result<deadpool_postgres::Object, ClusterError> {
@@ -240,16 +296,17 @@ impl SharedLedger {
         // A zero (or negative) amount holds nothing but still gets a row, so
         // that its settlement is counted once like any other.
         let amount = amount.max(Money::ZERO);
-        let outcome = tokio::time::timeout(self.timeout, async {
-            let mut client = self.client().await?;
-            let tx = client.transaction().await.map_err(|e| unavailable(&e))?;
-            let s = &self.schema;
-            // The hold's rows first, in one statement, and the budgets'
-            // conditional updates last: a budget's row is locked only from
-            // its update to the commit.
-            let insert = tx
-                .prepare_cached(&format!(
-                    "WITH hold AS (
+        let outcome = self
+            .within(async {
+                let mut client = self.client().await?;
+                let tx = client.transaction().await.map_err(|e| unavailable(&e))?;
+                let s = &self.schema;
+                // The hold's rows first, in one statement, and the budgets'
+                // conditional updates last: a budget's row is locked only from
+                // its update to the commit.
+                let insert = tx
+                    .prepare_cached(&format!(
+                        "WITH hold AS (
                          INSERT INTO {s}.budget_holds (amount_nanos, replica, expires_at)
                          VALUES ($1, $2, now() + make_interval(secs => $3)) RETURNING id
                      )
@@ -257,35 +314,32 @@ impl SharedLedger {
                      SELECT hold.id, k.scope, k.period, k.period_start
                      FROM hold, unnest($4::text[], $5::text[], $6::bigint[]) AS k(scope, period, period_start)
                      RETURNING hold_id"
-                ))
-                .await
-                .map_err(|e| unavailable(&e))?;
-            let scopes: Vec<&str> = keys.iter().map(|k| k.scope.as_str()).collect();
-            let periods: Vec<&str> = keys.iter().map(|k| k.period.as_str()).collect();
-            let starts: Vec<i64> = keys.iter().map(BudgetKey::start).collect();
-            let rows = tx
-                .query(&insert, &[&amount.nanos(), &self.replica, &ttl.as_secs_f64(), &scopes, &periods, &starts])
-                .await
-                .map_err(|e| unavailable(&e))?;
-            let id: i64 = rows
-                .first()
-                .map(|row| row.get(0))
-                .ok_or_else(|| ClusterError::Unavailable("the hold's insert returned no row".to_owned()))?;
-            if amount > Money::ZERO {
-                for key in &keys {
-                    if let Some(refused) = self.raise(&tx, key, amount).await? {
-                        // Dropping the transaction rolls back the hold and what was raised.
-                        return Ok(Err(refused));
+                    ))
+                    .await
+                    .map_err(|e| unavailable(&e))?;
+                let scopes: Vec<&str> = keys.iter().map(|k| k.scope.as_str()).collect();
+                let periods: Vec<&str> = keys.iter().map(|k| k.period.as_str()).collect();
+                let starts: Vec<i64> = keys.iter().map(BudgetKey::start).collect();
+                let rows = tx
+                    .query(&insert, &[&amount.nanos(), &self.replica, &ttl.as_secs_f64(), &scopes, &periods, &starts])
+                    .await
+                    .map_err(|e| unavailable(&e))?;
+                let id: i64 = rows
+                    .first()
+                    .map(|row| row.get(0))
+                    .ok_or_else(|| ClusterError::Unavailable("the hold's insert returned no row".to_owned()))?;
+                if amount > Money::ZERO {
+                    for key in &keys {
+                        if let Some(refused) = self.raise(&tx, key, amount).await? {
+                            // Dropping the transaction rolls back the hold and what was raised.
+                            return Ok(Err(refused));
+                        }
                     }
                 }
-            }
-            tx.commit().await.map_err(|e| unavailable(&e))?;
-            Ok::<_, ClusterError>(Ok(id))
-        })
-        .await
-        .unwrap_or_else(|_| {
-            Err(ClusterError::Unavailable(format!("no answer within {} ms", self.timeout.as_millis())))
-        });
+                tx.commit().await.map_err(|e| unavailable(&e))?;
+                Ok::<_, ClusterError>(Ok(id))
+            })
+            .await;
         match outcome {
             Ok(Ok(id)) => Ok(Hold { id: Some(id), keys, amount }),
             Ok(Err(refused)) => Err(refused),

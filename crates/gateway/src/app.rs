@@ -1004,6 +1004,34 @@ impl AppState {
         for (name, help, value) in gauges.into_iter().chain(self.memory.gauges()) {
             let _ = metrics.set_gauge(name, help, value);
         }
+        if let Some(cluster) = self.fleet.cluster_status() {
+            let cluster_gauges = [
+                (
+                    "modelfleet_cluster_store_up",
+                    "1 when the shared budget store ([cluster]) answers; 0 while it does not and hard budgets refuse.",
+                    if cluster.reachable { 1.0 } else { 0.0 },
+                ),
+                (
+                    "modelfleet_cluster_ledger_calls_total",
+                    "Calls (transactions) this replica made to the shared budget store.",
+                    cluster.ledger_calls as f64,
+                ),
+                (
+                    "modelfleet_cluster_ledger_failures_total",
+                    "Calls to the shared budget store that found it unreachable or timed out.",
+                    cluster.ledger_failures as f64,
+                ),
+                (
+                    "modelfleet_cluster_ledger_seconds_total",
+                    "Time spent in calls to the shared budget store (over calls_total: the mean latency).",
+                    cluster.ledger_seconds,
+                ),
+                ("modelfleet_cluster_leases_open", "Budget leases this replica holds now.", cluster.leases_open as f64),
+            ];
+            for (name, help, value) in cluster_gauges {
+                let _ = metrics.set_gauge(name, help, value);
+            }
+        }
     }
 }
 
@@ -1092,7 +1120,10 @@ async fn ready(State(app): State<App>, headers: HeaderMap) -> Result<Response, A
     let ready = !draining && store_ok && health.overall != HealthStatus::Unhealthy;
     // Memory pressure degrades (new work is refused), like a degraded service: still 200.
     let pressured = app.memory.pressured();
-    let overall = if pressured { health.overall.max(HealthStatus::Degraded) } else { health.overall };
+    // The shared budget store unreachable degrades: hard budgets refuse, the rest is served.
+    let cluster = app.fleet.cluster_status();
+    let cluster_down = cluster.as_ref().is_some_and(|c| !c.reachable);
+    let overall = if pressured || cluster_down { health.overall.max(HealthStatus::Degraded) } else { health.overall };
     let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     let reason = if draining {
         Some("shutting down")
@@ -1102,6 +1133,8 @@ async fn ready(State(app): State<App>, headers: HeaderMap) -> Result<Response, A
         Some("a service is unhealthy")
     } else if pressured {
         Some("memory pressure: new completions are refused (503) until memory is below the mark")
+    } else if cluster_down {
+        Some("the shared budget store is unreachable: requests under hard budgets are refused (503), others served")
     } else {
         None
     };
@@ -1112,6 +1145,7 @@ async fn ready(State(app): State<App>, headers: HeaderMap) -> Result<Response, A
             "reason": reason,
             "overall": overall,
             "memory": app.memory.to_json(),
+            "cluster": cluster,
             "services": health.services,
         }),
     ))

@@ -694,6 +694,12 @@ impl Fleet {
         &self.store
     }
 
+    /// The shared budget store, with `[cluster]`.
+    #[must_use]
+    pub fn cluster_status(&self) -> Option<crate::shared::ClusterStatus> {
+        self.shared.as_ref().map(|shared| shared.status())
+    }
+
     /// `model`'s circuit now (on the fleet's own clock).
     #[must_use]
     pub fn circuit(&self, model: &str) -> CircuitState {

@@ -179,6 +179,11 @@ impl Leases {
         Leases { ledger, ttl, slots: Mutex::new(HashMap::new()), closing: std::sync::atomic::AtomicBool::new(false) }
     }
 
+    /// How many leases this replica has open.
+    pub(crate) fn open(&self) -> usize {
+        self.slots.lock().unwrap_or_else(PoisonError::into_inner).len()
+    }
+
     /// Closes every lease once the requests drawing on it end (at
     /// shutdown), returning what they did not use to the shared budgets;
     /// waits at most `timeout` (a lease left open returns when it expires).

@@ -55,5 +55,6 @@ pub use crate::{
         CategoryLine, GroupLine, HealthSection, HistoryReport, ModelHealth, Overview, Percentiles, ProviderLine,
         RankedLine, ReportQuery,
     },
+    shared::ClusterStatus,
     sim::{SimProfile, Simulator},
 };

@@ -157,6 +157,20 @@ impl SharedBudgets {
         }
     }
 
+    /// The shared store as this replica sees it.
+    pub(crate) fn status(&self) -> ClusterStatus {
+        let down = self.down();
+        ClusterStatus {
+            reachable: down.is_none(),
+            reason: down,
+            leases: self.leases.is_some(),
+            leases_open: self.leases.as_ref().map_or(0, |leases| leases.open()),
+            ledger_calls: self.ledger.stats().calls,
+            ledger_failures: self.ledger.stats().failures,
+            ledger_seconds: Duration::from_micros(self.ledger.stats().micros).as_secs_f64(),
+        }
+    }
+
     /// Closes this replica's leases once their requests end (shutdown),
     /// waiting at most twice the store's timeout.
     pub(crate) async fn close_leases(&self) {
@@ -174,6 +188,27 @@ impl SharedBudgets {
         }
         Ok(())
     }
+}
+
+/// The shared budget store (`[cluster]`) as this replica sees it: for
+/// readiness and metrics.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct ClusterStatus {
+    /// False for a second after a call found the store unreachable: hard
+    /// budgets refuse meanwhile (other requests are served).
+    pub reachable: bool,
+    /// Why not, when not.
+    pub reason: Option<String>,
+    /// Whether requests draw from leases (`[cluster] leases`).
+    pub leases: bool,
+    /// Leases this replica holds now.
+    pub leases_open: usize,
+    /// Calls this replica made to the store so far.
+    pub ledger_calls: u64,
+    /// Of them, those that found it unreachable or timed out.
+    pub ledger_failures: u64,
+    /// Their time in all, seconds.
+    pub ledger_seconds: f64,
 }
 
 /// How long hard budgets refuse at once after the shared store failed.
