@@ -14,6 +14,8 @@ use modelfleet_registry::{Capabilities, Category, ModelSpec, Money, Pricing};
 use modelfleet_selector::Signals;
 use modelfleet_service_registry::{BoxError, BoxFuture, Service};
 
+pub mod load;
+
 /// A service that does nothing, with a name and dependencies.
 #[derive(Debug)]
 pub struct Noop {

@@ -372,6 +372,111 @@ pub(crate) fn loadtest(quick: bool, budget: bool) -> anyhow::Result<()> {
     add_to_report("load", &load, "Gateway load", &load_markdown(&load))
 }
 
+/// `loadtest --cluster N [--quick]`: the `cluster` load generator against
+/// `N` replicas on the test PostgreSQL; its figures go to the report, and a
+/// broken guarantee (the kill phase) fails the run. Without PostgreSQL it
+/// skips, saying so, except under `CI=true`.
+pub(crate) fn cluster(replicas: &str, quick: bool) -> anyhow::Result<()> {
+    let Ok(n) = replicas.parse::<usize>() else { bail!("--cluster takes a number of replicas, not {replicas:?}") };
+    if !(2..=8).contains(&n) {
+        bail!("--cluster {n}: from 2 to 8 replicas");
+    }
+    let url = std::env::var("MODELFLEET_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
+    let address = url.rsplit_once('@').map_or("127.0.0.1:5432", |(_, rest)| rest.split('/').next().unwrap_or(rest));
+    let reachable = std::net::ToSocketAddrs::to_socket_addrs(address)
+        .ok()
+        .and_then(|mut addrs| addrs.next())
+        .is_some_and(|addr| std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(2)).is_ok());
+    if !reachable {
+        if std::env::var("CI").as_deref() == Ok("true") {
+            bail!("PostgreSQL is not reachable at {address} (MODELFLEET_TEST_POSTGRES): CI runs this against it");
+        }
+        println!("loadtest --cluster: SKIPPED, PostgreSQL is not reachable at {address} (MODELFLEET_TEST_POSTGRES)");
+        return Ok(());
+    }
+    let profile = if quick { Profile::Debug } else { Profile::Release };
+    let gateway = build_bin(profile, "modelfleet-cli", "modelfleet")?;
+    let generator = build_bin(profile, "modelfleet-benches", "cluster")?;
+    let report_path = target_dir().join("cluster-load.json");
+    let mut command = Command::new(generator);
+    command.arg("--gateway-bin").arg(gateway).arg("--out").arg(&report_path).args(["--replicas", replicas]);
+    if quick {
+        command.arg("--quick");
+    }
+    let status = command.status().context("running the cluster load generator")?;
+    let load: Option<serde_json::Value> =
+        fs::read_to_string(&report_path).ok().and_then(|text| serde_json::from_str(&text).ok());
+    if let Some(load) = &load {
+        println!("{}", cluster_markdown(load));
+        add_to_report("cluster", load, "Replicas on one hot hard budget", &cluster_markdown(load))?;
+    }
+    if !status.success() {
+        bail!("the cluster load test failed ({status}); its output is above");
+    }
+    Ok(())
+}
+
+fn cluster_markdown(load: &serde_json::Value) -> String {
+    let f = |pointer: &str| load.pointer(pointer).and_then(serde_json::Value::as_f64).unwrap_or(f64::NAN);
+    let n = f("/kill/replicas");
+    let mut out =
+        format!("\n## Replicas on one hot hard budget ({n} replicas, PostgreSQL, mock upstream, this machine)\n\n");
+    if load.get("quick") == Some(&serde_json::Value::Bool(true)) {
+        out.push_str("Quick run (debug builds, seconds of load): the kill checks count, the figures do not.\n\n");
+    }
+    out.push_str("| measure | value | target |\n|---|---:|---:|\n");
+    let _ = writeln!(
+        out,
+        "| kill: served / refused / cut, of 300 on room for 50 | {} / {} / {} | ≤ 50 served |",
+        f("/kill/served"),
+        f("/kill/refused_429"),
+        f("/kill/cut_by_kill")
+    );
+    let _ = writeln!(
+        out,
+        "| kill: acknowledged ≤ shared spent | ${:.6} ≤ ${:.6} | no acknowledged spend lost |",
+        f("/kill/acknowledged_nanos") / 1e9,
+        f("/kill/ledger_spent_nanos") / 1e9
+    );
+    let _ = writeln!(
+        out,
+        "| kill: dead replica's lease returned after | {:.1} s | its time to live (4 s) + a sweep |",
+        f("/kill/lease_returned_after_secs")
+    );
+    let _ = writeln!(
+        out,
+        "| throughput, one replica without a cluster | {:.0} req/s | — |",
+        f("/load/single/requests_per_second")
+    );
+    let _ = writeln!(
+        out,
+        "| throughput, {n} replicas on one hot budget | {:.0} req/s ({:.2} of one) | ≥ 0.70 of one |",
+        f("/load/cluster/requests_per_second"),
+        f("/load/ratio")
+    );
+    let _ = writeln!(
+        out,
+        "| p50 / p99 at 1,000 req/s, one replica | {:.0} / {:.0} µs | — |",
+        f("/load/latency_1000rps/single/p50_us"),
+        f("/load/latency_1000rps/single/p99_us")
+    );
+    let _ = writeln!(
+        out,
+        "| p50 / p99 at 1,000 req/s, {n} replicas | {:.0} / {:.0} µs (p99 added {:.0} µs) | p99 added ≤ 2,000 µs |",
+        f("/load/latency_1000rps/cluster/p50_us"),
+        f("/load/latency_1000rps/cluster/p99_us"),
+        f("/load/latency_1000rps/added_p99_us")
+    );
+    let _ = writeln!(
+        out,
+        "| shared ledger transactions during the cluster's closed loop | {:.0} /s, {:.2} ms each | — |",
+        f("/load/cluster/ledger_transactions_per_second"),
+        f("/load/cluster/ledger_mean_ms")
+    );
+    out
+}
+
 /// A cargo profile to build with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Profile {

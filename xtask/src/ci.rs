@@ -68,6 +68,11 @@ pub(crate) fn run() -> anyhow::Result<()> {
     steps.push(step("doctests", &["test", "--workspace", "--doc", "--locked"]));
     // The gateway under faulty load for about a minute (see `soak.rs`).
     steps.push(step("soak --quick", &["run", "--quiet", "--locked", "--package", "xtask", "--", "soak", "--quick"]));
+    // Three replicas on one hard budget, one killed mid-burst (see `bench::cluster`).
+    steps.push(step(
+        "cluster --quick",
+        &["run", "--quiet", "--locked", "--package", "xtask", "--", "loadtest", "--cluster", "3", "--quick"],
+    ));
     let mut docs = step("docs", &["doc", "--workspace", "--no-deps", "--locked"]);
     docs.command.env("RUSTDOCFLAGS", "-D warnings");
     steps.push(docs);

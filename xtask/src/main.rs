@@ -12,6 +12,11 @@
 //!   multiple of the calibration bench's.
 //! - `loadtest [--quick] [--budget]`: the gateway's load benchmark (the `loadtest`
 //!   binary of `benches/`), its figures added to the same report.
+//! - `loadtest --cluster N [--quick]`: `N` gateway replicas on one hot hard
+//!   budget in PostgreSQL (the `cluster` binary of `benches/`): a SIGKILL
+//!   mid-burst checked against the shared ledger, then throughput and
+//!   latency against one replica without a cluster. `--quick` (debug
+//!   builds, a few seconds of load) is a step of `ci`.
 //! - `soak [--quick]`: the gateway under sustained load with injected
 //!   faults, a SIGKILL and a restart, checked for client-visible errors, the
 //!   books and memory growth; its figures added to the same report.
@@ -55,6 +60,12 @@ commands:
                   the gateway under load (mock upstream, release builds); adds
                   throughput, latency and memory to bench-report.{json,md};
                   --budget configures a global budget (spend committed per request)
+  loadtest --cluster N [--quick]
+                  N replicas (2-8) sharing one hot hard budget in PostgreSQL
+                  (MODELFLEET_TEST_POSTGRES): 300 requests on room for 50 with a
+                  replica SIGKILLed mid-burst (checked against the shared ledger),
+                  then throughput and p99 against one replica without a cluster;
+                  --quick: debug builds, seconds of load (a step of ci)
   soak [--quick]  the gateway (a child process) against the mock upstream with
                   injected faults, slow and stalled clients, a SIGKILL and a
                   restart; checks client-visible errors, the stored rows and
@@ -78,6 +89,9 @@ fn main() -> ExitCode {
         ["mutants", rest @ ..] => mutants::run(rest),
         ["soak"] => soak::run(false),
         ["soak", "--quick"] => soak::run(true),
+        ["loadtest", "--cluster", n, flags @ ..] if flags.iter().all(|f| *f == "--quick") => {
+            bench::cluster(n, flags.contains(&"--quick"))
+        }
         ["loadtest", flags @ ..] if flags.iter().all(|f| matches!(*f, "--quick" | "--budget")) => {
             bench::loadtest(flags.contains(&"--quick"), flags.contains(&"--budget"))
         }
