@@ -181,6 +181,30 @@ impl SharedLedger {
         }))
     }
 
+    /// Charges `spent` to each of `keys` and releases `released` of what
+    /// they hold, in the keys' (sorted) order.
+    async fn fold(
+        &self,
+        tx: &deadpool_postgres::Transaction<'_>,
+        keys: &[BudgetKey],
+        spent: i64,
+        released: i64,
+    ) -> Result<(), ClusterError> {
+        let s = &self.schema;
+        for key in keys {
+            tx.execute(
+                &format!(
+                    "UPDATE {s}.budget_periods SET spent_nanos = spent_nanos + $4, held_nanos = held_nanos - $5
+                     WHERE scope = $1 AND period = $2 AND period_start = $3"
+                ),
+                &[&key.scope, &key.period, &key.start(), &spent, &released],
+            )
+            .await
+            .map_err(|e| unavailable(&e))?;
+        }
+        Ok(())
+    }
+
     /// A new lease's rows: the hold (nothing in flight yet) and its keys.
     async fn insert_lease(
         &self,
@@ -266,7 +290,9 @@ impl SharedLedger {
                 let tx = client.transaction().await.map_err(|e| unavailable(&e))?;
                 let row = tx
                     .query_opt(
-                        &format!("SELECT state, amount_nanos FROM {s}.budget_holds WHERE id = $1 FOR UPDATE"),
+                        &format!(
+                            "SELECT state, amount_nanos, spent_nanos FROM {s}.budget_holds WHERE id = $1 FOR UPDATE"
+                        ),
                         &[&id],
                     )
                     .await
@@ -274,46 +300,54 @@ impl SharedLedger {
                     .ok_or_else(|| {
                         ClusterError::Invalid(format!("lease {id} is unknown (never made, or long forgotten)"))
                     })?;
-                let (state, amount): (String, i64) = (row.get(0), row.get(1));
-                let alive = state == "held";
-                let (kept, released) = if alive {
-                    let left = amount - spent.nanos().min(amount);
-                    let kept = left.min(keep.nanos().max(0));
-                    (kept, amount - kept)
-                } else {
-                    (0, 0)
-                };
-                if spent > Money::ZERO || released > 0 {
-                    for key in &lease.keys {
-                        tx.execute(
-                            &format!(
-                                "UPDATE {s}.budget_periods
-                                 SET spent_nanos = spent_nanos + $4, held_nanos = held_nanos - $5
-                                 WHERE scope = $1 AND period = $2 AND period_start = $3"
-                            ),
-                            &[&key.scope, &key.period, &key.start(), &spent.nanos(), &released],
-                        )
-                        .await
-                        .map_err(|e| unavailable(&e))?;
+                let (state, amount, in_lease): (String, i64, i64) = (row.get(0), row.get(1), row.get(2));
+                if state != "held" {
+                    // Ended: the spend is charged to its budgets all the same.
+                    if spent > Money::ZERO {
+                        self.fold(&tx, &lease.keys, spent.nanos(), 0).await?;
                     }
+                    tx.commit().await.map_err(|e| unavailable(&e))?;
+                    return Ok(None);
                 }
-                if alive {
-                    let closed = ttl.is_none();
-                    let ttl = ttl.unwrap_or_default();
+                let total = in_lease.saturating_add(spent.nanos());
+                let unused = (amount - total).max(0);
+                let kept = unused.min(keep.nanos().max(0));
+                let closed = ttl.is_none();
+                let ttl = ttl.unwrap_or_default().as_secs_f64();
+                if kept < unused || total > amount || closed {
+                    // Money moves between the budgets' spent and held: the
+                    // lease's spend is charged and what it does not keep
+                    // returns, all at once.
+                    self.fold(&tx, &lease.keys, total, amount - kept).await?;
                     tx.execute(
                         &format!(
-                            "UPDATE {s}.budget_holds SET amount_nanos = $2, in_flight_nanos = $3,
+                            "UPDATE {s}.budget_holds SET amount_nanos = $2, spent_nanos = 0, in_flight_nanos = $3,
                                  expires_at = now() + make_interval(secs => $4),
                                  state = CASE WHEN $5 THEN 'settled' ELSE state END
                              WHERE id = $1"
                         ),
-                        &[&id, &kept, &in_flight.nanos(), &ttl.as_secs_f64(), &closed],
+                        &[&id, &kept, &in_flight.nanos(), &ttl, &closed],
+                    )
+                    .await
+                    .map_err(|e| unavailable(&e))?;
+                } else {
+                    // Only the lease's own row: its spend stays inside what
+                    // its budgets already hold for it, so no budget's row
+                    // (which every replica's grants lock) is touched.
+                    tx.execute(
+                        &format!(
+                            "UPDATE {s}.budget_holds SET spent_nanos = $2, in_flight_nanos = $3,
+                                 expires_at = now() + make_interval(secs => $4)
+                             WHERE id = $1"
+                        ),
+                        &[&id, &total, &in_flight.nanos(), &ttl],
                     )
                     .await
                     .map_err(|e| unavailable(&e))?;
                 }
+                let left = if kept < unused || total > amount || closed { kept } else { unused };
                 tx.commit().await.map_err(|e| unavailable(&e))?;
-                Ok(alive.then_some(kept))
+                Ok(Some(left))
             })
             .await?;
         lease.amount = Money::from_nanos(outcome.unwrap_or(0));

@@ -497,7 +497,7 @@ impl SharedLedger {
                 .query(
                     &format!(
                         "SELECT k.scope, k.period, k.period_start, sum(h.amount_nanos)::bigint,
-                                sum(coalesce(h.in_flight_nanos, h.amount_nanos))::bigint
+                                sum(h.spent_nanos + coalesce(h.in_flight_nanos, h.amount_nanos))::bigint
                          FROM {s}.budget_hold_keys k JOIN {s}.budget_holds h ON h.id = k.hold_id
                          WHERE k.hold_id = ANY($1)
                          GROUP BY k.scope, k.period, k.period_start
@@ -557,11 +557,33 @@ impl SharedLedger {
         .await
     }
 
-    /// `key`'s money now, if the ledger has it.
+    /// `key`'s money now, if the ledger has it: what open leases' requests
+    /// spent counts as spent (their budgets still hold it until the lease
+    /// folds it in).
     pub async fn status(&self, key: &BudgetKey) -> Result<Option<PeriodRow>, ClusterError> {
+        let s = &self.schema;
         self.within(async {
             let client = self.client().await?;
-            self.read(&client, key).await
+            let row = client
+                .query_opt(
+                    &format!(
+                        "SELECT p.limit_nanos, p.spent_nanos + l.spent, p.held_nanos - l.spent
+                         FROM {s}.budget_periods p,
+                              LATERAL (SELECT coalesce(sum(h.spent_nanos), 0)::bigint AS spent
+                                       FROM {s}.budget_hold_keys k JOIN {s}.budget_holds h ON h.id = k.hold_id
+                                       WHERE k.scope = p.scope AND k.period = p.period
+                                         AND k.period_start = p.period_start AND h.state = 'held') l
+                         WHERE p.scope = $1 AND p.period = $2 AND p.period_start = $3"
+                    ),
+                    &[&key.scope, &key.period, &key.start()],
+                )
+                .await
+                .map_err(|e| unavailable(&e))?;
+            Ok(row.map(|row| PeriodRow {
+                limit: Money::from_nanos(row.get(0)),
+                spent: Money::from_nanos(row.get(1)),
+                held: Money::from_nanos(row.get(2)),
+            }))
         })
         .await
     }

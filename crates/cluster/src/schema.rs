@@ -39,10 +39,14 @@ const MIGRATIONS: &[&str] = &[
         period_start BIGINT NOT NULL,
         PRIMARY KEY (hold_id, scope, period, period_start)
     );",
-    // 2: leases: a hold a replica draws many requests from, which records
-    // the money its replica last reported in flight (charged if it expires;
-    // NULL for a request's own hold, charged in full).
-    "ALTER TABLE {s}.budget_holds ADD COLUMN in_flight_nanos BIGINT CHECK (in_flight_nanos >= 0);",
+    // 2: leases: a hold a replica draws many requests from. It records what
+    // its requests spent (still inside what its budgets hold for it, so a
+    // checkpoint writes this row only) and the money its replica last
+    // reported in flight (charged if it expires; NULL for a request's own
+    // hold, charged in full). The keys' index finds a budget's leases.
+    "ALTER TABLE {s}.budget_holds ADD COLUMN spent_nanos BIGINT NOT NULL DEFAULT 0 CHECK (spent_nanos >= 0);
+     ALTER TABLE {s}.budget_holds ADD COLUMN in_flight_nanos BIGINT CHECK (in_flight_nanos >= 0);
+     CREATE INDEX budget_hold_keys_budget ON {s}.budget_hold_keys (scope, period, period_start);",
 ];
 
 /// `name` if it is a plain lower-case SQL identifier (it is written into

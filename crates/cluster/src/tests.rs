@@ -428,6 +428,17 @@ async fn checkpoints_charge_what_was_spent_and_return_what_is_not_kept() {
         let row = ledger.status(budget).await.unwrap().unwrap();
         assert_eq!((row.spent, row.held), (dollars(3), dollars(7)), "{}", budget.scope);
     }
+    // Written to the lease's own row only: the budget's row, which every
+    // replica's grants lock, still holds the whole lease.
+    let raw = ledger
+        .within(async {
+            let client = ledger.client().await?;
+            ledger.read(&client, &global).await
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((raw.spent, raw.held), (Money::ZERO, dollars(10)), "a checkpoint leaves the budget's row alone");
     // Spent 1 more, keeping at most 2: 4 return to the budgets.
     assert_eq!(
         ledger.checkpoint(&mut lease, dollars(1), dollars(2), Money::ZERO, ttl).await.unwrap(),
