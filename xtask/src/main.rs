@@ -1,8 +1,8 @@
 //! The project's own commands, run as `cargo xtask <command>`.
 //!
 //! - `ci`: the one check of the whole workspace (fmt, clippy, tests,
-//!   `python-sdk`, doctests, `soak --quick`, docs, tidy, cargo-deny); the
-//!   first red step stops the run.
+//!   `python-sdk`, doctests, `soak --quick`, `loadtest --cluster 3 --quick`,
+//!   docs, tidy, cargo-deny); the first red step stops the run.
 //! - `python-sdk`: `modelfleet serve` driven by the official Python SDKs
 //!   (`tests/python/smoke.py` in a venv of pinned `openai` and `anthropic`);
 //!   a step of `ci`, runnable alone.
@@ -46,8 +46,9 @@ usage: cargo xtask <command>
 
 commands:
   ci              fmt, clippy -D warnings, tests, python-sdk, doctests,
-                  soak --quick, docs -D warnings, tidy checks, cargo-deny (when
-                  installed); stops at the first red step
+                  soak --quick, loadtest --cluster 3 --quick, docs -D warnings,
+                  tidy checks, cargo-deny (when installed); stops at the first
+                  red step
   python-sdk      the gateway (debug build, default catalog, simulated) driven by
                   the official openai and anthropic Python SDKs: runs
                   tests/python/smoke.py in <target dir>/python-sdk-venv, made
