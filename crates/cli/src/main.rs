@@ -7,6 +7,7 @@
 //! what and what to do).
 
 mod budgets;
+mod cluster;
 mod demo;
 mod output;
 mod serve;
@@ -146,6 +147,11 @@ enum Command {
     Budgets {
         #[command(subcommand)]
         action: budgets::BudgetsAction,
+    },
+    /// Replicas sharing budgets ([cluster]): `cluster status`.
+    Cluster {
+        #[command(subcommand)]
+        action: cluster::ClusterAction,
     },
     /// Configuration files.
     Config {
@@ -397,6 +403,7 @@ fn run(cli: Cli) -> anyhow::Result<Result<(), CheckFailed>> {
             runtime.block_on(budgets::run(action))?;
             Ok(Ok(()))
         }
+        Command::Cluster { action } => cluster::run(action).map(Ok),
         Command::Config { action: ConfigAction::Check { file, json, deep } } => Ok(config_check(&file, json, deep)),
         Command::Db { action: DbAction::Check { db, json, repair } } => db_check(db, json, repair),
     }

@@ -612,3 +612,176 @@ impl SharedLedger {
         }))
     }
 }
+
+/// A replica as its last heartbeat described it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicaRow {
+    /// Its name (`[cluster] replica`).
+    pub name: String,
+    /// Since its first heartbeat in this run, ms.
+    pub up_ms: u64,
+    /// Since its last heartbeat, ms (the database's clock).
+    pub silent_ms: u64,
+    /// Leases it held then.
+    pub leases_open: u32,
+    /// Its calls to the store so far.
+    pub stats: LedgerStats,
+}
+
+/// A hold or lease as [`SharedLedger::holds`] lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HoldRow {
+    /// Its replica.
+    pub replica: String,
+    /// Whether it is a lease (else a request's own hold).
+    pub lease: bool,
+    /// Held on its budgets.
+    pub amount: Money,
+    /// Spent by a lease's requests, not yet folded into its budgets.
+    pub spent: Money,
+    /// What its replica last reported in flight (a lease).
+    pub in_flight: Money,
+    /// Until it expires, ms (negative: expired, not yet swept).
+    pub expires_in_ms: i64,
+    /// Its budgets, as `scope period`.
+    pub budgets: Vec<String>,
+}
+
+impl SharedLedger {
+    /// Says this replica lives, with its view of the store (`leases_open`
+    /// and its [`SharedLedger::stats`]); `started` marks a new run.
+    pub async fn heartbeat(&self, leases_open: usize, started: bool) -> Result<(), ClusterError> {
+        let s = &self.schema;
+        let stats = self.stats();
+        let leases = i32::try_from(leases_open).unwrap_or(i32::MAX);
+        let [calls, failures, micros] =
+            [stats.calls, stats.failures, stats.micros].map(|n| i64::try_from(n).unwrap_or(i64::MAX));
+        self.within(async {
+            let client = self.client().await?;
+            client
+                .execute(
+                    &format!(
+                        "INSERT INTO {s}.replicas (name, leases_open, ledger_calls, ledger_failures, ledger_micros)
+                         VALUES ($1, $2, $3, $4, $5)
+                         ON CONFLICT (name) DO UPDATE SET seen_at = now(), leases_open = $2, ledger_calls = $3,
+                             ledger_failures = $4, ledger_micros = $5,
+                             started_at = CASE WHEN $6 THEN now() ELSE {s}.replicas.started_at END"
+                    ),
+                    &[&self.replica, &leases, &calls, &failures, &micros, &started],
+                )
+                .await
+                .map_err(|e| unavailable(&e))?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// The replicas that sent a heartbeat in the last `within`, by name.
+    pub async fn replicas(&self, within: Duration) -> Result<Vec<ReplicaRow>, ClusterError> {
+        let s = &self.schema;
+        self.within(async {
+            let client = self.client().await?;
+            let rows = client
+                .query(
+                    &format!(
+                        "SELECT name, (extract(epoch FROM now() - started_at) * 1000)::bigint,
+                                (extract(epoch FROM now() - seen_at) * 1000)::bigint,
+                                leases_open, ledger_calls, ledger_failures, ledger_micros
+                         FROM {s}.replicas WHERE seen_at > now() - make_interval(secs => $1) ORDER BY name"
+                    ),
+                    &[&within.as_secs_f64()],
+                )
+                .await
+                .map_err(|e| unavailable(&e))?;
+            Ok(rows
+                .iter()
+                .map(|row| {
+                    let count = |i: usize| u64::try_from(row.get::<_, i64>(i)).unwrap_or(0);
+                    ReplicaRow {
+                        name: row.get(0),
+                        up_ms: count(1),
+                        silent_ms: count(2),
+                        leases_open: u32::try_from(row.get::<_, i32>(3)).unwrap_or(0),
+                        stats: LedgerStats { calls: count(4), failures: count(5), micros: count(6) },
+                    }
+                })
+                .collect())
+        })
+        .await
+    }
+
+    /// Every hold and lease not yet settled or swept, oldest first (at
+    /// most `limit`).
+    pub async fn holds(&self, limit: u32) -> Result<Vec<HoldRow>, ClusterError> {
+        let s = &self.schema;
+        self.within(async {
+            let client = self.client().await?;
+            let rows = client
+                .query(
+                    &format!(
+                        "SELECT h.replica, h.in_flight_nanos IS NOT NULL, h.amount_nanos, h.spent_nanos,
+                                coalesce(h.in_flight_nanos, 0),
+                                (extract(epoch FROM h.expires_at - now()) * 1000)::bigint,
+                                array_agg(k.scope || ' ' || k.period ORDER BY k.scope, k.period)
+                         FROM {s}.budget_holds h JOIN {s}.budget_hold_keys k ON k.hold_id = h.id
+                         WHERE h.state = 'held'
+                         GROUP BY h.id ORDER BY h.id LIMIT $1"
+                    ),
+                    &[&i64::from(limit)],
+                )
+                .await
+                .map_err(|e| unavailable(&e))?;
+            Ok(rows
+                .iter()
+                .map(|row| HoldRow {
+                    replica: row.get(0),
+                    lease: row.get(1),
+                    amount: Money::from_nanos(row.get(2)),
+                    spent: Money::from_nanos(row.get(3)),
+                    in_flight: Money::from_nanos(row.get(4)),
+                    expires_in_ms: row.get(5),
+                    budgets: row.get(6),
+                })
+                .collect())
+        })
+        .await
+    }
+}
+
+impl SharedLedger {
+    /// Every budget period the ledger has, the latest first (at most
+    /// `limit`), as [`SharedLedger::status`] reads each.
+    pub async fn periods(&self, limit: u32) -> Result<Vec<(BudgetKey, PeriodRow)>, ClusterError> {
+        let s = &self.schema;
+        let keys = self
+            .within(async {
+                let client = self.client().await?;
+                let rows = client
+                    .query(
+                        &format!(
+                            "SELECT scope, period, period_start FROM {s}.budget_periods
+                             ORDER BY period_start DESC, scope, period LIMIT $1"
+                        ),
+                        &[&i64::from(limit)],
+                    )
+                    .await
+                    .map_err(|e| unavailable(&e))?;
+                Ok(rows
+                    .iter()
+                    .map(|row| BudgetKey {
+                        scope: row.get(0),
+                        period: row.get(1),
+                        period_start_ms: u64::try_from(row.get::<_, i64>(2)).unwrap_or(0),
+                    })
+                    .collect::<Vec<_>>())
+            })
+            .await?;
+        let mut out = Vec::with_capacity(keys.len());
+        for key in keys {
+            if let Some(row) = self.status(&key).await? {
+                out.push((key, row));
+            }
+        }
+        Ok(out)
+    }
+}

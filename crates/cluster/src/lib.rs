@@ -42,7 +42,9 @@ mod ledger;
 mod schema;
 
 pub use lease::{Checkpoint, Slice};
-pub use ledger::{BudgetKey, Hold, HoldRefused, LedgerStats, PeriodRow, SWEEP_BATCH, SharedLedger};
+pub use ledger::{
+    BudgetKey, Hold, HoldRefused, HoldRow, LedgerStats, PeriodRow, ReplicaRow, SWEEP_BATCH, SharedLedger,
+};
 
 /// What went wrong talking to the shared stores.
 #[derive(Debug, thiserror::Error)]

@@ -47,6 +47,17 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE {s}.budget_holds ADD COLUMN spent_nanos BIGINT NOT NULL DEFAULT 0 CHECK (spent_nanos >= 0);
      ALTER TABLE {s}.budget_holds ADD COLUMN in_flight_nanos BIGINT CHECK (in_flight_nanos >= 0);
      CREATE INDEX budget_hold_keys_budget ON {s}.budget_hold_keys (scope, period, period_start);",
+    // 3: heartbeats: each replica says every second or so that it lives,
+    // with its view of the store (for `modelfleet cluster status`).
+    "CREATE TABLE {s}.replicas (
+        name TEXT PRIMARY KEY,
+        started_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+        seen_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+        leases_open INT NOT NULL DEFAULT 0,
+        ledger_calls BIGINT NOT NULL DEFAULT 0,
+        ledger_failures BIGINT NOT NULL DEFAULT 0,
+        ledger_micros BIGINT NOT NULL DEFAULT 0
+    );",
 ];
 
 /// `name` if it is a plain lower-case SQL identifier (it is written into

@@ -549,3 +549,39 @@ async fn replicas_drawing_from_leases_at_once_never_pass_the_limit() {
     let row = a.status(&budget).await.unwrap().unwrap();
     assert_eq!((row.spent, row.held), (dollars(50), Money::ZERO));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeats_holds_and_periods_describe_the_cluster() {
+    let Some(url) = postgres_url() else { return };
+    let schema = Schema::new(&url, "status");
+    let (a, b) = tokio::join!(ledger(&url, &schema, "a"), ledger(&url, &schema, "b"));
+    let budget = key("global");
+    a.define(&budget, dollars(10)).await.unwrap();
+    let mut lease =
+        a.lease(std::slice::from_ref(&budget), slice(dollars(1), dollars(2)), Duration::from_mins(1)).await.unwrap();
+    a.checkpoint(&mut lease, dollars(1), dollars(100), dollars(1), Duration::from_mins(1)).await.unwrap();
+    let _hold = b.hold(std::slice::from_ref(&budget), dollars(3), Duration::from_mins(1)).await.unwrap();
+    a.heartbeat(1, true).await.unwrap();
+    b.heartbeat(0, true).await.unwrap();
+    let replicas = b.replicas(Duration::from_secs(30)).await.unwrap();
+    let names: Vec<(&str, u32)> = replicas.iter().map(|r| (r.name.as_str(), r.leases_open)).collect();
+    assert_eq!(names, [("a", 1), ("b", 0)]);
+    assert!(replicas[0].stats.calls >= 3, "a's calls so far: {:?}", replicas[0].stats);
+    let holds = a.holds(10).await.unwrap();
+    let seen: Vec<(&str, bool, Money, Money, Money)> =
+        holds.iter().map(|h| (h.replica.as_str(), h.lease, h.amount, h.spent, h.in_flight)).collect();
+    assert_eq!(
+        seen,
+        [("a", true, dollars(2), dollars(1), dollars(1)), ("b", false, dollars(3), Money::ZERO, Money::ZERO)]
+    );
+    assert_eq!(holds[0].budgets, ["global monthly"]);
+    assert!(holds.iter().all(|h| h.expires_in_ms > 0));
+    let periods = a.periods(10).await.unwrap();
+    assert_eq!(periods.len(), 1);
+    let row = periods[0].1;
+    assert_eq!(
+        (row.limit, row.spent, row.held),
+        (dollars(10), dollars(1), dollars(4)),
+        "the lease's spend counts as spent"
+    );
+}

@@ -33,6 +33,7 @@ mod shared;
 mod sim;
 
 pub use modelfleet_budget as budget;
+pub use modelfleet_cluster as cluster;
 pub use modelfleet_config_validate as config;
 pub use modelfleet_errors as errors;
 pub use modelfleet_fallback as fallback;

@@ -67,12 +67,25 @@ impl SharedBudgets {
         // Expired leases return their unused slices within a quarter of their life.
         let shortest = if settings.leases { ttl.min(lease_ttl) } else { ttl };
         let every = (shortest / 4).max(Duration::from_secs(1));
+        let beating = leases.clone();
+        // Every second a heartbeat (for `modelfleet cluster status`), and a
+        // sweep every `every`.
         let sweeper = tokio::spawn(async move {
+            let mut last_sweep = tokio::time::Instant::now();
+            let mut started = true;
             loop {
-                tokio::time::sleep(every).await;
-                if let Err(err) = sweeping.sweep().await {
-                    tracing::warn!(%err, "could not sweep the shared ledger's expired holds");
+                let open = beating.as_ref().map_or(0, |leases| leases.open());
+                match sweeping.heartbeat(open, started).await {
+                    Ok(()) => started = false,
+                    Err(err) => tracing::debug!(%err, "could not send this replica's heartbeat"),
                 }
+                if last_sweep.elapsed() >= every {
+                    last_sweep = tokio::time::Instant::now();
+                    if let Err(err) = sweeping.sweep().await {
+                        tracing::warn!(%err, "could not sweep the shared ledger's expired holds");
+                    }
+                }
+                tokio::time::sleep(HEARTBEAT).await;
             }
         });
         Ok(SharedBudgets {
@@ -210,6 +223,9 @@ pub struct ClusterStatus {
     /// Their time in all, seconds.
     pub ledger_seconds: f64,
 }
+
+/// How often a replica says it lives.
+const HEARTBEAT: Duration = Duration::from_secs(1);
 
 /// How long hard budgets refuse at once after the shared store failed.
 const DOWN_FOR: Duration = Duration::from_secs(1);
