@@ -141,6 +141,11 @@ async fn wait_for<F: Future<Output = ()>>(
 
 async fn nothing() {}
 
+/// PUBLISH `payload` on `channel`: a message with no key behind it.
+async fn publish_raw(conn: &mut redis::aio::MultiplexedConnection, channel: &str, payload: &[u8]) {
+    let _: i64 = redis::cmd("PUBLISH").arg(channel).arg(payload).query_async(conn).await.unwrap();
+}
+
 #[test]
 fn a_prefix_is_short_and_plain() {
     for good in ["modelfleet", "prod:eu-1", "a_b"] {
@@ -263,12 +268,7 @@ async fn a_watch_hears_a_message_at_once_and_a_missed_one_at_the_next_reread() {
         || {
             let (mut conn, channel) = (conn.clone(), channel.clone());
             async move {
-                let _: i64 = redis::cmd("PUBLISH")
-                    .arg(&channel)
-                    .arg("1\nonly-a-message\n5000\na\nserver_error")
-                    .query_async(&mut conn)
-                    .await
-                    .unwrap();
+                publish_raw(&mut conn, &channel, "1\nonly-a-message\n5000\na\nserver_error".as_bytes()).await;
             }
         },
     )
@@ -296,31 +296,23 @@ async fn a_watch_hears_a_message_at_once_and_a_missed_one_at_the_next_reread() {
 async fn a_replica_never_hears_its_own_ejections() {
     let Some(url) = redis_url() else { return };
     let prefix = Prefix::new(&url, "own");
-    let (a, b) = (replica(&url, &prefix, "a").await, replica(&url, &prefix, "b").await);
+    let a = replica(&url, &prefix, "a").await;
     let (_watch, mut rx) = watching(&a);
     let mut seen = Vec::new();
-    // Its own first, then another's, published until heard (the subscriber
-    // may still be connecting): the other's arrives, its own never (the
-    // re-reads in between saw its key too).
+    let (conn, channel) = (raw(&url).await, a.channel());
+    let message = |model: &'static str| {
+        let (mut conn, channel) = (conn.clone(), channel.clone());
+        async move { publish_raw(&mut conn, &channel, format!("1\n{model}\n5000\nb\ntimeout").as_bytes()).await }
+    };
+    // The subscriber is there once it hears a message (no key: no re-read finds it).
+    assert!(wait_for(&mut rx, &mut seen, |n| n.model == "ready", || message("ready")).await.is_some());
+    // Its own ejection, then another's message: the other's arrives, and
+    // its own, published before on the same channel, never did.
     a.publish("mine", Duration::from_secs(30), "server_error").await.unwrap();
-    let mut n = 0;
-    let theirs = wait_for(
-        &mut rx,
-        &mut seen,
-        |notice| notice.model.starts_with("theirs"),
-        || {
-            n += 1;
-            let (b, model) = (b.clone(), format!("theirs-{n}"));
-            async move {
-                b.publish(&model, Duration::from_secs(30), "timeout").await.unwrap();
-            }
-        },
-    )
-    .await;
-    assert!(theirs.is_some_and(|n| n.replica == "b"));
+    assert!(wait_for(&mut rx, &mut seen, |n| n.model == "after", || message("after")).await.is_some());
     // A key with no message, found only by a re-read that started after it
     // was written, and so saw its own key too.
-    let mut conn = raw(&url).await;
+    let mut conn = conn.clone();
     let _: () = redis::cmd("SET")
         .arg(prefix.key("marker"))
         .arg("1\nb\ntimeout")
@@ -388,7 +380,7 @@ async fn corrupt_and_hostile_entries_are_skipped_never_trusted() {
                     b"1\nm\n1000\nb\ntimeout\n",
                     b"1\ngood-message\n1000\nb\ntimeout",
                 ] {
-                    let _: i64 = redis::cmd("PUBLISH").arg(&channel).arg(garbage).query_async(&mut conn).await.unwrap();
+                    publish_raw(&mut conn, &channel, garbage).await;
                 }
             }
         },
@@ -549,12 +541,7 @@ async fn sharing_stops_while_redis_is_cut_off_and_comes_back_by_itself() {
         || {
             let (mut conn, channel) = (conn.clone(), channel.clone());
             async move {
-                let _: i64 = redis::cmd("PUBLISH")
-                    .arg(&channel)
-                    .arg("1\nmessage-after\n5000\nb\nserver_error")
-                    .query_async(&mut conn)
-                    .await
-                    .unwrap();
+                publish_raw(&mut conn, &channel, "1\nmessage-after\n5000\nb\nserver_error".as_bytes()).await;
             }
         },
     )
