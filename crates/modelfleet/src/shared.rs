@@ -41,10 +41,7 @@ impl SharedBudgets {
     /// Connects, migrates, and starts sweeping every quarter of `ttl`
     /// (at least every second).
     pub(crate) async fn connect(settings: &modelfleet_config_validate::ClusterSettings) -> Result<Self, ClusterError> {
-        let replica = settings.replica.clone().unwrap_or_else(|| {
-            let host = sysinfo::System::host_name().unwrap_or_else(|_| "replica".to_owned());
-            format!("{host}-{}", std::process::id())
-        });
+        let replica = replica_name(settings);
         let ledger = SharedLedger::connect(
             &settings.postgres_url,
             &settings.schema,
@@ -141,6 +138,15 @@ impl SharedBudgets {
         }
         Ok(())
     }
+}
+
+/// This replica's name: `[cluster] replica`, else the host's name and the
+/// process id.
+pub(crate) fn replica_name(settings: &modelfleet_config_validate::ClusterSettings) -> String {
+    settings.replica.clone().unwrap_or_else(|| {
+        let host = sysinfo::System::host_name().unwrap_or_else(|_| "replica".to_owned());
+        format!("{host}-{}", std::process::id())
+    })
 }
 
 /// How long hard budgets refuse at once after the shared store failed.
