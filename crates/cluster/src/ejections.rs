@@ -137,8 +137,12 @@ pub struct SharedEjections {
 struct Inner {
     /// For the subscriber's own connections.
     client: redis::Client,
-    /// Every other call: one multiplexed connection, reconnecting.
-    manager: ConnectionManager,
+    /// Every other call: one multiplexed connection, reconnecting when it
+    /// drops. Replaced by a new one when a call times out: a connection
+    /// the network went silent on never drops by itself. (The lock is held
+    /// only to clone or replace it, never across an await.)
+    manager: Mutex<ConnectionManager>,
+    manager_config: ConnectionManagerConfig,
     script: redis::Script,
     prefix: String,
     replica: String,
@@ -200,11 +204,12 @@ impl SharedEjections {
             .set_min_delay(BACKOFF_MIN)
             .set_max_delay(BACKOFF_MAX);
         let manager =
-            ConnectionManager::new_lazy_with_config(client.clone(), manager_config).map_err(|e| invalid(&e))?;
+            ConnectionManager::new_lazy_with_config(client.clone(), manager_config.clone()).map_err(|e| invalid(&e))?;
         let shared = SharedEjections {
             inner: Arc::new(Inner {
                 client,
-                manager,
+                manager: Mutex::new(manager),
+                manager_config,
                 script: redis::Script::new(PUBLISH_SCRIPT),
                 prefix: config.prefix.to_owned(),
                 replica: config.replica.to_owned(),
@@ -215,7 +220,7 @@ impl SharedEjections {
             }),
         };
         // A first look, so that an unreachable Redis is said at start.
-        let mut conn = shared.inner.manager.clone();
+        let mut conn = shared.connection();
         let _ = shared.within(redis::cmd("PING").query_async::<Value>(&mut conn)).await;
         Ok(shared)
     }
@@ -259,7 +264,7 @@ impl SharedEjections {
         let replica = &self.inner.replica;
         let value = format!("{VERSION}\n{replica}\n{reason}");
         let message = format!("{VERSION}\n{model}\n{ms}\n{replica}\n{reason}");
-        let mut conn = self.inner.manager.clone();
+        let mut conn = self.connection();
         let mut invocation = self.inner.script.key(self.key(model));
         invocation.arg(ms).arg(value).arg(self.channel()).arg(message);
         let wrote: i64 = self.within(invocation.invoke_async(&mut conn)).await?;
@@ -272,7 +277,7 @@ impl SharedEjections {
     pub async fn read(&self) -> Result<Vec<EjectionNotice>, ClusterError> {
         let key_prefix = format!("{}:ejected:", self.inner.prefix);
         let pattern = format!("{key_prefix}*");
-        let mut conn = self.inner.manager.clone();
+        let mut conn = self.connection();
         let mut cursor: u64 = 0;
         let mut looked = 0;
         let mut out = Vec::new();
@@ -387,14 +392,38 @@ impl SharedEjections {
         }
     }
 
+    /// The shared connection (a clone: it multiplexes).
+    fn connection(&self) -> ConnectionManager {
+        self.inner.manager.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// Leaves the shared connection for a new one, connected at its first
+    /// call: the old one may be waiting on a network gone silent, which
+    /// only the OS would notice, minutes later.
+    fn renew(&self) {
+        let fresh =
+            ConnectionManager::new_lazy_with_config(self.inner.client.clone(), self.inner.manager_config.clone());
+        if let Ok(fresh) = fresh {
+            *self.inner.manager.lock().unwrap_or_else(PoisonError::into_inner) = fresh;
+        }
+    }
+
     /// `work` within the timeout; a failure is [`ClusterError::Unavailable`]
     /// (scrubbed of the URL) and, when Redis was reachable until then,
-    /// logged once.
+    /// logged once. A timeout renews the shared connection.
     async fn within<T>(&self, work: impl Future<Output = RedisResult<T>>) -> Result<T, ClusterError> {
         let outcome = match tokio::time::timeout(self.inner.timeout, work).await {
             Ok(Ok(value)) => Ok(value),
-            Ok(Err(err)) => Err(ClusterError::Unavailable(scrub(&err.to_string(), &self.inner.secrets))),
-            Err(_) => Err(ClusterError::Unavailable(format!("no answer within {} ms", self.inner.timeout.as_millis()))),
+            Ok(Err(err)) => {
+                if err.is_timeout() {
+                    self.renew();
+                }
+                Err(ClusterError::Unavailable(scrub(&err.to_string(), &self.inner.secrets)))
+            }
+            Err(_) => {
+                self.renew();
+                Err(ClusterError::Unavailable(format!("no answer within {} ms", self.inner.timeout.as_millis())))
+            }
         };
         match &outcome {
             Ok(_) => {

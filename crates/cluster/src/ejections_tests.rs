@@ -7,7 +7,7 @@
 use std::{
     sync::{
         Arc,
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicU8, AtomicU64, Ordering},
     },
     time::Duration,
 };
@@ -415,11 +415,19 @@ async fn an_unreachable_redis_fails_each_call_in_time_without_the_url() {
     }
 }
 
-/// A loopback TCP proxy to Redis that the test can cut and restore.
+/// How the proxy treats connections.
+const OPEN: u8 = 0;
+const CUT: u8 = 1;
+const STALLED: u8 = 2;
+
+/// A loopback TCP proxy to Redis that the test can cut (refusing and
+/// closing connections), stall (a silent network: connections stay open
+/// and carry nothing) and restore (new connections work; stalled ones stay
+/// silent, as after a real partition).
 struct Proxy {
     port: u16,
-    cut: Arc<AtomicBool>,
-    /// Bumped at each cut: connections of an earlier epoch close.
+    mode: Arc<AtomicU8>,
+    /// Bumped at each cut or stall: connections forwarding before stop.
     epoch: Arc<AtomicU64>,
     /// Connections open now.
     open: Arc<AtomicU64>,
@@ -430,36 +438,46 @@ impl Proxy {
     async fn start(upstream: String) -> Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
-        let cut = Arc::new(AtomicBool::new(false));
-        let epoch = Arc::new(AtomicU64::new(0));
-        let open = Arc::new(AtomicU64::new(0));
-        let (cut_, epoch_, open_) = (Arc::clone(&cut), Arc::clone(&epoch), Arc::clone(&open));
+        let (mode, epoch, open) =
+            (Arc::new(AtomicU8::new(OPEN)), Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let (mode_, epoch_, open_) = (Arc::clone(&mode), Arc::clone(&epoch), Arc::clone(&open));
         let task = tokio::spawn(async move {
             while let Ok((mut client, _)) = listener.accept().await {
-                if cut_.load(Ordering::SeqCst) {
+                let (upstream, mode, epoch, open) =
+                    (upstream.clone(), Arc::clone(&mode_), Arc::clone(&epoch_), Arc::clone(&open_));
+                if mode.load(Ordering::SeqCst) == CUT {
                     continue; // dropped: refused
                 }
-                let (upstream, epoch, open) = (upstream.clone(), Arc::clone(&epoch_), Arc::clone(&open_));
-                let born = epoch.load(Ordering::SeqCst);
                 open.fetch_add(1, Ordering::SeqCst);
                 tokio::spawn(async move {
                     let _closed = Closed(open);
-                    let Ok(mut server) = TcpStream::connect(&upstream).await else { return };
-                    let copy = tokio::io::copy_bidirectional(&mut client, &mut server);
-                    let watch_cut = async {
-                        while epoch.load(Ordering::SeqCst) == born {
-                            tokio::time::sleep(Duration::from_millis(20)).await;
+                    let born = epoch.load(Ordering::SeqCst);
+                    if mode.load(Ordering::SeqCst) == OPEN {
+                        let Ok(mut server) = TcpStream::connect(&upstream).await else { return };
+                        let copy = tokio::io::copy_bidirectional(&mut client, &mut server);
+                        let stopped = async {
+                            while epoch.load(Ordering::SeqCst) == born {
+                                tokio::time::sleep(Duration::from_millis(10)).await;
+                            }
+                        };
+                        tokio::pin!(copy, stopped);
+                        tokio::select! {
+                            _ = &mut copy => return,
+                            () = &mut stopped => {}
                         }
-                    };
-                    tokio::pin!(copy, watch_cut);
-                    tokio::select! {
-                        _ = &mut copy => {}
-                        () = &mut watch_cut => {}
+                        // Stalled or cut: hold the sockets, carrying nothing, until cut.
+                        while mode.load(Ordering::SeqCst) != CUT {
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                        }
+                    } else {
+                        while mode.load(Ordering::SeqCst) != CUT {
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                        }
                     }
                 });
             }
         });
-        Proxy { port, cut, epoch, open, task }
+        Proxy { port, mode, epoch, open, task }
     }
 
     fn url(&self) -> String {
@@ -469,7 +487,7 @@ impl Proxy {
     /// Refuses new connections and closes the open ones (returns once
     /// they are closed).
     async fn cut(&self) {
-        self.cut.store(true, Ordering::SeqCst);
+        self.mode.store(CUT, Ordering::SeqCst);
         self.epoch.fetch_add(1, Ordering::SeqCst);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         while self.open.load(Ordering::SeqCst) > 0 && tokio::time::Instant::now() < deadline {
@@ -477,8 +495,16 @@ impl Proxy {
         }
     }
 
+    /// The network goes silent: nothing is carried, nothing is closed.
+    async fn stall(&self) {
+        self.mode.store(STALLED, Ordering::SeqCst);
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+        // Every forwarding task sees it within its 10 ms poll.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
     fn restore(&self) {
-        self.cut.store(false, Ordering::SeqCst);
+        self.mode.store(OPEN, Ordering::SeqCst);
     }
 }
 
@@ -494,7 +520,7 @@ impl Drop for Closed {
 impl Drop for Proxy {
     fn drop(&mut self) {
         self.task.abort();
-        self.cut.store(true, Ordering::SeqCst);
+        self.mode.store(CUT, Ordering::SeqCst);
         self.epoch.fetch_add(1, Ordering::SeqCst);
     }
 }
@@ -547,4 +573,38 @@ async fn sharing_stops_while_redis_is_cut_off_and_comes_back_by_itself() {
     )
     .await;
     assert!(heard.is_some(), "the subscriber reconnected");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_network_is_left_for_a_new_connection() {
+    let Some(url) = redis_url() else { return };
+    let prefix = Prefix::new(&url, "silent");
+    let proxy = Proxy::start(address_of(&url)).await;
+    let config =
+        EjectionsConfig { url: &proxy.url(), prefix: &prefix.name, replica: "a", timeout: Duration::from_millis(300) };
+    let a = SharedEjections::connect(&config).await.unwrap();
+    let (_watch, mut rx) = watching(&a);
+    let mut seen = Vec::new();
+    let (conn, channel) = (raw(&url).await, a.channel());
+    let message = |model: &'static str| {
+        let (mut conn, channel) = (conn.clone(), channel.clone());
+        async move { publish_raw(&mut conn, &channel, format!("1\n{model}\n5000\nb\ntimeout").as_bytes()).await }
+    };
+    assert!(wait_for(&mut rx, &mut seen, |n| n.model == "before", || message("before")).await.is_some());
+    assert!(a.publish("before", Duration::from_secs(30), "timeout").await.unwrap());
+
+    proxy.stall().await;
+    let failed = a.publish("during", Duration::from_secs(30), "timeout").await;
+    assert!(matches!(failed, Err(ClusterError::Unavailable(_))), "{failed:?}");
+    assert!(!a.reachable());
+
+    // The silent connections stay silent: only new ones carry anything.
+    proxy.restore();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while a.publish("after", Duration::from_secs(30), "timeout").await.is_err() {
+        assert!(tokio::time::Instant::now() < deadline, "calls never left the silent connection");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The subscriber's ping finds its connection silent, and it subscribes again.
+    assert!(wait_for(&mut rx, &mut seen, |n| n.model == "after", || message("after")).await.is_some());
 }
