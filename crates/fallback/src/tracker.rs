@@ -983,7 +983,14 @@ impl State {
         }
     }
 
-    fn settle(&mut self, config: &TrackerConfig, ticket: Ticket, outcome: Outcome, now: Duration) {
+    /// Records the outcome; the local ejection it started or lengthened, if any.
+    fn settle(
+        &mut self,
+        config: &TrackerConfig,
+        ticket: Ticket,
+        outcome: Outcome,
+        now: Duration,
+    ) -> Option<(EjectionReason, Duration)> {
         self.refresh(now);
         let current = ticket.generation == self.generation;
         let standing = Standing {
@@ -1000,8 +1007,16 @@ impl State {
             self.free_readmission();
         }
         match outcome {
-            Outcome::Success { latency } => self.succeed(config, standing, latency, now),
-            Outcome::Failure { class, retry_after } => self.fail(config, standing, class, retry_after, now),
+            // A success never starts or lengthens an ejection.
+            Outcome::Success { latency } => {
+                self.succeed(config, standing, latency, now);
+                None
+            }
+            Outcome::Failure { class, retry_after } => {
+                let before = self.local_ejection().map(|(_, until)| until);
+                self.fail(config, standing, class, retry_after, now);
+                self.local_ejection().filter(|&(_, until)| before.is_none_or(|before| until > before))
+            }
         }
     }
 
@@ -1397,10 +1412,7 @@ impl Permit {
         let inner = &self.inner;
         let grown = {
             let mut state = inner.models.entry(Arc::clone(&self.model)).or_default();
-            state.refresh(now);
-            let before = state.local_ejection().map(|(_, until)| until);
-            state.settle(&inner.config, self.ticket, outcome, now);
-            state.local_ejection().filter(|&(_, until)| before.is_none_or(|before| until > before))
+            state.settle(&inner.config, self.ticket, outcome, now)
         };
         // The model's shard is unlocked: the observer may look at the tracker.
         if let (Some(observer), Some((reason, until))) = (&inner.observer, grown) {
