@@ -52,8 +52,12 @@ const MAX_PREFIX_LEN: usize = 64;
 const MAX_VALUE_LEN: usize = 1_024;
 /// Keys one SCAN step asks for.
 const SCAN_COUNT: usize = 100;
-/// Keys one re-read looks at, at most.
+/// Ejected keys one re-read looks at, at most.
 const MAX_KEYS_PER_READ: usize = 10_000;
+/// SCAN steps one re-read makes, at most (a Redis shared with many other
+/// keys is walked over several re-reads, each going on where the last
+/// stopped).
+const MAX_SCAN_STEPS: usize = 100;
 /// How long the subscriber waits for a message before it pings.
 const PING_EVERY: Duration = Duration::from_secs(5);
 /// The subscriber's reconnection backoff.
@@ -153,6 +157,9 @@ struct Inner {
     reachable: AtomicBool,
     /// When corrupt entries were last warned about.
     corrupt_warned: Mutex<Option<Instant>>,
+    /// Where the next re-read's SCAN starts: 0, unless the last one
+    /// stopped at its bound before the end.
+    cursor: Mutex<u64>,
 }
 
 impl std::fmt::Debug for SharedEjections {
@@ -217,6 +224,7 @@ impl SharedEjections {
                 secrets,
                 reachable: AtomicBool::new(true),
                 corrupt_warned: Mutex::new(None),
+                cursor: Mutex::new(0),
             }),
         };
         // A first look, so that an unreachable Redis is said at start.
@@ -272,13 +280,18 @@ impl SharedEjections {
     }
 
     /// One re-read: every other replica's ejection in force (this
-    /// replica's own are left out), with what is left of it. Scans at most
-    /// 10,000 keys; corrupt entries are skipped (with a warning).
+    /// replica's own are left out), with what is left of it; corrupt
+    /// entries are skipped (with a warning). Bounded: at most 100 SCAN
+    /// steps of 100 keys and 10,000 ejected keys; when a bound stops it
+    /// before the end of the keyspace, the next read goes on from there (a
+    /// Redis holding many other keys is so walked over several reads: give
+    /// the replicas a database of their own, `redis://host/2`).
     pub async fn read(&self) -> Result<Vec<EjectionNotice>, ClusterError> {
         let key_prefix = format!("{}:ejected:", self.inner.prefix);
         let pattern = format!("{key_prefix}*");
         let mut conn = self.connection();
-        let mut cursor: u64 = 0;
+        let mut cursor = *self.inner.cursor.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut steps = 0;
         let mut looked = 0;
         let mut out = Vec::new();
         let mut corrupt: Option<(usize, String)> = None;
@@ -316,10 +329,12 @@ impl SharedEjections {
                 }
             }
             cursor = next;
-            if cursor == 0 || looked >= MAX_KEYS_PER_READ {
+            steps += 1;
+            if cursor == 0 || looked >= MAX_KEYS_PER_READ || steps >= MAX_SCAN_STEPS {
                 break;
             }
         }
+        *self.inner.cursor.lock().unwrap_or_else(PoisonError::into_inner) = cursor;
         if let Some((count, first)) = corrupt {
             self.corrupt(&format!("{count} ejected key(s) skipped, e.g. {first}"));
         }
