@@ -331,3 +331,194 @@ async fn a_cut_store_fails_hard_budgets_closed_serves_the_rest_and_recovers() {
     tokio::spawn(connection);
     client.batch_execute(&format!("DROP SCHEMA {schema} CASCADE")).await.unwrap();
 }
+
+// ---- Ejections shared through Redis -----------------------------------------------------------
+
+fn redis_test_url() -> String {
+    std::env::var("MODELFLEET_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
+}
+
+/// The test Redis's URL, or `None` (the test skips) when nothing listens
+/// there and CI did not ask for it.
+fn redis_url() -> Option<String> {
+    let url = redis_test_url();
+    let rest = url.split_once("://").map_or(url.as_str(), |(_, rest)| rest);
+    let rest = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+    let address = rest.split('/').next().unwrap_or(rest).to_owned();
+    let reachable = std::net::ToSocketAddrs::to_socket_addrs(address.as_str())
+        .ok()
+        .and_then(|mut addrs| addrs.next())
+        .is_some_and(|addr| std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_ok());
+    if reachable {
+        return Some(url);
+    }
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "Redis is not reachable at {address}: CI runs this test against it"
+    );
+    eprintln!("SKIPPED: Redis is not reachable at {address}; set MODELFLEET_TEST_REDIS");
+    None
+}
+
+/// A key prefix no other test (or run) uses.
+fn fresh_prefix(test: &str) -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    format!("t:it:{test}:{}-{nanos}", std::process::id())
+}
+
+/// Two models, `flaky` first and `steady` its fallback; two server errors
+/// in a row eject a model for a minute (long enough for any machine to
+/// see it shared), on one PostgreSQL schema and one Redis.
+fn ejections_config(schema: &str, redis: &str, prefix: &str) -> String {
+    format!(
+        "[[providers]]\nname = \"p\"\nkind = \"simulated\"\n\n\
+         [[models]]\nid = \"flaky\"\nprovider = \"p\"\ncontext_window = 100000\nmax_output_tokens = 1000\n\
+         input_price_per_mtok = \"1\"\noutput_price_per_mtok = \"2\"\ncategories = [\"general\"]\nfallbacks = [\"steady\"]\n\n\
+         [[models]]\nid = \"steady\"\nprovider = \"p\"\ncontext_window = 100000\nmax_output_tokens = 1000\n\
+         input_price_per_mtok = \"1\"\noutput_price_per_mtok = \"2\"\ncategories = [\"general\"]\n\n\
+         [cooldown]\nescalating_base_ms = 60000\nescalating_max_ms = 120000\n\n\
+         [cluster]\npostgres_url_env = \"MODELFLEET_TEST_POSTGRES_URL\"\nschema = \"{schema}\"\ntimeout_ms = 2000\n\
+         redis_url = \"{redis}\"\nredis_prefix = \"{prefix}\"\n"
+    )
+}
+
+async fn open_replica(text: &str) -> (Fleet, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = validated(text, dir.path(), env);
+    config.store.path = Some(dir.path().join("fleet.db"));
+    let fleet = Fleet::open(FleetOptions::from_config(&config).unwrap()).await.expect("a replica starts");
+    (fleet, dir)
+}
+
+/// A provider where `flaky` answers 503 and `steady` answers; counts the
+/// calls `flaky` got.
+fn provider(
+    flaky_calls: &Arc<std::sync::atomic::AtomicUsize>,
+) -> impl FnMut(
+    Arc<modelfleet::registry::ModelSpec>,
+    modelfleet::errors::AttemptCtx,
+) -> std::future::Ready<Result<ModelResponse<()>, Failure>> {
+    let calls = Arc::clone(flaky_calls);
+    move |model, _| {
+        std::future::ready(if model.id == "flaky" {
+            calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Err(Failure::new(modelfleet::errors::ErrorClass::ServerError, "503 from the upstream"))
+        } else {
+            Ok(ModelResponse { value: (), usage: Some(Usage::new(10, 10)) })
+        })
+    }
+}
+
+/// The models `fleet` has out of rotation now, as its explanation says:
+/// (model, why, whether another replica's ejection keeps it out).
+fn out_of_rotation(fleet: &Fleet) -> Vec<(String, String, bool)> {
+    let (_, json) = fleet.explain(&modelfleet::Request::default()).unwrap();
+    json["unavailable"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (m["model"].as_str().unwrap().to_owned(), m["why"].as_str().unwrap().to_owned(), !m["remote"].is_null())
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_ejected_on_one_replica_is_skipped_by_the_other() {
+    let Some(url) = postgres_url() else { return };
+    let Some(redis) = redis_url() else { return };
+    let schema = format!("t_ejections_{}", std::process::id());
+    let text = ejections_config(&schema, &redis, &fresh_prefix("eject"));
+    let ((a, _a_dir), (b, _b_dir)) = (open_replica(&text).await, open_replica(&text).await);
+    let request = modelfleet::Request { model: Some("flaky".into()), ..modelfleet::Request::default() };
+    // On A, `flaky` fails until A ejects it; `steady` serves meanwhile.
+    let a_calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    for _ in 0..10 {
+        let served = a.call(&request, provider(&a_calls)).await.expect("the fallback serves");
+        assert_eq!(served.model, "steady");
+        if !out_of_rotation(&a).is_empty() {
+            break;
+        }
+    }
+    let on_a = out_of_rotation(&a);
+    assert!(matches!(on_a.as_slice(), [(model, _, false)] if model == "flaky"), "A's own ejection: {on_a:?}");
+    // B hears of it: within a second or so; the test allows 10 s.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let on_b = loop {
+        let out = out_of_rotation(&b);
+        if !out.is_empty() || tokio::time::Instant::now() > deadline {
+            break out;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let [(model, why, remote)] = on_b.as_slice() else { panic!("B never heard of flaky's ejection: {on_b:?}") };
+    assert_eq!((model.as_str(), *remote), ("flaky", true));
+    assert!(why.contains("server_error") && why.ends_with("ejected by another replica"), "{why}");
+    let health = b.tracker().all(Duration::ZERO);
+    assert_eq!(
+        health.iter().map(|(m, h)| (m.as_str(), h.ejections)).collect::<Vec<_>>(),
+        [("flaky", 0)],
+        "not B's own"
+    );
+    // B's calls go to `steady`, without trying `flaky` once.
+    let b_calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    for _ in 0..5 {
+        let served = b.call(&request, provider(&b_calls)).await.expect("served");
+        assert_eq!(served.model, "steady");
+        assert!(served.attempts.iter().all(|attempt| attempt.model == "steady"), "{:?}", served.attempts);
+    }
+    assert_eq!(b_calls.load(std::sync::atomic::Ordering::SeqCst), 0, "B never retried the ejected model");
+    // No echo: A does not take its own ejection back from B.
+    let on_a = out_of_rotation(&a);
+    assert!(matches!(on_a.as_slice(), [(_, _, false)]), "{on_a:?}");
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    client.batch_execute(&format!("DROP SCHEMA {schema} CASCADE")).await.unwrap();
+}
+
+/// What the fleet logs, kept.
+#[derive(Clone, Default)]
+struct Log(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Log {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+// One thread: the log's subscriber sees the fleet's tasks too.
+#[tokio::test]
+async fn a_replica_serves_while_redis_is_unreachable_and_says_so() {
+    let Some(url) = postgres_url() else { return };
+    let log = Log::default();
+    let writer = log.clone();
+    let _logging = tracing_subscriber::util::SubscriberInitExt::set_default(
+        tracing_subscriber::fmt().with_ansi(false).with_writer(move || writer.clone()).finish(),
+    );
+    // A port nothing listens on: bound, then closed.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let schema = format!("t_ejections_down_{}", std::process::id());
+    let text = ejections_config(&schema, &format!("redis://127.0.0.1:{port}"), &fresh_prefix("down"));
+    let (fleet, _dir) = open_replica(&text).await;
+    // It serves, ejects on its own evidence, and serves from the fallback.
+    let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let request = modelfleet::Request { model: Some("flaky".into()), ..modelfleet::Request::default() };
+    for _ in 0..3 {
+        assert_eq!(fleet.call(&request, provider(&calls)).await.expect("served").model, "steady");
+    }
+    assert!(matches!(out_of_rotation(&fleet).as_slice(), [(model, _, false)] if model == "flaky"));
+    let logged = String::from_utf8_lossy(&log.0.lock().unwrap()).into_owned();
+    assert!(logged.contains("Redis is unreachable: ejections stay local to this replica"), "{logged}");
+    assert!(!logged.contains(&format!("127.0.0.1:{port}")), "the URL is never logged: {logged}");
+    fleet.shutdown().await.unwrap();
+    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    client.batch_execute(&format!("DROP SCHEMA {schema} CASCADE")).await.unwrap();
+}

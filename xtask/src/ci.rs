@@ -28,22 +28,29 @@ fn has_subcommand(sub: &str) -> bool {
 /// Says loudly, before the tests, which real servers the cluster tests
 /// will not find (they skip then, except under `CI=true`, where they fail).
 fn announce_cluster_servers() {
-    let postgres = std::env::var("MODELFLEET_TEST_POSTGRES").ok();
-    let address = postgres
-        .as_deref()
-        .and_then(|url| url.rsplit_once('@').map(|(_, rest)| rest))
-        .and_then(|rest| rest.split('/').next())
-        .unwrap_or("127.0.0.1:5432")
-        .to_owned();
-    let reachable = std::net::ToSocketAddrs::to_socket_addrs(address.as_str())
-        .ok()
-        .and_then(|mut addrs| addrs.next())
-        .is_some_and(|addr| std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(2)).is_ok());
-    if !reachable {
-        println!(
-            "==> cluster tests: PostgreSQL is not reachable at {address} (MODELFLEET_TEST_POSTGRES): the \
-             modelfleet-cluster tests SKIP on this run (under CI=true they fail; .ci/run starts the server)"
-        );
+    for (server, variable, default) in [
+        ("PostgreSQL", "MODELFLEET_TEST_POSTGRES", "127.0.0.1:5432"),
+        ("Redis", "MODELFLEET_TEST_REDIS", "127.0.0.1:6379"),
+    ] {
+        let url = std::env::var(variable).ok();
+        // `scheme://[userinfo@]host:port[/…]`: the host and port.
+        let address = url
+            .as_deref()
+            .map(|url| url.split_once("://").map_or(url, |(_, rest)| rest))
+            .map(|rest| rest.rsplit_once('@').map_or(rest, |(_, host)| host))
+            .and_then(|rest| rest.split('/').next())
+            .unwrap_or(default)
+            .to_owned();
+        let reachable = std::net::ToSocketAddrs::to_socket_addrs(address.as_str())
+            .ok()
+            .and_then(|mut addrs| addrs.next())
+            .is_some_and(|addr| std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(2)).is_ok());
+        if !reachable {
+            println!(
+                "==> cluster tests: {server} is not reachable at {address} ({variable}): the cluster tests that \
+                 need it SKIP on this run (under CI=true they fail; .ci/run starts the server)"
+            );
+        }
     }
 }
 

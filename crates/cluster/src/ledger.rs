@@ -5,7 +5,7 @@ use std::{
     future::Future,
     sync::{
         Arc,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::Duration,
 };
@@ -129,6 +129,8 @@ struct Counters {
     calls: AtomicU64,
     failures: AtomicU64,
     micros: AtomicU64,
+    /// Whether the last call found the store unreachable.
+    last_failed: AtomicBool,
 }
 
 impl Counters {
@@ -137,6 +139,7 @@ impl Counters {
         if failed {
             self.failures.fetch_add(1, Ordering::Relaxed);
         }
+        self.last_failed.store(failed, Ordering::Relaxed);
         self.micros.fetch_add(u64::try_from(took.as_micros()).unwrap_or(u64::MAX), Ordering::Relaxed);
     }
 
@@ -243,6 +246,13 @@ impl SharedLedger {
     #[must_use]
     pub fn stats(&self) -> LedgerStats {
         self.stats.snapshot()
+    }
+
+    /// Whether the last call (a heartbeat goes every second) reached the
+    /// store.
+    #[must_use]
+    pub fn reachable(&self) -> bool {
+        !self.stats.last_failed.load(Ordering::Relaxed)
     }
 
     pub(crate) async fn client(&self) -> Result<deadpool_postgres::Object, ClusterError> {

@@ -1,9 +1,12 @@
-//! What several gateway replicas share, in PostgreSQL: for now, the ledger
-//! of hard budgets, so N replicas together never let more through than one
-//! budget allows.
+//! What several gateway replicas share: the ledger of hard budgets in
+//! PostgreSQL, so N replicas together never let more through than one
+//! budget allows, and their ejections through Redis, so a model failing on
+//! one replica is not retried by every other in turn.
 //!
 //! One `modelfleet serve` on SQLite needs none of this; replicas behind a
-//! load balancer point `[cluster] postgres_url` at one database.
+//! load balancer point `[cluster] postgres_url` at one database, and
+//! `redis_url` at one Redis. The facade (`modelfleet`) glues these to the
+//! budget and fallback crates; this crate depends on neither.
 //!
 //! # The shared ledger ([`SharedLedger`])
 //!
@@ -37,10 +40,40 @@
 //! (statements, lock waits, idle transactions), so a replica cut off
 //! mid-transaction cannot keep a budget's row locked.
 
+//!
+//! # Shared ejections ([`SharedEjections`])
+//!
+//! Only the fact "model X is ejected until T (reason)" is shared; each
+//! replica keeps its own circuits' windows, streaks and multipliers. A
+//! replica that ejects a model (a cooldown, a circuit opening)
+//! [publishes](SharedEjections::publish) it: a key
+//! `{prefix}:ejected:{model}` whose time to live is what is left of the
+//! ejection (a Lua script never shortens a longer one already there), and
+//! a message on `{prefix}:ejections`. Every replica
+//! [watches](SharedEjections::watch): a subscriber hears the messages at
+//! once, and a re-read of the keys every second (SCAN with a bounded
+//! COUNT) heals a missed one, so an ejection reaches every replica within
+//! about a second. A replica ignores its own. What is read is checked
+//! (names, sizes, times) and skipped with a warning when corrupt: a value
+//! in Redis can never panic a replica or eject a model for longer than
+//! [`MAX_EJECTION`].
+//!
+//! **When Redis is unreachable**, every call fails within its timeout,
+//! the first failure is logged (never the URL), and sharing is local-only:
+//! each replica still ejects on its own evidence, and serving never waits
+//! for Redis. The connection and the subscriber come back by themselves.
+//! Lossy is fine here: a missed ejection costs a few failed calls on
+//! another replica, never money.
+
+mod ejections;
 mod lease;
 mod ledger;
 mod schema;
 
+pub use ejections::{
+    EjectionNotice, EjectionWatch, EjectionsConfig, MAX_EJECTION, MAX_MODEL_LEN, PUBLISH_SCRIPT, REREAD_EVERY,
+    SharedEjections,
+};
 pub use lease::{Checkpoint, Slice};
 pub use ledger::{
     BudgetKey, Hold, HoldRefused, HoldRow, LedgerStats, PeriodRow, ReplicaRow, SWEEP_BATCH, SharedLedger,
@@ -51,7 +84,7 @@ pub use ledger::{
 #[non_exhaustive]
 pub enum ClusterError {
     /// The store did not answer in time, or the connection failed: a hard
-    /// budget must refuse.
+    /// budget must refuse; shared ejections stay local.
     #[error("the cluster store is unavailable: {0}")]
     Unavailable(String),
     /// A setting is invalid (a schema name that is not an identifier, a

@@ -263,7 +263,8 @@ pub struct Route {
     pub hedge: Option<HedgeAfter>,
 }
 
-/// `[cluster]`: gateway replicas sharing hard budgets through PostgreSQL.
+/// `[cluster]`: gateway replicas sharing hard budgets through PostgreSQL,
+/// and their ejections through Redis when `redis_url` is set.
 #[derive(Clone, PartialEq, Serialize)]
 pub struct ClusterSettings {
     /// The PostgreSQL URL, read from `postgres_url`, or from the environment
@@ -290,6 +291,15 @@ pub struct ClusterSettings {
     /// How long a lease lives unless its replica renews it (it does every
     /// third of this): a dead replica's unused slice returns after it, ms.
     pub lease_ttl_ms: u64,
+    /// The Redis URL that shares ejections (cooldowns, open circuits)
+    /// between replicas, read from `redis_url`, or from the environment
+    /// variable `redis_url_env` names (a URL with a password belongs
+    /// there); `None`: each replica ejects on its own. Never printed.
+    #[serde(skip)]
+    pub redis_url: Option<String>,
+    /// The start of every Redis key and channel: lower-case letters,
+    /// digits, `_`, `:` and `-`, at most 64 (default `modelfleet`).
+    pub redis_prefix: String,
 }
 
 impl std::fmt::Debug for ClusterSettings {
@@ -302,6 +312,8 @@ impl std::fmt::Debug for ClusterSettings {
             .field("hold_ttl_ms", &self.hold_ttl_ms)
             .field("leases", &self.leases)
             .field("lease_ttl_ms", &self.lease_ttl_ms)
+            .field("redis_url", &self.redis_url.as_ref().map(|_| "<redacted>"))
+            .field("redis_prefix", &self.redis_prefix)
             .finish()
     }
 }

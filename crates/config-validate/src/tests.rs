@@ -1134,6 +1134,25 @@ requirements = { capabilities = ["embeddings"], embedding_dimensions = 1536 }
 }
 
 #[test]
+fn the_cluster_table_takes_a_redis_url_for_ejections_and_never_prints_or_serializes_it() {
+    let text = "[cluster]\npostgres_url = \"postgres://a@b/c\"\nredis_url_env = \"FLEET_REDIS\"\nredis_prefix = \"prod:eu-1\"\n";
+    let secret = "redis://:s3cret-passw0rd@cache.internal:6379/2";
+    let report = check_text(text, &env_of(&[("FLEET_REDIS", secret)]));
+    assert!(report.is_valid(), "{report}");
+    let cluster = report.config.unwrap().cluster.unwrap();
+    assert_eq!((cluster.redis_url.as_deref(), cluster.redis_prefix.as_str()), (Some(secret), "prod:eu-1"));
+    assert!(!format!("{cluster:?}").contains("s3cret"), "never printed");
+    let serialized = toml::to_string(&cluster).unwrap();
+    assert!(!serialized.contains("s3cret") && serialized.contains("redis_prefix = \"prod:eu-1\""), "{serialized}");
+    let inline = config_of("[cluster]\npostgres_url = \"postgres://a@b/c\"\nredis_url = \"redis://127.0.0.1:6379\"\n");
+    let cluster = inline.cluster.unwrap();
+    assert_eq!(
+        (cluster.redis_url.as_deref(), cluster.redis_prefix.as_str()),
+        (Some("redis://127.0.0.1:6379"), "modelfleet")
+    );
+}
+
+#[test]
 fn the_cluster_table_takes_its_url_from_the_environment_and_never_prints_it() {
     let text = "[cluster]\npostgres_url_env = \"FLEET_PG\"\nschema = \"fleet_a\"\nreplica = \"gw-1\"\n";
     let secret = "postgres://fleet:s3cret-passw0rd@db.internal:5432/fleet";
@@ -1143,6 +1162,11 @@ fn the_cluster_table_takes_its_url_from_the_environment_and_never_prints_it() {
     assert_eq!((cluster.postgres_url.as_str(), cluster.schema.as_str()), (secret, "fleet_a"));
     assert_eq!((cluster.replica.as_deref(), cluster.timeout_ms, cluster.hold_ttl_ms), (Some("gw-1"), 2_000, 3_600_000));
     assert_eq!((cluster.leases, cluster.lease_ttl_ms), (true, 10_000), "leases by default");
+    assert_eq!(
+        (cluster.redis_url.as_deref(), cluster.redis_prefix.as_str()),
+        (None, "modelfleet"),
+        "Redis is optional"
+    );
     assert!(!format!("{cluster:?}").contains("s3cret"), "never printed");
     assert!(config_of("").cluster.is_none(), "without [cluster] nothing changes");
 
@@ -1170,6 +1194,27 @@ fn the_cluster_table_takes_its_url_from_the_environment_and_never_prints_it() {
             "cluster.lease_ttl_ms: 10000 ms is less than four times timeout_ms (5000 ms)",
         ),
         ("[cluster]\npostgres_url = \"postgres://a@b/c\"\nleases = \"yes\"\n", "cluster.leases"),
+        (
+            "[cluster]\npostgres_url = \"postgres://a@b/c\"\nredis_url = \"redis://a\"\nredis_url_env = \"FLEET_REDIS\"\n",
+            "cluster.redis_url_env: give redis_url or redis_url_env, not both",
+        ),
+        (
+            "[cluster]\npostgres_url = \"postgres://a@b/c\"\nredis_url_env = \"UNSET_REDIS\"\n",
+            "cluster.redis_url_env: environment variable UNSET_REDIS is required",
+        ),
+        (
+            "[cluster]\npostgres_url = \"postgres://a@b/c\"\nredis_url_env = \"FLEET_PG\"\n",
+            "cluster.redis_url: must start with redis://, redis+unix:// or unix://",
+        ),
+        (
+            "[cluster]\npostgres_url = \"postgres://a@b/c\"\nredis_url = \"rediss://:s3cret@cache:6380\"\n",
+            "cluster.redis_url: rediss:// (TLS) is not supported",
+        ),
+        (
+            "[cluster]\npostgres_url = \"postgres://a@b/c\"\nredis_url = \"redis://a\"\nredis_prefix = \"Fleet *\"\n",
+            "cluster.redis_prefix: \"Fleet *\": 1 to 64 lower-case letters",
+        ),
+        ("[cluster]\nredis_url = \"redis://a\"\n", "cluster.postgres_url: is required"),
     ] {
         let errors = check_text(text, &env_of(&[("FLEET_PG", secret)]))
             .errors

@@ -1687,7 +1687,8 @@ fn cache(v: &mut V<'_>, root: &Table<'_>) -> CacheSettings {
 }
 
 /// `[cluster]`: the PostgreSQL URL from `postgres_url` or the variable
-/// `postgres_url_env` names (one of them), a schema that is an identifier.
+/// `postgres_url_env` names (one of them), a schema that is an identifier;
+/// optionally the Redis URL the same way, and a plain key prefix.
 fn cluster(v: &mut V<'_>, root: &Table<'_>, options: &Options<'_>) -> Option<ClusterSettings> {
     let (t, span) = get_table(v, root, "", "cluster")?;
     known_keys(
@@ -1703,6 +1704,9 @@ fn cluster(v: &mut V<'_>, root: &Table<'_>, options: &Options<'_>) -> Option<Clu
             "hold_ttl_ms",
             "leases",
             "lease_ttl_ms",
+            "redis_url",
+            "redis_url_env",
+            "redis_prefix",
         ],
     );
     let url = match (get_str(v, t, "cluster", "postgres_url"), get_str(v, t, "cluster", "postgres_url_env")) {
@@ -1756,6 +1760,20 @@ fn cluster(v: &mut V<'_>, root: &Table<'_>, options: &Options<'_>) -> Option<Clu
             ),
         );
     }
+    let redis_url = redis_url(v, t, options);
+    let redis_prefix = get_str(v, t, "cluster", "redis_prefix").map_or_else(|| "modelfleet".to_owned(), |(s, _)| s);
+    let valid_prefix = !redis_prefix.is_empty()
+        && redis_prefix.len() <= 64
+        && redis_prefix
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b':' | b'-'));
+    if !valid_prefix {
+        v.error(
+            "cluster.redis_prefix",
+            find(t, "redis_prefix").map(Spanned::span).as_ref(),
+            format!("{redis_prefix:?}: 1 to 64 lower-case letters, digits, '_', ':' or '-'"),
+        );
+    }
     Some(ClusterSettings {
         postgres_url: url.unwrap_or_default(),
         schema,
@@ -1764,7 +1782,37 @@ fn cluster(v: &mut V<'_>, root: &Table<'_>, options: &Options<'_>) -> Option<Clu
         hold_ttl_ms,
         leases,
         lease_ttl_ms,
+        redis_url,
+        redis_prefix,
     })
+}
+
+/// `[cluster]`'s Redis URL, from `redis_url` or the variable
+/// `redis_url_env` names (at most one of them); `None` without either.
+fn redis_url(v: &mut V<'_>, t: &Table<'_>, options: &Options<'_>) -> Option<String> {
+    let url = match (get_str(v, t, "cluster", "redis_url"), get_str(v, t, "cluster", "redis_url_env")) {
+        (Some(_), Some((_, s))) => {
+            v.error("cluster.redis_url_env", Some(&s), "give redis_url or redis_url_env, not both");
+            return None;
+        }
+        (Some((url, _)), None) => url,
+        (None, Some((name, s))) => match env_var(options.env, &name, true, None, EnvKind::Text) {
+            Ok(EnvValue::Text(url)) => url,
+            Ok(_) => return None,
+            Err(message) => {
+                v.error("cluster.redis_url_env", Some(&s), message);
+                return None;
+            }
+        },
+        (None, None) => return None,
+    };
+    // The URL itself may hold a password: never in a message.
+    if url.starts_with("rediss://") {
+        v.error("cluster.redis_url", None, "rediss:// (TLS) is not supported: use redis://");
+    } else if !(url.starts_with("redis://") || url.starts_with("redis+unix://") || url.starts_with("unix://")) {
+        v.error("cluster.redis_url", None, "must start with redis://, redis+unix:// or unix://");
+    }
+    Some(url)
 }
 
 fn metrics(v: &mut V<'_>, root: &Table<'_>) -> MetricsSettings {

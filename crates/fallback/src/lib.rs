@@ -11,7 +11,9 @@
 //!   per model opens on a failure or slow-call ratio over a sliding window,
 //!   admits a few probes when half-open (waiting for each, however slow),
 //!   and closes after they succeed. Client faults never count against a model. The module
-//!   docs of `tracker.rs` list every rule.
+//!   docs of `tracker.rs` list every rule. Replicas share ejections through
+//!   it: [`Tracker::with_observer`] tells of each local ejection, and
+//!   [`Tracker::eject_remote`] takes another replica's (never told again).
 //! - [`RetryBudget`]: retries per provider limited to a share of requests
 //!   over a window plus a small floor (Finagle/Envoy), so retries cannot storm.
 //! - [`execute`]: serves one request through an async closure, walking the
@@ -79,8 +81,9 @@ pub use crate::{
     },
     retry_budget::{RetryBudget, RetryBudgetConfig},
     tracker::{
-        Availability, CircuitConfig, CircuitSettings, CircuitState, CooldownConfig, InvalidConfig, ModelHealth, Permit,
-        Tracker, TrackerConfig, client_fault, counts_against_model,
+        Availability, CircuitConfig, CircuitSettings, CircuitState, CooldownConfig, EjectionObserver, EjectionReason,
+        InvalidConfig, LocalEjection, ModelHealth, Permit, RemoteEjection, Tracker, TrackerConfig, client_fault,
+        counts_against_model,
     },
 };
 

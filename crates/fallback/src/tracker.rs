@@ -124,9 +124,34 @@
 //!   - No timeout: its slots are owned by permits, so nothing can hold one
 //!     forever; it lasts until a success.
 //! - **Ejected since.** [`Tracker::ejected_since`] is when the ejection in
-//!   force began: the earlier of the start of the cooldown in force (rate
-//!   limits included; a cooldown lengthened while in force keeps its start) and
-//!   the time the circuit left closed (it stays ejected while half-open).
+//!   force began: the earliest of the start of the cooldown in force (rate
+//!   limits included; a cooldown lengthened while in force keeps its start),
+//!   the time the circuit left closed (it stays ejected while half-open) and
+//!   the time a remote ejection in force was taken.
+//!
+//! # Ejections shared between replicas
+//! - **Local ejections are told.** A tracker made with
+//!   [`Tracker::with_observer`] calls its observer after every recorded
+//!   outcome that makes the model's local ejection end later: a cooldown
+//!   started or lengthened (its class is the reason), a circuit opened. A
+//!   success, a release, a cooldown kept because a longer one stays, a
+//!   half-open circuit and time passing tell nothing. The observer runs
+//!   after the model's state is unlocked, on the caller's thread: it must
+//!   not block (hand the ejection to a channel with `try_send`).
+//! - **Remote ejections are taken, not told.** [`Tracker::eject_remote`]
+//!   takes another replica's ejection: until it ends, [`Tracker::acquire`]
+//!   refuses the model ([`Availability::CoolingDown`] with the class, or
+//!   [`Availability::CircuitOpen`]), unless a local ejection in force ends
+//!   at the same time or later (then it is not kept: the local one says
+//!   more). It is not a local ejection: no ejection count, multiplier,
+//!   streak, window or circuit changes, no re-admission when it ends, and
+//!   the observer never hears of it (so replicas never echo one another).
+//!   [`ModelHealth::remote`] shows it. A longer one lengthens it; a shorter
+//!   one changes nothing.
+//! - A forced permit's success dismisses the remote ejection in force (the
+//!   model answers here), and a remote ejection ending no later than the
+//!   one dismissed is not taken again (the re-read of the shared store
+//!   would otherwise bring it straight back).
 
 use std::{fmt, sync::Arc, time::Duration};
 
@@ -399,6 +424,72 @@ impl Availability {
     }
 }
 
+/// Why a model is out of rotation, as replicas tell each other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EjectionReason {
+    /// A cooldown after a failure of this class.
+    Cooldown(ErrorClass),
+    /// An opened circuit.
+    CircuitOpen,
+}
+
+impl EjectionReason {
+    /// The class's snake-case name, or `circuit_open`.
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            EjectionReason::Cooldown(class) => class.as_str(),
+            EjectionReason::CircuitOpen => "circuit_open",
+        }
+    }
+
+    /// The reason [`EjectionReason::as_str`] names; `None` for any other text.
+    #[must_use]
+    pub fn from_name(name: &str) -> Option<EjectionReason> {
+        if name == "circuit_open" {
+            return Some(EjectionReason::CircuitOpen);
+        }
+        name.parse().ok().map(EjectionReason::Cooldown)
+    }
+
+    /// What [`Tracker::acquire`] answers while it is in force, until `until`.
+    const fn availability(self, until: Duration) -> Availability {
+        match self {
+            EjectionReason::Cooldown(class) => Availability::CoolingDown { class, until },
+            EjectionReason::CircuitOpen => Availability::CircuitOpen { until },
+        }
+    }
+}
+
+/// A local ejection that starts or grows, as a tracker's
+/// [observer](Tracker::with_observer) hears of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LocalEjection<'a> {
+    /// The model.
+    pub model: &'a str,
+    /// Why.
+    pub reason: EjectionReason,
+    /// When it ends (on the tracker's clock).
+    pub until: Duration,
+    /// When the outcome that started or lengthened it was recorded.
+    pub at: Duration,
+}
+
+/// Hears of every [`LocalEjection`]; it must not block.
+pub type EjectionObserver = Arc<dyn Fn(LocalEjection<'_>) + Send + Sync>;
+
+/// Another replica's ejection in force on this one (see [`Tracker::eject_remote`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct RemoteEjection {
+    /// Why the other replica ejected it.
+    pub reason: EjectionReason,
+    /// When this replica took it.
+    pub since: Duration,
+    /// When it ends (on this tracker's clock).
+    pub until: Duration,
+}
+
 /// A model's tracked state, as reports show it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct ModelHealth {
@@ -429,6 +520,9 @@ pub struct ModelHealth {
     /// cooldown has ended, the circuit is closed, no cooldown is in force and
     /// no success has been recorded since.
     pub readmitting: bool,
+    /// Another replica's ejection in force here, if any (never counted in
+    /// `ejections`, `cooldown` or `circuit`, which are this replica's own).
+    pub remote: Option<RemoteEjection>,
 }
 
 /// Whether a failure of `class` says the model itself is unwell (and so
@@ -652,6 +746,11 @@ struct State {
     readmitting: Option<u32>,
     /// Raised at every start of re-admission.
     readmissions: u64,
+    /// Another replica's ejection, taken by `eject_remote`.
+    // Invariant after `refresh(now)`: `until > now`.
+    remote: Option<RemoteEjection>,
+    /// The end of the last remote ejection a forced success dismissed.
+    remote_dismissed: Duration,
 }
 
 /// Whether one more probe fits beside `in_flight`.
@@ -677,10 +776,61 @@ impl State {
                 self.readmitting = Some(0);
             }
         }
+        if self.remote.is_some_and(|r| now >= r.until) {
+            self.remote = None;
+        }
+    }
+
+    /// Needs `refresh(now)` first: the local state's answer, unless a
+    /// remote ejection in force ends later.
+    fn availability(&self, probes: u32) -> Availability {
+        let local = self.local_availability(probes);
+        match self.remote {
+            Some(remote) if self.local_ejection().is_none_or(|(_, until)| until < remote.until) => {
+                remote.reason.availability(remote.until)
+            }
+            _ => local,
+        }
+    }
+
+    /// The local ejection in force that ends last: its reason and end
+    /// (needs `refresh(now)` first). A half-open circuit is not one: it
+    /// lets probes through.
+    fn local_ejection(&self) -> Option<(EjectionReason, Duration)> {
+        let cooldown = self.cooldown.map(|c| (EjectionReason::Cooldown(c.class), c.until));
+        let circuit = match self.circuit {
+            Circuit::Open { until, .. } => Some((EjectionReason::CircuitOpen, until)),
+            _ => None,
+        };
+        match (cooldown, circuit) {
+            (Some(c), Some(o)) => Some(if o.1 > c.1 { o } else { c }),
+            (c, o) => c.or(o),
+        }
+    }
+
+    /// Takes another replica's ejection (needs `refresh(now)` first);
+    /// whether it changed anything.
+    fn take_remote(&mut self, reason: EjectionReason, until: Duration, now: Duration) -> bool {
+        let longer_here = self.local_ejection().is_some_and(|(_, local)| local >= until);
+        if until <= now || until <= self.remote_dismissed || longer_here {
+            return false;
+        }
+        match &mut self.remote {
+            Some(remote) if remote.until >= until => false,
+            Some(remote) => {
+                remote.reason = reason;
+                remote.until = until;
+                true
+            }
+            None => {
+                self.remote = Some(RemoteEjection { reason, since: now, until });
+                true
+            }
+        }
     }
 
     /// Needs `refresh(now)` first.
-    fn availability(&self, probes: u32) -> Availability {
+    fn local_availability(&self, probes: u32) -> Availability {
         if let Some(c) = self.cooldown {
             return Availability::CoolingDown { class: c.class, until: c.until };
         }
@@ -742,10 +892,7 @@ impl State {
             Circuit::Closed => None,
             Circuit::Open { opened, .. } | Circuit::HalfOpen { opened, .. } => Some(opened),
         };
-        match (circuit, self.cooldown) {
-            (Some(opened), Some(c)) => Some(opened.min(c.since)),
-            (opened, c) => opened.or(c.map(|c| c.since)),
-        }
+        [circuit, self.cooldown.map(|c| c.since), self.remote.map(|r| r.since)].into_iter().flatten().min()
     }
 
     fn multiplier_at(&self, c: &CooldownConfig, now: Duration) -> u32 {
@@ -836,7 +983,14 @@ impl State {
         }
     }
 
-    fn settle(&mut self, config: &TrackerConfig, ticket: Ticket, outcome: Outcome, now: Duration) {
+    /// Records the outcome; the local ejection it started or lengthened, if any.
+    fn settle(
+        &mut self,
+        config: &TrackerConfig,
+        ticket: Ticket,
+        outcome: Outcome,
+        now: Duration,
+    ) -> Option<(EjectionReason, Duration)> {
         self.refresh(now);
         let current = ticket.generation == self.generation;
         let standing = Standing {
@@ -853,13 +1007,26 @@ impl State {
             self.free_readmission();
         }
         match outcome {
-            Outcome::Success { latency } => self.succeed(config, standing, latency, now),
-            Outcome::Failure { class, retry_after } => self.fail(config, standing, class, retry_after, now),
+            // A success never starts or lengthens an ejection.
+            Outcome::Success { latency } => {
+                self.succeed(config, standing, latency, now);
+                None
+            }
+            Outcome::Failure { class, retry_after } => {
+                let before = self.local_ejection().map(|(_, until)| until);
+                self.fail(config, standing, class, retry_after, now);
+                self.local_ejection().filter(|&(_, until)| before.is_none_or(|before| until > before))
+            }
         }
     }
 
     fn succeed(&mut self, config: &TrackerConfig, standing: Standing, latency: Duration, now: Duration) {
         self.successes += 1;
+        if standing.forced
+            && let Some(remote) = self.remote.take()
+        {
+            self.remote_dismissed = self.remote_dismissed.max(remote.until);
+        }
         self.streaks = Streaks::default();
         self.readmitting = None;
         if standing.holds == Admission::Probe {
@@ -983,16 +1150,27 @@ impl State {
             readmitting: self.readmitting.is_some()
                 && self.cooldown.is_none()
                 && matches!(self.circuit, Circuit::Closed),
+            remote: self.remote,
         }
     }
 }
 
 // ---- Tracker -------------------------------------------------------------------
 
-#[derive(Debug)]
 struct Inner {
     config: TrackerConfig,
     models: DashMap<Arc<str>, State, FxBuildHasher>,
+    observer: Option<EjectionObserver>,
+}
+
+impl fmt::Debug for Inner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Inner")
+            .field("config", &self.config)
+            .field("models", &self.models)
+            .field("observed", &self.observer.is_some())
+            .finish()
+    }
 }
 
 /// Tracks every model's failures, cooldowns and circuit, shared by all
@@ -1035,7 +1213,29 @@ impl Tracker {
     /// A tracker that knows no failures yet.
     #[must_use]
     pub fn new(config: TrackerConfig) -> Tracker {
-        Tracker { inner: Arc::new(Inner { config, models: DashMap::with_hasher(FxBuildHasher) }) }
+        Tracker { inner: Arc::new(Inner { config, models: DashMap::with_hasher(FxBuildHasher), observer: None }) }
+    }
+
+    /// A tracker that tells `observer` of every local ejection that starts
+    /// or grows (see the module docs: never of a remote one, never while a
+    /// model's state is locked). `observer` must not block.
+    #[must_use]
+    pub fn with_observer(config: TrackerConfig, observer: EjectionObserver) -> Tracker {
+        Tracker {
+            inner: Arc::new(Inner { config, models: DashMap::with_hasher(FxBuildHasher), observer: Some(observer) }),
+        }
+    }
+
+    /// Takes another replica's ejection of `model` at `now`: out of
+    /// rotation until `until` (on this tracker's clock) because of
+    /// `reason`, unless a local ejection in force ends then or later. Not a
+    /// local ejection (no count, multiplier or circuit change) and never
+    /// told to the observer. Whether it changed anything: a shorter one
+    /// than the remote ejection in force, one that already ended, or one
+    /// no later than the one a forced success dismissed changes nothing.
+    #[must_use = "whether it changed anything"]
+    pub fn eject_remote(&self, model: &str, reason: EjectionReason, until: Duration, now: Duration) -> bool {
+        self.with_state(model, now, |state| state.take_remote(reason, until, now)).1
     }
 
     /// The settings.
@@ -1210,8 +1410,14 @@ impl Permit {
     fn settle(&mut self, outcome: Outcome, now: Duration) {
         self.done = true;
         let inner = &self.inner;
-        let mut state = inner.models.entry(Arc::clone(&self.model)).or_default();
-        state.settle(&inner.config, self.ticket, outcome, now);
+        let grown = {
+            let mut state = inner.models.entry(Arc::clone(&self.model)).or_default();
+            state.settle(&inner.config, self.ticket, outcome, now)
+        };
+        // The model's shard is unlocked: the observer may look at the tracker.
+        if let (Some(observer), Some((reason, until))) = (&inner.observer, grown) {
+            observer(LocalEjection { model: &self.model, reason, until, at: now });
+        }
     }
 
     /// Records a success at `now`; slow when its latency, `now - started()`,

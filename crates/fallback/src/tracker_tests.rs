@@ -1251,6 +1251,7 @@ fn health_and_all_report_every_field_as_of_now() {
             multiplier: 1,
             ejected_since: Some(secs(2)),
             readmitting: false,
+            remote: None,
         }
     );
     let all = t.all(secs(4));
@@ -1258,6 +1259,155 @@ fn health_and_all_report_every_field_as_of_now() {
     assert_eq!((all[0].1.cooldown, all[0].1.readmitting), (None, true), "ended by now, re-admitting");
     assert!(!all[1].1.readmitting);
     assert_eq!(all[1].1.successes, 1);
+}
+
+// ---- Ejections shared between replicas --------------------------------------------------------
+
+const SERVER: EjectionReason = EjectionReason::Cooldown(ErrorClass::ServerError);
+
+/// The local ejections an observer was told of: (model, reason, until, at).
+type Told = Arc<std::sync::Mutex<Vec<(String, EjectionReason, Duration, Duration)>>>;
+
+/// A tracker whose observer writes down every local ejection it is told of.
+fn observed(config: TrackerConfig) -> (Tracker, Told) {
+    let told = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = Arc::clone(&told);
+    let observer: EjectionObserver = Arc::new(move |e: LocalEjection<'_>| {
+        sink.lock().unwrap().push((e.model.to_owned(), e.reason, e.until, e.at));
+    });
+    (Tracker::with_observer(config, observer), told)
+}
+
+#[test]
+fn a_remote_ejection_is_skipped_until_it_ends_and_is_no_local_ejection() {
+    let t = Tracker::new(TrackerConfig::default());
+    assert!(t.eject_remote("m", SERVER, secs(10), secs(2)));
+    let out = Availability::CoolingDown { class: ErrorClass::ServerError, until: secs(10) };
+    for at in [secs(2), secs(5), before(secs(10))] {
+        assert_eq!(t.availability("m", at), out);
+        assert_eq!(t.acquire("m", at).map(|p| p.model().to_owned()), Err(out));
+    }
+    let h = t.health("m", secs(5));
+    assert_eq!(h.remote, Some(RemoteEjection { reason: SERVER, since: secs(2), until: secs(10) }));
+    assert_eq!((h.ejections, h.multiplier, h.cooldown, h.circuit), (0, 0, None, CircuitState::Closed));
+    assert_eq!(h.ejected_since, Some(secs(2)));
+    assert_eq!(t.all(secs(5)), vec![("m".to_owned(), h)]);
+    // It ends at its time, with full traffic (no re-admission: it was not ours).
+    assert_eq!(t.availability("m", secs(10)), Availability::Available);
+    let after = t.health("m", secs(10));
+    assert_eq!((after.remote, after.readmitting, after.ejected_since), (None, false, None));
+    assert!(!t.acquire("m", secs(10)).unwrap().is_probe());
+    // An opened circuit elsewhere reads as an open circuit here.
+    assert!(t.eject_remote("n", EjectionReason::CircuitOpen, secs(30), secs(10)));
+    assert_eq!(t.availability("n", secs(10)), Availability::CircuitOpen { until: secs(30) });
+    assert_eq!(t.circuit("n", secs(10)), CircuitState::Closed, "its own circuit is untouched");
+    // One that already ended is not taken.
+    assert!(!t.eject_remote("o", SERVER, secs(10), secs(10)));
+    assert_eq!(t.availability("o", secs(10)), Availability::Available);
+}
+
+#[test]
+fn a_remote_ejection_only_grows_and_a_longer_local_one_says_more() {
+    let t = cooler(CooldownConfig::default());
+    assert!(t.eject_remote("m", SERVER, secs(10), secs(0)));
+    assert!(!t.eject_remote("m", EjectionReason::Cooldown(ErrorClass::Timeout), secs(5), secs(1)), "shorter");
+    assert!(!t.eject_remote("m", SERVER, secs(10), secs(1)), "the same");
+    assert!(t.eject_remote("m", EjectionReason::CircuitOpen, secs(20), secs(1)), "longer");
+    assert_eq!(t.availability("m", secs(1)), Availability::CircuitOpen { until: secs(20) });
+    assert_eq!(t.health("m", secs(1)).remote.map(|r| r.since), Some(secs(0)), "it keeps its start");
+    // A shorter local ejection does not hide a longer remote one…
+    let forced = t.acquire_forced("m", secs(2));
+    forced.failure(ErrorClass::QuotaExhausted, None, secs(2)); // local: until 2 + 300
+    // …and a longer local one is what it answers.
+    assert_eq!(
+        t.availability("m", secs(3)),
+        Availability::CoolingDown { class: ErrorClass::QuotaExhausted, until: secs(302) }
+    );
+    assert!(!t.eject_remote("m", SERVER, secs(100), secs(3)), "the local one ends later");
+    let u = cooler(CooldownConfig::default());
+    fail(&u, ErrorClass::RateLimited, secs(0)); // local: until 5
+    assert!(u.eject_remote("m", SERVER, secs(8), secs(1)));
+    assert_eq!(
+        u.availability("m", secs(1)),
+        Availability::CoolingDown { class: ErrorClass::ServerError, until: secs(8) }
+    );
+    assert_eq!(u.health("m", secs(1)).ejected_since, Some(secs(0)), "the earliest start in force");
+}
+
+#[test]
+fn local_ejections_are_told_and_successes_and_releases_never() {
+    let (t, told) =
+        observed(TrackerConfig { circuit: CircuitConfig::new(no_trips()).unwrap(), ..TrackerConfig::default() });
+    ok(&t, secs(0));
+    drop(t.acquire("m", secs(0)));
+    t.acquire("m", secs(0)).unwrap().release();
+    fail(&t, ErrorClass::ServerError, secs(1)); // a streak of 1: no ejection yet
+    fail(&t, ErrorClass::BadRequest, secs(1)); // the client's fault
+    assert!(told.lock().unwrap().is_empty(), "{:?}", told.lock().unwrap());
+    fail(&t, ErrorClass::ServerError, secs(1)); // ejected until 1 + 2
+    assert_eq!(*told.lock().unwrap(), vec![("m".to_owned(), SERVER, secs(3), secs(1))]);
+    // A forced failure that keeps the longer cooldown in force tells nothing…
+    let forced = t.acquire_forced("m", secs(2));
+    forced.failure(ErrorClass::RateLimited, Some(ms(500)), secs(2));
+    assert_eq!(told.lock().unwrap().len(), 1);
+    // …one that lengthens it does.
+    t.acquire_forced("m", secs(2)).failure(ErrorClass::RateLimited, Some(secs(9)), secs(2));
+    assert_eq!(
+        told.lock().unwrap()[1],
+        ("m".to_owned(), EjectionReason::Cooldown(ErrorClass::RateLimited), secs(11), secs(2))
+    );
+    // A circuit opening is told as one.
+    let (b, opened) = observed(TrackerConfig { cooldown: no_ejections(), ..TrackerConfig::default() });
+    trip(&b, secs(0));
+    assert_eq!(*opened.lock().unwrap(), vec![("m".to_owned(), EjectionReason::CircuitOpen, secs(30), secs(0))]);
+    // Half-open, probes that succeed, a close: nothing more.
+    for permit in held(&b, 3, secs(30)) {
+        permit.success(secs(31));
+    }
+    assert_eq!(b.circuit("m", secs(31)), CircuitState::Closed);
+    assert_eq!(opened.lock().unwrap().len(), 1);
+}
+
+#[test]
+fn a_remote_ejection_is_never_told_again() {
+    let (t, told) = observed(TrackerConfig::default());
+    assert!(t.eject_remote("m", SERVER, secs(10), secs(0)));
+    assert!(t.eject_remote("m", EjectionReason::CircuitOpen, secs(20), secs(1)));
+    // Served anyway (panic mode) and failing: its own evidence, told as usual.
+    t.acquire_forced("m", secs(2)).failure(ErrorClass::ServerError, None, secs(2));
+    assert!(told.lock().unwrap().is_empty(), "one server error ejects nobody");
+    t.acquire_forced("m", secs(2)).failure(ErrorClass::ServerError, None, secs(2));
+    assert_eq!(*told.lock().unwrap(), vec![("m".to_owned(), SERVER, secs(4), secs(2))], "not the remote one");
+}
+
+#[test]
+fn a_forced_success_dismisses_a_remote_ejection_until_a_later_one() {
+    let t = Tracker::new(TrackerConfig::default());
+    assert!(t.eject_remote("m", SERVER, secs(10), secs(0)));
+    t.acquire_forced("m", secs(1)).success(secs(1));
+    assert_eq!(t.availability("m", secs(1)), Availability::Available);
+    assert_eq!(t.health("m", secs(1)).remote, None);
+    // The shared store still has it: re-read, it is not taken again…
+    assert!(!t.eject_remote("m", SERVER, secs(10), secs(2)));
+    assert_eq!(t.availability("m", secs(2)), Availability::Available);
+    // …but a later one (a new failure elsewhere) is.
+    assert!(t.eject_remote("m", SERVER, secs(12), secs(2)));
+    assert!(!t.availability("m", secs(2)).is_available());
+    // An ordinary success (a call that started before) dismisses nothing.
+    let u = Tracker::new(TrackerConfig::default());
+    let early = u.acquire("m", secs(0)).unwrap();
+    assert!(u.eject_remote("m", SERVER, secs(10), secs(1)));
+    early.success(secs(2));
+    assert!(!u.availability("m", secs(2)).is_available());
+}
+
+#[test]
+fn reasons_are_named_as_replicas_tell_them() {
+    for reason in [SERVER, EjectionReason::CircuitOpen, EjectionReason::Cooldown(ErrorClass::RateLimited)] {
+        assert_eq!(EjectionReason::from_name(reason.as_str()), Some(reason));
+    }
+    assert_eq!(EjectionReason::CircuitOpen.as_str(), "circuit_open");
+    assert_eq!(EjectionReason::from_name("Server Error"), None);
 }
 
 // ---- Properties ---------------------------------------------------------------------------------

@@ -469,6 +469,8 @@ pub struct Fleet {
     memory: Arc<MemoryProbe>,
     /// `[cluster]`: the hard budgets shared with other replicas.
     shared: Option<Arc<crate::shared::SharedBudgets>>,
+    /// `[cluster] redis_url`: ejections shared with other replicas, while it lives.
+    _ejections: Option<crate::ejections::EjectionSharing>,
 }
 
 impl std::fmt::Debug for Fleet {
@@ -615,6 +617,10 @@ impl Fleet {
         let shared = crate::shared::SharedBudgets::start(options.cluster.as_ref(), &budgets)
             .await
             .map_err(|e| FleetError::Start(format!("[cluster]: {e}")))?;
+        let timer = TokioTimer::new();
+        let (tracker, ejections) = crate::ejections::start(options.tracker, options.cluster.as_ref(), &catalog, timer)
+            .await
+            .map_err(|e| FleetError::Start(format!("[cluster]: {e}")))?;
         let fleet = Fleet {
             running: Arc::new(running),
             store,
@@ -624,9 +630,9 @@ impl Fleet {
             config_budgets: options.budgets.iter().map(|b| (b.scope.clone(), b.period)).collect(),
             metrics,
             books,
-            tracker: Tracker::new(options.tracker),
+            tracker,
             retry_budget,
-            timer: TokioTimer::new(),
+            timer,
             clock: SystemClock,
             executor: ExecutorConfig {
                 retry,
@@ -652,6 +658,7 @@ impl Fleet {
             fallbacks_served: DashMap::new(),
             memory: Arc::new(MemoryProbe::new()),
             shared,
+            _ejections: ejections,
         };
         // Simulated time has no past to warm from: its clock starts now.
         let warmed = if options.virtual_time { 0 } else { fleet.warm_start().await };
@@ -824,7 +831,7 @@ impl Fleet {
                 let health = self.tracker.health(&r.model.id, now);
                 let availability = self.tracker.availability(&r.model.id, now);
                 (!availability.is_available()).then(|| {
-                    let why = modelfleet_fallback::describe(availability, now);
+                    let why = crate::ejections::describe(availability, &health, now);
                     let _ = write!(text, "\nout of rotation now: {} ({why})", r.model.id);
                     serde_json::json!({
                         "model": r.model.id,
@@ -832,6 +839,7 @@ impl Fleet {
                         "circuit": health.circuit,
                         "ejections": health.ejections,
                         "multiplier": health.multiplier,
+                        "remote": health.remote,
                     })
                 })
             })

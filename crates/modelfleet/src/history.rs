@@ -416,14 +416,16 @@ impl Fleet {
             .filter_map(|spec| {
                 let availability = self.tracker.availability(&spec.id, now);
                 let health = live.models.get(&spec.id).copied();
-                let out = (!availability.is_available()).then(|| modelfleet_fallback::describe(availability, now));
+                let tracked = self.tracker.health(&spec.id, now);
+                let out =
+                    (!availability.is_available()).then(|| crate::ejections::describe(availability, &tracked, now));
                 (health.is_some() || out.is_some()).then(|| ModelHealth {
                     model: spec.id.clone(),
                     provider: spec.provider.clone(),
                     health: health.unwrap_or(Health::Healthy),
                     circuit: self.circuit(&spec.id),
                     out_of_rotation: out,
-                    ejections: self.tracker.health(&spec.id, now).ejections,
+                    ejections: tracked.ejections,
                 })
             })
             .collect();

@@ -25,6 +25,7 @@
 //! Invariant: nothing depends on this crate but the gateway and the CLI.
 
 mod books;
+mod ejections;
 mod fleet;
 mod history;
 mod leases;

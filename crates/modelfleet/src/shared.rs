@@ -49,10 +49,7 @@ impl SharedBudgets {
     /// Connects, migrates, and starts sweeping every quarter of `ttl`
     /// (at least every second).
     pub(crate) async fn connect(settings: &modelfleet_config_validate::ClusterSettings) -> Result<Self, ClusterError> {
-        let replica = settings.replica.clone().unwrap_or_else(|| {
-            let host = sysinfo::System::host_name().unwrap_or_else(|_| "replica".to_owned());
-            format!("{host}-{}", std::process::id())
-        });
+        let replica = replica_name(settings);
         let ledger = SharedLedger::connect(
             &settings.postgres_url,
             &settings.schema,
@@ -172,10 +169,12 @@ impl SharedBudgets {
 
     /// The shared store as this replica sees it.
     pub(crate) fn status(&self) -> ClusterStatus {
-        let down = self.down();
+        let reachable = self.ledger.reachable();
         ClusterStatus {
-            reachable: down.is_none(),
-            reason: down,
+            reachable,
+            reason: (!reachable).then(|| {
+                "the shared budget store is unreachable (its last call failed): hard budgets refuse".to_owned()
+            }),
             leases: self.leases.is_some(),
             leases_open: self.leases.as_ref().map_or(0, |leases| leases.open()),
             ledger_calls: self.ledger.stats().calls,
@@ -207,8 +206,9 @@ impl SharedBudgets {
 /// readiness and metrics.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct ClusterStatus {
-    /// False for a second after a call found the store unreachable: hard
-    /// budgets refuse meanwhile (other requests are served).
+    /// False from a call that found the store unreachable to the next
+    /// that reaches it (a heartbeat tries every second): hard budgets
+    /// refuse meanwhile (other requests are served).
     pub reachable: bool,
     /// Why not, when not.
     pub reason: Option<String>,
@@ -226,6 +226,15 @@ pub struct ClusterStatus {
 
 /// How often a replica says it lives.
 const HEARTBEAT: Duration = Duration::from_secs(1);
+
+/// This replica's name: `[cluster] replica`, else the host's name and the
+/// process id.
+pub(crate) fn replica_name(settings: &modelfleet_config_validate::ClusterSettings) -> String {
+    settings.replica.clone().unwrap_or_else(|| {
+        let host = sysinfo::System::host_name().unwrap_or_else(|_| "replica".to_owned());
+        format!("{host}-{}", std::process::id())
+    })
+}
 
 /// How long hard budgets refuse at once after the shared store failed.
 const DOWN_FOR: Duration = Duration::from_secs(1);
