@@ -284,6 +284,36 @@ impl SharedLedger {
             return Ok(if spent > Money::ZERO { Checkpoint::Ended } else { Checkpoint::Held(Money::ZERO) });
         };
         let s = &self.schema;
+        // The common case in one statement (one round trip, its own
+        // transaction): a live lease that keeps all it has and whose spend
+        // stays within it. Anything else takes the transaction below.
+        if let Some(ttl) = ttl
+            && keep.nanos() == i64::MAX
+        {
+            let fast = self
+                .within(async {
+                    let client = self.client().await?;
+                    let statement = client
+                        .prepare_cached(&format!(
+                            "UPDATE {s}.budget_holds SET spent_nanos = spent_nanos + $2, in_flight_nanos = $3,
+                                 expires_at = now() + make_interval(secs => $4)
+                             WHERE id = $1 AND state = 'held' AND spent_nanos + $2 <= amount_nanos
+                             RETURNING amount_nanos - spent_nanos"
+                        ))
+                        .await
+                        .map_err(|e| unavailable(&e))?;
+                    let row = client
+                        .query_opt(&statement, &[&id, &spent.nanos(), &in_flight.nanos(), &ttl.as_secs_f64()])
+                        .await
+                        .map_err(|e| unavailable(&e))?;
+                    Ok(row.map(|row| row.get::<_, i64>(0)))
+                })
+                .await?;
+            if let Some(unused) = fast {
+                lease.amount = Money::from_nanos(unused);
+                return Ok(Checkpoint::Held(lease.amount));
+            }
+        }
         let outcome = self
             .within(async {
                 let mut client = self.client().await?;
