@@ -430,7 +430,7 @@ fn cluster_markdown(load: &serde_json::Value) -> String {
         out,
         "| kill: served / refused / cut, of 300 on room for 50 | {} / {} / {} | ≤ 50 served |",
         f("/kill/served"),
-        f("/kill/refused_429"),
+        f("/kill/refused_429_or_503"),
         f("/kill/cut_by_kill")
     );
     let _ = writeln!(
@@ -441,7 +441,7 @@ fn cluster_markdown(load: &serde_json::Value) -> String {
     );
     let _ = writeln!(
         out,
-        "| kill: dead replica's lease returned after | {:.1} s | its time to live (4 s) + a sweep |",
+        "| kill: dead replica's lease returned after | {:.1} s | its time to live (8 s) + a sweep |",
         f("/kill/lease_returned_after_secs")
     );
     let _ = writeln!(

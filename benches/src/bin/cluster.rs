@@ -87,8 +87,8 @@ fn config(dir: &Path, name: &str, mock: &str, limit: &str, cluster: Option<(&str
     if let Some((url, schema)) = cluster {
         let _ = write!(
             text,
-            "\n[cluster]\npostgres_url = \"{url}\"\nschema = \"{schema}\"\nreplica = \"{name}\"\ntimeout_ms = 1000\n\
-             lease_ttl_ms = 4000\n"
+            "\n[cluster]\npostgres_url = \"{url}\"\nschema = \"{schema}\"\nreplica = \"{name}\"\ntimeout_ms = 2000\n\
+             lease_ttl_ms = 8000\n"
         );
     }
     let path = dir.join(format!("{name}.toml"));
@@ -186,7 +186,7 @@ async fn kill_phase(
                 served += 1;
                 acknowledged = acknowledged.saturating_add(cost);
             }
-            Outcome::Refused(429) => refused += 1,
+            Outcome::Refused(429 | 503) => refused += 1,
             Outcome::Refused(_) => other += 1,
             Outcome::Cut => cut += 1,
         }
@@ -195,7 +195,7 @@ async fn kill_phase(
     // The dead replica's lease expires (4 s) and is swept by the others.
     let waited = Instant::now();
     let (mut spent, mut held) = (spent_now, held_now);
-    while held != 0 && waited.elapsed() < Duration::from_secs(30) {
+    while held != 0 && waited.elapsed() < Duration::from_mins(1) {
         tokio::time::sleep(Duration::from_millis(200)).await;
         (spent, held) = ledger(db, &schema).await?;
     }
@@ -215,8 +215,11 @@ async fn kill_phase(
         spent <= acknowledged + cut * COST_NANOS,
         format!("the ledger's {spent} nanos pass acknowledged {acknowledged} + {cut} cut × {COST_NANOS}"),
     );
-    check(held == 0, format!("{held} nanos still held 30 s after the kill: the dead replica's lease never returned"));
-    check(other == 0, format!("{other} requests failed otherwise than 429 or cut by the kill"));
+    check(
+        held == 0,
+        format!("{held} nanos still held a minute after the kill: the dead replica's lease never returned"),
+    );
+    check(other == 0, format!("{other} requests failed otherwise than 429, 503 (the store slow) or cut by the kill"));
     Ok((
         json!({
             "replicas": args.replicas,
@@ -224,7 +227,7 @@ async fn kill_phase(
             "budget_room": 50,
             "killed_after_answers": killed_after,
             "served": served,
-            "refused_429": refused,
+            "refused_429_or_503": refused,
             "cut_by_kill": cut,
             "acknowledged_nanos": acknowledged,
             "ledger_spent_nanos": spent,

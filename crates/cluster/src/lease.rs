@@ -39,6 +39,24 @@ pub struct Slice {
     pub want: Money,
     /// The grain past `need` (zero: any amount).
     pub step: Money,
+    /// The money its replica may have in flight on the lease until its
+    /// next report (recorded with the grant: what an expired lease is
+    /// charged).
+    pub in_flight: Money,
+}
+
+/// What a replica reports of a lease at a [checkpoint](SharedLedger::checkpoint).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Report {
+    /// Everything its requests spent since it was granted: a running
+    /// total, so a checkpoint sent twice (its reply lost) charges once.
+    pub total: Money,
+    /// What the requests still running hold: the lease never keeps less.
+    pub running: Money,
+    /// The most that may be in flight until the next report (running,
+    /// ended but not yet reported, and headroom for new draws): what the
+    /// lease is charged if it expires.
+    pub in_flight: Money,
 }
 
 /// A lease's state after a [checkpoint](SharedLedger::checkpoint).
@@ -132,15 +150,15 @@ impl SharedLedger {
                         tx.execute(
                             &format!(
                                 "UPDATE {s}.budget_holds SET amount_nanos = amount_nanos + $2,
-                                 expires_at = now() + make_interval(secs => $3) WHERE id = $1"
+                                 expires_at = now() + make_interval(secs => $3), in_flight_nanos = $4 WHERE id = $1"
                             ),
-                            &[&id, &granted.nanos(), &ttl.as_secs_f64()],
+                            &[&id, &granted.nanos(), &ttl.as_secs_f64(), &slice.in_flight.nanos().max(0)],
                         )
                         .await
                         .map_err(|e| unavailable(&e))?;
                         id
                     }
-                    None => self.insert_lease(&tx, &lease.keys, granted, ttl).await?,
+                    None => self.insert_lease(&tx, &lease.keys, granted, slice.in_flight, ttl).await?,
                 };
                 tx.commit().await.map_err(|e| unavailable(&e))?;
                 Ok::<_, ClusterError>(Ok((id, granted)))
@@ -181,6 +199,38 @@ impl SharedLedger {
         }))
     }
 
+    /// The common checkpoint in one statement: a live lease whose spend,
+    /// with what its running requests hold, stays within it. The unused
+    /// amount, or `None` when the full transaction is needed.
+    async fn fast_checkpoint(
+        &self,
+        id: i64,
+        Report { total, running, in_flight }: Report,
+        ttl: Duration,
+    ) -> Result<Option<i64>, ClusterError> {
+        let s = &self.schema;
+        self.within(async {
+            let client = self.client().await?;
+            let statement = client
+                .prepare_cached(&format!(
+                    "UPDATE {s}.budget_holds
+                     SET spent_nanos = spent_nanos + ($2 - reported_nanos), reported_nanos = $2,
+                         in_flight_nanos = $3, expires_at = now() + make_interval(secs => $4)
+                     WHERE id = $1 AND state = 'held' AND $2 >= reported_nanos
+                       AND spent_nanos + ($2 - reported_nanos) <= amount_nanos - $5
+                     RETURNING amount_nanos - spent_nanos"
+                ))
+                .await
+                .map_err(|e| unavailable(&e))?;
+            let row = client
+                .query_opt(&statement, &[&id, &total.nanos(), &in_flight.nanos(), &ttl.as_secs_f64(), &running.nanos()])
+                .await
+                .map_err(|e| unavailable(&e))?;
+            Ok(row.map(|row| row.get::<_, i64>(0)))
+        })
+        .await
+    }
+
     /// Charges `spent` to each of `keys` and releases `released` of what
     /// they hold, in the keys' (sorted) order.
     async fn fold(
@@ -205,12 +255,14 @@ impl SharedLedger {
         Ok(())
     }
 
-    /// A new lease's rows: the hold (nothing in flight yet) and its keys.
+    /// A new lease's rows: the hold (with what may be in flight on it) and
+    /// its keys.
     async fn insert_lease(
         &self,
         tx: &deadpool_postgres::Transaction<'_>,
         keys: &[BudgetKey],
         amount: Money,
+        in_flight: Money,
         ttl: Duration,
     ) -> Result<i64, ClusterError> {
         let s = &self.schema;
@@ -222,14 +274,22 @@ impl SharedLedger {
                 &format!(
                     "WITH hold AS (
                          INSERT INTO {s}.budget_holds (amount_nanos, replica, expires_at, in_flight_nanos)
-                         VALUES ($1, $2, now() + make_interval(secs => $3), 0) RETURNING id
+                         VALUES ($1, $2, now() + make_interval(secs => $3), $7) RETURNING id
                      )
                      INSERT INTO {s}.budget_hold_keys (hold_id, scope, period, period_start)
                      SELECT hold.id, k.scope, k.period, k.period_start
                      FROM hold, unnest($4::text[], $5::text[], $6::bigint[]) AS k(scope, period, period_start)
                      RETURNING hold_id"
                 ),
-                &[&amount.nanos(), &self.replica, &ttl.as_secs_f64(), &scopes, &periods, &starts],
+                &[
+                    &amount.nanos(),
+                    &self.replica,
+                    &ttl.as_secs_f64(),
+                    &scopes,
+                    &periods,
+                    &starts,
+                    &in_flight.nanos().max(0),
+                ],
             )
             .await
             .map_err(|e| unavailable(&e))?;
@@ -238,50 +298,49 @@ impl SharedLedger {
             .ok_or_else(|| ClusterError::Unavailable("the lease's insert returned no row".to_owned()))
     }
 
-    /// Checkpoints `lease`, in one transaction: `spent` (what its requests
-    /// spent since the last checkpoint, in full even above the lease) is
-    /// charged to its budgets, what it holds shrinks by as much (never
-    /// below zero) and then to at most `keep` (the rest returns to its
-    /// budgets), `in_flight` (the money of requests still running, charged
-    /// if the lease expires) is recorded, and it is renewed for `ttl`.
+    /// Checkpoints `lease` with its replica's [`Report`]: what is new in
+    /// `report.total` is charged (in full, even above the lease); the lease
+    /// keeps at most `keep` unused (the rest returns to its budgets), and
+    /// never less than `report.running`; `report.in_flight` is recorded
+    /// (charged if the lease expires); the lease is renewed for `ttl`.
     ///
     /// A lease that had ended (swept while its replica was cut off) still
-    /// has `spent` charged ([`Checkpoint::Ended`]): the sweep charged what
-    /// was last reported in flight, so this may count some of it twice,
-    /// never leave it out.
+    /// has what is new charged ([`Checkpoint::Ended`]): the sweep charged
+    /// what was last reported in flight, so this may count some of it
+    /// twice, never leave it out.
     pub async fn checkpoint(
         &self,
         lease: &mut Hold,
-        spent: Money,
+        report: Report,
         keep: Money,
-        in_flight: Money,
         ttl: Duration,
     ) -> Result<Checkpoint, ClusterError> {
-        self.write_checkpoint(lease, spent, keep, in_flight, Some(ttl)).await
+        self.write_checkpoint(lease, report, keep, Some(ttl)).await
     }
 
-    /// Closes `lease`: `spent` is charged (as by a checkpoint), and all it
-    /// holds returns to its budgets. Its requests must all have ended.
-    pub async fn close(&self, lease: &mut Hold, spent: Money) -> Result<Checkpoint, ClusterError> {
-        self.write_checkpoint(lease, spent, Money::ZERO, Money::ZERO, None).await
+    /// Closes `lease`: what is new in `total` is charged (as by a
+    /// checkpoint), and all it holds returns to its budgets. Its requests
+    /// must all have ended.
+    pub async fn close(&self, lease: &mut Hold, total: Money) -> Result<Checkpoint, ClusterError> {
+        let report = Report { total, running: Money::ZERO, in_flight: Money::ZERO };
+        self.write_checkpoint(lease, report, Money::ZERO, None).await
     }
 
     /// A checkpoint renewing for `ttl`, or closing the lease without one.
     async fn write_checkpoint(
         &self,
         lease: &mut Hold,
-        spent: Money,
+        Report { total, running, in_flight }: Report,
         keep: Money,
-        in_flight: Money,
         ttl: Option<Duration>,
     ) -> Result<Checkpoint, ClusterError> {
-        if spent < Money::ZERO || in_flight < Money::ZERO {
+        if total < Money::ZERO || in_flight < Money::ZERO || running < Money::ZERO {
             return Err(ClusterError::Invalid(format!(
-                "a checkpoint of ${spent} spent, ${in_flight} in flight: money is never negative"
+                "a checkpoint of ${total} spent, ${in_flight} in flight: money is never negative"
             )));
         }
         let Some(id) = lease.id else {
-            return Ok(if spent > Money::ZERO { Checkpoint::Ended } else { Checkpoint::Held(Money::ZERO) });
+            return Err(ClusterError::Invalid("a checkpoint of a lease never granted".to_owned()));
         };
         let s = &self.schema;
         // The common case in one statement (one round trip, its own
@@ -290,25 +349,7 @@ impl SharedLedger {
         if let Some(ttl) = ttl
             && keep.nanos() == i64::MAX
         {
-            let fast = self
-                .within(async {
-                    let client = self.client().await?;
-                    let statement = client
-                        .prepare_cached(&format!(
-                            "UPDATE {s}.budget_holds SET spent_nanos = spent_nanos + $2, in_flight_nanos = $3,
-                                 expires_at = now() + make_interval(secs => $4)
-                             WHERE id = $1 AND state = 'held' AND spent_nanos + $2 <= amount_nanos
-                             RETURNING amount_nanos - spent_nanos"
-                        ))
-                        .await
-                        .map_err(|e| unavailable(&e))?;
-                    let row = client
-                        .query_opt(&statement, &[&id, &spent.nanos(), &in_flight.nanos(), &ttl.as_secs_f64()])
-                        .await
-                        .map_err(|e| unavailable(&e))?;
-                    Ok(row.map(|row| row.get::<_, i64>(0)))
-                })
-                .await?;
+            let fast = self.fast_checkpoint(id, Report { total, running, in_flight }, ttl).await?;
             if let Some(unused) = fast {
                 lease.amount = Money::from_nanos(unused);
                 return Ok(Checkpoint::Held(lease.amount));
@@ -321,7 +362,8 @@ impl SharedLedger {
                 let row = tx
                     .query_opt(
                         &format!(
-                            "SELECT state, amount_nanos, spent_nanos FROM {s}.budget_holds WHERE id = $1 FOR UPDATE"
+                            "SELECT state, amount_nanos, spent_nanos, reported_nanos
+                             FROM {s}.budget_holds WHERE id = $1 FOR UPDATE"
                         ),
                         &[&id],
                     )
@@ -330,52 +372,65 @@ impl SharedLedger {
                     .ok_or_else(|| {
                         ClusterError::Invalid(format!("lease {id} is unknown (never made, or long forgotten)"))
                     })?;
-                let (state, amount, in_lease): (String, i64, i64) = (row.get(0), row.get(1), row.get(2));
+                let (state, amount, in_lease, reported): (String, i64, i64, i64) =
+                    (row.get(0), row.get(1), row.get(2), row.get(3));
+                // What this checkpoint adds (nothing when it repeats one).
+                let new = (total.nanos() - reported).max(0);
+                let reported = reported.max(total.nanos());
                 if state != "held" {
-                    // Ended: the spend is charged to its budgets all the same.
-                    if spent > Money::ZERO {
-                        self.fold(&tx, &lease.keys, spent.nanos(), 0).await?;
+                    // Ended: what is new is charged to its budgets all the same.
+                    if new > 0 {
+                        self.fold(&tx, &lease.keys, new, 0).await?;
                     }
-                    tx.commit().await.map_err(|e| unavailable(&e))?;
-                    return Ok(None);
-                }
-                let total = in_lease.saturating_add(spent.nanos());
-                let unused = (amount - total).max(0);
-                let kept = unused.min(keep.nanos().max(0));
-                let closed = ttl.is_none();
-                let ttl = ttl.unwrap_or_default().as_secs_f64();
-                if kept < unused || total > amount || closed {
-                    // Money moves between the budgets' spent and held: the
-                    // lease's spend is charged and what it does not keep
-                    // returns, all at once.
-                    self.fold(&tx, &lease.keys, total, amount - kept).await?;
                     tx.execute(
-                        &format!(
-                            "UPDATE {s}.budget_holds SET amount_nanos = $2, spent_nanos = 0, in_flight_nanos = $3,
-                                 expires_at = now() + make_interval(secs => $4),
-                                 state = CASE WHEN $5 THEN 'settled' ELSE state END
-                             WHERE id = $1"
-                        ),
-                        &[&id, &kept, &in_flight.nanos(), &ttl, &closed],
+                        &format!("UPDATE {s}.budget_holds SET reported_nanos = $2 WHERE id = $1"),
+                        &[&id, &reported],
                     )
                     .await
                     .map_err(|e| unavailable(&e))?;
+                    tx.commit().await.map_err(|e| unavailable(&e))?;
+                    return Ok(None);
+                }
+                let spent = in_lease.saturating_add(new);
+                let unused = (amount - spent).max(0);
+                let closed = ttl.is_none();
+                // What it keeps: at most `keep` unused, but never less than
+                // the requests still running need, even when spend passed
+                // the lease (theirs would have been held on their own).
+                let kept = unused.min(keep.nanos().max(0)).max(running.nanos());
+                let ttl = ttl.unwrap_or_default().as_secs_f64();
+                let left = if kept != unused || spent > amount || closed {
+                    // Money moves between the budgets' spent and held: the
+                    // lease's spend is charged and it holds `kept`, all at once.
+                    self.fold(&tx, &lease.keys, spent, amount - kept).await?;
+                    tx.execute(
+                        &format!(
+                            "UPDATE {s}.budget_holds SET amount_nanos = $2, spent_nanos = 0, reported_nanos = $6,
+                                 in_flight_nanos = $3, expires_at = now() + make_interval(secs => $4),
+                                 state = CASE WHEN $5 THEN 'settled' ELSE state END
+                             WHERE id = $1"
+                        ),
+                        &[&id, &kept, &in_flight.nanos(), &ttl, &closed, &reported],
+                    )
+                    .await
+                    .map_err(|e| unavailable(&e))?;
+                    kept
                 } else {
                     // Only the lease's own row: its spend stays inside what
                     // its budgets already hold for it, so no budget's row
                     // (which every replica's grants lock) is touched.
                     tx.execute(
                         &format!(
-                            "UPDATE {s}.budget_holds SET spent_nanos = $2, in_flight_nanos = $3,
+                            "UPDATE {s}.budget_holds SET spent_nanos = $2, reported_nanos = $5, in_flight_nanos = $3,
                                  expires_at = now() + make_interval(secs => $4)
                              WHERE id = $1"
                         ),
-                        &[&id, &total, &in_flight.nanos(), &ttl],
+                        &[&id, &spent, &in_flight.nanos(), &ttl, &reported],
                     )
                     .await
                     .map_err(|e| unavailable(&e))?;
-                }
-                let left = if kept < unused || total > amount || closed { kept } else { unused };
+                    unused
+                };
                 tx.commit().await.map_err(|e| unavailable(&e))?;
                 Ok(Some(left))
             })

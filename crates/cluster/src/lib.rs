@@ -74,7 +74,7 @@ pub use ejections::{
     EjectionNotice, EjectionWatch, EjectionsConfig, MAX_EJECTION, MAX_MODEL_LEN, PUBLISH_SCRIPT, REREAD_EVERY,
     SharedEjections,
 };
-pub use lease::{Checkpoint, Slice};
+pub use lease::{Checkpoint, Report, Slice};
 pub use ledger::{
     BudgetKey, Hold, HoldRefused, HoldRow, LedgerStats, PeriodRow, ReplicaRow, SWEEP_BATCH, SharedLedger,
 };

@@ -41,10 +41,12 @@ const MIGRATIONS: &[&str] = &[
     );",
     // 2: leases: a hold a replica draws many requests from. It records what
     // its requests spent (still inside what its budgets hold for it, so a
-    // checkpoint writes this row only) and the money its replica last
+    // checkpoint writes this row only), the running total its replica last
+    // reported (a checkpoint repeated charges once) and the money its replica last
     // reported in flight (charged if it expires; NULL for a request's own
     // hold, charged in full). The keys' index finds a budget's leases.
     "ALTER TABLE {s}.budget_holds ADD COLUMN spent_nanos BIGINT NOT NULL DEFAULT 0 CHECK (spent_nanos >= 0);
+     ALTER TABLE {s}.budget_holds ADD COLUMN reported_nanos BIGINT NOT NULL DEFAULT 0;
      ALTER TABLE {s}.budget_holds ADD COLUMN in_flight_nanos BIGINT CHECK (in_flight_nanos >= 0);
      CREATE INDEX budget_hold_keys_budget ON {s}.budget_hold_keys (scope, period, period_start);",
     // 3: heartbeats: each replica says every second or so that it lives,

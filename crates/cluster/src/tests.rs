@@ -15,7 +15,7 @@ use std::{
 use modelfleet_registry::Money;
 use tokio::{net::TcpListener, task::JoinSet};
 
-use crate::{BudgetKey, Checkpoint, ClusterError, HoldRefused, SharedLedger, Slice, schema::identifier};
+use crate::{BudgetKey, Checkpoint, ClusterError, HoldRefused, Report, SharedLedger, Slice, schema::identifier};
 
 /// The test server's URL, or `None` (the test skips) when nothing listens
 /// there and CI did not ask for it.
@@ -87,9 +87,14 @@ fn key(scope: &str) -> BudgetKey {
     BudgetKey { scope: scope.to_owned(), period: "monthly".to_owned(), period_start_ms: 1_764_547_200_000 }
 }
 
+/// `total` spent so far, `running` in flight (and no more).
+fn report(total: Money, running: Money) -> Report {
+    Report { total, running, in_flight: running }
+}
+
 /// At least `need`, at most `want`, to the nano.
 fn slice(need: Money, want: Money) -> Slice {
-    Slice { need, want, step: Money::from_nanos(1) }
+    Slice { need, want, step: Money::from_nanos(1), in_flight: Money::ZERO }
 }
 
 fn dollars(n: i64) -> Money {
@@ -388,7 +393,7 @@ async fn leases_are_sized_by_the_room_left_and_never_pass_the_limit() {
     // Past what is needed, whole steps: half of $7 is $3.50, granted as $3.
     let small = key("model:m");
     ledger.define(&small, dollars(7)).await.unwrap();
-    let step = Slice { need: dollars(1), want: dollars(1_000), step: dollars(1) };
+    let step = Slice { need: dollars(1), want: dollars(1_000), step: dollars(1), in_flight: Money::ZERO };
     assert_eq!(ledger.lease(std::slice::from_ref(&small), step, ttl).await.unwrap().amount(), dollars(3));
     // At the end, exactly what is needed, then nothing.
     let mut granted = Money::ZERO;
@@ -421,8 +426,8 @@ async fn checkpoints_charge_what_was_spent_and_return_what_is_not_kept() {
     let mut lease =
         ledger.lease(&[global.clone(), provider.clone()], slice(dollars(1), dollars(10)), ttl).await.unwrap();
     assert_eq!(lease.amount(), dollars(10));
-    // Spent 3 of it, keeping all that is left.
-    let kept = ledger.checkpoint(&mut lease, dollars(3), dollars(100), dollars(2), ttl).await.unwrap();
+    // Spent 3 of it (checkpoints carry running totals), keeping all that is left.
+    let kept = ledger.checkpoint(&mut lease, report(dollars(3), dollars(2)), dollars(100), ttl).await.unwrap();
     assert_eq!(kept, Checkpoint::Held(dollars(7)));
     for budget in [&global, &provider] {
         let row = ledger.status(budget).await.unwrap().unwrap();
@@ -439,35 +444,50 @@ async fn checkpoints_charge_what_was_spent_and_return_what_is_not_kept() {
         .unwrap()
         .unwrap();
     assert_eq!((raw.spent, raw.held), (Money::ZERO, dollars(10)), "a checkpoint leaves the budget's row alone");
+    // The same checkpoint again (its reply was lost) charges nothing more.
+    assert_eq!(
+        ledger.checkpoint(&mut lease, report(dollars(3), dollars(2)), dollars(100), ttl).await.unwrap(),
+        Checkpoint::Held(dollars(7))
+    );
+    let row = ledger.status(&provider).await.unwrap().unwrap();
+    assert_eq!((row.spent, row.held), (dollars(3), dollars(7)), "a repeated checkpoint charges once");
     // Spent 1 more, keeping at most 2: 4 return to the budgets.
     assert_eq!(
-        ledger.checkpoint(&mut lease, dollars(1), dollars(2), Money::ZERO, ttl).await.unwrap(),
+        ledger.checkpoint(&mut lease, report(dollars(4), Money::ZERO), dollars(2), ttl).await.unwrap(),
         Checkpoint::Held(dollars(2))
     );
     let row = ledger.status(&provider).await.unwrap().unwrap();
     assert_eq!((row.spent, row.held), (dollars(4), dollars(2)));
-    // Actual above the lease is charged in full; the lease holds nothing.
+    // Actual above the lease is charged in full; the lease keeps holding
+    // what its running requests need ($1), as their own holds would.
     assert_eq!(
-        ledger.checkpoint(&mut lease, dollars(5), dollars(100), Money::ZERO, ttl).await.unwrap(),
-        Checkpoint::Held(Money::ZERO)
+        ledger.checkpoint(&mut lease, report(dollars(9), dollars(1)), dollars(100), ttl).await.unwrap(),
+        Checkpoint::Held(dollars(1))
     );
     let row = ledger.status(&provider).await.unwrap().unwrap();
-    assert_eq!((row.spent, row.held), (dollars(9), Money::ZERO));
+    assert_eq!((row.spent, row.held), (dollars(9), dollars(1)));
+    // They end: the lease holds nothing.
+    assert_eq!(
+        ledger.checkpoint(&mut lease, report(dollars(9), Money::ZERO), dollars(0), ttl).await.unwrap(),
+        Checkpoint::Held(Money::ZERO)
+    );
     // It can grow again, then closes: all it held returns, and it is over.
     assert_eq!(ledger.extend(&mut lease, slice(dollars(1), dollars(4)), ttl).await.unwrap(), dollars(4));
-    assert_eq!(ledger.close(&mut lease, dollars(1)).await.unwrap(), Checkpoint::Held(Money::ZERO));
+    assert_eq!(ledger.close(&mut lease, dollars(10)).await.unwrap(), Checkpoint::Held(Money::ZERO));
     let row = ledger.status(&provider).await.unwrap().unwrap();
     assert_eq!((row.spent, row.held), (dollars(10), Money::ZERO));
     assert!(matches!(ledger.extend(&mut lease, slice(dollars(1), dollars(4)), ttl).await, Err(HoldRefused::Ended)));
-    // Spend reported after the end is still charged.
-    assert_eq!(
-        ledger.checkpoint(&mut lease, dollars(1), dollars(9), Money::ZERO, ttl).await.unwrap(),
-        Checkpoint::Ended
-    );
+    // Spend reported after the end is still charged, once.
+    for _ in 0..2 {
+        assert_eq!(
+            ledger.checkpoint(&mut lease, report(dollars(11), Money::ZERO), dollars(9), ttl).await.unwrap(),
+            Checkpoint::Ended
+        );
+    }
     let row = ledger.status(&global).await.unwrap().unwrap();
     assert_eq!((row.spent, row.held), (dollars(11), Money::ZERO));
     // Negative money is refused, naming it.
-    let negative = ledger.checkpoint(&mut lease, Money::from_nanos(-1), Money::ZERO, Money::ZERO, ttl).await;
+    let negative = ledger.checkpoint(&mut lease, report(Money::from_nanos(-1), Money::ZERO), Money::ZERO, ttl).await;
     assert!(matches!(negative, Err(ClusterError::Invalid(_))), "{negative:?}");
 }
 
@@ -481,7 +501,7 @@ async fn an_expired_lease_is_charged_what_was_in_flight_and_the_rest_returns() {
     let keys = std::slice::from_ref(&budget);
     let mut lease = dead.lease(keys, slice(dollars(1), dollars(20)), Duration::from_mins(1)).await.unwrap();
     // Its replica reports 3 spent and 4 in flight, then dies.
-    dead.checkpoint(&mut lease, dollars(3), dollars(100), dollars(4), Duration::from_millis(1)).await.unwrap();
+    dead.checkpoint(&mut lease, report(dollars(3), dollars(4)), dollars(100), Duration::from_millis(1)).await.unwrap();
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert_eq!(alive.sweep().await.unwrap(), 1);
     let row = alive.status(&budget).await.unwrap().unwrap();
@@ -501,7 +521,7 @@ async fn an_expired_lease_is_charged_what_was_in_flight_and_the_rest_returns() {
         Err(HoldRefused::Ended)
     ));
     assert_eq!(
-        dead.checkpoint(&mut lease, dollars(2), dollars(9), Money::ZERO, Duration::from_mins(1)).await.unwrap(),
+        dead.checkpoint(&mut lease, report(dollars(5), Money::ZERO), dollars(9), Duration::from_mins(1)).await.unwrap(),
         Checkpoint::Ended
     );
     assert_eq!(alive.status(&budget).await.unwrap().unwrap().spent, dollars(9));
@@ -521,23 +541,39 @@ async fn replicas_drawing_from_leases_at_once_never_pass_the_limit() {
         let keys = vec![budget.clone()];
         tasks.spawn(async move {
             let ttl = Duration::from_mins(1);
-            let mut lease =
-                ledger.lease(&keys, Slice { need: dollars(1), want: dollars(8), step: dollars(1) }, ttl).await.unwrap();
+            let mut lease = ledger
+                .lease(
+                    &keys,
+                    Slice { need: dollars(1), want: dollars(8), step: dollars(1), in_flight: Money::ZERO },
+                    ttl,
+                )
+                .await
+                .unwrap();
             let mut served = 0;
             for _ in 0..40 {
                 if lease.amount() < dollars(1) {
                     // What it lacks: a fraction it still holds counts.
                     let need = dollars(1).saturating_sub(lease.amount());
-                    match ledger.extend(&mut lease, Slice { need, want: dollars(8), step: dollars(1) }, ttl).await {
+                    match ledger
+                        .extend(
+                            &mut lease,
+                            Slice { need, want: dollars(8), step: dollars(1), in_flight: Money::ZERO },
+                            ttl,
+                        )
+                        .await
+                    {
                         Ok(_) => {}
                         Err(HoldRefused::Exceeded { .. }) => continue,
                         Err(other) => panic!("{other}"),
                     }
                 }
-                ledger.checkpoint(&mut lease, dollars(1), dollars(1_000), Money::ZERO, ttl).await.unwrap();
+                ledger
+                    .checkpoint(&mut lease, report(dollars(served + 1), Money::ZERO), dollars(1_000), ttl)
+                    .await
+                    .unwrap();
                 served += 1;
             }
-            ledger.close(&mut lease, Money::ZERO).await.unwrap();
+            ledger.close(&mut lease, dollars(served)).await.unwrap();
             served
         });
     }
@@ -559,7 +595,7 @@ async fn heartbeats_holds_and_periods_describe_the_cluster() {
     a.define(&budget, dollars(10)).await.unwrap();
     let mut lease =
         a.lease(std::slice::from_ref(&budget), slice(dollars(1), dollars(2)), Duration::from_mins(1)).await.unwrap();
-    a.checkpoint(&mut lease, dollars(1), dollars(100), dollars(1), Duration::from_mins(1)).await.unwrap();
+    a.checkpoint(&mut lease, report(dollars(1), dollars(1)), dollars(100), Duration::from_mins(1)).await.unwrap();
     let _hold = b.hold(std::slice::from_ref(&budget), dollars(3), Duration::from_mins(1)).await.unwrap();
     a.heartbeat(1, true).await.unwrap();
     b.heartbeat(0, true).await.unwrap();

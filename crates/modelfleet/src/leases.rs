@@ -6,23 +6,31 @@
 //!
 //! One [`Slot`] per set of budgets a request pays (its keys name the
 //! periods, so a new period gets a new slot). A request draws its hold from
-//! the slot's lease when the lease has room and was renewed recently
-//! enough; otherwise it waits for the slot to extend the lease (one
-//! extension at a time per slot, sized by how fast the last one ran out).
-//! When the request ends, its cost joins the slot's pending spend, and the
-//! answer waits for the checkpoint that charges it to the shared ledger:
-//! what a client was told is spent is in the shared ledger, whatever
-//! happens to this replica next. Each slot's task checkpoints whenever
-//! something changed (one transaction carries every request that ended
-//! meanwhile), renews the lease every third of its time to live, and
-//! closes it once it has been idle for [`IDLE`].
+//! the slot's lease when the lease has room, was renewed recently enough,
+//! and the store knows that much may be in flight; otherwise it waits for
+//! the slot to extend the lease (one extension at a time per slot, sized by
+//! how fast the last one ran out), or for the next checkpoint. When the
+//! request ends, its cost joins the slot's pending spend, and the answer
+//! waits for the checkpoint that charges it to the shared ledger. Each
+//! slot's task checkpoints whenever something changed (one transaction
+//! carries every request that ended meanwhile, as a running total, so a
+//! checkpoint repeated after a lost reply charges once), renews the lease
+//! every third of its time to live, and closes it once it has been idle
+//! for [`IDLE`].
+//!
+//! **What the store knows is in flight.** Every checkpoint (and grant)
+//! records a ceiling: the money running now plus some headroom (twice
+//! what was drawn since the last one, at least four of the largest
+//! requests, at most the lease's free room). Draws stay under the last
+//! ceiling the store committed; past it they wait for the next
+//! checkpoint. An expired lease is charged its ceiling, so the calls of a
+//! replica that died (or was cut off past the lease's life) are all
+//! covered, whether or not their answers went out: over-charged by at most
+//! the headroom, never under.
 //!
 //! Draws stop when the lease was last renewed too long ago to be sure it
-//! still holds (the store unreachable): the next request then needs the
-//! store, and refuses when it cannot have it. A lease the replica cannot
-//! renew expires in the store and is charged what was last reported in
-//! flight; a replica killed outright loses its unused slice only until
-//! then.
+//! still holds, or when a checkpoint failed: the next request then needs
+//! the store, and refuses when it cannot have it.
 
 use std::{
     collections::HashMap,
@@ -30,7 +38,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use modelfleet_cluster::{BudgetKey, Checkpoint, Hold, HoldRefused, SharedLedger, Slice};
+use modelfleet_cluster::{BudgetKey, Checkpoint, ClusterError, Hold, HoldRefused, Report, SharedLedger, Slice};
 use modelfleet_registry::Money;
 use tokio::sync::{Notify, watch};
 
@@ -41,6 +49,9 @@ pub(crate) const IDLE: Duration = Duration::from_secs(1);
 const FIRST_FACTOR: i64 = 8;
 /// The most requests' worth a lease is extended by at once.
 const MAX_FACTOR: i64 = 1_024;
+/// Rounds a request waits for an extension or a checkpoint before it gives
+/// up (each bounded by the store's timeout).
+const ROUNDS: usize = 8;
 
 /// Every slot this replica has open.
 pub(crate) struct Leases {
@@ -66,11 +77,30 @@ impl Drawn {
     /// Ends the request with `cost`: it is charged at the slot's next
     /// checkpoint. The receiver says when that checkpoint is done.
     pub(crate) fn finish(self, cost: Money) -> (u64, watch::Receiver<u64>) {
+        let cost = cost.nanos().max(0);
         let seq = self.slot.change(|state| {
             state.in_flight -= self.reserved.nanos();
-            state.pending = state.pending.saturating_add(cost.nanos().max(0));
+            state.pending = state.pending.saturating_add(cost);
+            state.total = state.total.saturating_add(cost);
         });
         (seq, self.slot.flushed.subscribe())
+    }
+}
+
+/// Part of a request's hold reserved while the lease is extended for the
+/// rest: given back unless the extension completes the draw (a refusal, an
+/// error, or the request's future dropped).
+struct Partial<'s> {
+    slot: &'s Slot,
+    nanos: i64,
+}
+
+impl Drop for Partial<'_> {
+    fn drop(&mut self) {
+        if self.nanos != 0 {
+            let nanos = self.nanos;
+            self.slot.change(|state| state.in_flight -= nanos);
+        }
     }
 }
 
@@ -86,13 +116,22 @@ struct Slot {
     flushed: watch::Sender<u64>,
 }
 
-/// A slot's money (nanos): what the lease holds in the store, what running
-/// requests drew from it, and what ended requests spent that no checkpoint
-/// has charged yet.
+/// A slot's money (nanos): what the lease holds unused in the store, what
+/// running requests drew from it, and what ended requests spent that no
+/// checkpoint has charged yet.
 struct State {
     held: i64,
     in_flight: i64,
     pending: i64,
+    /// Everything ended requests spent on this lease (the running total
+    /// checkpoints send).
+    total: i64,
+    /// The most the store knows may be in flight and pending (the last
+    /// ceiling it committed): draws stay under it.
+    ceiling: i64,
+    /// Drawn since the last checkpoint's snapshot, and the largest hold.
+    drawn_since: i64,
+    largest: i64,
     /// Changes so far.
     seq: u64,
     /// Draws stop after this unless the lease is renewed: its expiry in
@@ -106,6 +145,33 @@ struct State {
     ended: bool,
 }
 
+impl State {
+    fn free(&self) -> i64 {
+        self.held - self.in_flight - self.pending
+    }
+
+    /// The ceiling to report with `extra` more in flight: what runs and
+    /// waits to be charged, plus headroom (twice what was drawn since the
+    /// last report, at least four of the largest holds), within the room
+    /// the lease has.
+    fn report(&self, extra: i64) -> i64 {
+        let headroom = self.drawn_since.saturating_mul(2).max(self.largest.saturating_mul(4));
+        let room = (self.free() - extra).max(0);
+        (self.in_flight + self.pending + extra).saturating_add(headroom.min(room))
+    }
+}
+
+/// Why a draw could not be made from the lease as it is.
+enum Lacking {
+    /// The lease ended: a new slot takes over.
+    Ended,
+    /// It lacks room (or is due for renewal).
+    Room,
+    /// It has room, but the store has not been told that much may be in
+    /// flight: the next checkpoint will.
+    Report,
+}
+
 impl Slot {
     fn new(keys: Vec<BudgetKey>) -> Slot {
         let now = Instant::now();
@@ -115,6 +181,10 @@ impl Slot {
                 held: 0,
                 in_flight: 0,
                 pending: 0,
+                total: 0,
+                ceiling: 0,
+                drawn_since: 0,
+                largest: 0,
                 seq: 0,
                 valid_until: now,
                 last_used: now,
@@ -145,33 +215,32 @@ impl Slot {
         seq
     }
 
-    /// Draws `need` when the lease has room and is surely still held.
-    fn try_draw(&self, need: Money) -> Result<(), Lacking> {
+    /// Draws `need` when the lease has room, is surely still held, and the
+    /// store knows that much may be in flight.
+    fn try_draw(&self, need: i64) -> Result<(), Lacking> {
         let now = Instant::now();
         {
             let mut state = self.state();
             if state.ended {
                 return Err(Lacking::Ended);
             }
-            let free = state.held - state.in_flight - state.pending;
-            if now >= state.valid_until || free < need.nanos() {
-                return Err(Lacking::Room(Money::from_nanos(need.nanos() - free.clamp(0, need.nanos()))));
+            if now >= state.valid_until || state.free() < need {
+                return Err(Lacking::Room);
             }
-            state.in_flight += need.nanos();
+            if state.in_flight + state.pending + need > state.ceiling {
+                drop(state);
+                self.wake.notify_one();
+                return Err(Lacking::Report);
+            }
+            state.in_flight += need;
+            state.drawn_since += need;
+            state.largest = state.largest.max(need);
             state.last_used = now;
             state.seq += 1;
         }
         self.wake.notify_one();
         Ok(())
     }
-}
-
-/// Why a draw could not be made from the lease as it is.
-enum Lacking {
-    /// The lease ended: a new slot takes over.
-    Ended,
-    /// It lacks this much (or is due for renewal).
-    Room(Money),
 }
 
 impl Leases {
@@ -231,78 +300,120 @@ impl Leases {
     }
 
     /// Draws `need` on the budgets `keys` (sorted, no duplicates) from this
-    /// replica's lease, extending (or taking) it when it lacks room.
-    /// Refused as a hold is: a budget without that much left, or the store
-    /// unreachable.
+    /// replica's lease, extending (or taking) it when it lacks room, or
+    /// waiting for the checkpoint that tells the store it may be in
+    /// flight. Refused as a hold is: a budget without that much left, or
+    /// the store unreachable.
     pub(crate) async fn draw(self: &Arc<Self>, keys: &[BudgetKey], need: Money) -> Result<Drawn, HoldRefused> {
         let need = need.max(Money::ZERO);
-        // A slot that ends while we wait gives way to a new one; three in a
-        // row would take a store closing every lease at once.
-        for _ in 0..3 {
+        for _ in 0..ROUNDS {
             let slot = self.slot(keys);
-            if slot.try_draw(need).is_ok() {
-                return Ok(Drawn { slot, reserved: need });
+            match slot.try_draw(need.nanos()) {
+                Ok(()) => return Ok(Drawn { slot, reserved: need }),
+                Err(Lacking::Ended) => self.forget(&slot),
+                Err(Lacking::Report) => self.reported(&slot).await?,
+                Err(Lacking::Room) => {
+                    if self.extend(&slot, keys, need).await? {
+                        return Ok(Drawn { slot, reserved: need });
+                    }
+                }
             }
-            let mut lease = slot.lease.lock().await;
-            let lacking = match slot.try_draw(need) {
-                Ok(()) => {
-                    drop(lease);
-                    return Ok(Drawn { slot, reserved: need });
-                }
-                Err(Lacking::Ended) => {
-                    self.forget(&slot);
-                    continue;
-                }
-                Err(Lacking::Room(lacking)) => lacking,
-            };
-            let want = {
-                let state = slot.state();
-                Money::from_nanos(need.nanos().saturating_mul(state.factor)).max(lacking)
-            };
-            // In steps of this request's hold: equal requests leave no fragment.
-            let slice = Slice { need: lacking, want, step: need };
-            let sent = Instant::now();
-            let granted = match lease.as_mut() {
-                Some(lease) => self.ledger.extend(lease, slice, self.ttl).await,
-                None => self.ledger.lease(keys, slice, self.ttl).await.map(|new| {
-                    let amount = new.amount();
-                    *lease = Some(new);
-                    amount
-                }),
-            };
-            match granted {
-                Ok(granted) => {
-                    let mut state = slot.state();
-                    state.held += granted.nanos();
-                    // Drawn at once, in the same breath: no other request
-                    // can take what was granted for this one.
-                    state.in_flight += need.nanos();
-                    state.last_used = Instant::now();
-                    state.seq += 1;
-                    state.valid_until = self.trusted(sent);
-                    // Ran out within a second: ask for twice as much next
-                    // time; lasted long: half.
-                    state.factor = match state.last_grant.map(|at| sent.duration_since(at)) {
-                        Some(lasted) if lasted < Duration::from_secs(1) => (state.factor * 2).min(MAX_FACTOR),
-                        Some(lasted) if lasted > Duration::from_secs(5) => (state.factor / 2).max(1),
-                        _ => state.factor,
-                    };
-                    state.last_grant = Some(sent);
-                }
-                Err(HoldRefused::Ended) => {
-                    slot.state().ended = true;
-                    self.forget(&slot);
-                    continue;
-                }
-                Err(refused) => return Err(refused),
-            }
-            drop(lease);
-            slot.wake.notify_one();
-            return Ok(Drawn { slot, reserved: need });
         }
-        Err(HoldRefused::Store(modelfleet_cluster::ClusterError::Unavailable(
-            "the lease kept ending while this request waited for it".to_owned(),
+        Err(HoldRefused::Store(ClusterError::Unavailable(
+            "the lease could not serve this request in time (ending, or its checkpoints slow)".to_owned(),
         )))
+    }
+
+    /// Waits (at most the store's timeout) for the slot's next checkpoint.
+    async fn reported(&self, slot: &Slot) -> Result<(), HoldRefused> {
+        let mut flushed = slot.flushed.subscribe();
+        let seen = *flushed.borrow_and_update();
+        slot.wake.notify_one();
+        match tokio::time::timeout(self.ledger_timeout(), flushed.wait_for(|done| *done > seen)).await {
+            Ok(Ok(_)) => Ok(()),
+            _ => Err(HoldRefused::Store(ClusterError::Unavailable(
+                "no checkpoint of the lease within the store's timeout".to_owned(),
+            ))),
+        }
+    }
+
+    fn ledger_timeout(&self) -> Duration {
+        // A lease's time to live is at least four times the store's timeout.
+        self.ttl / 4
+    }
+
+    /// Extends `slot`'s lease (taking one when it has none) so that `need`
+    /// can be drawn, and draws it: true when drawn; false when the slot
+    /// ended or others took the room meanwhile (the caller tries again).
+    /// Whatever free room the lease has is reserved for this request first,
+    /// so no other draw can take it while the extension is on its way.
+    async fn extend(&self, slot: &Arc<Slot>, keys: &[BudgetKey], need: Money) -> Result<bool, HoldRefused> {
+        let mut lease = slot.lease.lock().await;
+        let mut partial = Partial { slot, nanos: 0 };
+        let (lacking, want, report) = {
+            let mut state = slot.state();
+            if state.ended {
+                return Ok(false);
+            }
+            let part = state.free().clamp(0, need.nanos());
+            state.in_flight += part;
+            partial.nanos = part;
+            let lacking = need.nanos() - part;
+            let want = need.nanos().saturating_mul(state.factor).max(lacking);
+            // Never below what the ceiling in force allows others to draw meanwhile.
+            (lacking, want, state.report(lacking).max(state.ceiling.saturating_add(lacking)))
+        };
+        // In steps of this request's hold: equal requests leave no fragment.
+        let slice = Slice {
+            need: Money::from_nanos(lacking),
+            want: Money::from_nanos(want),
+            step: need,
+            in_flight: Money::from_nanos(report),
+        };
+        let sent = Instant::now();
+        let granted = match lease.as_mut() {
+            Some(lease) => self.ledger.extend(lease, slice, self.ttl).await,
+            None => self.ledger.lease(keys, slice, self.ttl).await.map(|new| {
+                let amount = new.amount();
+                *lease = Some(new);
+                amount
+            }),
+        };
+        match granted {
+            Ok(granted) => {
+                let mut state = slot.state();
+                state.held += granted.nanos();
+                // The rest of the hold, drawn in the same breath: no other
+                // request can take what was granted for this one.
+                state.in_flight += lacking;
+                partial.nanos = 0;
+                state.drawn_since += need.nanos();
+                state.largest = state.largest.max(need.nanos());
+                state.ceiling = state.ceiling.max(report);
+                state.last_used = Instant::now();
+                state.seq += 1;
+                state.valid_until = self.trusted(sent);
+                // Ran out within a second: ask for twice as much next
+                // time; lasted long: half.
+                state.factor = match state.last_grant.map(|at| sent.duration_since(at)) {
+                    Some(lasted) if lasted < Duration::from_secs(1) => (state.factor * 2).min(MAX_FACTOR),
+                    Some(lasted) if lasted > Duration::from_secs(5) => (state.factor / 2).max(1),
+                    _ => state.factor,
+                };
+                state.last_grant = Some(sent);
+                drop(state);
+                slot.wake.notify_one();
+                Ok(true)
+            }
+            Err(HoldRefused::Ended) => {
+                slot.state().ended = true;
+                drop(partial);
+                drop(lease);
+                self.forget(slot);
+                Ok(false)
+            }
+            Err(refused) => Err(refused),
+        }
     }
 
     /// A slot's task: checkpoints what changed (every request that ended
@@ -314,17 +425,22 @@ impl Leases {
         let mut last_renewal = Instant::now();
         let mut backoff = Duration::from_millis(50);
         loop {
-            let wait = renew_every.saturating_sub(last_renewal.elapsed()).min(IDLE);
+            let wait = renew_every.saturating_sub(last_renewal.elapsed()).clamp(Duration::from_millis(1), IDLE);
             let _ = tokio::time::timeout(wait, slot.wake.notified()).await;
             let mut lease = slot.lease.lock().await;
             // Idle, it ends in the same breath as it is found idle: no
             // request draws on a lease being closed.
-            let (pending, in_flight, seq, idle) = {
+            let (pending, total, running, report, seq, idle) = {
                 let mut state = slot.state();
                 let closing = self.closing.load(std::sync::atomic::Ordering::Relaxed);
                 let idle = state.in_flight == 0 && state.pending == 0 && (closing || state.last_used.elapsed() >= IDLE);
                 state.ended |= idle;
-                (state.pending, state.in_flight, state.seq, idle)
+                // Never below what draws made meanwhile may reach: they
+                // were allowed up to the ceiling in force, less what this
+                // checkpoint charges.
+                let report = state.report(0).max(state.ceiling - state.pending);
+                state.drawn_since = 0;
+                (state.pending, state.total, state.in_flight.max(0), report, state.seq, idle)
             };
             let Some(row) = lease.as_mut() else {
                 // Never granted (refused, or not yet): nothing to write.
@@ -332,14 +448,15 @@ impl Leases {
                     self.forget(&slot);
                     return;
                 }
+                last_renewal = Instant::now();
                 continue;
             };
             if idle {
-                // Every later draw takes a new slot.
-                self.forget(&slot);
-                if let Err(err) = self.ledger.close(row, Money::ZERO).await {
+                if let Err(err) = self.ledger.close(row, Money::from_nanos(total)).await {
                     tracing::warn!(%err, "could not close an idle lease: it returns to its budgets when it expires");
                 }
+                // Forgotten once closed: shutdown waits for it.
+                self.forget(&slot);
                 return;
             }
             let due = last_renewal.elapsed() >= renew_every;
@@ -347,13 +464,19 @@ impl Leases {
                 continue;
             }
             let began = Instant::now();
-            let (charge, keep) = (Money::from_nanos(pending), Money::from_nanos(i64::MAX));
-            match self.ledger.checkpoint(row, charge, keep, Money::from_nanos(in_flight.max(0)), self.ttl).await {
+            let keep = Money::from_nanos(i64::MAX);
+            let sent = Report {
+                total: Money::from_nanos(total),
+                running: Money::from_nanos(running),
+                in_flight: Money::from_nanos(report),
+            };
+            match self.ledger.checkpoint(row, sent, keep, self.ttl).await {
                 Ok(outcome) => {
                     backoff = Duration::from_millis(50);
                     last_renewal = began;
                     let mut state = slot.state();
                     state.pending -= pending;
+                    state.ceiling = report;
                     match outcome {
                         Checkpoint::Held(amount) => {
                             state.held = amount.nanos();
@@ -374,6 +497,14 @@ impl Leases {
                         return;
                     }
                 }
+                Err(ClusterError::Invalid(err)) => {
+                    // The store refuses this lease's data (its row gone, a
+                    // constraint): retrying cannot help.
+                    tracing::error!(%err, "a lease's checkpoint was refused: its pending spend is not recorded");
+                    slot.state().ended = true;
+                    self.forget(&slot);
+                    return;
+                }
                 Err(err) => {
                     tracing::warn!(%err, "a lease checkpoint failed: retrying");
                     // The store is unreachable: no more draws on this lease
@@ -389,3 +520,7 @@ impl Leases {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "leases_tests.rs"]
+mod tests;

@@ -1,0 +1,189 @@
+//! The production lease slots (`Leases::draw`, `Drawn::finish`, the slot's
+//! task) against a real PostgreSQL (`MODELFLEET_TEST_POSTGRES`, default
+//! `postgres://postgres@127.0.0.1:5432/test`), each test in a schema of
+//! its own, dropped at the end. Without a server the tests skip, saying so,
+//! except under `CI=true`, where they fail.
+
+use std::{sync::Arc, time::Duration};
+
+use modelfleet_cluster::{BudgetKey, HoldRefused, SharedLedger};
+use modelfleet_registry::Money;
+
+use super::Leases;
+
+fn postgres_url() -> Option<String> {
+    let url = std::env::var("MODELFLEET_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
+    let reachable = std::net::TcpStream::connect_timeout(&"127.0.0.1:5432".parse().unwrap(), Duration::from_secs(2))
+        .is_ok()
+        || std::env::var("MODELFLEET_TEST_POSTGRES").is_ok();
+    if reachable {
+        return Some(url);
+    }
+    assert!(std::env::var("CI").as_deref() != Ok("true"), "PostgreSQL is not reachable: CI runs this test against it");
+    eprintln!("SKIPPED: PostgreSQL is not reachable at 127.0.0.1:5432; set MODELFLEET_TEST_POSTGRES");
+    None
+}
+
+/// The test's schema, dropped when the test ends, passed or failed.
+struct Schema {
+    url: String,
+    name: String,
+}
+
+impl Schema {
+    fn new(url: &str, test: &str) -> Schema {
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+        Schema { url: url.to_owned(), name: format!("t_slots_{test}_{}_{nanos}", std::process::id()) }
+    }
+}
+
+impl Drop for Schema {
+    fn drop(&mut self) {
+        let (url, name) = (self.url.clone(), self.name.clone());
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            runtime.block_on(async {
+                let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
+                tokio::spawn(connection);
+                client.batch_execute(&format!("DROP SCHEMA IF EXISTS {name} CASCADE")).await
+            })?;
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
+        })
+        .join();
+    }
+}
+
+fn cents(n: i64) -> Money {
+    Money::from_nanos(n * 10_000_000)
+}
+
+async fn ledger(url: &str, schema: &Schema, replica: &str) -> SharedLedger {
+    SharedLedger::connect_with(url, &schema.name, replica, Duration::from_secs(30), 4).await.expect("connects")
+}
+
+fn global() -> Vec<BudgetKey> {
+    vec![BudgetKey { scope: "global".into(), period: "monthly".into(), period_start_ms: 1_764_547_200_000 }]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_of_mixed_sizes_on_two_replicas_never_pass_the_limit_and_are_charged_exactly() {
+    let Some(url) = postgres_url() else { return };
+    let schema = Schema::new(&url, "mixed");
+    let (a, b) = tokio::join!(ledger(&url, &schema, "a"), ledger(&url, &schema, "b"));
+    let keys = global();
+    a.define(&keys[0], cents(1_000)).await.unwrap();
+    let replicas =
+        [Arc::new(Leases::new(a.clone(), Duration::from_mins(2))), Arc::new(Leases::new(b, Duration::from_mins(2)))];
+    // 400 requests of 1 to 37 cents, at once, on a $10 budget: the last
+    // dollars are where a slot's free room and an extension race.
+    let mut rng = fastrand::Rng::with_seed(17);
+    let mut calls = tokio::task::JoinSet::new();
+    for i in 0..400 {
+        let (leases, keys) = (Arc::clone(&replicas[i % 2]), keys.clone());
+        let (hold, cost) = {
+            let hold = rng.i64(1..=37);
+            (cents(hold), if i % 5 == 0 { Money::from_nanos(cents(hold).nanos() / 2) } else { cents(hold) })
+        };
+        calls.spawn(async move {
+            match leases.draw(&keys, hold).await {
+                Ok(drawn) => {
+                    tokio::time::sleep(Duration::from_millis(u64::try_from(i % 7).unwrap())).await;
+                    let (seq, mut flushed) = drawn.finish(cost);
+                    flushed.wait_for(|done| *done >= seq).await.unwrap();
+                    Some(cost)
+                }
+                Err(HoldRefused::Exceeded { .. }) => None,
+                Err(other) => panic!("{other}"),
+            }
+        });
+    }
+    let mut charged = Money::ZERO;
+    let mut served = 0;
+    while let Some(outcome) = calls.join_next().await {
+        if let Some(cost) = outcome.unwrap() {
+            charged = charged.saturating_add(cost);
+            served += 1;
+        }
+    }
+    assert!(served > 30, "the budget served {served} requests");
+    // Every answer was charged before it was acknowledged.
+    let row = a.status(&keys[0]).await.unwrap().unwrap();
+    assert_eq!(row.spent, charged, "charged before the answers");
+    assert!(row.spent.nanos() + row.held.nanos() <= cents(1_000).nanos(), "{row:?}");
+    for leases in &replicas {
+        leases.close_all(Duration::from_secs(30)).await;
+        assert_eq!(leases.open(), 0);
+    }
+    let row = a.status(&keys[0]).await.unwrap().unwrap();
+    assert_eq!((row.spent, row.held), (charged, Money::ZERO), "exact, and every lease closed");
+}
+
+#[test]
+fn a_dead_replicas_draws_are_all_charged_when_its_lease_expires() {
+    let Some(url) = postgres_url() else { return };
+    let schema = Schema::new(&url, "dead");
+    let keys = global();
+    // Replica A draws 12 requests of 10 cents and dies with all of them in
+    // flight: its runtime, tasks and connections gone at once.
+    let dead = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let drawn = dead.block_on(async {
+        let a = ledger(&url, &schema, "a").await;
+        a.define(&keys[0], cents(1_000)).await.unwrap();
+        let leases = Arc::new(Leases::new(a, Duration::from_secs(2)));
+        let mut drawn = Vec::new();
+        for _ in 0..12 {
+            drawn.push(leases.draw(&keys, cents(10)).await.unwrap());
+        }
+        drawn
+    });
+    std::mem::forget(drawn);
+    dead.shutdown_background();
+    let alive = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    alive.block_on(async {
+        let b = ledger(&url, &schema, "b").await;
+        tokio::time::sleep(Duration::from_millis(2_500)).await;
+        b.sweep().await.unwrap();
+        let row = b.status(&keys[0]).await.unwrap().unwrap();
+        assert_eq!(row.held, Money::ZERO, "the lease returned");
+        assert!(row.spent >= cents(120), "every draw the store was told of is charged: {row:?}");
+        assert!(row.spent < cents(1_000), "not the whole budget: {row:?}");
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn room_a_request_waits_on_is_not_drawn_by_another_while_the_lease_is_extended() {
+    let Some(url) = postgres_url() else { return };
+    let schema = Schema::new(&url, "partial");
+    let ledger = ledger(&url, &schema, "a").await;
+    let keys = global();
+    ledger.define(&keys[0], cents(100)).await.unwrap();
+    let leases = Arc::new(Leases::new(ledger.clone(), Duration::from_mins(2)));
+    // 20 cents drawn from a first lease of 40 (half the room, in steps of
+    // 20): 20 cents free.
+    let first = leases.draw(&keys, cents(20)).await.unwrap();
+    assert_eq!(ledger.status(&keys[0]).await.unwrap().unwrap().held, cents(40));
+    // The budget's row locked elsewhere: an extension waits on it.
+    let (blocker, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    blocker.batch_execute(&format!("BEGIN; SELECT * FROM {}.budget_periods FOR UPDATE", schema.name)).await.unwrap();
+    // A request of 30 cents lacks 10: the lease is extended for it, and
+    // the 20 free cents are its meanwhile.
+    let waiting = tokio::spawn({
+        let (leases, keys) = (Arc::clone(&leases), keys.clone());
+        async move { leases.draw(&keys, cents(30)).await.map(|drawn| drawn.finish(cents(30))) }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!waiting.is_finished(), "the extension waits on the locked row");
+    // So a request of 10 cents finds no free room: it waits too.
+    let small = tokio::time::timeout(Duration::from_millis(300), leases.draw(&keys, cents(10))).await;
+    assert!(small.is_err(), "the 10 cents came out of room another request was promised");
+    blocker.batch_execute("ROLLBACK").await.unwrap();
+    let (seq, mut flushed) = waiting.await.unwrap().unwrap();
+    flushed.wait_for(|done| *done >= seq).await.unwrap();
+    let (seq, mut flushed) = first.finish(cents(20));
+    flushed.wait_for(|done| *done >= seq).await.unwrap();
+    leases.close_all(Duration::from_secs(30)).await;
+    let row = ledger.status(&keys[0]).await.unwrap().unwrap();
+    assert_eq!((row.spent, row.held), (cents(50), Money::ZERO));
+}
