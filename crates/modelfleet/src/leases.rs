@@ -19,8 +19,8 @@
 //! for [`IDLE`].
 //!
 //! **What the store knows is in flight.** Every checkpoint (and grant)
-//! records a ceiling: the money running now plus some headroom (twice
-//! what was drawn since the last one, at least four of the largest
+//! records a ceiling: the money running now plus some headroom (four
+//! times what was drawn since the last one, at least sixteen of the largest
 //! requests, at most the lease's free room). Draws stay under the last
 //! ceiling the store committed; past it they wait for the next
 //! checkpoint. An expired lease is charged its ceiling, so the calls of a
@@ -49,6 +49,10 @@ pub(crate) const IDLE: Duration = Duration::from_secs(1);
 const FIRST_FACTOR: i64 = 8;
 /// The most requests' worth a lease is extended by at once.
 const MAX_FACTOR: i64 = 1_024;
+/// The least headroom a report gives, in the largest holds drawn: what
+/// a burst may draw before it waits for the next checkpoint, and what an
+/// expired lease may be over-charged by.
+const HEADROOM: i64 = 16;
 /// Rounds a request waits for an extension or a checkpoint before it gives
 /// up (each bounded by the store's timeout).
 const ROUNDS: usize = 8;
@@ -151,12 +155,13 @@ impl State {
     }
 
     /// The ceiling to report with `extra` more in flight: what runs and
-    /// waits to be charged, plus headroom (twice what was drawn since the
-    /// last report, at least four of the largest holds), within the room
-    /// the lease has.
-    fn report(&self, extra: i64) -> i64 {
-        let headroom = self.drawn_since.saturating_mul(2).max(self.largest.saturating_mul(4));
-        let room = (self.free() - extra).max(0);
+    /// waits to be charged, plus headroom (four times what was drawn since
+    /// the last report, at least [`HEADROOM`] of the largest holds), within
+    /// the room the lease has (with `granting` more, when a grant carries
+    /// the report).
+    fn report(&self, extra: i64, granting: i64) -> i64 {
+        let headroom = self.drawn_since.saturating_mul(4).max(self.largest.saturating_mul(HEADROOM));
+        let room = (self.free() - extra).saturating_add(granting).max(0);
         (self.in_flight + self.pending + extra).saturating_add(headroom.min(room))
     }
 }
@@ -361,7 +366,7 @@ impl Leases {
             let lacking = need.nanos() - part;
             let want = need.nanos().saturating_mul(state.factor).max(lacking);
             // Never below what the ceiling in force allows others to draw meanwhile.
-            (lacking, want, state.report(lacking).max(state.ceiling.saturating_add(lacking)))
+            (lacking, want, state.report(lacking, want).max(state.ceiling.saturating_add(lacking)))
         };
         // In steps of this request's hold: equal requests leave no fragment.
         let slice = Slice {
@@ -438,7 +443,7 @@ impl Leases {
                 // Never below what draws made meanwhile may reach: they
                 // were allowed up to the ceiling in force, less what this
                 // checkpoint charges.
-                let report = state.report(0).max(state.ceiling - state.pending);
+                let report = state.report(0, 0).max(state.ceiling - state.pending);
                 state.drawn_since = 0;
                 (state.pending, state.total, state.in_flight.max(0), report, state.seq, idle)
             };
