@@ -451,6 +451,14 @@ async fn checkpoints_charge_what_was_spent_and_return_what_is_not_kept() {
     );
     let row = ledger.status(&provider).await.unwrap().unwrap();
     assert_eq!((row.spent, row.held), (dollars(3), dollars(7)), "a repeated checkpoint charges once");
+    // Through the one-statement path (keeping all) too.
+    let all = Money::from_nanos(i64::MAX);
+    for _ in 0..2 {
+        let kept = ledger.checkpoint(&mut lease, report(dollars(3), dollars(2)), all, ttl).await.unwrap();
+        assert_eq!(kept, Checkpoint::Held(dollars(7)));
+    }
+    let row = ledger.status(&provider).await.unwrap().unwrap();
+    assert_eq!((row.spent, row.held), (dollars(3), dollars(7)), "charged once on the fast path");
     // Spent 1 more, keeping at most 2: 4 return to the budgets.
     assert_eq!(
         ledger.checkpoint(&mut lease, report(dollars(4), Money::ZERO), dollars(2), ttl).await.unwrap(),

@@ -64,6 +64,8 @@ pub(crate) struct Leases {
     slots: Mutex<HashMap<Vec<BudgetKey>, Arc<Slot>>>,
     /// Shutting down: leases close as soon as nothing runs on them.
     closing: std::sync::atomic::AtomicBool,
+    /// Slots whose task still runs (closing included).
+    tending: std::sync::atomic::AtomicUsize,
 }
 
 /// A request's draw on a lease: its hold, until [`Drawn::finish`]ed.
@@ -136,6 +138,8 @@ struct State {
     /// Drawn since the last checkpoint's snapshot, and the largest hold.
     drawn_since: i64,
     largest: i64,
+    /// The largest hold waiting for a report (the next one makes room for it).
+    waiting: i64,
     /// Changes so far.
     seq: u64,
     /// Draws stop after this unless the lease is renewed: its expiry in
@@ -154,15 +158,42 @@ impl State {
         self.held - self.in_flight - self.pending
     }
 
-    /// The ceiling to report with `extra` more in flight: what runs and
-    /// waits to be charged, plus headroom (four times what was drawn since
-    /// the last report, at least [`HEADROOM`] of the largest holds), within
-    /// the room the lease has (with `granting` more, when a grant carries
-    /// the report).
-    fn report(&self, extra: i64, granting: i64) -> i64 {
-        let headroom = self.drawn_since.saturating_mul(4).max(self.largest.saturating_mul(HEADROOM));
+    /// The ceiling to report with `extra` more in flight: what runs (and,
+    /// with `uncharged`, what ended and is not charged by this report),
+    /// plus headroom (four times what was drawn since the last report, at
+    /// least [`HEADROOM`] of the largest holds, at least the largest
+    /// waiting), within the room the lease has (with `granting` more, when
+    /// a grant carries the report).
+    fn report(&self, extra: i64, granting: i64, uncharged: bool) -> i64 {
+        let largest = self.largest.max(extra);
+        let headroom =
+            (self.drawn_since + extra).saturating_mul(4).max(largest.saturating_mul(HEADROOM)).max(self.waiting);
         let room = (self.free() - extra).saturating_add(granting).max(0);
-        (self.in_flight + self.pending + extra).saturating_add(headroom.min(room))
+        let pending = if uncharged { self.pending } else { 0 };
+        (self.in_flight + pending + extra).saturating_add(headroom.min(room))
+    }
+
+    /// Whether `need` can be drawn now: room, a lease surely held, and a
+    /// ceiling the store committed.
+    fn drawable(&self, need: i64, now: Instant) -> Result<(), Lacking> {
+        if self.ended {
+            Err(Lacking::Ended)
+        } else if now >= self.valid_until || self.free() < need {
+            Err(Lacking::Room)
+        } else if self.in_flight + self.pending + need > self.ceiling {
+            Err(Lacking::Report)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Draws `need` (checked by [`State::drawable`]).
+    fn draw(&mut self, need: i64, now: Instant) {
+        self.in_flight += need;
+        self.drawn_since += need;
+        self.largest = self.largest.max(need);
+        self.last_used = now;
+        self.seq += 1;
     }
 }
 
@@ -190,6 +221,7 @@ impl Slot {
                 ceiling: 0,
                 drawn_since: 0,
                 largest: 0,
+                waiting: 0,
                 seq: 0,
                 valid_until: now,
                 last_used: now,
@@ -226,22 +258,17 @@ impl Slot {
         let now = Instant::now();
         {
             let mut state = self.state();
-            if state.ended {
-                return Err(Lacking::Ended);
+            if let Err(lacking) = state.drawable(need, now) {
+                if matches!(lacking, Lacking::Report) {
+                    // The next report makes room for it: a change to carry.
+                    state.waiting = state.waiting.max(need);
+                    state.seq += 1;
+                    drop(state);
+                    self.wake.notify_one();
+                }
+                return Err(lacking);
             }
-            if now >= state.valid_until || state.free() < need {
-                return Err(Lacking::Room);
-            }
-            if state.in_flight + state.pending + need > state.ceiling {
-                drop(state);
-                self.wake.notify_one();
-                return Err(Lacking::Report);
-            }
-            state.in_flight += need;
-            state.drawn_since += need;
-            state.largest = state.largest.max(need);
-            state.last_used = now;
-            state.seq += 1;
+            state.draw(need, now);
         }
         self.wake.notify_one();
         Ok(())
@@ -250,7 +277,13 @@ impl Slot {
 
 impl Leases {
     pub(crate) fn new(ledger: SharedLedger, ttl: Duration) -> Leases {
-        Leases { ledger, ttl, slots: Mutex::new(HashMap::new()), closing: std::sync::atomic::AtomicBool::new(false) }
+        Leases {
+            ledger,
+            ttl,
+            slots: Mutex::new(HashMap::new()),
+            closing: std::sync::atomic::AtomicBool::new(false),
+            tending: std::sync::atomic::AtomicUsize::new(0),
+        }
     }
 
     /// How many leases this replica has open.
@@ -267,7 +300,8 @@ impl Leases {
         loop {
             let open: Vec<Arc<Slot>> =
                 self.slots.lock().unwrap_or_else(PoisonError::into_inner).values().cloned().collect();
-            if open.is_empty() || Instant::now() >= deadline {
+            let tending = self.tending.load(std::sync::atomic::Ordering::SeqCst);
+            if tending == 0 || Instant::now() >= deadline {
                 return;
             }
             for slot in &open {
@@ -284,15 +318,26 @@ impl Leases {
     }
 
     /// `keys`' slot, opened (with its task) when there is none.
+    /// An ended slot still in the map (its task closing it) gives way to a
+    /// new one; only a slot's own task forgets it.
     fn slot(self: &Arc<Self>, keys: &[BudgetKey]) -> Arc<Slot> {
         let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(slot) = slots.get(keys) {
+        if let Some(slot) = slots.get(keys)
+            && !slot.state().ended
+        {
             return Arc::clone(slot);
         }
         let slot = Arc::new(Slot::new(keys.to_vec()));
         slots.insert(keys.to_vec(), Arc::clone(&slot));
         drop(slots);
-        tokio::spawn(Arc::clone(self).tend(Arc::clone(&slot)));
+        self.tending.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let leases = Arc::clone(self);
+        let tended = Arc::clone(&slot);
+        tokio::spawn(async move {
+            Arc::clone(&leases).tend(Arc::clone(&tended)).await;
+            leases.forget(&tended);
+            leases.tending.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        });
         slot
     }
 
@@ -315,8 +360,13 @@ impl Leases {
             let slot = self.slot(keys);
             match slot.try_draw(need.nanos()) {
                 Ok(()) => return Ok(Drawn { slot, reserved: need }),
-                Err(Lacking::Ended) => self.forget(&slot),
-                Err(Lacking::Report) => self.reported(&slot).await?,
+                // The next round takes a new slot.
+                Err(Lacking::Ended) => {}
+                Err(Lacking::Report) => {
+                    if self.reported(&slot, need.nanos()).await? {
+                        return Ok(Drawn { slot, reserved: need });
+                    }
+                }
                 Err(Lacking::Room) => {
                     if self.extend(&slot, keys, need).await? {
                         return Ok(Drawn { slot, reserved: need });
@@ -329,13 +379,18 @@ impl Leases {
         )))
     }
 
-    /// Waits (at most the store's timeout) for the slot's next checkpoint.
-    async fn reported(&self, slot: &Slot) -> Result<(), HoldRefused> {
+    /// Waits (at most the store's timeout) for the slot's next checkpoint,
+    /// which makes room for `need`: true when drawn meanwhile (a checkpoint
+    /// that landed before the wait began is not missed).
+    async fn reported(&self, slot: &Slot, need: i64) -> Result<bool, HoldRefused> {
         let mut flushed = slot.flushed.subscribe();
         let seen = *flushed.borrow_and_update();
+        if slot.try_draw(need).is_ok() {
+            return Ok(true);
+        }
         slot.wake.notify_one();
         match tokio::time::timeout(self.ledger_timeout(), flushed.wait_for(|done| *done > seen)).await {
-            Ok(Ok(_)) => Ok(()),
+            Ok(Ok(_)) => Ok(false),
             _ => Err(HoldRefused::Store(ClusterError::Unavailable(
                 "no checkpoint of the lease within the store's timeout".to_owned(),
             ))),
@@ -357,8 +412,18 @@ impl Leases {
         let mut partial = Partial { slot, nanos: 0 };
         let (lacking, want, report) = {
             let mut state = slot.state();
-            if state.ended {
-                return Ok(false);
+            // Another extension (or a checkpoint) may have made the room
+            // while this one waited for the lock: a grant only when needed.
+            let now = Instant::now();
+            match state.drawable(need.nanos(), now) {
+                Ok(()) => {
+                    state.draw(need.nanos(), now);
+                    drop(state);
+                    slot.wake.notify_one();
+                    return Ok(true);
+                }
+                Err(Lacking::Ended | Lacking::Report) => return Ok(false),
+                Err(Lacking::Room) => {}
             }
             let part = state.free().clamp(0, need.nanos());
             state.in_flight += part;
@@ -366,7 +431,7 @@ impl Leases {
             let lacking = need.nanos() - part;
             let want = need.nanos().saturating_mul(state.factor).max(lacking);
             // Never below what the ceiling in force allows others to draw meanwhile.
-            (lacking, want, state.report(lacking, want).max(state.ceiling.saturating_add(lacking)))
+            (lacking, want, state.report(lacking, want, true).max(state.ceiling.saturating_add(lacking)))
         };
         // In steps of this request's hold: equal requests leave no fragment.
         let slice = Slice {
@@ -438,13 +503,17 @@ impl Leases {
             let (pending, total, running, report, seq, idle) = {
                 let mut state = slot.state();
                 let closing = self.closing.load(std::sync::atomic::Ordering::Relaxed);
-                let idle = state.in_flight == 0 && state.pending == 0 && (closing || state.last_used.elapsed() >= IDLE);
+                let idle = state.in_flight == 0
+                    && state.pending == 0
+                    && state.waiting == 0
+                    && (closing || state.last_used.elapsed() >= IDLE);
                 state.ended |= idle;
                 // Never below what draws made meanwhile may reach: they
                 // were allowed up to the ceiling in force, less what this
                 // checkpoint charges.
-                let report = state.report(0, 0).max(state.ceiling - state.pending);
+                let report = state.report(0, 0, false).max(state.ceiling - state.pending);
                 state.drawn_since = 0;
+                state.waiting = 0;
                 (state.pending, state.total, state.in_flight.max(0), report, state.seq, idle)
             };
             let Some(row) = lease.as_mut() else {
