@@ -32,15 +32,11 @@ pub(crate) fn run(action: ClusterAction) -> anyhow::Result<()> {
     let settings = cluster_settings(&config)?;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let status = runtime.block_on(async {
-        let ledger = SharedLedger::connect_with(
-            &settings.postgres_url,
-            &settings.schema,
-            "modelfleet-cluster-status",
-            Duration::from_millis(settings.timeout_ms),
-            1,
-        )
-        .await
-        .context("the shared store ([cluster] postgres_url)")?;
+        // Read only: nothing is created or migrated.
+        let ledger =
+            SharedLedger::inspect(&settings.postgres_url, &settings.schema, Duration::from_millis(settings.timeout_ms))
+                .await
+                .context("the shared store ([cluster] postgres_url)")?;
         // The round trip: the best of three reads of the replicas.
         let mut best = Duration::MAX;
         let mut replicas = Vec::new();

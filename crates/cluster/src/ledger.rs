@@ -199,6 +199,39 @@ impl SharedLedger {
         timeout: Duration,
         connections: usize,
     ) -> Result<Self, ClusterError> {
+        let ledger = Self::pool(url, schema, replica, timeout, connections)?;
+        ledger
+            .within(async {
+                let mut client = ledger.client().await?;
+                schema::migrate(&mut client, &ledger.schema).await
+            })
+            .await?;
+        Ok(ledger)
+    }
+
+    /// Opens `schema` to read it (one connection), creating and migrating
+    /// nothing: refused when no replica has made it, or when it is at
+    /// another version than this modelfleet's (for tools such as
+    /// `modelfleet cluster status`).
+    pub async fn inspect(url: &str, schema: &str, timeout: Duration) -> Result<Self, ClusterError> {
+        let ledger = Self::pool(url, schema, "inspect", timeout, 1)?;
+        ledger
+            .within(async {
+                let client = ledger.client().await?;
+                schema::check(&client, &ledger.schema).await
+            })
+            .await?;
+        Ok(ledger)
+    }
+
+    /// The pool, with every session bounded (see [`SharedLedger::connect_with`]).
+    fn pool(
+        url: &str,
+        schema: &str,
+        replica: &str,
+        timeout: Duration,
+        connections: usize,
+    ) -> Result<Self, ClusterError> {
         let schema = schema::identifier(schema)?.to_owned();
         let mut config: tokio_postgres::Config =
             url.parse().map_err(|e| ClusterError::Invalid(format!("postgres_url: {e}")))?;
@@ -217,14 +250,7 @@ impl SharedLedger {
             .max_size(connections.max(1))
             .build()
             .map_err(|e| ClusterError::Invalid(format!("postgres pool: {e}")))?;
-        let ledger = SharedLedger { pool, schema, timeout, replica: replica.to_owned(), stats: Arc::default() };
-        ledger
-            .within(async {
-                let mut client = ledger.client().await?;
-                schema::migrate(&mut client, &ledger.schema).await
-            })
-            .await?;
-        Ok(ledger)
+        Ok(SharedLedger { pool, schema, timeout, replica: replica.to_owned(), stats: Arc::default() })
     }
 
     /// `work` within the timeout, or [`ClusterError::Unavailable`]; every

@@ -87,6 +87,29 @@ pub(crate) async fn migrate(client: &mut Client, schema: &str) -> Result<(), Clu
     })
 }
 
+/// Checks that `schema` exists at this modelfleet's version, changing
+/// nothing.
+pub(crate) async fn check(client: &Client, schema: &str) -> Result<(), ClusterError> {
+    let row =
+        client.query_opt(&format!("SELECT version FROM {schema}.schema_version"), &[]).await.map_err(|e| {
+            match e.code() {
+                Some(code) if *code == tokio_postgres::error::SqlState::UNDEFINED_TABLE => ClusterError::Invalid(
+                    format!("schema {schema} does not exist: no replica has started with it (or the name is wrong)"),
+                ),
+                _ => crate::ledger::unavailable(&e),
+            }
+        })?;
+    let found = row.map_or(0, |row| usize::try_from(row.get::<_, i32>(0)).unwrap_or(0));
+    if found == MIGRATIONS.len() {
+        Ok(())
+    } else {
+        Err(ClusterError::Invalid(format!(
+            "schema {schema} is at version {found}, this modelfleet knows {}: use the replicas' version",
+            MIGRATIONS.len()
+        )))
+    }
+}
+
 enum Migration {
     Postgres(tokio_postgres::Error),
     Newer { found: usize, known: usize },

@@ -598,7 +598,11 @@ async fn replicas_drawing_from_leases_at_once_never_pass_the_limit() {
 async fn heartbeats_holds_and_periods_describe_the_cluster() {
     let Some(url) = postgres_url() else { return };
     let schema = Schema::new(&url, "status");
+    // Inspecting creates nothing: a schema no replica made is refused.
+    let missing = SharedLedger::inspect(&url, &schema.name, Duration::from_secs(30)).await;
+    assert!(matches!(&missing, Err(ClusterError::Invalid(why)) if why.contains("does not exist")), "{missing:?}");
     let (a, b) = tokio::join!(ledger(&url, &schema, "a"), ledger(&url, &schema, "b"));
+    let inspector = SharedLedger::inspect(&url, &schema.name, Duration::from_secs(30)).await.unwrap();
     let budget = key("global");
     a.define(&budget, dollars(10)).await.unwrap();
     let mut lease =
@@ -620,6 +624,7 @@ async fn heartbeats_holds_and_periods_describe_the_cluster() {
     );
     assert_eq!(holds[0].budgets, ["global monthly"]);
     assert!(holds.iter().all(|h| h.expires_in_ms > 0));
+    assert_eq!(inspector.replicas(Duration::from_secs(30)).await.unwrap().len(), 2, "read through inspect");
     let periods = a.periods(10).await.unwrap();
     assert_eq!(periods.len(), 1);
     let row = periods[0].1;
