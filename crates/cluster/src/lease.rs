@@ -158,7 +158,7 @@ impl SharedLedger {
                         .map_err(|e| unavailable(&e))?;
                         id
                     }
-                    None => self.insert_lease(&tx, &lease.keys, granted, slice.in_flight, ttl).await?,
+                    None => self.insert_hold(&tx, &lease.keys, granted, Some(slice.in_flight), ttl).await?,
                 };
                 tx.commit().await.map_err(|e| unavailable(&e))?;
                 Ok::<_, ClusterError>(Ok((id, granted)))
@@ -253,49 +253,6 @@ impl SharedLedger {
             .map_err(|e| unavailable(&e))?;
         }
         Ok(())
-    }
-
-    /// A new lease's rows: the hold (with what may be in flight on it) and
-    /// its keys.
-    async fn insert_lease(
-        &self,
-        tx: &deadpool_postgres::Transaction<'_>,
-        keys: &[BudgetKey],
-        amount: Money,
-        in_flight: Money,
-        ttl: Duration,
-    ) -> Result<i64, ClusterError> {
-        let s = &self.schema;
-        let scopes: Vec<&str> = keys.iter().map(|k| k.scope.as_str()).collect();
-        let periods: Vec<&str> = keys.iter().map(|k| k.period.as_str()).collect();
-        let starts: Vec<i64> = keys.iter().map(BudgetKey::start).collect();
-        let rows = tx
-            .query(
-                &format!(
-                    "WITH hold AS (
-                         INSERT INTO {s}.budget_holds (amount_nanos, replica, expires_at, in_flight_nanos)
-                         VALUES ($1, $2, now() + make_interval(secs => $3), $7) RETURNING id
-                     )
-                     INSERT INTO {s}.budget_hold_keys (hold_id, scope, period, period_start)
-                     SELECT hold.id, k.scope, k.period, k.period_start
-                     FROM hold, unnest($4::text[], $5::text[], $6::bigint[]) AS k(scope, period, period_start)
-                     RETURNING hold_id"
-                ),
-                &[
-                    &amount.nanos(),
-                    &self.replica,
-                    &ttl.as_secs_f64(),
-                    &scopes,
-                    &periods,
-                    &starts,
-                    &in_flight.nanos().max(0),
-                ],
-            )
-            .await
-            .map_err(|e| unavailable(&e))?;
-        rows.first()
-            .map(|row| row.get(0))
-            .ok_or_else(|| ClusterError::Unavailable("the lease's insert returned no row".to_owned()))
     }
 
     /// Checkpoints `lease` with its replica's [`Report`]: what is new in

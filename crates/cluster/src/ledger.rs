@@ -336,34 +336,10 @@ impl SharedLedger {
             .within(async {
                 let mut client = self.client().await?;
                 let tx = client.transaction().await.map_err(|e| unavailable(&e))?;
-                let s = &self.schema;
                 // The hold's rows first, in one statement, and the budgets'
                 // conditional updates last: a budget's row is locked only from
                 // its update to the commit.
-                let insert = tx
-                    .prepare_cached(&format!(
-                        "WITH hold AS (
-                         INSERT INTO {s}.budget_holds (amount_nanos, replica, expires_at)
-                         VALUES ($1, $2, now() + make_interval(secs => $3)) RETURNING id
-                     )
-                     INSERT INTO {s}.budget_hold_keys (hold_id, scope, period, period_start)
-                     SELECT hold.id, k.scope, k.period, k.period_start
-                     FROM hold, unnest($4::text[], $5::text[], $6::bigint[]) AS k(scope, period, period_start)
-                     RETURNING hold_id"
-                    ))
-                    .await
-                    .map_err(|e| unavailable(&e))?;
-                let scopes: Vec<&str> = keys.iter().map(|k| k.scope.as_str()).collect();
-                let periods: Vec<&str> = keys.iter().map(|k| k.period.as_str()).collect();
-                let starts: Vec<i64> = keys.iter().map(BudgetKey::start).collect();
-                let rows = tx
-                    .query(&insert, &[&amount.nanos(), &self.replica, &ttl.as_secs_f64(), &scopes, &periods, &starts])
-                    .await
-                    .map_err(|e| unavailable(&e))?;
-                let id: i64 = rows
-                    .first()
-                    .map(|row| row.get(0))
-                    .ok_or_else(|| ClusterError::Unavailable("the hold's insert returned no row".to_owned()))?;
+                let id = self.insert_hold(&tx, &keys, amount, None, ttl).await?;
                 if amount > Money::ZERO {
                     for key in &keys {
                         if let Some(refused) = self.raise(&tx, key, amount).await? {
@@ -381,6 +357,47 @@ impl SharedLedger {
             Ok(Err(refused)) => Err(refused),
             Err(err) => Err(HoldRefused::Store(err)),
         }
+    }
+
+    /// A hold's rows, in one prepared statement: the hold (`in_flight`
+    /// `None` for a request's own, charged in full if it expires; a lease's
+    /// ceiling otherwise) and its keys. Its id.
+    pub(crate) async fn insert_hold(
+        &self,
+        tx: &deadpool_postgres::Transaction<'_>,
+        keys: &[BudgetKey],
+        amount: Money,
+        in_flight: Option<Money>,
+        ttl: Duration,
+    ) -> Result<i64, ClusterError> {
+        let s = &self.schema;
+        let insert = tx
+            .prepare_cached(&format!(
+                "WITH hold AS (
+                     INSERT INTO {s}.budget_holds (amount_nanos, replica, expires_at, in_flight_nanos)
+                     VALUES ($1, $2, now() + make_interval(secs => $3), $7) RETURNING id
+                 )
+                 INSERT INTO {s}.budget_hold_keys (hold_id, scope, period, period_start)
+                 SELECT hold.id, k.scope, k.period, k.period_start
+                 FROM hold, unnest($4::text[], $5::text[], $6::bigint[]) AS k(scope, period, period_start)
+                 RETURNING hold_id"
+            ))
+            .await
+            .map_err(|e| unavailable(&e))?;
+        let scopes: Vec<&str> = keys.iter().map(|k| k.scope.as_str()).collect();
+        let periods: Vec<&str> = keys.iter().map(|k| k.period.as_str()).collect();
+        let starts: Vec<i64> = keys.iter().map(BudgetKey::start).collect();
+        let in_flight = in_flight.map(|money| money.nanos().max(0));
+        let rows = tx
+            .query(
+                &insert,
+                &[&amount.nanos(), &self.replica, &ttl.as_secs_f64(), &scopes, &periods, &starts, &in_flight],
+            )
+            .await
+            .map_err(|e| unavailable(&e))?;
+        rows.first()
+            .map(|row| row.get(0))
+            .ok_or_else(|| ClusterError::Unavailable("the hold's insert returned no row".to_owned()))
     }
 
     /// Raises `key`'s held money by `amount` if it fits under its limit,
