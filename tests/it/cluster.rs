@@ -430,6 +430,10 @@ async fn a_model_ejected_on_one_replica_is_skipped_by_the_other() {
     let schema = format!("t_ejections_{}", std::process::id());
     let text = ejections_config(&schema, &redis, &fresh_prefix("eject"));
     let ((a, _a_dir), (b, _b_dir)) = (open_replica(&text).await, open_replica(&text).await);
+    assert!(
+        eventually(|| async { a.cluster_status().and_then(|s| s.redis_reachable) == Some(true) }).await,
+        "readiness sees Redis answer"
+    );
     let request = modelfleet::Request { model: Some("flaky".into()), ..modelfleet::Request::default() };
     // On A, `flaky` fails until A ejects it; `steady` serves meanwhile.
     let a_calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -516,6 +520,7 @@ async fn a_replica_serves_while_redis_is_unreachable_and_says_so() {
     assert!(matches!(out_of_rotation(&fleet).as_slice(), [(model, _, false)] if model == "flaky"));
     let logged = String::from_utf8_lossy(&log.0.lock().unwrap()).into_owned();
     assert!(logged.contains("Redis is unreachable: ejections stay local to this replica"), "{logged}");
+    assert_eq!(fleet.cluster_status().and_then(|s| s.redis_reachable), Some(false), "readiness says so");
     assert!(!logged.contains(&format!("127.0.0.1:{port}")), "the URL is never logged: {logged}");
     fleet.shutdown().await.unwrap();
     let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();

@@ -1031,6 +1031,13 @@ impl AppState {
             for (name, help, value) in cluster_gauges {
                 let _ = metrics.set_gauge(name, help, value);
             }
+            if let Some(up) = cluster.redis_reachable {
+                let _ = metrics.set_gauge(
+                    "modelfleet_cluster_redis_up",
+                    "1 when Redis ([cluster] redis_url) answers; 0 while ejections stay local to this replica.",
+                    if up { 1.0 } else { 0.0 },
+                );
+            }
         }
     }
 }
@@ -1123,7 +1130,12 @@ async fn ready(State(app): State<App>, headers: HeaderMap) -> Result<Response, A
     // The shared budget store unreachable degrades: hard budgets refuse, the rest is served.
     let cluster = app.fleet.cluster_status();
     let cluster_down = cluster.as_ref().is_some_and(|c| !c.reachable);
-    let overall = if pressured || cluster_down { health.overall.max(HealthStatus::Degraded) } else { health.overall };
+    let redis_down = cluster.as_ref().is_some_and(|c| c.redis_reachable == Some(false));
+    let overall = if pressured || cluster_down || redis_down {
+        health.overall.max(HealthStatus::Degraded)
+    } else {
+        health.overall
+    };
     let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     let reason = if draining {
         Some("shutting down")
@@ -1135,6 +1147,8 @@ async fn ready(State(app): State<App>, headers: HeaderMap) -> Result<Response, A
         Some("memory pressure: new completions are refused (503) until memory is below the mark")
     } else if cluster_down {
         Some("the shared budget store is unreachable: requests under hard budgets are refused (503), others served")
+    } else if redis_down {
+        Some("Redis is unreachable: ejections are not shared with the other replicas (each still ejects on its own)")
     } else {
         None
     };

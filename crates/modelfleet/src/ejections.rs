@@ -43,6 +43,14 @@ type Ejected = (String, EjectionReason, Duration);
 pub(crate) struct EjectionSharing {
     publisher: tokio::task::JoinHandle<()>,
     _watch: EjectionWatch,
+    shared: SharedEjections,
+}
+
+impl EjectionSharing {
+    /// Whether the last call to Redis got through.
+    pub(crate) fn reachable(&self) -> bool {
+        self.shared.reachable()
+    }
 }
 
 impl Drop for EjectionSharing {
@@ -84,10 +92,11 @@ pub(crate) async fn start(
     });
     let tracker = Tracker::with_observer(config, observer);
     let publisher = tokio::spawn(publish(shared.clone(), pending, timer));
+    let sharing = shared.clone();
     let (taking, catalog) = (tracker.clone(), Arc::clone(catalog));
     let watch = shared.watch(move |notice| take(&taking, &catalog, timer, &notice));
     tracing::info!(prefix = %settings.redis_prefix, %replica, "ejections are shared with the other replicas through Redis");
-    Ok((tracker, Some(EjectionSharing { publisher, _watch: watch })))
+    Ok((tracker, Some(EjectionSharing { publisher, _watch: watch, shared: sharing })))
 }
 
 /// Publishes each local ejection with what is left of it now.

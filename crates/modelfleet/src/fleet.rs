@@ -470,7 +470,7 @@ pub struct Fleet {
     /// `[cluster]`: the hard budgets shared with other replicas.
     shared: Option<Arc<crate::shared::SharedBudgets>>,
     /// `[cluster] redis_url`: ejections shared with other replicas, while it lives.
-    _ejections: Option<crate::ejections::EjectionSharing>,
+    ejections: Option<crate::ejections::EjectionSharing>,
 }
 
 impl std::fmt::Debug for Fleet {
@@ -658,7 +658,7 @@ impl Fleet {
             fallbacks_served: DashMap::new(),
             memory: Arc::new(MemoryProbe::new()),
             shared,
-            _ejections: ejections,
+            ejections,
         };
         // Simulated time has no past to warm from: its clock starts now.
         let warmed = if options.virtual_time { 0 } else { fleet.warm_start().await };
@@ -704,7 +704,10 @@ impl Fleet {
     /// The shared budget store, with `[cluster]`.
     #[must_use]
     pub fn cluster_status(&self) -> Option<crate::shared::ClusterStatus> {
-        self.shared.as_ref().map(|shared| shared.status())
+        self.shared.as_ref().map(|shared| crate::shared::ClusterStatus {
+            redis_reachable: self.ejections.as_ref().map(crate::ejections::EjectionSharing::reachable),
+            ..shared.status()
+        })
     }
 
     /// `model`'s circuit now (on the fleet's own clock).

@@ -180,6 +180,7 @@ impl SharedBudgets {
             ledger_calls: self.ledger.stats().calls,
             ledger_failures: self.ledger.stats().failures,
             ledger_seconds: Duration::from_micros(self.ledger.stats().micros).as_secs_f64(),
+            redis_reachable: None,
         }
     }
 
@@ -222,6 +223,9 @@ pub struct ClusterStatus {
     pub ledger_failures: u64,
     /// Their time in all, seconds.
     pub ledger_seconds: f64,
+    /// With `redis_url`: whether the last call to Redis got through (when
+    /// not, ejections stay local to this replica).
+    pub redis_reachable: Option<bool>,
 }
 
 /// How often a replica says it lives.
