@@ -509,7 +509,9 @@ impl SharedLedger {
     /// (moved from held to spent), for its replica may have died after the
     /// provider billed the call; a late settlement corrects it. An expired
     /// [lease](SharedLedger::lease) is charged what its replica last
-    /// reported in flight, and the rest of it returns to its budgets.
+    /// reported in flight (never more than it held unspent: a replica
+    /// draws only what its lease holds), and the rest of it returns to its
+    /// budgets.
     /// Returns how many there were. Works in batches of [`SWEEP_BATCH`], each its own
     /// transaction, locking budgets in the order holds do (no deadlock) and
     /// skipping holds being settled. Settled holds are forgotten after a
@@ -550,7 +552,8 @@ impl SharedLedger {
                 .query(
                     &format!(
                         "SELECT k.scope, k.period, k.period_start, sum(h.amount_nanos)::bigint,
-                                sum(h.spent_nanos + coalesce(h.in_flight_nanos, h.amount_nanos))::bigint
+                                sum(h.spent_nanos + least(coalesce(h.in_flight_nanos, h.amount_nanos),
+                                                          greatest(h.amount_nanos - h.spent_nanos, 0)))::bigint
                          FROM {s}.budget_hold_keys k JOIN {s}.budget_holds h ON h.id = k.hold_id
                          WHERE k.hold_id = ANY($1)
                          GROUP BY k.scope, k.period, k.period_start

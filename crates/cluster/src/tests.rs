@@ -522,6 +522,16 @@ async fn an_expired_lease_is_charged_what_was_in_flight_and_the_rest_returns() {
     assert_eq!(alive.sweep().await.unwrap(), 1);
     let row = alive.status(&budget).await.unwrap().unwrap();
     assert_eq!((row.spent, row.held), (dollars(7), Money::ZERO));
+    // A lease is never charged more than it held unspent, whatever
+    // ceiling its replica reported: $1 granted, $8 said in flight.
+    let small = key("model:small");
+    alive.define(&small, dollars(2)).await.unwrap();
+    let ceiling = Slice { need: dollars(1), want: dollars(1), step: dollars(1), in_flight: dollars(8) };
+    let _ = alive.lease(std::slice::from_ref(&small), ceiling, Duration::from_millis(1)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(alive.sweep().await.unwrap(), 1);
+    let row = alive.status(&small).await.unwrap().unwrap();
+    assert_eq!((row.spent, row.held), (dollars(1), Money::ZERO), "capped at what the lease held");
     // The dead replica comes back: its lease is over, and what it spent
     // since is charged all the same.
     assert!(matches!(

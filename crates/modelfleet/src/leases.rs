@@ -93,6 +93,23 @@ impl Drawn {
     }
 }
 
+/// A slot's task counted while it runs (`close_all` waits for none), also
+/// when it panics.
+struct Tending(Arc<Leases>);
+
+impl Tending {
+    fn new(leases: &Arc<Leases>) -> Tending {
+        leases.tending.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Tending(Arc::clone(leases))
+    }
+}
+
+impl Drop for Tending {
+    fn drop(&mut self) {
+        self.0.tending.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 /// Part of a request's hold reserved while the lease is extended for the
 /// rest: given back unless the extension completes the draw (a refusal, an
 /// error, or the request's future dropped).
@@ -329,14 +346,17 @@ impl Leases {
         }
         let slot = Arc::new(Slot::new(keys.to_vec()));
         slots.insert(keys.to_vec(), Arc::clone(&slot));
+        // Counted before the map is released, so `close_all` cannot miss it.
+        let tending = Tending::new(self);
         drop(slots);
-        self.tending.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        let leases = Arc::clone(self);
         let tended = Arc::clone(&slot);
         tokio::spawn(async move {
-            Arc::clone(&leases).tend(Arc::clone(&tended)).await;
-            leases.forget(&tended);
-            leases.tending.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+            Arc::clone(&tending.0).tend(Arc::clone(&tended)).await;
+            // Ended, whatever ended it: a request waiting on this slot's
+            // checkpoints moves on to a new slot.
+            tended.state().ended = true;
+            tended.flushed.send_modify(|_| {});
+            tending.0.forget(&tended);
         });
         slot
     }
@@ -389,7 +409,8 @@ impl Leases {
             return Ok(true);
         }
         slot.wake.notify_one();
-        match tokio::time::timeout(self.ledger_timeout(), flushed.wait_for(|done| *done > seen)).await {
+        let reported = flushed.wait_for(|done| *done > seen || slot.state().ended);
+        match tokio::time::timeout(self.ledger_timeout(), reported).await {
             Ok(Ok(_)) => Ok(false),
             _ => Err(HoldRefused::Store(ClusterError::Unavailable(
                 "no checkpoint of the lease within the store's timeout".to_owned(),
@@ -500,7 +521,7 @@ impl Leases {
             let mut lease = slot.lease.lock().await;
             // Idle, it ends in the same breath as it is found idle: no
             // request draws on a lease being closed.
-            let (pending, total, running, report, seq, idle) = {
+            let (pending, total, running, report, seq, idle, waiting) = {
                 let mut state = slot.state();
                 let closing = self.closing.load(std::sync::atomic::Ordering::Relaxed);
                 let idle = state.in_flight == 0
@@ -513,8 +534,7 @@ impl Leases {
                 // checkpoint charges.
                 let report = state.report(0, 0, false).max(state.ceiling - state.pending);
                 state.drawn_since = 0;
-                state.waiting = 0;
-                (state.pending, state.total, state.in_flight.max(0), report, state.seq, idle)
+                (state.pending, state.total, state.in_flight.max(0), report, state.seq, idle, state.waiting)
             };
             let Some(row) = lease.as_mut() else {
                 // Never granted (refused, or not yet): nothing to write.
@@ -551,6 +571,11 @@ impl Leases {
                     let mut state = slot.state();
                     state.pending -= pending;
                     state.ceiling = report;
+                    // The wait this report made room for is over (a larger
+                    // one since stays for the next).
+                    if state.waiting <= waiting {
+                        state.waiting = 0;
+                    }
                     match outcome {
                         Checkpoint::Held(amount) => {
                             state.held = amount.nanos();
