@@ -231,30 +231,6 @@ impl SharedLedger {
         .await
     }
 
-    /// Charges `spent` to each of `keys` and releases `released` of what
-    /// they hold, in the keys' (sorted) order.
-    async fn fold(
-        &self,
-        tx: &deadpool_postgres::Transaction<'_>,
-        keys: &[BudgetKey],
-        spent: i64,
-        released: i64,
-    ) -> Result<(), ClusterError> {
-        let s = &self.schema;
-        for key in keys {
-            tx.execute(
-                &format!(
-                    "UPDATE {s}.budget_periods SET spent_nanos = spent_nanos + $4, held_nanos = held_nanos - $5
-                     WHERE scope = $1 AND period = $2 AND period_start = $3"
-                ),
-                &[&key.scope, &key.period, &key.start(), &spent, &released],
-            )
-            .await
-            .map_err(|e| unavailable(&e))?;
-        }
-        Ok(())
-    }
-
     /// Checkpoints `lease` with its replica's [`Report`]: what is new in
     /// `report.total` is charged (in full, even above the lease); the lease
     /// keeps at most `keep` unused (the rest returns to its budgets), and

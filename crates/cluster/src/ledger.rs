@@ -400,6 +400,32 @@ impl SharedLedger {
             .ok_or_else(|| ClusterError::Unavailable("the hold's insert returned no row".to_owned()))
     }
 
+    /// Charges `spent` to each of `keys` and releases `released` of what
+    /// they hold (a negative release holds more), in the keys' (sorted)
+    /// order: how settlements, sweeps and lease folds move money.
+    pub(crate) async fn fold(
+        &self,
+        tx: &deadpool_postgres::Transaction<'_>,
+        keys: &[BudgetKey],
+        spent: i64,
+        released: i64,
+    ) -> Result<(), ClusterError> {
+        let s = &self.schema;
+        let update = tx
+            .prepare_cached(&format!(
+                "UPDATE {s}.budget_periods SET spent_nanos = spent_nanos + $4, held_nanos = held_nanos - $5
+                 WHERE scope = $1 AND period = $2 AND period_start = $3"
+            ))
+            .await
+            .map_err(|e| unavailable(&e))?;
+        for key in keys {
+            tx.execute(&update, &[&key.scope, &key.period, &key.start(), &spent, &released])
+                .await
+                .map_err(|e| unavailable(&e))?;
+        }
+        Ok(())
+    }
+
     /// Raises `key`'s held money by `amount` if it fits under its limit,
     /// in `tx`; the refusal when it does not.
     async fn raise(
@@ -466,17 +492,7 @@ impl SharedLedger {
             tx.execute(&format!("UPDATE {s}.budget_holds SET state = 'settled' WHERE id = $1"), &[&id])
                 .await
                 .map_err(|e| unavailable(&e))?;
-            for key in &hold.keys {
-                tx.execute(
-                    &format!(
-                        "UPDATE {s}.budget_periods SET spent_nanos = spent_nanos + $4, held_nanos = held_nanos - $5
-                         WHERE scope = $1 AND period = $2 AND period_start = $3"
-                    ),
-                    &[&key.scope, &key.period, &key.start(), &spent, &released],
-                )
-                .await
-                .map_err(|e| unavailable(&e))?;
-            }
+            self.fold(&tx, &hold.keys, spent, released).await?;
             tx.commit().await.map_err(|e| unavailable(&e))
         })
         .await
@@ -564,17 +580,13 @@ impl SharedLedger {
                 .await
                 .map_err(|e| unavailable(&e))?;
             for row in &sums {
-                let (scope, period, start, released, charged): (String, String, i64, i64, i64) =
-                    (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4));
-                tx.execute(
-                    &format!(
-                        "UPDATE {s}.budget_periods SET held_nanos = held_nanos - $4, spent_nanos = spent_nanos + $5
-                         WHERE scope = $1 AND period = $2 AND period_start = $3"
-                    ),
-                    &[&scope, &period, &start, &released, &charged],
-                )
-                .await
-                .map_err(|e| unavailable(&e))?;
+                let key = BudgetKey {
+                    scope: row.get(0),
+                    period: row.get(1),
+                    period_start_ms: u64::try_from(row.get::<_, i64>(2)).unwrap_or(0),
+                };
+                let (released, charged): (i64, i64) = (row.get(3), row.get(4));
+                self.fold(&tx, std::slice::from_ref(&key), charged, released).await?;
             }
             tx.execute(
                 &format!(
