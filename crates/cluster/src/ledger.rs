@@ -103,6 +103,9 @@ pub(crate) fn remaining(row: &PeriodRow) -> Money {
 #[derive(Clone)]
 pub struct SharedLedger {
     pool: Pool,
+    /// The connection settings (the catalog's listener opens a connection
+    /// of its own). Hold the URL's password: never printed.
+    pub(crate) config: Arc<tokio_postgres::Config>,
     /// Every table is `{schema}.…` (an identifier, checked).
     pub(crate) schema: String,
     /// The longest any call waits for the store before failing closed.
@@ -245,12 +248,20 @@ impl SharedLedger {
                 "-c statement_timeout={ms} -c lock_timeout={ms} -c idle_in_transaction_session_timeout={ms} \
                  -c default_transaction_isolation=read\\ committed"
             ));
-        let manager = Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let manager =
+            Manager::from_config(config.clone(), NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
         let pool = Pool::builder(manager)
             .max_size(connections.max(1))
             .build()
             .map_err(|e| ClusterError::Invalid(format!("postgres pool: {e}")))?;
-        Ok(SharedLedger { pool, schema, timeout, replica: replica.to_owned(), stats: Arc::default() })
+        Ok(SharedLedger {
+            pool,
+            config: Arc::new(config),
+            schema,
+            timeout,
+            replica: replica.to_owned(),
+            stats: Arc::default(),
+        })
     }
 
     /// `work` within the timeout, or [`ClusterError::Unavailable`]; every

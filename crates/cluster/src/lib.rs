@@ -1,5 +1,5 @@
-//! What several gateway replicas share: the ledger of hard budgets in
-//! PostgreSQL, so N replicas together never let more through than one
+//! What several gateway replicas share: the ledger of hard budgets and
+//! the catalog in PostgreSQL, so N replicas together never let more through than one
 //! budget allows, and their ejections through Redis, so a model failing on
 //! one replica is not retried by every other in turn.
 //!
@@ -41,6 +41,19 @@
 //! mid-transaction cannot keep a budget's row locked.
 
 //!
+//! # The shared catalog ([`SharedCatalog`])
+//!
+//! Every replica serves the models of one table (`catalog_models`: a spec
+//! as JSON, the revision of its last change, `config` or `api`), and every
+//! change is a row of `catalog_changes` (who, when, which replica, before
+//! and after) whose sequence number is the revision it gave. Writes take
+//! one advisory lock, so revisions commit in order, and an edit that names
+//! the revision it expects ([`SharedCatalog::edit`], the admin API's
+//! `If-Match`) is refused with the current one when another came first.
+//! Models from the configuration are written at each start and are
+//! read-only to edits. A write notifies at commit; replicas listen
+//! ([`SharedCatalog::listen`]) and re-read every second anyway.
+//!
 //! # Shared ejections ([`SharedEjections`])
 //!
 //! Only the fact "model X is ejected until T (reason)" is shared; each
@@ -65,11 +78,15 @@
 //! Lossy is fine here: a missed ejection costs a few failed calls on
 //! another replica, never money.
 
+mod catalog;
 mod ejections;
 mod lease;
 mod ledger;
 mod schema;
 
+pub use catalog::{
+    CATALOG_CHANNEL, CatalogChange, CatalogState, Current, EditRefused, ModelSource, SharedCatalog, SharedModel,
+};
 pub use ejections::{
     EjectionNotice, EjectionWatch, EjectionsConfig, MAX_EJECTION, MAX_MODEL_LEN, PUBLISH_SCRIPT, REREAD_EVERY,
     SharedEjections,
@@ -93,5 +110,7 @@ pub enum ClusterError {
     Invalid(String),
 }
 
+#[cfg(test)]
+mod catalog_tests;
 #[cfg(test)]
 mod tests;

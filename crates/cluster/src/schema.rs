@@ -60,6 +60,26 @@ const MIGRATIONS: &[&str] = &[
         ledger_failures BIGINT NOT NULL DEFAULT 0,
         ledger_micros BIGINT NOT NULL DEFAULT 0
     );",
+    // 4: the shared catalog: a row per model (its spec as JSON, the
+    // revision of its last change, where it comes from) and every change,
+    // whose sequence number is the revision it gave.
+    "CREATE TABLE {s}.catalog_models (
+        id TEXT PRIMARY KEY,
+        spec TEXT NOT NULL,
+        revision BIGINT NOT NULL,
+        source TEXT NOT NULL CHECK (source IN ('config', 'api'))
+    );
+    CREATE TABLE {s}.catalog_changes (
+        seq BIGSERIAL PRIMARY KEY,
+        model TEXT NOT NULL,
+        action TEXT NOT NULL,
+        who TEXT NOT NULL,
+        replica TEXT NOT NULL,
+        at TIMESTAMPTZ NOT NULL DEFAULT now(),
+        before TEXT,
+        after TEXT
+    );
+    CREATE INDEX catalog_changes_model ON {s}.catalog_changes (model, seq);",
 ];
 
 /// `name` if it is a plain lower-case SQL identifier (it is written into
