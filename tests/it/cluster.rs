@@ -523,3 +523,173 @@ async fn a_replica_serves_while_redis_is_unreachable_and_says_so() {
     tokio::spawn(connection);
     client.batch_execute(&format!("DROP SCHEMA {schema} CASCADE")).await.unwrap();
 }
+
+// ---- The shared catalog -----------------------------------------------------------------------
+
+/// Polls `check` for up to `bound`.
+async fn within<F: std::future::Future<Output = bool>>(bound: Duration, mut check: impl FnMut() -> F) -> bool {
+    let deadline = std::time::Instant::now() + bound;
+    while std::time::Instant::now() < deadline {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+/// A model spec the admin API takes: `m`'s provider, `priority` to tell
+/// edits apart.
+fn api_model(id: &str, priority: u8) -> serde_json::Value {
+    serde_json::json!({
+        "id": id, "provider": "p", "context_window": 100_000, "max_output_tokens": 1_000,
+        "pricing": {"input_per_mtok": "1", "output_per_mtok": "2"}, "categories": ["general"], "priority": priority
+    })
+}
+
+/// Adds API model `id` as a hand edit would: no notification.
+async fn add_unannounced(url: &str, schema: &str, id: &str) {
+    let (sql, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    let spec = api_model(id, 1).to_string();
+    let seq: i64 = sql
+        .query_one(
+            &format!(
+                "INSERT INTO {schema}.catalog_changes (model, action, who, replica, after)
+                 VALUES ($1, 'add', 'sql', 'none', $2) RETURNING seq"
+            ),
+            &[&id, &spec],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    sql.execute(
+        &format!("INSERT INTO {schema}.catalog_models (id, spec, revision, source) VALUES ($1, $2, $3, 'api')"),
+        &[&id, &spec, &seq],
+    )
+    .await
+    .unwrap();
+}
+
+/// `added`'s history: added on replica 0 at priority 1, then `winner`'s edit.
+fn check_history(history: &serde_json::Value, winner: &serde_json::Value) {
+    let changes = history["changes"].as_array().unwrap();
+    let actions: Vec<(&str, &str)> =
+        changes.iter().map(|c| (c["action"].as_str().unwrap(), c["who"].as_str().unwrap())).collect();
+    assert_eq!(actions, [("update", "local"), ("add", "local")]);
+    assert_eq!(changes[0]["after"]["priority"], winner["priority"]);
+    assert_eq!(changes[0]["before"]["priority"], 1);
+    assert_eq!(changes[1]["replica"], "replica-0");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_catalog_edit_on_one_replica_is_served_by_the_other_and_concurrent_edits_conflict() {
+    let Some(url) = postgres_url() else { return };
+    let schema = format!("t_catalog_{}", std::process::id());
+    // No budget: this test is about the catalog.
+    let text = config_text(&schema, true).replace("enforcement = \"hard\"", "enforcement = \"soft\"");
+    let dirs: Vec<tempfile::TempDir> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut replicas = Vec::new();
+    for (i, dir) in dirs.iter().enumerate() {
+        let mut config = validated(&text, dir.path(), env);
+        config.store.path = Some(dir.path().join("fleet.db"));
+        config.cluster.as_mut().unwrap().replica = Some(format!("replica-{i}"));
+        replicas.push(crate::support::Running::start(&config, env).await);
+    }
+    let (a, b) = (&replicas[0].url, &replicas[1].url);
+    let client = reqwest::Client::new();
+    let chat = |base: &str, model: &str| {
+        let request = client.post(format!("{base}/v1/chat/completions")).json(&serde_json::json!({
+            "model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 10
+        }));
+        async move { request.send().await.unwrap().status().as_u16() }
+    };
+    let model_at = |base: &str, id: &str| {
+        let request = client.get(format!("{base}/v1/admin/models/{id}"));
+        async move {
+            let response = request.send().await.unwrap();
+            let (status, etag) = (response.status().as_u16(), response.headers().get("etag").cloned());
+            (status, etag, response.json::<serde_json::Value>().await.unwrap_or_default())
+        }
+    };
+
+    // The configured model is shared, marked, and read-only.
+    let (status, etag, m) = model_at(b, "m").await;
+    assert_eq!((status, m["source"].as_str()), (200, Some("config")), "{m}");
+    assert_eq!(etag.unwrap().to_str().unwrap(), format!("\"{}\"", m["revision"]));
+    let mut edited = m.clone();
+    edited["priority"] = serde_json::json!(9);
+    let response = client.put(format!("{a}/v1/admin/models/m")).json(&edited).send().await.unwrap();
+    assert_eq!(response.status(), 409);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "model_read_only", "{body}");
+
+    // A model added on A is served by B.
+    assert_eq!(chat(b, "added").await, 404, "not in the catalog yet");
+    let response = client.post(format!("{a}/v1/admin/models")).json(&api_model("added", 1)).send().await.unwrap();
+    assert_eq!(response.status(), 201);
+    let added: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(added["source"], "api", "{added}");
+    let revision = added["revision"].as_u64().expect("a revision");
+    assert!(within(Duration::from_secs(10), || async { chat(b, "added").await == 200 }).await, "B serves A's model");
+
+    // Two edits made on one revision, on two replicas at once: one wins,
+    // the other is told the winner's revision.
+    let put = |base: &str, priority: u8| {
+        client
+            .put(format!("{base}/v1/admin/models/added"))
+            .header("if-match", format!("\"{revision}\""))
+            .json(&api_model("added", priority))
+            .send()
+    };
+    let (first, second) = tokio::join!(put(a, 2), put(b, 3));
+    let (first, second) = (first.unwrap(), second.unwrap());
+    let mut statuses = [first.status().as_u16(), second.status().as_u16()];
+    statuses.sort_unstable();
+    assert_eq!(statuses, [200, 409]);
+    let (won, lost) = if first.status() == 200 { (first, second) } else { (second, first) };
+    let winner: serde_json::Value = won.json().await.unwrap();
+    let lost_etag = lost.headers().get("etag").unwrap().to_str().unwrap().to_owned();
+    let refusal: serde_json::Value = lost.json().await.unwrap();
+    assert_eq!(refusal["error"]["code"], "revision_conflict", "{refusal}");
+    assert_eq!(lost_etag, format!("\"{}\"", winner["revision"]));
+    assert!(refusal["error"]["message"].as_str().unwrap().contains(&winner["revision"].to_string()), "{refusal}");
+    for base in [a, b] {
+        let converged = within(Duration::from_secs(10), || async {
+            model_at(base, "added").await.2["priority"] == winner["priority"]
+        })
+        .await;
+        assert!(converged, "every replica shows the winning edit");
+    }
+
+    // The history says who changed what, on which replica.
+    let history: serde_json::Value =
+        client.get(format!("{b}/v1/admin/models/added/history")).send().await.unwrap().json().await.unwrap();
+    check_history(&history, &winner);
+
+    // A removal on a stale revision is refused; without one it is made,
+    // and A stops serving the model.
+    let stale = client
+        .delete(format!("{b}/v1/admin/models/added"))
+        .header("if-match", format!("\"{revision}\""))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stale.status(), 409);
+    assert_eq!(client.delete(format!("{b}/v1/admin/models/added")).send().await.unwrap().status(), 200);
+    assert!(within(Duration::from_secs(10), || async { chat(a, "added").await == 404 }).await, "A drops B's removal");
+
+    // A change that notified nobody (written by hand here; a notification
+    // lost while a listener reconnects) reaches the replicas by their re-read.
+    add_unannounced(&url, &schema, "quiet").await;
+    for base in [a, b] {
+        assert!(within(Duration::from_secs(10), || async { chat(base, "quiet").await == 200 }).await, "re-read");
+    }
+
+    for replica in replicas {
+        replica.stop().await;
+    }
+    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    client.batch_execute(&format!("DROP SCHEMA {schema} CASCADE")).await.unwrap();
+}

@@ -284,6 +284,22 @@ async fn usage_is_priced_exactly_budgets_refuse_and_identical_requests_hit_the_c
     mock.shutdown().await;
 }
 
+/// Revisions and a history are the shared catalog's (`[cluster]`): a
+/// conditional edit (of disabled `m2`) is refused, saying so.
+async fn no_revisions_without_a_cluster(client: &reqwest::Client, url: &str) {
+    let response = client
+        .post(format!("{url}/v1/admin/models/m2/enable"))
+        .bearer_auth(ADMIN_KEY)
+        .header("if-match", "\"3\"")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    assert!(response.text().await.unwrap().contains("[cluster]"));
+    let response = client.get(format!("{url}/v1/admin/catalog/history")).bearer_auth(ADMIN_KEY).send().await.unwrap();
+    assert_eq!(response.status(), 400);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn roles_guard_every_endpoint_and_the_admin_api_edits_the_catalog() {
     let mock = MockUpstream::start().await.unwrap();
@@ -366,6 +382,9 @@ async fn roles_guard_every_endpoint_and_the_admin_api_edits_the_catalog() {
     assert_eq!(response.status(), 200);
     let models: Value = get("/v1/models", Some(CLIENT_KEY)).await.unwrap().json().await.unwrap();
     assert!(!listed(&models, "m2"));
+    no_revisions_without_a_cluster(&client, &gateway.url).await;
+    let models: Value = get("/v1/models", Some(CLIENT_KEY)).await.unwrap().json().await.unwrap();
+    assert!(!listed(&models, "m2"), "a refused edit changed the catalog");
     let budgets = get("/v1/admin/budgets", Some(ADMIN_KEY)).await.unwrap();
     assert_eq!(budgets.status(), 200);
     let report: Value = get("/v1/admin/report", Some(ADMIN_KEY)).await.unwrap().json().await.unwrap();

@@ -24,7 +24,7 @@ use modelfleet::{
     config::Route,
     errors::{ErrorClass, Failure},
     metrics::Category as MetricsCategory,
-    registry::{Capability, ModelSpec, ModelUpdate, Money},
+    registry::{Capability, ModelSpec, Money},
     service_registry::HealthStatus,
 };
 use serde_json::{Value, json};
@@ -35,7 +35,7 @@ use crate::{
     lang,
     lockout::{self, Lockout},
     memguard::{self, MemoryGuard},
-    request_id,
+    models_admin, request_id,
     shed::{self, Shed},
     traceparent,
 };
@@ -94,7 +94,7 @@ pub(crate) struct AppState {
     pub(crate) connections: Arc<crate::serve::Counters>,
 }
 
-type App = Arc<AppState>;
+pub(crate) type App = Arc<AppState>;
 
 /// The gateway's routes.
 pub(crate) fn router(app: App, max_body_bytes: usize) -> Router {
@@ -137,13 +137,18 @@ pub(crate) fn router(app: App, max_body_bytes: usize) -> Router {
         .route("/metrics", get(prometheus).fallback(only("GET, HEAD")))
         .route("/health/live", get(live).fallback(only("GET, HEAD")))
         .route("/health/ready", get(ready).fallback(only("GET, HEAD")))
-        .route("/v1/admin/models", get(admin_models).post(admin_add).fallback(only("GET, HEAD, POST")))
+        .route("/v1/admin/models", get(models_admin::list).post(models_admin::add).fallback(only("GET, HEAD, POST")))
         .route(
             "/v1/admin/models/{id}",
-            get(admin_model).put(admin_update).delete(admin_remove).fallback(only("GET, HEAD, PUT, DELETE")),
+            get(models_admin::get)
+                .put(models_admin::update)
+                .delete(models_admin::remove)
+                .fallback(only("GET, HEAD, PUT, DELETE")),
         )
-        .route("/v1/admin/models/{id}/disable", post(admin_disable).fallback(only("POST")))
-        .route("/v1/admin/models/{id}/enable", post(admin_enable).fallback(only("POST")))
+        .route("/v1/admin/models/{id}/disable", post(models_admin::disable).fallback(only("POST")))
+        .route("/v1/admin/models/{id}/enable", post(models_admin::enable).fallback(only("POST")))
+        .route("/v1/admin/models/{id}/history", get(models_admin::model_history).fallback(only("GET, HEAD")))
+        .route("/v1/admin/catalog/history", get(models_admin::history).fallback(only("GET, HEAD")))
         .route("/v1/admin/budgets", get(admin_budgets).post(admin_budget_add).fallback(only("GET, HEAD, POST")))
         .route(
             "/v1/admin/budgets/{scope}/{period}",
@@ -222,7 +227,7 @@ fn too_large(max: usize) -> ApiError {
 /// Reads the body under the size limit (413 past it) and the time limit
 /// (408 past `server.body_read_timeout_ms`: a client that trickles its
 /// body does not hold a slot for free).
-async fn read_body(app: &AppState, body: Body) -> Result<Bytes, ApiError> {
+pub(crate) async fn read_body(app: &AppState, body: Body) -> Result<Bytes, ApiError> {
     let max = app.max_body;
     match tokio::time::timeout(app.body_read_timeout, axum::body::to_bytes(body, max)).await {
         Ok(read) => read.map_err(|_| too_large(max)),
@@ -360,6 +365,7 @@ fn fleet_error(err: FleetError) -> ApiError {
             error
         }
         FleetError::Budget(admin) => budget_admin_error(&admin),
+        FleetError::Catalog(refused) => models_admin::refusal(&refused),
         FleetError::InvalidRequirements(why) => {
             ApiError::new(StatusCode::BAD_REQUEST, "invalid_request_error", "invalid_requirements", why)
         }
@@ -1165,132 +1171,6 @@ async fn ready(State(app): State<App>, headers: HeaderMap) -> Result<Response, A
     ))
 }
 
-async fn admin_models(State(app): State<App>, headers: HeaderMap) -> Result<Response, ApiError> {
-    app.auth.check(&headers, Need::Admin)?;
-    Ok(json_response(
-        StatusCode::OK,
-        &json!({"models": app.fleet.catalog().list().iter().map(|m| &**m).collect::<Vec<&ModelSpec>>()}),
-    ))
-}
-
-async fn admin_model(State(app): State<App>, headers: HeaderMap, Path(id): Path<String>) -> Result<Response, ApiError> {
-    app.auth.check(&headers, Need::Admin)?;
-    model_json(&app, &id, StatusCode::OK)
-}
-
-/// `id`'s spec as it stands in the catalog now.
-fn model_json(app: &AppState, id: &str, status: StatusCode) -> Result<Response, ApiError> {
-    let model = app.fleet.catalog().get(id).ok_or_else(|| unknown_model(id))?;
-    Ok(json_response(status, &*model))
-}
-
-fn unknown_model(id: &str) -> ApiError {
-    ApiError::new(
-        StatusCode::NOT_FOUND,
-        "invalid_request_error",
-        "model_not_found",
-        format!("no model {id:?} in the catalog"),
-    )
-}
-
-fn parse_spec(app: &AppState, bytes: &[u8]) -> Result<ModelSpec, ApiError> {
-    let spec: ModelSpec = serde_json::from_slice(bytes)
-        .map_err(|e| ApiError::invalid("invalid_model", format!("the body is not a model spec: {e}")))?;
-    if !app.upstreams.knows(&spec.provider) {
-        return Err(ApiError::invalid(
-            "unknown_provider",
-            format!("provider: {:?} is not configured ([[providers]] in the config)", spec.provider),
-        ));
-    }
-    Ok(spec)
-}
-
-fn catalog_error(err: &modelfleet::registry::Error) -> ApiError {
-    ApiError::invalid("invalid_model", err.to_string())
-}
-
-async fn admin_add(State(app): State<App>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
-    app.auth.check(&headers, Need::Admin)?;
-    let spec = parse_spec(&app, &read_body(&app, body).await?)?;
-    let id = spec.id.clone();
-    if app.fleet.catalog().get(&id).is_some() {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "invalid_request_error",
-            "model_exists",
-            format!("model {id:?} exists: PUT /v1/admin/models/{id} updates it"),
-        ));
-    }
-    off_worker(&app, move |app| {
-        app.fleet.catalog().add(spec).map_err(|e| catalog_error(&e))?;
-        model_json(app, &id, StatusCode::CREATED)
-    })
-    .await
-}
-
-async fn admin_update(
-    State(app): State<App>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-    body: Body,
-) -> Result<Response, ApiError> {
-    app.auth.check(&headers, Need::Admin)?;
-    let spec = parse_spec(&app, &read_body(&app, body).await?)?;
-    if spec.id != id {
-        return Err(ApiError::invalid("invalid_model", format!("id: the body names {:?}, the path {id:?}", spec.id)));
-    }
-    off_worker(&app, move |app| {
-        let catalog = app.fleet.catalog();
-        let mut models: Vec<ModelSpec> = catalog.list().iter().map(|m| (**m).clone()).collect();
-        let slot = models.iter_mut().find(|m| m.id == id).ok_or_else(|| unknown_model(&id))?;
-        *slot = spec;
-        catalog.replace(models).map_err(|e| catalog_error(&e))?;
-        model_json(app, &id, StatusCode::OK)
-    })
-    .await
-}
-
-async fn admin_remove(
-    State(app): State<App>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-) -> Result<Response, ApiError> {
-    app.auth.check(&headers, Need::Admin)?;
-    off_worker(&app, move |app| {
-        app.fleet.catalog().remove(&id).map_err(|_| unknown_model(&id))?;
-        Ok(json_response(StatusCode::OK, &json!({"removed": id})))
-    })
-    .await
-}
-
-async fn set_enabled(app: &App, headers: &HeaderMap, id: String, enabled: bool) -> Result<Response, ApiError> {
-    app.auth.check(headers, Need::Admin)?;
-    off_worker(app, move |app| {
-        app.fleet
-            .catalog()
-            .update(&id, ModelUpdate { enabled: Some(enabled), ..ModelUpdate::default() })
-            .map_err(|_| unknown_model(&id))?;
-        model_json(app, &id, StatusCode::OK)
-    })
-    .await
-}
-
-async fn admin_disable(
-    State(app): State<App>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-) -> Result<Response, ApiError> {
-    set_enabled(&app, &headers, id, false).await
-}
-
-async fn admin_enable(
-    State(app): State<App>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-) -> Result<Response, ApiError> {
-    set_enabled(&app, &headers, id, true).await
-}
-
 async fn admin_budgets(State(app): State<App>, headers: HeaderMap) -> Result<Response, ApiError> {
     app.auth.check(&headers, Need::Admin)?;
     Ok(json_response(
@@ -1300,7 +1180,7 @@ async fn admin_budgets(State(app): State<App>, headers: HeaderMap) -> Result<Res
 }
 
 /// Who made an admin change, for the audit trail: the key's name.
-fn who(caller: &Caller) -> String {
+pub(crate) fn who(caller: &Caller) -> String {
     caller.name.clone().unwrap_or_else(|| "local".to_owned())
 }
 

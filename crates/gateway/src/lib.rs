@@ -13,7 +13,7 @@
 //! | `GET /metrics` | metrics | Prometheus 0.0.4 text for scrapers |
 //! | `GET /health/live` | none | liveness: `ok`, nothing more |
 //! | `GET /health/ready` | any | readiness with every service's health |
-//! | `/v1/admin/models[/{id}[/disable,/enable]]`, `/v1/admin/budgets`, `/v1/admin/report` | admin | catalog changes, budget status, reports |
+//! | `/v1/admin/models[/{id}[/disable,/enable,/history]]`, `/v1/admin/catalog/history`, `/v1/admin/budgets`, `/v1/admin/report` | admin | catalog changes (revisions, `If-Match` and history under `[cluster]`), budget status, reports |
 //!
 //! **Answers** carry `x-modelfleet-model` (the model that served),
 //! `x-modelfleet-attempts` and `x-modelfleet-fallback`, and
@@ -91,6 +91,7 @@ mod guard;
 mod lang;
 mod lockout;
 mod memguard;
+mod models_admin;
 mod request_id;
 mod serve;
 mod shed;

@@ -34,6 +34,8 @@ pub(crate) struct ErrorHeaders {
     pub(crate) cost: Option<modelfleet::registry::Money>,
     /// `x-modelfleet-budget-remaining`, for a budget refusal.
     pub(crate) budget_remaining: Option<modelfleet::registry::Money>,
+    /// `ETag`: a model's current revision, for a conflicting edit.
+    pub(crate) etag: Option<u64>,
 }
 
 impl ApiError {
@@ -82,6 +84,9 @@ impl IntoResponse for ApiError {
         }
         if let Some(value) = extra.budget_remaining.and_then(|r| HeaderValue::from_str(&r.to_string()).ok()) {
             headers.insert("x-modelfleet-budget-remaining", value);
+        }
+        if let Some(value) = extra.etag.and_then(|r| HeaderValue::from_str(&format!("\"{r}\"")).ok()) {
+            headers.insert(header::ETAG, value);
         }
         response
     }

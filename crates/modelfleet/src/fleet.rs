@@ -357,6 +357,11 @@ pub enum FleetError {
     /// argument it cannot take ([`modelfleet_store::Error::Invalid`]).
     #[error("{0}")]
     Store(modelfleet_store::Error),
+    /// A catalog edit was refused (no such model, a conflicting revision,
+    /// a configured model, an invalid spec, the shared store unreachable);
+    /// nothing changed.
+    #[error("{0}")]
+    Catalog(modelfleet_cluster::EditRefused),
 }
 
 /// Why a budget administration request was refused.
@@ -453,7 +458,7 @@ pub struct Fleet {
     pub(crate) tracker: Tracker,
     retry_budget: RetryBudget,
     pub(crate) timer: TokioTimer,
-    clock: SystemClock,
+    pub(crate) clock: SystemClock,
     executor: ExecutorConfig,
     /// How requests without a route rank their candidates.
     strategy: Strategy,
@@ -467,6 +472,8 @@ pub struct Fleet {
     admin: tokio::sync::Mutex<()>,
     pub(crate) fallbacks_served: DashMap<String, AtomicU64>,
     memory: Arc<MemoryProbe>,
+    /// `[cluster]`: this replica's copy of the shared catalog.
+    pub(crate) catalog_sync: Option<Arc<crate::catalog::CatalogSync>>,
     /// `[cluster]`: the hard budgets shared with other replicas.
     shared: Option<Arc<crate::shared::SharedBudgets>>,
     /// `[cluster] redis_url`: ejections shared with other replicas, while it lives.
@@ -561,6 +568,19 @@ fn same_but_timestamps(a: &ModelSpec, b: &ModelSpec) -> bool {
     std::ptr::eq(a, b) || bare(a) == bare(b)
 }
 
+/// Each model's configured fallbacks without itself (a model is never
+/// its own fallback), and only models left with some.
+fn never_its_own(fallbacks: BTreeMap<String, Vec<String>>) -> BTreeMap<String, Vec<String>> {
+    fallbacks
+        .into_iter()
+        .map(|(id, fallbacks)| {
+            let fallbacks: Vec<String> = fallbacks.into_iter().filter(|f| *f != id).collect();
+            (id, fallbacks)
+        })
+        .filter(|(_, fallbacks)| !fallbacks.is_empty())
+        .collect()
+}
+
 impl Fleet {
     /// The embedded default: the default database location and catalog.
     pub async fn open_default() -> Result<Fleet, FleetError> {
@@ -617,6 +637,10 @@ impl Fleet {
         let shared = crate::shared::SharedBudgets::start(options.cluster.as_ref(), &budgets)
             .await
             .map_err(|e| FleetError::Start(format!("[cluster]: {e}")))?;
+        let catalog_sync =
+            crate::catalog::CatalogSync::start_with(shared.as_deref(), &catalog, options.models.as_deref())
+                .await
+                .map_err(|e| FleetError::Start(format!("[cluster] the shared catalog: {e}")))?;
         let timer = TokioTimer::new();
         let (tracker, ejections) = crate::ejections::start(options.tracker, options.cluster.as_ref(), &catalog, timer)
             .await
@@ -644,20 +668,13 @@ impl Fleet {
             routes: options.routes,
             model_hedges: options.model_hedges,
             simulated_providers: options.simulated_providers,
-            model_fallbacks: options
-                .model_fallbacks
-                .into_iter()
-                .map(|(id, fallbacks)| {
-                    let fallbacks: Vec<String> = fallbacks.into_iter().filter(|f| *f != id).collect();
-                    (id, fallbacks)
-                })
-                .filter(|(_, fallbacks)| !fallbacks.is_empty())
-                .collect(),
+            model_fallbacks: never_its_own(options.model_fallbacks),
             rng: Mutex::new(fastrand::Rng::with_seed(0x6d66)),
             admin: tokio::sync::Mutex::new(()),
             fallbacks_served: DashMap::new(),
             memory: Arc::new(MemoryProbe::new()),
             shared,
+            catalog_sync,
             ejections,
         };
         // Simulated time has no past to warm from: its clock starts now.

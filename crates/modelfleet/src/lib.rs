@@ -25,6 +25,7 @@
 //! Invariant: nothing depends on this crate but the gateway and the CLI.
 
 mod books;
+mod catalog;
 mod ejections;
 mod fleet;
 mod history;
@@ -49,6 +50,7 @@ pub use modelfleet_store as store;
 pub use modelfleet_registry::Usage;
 
 pub use crate::{
+    catalog::ModelRevision,
     fleet::{
         BudgetAdminError, BudgetSource, BudgetView, Fleet, FleetError, FleetOptions, ModelResponse, Opened, Request,
         RouteSpec, Served, Settlement, StreamEnd, default_db_path,

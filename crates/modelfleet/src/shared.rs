@@ -95,6 +95,11 @@ impl SharedBudgets {
         })
     }
 
+    /// The shared ledger (the shared catalog is on its connections).
+    pub(crate) fn ledger(&self) -> &SharedLedger {
+        &self.ledger
+    }
+
     /// Why hard budgets refuse right now, if the shared store failed in
     /// the last [`DOWN_FOR`]: requests under them are refused at once
     /// (`503 budget_store_unavailable`) instead of each waiting for the
