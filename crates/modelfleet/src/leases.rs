@@ -10,8 +10,11 @@
 //! and the store knows that much may be in flight; otherwise it waits for
 //! the slot to extend the lease (one extension at a time per slot, sized by
 //! how fast the last one ran out), or for the next checkpoint. When the
-//! request ends, its cost joins the slot's pending spend, and the answer
-//! waits for the checkpoint that charges it to the shared ledger. Each
+//! request ends, its cost joins the slot's pending spend, charged to the
+//! shared ledger by the next checkpoint. The answer does not wait for it
+//! when the cost is within the draw: the draw is inside the ceiling the
+//! store committed (below), which covers it if the replica dies first. A
+//! cost past its draw waits for the checkpoint that charges it. Each
 //! slot's task checkpoints whenever something changed (one transaction
 //! carries every request that ended meanwhile, as a running total, so a
 //! checkpoint repeated after a lost reply charges once), renews the lease

@@ -152,6 +152,54 @@ fn a_dead_replicas_draws_are_all_charged_when_its_lease_expires() {
     });
 }
 
+/// Answers within their draw go out without waiting for a checkpoint:
+/// the production settlement (`SharedHold::settle`) completes at its first
+/// poll. What those answers cost is still charged when the replica dies
+/// before any checkpoint, by the ceiling the store was told at the grant.
+/// The replica's runtime has one thread, and nothing after the grant
+/// yields to it: its slot's task never runs, so no checkpoint is sent.
+#[test]
+fn answers_that_went_out_before_any_checkpoint_are_charged_when_their_replica_dies() {
+    let Some(url) = postgres_url() else { return };
+    let schema = Schema::new(&url, "acknowledged");
+    let keys = global();
+    let dead = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let running = dead.block_on(async {
+        let a = ledger(&url, &schema, "a").await;
+        a.define(&keys[0], cents(1_000)).await.unwrap();
+        let leases = Arc::new(Leases::new(a.clone(), Duration::from_secs(2)));
+        let shared = crate::shared::SharedBudgets::for_test(a, Arc::clone(&leases));
+        // The first draw takes a lease of 8 such requests (80 cents).
+        let mut running = Vec::new();
+        for i in 0..8 {
+            let hold = shared.draw_for_test(&keys, cents(10)).await;
+            if i < 5 {
+                // Answered at 7 cents: acknowledged at once.
+                let mut settle = std::pin::pin!(hold.settle(cents(7)));
+                let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+                let settled = std::future::Future::poll(settle.as_mut(), &mut cx);
+                assert!(settled.is_ready(), "a settlement within its draw waited for the store");
+            } else {
+                running.push(hold);
+            }
+        }
+        running
+    });
+    // Dies now: three calls in flight, five answers out, no checkpoint sent.
+    std::mem::forget(running);
+    dead.shutdown_background();
+    let alive = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    alive.block_on(async {
+        let b = ledger(&url, &schema, "b").await;
+        tokio::time::sleep(Duration::from_millis(2_500)).await;
+        b.sweep().await.unwrap();
+        let row = b.status(&keys[0]).await.unwrap().unwrap();
+        assert_eq!(row.held, Money::ZERO, "the lease returned");
+        assert!(row.spent >= cents(5 * 7 + 3 * 10), "acknowledged answers and running calls are charged: {row:?}");
+        assert!(row.spent <= cents(80), "charged past the lease: {row:?}");
+    });
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn room_a_request_waits_on_is_not_drawn_by_another_while_the_lease_is_extended() {
     let Some(url) = postgres_url() else { return };

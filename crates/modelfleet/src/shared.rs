@@ -20,7 +20,8 @@ pub(crate) struct SharedBudgets {
     ttl: Duration,
     /// With `leases = true`: this replica's leases.
     leases: Option<Arc<Leases>>,
-    /// How long an answer waits for the checkpoint that charges it.
+    /// How long an answer past its draw waits for the checkpoint that
+    /// charges it.
     timeout: Duration,
     sweeper: tokio::task::JoinHandle<()>,
     /// When the store last failed, and how.
@@ -282,14 +283,24 @@ impl SharedHold {
 
     /// Settles with `cost` before returning; when the store cannot take
     /// it now, it is retried in the background.
-    /// Drawn on a lease, waits (at most the store's timeout) for the
-    /// checkpoint that charges it.
+    ///
+    /// Drawn on a lease, a cost within the draw returns at once: the store
+    /// already counts the draw in the lease's ceiling, which an expired
+    /// lease is charged, so the answer's money is covered whether or not
+    /// the replica lives to checkpoint it. A cost past the draw (a provider
+    /// that billed more than the worst case) is not covered by it: that
+    /// answer waits (at most the store's timeout) for the checkpoint that
+    /// charges it.
     pub(crate) async fn settle(mut self, cost: Money) {
         self.cost = Some(cost);
         let hold = match self.held.take() {
             None => return,
             Some(Held::Drawn(drawn)) => {
+                let covered = cost <= drawn.reserved();
                 let (seq, mut flushed) = drawn.finish(cost);
+                if covered {
+                    return;
+                }
                 let charged = tokio::time::timeout(self.shared.timeout, flushed.wait_for(|done| *done >= seq)).await;
                 if !matches!(charged, Ok(Ok(_))) {
                     tracing::warn!("an answer went out before the shared ledger charged it: its next checkpoint will");
@@ -342,4 +353,27 @@ fn detached(shared: Arc<SharedBudgets>, hold: Hold, cost: Money) {
         }
         tracing::error!("a shared settlement was never taken: the sweep charged its hold in full");
     });
+}
+
+#[cfg(test)]
+impl SharedBudgets {
+    /// Leases on `ledger` with no sweeper and no heartbeat: what a test
+    /// settles through the production [`SharedHold::settle`].
+    pub(crate) fn for_test(ledger: SharedLedger, leases: Arc<Leases>) -> Arc<SharedBudgets> {
+        Arc::new(SharedBudgets {
+            ledger,
+            ttl: Duration::from_mins(1),
+            leases: Some(leases),
+            timeout: Duration::from_secs(30),
+            sweeper: tokio::spawn(async {}),
+            down: std::sync::Mutex::new(None),
+        })
+    }
+
+    /// A draw of `amount` on `keys`, as [`SharedBudgets::hold`] makes it.
+    pub(crate) async fn draw_for_test(self: &Arc<Self>, keys: &[BudgetKey], amount: Money) -> SharedHold {
+        let leases = self.leases.as_ref().expect("built with leases");
+        let drawn = leases.draw(keys, amount).await.expect("the lease has room");
+        SharedHold { shared: Arc::clone(self), held: Some(Held::Drawn(drawn)), cost: None }
+    }
 }
