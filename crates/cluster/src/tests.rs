@@ -19,7 +19,7 @@ use crate::{BudgetKey, Checkpoint, ClusterError, HoldRefused, Report, SharedLedg
 
 /// The test server's URL, or `None` (the test skips) when nothing listens
 /// there and CI did not ask for it.
-fn postgres_url() -> Option<String> {
+pub(crate) fn postgres_url() -> Option<String> {
     let url = std::env::var("MODELFLEET_TEST_POSTGRES")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
     let config: tokio_postgres::Config = url.parse().expect("MODELFLEET_TEST_POSTGRES is a postgres URL");
@@ -52,13 +52,13 @@ fn fresh_schema(test: &str) -> String {
 }
 
 /// The test's schema, dropped when the test ends, passed or failed.
-struct Schema {
+pub(crate) struct Schema {
     url: String,
-    name: String,
+    pub(crate) name: String,
 }
 
 impl Schema {
-    fn new(url: &str, test: &str) -> Schema {
+    pub(crate) fn new(url: &str, test: &str) -> Schema {
         Schema { url: url.to_owned(), name: fresh_schema(test) }
     }
 }
@@ -103,7 +103,7 @@ fn dollars(n: i64) -> Money {
 
 /// A replica's ledger: a small pool (tests run side by side on one server),
 /// and a timeout for correctness, not latency (a loaded CI machine).
-async fn ledger(url: &str, schema: &Schema, replica: &str) -> SharedLedger {
+pub(crate) async fn ledger(url: &str, schema: &Schema, replica: &str) -> SharedLedger {
     SharedLedger::connect_with(url, &schema.name, replica, Duration::from_secs(30), 4)
         .await
         .expect("connects and migrates")
