@@ -167,6 +167,16 @@ impl SharedBudgets {
         }
     }
 
+    /// The shared ledger (its pool serves the records too).
+    pub(crate) fn ledger(&self) -> &SharedLedger {
+        &self.ledger
+    }
+
+    /// How long a call to the shared store may take.
+    pub(crate) fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
     /// The shared store as this replica sees it.
     pub(crate) fn status(&self) -> ClusterStatus {
         let reachable = self.ledger.reachable();
@@ -181,6 +191,9 @@ impl SharedBudgets {
             ledger_failures: self.ledger.stats().failures,
             ledger_seconds: Duration::from_micros(self.ledger.stats().micros).as_secs_f64(),
             redis_reachable: None,
+            records_shipped: 0,
+            records_dropped: 0,
+            records_pending: 0,
         }
     }
 
@@ -226,6 +239,14 @@ pub struct ClusterStatus {
     /// With `redis_url`: whether the last call to Redis got through (when
     /// not, ejections stay local to this replica).
     pub redis_reachable: Option<bool>,
+    /// Requests whose records this replica shipped to every replica's
+    /// history so far.
+    pub records_shipped: u64,
+    /// Requests whose records were dropped before they reached it (the
+    /// store unreachable past the pending bound, or a batch it refused).
+    pub records_dropped: u64,
+    /// Requests whose records wait to be shipped now.
+    pub records_pending: u64,
 }
 
 /// How often a replica says it lives.
