@@ -362,16 +362,11 @@ impl Hourly {
             self.groups.drain().flat_map(|((dim, hour), by)| by.into_iter().map(move |(v, a)| (dim, v, hour, a)));
         for (dim, value, hour, delta) in groups {
             let stored = read.query_row(params![dim.as_str(), value, to_i64(hour)], stored_row).optional()?;
-            if let Some(written) = &mut self.written {
-                written.push(HourDelta { dim, hour_ms: hour, added: delta.clone(), rerated: (0, 0) });
-            }
-            let merged = match stored {
-                Some(mut stored) => {
-                    stored.merge(&delta);
-                    stored
-                }
-                None => delta,
-            };
+            let merged = stored.map(|mut stored| {
+                stored.merge(&delta);
+                stored
+            });
+            let merged = merged.as_ref().unwrap_or(&delta);
             write.execute(params![
                 dim.as_str(),
                 value,
@@ -394,6 +389,10 @@ impl Hourly {
                 merged.latency.encode(),
                 merged.ttft.encode(),
             ])?;
+            if let Some(written) = &mut self.written {
+                // Moved, not copied: its histograms may be kilobytes.
+                written.push(HourDelta { dim, hour_ms: hour, added: delta, rerated: (0, 0) });
+            }
         }
         Ok(())
     }
