@@ -88,7 +88,7 @@ async fn a_report_from_either_replica_counts_both_replicas_requests_and_cost() {
     let Some(url) = postgres_url() else { return };
     let schema = format!("t_records_{}", std::process::id());
     let text = config_text(&schema);
-    let ((a, _a_dir), (b, _b_dir)) = (replica(&text, None).await, replica(&text, None).await);
+    let ((a, a_dir), (b, _b_dir)) = (replica(&text, None).await, replica(&text, None).await);
     for _ in 0..3 {
         a.call(&on("m"), answer).await.expect("served");
     }
@@ -117,7 +117,7 @@ async fn a_report_from_either_replica_counts_both_replicas_requests_and_cost() {
     let more = ((7, 7, 7_000, Money::from_nanos(each.nanos() * 7)), vec![("m".into(), 4), ("n".into(), 3)]);
     assert!(eventually(|| async { figures(&a).await.ok().as_ref() == Some(&more) }).await);
     // A report read without joining the cluster (`modelfleet report --config`) is the same.
-    let settings = FleetOptions::from_config(&validated(&text, _a_dir.path(), env)).unwrap().cluster.unwrap();
+    let settings = FleetOptions::from_config(&validated(&text, a_dir.path(), env)).unwrap().cluster.unwrap();
     let outside = a.cluster_report(&last_hour(), &settings).await.unwrap();
     assert_eq!((outside.totals.requests, outside.totals.cost), (7, more.0.3));
     a.shutdown().await.unwrap();

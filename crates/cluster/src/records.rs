@@ -122,114 +122,8 @@ impl SharedLedger {
                 // Applied before: dropping the transaction changes nothing.
                 return Ok(false);
             }
-            let dims: Vec<&str> = rows.iter().map(|r| r.dim.as_str()).collect();
-            let values: Vec<&str> = rows.iter().map(|r| r.value.as_str()).collect();
-            let hours: Vec<i64> = rows.iter().map(|r| ms(r.hour_ms)).collect();
-            let stored = tx
-                .query(
-                    &format!(
-                        "SELECT h.dim, h.value, h.hour_ms, h.latency, h.ttft FROM {s}.perf_hourly h
-                         JOIN unnest($2::text[], $3::text[], $4::bigint[]) AS k(dim, value, hour_ms)
-                           ON h.dim = k.dim AND h.value = k.value AND h.hour_ms = k.hour_ms
-                         WHERE h.replica = $1
-                         ORDER BY h.dim, h.value, h.hour_ms FOR UPDATE OF h"
-                    ),
-                    &[&self.replica, &dims, &values, &hours],
-                )
-                .await
-                .map_err(|e| unavailable(&e))?;
-            let mut hists: HashMap<(String, String, i64), (Vec<u8>, Vec<u8>)> =
-                stored.iter().map(|row| ((row.get(0), row.get(1), row.get(2)), (row.get(3), row.get(4)))).collect();
-            let first = |hists: &[Vec<u8>]| hists.first().cloned().unwrap_or_default();
-            let (mut latency, mut ttft) = (Vec::with_capacity(rows.len()), Vec::with_capacity(rows.len()));
-            for row in &rows {
-                let key = (row.dim.clone(), row.value.clone(), ms(row.hour_ms));
-                let (lat, tt) = match hists.remove(&key) {
-                    Some((lat, tt)) => (merge(&lat, &first(&row.latency)), merge(&tt, &first(&row.ttft))),
-                    None => (first(&row.latency), first(&row.ttft)),
-                };
-                latency.push(lat);
-                ttft.push(tt);
-            }
-            let column = |f: fn(&HourRow) -> i64| rows.iter().map(|r| f(r)).collect::<Vec<i64>>();
-            let providers: Vec<&str> = rows.iter().map(|r| r.provider.as_str()).collect();
-            let counts = [
-                column(|r| r.requests),
-                column(|r| r.successes),
-                column(|r| r.failures),
-                column(|r| r.client_faults),
-                column(|r| r.aborted),
-                column(|r| r.input_tokens),
-                column(|r| r.output_tokens),
-                column(|r| r.cached_tokens),
-                column(|r| r.cost.nanos()),
-                column(|r| r.fallbacks),
-                column(|r| r.ratings),
-                column(|r| r.rating_sum),
-                column(|r| r.first_ms),
-                column(|r| r.last_ms),
-            ];
-            let added = |c: &str| format!("{c} = {s}.perf_hourly.{c} + EXCLUDED.{c}");
-            let sums = [
-                "requests",
-                "successes",
-                "failures",
-                "client_faults",
-                "aborted",
-                "input_tokens",
-                "output_tokens",
-                "cached_tokens",
-                "cost_nanos",
-                "fallbacks",
-                "ratings",
-                "rating_sum",
-            ]
-            .map(added)
-            .join(", ");
-            let upsert = format!(
-                "INSERT INTO {s}.perf_hourly (replica, dim, value, hour_ms, provider, requests, successes, failures,
-                     client_faults, aborted, input_tokens, output_tokens, cached_tokens, cost_nanos, fallbacks,
-                     ratings, rating_sum, first_ms, last_ms, latency, ttft)
-                 SELECT $1, * FROM unnest($2::text[], $3::text[], $4::bigint[], $5::text[], $6::bigint[],
-                     $7::bigint[], $8::bigint[], $9::bigint[], $10::bigint[], $11::bigint[], $12::bigint[],
-                     $13::bigint[], $14::bigint[], $15::bigint[], $16::bigint[], $17::bigint[], $18::bigint[],
-                     $19::bigint[], $20::bytea[], $21::bytea[])
-                 ON CONFLICT (replica, dim, value, hour_ms) DO UPDATE SET {sums},
-                     provider = CASE WHEN EXCLUDED.provider <> '' AND EXCLUDED.last_ms >= {s}.perf_hourly.last_ms
-                                     THEN EXCLUDED.provider ELSE {s}.perf_hourly.provider END,
-                     first_ms = least({s}.perf_hourly.first_ms, EXCLUDED.first_ms),
-                     last_ms = greatest({s}.perf_hourly.last_ms, EXCLUDED.last_ms),
-                     latency = EXCLUDED.latency, ttft = EXCLUDED.ttft"
-            );
-            let [c0, c1, c2, c3, c4, c5, c6, c7, c8, c9, c10, c11, c12, c13] = &counts;
-            tx.execute(
-                &upsert,
-                &[
-                    &self.replica,
-                    &dims,
-                    &values,
-                    &hours,
-                    &providers,
-                    c0,
-                    c1,
-                    c2,
-                    c3,
-                    c4,
-                    c5,
-                    c6,
-                    c7,
-                    c8,
-                    c9,
-                    c10,
-                    c11,
-                    c12,
-                    c13,
-                    &latency,
-                    &ttft,
-                ],
-            )
-            .await
-            .map_err(|e| unavailable(&e))?;
+            let (latency, ttft) = self.merged_hists(&tx, &rows, merge).await?;
+            self.add_rows(&tx, &rows, &latency, &ttft).await?;
             tx.commit().await.map_err(|e| unavailable(&e))?;
             Ok(true)
         })
@@ -333,6 +227,147 @@ impl SharedLedger {
         })
         .await?;
         Ok(total)
+    }
+}
+
+/// A stored row's key: grouping, value, hour.
+type RowKey = (String, String, i64);
+
+impl SharedLedger {
+    /// The histograms `rows` leave in their stored rows (locked until the
+    /// commit): the stored ones merged with the batch's, or the batch's.
+    async fn merged_hists(
+        &self,
+        tx: &deadpool_postgres::Transaction<'_>,
+        rows: &[HourRow],
+        merge: MergeHist,
+    ) -> Result<(Vec<Vec<u8>>, Vec<Vec<u8>>), ClusterError> {
+        let s = &self.schema;
+        let dims: Vec<&str> = rows.iter().map(|r| r.dim.as_str()).collect();
+        let values: Vec<&str> = rows.iter().map(|r| r.value.as_str()).collect();
+        let hours: Vec<i64> = rows.iter().map(|r| ms(r.hour_ms)).collect();
+        let stored = tx
+            .query(
+                &format!(
+                    "SELECT h.dim, h.value, h.hour_ms, h.latency, h.ttft FROM {s}.perf_hourly h
+                     JOIN unnest($2::text[], $3::text[], $4::bigint[]) AS k(dim, value, hour_ms)
+                       ON h.dim = k.dim AND h.value = k.value AND h.hour_ms = k.hour_ms
+                     WHERE h.replica = $1
+                     ORDER BY h.dim, h.value, h.hour_ms FOR UPDATE OF h"
+                ),
+                &[&self.replica, &dims, &values, &hours],
+            )
+            .await
+            .map_err(|e| unavailable(&e))?;
+        let mut hists: HashMap<RowKey, [Vec<u8>; 2]> =
+            stored.iter().map(|row| ((row.get(0), row.get(1), row.get(2)), [row.get(3), row.get(4)])).collect();
+        let first = |hists: &[Vec<u8>]| hists.first().cloned().unwrap_or_default();
+        let (mut latency, mut ttft) = (Vec::with_capacity(rows.len()), Vec::with_capacity(rows.len()));
+        for row in rows {
+            let key = (row.dim.clone(), row.value.clone(), ms(row.hour_ms));
+            let (lat, tt) = match hists.remove(&key) {
+                Some([lat, tt]) => (merge(&lat, &first(&row.latency)), merge(&tt, &first(&row.ttft))),
+                None => (first(&row.latency), first(&row.ttft)),
+            };
+            latency.push(lat);
+            ttft.push(tt);
+        }
+        Ok((latency, ttft))
+    }
+
+    /// Adds `rows` to this replica's stored ones (one statement), their
+    /// histograms replaced by the merged `latency` and `ttft`.
+    async fn add_rows(
+        &self,
+        tx: &deadpool_postgres::Transaction<'_>,
+        rows: &[HourRow],
+        latency: &[Vec<u8>],
+        ttft: &[Vec<u8>],
+    ) -> Result<(), ClusterError> {
+        let s = &self.schema;
+        let dims: Vec<&str> = rows.iter().map(|r| r.dim.as_str()).collect();
+        let values: Vec<&str> = rows.iter().map(|r| r.value.as_str()).collect();
+        let hours: Vec<i64> = rows.iter().map(|r| ms(r.hour_ms)).collect();
+        let column = |f: fn(&HourRow) -> i64| rows.iter().map(f).collect::<Vec<i64>>();
+        let providers: Vec<&str> = rows.iter().map(|r| r.provider.as_str()).collect();
+        let counts = [
+            column(|r| r.requests),
+            column(|r| r.successes),
+            column(|r| r.failures),
+            column(|r| r.client_faults),
+            column(|r| r.aborted),
+            column(|r| r.input_tokens),
+            column(|r| r.output_tokens),
+            column(|r| r.cached_tokens),
+            column(|r| r.cost.nanos()),
+            column(|r| r.fallbacks),
+            column(|r| r.ratings),
+            column(|r| r.rating_sum),
+            column(|r| r.first_ms),
+            column(|r| r.last_ms),
+        ];
+        let added = |c: &str| format!("{c} = {s}.perf_hourly.{c} + EXCLUDED.{c}");
+        let sums = [
+            "requests",
+            "successes",
+            "failures",
+            "client_faults",
+            "aborted",
+            "input_tokens",
+            "output_tokens",
+            "cached_tokens",
+            "cost_nanos",
+            "fallbacks",
+            "ratings",
+            "rating_sum",
+        ]
+        .map(added)
+        .join(", ");
+        let upsert = format!(
+            "INSERT INTO {s}.perf_hourly (replica, dim, value, hour_ms, provider, requests, successes, failures,
+                 client_faults, aborted, input_tokens, output_tokens, cached_tokens, cost_nanos, fallbacks,
+                 ratings, rating_sum, first_ms, last_ms, latency, ttft)
+             SELECT $1, * FROM unnest($2::text[], $3::text[], $4::bigint[], $5::text[], $6::bigint[],
+                 $7::bigint[], $8::bigint[], $9::bigint[], $10::bigint[], $11::bigint[], $12::bigint[],
+                 $13::bigint[], $14::bigint[], $15::bigint[], $16::bigint[], $17::bigint[], $18::bigint[],
+                 $19::bigint[], $20::bytea[], $21::bytea[])
+             ON CONFLICT (replica, dim, value, hour_ms) DO UPDATE SET {sums},
+                 provider = CASE WHEN EXCLUDED.provider <> '' AND EXCLUDED.last_ms >= {s}.perf_hourly.last_ms
+                                 THEN EXCLUDED.provider ELSE {s}.perf_hourly.provider END,
+                 first_ms = least({s}.perf_hourly.first_ms, EXCLUDED.first_ms),
+                 last_ms = greatest({s}.perf_hourly.last_ms, EXCLUDED.last_ms),
+                 latency = EXCLUDED.latency, ttft = EXCLUDED.ttft"
+        );
+        let [c0, c1, c2, c3, c4, c5, c6, c7, c8, c9, c10, c11, c12, c13] = &counts;
+        tx.execute(
+            &upsert,
+            &[
+                &self.replica,
+                &dims,
+                &values,
+                &hours,
+                &providers,
+                c0,
+                c1,
+                c2,
+                c3,
+                c4,
+                c5,
+                c6,
+                c7,
+                c8,
+                c9,
+                c10,
+                c11,
+                c12,
+                c13,
+                &latency,
+                &ttft,
+            ],
+        )
+        .await
+        .map_err(|e| unavailable(&e))?;
+        Ok(())
     }
 }
 

@@ -624,14 +624,13 @@ impl Fleet {
         let shared = crate::shared::SharedBudgets::start(options.cluster.as_ref(), &budgets)
             .await
             .map_err(|e| FleetError::Start(format!("[cluster]: {e}")))?;
-        let records = shared.as_ref().map(|shared| {
-            crate::records::SharedRecords::start(shared.ledger().clone(), &store, options.store.aggregate_retain_days)
-        });
         let timer = TokioTimer::new();
         let (tracker, ejections) = crate::ejections::start(options.tracker, options.cluster.as_ref(), &catalog, timer)
             .await
             .map_err(|e| FleetError::Start(format!("[cluster]: {e}")))?;
         let fleet = Fleet {
+            // First: it borrows the store and the shared ledger moved below.
+            records: crate::records::SharedRecords::start(shared.as_ref(), &store, options.store.aggregate_retain_days),
             running: Arc::new(running),
             store,
             catalog,
@@ -669,7 +668,6 @@ impl Fleet {
             memory: Arc::new(MemoryProbe::new()),
             shared,
             ejections,
-            records,
         };
         // Simulated time has no past to warm from: its clock starts now.
         let warmed = if options.virtual_time { 0 } else { fleet.warm_start().await };

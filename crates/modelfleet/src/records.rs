@@ -177,10 +177,15 @@ fn merge_hist(stored: &[u8], added: &[u8]) -> Vec<u8> {
 }
 
 impl SharedRecords {
-    /// Ships what `store` commits from now on to `ledger`, every
-    /// [`SHIP_EVERY`]; prunes records older than `retain_days` (0 keeps
-    /// them) every hour.
-    pub(crate) fn start(ledger: SharedLedger, store: &Store, retain_days: u32) -> Arc<SharedRecords> {
+    /// Under `[cluster]` (`shared`), ships what `store` commits from now
+    /// on to the shared store, every [`SHIP_EVERY`]; prunes records older
+    /// than `retain_days` (0 keeps them) every hour.
+    pub(crate) fn start(
+        shared: Option<&Arc<crate::shared::SharedBudgets>>,
+        store: &Store,
+        retain_days: u32,
+    ) -> Option<Arc<SharedRecords>> {
+        let ledger = shared?.ledger().clone();
         let incoming = Arc::new(Mutex::new(Vec::new()));
         let handed = Arc::clone(&incoming);
         // On the writer thread, after each COMMIT: a push under a short lock.
@@ -221,7 +226,7 @@ impl SharedRecords {
             }
         });
         *records.task.lock().unwrap_or_else(PoisonError::into_inner) = Some(task);
-        records
+        Some(records)
     }
 
     /// Ships what the writer handed over so far: the batch in flight (if
