@@ -338,3 +338,52 @@ pub(crate) async fn history(
     }
     Ok(History { from_ms: from, to_ms: to, groups })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `requests` answers of `value` under `dim` in the hour `hour`.
+    fn delta(dim: Dim, hour: u64, value: &str, requests: u64) -> HourDelta {
+        let added = Aggregate { value: value.to_owned(), requests, first_ms: hour * HOUR_MS, ..Aggregate::default() };
+        HourDelta { dim, hour_ms: hour * HOUR_MS, added, rerated: (0, 0) }
+    }
+
+    fn outbox() -> Outbox {
+        Outbox { run: 1, next_seq: 1, pending: BTreeMap::new(), in_flight: None }
+    }
+
+    #[test]
+    fn past_the_bound_the_oldest_hour_goes_and_its_requests_are_counted() {
+        let mut outbox = outbox();
+        // Hour 1: 3 requests of one model, in one group per grouping.
+        outbox.fold(vec![delta(Dim::Model, 1, "m", 3), delta(Dim::Key, 1, "", 3)]);
+        // Hour 2: as many key groups as the bound allows with hour 1 (and a model group).
+        let keys = (0..MAX_GROUPS - 2).map(|i| delta(Dim::Key, 2, &format!("k{i}"), 1));
+        outbox.fold(keys.chain([delta(Dim::Model, 2, "m", 4094)]).collect());
+        assert_eq!((outbox.pending.len(), outbox.bound()), (MAX_GROUPS + 1, 3), "hour 1 went");
+        assert_eq!(outbox.backlog(), 4_094);
+        assert!(outbox.pending.keys().all(|(hour, _, _)| *hour == 2 * HOUR_MS));
+        assert_eq!(outbox.bound(), 0, "within the bound now");
+        // A batch keeps its number until it is taken; folds go to the next.
+        outbox.take_batch();
+        outbox.fold(vec![delta(Dim::Model, 3, "m", 1)]);
+        outbox.take_batch();
+        let (batch, requests) = outbox.in_flight.as_ref().unwrap();
+        assert_eq!((batch.seq, *requests, batch.rows.len()), (1, 4_094, MAX_GROUPS - 1));
+        assert_eq!((outbox.pending.len(), outbox.backlog()), (1, 4_095));
+    }
+
+    #[test]
+    fn deltas_of_one_group_and_hour_fold_into_one_row_with_their_ratings() {
+        let mut outbox = outbox();
+        let mut rated = delta(Dim::Model, 1, "m", 0);
+        rated.rerated = (1, -2);
+        outbox.fold(vec![delta(Dim::Model, 1, "m", 2), rated, delta(Dim::Model, 1, "m", 1)]);
+        outbox.take_batch();
+        let (batch, requests) = outbox.in_flight.as_ref().unwrap();
+        assert_eq!(*requests, 3);
+        let [row] = batch.rows.as_slice() else { panic!("{:?}", batch.rows) };
+        assert_eq!((row.dim.as_str(), row.requests, row.ratings, row.rating_sum), ("model", 3, 1, -2));
+    }
+}
