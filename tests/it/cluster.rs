@@ -18,7 +18,7 @@ use modelfleet_cluster::{BudgetKey, SharedLedger};
 use crate::support::validated;
 
 /// The config's environment: the test server's URL.
-fn env(name: &str) -> Option<String> {
+pub(crate) fn env(name: &str) -> Option<String> {
     (name == "MODELFLEET_TEST_POSTGRES_URL").then(test_url)
 }
 
@@ -26,7 +26,7 @@ fn test_url() -> String {
     std::env::var("MODELFLEET_TEST_POSTGRES").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
 }
 
-fn postgres_url() -> Option<String> {
+pub(crate) fn postgres_url() -> Option<String> {
     let url = test_url();
     let reachable = std::net::TcpStream::connect_timeout(&"127.0.0.1:5432".parse().unwrap(), Duration::from_secs(2))
         .is_ok()
@@ -176,15 +176,15 @@ async fn three_replicas_never_pass_one_hard_budget(leases: bool) {
 /// A loopback TCP proxy to the test's PostgreSQL that the test can cut
 /// (every connection dropped, new ones refused) and restore: the shared
 /// server itself is never touched.
-struct Proxy {
-    port: u16,
+pub(crate) struct Proxy {
+    pub(crate) port: u16,
     cut: Arc<std::sync::atomic::AtomicBool>,
     links: Arc<std::sync::Mutex<tokio::task::JoinSet<()>>>,
     accepting: tokio::task::JoinHandle<()>,
 }
 
 impl Proxy {
-    async fn start(upstream: std::net::SocketAddr) -> Proxy {
+    pub(crate) async fn start(upstream: std::net::SocketAddr) -> Proxy {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let cut = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -206,7 +206,7 @@ impl Proxy {
     }
 
     /// Cuts every connection and refuses new ones, or lets them through again.
-    fn set_cut(&self, cut: bool) {
+    pub(crate) fn set_cut(&self, cut: bool) {
         self.cut.store(cut, std::sync::atomic::Ordering::SeqCst);
         if cut {
             self.links.lock().unwrap().abort_all();
@@ -221,7 +221,7 @@ impl Drop for Proxy {
 }
 
 /// Polls `check` every 100 ms for up to 20 s: whether it came true.
-async fn eventually<F: std::future::Future<Output = bool>>(mut check: impl FnMut() -> F) -> bool {
+pub(crate) async fn eventually<F: std::future::Future<Output = bool>>(mut check: impl FnMut() -> F) -> bool {
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while std::time::Instant::now() < deadline {
         if check().await {

@@ -1,6 +1,7 @@
 //! Cross-crate integration tests: one binary, one module per scenario.
 
 mod cluster;
+mod cluster_records;
 mod endpoints;
 mod feedback;
 mod full_stack;

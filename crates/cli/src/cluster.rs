@@ -58,7 +58,7 @@ pub(crate) fn run(action: ClusterAction) -> anyhow::Result<()> {
 }
 
 /// `[cluster]` of the configuration at `path`, validated.
-fn cluster_settings(path: &Path) -> anyhow::Result<modelfleet::config::ClusterSettings> {
+pub(crate) fn cluster_settings(path: &Path) -> anyhow::Result<modelfleet::config::ClusterSettings> {
     let env = |name: &str| std::env::var(name).ok();
     let base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
     let options =

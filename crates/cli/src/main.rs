@@ -111,6 +111,10 @@ enum Command {
         /// The database file.
         #[arg(long)]
         db: Option<PathBuf>,
+        /// A replica's configuration with `[cluster]`: the report is the
+        /// whole fleet's, read from its PostgreSQL (every replica's records).
+        #[arg(long)]
+        config: Option<PathBuf>,
         /// The start of the range.
         #[arg(long, conflicts_with = "last")]
         from: Option<String>,
@@ -345,7 +349,7 @@ impl SelectArgs {
 pub(crate) struct CheckFailed;
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_current_thread().enable_time().build()?)
+    Ok(tokio::runtime::Builder::new_current_thread().enable_all().build()?)
 }
 
 /// Opens the fleet on `db` for a command that reads or rates (report,
@@ -368,7 +372,7 @@ fn run(cli: Cli) -> anyhow::Result<Result<(), CheckFailed>> {
         Command::Models { action } => models(action),
         Command::Select(args) => select(&args, false),
         Command::Explain(args) => select(&args, true),
-        Command::Report { db, from, to, last, by, json } => {
+        Command::Report { db, config, from, to, last, by, json } => {
             let now = modelfleet::registry::Clock::now_ms(&modelfleet::registry::SystemClock);
             let query = match ReportQuery::parse(from.as_deref(), to.as_deref(), last.as_deref(), Some(&by), now) {
                 Ok(query) => query,
@@ -376,9 +380,14 @@ fn run(cli: Cli) -> anyhow::Result<Result<(), CheckFailed>> {
                 Err(why) => Cli::command().error(clap::error::ErrorKind::ValueValidation, why).exit(),
             };
             runtime()?.block_on(async {
+                let cluster = config.as_deref().map(cluster::cluster_settings).transpose()?;
                 let fleet = open(db).await?;
-                let report = fleet.report(&query).await?;
+                let report = match &cluster {
+                    Some(settings) => fleet.cluster_report(&query, settings).await,
+                    None => fleet.report(&query).await,
+                };
                 fleet.shutdown().await?;
+                let report = report?;
                 output::print(json, &report, || output::report(&report, None));
                 Ok(Ok(()))
             })

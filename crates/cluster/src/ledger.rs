@@ -176,7 +176,9 @@ pub(crate) fn unavailable(err: &tokio_postgres::Error) -> ClusterError {
     let data = err.code().is_some_and(|code| {
         code.code().starts_with("22") || code.code().starts_with("23") || *code == SqlState::UNDEFINED_TABLE
     });
-    if data { ClusterError::Invalid(err.to_string()) } else { ClusterError::Unavailable(err.to_string()) }
+    // The server's own words ("db error" alone says nothing).
+    let message = err.as_db_error().map_or_else(|| err.to_string(), |db| format!("db error: {}", db.message()));
+    if data { ClusterError::Invalid(message) } else { ClusterError::Unavailable(message) }
 }
 
 impl SharedLedger {
@@ -271,10 +273,19 @@ impl SharedLedger {
         &self,
         work: impl Future<Output = Result<T, ClusterError>>,
     ) -> Result<T, ClusterError> {
+        self.within_for(self.timeout, work).await
+    }
+
+    /// [`SharedLedger::within`] with another bound (a report's long read).
+    pub(crate) async fn within_for<T>(
+        &self,
+        limit: Duration,
+        work: impl Future<Output = Result<T, ClusterError>>,
+    ) -> Result<T, ClusterError> {
         let started = std::time::Instant::now();
-        let outcome = tokio::time::timeout(self.timeout, work).await.unwrap_or_else(|_| {
-            Err(ClusterError::Unavailable(format!("no answer within {} ms", self.timeout.as_millis())))
-        });
+        let outcome = tokio::time::timeout(limit, work)
+            .await
+            .unwrap_or_else(|_| Err(ClusterError::Unavailable(format!("no answer within {} ms", limit.as_millis()))));
         self.stats.record(started.elapsed(), matches!(outcome, Err(ClusterError::Unavailable(_))));
         outcome
     }

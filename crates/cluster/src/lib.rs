@@ -54,6 +54,17 @@
 //! read-only to edits. A write notifies at commit; replicas listen
 //! ([`SharedCatalog::listen`]) and re-read every second anyway.
 //!
+//! # Records of every replica ([`SharedLedger::ship`])
+//!
+//! Each replica ships what its store added to its hourly aggregates
+//! (requests by verdict, tokens, exact cost, fallbacks, ratings, latency
+//! histograms as bytes the caller encodes and merges) per grouping, value
+//! and hour, in batches of one transaction each, into rows of its own
+//! (`perf_hourly`, keyed by replica: no replica waits on another's
+//! locks). A batch carries its replica's run and a sequence number, and is
+//! applied once however often it is sent. [`SharedLedger::records`] sums
+//! every replica's rows for a report.
+//!
 //! # Shared ejections ([`SharedEjections`])
 //!
 //! Only the fact "model X is ejected until T (reason)" is shared; each
@@ -82,6 +93,7 @@ mod catalog;
 mod ejections;
 mod lease;
 mod ledger;
+mod records;
 mod schema;
 
 pub use catalog::{
@@ -95,6 +107,7 @@ pub use lease::{Checkpoint, Report, Slice};
 pub use ledger::{
     BudgetKey, Hold, HoldRefused, HoldRow, LedgerStats, PeriodRow, ReplicaRow, SWEEP_BATCH, SharedLedger,
 };
+pub use records::{HourRow, MergeHist, RecordBatch};
 
 /// What went wrong talking to the shared stores.
 #[derive(Debug, thiserror::Error)]
@@ -112,5 +125,7 @@ pub enum ClusterError {
 
 #[cfg(test)]
 mod catalog_tests;
+#[cfg(test)]
+mod records_tests;
 #[cfg(test)]
 mod tests;

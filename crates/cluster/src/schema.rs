@@ -80,7 +80,47 @@ const MIGRATIONS: &[&str] = &[
         after TEXT
     );
     CREATE INDEX catalog_changes_model ON {s}.catalog_changes (model, seq);",
+    // 5: records (see `RECORDS`).
+    RECORDS,
 ];
+
+/// Spend and performance records of every replica (`records.rs`): each
+/// replica's hourly aggregates per grouping and value, its own rows (so
+/// replicas never wait on one another's row locks), summed on read; and
+/// per replica and run the last batch applied, so a batch sent again after
+/// a lost reply counts once. Written to stand at any place in the list.
+const RECORDS: &str = "CREATE TABLE {s}.perf_hourly (
+        replica TEXT NOT NULL,
+        dim TEXT NOT NULL,
+        value TEXT NOT NULL,
+        hour_ms BIGINT NOT NULL,
+        provider TEXT NOT NULL DEFAULT '',
+        requests BIGINT NOT NULL DEFAULT 0,
+        successes BIGINT NOT NULL DEFAULT 0,
+        failures BIGINT NOT NULL DEFAULT 0,
+        client_faults BIGINT NOT NULL DEFAULT 0,
+        aborted BIGINT NOT NULL DEFAULT 0,
+        input_tokens BIGINT NOT NULL DEFAULT 0,
+        output_tokens BIGINT NOT NULL DEFAULT 0,
+        cached_tokens BIGINT NOT NULL DEFAULT 0,
+        cost_nanos BIGINT NOT NULL DEFAULT 0,
+        fallbacks BIGINT NOT NULL DEFAULT 0,
+        ratings BIGINT NOT NULL DEFAULT 0,
+        rating_sum BIGINT NOT NULL DEFAULT 0,
+        first_ms BIGINT NOT NULL,
+        last_ms BIGINT NOT NULL,
+        latency BYTEA NOT NULL,
+        ttft BYTEA NOT NULL,
+        PRIMARY KEY (replica, dim, value, hour_ms)
+    );
+    CREATE INDEX perf_hourly_range ON {s}.perf_hourly (dim, hour_ms);
+    CREATE TABLE {s}.perf_batches (
+        replica TEXT NOT NULL,
+        run BIGINT NOT NULL,
+        last_seq BIGINT NOT NULL,
+        shipped_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+        PRIMARY KEY (replica, run)
+    );";
 
 /// `name` if it is a plain lower-case SQL identifier (it is written into
 /// statements, so nothing else is accepted).

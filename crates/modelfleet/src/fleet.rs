@@ -362,6 +362,11 @@ pub enum FleetError {
     /// nothing changed.
     #[error("{0}")]
     Catalog(modelfleet_cluster::EditRefused),
+    /// The shared store (`[cluster]`) could not be read or written: a
+    /// report of the whole fleet cannot be made (the message never holds
+    /// its URL).
+    #[error("the fleet's records are in the shared store, which failed: {0}")]
+    Cluster(String),
 }
 
 /// Why a budget administration request was refused.
@@ -478,6 +483,8 @@ pub struct Fleet {
     shared: Option<Arc<crate::shared::SharedBudgets>>,
     /// `[cluster] redis_url`: ejections shared with other replicas, while it lives.
     ejections: Option<crate::ejections::EjectionSharing>,
+    /// `[cluster]`: this replica's records shipped to every replica's history.
+    pub(crate) records: Option<Arc<crate::records::SharedRecords>>,
 }
 
 impl std::fmt::Debug for Fleet {
@@ -646,6 +653,8 @@ impl Fleet {
             .await
             .map_err(|e| FleetError::Start(format!("[cluster]: {e}")))?;
         let fleet = Fleet {
+            // First: it borrows the store and the shared ledger moved below.
+            records: crate::records::SharedRecords::start(shared.as_ref(), &store, options.store.aggregate_retain_days),
             running: Arc::new(running),
             store,
             catalog,
@@ -721,8 +730,13 @@ impl Fleet {
     /// The shared budget store, with `[cluster]`.
     #[must_use]
     pub fn cluster_status(&self) -> Option<crate::shared::ClusterStatus> {
+        let (records_shipped, records_dropped, records_pending) =
+            self.records.as_ref().map_or((0, 0, 0), |records| records.counts());
         self.shared.as_ref().map(|shared| crate::shared::ClusterStatus {
             redis_reachable: self.ejections.as_ref().map(crate::ejections::EjectionSharing::reachable),
+            records_shipped,
+            records_dropped,
+            records_pending,
             ..shared.status()
         })
     }
@@ -1502,10 +1516,24 @@ impl Fleet {
             // Leases return what they did not use, now rather than when they expire.
             Box::pin(shared.close_leases()).await;
         }
-        self.running
+        let stopped = self
+            .running
             .stop()
             .await
-            .map_err(|e| FleetError::Stop(modelfleet_errors::sanitize(&e.to_string()).into_owned()))
+            .map_err(|e| FleetError::Stop(modelfleet_errors::sanitize(&e.to_string()).into_owned()));
+        if let Some(records) = &self.records {
+            // The store flushed as it stopped: its last records go out now,
+            // or are counted pending (lost to the fleet's reports, kept in
+            // this replica's file).
+            let timeout = self.shared.as_ref().map_or(Duration::from_secs(5), |shared| shared.timeout());
+            if !matches!(tokio::time::timeout(timeout * 2, Box::pin(records.ship())).await, Ok(Ok(()))) {
+                tracing::warn!(
+                    pending = records.counts().2,
+                    "this replica's last records did not reach the shared store: the fleet's reports miss them"
+                );
+            }
+        }
+        stopped
     }
 }
 

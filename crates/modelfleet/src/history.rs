@@ -364,17 +364,63 @@ impl Fleet {
     /// # Errors
     ///
     /// [`FleetError::Store`] when the database cannot be read.
+    ///
+    /// Under `[cluster]` the report is every replica's: this replica's
+    /// last records are shipped first, then every replica's hourly records
+    /// are read from PostgreSQL, over the whole hours covering the range
+    /// (the report's `from` and `to` say so).
+    ///
+    /// # Errors
+    ///
+    /// [`FleetError::Store`] when the database cannot be read;
+    /// [`FleetError::Cluster`] when, under `[cluster]`, the shared store
+    /// cannot be reached (a report of this replica alone would pass for
+    /// the fleet's).
     pub async fn report(&self, query: &ReportQuery) -> Result<HistoryReport, FleetError> {
         let store = Arc::clone(&self.store);
-        let mut dims = vec![Dim::Model, Dim::Provider, Dim::Category];
-        if !dims.contains(&query.by) {
-            dims.push(query.by);
-        }
+        let dims = report_dims(query.by);
         let (from, to) = (query.from_ms, query.to_ms);
-        let history = tokio::task::spawn_blocking(move || store.flush().and_then(|()| store.history(from, to, &dims)))
+        let Some(records) = &self.records else {
+            let history =
+                tokio::task::spawn_blocking(move || store.flush().and_then(|()| store.history(from, to, &dims)))
+                    .await
+                    .map_err(|e| FleetError::Store(modelfleet_store::Error::Write(e.to_string())))?
+                    .map_err(FleetError::Store)?;
+            return Ok(self.build_report(&history, query.by));
+        };
+        // Committed locally, this replica's records were handed to the shipping.
+        tokio::task::spawn_blocking(move || store.flush())
             .await
             .map_err(|e| FleetError::Store(modelfleet_store::Error::Write(e.to_string())))?
             .map_err(FleetError::Store)?;
+        let failed = |e: modelfleet_cluster::ClusterError| FleetError::Cluster(e.to_string());
+        Box::pin(records.ship()).await.map_err(failed)?;
+        let history = Box::pin(records.history(from, to, &dims)).await.map_err(failed)?;
+        Ok(self.build_report(&history, query.by))
+    }
+
+    /// The report over `query`'s range of the records every replica of the
+    /// cluster `settings` name shipped, read without joining the cluster
+    /// (nothing is created, migrated or shipped): `modelfleet report
+    /// --config`. The catalog, budgets and health in it are this fleet's.
+    ///
+    /// # Errors
+    ///
+    /// [`FleetError::Cluster`] when the shared store cannot be read (or
+    /// its schema is missing or of another version).
+    pub async fn cluster_report(
+        &self,
+        query: &ReportQuery,
+        settings: &modelfleet_config_validate::ClusterSettings,
+    ) -> Result<HistoryReport, FleetError> {
+        let failed = |e: modelfleet_cluster::ClusterError| FleetError::Cluster(e.to_string());
+        let timeout = Duration::from_millis(settings.timeout_ms);
+        let ledger = modelfleet_cluster::SharedLedger::inspect(&settings.postgres_url, &settings.schema, timeout)
+            .await
+            .map_err(failed)?;
+        let dims = report_dims(query.by);
+        let history =
+            Box::pin(crate::records::history(&ledger, query.from_ms, query.to_ms, &dims)).await.map_err(failed)?;
         Ok(self.build_report(&history, query.by))
     }
 
@@ -636,6 +682,15 @@ impl Fleet {
         }
         rows.len()
     }
+}
+
+/// The groupings a report reads: its tables' and the one asked.
+fn report_dims(by: Dim) -> Vec<Dim> {
+    let mut dims = vec![Dim::Model, Dim::Provider, Dim::Category];
+    if !dims.contains(&by) {
+        dims.push(by);
+    }
+    dims
 }
 
 fn advice(model: &str, finding: Finding, alternative: Option<String>, mut message: String) -> Recommendation {

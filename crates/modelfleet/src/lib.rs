@@ -30,6 +30,7 @@ mod ejections;
 mod fleet;
 mod history;
 mod leases;
+mod records;
 mod services;
 mod shared;
 mod sim;

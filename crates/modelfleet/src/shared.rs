@@ -96,11 +96,6 @@ impl SharedBudgets {
         })
     }
 
-    /// The shared ledger (the shared catalog is on its connections).
-    pub(crate) fn ledger(&self) -> &SharedLedger {
-        &self.ledger
-    }
-
     /// Why hard budgets refuse right now, if the shared store failed in
     /// the last [`DOWN_FOR`]: requests under them are refused at once
     /// (`503 budget_store_unavailable`) instead of each waiting for the
@@ -173,6 +168,16 @@ impl SharedBudgets {
         }
     }
 
+    /// The shared ledger (its pool serves the catalog and the records too).
+    pub(crate) fn ledger(&self) -> &SharedLedger {
+        &self.ledger
+    }
+
+    /// How long a call to the shared store may take.
+    pub(crate) fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
     /// The shared store as this replica sees it.
     pub(crate) fn status(&self) -> ClusterStatus {
         let reachable = self.ledger.reachable();
@@ -187,6 +192,9 @@ impl SharedBudgets {
             ledger_failures: self.ledger.stats().failures,
             ledger_seconds: Duration::from_micros(self.ledger.stats().micros).as_secs_f64(),
             redis_reachable: None,
+            records_shipped: 0,
+            records_dropped: 0,
+            records_pending: 0,
         }
     }
 
@@ -232,6 +240,14 @@ pub struct ClusterStatus {
     /// With `redis_url`: whether the last call to Redis got through (when
     /// not, ejections stay local to this replica).
     pub redis_reachable: Option<bool>,
+    /// Requests whose records this replica shipped to every replica's
+    /// history so far.
+    pub records_shipped: u64,
+    /// Requests whose records were dropped before they reached it (the
+    /// store unreachable past the pending bound, or a batch it refused).
+    pub records_dropped: u64,
+    /// Requests whose records wait to be shipped now.
+    pub records_pending: u64,
 }
 
 /// How often a replica says it lives.

@@ -289,15 +289,44 @@ fn hour_after(at_ms: u64) -> u64 {
     at_ms.div_ceil(HOUR_MS).saturating_mul(HOUR_MS)
 }
 
+/// What one committed write transaction added to one group's hour of the
+/// aggregates: handed to the [export](crate::Store::export_history) after
+/// the COMMIT, so another store (replicas sharing their history) can add
+/// exactly what this one did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HourDelta {
+    /// The grouping.
+    pub dim: Dim,
+    /// The hour (its start, Unix ms).
+    pub hour_ms: u64,
+    /// What the transaction's rows added: the group's value, for a model
+    /// its provider, the counts, tokens, cost and histograms. A delta that
+    /// only re-rates earlier rows has no requests, `first_ms` `u64::MAX`
+    /// and `last_ms` 0.
+    pub added: Aggregate,
+    /// Ratings given to earlier rows of the group and hour: how many more
+    /// rated rows (0 when a rating replaced another) and how much their
+    /// sum moved (negative for a lower rating). Ratings carried by the
+    /// rows themselves are in `added`.
+    pub rerated: (i64, i64),
+}
+
 /// A batch's rows, folded per group and hour: one upsert each.
 #[derive(Default)]
 pub(crate) struct Hourly {
     /// Per grouping and hour, the groups by value: a row finds its group
     /// without allocating a key.
     groups: HashMap<(Dim, u64), HashMap<String, Aggregate>>,
+    /// With an export: what was written, kept for it.
+    pub(crate) written: Option<Vec<HourDelta>>,
 }
 
 impl Hourly {
+    /// Folds that keep what they write for an export when `export`.
+    pub(crate) fn new(export: bool) -> Hourly {
+        Hourly { groups: HashMap::new(), written: export.then(Vec::new) }
+    }
+
     pub(crate) fn add(&mut self, row: &Row<'_>) {
         let hour = hour_of(row.at_ms);
         for dim in Dim::ALL {
@@ -333,13 +362,11 @@ impl Hourly {
             self.groups.drain().flat_map(|((dim, hour), by)| by.into_iter().map(move |(v, a)| (dim, v, hour, a)));
         for (dim, value, hour, delta) in groups {
             let stored = read.query_row(params![dim.as_str(), value, to_i64(hour)], stored_row).optional()?;
-            let merged = match stored {
-                Some(mut stored) => {
-                    stored.merge(&delta);
-                    stored
-                }
-                None => delta,
-            };
+            let merged = stored.map(|mut stored| {
+                stored.merge(&delta);
+                stored
+            });
+            let merged = merged.as_ref().unwrap_or(&delta);
             write.execute(params![
                 dim.as_str(),
                 value,
@@ -362,6 +389,10 @@ impl Hourly {
                 merged.latency.encode(),
                 merged.ttft.encode(),
             ])?;
+            if let Some(written) = &mut self.written {
+                // Moved, not copied: its histograms may be kilobytes.
+                written.push(HourDelta { dim, hour_ms: hour, added: delta, rerated: (0, 0) });
+            }
         }
         Ok(())
     }
@@ -626,7 +657,7 @@ pub(crate) struct Rating {
 /// `feedback` with its comment, and in the model's usage totals and the
 /// row's hourly aggregates, replacing the request's earlier rating if any.
 /// A row gone meanwhile (pruned) takes no rating.
-pub(crate) fn write_rating(tx: &Transaction<'_>, rating: &Rating) -> rusqlite::Result<()> {
+pub(crate) fn write_rating(tx: &Transaction<'_>, rating: &Rating, hourly: &mut Hourly) -> rusqlite::Result<()> {
     let row = tx
         .prepare_cached(
             "SELECT at_ms, model, provider, kind, language, key_name, rating, quality FROM perf_log WHERE id = ?1",
@@ -668,7 +699,7 @@ pub(crate) fn write_rating(tx: &Transaction<'_>, rating: &Rating) -> rusqlite::R
         "UPDATE usage SET quality_sum = quality_sum + ?1, quality_count = quality_count + ?2 WHERE model = ?3",
     )?
     .execute(params![quality_delta, i64::from(old_quality.is_none()), model])?;
-    let mut hourly = tx.prepare_cached(
+    let mut update = tx.prepare_cached(
         "UPDATE perf_hourly SET ratings = ratings + ?1, rating_sum = rating_sum + ?2 \
          WHERE dim = ?3 AND value = ?4 AND hour_ms = ?5",
     )?;
@@ -680,7 +711,11 @@ pub(crate) fn write_rating(tx: &Transaction<'_>, rating: &Rating) -> rusqlite::R
         (Dim::Language, language.as_deref().unwrap_or("")),
         (Dim::Key, key.as_deref().unwrap_or("")),
     ] {
-        hourly.execute(params![added, sum_delta, dim.as_str(), value, hour])?;
+        let rerated = update.execute(params![added, sum_delta, dim.as_str(), value, hour])?;
+        if let Some(written) = hourly.written.as_mut().filter(|_| rerated > 0) {
+            let empty = Aggregate { value: value.to_owned(), first_ms: u64::MAX, ..Aggregate::default() };
+            written.push(HourDelta { dim, hour_ms: hour_of(at_ms), added: empty, rerated: (added, sum_delta) });
+        }
     }
     Ok(())
 }

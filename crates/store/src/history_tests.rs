@@ -960,3 +960,54 @@ async fn concurrent_ratings_of_one_request_leave_exactly_one_everywhere() {
         assert_eq!((ratings, sum), (1, u64::from(last)), "{dim}: one rating, the last one");
     }
 }
+
+/// Folds exported deltas of the hours in `[from, to)` as another store
+/// keeping the same aggregates would.
+fn fold_exported(deltas: &[HourDelta], (from, to): (u64, u64), dims: &[Dim]) -> History {
+    let mut groups: BTreeMap<Dim, BTreeMap<String, Aggregate>> = dims.iter().map(|&d| (d, BTreeMap::new())).collect();
+    for delta in deltas.iter().filter(|d| (from..to).contains(&d.hour_ms)) {
+        let Some(into) = groups.get_mut(&delta.dim) else { continue };
+        let group = into.entry(delta.added.value.clone()).or_insert_with(|| Aggregate {
+            value: delta.added.value.clone(),
+            first_ms: u64::MAX,
+            ..Aggregate::default()
+        });
+        group.merge(&delta.added);
+        group.ratings = group.ratings.checked_add_signed(delta.rerated.0).unwrap();
+        group.rating_sum = group.rating_sum.checked_add_signed(delta.rerated.1).unwrap();
+    }
+    History {
+        from_ms: from,
+        to_ms: to,
+        groups: groups.into_iter().map(|(dim, by)| (dim, by.into_values().collect())).collect(),
+    }
+}
+
+#[tokio::test]
+async fn what_is_exported_after_each_commit_adds_up_to_the_stores_own_aggregates() {
+    let (_dir, path) = db();
+    let clock = Arc::new(ManualClock::new(H0 + 4 * HOUR));
+    let store = open(&path, &clock, StoreConfig::default());
+    let exported = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = Arc::clone(&exported);
+    assert!(store.export_history(move |deltas| sink.lock().unwrap().extend(deltas)));
+    assert!(!store.export_history(|_| {}), "one export per store");
+    // Several transactions: one row each, then the rest in one batch.
+    let rows = rows();
+    for row in &rows[..4] {
+        store.commit(Vec::new(), Some(row.clone())).await.unwrap();
+    }
+    for row in &rows[4..] {
+        store.record(row.clone()).await.unwrap();
+    }
+    store.flush().unwrap();
+    let whole = store.history(WHOLE_RANGE.0, WHOLE_RANGE.1, &Dim::ALL).unwrap();
+    assert_eq!(render(&fold_exported(&exported.lock().unwrap(), WHOLE_RANGE, &Dim::ALL)), WHOLE);
+    assert_eq!(render(&whole), WHOLE);
+    // Ratings of earlier rows, a first one and a replaced one, go out as changes.
+    store.rate("req-m-a-1767225600000", 5, None, ("alice", None), H0 + 4 * HOUR).unwrap().unwrap();
+    store.rate("req-m-a-1767225600000", 2, None, ("alice", None), H0 + 4 * HOUR).unwrap().unwrap();
+    let rated = store.history(WHOLE_RANGE.0, WHOLE_RANGE.1, &Dim::ALL).unwrap();
+    assert_ne!(rated, whole, "the ratings changed the aggregates");
+    assert_eq!(fold_exported(&exported.lock().unwrap(), WHOLE_RANGE, &Dim::ALL), rated);
+}

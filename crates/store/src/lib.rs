@@ -110,7 +110,7 @@ use std::path::{Path, PathBuf};
 
 pub use crate::{
     hist::{Hist, HistError},
-    history::{Aggregate, Dim, HOUR_MS, History, Rated, hour_of},
+    history::{Aggregate, Dim, HOUR_MS, History, HourDelta, Rated, hour_of},
     records::{AlertRecord, AuditRow, PerfRecord, RequestFacts, SpendEntry, SpendRow, UsageRow},
     schema::{
         APPLICATION_ID, CHECK_ON_OPEN_MAX_BYTES, CheckReport, Durability, Integrity, SCHEMA_VERSION, check, quarantine,

@@ -23,7 +23,7 @@ use tokio::sync::{
 
 use crate::{
     Error,
-    history::{Dim, History, Rated},
+    history::{Dim, History, HourDelta, Rated},
     records::{AuditRow, PerfRecord, SpendEntry, SpendRow, UsageRow, to_i64, to_u64},
     schema::{self, CHECK_ON_OPEN_MAX_BYTES, Durability, Integrity},
     writer::{self, Ack, BudgetChange, Op, Outcome, Queued, lock},
@@ -345,6 +345,7 @@ impl Store {
             last_error: Mutex::new(None),
             backlog: Mutex::new(None),
             overflow: Mutex::new(Vec::new()),
+            export: std::sync::OnceLock::new(),
             #[cfg(feature = "fault-injection")]
             fail_writes: std::sync::atomic::AtomicBool::new(false),
         });
@@ -395,6 +396,18 @@ impl Store {
     #[must_use]
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// From now on, hands `export` what each committed write transaction
+    /// added to the hourly aggregates ([`HourDelta`]s: new rows' counts,
+    /// tokens, cost and histograms per group and hour, and ratings), on
+    /// the writer thread right after the COMMIT, so another store can keep
+    /// the same aggregates (replicas sharing their history). A transaction
+    /// that fails exports nothing. `export` must return at once: it holds
+    /// up the writer. False, and nothing changes, when an export is set
+    /// already.
+    pub fn export_history(&self, export: impl Fn(Vec<HourDelta>) + Send + Sync + 'static) -> bool {
+        self.shared.export.set(Box::new(export)).is_ok()
     }
 
     // ---- The queue -----------------------------------------------------------

@@ -182,11 +182,17 @@ pub(crate) struct Shared {
     /// (`*_detached`, `save_alert`, `flush`); the writer drains it on every
     /// loop.
     pub(crate) overflow: Mutex<Vec<Queued>>,
+    /// Where committed changes to the hourly aggregates go, once set
+    /// ([`Store::export_history`](crate::Store::export_history)).
+    pub(crate) export: std::sync::OnceLock<Export>,
     /// Every transaction fails while set (the `fault-injection` feature's
     /// [`Store::fail_writes`](crate::Store::fail_writes), for tests).
     #[cfg(feature = "fault-injection")]
     pub(crate) fail_writes: std::sync::atomic::AtomicBool,
 }
+
+/// Takes what each committed transaction added to the hourly aggregates.
+pub(crate) type Export = Box<dyn Fn(Vec<history::HourDelta>) + Send + Sync>;
 
 pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     // The data stays usable after a panic elsewhere.
@@ -443,7 +449,11 @@ impl Writer<'_> {
         }
         let writes = self.batch.iter().filter(|q| q.op.is_write()).count() as u64;
         let outcome = match result {
-            Ok(()) => {
+            Ok(written) => {
+                // Handed on after the COMMIT: only what the file holds.
+                if let Some(export) = shared.export.get().filter(|_| !written.is_empty()) {
+                    export(written);
+                }
                 shared.committed.fetch_add(writes, Ordering::Relaxed);
                 shared.transactions.fetch_add(1, Ordering::Relaxed);
                 // Writing works again: whatever failed before is history
@@ -759,7 +769,7 @@ fn apply(
     batch: &[Queued],
     backlog: &HashMap<SpendKey, (Option<u64>, i64)>,
     shared: &Shared,
-) -> rusqlite::Result<()> {
+) -> rusqlite::Result<Vec<history::HourDelta>> {
     #[cfg(feature = "fault-injection")]
     if shared.fail_writes.load(std::sync::atomic::Ordering::Relaxed) {
         return Err(rusqlite::Error::SqliteFailure(
@@ -770,7 +780,7 @@ fn apply(
     let tx = conn.transaction()?;
     let mut cache_writes = false;
     let mut deltas: Vec<(&str, UsageDelta)> = Vec::new();
-    let mut hourly = Hourly::default();
+    let mut hourly = Hourly::new(shared.export.get().is_some());
     // The backlog was queued before everything in this batch.
     let mut spend: SpendSums<'_> = HashMap::new();
     for ((scope, period, start, provider, model), (end, nanos)) in backlog {
@@ -838,7 +848,7 @@ fn apply(
                     write_usage(&tx, &deltas)?;
                     deltas.clear();
                     hourly.write(&tx)?;
-                    history::write_rating(&tx, rating)?;
+                    history::write_rating(&tx, rating, &mut hourly)?;
                 }
                 Op::Budget(change, _) => {
                     // Spend queued before a change (a reset) lands before it.
@@ -858,7 +868,8 @@ fn apply(
     if cache_writes {
         evict(&tx, shared)?;
     }
-    tx.commit()
+    tx.commit()?;
+    Ok(hourly.written.unwrap_or_default())
 }
 
 /// Deletes up to `limit` performance rows older than `cutoff_ms` (oldest
