@@ -686,6 +686,11 @@ async fn a_catalog_edit_on_one_replica_is_served_by_the_other_and_concurrent_edi
     for base in [a, b] {
         assert!(within(Duration::from_secs(10), || async { chat(base, "quiet").await == 200 }).await, "re-read");
     }
+    // Both now serve the same revision, and say so.
+    let revision = |i: usize| replicas[i].fleet.cluster_status().map_or(0, |c| c.catalog_revision);
+    assert!(revision(0) > 0 && revision(0) == revision(1), "{} vs {}", revision(0), revision(1));
+    let text = client.get(format!("{b}/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(text.contains(&format!("modelfleet_cluster_catalog_revision {}", revision(1))), "{text}");
 
     for replica in replicas {
         replica.stop().await;

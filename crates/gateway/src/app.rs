@@ -1010,6 +1010,11 @@ impl AppState {
         for (name, help, value) in gauges.into_iter().chain(self.memory.gauges()) {
             let _ = metrics.set_gauge(name, help, value);
         }
+        self.cluster_metrics(metrics);
+    }
+
+    /// The shared stores' gauges (`[cluster]`), as this replica sees them.
+    fn cluster_metrics(&self, metrics: &modelfleet::metrics::Metrics) {
         if let Some(cluster) = self.fleet.cluster_status() {
             let cluster_gauges = [
                 (
@@ -1033,6 +1038,26 @@ impl AppState {
                     cluster.ledger_seconds,
                 ),
                 ("modelfleet_cluster_leases_open", "Budget leases this replica holds now.", cluster.leases_open as f64),
+                (
+                    "modelfleet_cluster_records_shipped_total",
+                    "Requests whose records this replica shipped to the fleet's history in PostgreSQL.",
+                    cluster.records_shipped as f64,
+                ),
+                (
+                    "modelfleet_cluster_records_dropped_total",
+                    "Requests whose records were dropped before reaching the fleet's history (kept locally).",
+                    cluster.records_dropped as f64,
+                ),
+                (
+                    "modelfleet_cluster_records_pending",
+                    "Requests whose records wait to be shipped to the fleet's history.",
+                    cluster.records_pending as f64,
+                ),
+                (
+                    "modelfleet_cluster_catalog_revision",
+                    "The shared catalog's revision this replica serves (equal on every replica once an edit reached all).",
+                    cluster.catalog_revision as f64,
+                ),
             ];
             for (name, help, value) in cluster_gauges {
                 let _ = metrics.set_gauge(name, help, value);

@@ -44,6 +44,8 @@ pub(crate) struct CatalogSync {
     /// The revision applied last (`None`: none yet); held while applying,
     /// so copies are applied in order.
     applied: tokio::sync::Mutex<Option<u64>>,
+    /// The revision applied last, for status (0: none yet).
+    revision: std::sync::atomic::AtomicU64,
     /// The listener and the re-reader, stopped with this.
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
@@ -73,6 +75,7 @@ impl CatalogSync {
             catalog: Arc::clone(catalog),
             revisions: RwLock::default(),
             applied: tokio::sync::Mutex::new(None),
+            revision: std::sync::atomic::AtomicU64::new(0),
             tasks: Mutex::default(),
         });
         sync.refresh().await?;
@@ -128,7 +131,13 @@ impl CatalogSync {
         }
         *self.revisions.write().unwrap_or_else(PoisonError::into_inner) = revisions;
         *applied = Some(state.revision);
+        self.revision.store(state.revision, std::sync::atomic::Ordering::Relaxed);
         Ok(())
+    }
+
+    /// The shared catalog's revision this copy is at.
+    pub(crate) fn applied(&self) -> u64 {
+        self.revision.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn revision(&self, id: &str) -> Option<ModelRevision> {

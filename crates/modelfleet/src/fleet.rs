@@ -737,6 +737,7 @@ impl Fleet {
             records_shipped,
             records_dropped,
             records_pending,
+            catalog_revision: self.catalog_sync.as_ref().map_or(0, |sync| sync.applied()),
             ..shared.status()
         })
     }

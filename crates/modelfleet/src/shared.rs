@@ -195,6 +195,7 @@ impl SharedBudgets {
             records_shipped: 0,
             records_dropped: 0,
             records_pending: 0,
+            catalog_revision: 0,
         }
     }
 
@@ -248,6 +249,9 @@ pub struct ClusterStatus {
     pub records_dropped: u64,
     /// Requests whose records wait to be shipped now.
     pub records_pending: u64,
+    /// The shared catalog's revision this replica serves (replicas that
+    /// agree serve the same catalog).
+    pub catalog_revision: u64,
 }
 
 /// How often a replica says it lives.
