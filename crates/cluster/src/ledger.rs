@@ -738,6 +738,31 @@ pub struct HoldRow {
 }
 
 impl SharedLedger {
+    /// What a sweep would charge every open hold and lease if their
+    /// replicas all died now (a lease: its spend plus the ceiling its
+    /// replica last reported, at most its unused amount; a hold: its
+    /// amount): money the store counts as spent or possibly spent, on top
+    /// of what its budgets' `spent` says.
+    pub async fn outstanding(&self) -> Result<Money, ClusterError> {
+        let s = &self.schema;
+        self.within(async {
+            let client = self.client().await?;
+            let row = client
+                .query_one(
+                    &format!(
+                        "SELECT coalesce(sum(spent_nanos + least(coalesce(in_flight_nanos, amount_nanos),
+                                                                 greatest(amount_nanos - spent_nanos, 0))), 0)::bigint
+                         FROM {s}.budget_holds WHERE state = 'held'"
+                    ),
+                    &[],
+                )
+                .await
+                .map_err(|e| unavailable(&e))?;
+            Ok(Money::from_nanos(row.get(0)))
+        })
+        .await
+    }
+
     /// Says this replica lives, with its view of the store (`leases_open`
     /// and its [`SharedLedger::stats`]); `started` marks a new run.
     pub async fn heartbeat(&self, leases_open: usize, started: bool) -> Result<(), ClusterError> {

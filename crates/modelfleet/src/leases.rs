@@ -56,6 +56,12 @@ const MAX_FACTOR: i64 = 1_024;
 /// a burst may draw before it waits for the next checkpoint, and what an
 /// expired lease may be over-charged by.
 const HEADROOM: i64 = 16;
+/// The least time between a slot's checkpoints, unless something waits for
+/// one (a draw past the ceiling, an answer past its draw, shutdown):
+/// answers within their draw do not wait for checkpoints, so pacing them
+/// costs only headroom (a report allows four times the draws since the
+/// last), and spares the store a transaction per round trip.
+pub(crate) const PACE: Duration = Duration::from_millis(20);
 /// Rounds a request waits for an extension or a checkpoint before it gives
 /// up (each bounded by the store's timeout).
 const ROUNDS: usize = 8;
@@ -87,11 +93,17 @@ impl Drawn {
     /// checkpoint. The receiver says when that checkpoint is done.
     pub(crate) fn finish(self, cost: Money) -> (u64, watch::Receiver<u64>) {
         let cost = cost.nanos().max(0);
+        // Past its draw, the answer waits for its checkpoint: not paced.
+        let urgent = cost > self.reserved.nanos();
         let seq = self.slot.change(|state| {
             state.in_flight -= self.reserved.nanos();
             state.pending = state.pending.saturating_add(cost);
             state.total = state.total.saturating_add(cost);
+            state.urgent |= urgent;
         });
+        if urgent {
+            self.slot.urgent.notify_one();
+        }
         (seq, self.slot.flushed.subscribe())
     }
 }
@@ -138,6 +150,8 @@ struct Slot {
     lease: tokio::sync::Mutex<Option<Hold>>,
     /// Something changed that a checkpoint should carry.
     wake: Notify,
+    /// Something waits for the next checkpoint: it is not paced.
+    urgent: Notify,
     /// The last change a successful checkpoint carried.
     flushed: watch::Sender<u64>,
 }
@@ -160,6 +174,8 @@ struct State {
     largest: i64,
     /// The largest hold waiting for a report (the next one makes room for it).
     waiting: i64,
+    /// An answer past its draw waits for the next checkpoint.
+    urgent: bool,
     /// Changes so far.
     seq: u64,
     /// Draws stop after this unless the lease is renewed: its expiry in
@@ -242,6 +258,7 @@ impl Slot {
                 drawn_since: 0,
                 largest: 0,
                 waiting: 0,
+                urgent: false,
                 seq: 0,
                 valid_until: now,
                 last_used: now,
@@ -251,6 +268,7 @@ impl Slot {
             }),
             lease: tokio::sync::Mutex::new(None),
             wake: Notify::new(),
+            urgent: Notify::new(),
             flushed: watch::channel(0).0,
         }
     }
@@ -285,6 +303,7 @@ impl Slot {
                     state.seq += 1;
                     drop(state);
                     self.wake.notify_one();
+                    self.urgent.notify_one();
                 }
                 return Err(lacking);
             }
@@ -412,6 +431,7 @@ impl Leases {
             return Ok(true);
         }
         slot.wake.notify_one();
+        slot.urgent.notify_one();
         let reported = flushed.wait_for(|done| *done > seen || slot.state().ended);
         match tokio::time::timeout(self.ledger_timeout(), reported).await {
             Ok(Ok(_)) => Ok(false),
@@ -521,6 +541,15 @@ impl Leases {
         loop {
             let wait = renew_every.saturating_sub(last_renewal.elapsed()).clamp(Duration::from_millis(1), IDLE);
             let _ = tokio::time::timeout(wait, slot.wake.notified()).await;
+            // Paced, unless something waits for this checkpoint.
+            let since = last_renewal.elapsed();
+            let urgent = {
+                let state = slot.state();
+                state.waiting > 0 || state.urgent || self.closing.load(std::sync::atomic::Ordering::Relaxed)
+            };
+            if since < PACE && !urgent {
+                let _ = tokio::time::timeout(PACE.saturating_sub(since), slot.urgent.notified()).await;
+            }
             let mut lease = slot.lease.lock().await;
             // Idle, it ends in the same breath as it is found idle: no
             // request draws on a lease being closed.
@@ -574,6 +603,7 @@ impl Leases {
                     let mut state = slot.state();
                     state.pending -= pending;
                     state.ceiling = report;
+                    state.urgent = false;
                     // The wait this report made room for is over (a larger
                     // one since stays for the next).
                     if state.waiting <= waiting {

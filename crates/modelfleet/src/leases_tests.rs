@@ -200,6 +200,31 @@ fn answers_that_went_out_before_any_checkpoint_are_charged_when_their_replica_di
     });
 }
 
+/// An answer that cost more than its draw is not covered by the ceiling:
+/// its settlement waits for the checkpoint that charges it, and that
+/// checkpoint is not paced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_past_its_draw_waits_for_the_checkpoint_that_charges_it() {
+    let Some(url) = postgres_url() else { return };
+    let schema = Schema::new(&url, "overshoot");
+    let keys = global();
+    let a = ledger(&url, &schema, "a").await;
+    a.define(&keys[0], cents(1_000)).await.unwrap();
+    let leases = Arc::new(Leases::new(a.clone(), Duration::from_mins(2)));
+    let shared = crate::shared::SharedBudgets::for_test(a.clone(), Arc::clone(&leases));
+    let hold = shared.draw_for_test(&keys, cents(10)).await;
+    let mut settle = std::pin::pin!(hold.settle(cents(15)));
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    assert!(std::future::Future::poll(settle.as_mut(), &mut cx).is_pending(), "went out before it was charged");
+    tokio::time::timeout(Duration::from_secs(30), settle).await.expect("the checkpoint charges it");
+    // Charged on the lease's row: its spend and the store's view of it.
+    let charged = a.outstanding().await.unwrap();
+    assert!(charged >= cents(15), "the answer's 15 cents are not in the store: {charged:?}");
+    leases.close_all(Duration::from_secs(30)).await;
+    let row = a.status(&keys[0]).await.unwrap().unwrap();
+    assert_eq!((row.spent, row.held), (cents(15), Money::ZERO));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn room_a_request_waits_on_is_not_drawn_by_another_while_the_lease_is_extended() {
     let Some(url) = postgres_url() else { return };
