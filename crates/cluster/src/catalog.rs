@@ -36,8 +36,9 @@ use crate::{ClusterError, SharedLedger, ledger::unavailable};
 pub const CATALOG_CHANNEL: &str = "modelfleet_catalog";
 
 /// The advisory lock every catalog write takes, so that revisions commit
-/// in order ("catalog" in ASCII).
-const CATALOG_LOCK: i64 = 0x0063_6174_616c_6f67;
+/// in order: one per schema (`hashtext` of this, with the schema's name),
+/// so clusters sharing a database do not wait on each other.
+const CATALOG_LOCK: &str = "modelfleet_catalog:";
 
 /// Where a model of the shared catalog comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
@@ -146,6 +147,15 @@ pub enum EditRefused {
 /// What an edit finds: the model's spec, or why its row does not read.
 pub type Current = Option<Result<ModelSpec, String>>;
 
+/// An edit made: its revision, and the model as written (`None`: removed).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Edited {
+    /// The revision the edit gave.
+    pub revision: u64,
+    /// The model as the shared catalog now has it.
+    pub model: Option<SharedModel>,
+}
+
 /// The shared catalog, on the shared ledger's connections.
 #[derive(Debug, Clone)]
 pub struct SharedCatalog {
@@ -194,8 +204,9 @@ impl SharedCatalog {
     /// each is added, or replaces the row of its id (an API model's too),
     /// unless the row holds it already; rows from an earlier configuration
     /// that this one no longer has are removed. `None` (a configuration
-    /// without models) changes no model, but an empty shared catalog gets
-    /// `seed` (this replica's catalog) as API models. One transaction,
+    /// without models) changes no model, but a shared catalog never
+    /// written gets `seed` (this replica's catalog) as API models (one that
+    /// its admins emptied stays empty). One transaction,
     /// under the writers' lock. Gives the number of changes written.
     pub async fn publish_config(&self, config: Option<&[ModelSpec]>, seed: &[ModelSpec]) -> Result<u64, ClusterError> {
         let s = &self.ledger.schema;
@@ -203,7 +214,7 @@ impl SharedCatalog {
             .within(async {
                 let mut client = self.ledger.client().await?;
                 let tx = client.transaction().await.map_err(|e| unavailable(&e))?;
-                tx.execute("SELECT pg_advisory_xact_lock($1)", &[&CATALOG_LOCK]).await.map_err(|e| unavailable(&e))?;
+                self.lock(&tx).await?;
                 let rows = tx
                     .query(&format!("SELECT id, spec, source FROM {s}.catalog_models"), &[])
                     .await
@@ -212,11 +223,17 @@ impl SharedCatalog {
                     .iter()
                     .map(|row| (row.get(0), row.get(1), ModelSource::parse(row.get::<_, &str>(2))))
                     .collect();
+                // Seeded once: a catalog emptied by its admins stays empty.
+                let changed = tx
+                    .query_one(&format!("SELECT EXISTS (SELECT 1 FROM {s}.catalog_changes)"), &[])
+                    .await
+                    .map_err(|e| unavailable(&e))?
+                    .get::<_, bool>(0);
                 let now = now_ms();
                 let mut written = 0;
                 let (wanted, action, who, source) = match config {
                     Some(models) => (models, "config", "config", ModelSource::Config),
-                    None if stored.is_empty() => (seed, "seed", "seed", ModelSource::Api),
+                    None if !changed => (seed, "seed", "seed", ModelSource::Api),
                     None => (&[][..], "", "", ModelSource::Api),
                 };
                 for spec in wanted {
@@ -250,6 +267,13 @@ impl SharedCatalog {
                 Ok(written)
             })
             .await
+    }
+
+    /// Takes this schema's writers' lock, until the transaction ends.
+    async fn lock(&self, tx: &deadpool_postgres::Transaction<'_>) -> Result<(), ClusterError> {
+        let key = format!("{CATALOG_LOCK}{}", self.ledger.schema);
+        tx.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&key]).await.map_err(|e| unavailable(&e))?;
+        Ok(())
     }
 
     /// Appends `write`'s change, applies it to the model's row, and
@@ -296,21 +320,22 @@ impl SharedCatalog {
     /// remove it). Refused, changing nothing, when the model comes from the
     /// configuration, when `expected` is given and the model is at another
     /// revision (or does not exist), or when `change` refuses. One
-    /// transaction under the writers' lock; gives the new revision.
+    /// transaction under the writers' lock; gives the new revision and the
+    /// model as written.
     pub async fn edit(
         &self,
         id: &str,
         expected: Option<u64>,
         who: &str,
         change: impl FnOnce(Current) -> Result<Option<ModelSpec>, EditRefused>,
-    ) -> Result<u64, EditRefused> {
+    ) -> Result<Edited, EditRefused> {
         let s = &self.ledger.schema;
         let outcome = self
             .ledger
             .within(async {
                 let mut client = self.ledger.client().await?;
                 let tx = client.transaction().await.map_err(|e| unavailable(&e))?;
-                tx.execute("SELECT pg_advisory_xact_lock($1)", &[&CATALOG_LOCK]).await.map_err(|e| unavailable(&e))?;
+                self.lock(&tx).await?;
                 let row = tx
                     .query_opt(&format!("SELECT spec, revision, source FROM {s}.catalog_models WHERE id = $1"), &[&id])
                     .await
@@ -349,7 +374,8 @@ impl SharedCatalog {
                 };
                 let revision = self.write(&tx, &write).await?;
                 tx.commit().await.map_err(|e| unavailable(&e))?;
-                Ok(Ok(revision))
+                let model = new.map(|spec| SharedModel { spec, revision, source: ModelSource::Api });
+                Ok(Ok(Edited { revision, model }))
             })
             .await;
         outcome?

@@ -51,7 +51,8 @@ async fn config_models_win_at_each_start_and_api_models_stay() {
             Ok(Some(spec("c", 1)))
         })
         .await
-        .expect("an API model is added");
+        .expect("an API model is added")
+        .revision;
     let first = shared.load().await.expect("loads");
     assert_eq!(first.revision, added);
     assert_eq!(
@@ -93,6 +94,13 @@ async fn an_empty_catalog_is_seeded_once_as_api_models() {
     let state = a.load().await.expect("loads");
     assert!(state.models.iter().all(|m| m.source == ModelSource::Api));
     assert_eq!(state.models.len(), usize::try_from(written[0] + written[1]).expect("small"));
+
+    // Emptied by its admins, it stays empty: a restart seeds nothing back.
+    for model in &state.models {
+        a.edit(&model.spec.id, None, "ops", |_| Ok(None)).await.expect("removes");
+    }
+    assert_eq!(a.publish_config(None, &seed_a).await.expect("publishes"), 0);
+    assert!(a.load().await.expect("loads").models.is_empty(), "removed models came back");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -100,7 +108,7 @@ async fn of_concurrent_edits_at_one_revision_exactly_one_wins() {
     let Some(url) = postgres_url() else { return };
     let schema = Schema::new(&url, "catalog_conflict");
     let shared = catalog(&url, &schema, "a").await;
-    let start = shared.edit("m", None, "ops", |_| Ok(Some(spec("m", 0)))).await.expect("adds");
+    let start = shared.edit("m", None, "ops", |_| Ok(Some(spec("m", 0)))).await.expect("adds").revision;
 
     let mut edits = JoinSet::new();
     for priority in 1..=8 {
@@ -110,7 +118,7 @@ async fn of_concurrent_edits_at_one_revision_exactly_one_wins() {
     let (mut won, mut conflicts) = (Vec::new(), Vec::new());
     while let Some(outcome) = edits.join_next().await {
         match outcome.expect("the edit's task ends") {
-            Ok(revision) => won.push(revision),
+            Ok(edited) => won.push(edited.revision),
             Err(EditRefused::Conflict { expected, current, .. }) => conflicts.push((expected, current)),
             Err(other) => panic!("an edit failed otherwise: {other}"),
         }
@@ -124,7 +132,7 @@ async fn of_concurrent_edits_at_one_revision_exactly_one_wins() {
 
     // A model removed and added again never takes an old revision back.
     shared.edit("m", Some(won[0]), "ops", |_| Ok(None)).await.expect("removes");
-    let again = shared.edit("m", None, "ops", |_| Ok(Some(spec("m", 3)))).await.expect("adds again");
+    let again = shared.edit("m", None, "ops", |_| Ok(Some(spec("m", 3)))).await.expect("adds again").revision;
     assert!(again > won[0]);
     let outdated = shared.edit("m", Some(start), "ops", put(spec("m", 4))).await;
     assert!(matches!(outdated, Err(EditRefused::Conflict { current, .. }) if current == again), "{outdated:?}");
@@ -140,9 +148,13 @@ async fn the_history_says_who_changed_what_from_which_replica() {
     let a = catalog(&url, &schema, "replica-a").await;
     let b = catalog(&url, &schema, "replica-b").await;
     a.publish_config(Some(&[spec("cfg", 1)]), &[]).await.expect("publishes");
-    let added = a.edit("m", None, "alice", |_| Ok(Some(spec("m", 1)))).await.expect("adds");
+    let added = a.edit("m", None, "alice", |_| Ok(Some(spec("m", 1)))).await.expect("adds").revision;
     let updated = b.edit("m", Some(added), "bob", put(spec("m", 2))).await.expect("updates");
+    assert_eq!(updated.model.as_ref().map(|m| (m.spec.priority, m.revision)), Some((2, updated.revision)));
+    let updated = updated.revision;
     let removed = a.edit("m", Some(updated), "alice", |_| Ok(None)).await.expect("removes");
+    assert_eq!(removed.model, None);
+    let removed = removed.revision;
 
     let changes = b.history(Some("m"), 10).await.expect("reads");
     let seen: Vec<(u64, &str, &str, &str)> =
@@ -175,7 +187,7 @@ async fn an_unreadable_row_is_reported_and_can_be_replaced() {
     let schema = Schema::new(&url, "catalog_unreadable");
     let shared = catalog(&url, &schema, "a").await;
     shared.edit("good", None, "ops", |_| Ok(Some(spec("good", 1)))).await.expect("adds");
-    let bad = shared.edit("bad", None, "ops", |_| Ok(Some(spec("bad", 1)))).await.expect("adds");
+    let bad = shared.edit("bad", None, "ops", |_| Ok(Some(spec("bad", 1)))).await.expect("adds").revision;
     let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.expect("connects");
     tokio::spawn(connection);
     client
@@ -195,7 +207,8 @@ async fn an_unreadable_row_is_reported_and_can_be_replaced() {
             Ok(Some(spec("bad", 2)))
         })
         .await
-        .expect("a replacement heals the row");
+        .expect("a replacement heals the row")
+        .revision;
     let state = shared.load().await.expect("loads");
     assert!(state.unreadable.is_empty());
     assert_eq!(revision_of(&state, "bad"), fixed);

@@ -97,7 +97,7 @@ mod records;
 mod schema;
 
 pub use catalog::{
-    CATALOG_CHANNEL, CatalogChange, CatalogState, Current, EditRefused, ModelSource, SharedCatalog, SharedModel,
+    CATALOG_CHANNEL, CatalogChange, CatalogState, Current, EditRefused, Edited, ModelSource, SharedCatalog, SharedModel,
 };
 pub use ejections::{
     EjectionNotice, EjectionWatch, EjectionsConfig, MAX_EJECTION, MAX_MODEL_LEN, PUBLISH_SCRIPT, REREAD_EVERY,

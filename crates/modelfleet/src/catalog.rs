@@ -26,6 +26,17 @@ use crate::{Fleet, FleetError};
 /// delays an edit by at most this.
 pub(crate) const REREAD: Duration = Duration::from_secs(1);
 
+/// A model as the admin API shows it: its spec, and under `[cluster]` its
+/// place in the shared catalog (read together, so an `ETag` always goes
+/// with the spec it names).
+#[derive(Debug, Clone, PartialEq)]
+pub struct AdminModel {
+    /// Its spec.
+    pub spec: Arc<ModelSpec>,
+    /// Its revision and source (`None` without `[cluster]`).
+    pub revision: Option<ModelRevision>,
+}
+
 /// A model's place in the shared catalog.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct ModelRevision {
@@ -39,11 +50,14 @@ pub struct ModelRevision {
 pub(crate) struct CatalogSync {
     shared: SharedCatalog,
     catalog: Arc<Catalog>,
-    /// Each model's revision and source, as last applied.
-    revisions: RwLock<HashMap<String, ModelRevision>>,
+    /// Each model with its revision and source, as last applied: swapped
+    /// whole, so a spec and its revision are always read together.
+    models: RwLock<Arc<HashMap<String, AdminModel>>>,
     /// The revision applied last (`None`: none yet); held while applying,
     /// so copies are applied in order.
     applied: tokio::sync::Mutex<Option<u64>>,
+    /// Stopped with the fleet: nothing is applied any more.
+    stopped: std::sync::atomic::AtomicBool,
     /// The revision applied last, for status (0: none yet).
     revision: std::sync::atomic::AtomicU64,
     /// The listener and the re-reader, stopped with this.
@@ -52,9 +66,7 @@ pub(crate) struct CatalogSync {
 
 impl Drop for CatalogSync {
     fn drop(&mut self) {
-        for task in self.tasks.lock().unwrap_or_else(PoisonError::into_inner).drain(..) {
-            task.abort();
-        }
+        self.abort();
     }
 }
 
@@ -73,9 +85,10 @@ impl CatalogSync {
         let sync = Arc::new(CatalogSync {
             shared,
             catalog: Arc::clone(catalog),
-            revisions: RwLock::default(),
+            models: RwLock::default(),
             applied: tokio::sync::Mutex::new(None),
             revision: std::sync::atomic::AtomicU64::new(0),
+            stopped: std::sync::atomic::AtomicBool::new(false),
             tasks: Mutex::default(),
         });
         sync.refresh().await?;
@@ -101,6 +114,10 @@ impl CatalogSync {
     /// Applies the shared catalog's latest revision, unless it is applied.
     pub(crate) async fn refresh(&self) -> Result<(), ClusterError> {
         let mut applied = self.applied.lock().await;
+        if self.stopped.load(std::sync::atomic::Ordering::SeqCst) {
+            // The store this copy writes to has stopped.
+            return Ok(());
+        }
         let latest = self.shared.latest().await?;
         if *applied == Some(latest) {
             return Ok(());
@@ -109,14 +126,15 @@ impl CatalogSync {
         for (id, why) in &state.unreadable {
             tracing::warn!(model = %id, %why, "a model of the shared catalog is left out: its row does not read");
         }
-        let mut revisions = HashMap::with_capacity(state.models.len());
+        let mut shown = HashMap::with_capacity(state.models.len());
         let mut models = Vec::with_capacity(state.models.len());
         for model in state.models {
             if let Err(why) = validate(&model.spec) {
                 tracing::warn!(model = %model.spec.id, %why, "a model of the shared catalog is left out");
                 continue;
             }
-            revisions.insert(model.spec.id.clone(), ModelRevision { revision: model.revision, source: model.source });
+            let revision = Some(ModelRevision { revision: model.revision, source: model.source });
+            shown.insert(model.spec.id.clone(), AdminModel { spec: Arc::new(model.spec.clone()), revision });
             models.push(model.spec);
         }
         let catalog = Arc::clone(&self.catalog);
@@ -129,7 +147,7 @@ impl CatalogSync {
                 .map_err(|e| ClusterError::Unavailable(format!("applying the catalog: {e}")))?
                 .map_err(|e| ClusterError::Invalid(e.to_string()))?;
         }
-        *self.revisions.write().unwrap_or_else(PoisonError::into_inner) = revisions;
+        *self.models.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(shown);
         *applied = Some(state.revision);
         self.revision.store(state.revision, std::sync::atomic::Ordering::Relaxed);
         Ok(())
@@ -140,8 +158,24 @@ impl CatalogSync {
         self.revision.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    fn revision(&self, id: &str) -> Option<ModelRevision> {
-        self.revisions.read().unwrap_or_else(PoisonError::into_inner).get(id).copied()
+    fn shown(&self) -> Arc<HashMap<String, AdminModel>> {
+        Arc::clone(&self.models.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Stops listening and re-reading, and waits for an apply under way
+    /// to end (the fleet is shutting down: its store stops next).
+    pub(crate) async fn stop(&self) {
+        self.abort();
+        self.stopped.store(true, std::sync::atomic::Ordering::SeqCst);
+        // An apply under way ends before this lock is had; a later one
+        // finds the copy stopped.
+        drop(self.applied.lock().await);
+    }
+
+    fn abort(&self) {
+        for task in self.tasks.lock().unwrap_or_else(PoisonError::into_inner).drain(..) {
+            task.abort();
+        }
     }
 }
 
@@ -204,11 +238,24 @@ impl Fleet {
         self.catalog_sync.is_some()
     }
 
-    /// Model `id`'s revision and source in the shared catalog; `None`
-    /// without `[cluster]`, or for an unknown model.
+    /// Every model as the admin API shows it, by id.
     #[must_use]
-    pub fn model_revision(&self, id: &str) -> Option<ModelRevision> {
-        self.catalog_sync.as_ref().and_then(|sync| sync.revision(id))
+    pub fn admin_models(&self) -> Vec<AdminModel> {
+        let Some(sync) = &self.catalog_sync else {
+            return self.catalog.list().into_iter().map(|spec| AdminModel { spec, revision: None }).collect();
+        };
+        let mut models: Vec<AdminModel> = sync.shown().values().cloned().collect();
+        models.sort_by(|a, b| a.spec.id.cmp(&b.spec.id));
+        models
+    }
+
+    /// Model `id` as the admin API shows it.
+    #[must_use]
+    pub fn admin_model(&self, id: &str) -> Option<AdminModel> {
+        match &self.catalog_sync {
+            Some(sync) => sync.shown().get(id).cloned(),
+            None => self.catalog.get(id).map(|spec| AdminModel { spec, revision: None }),
+        }
     }
 
     /// Applies the shared catalog's latest revision now (a no-op without
@@ -220,6 +267,7 @@ impl Fleet {
 
     /// One edit through the shared catalog (then applied here), or of the
     /// local catalog (on the blocking pool: its subscribers write SQLite).
+    /// Gives the model as written (`None`: removed).
     async fn edit_model(
         &self,
         id: &str,
@@ -227,7 +275,7 @@ impl Fleet {
         who: &str,
         shared: impl FnOnce(Current) -> Result<Option<ModelSpec>, EditRefused>,
         local: impl FnOnce(&Catalog) -> Result<u64, modelfleet_registry::Error> + Send + 'static,
-    ) -> Result<Option<ModelRevision>, FleetError> {
+    ) -> Result<Option<AdminModel>, FleetError> {
         let Some(sync) = &self.catalog_sync else {
             unconditional(expected)?;
             let catalog = Arc::clone(&self.catalog);
@@ -235,20 +283,24 @@ impl Fleet {
                 .await
                 .map_err(|e| refused(EditRefused::Invalid(format!("the catalog's write failed: {e}"))))?
                 .map_err(self::local)?;
-            return Ok(None);
+            return Ok(self.admin_model(id));
         };
-        sync.shared.edit(id, expected, who, shared).await.map_err(refused)?;
-        // An edit that committed stands even if this copy's re-read fails
-        // now: the re-reader applies it within a second.
+        let edited = sync.shared.edit(id, expected, who, shared).await.map_err(refused)?;
+        // The edit committed: it stands, and is answered as written, even
+        // if this copy's re-read fails now (the re-reader applies it
+        // within a second).
         if let Err(err) = sync.refresh().await {
             tracing::warn!(%err, "an edit of the shared catalog committed; this replica applies it at its next re-read");
         }
-        Ok(sync.revision(id))
+        Ok(edited.model.map(|model| AdminModel {
+            spec: Arc::new(model.spec),
+            revision: Some(ModelRevision { revision: model.revision, source: model.source }),
+        }))
     }
 
     /// Adds `spec` (refused if its id is taken); under `[cluster]`, to
     /// every replica, recorded as `who`'s.
-    pub async fn add_model(&self, mut spec: ModelSpec, who: &str) -> Result<Option<ModelRevision>, FleetError> {
+    pub async fn add_model(&self, mut spec: ModelSpec, who: &str) -> Result<Option<AdminModel>, FleetError> {
         validate(&spec).map_err(|why| refused(EditRefused::Invalid(why)))?;
         let id = spec.id.clone();
         let now = self.clock.now_ms();
@@ -276,7 +328,7 @@ impl Fleet {
         mut spec: ModelSpec,
         expected: Option<u64>,
         who: &str,
-    ) -> Result<Option<ModelRevision>, FleetError> {
+    ) -> Result<Option<AdminModel>, FleetError> {
         validate(&spec).map_err(|why| refused(EditRefused::Invalid(why)))?;
         let id = spec.id.clone();
         let now = self.clock.now_ms();
@@ -334,7 +386,7 @@ impl Fleet {
         enabled: bool,
         expected: Option<u64>,
         who: &str,
-    ) -> Result<Option<ModelRevision>, FleetError> {
+    ) -> Result<Option<AdminModel>, FleetError> {
         let owned = id.to_owned();
         let now = self.clock.now_ms();
         self.edit_model(

@@ -1513,6 +1513,11 @@ impl Fleet {
 
     /// Stops every service in reverse order; the store flushes last.
     pub async fn shutdown(&self) -> Result<(), FleetError> {
+        if let Some(sync) = &self.catalog_sync {
+            // No copy of the shared catalog is applied past this point (its
+            // subscribers write the store, which stops below).
+            sync.stop().await;
+        }
         if let Some(shared) = &self.shared {
             // Leases return what they did not use, now rather than when they expire.
             Box::pin(shared.close_leases()).await;

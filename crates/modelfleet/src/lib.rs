@@ -51,7 +51,7 @@ pub use modelfleet_store as store;
 pub use modelfleet_registry::Usage;
 
 pub use crate::{
-    catalog::ModelRevision,
+    catalog::{AdminModel, ModelRevision},
     fleet::{
         BudgetAdminError, BudgetSource, BudgetView, Fleet, FleetError, FleetOptions, ModelResponse, Opened, Request,
         RouteSpec, Served, Settlement, StreamEnd, default_db_path,

@@ -99,14 +99,20 @@ impl Service for CatalogService {
     fn start(&self) -> BoxFuture<'_, Result<(), BoxError>> {
         Box::pin(async move {
             let store = started(&self.store.store, "store")?;
-            let models = if let Some(models) = &self.models {
-                models.clone()
-            } else {
-                let saved = store.load_catalog()?;
-                if saved.is_empty() { modelfleet_registry::default_catalog()? } else { saved }
-            };
-            self.catalog.replace(models)?;
-            store.save_catalog(self.catalog.snapshot().models())?;
+            // SQLite: on the blocking pool, as every catalog write.
+            let (models, catalog, saving) = (self.models.clone(), Arc::clone(&self.catalog), Arc::clone(&store));
+            tokio::task::spawn_blocking(move || -> Result<(), BoxError> {
+                let models = if let Some(models) = models {
+                    models
+                } else {
+                    let saved = saving.load_catalog()?;
+                    if saved.is_empty() { modelfleet_registry::default_catalog()? } else { saved }
+                };
+                catalog.replace(models)?;
+                saving.save_catalog(catalog.snapshot().models())?;
+                Ok(())
+            })
+            .await??;
             // Later changes (CLI, admin API) are persisted as they happen.
             let persist = Arc::clone(&store);
             let catalog = Arc::downgrade(&self.catalog);
