@@ -474,6 +474,14 @@ fn cluster_markdown(load: &serde_json::Value) -> String {
         f("/load/cluster/ledger_transactions_per_second"),
         f("/load/cluster/ledger_mean_ms")
     );
+    let _ = writeln!(
+        out,
+        "| catalog: an admin edit until every other replica serves it, p50 / max ({} reached, {} not within 10 s) | {:.0} / {:.0} ms | ≤ 1,000 ms |",
+        f("/load/catalog/replicas_reached"),
+        f("/load/catalog/not_within_10_s"),
+        f("/load/catalog/propagation/p50_us") / 1e3,
+        f("/load/catalog/propagation/max_us") / 1e3
+    );
     out
 }
 

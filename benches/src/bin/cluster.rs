@@ -16,6 +16,9 @@
 //!    throughput of each and their ratio; then 1,000 requests/s at
 //!    constant arrival to each, interleaved second by second, and the p99
 //!    the cluster adds; and the ledger's transactions per second.
+//! 3. **Catalog** (figures): models added through one replica's admin API,
+//!    and the time until every other replica serves each (the 1 s
+//!    propagation; a notification, else the re-read every second).
 //!
 //! `cluster --gateway-bin PATH --out FILE [--replicas N] [--quick]`
 
@@ -308,6 +311,7 @@ async fn load_phase(
         cluster_lat_failed += f;
     }
     let added = |q: f64| cluster_h.value_at_quantile(q) as f64 - single_h.value_at_quantile(q) as f64;
+    let catalog = catalog_phase(args, &client, &replicas).await?;
     let (hot_spent, hot_held) = ledger(db, &schema).await?;
     drop(replicas);
     drop(single);
@@ -335,6 +339,57 @@ async fn load_phase(
         },
         "ledger_spent_nanos": hot_spent,
         "ledger_held_nanos": hot_held,
+        "catalog": catalog,
+    }))
+}
+
+/// Phase 3: a model added on the first replica, timed from the request
+/// until every other replica's admin API shows it (polled every 2 ms).
+async fn catalog_phase(
+    args: &Args,
+    client: &reqwest::Client,
+    replicas: &[Gateway],
+) -> Result<serde_json::Value, String> {
+    let edits = if args.quick { 5 } else { 20 };
+    let mut took = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).map_err(|e| e.to_string())?;
+    let mut late = 0;
+    for i in 0..edits {
+        let id = format!("edit-{}-{i}", std::process::id());
+        let spec = json!({"id": id, "provider": "mock", "context_window": 8192, "categories": ["general"]});
+        let started = Instant::now();
+        let added = client
+            .post(format!("http://{}/v1/admin/models", replicas[0].addr))
+            .header("content-type", "application/json")
+            .body(spec.to_string())
+            .send()
+            .await
+            .map_err(|e| format!("adding a model: {e}"))?;
+        if added.status() != 201 {
+            return Err(format!("adding a model: {}", added.status()));
+        }
+        for replica in &replicas[1..] {
+            let url = format!("http://{}/v1/admin/models/{id}", replica.addr);
+            loop {
+                let seen = client.get(&url).send().await.map_err(|e| format!("reading a model: {e}"))?.status();
+                if seen == 200 {
+                    break;
+                }
+                if started.elapsed() > Duration::from_secs(10) {
+                    late += 1;
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+            took.record(micros.max(1)).map_err(|e| e.to_string())?;
+        }
+    }
+    Ok(json!({
+        "edits": edits,
+        "replicas_reached": took.len(),
+        "not_within_10_s": late,
+        "propagation": percentiles(&took),
+        "target_ms": 1000,
     }))
 }
 
