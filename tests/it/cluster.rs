@@ -228,15 +228,8 @@ impl Drop for Proxy {
 }
 
 /// Polls `check` every 100 ms for up to 20 s: whether it came true.
-pub(crate) async fn eventually<F: std::future::Future<Output = bool>>(mut check: impl FnMut() -> F) -> bool {
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while std::time::Instant::now() < deadline {
-        if check().await {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    false
+pub(crate) async fn eventually<F: std::future::Future<Output = bool>>(check: impl FnMut() -> F) -> bool {
+    within(Duration::from_secs(20), check).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -535,7 +528,10 @@ async fn a_replica_serves_while_redis_is_unreachable_and_says_so() {
 // ---- The shared catalog -----------------------------------------------------------------------
 
 /// Polls `check` for up to `bound`.
-async fn within<F: std::future::Future<Output = bool>>(bound: Duration, mut check: impl FnMut() -> F) -> bool {
+pub(crate) async fn within<F: std::future::Future<Output = bool>>(
+    bound: Duration,
+    mut check: impl FnMut() -> F,
+) -> bool {
     let deadline = std::time::Instant::now() + bound;
     while std::time::Instant::now() < deadline {
         if check().await {

@@ -47,7 +47,10 @@ pub(crate) fn run(action: ClusterAction) -> anyhow::Result<()> {
         }
         let periods = ledger.periods(50).await?;
         let holds = ledger.holds(100).await?;
-        anyhow::Ok(status_json(&settings.schema, best, &replicas, &periods, &holds))
+        let catalog = ledger.catalog().load().await?;
+        let mut status = status_json(&settings.schema, best, &replicas, &periods, &holds);
+        status["catalog"] = catalog_json(&catalog);
+        anyhow::Ok(status)
     })?;
     if json {
         println!("{}", serde_json::to_string_pretty(&status)?);
@@ -112,6 +115,18 @@ fn status_json(
     })
 }
 
+/// The shared catalog: its revision, and its models by source.
+fn catalog_json(catalog: &modelfleet::cluster::CatalogState) -> Value {
+    let from = |source| catalog.models.iter().filter(|m| m.source == source).count();
+    json!({
+        "revision": catalog.revision,
+        "models": catalog.models.len(),
+        "from_config": from(modelfleet::cluster::ModelSource::Config),
+        "from_api": from(modelfleet::cluster::ModelSource::Api),
+        "unreadable": catalog.unreadable.iter().map(|(id, why)| json!({"id": id, "why": why})).collect::<Vec<_>>(),
+    })
+}
+
 fn status_text(status: &Value) -> String {
     use std::fmt::Write as _;
     let mut out = String::new();
@@ -122,6 +137,20 @@ fn status_text(status: &Value) -> String {
         status["round_trip_ms"].as_f64().unwrap_or_default()
     );
     let rows = |key: &str| status[key].as_array().cloned().unwrap_or_default();
+    let catalog = &status["catalog"];
+    let _ = writeln!(
+        out,
+        "catalog: revision {}, {} models ({} from the configuration, {} through the admin API)",
+        catalog["revision"], catalog["models"], catalog["from_config"], catalog["from_api"]
+    );
+    for bad in catalog["unreadable"].as_array().cloned().unwrap_or_default() {
+        let _ = writeln!(
+            out,
+            "  left out: {} ({})",
+            bad["id"].as_str().unwrap_or_default(),
+            bad["why"].as_str().unwrap_or_default()
+        );
+    }
     let replicas = rows("replicas");
     let _ = writeln!(out, "\nreplicas seen in the last {} s: {}", SEEN_WITHIN.as_secs(), replicas.len());
     for r in &replicas {

@@ -419,3 +419,75 @@ fn the_report_after_a_seeded_demo_reads_as_pinned() {
     }
     insta::assert_snapshot!("report_after_seeded_demo", pinned.join("\n"));
 }
+
+/// The test PostgreSQL's URL (`MODELFLEET_TEST_POSTGRES`), or `None` (the
+/// test skips, saying so) when nothing listens there and CI did not ask.
+fn postgres_url() -> Option<String> {
+    let url = std::env::var("MODELFLEET_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
+    let listening = std::net::TcpStream::connect_timeout(
+        &std::net::SocketAddr::from(([127, 0, 0, 1], 5432)),
+        std::time::Duration::from_secs(2),
+    )
+    .is_ok();
+    if listening || std::env::var("MODELFLEET_TEST_POSTGRES").is_ok() {
+        return Some(url);
+    }
+    assert!(std::env::var("CI").as_deref() != Ok("true"), "PostgreSQL is not reachable: CI runs this test against it");
+    eprintln!("SKIPPED: PostgreSQL is not reachable at 127.0.0.1:5432; set MODELFLEET_TEST_POSTGRES");
+    None
+}
+
+#[test]
+fn cluster_status_shows_the_replicas_the_catalog_and_the_budgets() {
+    let Some(url) = postgres_url() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let schema = format!("t_cli_status_{}", std::process::id());
+    let config = dir.path().join("fleet.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[store]\npath = \"{}\"\n\n[[providers]]\nname = \"sim\"\nkind = \"simulated\"\n\n[[models]]\nid = \"paid\"\n\
+             provider = \"sim\"\ncontext_window = 8192\nmax_output_tokens = 200\ninput_price_per_mtok = \"3\"\n\
+             output_price_per_mtok = \"15\"\n\n[[budgets]]\nscope = \"global\"\nperiod = \"monthly\"\nlimit = \"7\"\n\
+             enforcement = \"hard\"\n\n[cluster]\npostgres_url = \"{url}\"\nschema = \"{schema}\"\nreplica = \"cli-1\"\n",
+            db(&dir)
+        ),
+    )
+    .unwrap();
+    let config = config.display().to_string();
+    // Before any replica made the schema: a clear error, nothing created.
+    let (code, _, stderr) = modelfleet(&["cluster", "status", "--config", &config]);
+    assert_ne!(code, 0);
+    assert!(stderr.contains("does not exist"), "{stderr}");
+    let (mut child, _stderr, _addr) = serve(&["--config", &config]);
+    // The replica's first heartbeat goes out within a second of its start.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let status = loop {
+        let (code, stdout, stderr) = modelfleet(&["cluster", "status", "--config", &config, "--json"]);
+        assert_eq!(code, 0, "{stderr}");
+        let status: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+        if status["replicas"].as_array().is_some_and(|r| !r.is_empty()) || std::time::Instant::now() > deadline {
+            break status;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    assert_eq!(status["replicas"][0]["name"], "cli-1", "{status}");
+    assert_eq!(status["budgets"][0]["limit"], "$7", "{status}");
+    assert_eq!((&status["catalog"]["models"], &status["catalog"]["from_config"]), (&1.into(), &1.into()), "{status}");
+    assert!(status["catalog"]["revision"].as_u64().unwrap_or(0) > 0, "{status}");
+    let (code, text, stderr) = modelfleet(&["cluster", "status", "--config", &config]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(text.contains("1 models (1 from the configuration, 0 through the admin API)"), "{text}");
+    assert!(text.contains("cli-1") && !text.contains(&url), "{text}");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let dropped = Command::new("psql")
+        .env("PGOPTIONS", "-c client_min_messages=warning")
+        .args([url.as_str(), "-qc", &format!("DROP SCHEMA {schema} CASCADE")])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !dropped {
+        eprintln!("left schema {schema} in the test database (psql could not drop it)");
+    }
+}

@@ -183,12 +183,6 @@ fn read_spec(id: &str, json: &str) -> Result<ModelSpec, String> {
     if spec.id == id { Ok(spec) } else { Err(format!("its spec names another id, {:?}", spec.id)) }
 }
 
-/// Whether two specs differ in their timestamps at most.
-fn same_spec(a: &ModelSpec, b: &ModelSpec) -> bool {
-    let bare = |spec: &ModelSpec| ModelSpec { created_at_ms: 0, updated_at_ms: 0, ..spec.clone() };
-    bare(a) == bare(b)
-}
-
 /// One write inside a catalog transaction: the change row (its sequence
 /// number is the new revision), then the model's row.
 struct Write<'a> {
@@ -241,7 +235,7 @@ impl SharedCatalog {
                     let old_spec = old.and_then(|(id, json, _)| read_spec(id, json).ok());
                     let unchanged = old
                         .zip(old_spec.as_ref())
-                        .is_some_and(|((_, _, was), old_spec)| *was == source && same_spec(old_spec, spec));
+                        .is_some_and(|((_, _, was), old_spec)| *was == source && old_spec.same_but_timestamps(spec));
                     if unchanged {
                         continue;
                     }

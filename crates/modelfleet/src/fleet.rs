@@ -561,18 +561,12 @@ fn drop_cache_on_catalog_changes(catalog: &Arc<Catalog>, store: &Arc<Store>) {
         let now = catalog.snapshot();
         let before = std::mem::replace(&mut *seen.lock().unwrap_or_else(PoisonError::into_inner), Arc::clone(&now));
         for old in before.models() {
-            let changed = now.get(&old.id).is_none_or(|new| !same_but_timestamps(old, new));
+            let changed = now.get(&old.id).is_none_or(|new| !old.same_but_timestamps(new));
             if changed && let Err(err) = store.cache_drop_model(&old.id) {
                 tracing::warn!(model = %old.id, %err, "could not drop the model's cached responses");
             }
         }
     });
-}
-
-/// Whether two specs differ in their timestamps at most.
-fn same_but_timestamps(a: &ModelSpec, b: &ModelSpec) -> bool {
-    let bare = |spec: &ModelSpec| ModelSpec { created_at_ms: 0, updated_at_ms: 0, ..spec.clone() };
-    std::ptr::eq(a, b) || bare(a) == bare(b)
 }
 
 /// Each model's configured fallbacks without itself (a model is never

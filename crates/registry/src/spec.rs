@@ -526,6 +526,14 @@ impl ModelSpec {
         self.enabled && self.status.is_servable()
     }
 
+    /// Whether `other` is this spec but for its timestamps (when it was
+    /// created and last updated): the same model to serve.
+    #[must_use]
+    pub fn same_but_timestamps(&self, other: &ModelSpec) -> bool {
+        let bare = |spec: &ModelSpec| ModelSpec { created_at_ms: 0, updated_at_ms: 0, ..spec.clone() };
+        std::ptr::eq(self, other) || bare(self) == bare(other)
+    }
+
     /// Every problem with this spec, each naming its field.
     #[must_use]
     pub fn problems(&self) -> Vec<FieldError> {
