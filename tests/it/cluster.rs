@@ -180,6 +180,23 @@ async fn three_replicas_never_pass_one_hard_budget(leases: bool) {
     client.batch_execute(&format!("DROP SCHEMA {schema} CASCADE")).await.unwrap();
 }
 
+/// A proxy to the test's PostgreSQL at `url`, and the URL that goes
+/// through it.
+pub(crate) async fn proxied(url: &str) -> (Proxy, String) {
+    let config: tokio_postgres::Config = url.parse().unwrap();
+    let host = match config.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(host)) => host.clone(),
+        _ => "127.0.0.1".to_owned(),
+    };
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    let upstream = std::net::ToSocketAddrs::to_socket_addrs(&(host.as_str(), port)).unwrap().next().unwrap();
+    let proxy = Proxy::start(upstream).await;
+    let user = config.get_user().unwrap_or("postgres").to_owned();
+    let db = config.get_dbname().unwrap_or("test").to_owned();
+    let through = format!("postgres://{user}@127.0.0.1:{}/{db}", proxy.port);
+    (proxy, through)
+}
+
 /// A loopback TCP proxy to the test's PostgreSQL that the test can cut
 /// (every connection dropped, new ones refused) and restore: the shared
 /// server itself is never touched.
@@ -235,23 +252,7 @@ pub(crate) async fn eventually<F: std::future::Future<Output = bool>>(check: imp
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cut_store_fails_hard_budgets_closed_serves_the_rest_and_recovers() {
     let Some(url) = postgres_url() else { return };
-    let upstream = {
-        let config: tokio_postgres::Config = url.parse().unwrap();
-        let host = match config.get_hosts().first() {
-            Some(tokio_postgres::config::Host::Tcp(host)) => host.clone(),
-            _ => "127.0.0.1".to_owned(),
-        };
-        let port = config.get_ports().first().copied().unwrap_or(5432);
-        std::net::ToSocketAddrs::to_socket_addrs(&(host.as_str(), port)).unwrap().next().unwrap()
-    };
-    let proxy = Proxy::start(upstream).await;
-    let proxied = {
-        let mut config: tokio_postgres::Config = url.parse().unwrap();
-        config.host("127.0.0.1").port(proxy.port);
-        let user = config.get_user().unwrap_or("postgres").to_owned();
-        let db = config.get_dbname().unwrap_or("test").to_owned();
-        format!("postgres://{user}@127.0.0.1:{}/{db}", proxy.port)
-    };
+    let (proxy, proxied) = proxied(&url).await;
     let schema = format!("t_cut_{}", std::process::id());
     // Model `m` is paid by a hard budget on provider `p`; model `n`, on
     // provider `q`, by none (and of another category: never `m`'s stand-in).

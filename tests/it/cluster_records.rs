@@ -14,7 +14,7 @@ use modelfleet::{
 };
 
 use crate::{
-    cluster::{Proxy, env, eventually, postgres_url},
+    cluster::{env, eventually, postgres_url},
     support::validated,
 };
 
@@ -128,22 +128,7 @@ async fn a_report_from_either_replica_counts_both_replicas_requests_and_cost() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_cut_from_postgres_serves_and_delivers_its_records_when_it_returns() {
     let Some(url) = postgres_url() else { return };
-    let upstream = {
-        let config: tokio_postgres::Config = url.parse().unwrap();
-        let host = match config.get_hosts().first() {
-            Some(tokio_postgres::config::Host::Tcp(host)) => host.clone(),
-            _ => "127.0.0.1".to_owned(),
-        };
-        let port = config.get_ports().first().copied().unwrap_or(5432);
-        std::net::ToSocketAddrs::to_socket_addrs(&(host.as_str(), port)).unwrap().next().unwrap()
-    };
-    let proxy = Proxy::start(upstream).await;
-    let proxied = {
-        let config: tokio_postgres::Config = url.parse().unwrap();
-        let user = config.get_user().unwrap_or("postgres").to_owned();
-        let db = config.get_dbname().unwrap_or("test").to_owned();
-        format!("postgres://{user}@127.0.0.1:{}/{db}", proxy.port)
-    };
+    let (proxy, proxied) = crate::cluster::proxied(&url).await;
     let schema = format!("t_records_cut_{}", std::process::id());
     let text = config_text(&schema);
     let ((a, _a_dir), (b, _b_dir)) = (replica(&text, Some(proxied)).await, replica(&text, None).await);

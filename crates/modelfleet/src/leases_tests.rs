@@ -119,6 +119,26 @@ async fn requests_of_mixed_sizes_on_two_replicas_never_pass_the_limit_and_are_ch
     assert_eq!((row.spent, row.held), (charged, Money::ZERO), "exact, and every lease closed");
 }
 
+/// The budget once `dead` (a replica's runtime) is gone at once and its
+/// lease (2 s) was swept by another replica.
+fn swept_after_death(
+    dead: tokio::runtime::Runtime,
+    url: &str,
+    schema: &Schema,
+    keys: &[BudgetKey],
+) -> modelfleet_cluster::PeriodRow {
+    dead.shutdown_background();
+    let alive = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    alive.block_on(async {
+        let b = ledger(url, schema, "b").await;
+        tokio::time::sleep(Duration::from_millis(2_500)).await;
+        b.sweep().await.unwrap();
+        let row = b.status(&keys[0]).await.unwrap().unwrap();
+        assert_eq!(row.held, Money::ZERO, "the lease returned");
+        row
+    })
+}
+
 #[test]
 fn a_dead_replicas_draws_are_all_charged_when_its_lease_expires() {
     let Some(url) = postgres_url() else { return };
@@ -138,18 +158,10 @@ fn a_dead_replicas_draws_are_all_charged_when_its_lease_expires() {
         drawn
     });
     std::mem::forget(drawn);
-    dead.shutdown_background();
-    let alive = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    alive.block_on(async {
-        let b = ledger(&url, &schema, "b").await;
-        tokio::time::sleep(Duration::from_millis(2_500)).await;
-        b.sweep().await.unwrap();
-        let row = b.status(&keys[0]).await.unwrap().unwrap();
-        assert_eq!(row.held, Money::ZERO, "the lease returned");
-        assert!(row.spent >= cents(120), "every draw the store was told of is charged: {row:?}");
-        // At most what was drawn plus the headroom reported (16 holds).
-        assert!(row.spent <= cents(120 + 160), "over-charged past the headroom: {row:?}");
-    });
+    let row = swept_after_death(dead, &url, &schema, &keys);
+    assert!(row.spent >= cents(120), "every draw the store was told of is charged: {row:?}");
+    // At most what was drawn plus the headroom reported (16 holds).
+    assert!(row.spent <= cents(120 + 160), "over-charged past the headroom: {row:?}");
 }
 
 /// Answers within their draw go out without waiting for a checkpoint:
@@ -187,17 +199,9 @@ fn answers_that_went_out_before_any_checkpoint_are_charged_when_their_replica_di
     });
     // Dies now: three calls in flight, five answers out, no checkpoint sent.
     std::mem::forget(running);
-    dead.shutdown_background();
-    let alive = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    alive.block_on(async {
-        let b = ledger(&url, &schema, "b").await;
-        tokio::time::sleep(Duration::from_millis(2_500)).await;
-        b.sweep().await.unwrap();
-        let row = b.status(&keys[0]).await.unwrap().unwrap();
-        assert_eq!(row.held, Money::ZERO, "the lease returned");
-        assert!(row.spent >= cents(5 * 7 + 3 * 10), "acknowledged answers and running calls are charged: {row:?}");
-        assert!(row.spent <= cents(80), "charged past the lease: {row:?}");
-    });
+    let row = swept_after_death(dead, &url, &schema, &keys);
+    assert!(row.spent >= cents(5 * 7 + 3 * 10), "acknowledged answers and running calls are charged: {row:?}");
+    assert!(row.spent <= cents(80), "charged past the lease: {row:?}");
 }
 
 /// An answer that cost more than its draw is not covered by the ceiling:
