@@ -438,11 +438,22 @@ fn postgres_url() -> Option<String> {
     None
 }
 
+/// A child process killed when the test ends, passed or failed.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 #[test]
 fn cluster_status_shows_the_replicas_the_catalog_and_the_budgets() {
     let Some(url) = postgres_url() else { return };
     let dir = tempfile::tempdir().unwrap();
-    let schema = format!("t_cli_status_{}", std::process::id());
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    let schema = format!("t_cli_status_{}_{nanos}", std::process::id());
     let config = dir.path().join("fleet.toml");
     std::fs::write(
         &config,
@@ -460,7 +471,8 @@ fn cluster_status_shows_the_replicas_the_catalog_and_the_budgets() {
     let (code, _, stderr) = modelfleet(&["cluster", "status", "--config", &config]);
     assert_ne!(code, 0);
     assert!(stderr.contains("does not exist"), "{stderr}");
-    let (mut child, _stderr, _addr) = serve(&["--config", &config]);
+    let (child, _stderr, _addr) = serve(&["--config", &config]);
+    let child = Killed(child);
     // The replica's first heartbeat goes out within a second of its start.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     let status = loop {
@@ -478,10 +490,10 @@ fn cluster_status_shows_the_replicas_the_catalog_and_the_budgets() {
     assert!(status["catalog"]["revision"].as_u64().unwrap_or(0) > 0, "{status}");
     let (code, text, stderr) = modelfleet(&["cluster", "status", "--config", &config]);
     assert_eq!(code, 0, "{stderr}");
-    assert!(text.contains("1 models (1 from the configuration, 0 through the admin API)"), "{text}");
+    assert!(text.contains("catalog: revision "), "{text}");
+    assert!(text.contains(", 1 models (1 from the configuration, 0 through the admin API)"), "{text}");
     assert!(text.contains("cli-1") && !text.contains(&url), "{text}");
-    child.kill().unwrap();
-    child.wait().unwrap();
+    drop(child);
     let dropped = Command::new("psql")
         .env("PGOPTIONS", "-c client_min_messages=warning")
         .args([url.as_str(), "-qc", &format!("DROP SCHEMA {schema} CASCADE")])

@@ -96,8 +96,9 @@ pub struct CatalogChange {
     pub revision: u64,
     /// The model it changed.
     pub model: String,
-    /// `add`, `update`, `remove`, `config` (a start wrote a config model)
-    /// or `seed` (the first replica's catalog).
+    /// `add`, `update`, `remove`, `config` (a start wrote a config model),
+    /// `release` (a start without configured models handed one to the
+    /// admin API) or `seed` (the first replica's catalog).
     pub action: String,
     /// Who: an admin key's name, `local`, or `config`.
     pub who: String,
@@ -198,7 +199,8 @@ impl SharedCatalog {
     /// each is added, or replaces the row of its id (an API model's too),
     /// unless the row holds it already; rows from an earlier configuration
     /// that this one no longer has are removed. `None` (a configuration
-    /// without models) changes no model, but a shared catalog never
+    /// without models) hands the configured models to the admin API
+    /// (`source: api`, action `release`), and a shared catalog never
     /// written gets `seed` (this replica's catalog) as API models (one that
     /// its admins emptied stays empty). One transaction,
     /// under the writers' lock. Gives the number of changes written.
@@ -248,14 +250,28 @@ impl SharedCatalog {
                     self.write(&tx, &write).await?;
                     written += 1;
                 }
-                if let Some(models) = config {
-                    for (id, json, was) in &stored {
-                        if *was == ModelSource::Config && !models.iter().any(|m| m.id == *id) {
-                            let write = Write { id, action: "remove", who: "config", before: Some(json), after: None };
-                            self.write(&tx, &write).await?;
-                            written += 1;
-                        }
+                for (id, json, was) in &stored {
+                    if *was != ModelSource::Config {
+                        continue;
                     }
+                    let write = match config {
+                        // Dropped from the configuration: removed.
+                        Some(models) if !models.iter().any(|m| m.id == *id) => {
+                            Write { id, action: "remove", who: "config", before: Some(json), after: None }
+                        }
+                        Some(_) => continue,
+                        // No configuration of models any more: the admin
+                        // API's to change from now on.
+                        None => Write {
+                            id,
+                            action: "release",
+                            who: "config",
+                            before: Some(json),
+                            after: Some((json, ModelSource::Api)),
+                        },
+                    };
+                    self.write(&tx, &write).await?;
+                    written += 1;
                 }
                 tx.commit().await.map_err(|e| unavailable(&e))?;
                 Ok(written)

@@ -75,9 +75,13 @@ async fn config_models_win_at_each_start_and_api_models_stay() {
     assert!(revision_of(&second, "a") > revision_of(&first, "a"));
     assert!(second.revision > first.revision);
 
-    // A start without models changes none, and seeds nothing into a catalog that has some.
+    // A start without models seeds nothing into a catalog that has some,
+    // and hands the configured ones to the admin API.
+    assert_eq!(shared.publish_config(None, &[spec("seeded", 1)]).await.expect("publishes"), 2);
+    let released = shared.load().await.expect("loads");
+    assert_eq!(models(&released), [("a".into(), 5, ModelSource::Api), ("c".into(), 7, ModelSource::Api)]);
+    shared.edit("a", None, "ops", put(spec("a", 6))).await.expect("an API model now");
     assert_eq!(shared.publish_config(None, &[spec("seeded", 1)]).await.expect("publishes"), 0);
-    assert_eq!(shared.load().await.expect("loads").models.len(), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -738,11 +738,12 @@ pub struct HoldRow {
 }
 
 impl SharedLedger {
-    /// What a sweep would charge every open hold and lease if their
-    /// replicas all died now (a lease: its spend plus the ceiling its
-    /// replica last reported, at most its unused amount; a hold: its
-    /// amount): money the store counts as spent or possibly spent, on top
-    /// of what its budgets' `spent` says.
+    /// What a sweep would charge the open holds and leases, on top of the
+    /// `spent` [`SharedLedger::status`] reports (which counts the leases'
+    /// recorded spend), if their replicas all died now: a lease the
+    /// ceiling its replica last reported, at most its unused amount; a
+    /// hold its amount. So `status().spent + outstanding()` is what every
+    /// budget would have spent.
     pub async fn outstanding(&self) -> Result<Money, ClusterError> {
         let s = &self.schema;
         self.within(async {
@@ -750,8 +751,8 @@ impl SharedLedger {
             let row = client
                 .query_one(
                     &format!(
-                        "SELECT coalesce(sum(spent_nanos + least(coalesce(in_flight_nanos, amount_nanos),
-                                                                 greatest(amount_nanos - spent_nanos, 0))), 0)::bigint
+                        "SELECT coalesce(sum(least(coalesce(in_flight_nanos, amount_nanos),
+                                                   greatest(amount_nanos - spent_nanos, 0))), 0)::bigint
                          FROM {s}.budget_holds WHERE state = 'held'"
                     ),
                     &[],

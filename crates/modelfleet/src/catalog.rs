@@ -55,7 +55,7 @@ pub(crate) struct CatalogSync {
     models: RwLock<Arc<HashMap<String, AdminModel>>>,
     /// The revision applied last (`None`: none yet); held while applying,
     /// so copies are applied in order.
-    applied: tokio::sync::Mutex<Option<u64>>,
+    applied: Arc<tokio::sync::Mutex<Option<u64>>>,
     /// Stopped with the fleet: nothing is applied any more.
     stopped: std::sync::atomic::AtomicBool,
     /// The revision applied last, for status (0: none yet).
@@ -86,7 +86,7 @@ impl CatalogSync {
             shared,
             catalog: Arc::clone(catalog),
             models: RwLock::default(),
-            applied: tokio::sync::Mutex::new(None),
+            applied: Arc::new(tokio::sync::Mutex::new(None)),
             revision: std::sync::atomic::AtomicU64::new(0),
             stopped: std::sync::atomic::AtomicBool::new(false),
             tasks: Mutex::default(),
@@ -113,7 +113,9 @@ impl CatalogSync {
 
     /// Applies the shared catalog's latest revision, unless it is applied.
     pub(crate) async fn refresh(&self) -> Result<(), ClusterError> {
-        let mut applied = self.applied.lock().await;
+        // Owned: an apply on the blocking pool keeps it until it ends,
+        // even if this future is dropped meanwhile.
+        let mut applied = Arc::clone(&self.applied).lock_owned().await;
         if self.stopped.load(std::sync::atomic::Ordering::SeqCst) {
             // The store this copy writes to has stopped.
             return Ok(());
@@ -142,7 +144,7 @@ impl CatalogSync {
         let same =
             now.len() == models.len() && models.iter().all(|m| now.get(&m.id).is_some_and(|current| **current == *m));
         if !same {
-            tokio::task::spawn_blocking(move || catalog.replace(models))
+            applied = tokio::task::spawn_blocking(move || catalog.replace(models).map(|_| applied))
                 .await
                 .map_err(|e| ClusterError::Unavailable(format!("applying the catalog: {e}")))?
                 .map_err(|e| ClusterError::Invalid(e.to_string()))?;
@@ -165,11 +167,11 @@ impl CatalogSync {
     /// Stops listening and re-reading, and waits for an apply under way
     /// to end (the fleet is shutting down: its store stops next).
     pub(crate) async fn stop(&self) {
-        self.abort();
         self.stopped.store(true, std::sync::atomic::Ordering::SeqCst);
-        // An apply under way ends before this lock is had; a later one
-        // finds the copy stopped.
+        // An apply under way (on the blocking pool too) ends before this
+        // lock is had; a later one finds the copy stopped.
         drop(self.applied.lock().await);
+        self.abort();
     }
 
     fn abort(&self) {
@@ -259,7 +261,7 @@ impl Fleet {
     }
 
     /// Applies the shared catalog's latest revision now (a no-op without
-    /// `[cluster]`): what every replica does within [`REREAD`] by itself.
+    /// `[cluster]`): what every replica does within a second by itself.
     pub async fn refresh_catalog(&self) -> Result<(), FleetError> {
         let Some(sync) = &self.catalog_sync else { return Ok(()) };
         sync.refresh().await.map_err(|e| refused(EditRefused::Store(e)))

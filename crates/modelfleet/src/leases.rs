@@ -1,8 +1,9 @@
 //! Leases of hard budgets (`[cluster] leases = true`): a replica holds a
 //! slice of the budgets that pay for a request in the shared ledger, and
 //! draws its requests from it in memory, so a hot budget costs the shared
-//! store a grant now and then and one checkpoint per round trip, not two
-//! transactions per request.
+//! store a grant now and then and a paced checkpoint (at most one per
+//! [`PACE`] per slot while nothing waits), not two transactions per
+//! request.
 //!
 //! One [`Slot`] per set of budgets a request pays (its keys name the
 //! periods, so a new period gets a new slot). A request draws its hold from
@@ -15,7 +16,7 @@
 //! when the cost is within the draw: the draw is inside the ceiling the
 //! store committed (below), which covers it if the replica dies first. A
 //! cost past its draw waits for the checkpoint that charges it. Each
-//! slot's task checkpoints whenever something changed (one transaction
+//! slot's task checkpoints when something changed, paced (one statement
 //! carries every request that ended meanwhile, as a running total, so a
 //! checkpoint repeated after a lost reply charges once), renews the lease
 //! every third of its time to live, and closes it once it has been idle
@@ -90,21 +91,43 @@ impl Drawn {
     }
 
     /// Ends the request with `cost`: it is charged at the slot's next
-    /// checkpoint. The receiver says when that checkpoint is done.
-    pub(crate) fn finish(self, cost: Money) -> (u64, watch::Receiver<u64>) {
+    /// checkpoint ([`Finished::charged`] says when). A cost past the draw
+    /// makes that checkpoint urgent (not paced).
+    pub(crate) fn finish(self, cost: Money) -> Finished {
         let cost = cost.nanos().max(0);
-        // Past its draw, the answer waits for its checkpoint: not paced.
         let urgent = cost > self.reserved.nanos();
+        let flushed = self.slot.flushed.subscribe();
         let seq = self.slot.change(|state| {
             state.in_flight -= self.reserved.nanos();
             state.pending = state.pending.saturating_add(cost);
             state.total = state.total.saturating_add(cost);
-            state.urgent |= urgent;
+            if urgent {
+                // This change's number (`change` counts it after).
+                state.urgent_seq = state.seq + 1;
+            }
         });
         if urgent {
             self.slot.urgent.notify_one();
         }
-        (seq, self.slot.flushed.subscribe())
+        Finished { seq, flushed, slot: self.slot }
+    }
+}
+
+/// A request ended on a lease, until a checkpoint charges it.
+pub(crate) struct Finished {
+    seq: u64,
+    flushed: watch::Receiver<u64>,
+    slot: Arc<Slot>,
+}
+
+impl Finished {
+    /// Waits for the checkpoint that charges it: true once one has, false
+    /// when none will (the lease ended: refused by the store, or the
+    /// slot's task gone).
+    pub(crate) async fn charged(mut self) -> bool {
+        let (seq, slot) = (self.seq, &self.slot);
+        let done = self.flushed.wait_for(|done| *done >= seq || slot.state().ended).await.is_ok();
+        done && *self.flushed.borrow() >= seq
     }
 }
 
@@ -174,8 +197,9 @@ struct State {
     largest: i64,
     /// The largest hold waiting for a report (the next one makes room for it).
     waiting: i64,
-    /// An answer past its draw waits for the next checkpoint.
-    urgent: bool,
+    /// The change of the latest answer past its draw (0: none waits): the
+    /// checkpoint that carries it is urgent.
+    urgent_seq: u64,
     /// Changes so far.
     seq: u64,
     /// Draws stop after this unless the lease is renewed: its expiry in
@@ -258,7 +282,7 @@ impl Slot {
                 drawn_since: 0,
                 largest: 0,
                 waiting: 0,
-                urgent: false,
+                urgent_seq: 0,
                 seq: 0,
                 valid_until: now,
                 last_used: now,
@@ -345,6 +369,7 @@ impl Leases {
             }
             for slot in &open {
                 slot.wake.notify_one();
+                slot.urgent.notify_one();
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -530,6 +555,19 @@ impl Leases {
         }
     }
 
+    /// Waits until [`PACE`] has passed since the last checkpoint (`since`
+    /// ago), unless something waits for the next one (a draw past the
+    /// ceiling, an answer past its draw, shutdown).
+    async fn pace(&self, slot: &Slot, since: Duration) {
+        let urgent = {
+            let state = slot.state();
+            state.waiting > 0 || state.urgent_seq != 0 || self.closing.load(std::sync::atomic::Ordering::Relaxed)
+        };
+        if since < PACE && !urgent {
+            let _ = tokio::time::timeout(PACE.saturating_sub(since), slot.urgent.notified()).await;
+        }
+    }
+
     /// A slot's task: checkpoints what changed (every request that ended
     /// since the last one, in one transaction), renews the lease every
     /// third of its time to live, and closes it once idle. A checkpoint
@@ -541,15 +579,7 @@ impl Leases {
         loop {
             let wait = renew_every.saturating_sub(last_renewal.elapsed()).clamp(Duration::from_millis(1), IDLE);
             let _ = tokio::time::timeout(wait, slot.wake.notified()).await;
-            // Paced, unless something waits for this checkpoint.
-            let since = last_renewal.elapsed();
-            let urgent = {
-                let state = slot.state();
-                state.waiting > 0 || state.urgent || self.closing.load(std::sync::atomic::Ordering::Relaxed)
-            };
-            if since < PACE && !urgent {
-                let _ = tokio::time::timeout(PACE.saturating_sub(since), slot.urgent.notified()).await;
-            }
+            self.pace(&slot, last_renewal.elapsed()).await;
             let mut lease = slot.lease.lock().await;
             // Idle, it ends in the same breath as it is found idle: no
             // request draws on a lease being closed.
@@ -603,7 +633,11 @@ impl Leases {
                     let mut state = slot.state();
                     state.pending -= pending;
                     state.ceiling = report;
-                    state.urgent = false;
+                    // Carried (an answer past its draw after the snapshot
+                    // stays urgent for the next).
+                    if state.urgent_seq <= seq {
+                        state.urgent_seq = 0;
+                    }
                     // The wait this report made room for is over (a larger
                     // one since stays for the next).
                     if state.waiting <= waiting {

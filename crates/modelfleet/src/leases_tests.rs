@@ -89,8 +89,7 @@ async fn requests_of_mixed_sizes_on_two_replicas_never_pass_the_limit_and_are_ch
             match leases.draw(&keys, hold).await {
                 Ok(drawn) => {
                     tokio::time::sleep(Duration::from_millis(u64::try_from(i % 7).unwrap())).await;
-                    let (seq, mut flushed) = drawn.finish(cost);
-                    flushed.wait_for(|done| *done >= seq).await.unwrap();
+                    assert!(drawn.finish(cost).charged().await, "charged by a checkpoint");
                     Some(cost)
                 }
                 Err(HoldRefused::Exceeded { .. }) => None,
@@ -164,49 +163,78 @@ fn a_dead_replicas_draws_are_all_charged_when_its_lease_expires() {
     assert!(row.spent <= cents(120 + 160), "over-charged past the headroom: {row:?}");
 }
 
+/// Settles `hold` with `cost` within its draw: done at the first poll.
+fn acknowledge(hold: crate::shared::SharedHold, cost: Money) {
+    let mut settle = std::pin::pin!(hold.settle(cost));
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    let settled = std::future::Future::poll(settle.as_mut(), &mut cx);
+    assert!(settled.is_ready(), "a settlement within its draw waited for the store");
+}
+
 /// Answers within their draw go out without waiting for a checkpoint:
 /// the production settlement (`SharedHold::settle`) completes at its first
 /// poll. What those answers cost is still charged when the replica dies
-/// before any checkpoint, by the ceiling the store was told at the grant.
-/// The replica's runtime has one thread, and nothing after the grant
-/// yields to it: its slot's task never runs, so no checkpoint is sent.
+/// before a checkpoint says so: by the ceiling the store was told, which
+/// is less than what the lease holds (so it is the ceiling that covers
+/// them, not the lease's whole amount). The replica's runtime has one
+/// thread: its slot's task runs only when a draw yields (waiting for a
+/// grant or a report).
 #[test]
-fn answers_that_went_out_before_any_checkpoint_are_charged_when_their_replica_dies() {
+fn answers_that_went_out_before_a_checkpoint_are_charged_when_their_replica_dies() {
     let Some(url) = postgres_url() else { return };
     let schema = Schema::new(&url, "acknowledged");
     let keys = global();
     let dead = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let running = dead.block_on(async {
+    let (acknowledged, running) = dead.block_on(async {
         let a = ledger(&url, &schema, "a").await;
-        a.define(&keys[0], cents(1_000)).await.unwrap();
+        a.define(&keys[0], cents(100_000)).await.unwrap();
         let leases = Arc::new(Leases::new(a.clone(), Duration::from_secs(2)));
-        let shared = crate::shared::SharedBudgets::for_test(a, Arc::clone(&leases));
-        // The first draw takes a lease of 8 such requests (80 cents).
-        let mut running = Vec::new();
-        for i in 0..8 {
-            let hold = shared.draw_for_test(&keys, cents(10)).await;
-            if i < 5 {
-                // Answered at 7 cents: acknowledged at once.
-                let mut settle = std::pin::pin!(hold.settle(cents(7)));
-                let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-                let settled = std::future::Future::poll(settle.as_mut(), &mut cx);
-                assert!(settled.is_ready(), "a settlement within its draw waited for the store");
-            } else {
-                running.push(hold);
+        let shared = crate::shared::SharedBudgets::for_test(a.clone(), Arc::clone(&leases));
+        let mut acknowledged = Money::ZERO;
+        // A quick run of answers: the slot's lease grows (its extensions
+        // double) faster than what it reports in flight.
+        while a.holds(10).await.unwrap().iter().all(|h| h.amount < cents(2_000)) {
+            for _ in 0..50 {
+                acknowledge(shared.draw_for_test(&keys, cents(10)).await, cents(10));
+                acknowledged = acknowledged + cents(10);
             }
         }
-        running
+        // Then slowly (the slot's task checkpoints between the sips, so
+        // each report's headroom is small) until the lease is extended:
+        // an extension grants more than the ceiling it records.
+        let lease = loop {
+            tokio::time::sleep(Duration::from_millis(25)).await;
+            for _ in 0..5 {
+                acknowledge(shared.draw_for_test(&keys, cents(10)).await, cents(10));
+                acknowledged = acknowledged + cents(10);
+            }
+            let lease = a.holds(10).await.unwrap().into_iter().find(|h| h.lease).expect("a lease");
+            if lease.spent + lease.in_flight + cents(500) < lease.amount {
+                break lease;
+            }
+            assert!(acknowledged < cents(50_000), "the ceiling stays the whole lease: {lease:?}");
+        };
+        // Answers past that ceiling (a draw past it waits for a report,
+        // which the slot's task sends once it runs), then three running.
+        let past = acknowledged + lease.in_flight + cents(200);
+        while acknowledged < past {
+            acknowledge(shared.draw_for_test(&keys, cents(10)).await, cents(10));
+            acknowledged = acknowledged + cents(10);
+        }
+        let mut running = Vec::new();
+        for _ in 0..3 {
+            running.push(shared.draw_for_test(&keys, cents(10)).await);
+        }
+        (acknowledged, running)
     });
-    // Dies now: three calls in flight, five answers out, no checkpoint sent.
+    // Dies now: whatever was not checkpointed is in its last ceiling.
     std::mem::forget(running);
     let row = swept_after_death(dead, &url, &schema, &keys);
-    assert!(row.spent >= cents(5 * 7 + 3 * 10), "acknowledged answers and running calls are charged: {row:?}");
-    assert!(row.spent <= cents(80), "charged past the lease: {row:?}");
+    assert!(row.spent >= acknowledged + cents(30), "acknowledged answers are not all charged: {row:?}, {acknowledged}");
 }
 
 /// An answer that cost more than its draw is not covered by the ceiling:
-/// its settlement waits for the checkpoint that charges it, and that
-/// checkpoint is not paced.
+/// its settlement waits for the checkpoint that charges it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_answer_past_its_draw_waits_for_the_checkpoint_that_charges_it() {
     let Some(url) = postgres_url() else { return };
@@ -220,10 +248,10 @@ async fn an_answer_past_its_draw_waits_for_the_checkpoint_that_charges_it() {
     let mut settle = std::pin::pin!(hold.settle(cents(15)));
     let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
     assert!(std::future::Future::poll(settle.as_mut(), &mut cx).is_pending(), "went out before it was charged");
-    tokio::time::timeout(Duration::from_secs(30), settle).await.expect("the checkpoint charges it");
-    // Charged on the lease's row: its spend and the store's view of it.
-    let charged = a.outstanding().await.unwrap();
-    assert!(charged >= cents(15), "the answer's 15 cents are not in the store: {charged:?}");
+    // The settlement gives up after two minutes: well before, it is charged.
+    tokio::time::timeout(Duration::from_secs(20), settle).await.expect("the checkpoint charges it");
+    let row = a.status(&keys[0]).await.unwrap().unwrap();
+    assert_eq!(row.spent, cents(15), "went out before the store had its 15 cents");
     leases.close_all(Duration::from_secs(30)).await;
     let row = a.status(&keys[0]).await.unwrap().unwrap();
     assert_eq!((row.spent, row.held), (cents(15), Money::ZERO));
@@ -257,10 +285,8 @@ async fn room_a_request_waits_on_is_not_drawn_by_another_while_the_lease_is_exte
     let small = tokio::time::timeout(Duration::from_millis(300), leases.draw(&keys, cents(10))).await;
     assert!(small.is_err(), "the 10 cents came out of room another request was promised");
     blocker.batch_execute("ROLLBACK").await.unwrap();
-    let (seq, mut flushed) = waiting.await.unwrap().unwrap();
-    flushed.wait_for(|done| *done >= seq).await.unwrap();
-    let (seq, mut flushed) = first.finish(cents(20));
-    flushed.wait_for(|done| *done >= seq).await.unwrap();
+    assert!(waiting.await.unwrap().unwrap().charged().await);
+    assert!(first.finish(cents(20)).charged().await);
     leases.close_all(Duration::from_secs(30)).await;
     let row = ledger.status(&keys[0]).await.unwrap().unwrap();
     assert_eq!((row.spent, row.held), (cents(50), Money::ZERO));
@@ -309,10 +335,38 @@ async fn a_burst_on_a_new_slot_takes_one_lease_not_one_per_request() {
     // at most 8 + 16 + 32 cents, not a grant (and a doubling) per request.
     let held = ledger.status(&keys[0]).await.unwrap().unwrap();
     assert!(held.spent.nanos() + held.held.nanos() <= cents(56).nanos(), "{held:?}");
-    for (seq, mut flushed) in waits {
-        flushed.wait_for(|done| *done >= seq).await.unwrap();
+    for finished in waits {
+        assert!(finished.charged().await);
     }
     leases.close_all(Duration::from_secs(30)).await;
     let row = ledger.status(&keys[0]).await.unwrap().unwrap();
     assert_eq!((row.spent, row.held), (cents(20), Money::ZERO));
+}
+
+/// A steady trickle of answers within their draws is checkpointed at most
+/// once per [`super::PACE`], not once per answer: 300 answers a
+/// millisecond or more apart (at least 300 ms) would be up to 300
+/// checkpoints unpaced; paced, about one per 20 ms, plus the grants.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checkpoints_of_answers_within_their_draws_are_paced() {
+    let Some(url) = postgres_url() else { return };
+    let schema = Schema::new(&url, "paced");
+    let keys = global();
+    let a = ledger(&url, &schema, "a").await;
+    a.define(&keys[0], cents(100_000)).await.unwrap();
+    let leases = Arc::new(Leases::new(a.clone(), Duration::from_mins(2)));
+    let started = std::time::Instant::now();
+    let calls = a.stats().calls;
+    let mut last = None;
+    for _ in 0..300 {
+        last = Some(leases.draw(&keys, cents(1)).await.unwrap().finish(cents(1)));
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let made = a.stats().calls - calls;
+    let paces = u64::try_from(started.elapsed().as_millis() / super::PACE.as_millis()).unwrap();
+    // Each pace at most one checkpoint, plus the grants (doubling: a few).
+    assert!(made <= paces + 10, "{made} calls to the store in {paces} paces");
+    assert!(last.expect("300 answers").charged().await);
+    leases.close_all(Duration::from_secs(30)).await;
+    assert_eq!(a.status(&keys[0]).await.unwrap().unwrap().spent, cents(300));
 }

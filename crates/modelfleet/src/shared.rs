@@ -317,12 +317,12 @@ impl SharedHold {
             None => return,
             Some(Held::Drawn(drawn)) => {
                 let covered = cost <= drawn.reserved();
-                let (seq, mut flushed) = drawn.finish(cost);
+                let finished = drawn.finish(cost);
                 if covered {
                     return;
                 }
-                let charged = tokio::time::timeout(self.shared.timeout, flushed.wait_for(|done| *done >= seq)).await;
-                if !matches!(charged, Ok(Ok(_))) {
+                let charged = tokio::time::timeout(self.shared.timeout, finished.charged()).await;
+                if !matches!(charged, Ok(true)) {
                     tracing::warn!("an answer went out before the shared ledger charged it: its next checkpoint will");
                 }
                 return;
@@ -384,7 +384,8 @@ impl SharedBudgets {
             ledger,
             ttl: Duration::from_mins(1),
             leases: Some(leases),
-            timeout: Duration::from_secs(30),
+            // Longer than any test waits: a settlement that gives up is seen.
+            timeout: Duration::from_mins(2),
             sweeper: tokio::spawn(async {}),
             down: std::sync::Mutex::new(None),
         })
