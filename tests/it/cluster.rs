@@ -15,6 +15,8 @@ use modelfleet::{
 };
 use modelfleet_cluster::{BudgetKey, SharedLedger};
 
+use modelfleet_test_support::{Proxy, Schema, redis_url, unique};
+
 use crate::support::validated;
 
 /// The config's environment: the test server's URL.
@@ -26,18 +28,7 @@ fn test_url() -> String {
     std::env::var("MODELFLEET_TEST_POSTGRES").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
 }
 
-pub(crate) fn postgres_url() -> Option<String> {
-    let url = test_url();
-    let reachable = std::net::TcpStream::connect_timeout(&"127.0.0.1:5432".parse().unwrap(), Duration::from_secs(2))
-        .is_ok()
-        || std::env::var("MODELFLEET_TEST_POSTGRES").is_ok();
-    if reachable {
-        return Some(url);
-    }
-    assert!(std::env::var("CI").as_deref() != Ok("true"), "PostgreSQL is not reachable: CI runs this test against it");
-    eprintln!("SKIPPED: PostgreSQL is not reachable at 127.0.0.1:5432; set MODELFLEET_TEST_POSTGRES");
-    None
-}
+pub(crate) use modelfleet_test_support::postgres_url;
 
 /// One model whose every answer costs exactly its worst case ($0.002: 1,000
 /// output tokens at $2 per million), under a hard global budget of $0.10:
@@ -103,7 +94,8 @@ async fn three_replicas_drawing_from_leases_never_pass_one_hard_budget() {
 
 async fn three_replicas_never_pass_one_hard_budget(leases: bool) {
     let Some(url) = postgres_url() else { return };
-    let schema = format!("t_replicas_{leases}_{}", std::process::id());
+    let guard = Schema::new(&url, "replicas");
+    let schema = guard.name.clone();
     let mut fleets = Vec::new();
     let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     for dir in &dirs {
@@ -175,73 +167,6 @@ async fn three_replicas_never_pass_one_hard_budget(leases: bool) {
     // Shut down, replicas close their leases at once: nothing stays held.
     let row = ledger.status(&key).await.unwrap().unwrap();
     assert_eq!((row.spent, row.held), ("0.101".parse().unwrap(), Money::ZERO));
-    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
-    tokio::spawn(connection);
-    client.batch_execute(&format!("DROP SCHEMA {schema} CASCADE")).await.unwrap();
-}
-
-/// A proxy to the test's PostgreSQL at `url`, and the URL that goes
-/// through it.
-pub(crate) async fn proxied(url: &str) -> (Proxy, String) {
-    let config: tokio_postgres::Config = url.parse().unwrap();
-    let host = match config.get_hosts().first() {
-        Some(tokio_postgres::config::Host::Tcp(host)) => host.clone(),
-        _ => "127.0.0.1".to_owned(),
-    };
-    let port = config.get_ports().first().copied().unwrap_or(5432);
-    let upstream = std::net::ToSocketAddrs::to_socket_addrs(&(host.as_str(), port)).unwrap().next().unwrap();
-    let proxy = Proxy::start(upstream).await;
-    let user = config.get_user().unwrap_or("postgres").to_owned();
-    let db = config.get_dbname().unwrap_or("test").to_owned();
-    let through = format!("postgres://{user}@127.0.0.1:{}/{db}", proxy.port);
-    (proxy, through)
-}
-
-/// A loopback TCP proxy to the test's PostgreSQL that the test can cut
-/// (every connection dropped, new ones refused) and restore: the shared
-/// server itself is never touched.
-pub(crate) struct Proxy {
-    pub(crate) port: u16,
-    cut: Arc<std::sync::atomic::AtomicBool>,
-    links: Arc<std::sync::Mutex<tokio::task::JoinSet<()>>>,
-    accepting: tokio::task::JoinHandle<()>,
-}
-
-impl Proxy {
-    pub(crate) async fn start(upstream: std::net::SocketAddr) -> Proxy {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let cut = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let links = Arc::new(std::sync::Mutex::new(tokio::task::JoinSet::new()));
-        let (is_cut, tasks) = (Arc::clone(&cut), Arc::clone(&links));
-        let accepting = tokio::spawn(async move {
-            while let Ok((mut client, _)) = listener.accept().await {
-                if is_cut.load(std::sync::atomic::Ordering::SeqCst) {
-                    continue; // dropped: the connection is refused
-                }
-                tasks.lock().unwrap().spawn(async move {
-                    if let Ok(mut server) = tokio::net::TcpStream::connect(upstream).await {
-                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
-                    }
-                });
-            }
-        });
-        Proxy { port, cut, links, accepting }
-    }
-
-    /// Cuts every connection and refuses new ones, or lets them through again.
-    pub(crate) fn set_cut(&self, cut: bool) {
-        self.cut.store(cut, std::sync::atomic::Ordering::SeqCst);
-        if cut {
-            self.links.lock().unwrap().abort_all();
-        }
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        self.accepting.abort();
-    }
 }
 
 /// Polls `check` every 100 ms for up to 20 s: whether it came true.
@@ -252,8 +177,9 @@ pub(crate) async fn eventually<F: std::future::Future<Output = bool>>(check: imp
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cut_store_fails_hard_budgets_closed_serves_the_rest_and_recovers() {
     let Some(url) = postgres_url() else { return };
-    let (proxy, proxied) = proxied(&url).await;
-    let schema = format!("t_cut_{}", std::process::id());
+    let (proxy, proxied) = Proxy::to_postgres(&url).await;
+    let guard = Schema::new(&url, "cut");
+    let schema = guard.name.clone();
     // Model `m` is paid by a hard budget on provider `p`; model `n`, on
     // provider `q`, by none (and of another category: never `m`'s stand-in).
     let text = config_text(&schema, true)
@@ -294,7 +220,7 @@ async fn a_cut_store_fails_hard_budgets_closed_serves_the_rest_and_recovers() {
     assert_eq!(chat("m").await.0, 200, "served while the store answers");
     assert_eq!(metric("modelfleet_cluster_store_up").await, Some(1.0));
     assert_eq!(ready().await["cluster"]["reachable"], true);
-    proxy.set_cut(true);
+    proxy.cut();
     // The lease's room may still serve the request that finds the store
     // gone (its checkpoint fails as it answers); from then on, requests
     // under the hard budget refuse, saying why, though the lease had room
@@ -324,48 +250,18 @@ async fn a_cut_store_fails_hard_budgets_closed_serves_the_rest_and_recovers() {
     assert!(degraded["reason"].as_str().unwrap_or_default().contains("shared budget store"), "{degraded}");
     assert_eq!(metric("modelfleet_cluster_store_up").await, Some(0.0));
     assert!(metric("modelfleet_cluster_ledger_failures_total").await.unwrap_or_default() >= 1.0);
-    proxy.set_cut(false);
+    proxy.restore().await;
     assert!(eventually(|| async { chat("m").await.0 == 200 }).await, "hard budgets serve again once the store is back");
     assert_eq!(ready().await["cluster"]["reachable"], true);
     gateway.stop().await;
     drop(proxy);
-    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
-    tokio::spawn(connection);
-    client.batch_execute(&format!("DROP SCHEMA {schema} CASCADE")).await.unwrap();
 }
 
 // ---- Ejections shared through Redis -----------------------------------------------------------
 
-fn redis_test_url() -> String {
-    std::env::var("MODELFLEET_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
-}
-
-/// The test Redis's URL, or `None` (the test skips) when nothing listens
-/// there and CI did not ask for it.
-fn redis_url() -> Option<String> {
-    let url = redis_test_url();
-    let rest = url.split_once("://").map_or(url.as_str(), |(_, rest)| rest);
-    let rest = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
-    let address = rest.split('/').next().unwrap_or(rest).to_owned();
-    let reachable = std::net::ToSocketAddrs::to_socket_addrs(address.as_str())
-        .ok()
-        .and_then(|mut addrs| addrs.next())
-        .is_some_and(|addr| std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_ok());
-    if reachable {
-        return Some(url);
-    }
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "Redis is not reachable at {address}: CI runs this test against it"
-    );
-    eprintln!("SKIPPED: Redis is not reachable at {address}; set MODELFLEET_TEST_REDIS");
-    None
-}
-
 /// A key prefix no other test (or run) uses.
 fn fresh_prefix(test: &str) -> String {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
-    format!("t:it:{test}:{}-{nanos}", std::process::id())
+    unique("t:it", test)
 }
 
 /// Two models, `flaky` first and `steady` its fallback; two server errors
@@ -429,7 +325,8 @@ fn out_of_rotation(fleet: &Fleet) -> Vec<(String, String, bool)> {
 async fn a_model_ejected_on_one_replica_is_skipped_by_the_other() {
     let Some(url) = postgres_url() else { return };
     let Some(redis) = redis_url() else { return };
-    let schema = format!("t_ejections_{}", std::process::id());
+    let guard = Schema::new(&url, "ejections");
+    let schema = guard.name.clone();
     let text = ejections_config(&schema, &redis, &fresh_prefix("eject"));
     let ((a, _a_dir), (b, _b_dir)) = (open_replica(&text).await, open_replica(&text).await);
     let request = modelfleet::Request { model: Some("flaky".into()), ..modelfleet::Request::default() };
@@ -475,9 +372,6 @@ async fn a_model_ejected_on_one_replica_is_skipped_by_the_other() {
     assert!(matches!(on_a.as_slice(), [(_, _, false)]), "{on_a:?}");
     a.shutdown().await.unwrap();
     b.shutdown().await.unwrap();
-    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
-    tokio::spawn(connection);
-    client.batch_execute(&format!("DROP SCHEMA {schema} CASCADE")).await.unwrap();
 }
 
 /// What the fleet logs, kept.
@@ -506,7 +400,8 @@ async fn a_replica_serves_while_redis_is_unreachable_and_says_so() {
     );
     // A port nothing listens on: bound, then closed.
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let schema = format!("t_ejections_down_{}", std::process::id());
+    let guard = Schema::new(&url, "ejections_down");
+    let schema = guard.name.clone();
     let text = ejections_config(&schema, &format!("redis://127.0.0.1:{port}"), &fresh_prefix("down"));
     let (fleet, _dir) = open_replica(&text).await;
     // It serves, ejects on its own evidence, and serves from the fallback.
@@ -521,9 +416,6 @@ async fn a_replica_serves_while_redis_is_unreachable_and_says_so() {
     assert_eq!(fleet.cluster_status().and_then(|s| s.redis_reachable), Some(false), "readiness says so");
     assert!(!logged.contains(&format!("127.0.0.1:{port}")), "the URL is never logged: {logged}");
     fleet.shutdown().await.unwrap();
-    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
-    tokio::spawn(connection);
-    client.batch_execute(&format!("DROP SCHEMA {schema} CASCADE")).await.unwrap();
 }
 
 // ---- The shared catalog -----------------------------------------------------------------------
@@ -590,7 +482,8 @@ fn check_history(history: &serde_json::Value, winner: &serde_json::Value) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_catalog_edit_on_one_replica_is_served_by_the_other_and_concurrent_edits_conflict() {
     let Some(url) = postgres_url() else { return };
-    let schema = format!("t_catalog_{}", std::process::id());
+    let guard = Schema::new(&url, "catalog");
+    let schema = guard.name.clone();
     // No budget: this test is about the catalog.
     let text = config_text(&schema, true).replace("enforcement = \"hard\"", "enforcement = \"soft\"");
     let dirs: Vec<tempfile::TempDir> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
@@ -699,7 +592,4 @@ async fn a_catalog_edit_on_one_replica_is_served_by_the_other_and_concurrent_edi
     for replica in replicas {
         replica.stop().await;
     }
-    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
-    tokio::spawn(connection);
-    client.batch_execute(&format!("DROP SCHEMA {schema} CASCADE")).await.unwrap();
 }

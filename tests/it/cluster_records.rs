@@ -76,17 +76,11 @@ fn dollars(text: &str) -> Money {
     text.parse().unwrap()
 }
 
-/// Drops the test's schema.
-async fn drop_schema(url: &str, schema: &str) {
-    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.unwrap();
-    tokio::spawn(connection);
-    client.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE")).await.unwrap();
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_report_from_either_replica_counts_both_replicas_requests_and_cost() {
     let Some(url) = postgres_url() else { return };
-    let schema = format!("t_records_{}", std::process::id());
+    let guard = modelfleet_test_support::Schema::new(&url, "records");
+    let schema = guard.name.clone();
     let text = config_text(&schema);
     let ((a, a_dir), (b, _b_dir)) = (replica(&text, None).await, replica(&text, None).await);
     for _ in 0..3 {
@@ -122,19 +116,19 @@ async fn a_report_from_either_replica_counts_both_replicas_requests_and_cost() {
     assert_eq!((outside.totals.requests, outside.totals.cost), (7, more.0.3));
     a.shutdown().await.unwrap();
     b.shutdown().await.unwrap();
-    drop_schema(&url, &schema).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_cut_from_postgres_serves_and_delivers_its_records_when_it_returns() {
     let Some(url) = postgres_url() else { return };
-    let (proxy, proxied) = crate::cluster::proxied(&url).await;
-    let schema = format!("t_records_cut_{}", std::process::id());
+    let (proxy, proxied) = modelfleet_test_support::Proxy::to_postgres(&url).await;
+    let guard = modelfleet_test_support::Schema::new(&url, "records_cut");
+    let schema = guard.name.clone();
     let text = config_text(&schema);
     let ((a, _a_dir), (b, _b_dir)) = (replica(&text, Some(proxied)).await, replica(&text, None).await);
     a.call(&on("m"), answer).await.expect("served");
     assert_eq!(figures(&a).await.unwrap().0.0, 1, "shipped while the store answers");
-    proxy.set_cut(true);
+    proxy.cut();
     // Serving goes on; the records wait.
     for _ in 0..4 {
         a.call(&on("m"), answer).await.expect("served while the store is cut");
@@ -142,10 +136,10 @@ async fn a_replica_cut_from_postgres_serves_and_delivers_its_records_when_it_ret
     let cut = a.report(&last_hour()).await.unwrap_err();
     assert!(matches!(cut, FleetError::Cluster(_)), "{cut}");
     assert!(cut.to_string().contains("shared store"), "{cut}");
-    assert!(!cut.to_string().contains(&proxy.port.to_string()), "the URL is never shown: {cut}");
+    assert!(!cut.to_string().contains(&proxy.port().to_string()), "the URL is never shown: {cut}");
     assert_eq!(a.cluster_status().unwrap().records_pending, 4);
     assert_eq!(figures(&b).await.unwrap().0.0, 1, "B sees what reached the store");
-    proxy.set_cut(false);
+    proxy.restore().await;
     // Back: A's task delivers them, each once, without a report from A.
     assert!(
         eventually(|| async { figures(&b).await.is_ok_and(|f| f.0.0 == 5) }).await,
@@ -160,5 +154,4 @@ async fn a_replica_cut_from_postgres_serves_and_delivers_its_records_when_it_ret
     a.shutdown().await.unwrap();
     b.shutdown().await.unwrap();
     drop(proxy);
-    drop_schema(&url, &schema).await;
 }

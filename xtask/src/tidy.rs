@@ -153,6 +153,28 @@ fn glob_reexports_are_recognised() {
 }
 
 #[test]
+fn test_support_is_only_a_dev_dependency() {
+    let offenders: Vec<String> = member_manifests()
+        .iter()
+        .filter(|path| {
+            let manifest: toml::Table = fs::read_to_string(path).unwrap().parse().unwrap();
+            let shipped = |t: &toml::Value| {
+                ["dependencies", "build-dependencies"]
+                    .iter()
+                    .any(|s| t.get(*s).is_some_and(|d| d.get("modelfleet-test-support").is_some()))
+            };
+            shipped(&toml::Value::Table(manifest.clone()))
+                || manifest
+                    .get("target")
+                    .and_then(toml::Value::as_table)
+                    .is_some_and(|targets| targets.values().any(shipped))
+        })
+        .map(|p| relative(p))
+        .collect();
+    assert_none("members shipping modelfleet-test-support (a dev-dependency only)", &offenders);
+}
+
+#[test]
 fn only_the_store_depends_on_rusqlite() {
     let offenders: Vec<String> = member_manifests()
         .iter()

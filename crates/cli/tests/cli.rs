@@ -420,24 +420,6 @@ fn the_report_after_a_seeded_demo_reads_as_pinned() {
     insta::assert_snapshot!("report_after_seeded_demo", pinned.join("\n"));
 }
 
-/// The test PostgreSQL's URL (`MODELFLEET_TEST_POSTGRES`), or `None` (the
-/// test skips, saying so) when nothing listens there and CI did not ask.
-fn postgres_url() -> Option<String> {
-    let url = std::env::var("MODELFLEET_TEST_POSTGRES")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
-    let listening = std::net::TcpStream::connect_timeout(
-        &std::net::SocketAddr::from(([127, 0, 0, 1], 5432)),
-        std::time::Duration::from_secs(2),
-    )
-    .is_ok();
-    if listening || std::env::var("MODELFLEET_TEST_POSTGRES").is_ok() {
-        return Some(url);
-    }
-    assert!(std::env::var("CI").as_deref() != Ok("true"), "PostgreSQL is not reachable: CI runs this test against it");
-    eprintln!("SKIPPED: PostgreSQL is not reachable at 127.0.0.1:5432; set MODELFLEET_TEST_POSTGRES");
-    None
-}
-
 /// A child process killed when the test ends, passed or failed.
 struct Killed(std::process::Child);
 
@@ -450,10 +432,9 @@ impl Drop for Killed {
 
 #[test]
 fn cluster_status_shows_the_replicas_the_catalog_and_the_budgets() {
-    let Some(url) = postgres_url() else { return };
+    let Some(url) = modelfleet_test_support::postgres_url() else { return };
     let dir = tempfile::tempdir().unwrap();
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
-    let schema = format!("t_cli_status_{}_{nanos}", std::process::id());
+    let schema = modelfleet_test_support::Schema::new(&url, "cli_status");
     let config = dir.path().join("fleet.toml");
     std::fs::write(
         &config,
@@ -461,8 +442,9 @@ fn cluster_status_shows_the_replicas_the_catalog_and_the_budgets() {
             "[store]\npath = \"{}\"\n\n[[providers]]\nname = \"sim\"\nkind = \"simulated\"\n\n[[models]]\nid = \"paid\"\n\
              provider = \"sim\"\ncontext_window = 8192\nmax_output_tokens = 200\ninput_price_per_mtok = \"3\"\n\
              output_price_per_mtok = \"15\"\n\n[[budgets]]\nscope = \"global\"\nperiod = \"monthly\"\nlimit = \"7\"\n\
-             enforcement = \"hard\"\n\n[cluster]\npostgres_url = \"{url}\"\nschema = \"{schema}\"\nreplica = \"cli-1\"\n",
-            db(&dir)
+             enforcement = \"hard\"\n\n[cluster]\npostgres_url = \"{url}\"\nschema = \"{}\"\nreplica = \"cli-1\"\n",
+            db(&dir),
+            schema.name
         ),
     )
     .unwrap();
@@ -494,12 +476,5 @@ fn cluster_status_shows_the_replicas_the_catalog_and_the_budgets() {
     assert!(text.contains(", 1 models (1 from the configuration, 0 through the admin API)"), "{text}");
     assert!(text.contains("cli-1") && !text.contains(&url), "{text}");
     drop(child);
-    let dropped = Command::new("psql")
-        .env("PGOPTIONS", "-c client_min_messages=warning")
-        .args([url.as_str(), "-qc", &format!("DROP SCHEMA {schema} CASCADE")])
-        .status()
-        .is_ok_and(|s| s.success());
-    if !dropped {
-        eprintln!("left schema {schema} in the test database (psql could not drop it)");
-    }
+    drop(schema);
 }

@@ -17,40 +17,10 @@ use tokio::{
     sync::mpsc,
 };
 
+use modelfleet_test_support::{redis_address, redis_url};
+
 use super::{check_prefix, notice_of_message, scrub, secrets_of};
 use crate::{ClusterError, EjectionNotice, EjectionsConfig, MAX_EJECTION, SharedEjections};
-
-fn test_url() -> String {
-    std::env::var("MODELFLEET_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
-}
-
-/// `host:port` of a `redis://[userinfo@]host:port[/db]` URL.
-fn address_of(url: &str) -> String {
-    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
-    let rest = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
-    let host = rest.split('/').next().unwrap_or(rest);
-    if host.contains(':') { host.to_owned() } else { format!("{host}:6379") }
-}
-
-/// The test server's URL, or `None` (the test skips) when nothing listens
-/// there and CI did not ask for it.
-fn redis_url() -> Option<String> {
-    let url = test_url();
-    let address = address_of(&url);
-    let reachable = std::net::ToSocketAddrs::to_socket_addrs(address.as_str())
-        .ok()
-        .and_then(|mut addrs| addrs.next())
-        .is_some_and(|addr| std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_ok());
-    if reachable {
-        return Some(url);
-    }
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "Redis is not reachable at {address} (MODELFLEET_TEST_REDIS): CI runs the cluster tests against it"
-    );
-    eprintln!("SKIPPED: Redis is not reachable at {address}; set MODELFLEET_TEST_REDIS to run this test");
-    None
-}
 
 static PREFIXES: AtomicU64 = AtomicU64::new(0);
 
@@ -529,7 +499,7 @@ impl Drop for Proxy {
 async fn sharing_stops_while_redis_is_cut_off_and_comes_back_by_itself() {
     let Some(url) = redis_url() else { return };
     let prefix = Prefix::new(&url, "recover");
-    let proxy = Proxy::start(address_of(&url)).await;
+    let proxy = Proxy::start(redis_address(&url)).await;
     let config =
         EjectionsConfig { url: &proxy.url(), prefix: &prefix.name, replica: "a", timeout: Duration::from_millis(500) };
     let a = SharedEjections::connect(&config).await.unwrap();
@@ -579,7 +549,7 @@ async fn sharing_stops_while_redis_is_cut_off_and_comes_back_by_itself() {
 async fn a_silent_network_is_left_for_a_new_connection() {
     let Some(url) = redis_url() else { return };
     let prefix = Prefix::new(&url, "silent");
-    let proxy = Proxy::start(address_of(&url)).await;
+    let proxy = Proxy::start(redis_address(&url)).await;
     let config =
         EjectionsConfig { url: &proxy.url(), prefix: &prefix.name, replica: "a", timeout: Duration::from_millis(300) };
     let a = SharedEjections::connect(&config).await.unwrap();

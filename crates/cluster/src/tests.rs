@@ -3,85 +3,15 @@
 //! of its own. Without a server the tests skip, saying so, except under
 //! `CI=true`, where they fail.
 
-use std::{
-    net::SocketAddr,
-    sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering},
-    },
-    time::Duration,
-};
+use std::{net::SocketAddr, time::Duration};
 
 use modelfleet_registry::Money;
-use tokio::{net::TcpListener, task::JoinSet};
+use modelfleet_test_support::Proxy;
+use tokio::task::JoinSet;
 
 use crate::{BudgetKey, Checkpoint, ClusterError, HoldRefused, Report, SharedLedger, Slice, schema::identifier};
 
-/// The test server's URL, or `None` (the test skips) when nothing listens
-/// there and CI did not ask for it.
-pub(crate) fn postgres_url() -> Option<String> {
-    let url = std::env::var("MODELFLEET_TEST_POSTGRES")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
-    let config: tokio_postgres::Config = url.parse().expect("MODELFLEET_TEST_POSTGRES is a postgres URL");
-    let host = match config.get_hosts().first() {
-        Some(tokio_postgres::config::Host::Tcp(host)) => host.clone(),
-        _ => "127.0.0.1".to_owned(),
-    };
-    let port = config.get_ports().first().copied().unwrap_or(5432);
-    let reachable = std::net::ToSocketAddrs::to_socket_addrs(&(host.as_str(), port))
-        .ok()
-        .and_then(|mut addrs| addrs.next())
-        .is_some_and(|addr| std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_ok());
-    if reachable {
-        return Some(url);
-    }
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "PostgreSQL is not reachable at {host}:{port} (MODELFLEET_TEST_POSTGRES): CI runs the cluster tests against it"
-    );
-    eprintln!("SKIPPED: PostgreSQL is not reachable at {host}:{port}; set MODELFLEET_TEST_POSTGRES to run this test");
-    None
-}
-
-static SCHEMAS: AtomicU64 = AtomicU64::new(0);
-
-/// A schema no other test (or run) uses.
-fn fresh_schema(test: &str) -> String {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
-    format!("t_{test}_{}_{nanos}_{}", std::process::id(), SCHEMAS.fetch_add(1, Ordering::Relaxed))
-}
-
-/// The test's schema, dropped when the test ends, passed or failed.
-pub(crate) struct Schema {
-    url: String,
-    pub(crate) name: String,
-}
-
-impl Schema {
-    pub(crate) fn new(url: &str, test: &str) -> Schema {
-        Schema { url: url.to_owned(), name: fresh_schema(test) }
-    }
-}
-
-impl Drop for Schema {
-    fn drop(&mut self) {
-        let (url, name) = (self.url.clone(), self.name.clone());
-        // A runtime of its own: the test's may be gone (or be this thread's).
-        let dropped = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-            runtime.block_on(async {
-                let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
-                tokio::spawn(connection);
-                client.batch_execute(&format!("DROP SCHEMA IF EXISTS {name} CASCADE")).await
-            })?;
-            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
-        })
-        .join();
-        if !matches!(dropped, Ok(Ok(()))) {
-            eprintln!("could not drop the test schema {}", self.name);
-        }
-    }
-}
+pub(crate) use modelfleet_test_support::{Schema, postgres_url};
 
 fn key(scope: &str) -> BudgetKey {
     BudgetKey { scope: scope.to_owned(), period: "monthly".to_owned(), period_start_ms: 1_764_547_200_000 }
@@ -242,80 +172,6 @@ async fn a_dead_replicas_holds_expire_and_nothing_is_counted_twice() {
     assert!(matches!(ledger.settle(&free, Money::from_nanos(-1)).await, Err(ClusterError::Invalid(_))));
 }
 
-/// A loopback TCP proxy the test owns. Cut, every connection through it
-/// drops and new ones are refused; stalled, connections stay open but
-/// nothing gets through (a silent network: only timeouts can tell);
-/// restored, it forwards again.
-struct Proxy {
-    addr: SocketAddr,
-    target: SocketAddr,
-    tasks: Arc<std::sync::Mutex<JoinSet<()>>>,
-    stalled: Arc<std::sync::atomic::AtomicBool>,
-}
-
-impl Proxy {
-    async fn start(target: SocketAddr) -> Proxy {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let proxy = Proxy { addr, target, tasks: Arc::default(), stalled: Arc::default() };
-        proxy.serve(listener);
-        proxy
-    }
-
-    fn serve(&self, listener: TcpListener) {
-        let (target, tasks, stalled) = (self.target, Arc::clone(&self.tasks), Arc::clone(&self.stalled));
-        let accept = async move {
-            while let Ok((inbound, _)) = listener.accept().await {
-                let Ok(outbound) = tokio::net::TcpStream::connect(target).await else { continue };
-                let (in_read, in_write) = inbound.into_split();
-                let (out_read, out_write) = outbound.into_split();
-                let mut tasks = tasks.lock().unwrap();
-                tasks.spawn(forward(in_read, out_write, Arc::clone(&stalled)));
-                tasks.spawn(forward(out_read, in_write, Arc::clone(&stalled)));
-            }
-        };
-        self.tasks.lock().unwrap().spawn(accept);
-    }
-
-    fn cut(&self) {
-        self.tasks.lock().unwrap().abort_all();
-    }
-
-    fn stall(&self, stalled: bool) {
-        self.stalled.store(stalled, Ordering::SeqCst);
-    }
-
-    async fn restore(&self) {
-        let listener = TcpListener::bind(self.addr).await.unwrap();
-        self.serve(listener);
-    }
-}
-
-/// Copies `from` to `to`, holding every byte back while `stalled`.
-async fn forward(
-    mut from: tokio::net::tcp::OwnedReadHalf,
-    mut to: tokio::net::tcp::OwnedWriteHalf,
-    stalled: Arc<std::sync::atomic::AtomicBool>,
-) {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let mut buffer = vec![0; 16 * 1024];
-    loop {
-        while stalled.load(Ordering::SeqCst) {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        let Ok(n) = from.read(&mut buffer).await else { return };
-        if n == 0 {
-            return;
-        }
-        while stalled.load(Ordering::SeqCst) {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        if to.write_all(&buffer[..n]).await.is_err() {
-            return;
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_store_fails_closed_and_recovers() {
     let Some(url) = postgres_url() else { return };
@@ -323,11 +179,11 @@ async fn an_unreachable_store_fails_closed_and_recovers() {
     let mut config: tokio_postgres::Config = url.parse().unwrap();
     let port = config.get_ports().first().copied().unwrap_or(5432);
     let proxy = Proxy::start(SocketAddr::from(([127, 0, 0, 1], port))).await;
-    config.host("127.0.0.1").port(proxy.addr.port());
+    config.host("127.0.0.1").port(proxy.port());
     let through = format!(
         "postgres://{}@127.0.0.1:{}/{}",
         config.get_user().unwrap_or("postgres"),
-        proxy.addr.port(),
+        proxy.port(),
         config.get_dbname().unwrap_or("test")
     );
     let timeout = Duration::from_millis(1_500);

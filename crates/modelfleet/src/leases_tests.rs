@@ -9,50 +9,9 @@ use std::{sync::Arc, time::Duration};
 use modelfleet_cluster::{BudgetKey, HoldRefused, SharedLedger};
 use modelfleet_registry::Money;
 
+use modelfleet_test_support::{Schema, postgres_url};
+
 use super::Leases;
-
-fn postgres_url() -> Option<String> {
-    let url = std::env::var("MODELFLEET_TEST_POSTGRES")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
-    let reachable = std::net::TcpStream::connect_timeout(&"127.0.0.1:5432".parse().unwrap(), Duration::from_secs(2))
-        .is_ok()
-        || std::env::var("MODELFLEET_TEST_POSTGRES").is_ok();
-    if reachable {
-        return Some(url);
-    }
-    assert!(std::env::var("CI").as_deref() != Ok("true"), "PostgreSQL is not reachable: CI runs this test against it");
-    eprintln!("SKIPPED: PostgreSQL is not reachable at 127.0.0.1:5432; set MODELFLEET_TEST_POSTGRES");
-    None
-}
-
-/// The test's schema, dropped when the test ends, passed or failed.
-struct Schema {
-    url: String,
-    name: String,
-}
-
-impl Schema {
-    fn new(url: &str, test: &str) -> Schema {
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
-        Schema { url: url.to_owned(), name: format!("t_slots_{test}_{}_{nanos}", std::process::id()) }
-    }
-}
-
-impl Drop for Schema {
-    fn drop(&mut self) {
-        let (url, name) = (self.url.clone(), self.name.clone());
-        let _ = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-            runtime.block_on(async {
-                let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
-                tokio::spawn(connection);
-                client.batch_execute(&format!("DROP SCHEMA IF EXISTS {name} CASCADE")).await
-            })?;
-            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
-        })
-        .join();
-    }
-}
 
 fn cents(n: i64) -> Money {
     Money::from_nanos(n * 10_000_000)
