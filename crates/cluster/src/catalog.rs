@@ -395,16 +395,8 @@ impl SharedCatalog {
     /// replica asks every second to know whether its copy is current.
     pub async fn latest(&self) -> Result<u64, ClusterError> {
         let s = &self.ledger.schema;
-        self.ledger
-            .within(async {
-                let client = self.ledger.client().await?;
-                let row = client
-                    .query_one(&format!("SELECT coalesce(max(seq), 0) FROM {s}.catalog_changes"), &[])
-                    .await
-                    .map_err(|e| unavailable(&e))?;
-                Ok(revision(row.get(0)))
-            })
-            .await
+        let row = self.ledger.row(&format!("SELECT coalesce(max(seq), 0) FROM {s}.catalog_changes"), &[]).await?;
+        Ok(row.map_or(0, |row| revision(row.get(0))))
     }
 
     /// Every model and the latest revision, read at one instant (one
@@ -452,41 +444,34 @@ impl SharedCatalog {
     pub async fn history(&self, model: Option<&str>, limit: u32) -> Result<Vec<CatalogChange>, ClusterError> {
         let s = &self.ledger.schema;
         let limit = i64::from(limit);
-        self.ledger
-            .within(async {
-                let client = self.ledger.client().await?;
-                let rows = client
-                    .query(
-                        &format!(
-                            "SELECT seq, model, action, who, replica,
-                                    (extract(epoch FROM at) * 1000)::bigint, before, after
-                             FROM {s}.catalog_changes WHERE $1::text IS NULL OR model = $1
-                             ORDER BY seq DESC LIMIT $2"
-                        ),
-                        &[&model, &limit],
-                    )
-                    .await
-                    .map_err(|e| unavailable(&e))?;
-                let json = |text: Option<&str>| {
-                    text.map(|text| {
-                        serde_json::from_str(text).unwrap_or_else(|_| serde_json::Value::String(text.to_owned()))
-                    })
-                };
-                Ok(rows
-                    .iter()
-                    .map(|row| CatalogChange {
-                        revision: revision(row.get(0)),
-                        model: row.get(1),
-                        action: row.get(2),
-                        who: row.get(3),
-                        replica: row.get(4),
-                        at_ms: u64::try_from(row.get::<_, i64>(5)).unwrap_or(0),
-                        before: json(row.get(6)),
-                        after: json(row.get(7)),
-                    })
-                    .collect())
+        let rows = self
+            .ledger
+            .rows(
+                &format!(
+                    "SELECT seq, model, action, who, replica,
+                            (extract(epoch FROM at) * 1000)::bigint, before, after
+                     FROM {s}.catalog_changes WHERE $1::text IS NULL OR model = $1
+                     ORDER BY seq DESC LIMIT $2"
+                ),
+                &[&model, &limit],
+            )
+            .await?;
+        let json = |text: Option<&str>| {
+            text.map(|text| serde_json::from_str(text).unwrap_or_else(|_| serde_json::Value::String(text.to_owned())))
+        };
+        Ok(rows
+            .iter()
+            .map(|row| CatalogChange {
+                revision: revision(row.get(0)),
+                model: row.get(1),
+                action: row.get(2),
+                who: row.get(3),
+                replica: row.get(4),
+                at_ms: u64::try_from(row.get::<_, i64>(5)).unwrap_or(0),
+                before: json(row.get(6)),
+                after: json(row.get(7)),
             })
-            .await
+            .collect())
     }
 
     /// Listens for this schema's catalog notifications on a connection of

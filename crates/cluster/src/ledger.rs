@@ -303,6 +303,34 @@ impl SharedLedger {
         !self.stats.last_failed.load(Ordering::Relaxed)
     }
 
+    /// `sql`'s rows: one statement on a pooled connection, within the
+    /// timeout (as every call, through [`SharedLedger::within`]).
+    pub(crate) async fn rows(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Vec<tokio_postgres::Row>, ClusterError> {
+        self.within(async { self.client().await?.query(sql, params).await.map_err(|e| unavailable(&e)) }).await
+    }
+
+    /// `sql`'s first row, if any (see [`SharedLedger::rows`]).
+    pub(crate) async fn row(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Option<tokio_postgres::Row>, ClusterError> {
+        Ok(self.rows(sql, params).await?.into_iter().next())
+    }
+
+    /// How many rows `sql` changed (see [`SharedLedger::rows`]).
+    pub(crate) async fn execute(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<u64, ClusterError> {
+        self.within(async { self.client().await?.execute(sql, params).await.map_err(|e| unavailable(&e)) }).await
+    }
+
     pub(crate) async fn client(&self) -> Result<deadpool_postgres::Object, ClusterError> {
         self.pool.get().await.map_err(|e| ClusterError::Unavailable(format!("no connection: {e}")))
     }
@@ -323,21 +351,15 @@ impl SharedLedger {
     /// keeps.
     async fn upsert(&self, key: &BudgetKey, limit: Money, on_conflict: &str) -> Result<(), ClusterError> {
         let s = &self.schema;
-        self.within(async {
-            let client = self.client().await?;
-            client
-                .execute(
-                    &format!(
-                        "INSERT INTO {s}.budget_periods (scope, period, period_start, limit_nanos)
-                         VALUES ($1, $2, $3, $4) ON CONFLICT (scope, period, period_start) {on_conflict}"
-                    ),
-                    &[&key.scope, &key.period, &key.start(), &limit.nanos()],
-                )
-                .await
-                .map_err(|e| unavailable(&e))?;
-            Ok(())
-        })
-        .await
+        self.execute(
+            &format!(
+                "INSERT INTO {s}.budget_periods (scope, period, period_start, limit_nanos)
+                 VALUES ($1, $2, $3, $4) ON CONFLICT (scope, period, period_start) {on_conflict}"
+            ),
+            &[&key.scope, &key.period, &key.start(), &limit.nanos()],
+        )
+        .await?;
+        Ok(())
     }
 
     /// Holds `amount` on every budget of `keys`, until `ttl` from now (the
@@ -526,21 +548,16 @@ impl SharedLedger {
     pub async fn renew(&self, hold: &Hold, ttl: Duration) -> Result<bool, ClusterError> {
         let Some(id) = hold.id else { return Ok(true) };
         let s = &self.schema;
-        self.within(async {
-            let client = self.client().await?;
-            let renewed = client
-                .execute(
-                    &format!(
-                        "UPDATE {s}.budget_holds SET expires_at = now() + make_interval(secs => $2)
-                         WHERE id = $1 AND state = 'held'"
-                    ),
-                    &[&id, &ttl.as_secs_f64()],
-                )
-                .await
-                .map_err(|e| unavailable(&e))?;
-            Ok(renewed == 1)
-        })
-        .await
+        let renewed = self
+            .execute(
+                &format!(
+                    "UPDATE {s}.budget_holds SET expires_at = now() + make_interval(secs => $2)
+                     WHERE id = $1 AND state = 'held'"
+                ),
+                &[&id, &ttl.as_secs_f64()],
+            )
+            .await?;
+        Ok(renewed == 1)
     }
 
     /// Ends the expired holds of any replica: each is charged in full
@@ -630,21 +647,16 @@ impl SharedLedger {
     /// holds stay. False when the ledger does not have it.
     pub async fn reset(&self, key: &BudgetKey) -> Result<bool, ClusterError> {
         let s = &self.schema;
-        self.within(async {
-            let client = self.client().await?;
-            let reset = client
-                .execute(
-                    &format!(
-                        "UPDATE {s}.budget_periods SET spent_nanos = 0
-                         WHERE scope = $1 AND period = $2 AND period_start = $3"
-                    ),
-                    &[&key.scope, &key.period, &key.start()],
-                )
-                .await
-                .map_err(|e| unavailable(&e))?;
-            Ok(reset == 1)
-        })
-        .await
+        let reset = self
+            .execute(
+                &format!(
+                    "UPDATE {s}.budget_periods SET spent_nanos = 0
+                     WHERE scope = $1 AND period = $2 AND period_start = $3"
+                ),
+                &[&key.scope, &key.period, &key.start()],
+            )
+            .await?;
+        Ok(reset == 1)
     }
 
     /// `key`'s money now, if the ledger has it: what open leases' requests
@@ -652,30 +664,25 @@ impl SharedLedger {
     /// folds it in).
     pub async fn status(&self, key: &BudgetKey) -> Result<Option<PeriodRow>, ClusterError> {
         let s = &self.schema;
-        self.within(async {
-            let client = self.client().await?;
-            let row = client
-                .query_opt(
-                    &format!(
-                        "SELECT p.limit_nanos, p.spent_nanos + l.spent, p.held_nanos - l.spent
-                         FROM {s}.budget_periods p,
-                              LATERAL (SELECT coalesce(sum(h.spent_nanos), 0)::bigint AS spent
-                                       FROM {s}.budget_hold_keys k JOIN {s}.budget_holds h ON h.id = k.hold_id
-                                       WHERE k.scope = p.scope AND k.period = p.period
-                                         AND k.period_start = p.period_start AND h.state = 'held') l
-                         WHERE p.scope = $1 AND p.period = $2 AND p.period_start = $3"
-                    ),
-                    &[&key.scope, &key.period, &key.start()],
-                )
-                .await
-                .map_err(|e| unavailable(&e))?;
-            Ok(row.map(|row| PeriodRow {
-                limit: Money::from_nanos(row.get(0)),
-                spent: Money::from_nanos(row.get(1)),
-                held: Money::from_nanos(row.get(2)),
-            }))
-        })
-        .await
+        let row = self
+            .row(
+                &format!(
+                    "SELECT p.limit_nanos, p.spent_nanos + l.spent, p.held_nanos - l.spent
+                     FROM {s}.budget_periods p,
+                          LATERAL (SELECT coalesce(sum(h.spent_nanos), 0)::bigint AS spent
+                                   FROM {s}.budget_hold_keys k JOIN {s}.budget_holds h ON h.id = k.hold_id
+                                   WHERE k.scope = p.scope AND k.period = p.period
+                                     AND k.period_start = p.period_start AND h.state = 'held') l
+                     WHERE p.scope = $1 AND p.period = $2 AND p.period_start = $3"
+                ),
+                &[&key.scope, &key.period, &key.start()],
+            )
+            .await?;
+        Ok(row.map(|row| PeriodRow {
+            limit: Money::from_nanos(row.get(0)),
+            spent: Money::from_nanos(row.get(1)),
+            held: Money::from_nanos(row.get(2)),
+        }))
     }
 
     /// `key`'s row through `client` (a connection or a transaction).
@@ -746,22 +753,17 @@ impl SharedLedger {
     /// budget would have spent.
     pub async fn outstanding(&self) -> Result<Money, ClusterError> {
         let s = &self.schema;
-        self.within(async {
-            let client = self.client().await?;
-            let row = client
-                .query_one(
-                    &format!(
-                        "SELECT coalesce(sum(least(coalesce(in_flight_nanos, amount_nanos),
-                                                   greatest(amount_nanos - spent_nanos, 0))), 0)::bigint
-                         FROM {s}.budget_holds WHERE state = 'held'"
-                    ),
-                    &[],
-                )
-                .await
-                .map_err(|e| unavailable(&e))?;
-            Ok(Money::from_nanos(row.get(0)))
-        })
-        .await
+        let row = self
+            .row(
+                &format!(
+                    "SELECT coalesce(sum(least(coalesce(in_flight_nanos, amount_nanos),
+                                               greatest(amount_nanos - spent_nanos, 0))), 0)::bigint
+                     FROM {s}.budget_holds WHERE state = 'held'"
+                ),
+                &[],
+            )
+            .await?;
+        Ok(Money::from_nanos(row.map_or(0, |row| row.get(0))))
     }
 
     /// Says this replica lives, with its view of the store (`leases_open`
@@ -772,95 +774,79 @@ impl SharedLedger {
         let leases = i32::try_from(leases_open).unwrap_or(i32::MAX);
         let [calls, failures, micros] =
             [stats.calls, stats.failures, stats.micros].map(|n| i64::try_from(n).unwrap_or(i64::MAX));
-        self.within(async {
-            let client = self.client().await?;
-            client
-                .execute(
-                    &format!(
-                        "INSERT INTO {s}.replicas (name, leases_open, ledger_calls, ledger_failures, ledger_micros)
-                         VALUES ($1, $2, $3, $4, $5)
-                         ON CONFLICT (name) DO UPDATE SET seen_at = now(), leases_open = $2, ledger_calls = $3,
-                             ledger_failures = $4, ledger_micros = $5,
-                             started_at = CASE WHEN $6 THEN now() ELSE {s}.replicas.started_at END"
-                    ),
-                    &[&self.replica, &leases, &calls, &failures, &micros, &started],
-                )
-                .await
-                .map_err(|e| unavailable(&e))?;
-            Ok(())
-        })
-        .await
+        self.execute(
+            &format!(
+                "INSERT INTO {s}.replicas (name, leases_open, ledger_calls, ledger_failures, ledger_micros)
+                 VALUES ($1, $2, $3, $4, $5)
+                 ON CONFLICT (name) DO UPDATE SET seen_at = now(), leases_open = $2, ledger_calls = $3,
+                     ledger_failures = $4, ledger_micros = $5,
+                     started_at = CASE WHEN $6 THEN now() ELSE {s}.replicas.started_at END"
+            ),
+            &[&self.replica, &leases, &calls, &failures, &micros, &started],
+        )
+        .await?;
+        Ok(())
     }
 
     /// The replicas that sent a heartbeat in the last `within`, by name.
     pub async fn replicas(&self, within: Duration) -> Result<Vec<ReplicaRow>, ClusterError> {
         let s = &self.schema;
-        self.within(async {
-            let client = self.client().await?;
-            let rows = client
-                .query(
-                    &format!(
-                        "SELECT name, (extract(epoch FROM now() - started_at) * 1000)::bigint,
-                                (extract(epoch FROM now() - seen_at) * 1000)::bigint,
-                                leases_open, ledger_calls, ledger_failures, ledger_micros
-                         FROM {s}.replicas WHERE seen_at > now() - make_interval(secs => $1) ORDER BY name"
-                    ),
-                    &[&within.as_secs_f64()],
-                )
-                .await
-                .map_err(|e| unavailable(&e))?;
-            Ok(rows
-                .iter()
-                .map(|row| {
-                    let count = |i: usize| u64::try_from(row.get::<_, i64>(i)).unwrap_or(0);
-                    ReplicaRow {
-                        name: row.get(0),
-                        up_ms: count(1),
-                        silent_ms: count(2),
-                        leases_open: u32::try_from(row.get::<_, i32>(3)).unwrap_or(0),
-                        stats: LedgerStats { calls: count(4), failures: count(5), micros: count(6) },
-                    }
-                })
-                .collect())
-        })
-        .await
+        let rows = self
+            .rows(
+                &format!(
+                    "SELECT name, (extract(epoch FROM now() - started_at) * 1000)::bigint,
+                            (extract(epoch FROM now() - seen_at) * 1000)::bigint,
+                            leases_open, ledger_calls, ledger_failures, ledger_micros
+                     FROM {s}.replicas WHERE seen_at > now() - make_interval(secs => $1) ORDER BY name"
+                ),
+                &[&within.as_secs_f64()],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|row| {
+                let count = |i: usize| u64::try_from(row.get::<_, i64>(i)).unwrap_or(0);
+                ReplicaRow {
+                    name: row.get(0),
+                    up_ms: count(1),
+                    silent_ms: count(2),
+                    leases_open: u32::try_from(row.get::<_, i32>(3)).unwrap_or(0),
+                    stats: LedgerStats { calls: count(4), failures: count(5), micros: count(6) },
+                }
+            })
+            .collect())
     }
 
     /// Every hold and lease not yet settled or swept, oldest first (at
     /// most `limit`).
     pub async fn holds(&self, limit: u32) -> Result<Vec<HoldRow>, ClusterError> {
         let s = &self.schema;
-        self.within(async {
-            let client = self.client().await?;
-            let rows = client
-                .query(
-                    &format!(
-                        "SELECT h.replica, h.in_flight_nanos IS NOT NULL, h.amount_nanos, h.spent_nanos,
-                                coalesce(h.in_flight_nanos, 0),
-                                (extract(epoch FROM h.expires_at - now()) * 1000)::bigint,
-                                array_agg(k.scope || ' ' || k.period ORDER BY k.scope, k.period)
-                         FROM {s}.budget_holds h JOIN {s}.budget_hold_keys k ON k.hold_id = h.id
-                         WHERE h.state = 'held'
-                         GROUP BY h.id ORDER BY h.id LIMIT $1"
-                    ),
-                    &[&i64::from(limit)],
-                )
-                .await
-                .map_err(|e| unavailable(&e))?;
-            Ok(rows
-                .iter()
-                .map(|row| HoldRow {
-                    replica: row.get(0),
-                    lease: row.get(1),
-                    amount: Money::from_nanos(row.get(2)),
-                    spent: Money::from_nanos(row.get(3)),
-                    in_flight: Money::from_nanos(row.get(4)),
-                    expires_in_ms: row.get(5),
-                    budgets: row.get(6),
-                })
-                .collect())
-        })
-        .await
+        let rows = self
+            .rows(
+                &format!(
+                    "SELECT h.replica, h.in_flight_nanos IS NOT NULL, h.amount_nanos, h.spent_nanos,
+                            coalesce(h.in_flight_nanos, 0),
+                            (extract(epoch FROM h.expires_at - now()) * 1000)::bigint,
+                            array_agg(k.scope || ' ' || k.period ORDER BY k.scope, k.period)
+                     FROM {s}.budget_holds h JOIN {s}.budget_hold_keys k ON k.hold_id = h.id
+                     WHERE h.state = 'held'
+                     GROUP BY h.id ORDER BY h.id LIMIT $1"
+                ),
+                &[&i64::from(limit)],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|row| HoldRow {
+                replica: row.get(0),
+                lease: row.get(1),
+                amount: Money::from_nanos(row.get(2)),
+                spent: Money::from_nanos(row.get(3)),
+                in_flight: Money::from_nanos(row.get(4)),
+                expires_in_ms: row.get(5),
+                budgets: row.get(6),
+            })
+            .collect())
     }
 }
 
@@ -869,29 +855,20 @@ impl SharedLedger {
     /// `limit`), as [`SharedLedger::status`] reads each.
     pub async fn periods(&self, limit: u32) -> Result<Vec<(BudgetKey, PeriodRow)>, ClusterError> {
         let s = &self.schema;
-        let keys = self
-            .within(async {
-                let client = self.client().await?;
-                let rows = client
-                    .query(
-                        &format!(
-                            "SELECT scope, period, period_start FROM {s}.budget_periods
-                             ORDER BY period_start DESC, scope, period LIMIT $1"
-                        ),
-                        &[&i64::from(limit)],
-                    )
-                    .await
-                    .map_err(|e| unavailable(&e))?;
-                Ok(rows
-                    .iter()
-                    .map(|row| BudgetKey {
-                        scope: row.get(0),
-                        period: row.get(1),
-                        period_start_ms: u64::try_from(row.get::<_, i64>(2)).unwrap_or(0),
-                    })
-                    .collect::<Vec<_>>())
-            })
+        let rows = self
+            .rows(
+                &format!(
+                    "SELECT scope, period, period_start FROM {s}.budget_periods
+                     ORDER BY period_start DESC, scope, period LIMIT $1"
+                ),
+                &[&i64::from(limit)],
+            )
             .await?;
+        let keys = rows.iter().map(|row| BudgetKey {
+            scope: row.get(0),
+            period: row.get(1),
+            period_start_ms: u64::try_from(row.get::<_, i64>(2)).unwrap_or(0),
+        });
         let mut out = Vec::with_capacity(keys.len());
         for key in keys {
             if let Some(row) = self.status(&key).await? {

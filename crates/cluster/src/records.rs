@@ -199,33 +199,21 @@ impl SharedLedger {
         let mut total = 0;
         loop {
             let deleted = self
-                .within(async {
-                    let client = self.client().await?;
-                    client
-                        .execute(
-                            &format!(
-                                "DELETE FROM {s}.perf_hourly WHERE ctid IN (
-                                     SELECT ctid FROM {s}.perf_hourly WHERE hour_ms < $1 LIMIT $2)"
-                            ),
-                            &[&ms(before_ms), &PRUNE_BATCH],
-                        )
-                        .await
-                        .map_err(|e| unavailable(&e))
-                })
+                .execute(
+                    &format!(
+                        "DELETE FROM {s}.perf_hourly WHERE ctid IN (
+                             SELECT ctid FROM {s}.perf_hourly WHERE hour_ms < $1 LIMIT $2)"
+                    ),
+                    &[&ms(before_ms), &PRUNE_BATCH],
+                )
                 .await?;
             total += deleted;
             if deleted < u64::try_from(PRUNE_BATCH).unwrap_or(u64::MAX) {
                 break;
             }
         }
-        self.within(async {
-            let client = self.client().await?;
-            client
-                .execute(&format!("DELETE FROM {s}.perf_batches WHERE shipped_at < now() - interval '7 days'"), &[])
-                .await
-                .map_err(|e| unavailable(&e))
-        })
-        .await?;
+        self.execute(&format!("DELETE FROM {s}.perf_batches WHERE shipped_at < now() - interval '7 days'"), &[])
+            .await?;
         Ok(total)
     }
 }
