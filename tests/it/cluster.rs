@@ -250,6 +250,18 @@ async fn a_cut_store_fails_hard_budgets_closed_serves_the_rest_and_recovers() {
     assert!(degraded["reason"].as_str().unwrap_or_default().contains("shared budget store"), "{degraded}");
     assert_eq!(metric("modelfleet_cluster_store_up").await, Some(0.0));
     assert!(metric("modelfleet_cluster_ledger_failures_total").await.unwrap_or_default() >= 1.0);
+    // A catalog edit is refused, saying so (and nothing else: no host, no
+    // user); the replica goes on serving its copy of the catalog.
+    let edit = client
+        .post(format!("{}/v1/admin/models", gateway.url))
+        .json(&serde_json::json!({"id": "late", "provider": "p", "context_window": 1000}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(edit.status(), 503);
+    let refusal = edit.text().await.unwrap();
+    assert!(refusal.contains("catalog_store_unavailable") && !refusal.contains("127.0.0.1"), "{refusal}");
+    assert_eq!(chat("n").await.0, 200);
     proxy.restore().await;
     assert!(eventually(|| async { chat("m").await.0 == 200 }).await, "hard budgets serve again once the store is back");
     assert_eq!(ready().await["cluster"]["reachable"], true);
