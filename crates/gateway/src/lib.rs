@@ -235,6 +235,19 @@ impl Gateway {
             stream_send_timeout: Duration::from_millis(config.server.stream_send_timeout_ms),
             connections: Arc::new(serve::Counters::default()),
         });
+        // Beside the database: where this gateway serves it, so the CLI
+        // edits budgets through its admin API instead of behind its back.
+        // Written once bound, before anyone is told the address (the
+        // listener queues connections until `serve` accepts them); `serve`
+        // removes it as it returns, and the CLI takes a marker whose
+        // gateway does not answer as stale.
+        let bound = listener.local_addr().map_err(GatewayError::Serve)?;
+        let marker = serde_json::json!({"url": format!("http://{bound}"), "pid": std::process::id()}).to_string();
+        let path = serving_file(app.fleet.store().path());
+        let written = tokio::task::spawn_blocking(move || std::fs::write(path, marker)).await;
+        if let Err(err) = written.map_err(std::io::Error::other).and_then(|w| w) {
+            tracing::warn!(%err, "could not say where this gateway serves its database; the CLI will not find it");
+        }
         let limits = serve::Limits {
             header_read: Duration::from_millis(config.server.header_read_timeout_ms),
             idle: Duration::from_millis(config.server.idle_timeout_ms),
@@ -277,13 +290,7 @@ impl Gateway {
         let addr = listener.local_addr().map_err(GatewayError::Serve)?;
         let auth = if app.auth.enabled() { "bearer keys required" } else { "no keys: open to this machine only" };
         tracing::info!(%addr, auth, models = app.fleet.catalog().snapshot().len(), "modelfleet gateway listening on http://{addr}");
-        // Beside the database: where this gateway serves it, so the CLI
-        // edits budgets through its admin API instead of behind its back.
         let serving = serving_file(app.fleet.store().path());
-        let marker = serde_json::json!({"url": format!("http://{addr}"), "pid": std::process::id()}).to_string();
-        if let Err(err) = std::fs::write(&serving, marker) {
-            tracing::warn!(%err, "could not say where this gateway serves its database; the CLI will not find it");
-        }
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let kill = CancellationToken::new();
         // Dropping `serve` (a caller that gives up on it) drops every
@@ -355,7 +362,7 @@ impl Gateway {
             connections.wait().await;
         }
         let stopped = app.fleet.shutdown().await;
-        let _ = std::fs::remove_file(&serving);
+        let _ = tokio::task::spawn_blocking(move || std::fs::remove_file(serving)).await;
         stopped?;
         tracing::info!("modelfleet gateway stopped; the store is flushed");
         Ok(())
